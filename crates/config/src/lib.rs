@@ -1,0 +1,371 @@
+//! The gateway's configuration: one typed document, read from TOML, with defaults
+//! for everything that has a sensible one and validation that names the bad field.
+//!
+//! This crate is deliberately small (serde + toml): the operator renders this
+//! document into a ConfigMap without compiling the gateway's XMPP, Graph or
+//! database stack.
+
+mod domain;
+mod error;
+mod secret;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use domain::{DomainPattern, is_valid_domain};
+pub use error::{ConfigError, FieldError};
+pub use secret::{SecretRef, SecretValue};
+
+/// The whole gateway configuration file.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// The XMPP domain this gateway is the server of.
+    pub xmpp: XmppConfig,
+    #[serde(default)]
+    pub s2s: S2sConfig,
+    /// Microsoft Graph tenant and app registration; absent in the local sandbox.
+    #[serde(default)]
+    pub graph: Option<GraphConfig>,
+    #[serde(default)]
+    pub webhook: WebhookConfig,
+    #[serde(default)]
+    pub shadow_accounts: ShadowAccountConfig,
+    #[serde(default)]
+    pub allow: AllowConfig,
+    #[serde(default)]
+    pub throttle: ThrottleConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct XmppConfig {
+    /// The Teams-facing XMPP domain, e.g. `teams.example.com`.
+    pub domain: String,
+}
+
+/// Server-to-server federation (RFC 6120).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct S2sConfig {
+    pub listen: SocketAddr,
+    /// Refuse to exchange stanzas on streams that are not TLS-protected.
+    pub require_tls: bool,
+    /// PEM certificate chain for the domain (reloaded when the file changes).
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key for the domain.
+    pub tls_key_file: Option<PathBuf>,
+    /// PEM trust roots for SASL EXTERNAL; the system roots when absent.
+    pub trust_roots_file: Option<PathBuf>,
+    /// Secret for XEP-0185 dialback keys; shared by all replicas of a gateway.
+    pub dialback_secret: Option<SecretRef>,
+    /// Largest stanza accepted from a peer, in bytes.
+    pub max_stanza_bytes: usize,
+    /// Close a stream that carried nothing for this long.
+    pub idle_timeout_secs: u64,
+    /// Interval of whitespace keepalives on outgoing streams.
+    pub keepalive_interval_secs: u64,
+    /// Time to establish and authenticate a stream before giving up.
+    pub connect_timeout_secs: u64,
+    /// Fixed routes that bypass DNS (private networks, tests).
+    pub static_routes: Vec<StaticRoute>,
+}
+
+impl Default for S2sConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 5269)),
+            require_tls: true,
+            tls_cert_file: None,
+            tls_key_file: None,
+            trust_roots_file: None,
+            dialback_secret: None,
+            max_stanza_bytes: 256 * 1024,
+            idle_timeout_secs: 600,
+            keepalive_interval_secs: 60,
+            connect_timeout_secs: 30,
+            static_routes: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StaticRoute {
+    pub domain: String,
+    pub host: String,
+    #[serde(default = "default_s2s_port")]
+    pub port: u16,
+}
+
+fn default_s2s_port() -> u16 {
+    5269
+}
+
+/// The Microsoft 365 tenant and the app registration the gateway acts as.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GraphConfig {
+    pub tenant_id: String,
+    pub client_id: String,
+    /// Client secret; exactly one of this and `client_certificate` is required.
+    #[serde(default)]
+    pub client_secret: Option<SecretRef>,
+    #[serde(default)]
+    pub client_certificate: Option<ClientCertificate>,
+    #[serde(default = "default_authority_url")]
+    pub authority_url: String,
+    #[serde(default = "default_graph_url")]
+    pub graph_url: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClientCertificate {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+fn default_authority_url() -> String {
+    "https://login.microsoftonline.com".to_owned()
+}
+
+fn default_graph_url() -> String {
+    "https://graph.microsoft.com/v1.0".to_owned()
+}
+
+/// The HTTPS endpoint that receives Graph change notifications.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookConfig {
+    pub listen: SocketAddr,
+    /// The URL Graph posts to (behind the ingress); notifications are off without it.
+    pub public_url: Option<String>,
+    /// Shared secret echoed by Graph as `clientState`.
+    pub client_state: Option<SecretRef>,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8443)),
+            public_url: None,
+            client_state: None,
+        }
+    }
+}
+
+/// Tenant users that stand for remote XMPP contacts.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShadowAccountConfig {
+    /// Domain of the UPNs created for shadow accounts, e.g. `xmpp.contoso.com`.
+    pub upn_domain: Option<String>,
+    /// SKU id of the Teams licence assigned to each shadow account.
+    pub licence_sku: Option<String>,
+    pub display_name_suffix: String,
+    /// Remove shadow accounts unused for this many days (0 keeps them forever).
+    pub remove_unused_after_days: u32,
+    /// Key that encrypts shadow-account credentials at rest.
+    pub credential_key: Option<SecretRef>,
+}
+
+impl Default for ShadowAccountConfig {
+    fn default() -> Self {
+        Self {
+            upn_domain: None,
+            licence_sku: None,
+            display_name_suffix: " (XMPP)".to_owned(),
+            remove_unused_after_days: 90,
+            credential_key: None,
+        }
+    }
+}
+
+/// Who may federate: remote XMPP domains and internal Teams users.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AllowConfig {
+    /// Exact domains (`example.org`) and suffix wildcards (`*.example.org`).
+    pub remote_domains: Vec<DomainPattern>,
+    /// Teams users by UPN.
+    pub internal_users: Vec<String>,
+    /// Entra group object ids whose members are allowed.
+    pub internal_groups: Vec<String>,
+}
+
+/// Per-user token buckets.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ThrottleConfig {
+    pub default: ThrottleLimits,
+    /// Per-user limits, keyed by UPN or bare JID.
+    pub overrides: BTreeMap<String, ThrottleLimits>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ThrottleLimits {
+    pub messages_per_minute: u32,
+    pub bytes_per_minute: u64,
+    pub presence_updates_per_minute: u32,
+    pub burst: u32,
+}
+
+impl Default for ThrottleLimits {
+    fn default() -> Self {
+        Self {
+            messages_per_minute: 60,
+            bytes_per_minute: 256 * 1024,
+            presence_updates_per_minute: 30,
+            burst: 20,
+        }
+    }
+}
+
+/// The durable store.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "engine", rename_all = "lowercase", deny_unknown_fields)]
+pub enum StoreConfig {
+    /// The embedded default: one file, one replica.
+    Sqlite { path: PathBuf },
+    /// Microsoft SQL Server 2022, for replicated production gateways.
+    Sqlserver { connection_string: SecretRef },
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig::Sqlite {
+            path: PathBuf::from("xmppfed.db"),
+        }
+    }
+}
+
+/// The admin HTTP port: `/metrics`, `/healthz`, `/readyz`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 9090)),
+        }
+    }
+}
+
+/// Logging; traces go over OTLP as the standard `OTEL_*` variables say.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// An env-filter directive; `RUST_LOG` overrides it.
+    pub log_level: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            log_level: "info".to_owned(),
+        }
+    }
+}
+
+impl GatewayConfig {
+    /// Parses and validates a configuration document.
+    pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
+        let config: GatewayConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            message: e.message().to_owned(),
+            span: e.span(),
+            rendered: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads, parses and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml_str(&text).map_err(|e| e.in_file(path))
+    }
+
+    /// Checks every field, returning all problems at once.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let errors = validate::validate(self);
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid { errors })
+        }
+    }
+
+    /// The configuration as TOML, secrets shown only by reference.
+    pub fn to_toml_string(&self) -> Result<String, ConfigError> {
+        toml::to_string_pretty(self).map_err(|e| ConfigError::Render(e.to_string()))
+    }
+
+    /// Every secret the configuration names, with the field that names it.
+    pub fn secret_refs(&self) -> Vec<(&'static str, &SecretRef)> {
+        let mut refs = Vec::new();
+        if let Some(s) = &self.s2s.dialback_secret {
+            refs.push(("s2s.dialback_secret", s));
+        }
+        if let Some(s) = self.graph.as_ref().and_then(|g| g.client_secret.as_ref()) {
+            refs.push(("graph.client_secret", s));
+        }
+        if let Some(s) = &self.webhook.client_state {
+            refs.push(("webhook.client_state", s));
+        }
+        if let Some(s) = &self.shadow_accounts.credential_key {
+            refs.push(("shadow_accounts.credential_key", s));
+        }
+        if let StoreConfig::Sqlserver { connection_string } = &self.store {
+            refs.push(("store.connection_string", connection_string));
+        }
+        refs
+    }
+
+    /// Resolves every secret, reporting each one that cannot be read.
+    pub fn check_secrets(&self) -> Result<(), ConfigError> {
+        let errors: Vec<FieldError> = self
+            .secret_refs()
+            .into_iter()
+            .filter_map(|(field, r)| {
+                r.resolve()
+                    .err()
+                    .map(|e| FieldError::new(field, e.to_string()))
+            })
+            .collect();
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid { errors })
+        }
+    }
+
+    /// The limits that apply to one user (an override, or the default).
+    pub fn throttle_for(&self, user: &str) -> ThrottleLimits {
+        self.throttle
+            .overrides
+            .get(user)
+            .copied()
+            .unwrap_or(self.throttle.default)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,289 @@
+use super::*;
+
+const MINIMAL: &str = r#"
+[xmpp]
+domain = "teams.example.com"
+
+[s2s]
+require_tls = false
+"#;
+
+const FULL: &str = r#"
+[xmpp]
+domain = "teams.example.com"
+
+[s2s]
+listen = "127.0.0.1:5270"
+tls_cert_file = "/etc/xmppfed/tls.crt"
+tls_key_file = "/etc/xmppfed/tls.key"
+dialback_secret = { file = "/etc/xmppfed/dialback" }
+static_routes = [{ domain = "xmpp.partner.example", host = "10.1.2.3" }]
+
+[graph]
+tenant_id = "8f0d2a8e-1b2c-4d5e-9f00-112233445566"
+client_id = "0a1b2c3d-4e5f-6789-abcd-ef0123456789"
+client_secret = { env = "XMPPFED_GRAPH_SECRET" }
+
+[webhook]
+public_url = "https://gw.example.com/notifications"
+client_state = { env = "XMPPFED_CLIENT_STATE" }
+
+[shadow_accounts]
+upn_domain = "xmpp.example.com"
+licence_sku = "3b555118-da6a-4418-894f-7df1e2096870"
+
+[allow]
+remote_domains = ["partner.example", "*.allies.example"]
+internal_users = ["alice@example.com"]
+internal_groups = ["11111111-2222-3333-4444-555555555555"]
+
+[throttle.default]
+messages_per_minute = 30
+
+[throttle.overrides."alice@example.com"]
+messages_per_minute = 600
+burst = 100
+
+[store]
+engine = "sqlserver"
+connection_string = { file = "/etc/xmppfed/db" }
+"#;
+
+#[test]
+fn minimal_config_gets_defaults() {
+    let c = GatewayConfig::from_toml_str(MINIMAL).unwrap();
+    assert_eq!(c.xmpp.domain, "teams.example.com");
+    assert_eq!(c.s2s.listen.port(), 5269);
+    assert_eq!(c.s2s.max_stanza_bytes, 256 * 1024);
+    assert_eq!(c.admin.listen.port(), 9090);
+    assert_eq!(
+        c.store,
+        StoreConfig::Sqlite {
+            path: "xmppfed.db".into()
+        }
+    );
+    assert!(c.graph.is_none());
+    assert_eq!(c.throttle.default, ThrottleLimits::default());
+}
+
+#[test]
+fn full_config_parses_and_round_trips() {
+    let c = GatewayConfig::from_toml_str(FULL).unwrap();
+    assert_eq!(c.s2s.static_routes[0].port, 5269);
+    assert_eq!(c.throttle.default.messages_per_minute, 30);
+    // A partly written override keeps the defaults for the rest.
+    let alice = c.throttle_for("alice@example.com");
+    assert_eq!((alice.messages_per_minute, alice.burst), (600, 100));
+    assert_eq!(
+        alice.bytes_per_minute,
+        ThrottleLimits::default().bytes_per_minute
+    );
+    assert_eq!(c.throttle_for("bob@example.com").messages_per_minute, 30);
+    assert!(c.allow.remote_domains[1].matches("x.allies.example"));
+
+    let rendered = c.to_toml_string().unwrap();
+    assert_eq!(GatewayConfig::from_toml_str(&rendered).unwrap(), c);
+}
+
+fn fields_of(text: &str) -> Vec<String> {
+    let e = GatewayConfig::from_toml_str(text).unwrap_err();
+    e.field_errors().iter().map(|f| f.field.clone()).collect()
+}
+
+#[test]
+fn validation_names_every_bad_field() {
+    let text = r#"
+[xmpp]
+domain = "not a domain"
+[s2s]
+max_stanza_bytes = 100
+keepalive_interval_secs = 900
+static_routes = [{ domain = "x.example", host = "", port = 0 }]
+[throttle.default]
+burst = 0
+[allow]
+internal_users = ["bob"]
+internal_groups = ["not-a-guid"]
+"#;
+    let fields = fields_of(text);
+    for expected in [
+        "xmpp.domain",
+        "s2s.max_stanza_bytes",
+        "s2s.keepalive_interval_secs",
+        "s2s.tls_cert_file",
+        "s2s.static_routes[0].host",
+        "s2s.static_routes[0].port",
+        "throttle.default.burst",
+        "allow.internal_users[0]",
+        "allow.internal_groups[0]",
+    ] {
+        assert!(
+            fields.iter().any(|f| f == expected),
+            "{expected} missing from {fields:?}"
+        );
+    }
+    let message = GatewayConfig::from_toml_str(text).unwrap_err().to_string();
+    assert!(
+        message.contains("xmpp.domain: `not a domain` is not a valid domain name"),
+        "{message}"
+    );
+}
+
+#[test]
+fn graph_needs_exactly_one_credential_and_a_upn_domain() {
+    let base = r#"
+[xmpp]
+domain = "teams.example.com"
+[s2s]
+require_tls = false
+[graph]
+tenant_id = "8f0d2a8e-1b2c-4d5e-9f00-112233445566"
+client_id = "0a1b2c3d-4e5f-6789-abcd-ef0123456789"
+"#;
+    let fields = fields_of(base);
+    assert!(
+        fields.contains(&"graph.client_secret".to_owned()),
+        "{fields:?}"
+    );
+    assert!(
+        fields.contains(&"shadow_accounts.upn_domain".to_owned()),
+        "{fields:?}"
+    );
+
+    let both = format!(
+        "{base}client_secret = {{ env = \"S\" }}\nclient_certificate = {{ cert_file = \"c\", key_file = \"k\" }}\n"
+    );
+    assert!(fields_of(&both).contains(&"graph.client_certificate".to_owned()));
+}
+
+#[test]
+fn plain_http_is_only_for_loopback() {
+    let with_url = |url: &str| {
+        format!(
+            "[xmpp]\ndomain = \"t.example\"\n[s2s]\nrequire_tls = false\n[webhook]\npublic_url = \"{url}\"\nclient_state = {{ env = \"X\" }}\n"
+        )
+    };
+    assert!(GatewayConfig::from_toml_str(&with_url("http://127.0.0.1:8443/n")).is_ok());
+    assert!(GatewayConfig::from_toml_str(&with_url("http://[::1]:8443/n")).is_ok());
+    assert!(GatewayConfig::from_toml_str(&with_url("https://gw.example.com/n")).is_ok());
+    assert_eq!(
+        fields_of(&with_url("http://gw.example.com/n")),
+        ["webhook.public_url"]
+    );
+    assert_eq!(
+        fields_of(&with_url("http://localhost.evil.example/n")),
+        ["webhook.public_url"]
+    );
+    assert_eq!(fields_of(&with_url("ftp://x")), ["webhook.public_url"]);
+}
+
+#[test]
+fn colliding_listeners_are_rejected() {
+    let text =
+        "[xmpp]\ndomain = \"t.example\"\n[s2s]\nrequire_tls = false\nlisten = \"127.0.0.1:9090\"\n";
+    assert_eq!(fields_of(text), ["admin.listen"]);
+}
+
+#[test]
+fn unknown_fields_and_wrong_types_are_parse_errors_that_point_at_the_line() {
+    let e = GatewayConfig::from_toml_str("[xmpp]\ndomain = \"t.example\"\nport = 5\n").unwrap_err();
+    let m = e.to_string();
+    assert!(
+        m.contains("unknown field `port`") && m.contains("line 3"),
+        "{m}"
+    );
+
+    let e = GatewayConfig::from_toml_str(
+        "[xmpp]\ndomain = \"t.example\"\n[s2s]\nmax_stanza_bytes = \"big\"\n",
+    )
+    .unwrap_err();
+    let m = e.to_string();
+    assert!(
+        m.contains("line 4") && m.contains("max_stanza_bytes"),
+        "{m}"
+    );
+
+    let e = GatewayConfig::from_toml_str(
+        "[xmpp]\ndomain = \"t.example\"\n[store]\nengine = \"postgres\"\n",
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("postgres"), "{e}");
+
+    let e = GatewayConfig::from_toml_str(
+        "[allow]\nremote_domains = [\"*.\"]\n[xmpp]\ndomain = \"t.example\"\n",
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("`*.` is not a domain name"), "{e}");
+}
+
+#[test]
+fn load_names_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gw.toml");
+    std::fs::write(&path, "[xmpp]\ndomain = \"bad domain\"\n").unwrap();
+    let m = GatewayConfig::load(&path).unwrap_err().to_string();
+    assert!(m.starts_with(&format!("in {}", path.display())), "{m}");
+
+    let missing = dir.path().join("missing.toml");
+    let m = GatewayConfig::load(&missing).unwrap_err().to_string();
+    assert!(m.contains("cannot read configuration file"), "{m}");
+}
+
+#[test]
+fn secrets_resolve_from_file_and_env_and_never_print() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("secret");
+    std::fs::write(&path, "hunter2\n").unwrap();
+    let s = SecretRef::File(path.clone()).resolve().unwrap();
+    assert_eq!(s.expose(), "hunter2");
+    assert!(!format!("{s:?}").contains("hunter2"));
+
+    // PATH is set in every test environment; read-only use keeps this test parallel-safe.
+    let path_var = SecretRef::Env("PATH".into()).resolve().unwrap();
+    assert!(!path_var.expose().is_empty());
+
+    std::fs::write(&path, "\n").unwrap();
+    let e = SecretRef::File(path).resolve().unwrap_err().to_string();
+    assert!(e.contains("it is empty"), "{e}");
+    let e = SecretRef::Env("XMPPFED_SURELY_UNSET_VARIABLE".into())
+        .resolve()
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("XMPPFED_SURELY_UNSET_VARIABLE"),
+        "{e}"
+    );
+}
+
+#[test]
+fn rendered_config_shows_secret_references_not_values() {
+    let c = GatewayConfig::from_toml_str(FULL).unwrap();
+    let rendered = c.to_toml_string().unwrap();
+    assert!(rendered.contains("XMPPFED_GRAPH_SECRET"), "{rendered}");
+}
+
+#[test]
+fn check_secrets_names_each_unreadable_secret() {
+    let c = GatewayConfig::from_toml_str(FULL).unwrap();
+    let fields: Vec<&str> = c.secret_refs().iter().map(|(f, _)| *f).collect();
+    assert_eq!(
+        fields,
+        [
+            "s2s.dialback_secret",
+            "graph.client_secret",
+            "webhook.client_state",
+            "store.connection_string"
+        ]
+    );
+    let e = c.check_secrets().unwrap_err();
+    let bad: Vec<&str> = e.field_errors().iter().map(|f| f.field.as_str()).collect();
+    assert_eq!(
+        bad, fields,
+        "none of FULL's secrets exist on a test machine"
+    );
+    assert!(
+        GatewayConfig::from_toml_str(MINIMAL)
+            .unwrap()
+            .check_secrets()
+            .is_ok()
+    );
+}

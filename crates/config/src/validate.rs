@@ -1,0 +1,262 @@
+//! Semantic checks that serde cannot express. Every check names its field.
+
+use std::collections::HashSet;
+
+use crate::{FieldError, GatewayConfig, StoreConfig, ThrottleLimits, is_valid_domain};
+
+/// RFC 6120 §13.12: a server must accept stanzas of at least 10,000 bytes.
+const MIN_STANZA_BYTES: usize = 10_000;
+
+pub(crate) fn validate(c: &GatewayConfig) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    let mut err = |field: &str, message: String| errors.push(FieldError::new(field, message));
+
+    if !is_valid_domain(&c.xmpp.domain) {
+        err(
+            "xmpp.domain",
+            format!("`{}` is not a valid domain name", c.xmpp.domain),
+        );
+    }
+
+    // s2s
+    let s2s = &c.s2s;
+    if s2s.max_stanza_bytes < MIN_STANZA_BYTES {
+        err(
+            "s2s.max_stanza_bytes",
+            format!("must be at least {MIN_STANZA_BYTES} (RFC 6120 §13.12)"),
+        );
+    }
+    if s2s.idle_timeout_secs == 0 {
+        err("s2s.idle_timeout_secs", "must be greater than 0".into());
+    }
+    if s2s.connect_timeout_secs == 0 {
+        err("s2s.connect_timeout_secs", "must be greater than 0".into());
+    }
+    if s2s.keepalive_interval_secs == 0 || s2s.keepalive_interval_secs >= s2s.idle_timeout_secs {
+        err(
+            "s2s.keepalive_interval_secs",
+            "must be greater than 0 and less than s2s.idle_timeout_secs".into(),
+        );
+    }
+    match (&s2s.tls_cert_file, &s2s.tls_key_file) {
+        (Some(_), None) => err(
+            "s2s.tls_key_file",
+            "required when s2s.tls_cert_file is set".into(),
+        ),
+        (None, Some(_)) => err(
+            "s2s.tls_cert_file",
+            "required when s2s.tls_key_file is set".into(),
+        ),
+        (None, None) if s2s.require_tls => err(
+            "s2s.tls_cert_file",
+            "required when s2s.require_tls is true (set both tls_cert_file and tls_key_file, or require_tls = false for local tests)".into(),
+        ),
+        _ => {}
+    }
+    let mut route_domains = HashSet::new();
+    for (i, route) in s2s.static_routes.iter().enumerate() {
+        let field = format!("s2s.static_routes[{i}]");
+        if !is_valid_domain(&route.domain) {
+            err(
+                &format!("{field}.domain"),
+                format!("`{}` is not a valid domain name", route.domain),
+            );
+        } else if !route_domains.insert(route.domain.to_ascii_lowercase()) {
+            err(
+                &format!("{field}.domain"),
+                format!("`{}` has more than one route", route.domain),
+            );
+        }
+        if route.host.trim().is_empty() {
+            err(&format!("{field}.host"), "must not be empty".into());
+        }
+        if route.port == 0 {
+            err(&format!("{field}.port"), "must not be 0".into());
+        }
+    }
+
+    // Graph
+    if let Some(g) = &c.graph {
+        if !is_guid(&g.tenant_id) && !is_valid_domain(&g.tenant_id) {
+            err(
+                "graph.tenant_id",
+                "must be the tenant's id (a GUID) or its primary domain".into(),
+            );
+        }
+        if !is_guid(&g.client_id) {
+            err(
+                "graph.client_id",
+                "must be the app registration's application (client) id, a GUID".into(),
+            );
+        }
+        match (&g.client_secret, &g.client_certificate) {
+            (None, None) => err(
+                "graph.client_secret",
+                "one of graph.client_secret and graph.client_certificate is required".into(),
+            ),
+            (Some(_), Some(_)) => err(
+                "graph.client_certificate",
+                "set only one of graph.client_secret and graph.client_certificate".into(),
+            ),
+            _ => {}
+        }
+        for (field, url) in [
+            ("graph.authority_url", &g.authority_url),
+            ("graph.graph_url", &g.graph_url),
+        ] {
+            if let Err(m) = check_url(url) {
+                err(field, m);
+            }
+        }
+        if c.shadow_accounts.upn_domain.is_none() {
+            err(
+                "shadow_accounts.upn_domain",
+                "required when graph is configured (shadow accounts are created under it)".into(),
+            );
+        }
+    }
+
+    // Webhook
+    if let Some(url) = &c.webhook.public_url {
+        if let Err(m) = check_url(url) {
+            err("webhook.public_url", m);
+        }
+        if c.webhook.client_state.is_none() {
+            err(
+                "webhook.client_state",
+                "required when webhook.public_url is set".into(),
+            );
+        }
+    }
+
+    // Shadow accounts
+    if let Some(d) = &c.shadow_accounts.upn_domain
+        && !is_valid_domain(d)
+    {
+        err(
+            "shadow_accounts.upn_domain",
+            format!("`{d}` is not a valid domain name"),
+        );
+    }
+    if let Some(sku) = &c.shadow_accounts.licence_sku
+        && !is_guid(sku)
+    {
+        err(
+            "shadow_accounts.licence_sku",
+            "must be a SKU id (a GUID)".into(),
+        );
+    }
+
+    // Allow lists
+    for (i, upn) in c.allow.internal_users.iter().enumerate() {
+        if !is_upn(upn) {
+            err(
+                &format!("allow.internal_users[{i}]"),
+                format!("`{upn}` is not a user principal name (name@domain)"),
+            );
+        }
+    }
+    for (i, group) in c.allow.internal_groups.iter().enumerate() {
+        if !is_guid(group) {
+            err(
+                &format!("allow.internal_groups[{i}]"),
+                format!("`{group}` is not an Entra group object id (a GUID)"),
+            );
+        }
+    }
+
+    // Throttling
+    check_limits("throttle.default", &c.throttle.default, &mut err);
+    for (user, limits) in &c.throttle.overrides {
+        check_limits(&format!("throttle.overrides.\"{user}\""), limits, &mut err);
+    }
+
+    // Store
+    match &c.store {
+        StoreConfig::Sqlite { path } if path.as_os_str().is_empty() => {
+            err("store.path", "must not be empty".into());
+        }
+        _ => {}
+    }
+
+    // Listeners must not collide.
+    let listeners = [
+        ("s2s.listen", c.s2s.listen),
+        ("webhook.listen", c.webhook.listen),
+        ("admin.listen", c.admin.listen),
+    ];
+    for (i, (a_name, a)) in listeners.iter().enumerate() {
+        for (b_name, b) in &listeners[i + 1..] {
+            if a.port() != 0
+                && a.port() == b.port()
+                && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+            {
+                err(b_name, format!("uses the same port as {a_name} ({a})"));
+            }
+        }
+    }
+
+    if c.telemetry.log_level.trim().is_empty() {
+        err("telemetry.log_level", "must not be empty".into());
+    }
+
+    errors
+}
+
+fn check_limits(field: &str, l: &ThrottleLimits, err: &mut impl FnMut(&str, String)) {
+    for (name, value) in [
+        ("messages_per_minute", u64::from(l.messages_per_minute)),
+        ("bytes_per_minute", l.bytes_per_minute),
+        (
+            "presence_updates_per_minute",
+            u64::from(l.presence_updates_per_minute),
+        ),
+        ("burst", u64::from(l.burst)),
+    ] {
+        if value == 0 {
+            err(&format!("{field}.{name}"), "must be greater than 0".into());
+        }
+    }
+}
+
+/// Accepts `https://…`, and `http://` only towards loopback (the Graph emulator, local tests).
+fn check_url(url: &str) -> Result<(), String> {
+    let rest = if let Some(rest) = url.strip_prefix("https://") {
+        rest
+    } else if let Some(rest) = url.strip_prefix("http://") {
+        let loopback = ["localhost", "127.0.0.1", "[::1]"].iter().any(|host| {
+            rest.strip_prefix(host)
+                .is_some_and(|tail| tail.is_empty() || tail.starts_with([':', '/']))
+        });
+        if !loopback {
+            return Err(format!(
+                "`{url}` must use https:// (plain http is allowed only towards localhost or 127.0.0.1)"
+            ));
+        }
+        rest
+    } else {
+        return Err(format!("`{url}` is not an http(s) URL"));
+    };
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err(format!("`{url}` has no host"));
+    }
+    Ok(())
+}
+
+fn is_guid(s: &str) -> bool {
+    let groups: Vec<&str> = s.split('-').collect();
+    groups.len() == 5
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(g, len)| g.len() == len && g.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+fn is_upn(s: &str) -> bool {
+    match s.rsplit_once('@') {
+        Some((local, domain)) => {
+            !local.is_empty() && !local.contains(char::is_whitespace) && is_valid_domain(domain)
+        }
+        None => false,
+    }
+}

@@ -1,0 +1,7 @@
+//! Harnesses for end-to-end tests: an in-test OTLP receiver, a runner for the
+//! project's binaries, and a Prometheus text parser. Real XMPP peers and the
+//! Graph emulator join here as they are built.
+
+pub mod daemon;
+pub mod metrics;
+pub mod otlp;

@@ -1,0 +1,25 @@
+//! The xmppfed gateway: the XMPP server of a Teams-facing domain, bridged to
+//! Microsoft Teams through Microsoft Graph.
+//!
+//! Today this crate holds the process shell (configuration, telemetry, admin
+//! endpoints); the s2s layer, the Graph client, the store and the bridge join
+//! it as modules of their own (see docs/architecture.md).
+
+pub mod process;
+
+pub use xmppfed_config as config;
+
+/// The configuration `xmppfed-gateway sandbox` runs: examples/local/gateway.toml.
+pub const SANDBOX_CONFIG: &str = include_str!("../../examples/local/gateway.toml");
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sandbox_config_is_valid_and_local_only() {
+        let c = crate::config::GatewayConfig::from_toml_str(super::SANDBOX_CONFIG).unwrap();
+        for addr in [c.s2s.listen, c.webhook.listen, c.admin.listen] {
+            assert!(addr.ip().is_loopback(), "{addr} is not loopback");
+        }
+        assert!(c.check_secrets().is_ok());
+    }
+}

@@ -1,0 +1,129 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use xmppfed_config::GatewayConfig;
+use xmppfed_gateway::SANDBOX_CONFIG;
+use xmppfed_gateway::process::{Gateway, SERVICE_NAME, VERSION};
+use xmppfed_telemetry::TelemetryOptions;
+
+/// xmppfed gateway: federates an XMPP domain with a Microsoft Teams tenant.
+#[derive(Parser)]
+#[command(name = "xmppfed-gateway", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway with a configuration file.
+    Run {
+        #[arg(long, short, env = "XMPPFED_CONFIG")]
+        config: PathBuf,
+    },
+    /// Run the gateway locally on its embedded default (examples/local/gateway.toml).
+    Sandbox {
+        /// Use this file instead of the embedded default.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Validate a configuration file without starting anything.
+    CheckConfig {
+        file: PathBuf,
+        /// Do not check that the secrets it names can be read (e.g. on a build machine).
+        #[arg(long)]
+        skip_secrets: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::CheckConfig { file, skip_secrets } => check_config(&file, skip_secrets),
+        Command::Run { config } => GatewayConfig::load(&config)
+            .map_err(anyhow::Error::from)
+            .and_then(|c| serve(c, false)),
+        Command::Sandbox { config } => sandbox_config(config.as_deref())
+            .map_err(anyhow::Error::from)
+            .and_then(|c| serve(c, true)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xmppfed-gateway: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn check_config(file: &std::path::Path, skip_secrets: bool) -> anyhow::Result<()> {
+    let config = GatewayConfig::load(file)?;
+    if !skip_secrets {
+        config
+            .check_secrets()
+            .with_context(|| format!("in {}", file.display()))?;
+    }
+    println!(
+        "{}: valid configuration for XMPP domain {}",
+        file.display(),
+        config.xmpp.domain
+    );
+    Ok(())
+}
+
+fn sandbox_config(
+    file: Option<&std::path::Path>,
+) -> Result<GatewayConfig, xmppfed_config::ConfigError> {
+    match file {
+        Some(file) => GatewayConfig::load(file),
+        None => GatewayConfig::from_toml_str(SANDBOX_CONFIG),
+    }
+}
+
+fn serve(config: GatewayConfig, sandbox: bool) -> anyhow::Result<()> {
+    // One TLS stack for the whole process: rustls with aws-lc-rs.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    config.check_secrets()?;
+
+    let telemetry = xmppfed_telemetry::init(&TelemetryOptions {
+        service_name: SERVICE_NAME,
+        service_version: VERSION,
+        default_log_filter: config.telemetry.log_level.clone(),
+    })?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let result = runtime.block_on(async {
+        if sandbox {
+            print_sandbox_banner(&config)?;
+        }
+        tracing::info!(config = %config.to_toml_string()?, "resolved configuration");
+        let gateway = Gateway::start(&config).await?;
+        gateway.run(xmppfed_telemetry::shutdown_signal()).await?;
+        anyhow::Ok(())
+    });
+    // Flush spans whatever the outcome, outside the runtime (the exporter blocks).
+    drop(runtime);
+    telemetry.shutdown();
+    result
+}
+
+fn print_sandbox_banner(config: &GatewayConfig) -> anyhow::Result<()> {
+    eprintln!(
+        "xmppfed gateway sandbox for XMPP domain {domain}\n\
+         \n\
+         Resolved configuration:\n\
+         {toml}\n\
+         Health:  http://{admin}/healthz  http://{admin}/readyz\n\
+         Metrics: http://{admin}/metrics\n\
+         Stop with Ctrl-C.\n",
+        domain = config.xmpp.domain,
+        toml = config.to_toml_string()?,
+        admin = config.admin.listen,
+    );
+    Ok(())
+}

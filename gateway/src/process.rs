@@ -1,0 +1,87 @@
+//! The gateway process: binds its listeners, reports health and metrics, and
+//! runs until told to stop.
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use xmppfed_config::{GatewayConfig, StoreConfig};
+use xmppfed_telemetry::{AdminServer, Health, Metrics, admin_router};
+
+pub const SERVICE_NAME: &str = "xmppfed-gateway";
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot bind the admin port {addr}: {source}")]
+    AdminBind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A gateway whose listeners are bound and which is ready to serve.
+pub struct Gateway {
+    admin: AdminServer,
+    health: Health,
+}
+
+impl Gateway {
+    /// Binds every listener (so conflicts fail startup) and registers metrics.
+    pub async fn start(config: &GatewayConfig) -> Result<Self, StartError> {
+        let span = tracing::info_span!("startup", domain = %config.xmpp.domain);
+        let _entered = span.enter();
+
+        let metrics = Metrics::new(SERVICE_NAME, VERSION);
+        config_info(&metrics, config);
+        let health = Health::new();
+        let admin = AdminServer::bind(config.admin.listen, admin_router(metrics, health.clone()))
+            .await
+            .map_err(|source| StartError::AdminBind {
+                addr: config.admin.listen,
+                source,
+            })?;
+        tracing::info!(
+            admin = %admin.local_addr().map_or_else(|_| config.admin.listen.to_string(), |a| a.to_string()),
+            "gateway started"
+        );
+        Ok(Self { admin, health })
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.local_addr().ok()
+    }
+
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
+    /// Serves until `shutdown` resolves.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let result = self.admin.serve(shutdown).await;
+        tracing::info!("gateway stopped");
+        result
+    }
+}
+
+/// `xmppfed_gateway_info{domain,store} 1`: which domain and store this process serves.
+fn config_info(metrics: &Metrics, config: &GatewayConfig) {
+    let info = metrics.register(
+        "gateway_info",
+        "The XMPP domain and store engine of this gateway (always 1)",
+        Family::<Vec<(String, String)>, Gauge>::default(),
+    );
+    let store = match config.store {
+        StoreConfig::Sqlite { .. } => "sqlite",
+        StoreConfig::Sqlserver { .. } => "sqlserver",
+    };
+    info.get_or_create(&vec![
+        ("domain".to_owned(), config.xmpp.domain.clone()),
+        ("store".to_owned(), store.to_owned()),
+    ])
+    .set(1);
+}

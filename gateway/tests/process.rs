@@ -1,0 +1,181 @@
+//! The gateway binary as an operator of it meets it: configuration, telemetry,
+//! admin endpoints, and a clean stop on SIGTERM.
+
+use std::process::Command;
+use std::time::Duration;
+
+use xmppfed_e2e::daemon::Daemon;
+use xmppfed_e2e::metrics;
+use xmppfed_e2e::otlp::OtlpReceiver;
+
+const BIN: &str = env!("CARGO_BIN_EXE_xmppfed-gateway");
+
+fn write_config(dir: &tempfile::TempDir, admin: &str) -> std::path::PathBuf {
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[xmpp]\ndomain = \"teams.test\"\n\
+             [s2s]\nlisten = \"127.0.0.1:0\"\nrequire_tls = false\n\
+             [webhook]\nlisten = \"127.0.0.1:0\"\n\
+             [admin]\nlisten = \"{admin}\"\n\
+             [store]\nengine = \"sqlite\"\npath = \"{}\"\n",
+            dir.path().join("gw.db").display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn spans_reach_otlp_metrics_parse_and_sigterm_stops_cleanly() {
+    let receiver = OtlpReceiver::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(&dir, "127.0.0.1:0");
+
+    let mut command = Command::new(BIN);
+    command
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint())
+        .env("OTEL_SERVICE_NAME", "gateway-under-test")
+        .env_remove("OTEL_SDK_DISABLED")
+        .env_remove("OTEL_TRACES_EXPORTER")
+        .env_remove("RUST_LOG");
+    let mut gateway = Daemon::spawn(command).unwrap();
+    let started = gateway
+        .wait_for_log("gateway started", Duration::from_secs(20))
+        .unwrap();
+    assert_eq!(started["span"]["name"], "startup", "{started}");
+    let admin = started["admin"].as_str().unwrap().to_owned();
+
+    let http = reqwest::Client::new();
+    let get = |path: &str| http.get(format!("http://{admin}{path}")).send();
+
+    let healthz = get("/healthz").await.unwrap();
+    assert_eq!(healthz.status(), 200);
+    let readyz = get("/readyz").await.unwrap();
+    assert_eq!(readyz.status(), 200);
+    assert_eq!(readyz.text().await.unwrap(), "ok\n");
+
+    let response = get("/metrics").await.unwrap();
+    assert_eq!(response.status(), 200);
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        content_type.starts_with("application/openmetrics-text"),
+        "{content_type}"
+    );
+    let scrape = metrics::parse(&response.text().await.unwrap()).unwrap();
+    let build = metrics::samples(&scrape, "xmppfed_build_info");
+    assert_eq!(build.len(), 1, "{:?}", scrape.samples);
+    assert_eq!(build[0].labels.get("service"), Some("xmppfed-gateway"));
+    let info = metrics::samples(&scrape, "xmppfed_gateway_info");
+    assert_eq!(info[0].labels.get("domain"), Some("teams.test"));
+    assert_eq!(info[0].labels.get("store"), Some("sqlite"));
+
+    // The batch exporter's schedule (5 s by default) has not fired yet: the span
+    // arrives because SIGTERM flushes the pipeline on the way out.
+    let status = gateway.terminate(Duration::from_secs(15)).unwrap();
+    assert!(status.success(), "exit status {status}");
+    let span = receiver
+        .wait_for_span("startup", Duration::from_secs(5))
+        .await
+        .unwrap_or_else(|| panic!("no startup span; received {:?}", receiver.spans()));
+    assert_eq!(span.service_name.as_deref(), Some("gateway-under-test"));
+    assert_eq!(span.trace_id.len(), 16);
+    assert!(
+        span.attributes
+            .contains(&("domain".to_owned(), "teams.test".to_owned())),
+        "{:?}",
+        span.attributes
+    );
+}
+
+#[test]
+fn check_config_names_bad_fields_and_accepts_good_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = write_config(&dir, "127.0.0.1:0");
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("valid configuration for XMPP domain teams.test")
+    );
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[xmpp]\ndomain = \"teams.test\"\n[s2s]\nrequire_tls = false\n\
+         dialback_secret = { file = \"/nonexistent/secret\" }\n[throttle.default]\nburst = 0\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("throttle.default.burst: must be greater than 0"),
+        "{stderr}"
+    );
+
+    // Structurally valid, but a named secret cannot be read.
+    let fixed = std::fs::read_to_string(&bad)
+        .unwrap()
+        .replace("burst = 0", "burst = 5");
+    std::fs::write(&bad, fixed).unwrap();
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("s2s.dialback_secret") && stderr.contains("/nonexistent/secret"),
+        "{stderr}"
+    );
+    let out = Command::new(BIN)
+        .args(["check-config", "--skip-secrets"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_taken_admin_port_is_a_clear_startup_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(&dir, &addr);
+    let out = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("XMPPFED_LOG_FORMAT", "json")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("cannot bind the admin port {addr}")),
+        "{stderr}"
+    );
+}

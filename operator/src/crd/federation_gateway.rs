@@ -1,0 +1,246 @@
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use super::{Condition, SecretKeyRef};
+
+/// One gateway deployment: an XMPP domain federated with one Microsoft 365 tenant.
+#[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[kube(
+    group = "xmppfed.io",
+    version = "v1alpha1",
+    kind = "FederationGateway",
+    namespaced,
+    shortname = "fgw",
+    category = "xmppfed",
+    status = "FederationGatewayStatus",
+    printcolumn(name = "Domain", type_ = "string", json_path = ".spec.domain"),
+    printcolumn(name = "Replicas", type_ = "integer", json_path = ".spec.replicas"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Licensed",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Licensed\")].status"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
+        priority = "1"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.database.engine != 'sqlite' || self.replicas <= 1").message("the sqlite engine supports one replica only: use engine sqlserver for more"))]
+#[x_kube(validation = Rule::new("self.database.engine != 'sqlserver' || has(self.database.connectionStringSecret)").message("database.connectionStringSecret is required for engine sqlserver"))]
+pub struct FederationGatewaySpec {
+    /// The Teams-facing XMPP domain this gateway serves, e.g. `teams.example.com`.
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = Rule::new(super::DOMAIN_RULE).message("domain must be a lower-case DNS name such as teams.example.com"))]
+    pub domain: String,
+    pub tenant: TenantSpec,
+    #[serde(default)]
+    pub shadow_accounts: ShadowAccountSpec,
+    /// Gateway pods; each needs a licence seat.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 0, max = 64))]
+    pub replicas: i32,
+    /// The gateway container image.
+    #[schemars(length(min = 1))]
+    pub image: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    #[serde(default)]
+    pub s2s: S2sSpec,
+    /// The HTTPS URL that Microsoft Graph posts change notifications to; polling only when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    #[x_kube(validation = Rule::new("self.startsWith('https://')").message("webhookUrl must be an https:// URL"))]
+    pub webhook_url: Option<String>,
+    pub database: DatabaseSpec,
+    #[serde(default)]
+    pub telemetry: TelemetrySpec,
+    /// Which DomainWhitelists and ThrottlePolicies apply, beyond those that select this gateway.
+    #[serde(default)]
+    pub policies: PolicySelection,
+    /// Secret holding the signed licence documents.
+    pub licence_secret: SecretKeyRef,
+    /// Stop reconciling: children are left as they are.
+    #[serde(default)]
+    pub paused: bool,
+}
+
+fn default_replicas() -> i32 {
+    1
+}
+
+/// The Microsoft 365 tenant and the app registration the gateway signs in as.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.clientSecret) != has(self.clientCertificate)").message("set exactly one of tenant.clientSecret and tenant.clientCertificate"))]
+pub struct TenantSpec {
+    /// Directory (tenant) id.
+    #[schemars(length(max = 36))]
+    #[x_kube(validation = Rule::new("self.matches('^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$')").message("tenant.tenantId must be a GUID"))]
+    pub tenant_id: String,
+    /// Application (client) id of the app registration.
+    #[schemars(length(max = 36))]
+    #[x_kube(validation = Rule::new("self.matches('^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$')").message("tenant.clientId must be a GUID"))]
+    pub client_id: String,
+    /// Secret key holding the client secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret: Option<SecretKeyRef>,
+    /// Secret of type kubernetes.io/tls holding the client certificate and key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate: Option<String>,
+}
+
+/// How remote XMPP contacts are represented in the tenant.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ShadowAccountSpec {
+    /// Domain of the shadow accounts' UPNs (a verified domain of the tenant).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = Rule::new(super::DOMAIN_RULE).message("shadowAccounts.upnDomain must be a lower-case DNS name"))]
+    pub upn_domain: Option<String>,
+    /// SKU id of the Teams licence assigned to each shadow account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub licence_sku: Option<String>,
+    /// Appended to the contact's name, e.g. " (XMPP)".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name_suffix: Option<String>,
+}
+
+/// Server-to-server federation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct S2sSpec {
+    #[serde(default = "default_s2s_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// Secret of type kubernetes.io/tls with the domain's certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_secret: Option<String>,
+    #[serde(default = "default_true")]
+    pub require_tls: bool,
+    /// Fixed routes for remote domains that DNS does not resolve (private networks).
+    #[serde(default)]
+    #[schemars(length(max = 1000), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["domain"]))]
+    pub static_routes: Vec<StaticRouteSpec>,
+}
+
+impl Default for S2sSpec {
+    fn default() -> Self {
+        Self {
+            port: default_s2s_port(),
+            tls_secret: None,
+            require_tls: true,
+            static_routes: Vec::new(),
+        }
+    }
+}
+
+fn default_s2s_port() -> i32 {
+    5269
+}
+
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StaticRouteSpec {
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = Rule::new(super::DOMAIN_RULE).message("staticRoutes[].domain must be a lower-case DNS name"))]
+    pub domain: String,
+    #[schemars(length(min = 1, max = 253))]
+    pub host: String,
+    #[serde(default = "default_s2s_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+}
+
+/// The durable store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseSpec {
+    pub engine: DatabaseEngine,
+    /// Secret key with the SQL Server connection string (engine sqlserver).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_string_secret: Option<SecretKeyRef>,
+    /// Size of the volume for engine sqlite, e.g. `1Gi`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_size: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DatabaseEngine {
+    /// Embedded, one replica.
+    Sqlite,
+    /// Microsoft SQL Server 2022, any number of replicas.
+    Sqlserver,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TelemetrySpec {
+    /// OTLP/HTTP endpoint for traces (sets OTEL_EXPORTER_OTLP_ENDPOINT).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otlp_endpoint: Option<String>,
+    /// Log filter, e.g. `info` or `info,xmppfed_gateway=debug`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_level: Option<String>,
+}
+
+/// Policies referenced by name, in addition to those whose selectors pick this gateway.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicySelection {
+    #[serde(default)]
+    pub domain_whitelists: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttle_policy: Option<String>,
+}
+
+/// What the operator applied and observed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FederationGatewayStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Ready, Progressing, Degraded and Licensed.
+    #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// Gateway pods ready to serve.
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// Hash of the rendered gateway configuration now applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_hash: Option<String>,
+    /// Licence seats assigned, by pod name.
+    #[serde(default)]
+    pub licence_assignments: BTreeMap<String, LicenceAssignment>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LicenceAssignment {
+    /// Id of the licence the seat comes from.
+    pub licence_id: String,
+    /// RFC 3339 expiry of that licence.
+    pub expires: String,
+}

@@ -1,0 +1,100 @@
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use xmppfed_telemetry::{
+    AdminServer, ComponentHealth, Health, Metrics, TelemetryOptions, admin_router,
+};
+
+const SERVICE_NAME: &str = "xmppfed-operator";
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// xmppfed operator: reconciles FederationGateway, DomainWhitelist and ThrottlePolicy.
+#[derive(Parser)]
+#[command(name = "xmppfed-operator", version)]
+struct Cli {
+    /// Address of the admin port (/metrics, /healthz, /readyz).
+    #[arg(long, env = "XMPPFED_ADMIN_LISTEN", default_value = "0.0.0.0:8080")]
+    admin_listen: SocketAddr,
+    /// Log filter used when RUST_LOG is unset.
+    #[arg(long, env = "XMPPFED_LOG_LEVEL", default_value = "info")]
+    log_level: String,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xmppfed-operator: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    // One TLS stack for the whole process: rustls with aws-lc-rs.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let telemetry = xmppfed_telemetry::init(&TelemetryOptions {
+        service_name: SERVICE_NAME,
+        service_version: VERSION,
+        default_log_filter: cli.log_level.clone(),
+    })?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let result = runtime.block_on(serve(cli.admin_listen));
+    drop(runtime);
+    telemetry.shutdown();
+    result
+}
+
+async fn serve(admin_listen: SocketAddr) -> anyhow::Result<()> {
+    let metrics = Metrics::new(SERVICE_NAME, VERSION);
+    let health = Health::new();
+    let api = health.component("kubernetes-api");
+    let admin = AdminServer::bind(admin_listen, admin_router(metrics, health))
+        .await
+        .with_context(|| format!("cannot bind the admin port {admin_listen}"))?;
+    tracing::info!(admin = %admin.local_addr()?, "operator started");
+
+    let connect = tokio::spawn(connect_to_api(api));
+    let served = admin.serve(xmppfed_telemetry::shutdown_signal()).await;
+    connect.abort();
+    tracing::info!("operator stopped");
+    Ok(served?)
+}
+
+/// Connects to the API server named by the in-cluster environment or KUBECONFIG,
+/// retrying with backoff; readiness follows the outcome.
+async fn connect_to_api(api: ComponentHealth) {
+    let mut delay = Duration::from_secs(1);
+    loop {
+        let attempt = async {
+            let client = kube::Client::try_default().await?;
+            let version = client.apiserver_version().await?;
+            anyhow::Ok(version)
+        };
+        let span = tracing::info_span!("kubernetes.connect");
+        match tracing::Instrument::instrument(attempt, span).await {
+            Ok(version) => {
+                tracing::info!(
+                    server = %format!("{}.{}", version.major, version.minor),
+                    "connected to the Kubernetes API; no controllers are registered in this build"
+                );
+                api.ready();
+                return;
+            }
+            Err(e) => {
+                let reason = format!("cannot reach the Kubernetes API: {e}");
+                tracing::warn!(retry_in = ?delay, "{reason}");
+                api.not_ready(&reason);
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
