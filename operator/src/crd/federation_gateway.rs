@@ -134,6 +134,9 @@ pub struct S2sSpec {
     pub tls_secret: Option<String>,
     #[serde(default = "default_true")]
     pub require_tls: bool,
+    /// How remote XMPP servers reach the gateway; they must, so LoadBalancer by default.
+    #[serde(default)]
+    pub service_type: S2sServiceType,
     /// Fixed routes for remote domains that DNS does not resolve (private networks).
     #[serde(default)]
     #[schemars(length(max = 1000), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["domain"]))]
@@ -146,7 +149,29 @@ impl Default for S2sSpec {
             port: default_s2s_port(),
             tls_secret: None,
             require_tls: true,
+            service_type: S2sServiceType::default(),
             static_routes: Vec::new(),
+        }
+    }
+}
+
+/// The type of the s2s Service.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+pub enum S2sServiceType {
+    ClusterIP,
+    NodePort,
+    #[default]
+    LoadBalancer,
+}
+
+impl S2sServiceType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            S2sServiceType::ClusterIP => "ClusterIP",
+            S2sServiceType::NodePort => "NodePort",
+            S2sServiceType::LoadBalancer => "LoadBalancer",
         }
     }
 }

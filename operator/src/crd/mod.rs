@@ -13,8 +13,8 @@ pub use common::{Condition, GatewaySelector, ResourceStatus, SecretKeyRef};
 pub use domain_whitelist::{DomainWhitelist, DomainWhitelistSpec};
 pub use federation_gateway::{
     DatabaseEngine, DatabaseSpec, FederationGateway, FederationGatewaySpec,
-    FederationGatewayStatus, LicenceAssignment, PolicySelection, S2sSpec, ShadowAccountSpec,
-    StaticRouteSpec, TelemetrySpec, TenantSpec,
+    FederationGatewayStatus, LicenceAssignment, PolicySelection, S2sServiceType, S2sSpec,
+    ShadowAccountSpec, StaticRouteSpec, TelemetrySpec, TenantSpec,
 };
 pub use throttle_policy::{
     ThrottleLimitsSpec, ThrottleOverride, ThrottlePolicy, ThrottlePolicySpec,

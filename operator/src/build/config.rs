@@ -1,0 +1,248 @@
+//! Renders the gateway's configuration document from a FederationGateway and
+//! the policies that apply to it, and checks it as the gateway itself will.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use kube::ResourceExt;
+use sha2::{Digest, Sha256};
+use xmppfed_config as cfg;
+
+use super::{keys, paths, ports};
+use crate::crd::{DatabaseEngine, FederationGateway, ThrottleLimitsSpec};
+use crate::policy::AppliedPolicies;
+
+/// The rendered document is not one the gateway would accept.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{field}: {message}")]
+    Spec { field: String, message: String },
+    #[error("the rendered gateway configuration is invalid: {0}")]
+    Rendered(String),
+}
+
+fn file(dir: &str, name: &str) -> PathBuf {
+    Path::new(dir).join(name)
+}
+
+fn limits(l: &ThrottleLimitsSpec) -> cfg::ThrottleLimits {
+    cfg::ThrottleLimits {
+        messages_per_minute: l.messages_per_minute,
+        bytes_per_minute: l.bytes_per_minute,
+        presence_updates_per_minute: l.presence_updates_per_minute,
+        burst: l.burst,
+    }
+}
+
+fn spec_error(field: &str, message: &str) -> ConfigError {
+    ConfigError::Spec {
+        field: field.to_owned(),
+        message: message.to_owned(),
+    }
+}
+
+/// The gateway configuration for `gateway`. Secrets are referenced as the files
+/// the StatefulSet mounts; their values never pass through the operator.
+pub fn render_config(
+    gateway: &FederationGateway,
+    policies: &AppliedPolicies<'_>,
+) -> Result<cfg::GatewayConfig, ConfigError> {
+    let spec = &gateway.spec;
+    let any = |ip: [u8; 4], port: i32| SocketAddr::from((ip, u16::try_from(port).unwrap_or(0)));
+
+    if spec.s2s.require_tls && spec.s2s.tls_secret.is_none() {
+        return Err(spec_error(
+            "spec.s2s.tlsSecret",
+            "required when spec.s2s.requireTls is true (a kubernetes.io/tls Secret with the domain's certificate)",
+        ));
+    }
+    if spec.shadow_accounts.upn_domain.is_none() {
+        return Err(spec_error(
+            "spec.shadowAccounts.upnDomain",
+            "required: shadow accounts for XMPP contacts are created under this tenant domain",
+        ));
+    }
+
+    let mut remote_domains = BTreeSet::new();
+    let mut internal_users = BTreeSet::new();
+    let mut internal_groups = BTreeSet::new();
+    for w in &policies.whitelists {
+        for d in &w.spec.remote_domains {
+            let pattern = d
+                .parse::<cfg::DomainPattern>()
+                .map_err(|m| ConfigError::Spec {
+                    field: format!("DomainWhitelist {}: spec.remoteDomains", w.name_any()),
+                    message: m,
+                })?;
+            remote_domains.insert(pattern);
+        }
+        // UPNs and group ids compare case-insensitively in Entra ID.
+        internal_users.extend(w.spec.internal_users.iter().map(|u| u.to_ascii_lowercase()));
+        internal_groups.extend(
+            w.spec
+                .internal_groups
+                .iter()
+                .map(|g| g.to_ascii_lowercase()),
+        );
+    }
+
+    let throttle = match policies.throttle {
+        Some(t) => cfg::ThrottleConfig {
+            default: limits(&t.spec.limits),
+            overrides: t
+                .spec
+                .overrides
+                .iter()
+                .map(|o| (o.user.to_ascii_lowercase(), limits(&o.limits)))
+                .collect(),
+        },
+        None => cfg::ThrottleConfig::default(),
+    };
+
+    let tenant = &spec.tenant;
+    let (client_secret, client_certificate) =
+        match (&tenant.client_secret, &tenant.client_certificate) {
+            (Some(s), _) => (
+                Some(cfg::SecretRef::File(file(paths::GRAPH_SECRET_DIR, &s.key))),
+                None,
+            ),
+            (None, Some(_)) => (
+                None,
+                Some(cfg::ClientCertificate {
+                    cert_file: file(paths::GRAPH_CERT_DIR, "tls.crt"),
+                    key_file: file(paths::GRAPH_CERT_DIR, "tls.key"),
+                }),
+            ),
+            (None, None) => {
+                return Err(spec_error(
+                    "spec.tenant",
+                    "set exactly one of tenant.clientSecret and tenant.clientCertificate",
+                ));
+            }
+        };
+
+    let store = match spec.database.engine {
+        DatabaseEngine::Sqlite => cfg::StoreConfig::Sqlite {
+            path: file(paths::DATA_DIR, "xmppfed.db"),
+        },
+        DatabaseEngine::Sqlserver => {
+            let secret = spec
+                .database
+                .connection_string_secret
+                .as_ref()
+                .ok_or_else(|| {
+                    spec_error(
+                        "spec.database.connectionStringSecret",
+                        "required for engine sqlserver",
+                    )
+                })?;
+            cfg::StoreConfig::Sqlserver {
+                connection_string: cfg::SecretRef::File(file(
+                    paths::DATABASE_SECRET_DIR,
+                    &secret.key,
+                )),
+            }
+        }
+    };
+
+    let defaults = cfg::ShadowAccountConfig::default();
+    let config = cfg::GatewayConfig {
+        xmpp: cfg::XmppConfig {
+            domain: spec.domain.clone(),
+        },
+        s2s: cfg::S2sConfig {
+            listen: any([0, 0, 0, 0], spec.s2s.port),
+            require_tls: spec.s2s.require_tls,
+            tls_cert_file: spec
+                .s2s
+                .tls_secret
+                .as_ref()
+                .map(|_| file(paths::S2S_TLS_DIR, "tls.crt")),
+            tls_key_file: spec
+                .s2s
+                .tls_secret
+                .as_ref()
+                .map(|_| file(paths::S2S_TLS_DIR, "tls.key")),
+            dialback_secret: Some(cfg::SecretRef::File(file(paths::KEYS_DIR, keys::DIALBACK))),
+            static_routes: spec
+                .s2s
+                .static_routes
+                .iter()
+                .map(|r| cfg::StaticRoute {
+                    domain: r.domain.clone(),
+                    host: r.host.clone(),
+                    port: u16::try_from(r.port).unwrap_or(0),
+                })
+                .collect(),
+            ..cfg::S2sConfig::default()
+        },
+        graph: Some(cfg::GraphConfig {
+            tenant_id: tenant.tenant_id.clone(),
+            client_id: tenant.client_id.clone(),
+            client_secret,
+            client_certificate,
+            authority_url: "https://login.microsoftonline.com".to_owned(),
+            graph_url: "https://graph.microsoft.com/v1.0".to_owned(),
+        }),
+        webhook: cfg::WebhookConfig {
+            listen: any([0, 0, 0, 0], ports::WEBHOOK),
+            public_url: spec.webhook_url.clone(),
+            client_state: spec
+                .webhook_url
+                .as_ref()
+                .map(|_| cfg::SecretRef::File(file(paths::KEYS_DIR, keys::CLIENT_STATE))),
+        },
+        shadow_accounts: cfg::ShadowAccountConfig {
+            upn_domain: spec.shadow_accounts.upn_domain.clone(),
+            licence_sku: spec.shadow_accounts.licence_sku.clone(),
+            display_name_suffix: spec
+                .shadow_accounts
+                .display_name_suffix
+                .clone()
+                .unwrap_or(defaults.display_name_suffix),
+            remove_unused_after_days: defaults.remove_unused_after_days,
+            credential_key: Some(cfg::SecretRef::File(file(
+                paths::KEYS_DIR,
+                keys::CREDENTIAL_KEY,
+            ))),
+        },
+        allow: cfg::AllowConfig {
+            remote_domains: remote_domains.into_iter().collect(),
+            internal_users: internal_users.into_iter().collect(),
+            internal_groups: internal_groups.into_iter().collect(),
+        },
+        throttle,
+        store,
+        admin: cfg::AdminConfig {
+            listen: any([0, 0, 0, 0], ports::ADMIN),
+        },
+        telemetry: cfg::TelemetryConfig {
+            log_level: spec
+                .telemetry
+                .log_level
+                .clone()
+                .unwrap_or_else(|| "info".to_owned()),
+        },
+    };
+
+    // The gateway validates its file at startup; check it here so a bad spec
+    // shows as Degraded on the resource rather than as a crash-looping pod.
+    config.validate().map_err(|e| {
+        ConfigError::Rendered(
+            e.field_errors()
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+        )
+    })?;
+    Ok(config)
+}
+
+/// A stable hash of the rendered document, put on the pod template so that a
+/// configuration change rolls the pods.
+pub fn config_hash(toml: &str) -> String {
+    let digest = Sha256::digest(toml.as_bytes());
+    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}

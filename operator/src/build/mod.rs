@@ -1,0 +1,58 @@
+//! The build step of the reconcile pipeline: pure functions from a validated
+//! FederationGateway and its policies to the objects the operator applies.
+
+mod config;
+mod workload;
+
+pub use config::{ConfigError, config_hash, render_config};
+pub use workload::{CONFIG_HASH_ANNOTATION, GatewayObjects, build_objects, labels};
+
+/// Where the gateway pod finds what the operator mounts for it.
+pub mod paths {
+    pub const CONFIG_DIR: &str = "/etc/xmppfed/config";
+    pub const CONFIG_FILE: &str = "gateway.toml";
+    pub const S2S_TLS_DIR: &str = "/etc/xmppfed/s2s-tls";
+    pub const GRAPH_CERT_DIR: &str = "/etc/xmppfed/graph-cert";
+    pub const GRAPH_SECRET_DIR: &str = "/etc/xmppfed/graph-secret";
+    pub const DATABASE_SECRET_DIR: &str = "/etc/xmppfed/database";
+    pub const KEYS_DIR: &str = "/etc/xmppfed/keys";
+    pub const LICENCE_DIR: &str = "/etc/xmppfed/licence";
+    pub const DATA_DIR: &str = "/var/lib/xmppfed";
+}
+
+/// Ports inside the gateway pod.
+pub mod ports {
+    pub const WEBHOOK: i32 = 8443;
+    pub const ADMIN: i32 = 9090;
+}
+
+/// Names of the children of gateway `name`.
+pub mod names {
+    pub fn config_map(name: &str) -> String {
+        format!("{name}-config")
+    }
+    pub fn headless_service(name: &str) -> String {
+        format!("{name}-headless")
+    }
+    pub fn s2s_service(name: &str) -> String {
+        format!("{name}-s2s")
+    }
+    pub fn webhook_service(name: &str) -> String {
+        format!("{name}-webhook")
+    }
+    pub fn service_account(name: &str) -> String {
+        format!("{name}-gateway")
+    }
+    /// The Secret the operator generates with the gateway's own keys (dialback
+    /// secret, webhook clientState, credential key); owned by the gateway.
+    pub fn keys_secret(name: &str) -> String {
+        format!("{name}-keys")
+    }
+}
+
+/// Keys of the generated keys Secret.
+pub mod keys {
+    pub const DIALBACK: &str = "dialback-secret";
+    pub const CLIENT_STATE: &str = "client-state";
+    pub const CREDENTIAL_KEY: &str = "credential-key";
+}

@@ -1,0 +1,394 @@
+//! The Kubernetes objects that run one gateway.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
+    HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretVolumeSource,
+    SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
+    VolumeResourceRequirements,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::ResourceExt;
+
+use super::{config_hash, names, paths, ports};
+use crate::crd::{DatabaseEngine, FederationGateway};
+
+/// Annotation on the pod template holding the rendered configuration's hash.
+pub const CONFIG_HASH_ANNOTATION: &str = "xmppfed.io/config-hash";
+const GATEWAY_UID: i64 = 65532;
+
+/// Everything the operator applies for one gateway.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GatewayObjects {
+    pub config_map: ConfigMap,
+    pub stateful_set: StatefulSet,
+    pub services: Vec<Service>,
+    pub pod_disruption_budget: Option<PodDisruptionBudget>,
+    pub service_account: ServiceAccount,
+}
+
+/// The labels every child carries; the first two select the gateway's pods.
+pub fn labels(name: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            "app.kubernetes.io/name".to_owned(),
+            "xmppfed-gateway".to_owned(),
+        ),
+        ("app.kubernetes.io/instance".to_owned(), name.to_owned()),
+        (
+            "app.kubernetes.io/component".to_owned(),
+            "gateway".to_owned(),
+        ),
+        (
+            "app.kubernetes.io/managed-by".to_owned(),
+            "xmppfed-operator".to_owned(),
+        ),
+    ])
+}
+
+fn selector_labels(name: &str) -> BTreeMap<String, String> {
+    labels(name)
+        .into_iter()
+        .filter(|(k, _)| k == "app.kubernetes.io/name" || k == "app.kubernetes.io/instance")
+        .collect()
+}
+
+/// Builds the children of `gateway` running `replicas` pods (the licensed count)
+/// with the rendered configuration `config_toml`.
+pub fn build_objects(
+    gateway: &FederationGateway,
+    owner: OwnerReference,
+    config_toml: &str,
+    replicas: i32,
+) -> GatewayObjects {
+    let name = gateway.name_any();
+    let spec = &gateway.spec;
+    let meta = |object_name: String| ObjectMeta {
+        name: Some(object_name),
+        namespace: gateway.namespace(),
+        labels: Some(labels(&name)),
+        owner_references: Some(vec![owner.clone()]),
+        ..ObjectMeta::default()
+    };
+
+    let config_map = ConfigMap {
+        metadata: meta(names::config_map(&name)),
+        data: Some(BTreeMap::from([(
+            paths::CONFIG_FILE.to_owned(),
+            config_toml.to_owned(),
+        )])),
+        ..ConfigMap::default()
+    };
+
+    // Volumes: configuration, generated keys, and each Secret the spec names.
+    let mut volumes = vec![
+        Volume {
+            name: "config".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: names::config_map(&name),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        secret_volume("keys", &names::keys_secret(&name)),
+        secret_volume("licence", &spec.licence_secret.name),
+        Volume {
+            name: "tmp".into(),
+            empty_dir: Some(Default::default()),
+            ..Volume::default()
+        },
+    ];
+    let mut mounts = vec![
+        mount("config", paths::CONFIG_DIR),
+        mount("keys", paths::KEYS_DIR),
+        mount("licence", paths::LICENCE_DIR),
+        mount("tmp", "/tmp"),
+    ];
+    let mut add_secret = |volume: &str, secret: &str, dir: &str| {
+        volumes.push(secret_volume(volume, secret));
+        mounts.push(mount(volume, dir));
+    };
+    if let Some(tls) = &spec.s2s.tls_secret {
+        add_secret("s2s-tls", tls, paths::S2S_TLS_DIR);
+    }
+    if let Some(s) = &spec.tenant.client_secret {
+        add_secret("graph-secret", &s.name, paths::GRAPH_SECRET_DIR);
+    }
+    if let Some(cert) = &spec.tenant.client_certificate {
+        add_secret("graph-cert", cert, paths::GRAPH_CERT_DIR);
+    }
+    if let Some(db) = &spec.database.connection_string_secret {
+        add_secret("database", &db.name, paths::DATABASE_SECRET_DIR);
+    }
+    let volume_claim_templates = (spec.database.engine == DatabaseEngine::Sqlite).then(|| {
+        mounts.push(mount("data", paths::DATA_DIR));
+        vec![PersistentVolumeClaim {
+            metadata: ObjectMeta {
+                name: Some("data".into()),
+                labels: Some(labels(&name)),
+                ..ObjectMeta::default()
+            },
+            spec: Some(PersistentVolumeClaimSpec {
+                access_modes: Some(vec!["ReadWriteOnce".into()]),
+                resources: Some(VolumeResourceRequirements {
+                    requests: Some(BTreeMap::from([(
+                        "storage".to_owned(),
+                        Quantity(
+                            spec.database
+                                .storage_size
+                                .clone()
+                                .unwrap_or_else(|| "1Gi".into()),
+                        ),
+                    )])),
+                    ..VolumeResourceRequirements::default()
+                }),
+                ..PersistentVolumeClaimSpec::default()
+            }),
+            ..PersistentVolumeClaim::default()
+        }]
+    });
+
+    let mut env = vec![
+        EnvVar {
+            name: "POD_NAME".into(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "metadata.name".into(),
+                    ..ObjectFieldSelector::default()
+                }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        },
+        env_var("OTEL_SERVICE_NAME", "xmppfed-gateway"),
+        env_var(
+            "OTEL_RESOURCE_ATTRIBUTES",
+            &format!("xmppfed.gateway={name}"),
+        ),
+    ];
+    if let Some(endpoint) = &spec.telemetry.otlp_endpoint {
+        env.push(env_var("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint));
+    }
+
+    let probe = |path: &str, period: i32, failures: i32| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("admin".into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        ..Probe::default()
+    };
+
+    let container = Container {
+        name: "gateway".into(),
+        image: Some(spec.image.clone()),
+        args: Some(vec![
+            "run".into(),
+            "--config".into(),
+            format!("{}/{}", paths::CONFIG_DIR, paths::CONFIG_FILE),
+        ]),
+        ports: Some(vec![
+            container_port("s2s", spec.s2s.port),
+            container_port("webhook", ports::WEBHOOK),
+            container_port("admin", ports::ADMIN),
+        ]),
+        env: Some(env),
+        resources: spec.resources.clone(),
+        volume_mounts: Some(mounts),
+        readiness_probe: Some(probe("/readyz", 5, 3)),
+        liveness_probe: Some(probe("/healthz", 10, 6)),
+        startup_probe: Some(probe("/healthz", 2, 30)),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            run_as_user: Some(GATEWAY_UID),
+            run_as_group: Some(GATEWAY_UID),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Capabilities::default()
+            }),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                ..SeccompProfile::default()
+            }),
+            ..SecurityContext::default()
+        }),
+        ..Container::default()
+    };
+
+    let stateful_set = StatefulSet {
+        metadata: meta(name.clone()),
+        spec: Some(StatefulSetSpec {
+            replicas: Some(replicas),
+            service_name: Some(names::headless_service(&name)),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(&name)),
+                ..LabelSelector::default()
+            },
+            pod_management_policy: Some("Parallel".into()),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels(&name)),
+                    annotations: Some(BTreeMap::from([(
+                        CONFIG_HASH_ANNOTATION.to_owned(),
+                        config_hash(config_toml),
+                    )])),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    service_account_name: Some(names::service_account(&name)),
+                    automount_service_account_token: Some(false),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(GATEWAY_UID),
+                        run_as_group: Some(GATEWAY_UID),
+                        fs_group: Some(GATEWAY_UID),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".into(),
+                            ..SeccompProfile::default()
+                        }),
+                        ..PodSecurityContext::default()
+                    }),
+                    containers: vec![container],
+                    volumes: Some(volumes),
+                    termination_grace_period_seconds: Some(30),
+                    ..PodSpec::default()
+                }),
+            },
+            volume_claim_templates,
+            ..StatefulSetSpec::default()
+        }),
+        ..StatefulSet::default()
+    };
+
+    let service = |object_name: String,
+                   type_: Option<&str>,
+                   headless: bool,
+                   ports: Vec<ServicePort>| Service {
+        metadata: meta(object_name),
+        spec: Some(ServiceSpec {
+            type_: type_.map(str::to_owned),
+            cluster_ip: headless.then(|| "None".to_owned()),
+            publish_not_ready_addresses: headless.then_some(true),
+            selector: Some(selector_labels(&name)),
+            ports: Some(ports),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    };
+    let services = vec![
+        service(
+            names::s2s_service(&name),
+            Some(spec.s2s.service_type.as_str()),
+            false,
+            vec![service_port("xmpp-server", spec.s2s.port)],
+        ),
+        service(
+            names::webhook_service(&name),
+            Some("ClusterIP"),
+            false,
+            vec![service_port("webhook", ports::WEBHOOK)],
+        ),
+        service(
+            names::headless_service(&name),
+            None,
+            true,
+            vec![
+                service_port("xmpp-server", spec.s2s.port),
+                service_port("admin", ports::ADMIN),
+            ],
+        ),
+    ];
+
+    let pod_disruption_budget = (spec.replicas > 1).then(|| PodDisruptionBudget {
+        metadata: meta(name.clone()),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector {
+                match_labels: Some(selector_labels(&name)),
+                ..LabelSelector::default()
+            }),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        ..PodDisruptionBudget::default()
+    });
+
+    let service_account = ServiceAccount {
+        metadata: meta(names::service_account(&name)),
+        automount_service_account_token: Some(false),
+        ..ServiceAccount::default()
+    };
+
+    GatewayObjects {
+        config_map,
+        stateful_set,
+        services,
+        pod_disruption_budget,
+        service_account,
+    }
+}
+
+fn secret_volume(volume: &str, secret: &str) -> Volume {
+    Volume {
+        name: volume.into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret.into()),
+            default_mode: Some(0o440),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    }
+}
+
+fn mount(volume: &str, path: &str) -> VolumeMount {
+    VolumeMount {
+        name: volume.into(),
+        mount_path: path.into(),
+        read_only: Some(volume != "data" && volume != "tmp"),
+        ..VolumeMount::default()
+    }
+}
+
+fn env_var(name: &str, value: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..EnvVar::default()
+    }
+}
+
+fn container_port(name: &str, port: i32) -> ContainerPort {
+    ContainerPort {
+        name: Some(name.into()),
+        container_port: port,
+        protocol: Some("TCP".into()),
+        ..ContainerPort::default()
+    }
+}
+
+fn service_port(name: &str, port: i32) -> ServicePort {
+    ServicePort {
+        name: Some(name.into()),
+        port,
+        target_port: Some(IntOrString::String(name_of_container_port(name).into())),
+        protocol: Some("TCP".into()),
+        ..ServicePort::default()
+    }
+}
+
+/// Service ports name their target by the container port's name.
+fn name_of_container_port(service_port: &str) -> &str {
+    match service_port {
+        "xmpp-server" => "s2s",
+        other => other,
+    }
+}

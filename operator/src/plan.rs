@@ -1,0 +1,79 @@
+//! The pure middle of the reconcile pipeline: from the fetched resources to the
+//! objects to apply, or to the reason the spec cannot be applied.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::Resource;
+
+use crate::build::{self, GatewayObjects};
+use crate::crd::{DomainWhitelist, FederationGateway, ThrottlePolicy};
+use crate::policy::{self, PolicyError};
+
+/// Why a gateway's spec cannot be applied: shown in its Degraded condition, and
+/// waited out until the next change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidSpec {
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error(transparent)]
+    Config(#[from] build::ConfigError),
+    #[error("the rendered configuration cannot be written as TOML: {0}")]
+    Render(String),
+    #[error("the FederationGateway has no uid yet (not read from the API server)")]
+    NoUid,
+}
+
+impl InvalidSpec {
+    /// CamelCase reason for the Degraded condition.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            InvalidSpec::Policy(PolicyError::AmbiguousThrottlePolicy(_)) => {
+                "AmbiguousThrottlePolicy"
+            }
+            InvalidSpec::Policy(_) => "MissingPolicy",
+            InvalidSpec::Config(_) | InvalidSpec::Render(_) => "InvalidSpec",
+            InvalidSpec::NoUid => "NotPersisted",
+        }
+    }
+}
+
+/// What the operator will apply for a gateway.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub config_toml: String,
+    pub config_hash: String,
+    pub objects: GatewayObjects,
+    /// Names of the whitelists and the throttle policy applied, for status.
+    pub whitelists: Vec<String>,
+    pub throttle_policy: Option<String>,
+}
+
+/// Validates `gateway` against the policies of its namespace and builds its objects,
+/// running `replicas` pods (the licensed count).
+pub fn plan(
+    gateway: &FederationGateway,
+    whitelists: &[DomainWhitelist],
+    throttles: &[ThrottlePolicy],
+    replicas: i32,
+) -> Result<Plan, InvalidSpec> {
+    use kube::ResourceExt;
+
+    let applied = policy::applied(gateway, whitelists, throttles)?;
+    let config = build::render_config(gateway, &applied)?;
+    let config_toml = config
+        .to_toml_string()
+        .map_err(|e| InvalidSpec::Render(e.to_string()))?;
+    let owner: OwnerReference = gateway
+        .controller_owner_ref(&())
+        .ok_or(InvalidSpec::NoUid)?;
+    let objects = build::build_objects(gateway, owner, &config_toml, replicas);
+    Ok(Plan {
+        config_hash: build::config_hash(&config_toml),
+        config_toml,
+        objects,
+        whitelists: applied.whitelists.iter().map(|w| w.name_any()).collect(),
+        throttle_policy: applied.throttle.map(|t| t.name_any()),
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,411 @@
+use super::*;
+use crate::build::paths;
+use crate::policy::{PolicyRef, selected_gateways};
+use xmppfed_config::{GatewayConfig, StoreConfig};
+
+fn gateway(extra_spec: &str, labels: &str) -> FederationGateway {
+    serde_yaml_ng::from_str(&format!(
+        r#"
+apiVersion: xmppfed.io/v1alpha1
+kind: FederationGateway
+metadata:
+  name: contoso
+  namespace: xmpp
+  uid: 6f1c2b1e-0000-4000-8000-000000000001
+  labels: {{{labels}}}
+spec:
+  domain: teams.contoso.example
+  image: ghcr.io/xmppfed/gateway:0.1.0
+  tenant:
+    tenantId: 8f0d2a8e-1b2c-4d5e-9f00-112233445566
+    clientId: 0a1b2c3d-4e5f-6789-abcd-ef0123456789
+    clientSecret: {{ name: graph-app, key: client-secret }}
+  shadowAccounts:
+    upnDomain: xmpp.contoso.example
+  s2s:
+    tlsSecret: contoso-tls
+  licenceSecret: {{ name: xmppfed-licence, key: licence }}
+{extra_spec}"#
+    ))
+    .unwrap()
+}
+
+fn sqlite() -> &'static str {
+    "  database: { engine: sqlite }\n"
+}
+
+fn whitelist(name: &str, namespace: &str, selector: &str, domains: &[&str]) -> DomainWhitelist {
+    serde_yaml_ng::from_str(&format!(
+        "apiVersion: xmppfed.io/v1alpha1\nkind: DomainWhitelist\nmetadata: {{ name: {name}, namespace: {namespace} }}\n\
+         spec:\n  gateways: {selector}\n  remoteDomains: {domains:?}\n  internalUsers: [Alice@Contoso.example]\n"
+    ))
+    .unwrap()
+}
+
+fn throttle(name: &str, selector: &str, per_minute: u32) -> ThrottlePolicy {
+    serde_yaml_ng::from_str(&format!(
+        "apiVersion: xmppfed.io/v1alpha1\nkind: ThrottlePolicy\nmetadata: {{ name: {name}, namespace: xmpp }}\n\
+         spec:\n  gateways: {selector}\n  limits: {{ messagesPerMinute: {per_minute}, bytesPerMinute: 100000, presenceUpdatesPerMinute: 10, burst: 5 }}\n\
+         \x20 overrides:\n  - user: Boss@Contoso.example\n    limits: {{ messagesPerMinute: 600, bytesPerMinute: 1000000, presenceUpdatesPerMinute: 60, burst: 50 }}\n"
+    ))
+    .unwrap()
+}
+
+#[test]
+fn minimal_gateway_builds_objects_the_gateway_accepts() {
+    let g = gateway(sqlite(), "");
+    let plan = plan(&g, &[], &[], 1).unwrap();
+
+    // The rendered file is one the gateway itself accepts.
+    let config = GatewayConfig::from_toml_str(&plan.config_toml).unwrap();
+    assert_eq!(config.xmpp.domain, "teams.contoso.example");
+    assert_eq!(
+        config.store,
+        StoreConfig::Sqlite {
+            path: format!("{}/xmppfed.db", paths::DATA_DIR).into()
+        }
+    );
+    assert_eq!(
+        config.s2s.tls_cert_file.as_deref(),
+        Some(std::path::Path::new("/etc/xmppfed/s2s-tls/tls.crt"))
+    );
+    assert!(
+        config.allow.remote_domains.is_empty(),
+        "no whitelist: nothing allowed"
+    );
+
+    let o = &plan.objects;
+    let sts = o.stateful_set.spec.as_ref().unwrap();
+    assert_eq!(sts.replicas, Some(1));
+    assert_eq!(sts.volume_claim_templates.as_ref().map(Vec::len), Some(1));
+    assert!(o.pod_disruption_budget.is_none(), "one replica: no PDB");
+    let template = &sts.template;
+    assert_eq!(
+        template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .annotations
+            .as_ref()
+            .unwrap()[build::CONFIG_HASH_ANNOTATION],
+        plan.config_hash
+    );
+    let pod = template.spec.as_ref().unwrap();
+    assert_eq!(pod.automount_service_account_token, Some(false));
+    assert_eq!(
+        pod.security_context.as_ref().unwrap().run_as_non_root,
+        Some(true)
+    );
+    let c = &pod.containers[0];
+    let sc = c.security_context.as_ref().unwrap();
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(
+        sc.capabilities.as_ref().unwrap().drop.as_deref(),
+        Some(&["ALL".to_owned()][..])
+    );
+    let probe_path = |p: &Option<k8s_openapi::api::core::v1::Probe>| {
+        p.as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap()
+            .path
+            .clone()
+            .unwrap()
+    };
+    assert_eq!(probe_path(&c.readiness_probe), "/readyz");
+    assert_eq!(probe_path(&c.liveness_probe), "/healthz");
+    // Every secret the config names is mounted where the config says.
+    let mounts: Vec<&str> = c
+        .volume_mounts
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|m| m.mount_path.as_str())
+        .collect();
+    for (_, secret) in config.secret_refs() {
+        let xmppfed_config::SecretRef::File(path) = secret else {
+            panic!("operator-rendered secrets are files")
+        };
+        let dir = path.parent().unwrap().to_str().unwrap();
+        assert!(mounts.contains(&dir), "{dir} not mounted: {mounts:?}");
+    }
+
+    let services: Vec<(String, Option<String>)> = o
+        .services
+        .iter()
+        .map(|s| {
+            (
+                s.metadata.name.clone().unwrap(),
+                s.spec.as_ref().unwrap().type_.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        services,
+        [
+            ("contoso-s2s".to_owned(), Some("LoadBalancer".to_owned())),
+            ("contoso-webhook".to_owned(), Some("ClusterIP".to_owned())),
+            ("contoso-headless".to_owned(), None),
+        ]
+    );
+
+    // Every child is owned by the gateway, as its controller.
+    let metas = [
+        &o.config_map.metadata,
+        &o.stateful_set.metadata,
+        &o.service_account.metadata,
+        &o.services[0].metadata,
+        &o.services[1].metadata,
+        &o.services[2].metadata,
+    ];
+    for m in metas {
+        let owners = m.owner_references.as_ref().unwrap();
+        assert_eq!(owners.len(), 1);
+        assert_eq!(owners[0].uid, "6f1c2b1e-0000-4000-8000-000000000001");
+        assert_eq!(owners[0].controller, Some(true));
+        assert_eq!(m.namespace.as_deref(), Some("xmpp"));
+    }
+}
+
+#[test]
+fn whitelists_that_select_or_are_named_are_merged_and_others_ignored() {
+    let g = gateway(
+        &format!("{}  policies: {{ domainWhitelists: [named] }}\n", sqlite()),
+        "tier: prod",
+    );
+    let lists = [
+        whitelist(
+            "by-label",
+            "xmpp",
+            "{ matchLabels: { tier: prod } }",
+            &["partner.example", "*.allies.example"],
+        ),
+        whitelist("named", "xmpp", "{}", &["Partner.example", "other.example"]),
+        whitelist(
+            "other-label",
+            "xmpp",
+            "{ matchLabels: { tier: test } }",
+            &["test.example"],
+        ),
+        whitelist(
+            "other-namespace",
+            "elsewhere",
+            "{ names: [contoso] }",
+            &["leak.example"],
+        ),
+        whitelist(
+            "empty-selector",
+            "xmpp",
+            "{ matchLabels: {} }",
+            &["nobody.example"],
+        ),
+    ];
+    let plan = plan(&g, &lists, &[], 1).unwrap();
+    assert_eq!(plan.whitelists, ["by-label", "named"]);
+    let config = GatewayConfig::from_toml_str(&plan.config_toml).unwrap();
+    let domains: Vec<String> = config
+        .allow
+        .remote_domains
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        domains,
+        ["other.example", "partner.example", "*.allies.example"]
+    );
+    assert_eq!(config.allow.internal_users, ["alice@contoso.example"]);
+}
+
+#[test]
+fn a_whitelist_change_changes_the_config_hash() {
+    let g = gateway(sqlite(), "tier: prod");
+    let before = plan(
+        &g,
+        &[whitelist(
+            "w",
+            "xmpp",
+            "{ names: [contoso] }",
+            &["a.example"],
+        )],
+        &[],
+        1,
+    )
+    .unwrap();
+    let after = plan(
+        &g,
+        &[whitelist(
+            "w",
+            "xmpp",
+            "{ names: [contoso] }",
+            &["b.example"],
+        )],
+        &[],
+        1,
+    )
+    .unwrap();
+    assert_ne!(before.config_hash, after.config_hash);
+    let same = plan(
+        &g,
+        &[whitelist(
+            "w",
+            "xmpp",
+            "{ names: [contoso] }",
+            &["a.example"],
+        )],
+        &[],
+        1,
+    )
+    .unwrap();
+    assert_eq!(
+        before.config_hash, same.config_hash,
+        "rendering is deterministic"
+    );
+}
+
+#[test]
+fn throttle_policy_is_the_named_one_or_the_single_selecting_one() {
+    let g = gateway(sqlite(), "tier: prod");
+    let one = [throttle("strict", "{ matchLabels: { tier: prod } }", 10)];
+    let config =
+        GatewayConfig::from_toml_str(&plan(&g, &[], &one, 1).unwrap().config_toml).unwrap();
+    assert_eq!(config.throttle.default.messages_per_minute, 10);
+    assert_eq!(
+        config
+            .throttle_for("boss@contoso.example")
+            .messages_per_minute,
+        600
+    );
+
+    let two = [
+        throttle("strict", "{ matchLabels: { tier: prod } }", 10),
+        throttle("loose", "{ names: [contoso] }", 100),
+    ];
+    let e = plan(&g, &[], &two, 1).unwrap_err();
+    assert_eq!(e.reason(), "AmbiguousThrottlePolicy");
+    assert!(e.to_string().contains("loose, strict"), "{e}");
+
+    let named = gateway(
+        &format!("{}  policies: {{ throttlePolicy: loose }}\n", sqlite()),
+        "tier: prod",
+    );
+    let p = plan(&named, &[], &two, 1).unwrap();
+    assert_eq!(p.throttle_policy.as_deref(), Some("loose"));
+}
+
+#[test]
+fn missing_references_and_bad_specs_are_invalid_with_the_field_named() {
+    let g = gateway(
+        &format!("{}  policies: {{ domainWhitelists: [gone] }}\n", sqlite()),
+        "",
+    );
+    let e = plan(&g, &[], &[], 1).unwrap_err();
+    assert_eq!(e.reason(), "MissingPolicy");
+    assert!(e.to_string().contains("`gone`"), "{e}");
+
+    let mut g = gateway(sqlite(), "");
+    g.spec.s2s.tls_secret = None;
+    let e = plan(&g, &[], &[], 1).unwrap_err();
+    assert!(
+        e.to_string().starts_with("spec.s2s.tlsSecret: required"),
+        "{e}"
+    );
+
+    let mut g = gateway(sqlite(), "");
+    g.spec.shadow_accounts.upn_domain = None;
+    assert!(
+        plan(&g, &[], &[], 1)
+            .unwrap_err()
+            .to_string()
+            .contains("spec.shadowAccounts.upnDomain")
+    );
+
+    // What the schema cannot catch, the gateway's own validation does.
+    let mut g = gateway(sqlite(), "");
+    g.spec.shadow_accounts.licence_sku = Some("not-a-guid".into());
+    let e = plan(&g, &[], &[], 1).unwrap_err();
+    assert!(e.to_string().contains("shadow_accounts.licence_sku"), "{e}");
+
+    let mut g = gateway(sqlite(), "");
+    g.metadata.uid = None;
+    assert_eq!(plan(&g, &[], &[], 1).unwrap_err(), InvalidSpec::NoUid);
+}
+
+#[test]
+fn sqlserver_with_replicas_gets_a_pdb_and_no_volume() {
+    let g = gateway(
+        "  replicas: 3\n  database: { engine: sqlserver, connectionStringSecret: { name: db, key: conn } }\n",
+        "",
+    );
+    let plan = plan(&g, &[], &[], 2).unwrap();
+    let sts = plan.objects.stateful_set.spec.as_ref().unwrap();
+    assert_eq!(
+        sts.replicas,
+        Some(2),
+        "the licensed count, not the asked one"
+    );
+    assert!(sts.volume_claim_templates.is_none());
+    let pdb = plan.objects.pod_disruption_budget.as_ref().unwrap();
+    assert_eq!(
+        pdb.spec.as_ref().unwrap().max_unavailable,
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(1))
+    );
+    let config = GatewayConfig::from_toml_str(&plan.config_toml).unwrap();
+    assert_eq!(
+        config.store,
+        StoreConfig::Sqlserver {
+            connection_string: xmppfed_config::SecretRef::File("/etc/xmppfed/database/conn".into())
+        }
+    );
+}
+
+#[test]
+fn policy_changes_reach_exactly_the_gateways_they_apply_to() {
+    let a = gateway(
+        &format!("{}  policies: {{ throttlePolicy: shared }}\n", sqlite()),
+        "tier: prod",
+    );
+    let mut b = gateway(
+        &format!("{}  policies: {{ domainWhitelists: [shared] }}\n", sqlite()),
+        "",
+    );
+    b.metadata.name = Some("fabrikam".into());
+    let mut c = gateway(sqlite(), "tier: prod");
+    c.metadata.name = Some("elsewhere".into());
+    c.metadata.namespace = Some("other".into());
+    let gateways = [a, b, c];
+    let names = |v: Vec<&FederationGateway>| -> Vec<String> {
+        v.iter().map(|g| g.metadata.name.clone().unwrap()).collect()
+    };
+    let none = crate::crd::GatewaySelector::default();
+    assert_eq!(
+        names(selected_gateways(
+            &none,
+            PolicyRef::Whitelist("shared"),
+            Some("xmpp"),
+            &gateways
+        )),
+        ["fabrikam"]
+    );
+    assert_eq!(
+        names(selected_gateways(
+            &none,
+            PolicyRef::Throttle("shared"),
+            Some("xmpp"),
+            &gateways
+        )),
+        ["contoso"]
+    );
+    let by_label: crate::crd::GatewaySelector =
+        serde_json::from_str(r#"{"matchLabels":{"tier":"prod"}}"#).unwrap();
+    assert_eq!(
+        names(selected_gateways(
+            &by_label,
+            PolicyRef::Whitelist("x"),
+            Some("xmpp"),
+            &gateways
+        )),
+        ["contoso"]
+    );
+}
