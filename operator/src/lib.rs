@@ -9,3 +9,5 @@ pub mod crd;
 pub mod crdgen;
 pub mod plan;
 pub mod policy;
+pub mod reconcile;
+pub mod status;

@@ -61,32 +61,53 @@ async fn serve(admin_listen: SocketAddr) -> anyhow::Result<()> {
         .with_context(|| format!("cannot bind the admin port {admin_listen}"))?;
     tracing::info!(admin = %admin.local_addr()?, "operator started");
 
-    let connect = tokio::spawn(connect_to_api(api));
-    let served = admin.serve(xmppfed_telemetry::shutdown_signal()).await;
-    connect.abort();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+    let controllers = tokio::spawn({
+        let stopped = stopped.clone();
+        async move {
+            let client = tokio::select! {
+                client = connect_to_api(api) => client,
+                () = stopped() => return,
+            };
+            xmppfed_operator::reconcile::run(client, stopped()).await;
+        }
+    });
+    let admin_stopped = stopped();
+    let admin_task = tokio::spawn(admin.serve(admin_stopped));
+    xmppfed_telemetry::shutdown_signal().await;
+    let _ = stop_tx.send(true);
+    // Controllers finish their in-flight reconciles before the process exits.
+    let _ = controllers.await;
+    let served = admin_task.await.unwrap_or(Ok(()));
     tracing::info!("operator stopped");
     Ok(served?)
 }
 
 /// Connects to the API server named by the in-cluster environment or KUBECONFIG,
 /// retrying with backoff; readiness follows the outcome.
-async fn connect_to_api(api: ComponentHealth) {
+async fn connect_to_api(api: ComponentHealth) -> kube::Client {
     let mut delay = Duration::from_secs(1);
     loop {
         let attempt = async {
             let client = kube::Client::try_default().await?;
             let version = client.apiserver_version().await?;
-            anyhow::Ok(version)
+            anyhow::Ok((client, version))
         };
         let span = tracing::info_span!("kubernetes.connect");
         match tracing::Instrument::instrument(attempt, span).await {
-            Ok(version) => {
+            Ok((client, version)) => {
                 tracing::info!(
                     server = %format!("{}.{}", version.major, version.minor),
-                    "connected to the Kubernetes API; no controllers are registered in this build"
+                    "connected to the Kubernetes API"
                 );
                 api.ready();
-                return;
+                return client;
             }
             Err(e) => {
                 let reason = format!("cannot reach the Kubernetes API: {e}");

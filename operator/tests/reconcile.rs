@@ -1,0 +1,419 @@
+//! Reconcile against a mocked API server (kube-rs controller-rs "fixtures" style):
+//! a fake server answers each request by method and path, records it, and can be
+//! told to fail; the tests assert on what the operator asked of it.
+
+use std::sync::{Arc, Mutex};
+
+use http::{Method, Request, Response, StatusCode};
+use kube::Client;
+use kube::client::Body;
+use kube::runtime::controller::Action;
+use serde_json::{Value, json};
+use xmppfed_operator::crd::FederationGateway;
+use xmppfed_operator::reconcile::{Context, FIELD_MANAGER, error_policy, reconcile};
+
+#[derive(Debug, Clone)]
+struct Recorded {
+    method: Method,
+    path: String,
+    query: String,
+    body: Value,
+}
+
+/// What the fake API server holds and how it behaves.
+#[derive(Clone, Default)]
+struct World {
+    whitelists: Vec<Value>,
+    throttles: Vec<Value>,
+    keys_secret_exists: bool,
+    ready_replicas: i32,
+    /// Answer 500 to requests whose path contains this.
+    fail_path: Option<&'static str>,
+}
+
+struct FakeApi {
+    requests: Arc<Mutex<Vec<Recorded>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FakeApi {
+    fn start(world: World) -> (Client, FakeApi) {
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let log = requests.clone();
+        let task = tokio::spawn(async move {
+            while let Some((request, send)) = handle.next_request().await {
+                let method = request.method().clone();
+                let path = request.uri().path().to_owned();
+                let query = request.uri().query().unwrap_or_default().to_owned();
+                let bytes = request
+                    .into_body()
+                    .collect_bytes()
+                    .await
+                    .unwrap_or_default();
+                let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                log.lock().unwrap().push(Recorded {
+                    method: method.clone(),
+                    path: path.clone(),
+                    query,
+                    body: body.clone(),
+                });
+                let (status, reply) = answer(&world, &method, &path, body);
+                send.send_response(
+                    Response::builder()
+                        .status(status)
+                        .body(Body::from(serde_json::to_vec(&reply).unwrap()))
+                        .unwrap(),
+                );
+            }
+        });
+        (Client::new(service, "default"), FakeApi { requests, task })
+    }
+
+    fn requests(&self) -> Vec<Recorded> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    fn find(&self, method: Method, path_suffix: &str) -> Option<Recorded> {
+        self.requests()
+            .into_iter()
+            .find(|r| r.method == method && r.path.ends_with(path_suffix))
+    }
+}
+
+impl Drop for FakeApi {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn status_error(code: u16, reason: &str) -> (StatusCode, Value) {
+    (
+        StatusCode::from_u16(code).unwrap(),
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": reason, "reason": reason, "code": code}),
+    )
+}
+
+fn answer(world: &World, method: &Method, path: &str, body: Value) -> (StatusCode, Value) {
+    if world.fail_path.is_some_and(|p| path.contains(p)) {
+        return status_error(500, "InternalError");
+    }
+    let list = |kind: &str, items: &[Value]| json!({"apiVersion": "xmppfed.io/v1alpha1", "kind": kind, "metadata": {"resourceVersion": "1"}, "items": items});
+    match (method.as_str(), path) {
+        ("GET", p) if p.ends_with("/domainwhitelists") => (
+            StatusCode::OK,
+            list("DomainWhitelistList", &world.whitelists),
+        ),
+        ("GET", p) if p.ends_with("/throttlepolicies") => {
+            (StatusCode::OK, list("ThrottlePolicyList", &world.throttles))
+        }
+        ("GET", p) if p.contains("/secrets/") => {
+            if world.keys_secret_exists {
+                (
+                    StatusCode::OK,
+                    json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "contoso-keys"}}),
+                )
+            } else {
+                status_error(404, "NotFound")
+            }
+        }
+        ("DELETE", _) => status_error(404, "NotFound"),
+        ("POST", _) => (StatusCode::CREATED, body),
+        ("PATCH", p) if p.ends_with("/statefulsets/contoso") => {
+            let mut sts = body;
+            sts["status"] = json!({"replicas": 1, "readyReplicas": world.ready_replicas});
+            (StatusCode::OK, sts)
+        }
+        ("PATCH", p) => {
+            // The server answers with the whole object, status patches included.
+            if p.ends_with("/federationgateways/contoso/status") {
+                let mut object = serde_json::to_value(gateway(Some("contoso-tls"), None)).unwrap();
+                object["status"] = body["status"].clone();
+                return (StatusCode::OK, object);
+            }
+            (StatusCode::OK, body)
+        }
+        _ => status_error(404, "NotFound"),
+    }
+}
+
+fn gateway(tls_secret: Option<&str>, config_hash: Option<&str>) -> FederationGateway {
+    let mut g: FederationGateway = serde_json::from_value(json!({
+        "apiVersion": "xmppfed.io/v1alpha1",
+        "kind": "FederationGateway",
+        "metadata": {"name": "contoso", "namespace": "xmpp", "uid": "6f1c2b1e-0000-4000-8000-000000000001", "generation": 2},
+        "spec": {
+            "domain": "teams.contoso.example",
+            "image": "ghcr.io/xmppfed/gateway:0.1.0",
+            "tenant": {
+                "tenantId": "8f0d2a8e-1b2c-4d5e-9f00-112233445566",
+                "clientId": "0a1b2c3d-4e5f-6789-abcd-ef0123456789",
+                "clientSecret": {"name": "graph-app", "key": "client-secret"}
+            },
+            "shadowAccounts": {"upnDomain": "xmpp.contoso.example"},
+            "s2s": {"tlsSecret": tls_secret},
+            "database": {"engine": "sqlite"},
+            "licenceSecret": {"name": "xmppfed-licence", "key": "licence"}
+        }
+    }))
+    .unwrap();
+    if let Some(hash) = config_hash {
+        g.status = Some(xmppfed_operator::crd::FederationGatewayStatus {
+            config_hash: Some(hash.to_owned()),
+            ..Default::default()
+        });
+    }
+    g
+}
+
+fn whitelist(domains: &[&str]) -> Value {
+    json!({
+        "apiVersion": "xmppfed.io/v1alpha1", "kind": "DomainWhitelist",
+        "metadata": {"name": "partners", "namespace": "xmpp"},
+        "spec": {"gateways": {"names": ["contoso"]}, "remoteDomains": domains}
+    })
+}
+
+fn condition<'a>(status_patch: &'a Recorded, type_: &str) -> &'a Value {
+    status_patch.body["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == type_)
+        .unwrap()
+}
+
+#[tokio::test]
+async fn create_applies_every_child_with_one_field_manager_and_reports_progress() {
+    let (client, api) = FakeApi::start(World {
+        whitelists: vec![whitelist(&["partner.example"])],
+        ready_replicas: 0,
+        ..World::default()
+    });
+    let ctx = Arc::new(Context::new(client));
+    let action = reconcile(Arc::new(gateway(Some("contoso-tls"), None)), ctx)
+        .await
+        .unwrap();
+    assert_eq!(
+        action,
+        Action::requeue(std::time::Duration::from_secs(15)),
+        "not ready yet: look again soon"
+    );
+
+    // Every child is server-side applied, forced, under our field manager.
+    for child in [
+        "/api/v1/namespaces/xmpp/serviceaccounts/contoso-gateway",
+        "/api/v1/namespaces/xmpp/configmaps/contoso-config",
+        "/api/v1/namespaces/xmpp/services/contoso-s2s",
+        "/api/v1/namespaces/xmpp/services/contoso-webhook",
+        "/api/v1/namespaces/xmpp/services/contoso-headless",
+        "/apis/apps/v1/namespaces/xmpp/statefulsets/contoso",
+    ] {
+        let patch = api
+            .find(Method::PATCH, child)
+            .unwrap_or_else(|| panic!("{child} not applied"));
+        assert!(
+            patch
+                .query
+                .contains(&format!("fieldManager={FIELD_MANAGER}")),
+            "{}",
+            patch.query
+        );
+        assert!(patch.query.contains("force=true"), "{}", patch.query);
+        assert!(patch.body["kind"].is_string() && patch.body["apiVersion"].is_string());
+    }
+    let config = api
+        .find(Method::PATCH, "/configmaps/contoso-config")
+        .unwrap();
+    let toml = config.body["data"]["gateway.toml"].as_str().unwrap();
+    assert!(toml.contains("\"partner.example\""), "{toml}");
+    // One replica: no PDB, and a stale one is removed.
+    assert!(
+        api.find(Method::PATCH, "/poddisruptionbudgets/contoso")
+            .is_none()
+    );
+    assert!(
+        api.find(Method::DELETE, "/poddisruptionbudgets/contoso")
+            .is_some()
+    );
+
+    // The gateway's keys are generated once.
+    let secret = api
+        .find(Method::POST, "/api/v1/namespaces/xmpp/secrets")
+        .unwrap();
+    let data = secret.body["data"].as_object().unwrap();
+    assert_eq!(data.len(), 3);
+    assert_eq!(
+        secret.body["metadata"]["ownerReferences"][0]["uid"],
+        "6f1c2b1e-0000-4000-8000-000000000001"
+    );
+
+    // Status: applied, rolling out, not degraded.
+    let status = api
+        .find(Method::PATCH, "/federationgateways/contoso/status")
+        .unwrap();
+    assert!(
+        status
+            .query
+            .contains(&format!("fieldManager={FIELD_MANAGER}"))
+    );
+    assert_eq!(status.body["status"]["observedGeneration"], 2);
+    assert!(
+        status.body["status"]["configHash"]
+            .as_str()
+            .is_some_and(|h| h.len() == 16)
+    );
+    assert_eq!(condition(&status, "Ready")["status"], "False");
+    assert_eq!(
+        condition(&status, "Ready")["message"],
+        "0/1 gateway pods ready"
+    );
+    assert_eq!(condition(&status, "Progressing")["status"], "True");
+    assert_eq!(condition(&status, "Degraded")["status"], "False");
+
+    let event = api.find(Method::POST, "/events").unwrap();
+    assert_eq!(event.body["reason"], "Applied");
+    assert_eq!(event.body["type"], "Normal");
+}
+
+#[tokio::test]
+async fn an_unchanged_ready_gateway_is_quiet_and_a_whitelist_change_rolls() {
+    // First pass learns the hash of the current configuration.
+    let world = World {
+        whitelists: vec![whitelist(&["partner.example"])],
+        keys_secret_exists: true,
+        ready_replicas: 1,
+        ..World::default()
+    };
+    let (client, api) = FakeApi::start(world.clone());
+    reconcile(
+        Arc::new(gateway(Some("contoso-tls"), None)),
+        Arc::new(Context::new(client)),
+    )
+    .await
+    .unwrap();
+    let hash = api.find(Method::PATCH, "/status").unwrap().body["status"]["configHash"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        api.find(Method::POST, "/secrets").is_none(),
+        "existing keys are kept"
+    );
+
+    // Same inputs, hash already in status: ready, no event.
+    let (client, api) = FakeApi::start(world.clone());
+    let action = reconcile(
+        Arc::new(gateway(Some("contoso-tls"), Some(&hash))),
+        Arc::new(Context::new(client)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(action, Action::requeue(std::time::Duration::from_secs(300)));
+    let status = api.find(Method::PATCH, "/status").unwrap();
+    assert_eq!(condition(&status, "Ready")["status"], "True");
+    assert_eq!(condition(&status, "Progressing")["status"], "False");
+    assert!(
+        api.find(Method::POST, "/events").is_none(),
+        "nothing changed: no event"
+    );
+
+    // The whitelist changes: new configuration, new hash on the pod template, an event.
+    let (client, api) = FakeApi::start(World {
+        whitelists: vec![whitelist(&["partner.example", "*.allies.example"])],
+        ..world
+    });
+    reconcile(
+        Arc::new(gateway(Some("contoso-tls"), Some(&hash))),
+        Arc::new(Context::new(client)),
+    )
+    .await
+    .unwrap();
+    let sts = api.find(Method::PATCH, "/statefulsets/contoso").unwrap();
+    let new_hash =
+        sts.body["spec"]["template"]["metadata"]["annotations"]["xmppfed.io/config-hash"]
+            .as_str()
+            .unwrap();
+    assert_ne!(new_hash, hash);
+    let toml = api
+        .find(Method::PATCH, "/configmaps/contoso-config")
+        .unwrap()
+        .body["data"]["gateway.toml"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(toml.contains("*.allies.example"), "{toml}");
+    assert_eq!(
+        api.find(Method::POST, "/events").unwrap().body["reason"],
+        "Applied"
+    );
+}
+
+#[tokio::test]
+async fn an_invalid_spec_is_degraded_applies_nothing_and_waits() {
+    let (client, api) = FakeApi::start(World::default());
+    let action = reconcile(
+        Arc::new(gateway(None, None)),
+        Arc::new(Context::new(client)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(action, Action::await_change());
+    let status = api.find(Method::PATCH, "/status").unwrap();
+    let degraded = condition(&status, "Degraded");
+    assert_eq!(degraded["status"], "True");
+    assert_eq!(degraded["reason"], "InvalidSpec");
+    assert!(
+        degraded["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("spec.s2s.tlsSecret: required")
+    );
+    assert_eq!(condition(&status, "Ready")["status"], "False");
+    let applied: Vec<String> = api
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == Method::PATCH && !r.path.ends_with("/status"))
+        .map(|r| r.path)
+        .collect();
+    assert!(applied.is_empty(), "applied {applied:?}");
+    let event = api.find(Method::POST, "/events").unwrap();
+    assert_eq!(event.body["type"], "Warning");
+    assert_eq!(event.body["reason"], "InvalidSpec");
+}
+
+#[tokio::test]
+async fn api_errors_fail_the_reconcile_and_back_off() {
+    let (client, _api) = FakeApi::start(World {
+        fail_path: Some("/statefulsets/"),
+        ..World::default()
+    });
+    let ctx = Arc::new(Context::new(client));
+    let g = Arc::new(gateway(Some("contoso-tls"), None));
+    let error = reconcile(g.clone(), ctx.clone()).await.unwrap_err();
+    assert!(error.to_string().contains("Kubernetes API"), "{error}");
+
+    // Each consecutive failure backs off further (backoff() is unit-tested for the delays).
+    for attempt in 1..=4 {
+        assert_ne!(
+            error_policy(g.clone(), &error, ctx.clone()),
+            Action::await_change()
+        );
+        assert_eq!(ctx.failures_of(&g), attempt);
+    }
+}
+
+#[tokio::test]
+async fn a_success_clears_the_backoff() {
+    let (client, _api) = FakeApi::start(World {
+        keys_secret_exists: true,
+        ..World::default()
+    });
+    let ctx = Arc::new(Context::new(client));
+    let g = Arc::new(gateway(Some("contoso-tls"), None));
+    let error = xmppfed_operator::reconcile::Error::NoNamespace;
+    error_policy(g.clone(), &error, ctx.clone());
+    assert_eq!(ctx.failures_of(&g), 1);
+    reconcile(g.clone(), ctx.clone()).await.unwrap();
+    assert_eq!(ctx.failures_of(&g), 0);
+}
