@@ -18,6 +18,10 @@ struct Cli {
     /// Address of the admin port (/metrics, /healthz, /readyz).
     #[arg(long, env = "XMPPFED_ADMIN_LISTEN", default_value = "0.0.0.0:8080")]
     admin_listen: SocketAddr,
+    /// Base64 Ed25519 public key that licences are verified with (from `xmppfed-license keygen`).
+    /// Without it no gateway replica is licensed.
+    #[arg(long, env = "XMPPFED_LICENCE_PUBLIC_KEY")]
+    licence_public_key: Option<String>,
     /// Log filter used when RUST_LOG is unset.
     #[arg(long, env = "XMPPFED_LOG_LEVEL", default_value = "info")]
     log_level: String,
@@ -46,13 +50,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let result = runtime.block_on(serve(cli.admin_listen));
+    let result = runtime.block_on(serve(cli.admin_listen, cli.licence_public_key));
     drop(runtime);
     telemetry.shutdown();
     result
 }
 
-async fn serve(admin_listen: SocketAddr) -> anyhow::Result<()> {
+async fn serve(admin_listen: SocketAddr, licence_public_key: Option<String>) -> anyhow::Result<()> {
     let metrics = Metrics::new(SERVICE_NAME, VERSION);
     let health = Health::new();
     let api = health.component("kubernetes-api");
@@ -75,7 +79,7 @@ async fn serve(admin_listen: SocketAddr) -> anyhow::Result<()> {
                 client = connect_to_api(api) => client,
                 () = stopped() => return,
             };
-            xmppfed_operator::reconcile::run(client, stopped()).await;
+            xmppfed_operator::reconcile::run(client, licence_public_key, stopped()).await;
         }
     });
     let admin_stopped = stopped();

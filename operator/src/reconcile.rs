@@ -22,6 +22,7 @@ use serde_json::json;
 
 use crate::build::{self, keys, names};
 use crate::crd::{DomainWhitelist, FederationGateway, FederationGatewayStatus, ThrottlePolicy};
+use crate::licensing::{self, LicenceOutcome};
 use crate::plan::{InvalidSpec, Plan, plan};
 use crate::policy::{PolicyRef, selected_gateways};
 use crate::status::{self, Observed};
@@ -47,12 +48,14 @@ pub enum Error {
 pub struct Context {
     pub client: Client,
     pub recorder: Recorder,
+    /// Base64 Ed25519 key that licences are verified with; without it nothing is licensed.
+    pub licence_public_key: Option<String>,
     /// Consecutive failures per gateway, for backoff; cleared on success.
     failures: Mutex<HashMap<ObjectRef<FederationGateway>, u32>>,
 }
 
 impl Context {
-    pub fn new(client: Client) -> Self {
+    pub fn new(client: Client, licence_public_key: Option<String>) -> Self {
         let reporter = Reporter {
             controller: FIELD_MANAGER.into(),
             instance: std::env::var("POD_NAME").ok(),
@@ -60,6 +63,7 @@ impl Context {
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
+            licence_public_key,
             failures: Mutex::new(HashMap::new()),
         }
     }
@@ -109,7 +113,22 @@ pub async fn reconcile(
         .items;
 
     // Validate and build (pure). Licensing will cap the replicas it hands in here.
-    let plan = match plan(&gateway, &whitelists, &throttles, gateway.spec.replicas) {
+    let licence_text = read_secret_key(
+        client,
+        &namespace,
+        &gateway.spec.licence_secret.name,
+        &gateway.spec.licence_secret.key,
+    )
+    .await?;
+    let licence = licensing::evaluate(
+        &gateway.name_any(),
+        gateway.spec.replicas,
+        licence_text.as_deref(),
+        ctx.licence_public_key.as_deref(),
+        k8s_openapi::jiff::Timestamp::now(),
+    );
+    // Only licensed replicas run.
+    let plan = match plan(&gateway, &whitelists, &throttles, licence.licensed) {
         Ok(plan) => plan,
         Err(invalid) => return degraded(&gateway, &namespace, &ctx, &previous, &invalid).await,
     };
@@ -126,7 +145,8 @@ pub async fn reconcile(
         .unwrap_or(0);
     let updated = previous.config_hash.as_deref() != Some(plan.config_hash.as_str());
     let observed = Observed::Applied {
-        desired: gateway.spec.replicas,
+        asked: gateway.spec.replicas,
+        desired: licence.licensed,
         ready,
         updated,
     };
@@ -136,9 +156,23 @@ pub async fn reconcile(
         client,
         &previous,
         &observed,
-        Some(&plan),
+        Some((&plan, &licence)),
     )
     .await?;
+    let licence_reason_changed = !previous
+        .conditions
+        .iter()
+        .any(|c| c.type_ == status::LICENSED && c.reason == licence.reason);
+    if licence_reason_changed && !licence.ok {
+        publish(
+            &ctx,
+            &gateway,
+            EventType::Warning,
+            licence.reason,
+            licence.message.clone(),
+        )
+        .await;
+    }
     if updated {
         publish(
             &ctx,
@@ -159,7 +193,7 @@ pub async fn reconcile(
         .await;
     }
     ctx.failures().remove(&ObjectRef::from(gateway.as_ref()));
-    Ok(if ready < gateway.spec.replicas {
+    Ok(if ready < licence.licensed {
         Action::requeue(Duration::from_secs(15))
     } else {
         Action::requeue(RESYNC)
@@ -292,6 +326,22 @@ where
         .await?)
 }
 
+/// The text under `key` of Secret `name`; `None` when either is absent.
+async fn read_secret_key(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    key: &str,
+) -> Result<Option<String>, Error> {
+    let secret = Api::<Secret>::namespaced(client.clone(), namespace)
+        .get_opt(name)
+        .await?;
+    Ok(secret
+        .and_then(|s| s.data)
+        .and_then(|mut d| d.remove(key))
+        .map(|bytes| String::from_utf8_lossy(&bytes.0).into_owned()))
+}
+
 /// The gateway's own keys (dialback secret, webhook clientState, credential key):
 /// generated once, owned by the gateway, never rotated by a reconcile.
 async fn ensure_keys_secret(
@@ -337,7 +387,7 @@ async fn patch_status(
     client: &Client,
     previous: &FederationGatewayStatus,
     observed: &Observed,
-    plan: Option<&Plan>,
+    applied: Option<(&Plan, &LicenceOutcome)>,
 ) -> Result<(), Error> {
     let generation = gateway.metadata.generation;
     let ready_replicas = match observed {
@@ -346,12 +396,20 @@ async fn patch_status(
     };
     let status = FederationGatewayStatus {
         observed_generation: generation,
-        conditions: status::conditions(observed, generation, &previous.conditions, &status::now()),
+        conditions: status::conditions(
+            observed,
+            applied.map(|(_, l)| (l.ok, l.reason, l.message.as_str())),
+            generation,
+            &previous.conditions,
+            &status::now(),
+        ),
         ready_replicas,
-        config_hash: plan
-            .map(|p| p.config_hash.clone())
+        config_hash: applied
+            .map(|(p, _)| p.config_hash.clone())
             .or_else(|| previous.config_hash.clone()),
-        licence_assignments: previous.licence_assignments.clone(),
+        licence_assignments: applied
+            .map(|(_, l)| l.assignments.clone())
+            .unwrap_or_else(|| previous.licence_assignments.clone()),
     };
     let body = json!({
         "apiVersion": FederationGateway::api_version(&()),
@@ -371,6 +429,7 @@ async fn patch_status(
 /// Runs the FederationGateway controller until `shutdown` resolves.
 pub async fn run(
     client: Client,
+    licence_public_key: Option<String>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let gateways = Api::<FederationGateway>::all(client.clone());
@@ -428,7 +487,11 @@ pub async fn run(
             },
         )
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, Arc::new(Context::new(client)))
+        .run(
+            reconcile,
+            error_policy,
+            Arc::new(Context::new(client, licence_public_key)),
+        )
         .for_each(|result| async move {
             match result {
                 Ok((gateway, _)) => tracing::debug!(gateway = %gateway.name, "reconciled"),

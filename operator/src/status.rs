@@ -14,8 +14,9 @@ pub enum Observed {
     Paused,
     /// The spec cannot be applied; `reason` is CamelCase, `message` says why.
     Invalid { reason: String, message: String },
-    /// The objects were applied; the StatefulSet reports this many ready pods.
+    /// The objects were applied: `desired` licensed replicas of `asked`, `ready` of them ready.
     Applied {
+        asked: i32,
         desired: i32,
         ready: i32,
         updated: bool,
@@ -35,8 +36,10 @@ fn condition(type_: &str, status: bool, reason: &str, message: String) -> Condit
 
 /// The conditions for `observed`. `previous` keeps each condition's transition
 /// time when its status did not change; `now` stamps the others.
+/// `licensed` is the Licensed condition's (status, reason, message), when licensing was evaluated.
 pub fn conditions(
     observed: &Observed,
+    licensed: Option<(bool, &str, &str)>,
     generation: Option<i64>,
     previous: &[Condition],
     now: &str,
@@ -68,6 +71,7 @@ pub fn conditions(
             condition(DEGRADED, true, reason, message.clone()),
         ],
         Observed::Applied {
+            asked,
             desired,
             ready,
             updated,
@@ -75,7 +79,14 @@ pub fn conditions(
             let all_ready = ready >= desired;
             let ready_msg = format!("{ready}/{desired} gateway pods ready");
             vec![
-                if *desired == 0 {
+                if *desired == 0 && *asked > 0 {
+                    condition(
+                        READY,
+                        false,
+                        "Unlicensed",
+                        "no replica holds a licence seat (see the Licensed condition)".into(),
+                    )
+                } else if *desired == 0 {
                     condition(READY, false, "ScaledToZero", "spec.replicas is 0".into())
                 } else if all_ready {
                     condition(READY, true, "AllReplicasReady", ready_msg.clone())
@@ -96,6 +107,9 @@ pub fn conditions(
             ]
         }
     };
+    if let Some((ok, reason, message)) = licensed {
+        out.push(condition(LICENSED, ok, reason, message.to_owned()));
+    }
     for c in &mut out {
         c.observed_generation = generation;
         c.last_transition_time = previous
@@ -129,6 +143,7 @@ mod tests {
                 reason: "InvalidSpec".into(),
                 message: "spec.s2s.tlsSecret: required".into(),
             },
+            None,
             Some(3),
             &[],
             "2026-11-25T10:00:00Z",
@@ -143,10 +158,12 @@ mod tests {
     fn readiness_follows_ready_replicas() {
         let rolling = conditions(
             &Observed::Applied {
+                asked: 3,
                 desired: 3,
                 ready: 1,
                 updated: true,
             },
+            None,
             Some(1),
             &[],
             "t1",
@@ -157,10 +174,12 @@ mod tests {
 
         let done = conditions(
             &Observed::Applied {
+                asked: 3,
                 desired: 3,
                 ready: 3,
                 updated: false,
             },
+            Some((true, "Licensed", "3 of 3 replicas licensed")),
             Some(1),
             &rolling,
             "t2",
@@ -171,21 +190,38 @@ mod tests {
         // Transition times move only when a status changes.
         assert_eq!(get(&done, READY).last_transition_time, "t2");
         assert_eq!(get(&done, DEGRADED).last_transition_time, "t1");
+        assert_eq!(get(&done, LICENSED).status, "True");
     }
 
     #[test]
     fn scaled_to_zero_is_not_ready() {
         let cs = conditions(
             &Observed::Applied {
+                asked: 0,
                 desired: 0,
                 ready: 0,
                 updated: false,
             },
             None,
+            None,
             &[],
             "t",
         );
         assert_eq!(get(&cs, READY).reason, "ScaledToZero");
+        let unlicensed = conditions(
+            &Observed::Applied {
+                asked: 2,
+                desired: 0,
+                ready: 0,
+                updated: false,
+            },
+            Some((false, "NoValidLicence", "0 of 2")),
+            None,
+            &[],
+            "t",
+        );
+        assert_eq!(get(&unlicensed, READY).reason, "Unlicensed");
+        assert_eq!(get(&unlicensed, LICENSED).status, "False");
     }
 
     #[test]

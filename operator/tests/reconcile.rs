@@ -2,7 +2,7 @@
 //! a fake server answers each request by method and path, records it, and can be
 //! told to fail; the tests assert on what the operator asked of it.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use http::{Method, Request, Response, StatusCode};
 use kube::Client;
@@ -20,15 +20,52 @@ struct Recorded {
     body: Value,
 }
 
+/// The test's licence signing key: (private, public), base64.
+fn signing_key() -> &'static (String, String) {
+    static KEY: OnceLock<(String, String)> = OnceLock::new();
+    KEY.get_or_init(|| xmppfed_licence::generate_key().unwrap())
+}
+
+fn licence(id: &str, nodes: u32) -> String {
+    let l = xmppfed_licence::Licence {
+        id: id.into(),
+        licensee: "Contoso".into(),
+        nodes,
+        issued: "2026-01-01T00:00:00Z".parse().unwrap(),
+        expires: "2099-01-01T00:00:00Z".parse().unwrap(),
+        features: vec![],
+    };
+    xmppfed_licence::issue(&l, &signing_key().0).unwrap()
+}
+
+fn context(client: Client) -> Arc<Context> {
+    Arc::new(Context::new(client, Some(signing_key().1.clone())))
+}
+
 /// What the fake API server holds and how it behaves.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 struct World {
+    /// The licence Secret's `licence` key; `None`: the Secret does not exist.
+    licence: Option<String>,
     whitelists: Vec<Value>,
     throttles: Vec<Value>,
     keys_secret_exists: bool,
     ready_replicas: i32,
     /// Answer 500 to requests whose path contains this.
     fail_path: Option<&'static str>,
+}
+
+impl Default for World {
+    fn default() -> Self {
+        Self {
+            licence: Some(licence("L-1", 3)),
+            whitelists: Vec::new(),
+            throttles: Vec::new(),
+            keys_secret_exists: false,
+            ready_replicas: 0,
+            fail_path: None,
+        }
+    }
 }
 
 struct FakeApi {
@@ -107,6 +144,18 @@ fn answer(world: &World, method: &Method, path: &str, body: Value) -> (StatusCod
         ("GET", p) if p.ends_with("/throttlepolicies") => {
             (StatusCode::OK, list("ThrottlePolicyList", &world.throttles))
         }
+        ("GET", p) if p.ends_with("/secrets/xmppfed-licence") => match &world.licence {
+            Some(text) => {
+                use base64::Engine;
+                let data = base64::engine::general_purpose::STANDARD.encode(text);
+                (
+                    StatusCode::OK,
+                    json!({"apiVersion": "v1", "kind": "Secret",
+                    "metadata": {"name": "xmppfed-licence"}, "data": {"licence": data}}),
+                )
+            }
+            None => status_error(404, "NotFound"),
+        },
         ("GET", p) if p.contains("/secrets/") => {
             if world.keys_secret_exists {
                 (
@@ -190,7 +239,7 @@ async fn create_applies_every_child_with_one_field_manager_and_reports_progress(
         ready_replicas: 0,
         ..World::default()
     });
-    let ctx = Arc::new(Context::new(client));
+    let ctx = context(client);
     let action = reconcile(Arc::new(gateway(Some("contoso-tls"), None)), ctx)
         .await
         .unwrap();
@@ -270,6 +319,11 @@ async fn create_applies_every_child_with_one_field_manager_and_reports_progress(
     );
     assert_eq!(condition(&status, "Progressing")["status"], "True");
     assert_eq!(condition(&status, "Degraded")["status"], "False");
+    assert_eq!(condition(&status, "Licensed")["status"], "True");
+    assert_eq!(
+        status.body["status"]["licenceAssignments"]["contoso-0"]["licenceId"],
+        "L-1"
+    );
 
     let event = api.find(Method::POST, "/events").unwrap();
     assert_eq!(event.body["reason"], "Applied");
@@ -288,7 +342,7 @@ async fn an_unchanged_ready_gateway_is_quiet_and_a_whitelist_change_rolls() {
     let (client, api) = FakeApi::start(world.clone());
     reconcile(
         Arc::new(gateway(Some("contoso-tls"), None)),
-        Arc::new(Context::new(client)),
+        context(client),
     )
     .await
     .unwrap();
@@ -305,7 +359,7 @@ async fn an_unchanged_ready_gateway_is_quiet_and_a_whitelist_change_rolls() {
     let (client, api) = FakeApi::start(world.clone());
     let action = reconcile(
         Arc::new(gateway(Some("contoso-tls"), Some(&hash))),
-        Arc::new(Context::new(client)),
+        context(client),
     )
     .await
     .unwrap();
@@ -325,7 +379,7 @@ async fn an_unchanged_ready_gateway_is_quiet_and_a_whitelist_change_rolls() {
     });
     reconcile(
         Arc::new(gateway(Some("contoso-tls"), Some(&hash))),
-        Arc::new(Context::new(client)),
+        context(client),
     )
     .await
     .unwrap();
@@ -352,12 +406,9 @@ async fn an_unchanged_ready_gateway_is_quiet_and_a_whitelist_change_rolls() {
 #[tokio::test]
 async fn an_invalid_spec_is_degraded_applies_nothing_and_waits() {
     let (client, api) = FakeApi::start(World::default());
-    let action = reconcile(
-        Arc::new(gateway(None, None)),
-        Arc::new(Context::new(client)),
-    )
-    .await
-    .unwrap();
+    let action = reconcile(Arc::new(gateway(None, None)), context(client))
+        .await
+        .unwrap();
     assert_eq!(action, Action::await_change());
     let status = api.find(Method::PATCH, "/status").unwrap();
     let degraded = condition(&status, "Degraded");
@@ -388,7 +439,7 @@ async fn api_errors_fail_the_reconcile_and_back_off() {
         fail_path: Some("/statefulsets/"),
         ..World::default()
     });
-    let ctx = Arc::new(Context::new(client));
+    let ctx = context(client);
     let g = Arc::new(gateway(Some("contoso-tls"), None));
     let error = reconcile(g.clone(), ctx.clone()).await.unwrap_err();
     assert!(error.to_string().contains("Kubernetes API"), "{error}");
@@ -409,11 +460,72 @@ async fn a_success_clears_the_backoff() {
         keys_secret_exists: true,
         ..World::default()
     });
-    let ctx = Arc::new(Context::new(client));
+    let ctx = context(client);
     let g = Arc::new(gateway(Some("contoso-tls"), None));
     let error = xmppfed_operator::reconcile::Error::NoNamespace;
     error_policy(g.clone(), &error, ctx.clone());
     assert_eq!(ctx.failures_of(&g), 1);
     reconcile(g.clone(), ctx.clone()).await.unwrap();
     assert_eq!(ctx.failures_of(&g), 0);
+}
+
+#[tokio::test]
+async fn a_licence_shortage_runs_only_licensed_replicas_and_says_why() {
+    let mut g = gateway(Some("contoso-tls"), None);
+    g.spec.replicas = 3;
+    g.spec.database = serde_json::from_value(
+        json!({"engine": "sqlserver", "connectionStringSecret": {"name": "db", "key": "conn"}}),
+    )
+    .unwrap();
+    let (client, api) = FakeApi::start(World {
+        licence: Some(licence("L-2", 2)),
+        keys_secret_exists: true,
+        ..World::default()
+    });
+    reconcile(Arc::new(g.clone()), context(client))
+        .await
+        .unwrap();
+    let sts = api.find(Method::PATCH, "/statefulsets/contoso").unwrap();
+    assert_eq!(
+        sts.body["spec"]["replicas"], 2,
+        "never more nodes than seats"
+    );
+    let status = api.find(Method::PATCH, "/status").unwrap();
+    let licensed = condition(&status, "Licensed");
+    assert_eq!(licensed["status"], "False");
+    assert_eq!(licensed["reason"], "InsufficientSeats");
+    assert_eq!(
+        licensed["message"],
+        "2 of 3 replicas licensed; unscheduled: contoso-2"
+    );
+    let seats = status.body["status"]["licenceAssignments"]
+        .as_object()
+        .unwrap();
+    assert_eq!(seats.keys().collect::<Vec<_>>(), ["contoso-0", "contoso-1"]);
+    assert!(
+        api.requests().iter().any(|r| r.method == Method::POST
+            && r.path.ends_with("/events")
+            && r.body["reason"] == "InsufficientSeats"),
+        "a Warning event says so"
+    );
+
+    // No licence Secret at all: nothing runs.
+    let (client, api) = FakeApi::start(World {
+        licence: None,
+        keys_secret_exists: true,
+        ..World::default()
+    });
+    reconcile(Arc::new(g), context(client)).await.unwrap();
+    assert_eq!(
+        api.find(Method::PATCH, "/statefulsets/contoso")
+            .unwrap()
+            .body["spec"]["replicas"],
+        0
+    );
+    let status = api.find(Method::PATCH, "/status").unwrap();
+    assert_eq!(
+        condition(&status, "Licensed")["reason"],
+        "LicenceSecretMissing"
+    );
+    assert_eq!(condition(&status, "Ready")["reason"], "Unlicensed");
 }
