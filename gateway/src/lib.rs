@@ -5,6 +5,7 @@
 //! endpoints); the s2s layer, the Graph client, the store and the bridge join
 //! it as modules of their own (see docs/architecture.md).
 
+pub mod licence;
 pub mod process;
 
 pub use xmppfed_config as config;

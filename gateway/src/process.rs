@@ -6,7 +6,10 @@ use std::net::SocketAddr;
 
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use xmppfed_config::{GatewayConfig, StoreConfig};
+use xmppfed_config::{GatewayConfig, LicenceConfig, StoreConfig};
+use xmppfed_telemetry::ComponentHealth;
+
+use crate::licence::{self, LicenceCheckError, LicenceMetrics};
 use xmppfed_telemetry::{AdminServer, Health, Metrics, admin_router};
 
 pub const SERVICE_NAME: &str = "xmppfed-gateway";
@@ -14,6 +17,8 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    #[error("refusing to serve: {0}")]
+    Licence(#[from] LicenceCheckError),
     #[error("cannot bind the admin port {addr}: {source}")]
     AdminBind {
         addr: SocketAddr,
@@ -25,6 +30,14 @@ pub enum StartError {
 pub struct Gateway {
     admin: AdminServer,
     health: Health,
+    licence: Option<LicenceWatch>,
+}
+
+/// What the periodic licence check needs.
+struct LicenceWatch {
+    config: LicenceConfig,
+    metrics: LicenceMetrics,
+    health: ComponentHealth,
 }
 
 impl Gateway {
@@ -36,6 +49,29 @@ impl Gateway {
         let metrics = Metrics::new(SERVICE_NAME, VERSION);
         config_info(&metrics, config);
         let health = Health::new();
+        let licence = match &config.licence {
+            Some(licence_config) => {
+                // A node without a seat never serves; an expired seat only stops being ready.
+                let seat = licence::check(licence_config, xmppfed_licence::Timestamp::now());
+                if let Err(e) = &seat {
+                    return Err(StartError::Licence(e.clone()));
+                }
+                let watch = LicenceWatch {
+                    config: licence_config.clone(),
+                    metrics: LicenceMetrics::register(&metrics),
+                    health: health.component("licence"),
+                };
+                watch.metrics.record(&seat, &watch.health);
+                if let Ok(seat) = &seat {
+                    tracing::info!(node = %seat.node, licence = %seat.licence_id, expires = %seat.expires, "licence seat verified");
+                }
+                Some(watch)
+            }
+            None => {
+                tracing::info!("no [licence] section: running unlicensed for local use");
+                None
+            }
+        };
         let admin = AdminServer::bind(config.admin.listen, admin_router(metrics, health.clone()))
             .await
             .map_err(|source| StartError::AdminBind {
@@ -46,7 +82,11 @@ impl Gateway {
             admin = %admin.local_addr().map_or_else(|_| config.admin.listen.to_string(), |a| a.to_string()),
             "gateway started"
         );
-        Ok(Self { admin, health })
+        Ok(Self {
+            admin,
+            health,
+            licence,
+        })
     }
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {
@@ -62,7 +102,20 @@ impl Gateway {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        let watcher = self.licence.map(|watch| {
+            tokio::spawn(async move {
+                let period = std::time::Duration::from_secs(watch.config.check_interval_secs);
+                loop {
+                    tokio::time::sleep(period).await;
+                    let outcome = licence::check(&watch.config, xmppfed_licence::Timestamp::now());
+                    watch.metrics.record(&outcome, &watch.health);
+                }
+            })
+        });
         let result = self.admin.serve(shutdown).await;
+        if let Some(w) = watcher {
+            w.abort();
+        }
         tracing::info!("gateway stopped");
         result
     }

@@ -179,3 +179,92 @@ fn a_taken_admin_port_is_a_clear_startup_error() {
         "{stderr}"
     );
 }
+
+/// A configuration with a `[licence]` section: `nodes` seats, signed by a fresh key.
+fn licensed_config(dir: &tempfile::TempDir, nodes: u32) -> std::path::PathBuf {
+    let (private, public) = xmppfed_licence::generate_key().unwrap();
+    let licence = xmppfed_licence::Licence {
+        id: "L-test".into(),
+        licensee: "Contoso".into(),
+        nodes,
+        issued: "2026-01-01T00:00:00Z".parse().unwrap(),
+        expires: "2099-01-01T00:00:00Z".parse().unwrap(),
+        features: vec![],
+    };
+    let licence_file = dir.path().join("licence");
+    std::fs::write(
+        &licence_file,
+        xmppfed_licence::issue(&licence, &private).unwrap(),
+    )
+    .unwrap();
+    let config = write_config(dir, "127.0.0.1:0");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        "[licence]\nfile = \"{}\"\npublic_key = \"{public}\"\nnode_name_env = \"TEST_NODE_NAME\"\n",
+        licence_file.display()
+    ));
+    std::fs::write(&config, text).unwrap();
+    config
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_licensed_node_serves_and_reports_its_seat() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = licensed_config(&dir, 2);
+    let mut command = Command::new(BIN);
+    command
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("TEST_NODE_NAME", "contoso-1");
+    let mut gateway = Daemon::spawn(command).unwrap();
+    let seat = gateway
+        .wait_for_log("licence seat verified", Duration::from_secs(20))
+        .unwrap();
+    assert_eq!(seat["licence"], "L-test");
+    let started = gateway
+        .wait_for_log("gateway started", Duration::from_secs(20))
+        .unwrap();
+    let admin = started["admin"].as_str().unwrap().to_owned();
+    let text = reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let scrape = metrics::parse(&text).unwrap();
+    let valid = metrics::samples(&scrape, "xmppfed_licence_valid");
+    assert_eq!(valid.len(), 1, "{text}");
+    assert!(
+        matches!(valid[0].value, prometheus_parse::Value::Gauge(v) if v == 1.0),
+        "{text}"
+    );
+    let readyz = reqwest::get(format!("http://{admin}/readyz"))
+        .await
+        .unwrap();
+    assert_eq!(readyz.status(), 200);
+    assert!(
+        gateway
+            .terminate(Duration::from_secs(15))
+            .unwrap()
+            .success()
+    );
+}
+
+#[test]
+fn a_node_beyond_its_seats_refuses_to_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = licensed_config(&dir, 2);
+    let out = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("TEST_NODE_NAME", "contoso-2")
+        .env("XMPPFED_LOG_FORMAT", "json")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("refusing to serve: node contoso-2 holds no licence seat: 2 seat(s)"),
+        "{stderr}"
+    );
+}

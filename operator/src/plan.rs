@@ -48,17 +48,18 @@ pub struct Plan {
 }
 
 /// Validates `gateway` against the policies of its namespace and builds its objects,
-/// running `replicas` pods (the licensed count).
+/// running `replicas` pods (the licensed count) that check their seats with `licence_public_key`.
 pub fn plan(
     gateway: &FederationGateway,
     whitelists: &[DomainWhitelist],
     throttles: &[ThrottlePolicy],
     replicas: i32,
+    licence_public_key: Option<&str>,
 ) -> Result<Plan, InvalidSpec> {
     use kube::ResourceExt;
 
     let applied = policy::applied(gateway, whitelists, throttles)?;
-    let config = build::render_config(gateway, &applied)?;
+    let config = build::render_config(gateway, &applied, licence_public_key)?;
     let config_toml = config
         .to_toml_string()
         .map_err(|e| InvalidSpec::Render(e.to_string()))?;

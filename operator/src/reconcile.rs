@@ -128,7 +128,13 @@ pub async fn reconcile(
         k8s_openapi::jiff::Timestamp::now(),
     );
     // Only licensed replicas run.
-    let plan = match plan(&gateway, &whitelists, &throttles, licence.licensed) {
+    let plan = match plan(
+        &gateway,
+        &whitelists,
+        &throttles,
+        licence.licensed,
+        ctx.licence_public_key.as_deref(),
+    ) {
         Ok(plan) => plan,
         Err(invalid) => return degraded(&gateway, &namespace, &ctx, &previous, &invalid).await,
     };

@@ -45,6 +45,33 @@ pub struct GatewayConfig {
     pub admin: AdminConfig,
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+    /// Node licensing; absent for local use (the sandbox), always rendered by the operator.
+    #[serde(default)]
+    pub licence: Option<LicenceConfig>,
+}
+
+/// Where the gateway finds its licences and how it knows which node it is.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LicenceConfig {
+    /// File with one signed licence per line (the mounted licence Secret).
+    pub file: PathBuf,
+    /// Base64 Ed25519 public key the licences are verified with.
+    pub public_key: String,
+    /// Environment variable holding this node's name, `<gateway>-<ordinal>`.
+    #[serde(default = "default_node_env")]
+    pub node_name_env: String,
+    /// How often the licence is checked again, in seconds.
+    #[serde(default = "default_licence_check")]
+    pub check_interval_secs: u64,
+}
+
+fn default_node_env() -> String {
+    "POD_NAME".to_owned()
+}
+
+fn default_licence_check() -> u64 {
+    3600
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -196,6 +196,18 @@ pub(crate) fn validate(c: &GatewayConfig) -> Vec<FieldError> {
         }
     }
 
+    if let Some(l) = &c.licence {
+        if l.public_key.trim().is_empty() {
+            err("licence.public_key", "must not be empty".into());
+        }
+        if l.check_interval_secs == 0 {
+            err(
+                "licence.check_interval_secs",
+                "must be greater than 0".into(),
+            );
+        }
+    }
+
     if c.telemetry.log_level.trim().is_empty() {
         err("telemetry.log_level", "must not be empty".into());
     }

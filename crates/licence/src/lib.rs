@@ -11,7 +11,8 @@ use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use jiff::{SignedDuration, Timestamp};
+use jiff::SignedDuration;
+pub use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 const PREFIX: &str = "xmppfed-licence-v1";

@@ -47,6 +47,7 @@ fn spec_error(field: &str, message: &str) -> ConfigError {
 pub fn render_config(
     gateway: &FederationGateway,
     policies: &AppliedPolicies<'_>,
+    licence_public_key: Option<&str>,
 ) -> Result<cfg::GatewayConfig, ConfigError> {
     let spec = &gateway.spec;
     let any = |ip: [u8; 4], port: i32| SocketAddr::from((ip, u16::try_from(port).unwrap_or(0)));
@@ -217,6 +218,12 @@ pub fn render_config(
         admin: cfg::AdminConfig {
             listen: any([0, 0, 0, 0], ports::ADMIN),
         },
+        licence: licence_public_key.map(|key| cfg::LicenceConfig {
+            file: file(paths::LICENCE_DIR, &spec.licence_secret.key),
+            public_key: key.to_owned(),
+            node_name_env: "POD_NAME".to_owned(),
+            check_interval_secs: 3600,
+        }),
         telemetry: cfg::TelemetryConfig {
             log_level: spec
                 .telemetry

@@ -3,6 +3,9 @@ use crate::build::paths;
 use crate::policy::{PolicyRef, selected_gateways};
 use xmppfed_config::{GatewayConfig, StoreConfig};
 
+/// Any base64 text: rendering only copies the key into the configuration.
+const TEST_KEY: &str = "dGVzdC1rZXk=";
+
 fn gateway(extra_spec: &str, labels: &str) -> FederationGateway {
     serde_yaml_ng::from_str(&format!(
         r#"
@@ -54,7 +57,7 @@ fn throttle(name: &str, selector: &str, per_minute: u32) -> ThrottlePolicy {
 #[test]
 fn minimal_gateway_builds_objects_the_gateway_accepts() {
     let g = gateway(sqlite(), "");
-    let plan = plan(&g, &[], &[], 1).unwrap();
+    let plan = plan(&g, &[], &[], 1, Some(TEST_KEY)).unwrap();
 
     // The rendered file is one the gateway itself accepts.
     let config = GatewayConfig::from_toml_str(&plan.config_toml).unwrap();
@@ -72,6 +75,12 @@ fn minimal_gateway_builds_objects_the_gateway_accepts() {
     assert!(
         config.allow.remote_domains.is_empty(),
         "no whitelist: nothing allowed"
+    );
+    let licence = config.licence.as_ref().unwrap();
+    assert_eq!(licence.public_key, TEST_KEY);
+    assert_eq!(
+        licence.file,
+        std::path::Path::new("/etc/xmppfed/licence/licence")
     );
 
     let o = &plan.objects;
@@ -202,7 +211,7 @@ fn whitelists_that_select_or_are_named_are_merged_and_others_ignored() {
             &["nobody.example"],
         ),
     ];
-    let plan = plan(&g, &lists, &[], 1).unwrap();
+    let plan = plan(&g, &lists, &[], 1, Some(TEST_KEY)).unwrap();
     assert_eq!(plan.whitelists, ["by-label", "named"]);
     let config = GatewayConfig::from_toml_str(&plan.config_toml).unwrap();
     let domains: Vec<String> = config
@@ -231,6 +240,7 @@ fn a_whitelist_change_changes_the_config_hash() {
         )],
         &[],
         1,
+        Some(TEST_KEY),
     )
     .unwrap();
     let after = plan(
@@ -243,6 +253,7 @@ fn a_whitelist_change_changes_the_config_hash() {
         )],
         &[],
         1,
+        Some(TEST_KEY),
     )
     .unwrap();
     assert_ne!(before.config_hash, after.config_hash);
@@ -256,6 +267,7 @@ fn a_whitelist_change_changes_the_config_hash() {
         )],
         &[],
         1,
+        Some(TEST_KEY),
     )
     .unwrap();
     assert_eq!(
@@ -269,7 +281,8 @@ fn throttle_policy_is_the_named_one_or_the_single_selecting_one() {
     let g = gateway(sqlite(), "tier: prod");
     let one = [throttle("strict", "{ matchLabels: { tier: prod } }", 10)];
     let config =
-        GatewayConfig::from_toml_str(&plan(&g, &[], &one, 1).unwrap().config_toml).unwrap();
+        GatewayConfig::from_toml_str(&plan(&g, &[], &one, 1, Some(TEST_KEY)).unwrap().config_toml)
+            .unwrap();
     assert_eq!(config.throttle.default.messages_per_minute, 10);
     assert_eq!(
         config
@@ -282,7 +295,7 @@ fn throttle_policy_is_the_named_one_or_the_single_selecting_one() {
         throttle("strict", "{ matchLabels: { tier: prod } }", 10),
         throttle("loose", "{ names: [contoso] }", 100),
     ];
-    let e = plan(&g, &[], &two, 1).unwrap_err();
+    let e = plan(&g, &[], &two, 1, Some(TEST_KEY)).unwrap_err();
     assert_eq!(e.reason(), "AmbiguousThrottlePolicy");
     assert!(e.to_string().contains("loose, strict"), "{e}");
 
@@ -290,7 +303,7 @@ fn throttle_policy_is_the_named_one_or_the_single_selecting_one() {
         &format!("{}  policies: {{ throttlePolicy: loose }}\n", sqlite()),
         "tier: prod",
     );
-    let p = plan(&named, &[], &two, 1).unwrap();
+    let p = plan(&named, &[], &two, 1, Some(TEST_KEY)).unwrap();
     assert_eq!(p.throttle_policy.as_deref(), Some("loose"));
 }
 
@@ -300,13 +313,13 @@ fn missing_references_and_bad_specs_are_invalid_with_the_field_named() {
         &format!("{}  policies: {{ domainWhitelists: [gone] }}\n", sqlite()),
         "",
     );
-    let e = plan(&g, &[], &[], 1).unwrap_err();
+    let e = plan(&g, &[], &[], 1, Some(TEST_KEY)).unwrap_err();
     assert_eq!(e.reason(), "MissingPolicy");
     assert!(e.to_string().contains("`gone`"), "{e}");
 
     let mut g = gateway(sqlite(), "");
     g.spec.s2s.tls_secret = None;
-    let e = plan(&g, &[], &[], 1).unwrap_err();
+    let e = plan(&g, &[], &[], 1, Some(TEST_KEY)).unwrap_err();
     assert!(
         e.to_string().starts_with("spec.s2s.tlsSecret: required"),
         "{e}"
@@ -315,7 +328,7 @@ fn missing_references_and_bad_specs_are_invalid_with_the_field_named() {
     let mut g = gateway(sqlite(), "");
     g.spec.shadow_accounts.upn_domain = None;
     assert!(
-        plan(&g, &[], &[], 1)
+        plan(&g, &[], &[], 1, Some(TEST_KEY))
             .unwrap_err()
             .to_string()
             .contains("spec.shadowAccounts.upnDomain")
@@ -324,12 +337,15 @@ fn missing_references_and_bad_specs_are_invalid_with_the_field_named() {
     // What the schema cannot catch, the gateway's own validation does.
     let mut g = gateway(sqlite(), "");
     g.spec.shadow_accounts.licence_sku = Some("not-a-guid".into());
-    let e = plan(&g, &[], &[], 1).unwrap_err();
+    let e = plan(&g, &[], &[], 1, Some(TEST_KEY)).unwrap_err();
     assert!(e.to_string().contains("shadow_accounts.licence_sku"), "{e}");
 
     let mut g = gateway(sqlite(), "");
     g.metadata.uid = None;
-    assert_eq!(plan(&g, &[], &[], 1).unwrap_err(), InvalidSpec::NoUid);
+    assert_eq!(
+        plan(&g, &[], &[], 1, Some(TEST_KEY)).unwrap_err(),
+        InvalidSpec::NoUid
+    );
 }
 
 #[test]
@@ -338,7 +354,7 @@ fn sqlserver_with_replicas_gets_a_pdb_and_no_volume() {
         "  replicas: 3\n  database: { engine: sqlserver, connectionStringSecret: { name: db, key: conn } }\n",
         "",
     );
-    let plan = plan(&g, &[], &[], 2).unwrap();
+    let plan = plan(&g, &[], &[], 2, Some(TEST_KEY)).unwrap();
     let sts = plan.objects.stateful_set.spec.as_ref().unwrap();
     assert_eq!(
         sts.replicas,
