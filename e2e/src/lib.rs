@@ -3,5 +3,6 @@
 //! Graph emulator join here as they are built.
 
 pub mod daemon;
+pub mod kube_api;
 pub mod metrics;
 pub mod otlp;

@@ -432,18 +432,122 @@ async fn patch_status(
     Ok(())
 }
 
+/// Records which gateways a DomainWhitelist or ThrottlePolicy applies to.
+async fn reconcile_policy<K>(
+    policy: Arc<K>,
+    ctx: Arc<Context>,
+    selector: &crate::crd::GatewaySelector,
+    reference: PolicyRef<'_>,
+    previous: Option<&crate::crd::ResourceStatus>,
+) -> Result<Action, Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let namespace = policy.namespace().ok_or(Error::NoNamespace)?;
+    let gateways = Api::<FederationGateway>::namespaced(ctx.client.clone(), &namespace)
+        .list(&ListParams::default())
+        .await?
+        .items;
+    let mut selected: Vec<String> =
+        selected_gateways(selector, reference, Some(&namespace), &gateways)
+            .iter()
+            .map(|g| g.name_any())
+            .collect();
+    selected.sort();
+    let status = status::policy_status(
+        selected,
+        policy.meta().generation,
+        previous.map_or(&[][..], |p| &p.conditions),
+        &status::now(),
+    );
+    let body = json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    Api::<K>::namespaced(ctx.client.clone(), &namespace)
+        .patch_status(
+            &policy.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await?;
+    // Gateways come and go without touching the policy: look again now and then.
+    Ok(Action::requeue(Duration::from_secs(60)))
+}
+
+pub async fn reconcile_whitelist(
+    w: Arc<DomainWhitelist>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    let name = w.name_any();
+    let selector = w.spec.gateways.clone();
+    let previous = w.status.clone();
+    reconcile_policy(
+        w,
+        ctx,
+        &selector,
+        PolicyRef::Whitelist(&name),
+        previous.as_ref(),
+    )
+    .await
+}
+
+pub async fn reconcile_throttle(
+    t: Arc<ThrottlePolicy>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    let name = t.name_any();
+    let selector = t.spec.gateways.clone();
+    let previous = t.status.clone();
+    reconcile_policy(
+        t,
+        ctx,
+        &selector,
+        PolicyRef::Throttle(&name),
+        previous.as_ref(),
+    )
+    .await
+}
+
+fn policy_error_policy<K>(_: Arc<K>, error: &Error, _: Arc<Context>) -> Action {
+    tracing::warn!(%error, "policy status update failed");
+    Action::requeue(backoff(3, random_unit()))
+}
+
 /// Runs the FederationGateway controller until `shutdown` resolves.
 pub async fn run(
     client: Client,
     licence_public_key: Option<String>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
+    use futures::FutureExt;
+    let shutdown = shutdown.shared();
+    let ctx = Arc::new(Context::new(client.clone(), licence_public_key));
+    let whitelists = Controller::new(
+        Api::<DomainWhitelist>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .graceful_shutdown_on(shutdown.clone())
+    .run(reconcile_whitelist, policy_error_policy, ctx.clone())
+    .for_each(|r| log_result(r.map(|(o, _)| o.to_string())));
+    let throttles = Controller::new(
+        Api::<ThrottlePolicy>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .graceful_shutdown_on(shutdown.clone())
+    .run(reconcile_throttle, policy_error_policy, ctx.clone())
+    .for_each(|r| log_result(r.map(|(o, _)| o.to_string())));
+
     let gateways = Api::<FederationGateway>::all(client.clone());
     let controller = Controller::new(gateways, watcher::Config::default());
     let store = controller.store();
     let for_whitelists = store.clone();
     let for_throttles = store;
-    controller
+    let gateways_done = controller
         .owns(
             Api::<StatefulSet>::all(client.clone()),
             watcher::Config::default(),
@@ -493,18 +597,16 @@ pub async fn run(
             },
         )
         .graceful_shutdown_on(shutdown)
-        .run(
-            reconcile,
-            error_policy,
-            Arc::new(Context::new(client, licence_public_key)),
-        )
-        .for_each(|result| async move {
-            match result {
-                Ok((gateway, _)) => tracing::debug!(gateway = %gateway.name, "reconciled"),
-                Err(e) => tracing::debug!(error = %e, "reconcile error"),
-            }
-        })
-        .await;
+        .run(reconcile, error_policy, ctx)
+        .for_each(|r| log_result(r.map(|(o, _)| o.to_string())));
+    tokio::join!(gateways_done, whitelists, throttles);
+}
+
+async fn log_result<E: std::fmt::Display>(result: Result<String, E>) {
+    match result {
+        Ok(object) => tracing::debug!(%object, "reconciled"),
+        Err(e) => tracing::debug!(error = %e, "reconcile error"),
+    }
 }
 
 #[cfg(test)]

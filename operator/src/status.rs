@@ -230,3 +230,59 @@ mod tests {
         assert!(n.ends_with('Z') && n.len() == 20, "{n}");
     }
 }
+
+/// Status of a DomainWhitelist or ThrottlePolicy: which gateways it applies to.
+pub fn policy_status(
+    selected: Vec<String>,
+    generation: Option<i64>,
+    previous: &[Condition],
+    now: &str,
+) -> crate::crd::ResourceStatus {
+    let mut ready = if selected.is_empty() {
+        condition(
+            READY,
+            false,
+            "NoGatewaySelected",
+            "no FederationGateway in this namespace is selected".into(),
+        )
+    } else {
+        condition(
+            READY,
+            true,
+            "Selected",
+            format!("applies to {}", selected.join(", ")),
+        )
+    };
+    ready.observed_generation = generation;
+    ready.last_transition_time = previous
+        .iter()
+        .find(|p| p.type_ == READY && p.status == ready.status)
+        .map_or_else(|| now.to_owned(), |p| p.last_transition_time.clone());
+    crate::crd::ResourceStatus {
+        observed_generation: generation,
+        conditions: vec![ready],
+        selected_gateways: selected,
+    }
+}
+
+#[cfg(test)]
+mod policy_tests {
+    use super::*;
+
+    #[test]
+    fn policy_status_lists_selected_gateways() {
+        let s = policy_status(vec!["a".into(), "b".into()], Some(4), &[], "t1");
+        assert_eq!(s.selected_gateways, ["a", "b"]);
+        assert_eq!(s.conditions[0].status, "True");
+        assert_eq!(s.conditions[0].message, "applies to a, b");
+        assert_eq!(s.observed_generation, Some(4));
+        let none = policy_status(vec![], Some(5), &s.conditions, "t2");
+        assert_eq!(
+            (
+                none.conditions[0].status.as_str(),
+                none.conditions[0].last_transition_time.as_str()
+            ),
+            ("False", "t2")
+        );
+    }
+}

@@ -1,0 +1,311 @@
+//! Against the cluster `KUBECONFIG` names (skipped, saying so, when none):
+//! install the CRDs, run the operator's controller, apply the examples, and
+//! check children, status, a whitelist change, a licence shortage and cleanup.
+//!
+//! The example image is not pulled here: the test checks what the operator
+//! applies and reports, not that gateway pods become Ready.
+
+use std::future::Future;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use xmppfed_operator::crd::{DomainWhitelist, FederationGateway};
+
+const MANAGER: &str = "xmppfed-integration-test";
+
+/// A client for the configured cluster, or why there is none.
+async fn cluster() -> Result<Client, String> {
+    let configured = std::env::var_os("KUBECONFIG").is_some_and(|v| !v.is_empty())
+        || std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+    if !configured {
+        return Err("KUBECONFIG is not set".into());
+    }
+    let client = Client::try_default().await.map_err(|e| e.to_string())?;
+    client
+        .apiserver_version()
+        .await
+        .map_err(|e| format!("the API server does not answer: {e}"))?;
+    Ok(client)
+}
+
+async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn examples(file: &str) -> Vec<Value> {
+    let path = format!("{}/../examples/{file}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(path).unwrap();
+    serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|d| Value::deserialize(d).unwrap())
+        .collect()
+}
+
+fn condition(g: &FederationGateway, type_: &str) -> Option<(String, String)> {
+    g.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone()))
+}
+
+fn licence_text(private: &str, nodes: u32) -> String {
+    xmppfed_licence::issue(
+        &xmppfed_licence::Licence {
+            id: format!("it-{nodes}"),
+            licensee: "integration test".into(),
+            nodes,
+            issued: "2026-01-01T00:00:00Z".parse().unwrap(),
+            expires: "2099-01-01T00:00:00Z".parse().unwrap(),
+            features: vec![],
+        },
+        private,
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn operator_on_a_real_cluster() {
+    let client = match cluster().await {
+        Ok(client) => client,
+        Err(why) => {
+            eprintln!("skipped: cluster integration test needs a Kubernetes cluster ({why})");
+            return;
+        }
+    };
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let apply = PatchParams::apply(MANAGER).force();
+
+    // CRDs, established.
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for (_, crd) in xmppfed_operator::crd::all() {
+        crds.patch(&crd.name_any(), &apply, &Patch::Apply(&crd))
+            .await
+            .unwrap();
+    }
+    for (_, crd) in xmppfed_operator::crd::all() {
+        let name = crd.name_any();
+        eventually(
+            &format!("CRD {name} established"),
+            Duration::from_secs(60),
+            || {
+                let crds = crds.clone();
+                let name = name.clone();
+                async move {
+                    let crd = crds.get(&name).await.ok()?;
+                    let established = crd
+                        .status?
+                        .conditions?
+                        .iter()
+                        .any(|c| c.type_ == "Established" && c.status == "True");
+                    established.then_some(())
+                }
+            },
+        )
+        .await;
+    }
+
+    // A namespace of our own.
+    let ns_name = format!("xmppfed-it-{}", std::process::id());
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": ns_name}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let ns = ns_name.as_str();
+
+    // The operator's controller, with a licence key of this test's own.
+    let (private, public) = xmppfed_licence::generate_key().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let controller = tokio::spawn(xmppfed_operator::reconcile::run(
+        client.clone(),
+        Some(public),
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+
+    // The examples, as written, into our namespace (the licence replaced by a real one).
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let gateways: Api<FederationGateway> = Api::namespaced(client.clone(), ns);
+    let whitelists: Api<DomainWhitelist> = Api::namespaced(client.clone(), ns);
+    for mut doc in examples("minimal-sqlite.yaml")
+        .into_iter()
+        .chain(examples("domain-whitelist.yaml"))
+    {
+        doc["metadata"]["namespace"] = json!(ns);
+        let name = doc["metadata"]["name"].as_str().unwrap().to_owned();
+        match doc["kind"].as_str().unwrap() {
+            "Secret" => {
+                if name == "xmppfed-licence" {
+                    doc["stringData"]["licence"] = json!(licence_text(&private, 1));
+                }
+                secrets
+                    .patch(&name, &apply, &Patch::Apply(&doc))
+                    .await
+                    .unwrap();
+            }
+            "FederationGateway" => {
+                gateways
+                    .patch(&name, &apply, &Patch::Apply(&doc))
+                    .await
+                    .unwrap();
+            }
+            "DomainWhitelist" => {
+                whitelists
+                    .patch(&name, &apply, &Patch::Apply(&doc))
+                    .await
+                    .unwrap();
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+
+    // Children and status.
+    let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    eventually(
+        "contoso applied, licensed and not degraded",
+        Duration::from_secs(90),
+        || {
+            let gateways = gateways.clone();
+            async move {
+                let g = gateways.get("contoso").await.ok()?;
+                (condition(&g, "Degraded")?.0 == "False" && condition(&g, "Licensed")?.0 == "True")
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    let sts = statefulsets.get("contoso").await.unwrap();
+    assert_eq!(sts.spec.as_ref().unwrap().replicas, Some(1));
+    assert_eq!(sts.owner_references()[0].kind, "FederationGateway");
+    let config = configmaps.get("contoso-config").await.unwrap();
+    assert!(config.data.unwrap()["gateway.toml"].contains("xmpp.partner.example"));
+
+    // A whitelist change reaches the gateway's configuration.
+    whitelists
+        .patch(
+            "partners",
+            &apply,
+            &Patch::Apply(json!({
+                "apiVersion": "xmppfed.io/v1alpha1", "kind": "DomainWhitelist",
+                "metadata": {"name": "partners"},
+                "spec": {"gateways": {"matchLabels": {"xmppfed.io/tier": "production"}},
+                         "remoteDomains": ["xmpp.partner.example", "new-partner.example"]}
+            })),
+        )
+        .await
+        .unwrap();
+    eventually(
+        "the new domain in contoso-config",
+        Duration::from_secs(60),
+        || {
+            let configmaps = configmaps.clone();
+            async move {
+                let cm = configmaps.get("contoso-config").await.ok()?;
+                cm.data?
+                    .get("gateway.toml")?
+                    .contains("new-partner.example")
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+
+    // A licence from another key holder: no seat, nothing runs, Licensed=False says why.
+    let (foreign, _) = xmppfed_licence::generate_key().unwrap();
+    secrets
+        .patch(
+            "xmppfed-licence",
+            &apply,
+            &Patch::Apply(json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "xmppfed-licence"},
+                                 "stringData": {"licence": licence_text(&foreign, 5)}})),
+        )
+        .await
+        .unwrap();
+    // Secrets are not watched: touch the gateway so it is reconciled now.
+    gateways
+        .patch(
+            "contoso",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"xmppfed.io/test-touch": "1"}}})),
+        )
+        .await
+        .unwrap();
+    eventually(
+        "Licensed=False NoValidLicence",
+        Duration::from_secs(60),
+        || {
+            let gateways = gateways.clone();
+            async move {
+                let g = gateways.get("contoso").await.ok()?;
+                (condition(&g, "Licensed")? == ("False".to_owned(), "NoValidLicence".to_owned()))
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        statefulsets
+            .get("contoso")
+            .await
+            .unwrap()
+            .spec
+            .unwrap()
+            .replicas,
+        Some(0)
+    );
+
+    // Deleting the gateway removes everything it owns.
+    gateways
+        .delete("contoso", &DeleteParams::foreground())
+        .await
+        .unwrap();
+    eventually(
+        "children garbage-collected",
+        Duration::from_secs(120),
+        || {
+            let statefulsets = statefulsets.clone();
+            let configmaps = configmaps.clone();
+            let secrets = secrets.clone();
+            async move {
+                let gone = statefulsets.get_opt("contoso").await.ok()?.is_none()
+                    && configmaps.get_opt("contoso-config").await.ok()?.is_none()
+                    && secrets.get_opt("contoso-keys").await.ok()?.is_none();
+                gone.then_some(())
+            }
+        },
+    )
+    .await;
+
+    let _ = stop_tx.send(());
+    let _ = controller.await;
+    namespaces
+        .delete(ns, &DeleteParams::default())
+        .await
+        .unwrap();
+}
