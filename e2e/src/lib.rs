@@ -6,3 +6,4 @@ pub mod daemon;
 pub mod kube_api;
 pub mod metrics;
 pub mod otlp;
+pub mod prosody;

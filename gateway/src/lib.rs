@@ -7,6 +7,7 @@
 
 pub mod licence;
 pub mod process;
+pub mod s2s;
 
 pub use xmppfed_config as config;
 

@@ -1,0 +1,273 @@
+//! A real Prosody server on 127.0.0.1, started and stopped by a test.
+//!
+//! Its s2s traffic for the gateway's domain goes to the gateway's loopback
+//! port through `mod_xmppfed_route` (Prosody 0.12 cannot route one domain to
+//! a fixed host:port on its own).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// How a test wants Prosody set up.
+#[derive(Debug, Clone)]
+pub struct ProsodyOptions {
+    /// The XMPP domain Prosody serves.
+    pub domain: String,
+    /// Domains routed to a loopback port (the gateway's s2s listener).
+    pub routes: Vec<(String, u16)>,
+    /// Serve TLS with a self-signed certificate for `domain`.
+    pub tls: bool,
+    /// Load XEP-0288 bidirectional s2s.
+    pub bidi: bool,
+    /// A fixed s2s port (when the other side must know it first); free otherwise.
+    pub s2s_port: Option<u16>,
+}
+
+impl ProsodyOptions {
+    pub fn new(domain: &str) -> Self {
+        Self {
+            domain: domain.to_owned(),
+            routes: Vec::new(),
+            tls: false,
+            bidi: true,
+            s2s_port: None,
+        }
+    }
+}
+
+pub struct Prosody {
+    child: Child,
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    pub domain: String,
+    pub c2s_port: u16,
+    pub s2s_port: u16,
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Whether a Prosody binary is installed (tests skip, saying so, when not).
+pub fn available() -> bool {
+    // Not `prosody --version`: Prosody 0.12 takes no such flag and starts a server.
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join("prosody").is_file()))
+}
+
+/// A self-signed certificate and key (PEM) for `domain`, made with openssl.
+pub fn self_signed(dir: &Path, domain: &str) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let cert = dir.join(format!("{domain}.crt"));
+    let key = dir.join(format!("{domain}.key"));
+    let status = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "2",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .args([
+            "-subj",
+            &format!("/CN={domain}"),
+            "-addext",
+            &format!("subjectAltName=DNS:{domain}"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .context("running openssl")?;
+    if !status.success() {
+        bail!("openssl could not make a certificate for {domain}");
+    }
+    Ok((cert, key))
+}
+
+impl Prosody {
+    pub fn start(options: &ProsodyOptions) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("data"))?;
+        std::fs::create_dir_all(root.join("plugins"))?;
+        std::fs::write(
+            root.join("plugins/mod_xmppfed_route.lua"),
+            include_str!("../prosody/mod_xmppfed_route.lua"),
+        )?;
+        let c2s_port = free_port()?;
+        let s2s_port = match options.s2s_port {
+            Some(port) => port,
+            None => free_port()?,
+        };
+        let routes: String = options
+            .routes
+            .iter()
+            .map(|(domain, port)| format!("[\"{domain}\"] = {{ \"127.0.0.1\", {port} }}; "))
+            .collect();
+        let ssl = if options.tls {
+            let (cert, key) = self_signed(root, &options.domain)?;
+            format!(
+                "ssl = {{ certificate = \"{}\"; key = \"{}\"; }}",
+                cert.display(),
+                key.display()
+            )
+        } else {
+            String::new()
+        };
+        let bidi = if options.bidi { "\"s2s_bidi\";" } else { "" };
+        let config = format!(
+            r#"
+run_as_root = true
+pidfile = "{root}/prosody.pid"
+data_path = "{root}/data"
+plugin_paths = {{ "{root}/plugins" }}
+log = {{ debug = "{root}/prosody.log" }}
+interfaces = {{ "127.0.0.1" }}
+c2s_ports = {{ {c2s_port} }}
+s2s_ports = {{ {s2s_port} }}
+c2s_direct_tls_ports = {{}}
+s2s_direct_tls_ports = {{}}
+http_ports = {{}}
+https_ports = {{}}
+modules_enabled = {{ "roster"; "saslauth"; "tls"; "dialback"; "disco"; "ping"; "presence"; "vcard4"; "vcard_legacy"; "pep"; "xmppfed_route"; {bidi} }}
+modules_disabled = {{ "offline"; "s2s_auth_certs" }}
+authentication = "internal_plain"
+c2s_require_encryption = false
+allow_unencrypted_plain_auth = true
+s2s_secure_auth = false
+s2s_require_encryption = false
+xmppfed_routes = {{ {routes} }}
+{ssl}
+VirtualHost "{domain}"
+"#,
+            root = root.display(),
+            domain = options.domain,
+        );
+        let config_path = root.join("prosody.cfg.lua");
+        std::fs::write(&config_path, config)?;
+        let child = Command::new("prosody")
+            .arg("--config")
+            .arg(&config_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting prosody (apt-get install prosody)")?;
+        let mut prosody = Self {
+            child,
+            dir,
+            config: config_path,
+            domain: options.domain.clone(),
+            c2s_port,
+            s2s_port,
+        };
+        prosody.wait_listening(Duration::from_secs(20))?;
+        Ok(prosody)
+    }
+
+    fn wait_listening(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("prosody exited with {status}; log:\n{}", self.log());
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", self.c2s_port)).is_ok()
+                && std::net::TcpStream::connect(("127.0.0.1", self.s2s_port)).is_ok()
+            {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!(
+            "prosody did not listen within {timeout:?}; log:\n{}",
+            self.log()
+        )
+    }
+
+    /// Registers `user` with `password` (offline, through prosodyctl).
+    pub fn register(&self, user: &str, password: &str) -> anyhow::Result<()> {
+        let status = Command::new("prosodyctl")
+            .arg("--config")
+            .arg(&self.config)
+            .args(["register", user, &self.domain, password])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()?;
+        if !status.success() {
+            bail!("prosodyctl register {user} failed");
+        }
+        Ok(())
+    }
+
+    /// Prosody's debug log so far (for failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("prosody.log")).unwrap_or_default()
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Prosody {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The Python interpreter that has slixmpp (scripts/test.sh sets it).
+pub fn python() -> Option<PathBuf> {
+    let path = std::env::var_os("XMPPFED_TEST_PYTHON")
+        .map(PathBuf::from)
+        .or_else(|| {
+            let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-venv/bin/python");
+            venv.exists().then_some(venv)
+        })?;
+    let ok = Command::new(&path)
+        .args(["-c", "import slixmpp"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    ok.then_some(path)
+}
+
+/// Runs the slixmpp client (e2e/clients/s2s_client.py) as `jid` on a server's
+/// c2s port against `peer`, and returns what it printed.
+pub fn run_client(
+    python: &Path,
+    jid: &str,
+    password: &str,
+    c2s_port: u16,
+    peer: &str,
+    steps: &[&str],
+) -> anyhow::Result<serde_json::Value> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/s2s_client.py");
+    let output = Command::new(python)
+        .arg(script)
+        .args([jid, password, "127.0.0.1", &c2s_port.to_string(), peer])
+        .arg(serde_json::to_string(steps)?)
+        .stdin(Stdio::null())
+        .output()?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let last = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(last).with_context(|| {
+        format!(
+            "client printed no result (exit {}):\n{stdout}\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}

@@ -1,0 +1,437 @@
+//! Inbound streams: remote servers connecting to our domain.
+//!
+//! Each connection runs in its own task and reads independently of every
+//! other stream: a `<db:result/>` is verified through the authoritative
+//! server in a task of its own, so a pending outgoing dialback never blocks
+//! verifying another (Prosody sends `<db:verify/>` for our stream on the
+//! connection it opened to us).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use futures::{SinkExt, StreamExt};
+use tokio::io::{AsyncWriteExt, BufStream};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_xmpp::xmlstream::{StreamHeader, accept_stream};
+use xmpp_parsers::minidom::Element;
+use xmpp_parsers::stream_error::DefinedCondition;
+
+use super::dialback::{self, Dialback, Verdict};
+use super::services::{self, Handled};
+use super::stanza;
+use super::transport::{ReadBudget, Transport};
+use super::wire::{self, ReadFailure, Whitespace};
+use super::{S2sSender, Shared, metrics};
+
+/// What the verification tasks and bidi senders tell the connection.
+enum Event {
+    Verified { domain: String, verdict: Verdict },
+}
+
+/// An error that ends the stream: the condition and a text for the peer.
+pub type StreamFault = (DefinedCondition, String);
+
+pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
+    let span = tracing::info_span!("s2s_in", %peer, remote = tracing::field::Empty);
+    tracing::Instrument::instrument(serve(shared, tcp), span).await;
+}
+
+async fn serve(shared: Arc<Shared>, tcp: TcpStream) {
+    let _open = shared.metrics.stream_open("in");
+    let _ = tcp.set_nodelay(true);
+    // A second handle on the socket, to answer garbage sent before any stream
+    // header: the XML stream layer gives no way to write once its parse failed.
+    let raw = dup(&tcp);
+    let mut transport = Transport::plain(tcp, ReadBudget::new(shared.settings.max_stanza_bytes));
+    let (events_tx, mut events) = mpsc::channel::<Event>(64);
+    let (bidi_tx, mut bidi_rx) = mpsc::channel::<Element>(1024);
+    let mut authenticated: Vec<String> = Vec::new();
+    let mut bidi = false;
+    let mut first_header = true;
+
+    'restart: loop {
+        let tls = transport.is_tls();
+        transport.expect_header();
+        let accepted = tokio::time::timeout(
+            shared.settings.connect_timeout,
+            accept_stream(
+                BufStream::new(transport),
+                stanza::JABBER_SERVER,
+                wire::timeouts(shared.settings.keepalive),
+            ),
+        )
+        .await;
+        let mut accepted = match accepted {
+            Ok(Ok(a)) => a,
+            Ok(Err(e)) => {
+                tracing::info!(error = %e, "no valid stream header");
+                if let (true, Some(raw), ReadFailure::Error(condition, text)) =
+                    (first_header, raw, wire::classify_io(&e))
+                {
+                    shared.metrics.stream_error(&condition.to_string());
+                    raw_stream_error(raw, &shared.domain, &condition, &text).await;
+                }
+                return;
+            }
+            Err(_) => {
+                tracing::info!("no stream header in time");
+                return;
+            }
+        };
+        first_header = false;
+        let header = accepted.take_header();
+        let to = header.to.as_deref().map(str::to_ascii_lowercase);
+        let from = header.from.as_deref().map(str::to_ascii_lowercase);
+        let reply = StreamHeader {
+            from: Some(shared.domain.clone().into()),
+            to: header.from.clone(),
+            id: Some(dialback::stream_id().into()),
+        };
+        let stream_id = reply.id.as_deref().unwrap_or_default().to_owned();
+        let pending = match accepted.send_header(reply).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot answer the stream header");
+                return;
+            }
+        };
+        if to.as_deref() != Some(shared.domain.as_str()) {
+            shared.metrics.stream_error("host-unknown");
+            let text = format!("this server serves {}", shared.domain);
+            let _ = pending
+                .send_error(&wire::stream_error(DefinedCondition::HostUnknown, &text))
+                .await;
+            return;
+        }
+        if let Some(from) = &from {
+            tracing::Span::current().record("remote", from.as_str());
+            if !shared.allow.allows(from) {
+                shared.metrics.refused("in");
+                shared.metrics.stream_error("policy-violation");
+                let text = format!("{from} is not allowed to federate with {}", shared.domain);
+                let _ = pending
+                    .send_error(&wire::stream_error(
+                        DefinedCondition::PolicyViolation,
+                        &text,
+                    ))
+                    .await;
+                return;
+            }
+        }
+        let offer_tls = !tls && shared.server_tls.is_some();
+        let mut others = Vec::new();
+        if tls || !shared.settings.require_tls {
+            others.push(wire::dialback_feature());
+            others.push(Element::bare("bidi", wire::NS_BIDI_FEATURE));
+        }
+        let features =
+            wire::stream_features(offer_tls.then_some(shared.settings.require_tls), others);
+        let mut stream = match pending.send_features::<Element>(&features).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot send stream features");
+                return;
+            }
+        };
+        tracing::debug!(tls, stream_id = %stream_id, "inbound stream open");
+        let mut last_stanza = Instant::now();
+
+        let fault: Option<StreamFault> = loop {
+            let idle_at = last_stanza + shared.settings.idle_timeout;
+            tokio::select! {
+                read = stream.next() => match read {
+                    Some(Ok(element)) => {
+                        stream.get_stream().get_ref().reset_budget();
+                        if element.is("starttls", wire::NS_TLS) {
+                            let Some(server_tls) = shared.server_tls.as_ref().filter(|_| !tls) else {
+                                break Some((DefinedCondition::PolicyViolation, "STARTTLS is not offered on this stream".into()));
+                            };
+                            if stream.send(&Element::bare("proceed", wire::NS_TLS)).await.is_err() {
+                                return;
+                            }
+                            let Some(tcp) = stream.into_inner().into_inner().into_tcp() else { return };
+                            match tokio_rustls::TlsAcceptor::from(server_tls.config()).accept(tcp).await {
+                                Ok(tls) => {
+                                    transport = Transport::tls(
+                                        tokio_rustls::TlsStream::Server(tls),
+                                        ReadBudget::new(shared.settings.max_stanza_bytes),
+                                    );
+                                    continue 'restart;
+                                }
+                                Err(e) => {
+                                    tracing::info!(error = %e, "TLS handshake failed");
+                                    return;
+                                }
+                            }
+                        } else if element.is("bidi", wire::NS_BIDI) {
+                            bidi = true;
+                        } else if Dialback::is_dialback(&element) {
+                            if shared.settings.require_tls && !tls {
+                                break Some((DefinedCondition::PolicyViolation, "TLS is required before dialback".into()));
+                            }
+                            match on_dialback(&shared, &element, &stream_id, &events_tx) {
+                                Ok(Some(answer)) => {
+                                    if stream.send(&answer).await.is_err() {
+                                        return;
+                                    }
+                                }
+                                Ok(None) => {}
+                                Err(fault) => break Some(fault),
+                            }
+                        } else if stanza::is_stanza(&element) {
+                            last_stanza = Instant::now();
+                            if authenticated.is_empty() {
+                                break Some((DefinedCondition::NotAuthorized, "authenticate before sending stanzas".into()));
+                            }
+                            if let Err(fault) = dispatch(&shared, element, &authenticated).await {
+                                break Some(fault);
+                            }
+                        } else if element.is("error", wire::NS_STREAM) {
+                            tracing::info!(error = ?element.children().next().map(|c| c.name().to_owned()), "peer sent a stream error");
+                            break None;
+                        } else {
+                            break Some((DefinedCondition::UnsupportedStanzaType, format!("unexpected <{}/>", element.name())));
+                        }
+                    }
+                    Some(Err(e)) => match wire::classify(e) {
+                        ReadFailure::Timeout => {
+                            if stream.send(&Whitespace).await.is_err() {
+                                break None;
+                            }
+                        }
+                        ReadFailure::Closed => break None,
+                        ReadFailure::Error(condition, text) => break Some((condition, text)),
+                    },
+                    None => break None,
+                },
+                Some(event) = events.recv() => match event {
+                    Event::Verified { domain, verdict } => {
+                        let answer = Dialback::ResultAnswer { from: shared.domain.clone(), to: domain.clone(), verdict };
+                        if stream.send(&answer.to_element()).await.is_err() {
+                            return;
+                        }
+                        if verdict == Verdict::Valid {
+                            shared.metrics.auth("dialback-in", "valid");
+                            tracing::info!(%domain, tls, bidi, "peer authenticated by dialback");
+                            if !authenticated.contains(&domain) {
+                                authenticated.push(domain.clone());
+                            }
+                            if bidi {
+                                shared.set_bidi_route(&domain, Some(bidi_tx.clone()));
+                            }
+                        } else {
+                            shared.metrics.auth("dialback-in", "invalid");
+                            break Some((DefinedCondition::NotAuthorized, format!("dialback for {domain} failed")));
+                        }
+                    }
+                },
+                Some(element) = bidi_rx.recv() => {
+                    if stream.send(&element).await.is_err() {
+                        break None;
+                    }
+                    if let Some(domain) = element.attr("to").and_then(|to| to.rsplit('@').next()) {
+                        let kind = match element.name() { "message" => "message", "presence" => "presence", _ => "iq" };
+                        shared.metrics.stanza_out(domain.split('/').next().unwrap_or(domain), kind);
+                    }
+                }
+                _ = tokio::time::sleep_until(idle_at) => {
+                    tracing::info!("closing idle inbound stream");
+                    break None;
+                }
+            }
+        };
+        for domain in &authenticated {
+            if shared
+                .bidi_route(domain)
+                .is_some_and(|tx| tx.same_channel(&bidi_tx))
+            {
+                shared.set_bidi_route(domain, None);
+            }
+        }
+        match fault {
+            Some((condition, text)) => {
+                tracing::info!(%condition, %text, "ending inbound stream with an error");
+                shared.metrics.stream_error(&condition.to_string());
+                wire::close_with_error(&mut stream, condition, &text).await;
+            }
+            None => {
+                let _ = stream.shutdown().await;
+            }
+        }
+        return;
+    }
+}
+
+/// Handles a dialback element: answers `<db:verify/>` at once, starts the
+/// verification of a `<db:result/>` in its own task.
+fn on_dialback(
+    shared: &Arc<Shared>,
+    element: &Element,
+    stream_id: &str,
+    events: &mpsc::Sender<Event>,
+) -> Result<Option<Element>, StreamFault> {
+    let request =
+        Dialback::parse(element).map_err(|e| (DefinedCondition::InvalidXml, e.to_string()))?;
+    match request {
+        Dialback::VerifyRequest { from, to, id, key } => {
+            // We are the authoritative server for `to`: was this our key?
+            let verdict = if to == shared.domain && shared.keys.verify(&from, &to, &id, &key) {
+                Verdict::Valid
+            } else {
+                Verdict::Invalid
+            };
+            Ok(Some(
+                Dialback::VerifyAnswer {
+                    from: to,
+                    to: from,
+                    id,
+                    verdict,
+                }
+                .to_element(),
+            ))
+        }
+        Dialback::ResultRequest { from, to, key } => {
+            if to != shared.domain {
+                return Err((
+                    DefinedCondition::HostUnknown,
+                    format!("this server serves {}", shared.domain),
+                ));
+            }
+            if !shared.allow.allows(&from) {
+                shared.metrics.refused("in");
+                return Err((
+                    DefinedCondition::PolicyViolation,
+                    format!("{from} is not allowed to federate with {to}"),
+                ));
+            }
+            let outbound = shared.outbound(&from);
+            let id = stream_id.to_owned();
+            let events = events.clone();
+            tokio::spawn(async move {
+                let verdict = outbound.verify(id, key).await;
+                let _ = events
+                    .send(Event::Verified {
+                        domain: from,
+                        verdict,
+                    })
+                    .await;
+            });
+            Ok(None)
+        }
+        other => {
+            tracing::debug!(?other, "unexpected dialback answer on an inbound stream");
+            Ok(None)
+        }
+    }
+}
+
+/// Routes one stanza from an authenticated stream: addressing checks, the
+/// allow list (which may have changed since the stream opened), the domain
+/// services, then the bridge.
+pub async fn dispatch(
+    shared: &Arc<Shared>,
+    element: Element,
+    authenticated: &[String],
+) -> Result<(), StreamFault> {
+    let from_domain = element.attr("from").map(bare_domain);
+    let Some(from_domain) = from_domain else {
+        return Err((
+            DefinedCondition::ImproperAddressing,
+            "stanza without a from address".into(),
+        ));
+    };
+    if !authenticated.contains(&from_domain) {
+        return Err((
+            DefinedCondition::InvalidFrom,
+            format!("{from_domain} was not authenticated on this stream"),
+        ));
+    }
+    let to_domain = element.attr("to").map(bare_domain);
+    if to_domain.as_deref() != Some(shared.domain.as_str()) {
+        return Err((
+            DefinedCondition::HostUnknown,
+            format!("this server serves {}", shared.domain),
+        ));
+    }
+    if !shared.allow.allows(&from_domain) {
+        shared.metrics.refused("in");
+        return Err((
+            DefinedCondition::PolicyViolation,
+            format!("{from_domain} is no longer allowed"),
+        ));
+    }
+    let stanza = match stanza::from_wire(element) {
+        Ok(s) => s,
+        Err(e) => {
+            // One bad stanza does not end a stream that carries others.
+            tracing::info!(error = %e, domain = %from_domain, "dropping an invalid stanza");
+            return Ok(());
+        }
+    };
+    shared
+        .metrics
+        .stanza_in(&from_domain, metrics::kind(&stanza));
+    match services::handle(&shared.domain, shared.directory.as_ref(), stanza) {
+        Handled::Answered(Some(reply)) => {
+            let sender = S2sSender {
+                shared: shared.clone(),
+            };
+            if let Err(e) = sender.send(reply).await {
+                tracing::debug!(error = %e, "reply not sent");
+            }
+        }
+        Handled::Answered(None) => {}
+        Handled::Bridge(stanza) => shared.deliver(stanza).await,
+    }
+    Ok(())
+}
+
+/// `user@domain/resource` → `domain`, lower-cased.
+fn bare_domain(jid: &str) -> String {
+    let without_resource = jid.split('/').next().unwrap_or(jid);
+    without_resource
+        .rsplit('@')
+        .next()
+        .unwrap_or(without_resource)
+        .to_ascii_lowercase()
+}
+
+fn dup(tcp: &TcpStream) -> Option<std::net::TcpStream> {
+    let borrowed = socket2::SockRef::from(tcp);
+    borrowed.try_clone().ok().map(std::net::TcpStream::from)
+}
+
+/// RFC 6120 §4.9.1.1: an error before the stream opened still gets a header,
+/// then the error, then the close.
+async fn raw_stream_error(
+    raw: std::net::TcpStream,
+    domain: &str,
+    condition: &DefinedCondition,
+    text: &str,
+) {
+    let Ok(mut tcp) = TcpStream::from_std(raw) else {
+        return;
+    };
+    let text = text
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;");
+    let bytes = format!(
+        "<?xml version='1.0'?><stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' from='{domain}' version='1.0'>\
+         <stream:error><{condition} xmlns='urn:ietf:params:xml:ns:xmpp-streams'/><text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>{text}</text></stream:error></stream:stream>"
+    );
+    let _ = tcp.write_all(bytes.as_bytes()).await;
+    let _ = tcp.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn bare_domains() {
+        assert_eq!(super::bare_domain("Bob@Xmpp.Test/phone"), "xmpp.test");
+        assert_eq!(super::bare_domain("xmpp.test"), "xmpp.test");
+        assert_eq!(super::bare_domain("xmpp.test/res@x"), "xmpp.test");
+    }
+}

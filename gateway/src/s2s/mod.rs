@@ -1,0 +1,313 @@
+//! Server-to-server federation (RFC 6120 streams, STARTTLS, XEP-0220 dialback
+//! with XEP-0185 keys, XEP-0288 bidirectional streams).
+//!
+//! The gateway is the XMPP server of its domain. [`S2s::bind`] listens for
+//! remote servers; [`S2sSender::send`] delivers stanzas to them, opening one
+//! pooled outbound stream per remote domain. Every stanza addressed to our
+//! domain that the domain services here do not answer (disco, ping) reaches
+//! the bridge, typed, through the receiver `bind` returns; stanzas that cannot
+//! be delivered come back on it as error stanzas (bounces).
+//!
+//! One module per concern: `transport` (bytes, TLS, size budget), `wire`
+//! (stream helpers), `dialback`, `tls`, `resolve`, `policy`, `inbound`,
+//! `outbound`, `services`, `stanza` (the typed boundary).
+
+mod dialback;
+mod inbound;
+mod metrics;
+mod outbound;
+mod policy;
+mod resolve;
+mod services;
+pub mod stanza;
+mod tls;
+mod transport;
+mod wire;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use xmpp_parsers::minidom::Element;
+use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType};
+use xmppfed_config::GatewayConfig;
+use xmppfed_telemetry::Metrics;
+
+pub use dialback::DialbackKeys;
+pub use policy::AllowList;
+pub use stanza::{Stanza, StanzaParseError};
+
+use self::metrics::S2sMetrics;
+use self::outbound::Outbound;
+use self::resolve::Resolver;
+use self::tls::ServerTls;
+
+#[derive(Debug, thiserror::Error)]
+pub enum S2sError {
+    #[error("cannot listen for s2s on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("s2s TLS: {0}")]
+    Tls(#[from] tls::TlsError),
+    #[error("s2s.dialback_secret: {0}")]
+    Secret(String),
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SendError {
+    #[error("the stanza has no recipient")]
+    NoRecipient,
+    #[error("{0} is not on the remote-domain allow list")]
+    NotAllowed(String),
+    #[error("{0} is our own domain")]
+    LocalDomain(String),
+    #[error("the s2s layer is shutting down")]
+    Closed,
+}
+
+/// Whether a local user exists to XMPP (the internal allow list lives in the bridge).
+pub trait UserDirectory: Send + Sync + 'static {
+    fn exists(&self, local_part: &str) -> bool;
+}
+
+/// Every user exists: for tests and the sandbox before the bridge decides.
+pub struct AnyUser;
+
+impl UserDirectory for AnyUser {
+    fn exists(&self, _: &str) -> bool {
+        true
+    }
+}
+
+/// Stream settings, from `[s2s]`.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub require_tls: bool,
+    pub max_stanza_bytes: usize,
+    pub idle_timeout: Duration,
+    pub keepalive: Duration,
+    pub connect_timeout: Duration,
+    /// Stanzas held per remote domain while its stream opens.
+    pub queue_limit: usize,
+}
+
+/// State every stream shares.
+pub(crate) struct Shared {
+    pub domain: String,
+    pub settings: Settings,
+    pub allow: AllowList,
+    pub keys: DialbackKeys,
+    pub server_tls: Option<ServerTls>,
+    pub client_tls: Arc<rustls::ClientConfig>,
+    pub resolver: Resolver,
+    pub directory: Arc<dyn UserDirectory>,
+    pub metrics: S2sMetrics,
+    pub to_bridge: mpsc::Sender<Stanza>,
+    /// Outbound streams by remote domain.
+    pub outbound: Mutex<HashMap<String, Outbound>>,
+    /// Inbound bidirectional streams (XEP-0288) we may send on, by remote domain.
+    pub bidi: Mutex<HashMap<String, mpsc::Sender<Element>>>,
+}
+
+impl Shared {
+    /// Hands an inbound stanza to the bridge, or answers it if the bridge is gone.
+    pub async fn deliver(self: &Arc<Self>, stanza: Stanza) {
+        if self.to_bridge.send(stanza).await.is_err() {
+            tracing::warn!("bridge receiver dropped; stanza discarded");
+        }
+    }
+
+    /// Bounces a stanza we could not deliver back to the bridge as an error.
+    pub async fn bounce(
+        self: &Arc<Self>,
+        stanza: &Stanza,
+        condition: DefinedCondition,
+        text: &str,
+    ) {
+        let name = condition_name(&condition);
+        if let Some(reply) = stanza::error_reply(stanza, condition, ErrorType::Cancel, text) {
+            self.metrics.bounced(&name);
+            self.deliver(reply).await;
+        }
+    }
+
+    /// The outbound stream to `domain`, opened on first use.
+    pub fn outbound(self: &Arc<Self>, domain: &str) -> Outbound {
+        let mut pool = self.outbound.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(existing) = pool.get(domain).filter(|o| !o.is_closed()) {
+            return existing.clone();
+        }
+        let handle = Outbound::spawn(self.clone(), domain.to_owned());
+        pool.insert(domain.to_owned(), handle.clone());
+        handle
+    }
+
+    /// Forgets `handle` if it is still the pooled stream for `domain`.
+    pub fn forget_outbound(&self, domain: &str, handle: &Outbound) {
+        let mut pool = self.outbound.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.get(domain).is_some_and(|o| o.same(handle)) {
+            pool.remove(domain);
+        }
+    }
+
+    pub fn bidi_route(&self, domain: &str) -> Option<mpsc::Sender<Element>> {
+        let routes = self.bidi.lock().unwrap_or_else(|p| p.into_inner());
+        routes.get(domain).filter(|tx| !tx.is_closed()).cloned()
+    }
+
+    pub fn set_bidi_route(&self, domain: &str, tx: Option<mpsc::Sender<Element>>) {
+        let mut routes = self.bidi.lock().unwrap_or_else(|p| p.into_inner());
+        match tx {
+            Some(tx) => {
+                routes.insert(domain.to_owned(), tx);
+            }
+            None => {
+                routes.remove(domain);
+            }
+        }
+    }
+}
+
+pub(crate) fn condition_name(c: &DefinedCondition) -> String {
+    let el: Element = c.clone().into();
+    el.name().to_owned()
+}
+
+/// Sends stanzas to remote domains; cheap to clone.
+#[derive(Clone)]
+pub struct S2sSender {
+    shared: Arc<Shared>,
+}
+
+impl S2sSender {
+    /// Queues `stanza` for its recipient's domain. Delivery failures come back
+    /// to the bridge as error stanzas; refusals are returned here.
+    pub async fn send(&self, stanza: Stanza) -> Result<(), SendError> {
+        let to = stanza::to(&stanza).ok_or(SendError::NoRecipient)?;
+        let domain = wire::domain_of(to);
+        if domain == self.shared.domain {
+            return Err(SendError::LocalDomain(domain));
+        }
+        if !self.shared.allow.allows(&domain) {
+            self.shared.metrics.refused("out");
+            return Err(SendError::NotAllowed(domain));
+        }
+        if let Some(route) = self.shared.bidi_route(&domain) {
+            let kind = metrics::kind(&stanza);
+            if route
+                .send(stanza::to_wire(stanza::duplicate(&stanza)))
+                .await
+                .is_ok()
+            {
+                self.shared.metrics.stanza_out(&domain, kind);
+                return Ok(());
+            }
+        }
+        self.shared
+            .outbound(&domain)
+            .send(stanza)
+            .await
+            .map_err(|_| SendError::Closed)
+    }
+}
+
+/// The s2s layer: a bound listener and what it shares with its streams.
+pub struct S2s {
+    shared: Arc<Shared>,
+    listener: TcpListener,
+}
+
+impl S2s {
+    /// Binds the s2s listener. Stanzas for the bridge arrive on the receiver.
+    pub async fn bind(
+        config: &GatewayConfig,
+        directory: Arc<dyn UserDirectory>,
+        metrics: &Metrics,
+    ) -> Result<(Self, mpsc::Receiver<Stanza>), S2sError> {
+        let s2s = &config.s2s;
+        let server_tls = match (&s2s.tls_cert_file, &s2s.tls_key_file) {
+            (Some(cert), Some(key)) => Some(ServerTls::load(cert, key)?),
+            _ => None,
+        };
+        let keys = match &s2s.dialback_secret {
+            Some(secret) => {
+                let value = secret
+                    .resolve()
+                    .map_err(|e| S2sError::Secret(e.to_string()))?;
+                DialbackKeys::new(value.expose().as_bytes())
+            }
+            None => DialbackKeys::random(),
+        };
+        let listener = TcpListener::bind(s2s.listen)
+            .await
+            .map_err(|source| S2sError::Bind {
+                addr: s2s.listen,
+                source,
+            })?;
+        let (to_bridge, from_s2s) = mpsc::channel(1024);
+        let shared = Arc::new(Shared {
+            domain: config.xmpp.domain.to_ascii_lowercase(),
+            settings: Settings {
+                require_tls: s2s.require_tls,
+                max_stanza_bytes: s2s.max_stanza_bytes,
+                idle_timeout: Duration::from_secs(s2s.idle_timeout_secs),
+                keepalive: Duration::from_secs(s2s.keepalive_interval_secs),
+                connect_timeout: Duration::from_secs(s2s.connect_timeout_secs),
+                queue_limit: 10_000,
+            },
+            allow: AllowList::new(config.allow.remote_domains.clone()),
+            keys,
+            server_tls,
+            client_tls: tls::client_config(s2s.trust_roots_file.as_deref())?,
+            resolver: Resolver::new(&s2s.static_routes),
+            directory,
+            metrics: S2sMetrics::register(metrics),
+            to_bridge,
+            outbound: Mutex::new(HashMap::new()),
+            bidi: Mutex::new(HashMap::new()),
+        });
+        Ok((Self { shared, listener }, from_s2s))
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub fn sender(&self) -> S2sSender {
+        S2sSender {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// The live remote-domain allow list; replacing it applies to every stream.
+    pub fn allow_list(&self) -> AllowList {
+        self.shared.allow.clone()
+    }
+
+    /// Accepts connections until `shutdown` resolves. Each connection runs in
+    /// its own task, so one slow or hostile peer never holds up another.
+    pub async fn serve(self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = self.listener.accept() => match accepted {
+                    Ok((tcp, peer)) => {
+                        let shared = self.shared.clone();
+                        tokio::spawn(inbound::run(shared, tcp, peer));
+                    }
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off, keep serving.
+                        tracing::warn!(error = %e, "s2s accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+            }
+        }
+    }
+}

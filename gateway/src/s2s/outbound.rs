@@ -1,0 +1,536 @@
+//! Outbound streams: one per remote domain, opened on first use.
+//!
+//! The stream's task resolves and connects, upgrades with STARTTLS, asks for
+//! XEP-0288 bidi when offered, and authenticates with dialback. Stanzas wait
+//! in its queue until the peer accepts our key; `<db:verify/>` requests for
+//! the inbound side go out as soon as the stream is open, independent of our
+//! own dialback. A domain that cannot be reached gets a few attempts with
+//! backoff, then each queued stanza is bounced with `remote-server-not-found`
+//! or `remote-server-timeout`.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use rustls::pki_types::ServerName;
+use tokio::io::BufStream;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_xmpp::xmlstream::{StreamHeader, initiate_stream};
+use xmpp_parsers::minidom::Element;
+use xmpp_parsers::stanza_error::DefinedCondition;
+
+use super::dialback::{Dialback, Verdict};
+use super::stanza::{self, Stanza};
+use super::transport::{ReadBudget, Transport};
+use super::wire::{self, ReadFailure, Stream, Whitespace};
+use super::{Shared, inbound, metrics};
+
+/// How many times a domain is tried before queued stanzas bounce.
+const ATTEMPTS: u32 = 3;
+
+pub enum Command {
+    Send(Box<Stanza>),
+    Verify {
+        id: String,
+        key: String,
+        reply: oneshot::Sender<Verdict>,
+    },
+}
+
+/// A handle on one remote domain's outbound stream task.
+#[derive(Clone)]
+pub struct Outbound {
+    tx: mpsc::Sender<Command>,
+}
+
+impl Outbound {
+    pub fn spawn(shared: Arc<Shared>, domain: String) -> Self {
+        let (tx, rx) = mpsc::channel(1024);
+        let handle = Self { tx };
+        let me = handle.clone();
+        tokio::spawn(async move {
+            let span = tracing::info_span!("s2s_out", peer = %domain);
+            let _ = tracing::Instrument::instrument(run(shared, domain, rx, me), span).await;
+        });
+        handle
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
+    pub fn same(&self, other: &Outbound) -> bool {
+        self.tx.same_channel(&other.tx)
+    }
+
+    /// Queues a stanza; gives it back if this stream's task has ended.
+    pub async fn send(&self, stanza: Stanza) -> Result<(), Stanza> {
+        self.tx
+            .send(Command::Send(Box::new(stanza)))
+            .await
+            .map_err(|e| match e.0 {
+                Command::Send(s) => *s,
+                Command::Verify { .. } => unreachable!("sent a Send"),
+            })
+    }
+
+    /// Asks the remote domain (the authoritative server) whether `key` is
+    /// its key for stream `id`.
+    pub async fn verify(&self, id: String, key: String) -> Verdict {
+        let (reply, answer) = oneshot::channel();
+        if self
+            .tx
+            .send(Command::Verify { id, key, reply })
+            .await
+            .is_err()
+        {
+            return Verdict::Error;
+        }
+        answer.await.unwrap_or(Verdict::Error)
+    }
+}
+
+/// Work waiting for a stream.
+#[derive(Default)]
+struct Pending {
+    stanzas: VecDeque<Stanza>,
+    verifies: Vec<(String, String, oneshot::Sender<Verdict>)>,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.stanzas.is_empty() && self.verifies.is_empty()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ConnectError {
+    #[error("no address for the domain answered: {0}")]
+    Unreachable(String),
+    #[error("timed out")]
+    Timeout,
+    #[error("the peer does not offer TLS, and TLS is required")]
+    TlsRequired,
+    #[error("TLS: {0}")]
+    Tls(std::io::Error),
+    #[error("stream negotiation: {0}")]
+    Negotiation(String),
+}
+
+/// How a stream ended.
+enum Ended {
+    /// Closed after authentication with nothing left to send.
+    Done,
+    /// The peer refused our dialback key.
+    Refused(Verdict),
+    /// Dropped; whatever is queued needs a new stream.
+    Lost(String),
+}
+
+async fn run(shared: Arc<Shared>, domain: String, mut rx: mpsc::Receiver<Command>, me: Outbound) {
+    let mut pending = Pending::default();
+    let mut failures = 0u32;
+    loop {
+        if pending.is_empty() {
+            match rx.recv().await {
+                Some(cmd) => take(&shared, &mut pending, cmd).await,
+                None => return,
+            }
+        }
+        let negotiated =
+            tokio::time::timeout(shared.settings.connect_timeout, negotiate(&shared, &domain))
+                .await
+                .unwrap_or(Err(ConnectError::Timeout));
+        let failure = match negotiated {
+            Ok((stream, stream_id, bidi)) => {
+                failures = 0;
+                match session(
+                    &shared,
+                    &domain,
+                    stream,
+                    &stream_id,
+                    bidi,
+                    &mut pending,
+                    &mut rx,
+                )
+                .await
+                {
+                    Ended::Done => None,
+                    Ended::Refused(verdict) => {
+                        shared.metrics.auth("dialback-out", "refused");
+                        Some((
+                            DefinedCondition::RemoteServerNotFound,
+                            format!("{domain} refused our dialback key ({verdict:?})"),
+                            true,
+                        ))
+                    }
+                    Ended::Lost(why) => {
+                        failures += 1;
+                        Some((DefinedCondition::RemoteServerNotFound, why, false))
+                    }
+                }
+            }
+            Err(e) => {
+                failures += 1;
+                tracing::info!(error = %e, attempt = failures, "cannot open s2s stream");
+                let condition = match e {
+                    ConnectError::Timeout => DefinedCondition::RemoteServerTimeout,
+                    _ => DefinedCondition::RemoteServerNotFound,
+                };
+                Some((condition, format!("cannot reach {domain}: {e}"), false))
+            }
+        };
+        let Some((condition, text, fatal)) = failure else {
+            if pending.is_empty() {
+                break;
+            }
+            continue;
+        };
+        if fatal || failures >= ATTEMPTS {
+            // Give up on this domain for now: no stanza is left without an answer.
+            shared.forget_outbound(&domain, &me);
+            rx.close();
+            while let Ok(cmd) = rx.try_recv() {
+                take(&shared, &mut pending, cmd).await;
+            }
+            fail_all(&shared, &mut pending, condition, &text).await;
+            return;
+        }
+        // Backoff with jitter: 1 s, 2 s, … while commands keep queueing.
+        let mut jitter = [0u8; 1];
+        super::dialback::fill_random(&mut jitter);
+        let delay = Duration::from_millis(1000 * u64::from(failures) + u64::from(jitter[0]) * 2);
+        let wake = Instant::now() + delay;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(wake) => break,
+                cmd = rx.recv() => match cmd {
+                    Some(cmd) => take(&shared, &mut pending, cmd).await,
+                    None => break,
+                },
+            }
+        }
+    }
+    shared.forget_outbound(&domain, &me);
+    rx.close();
+    while let Ok(cmd) = rx.try_recv() {
+        take(&shared, &mut pending, cmd).await;
+    }
+    fail_all(
+        &shared,
+        &mut pending,
+        DefinedCondition::RemoteServerNotFound,
+        "stream closed",
+    )
+    .await;
+}
+
+/// Queues a command, bouncing stanzas beyond the queue limit.
+async fn take(shared: &Arc<Shared>, pending: &mut Pending, cmd: Command) {
+    match cmd {
+        Command::Send(stanza) => {
+            if pending.stanzas.len() >= shared.settings.queue_limit {
+                shared
+                    .bounce(
+                        &stanza,
+                        DefinedCondition::ResourceConstraint,
+                        "too many stanzas queued for this domain",
+                    )
+                    .await;
+            } else {
+                pending.stanzas.push_back(*stanza);
+            }
+        }
+        Command::Verify { id, key, reply } => pending.verifies.push((id, key, reply)),
+    }
+}
+
+async fn fail_all(
+    shared: &Arc<Shared>,
+    pending: &mut Pending,
+    condition: DefinedCondition,
+    text: &str,
+) {
+    for (_, _, reply) in pending.verifies.drain(..) {
+        let _ = reply.send(Verdict::Error);
+    }
+    for stanza in pending.stanzas.drain(..) {
+        shared.bounce(&stanza, condition.clone(), text).await;
+    }
+}
+
+async fn connect_tcp(shared: &Shared, domain: &str) -> Result<(TcpStream, bool), ConnectError> {
+    let mut errors = Vec::new();
+    for target in shared.resolver.resolve(domain).await {
+        match TcpStream::connect((target.host.as_str(), target.port)).await {
+            Ok(tcp) => {
+                let _ = tcp.set_nodelay(true);
+                return Ok((tcp, target.direct_tls));
+            }
+            Err(e) => errors.push(format!("{}:{}: {e}", target.host, target.port)),
+        }
+    }
+    Err(ConnectError::Unreachable(errors.join("; ")))
+}
+
+async fn start_tls(
+    shared: &Shared,
+    domain: &str,
+    tcp: TcpStream,
+) -> Result<Transport, ConnectError> {
+    let name = ServerName::try_from(domain.to_owned())
+        .map_err(|e| ConnectError::Tls(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
+    let tls = tokio_rustls::TlsConnector::from(shared.client_tls.clone())
+        .connect(name, tcp)
+        .await
+        .map_err(ConnectError::Tls)?;
+    Ok(Transport::tls(
+        tokio_rustls::TlsStream::Client(tls),
+        ReadBudget::new(shared.settings.max_stanza_bytes),
+    ))
+}
+
+/// Connects and negotiates up to the point where dialback can start.
+/// Returns the stream, the id the peer gave it, and whether bidi was agreed.
+///
+/// A peer may offer STARTTLS and then fail the handshake (Prosody does when
+/// it has no certificate for its domain): where TLS is not required, the
+/// stream is opened again without it and dialback alone authenticates.
+async fn negotiate(shared: &Shared, domain: &str) -> Result<(Stream, String, bool), ConnectError> {
+    match negotiate_once(shared, domain, true).await {
+        Err(ConnectError::Tls(e)) if !shared.settings.require_tls => {
+            tracing::info!(error = %e, "TLS handshake failed; TLS is optional, opening the stream without it");
+            negotiate_once(shared, domain, false).await
+        }
+        other => other,
+    }
+}
+
+async fn negotiate_once(
+    shared: &Shared,
+    domain: &str,
+    use_tls: bool,
+) -> Result<(Stream, String, bool), ConnectError> {
+    let (tcp, direct_tls) = connect_tcp(shared, domain).await?;
+    let budget = || ReadBudget::new(shared.settings.max_stanza_bytes);
+    let mut transport = if direct_tls {
+        start_tls(shared, domain, tcp).await?
+    } else {
+        Transport::plain(tcp, budget())
+    };
+    let negotiation = |e: &dyn std::fmt::Display| ConnectError::Negotiation(e.to_string());
+    loop {
+        transport.expect_header();
+        let tls = transport.is_tls();
+        let mut opened = initiate_stream(
+            BufStream::new(transport),
+            stanza::JABBER_SERVER,
+            StreamHeader {
+                from: Some(shared.domain.clone().into()),
+                to: Some(domain.to_owned().into()),
+                id: None,
+            },
+            wire::timeouts(shared.settings.keepalive),
+        )
+        .await
+        .map_err(|e| negotiation(&e))?;
+        let stream_id = opened
+            .take_header()
+            .id
+            .map(|id| id.into_owned())
+            .unwrap_or_default();
+        let (features, mut stream) = opened
+            .recv_features::<Element>()
+            .await
+            .map_err(|e| negotiation(&e))?;
+        if !tls && use_tls && features.starttls.is_some() {
+            stream
+                .send(&Element::bare("starttls", wire::NS_TLS))
+                .await
+                .map_err(|e| negotiation(&e))?;
+            match stream.next().await {
+                Some(Ok(el)) if el.is("proceed", wire::NS_TLS) => {}
+                other => {
+                    return Err(ConnectError::Negotiation(format!(
+                        "STARTTLS refused: {other:?}"
+                    )));
+                }
+            }
+            let tcp = stream
+                .into_inner()
+                .into_inner()
+                .into_tcp()
+                .ok_or_else(|| ConnectError::Negotiation("TLS twice".into()))?;
+            transport = start_tls(shared, domain, tcp).await?;
+            continue;
+        }
+        if !tls && shared.settings.require_tls {
+            wire::close_with_error(
+                &mut stream,
+                xmpp_parsers::stream_error::DefinedCondition::PolicyViolation,
+                "TLS is required",
+            )
+            .await;
+            return Err(ConnectError::TlsRequired);
+        }
+        let bidi = features
+            .others
+            .iter()
+            .any(|f| f.is("bidi", wire::NS_BIDI_FEATURE));
+        if bidi {
+            stream
+                .send(&Element::bare("bidi", wire::NS_BIDI))
+                .await
+                .map_err(|e| negotiation(&e))?;
+        }
+        tracing::info!(tls, bidi, stream_id = %stream_id, "s2s stream open");
+        return Ok((stream, stream_id, bidi));
+    }
+}
+
+/// Runs an open stream: dialback, verify requests, queued and new stanzas,
+/// keepalives, and (with bidi) stanzas the peer sends back on it.
+async fn session(
+    shared: &Arc<Shared>,
+    domain: &str,
+    mut stream: Stream,
+    stream_id: &str,
+    bidi: bool,
+    pending: &mut Pending,
+    rx: &mut mpsc::Receiver<Command>,
+) -> Ended {
+    let _open = shared.metrics.stream_open("out");
+    let key = shared.keys.key(domain, &shared.domain, stream_id);
+    let request = Dialback::ResultRequest {
+        from: shared.domain.clone(),
+        to: domain.to_owned(),
+        key,
+    };
+    if let Err(e) = stream.send(&request.to_element()).await {
+        return Ended::Lost(e.to_string());
+    }
+    let mut awaiting: HashMap<String, Vec<oneshot::Sender<Verdict>>> = HashMap::new();
+    let mut authenticated = false;
+    let mut last_activity = Instant::now();
+    let idle = shared.settings.idle_timeout;
+    let ended = loop {
+        // Requests from the inbound side go out now, whatever our own state.
+        for (id, key, reply) in pending.verifies.drain(..) {
+            let verify = Dialback::VerifyRequest {
+                from: shared.domain.clone(),
+                to: domain.to_owned(),
+                id: id.clone(),
+                key,
+            };
+            if stream.send(&verify.to_element()).await.is_err() {
+                let _ = reply.send(Verdict::Error);
+                break;
+            }
+            awaiting.entry(id).or_default().push(reply);
+        }
+        if authenticated {
+            while let Some(stanza) = pending.stanzas.pop_front() {
+                let kind = metrics::kind(&stanza);
+                if stream
+                    .send(&stanza::to_wire(stanza::duplicate(&stanza)))
+                    .await
+                    .is_err()
+                {
+                    pending.stanzas.push_front(stanza);
+                    break;
+                }
+                shared.metrics.stanza_out(domain, kind);
+                last_activity = Instant::now();
+            }
+        }
+        let idle_at = last_activity + idle;
+        tokio::select! {
+            read = stream.next() => match read {
+                Some(Ok(element)) => {
+                    stream.get_stream().get_ref().reset_budget();
+                    if Dialback::is_dialback(&element) {
+                        match Dialback::parse(&element) {
+                            Ok(Dialback::ResultAnswer { from, verdict, .. }) if from == domain => {
+                                if verdict == Verdict::Valid {
+                                    authenticated = true;
+                                    shared.metrics.auth("dialback-out", "valid");
+                                    tracing::info!("dialback accepted: stream authenticated");
+                                } else {
+                                    break Ended::Refused(verdict);
+                                }
+                            }
+                            Ok(Dialback::VerifyAnswer { id, verdict, .. }) => {
+                                for reply in awaiting.remove(&id).unwrap_or_default() {
+                                    let _ = reply.send(verdict);
+                                }
+                            }
+                            other => tracing::debug!(?other, "unexpected dialback element"),
+                        }
+                    } else if stanza::is_stanza(&element) {
+                        last_activity = Instant::now();
+                        if !bidi {
+                            wire::close_with_error(&mut stream, xmpp_parsers::stream_error::DefinedCondition::UnsupportedStanzaType, "stanzas on our outbound stream need XEP-0288 bidi").await;
+                            break Ended::Lost("peer sent a stanza without bidi".into());
+                        }
+                        // With bidi the peer is the domain we resolved and connected to.
+                        let authenticated_domains = [domain.to_owned()];
+                        if let Err((condition, text)) = inbound::dispatch(shared, element, &authenticated_domains).await {
+                            shared.metrics.stream_error(&condition.to_string());
+                            wire::close_with_error(&mut stream, condition, &text).await;
+                            break Ended::Lost(text);
+                        }
+                    } else if element.is("error", wire::NS_STREAM) {
+                        let text = element.get_child("text", "urn:ietf:params:xml:ns:xmpp-streams").map(|t| t.text()).unwrap_or_default();
+                        let condition = element.children().next().map(|c| c.name().to_owned()).unwrap_or_default();
+                        tracing::warn!(%condition, %text, "peer ended our stream with an error");
+                        if !authenticated {
+                            break Ended::Refused(Verdict::Error);
+                        }
+                        break Ended::Lost(format!("stream error {condition}"));
+                    }
+                }
+                Some(Err(e)) => match wire::classify(e) {
+                    ReadFailure::Timeout => {
+                        if stream.send(&Whitespace).await.is_err() {
+                            break Ended::Lost("keepalive failed".into());
+                        }
+                    }
+                    ReadFailure::Closed => break Ended::Lost("peer closed the stream".into()),
+                    ReadFailure::Error(condition, text) => {
+                        shared.metrics.stream_error(&condition.to_string());
+                        wire::close_with_error(&mut stream, condition, &text).await;
+                        break Ended::Lost(text);
+                    }
+                },
+                None => break Ended::Lost("connection closed".into()),
+            },
+            cmd = rx.recv() => match cmd {
+                Some(cmd) => take(shared, pending, cmd).await,
+                None => {
+                    let _ = stream.shutdown().await;
+                    break Ended::Done;
+                }
+            },
+            _ = tokio::time::sleep_until(idle_at), if authenticated && pending.is_empty() && awaiting.is_empty() => {
+                tracing::info!("closing idle s2s stream");
+                let _ = stream.shutdown().await;
+                break Ended::Done;
+            }
+        }
+    };
+    for (_, replies) in awaiting.drain() {
+        for reply in replies {
+            let _ = reply.send(Verdict::Error);
+        }
+    }
+    match ended {
+        Ended::Lost(why) if pending.is_empty() => {
+            tracing::info!(reason = %why, "s2s stream closed");
+            Ended::Done
+        }
+        other => other,
+    }
+}

@@ -1,0 +1,55 @@
+//! The remote-domain allow list, shared by every stream and replaceable at
+//! run time (a reloaded configuration) without dropping connections.
+
+use std::sync::{Arc, RwLock};
+
+use xmppfed_config::DomainPattern;
+
+#[derive(Debug, Clone, Default)]
+pub struct AllowList {
+    patterns: Arc<RwLock<Arc<Vec<DomainPattern>>>>,
+}
+
+impl AllowList {
+    pub fn new(patterns: Vec<DomainPattern>) -> Self {
+        Self {
+            patterns: Arc::new(RwLock::new(Arc::new(patterns))),
+        }
+    }
+
+    /// Whether `domain` may federate with us, in either direction.
+    pub fn allows(&self, domain: &str) -> bool {
+        let patterns = self
+            .patterns
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        patterns.iter().any(|p| p.matches(domain))
+    }
+
+    /// Replaces the list; streams check it again on their next stanza.
+    pub fn replace(&self, patterns: Vec<DomainPattern>) {
+        *self.patterns.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(patterns);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exact_wildcard_and_reload() {
+        let list = AllowList::new(vec![
+            "xmpp.test".parse().unwrap(),
+            "*.partner.test".parse().unwrap(),
+        ]);
+        assert!(list.allows("xmpp.test"));
+        assert!(list.allows("XMPP.test"));
+        assert!(list.allows("chat.partner.test"));
+        assert!(!list.allows("partner.test"));
+        assert!(!list.allows("evil.test"));
+        list.replace(vec!["evil.test".parse().unwrap()]);
+        assert!(list.allows("evil.test"));
+        assert!(!list.allows("xmpp.test"));
+    }
+}

@@ -1,0 +1,158 @@
+//! What both directions of a stream share: the tokio-xmpp XML stream over our
+//! transport, stream errors, keepalives, and how read failures map to RFC 6120
+//! stream error conditions.
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use futures::SinkExt;
+use tokio_xmpp::xmlstream::{ReadError, Timeouts, XmlStream};
+use xmpp_parsers::minidom::Element;
+use xmpp_parsers::starttls::StartTls;
+use xmpp_parsers::stream_error::{DefinedCondition, StreamError};
+use xmpp_parsers::stream_features::StreamFeatures;
+
+use super::transport::{Io, StanzaTooLarge};
+
+pub const NS_STREAM: &str = "http://etherx.jabber.org/streams";
+pub const NS_TLS: &str = "urn:ietf:params:xml:ns:xmpp-tls";
+pub const NS_BIDI: &str = "urn:xmpp:bidi";
+pub const NS_BIDI_FEATURE: &str = "urn:xmpp:features:bidi";
+
+/// An established XML stream carrying any element.
+pub type Stream = XmlStream<Io, Element>;
+
+/// Soft read timeout: when it fires, a keepalive goes out; the hard one ends the stream.
+pub fn timeouts(keepalive: Duration) -> Timeouts {
+    Timeouts {
+        read_timeout: keepalive,
+        response_timeout: keepalive.max(Duration::from_secs(10)) * 2,
+    }
+}
+
+pub fn stream_error(condition: DefinedCondition, text: &str) -> StreamError {
+    StreamError::new(condition, "en", text)
+}
+
+/// Sends a stream error and closes our side of the stream.
+pub async fn close_with_error(stream: &mut Stream, condition: DefinedCondition, text: &str) {
+    let error = stream_error(condition, text);
+    if let Err(e) = stream.send(&error).await {
+        tracing::debug!(error = %e, "stream error not delivered");
+    }
+    let _ = stream.shutdown().await;
+}
+
+/// One space between stanzas: RFC 6120 §4.6.1 whitespace keepalive.
+pub struct Whitespace;
+
+impl xso::AsXml for Whitespace {
+    type ItemIter<'x> = std::iter::Once<Result<xso::Item<'x>, xso::error::Error>>;
+
+    fn as_xml_iter(&self) -> Result<Self::ItemIter<'_>, xso::error::Error> {
+        Ok(std::iter::once(Ok(xso::Item::Text(Cow::Borrowed(" ")))))
+    }
+}
+
+/// What ended reading a stream, as the stream error we answer with (if any).
+#[derive(Debug)]
+pub enum ReadFailure {
+    /// The peer closed the stream or the connection.
+    Closed,
+    /// Nothing arrived for too long.
+    Timeout,
+    /// We must answer with this stream error.
+    Error(DefinedCondition, String),
+}
+
+/// Maps a read error: oversized stanzas, DTDs and malformed XML each get
+/// their own condition, and only this stream ends.
+pub fn classify(error: ReadError) -> ReadFailure {
+    match error {
+        ReadError::StreamFooterReceived => ReadFailure::Closed,
+        ReadError::SoftTimeout => ReadFailure::Timeout,
+        ReadError::ParseError(e) => {
+            ReadFailure::Error(DefinedCondition::NotWellFormed, e.to_string())
+        }
+        ReadError::HardError(e) => classify_io(&e),
+    }
+}
+
+pub fn classify_io(e: &std::io::Error) -> ReadFailure {
+    if e.kind() == std::io::ErrorKind::TimedOut {
+        return ReadFailure::Timeout;
+    }
+    if let Some(inner) = e.get_ref() {
+        if let Some(too_large) = inner.downcast_ref::<StanzaTooLarge>() {
+            return ReadFailure::Error(DefinedCondition::PolicyViolation, too_large.to_string());
+        }
+        if let Some(xml) = inner.downcast_ref::<xmpp_parsers::minidom::rxml::Error>() {
+            let condition = match xml {
+                // The connection ended mid-stanza: nothing to answer.
+                xmpp_parsers::minidom::rxml::Error::InvalidEof(_) => return ReadFailure::Closed,
+                xmpp_parsers::minidom::rxml::Error::RestrictedXml(_) => {
+                    DefinedCondition::RestrictedXml
+                }
+                _ => DefinedCondition::NotWellFormed,
+            };
+            return ReadFailure::Error(condition, xml.to_string());
+        }
+    }
+    match e.kind() {
+        std::io::ErrorKind::InvalidData => {
+            ReadFailure::Error(DefinedCondition::NotWellFormed, e.to_string())
+        }
+        std::io::ErrorKind::UnexpectedEof
+        | std::io::ErrorKind::ConnectionReset
+        | std::io::ErrorKind::BrokenPipe => ReadFailure::Closed,
+        _ => ReadFailure::Closed,
+    }
+}
+
+/// Our stream features: STARTTLS when it can still be offered, and the
+/// authentication and bidi features (as raw elements: xmpp-parsers has no type for them).
+pub fn stream_features(starttls: Option<bool>, others: Vec<Element>) -> StreamFeatures {
+    StreamFeatures {
+        starttls: starttls.map(|required| StartTls { required }),
+        others,
+        ..StreamFeatures::default()
+    }
+}
+
+pub fn dialback_feature() -> Element {
+    Element::builder("dialback", super::dialback::NS_DIALBACK_FEATURE)
+        .append(Element::bare(
+            "errors",
+            super::dialback::NS_DIALBACK_FEATURE,
+        ))
+        .build()
+}
+
+/// Domain part of a JID-ish address, lower-cased.
+pub fn domain_of(jid: &xmpp_parsers::jid::Jid) -> String {
+    jid.domain().as_str().to_ascii_lowercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_failures_map_to_stream_conditions() {
+        let big = std::io::Error::new(std::io::ErrorKind::InvalidData, StanzaTooLarge(10));
+        assert!(matches!(
+            classify_io(&big),
+            ReadFailure::Error(DefinedCondition::PolicyViolation, _)
+        ));
+        let dtd = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            xmpp_parsers::minidom::rxml::Error::RestrictedXml("DTD"),
+        );
+        assert!(matches!(
+            classify_io(&dtd),
+            ReadFailure::Error(DefinedCondition::RestrictedXml, _)
+        ));
+        let eof = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
+        assert!(matches!(classify_io(&eof), ReadFailure::Closed));
+    }
+}
