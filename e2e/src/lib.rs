@@ -7,3 +7,4 @@ pub mod kube_api;
 pub mod metrics;
 pub mod otlp;
 pub mod prosody;
+pub mod xmpp_peer;

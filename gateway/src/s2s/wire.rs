@@ -80,22 +80,25 @@ pub fn classify(error: ReadError) -> ReadFailure {
 
 pub fn classify_io(e: &std::io::Error) -> ReadFailure {
     if e.kind() == std::io::ErrorKind::TimedOut {
-        return ReadFailure::Timeout;
+        // The hard timeout: the peer did not answer our keepalive either.
+        return ReadFailure::Error(
+            DefinedCondition::ConnectionTimeout,
+            "no data from the peer".into(),
+        );
     }
     if let Some(inner) = e.get_ref() {
         if let Some(too_large) = inner.downcast_ref::<StanzaTooLarge>() {
             return ReadFailure::Error(DefinedCondition::PolicyViolation, too_large.to_string());
         }
         if let Some(xml) = inner.downcast_ref::<xmpp_parsers::minidom::rxml::Error>() {
-            let condition = match xml {
+            return match xml {
                 // The connection ended mid-stanza: nothing to answer.
-                xmpp_parsers::minidom::rxml::Error::InvalidEof(_) => return ReadFailure::Closed,
+                xmpp_parsers::minidom::rxml::Error::InvalidEof(_) => ReadFailure::Closed,
                 xmpp_parsers::minidom::rxml::Error::RestrictedXml(_) => {
-                    DefinedCondition::RestrictedXml
+                    ReadFailure::Error(DefinedCondition::RestrictedXml, xml.to_string())
                 }
-                _ => DefinedCondition::NotWellFormed,
+                _ => classify_xml_text(xml.to_string()),
             };
-            return ReadFailure::Error(condition, xml.to_string());
         }
     }
     match e.kind() {
@@ -111,6 +114,19 @@ pub fn classify_io(e: &std::io::Error) -> ReadFailure {
 
 /// Our stream features: STARTTLS when it can still be offered, and the
 /// authentication and bidi features (as raw elements: xmpp-parsers has no type for them).
+/// The parser's error by its text, for errors that reach us through another
+/// copy of the parser crate than the one we can downcast to.
+fn classify_xml_text(text: String) -> ReadFailure {
+    if text.contains("invalid eof") {
+        ReadFailure::Closed
+    } else if text.contains("restricted xml") || text.contains("cdata or comment") {
+        // `<!DOCTYPE …>`: rxml has no DTD support and stops at the `<!`.
+        ReadFailure::Error(DefinedCondition::RestrictedXml, text)
+    } else {
+        ReadFailure::Error(DefinedCondition::NotWellFormed, text)
+    }
+}
+
 pub fn stream_features(starttls: Option<bool>, others: Vec<Element>) -> StreamFeatures {
     StreamFeatures {
         starttls: starttls.map(|required| StartTls { required }),

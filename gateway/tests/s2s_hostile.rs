@@ -1,0 +1,227 @@
+//! Hostile peers, scripted byte by byte: each gets the stream error RFC 6120
+//! prescribes, and a good peer authenticated beside them stays served.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc::Receiver;
+use xmppfed_config::{GatewayConfig, StaticRoute};
+use xmppfed_e2e::xmpp_peer::{Authoritative, RawPeer};
+use xmppfed_gateway::s2s::{AllowList, AnyUser, S2s, Stanza};
+
+const DOMAIN: &str = "teams.test";
+
+struct Gateway {
+    port: u16,
+    allow: AllowList,
+    rx: Receiver<Stanza>,
+    _authoritative: Authoritative,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+async fn gateway() -> Gateway {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_test_writer()
+        .try_init();
+    let authoritative = Authoritative::start().await.unwrap();
+    let mut config = GatewayConfig::from_toml_str(&format!(
+        "[xmpp]\ndomain = \"{DOMAIN}\"\n[s2s]\nlisten = \"127.0.0.1:0\"\nrequire_tls = false\n\
+         max_stanza_bytes = 16384\nidle_timeout_secs = 3\nkeepalive_interval_secs = 1\nconnect_timeout_secs = 3\n\
+         [allow]\nremote_domains = [\"good.test\", \"hostile.test\"]\n"
+    ))
+    .unwrap();
+    config.s2s.static_routes = ["good.test", "hostile.test"]
+        .iter()
+        .map(|d| StaticRoute {
+            domain: (*d).into(),
+            host: "127.0.0.1".into(),
+            port: authoritative.port,
+        })
+        .collect();
+    let metrics = xmppfed_telemetry::Metrics::new("test", "0");
+    let (s2s, rx) = S2s::bind(&config, Arc::new(AnyUser), &metrics)
+        .await
+        .unwrap();
+    let port = s2s.local_addr().unwrap().port();
+    let allow = s2s.allow_list();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(s2s.serve(async {
+        let _ = stopped.await;
+    }));
+    Gateway {
+        port,
+        allow,
+        rx,
+        _authoritative: authoritative,
+        _stop: stop,
+    }
+}
+
+fn message(from: &str, body: &str) -> String {
+    let id = &body[..body.len().min(16)];
+    format!(
+        "<message from='{from}' to='alice@{DOMAIN}' type='chat' id='{id}'><body>{body}</body></message>"
+    )
+}
+
+/// The good peer's message reaches the bridge.
+async fn good_peer_still_served(good: &mut RawPeer, rx: &mut Receiver<Stanza>, n: usize) {
+    let body = format!("still-here-{n}");
+    good.send(&message("bob@good.test/pc", &body))
+        .await
+        .unwrap();
+    let stanza = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let Stanza::Message(m) = stanza else {
+        panic!("expected a message, got {stanza:?}")
+    };
+    assert_eq!(m.get_best_body(vec![]).unwrap().1, &body);
+}
+
+async fn expect_stream_error(peer: &mut RawPeer, condition: &str) {
+    let text = peer.read_to_close(Duration::from_secs(10)).await.unwrap();
+    assert!(
+        text.contains(&format!(
+            "<{condition} xmlns='urn:ietf:params:xml:ns:xmpp-streams'"
+        )) || text.contains(&format!(
+            "<{condition} xmlns=\"urn:ietf:params:xml:ns:xmpp-streams\""
+        )),
+        "expected stream error {condition}, got: {text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_peers_get_stream_errors_and_a_good_peer_stays_served() {
+    let mut gw = gateway().await;
+    let port = gw.port;
+    let mut good = RawPeer::authenticated(port, "good.test", DOMAIN)
+        .await
+        .unwrap();
+    good_peer_still_served(&mut good, &mut gw.rx, 0).await;
+
+    // A domain not on the allow list.
+    let mut evil = RawPeer::start(port, "evil.test", DOMAIN).await.unwrap();
+    expect_stream_error(&mut evil, "policy-violation").await;
+    good_peer_still_served(&mut good, &mut gw.rx, 1).await;
+
+    // A stream for a domain we do not serve.
+    let mut lost = RawPeer::connect(port).await.unwrap();
+    lost.send("<?xml version='1.0'?><stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' from='good.test' to='elsewhere.test' version='1.0'>").await.unwrap();
+    expect_stream_error(&mut lost, "host-unknown").await;
+
+    // Garbage bytes instead of XML.
+    let mut garbage = RawPeer::connect(port).await.unwrap();
+    garbage
+        .send("\u{1}\u{2}GET / HTTP/1.1\r\n\r\n")
+        .await
+        .unwrap();
+    expect_stream_error(&mut garbage, "not-well-formed").await;
+    good_peer_still_served(&mut good, &mut gw.rx, 2).await;
+
+    // A DTD with an entity declaration (the billion-laughs vector).
+    let mut dtd = RawPeer::connect(port).await.unwrap();
+    dtd.send("<?xml version='1.0'?><!DOCTYPE lolz [<!ENTITY lol 'lol'><!ENTITY lol2 '&lol;&lol;&lol;'>]><stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' to='teams.test' version='1.0'>").await.unwrap();
+    expect_stream_error(&mut dtd, "restricted-xml").await;
+
+    // Stanzas before authentication.
+    let mut eager = RawPeer::open(port, "hostile.test", DOMAIN).await.unwrap();
+    eager
+        .send(&message("x@hostile.test", "early"))
+        .await
+        .unwrap();
+    expect_stream_error(&mut eager, "not-authorized").await;
+
+    // A spoofed sender: authenticated as hostile.test, claiming good.test.
+    let mut spoof = RawPeer::authenticated(port, "hostile.test", DOMAIN)
+        .await
+        .unwrap();
+    spoof
+        .send(&message("mallory@good.test", "spoofed"))
+        .await
+        .unwrap();
+    expect_stream_error(&mut spoof, "invalid-from").await;
+    good_peer_still_served(&mut good, &mut gw.rx, 3).await;
+
+    // An oversized stanza (limit 16 KiB).
+    let mut big = RawPeer::authenticated(port, "hostile.test", DOMAIN)
+        .await
+        .unwrap();
+    big.send(&message("x@hostile.test", &"A".repeat(200_000)))
+        .await
+        .unwrap();
+    expect_stream_error(&mut big, "policy-violation").await;
+
+    // Malformed XML after a good start ends only that stream.
+    let mut broken = RawPeer::authenticated(port, "hostile.test", DOMAIN)
+        .await
+        .unwrap();
+    broken
+        .send("<message from='x@hostile.test' to='alice@teams.test'><body>a</wrong></message>")
+        .await
+        .unwrap();
+    expect_stream_error(&mut broken, "not-well-formed").await;
+
+    // A connection that never sends a stream header is closed (connect timeout 3 s).
+    let mut silent = RawPeer::connect(port).await.unwrap();
+    silent.read_to_close(Duration::from_secs(10)).await.unwrap();
+
+    // A peer that stalls mid-stanza.
+    let mut stalled = RawPeer::authenticated(port, "hostile.test", DOMAIN)
+        .await
+        .unwrap();
+    stalled
+        .send("<message from='x@hostile.test' to='alice@teams.test'><bo")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    // Silence in the middle of a stanza for one keepalive interval (1 s here) ends it.
+    expect_stream_error(&mut stalled, "connection-timeout").await;
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "stalled peer held for {:?}",
+        started.elapsed()
+    );
+    // The good peer has been idle longer than idle_timeout_secs meanwhile: it reconnects and is served.
+    let mut good = RawPeer::authenticated(port, "good.test", DOMAIN)
+        .await
+        .unwrap();
+    good_peer_still_served(&mut good, &mut gw.rx, 4).await;
+
+    // Nothing from the hostile peers reached the bridge.
+    assert!(gw.rx.try_recv().is_err(), "a hostile stanza was delivered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_allow_list_reloads_without_a_restart() {
+    let mut gw = gateway().await;
+    let mut good = RawPeer::authenticated(gw.port, "good.test", DOMAIN)
+        .await
+        .unwrap();
+    good_peer_still_served(&mut good, &mut gw.rx, 0).await;
+
+    gw.allow.replace(vec!["hostile.test".parse().unwrap()]);
+    // The open stream's next stanza meets the new list…
+    good.send(&message("bob@good.test/pc", "after-reload"))
+        .await
+        .unwrap();
+    expect_stream_error(&mut good, "policy-violation").await;
+    // …and so does a new stream.
+    let mut again = RawPeer::start(gw.port, "good.test", DOMAIN).await.unwrap();
+    expect_stream_error(&mut again, "policy-violation").await;
+    assert!(
+        gw.rx.try_recv().is_err(),
+        "a stanza from a removed domain was delivered"
+    );
+
+    gw.allow.replace(vec!["good.test".parse().unwrap()]);
+    let mut back = RawPeer::authenticated(gw.port, "good.test", DOMAIN)
+        .await
+        .unwrap();
+    good_peer_still_served(&mut back, &mut gw.rx, 1).await;
+}
