@@ -9,7 +9,13 @@ use prometheus_client::metrics::gauge::Gauge;
 use xmppfed_config::{GatewayConfig, LicenceConfig, StoreConfig};
 use xmppfed_telemetry::ComponentHealth;
 
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, watch};
+use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType};
+
 use crate::licence::{self, LicenceCheckError, LicenceMetrics};
+use crate::s2s::{AnyUser, S2s, S2sSender, Stanza, stanza};
 use xmppfed_telemetry::{AdminServer, Health, Metrics, admin_router};
 
 pub const SERVICE_NAME: &str = "xmppfed-gateway";
@@ -19,6 +25,8 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub enum StartError {
     #[error("refusing to serve: {0}")]
     Licence(#[from] LicenceCheckError),
+    #[error(transparent)]
+    S2s(#[from] crate::s2s::S2sError),
     #[error("cannot bind the admin port {addr}: {source}")]
     AdminBind {
         addr: SocketAddr,
@@ -31,6 +39,9 @@ pub struct Gateway {
     admin: AdminServer,
     health: Health,
     licence: Option<LicenceWatch>,
+    s2s: S2s,
+    /// Stanzas for the bridge.
+    inbox: mpsc::Receiver<Stanza>,
 }
 
 /// What the periodic licence check needs.
@@ -72,6 +83,7 @@ impl Gateway {
                 None
             }
         };
+        let (s2s, inbox) = S2s::bind(config, Arc::new(AnyUser), &metrics).await?;
         let admin = AdminServer::bind(config.admin.listen, admin_router(metrics, health.clone()))
             .await
             .map_err(|source| StartError::AdminBind {
@@ -80,13 +92,20 @@ impl Gateway {
             })?;
         tracing::info!(
             admin = %admin.local_addr().map_or_else(|_| config.admin.listen.to_string(), |a| a.to_string()),
+            s2s = %s2s.local_addr().map_or_else(|_| config.s2s.listen.to_string(), |a| a.to_string()),
             "gateway started"
         );
         Ok(Self {
             admin,
             health,
             licence,
+            s2s,
+            inbox,
         })
+    }
+
+    pub fn s2s_addr(&self) -> Option<SocketAddr> {
+        self.s2s.local_addr().ok()
     }
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {
@@ -112,12 +131,44 @@ impl Gateway {
                 }
             })
         });
-        let result = self.admin.serve(shutdown).await;
+        // One shutdown signal for every listener.
+        let (stop_tx, stop_rx) = watch::channel(false);
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        });
+        let stopped = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+        let s2s_ready = self.health.component("s2s");
+        let sender = self.s2s.sender();
+        let s2s = tokio::spawn(self.s2s.serve(stopped(stop_rx.clone())));
+        s2s_ready.ready();
+        let unbridged = tokio::spawn(refuse_until_bridged(self.inbox, sender));
+        let result = self.admin.serve(stopped(stop_rx)).await;
+        let _ = s2s.await;
+        unbridged.abort();
         if let Some(w) = watcher {
             w.abort();
         }
         tracing::info!("gateway stopped");
         result
+    }
+}
+
+/// Until the Teams bridge runs in this process, stanzas for its users are
+/// answered with `service-unavailable` rather than silently dropped.
+async fn refuse_until_bridged(mut inbox: mpsc::Receiver<Stanza>, sender: S2sSender) {
+    while let Some(stanza) = inbox.recv().await {
+        if let Some(reply) = stanza::error_reply(
+            &stanza,
+            DefinedCondition::ServiceUnavailable,
+            ErrorType::Cancel,
+            "the Teams bridge is not running on this gateway",
+        ) && let Err(e) = sender.send(reply).await
+        {
+            tracing::debug!(error = %e, "error reply not sent");
+        }
     }
 }
 
