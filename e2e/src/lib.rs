@@ -3,6 +3,7 @@
 //! Graph emulator join here as they are built.
 
 pub mod daemon;
+pub mod ejabberd;
 pub mod kube_api;
 pub mod metrics;
 pub mod otlp;

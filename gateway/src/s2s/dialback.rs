@@ -8,7 +8,6 @@
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use xmpp_parsers::minidom::Element;
-use xmpp_parsers::minidom::rxml::NcName;
 
 pub const NS_DIALBACK: &str = "jabber:server:dialback";
 pub const NS_DIALBACK_FEATURE: &str = "urn:xmpp:features:dialback";
@@ -192,7 +191,9 @@ impl Dialback {
         }
     }
 
-    pub fn to_element(&self) -> Element {
+    /// The element as bytes, with the literal `db:` prefix (declared on our
+    /// stream headers): ejabberd matches dialback elements by that name.
+    pub fn to_wire(&self) -> String {
         let (name, from, to) =
             match self {
                 Dialback::ResultRequest { from, to, .. }
@@ -200,28 +201,34 @@ impl Dialback {
                 Dialback::VerifyRequest { from, to, .. }
                 | Dialback::VerifyAnswer { from, to, .. } => ("verify", from, to),
             };
-        let mut b = Element::builder(name, NS_DIALBACK)
-            .attr(ncname("from"), from.as_str())
-            .attr(ncname("to"), to.as_str());
+        let mut out = format!("<db:{name} from='{}' to='{}'", escape(from), escape(to));
         match self {
-            Dialback::ResultRequest { key, .. } => b = b.append(key.as_str()),
-            Dialback::ResultAnswer { verdict, .. } => b = b.attr(ncname("type"), verdict.as_str()),
+            Dialback::ResultRequest { key, .. } => {
+                out.push_str(&format!(">{}</db:result>", escape(key)))
+            }
+            Dialback::ResultAnswer { verdict, .. } => {
+                out.push_str(&format!(" type='{}'/>", verdict.as_str()))
+            }
             Dialback::VerifyRequest { id, key, .. } => {
-                b = b.attr(ncname("id"), id.as_str()).append(key.as_str())
+                out.push_str(&format!(" id='{}'>{}</db:verify>", escape(id), escape(key)))
             }
-            Dialback::VerifyAnswer { id, verdict, .. } => {
-                b = b
-                    .attr(ncname("id"), id.as_str())
-                    .attr(ncname("type"), verdict.as_str())
-            }
+            Dialback::VerifyAnswer { id, verdict, .. } => out.push_str(&format!(
+                " id='{}' type='{}'/>",
+                escape(id),
+                verdict.as_str()
+            )),
         }
-        b.build()
+        out
     }
 }
 
-/// An attribute name known at compile time to be valid.
-pub fn ncname(name: &'static str) -> NcName {
-    NcName::try_from(name).unwrap_or_else(|_| unreachable!("{name} is a valid NCName"))
+/// XML-escapes text and single-quoted attribute values.
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('\'', "&apos;")
+        .replace('"', "&quot;")
 }
 
 #[cfg(test)]
@@ -275,7 +282,16 @@ mod tests {
                 verdict: Verdict::Valid,
             },
         ] {
-            assert_eq!(Dialback::parse(&db.to_element()).unwrap(), db);
+            let wire = format!(
+                "<s xmlns='urn:test' xmlns:db='{NS_DIALBACK}'>{}</s>",
+                db.to_wire()
+            );
+            let parsed: Element = wire.parse().unwrap();
+            assert_eq!(
+                Dialback::parse(parsed.children().next().unwrap()).unwrap(),
+                db,
+                "{wire}"
+            );
         }
         let el: Element = "<verify xmlns='jabber:server:dialback' from='a' to='b'>k</verify>"
             .parse()

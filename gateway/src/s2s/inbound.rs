@@ -173,7 +173,7 @@ async fn serve(shared: Arc<Shared>, tcp: TcpStream) {
                             }
                             match on_dialback(&shared, &element, &stream_id, &events_tx) {
                                 Ok(Some(answer)) => {
-                                    if stream.send(&answer).await.is_err() {
+                                    if wire::send_dialback(&mut stream, &answer).await.is_err() {
                                         return;
                                     }
                                 }
@@ -209,7 +209,7 @@ async fn serve(shared: Arc<Shared>, tcp: TcpStream) {
                 Some(event) = events.recv() => match event {
                     Event::Verified { domain, verdict } => {
                         let answer = Dialback::ResultAnswer { from: shared.domain.clone(), to: domain.clone(), verdict };
-                        if stream.send(&answer.to_element()).await.is_err() {
+                        if wire::send_dialback(&mut stream, &answer).await.is_err() {
                             return;
                         }
                         if verdict == Verdict::Valid {
@@ -271,7 +271,7 @@ fn on_dialback(
     element: &Element,
     stream_id: &str,
     events: &mpsc::Sender<Event>,
-) -> Result<Option<Element>, StreamFault> {
+) -> Result<Option<Dialback>, StreamFault> {
     let request =
         Dialback::parse(element).map_err(|e| (DefinedCondition::InvalidXml, e.to_string()))?;
     match request {
@@ -282,15 +282,12 @@ fn on_dialback(
             } else {
                 Verdict::Invalid
             };
-            Ok(Some(
-                Dialback::VerifyAnswer {
-                    from: to,
-                    to: from,
-                    id,
-                    verdict,
-                }
-                .to_element(),
-            ))
+            Ok(Some(Dialback::VerifyAnswer {
+                from: to,
+                to: from,
+                id,
+                verdict,
+            }))
         }
         Dialback::ResultRequest { from, to, key } => {
             if to != shared.domain {

@@ -409,7 +409,7 @@ async fn session(
         to: domain.to_owned(),
         key,
     };
-    if let Err(e) = stream.send(&request.to_element()).await {
+    if let Err(e) = wire::send_dialback(&mut stream, &request).await {
         return Ended::Lost(e.to_string());
     }
     let mut awaiting: HashMap<String, Vec<oneshot::Sender<Verdict>>> = HashMap::new();
@@ -425,7 +425,7 @@ async fn session(
                 id: id.clone(),
                 key,
             };
-            if stream.send(&verify.to_element()).await.is_err() {
+            if wire::send_dialback(&mut stream, &verify).await.is_err() {
                 let _ = reply.send(Verdict::Error);
                 break;
             }

@@ -59,10 +59,33 @@ enum Inner {
     Tls(Box<tokio_rustls::TlsStream<TcpStream>>),
 }
 
+/// Bytes to write verbatim, ahead of whatever the XML stream writes next.
+///
+/// ejabberd parses dialback elements by their literal qualified name
+/// (`db:result`, not `{jabber:server:dialback}result`), and the XML writer
+/// under tokio-xmpp picks its own prefixes; dialback elements are therefore
+/// serialised by us and written through here (see `wire::send_dialback`).
+#[derive(Debug, Clone, Default)]
+pub struct Injector(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Injector {
+    pub fn push(&self, bytes: &[u8]) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(bytes);
+    }
+
+    fn take(&self) -> Vec<u8> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
 /// TCP or TLS, with the read budget and the header rewrite.
 pub struct Transport {
     inner: Inner,
     budget: ReadBudget,
+    injector: Injector,
     /// Declare `xmlns:db` on the next stream header we write.
     declare_dialback: bool,
     /// Bytes accepted from the writer but not yet written (after a header rewrite).
@@ -74,6 +97,7 @@ impl Transport {
         Self {
             inner: Inner::Plain(tcp),
             budget,
+            injector: Injector::default(),
             declare_dialback: true,
             pending: Vec::new(),
         }
@@ -83,6 +107,7 @@ impl Transport {
         Self {
             inner: Inner::Tls(Box::new(tls)),
             budget,
+            injector: Injector::default(),
             declare_dialback: true,
             pending: Vec::new(),
         }
@@ -100,6 +125,10 @@ impl Transport {
         }
     }
 
+    pub fn injector(&self) -> Injector {
+        self.injector.clone()
+    }
+
     /// Called after each complete element: the next stanza gets a fresh budget.
     pub fn reset_budget(&self) {
         self.budget.reset();
@@ -111,6 +140,10 @@ impl Transport {
     }
 
     fn poll_write_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let injected = self.injector.take();
+        if !injected.is_empty() {
+            self.pending.extend_from_slice(&injected);
+        }
         while !self.pending.is_empty() {
             let n = ready!(poll_write_inner(&mut self.inner, cx, &self.pending))?;
             if n == 0 {

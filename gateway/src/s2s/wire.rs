@@ -43,6 +43,21 @@ pub async fn close_with_error(stream: &mut Stream, condition: DefinedCondition, 
     let _ = stream.shutdown().await;
 }
 
+/// Sends a dialback element with its literal `db:` prefix (see `Injector`).
+pub async fn send_dialback(
+    stream: &mut Stream,
+    element: &super::dialback::Dialback,
+) -> std::io::Result<()> {
+    // Everything the XML writer holds goes out first, so the order is kept.
+    SinkExt::<&Element>::flush(stream).await?;
+    stream
+        .get_stream()
+        .get_ref()
+        .injector()
+        .push(element.to_wire().as_bytes());
+    SinkExt::<&Element>::flush(stream).await
+}
+
 /// One space between stanzas: RFC 6120 §4.6.1 whitespace keepalive.
 pub struct Whitespace;
 

@@ -1,0 +1,72 @@
+//! Federation with a real ejabberd 23.01 (no XEP-0288 bidi there): the same
+//! conversation as with Prosody, over plain dialback and over TLS. Skips,
+//! saying so, when ejabberd or the Python client is missing.
+
+mod common;
+
+use common::{ALL_STEPS, DOMAIN, Running};
+use xmppfed_e2e::ejabberd::{self, Ejabberd, EjabberdOptions};
+use xmppfed_e2e::prosody;
+
+const PEER: &str = "xmpp.test";
+
+fn skip_reason() -> Option<String> {
+    if !ejabberd::available() {
+        return Some("ejabberd (and erl) is not installed".into());
+    }
+    if prosody::python().is_none() {
+        return Some("no Python with slixmpp (run scripts/test.sh)".into());
+    }
+    None
+}
+
+async fn federate(tls: bool) {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    common::init();
+    let certs = tempfile::tempdir().unwrap();
+    let gateway_tls = tls.then(|| prosody::self_signed(certs.path(), DOMAIN).unwrap());
+    let ejabberd_s2s = prosody::free_port().unwrap();
+    let gateway = Running::start(&common::config(PEER, ejabberd_s2s, gateway_tls)).await;
+    let port = gateway.port;
+    let server = tokio::task::spawn_blocking(move || {
+        Ejabberd::start(&EjabberdOptions {
+            domain: PEER.into(),
+            route: (DOMAIN.into(), port),
+            tls,
+            s2s_port: Some(ejabberd_s2s),
+        })
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    server.register("bob", "bobpw").unwrap();
+    let python = prosody::python().unwrap();
+    let (result, log) = tokio::task::spawn_blocking(move || {
+        let result = prosody::run_client(
+            &python,
+            "bob@xmpp.test",
+            "bobpw",
+            server.c2s_port,
+            "alice@teams.test",
+            ALL_STEPS,
+        );
+        (result, server.log())
+    })
+    .await
+    .unwrap();
+    gateway.check(&result.unwrap(), PEER, &log);
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ejabberd_plain_dialback() {
+    federate(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ejabberd_tls_and_dialback() {
+    federate(true).await;
+}
