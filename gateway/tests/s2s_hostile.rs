@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc::Receiver;
+use xmpp_parsers::minidom::Element;
 use xmppfed_config::{GatewayConfig, StaticRoute};
 use xmppfed_e2e::xmpp_peer::{Authoritative, RawPeer};
 use xmppfed_gateway::s2s::{AllowList, AnyUser, S2s, Stanza};
@@ -224,4 +225,88 @@ async fn the_allow_list_reloads_without_a_restart() {
         .await
         .unwrap();
     good_peer_still_served(&mut back, &mut gw.rx, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_domains_bounce_and_unlisted_ones_get_nothing() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    // A route to a port nobody listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut config = GatewayConfig::from_toml_str(&format!(
+        "[xmpp]\ndomain = \"{DOMAIN}\"\n[s2s]\nlisten = \"127.0.0.1:0\"\nrequire_tls = false\nconnect_timeout_secs = 2\n\
+         [allow]\nremote_domains = [\"down.test\"]\n"
+    ))
+    .unwrap();
+    config.s2s.static_routes = vec![StaticRoute {
+        domain: "down.test".into(),
+        host: "127.0.0.1".into(),
+        port: closed,
+    }];
+    let metrics = xmppfed_telemetry::Metrics::new("test", "0");
+    let (s2s, mut rx) = S2s::bind(&config, Arc::new(AnyUser), &metrics)
+        .await
+        .unwrap();
+    let sender = s2s.sender();
+    tokio::spawn(s2s.serve(std::future::pending()));
+
+    let msg = |to: &str, id: &str| {
+        let xml = format!(
+            "<message xmlns='jabber:server' from='alice@{DOMAIN}' to='{to}' type='chat' id='{id}'><body>hi</body></message>"
+        );
+        xmppfed_gateway::s2s::stanza::from_wire(xml.parse().unwrap()).unwrap()
+    };
+    // Nothing is ever sent to a domain off the allow list.
+    assert_eq!(
+        sender.send(msg("eve@elsewhere.test", "x")).await,
+        Err(xmppfed_gateway::s2s::SendError::NotAllowed(
+            "elsewhere.test".into()
+        ))
+    );
+    // Every stanza queued for an unreachable domain comes back as an error.
+    for i in 0..3 {
+        sender
+            .send(msg("bob@down.test", &format!("m{i}")))
+            .await
+            .unwrap();
+    }
+    let mut bounced = Vec::new();
+    for _ in 0..3 {
+        let stanza = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let Stanza::Message(m) = stanza else {
+            panic!("expected a message bounce")
+        };
+        assert_eq!(m.type_, xmpp_parsers::message::MessageType::Error);
+        assert_eq!(
+            m.to.as_ref().unwrap().to_string(),
+            format!("alice@{DOMAIN}")
+        );
+        let error: Element = m
+            .payloads
+            .iter()
+            .find(|p| p.name() == "error")
+            .cloned()
+            .expect("an <error/>");
+        assert!(
+            error.has_child(
+                "remote-server-not-found",
+                "urn:ietf:params:xml:ns:xmpp-stanzas"
+            ),
+            "{error:?}"
+        );
+        bounced.push(m.id.unwrap().0);
+    }
+    bounced.sort();
+    assert_eq!(bounced, ["m0", "m1", "m2"]);
+    assert!(
+        metrics
+            .encode()
+            .contains("s2s_bounced_stanzas_total{condition=\"remote-server-not-found\"} 3")
+    );
 }

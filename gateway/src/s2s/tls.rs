@@ -213,3 +213,60 @@ impl ServerCertVerifier for RecordingVerifier {
             .supported_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn touch_later(path: &Path, secs: u64) {
+        let file = std::fs::File::options().write(true).open(path).unwrap();
+        file.set_modified(SystemTime::now() + std::time::Duration::from_secs(secs))
+            .unwrap();
+    }
+
+    #[test]
+    fn certificates_reload_when_their_files_change() {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = xmppfed_e2e::prosody::self_signed(dir.path(), "teams.test").unwrap();
+        let tls = ServerTls::load(&cert, &key).unwrap();
+        let first = tls.config();
+        assert!(
+            Arc::ptr_eq(&first, &tls.config()),
+            "unchanged files are not read again"
+        );
+
+        // A renewed certificate (same paths) is picked up by the next connection.
+        let renewed = tempfile::tempdir().unwrap();
+        let (cert2, key2) =
+            xmppfed_e2e::prosody::self_signed(renewed.path(), "teams.test").unwrap();
+        std::fs::copy(&cert2, &cert).unwrap();
+        std::fs::copy(&key2, &key).unwrap();
+        touch_later(&cert, 5);
+        let second = tls.config();
+        assert!(
+            !Arc::ptr_eq(&first, &second),
+            "the renewed certificate was not loaded"
+        );
+
+        // A broken file keeps the last good certificate in service.
+        std::fs::write(&cert, "not a certificate").unwrap();
+        touch_later(&cert, 10);
+        assert!(Arc::ptr_eq(&second, &tls.config()));
+    }
+
+    #[test]
+    fn missing_or_bad_files_are_clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = ServerTls::load(&dir.path().join("none.crt"), &dir.path().join("none.key"))
+            .err()
+            .unwrap();
+        assert!(missing.to_string().contains("none.crt"), "{missing}");
+        std::fs::write(dir.path().join("empty.crt"), "").unwrap();
+        std::fs::write(dir.path().join("empty.key"), "").unwrap();
+        let empty = ServerTls::load(&dir.path().join("empty.crt"), &dir.path().join("empty.key"))
+            .err()
+            .unwrap();
+        assert!(empty.to_string().contains("empty.crt"), "{empty}");
+    }
+}
