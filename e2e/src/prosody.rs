@@ -23,6 +23,9 @@ pub struct ProsodyOptions {
     pub bidi: bool,
     /// A fixed s2s port (when the other side must know it first); free otherwise.
     pub s2s_port: Option<u16>,
+    /// Certificates from this CA: Prosody's own, and the roots it trusts.
+    /// With it, Prosody requires certificate authentication (s2s_secure_auth).
+    pub ca: Option<std::sync::Arc<TestCa>>,
 }
 
 impl ProsodyOptions {
@@ -33,6 +36,7 @@ impl ProsodyOptions {
             tls: false,
             bidi: true,
             s2s_port: None,
+            ca: None,
         }
     }
 }
@@ -58,6 +62,109 @@ pub fn available() -> bool {
     // Not `prosody --version`: Prosody 0.12 takes no such flag and starts a server.
     std::env::var_os("PATH")
         .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join("prosody").is_file()))
+}
+
+/// A test certificate authority (openssl), issuing certificates for domains.
+#[derive(Debug)]
+pub struct TestCa {
+    pub cert: PathBuf,
+    key: PathBuf,
+    dir: PathBuf,
+}
+
+fn openssl(args: &[&str]) -> anyhow::Result<()> {
+    let output = Command::new("openssl")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .context("running openssl")?;
+    if !output.status.success() {
+        bail!(
+            "openssl {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(())
+}
+
+impl TestCa {
+    pub fn new(dir: &Path) -> anyhow::Result<Self> {
+        let cert = dir.join("ca.crt");
+        let key = dir.join("ca.key");
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "2",
+            "-keyout",
+            &key.to_string_lossy(),
+            "-out",
+            &cert.to_string_lossy(),
+            "-subj",
+            "/CN=xmppfed test CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ])?;
+        Ok(Self {
+            cert,
+            key,
+            dir: dir.to_owned(),
+        })
+    }
+
+    /// A certificate for `domain` (server and client use), and its key.
+    pub fn issue(&self, domain: &str) -> anyhow::Result<(PathBuf, PathBuf)> {
+        let key = self.dir.join(format!("{domain}.key"));
+        let csr = self.dir.join(format!("{domain}.csr"));
+        let cert = self.dir.join(format!("{domain}.crt"));
+        let ext = self.dir.join(format!("{domain}.ext"));
+        std::fs::write(
+            &ext,
+            format!(
+                "subjectAltName=DNS:{domain}\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\n"
+            ),
+        )?;
+        openssl(&[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &key.to_string_lossy(),
+            "-out",
+            &csr.to_string_lossy(),
+            "-subj",
+            &format!("/CN={domain}"),
+        ])?;
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr.to_string_lossy(),
+            "-CA",
+            &self.cert.to_string_lossy(),
+            "-CAkey",
+            &self.key.to_string_lossy(),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-out",
+            &cert.to_string_lossy(),
+            "-extfile",
+            &ext.to_string_lossy(),
+        ])?;
+        Ok((cert, key))
+    }
 }
 
 /// A self-signed certificate and key (PEM) for `domain`, made with openssl.
@@ -116,15 +223,31 @@ impl Prosody {
             .iter()
             .map(|(domain, port)| format!("[\"{domain}\"] = {{ \"127.0.0.1\", {port} }}; "))
             .collect();
-        let ssl = if options.tls {
-            let (cert, key) = self_signed(root, &options.domain)?;
-            format!(
-                "ssl = {{ certificate = \"{}\"; key = \"{}\"; }}",
-                cert.display(),
-                key.display()
-            )
+        let ssl = match (&options.ca, options.tls) {
+            (Some(ca), _) => {
+                let (cert, key) = ca.issue(&options.domain)?;
+                format!(
+                    "ssl = {{ certificate = \"{}\"; key = \"{}\"; cafile = \"{}\"; }}",
+                    cert.display(),
+                    key.display(),
+                    ca.cert.display()
+                )
+            }
+            (None, true) => {
+                let (cert, key) = self_signed(root, &options.domain)?;
+                format!(
+                    "ssl = {{ certificate = \"{}\"; key = \"{}\"; }}",
+                    cert.display(),
+                    key.display()
+                )
+            }
+            (None, false) => String::new(),
+        };
+        // Certificates authenticate (and dialback is refused) only with a CA.
+        let (secure, disabled) = if options.ca.is_some() {
+            ("true", "")
         } else {
-            String::new()
+            ("false", "\"s2s_auth_certs\";")
         };
         let bidi = if options.bidi { "\"s2s_bidi\";" } else { "" };
         let config = format!(
@@ -142,12 +265,12 @@ s2s_direct_tls_ports = {{}}
 http_ports = {{}}
 https_ports = {{}}
 modules_enabled = {{ "roster"; "saslauth"; "tls"; "dialback"; "disco"; "ping"; "presence"; "vcard4"; "vcard_legacy"; "pep"; "xmppfed_route"; {bidi} }}
-modules_disabled = {{ "offline"; "s2s_auth_certs" }}
+modules_disabled = {{ "offline"; {disabled} }}
 authentication = "internal_plain"
 c2s_require_encryption = false
 allow_unencrypted_plain_auth = true
-s2s_secure_auth = false
-s2s_require_encryption = false
+s2s_secure_auth = {secure}
+s2s_require_encryption = {secure}
 xmppfed_routes = {{ {routes} }}
 {ssl}
 VirtualHost "{domain}"

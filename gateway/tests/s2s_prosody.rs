@@ -71,3 +71,59 @@ async fn prosody_plain_dialback_without_bidi() {
 async fn prosody_tls_and_dialback() {
     federate(true, true).await;
 }
+
+/// Certificates from one CA on both sides, and Prosody refusing dialback
+/// (s2s_secure_auth): both directions must authenticate with SASL EXTERNAL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prosody_sasl_external_both_ways() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    common::init();
+    let pki = tempfile::tempdir().unwrap();
+    let ca = std::sync::Arc::new(prosody::TestCa::new(pki.path()).unwrap());
+    let prosody_s2s = prosody::free_port().unwrap();
+    let mut config = common::config(PEER, prosody_s2s, Some(ca.issue(DOMAIN).unwrap()));
+    config.s2s.trust_roots_file = Some(ca.cert.clone());
+    let gateway = Running::start(&config).await;
+    let prosody = Prosody::start(&ProsodyOptions {
+        routes: vec![(DOMAIN.into(), gateway.port)],
+        tls: true,
+        s2s_port: Some(prosody_s2s),
+        ca: Some(ca.clone()),
+        ..ProsodyOptions::new(PEER)
+    })
+    .unwrap();
+    prosody.register("bob", "bobpw").unwrap();
+    let python = prosody::python().unwrap();
+    let (result, log) = tokio::task::spawn_blocking(move || {
+        let result = prosody::run_client(
+            &python,
+            "bob@xmpp.test",
+            "bobpw",
+            prosody.c2s_port,
+            "alice@teams.test",
+            ALL_STEPS,
+        );
+        (result, prosody.log())
+    })
+    .await
+    .unwrap();
+    gateway.check(&result.unwrap(), PEER, &log);
+    let text = gateway.metrics.encode();
+    for direction in ["in", "out"] {
+        let line = format!(
+            "s2s_authentications_total{{method=\"sasl-external-{direction}\",outcome=\"valid\"}}"
+        );
+        assert!(
+            text.contains(&line),
+            "no {line}:\n{text}\nprosody log:\n{log}"
+        );
+    }
+    assert!(
+        !text.contains("method=\"dialback-in\""),
+        "dialback was used:\n{text}"
+    );
+    gateway.stop().await;
+}

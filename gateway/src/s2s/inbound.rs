@@ -10,18 +10,19 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use futures::{SinkExt, StreamExt};
+use rustls::pki_types::CertificateDer;
 use tokio::io::{AsyncWriteExt, BufStream};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_xmpp::xmlstream::{StreamHeader, accept_stream};
+use tokio_xmpp::xmlstream::{AcceptedStream, StreamHeader, accept_stream};
 use xmpp_parsers::minidom::Element;
 use xmpp_parsers::stream_error::DefinedCondition;
 
 use super::dialback::{self, Dialback, Verdict};
 use super::services::{self, Handled};
 use super::stanza;
-use super::transport::{ReadBudget, Transport};
+use super::transport::{Io, ReadBudget, Transport};
 use super::wire::{self, ReadFailure, Whitespace};
 use super::{S2sSender, Shared, metrics};
 
@@ -44,7 +45,14 @@ async fn serve(shared: Arc<Shared>, tcp: TcpStream) {
     // A second handle on the socket, to answer garbage sent before any stream
     // header: the XML stream layer gives no way to write once its parse failed.
     let raw = dup(&tcp);
-    let mut transport = Transport::plain(tcp, ReadBudget::new(shared.settings.max_stanza_bytes));
+    let mut next = Next::Open(Transport::plain(
+        tcp,
+        ReadBudget::new(shared.settings.max_stanza_bytes),
+    ));
+    let mut tls = false;
+    // The certificate chain the peer presented in the TLS handshake, if any.
+    let mut peer_chain: Vec<CertificateDer<'static>> = Vec::new();
+    let mut sasl_done = false;
     let (events_tx, mut events) = mpsc::channel::<Event>(64);
     let (bidi_tx, mut bidi_rx) = mpsc::channel::<Element>(1024);
     let mut authenticated: Vec<String> = Vec::new();
@@ -52,17 +60,21 @@ async fn serve(shared: Arc<Shared>, tcp: TcpStream) {
     let mut first_header = true;
 
     'restart: loop {
-        let tls = transport.is_tls();
-        transport.expect_header();
-        let accepted = tokio::time::timeout(
-            shared.settings.connect_timeout,
-            accept_stream(
-                BufStream::new(transport),
-                stanza::JABBER_SERVER,
-                wire::timeouts(shared.settings.keepalive),
-            ),
-        )
-        .await;
+        let accepted = match next {
+            Next::Open(transport) => {
+                transport.expect_header();
+                tokio::time::timeout(
+                    shared.settings.connect_timeout,
+                    accept_stream(
+                        BufStream::new(transport),
+                        stanza::JABBER_SERVER,
+                        wire::timeouts(shared.settings.keepalive),
+                    ),
+                )
+                .await
+            }
+            Next::Reset(accepted) => Ok(Ok(*accepted)),
+        };
         let mut accepted = match accepted {
             Ok(Ok(a)) => a,
             Ok(Err(e)) => {
@@ -126,8 +138,15 @@ async fn serve(shared: Arc<Shared>, tcp: TcpStream) {
             others.push(wire::dialback_feature());
             others.push(Element::bare("bidi", wire::NS_BIDI_FEATURE));
         }
-        let features =
+        let mut features =
             wire::stream_features(offer_tls.then_some(shared.settings.require_tls), others);
+        // XEP-0178: EXTERNAL only when the certificate proves the claimed domain.
+        let external_for = from
+            .clone()
+            .filter(|from| tls && !sasl_done && shared.trust.valid_for(&peer_chain, from));
+        if external_for.is_some() {
+            features.sasl_mechanisms.insert("EXTERNAL".to_owned());
+        }
         let mut stream = match pending.send_features::<Element>(&features).await {
             Ok(s) => s,
             Err(e) => {
@@ -153,16 +172,51 @@ async fn serve(shared: Arc<Shared>, tcp: TcpStream) {
                             }
                             let Some(tcp) = stream.into_inner().into_inner().into_tcp() else { return };
                             match tokio_rustls::TlsAcceptor::from(server_tls.config()).accept(tcp).await {
-                                Ok(tls) => {
-                                    transport = Transport::tls(
-                                        tokio_rustls::TlsStream::Server(tls),
+                                Ok(stream) => {
+                                    peer_chain = stream.get_ref().1.peer_certificates().map(<[_]>::to_vec).unwrap_or_default();
+                                    tls = true;
+                                    next = Next::Open(Transport::tls(
+                                        tokio_rustls::TlsStream::Server(stream),
                                         ReadBudget::new(shared.settings.max_stanza_bytes),
-                                    );
+                                    ));
                                     continue 'restart;
                                 }
                                 Err(e) => {
                                     tracing::info!(error = %e, "TLS handshake failed");
                                     return;
+                                }
+                            }
+                        } else if element.is("auth", wire::NS_SASL) {
+                            match sasl_external(&shared, &element, external_for.as_deref()) {
+                                Ok(domain) => {
+                                    shared.metrics.auth("sasl-external-in", "valid");
+                                    tracing::info!(%domain, "peer authenticated by SASL EXTERNAL");
+                                    if !authenticated.contains(&domain) {
+                                        authenticated.push(domain);
+                                    }
+                                    sasl_done = true;
+                                    // RFC 6120 §6.4.6: success, then the initiator restarts the stream.
+                                    stream.get_stream().get_ref().expect_header();
+                                    match stream.accept_reset(&Element::bare("success", wire::NS_SASL)).await {
+                                        Ok(accepted) => {
+                                            next = Next::Reset(Box::new(accepted));
+                                            continue 'restart;
+                                        }
+                                        Err(e) => {
+                                            tracing::debug!(error = %e, "stream restart after SASL failed");
+                                            return;
+                                        }
+                                    }
+                                }
+                                Err(why) => {
+                                    shared.metrics.auth("sasl-external-in", "refused");
+                                    tracing::info!(reason = %why, "SASL EXTERNAL refused");
+                                    let failure = Element::builder("failure", wire::NS_SASL)
+                                        .append(Element::bare("not-authorized", wire::NS_SASL))
+                                        .build();
+                                    if stream.send(&failure).await.is_err() {
+                                        return;
+                                    }
                                 }
                             }
                         } else if element.is("bidi", wire::NS_BIDI) {
@@ -262,6 +316,48 @@ async fn serve(shared: Arc<Shared>, tcp: TcpStream) {
         }
         return;
     }
+}
+
+/// How the next stream on this connection begins.
+enum Next {
+    /// A new header on a (new or newly secured) transport.
+    Open(Transport),
+    /// A header already read by a stream reset (after SASL).
+    Reset(Box<AcceptedStream<Io>>),
+}
+
+/// Checks an `<auth mechanism='EXTERNAL'/>`: the authorization identity (or,
+/// when empty, the stream's `from`) must be the domain the certificate proved.
+fn sasl_external(shared: &Shared, auth: &Element, proven: Option<&str>) -> Result<String, String> {
+    if auth.attr("mechanism") != Some("EXTERNAL") {
+        return Err(format!(
+            "mechanism {:?} is not offered",
+            auth.attr("mechanism")
+        ));
+    }
+    let Some(proven) = proven else {
+        return Err("no certificate valid for the stream's domain".into());
+    };
+    let text = auth.text();
+    let text = text.trim();
+    let authzid = if text.is_empty() || text == "=" {
+        proven.to_owned()
+    } else {
+        use base64::Engine as _;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(|e| format!("authorization identity is not base64: {e}"))?;
+        String::from_utf8(bytes)
+            .map_err(|_| "authorization identity is not UTF-8".to_owned())?
+            .to_ascii_lowercase()
+    };
+    if authzid != proven {
+        return Err(format!("the certificate is for {proven}, not {authzid}"));
+    }
+    if !shared.allow.allows(&authzid) {
+        return Err(format!("{authzid} is not allowed"));
+    }
+    Ok(authzid)
 }
 
 /// Handles a dialback element: answers `<db:verify/>` at once, starts the

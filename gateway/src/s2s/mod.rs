@@ -43,7 +43,7 @@ pub use stanza::{Stanza, StanzaParseError};
 use self::metrics::S2sMetrics;
 use self::outbound::Outbound;
 use self::resolve::Resolver;
-use self::tls::ServerTls;
+use self::tls::{ServerTls, TrustStore};
 
 #[derive(Debug, thiserror::Error)]
 pub enum S2sError {
@@ -102,8 +102,10 @@ pub(crate) struct Shared {
     pub settings: Settings,
     pub allow: AllowList,
     pub keys: DialbackKeys,
-    pub server_tls: Option<ServerTls>,
+    pub server_tls: Option<Arc<ServerTls>>,
     pub client_tls: Arc<rustls::ClientConfig>,
+    /// Roots that peers' certificates must chain to for SASL EXTERNAL.
+    pub trust: TrustStore,
     pub resolver: Resolver,
     pub directory: Arc<dyn UserDirectory>,
     pub metrics: S2sMetrics,
@@ -231,7 +233,7 @@ impl S2s {
     ) -> Result<(Self, mpsc::Receiver<Stanza>), S2sError> {
         let s2s = &config.s2s;
         let server_tls = match (&s2s.tls_cert_file, &s2s.tls_key_file) {
-            (Some(cert), Some(key)) => Some(ServerTls::load(cert, key)?),
+            (Some(cert), Some(key)) => Some(Arc::new(ServerTls::load(cert, key)?)),
             _ => None,
         };
         let keys = match &s2s.dialback_secret {
@@ -243,6 +245,8 @@ impl S2s {
             }
             None => DialbackKeys::random(),
         };
+        let trust = TrustStore::load(s2s.trust_roots_file.as_deref())?;
+        let client_tls = tls::client_config(&trust, server_tls.clone())?;
         let listener = TcpListener::bind(s2s.listen)
             .await
             .map_err(|source| S2sError::Bind {
@@ -263,7 +267,8 @@ impl S2s {
             allow: AllowList::new(config.allow.remote_domains.clone()),
             keys,
             server_tls,
-            client_tls: tls::client_config(s2s.trust_roots_file.as_deref())?,
+            client_tls,
+            trust,
             resolver: Resolver::new(&s2s.static_routes),
             directory,
             metrics: S2sMetrics::register(metrics),

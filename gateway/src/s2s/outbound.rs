@@ -145,19 +145,9 @@ async fn run(shared: Arc<Shared>, domain: String, mut rx: mpsc::Receiver<Command
                 .await
                 .unwrap_or(Err(ConnectError::Timeout));
         let failure = match negotiated {
-            Ok((stream, stream_id, bidi)) => {
+            Ok(opened) => {
                 failures = 0;
-                match session(
-                    &shared,
-                    &domain,
-                    stream,
-                    &stream_id,
-                    bidi,
-                    &mut pending,
-                    &mut rx,
-                )
-                .await
-                {
+                match session(&shared, &domain, opened, &mut pending, &mut rx).await {
                     Ended::Done => None,
                     Ended::Refused(verdict) => {
                         shared.metrics.auth("dialback-out", "refused");
@@ -299,7 +289,7 @@ async fn start_tls(
 /// A peer may offer STARTTLS and then fail the handshake (Prosody does when
 /// it has no certificate for its domain): where TLS is not required, the
 /// stream is opened again without it and dialback alone authenticates.
-async fn negotiate(shared: &Shared, domain: &str) -> Result<(Stream, String, bool), ConnectError> {
+async fn negotiate(shared: &Shared, domain: &str) -> Result<Opened, ConnectError> {
     match negotiate_once(shared, domain, true).await {
         Err(ConnectError::Tls(e)) if !shared.settings.require_tls => {
             tracing::info!(error = %e, "TLS handshake failed; TLS is optional, opening the stream without it");
@@ -313,7 +303,7 @@ async fn negotiate_once(
     shared: &Shared,
     domain: &str,
     use_tls: bool,
-) -> Result<(Stream, String, bool), ConnectError> {
+) -> Result<Opened, ConnectError> {
     let (tcp, direct_tls) = connect_tcp(shared, domain).await?;
     let budget = || ReadBudget::new(shared.settings.max_stanza_bytes);
     let mut transport = if direct_tls {
@@ -376,6 +366,22 @@ async fn negotiate_once(
             .await;
             return Err(ConnectError::TlsRequired);
         }
+        // SASL EXTERNAL with our certificate where the peer offers it;
+        // dialback on the same stream where it refuses.
+        let (mut stream, features, stream_id, sasl) = if tls
+            && shared.server_tls.is_some()
+            && features.sasl_mechanisms.contains("EXTERNAL")
+        {
+            match sasl_external(shared, domain, stream)
+                .await
+                .map_err(|e| negotiation(&e))?
+            {
+                Sasl::Success(stream, features, id) => (stream, features, id, true),
+                Sasl::Refused(stream) => (stream, features, stream_id, false),
+            }
+        } else {
+            (stream, features, stream_id, false)
+        };
         let bidi = features
             .others
             .iter()
@@ -386,9 +392,81 @@ async fn negotiate_once(
                 .await
                 .map_err(|e| negotiation(&e))?;
         }
-        tracing::info!(tls, bidi, stream_id = %stream_id, "s2s stream open");
-        return Ok((stream, stream_id, bidi));
+        tracing::info!(tls, bidi, sasl, stream_id = %stream_id, "s2s stream open");
+        return Ok(Opened {
+            stream,
+            stream_id,
+            bidi,
+            sasl,
+        });
     }
+}
+
+/// A stream ready for authentication (or already authenticated by SASL).
+struct Opened {
+    stream: Stream,
+    /// The id the peer gave the stream (dialback keys are bound to it).
+    stream_id: String,
+    bidi: bool,
+    /// Authenticated by SASL EXTERNAL: no dialback needed.
+    sasl: bool,
+}
+
+enum Sasl {
+    Success(
+        Stream,
+        xmpp_parsers::stream_features::StreamFeatures,
+        String,
+    ),
+    Refused(Stream),
+}
+
+/// RFC 6120 §6 with EXTERNAL (XEP-0178): our certificate speaks for our
+/// domain; on success the stream restarts and is authenticated.
+async fn sasl_external(shared: &Shared, domain: &str, mut stream: Stream) -> std::io::Result<Sasl> {
+    use base64::Engine as _;
+    let auth = Element::builder("auth", wire::NS_SASL)
+        .attr(ncname("mechanism"), "EXTERNAL")
+        .append(base64::engine::general_purpose::STANDARD.encode(shared.domain.as_bytes()))
+        .build();
+    stream.send(&auth).await?;
+    match stream.next().await {
+        Some(Ok(el)) if el.is("success", wire::NS_SASL) => {
+            stream.get_stream().get_ref().expect_header();
+            let mut opened = stream
+                .initiate_reset()
+                .send_header(StreamHeader {
+                    from: Some(shared.domain.clone().into()),
+                    to: Some(domain.to_owned().into()),
+                    id: None,
+                })
+                .await?;
+            let id = opened
+                .take_header()
+                .id
+                .map(|id| id.into_owned())
+                .unwrap_or_default();
+            let (features, stream) = opened
+                .recv_features::<Element>()
+                .await
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            shared.metrics.auth("sasl-external-out", "valid");
+            Ok(Sasl::Success(stream, features, id))
+        }
+        Some(Ok(el)) if el.is("failure", wire::NS_SASL) => {
+            shared.metrics.auth("sasl-external-out", "refused");
+            tracing::info!(reason = ?el.children().next().map(|c| c.name().to_owned()), "SASL EXTERNAL refused; trying dialback");
+            Ok(Sasl::Refused(stream))
+        }
+        other => Err(std::io::Error::other(format!(
+            "unexpected answer to SASL: {other:?}"
+        ))),
+    }
+}
+
+fn ncname(name: &'static str) -> xmpp_parsers::minidom::rxml::NcName {
+    xmpp_parsers::minidom::rxml::NcName::try_from(name)
+        .unwrap_or_else(|_| unreachable!("{name} is an NCName"))
 }
 
 /// Runs an open stream: dialback, verify requests, queued and new stanzas,
@@ -396,24 +474,30 @@ async fn negotiate_once(
 async fn session(
     shared: &Arc<Shared>,
     domain: &str,
-    mut stream: Stream,
-    stream_id: &str,
-    bidi: bool,
+    opened: Opened,
     pending: &mut Pending,
     rx: &mut mpsc::Receiver<Command>,
 ) -> Ended {
     let _open = shared.metrics.stream_open("out");
-    let key = shared.keys.key(domain, &shared.domain, stream_id);
-    let request = Dialback::ResultRequest {
-        from: shared.domain.clone(),
-        to: domain.to_owned(),
-        key,
-    };
-    if let Err(e) = wire::send_dialback(&mut stream, &request).await {
-        return Ended::Lost(e.to_string());
+    let Opened {
+        mut stream,
+        stream_id,
+        bidi,
+        sasl,
+    } = opened;
+    if !sasl {
+        let key = shared.keys.key(domain, &shared.domain, &stream_id);
+        let request = Dialback::ResultRequest {
+            from: shared.domain.clone(),
+            to: domain.to_owned(),
+            key,
+        };
+        if let Err(e) = wire::send_dialback(&mut stream, &request).await {
+            return Ended::Lost(e.to_string());
+        }
     }
     let mut awaiting: HashMap<String, Vec<oneshot::Sender<Verdict>>> = HashMap::new();
-    let mut authenticated = false;
+    let mut authenticated = sasl;
     let mut last_activity = Instant::now();
     let idle = shared.settings.idle_timeout;
     let ended = loop {

@@ -13,10 +13,17 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
+use rustls::client::ResolvesClientCert;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{
+    ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig,
+    SignatureScheme,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -26,18 +33,31 @@ pub enum TlsError {
     Invalid { path: PathBuf, message: String },
 }
 
-/// The inbound side's certificate, reloaded when its files change.
+/// The domain's certificate, reloaded when its files change. It serves
+/// inbound TLS and is our client certificate for SASL EXTERNAL outbound.
 pub struct ServerTls {
     cert_file: PathBuf,
     key_file: PathBuf,
-    current: Mutex<(Option<SystemTime>, Arc<ServerConfig>)>,
+    current: Mutex<Loaded>,
+}
+
+struct Loaded {
+    stamp: Option<SystemTime>,
+    server: Arc<ServerConfig>,
+    key: Arc<CertifiedKey>,
 }
 
 fn modified(path: &Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
-fn load_server_config(cert_file: &Path, key_file: &Path) -> Result<ServerConfig, TlsError> {
+fn provider() -> Arc<CryptoProvider> {
+    CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+}
+
+fn load(cert_file: &Path, key_file: &Path) -> Result<(ServerConfig, CertifiedKey), TlsError> {
     let read_err = |path: &Path, e: rustls::pki_types::pem::Error| TlsError::Read {
         path: path.to_owned(),
         message: e.to_string(),
@@ -53,45 +73,70 @@ fn load_server_config(cert_file: &Path, key_file: &Path) -> Result<ServerConfig,
         });
     }
     let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| read_err(key_file, e))?;
-    let mut config = ServerConfig::builder()
-        .with_no_client_auth()
+    let invalid = |e: rustls::Error| TlsError::Invalid {
+        path: cert_file.to_owned(),
+        message: e.to_string(),
+    };
+    let provider = provider();
+    let certified =
+        CertifiedKey::from_der(certs.clone(), key.clone_key(), &provider).map_err(invalid)?;
+    // Peers may present a certificate (for SASL EXTERNAL); none is required,
+    // and an untrusted one is not a handshake failure: dialback remains.
+    let mut config = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(invalid)?
+        .with_client_cert_verifier(Arc::new(AnyClientCertificate { provider }))
         .with_single_cert(certs, key)
-        .map_err(|e| TlsError::Invalid {
-            path: cert_file.to_owned(),
-            message: e.to_string(),
-        })?;
+        .map_err(invalid)?;
     config.alpn_protocols = vec![b"xmpp-server".to_vec()];
-    Ok(config)
+    Ok((config, certified))
 }
 
 impl ServerTls {
     pub fn load(cert_file: &Path, key_file: &Path) -> Result<Self, TlsError> {
-        let config = load_server_config(cert_file, key_file)?;
+        let (server, key) = load(cert_file, key_file)?;
         Ok(Self {
             cert_file: cert_file.to_owned(),
             key_file: key_file.to_owned(),
-            current: Mutex::new((newest(cert_file, key_file), Arc::new(config))),
+            current: Mutex::new(Loaded {
+                stamp: newest(cert_file, key_file),
+                server: Arc::new(server),
+                key: Arc::new(key),
+            }),
         })
+    }
+
+    /// Our certificate and key, for SASL EXTERNAL on outbound streams.
+    pub fn certified_key(&self) -> Arc<CertifiedKey> {
+        self.refresh().key.clone()
     }
 
     /// The configuration for a new connection; re-reads the files if they changed.
     /// A file that fails to load keeps the previous certificate in service.
     pub fn config(&self) -> Arc<ServerConfig> {
+        self.refresh().server.clone()
+    }
+
+    fn refresh(&self) -> std::sync::MutexGuard<'_, Loaded> {
         let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
         let stamp = newest(&self.cert_file, &self.key_file);
-        if stamp != current.0 {
-            match load_server_config(&self.cert_file, &self.key_file) {
-                Ok(config) => {
+        if stamp != current.stamp {
+            match load(&self.cert_file, &self.key_file) {
+                Ok((server, key)) => {
                     tracing::info!(cert = %self.cert_file.display(), "s2s TLS certificate reloaded");
-                    *current = (stamp, Arc::new(config));
+                    *current = Loaded {
+                        stamp,
+                        server: Arc::new(server),
+                        key: Arc::new(key),
+                    };
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "s2s TLS certificate changed but cannot be loaded; keeping the previous one");
-                    current.0 = stamp;
+                    current.stamp = stamp;
                 }
             }
         }
-        current.1.clone()
+        current
     }
 }
 
@@ -99,35 +144,87 @@ fn newest(a: &Path, b: &Path) -> Option<SystemTime> {
     modified(a).max(modified(b))
 }
 
-/// Client configuration for outbound streams: SNI = the remote domain,
-/// ALPN `xmpp-server`, certificates checked and the verdict recorded.
-pub fn client_config(trust_roots: Option<&Path>) -> Result<Arc<ClientConfig>, TlsError> {
-    let mut roots = RootCertStore::empty();
-    if let Some(path) = trust_roots {
-        for cert in CertificateDer::pem_file_iter(path).map_err(|e| TlsError::Read {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })? {
-            let cert = cert.map_err(|e| TlsError::Read {
+/// The trust roots peers' certificates are checked against: a PEM file, or
+/// the system's roots.
+#[derive(Debug)]
+pub struct TrustStore {
+    roots: Arc<RootCertStore>,
+}
+
+impl TrustStore {
+    pub fn load(trust_roots: Option<&Path>) -> Result<Self, TlsError> {
+        let mut roots = RootCertStore::empty();
+        if let Some(path) = trust_roots {
+            let read = |e: rustls::pki_types::pem::Error| TlsError::Read {
                 path: path.to_owned(),
                 message: e.to_string(),
-            })?;
-            roots.add(cert).map_err(|e| TlsError::Invalid {
-                path: path.to_owned(),
-                message: e.to_string(),
-            })?;
+            };
+            for cert in CertificateDer::pem_file_iter(path).map_err(read)? {
+                roots
+                    .add(cert.map_err(read)?)
+                    .map_err(|e| TlsError::Invalid {
+                        path: path.to_owned(),
+                        message: e.to_string(),
+                    })?;
+            }
+        } else {
+            let native = rustls_native_certs::load_native_certs();
+            let (added, _) = roots.add_parsable_certificates(native.certs);
+            tracing::debug!(added, "system trust roots loaded for s2s");
         }
-    } else {
-        let native = rustls_native_certs::load_native_certs();
-        let (added, _) = roots.add_parsable_certificates(native.certs);
-        tracing::debug!(added, "system trust roots loaded for s2s");
+        Ok(Self {
+            roots: Arc::new(roots),
+        })
     }
-    let provider = rustls::crypto::CryptoProvider::get_default()
-        .cloned()
-        .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()));
+
+    /// Whether `chain` (end entity first) is a certificate for `domain` that
+    /// chains to our roots (RFC 6120 §13.7.2, XEP-0178): what SASL EXTERNAL
+    /// accepts. Either the client or the server usage will do, as s2s
+    /// certificates are issued for one or the other.
+    pub fn valid_for(&self, chain: &[CertificateDer<'_>], domain: &str) -> bool {
+        let Some((end, intermediates)) = chain.split_first() else {
+            return false;
+        };
+        let Ok(cert) = webpki::EndEntityCert::try_from(end) else {
+            return false;
+        };
+        let Ok(name) = ServerName::try_from(domain) else {
+            return false;
+        };
+        let algs = provider().signature_verification_algorithms.all;
+        let now = UnixTime::now();
+        let chains = [
+            webpki::KeyUsage::client_auth(),
+            webpki::KeyUsage::server_auth(),
+        ]
+        .into_iter()
+        .any(|usage| {
+            cert.verify_for_usage(
+                algs,
+                &self.roots.roots,
+                intermediates,
+                now,
+                usage,
+                None,
+                None,
+            )
+            .is_ok()
+        });
+        chains && cert.verify_is_valid_for_subject_name(&name).is_ok()
+    }
+}
+
+/// Client configuration for outbound streams: SNI = the remote domain, ALPN
+/// `xmpp-server`, certificates checked and the verdict recorded, and our
+/// domain's certificate presented for SASL EXTERNAL when we have one.
+pub fn client_config(
+    trust: &TrustStore,
+    ours: Option<Arc<ServerTls>>,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let provider = provider();
     // With no roots at all every certificate is "unverified"; dialback still authenticates.
     let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
-        Arc::new(roots),
+        trust.roots.clone(),
         provider.clone(),
     )
     .build()
@@ -136,17 +233,106 @@ pub fn client_config(trust_roots: Option<&Path>) -> Result<Arc<ClientConfig>, Tl
         inner,
         provider: provider.clone(),
     });
-    let mut config = ClientConfig::builder_with_provider(provider)
+    let builder = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Invalid {
             path: PathBuf::from("(protocol versions)"),
             message: e.to_string(),
         })?
         .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth();
+        .with_custom_certificate_verifier(verifier);
+    let mut config = match ours {
+        Some(ours) => builder.with_client_cert_resolver(Arc::new(OurCertificate(ours))),
+        None => builder.with_no_client_auth(),
+    };
     config.alpn_protocols = vec![b"xmpp-server".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// Presents the domain's current certificate as our client certificate.
+#[derive(Debug)]
+struct OurCertificate(Arc<ServerTls>);
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("cert_file", &self.cert_file)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ResolvesClientCert for OurCertificate {
+    fn resolve(&self, _: &[&[u8]], _: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.certified_key())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// Asks peers for a certificate and takes whatever they present: whether it
+/// proves their domain is decided after the handshake (`TrustStore::valid_for`).
+#[derive(Debug)]
+struct AnyClientCertificate {
+    provider: Arc<CryptoProvider>,
+}
+
+impl ClientCertVerifier for AnyClientCertificate {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
 }
 
 /// Checks the certificate, logs the verdict, and lets the stream continue:

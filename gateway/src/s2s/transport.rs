@@ -87,7 +87,7 @@ pub struct Transport {
     budget: ReadBudget,
     injector: Injector,
     /// Declare `xmlns:db` on the next stream header we write.
-    declare_dialback: bool,
+    declare_dialback: std::sync::atomic::AtomicBool,
     /// Bytes accepted from the writer but not yet written (after a header rewrite).
     pending: Vec<u8>,
 }
@@ -98,7 +98,7 @@ impl Transport {
             inner: Inner::Plain(tcp),
             budget,
             injector: Injector::default(),
-            declare_dialback: true,
+            declare_dialback: std::sync::atomic::AtomicBool::new(true),
             pending: Vec::new(),
         }
     }
@@ -108,7 +108,7 @@ impl Transport {
             inner: Inner::Tls(Box::new(tls)),
             budget,
             injector: Injector::default(),
-            declare_dialback: true,
+            declare_dialback: std::sync::atomic::AtomicBool::new(true),
             pending: Vec::new(),
         }
     }
@@ -135,8 +135,8 @@ impl Transport {
     }
 
     /// A stream restart writes a new header: declare the namespace on it too.
-    pub fn expect_header(&mut self) {
-        self.declare_dialback = true;
+    pub fn expect_header(&self) {
+        self.declare_dialback.store(true, Ordering::Relaxed);
     }
 
     fn poll_write_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -204,10 +204,10 @@ impl AsyncWrite for Transport {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         ready!(this.poll_write_pending(cx))?;
-        if this.declare_dialback
+        if this.declare_dialback.load(Ordering::Relaxed)
             && let Some(rewritten) = declare_dialback(buf)
         {
-            this.declare_dialback = false;
+            this.declare_dialback.store(false, Ordering::Relaxed);
             this.pending = rewritten;
             // The caller's bytes are all taken; they go out through `pending`.
             let _ = this.poll_write_pending(cx)?;

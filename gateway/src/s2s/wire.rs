@@ -16,6 +16,7 @@ use super::transport::{Io, StanzaTooLarge};
 
 pub const NS_STREAM: &str = "http://etherx.jabber.org/streams";
 pub const NS_TLS: &str = "urn:ietf:params:xml:ns:xmpp-tls";
+pub const NS_SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
 pub const NS_BIDI: &str = "urn:xmpp:bidi";
 pub const NS_BIDI_FEATURE: &str = "urn:xmpp:features:bidi";
 
