@@ -89,6 +89,12 @@ pub async fn reconcile(
     let client = &ctx.client;
     let previous = gateway.status.clone().unwrap_or_default();
 
+    // Being deleted: owner references let the garbage collector remove every
+    // child; applying them again now would only fight it.
+    if gateway.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+
     if gateway.spec.paused {
         patch_status(
             &gateway,

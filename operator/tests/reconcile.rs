@@ -529,3 +529,28 @@ async fn a_licence_shortage_runs_only_licensed_replicas_and_says_why() {
     );
     assert_eq!(condition(&status, "Ready")["reason"], "Unlicensed");
 }
+
+#[tokio::test]
+async fn a_gateway_being_deleted_is_left_to_the_garbage_collector() {
+    let mut g = gateway(Some("contoso-tls"), None);
+    g.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::now(),
+    ));
+    let (client, api) = FakeApi::start(World {
+        licence: Some(licence("L-1", 1)),
+        keys_secret_exists: true,
+        ..World::default()
+    });
+    let action = reconcile(Arc::new(g), context(client)).await.unwrap();
+    assert_eq!(action, kube::runtime::controller::Action::await_change());
+    let writes: Vec<String> = api
+        .requests()
+        .into_iter()
+        .filter(|r| r.method != Method::GET)
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    assert!(
+        writes.is_empty(),
+        "a deleted gateway's children were touched: {writes:?}"
+    );
+}

@@ -68,7 +68,7 @@ async fn serve(shared: Arc<Shared>, tcp: TcpStream) {
                     accept_stream(
                         BufStream::new(transport),
                         stanza::JABBER_SERVER,
-                        wire::timeouts(shared.settings.keepalive),
+                        wire::timeouts(shared.settings.keepalive, shared.settings.idle_timeout),
                     ),
                 )
                 .await
@@ -281,14 +281,12 @@ async fn serve(shared: Arc<Shared>, tcp: TcpStream) {
                         }
                     }
                 },
+                // Stanzas for the peer on this bidi stream (counted by the sender).
                 Some(element) = bidi_rx.recv() => {
                     if stream.send(&element).await.is_err() {
                         break None;
                     }
-                    if let Some(domain) = element.attr("to").and_then(|to| to.rsplit('@').next()) {
-                        let kind = match element.name() { "message" => "message", "presence" => "presence", _ => "iq" };
-                        shared.metrics.stanza_out(domain.split('/').next().unwrap_or(domain), kind);
-                    }
+                    last_stanza = Instant::now();
                 }
                 _ = tokio::time::sleep_until(idle_at) => {
                     tracing::info!("closing idle inbound stream");

@@ -323,7 +323,7 @@ async fn negotiate_once(
                 to: Some(domain.to_owned().into()),
                 id: None,
             },
-            wire::timeouts(shared.settings.keepalive),
+            wire::timeouts(shared.settings.keepalive, wire::OUTBOUND_DEAD_AFTER),
         )
         .await
         .map_err(|e| negotiation(&e))?;

@@ -23,13 +23,22 @@ pub const NS_BIDI_FEATURE: &str = "urn:xmpp:features:bidi";
 /// An established XML stream carrying any element.
 pub type Stream = XmlStream<Io, Element>;
 
-/// Soft read timeout: when it fires, a keepalive goes out; the hard one ends the stream.
-pub fn timeouts(keepalive: Duration) -> Timeouts {
+/// Read timeouts of a stream. After `keepalive` of silence a whitespace
+/// keepalive goes out (and silence in the middle of a stanza ends the
+/// stream); after `dead_after` more without a byte the stream is dead.
+///
+/// Inbound streams are dead after the idle timeout. Outbound streams are
+/// not judged by what they read: a peer without bidi never writes on them,
+/// however busy they are. Failed keepalive writes end them instead.
+pub fn timeouts(keepalive: Duration, dead_after: Duration) -> Timeouts {
     Timeouts {
         read_timeout: keepalive,
-        response_timeout: keepalive.max(Duration::from_secs(10)) * 2,
+        response_timeout: dead_after,
     }
 }
+
+/// `dead_after` for outbound streams: in effect never.
+pub const OUTBOUND_DEAD_AFTER: Duration = Duration::from_secs(7 * 24 * 3600);
 
 pub fn stream_error(condition: DefinedCondition, text: &str) -> StreamError {
     StreamError::new(condition, "en", text)
