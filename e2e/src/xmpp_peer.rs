@@ -13,19 +13,25 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
-/// Answers every dialback request with `valid`; runs until dropped.
+/// Answers every dialback request with one verdict; runs until dropped.
 pub struct Authoritative {
     pub port: u16,
     task: JoinHandle<()>,
 }
 
 impl Authoritative {
+    /// Says `valid` to every key.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with("valid").await
+    }
+
+    /// Says `verdict` (`valid`, `invalid`) to every key.
+    pub async fn start_with(verdict: &'static str) -> anyhow::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let port = listener.local_addr()?.port();
         let task = tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
-                tokio::spawn(answer_valid(tcp));
+                tokio::spawn(answer(tcp, verdict));
             }
         });
         Ok(Self { port, task })
@@ -49,9 +55,9 @@ fn attr<'a>(element: &'a str, name: &str) -> Option<&'a str> {
     None
 }
 
-/// Serves one connection from the gateway: header, features, then `valid`
-/// for each `<db:result/>` and `<db:verify/>`.
-async fn answer_valid(mut tcp: TcpStream) {
+/// Serves one connection from the gateway: header, features, then `verdict`
+/// for each `<db:verify/>` (and `valid` for the gateway's own `<db:result/>`).
+async fn answer(mut tcp: TcpStream, verdict: &'static str) {
     let mut buf = String::new();
     let mut chunk = [0u8; 8192];
     let mut opened = false;
@@ -110,7 +116,7 @@ async fn answer_valid(mut tcp: TcpStream) {
             );
             let answer = if element.contains("verify") {
                 let id = attr(&element, "id").unwrap_or_default();
-                format!("<db:verify from='{to}' to='{from}' id='{id}' type='valid'/>")
+                format!("<db:verify from='{to}' to='{from}' id='{id}' type='{verdict}'/>")
             } else {
                 format!("<db:result from='{to}' to='{from}' type='valid'/>")
             };
@@ -172,6 +178,8 @@ impl RawPeer {
             "<db:result from='{from}' to='{to}'>any-key</db:result>"
         ))
         .await?;
+        // Only what arrives after our request counts as its answer.
+        let before = peer.received.len();
         let verdicts = [
             "type='valid'",
             "type=\"valid\"",
@@ -180,11 +188,12 @@ impl RawPeer {
             "</stream:stream>",
         ];
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while !verdicts.iter().any(|v| peer.received.contains(v)) {
+        while !verdicts.iter().any(|v| peer.received[before..].contains(v)) {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             peer.read_more(left).await?;
         }
-        if !peer.received.contains("type='valid'") && !peer.received.contains("type=\"valid\"") {
+        let answer = &peer.received[before..];
+        if !answer.contains("type='valid'") && !answer.contains("type=\"valid\"") {
             bail!("dialback not accepted: {}", peer.received);
         }
         Ok(peer)

@@ -310,3 +310,46 @@ async fn unreachable_domains_bounce_and_unlisted_ones_get_nothing() {
             .contains("s2s_bounced_stanzas_total{condition=\"remote-server-not-found\"} 3")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_its_authoritative_server_rejects_authenticates_nobody() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let authoritative = Authoritative::start_with("invalid").await.unwrap();
+    let mut config = GatewayConfig::from_toml_str(&format!(
+        "[xmpp]\ndomain = \"{DOMAIN}\"\n[s2s]\nlisten = \"127.0.0.1:0\"\nrequire_tls = false\n\
+         [allow]\nremote_domains = [\"good.test\"]\n"
+    ))
+    .unwrap();
+    config.s2s.static_routes = vec![StaticRoute {
+        domain: "good.test".into(),
+        host: "127.0.0.1".into(),
+        port: authoritative.port,
+    }];
+    let metrics = xmppfed_telemetry::Metrics::new("test", "0");
+    let (s2s, mut rx) = S2s::bind(&config, Arc::new(AnyUser), &metrics)
+        .await
+        .unwrap();
+    let port = s2s.local_addr().unwrap().port();
+    tokio::spawn(s2s.serve(std::future::pending()));
+
+    let mut forger = RawPeer::open(port, "good.test", DOMAIN).await.unwrap();
+    forger
+        .send("<db:result from='good.test' to='teams.test'>forged-key</db:result>")
+        .await
+        .unwrap();
+    let text = forger.read_to_close(Duration::from_secs(15)).await.unwrap();
+    assert!(
+        text.contains("type='invalid'"),
+        "no invalid verdict: {text}"
+    );
+    assert!(
+        text.contains("<not-authorized xmlns='urn:ietf:params:xml:ns:xmpp-streams'"),
+        "{text}"
+    );
+    assert!(
+        metrics
+            .encode()
+            .contains("s2s_authentications_total{method=\"dialback-in\",outcome=\"invalid\"} 1")
+    );
+    assert!(rx.try_recv().is_err());
+}

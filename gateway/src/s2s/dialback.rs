@@ -162,6 +162,10 @@ impl Dialback {
         let from = attr("from")?;
         let to = attr("to")?;
         let verdict = Verdict::parse(element.attr("type"));
+        // A type we do not know is neither a request nor an answer.
+        if verdict.is_none() && element.attr("type").is_some() {
+            return Err(DialbackParseError("type"));
+        }
         match (element.name(), verdict) {
             ("result", None) => Ok(Dialback::ResultRequest {
                 from,
@@ -206,6 +210,14 @@ impl Dialback {
             Dialback::ResultRequest { key, .. } => {
                 out.push_str(&format!(">{}</db:result>", escape(key)))
             }
+            // XEP-0220 §2.4: an error verdict says why.
+            Dialback::ResultAnswer {
+                verdict: Verdict::Error,
+                ..
+            } => out.push_str(
+                " type='error'><error type='cancel'><remote-server-not-found \
+                 xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></db:result>",
+            ),
             Dialback::ResultAnswer { verdict, .. } => {
                 out.push_str(&format!(" type='{}'/>", verdict.as_str()))
             }

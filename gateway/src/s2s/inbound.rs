@@ -6,10 +6,11 @@
 //! verifying another (Prosody sends `<db:verify/>` for our stream on the
 //! connection it opened to us).
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use rustls::pki_types::CertificateDer;
 use tokio::io::{AsyncWriteExt, BufStream};
 use tokio::net::TcpStream;
@@ -21,15 +22,24 @@ use xmpp_parsers::stream_error::DefinedCondition;
 
 use super::dialback::{self, Dialback, Verdict};
 use super::services::{self, Handled};
-use super::stanza;
+use super::stanza::{self, Stanza};
 use super::transport::{Io, ReadBudget, Transport};
 use super::wire::{self, ReadFailure, Whitespace};
 use super::{S2sSender, Shared, metrics};
 
 /// What the verification tasks and bidi senders tell the connection.
 enum Event {
-    Verified { domain: String, verdict: Verdict },
+    /// The authoritative server's verdict on a `<db:result/>` sent on the
+    /// stream with this id (a later stream on the connection ignores it).
+    Verified {
+        stream_id: String,
+        domain: String,
+        verdict: Verdict,
+    },
 }
+
+/// Dialback verifications one connection may have outstanding at once.
+const MAX_VERIFYING: usize = 8;
 
 /// An error that ends the stream: the condition and a text for the peer.
 pub type StreamFault = (DefinedCondition, String);
@@ -54,7 +64,8 @@ async fn serve(shared: Arc<Shared>, tcp: TcpStream) {
     let mut peer_chain: Vec<CertificateDer<'static>> = Vec::new();
     let mut sasl_done = false;
     let (events_tx, mut events) = mpsc::channel::<Event>(64);
-    let (bidi_tx, mut bidi_rx) = mpsc::channel::<Element>(1024);
+    let (bidi_tx, mut bidi_rx) = mpsc::channel::<Stanza>(1024);
+    let mut verifying: HashSet<String> = HashSet::new();
     let mut authenticated: Vec<String> = Vec::new();
     let mut bidi = false;
     let mut first_header = true;
@@ -167,14 +178,19 @@ async fn serve(shared: Arc<Shared>, tcp: TcpStream) {
                             let Some(server_tls) = shared.server_tls.as_ref().filter(|_| !tls) else {
                                 break Some((DefinedCondition::PolicyViolation, "STARTTLS is not offered on this stream".into()));
                             };
-                            if stream.send(&Element::bare("proceed", wire::NS_TLS)).await.is_err() {
+                            if wire::send(&mut stream, &Element::bare("proceed", wire::NS_TLS)).await.is_err() {
                                 return;
                             }
                             let Some(tcp) = stream.into_inner().into_inner().into_tcp() else { return };
-                            match tokio_rustls::TlsAcceptor::from(server_tls.config()).accept(tcp).await {
+                            let handshake = tokio_rustls::TlsAcceptor::from(server_tls.config()).accept(tcp);
+                            match tokio::time::timeout(shared.settings.connect_timeout, handshake).await.unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into())) {
                                 Ok(stream) => {
                                     peer_chain = stream.get_ref().1.peer_certificates().map(<[_]>::to_vec).unwrap_or_default();
                                     tls = true;
+                                    // RFC 6120 §5.4.3.3: nothing learnt before TLS carries over.
+                                    authenticated.clear();
+                                    verifying.clear();
+                                    bidi = false;
                                     next = Next::Open(Transport::tls(
                                         tokio_rustls::TlsStream::Server(stream),
                                         ReadBudget::new(shared.settings.max_stanza_bytes),
@@ -191,6 +207,9 @@ async fn serve(shared: Arc<Shared>, tcp: TcpStream) {
                                 Ok(domain) => {
                                     shared.metrics.auth("sasl-external-in", "valid");
                                     tracing::info!(%domain, "peer authenticated by SASL EXTERNAL");
+                                    if bidi {
+                                        shared.set_bidi_route(&domain, Some(bidi_tx.clone()));
+                                    }
                                     if !authenticated.contains(&domain) {
                                         authenticated.push(domain);
                                     }
@@ -214,7 +233,7 @@ async fn serve(shared: Arc<Shared>, tcp: TcpStream) {
                                     let failure = Element::builder("failure", wire::NS_SASL)
                                         .append(Element::bare("not-authorized", wire::NS_SASL))
                                         .build();
-                                    if stream.send(&failure).await.is_err() {
+                                    if wire::send(&mut stream, &failure).await.is_err() {
                                         return;
                                     }
                                 }
@@ -225,7 +244,7 @@ async fn serve(shared: Arc<Shared>, tcp: TcpStream) {
                             if shared.settings.require_tls && !tls {
                                 break Some((DefinedCondition::PolicyViolation, "TLS is required before dialback".into()));
                             }
-                            match on_dialback(&shared, &element, &stream_id, &events_tx) {
+                            match on_dialback(&shared, &element, &stream_id, &events_tx, &mut verifying) {
                                 Ok(Some(answer)) => {
                                     if wire::send_dialback(&mut stream, &answer).await.is_err() {
                                         return;
@@ -251,7 +270,7 @@ async fn serve(shared: Arc<Shared>, tcp: TcpStream) {
                     }
                     Some(Err(e)) => match wire::classify(e) {
                         ReadFailure::Timeout => {
-                            if stream.send(&Whitespace).await.is_err() {
+                            if wire::send(&mut stream, &Whitespace).await.is_err() {
                                 break None;
                             }
                         }
@@ -261,7 +280,11 @@ async fn serve(shared: Arc<Shared>, tcp: TcpStream) {
                     None => break None,
                 },
                 Some(event) = events.recv() => match event {
-                    Event::Verified { domain, verdict } => {
+                    Event::Verified { stream_id: for_stream, domain, verdict } => {
+                        verifying.remove(&domain);
+                        if for_stream != stream_id {
+                            continue;
+                        }
                         let answer = Dialback::ResultAnswer { from: shared.domain.clone(), to: domain.clone(), verdict };
                         if wire::send_dialback(&mut stream, &answer).await.is_err() {
                             return;
@@ -282,8 +305,11 @@ async fn serve(shared: Arc<Shared>, tcp: TcpStream) {
                     }
                 },
                 // Stanzas for the peer on this bidi stream (counted by the sender).
-                Some(element) = bidi_rx.recv() => {
-                    if stream.send(&element).await.is_err() {
+                Some(stanza) = bidi_rx.recv() => {
+                    let element = stanza::to_wire(stanza::duplicate(&stanza));
+                    if wire::send(&mut stream, &element).await.is_err() {
+                        // Not lost: our own outbound stream takes it.
+                        reroute(&shared, stanza);
                         break None;
                     }
                     last_stanza = Instant::now();
@@ -294,6 +320,8 @@ async fn serve(shared: Arc<Shared>, tcp: TcpStream) {
                 }
             }
         };
+        // No new stanza is routed here from now on; those already queued go
+        // through our own outbound stream instead.
         for domain in &authenticated {
             if shared
                 .bidi_route(domain)
@@ -302,6 +330,10 @@ async fn serve(shared: Arc<Shared>, tcp: TcpStream) {
                 shared.set_bidi_route(domain, None);
             }
         }
+        bidi_rx.close();
+        while let Ok(stanza) = bidi_rx.try_recv() {
+            reroute(&shared, stanza);
+        }
         match fault {
             Some((condition, text)) => {
                 tracing::info!(%condition, %text, "ending inbound stream with an error");
@@ -309,7 +341,7 @@ async fn serve(shared: Arc<Shared>, tcp: TcpStream) {
                 wire::close_with_error(&mut stream, condition, &text).await;
             }
             None => {
-                let _ = stream.shutdown().await;
+                let _ = tokio::time::timeout(wire::WRITE_TIMEOUT, stream.shutdown()).await;
             }
         }
         return;
@@ -365,6 +397,7 @@ fn on_dialback(
     element: &Element,
     stream_id: &str,
     events: &mpsc::Sender<Event>,
+    verifying: &mut HashSet<String>,
 ) -> Result<Option<Dialback>, StreamFault> {
     let request =
         Dialback::parse(element).map_err(|e| (DefinedCondition::InvalidXml, e.to_string()))?;
@@ -397,13 +430,29 @@ fn on_dialback(
                     format!("{from} is not allowed to federate with {to}"),
                 ));
             }
+            // One verification per domain at a time, and a few per connection:
+            // each costs a round trip to the authoritative server.
+            if verifying.contains(&from) {
+                return Ok(None);
+            }
+            if verifying.len() >= MAX_VERIFYING {
+                return Err((
+                    DefinedCondition::PolicyViolation,
+                    "too many dialback requests at once".into(),
+                ));
+            }
+            verifying.insert(from.clone());
             let outbound = shared.outbound(&from);
             let id = stream_id.to_owned();
             let events = events.clone();
+            let deadline = shared.settings.connect_timeout * 2;
             tokio::spawn(async move {
-                let verdict = outbound.verify(id, key).await;
+                let verdict = tokio::time::timeout(deadline, outbound.verify(id.clone(), key))
+                    .await
+                    .unwrap_or(Verdict::Error);
                 let _ = events
                     .send(Event::Verified {
+                        stream_id: id,
                         domain: from,
                         verdict,
                     })
@@ -439,8 +488,13 @@ pub async fn dispatch(
             format!("{from_domain} was not authenticated on this stream"),
         ));
     }
-    let to_domain = element.attr("to").map(bare_domain);
-    if to_domain.as_deref() != Some(shared.domain.as_str()) {
+    let Some(to_domain) = element.attr("to").map(bare_domain) else {
+        return Err((
+            DefinedCondition::ImproperAddressing,
+            "stanza without a to address".into(),
+        ));
+    };
+    if to_domain != shared.domain {
         return Err((
             DefinedCondition::HostUnknown,
             format!("this server serves {}", shared.domain),
@@ -463,20 +517,26 @@ pub async fn dispatch(
     };
     shared
         .metrics
-        .stanza_in(&from_domain, metrics::kind(&stanza));
+        .stanza_in(&shared.domain_label(&from_domain), metrics::kind(&stanza));
     match services::handle(&shared.domain, shared.directory.as_ref(), stanza) {
-        Handled::Answered(Some(reply)) => {
-            let sender = S2sSender {
-                shared: shared.clone(),
-            };
-            if let Err(e) = sender.send(reply).await {
-                tracing::debug!(error = %e, "reply not sent");
-            }
-        }
+        Handled::Answered(Some(reply)) => reroute(shared, reply),
         Handled::Answered(None) => {}
         Handled::Bridge(stanza) => shared.deliver(stanza).await,
     }
     Ok(())
+}
+
+/// Sends a stanza from a task of its own: the stream task that calls this
+/// must never wait on a queue that only it (or the bridge) empties.
+pub fn reroute(shared: &Arc<Shared>, stanza: Stanza) {
+    let sender = S2sSender {
+        shared: shared.clone(),
+    };
+    tokio::spawn(async move {
+        if let Err(e) = sender.send(stanza).await {
+            tracing::debug!(error = %e, "stanza not sent");
+        }
+    });
 }
 
 /// `user@domain/resource` → `domain`, lower-cased.

@@ -66,6 +66,10 @@ pub enum SendError {
     NotAllowed(String),
     #[error("{0} is our own domain")]
     LocalDomain(String),
+    #[error("the sender {0} is not of our domain")]
+    ForeignSender(String),
+    #[error("too many stanzas are queued for {0}; try again later")]
+    Busy(String),
     #[error("the s2s layer is shutting down")]
     Closed,
 }
@@ -113,7 +117,7 @@ pub(crate) struct Shared {
     /// Outbound streams by remote domain.
     pub outbound: Mutex<HashMap<String, Outbound>>,
     /// Inbound bidirectional streams (XEP-0288) we may send on, by remote domain.
-    pub bidi: Mutex<HashMap<String, mpsc::Sender<Element>>>,
+    pub bidi: Mutex<HashMap<String, mpsc::Sender<Stanza>>>,
 }
 
 impl Shared {
@@ -125,6 +129,8 @@ impl Shared {
     }
 
     /// Bounces a stanza we could not deliver back to the bridge as an error.
+    /// Delivered from a task of its own: the stream task that bounces must
+    /// never wait on the bridge, which may be waiting on that stream.
     pub async fn bounce(
         self: &Arc<Self>,
         stanza: &Stanza,
@@ -134,7 +140,8 @@ impl Shared {
         let name = condition_name(&condition);
         if let Some(reply) = stanza::error_reply(stanza, condition, ErrorType::Cancel, text) {
             self.metrics.bounced(&name);
-            self.deliver(reply).await;
+            let shared = self.clone();
+            tokio::spawn(async move { shared.deliver(reply).await });
         }
     }
 
@@ -157,12 +164,20 @@ impl Shared {
         }
     }
 
-    pub fn bidi_route(&self, domain: &str) -> Option<mpsc::Sender<Element>> {
+    /// The metrics label for a remote domain: the allow-list entry it matched,
+    /// so that a wildcard's owner cannot grow our label set without bound.
+    pub fn domain_label(&self, domain: &str) -> String {
+        self.allow
+            .matching(domain)
+            .unwrap_or_else(|| "other".to_owned())
+    }
+
+    pub fn bidi_route(&self, domain: &str) -> Option<mpsc::Sender<Stanza>> {
         let routes = self.bidi.lock().unwrap_or_else(|p| p.into_inner());
         routes.get(domain).filter(|tx| !tx.is_closed()).cloned()
     }
 
-    pub fn set_bidi_route(&self, domain: &str, tx: Option<mpsc::Sender<Element>>) {
+    pub fn set_bidi_route(&self, domain: &str, tx: Option<mpsc::Sender<Stanza>>) {
         let mut routes = self.bidi.lock().unwrap_or_else(|p| p.into_inner());
         match tx {
             Some(tx) => {
@@ -187,34 +202,52 @@ pub struct S2sSender {
 }
 
 impl S2sSender {
-    /// Queues `stanza` for its recipient's domain. Delivery failures come back
-    /// to the bridge as error stanzas; refusals are returned here.
+    /// Queues `stanza` for its recipient's domain without waiting. Delivery
+    /// failures come back to the bridge as error stanzas; refusals (not
+    /// allowed, a full queue) are returned here.
     pub async fn send(&self, stanza: Stanza) -> Result<(), SendError> {
+        let shared = &self.shared;
         let to = stanza::to(&stanza).ok_or(SendError::NoRecipient)?;
         let domain = wire::domain_of(to);
-        if domain == self.shared.domain {
+        if domain == shared.domain {
             return Err(SendError::LocalDomain(domain));
         }
-        if !self.shared.allow.allows(&domain) {
-            self.shared.metrics.refused("out");
+        // A foreign sender would make the peer end the stream for everyone.
+        let from = stanza::from(&stanza)
+            .map(wire::domain_of)
+            .unwrap_or_default();
+        if from != shared.domain {
+            return Err(SendError::ForeignSender(from));
+        }
+        if !shared.allow.allows(&domain) {
+            shared.metrics.refused("out");
             return Err(SendError::NotAllowed(domain));
         }
-        if let Some(route) = self.shared.bidi_route(&domain) {
+        let mut stanza = stanza;
+        if let Some(route) = shared.bidi_route(&domain) {
             let kind = metrics::kind(&stanza);
-            if route
-                .send(stanza::to_wire(stanza::duplicate(&stanza)))
-                .await
-                .is_ok()
-            {
-                self.shared.metrics.stanza_out(&domain, kind);
-                return Ok(());
+            match route.try_send(stanza) {
+                Ok(()) => {
+                    shared
+                        .metrics
+                        .stanza_out(&shared.domain_label(&domain), kind);
+                    return Ok(());
+                }
+                // A busy or closing bidi stream: our own outbound stream takes it.
+                Err(mpsc::error::TrySendError::Full(s) | mpsc::error::TrySendError::Closed(s)) => {
+                    stanza = s
+                }
             }
         }
-        self.shared
-            .outbound(&domain)
-            .send(stanza)
-            .await
-            .map_err(|_| SendError::Closed)
+        // A stream task that has just ended is replaced once.
+        for _ in 0..2 {
+            match shared.outbound(&domain).try_send(stanza) {
+                Ok(()) => return Ok(()),
+                Err(outbound::Refused::Full) => return Err(SendError::Busy(domain)),
+                Err(outbound::Refused::Closed(s)) => stanza = *s,
+            }
+        }
+        Err(SendError::Closed)
     }
 }
 

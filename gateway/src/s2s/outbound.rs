@@ -40,6 +40,14 @@ pub enum Command {
     },
 }
 
+/// Why a stanza was not queued.
+pub enum Refused {
+    /// The queue is full: the caller (the bridge's durable outbox) retries later.
+    Full,
+    /// The stream task has ended: the stanza comes back for a new one.
+    Closed(Box<Stanza>),
+}
+
 /// A handle on one remote domain's outbound stream task.
 #[derive(Clone)]
 pub struct Outbound {
@@ -66,14 +74,19 @@ impl Outbound {
         self.tx.same_channel(&other.tx)
     }
 
-    /// Queues a stanza; gives it back if this stream's task has ended.
-    pub async fn send(&self, stanza: Stanza) -> Result<(), Stanza> {
+    /// Queues a stanza without waiting; gives it back when the queue is full
+    /// or this stream's task has ended.
+    pub fn try_send(&self, stanza: Stanza) -> Result<(), Refused> {
+        use mpsc::error::TrySendError;
         self.tx
-            .send(Command::Send(Box::new(stanza)))
-            .await
-            .map_err(|e| match e.0 {
-                Command::Send(s) => *s,
-                Command::Verify { .. } => unreachable!("sent a Send"),
+            .try_send(Command::Send(Box::new(stanza)))
+            .map_err(|e| match e {
+                TrySendError::Full(Command::Send(_)) => Refused::Full,
+                TrySendError::Closed(Command::Send(s)) => Refused::Closed(s),
+                TrySendError::Full(Command::Verify { .. })
+                | TrySendError::Closed(Command::Verify { .. }) => {
+                    unreachable!("sent a Send")
+                }
             })
     }
 
@@ -382,10 +395,13 @@ async fn negotiate_once(
         } else {
             (stream, features, stream_id, false)
         };
-        let bidi = features
-            .others
-            .iter()
-            .any(|f| f.is("bidi", wire::NS_BIDI_FEATURE));
+        // Bidi only where the stream is encrypted: stanzas the peer sends on
+        // it are then taken as from the domain we resolved and connected to.
+        let bidi = tls
+            && features
+                .others
+                .iter()
+                .any(|f| f.is("bidi", wire::NS_BIDI_FEATURE));
         if bidi {
             stream
                 .send(&Element::bare("bidi", wire::NS_BIDI))
@@ -499,6 +515,8 @@ async fn session(
     let mut awaiting: HashMap<String, Vec<oneshot::Sender<Verdict>>> = HashMap::new();
     let mut authenticated = sasl;
     let mut last_activity = Instant::now();
+    // A peer that never answers our dialback key must not hold the queue.
+    let auth_deadline = Instant::now() + shared.settings.connect_timeout;
     let idle = shared.settings.idle_timeout;
     let ended = loop {
         // Requests from the inbound side go out now, whatever our own state.
@@ -518,15 +536,16 @@ async fn session(
         if authenticated {
             while let Some(stanza) = pending.stanzas.pop_front() {
                 let kind = metrics::kind(&stanza);
-                if stream
-                    .send(&stanza::to_wire(stanza::duplicate(&stanza)))
+                if wire::send(&mut stream, &stanza::to_wire(stanza::duplicate(&stanza)))
                     .await
                     .is_err()
                 {
                     pending.stanzas.push_front(stanza);
                     break;
                 }
-                shared.metrics.stanza_out(domain, kind);
+                shared
+                    .metrics
+                    .stanza_out(&shared.domain_label(domain), kind);
                 last_activity = Instant::now();
             }
         }
@@ -555,8 +574,8 @@ async fn session(
                         }
                     } else if stanza::is_stanza(&element) {
                         last_activity = Instant::now();
-                        if !bidi {
-                            wire::close_with_error(&mut stream, xmpp_parsers::stream_error::DefinedCondition::UnsupportedStanzaType, "stanzas on our outbound stream need XEP-0288 bidi").await;
+                        if !bidi || !authenticated {
+                            wire::close_with_error(&mut stream, xmpp_parsers::stream_error::DefinedCondition::UnsupportedStanzaType, "stanzas on our outbound stream need XEP-0288 bidi and authentication").await;
                             break Ended::Lost("peer sent a stanza without bidi".into());
                         }
                         // With bidi the peer is the domain we resolved and connected to.
@@ -578,7 +597,7 @@ async fn session(
                 }
                 Some(Err(e)) => match wire::classify(e) {
                     ReadFailure::Timeout => {
-                        if stream.send(&Whitespace).await.is_err() {
+                        if wire::send(&mut stream, &Whitespace).await.is_err() {
                             break Ended::Lost("keepalive failed".into());
                         }
                     }
@@ -594,13 +613,17 @@ async fn session(
             cmd = rx.recv() => match cmd {
                 Some(cmd) => take(shared, pending, cmd).await,
                 None => {
-                    let _ = stream.shutdown().await;
+                    let _ = tokio::time::timeout(wire::WRITE_TIMEOUT, stream.shutdown()).await;
                     break Ended::Done;
                 }
             },
+            _ = tokio::time::sleep_until(auth_deadline), if !authenticated => {
+                tracing::info!("no answer to our dialback key in time");
+                break Ended::Lost(format!("{domain} did not answer our dialback key in time"));
+            }
             _ = tokio::time::sleep_until(idle_at), if authenticated && pending.is_empty() && awaiting.is_empty() => {
                 tracing::info!("closing idle s2s stream");
-                let _ = stream.shutdown().await;
+                let _ = tokio::time::timeout(wire::WRITE_TIMEOUT, stream.shutdown()).await;
                 break Ended::Done;
             }
         }

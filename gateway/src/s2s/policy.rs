@@ -27,6 +27,19 @@ impl AllowList {
         patterns.iter().any(|p| p.matches(domain))
     }
 
+    /// The entry that allows `domain`, as written in the configuration.
+    pub fn matching(&self, domain: &str) -> Option<String> {
+        let patterns = self
+            .patterns
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        patterns
+            .iter()
+            .find(|p| p.matches(domain))
+            .map(ToString::to_string)
+    }
+
     /// Replaces the list; streams check it again on their next stanza.
     pub fn replace(&self, patterns: Vec<DomainPattern>) {
         *self.patterns.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(patterns);
@@ -48,6 +61,11 @@ mod tests {
         assert!(list.allows("chat.partner.test"));
         assert!(!list.allows("partner.test"));
         assert!(!list.allows("evil.test"));
+        assert_eq!(
+            list.matching("a.chat.partner.test").as_deref(),
+            Some("*.partner.test")
+        );
+        assert_eq!(list.matching("evil.test"), None);
         list.replace(vec!["evil.test".parse().unwrap()]);
         assert!(list.allows("evil.test"));
         assert!(!list.allows("xmpp.test"));

@@ -44,13 +44,28 @@ pub fn stream_error(condition: DefinedCondition, text: &str) -> StreamError {
     StreamError::new(condition, "en", text)
 }
 
+/// How long a peer may take to accept what we write before the stream is
+/// considered dead: a peer that stops reading must not hold our tasks.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn timed_out() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::TimedOut, "the peer does not read")
+}
+
+/// Writes one element (and flushes), within [`WRITE_TIMEOUT`].
+pub async fn send<T: xso::AsXml>(stream: &mut Stream, item: &T) -> std::io::Result<()> {
+    tokio::time::timeout(WRITE_TIMEOUT, stream.send(item))
+        .await
+        .unwrap_or_else(|_| Err(timed_out()))
+}
+
 /// Sends a stream error and closes our side of the stream.
 pub async fn close_with_error(stream: &mut Stream, condition: DefinedCondition, text: &str) {
     let error = stream_error(condition, text);
-    if let Err(e) = stream.send(&error).await {
+    if let Err(e) = send(stream, &error).await {
         tracing::debug!(error = %e, "stream error not delivered");
     }
-    let _ = stream.shutdown().await;
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, stream.shutdown()).await;
 }
 
 /// Sends a dialback element with its literal `db:` prefix (see `Injector`).
@@ -58,14 +73,19 @@ pub async fn send_dialback(
     stream: &mut Stream,
     element: &super::dialback::Dialback,
 ) -> std::io::Result<()> {
-    // Everything the XML writer holds goes out first, so the order is kept.
-    SinkExt::<&Element>::flush(stream).await?;
-    stream
-        .get_stream()
-        .get_ref()
-        .injector()
-        .push(element.to_wire().as_bytes());
-    SinkExt::<&Element>::flush(stream).await
+    let write = async {
+        // Everything the XML writer holds goes out first, so the order is kept.
+        SinkExt::<&Element>::flush(stream).await?;
+        stream
+            .get_stream()
+            .get_ref()
+            .injector()
+            .push(element.to_wire().as_bytes());
+        SinkExt::<&Element>::flush(stream).await
+    };
+    tokio::time::timeout(WRITE_TIMEOUT, write)
+        .await
+        .unwrap_or_else(|_| Err(timed_out()))
 }
 
 /// One space between stanzas: RFC 6120 §4.6.1 whitespace keepalive.
