@@ -2,7 +2,7 @@
 //! `kube::Client` whose requests are answered from an object store keyed by
 //! path. Server-side apply stores the body (and answers with it), GET returns
 //! what is stored or 404, list returns a collection's items, POST creates, DELETE
-//! removes. StatefulSets report all their replicas ready.
+//! removes, PUT replaces what exists. StatefulSets report all their replicas ready.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -122,6 +122,13 @@ impl FakeKubeApi {
                     .to_owned();
                 objects.insert(format!("{path}/{name}"), body.clone());
                 (StatusCode::CREATED, body)
+            }
+            "PUT" => {
+                if !objects.contains_key(path) {
+                    return not_found();
+                }
+                objects.insert(path.to_owned(), body.clone());
+                (StatusCode::OK, body)
             }
             "DELETE" => match objects.remove(path) {
                 Some(_) => (

@@ -7,6 +7,7 @@
 pub mod build;
 pub mod crd;
 pub mod crdgen;
+pub mod leader;
 pub mod licensing;
 pub mod plan;
 pub mod policy;

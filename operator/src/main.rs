@@ -25,6 +25,13 @@ struct Cli {
     /// Log filter used when RUST_LOG is unset.
     #[arg(long, env = "XMPPFED_LOG_LEVEL", default_value = "info")]
     log_level: String,
+    /// Run several replicas: only the holder of this Lease (in POD_NAMESPACE)
+    /// reconciles; the others wait to take over.
+    #[arg(long, env = "XMPPFED_LEADER_ELECTION_LEASE")]
+    leader_election_lease: Option<String>,
+    /// Seconds without renewal after which another replica takes the Lease.
+    #[arg(long, env = "XMPPFED_LEADER_ELECTION_SECONDS", default_value_t = 15)]
+    leader_election_seconds: u64,
 }
 
 fn main() -> ExitCode {
@@ -50,13 +57,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let result = runtime.block_on(serve(cli.admin_listen, cli.licence_public_key));
+    let election = match &cli.leader_election_lease {
+        Some(lease) => Some(xmppfed_operator::leader::Election {
+            lease: lease.clone(),
+            namespace: std::env::var("POD_NAMESPACE")
+                .context("--leader-election-lease needs POD_NAMESPACE (the downward API's metadata.namespace)")?,
+            identity: std::env::var("POD_NAME")
+                .context("--leader-election-lease needs POD_NAME (the downward API's metadata.name)")?,
+            duration: Duration::from_secs(cli.leader_election_seconds.max(3)),
+        }),
+        None => None,
+    };
+    let result = runtime.block_on(serve(cli.admin_listen, cli.licence_public_key, election));
     drop(runtime);
     telemetry.shutdown();
     result
 }
 
-async fn serve(admin_listen: SocketAddr, licence_public_key: Option<String>) -> anyhow::Result<()> {
+async fn serve(
+    admin_listen: SocketAddr,
+    licence_public_key: Option<String>,
+    election: Option<xmppfed_operator::leader::Election>,
+) -> anyhow::Result<()> {
     let metrics = Metrics::new(SERVICE_NAME, VERSION);
     let health = Health::new();
     let api = health.component("kubernetes-api");
@@ -77,19 +99,42 @@ async fn serve(admin_listen: SocketAddr, licence_public_key: Option<String>) -> 
         async move {
             let client = tokio::select! {
                 client = connect_to_api(api) => client,
-                () = stopped() => return,
+                () = stopped() => return Ok(()),
             };
-            xmppfed_operator::reconcile::run(client, licence_public_key, stopped()).await;
+            let Some(election) = election else {
+                xmppfed_operator::reconcile::run(client, licence_public_key, stopped()).await;
+                return Ok(());
+            };
+            let leases = kube::Api::namespaced(client.clone(), &election.namespace);
+            tokio::select! {
+                () = xmppfed_operator::leader::acquire(&leases, &election) => {}
+                () = stopped() => return Ok(()),
+            }
+            // Lead until told to stop, or until the Lease is lost: then exit,
+            // so that this replica restarts as a follower.
+            tokio::select! {
+                () = xmppfed_operator::reconcile::run(client, licence_public_key, stopped()) => Ok(()),
+                () = xmppfed_operator::leader::keep(&leases, &election) => {
+                    Err(anyhow::anyhow!("lost the leader-election lease {}", election.lease))
+                }
+            }
         }
     });
     let admin_stopped = stopped();
     let admin_task = tokio::spawn(admin.serve(admin_stopped));
-    xmppfed_telemetry::shutdown_signal().await;
+    let mut controllers = controllers;
+    let outcome = tokio::select! {
+        () = xmppfed_telemetry::shutdown_signal() => {
+            let _ = stop_tx.send(true);
+            // Controllers finish their in-flight reconciles before the process exits.
+            controllers.await.unwrap_or(Ok(()))
+        }
+        ended = &mut controllers => ended.unwrap_or(Ok(())),
+    };
     let _ = stop_tx.send(true);
-    // Controllers finish their in-flight reconciles before the process exits.
-    let _ = controllers.await;
     let served = admin_task.await.unwrap_or(Ok(()));
     tracing::info!("operator stopped");
+    outcome?;
     Ok(served?)
 }
 

@@ -64,3 +64,21 @@ async fn without_a_cluster_it_is_live_not_ready_and_observable() {
     let status = operator.terminate(Duration::from_secs(15)).unwrap();
     assert!(status.success(), "exit status {status}");
 }
+
+#[test]
+fn leader_election_without_the_downward_api_is_a_clear_error() {
+    let output = Command::new(env!("CARGO_BIN_EXE_xmppfed-operator"))
+        .args([
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--leader-election-lease",
+            "xmppfed-operator",
+        ])
+        .env_remove("POD_NAMESPACE")
+        .env_remove("POD_NAME")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("POD_NAMESPACE"), "{stderr}");
+}
