@@ -4,6 +4,7 @@
 
 pub mod daemon;
 pub mod ejabberd;
+pub mod graph;
 pub mod kube_api;
 pub mod metrics;
 pub mod otlp;

@@ -1,0 +1,826 @@
+//! The Graph emulator's HTTP side: the identity platform's token endpoint,
+//! Graph v1.0 (users, photos, licences, presence), and a control API for
+//! tests. Graph's behaviour follows Microsoft's documentation: error bodies
+//! with `innerError`, `request-id` headers, permissions per operation as the
+//! OpenAPI subset lists them, 429 with `Retry-After`.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use serde_json::{Value, json};
+
+use super::spec::spec;
+use super::tenant::{Principal, Seed, Session, Tenant, Token, guid};
+
+type Shared = Arc<Mutex<Tenant>>;
+
+/// A running emulator on a loopback port.
+pub struct GraphEmulator {
+    addr: SocketAddr,
+    state: Shared,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for GraphEmulator {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl GraphEmulator {
+    pub async fn start(seed: Seed) -> anyhow::Result<Self> {
+        Self::start_on(seed, SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    pub async fn start_on(seed: Seed, addr: SocketAddr) -> anyhow::Result<Self> {
+        let state: Shared = Arc::new(Mutex::new(Tenant::from_seed(seed)));
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let app = router(state.clone());
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Self { addr, state, task })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// What `graph.authority_url` should be.
+    pub fn authority_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// What `graph.graph_url` should be.
+    pub fn graph_url(&self) -> String {
+        format!("http://{}/v1.0", self.addr)
+    }
+
+    /// The tenant, to inspect or change directly.
+    pub fn tenant(&self) -> MutexGuard<'_, Tenant> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+pub fn router(state: Shared) -> Router {
+    Router::new()
+        .route("/{tenant}/oauth2/v2.0/token", post(token))
+        .route("/_emulator/users/{user}/presence", post(control_presence))
+        .route("/_emulator/faults", post(control_faults))
+        .fallback(graph)
+        .with_state(state)
+}
+
+fn lock(state: &Shared) -> MutexGuard<'_, Tenant> {
+    state.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+// ---- the identity platform ------------------------------------------------
+
+fn aad_error(status: StatusCode, error: &str, code: u32, description: &str) -> Response {
+    let body = json!({
+        "error": error,
+        "error_description": format!("AADSTS{code}: {description}"),
+        "error_codes": [code],
+        "timestamp": now_string(),
+        "trace_id": guid(),
+        "correlation_id": guid(),
+    });
+    (status, axum::Json(body)).into_response()
+}
+
+/// POST /{tenant}/oauth2/v2.0/token: client credentials (secret), password
+/// (resource owner, for shadow accounts) and refresh_token (rotated).
+async fn token(State(state): State<Shared>, Path(tenant): Path<String>, body: Bytes) -> Response {
+    let form: Vec<(String, String)> = serde_urlencoded::from_bytes(&body).unwrap_or_default();
+    let field = |name: &str| {
+        form.iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let mut t = lock(&state);
+    if !tenant.eq_ignore_ascii_case(&t.id) {
+        return aad_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            90002,
+            &format!("Tenant '{tenant}' not found."),
+        );
+    }
+    let Some(app) = t
+        .apps
+        .iter()
+        .find(|a| Some(a.client_id.as_str()) == field("client_id"))
+        .cloned()
+    else {
+        return aad_error(
+            StatusCode::BAD_REQUEST,
+            "unauthorized_client",
+            700016,
+            "Application not found in the directory.",
+        );
+    };
+    if field("client_secret") != Some(app.client_secret.as_str()) {
+        return aad_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            7000215,
+            "Invalid client secret provided.",
+        );
+    }
+    let expires_in = 3599u64;
+    let expires = Instant::now() + Duration::from_secs(expires_in);
+    let access = guid() + &guid();
+    match field("grant_type") {
+        Some("client_credentials") => {
+            if field("scope") != Some("https://graph.microsoft.com/.default") {
+                return aad_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_scope",
+                    1002012,
+                    "The provided value for scope is not valid. Client credential flows must have a scope value with /.default suffixed to the resource identifier.",
+                );
+            }
+            t.tokens.insert(
+                access.clone(),
+                Token {
+                    principal: Principal::App {
+                        client_id: app.client_id,
+                        roles: app.roles,
+                    },
+                    expires,
+                },
+            );
+            axum::Json(json!({"token_type": "Bearer", "expires_in": expires_in, "ext_expires_in": expires_in, "access_token": access})).into_response()
+        }
+        Some("password") | Some("refresh_token") => {
+            let user_id = if field("grant_type") == Some("password") {
+                let (Some(username), Some(password)) = (field("username"), field("password"))
+                else {
+                    return aad_error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_request",
+                        900144,
+                        "The request body must contain the following parameter: 'username' and 'password'.",
+                    );
+                };
+                match t.user(username) {
+                    Some(u) if u.password.as_deref() == Some(password) => u.id.clone(),
+                    _ => {
+                        return aad_error(
+                            StatusCode::BAD_REQUEST,
+                            "invalid_grant",
+                            50126,
+                            "Error validating credentials due to invalid username or password.",
+                        );
+                    }
+                }
+            } else {
+                let presented = field("refresh_token").unwrap_or_default().to_owned();
+                // Refresh tokens rotate: each is good for one redemption.
+                match t.refresh_tokens.remove(&presented) {
+                    Some((client, user)) if client == app.client_id => user,
+                    _ => {
+                        return aad_error(
+                            StatusCode::BAD_REQUEST,
+                            "invalid_grant",
+                            70000,
+                            "The provided grant is invalid or malformed.",
+                        );
+                    }
+                }
+            };
+            let refresh = guid() + &guid();
+            t.refresh_tokens
+                .insert(refresh.clone(), (app.client_id.clone(), user_id.clone()));
+            let scope = app.scopes.join(" ");
+            t.tokens.insert(
+                access.clone(),
+                Token {
+                    principal: Principal::User {
+                        client_id: app.client_id,
+                        user_id,
+                        scopes: app.scopes,
+                    },
+                    expires,
+                },
+            );
+            axum::Json(json!({"token_type": "Bearer", "scope": scope, "expires_in": expires_in, "ext_expires_in": expires_in, "access_token": access, "refresh_token": refresh})).into_response()
+        }
+        other => aad_error(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            70003,
+            &format!(
+                "The app requested an unsupported grant type '{}'.",
+                other.unwrap_or("")
+            ),
+        ),
+    }
+}
+
+// ---- Graph -----------------------------------------------------------------
+
+fn now_string() -> String {
+    k8s_openapi::jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%S")
+        .to_string()
+}
+
+struct Ctx {
+    request_id: String,
+    client_request_id: String,
+}
+
+impl Ctx {
+    fn error(&self, status: StatusCode, code: &str, message: &str) -> Response {
+        let body = json!({"error": {"code": code, "message": message, "innerError": {
+            "date": now_string(), "request-id": self.request_id, "client-request-id": self.client_request_id}}});
+        self.respond(status, Some(body))
+    }
+
+    fn respond(&self, status: StatusCode, body: Option<Value>) -> Response {
+        let mut response = match body {
+            Some(body) => (status, axum::Json(body)).into_response(),
+            None => status.into_response(),
+        };
+        let headers = response.headers_mut();
+        for (name, value) in [
+            ("request-id", &self.request_id),
+            ("client-request-id", &self.client_request_id),
+        ] {
+            if let Ok(v) = HeaderValue::from_str(value) {
+                headers.insert(name, v);
+            }
+        }
+        if status.is_success() && headers.contains_key(header::CONTENT_TYPE) {
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json;odata.metadata=minimal;odata.streaming=true;IEEE754Compatible=false;charset=utf-8"),
+            );
+        }
+        response
+    }
+}
+
+/// Permissions for operations Microsoft documents but the OpenAPI subset lacks.
+fn documented_permissions(
+    method: &Method,
+    segments: &[&str],
+) -> Option<(Vec<&'static str>, Vec<&'static str>)> {
+    match (method.as_str(), segments) {
+        ("POST", ["users"]) => Some((
+            vec!["User.ReadWrite.All", "Directory.ReadWrite.All"],
+            vec!["User.ReadWrite.All"],
+        )),
+        ("PATCH", ["users", _]) | ("DELETE", ["users", _]) => Some((
+            vec!["User.ReadWrite.All", "Directory.ReadWrite.All"],
+            vec!["User.ReadWrite.All"],
+        )),
+        ("POST", ["users", _, "assignLicense"]) => Some((
+            vec![
+                "LicenseAssignment.ReadWrite.All",
+                "User.ReadWrite.All",
+                "Directory.ReadWrite.All",
+            ],
+            vec!["LicenseAssignment.ReadWrite.All"],
+        )),
+        ("PUT", ["users", _, "photo", "$value"]) => Some((
+            vec!["ProfilePhoto.ReadWrite.All", "User.ReadWrite.All"],
+            vec!["User.ReadWrite"],
+        )),
+        _ => None,
+    }
+}
+
+fn query_select(uri: &Uri) -> Option<Vec<String>> {
+    let query = uri.query()?;
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query).ok()?;
+    pairs
+        .into_iter()
+        .find(|(k, _)| k == "$select")
+        .map(|(_, v)| {
+            v.split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect()
+        })
+}
+
+async fn graph(
+    State(state): State<Shared>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let ctx = Ctx {
+        request_id: guid(),
+        client_request_id: headers
+            .get("client-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map_or_else(guid, str::to_owned),
+    };
+    let path = uri.path();
+    let Some(rest) = path.strip_prefix("/v1.0/") else {
+        return ctx.error(StatusCode::BAD_REQUEST, "BadRequest", "Invalid version.");
+    };
+    // Unqualified and qualified action names are the same operation.
+    let segments: Vec<&str> = rest
+        .trim_end_matches('/')
+        .split('/')
+        .map(|s| s.strip_prefix("microsoft.graph.").unwrap_or(s))
+        .map(|s| s.strip_suffix("()").unwrap_or(s))
+        .collect();
+    let mut t = lock(&state);
+    t.log.push(format!("{method} {path}"));
+
+    // Authentication.
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let Some(bearer) = bearer else {
+        return ctx.error(
+            StatusCode::UNAUTHORIZED,
+            "InvalidAuthenticationToken",
+            "Access token is empty.",
+        );
+    };
+    let principal = match t.tokens.get(bearer) {
+        Some(token) if token.expires > Instant::now() => token.principal.clone(),
+        Some(_) => {
+            return ctx.error(
+                StatusCode::UNAUTHORIZED,
+                "InvalidAuthenticationToken",
+                "Lifetime validation failed, the token is expired.",
+            );
+        }
+        None => {
+            return ctx.error(
+                StatusCode::UNAUTHORIZED,
+                "InvalidAuthenticationToken",
+                "IDX14100: JWT is not well formed.",
+            );
+        }
+    };
+
+    // Injected faults, then throttling.
+    if let Some((status, count, retry_after)) = t.faults.status {
+        t.faults.status = (count > 1).then_some((status, count - 1, retry_after));
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+        let code = if status == StatusCode::TOO_MANY_REQUESTS {
+            "TooManyRequests"
+        } else {
+            "ServiceUnavailable"
+        };
+        let mut response = ctx.error(
+            status,
+            code,
+            "Injected fault: please retry after the indicated time.",
+        );
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+        return response;
+    }
+    if let Some(retry_after) = t.throttle(principal.client_id(), Instant::now()) {
+        let mut response = ctx.error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "TooManyRequests",
+            "Too many requests. Please try again later.",
+        );
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+        return response;
+    }
+
+    // Authorisation, as the OpenAPI subset (or Microsoft's documentation) lists it.
+    let (application, delegated): (Vec<String>, Vec<String>) =
+        match spec().find(method.as_str(), path) {
+            Some(op) => (op.application.clone(), op.delegated.clone()),
+            None => match documented_permissions(&method, &segments) {
+                Some((a, d)) => (
+                    a.into_iter().map(str::to_owned).collect(),
+                    d.into_iter().map(str::to_owned).collect(),
+                ),
+                None => {
+                    return ctx.error(
+                        StatusCode::BAD_REQUEST,
+                        "BadRequest",
+                        &format!(
+                            "Resource not found for the segment '{}'.",
+                            segments.last().unwrap_or(&"")
+                        ),
+                    );
+                }
+            },
+        };
+    let granted = match &principal {
+        Principal::App { roles, .. } => roles.iter().any(|r| application.contains(r)),
+        Principal::User { scopes, .. } => scopes.iter().any(|s| delegated.contains(s)),
+    };
+    if !granted {
+        let code = if segments.first() == Some(&"users") && segments.len() <= 2 {
+            "Authorization_RequestDenied"
+        } else {
+            "Forbidden"
+        };
+        return ctx.error(
+            StatusCode::FORBIDDEN,
+            code,
+            "Insufficient privileges to complete the operation.",
+        );
+    }
+
+    let json_body: Option<Value> = if body.is_empty() {
+        None
+    } else {
+        serde_json::from_slice(&body).ok()
+    };
+    if !body.is_empty()
+        && json_body.is_none()
+        && !(method == Method::PUT && segments.last() == Some(&"$value"))
+    {
+        return ctx.error(StatusCode::BAD_REQUEST, "BadRequest", "Unable to read JSON request payload. Please ensure Content-Type header is set and payload is of valid JSON format.");
+    }
+    handle(
+        &mut t, &ctx, &principal, &method, &segments, &uri, json_body, body, &headers,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn handle(
+    t: &mut Tenant,
+    ctx: &Ctx,
+    principal: &Principal,
+    method: &Method,
+    segments: &[&str],
+    uri: &Uri,
+    json: Option<Value>,
+    raw: Bytes,
+    headers: &HeaderMap,
+) -> Response {
+    let not_found = |id: &str| {
+        ctx.error(StatusCode::NOT_FOUND, "Request_ResourceNotFound", &format!("Resource '{id}' does not exist or one of its queried reference-property objects are not present."))
+    };
+    let body = json.unwrap_or(Value::Null);
+    match (method.as_str(), segments) {
+        ("GET", ["users"]) => {
+            let select = query_select(uri);
+            let value: Vec<Value> = t.users.iter().map(|u| u.resource(select.as_deref())).collect();
+            ctx.respond(StatusCode::OK, Some(json!({"@odata.context": "https://graph.microsoft.com/v1.0/$metadata#users", "value": value})))
+        }
+        ("GET", ["users", id]) => match t.user(id) {
+            Some(u) => {
+                let mut resource = u.resource(query_select(uri).as_deref());
+                resource["@odata.context"] = json!("https://graph.microsoft.com/v1.0/$metadata#users/$entity");
+                ctx.respond(StatusCode::OK, Some(resource))
+            }
+            None => not_found(id),
+        },
+        ("POST", ["users"]) => {
+            let required = ["accountEnabled", "displayName", "mailNickname", "userPrincipalName", "passwordProfile"];
+            if let Some(missing) = required.iter().find(|f| body.get(**f).is_none()) {
+                return ctx.error(StatusCode::BAD_REQUEST, "Request_BadRequest", &format!("Invalid value specified for property '{missing}' of resource 'User'."));
+            }
+            let upn = body["userPrincipalName"].as_str().unwrap_or_default().to_owned();
+            if t.user(&upn).is_some() {
+                return ctx.error(StatusCode::BAD_REQUEST, "Request_BadRequest", "Another object with the same value for property userPrincipalName already exists.");
+            }
+            let mut properties: std::collections::BTreeMap<String, Value> = body
+                .as_object()
+                .map(|m| m.iter().filter(|(k, _)| *k != "passwordProfile").map(|(k, v)| (k.clone(), v.clone())).collect())
+                .unwrap_or_default();
+            properties.entry("businessPhones".into()).or_insert(json!([]));
+            let user = super::tenant::User {
+                id: guid(),
+                password: body["passwordProfile"]["password"].as_str().map(str::to_owned),
+                properties,
+                photo: None,
+                licences: Vec::new(),
+                presence: Default::default(),
+            };
+            let mut resource = user.resource(None);
+            resource["@odata.context"] = json!("https://graph.microsoft.com/v1.0/$metadata#users/$entity");
+            t.users.push(user);
+            ctx.respond(StatusCode::CREATED, Some(resource))
+        }
+        ("PATCH", ["users", id]) => match t.user_mut(id) {
+            Some(u) => {
+                if let Some(fields) = body.as_object() {
+                    for (k, v) in fields {
+                        if k == "passwordProfile" {
+                            u.password = v["password"].as_str().map(str::to_owned);
+                        } else {
+                            u.properties.insert(k.clone(), v.clone());
+                        }
+                    }
+                }
+                ctx.respond(StatusCode::NO_CONTENT, None)
+            }
+            None => not_found(id),
+        },
+        ("DELETE", ["users", id]) => {
+            let before = t.users.len();
+            let key = id.to_ascii_lowercase();
+            t.users.retain(|u| u.id.to_ascii_lowercase() != key && u.upn().to_ascii_lowercase() != key);
+            if t.users.len() == before { not_found(id) } else { ctx.respond(StatusCode::NO_CONTENT, None) }
+        }
+        ("POST", ["users", id, "assignLicense"]) => {
+            let add: Vec<String> = body["addLicenses"].as_array().map(|a| a.iter().filter_map(|l| l["skuId"].as_str().map(str::to_owned)).collect()).unwrap_or_default();
+            let remove: Vec<String> = body["removeLicenses"].as_array().map(|a| a.iter().filter_map(|l| l.as_str().map(str::to_owned)).collect()).unwrap_or_default();
+            if body.get("addLicenses").is_none() || body.get("removeLicenses").is_none() {
+                return ctx.error(StatusCode::BAD_REQUEST, "Request_BadRequest", "Invalid value specified for property 'addLicenses' or 'removeLicenses'.");
+            }
+            for sku in &add {
+                let Some(known) = t.skus.iter().find(|s| &s.sku_id == sku).cloned() else {
+                    return ctx.error(StatusCode::BAD_REQUEST, "Request_BadRequest", &format!("License {sku} does not correspond to a valid company License."));
+                };
+                let used = t.users.iter().filter(|u| u.licences.contains(sku)).count();
+                if used >= known.prepaid_units as usize {
+                    return ctx.error(StatusCode::BAD_REQUEST, "Request_BadRequest", &format!("License assignment failed because there are no available licenses for {}.", known.sku_part_number));
+                }
+            }
+            match t.user_mut(id) {
+                Some(u) => {
+                    u.licences.retain(|l| !remove.contains(l));
+                    for sku in add {
+                        if !u.licences.contains(&sku) {
+                            u.licences.push(sku);
+                        }
+                    }
+                    let mut resource = u.resource(None);
+                    resource["@odata.context"] = json!("https://graph.microsoft.com/v1.0/$metadata#users/$entity");
+                    ctx.respond(StatusCode::OK, Some(resource))
+                }
+                None => not_found(id),
+            }
+        }
+        ("GET", ["users", id, "photo", "$value"]) => match t.user(id) {
+            Some(u) => match &u.photo {
+                Some((content_type, bytes)) => {
+                    let mut response = ctx.respond(StatusCode::OK, None);
+                    *response.body_mut() = axum::body::Body::from(bytes.clone());
+                    if let Ok(v) = HeaderValue::from_str(content_type) {
+                        response.headers_mut().insert(header::CONTENT_TYPE, v);
+                    }
+                    response
+                }
+                None => ctx.error(StatusCode::NOT_FOUND, "ImageNotFound", "Exception of type 'Microsoft.Fast.Profile.Core.Exception.ImageNotFoundException' was thrown."),
+            },
+            None => not_found(id),
+        },
+        ("PUT", ["users", id, "photo", "$value"]) => {
+            let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("image/jpeg").to_owned();
+            if !content_type.starts_with("image/") {
+                return ctx.error(StatusCode::BAD_REQUEST, "ErrorInvalidRequest", "The photo must be an image.");
+            }
+            match t.user_mut(id) {
+                Some(u) => {
+                    u.photo = Some((content_type, raw.to_vec()));
+                    ctx.respond(StatusCode::OK, None)
+                }
+                None => not_found(id),
+            }
+        }
+        ("GET", ["users", id, "presence"]) => match t.user_mut(id) {
+            Some(u) => {
+                let resource = presence_resource(u);
+                ctx.respond(StatusCode::OK, Some(resource))
+            }
+            None => not_found(id),
+        },
+        ("POST", ["communications", "getPresencesByUserId"]) => {
+            let Some(ids) = body["ids"].as_array() else {
+                return ctx.error(StatusCode::BAD_REQUEST, "BadRequest", "The ids parameter is required.");
+            };
+            if ids.len() > 650 {
+                return ctx.error(StatusCode::BAD_REQUEST, "BadRequest", "Number of ids exceeds the maximum of 650.");
+            }
+            let value: Vec<Value> = ids
+                .iter()
+                .filter_map(Value::as_str)
+                .filter_map(|id| t.user_mut(id).map(presence_resource))
+                .collect();
+            ctx.respond(StatusCode::OK, Some(json!({"@odata.context": "https://graph.microsoft.com/v1.0/$metadata#Collection(microsoft.graph.presence)", "value": value})))
+        }
+        ("POST", ["users", id, "presence", action]) | ("POST", ["communications", "presences", id, action]) => {
+            let own_user = match principal {
+                Principal::User { user_id, .. } => Some(user_id.clone()),
+                Principal::App { .. } => None,
+            };
+            let Some(u) = t.user_mut(id) else { return not_found(id) };
+            if own_user.as_ref().is_some_and(|me| *me != u.id) {
+                return ctx.error(StatusCode::FORBIDDEN, "Forbidden", "A delegated token may only change the signed-in user's presence.");
+            }
+            match presence_action(u, action, &body, principal) {
+                Ok(()) => ctx.respond(StatusCode::OK, None),
+                Err(message) => ctx.error(StatusCode::BAD_REQUEST, "BadRequest", &message),
+            }
+        }
+        _ => ctx.error(StatusCode::NOT_IMPLEMENTED, "NotImplemented", "This operation is not emulated yet."),
+    }
+}
+
+fn presence_resource(u: &mut super::tenant::User) -> Value {
+    let (availability, activity) = u.presence.aggregate(Instant::now());
+    json!({
+        "@odata.context": "https://graph.microsoft.com/v1.0/$metadata#users('{}')/presence/$entity",
+        "id": u.id,
+        "availability": availability,
+        "activity": activity,
+        "statusMessage": u.presence.status_message.clone(),
+    })
+}
+
+/// ISO 8601 durations as Graph takes them (`PT5M`, `PT1H30M`, `PT90S`).
+fn parse_duration(s: &str) -> Option<Duration> {
+    let rest = s.strip_prefix("PT")?;
+    let (mut total, mut number) = (0u64, String::new());
+    for c in rest.chars() {
+        if c.is_ascii_digit() {
+            number.push(c);
+        } else {
+            let n: u64 = number.parse().ok()?;
+            number.clear();
+            total += match c {
+                'H' => n * 3600,
+                'M' => n * 60,
+                'S' => n,
+                _ => return None,
+            };
+        }
+    }
+    number.is_empty().then_some(Duration::from_secs(total))
+}
+
+fn presence_action(
+    u: &mut super::tenant::User,
+    action: &str,
+    body: &Value,
+    principal: &Principal,
+) -> Result<(), String> {
+    let now = Instant::now();
+    let availability = body["availability"].as_str().unwrap_or_default().to_owned();
+    let activity = body["activity"].as_str().unwrap_or_default().to_owned();
+    let duration = |default: Duration, min: Duration, max: Duration| -> Result<Duration, String> {
+        match body["expirationDuration"].as_str() {
+            None => Ok(default),
+            Some(s) => match parse_duration(s) {
+                Some(d) if d >= min && d <= max => Ok(d),
+                _ => Err(format!("expirationDuration {s} is out of range.")),
+            },
+        }
+    };
+    match action {
+        "setPresence" => {
+            const PAIRS: &[(&str, &str)] = &[
+                ("Available", "Available"),
+                ("Busy", "InACall"),
+                ("Busy", "InAConferenceCall"),
+                ("Away", "Away"),
+                ("DoNotDisturb", "Presenting"),
+            ];
+            let session_id = body["sessionId"].as_str().unwrap_or_default();
+            if session_id != principal.client_id() {
+                return Err("The sessionId must be the application id of the caller.".into());
+            }
+            if !PAIRS.contains(&(availability.as_str(), activity.as_str())) {
+                return Err(format!(
+                    "The availability/activity pair {availability}/{activity} is not supported."
+                ));
+            }
+            let d = duration(
+                Duration::from_secs(300),
+                Duration::from_secs(300),
+                Duration::from_secs(4 * 3600),
+            )?;
+            u.presence.sessions.insert(
+                session_id.to_owned(),
+                Session {
+                    availability,
+                    activity,
+                    expires: now + d,
+                },
+            );
+            Ok(())
+        }
+        "clearPresence" => {
+            let session_id = body["sessionId"].as_str().unwrap_or_default();
+            u.presence.sessions.remove(session_id);
+            Ok(())
+        }
+        "setUserPreferredPresence" => {
+            const PAIRS: &[(&str, &str)] = &[
+                ("Available", "Available"),
+                ("Busy", "Busy"),
+                ("DoNotDisturb", "DoNotDisturb"),
+                ("BeRightBack", "BeRightBack"),
+                ("Away", "Away"),
+                ("Offline", "OffWork"),
+            ];
+            if !PAIRS.contains(&(availability.as_str(), activity.as_str())) {
+                return Err(format!(
+                    "The availability/activity pair {availability}/{activity} is not supported."
+                ));
+            }
+            let d = duration(
+                Duration::from_secs(24 * 3600),
+                Duration::from_secs(300),
+                Duration::from_secs(30 * 24 * 3600),
+            )?;
+            u.presence.preferred = Some(Session {
+                availability,
+                activity,
+                expires: now + d,
+            });
+            Ok(())
+        }
+        "clearUserPreferredPresence" => {
+            u.presence.preferred = None;
+            Ok(())
+        }
+        "setStatusMessage" => {
+            let message = body["statusMessage"].clone();
+            if message.is_null() {
+                return Err("statusMessage is required.".into());
+            }
+            let mut message = message;
+            message["publishedDateTime"] = json!(k8s_openapi::jiff::Timestamp::now().to_string());
+            u.presence.status_message = Some(message);
+            Ok(())
+        }
+        other => Err(format!("Unknown presence action {other}.")),
+    }
+}
+
+// ---- control API for tests ----------------------------------------------------
+
+/// POST /_emulator/users/{user}/presence {"availability","activity"}: the user
+/// changes presence in a Teams client (a session of its own, an hour long).
+async fn control_presence(
+    State(state): State<Shared>,
+    Path(user): Path<String>,
+    axum::Json(body): axum::Json<Value>,
+) -> Response {
+    let mut t = lock(&state);
+    let Some(u) = t.user_mut(&user) else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let session = Session {
+        availability: body["availability"]
+            .as_str()
+            .unwrap_or("Available")
+            .to_owned(),
+        activity: body["activity"].as_str().unwrap_or("Available").to_owned(),
+        expires: Instant::now() + Duration::from_secs(3600),
+    };
+    u.presence.sessions.insert("teams-client".into(), session);
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// POST /_emulator/faults {"status": 429, "count": 5, "retryAfter": 2}
+async fn control_faults(
+    State(state): State<Shared>,
+    axum::Json(body): axum::Json<Value>,
+) -> Response {
+    let status = body["status"]
+        .as_u64()
+        .and_then(|s| u16::try_from(s).ok())
+        .unwrap_or(429);
+    let count = body["count"]
+        .as_u64()
+        .and_then(|c| u32::try_from(c).ok())
+        .unwrap_or(1);
+    let retry_after = body["retryAfter"].as_u64().unwrap_or(1);
+    lock(&state).faults.status = (count > 0).then_some((status, count, retry_after));
+    StatusCode::NO_CONTENT.into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn iso_durations() {
+        use std::time::Duration;
+        assert_eq!(
+            super::parse_duration("PT5M"),
+            Some(Duration::from_secs(300))
+        );
+        assert_eq!(
+            super::parse_duration("PT1H30M"),
+            Some(Duration::from_secs(5400))
+        );
+        assert_eq!(super::parse_duration("P1D"), None);
+        assert_eq!(super::parse_duration("PT5"), None);
+    }
+}

@@ -1,0 +1,351 @@
+//! The emulated tenant: apps, users, groups, licences, photos and presence,
+//! loaded from a seed file and kept in memory.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// The seed file (JSON): what the tenant holds at start.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Seed {
+    pub tenant_id: String,
+    #[serde(default)]
+    pub apps: Vec<AppSeed>,
+    #[serde(default)]
+    pub users: Vec<UserSeed>,
+    #[serde(default)]
+    pub groups: Vec<GroupSeed>,
+    #[serde(default)]
+    pub skus: Vec<SkuSeed>,
+    /// Requests per app per 10 s before 429 (0: no limit).
+    #[serde(default)]
+    pub requests_per_10s: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AppSeed {
+    pub client_id: String,
+    pub client_secret: String,
+    /// Application permissions granted (admin-consented), e.g. `User.ReadWrite.All`.
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Delegated permissions granted, e.g. `Presence.ReadWrite`, `Chat.ReadWrite`.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+}
+
+/// Not `deny_unknown_fields`: every other property is the user's own.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserSeed {
+    #[serde(default)]
+    pub id: Option<String>,
+    pub user_principal_name: String,
+    pub display_name: String,
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Every other user property, as Graph names it (givenName, mail, jobTitle, …).
+    #[serde(default, flatten)]
+    pub properties: BTreeMap<String, Value>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GroupSeed {
+    pub id: String,
+    pub display_name: String,
+    #[serde(default)]
+    pub members: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SkuSeed {
+    pub sku_id: String,
+    pub sku_part_number: String,
+    pub prepaid_units: u32,
+}
+
+/// A presence session (an app's, or a Teams client's).
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub availability: String,
+    pub activity: String,
+    pub expires: Instant,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Presence {
+    pub sessions: HashMap<String, Session>,
+    pub preferred: Option<Session>,
+    pub status_message: Option<Value>,
+}
+
+/// Session-level precedence (Microsoft: DoNotDisturb > Busy > Available > Away).
+fn rank(availability: &str) -> u8 {
+    match availability {
+        "DoNotDisturb" => 5,
+        "Busy" => 4,
+        "Available" => 3,
+        "BeRightBack" => 2,
+        "Away" => 1,
+        _ => 0,
+    }
+}
+
+impl Presence {
+    /// The aggregated state: the user's preferred presence over every
+    /// session; among sessions the one of highest precedence; Offline if none.
+    pub fn aggregate(&mut self, now: Instant) -> (String, String) {
+        self.sessions.retain(|_, s| s.expires > now);
+        if self.preferred.as_ref().is_some_and(|p| p.expires <= now) {
+            self.preferred = None;
+        }
+        if let Some(p) = &self.preferred {
+            return (p.availability.clone(), p.activity.clone());
+        }
+        self.sessions
+            .values()
+            .max_by_key(|s| rank(&s.availability))
+            .map(|s| (s.availability.clone(), s.activity.clone()))
+            .unwrap_or_else(|| ("Offline".into(), "Offline".into()))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct User {
+    pub id: String,
+    pub password: Option<String>,
+    /// The user resource as Graph returns it (without `id`'s duplicates).
+    pub properties: BTreeMap<String, Value>,
+    pub photo: Option<(String, Vec<u8>)>,
+    pub licences: Vec<String>,
+    pub presence: Presence,
+}
+
+impl User {
+    pub fn upn(&self) -> &str {
+        self.properties
+            .get("userPrincipalName")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+    }
+
+    /// The resource, every property or those `$select` names.
+    pub fn resource(&self, select: Option<&[String]>) -> Value {
+        let mut out = serde_json::Map::new();
+        out.insert("id".into(), json!(self.id));
+        let default_props = [
+            "businessPhones",
+            "displayName",
+            "givenName",
+            "jobTitle",
+            "mail",
+            "mobilePhone",
+            "officeLocation",
+            "preferredLanguage",
+            "surname",
+            "userPrincipalName",
+        ];
+        match select {
+            Some(fields) => {
+                for f in fields {
+                    if f != "id" {
+                        out.insert(
+                            f.clone(),
+                            self.properties.get(f).cloned().unwrap_or(Value::Null),
+                        );
+                    }
+                }
+            }
+            None => {
+                for p in default_props {
+                    let value = self.properties.get(p).cloned();
+                    let value = value.unwrap_or(if p == "businessPhones" {
+                        json!([])
+                    } else {
+                        Value::Null
+                    });
+                    out.insert(p.into(), value);
+                }
+            }
+        }
+        Value::Object(out)
+    }
+}
+
+/// Who a token speaks for.
+#[derive(Debug, Clone)]
+pub enum Principal {
+    App {
+        client_id: String,
+        roles: Vec<String>,
+    },
+    User {
+        client_id: String,
+        user_id: String,
+        scopes: Vec<String>,
+    },
+}
+
+impl Principal {
+    pub fn client_id(&self) -> &str {
+        match self {
+            Principal::App { client_id, .. } | Principal::User { client_id, .. } => client_id,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Token {
+    pub principal: Principal,
+    pub expires: Instant,
+}
+
+/// Faults a test injects.
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    /// Answer the next `count` Graph requests with this status (429, 503, 504).
+    pub status: Option<(u16, u32, u64)>,
+}
+
+#[derive(Debug, Default)]
+pub struct Tenant {
+    pub id: String,
+    pub apps: Vec<AppSeed>,
+    pub users: Vec<User>,
+    pub groups: Vec<GroupSeed>,
+    pub skus: Vec<SkuSeed>,
+    pub tokens: HashMap<String, Token>,
+    pub refresh_tokens: HashMap<String, (String, String)>,
+    pub faults: Faults,
+    pub requests_per_10s: u32,
+    pub windows: HashMap<String, (Instant, u32)>,
+    /// Every Graph request served, `METHOD path`, for tests to inspect.
+    pub log: Vec<String>,
+}
+
+pub fn guid() -> String {
+    let mut b = [0u8; 16];
+    getrandom::fill(&mut b).unwrap_or_else(|e| panic!("no OS randomness: {e}"));
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+impl Tenant {
+    pub fn from_seed(seed: Seed) -> Self {
+        let users = seed
+            .users
+            .into_iter()
+            .map(|u| {
+                let mut properties = u.properties;
+                properties.insert("userPrincipalName".into(), json!(u.user_principal_name));
+                properties.insert("displayName".into(), json!(u.display_name));
+                User {
+                    id: u.id.unwrap_or_else(guid),
+                    password: u.password,
+                    properties,
+                    photo: None,
+                    licences: Vec::new(),
+                    presence: Presence::default(),
+                }
+            })
+            .collect();
+        Self {
+            id: seed.tenant_id,
+            apps: seed.apps,
+            users,
+            groups: seed.groups,
+            skus: seed.skus,
+            requests_per_10s: seed.requests_per_10s,
+            ..Self::default()
+        }
+    }
+
+    /// A user by object id or userPrincipalName (case-insensitive).
+    pub fn user_mut(&mut self, key: &str) -> Option<&mut User> {
+        self.users
+            .iter_mut()
+            .find(|u| u.id.eq_ignore_ascii_case(key) || u.upn().eq_ignore_ascii_case(key))
+    }
+
+    pub fn user(&self, key: &str) -> Option<&User> {
+        self.users
+            .iter()
+            .find(|u| u.id.eq_ignore_ascii_case(key) || u.upn().eq_ignore_ascii_case(key))
+    }
+
+    /// Counts a request against the app's window; `Some(retry_after)` when over.
+    pub fn throttle(&mut self, client_id: &str, now: Instant) -> Option<u64> {
+        if self.requests_per_10s == 0 {
+            return None;
+        }
+        let window = Duration::from_secs(10);
+        let entry = self.windows.entry(client_id.to_owned()).or_insert((now, 0));
+        if now.duration_since(entry.0) >= window {
+            *entry = (now, 0);
+        }
+        entry.1 += 1;
+        (entry.1 > self.requests_per_10s)
+            .then(|| (window - now.duration_since(entry.0)).as_secs().max(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(a: &str, secs: u64, now: Instant) -> Session {
+        Session {
+            availability: a.into(),
+            activity: a.into(),
+            expires: now + Duration::from_secs(secs),
+        }
+    }
+
+    #[test]
+    fn presence_aggregates_by_precedence_and_expiry() {
+        let now = Instant::now();
+        let mut p = Presence::default();
+        assert_eq!(p.aggregate(now).0, "Offline");
+        p.sessions.insert("teams".into(), session("Away", 600, now));
+        p.sessions.insert("app".into(), session("Busy", 60, now));
+        assert_eq!(p.aggregate(now).0, "Busy");
+        assert_eq!(
+            p.aggregate(now + Duration::from_secs(61)).0,
+            "Away",
+            "the app session expired"
+        );
+        p.preferred = Some(session("DoNotDisturb", 3600, now));
+        assert_eq!(
+            p.aggregate(now + Duration::from_secs(62)).0,
+            "DoNotDisturb",
+            "preferred overrides"
+        );
+    }
+
+    #[test]
+    fn throttling_counts_per_app_window() {
+        let mut t = Tenant {
+            requests_per_10s: 2,
+            ..Tenant::default()
+        };
+        let now = Instant::now();
+        assert_eq!(t.throttle("a", now), None);
+        assert_eq!(t.throttle("a", now), None);
+        assert!(t.throttle("a", now).is_some());
+        assert_eq!(t.throttle("b", now), None, "apps have their own budgets");
+        assert_eq!(t.throttle("a", now + Duration::from_secs(11)), None);
+    }
+}
