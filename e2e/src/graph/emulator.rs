@@ -107,6 +107,7 @@ async fn token(State(state): State<Shared>, Path(tenant): Path<String>, body: By
             .map(|(_, v)| v.as_str())
     };
     let mut t = lock(&state);
+    t.token_requests += 1;
     if !tenant.eq_ignore_ascii_case(&t.id) {
         return aad_error(
             StatusCode::BAD_REQUEST,

@@ -227,6 +227,10 @@ pub struct Tenant {
     pub windows: HashMap<String, (Instant, u32)>,
     /// Every Graph request served, `METHOD path`, for tests to inspect.
     pub log: Vec<String>,
+    /// Token requests answered (any grant), for tests of token caching.
+    pub token_requests: u32,
+    /// Requests whose body did not match Microsoft's OpenAPI description.
+    pub violations: Vec<String>,
 }
 
 pub fn guid() -> String {

@@ -1,0 +1,313 @@
+//! Typed Graph calls the bridge makes: users (and shadow accounts), licences,
+//! photos, presence. Paths follow Microsoft's documentation; bodies are the
+//! documented shapes.
+
+use std::time::Duration;
+
+use reqwest::Method;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::auth::{Identity, UserCredential};
+use super::client::{Body, GraphClient};
+use super::error::GraphError;
+
+/// Largest batch `getPresencesByUserId` takes.
+pub const PRESENCE_BATCH: usize = 650;
+
+/// The user properties the gateway reads (a Graph user has many more).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct User {
+    pub id: String,
+    #[serde(default)]
+    pub user_principal_name: Option<String>,
+    #[serde(default)]
+    pub display_name: Option<String>,
+    #[serde(default)]
+    pub given_name: Option<String>,
+    #[serde(default)]
+    pub surname: Option<String>,
+    #[serde(default)]
+    pub mail: Option<String>,
+    #[serde(default)]
+    pub job_title: Option<String>,
+    #[serde(default)]
+    pub department: Option<String>,
+    #[serde(default)]
+    pub office_location: Option<String>,
+    #[serde(default)]
+    pub mobile_phone: Option<String>,
+    #[serde(default)]
+    pub business_phones: Vec<String>,
+}
+
+/// The `$select` that fills [`User`].
+pub const USER_SELECT: &str = "id,userPrincipalName,displayName,givenName,surname,mail,jobTitle,department,officeLocation,mobilePhone,businessPhones";
+
+/// A shadow account to create.
+#[derive(Debug, Clone)]
+pub struct NewUser {
+    pub upn: String,
+    pub display_name: String,
+    pub mail_nickname: String,
+    pub usage_location: Option<String>,
+    pub password: SecretString,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Presence {
+    pub id: String,
+    #[serde(default)]
+    pub availability: Option<String>,
+    #[serde(default)]
+    pub activity: Option<String>,
+    #[serde(default)]
+    pub status_message: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct Collection<T> {
+    value: Vec<T>,
+}
+
+/// `/users/{id}` with the key escaped for a path segment.
+fn user_path(key: &str) -> String {
+    let escaped: String = key
+        .chars()
+        .map(|c| match c {
+            'A'..='Z' | 'a'..='z' | '0'..='9' | '-' | '.' | '_' | '@' | '~' => c.to_string(),
+            c => {
+                let mut buf = [0u8; 4];
+                c.encode_utf8(&mut buf)
+                    .bytes()
+                    .map(|b| format!("%{b:02X}"))
+                    .collect()
+            }
+        })
+        .collect();
+    format!("/users/{escaped}")
+}
+
+/// ISO 8601 duration, as Graph takes `expirationDuration`.
+pub fn iso_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    let (h, m, s) = (secs / 3600, (secs % 3600) / 60, secs % 60);
+    let mut out = String::from("PT");
+    if h > 0 {
+        out.push_str(&format!("{h}H"));
+    }
+    if m > 0 {
+        out.push_str(&format!("{m}M"));
+    }
+    if s > 0 || out == "PT" {
+        out.push_str(&format!("{s}S"));
+    }
+    out
+}
+
+const NONE: Option<&Value> = None;
+
+impl GraphClient {
+    pub async fn get_user(&self, key: &str) -> Result<User, GraphError> {
+        let path = format!("{}?$select={USER_SELECT}", user_path(key));
+        self.json(&Identity::App, None, Method::GET, &path, NONE)
+            .await
+    }
+
+    pub async fn create_user(&self, new: &NewUser) -> Result<User, GraphError> {
+        let mut body = json!({
+            "accountEnabled": true,
+            "displayName": new.display_name,
+            "mailNickname": new.mail_nickname,
+            "userPrincipalName": new.upn,
+            "passwordProfile": {"forceChangePasswordNextSignIn": false, "password": new.password.expose_secret()},
+        });
+        if let Some(location) = &new.usage_location {
+            body["usageLocation"] = json!(location);
+        }
+        self.json(&Identity::App, None, Method::POST, "/users", Some(&body))
+            .await
+    }
+
+    /// PATCH of the properties given (Graph's names).
+    pub async fn update_user(&self, key: &str, properties: &Value) -> Result<(), GraphError> {
+        self.no_content(
+            &Identity::App,
+            None,
+            Method::PATCH,
+            &user_path(key),
+            Some(properties),
+        )
+        .await
+    }
+
+    pub async fn delete_user(&self, key: &str) -> Result<(), GraphError> {
+        self.no_content(&Identity::App, None, Method::DELETE, &user_path(key), NONE)
+            .await
+    }
+
+    pub async fn assign_licence(&self, key: &str, sku_id: &str) -> Result<(), GraphError> {
+        let body =
+            json!({"addLicenses": [{"skuId": sku_id, "disabledPlans": []}], "removeLicenses": []});
+        let path = format!("{}/assignLicense", user_path(key));
+        self.no_content(&Identity::App, None, Method::POST, &path, Some(&body))
+            .await
+    }
+
+    /// The user's photo (content type, bytes), `None` when there is none.
+    pub async fn get_photo(&self, key: &str) -> Result<Option<(String, Vec<u8>)>, GraphError> {
+        let path = format!("{}/photo/$value", user_path(key));
+        match self
+            .send(&Identity::App, None, Method::GET, &path, Body::None)
+            .await
+        {
+            Ok(reply) => Ok(Some((
+                reply.content_type.unwrap_or_else(|| "image/jpeg".into()),
+                reply.body.to_vec(),
+            ))),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn put_photo(
+        &self,
+        key: &str,
+        content_type: &str,
+        bytes: &[u8],
+    ) -> Result<(), GraphError> {
+        let path = format!("{}/photo/$value", user_path(key));
+        self.send(
+            &Identity::App,
+            None,
+            Method::PUT,
+            &path,
+            Body::Bytes {
+                content_type,
+                bytes,
+            },
+        )
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn get_presence(&self, key: &str) -> Result<Presence, GraphError> {
+        let path = format!("{}/presence", user_path(key));
+        self.json(&Identity::App, None, Method::GET, &path, NONE)
+            .await
+    }
+
+    /// Presence of many users, in batches of at most 650.
+    pub async fn presences_by_user_id(&self, ids: &[String]) -> Result<Vec<Presence>, GraphError> {
+        let mut all = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(PRESENCE_BATCH) {
+            let body = json!({"ids": chunk});
+            let page: Collection<Presence> = self
+                .json(
+                    &Identity::App,
+                    None,
+                    Method::POST,
+                    "/communications/getPresencesByUserId",
+                    Some(&body),
+                )
+                .await?;
+            all.extend(page.value);
+        }
+        Ok(all)
+    }
+
+    /// Our application's presence session for `key` (application permission).
+    pub async fn set_presence(
+        &self,
+        key: &str,
+        session_id: &str,
+        availability: &str,
+        activity: &str,
+        expiration: Duration,
+    ) -> Result<(), GraphError> {
+        let body = json!({"sessionId": session_id, "availability": availability, "activity": activity,
+                          "expirationDuration": iso_duration(expiration)});
+        let path = format!("{}/presence/setPresence", user_path(key));
+        self.no_content(&Identity::App, None, Method::POST, &path, Some(&body))
+            .await
+    }
+
+    pub async fn clear_presence(&self, key: &str, session_id: &str) -> Result<(), GraphError> {
+        let path = format!("{}/presence/clearPresence", user_path(key));
+        self.no_content(
+            &Identity::App,
+            None,
+            Method::POST,
+            &path,
+            Some(&json!({"sessionId": session_id})),
+        )
+        .await
+    }
+
+    pub async fn set_preferred_presence(
+        &self,
+        key: &str,
+        availability: &str,
+        activity: &str,
+        expiration: Duration,
+    ) -> Result<(), GraphError> {
+        let body = json!({"availability": availability, "activity": activity, "expirationDuration": iso_duration(expiration)});
+        let path = format!("{}/presence/setUserPreferredPresence", user_path(key));
+        self.no_content(&Identity::App, None, Method::POST, &path, Some(&body))
+            .await
+    }
+
+    pub async fn clear_preferred_presence(&self, key: &str) -> Result<(), GraphError> {
+        let path = format!("{}/presence/clearUserPreferredPresence", user_path(key));
+        self.no_content(&Identity::App, None, Method::POST, &path, NONE)
+            .await
+    }
+
+    /// The status message shown with the user's presence (plain text).
+    pub async fn set_status_message(&self, key: &str, text: &str) -> Result<(), GraphError> {
+        let body = json!({"statusMessage": {"message": {"content": text, "contentType": "text"}}});
+        let path = format!("{}/presence/setStatusMessage", user_path(key));
+        self.no_content(&Identity::App, None, Method::POST, &path, Some(&body))
+            .await
+    }
+
+    /// The same, signed in as a shadow account (delegated `Presence.ReadWrite`).
+    pub async fn set_own_presence(
+        &self,
+        credential: &UserCredential,
+        session_id: &str,
+        availability: &str,
+        activity: &str,
+        expiration: Duration,
+    ) -> Result<(), GraphError> {
+        let body = json!({"sessionId": session_id, "availability": availability, "activity": activity,
+                          "expirationDuration": iso_duration(expiration)});
+        let path = format!("{}/presence/setPresence", user_path(&credential.upn));
+        let identity = Identity::User(credential.upn.clone());
+        self.no_content(
+            &identity,
+            Some(credential),
+            Method::POST,
+            &path,
+            Some(&body),
+        )
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_and_durations() {
+        assert_eq!(user_path("alice@contoso.com"), "/users/alice@contoso.com");
+        assert_eq!(user_path("o'brien#1@x.com"), "/users/o%27brien%231@x.com");
+        assert_eq!(iso_duration(Duration::from_secs(300)), "PT5M");
+        assert_eq!(iso_duration(Duration::from_secs(5400)), "PT1H30M");
+        assert_eq!(iso_duration(Duration::from_secs(0)), "PT0S");
+    }
+}

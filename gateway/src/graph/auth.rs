@@ -1,0 +1,231 @@
+//! Access tokens: the app's own (client credentials) and, per shadow
+//! account, delegated ones (password grant, then refresh tokens, which
+//! rotate). Cached until shortly before they expire; never logged.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use tokio::sync::Mutex;
+
+use super::error::GraphError;
+
+/// Renew this long before a token expires.
+const RENEW_BEFORE: Duration = Duration::from_secs(300);
+
+/// Who a call is made as.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Identity {
+    /// The gateway's app registration (application permissions).
+    App,
+    /// A shadow account, by userPrincipalName (delegated permissions).
+    User(String),
+}
+
+/// What the gateway holds to sign a shadow account in.
+#[derive(Clone)]
+pub struct UserCredential {
+    pub upn: String,
+    pub password: SecretString,
+}
+
+impl std::fmt::Debug for UserCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserCredential")
+            .field("upn", &self.upn)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Cached {
+    access: SecretString,
+    expires: Instant,
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    access_token: String,
+    expires_in: u64,
+    #[serde(default)]
+    refresh_token: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct TokenError {
+    error: String,
+    #[serde(default)]
+    error_description: String,
+}
+
+pub struct Tokens {
+    http: reqwest::Client,
+    endpoint: String,
+    client_id: String,
+    client_secret: SecretString,
+    cache: Mutex<HashMap<Identity, Cached>>,
+    /// Latest refresh token per shadow account (they rotate on each use).
+    refresh: Mutex<HashMap<String, SecretString>>,
+}
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokens")
+            .field("endpoint", &self.endpoint)
+            .field("client_id", &self.client_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Tokens {
+    pub fn new(
+        http: reqwest::Client,
+        authority_url: &str,
+        tenant_id: &str,
+        client_id: &str,
+        client_secret: SecretString,
+    ) -> Self {
+        Self {
+            http,
+            endpoint: format!(
+                "{}/{tenant_id}/oauth2/v2.0/token",
+                authority_url.trim_end_matches('/')
+            ),
+            client_id: client_id.to_owned(),
+            client_secret,
+            cache: Mutex::new(HashMap::new()),
+            refresh: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A valid access token for `identity`, from the cache when it has one.
+    pub async fn get(
+        &self,
+        identity: &Identity,
+        credential: Option<&UserCredential>,
+    ) -> Result<SecretString, GraphError> {
+        let mut cache = self.cache.lock().await;
+        if let Some(cached) = cache.get(identity)
+            && cached.expires > Instant::now() + RENEW_BEFORE
+        {
+            return Ok(cached.access.clone());
+        }
+        let response = match identity {
+            Identity::App => {
+                self.request(&[
+                    ("grant_type", "client_credentials"),
+                    ("scope", "https://graph.microsoft.com/.default"),
+                ])
+                .await?
+            }
+            Identity::User(upn) => self.user_token(upn, credential).await?,
+        };
+        let access = SecretString::from(response.access_token);
+        cache.insert(
+            identity.clone(),
+            Cached {
+                access: access.clone(),
+                expires: Instant::now() + Duration::from_secs(response.expires_in),
+            },
+        );
+        Ok(access)
+    }
+
+    /// Forgets a token Graph refused (revoked, or the account changed).
+    pub async fn invalidate(&self, identity: &Identity) {
+        self.cache.lock().await.remove(identity);
+    }
+
+    async fn user_token(
+        &self,
+        upn: &str,
+        credential: Option<&UserCredential>,
+    ) -> Result<TokenResponse, GraphError> {
+        let scope = "https://graph.microsoft.com/.default offline_access";
+        let stored = self.refresh.lock().await.remove(upn);
+        let mut response = None;
+        if let Some(refresh) = stored {
+            match self
+                .request(&[
+                    ("grant_type", "refresh_token"),
+                    ("refresh_token", refresh.expose_secret()),
+                    ("scope", scope),
+                ])
+                .await
+            {
+                Ok(r) => response = Some(r),
+                // An expired or revoked refresh token: sign in again below.
+                Err(GraphError::Token { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let response = match response {
+            Some(r) => r,
+            None => {
+                let credential = credential
+                    .ok_or_else(|| GraphError::Config(format!("no credential for {upn}")))?;
+                self.request(&[
+                    ("grant_type", "password"),
+                    ("username", &credential.upn),
+                    ("password", credential.password.expose_secret()),
+                    ("scope", scope),
+                ])
+                .await?
+            }
+        };
+        if let Some(next) = &response.refresh_token {
+            self.refresh
+                .lock()
+                .await
+                .insert(upn.to_owned(), SecretString::from(next.clone()));
+        }
+        Ok(response)
+    }
+
+    async fn request(&self, grant: &[(&str, &str)]) -> Result<TokenResponse, GraphError> {
+        let mut form: Vec<(&str, &str)> = vec![
+            ("client_id", &self.client_id),
+            ("client_secret", self.client_secret.expose_secret()),
+        ];
+        form.extend_from_slice(grant);
+        let body =
+            serde_urlencoded::to_string(&form).map_err(|e| GraphError::Decode(e.to_string()))?;
+        let grant_type = grant
+            .iter()
+            .find(|(k, _)| *k == "grant_type")
+            .map_or("", |(_, v)| *v);
+        let span = tracing::info_span!("graph.token", grant_type);
+        let response = tracing::Instrument::instrument(
+            self.http
+                .post(&self.endpoint)
+                .header(
+                    reqwest::header::CONTENT_TYPE,
+                    "application/x-www-form-urlencoded",
+                )
+                .body(body)
+                .send(),
+            span,
+        )
+        .await
+        .map_err(|e| GraphError::Transport(e.without_url().to_string()))?;
+        let status = response.status();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| GraphError::Transport(e.to_string()))?;
+        if status.is_success() {
+            serde_json::from_slice(&bytes)
+                .map_err(|e| GraphError::Decode(format!("token response: {e}")))
+        } else {
+            let error: TokenError =
+                serde_json::from_slice(&bytes).map_err(|_| GraphError::Token {
+                    error: status.to_string(),
+                    description: String::new(),
+                })?;
+            Err(GraphError::Token {
+                error: error.error,
+                description: error.error_description,
+            })
+        }
+    }
+}

@@ -1,0 +1,342 @@
+//! Sending Graph requests: tokens, the per-tenant request budget, retries of
+//! 429/503/504 after `Retry-After` (jittered, bounded), one tracing span per
+//! call carrying Graph's `request-id`.
+
+use std::time::Duration;
+
+use reqwest::Method;
+use secrecy::ExposeSecret;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+use super::auth::{Identity, Tokens, UserCredential};
+use super::error::GraphError;
+
+/// How hard to try before giving up on a call.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    /// Total time one call may spend waiting between attempts.
+    pub max_wait: Duration,
+    /// First backoff when Graph gives no `Retry-After`; doubles per attempt.
+    pub backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 5,
+            max_wait: Duration::from_secs(120),
+            backoff: Duration::from_millis(500),
+        }
+    }
+}
+
+/// A token bucket for the whole tenant: keeps us under Microsoft's published
+/// limits instead of finding them through 429s. A 429 pauses every caller
+/// until its `Retry-After` has passed.
+#[derive(Debug)]
+pub struct Budget {
+    per_second: f64,
+    burst: f64,
+    state: Mutex<(f64, Instant, Option<Instant>)>,
+}
+
+impl Budget {
+    pub fn new(per_second: u32, burst: u32) -> Self {
+        Self {
+            per_second: f64::from(per_second.max(1)),
+            burst: f64::from(burst.max(1)),
+            state: Mutex::new((f64::from(burst.max(1)), Instant::now(), None)),
+        }
+    }
+
+    /// Waits for one request's worth of budget.
+    pub async fn acquire(&self) {
+        loop {
+            let wait = {
+                let mut state = self.state.lock().await;
+                let (tokens, last, paused) = &mut *state;
+                let now = Instant::now();
+                if let Some(until) = *paused {
+                    if until > now {
+                        Some(until - now)
+                    } else {
+                        *paused = None;
+                        None
+                    }
+                } else {
+                    None
+                }
+                .or_else(|| {
+                    *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.per_second)
+                        .min(self.burst);
+                    *last = now;
+                    if *tokens >= 1.0 {
+                        *tokens -= 1.0;
+                        None
+                    } else {
+                        Some(Duration::from_secs_f64((1.0 - *tokens) / self.per_second))
+                    }
+                })
+            };
+            match wait {
+                None => return,
+                Some(d) => tokio::time::sleep(d).await,
+            }
+        }
+    }
+
+    /// Graph said 429: nobody sends until `until`.
+    pub async fn pause_until(&self, until: Instant) {
+        let mut state = self.state.lock().await;
+        state.2 = Some(state.2.map_or(until, |p| p.max(until)));
+    }
+}
+
+/// A raw answer: status, `request-id`, body.
+pub struct Reply {
+    pub status: u16,
+    pub content_type: Option<String>,
+    pub body: bytes::Bytes,
+}
+
+pub struct GraphClient {
+    http: reqwest::Client,
+    base: String,
+    tokens: Tokens,
+    budget: Budget,
+    retry: RetryPolicy,
+}
+
+impl std::fmt::Debug for GraphClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GraphClient")
+            .field("base", &self.base)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What to send.
+pub enum Body<'a> {
+    None,
+    Json(serde_json::Value),
+    Bytes {
+        content_type: &'a str,
+        bytes: &'a [u8],
+    },
+}
+
+fn jitter(max: Duration) -> Duration {
+    let mut b = [0u8; 2];
+    let _ = getrandom::fill(&mut b);
+    max.mul_f64(f64::from(u16::from_le_bytes(b)) / f64::from(u16::MAX))
+}
+
+impl GraphClient {
+    pub fn new(
+        http: reqwest::Client,
+        graph_url: &str,
+        tokens: Tokens,
+        budget: Budget,
+        retry: RetryPolicy,
+    ) -> Self {
+        Self {
+            http,
+            base: graph_url.trim_end_matches('/').to_owned(),
+            tokens,
+            budget,
+            retry,
+        }
+    }
+
+    pub fn tokens(&self) -> &Tokens {
+        &self.tokens
+    }
+
+    /// Sends one call, retrying what Graph says to retry.
+    pub async fn send(
+        &self,
+        identity: &Identity,
+        credential: Option<&UserCredential>,
+        method: Method,
+        path: &str,
+        body: Body<'_>,
+    ) -> Result<Reply, GraphError> {
+        let mut waited = Duration::ZERO;
+        let mut refreshed_token = false;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            self.budget.acquire().await;
+            let token = self.tokens.get(identity, credential).await?;
+            let mut request = self
+                .http
+                .request(method.clone(), format!("{}{path}", self.base))
+                .bearer_auth(token.expose_secret());
+            request = match &body {
+                Body::None => request,
+                Body::Json(value) => request.json(value),
+                Body::Bytes {
+                    content_type,
+                    bytes,
+                } => request
+                    .header(reqwest::header::CONTENT_TYPE, *content_type)
+                    .body(bytes.to_vec()),
+            };
+            let span = tracing::info_span!(
+                "graph.request",
+                http.method = %method,
+                graph.path = %path,
+                http.status_code = tracing::field::Empty,
+                graph.request_id = tracing::field::Empty,
+                attempt,
+            );
+            let outcome = tracing::Instrument::instrument(request.send(), span.clone()).await;
+            let response = match outcome {
+                Ok(r) => r,
+                Err(e) => {
+                    let error = GraphError::Transport(e.without_url().to_string());
+                    if attempt < self.retry.max_attempts && waited < self.retry.max_wait {
+                        let delay =
+                            self.retry.backoff * 2u32.pow(attempt - 1) + jitter(self.retry.backoff);
+                        waited += delay;
+                        tokio::time::sleep(delay).await;
+                        continue;
+                    }
+                    return Err(GraphError::Exhausted {
+                        attempts: attempt,
+                        last: Box::new(error),
+                    });
+                }
+            };
+            let status = response.status().as_u16();
+            let request_id = response
+                .headers()
+                .get("request-id")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            span.record("http.status_code", status);
+            if let Some(id) = &request_id {
+                span.record("graph.request_id", id.as_str());
+            }
+            let retry_after = response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            let content_type = response
+                .headers()
+                .get(reqwest::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let bytes = response
+                .bytes()
+                .await
+                .map_err(|e| GraphError::Transport(e.to_string()))?;
+            if (200..300).contains(&status) {
+                return Ok(Reply {
+                    status,
+                    content_type,
+                    body: bytes,
+                });
+            }
+            let error =
+                GraphError::from_response(status, request_id.as_deref(), retry_after, &bytes);
+            if status == 401 && !refreshed_token {
+                // A token revoked before its time: get a new one, once.
+                refreshed_token = true;
+                self.tokens.invalidate(identity).await;
+                continue;
+            }
+            if !error.is_retryable() {
+                return Err(error);
+            }
+            if status == 429 {
+                self.budget
+                    .pause_until(Instant::now() + retry_after.unwrap_or(self.retry.backoff))
+                    .await;
+            }
+            let delay = retry_after.unwrap_or(self.retry.backoff * 2u32.pow(attempt.min(10) - 1))
+                + jitter(self.retry.backoff);
+            if attempt >= self.retry.max_attempts || waited + delay > self.retry.max_wait {
+                tracing::warn!(%error, attempt, "Graph call given up");
+                return Err(GraphError::Exhausted {
+                    attempts: attempt,
+                    last: Box::new(error),
+                });
+            }
+            tracing::info!(status, ?delay, attempt, "Graph asked us to retry");
+            waited += delay;
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// A JSON call with a typed answer.
+    pub async fn json<T: DeserializeOwned>(
+        &self,
+        identity: &Identity,
+        credential: Option<&UserCredential>,
+        method: Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> Result<T, GraphError> {
+        let body = match body {
+            Some(b) => {
+                Body::Json(serde_json::to_value(b).map_err(|e| GraphError::Decode(e.to_string()))?)
+            }
+            None => Body::None,
+        };
+        let reply = self.send(identity, credential, method, path, body).await?;
+        serde_json::from_slice(&reply.body).map_err(|e| GraphError::Decode(format!("{path}: {e}")))
+    }
+
+    /// A call whose answer has no body we need (204, or 200 with nothing useful).
+    pub async fn no_content(
+        &self,
+        identity: &Identity,
+        credential: Option<&UserCredential>,
+        method: Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> Result<(), GraphError> {
+        let body = match body {
+            Some(b) => {
+                Body::Json(serde_json::to_value(b).map_err(|e| GraphError::Decode(e.to_string()))?)
+            }
+            None => Body::None,
+        };
+        self.send(identity, credential, method, path, body)
+            .await
+            .map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_budget_paces_and_a_429_pauses_everyone() {
+        let budget = Budget::new(10, 2);
+        let start = Instant::now();
+        for _ in 0..12 {
+            budget.acquire().await;
+        }
+        // 2 at once, then 10 more at 10/s.
+        let elapsed = start.elapsed();
+        assert!(
+            elapsed >= Duration::from_millis(990) && elapsed < Duration::from_millis(1100),
+            "{elapsed:?}"
+        );
+        budget
+            .pause_until(Instant::now() + Duration::from_secs(5))
+            .await;
+        let paused = Instant::now();
+        budget.acquire().await;
+        assert!(paused.elapsed() >= Duration::from_secs(5));
+    }
+}

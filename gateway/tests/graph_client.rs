@@ -1,0 +1,261 @@
+//! The gateway's Graph client against the Graph emulator (which holds every
+//! request to Microsoft's OpenAPI description and records any mismatch).
+
+use std::time::{Duration, Instant};
+
+use secrecy::SecretString;
+use serde_json::json;
+use xmppfed_e2e::graph::{GraphEmulator, Seed};
+use xmppfed_gateway::graph::api::NewUser;
+use xmppfed_gateway::graph::{
+    Budget, GraphClient, GraphError, RetryPolicy, Tokens, UserCredential,
+};
+
+const TENANT: &str = "5c0ffee0-0000-4000-8000-000000000001";
+
+fn seed() -> Seed {
+    let mut users = vec![
+        json!({"id": "11111111-1111-4111-8111-111111111111", "userPrincipalName": "alice@contoso.com",
+        "displayName": "Alice Teams", "givenName": "Alice", "mail": "alice@contoso.com", "jobTitle": "Engineer", "businessPhones": ["+1 555 0100"]}),
+    ];
+    users.push(json!({"userPrincipalName": "bob.xmpp@shadow.contoso.com", "displayName": "Bob (XMPP)", "password": "Sh4dow!pw"}));
+    serde_json::from_value(json!({
+        "tenantId": TENANT,
+        "apps": [{"clientId": "gateway", "clientSecret": "s3cret",
+                  "roles": ["User.ReadWrite.All", "LicenseAssignment.ReadWrite.All", "Presence.ReadWrite.All", "ProfilePhoto.ReadWrite.All"],
+                  "scopes": ["Presence.ReadWrite", "User.Read"]}],
+        "users": users,
+        "skus": [{"skuId": "sku-teams", "skuPartNumber": "TEAMS_ESSENTIALS", "prepaidUnits": 5}]
+    }))
+    .unwrap()
+}
+
+fn client(emulator: &GraphEmulator, secret: &str, retry: RetryPolicy) -> GraphClient {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let http = reqwest::Client::new();
+    let tokens = Tokens::new(
+        http.clone(),
+        &emulator.authority_url(),
+        TENANT,
+        "gateway",
+        SecretString::from(secret.to_owned()),
+    );
+    GraphClient::new(
+        http,
+        &emulator.graph_url(),
+        tokens,
+        Budget::new(200, 50),
+        retry,
+    )
+}
+
+fn quick_retries() -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: 4,
+        max_wait: Duration::from_secs(10),
+        backoff: Duration::from_millis(50),
+    }
+}
+
+#[tokio::test]
+async fn typed_calls_with_one_cached_token() {
+    let emulator = GraphEmulator::start(seed()).await.unwrap();
+    let graph = client(&emulator, "s3cret", quick_retries());
+    let alice = graph.get_user("alice@contoso.com").await.unwrap();
+    assert_eq!(
+        (alice.display_name.as_deref(), alice.job_title.as_deref()),
+        (Some("Alice Teams"), Some("Engineer"))
+    );
+    assert_eq!(alice.business_phones, ["+1 555 0100"]);
+
+    let carol = graph
+        .create_user(&NewUser {
+            upn: "carol.xmpp@shadow.contoso.com".into(),
+            display_name: "Carol (XMPP)".into(),
+            mail_nickname: "carol.xmpp".into(),
+            usage_location: Some("US".into()),
+            password: SecretString::from("Gen3rated!pw".to_owned()),
+        })
+        .await
+        .unwrap();
+    graph
+        .update_user(&carol.id, &json!({"jobTitle": "Partner engineer"}))
+        .await
+        .unwrap();
+    graph.assign_licence(&carol.id, "sku-teams").await.unwrap();
+    assert_eq!(graph.get_photo(&carol.id).await.unwrap(), None);
+    graph
+        .put_photo(&carol.id, "image/png", b"\x89PNG-bytes")
+        .await
+        .unwrap();
+    assert_eq!(
+        graph.get_photo(&carol.id).await.unwrap(),
+        Some(("image/png".into(), b"\x89PNG-bytes".to_vec()))
+    );
+
+    graph
+        .set_presence(
+            &carol.id,
+            "gateway",
+            "Busy",
+            "InACall",
+            Duration::from_secs(3600),
+        )
+        .await
+        .unwrap();
+    graph
+        .set_status_message(&carol.id, "On XMPP")
+        .await
+        .unwrap();
+    let p = graph.get_presence(&carol.id).await.unwrap();
+    assert_eq!(
+        (p.availability.as_deref(), p.activity.as_deref()),
+        (Some("Busy"), Some("InACall"))
+    );
+    assert_eq!(p.status_message.unwrap()["message"]["content"], "On XMPP");
+    graph.clear_presence(&carol.id, "gateway").await.unwrap();
+    assert_eq!(
+        graph
+            .get_presence(&carol.id)
+            .await
+            .unwrap()
+            .availability
+            .as_deref(),
+        Some("Offline")
+    );
+
+    graph.delete_user(&carol.id).await.unwrap();
+    let gone = graph.get_user(&carol.id).await.unwrap_err();
+    assert!(gone.is_not_found(), "{gone}");
+
+    let t = emulator.tenant();
+    assert_eq!(t.token_requests, 1, "one app token served every call");
+    assert!(
+        t.violations.is_empty(),
+        "requests outside Microsoft's description: {:?}",
+        t.violations
+    );
+}
+
+#[tokio::test]
+async fn presence_batches_are_split_at_650() {
+    let emulator = GraphEmulator::start(seed()).await.unwrap();
+    let graph = client(&emulator, "s3cret", quick_retries());
+    let mut ids: Vec<String> = (0..1300)
+        .map(|i| format!("00000000-0000-4000-8000-{i:012}"))
+        .collect();
+    ids.push("11111111-1111-4111-8111-111111111111".into());
+    let presences = graph.presences_by_user_id(&ids).await.unwrap();
+    assert_eq!(presences.len(), 1, "unknown ids are left out");
+    let t = emulator.tenant();
+    let batches = t
+        .log
+        .iter()
+        .filter(|l| l.ends_with("getPresencesByUserId"))
+        .count();
+    assert_eq!(batches, 3, "1,301 ids → 650 + 650 + 1");
+    assert!(t.violations.is_empty(), "{:?}", t.violations);
+}
+
+#[tokio::test]
+async fn storms_are_waited_out_and_then_given_up() {
+    let emulator = GraphEmulator::start(seed()).await.unwrap();
+    let graph = client(&emulator, "s3cret", quick_retries());
+    graph.get_presence("alice@contoso.com").await.unwrap();
+    let faults = |status: u16, count: u32, retry_after: u64| {
+        let url = format!("{}/_emulator/faults", emulator.authority_url());
+        async move {
+            reqwest::Client::new()
+                .post(url)
+                .json(&json!({"status": status, "count": count, "retryAfter": retry_after}))
+                .send()
+                .await
+                .unwrap();
+        }
+    };
+    // Two 429s with Retry-After: 1 s: the call waits them out and succeeds.
+    faults(429, 2, 1).await;
+    let started = Instant::now();
+    graph.get_presence("alice@contoso.com").await.unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "Retry-After honoured: {:?}",
+        started.elapsed()
+    );
+    // A 503 storm longer than the attempts: a typed error that says so.
+    faults(503, 10, 0).await;
+    let error = graph.get_presence("alice@contoso.com").await.unwrap_err();
+    assert!(
+        matches!(error, GraphError::Exhausted { attempts: 4, .. }),
+        "{error}"
+    );
+    assert_eq!(error.status(), Some(503));
+    // Errors that retrying cannot fix come back at once.
+    faults(0, 0, 0).await;
+    let error = graph.get_user("nobody@contoso.com").await.unwrap_err();
+    assert_eq!(
+        (error.status(), error.code()),
+        (Some(404), Some("Request_ResourceNotFound"))
+    );
+}
+
+#[tokio::test]
+async fn bad_credentials_and_delegated_tokens() {
+    let emulator = GraphEmulator::start(seed()).await.unwrap();
+    let wrong = client(&emulator, "not-the-secret", quick_retries());
+    let error = wrong.get_user("alice@contoso.com").await.unwrap_err();
+    assert!(
+        matches!(&error, GraphError::Token { error, .. } if error == "invalid_client"),
+        "{error}"
+    );
+    assert!(
+        !error.to_string().contains("not-the-secret"),
+        "secrets never reach messages"
+    );
+
+    let graph = client(&emulator, "s3cret", quick_retries());
+    let before = emulator.tenant().token_requests;
+    let bob = UserCredential {
+        upn: "bob.xmpp@shadow.contoso.com".into(),
+        password: SecretString::from("Sh4dow!pw".to_owned()),
+    };
+    graph
+        .set_own_presence(
+            &bob,
+            "gateway",
+            "Available",
+            "Available",
+            Duration::from_secs(600),
+        )
+        .await
+        .unwrap();
+    graph
+        .set_own_presence(&bob, "gateway", "Away", "Away", Duration::from_secs(600))
+        .await
+        .unwrap();
+    assert_eq!(
+        emulator.tenant().token_requests,
+        before + 1,
+        "the delegated token is cached"
+    );
+    // A token lost (e.g. after a restart of the cache): the rotating refresh token is used.
+    graph
+        .tokens()
+        .invalidate(&xmppfed_gateway::graph::Identity::User(bob.upn.clone()))
+        .await;
+    graph
+        .set_own_presence(&bob, "gateway", "Busy", "InACall", Duration::from_secs(600))
+        .await
+        .unwrap();
+    assert_eq!(emulator.tenant().token_requests, before + 2);
+    assert_eq!(
+        graph
+            .get_presence(&bob.upn)
+            .await
+            .unwrap()
+            .availability
+            .as_deref(),
+        Some("Busy")
+    );
+    assert!(emulator.tenant().violations.is_empty());
+}
