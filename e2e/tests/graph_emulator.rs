@@ -17,8 +17,8 @@ fn seed(requests_per_10s: u32) -> Seed {
         "requestsPer10s": requests_per_10s,
         "apps": [
             {"clientId": "gateway", "clientSecret": "s3cret",
-             "roles": ["User.ReadWrite.All", "LicenseAssignment.ReadWrite.All", "Presence.ReadWrite.All", "ProfilePhoto.ReadWrite.All"],
-             "scopes": ["Presence.ReadWrite", "Chat.ReadWrite", "User.Read"]},
+             "roles": ["User.ReadWrite.All", "LicenseAssignment.ReadWrite.All", "Presence.ReadWrite.All", "ProfilePhoto.ReadWrite.All", "Chat.ReadBasic.All"],
+             "scopes": ["Presence.ReadWrite", "Chat.ReadWrite", "Chat.Create", "ChatMessage.Send", "User.Read"]},
             {"clientId": "weak", "clientSecret": "weak", "roles": ["Presence.Read.All"]}
         ],
         "users": [
@@ -514,4 +514,85 @@ async fn throttling_and_injected_faults_say_when_to_retry() {
         .call(Method::GET, "/users/alice@contoso.com/presence", &t, None)
         .await;
     assert_eq!(status, 200, "the storm has passed");
+}
+
+#[tokio::test]
+async fn one_on_one_chats_as_documented() {
+    let emulator = GraphEmulator::start(seed(0)).await.unwrap();
+    let c = Client::new(&emulator);
+    let app = c.app_token("gateway", "s3cret").await;
+    let (_, body) = c
+        .token(&[
+            ("grant_type", "password"),
+            ("client_id", "gateway"),
+            ("client_secret", "s3cret"),
+            ("username", "bob.xmpp@shadow.contoso.com"),
+            ("password", "Sh4dow!pw"),
+            ("scope", "https://graph.microsoft.com/.default"),
+        ])
+        .await;
+    let bob = body["access_token"].as_str().unwrap().to_owned();
+    let (_, bob_user, _) = c
+        .call(
+            Method::GET,
+            "/users/bob.xmpp@shadow.contoso.com",
+            &app,
+            None,
+        )
+        .await;
+    let member = |id: &str| {
+        json!({"@odata.type": "#microsoft.graph.aadUserConversationMember", "roles": ["owner"],
+        "user@odata.bind": format!("https://graph.microsoft.com/v1.0/users('{id}')")})
+    };
+    let new_chat = json!({"chatType": "oneOnOne", "members": [member(bob_user["id"].as_str().unwrap()), member("11111111-1111-4111-8111-111111111111")]});
+    let (status, chat, _) = c.call(Method::POST, "/chats", &bob, Some(new_chat)).await;
+    assert_eq!(status, 201, "{chat}");
+    let chat_id = chat["id"].as_str().unwrap().to_owned();
+    assert!(
+        chat_id.starts_with("19:") && chat_id.ends_with("@unq.gbl.spaces"),
+        "{chat_id}"
+    );
+    let message = json!({"body": {"contentType": "html", "content": "hello <b>Alice</b>"}});
+    let (status, sent, _) = c
+        .call(
+            Method::POST,
+            &format!("/chats/{chat_id}/messages"),
+            &bob,
+            Some(message.clone()),
+        )
+        .await;
+    assert_eq!(status, 201, "{sent}");
+    assert_eq!(sent["from"]["user"]["id"], bob_user["id"]);
+    let (status, _, _) = c
+        .call(
+            Method::POST,
+            &format!("/chats/{chat_id}/messages"),
+            &app,
+            Some(message),
+        )
+        .await;
+    assert_eq!(status, 403, "application permissions send no chat messages");
+    let (status, list, _) = c
+        .call(
+            Method::GET,
+            &format!("/chats/{chat_id}/messages?$top=5"),
+            &bob,
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status.as_u16(), list["value"].as_array().unwrap().len()),
+        (200, 1)
+    );
+    let (status, _, _) = c
+        .call(Method::GET, &format!("/chats/{chat_id}"), &bob, None)
+        .await;
+    assert_eq!(status, 200);
+    let (status, chats, _) = c
+        .call(Method::GET, "/users/alice@contoso.com/chats", &app, None)
+        .await;
+    assert_eq!(
+        (status.as_u16(), chats["value"][0]["id"].as_str()),
+        (200, Some(chat_id.as_str()))
+    );
 }

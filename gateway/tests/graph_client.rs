@@ -23,7 +23,7 @@ fn seed() -> Seed {
         "tenantId": TENANT,
         "apps": [{"clientId": "gateway", "clientSecret": "s3cret",
                   "roles": ["User.ReadWrite.All", "LicenseAssignment.ReadWrite.All", "Presence.ReadWrite.All", "ProfilePhoto.ReadWrite.All"],
-                  "scopes": ["Presence.ReadWrite", "User.Read"]}],
+                  "scopes": ["Presence.ReadWrite", "User.Read", "Chat.Create", "Chat.ReadWrite", "ChatMessage.Send"]}],
         "users": users,
         "skus": [{"skuId": "sku-teams", "skuPartNumber": "TEAMS_ESSENTIALS", "prepaidUnits": 5}]
     }))
@@ -258,4 +258,55 @@ async fn bad_credentials_and_delegated_tokens() {
         Some("Busy")
     );
     assert!(emulator.tenant().violations.is_empty());
+}
+
+#[tokio::test]
+async fn shadow_accounts_chat_with_teams_users() {
+    let emulator = GraphEmulator::start(seed()).await.unwrap();
+    let graph = client(&emulator, "s3cret", quick_retries());
+    let bob = UserCredential {
+        upn: "bob.xmpp@shadow.contoso.com".into(),
+        password: SecretString::from("Sh4dow!pw".to_owned()),
+    };
+    let bob_id = graph.get_user(&bob.upn).await.unwrap().id;
+    let alice_id = "11111111-1111-4111-8111-111111111111";
+    let chat = graph
+        .one_on_one_chat(&bob, &bob_id, alice_id)
+        .await
+        .unwrap();
+    assert_eq!(chat.chat_type, "oneOnOne");
+    assert_eq!(
+        graph
+            .one_on_one_chat(&bob, &bob_id, alice_id)
+            .await
+            .unwrap()
+            .id,
+        chat.id,
+        "one chat per pair"
+    );
+
+    let sent = graph
+        .send_chat_message(&bob, &chat.id, "hello from XMPP &lt;3")
+        .await
+        .unwrap();
+    assert_eq!(sent.sender_id(), Some(bob_id.as_str()));
+    reqwest::Client::new()
+        .post(format!("{}/_emulator/chats/{}/messages", emulator.authority_url(), chat.id))
+        .json(&json!({"from": "alice@contoso.com", "content": "<p>hi Bob</p>", "contentType": "html"}))
+        .send()
+        .await
+        .unwrap();
+    let messages = graph.chat_messages(&bob, &chat.id, 10).await.unwrap();
+    assert_eq!(messages.len(), 2);
+    assert_eq!(
+        (messages[0].sender_id(), messages[0].body.content.as_str()),
+        (Some(alice_id), "<p>hi Bob</p>"),
+        "newest first"
+    );
+    assert_eq!(messages[1].id, sent.id);
+    assert!(
+        emulator.tenant().violations.is_empty(),
+        "{:?}",
+        emulator.tenant().violations
+    );
 }

@@ -75,6 +75,10 @@ pub fn router(state: Shared) -> Router {
         .route("/{tenant}/oauth2/v2.0/token", post(token))
         .route("/_emulator/users/{user}/presence", post(control_presence))
         .route("/_emulator/faults", post(control_faults))
+        .route(
+            "/_emulator/chats/{chat}/messages",
+            post(control_chat_message),
+        )
         .fallback(graph)
         .with_state(state)
 }
@@ -629,8 +633,188 @@ fn handle(
                 Err(message) => ctx.error(StatusCode::BAD_REQUEST, "BadRequest", &message),
             }
         }
+        ("POST", ["chats"]) => create_chat(t, ctx, principal, &body),
+        ("GET", ["chats", id]) => match t.chats.iter().find(|c| c.id == *id) {
+            Some(chat) if may_read_chat(principal, chat) => ctx.respond(StatusCode::OK, Some(chat_resource(chat, &t.id))),
+            _ => ctx.error(StatusCode::NOT_FOUND, "NotFound", &format!("Chat {id} not found.")),
+        },
+        ("GET", ["chats", id, "messages"]) => match t.chats.iter().find(|c| c.id == *id) {
+            Some(chat) if may_read_chat(principal, chat) => {
+                let top = uri
+                    .query()
+                    .and_then(|q| serde_urlencoded::from_str::<Vec<(String, String)>>(q).ok())
+                    .and_then(|q| q.into_iter().find(|(k, _)| k == "$top").and_then(|(_, v)| v.parse::<usize>().ok()))
+                    .unwrap_or(20)
+                    .min(50);
+                // Newest first, as Graph lists them.
+                let value: Vec<Value> = chat.messages.iter().rev().take(top).cloned().collect();
+                ctx.respond(StatusCode::OK, Some(json!({"@odata.context": format!("https://graph.microsoft.com/v1.0/$metadata#chats('{id}')/messages"), "@odata.count": value.len(), "value": value})))
+            }
+            _ => ctx.error(StatusCode::NOT_FOUND, "NotFound", &format!("Chat {id} not found.")),
+        },
+        ("GET", ["chats", id, "messages", mid]) => {
+            let found = t.chats.iter().find(|c| c.id == *id).filter(|c| may_read_chat(principal, c)).and_then(|c| c.messages.iter().find(|m| m["id"] == json!(mid)).cloned());
+            match found {
+                Some(m) => ctx.respond(StatusCode::OK, Some(m)),
+                None => ctx.error(StatusCode::NOT_FOUND, "NotFound", &format!("Message {mid} not found.")),
+            }
+        }
+        ("POST", ["chats", id, "messages"]) => {
+            let Principal::User { user_id, .. } = principal else {
+                return ctx.error(StatusCode::FORBIDDEN, "Forbidden", "Sending chat messages needs a delegated token (application permissions are for migration only).");
+            };
+            let sender = t.user(user_id).map(|u| (u.id.clone(), u.properties.get("displayName").cloned().unwrap_or(Value::Null)));
+            let tenant_id = t.id.clone();
+            let Some(chat) = t.chats.iter_mut().find(|c| c.id == *id) else {
+                return ctx.error(StatusCode::NOT_FOUND, "NotFound", &format!("Chat {id} not found."));
+            };
+            if !chat.members.contains(user_id) {
+                return ctx.error(StatusCode::FORBIDDEN, "Forbidden", "The caller is not a member of the chat.");
+            }
+            let Some(content) = body["body"]["content"].as_str() else {
+                return ctx.error(StatusCode::BAD_REQUEST, "BadRequest", "The message body is required.");
+            };
+            let content_type = body["body"]["contentType"].as_str().unwrap_or("text");
+            let (uid, name) = sender.unwrap_or_default();
+            let message = chat_message(&chat.id, &uid, name, &tenant_id, content_type, content);
+            chat.messages.push(message.clone());
+            ctx.respond(StatusCode::CREATED, Some(message))
+        }
+        ("GET", ["users", id, "chats"]) => {
+            let Some(uid) = t.user(id).map(|u| u.id.clone()) else { return not_found(id) };
+            let value: Vec<Value> = t.chats.iter().filter(|c| c.members.contains(&uid)).map(|c| chat_resource(c, &t.id)).collect();
+            ctx.respond(StatusCode::OK, Some(json!({"@odata.context": "https://graph.microsoft.com/v1.0/$metadata#chats", "@odata.count": value.len(), "value": value})))
+        }
         _ => ctx.error(StatusCode::NOT_IMPLEMENTED, "NotImplemented", "This operation is not emulated yet."),
     }
+}
+
+fn may_read_chat(principal: &Principal, chat: &super::tenant::Chat) -> bool {
+    match principal {
+        Principal::App { .. } => true,
+        Principal::User { user_id, .. } => chat.members.contains(user_id),
+    }
+}
+
+fn chat_resource(chat: &super::tenant::Chat, tenant_id: &str) -> Value {
+    let updated = chat
+        .messages
+        .last()
+        .and_then(|m| m["createdDateTime"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| chat.created.clone());
+    json!({
+        "id": chat.id, "topic": null, "createdDateTime": chat.created, "lastUpdatedDateTime": updated,
+        "chatType": chat.chat_type, "webUrl": format!("https://teams.microsoft.com/l/chat/{}/0?tenantId={tenant_id}", chat.id),
+        "tenantId": tenant_id, "onlineMeetingInfo": null, "viewpoint": null,
+    })
+}
+
+fn timestamp_millis() -> String {
+    k8s_openapi::jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%S%.3fZ")
+        .to_string()
+}
+
+fn chat_message(
+    chat_id: &str,
+    user_id: &str,
+    display_name: Value,
+    tenant_id: &str,
+    content_type: &str,
+    content: &str,
+) -> Value {
+    static SEQUENCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let now = timestamp_millis();
+    let id = (k8s_openapi::jiff::Timestamp::now().as_millisecond() as u64 * 1000
+        + SEQUENCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 1000)
+        .to_string();
+    json!({
+        "id": id, "replyToId": null, "etag": id, "messageType": "message",
+        "createdDateTime": now, "lastModifiedDateTime": now, "lastEditedDateTime": null, "deletedDateTime": null,
+        "subject": null, "summary": null, "chatId": chat_id, "importance": "normal", "locale": "en-us", "webUrl": null,
+        "channelIdentity": null, "policyViolation": null, "eventDetail": null, "onBehalfOf": null,
+        "from": {"application": null, "device": null, "user": {
+            "@odata.type": "#microsoft.graph.teamworkUserIdentity", "id": user_id, "displayName": display_name,
+            "userIdentityType": "aadUser", "tenantId": tenant_id}},
+        "body": {"contentType": content_type, "content": content},
+        "attachments": [], "mentions": [], "reactions": [],
+    })
+}
+
+/// POST /chats: a oneOnOne chat between two users (the existing one if they
+/// already have it, as Graph does).
+fn create_chat(t: &mut Tenant, ctx: &Ctx, principal: &Principal, body: &Value) -> Response {
+    if body["chatType"] != json!("oneOnOne") && body["chatType"] != json!("group") {
+        return ctx.error(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "chatType must be oneOnOne or group.",
+        );
+    }
+    let mut members = Vec::new();
+    for m in body["members"].as_array().into_iter().flatten() {
+        let bind = m["user@odata.bind"].as_str().unwrap_or_default();
+        let key = bind
+            .rsplit_once("users('")
+            .and_then(|(_, rest)| rest.strip_suffix("')"))
+            .or_else(|| bind.rsplit_once("/users/").map(|(_, rest)| rest))
+            .unwrap_or_default();
+        match t.user(key) {
+            Some(u) => members.push(u.id.clone()),
+            None => {
+                return ctx.error(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    &format!("User {key} not found."),
+                );
+            }
+        }
+    }
+    if body["chatType"] == json!("oneOnOne") && members.len() != 2 {
+        return ctx.error(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "A oneOnOne chat needs exactly two members.",
+        );
+    }
+    if let Principal::User { user_id, .. } = principal
+        && !members.contains(user_id)
+    {
+        return ctx.error(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            "The caller must be a member of the chat.",
+        );
+    }
+    let tenant_id = t.id.clone();
+    if body["chatType"] == json!("oneOnOne")
+        && let Some(existing) = t
+            .chats
+            .iter()
+            .find(|c| c.chat_type == "oneOnOne" && members.iter().all(|m| c.members.contains(m)))
+    {
+        return ctx.respond(
+            StatusCode::CREATED,
+            Some(chat_resource(existing, &tenant_id)),
+        );
+    }
+    let mut sorted = members.clone();
+    sorted.sort();
+    let id = if body["chatType"] == json!("oneOnOne") {
+        format!("19:{}_{}@unq.gbl.spaces", sorted[0], sorted[1])
+    } else {
+        format!("19:{}@thread.v2", guid().replace('-', ""))
+    };
+    let chat = super::tenant::Chat {
+        id,
+        chat_type: body["chatType"].as_str().unwrap_or("oneOnOne").to_owned(),
+        members,
+        created: timestamp_millis(),
+        messages: Vec::new(),
+    };
+    let resource = chat_resource(&chat, &tenant_id);
+    t.chats.push(chat);
+    ctx.respond(StatusCode::CREATED, Some(resource))
 }
 
 fn presence_resource(u: &mut super::tenant::User) -> Value {
@@ -788,6 +972,44 @@ async fn control_presence(
     };
     u.presence.sessions.insert("teams-client".into(), session);
     StatusCode::NO_CONTENT.into_response()
+}
+
+/// POST /_emulator/chats/{chat}/messages {"from": upn, "content", "contentType"}:
+/// a Teams user writes in a chat (through the Teams client).
+async fn control_chat_message(
+    State(state): State<Shared>,
+    Path(chat_id): Path<String>,
+    axum::Json(body): axum::Json<Value>,
+) -> Response {
+    let mut t = lock(&state);
+    let Some((uid, name)) = t.user(body["from"].as_str().unwrap_or_default()).map(|u| {
+        (
+            u.id.clone(),
+            u.properties
+                .get("displayName")
+                .cloned()
+                .unwrap_or(Value::Null),
+        )
+    }) else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let tenant_id = t.id.clone();
+    let Some(chat) = t.chats.iter_mut().find(|c| c.id == chat_id) else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    if !chat.members.contains(&uid) {
+        return StatusCode::FORBIDDEN.into_response();
+    }
+    let message = chat_message(
+        &chat.id,
+        &uid,
+        name,
+        &tenant_id,
+        body["contentType"].as_str().unwrap_or("html"),
+        body["content"].as_str().unwrap_or_default(),
+    );
+    chat.messages.push(message.clone());
+    (StatusCode::CREATED, axum::Json(message)).into_response()
 }
 
 /// POST /_emulator/faults {"status": 429, "count": 5, "retryAfter": 2}

@@ -178,6 +178,16 @@ impl User {
     }
 }
 
+/// A chat and its messages (newest last).
+#[derive(Debug, Clone)]
+pub struct Chat {
+    pub id: String,
+    pub chat_type: String,
+    pub members: Vec<String>,
+    pub created: String,
+    pub messages: Vec<Value>,
+}
+
 /// Who a token speaks for.
 #[derive(Debug, Clone)]
 pub enum Principal {
@@ -227,6 +237,7 @@ pub struct Tenant {
     pub windows: HashMap<String, (Instant, u32)>,
     /// Every Graph request served, `METHOD path`, for tests to inspect.
     pub log: Vec<String>,
+    pub chats: Vec<Chat>,
     /// Token requests answered (any grant), for tests of token caching.
     pub token_requests: u32,
     /// Requests whose body did not match Microsoft's OpenAPI description.

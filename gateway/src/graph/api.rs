@@ -39,8 +39,13 @@ pub struct User {
     pub office_location: Option<String>,
     #[serde(default)]
     pub mobile_phone: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub business_phones: Vec<String>,
+}
+
+/// Graph sends `[]` for empty collections; a `null` is taken as the same.
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    Ok(Option::<Vec<String>>::deserialize(d)?.unwrap_or_default())
 }
 
 /// The `$select` that fills [`User`].
@@ -66,6 +71,39 @@ pub struct Presence {
     pub activity: Option<String>,
     #[serde(default)]
     pub status_message: Option<Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Chat {
+    pub id: String,
+    pub chat_type: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ItemBody {
+    pub content_type: String,
+    pub content: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChatMessage {
+    pub id: String,
+    pub created_date_time: String,
+    #[serde(default)]
+    pub message_type: Option<String>,
+    #[serde(default)]
+    pub from: Option<Value>,
+    pub body: ItemBody,
+}
+
+impl ChatMessage {
+    /// The Entra object id of the user who sent it (None for system messages).
+    pub fn sender_id(&self) -> Option<&str> {
+        self.from.as_ref()?.get("user")?.get("id")?.as_str()
+    }
 }
 
 #[derive(Deserialize)]
@@ -296,6 +334,68 @@ impl GraphClient {
         )
         .await
     }
+}
+
+impl GraphClient {
+    /// The 1:1 chat between a shadow account and a Teams user (Graph returns
+    /// the existing one if they have it), created as the shadow account.
+    pub async fn one_on_one_chat(
+        &self,
+        shadow: &UserCredential,
+        shadow_id: &str,
+        other_id: &str,
+    ) -> Result<Chat, GraphError> {
+        let member = |id: &str| {
+            json!({"@odata.type": "#microsoft.graph.aadUserConversationMember", "roles": ["owner"],
+                   "user@odata.bind": format!("https://graph.microsoft.com/v1.0/users('{id}')")})
+        };
+        let body =
+            json!({"chatType": "oneOnOne", "members": [member(shadow_id), member(other_id)]});
+        let identity = Identity::User(shadow.upn.clone());
+        self.json(&identity, Some(shadow), Method::POST, "/chats", Some(&body))
+            .await
+    }
+
+    /// Sends HTML (already escaped by the caller) as the shadow account.
+    pub async fn send_chat_message(
+        &self,
+        shadow: &UserCredential,
+        chat_id: &str,
+        html: &str,
+    ) -> Result<ChatMessage, GraphError> {
+        let body = json!({"body": {"contentType": "html", "content": html}});
+        let identity = Identity::User(shadow.upn.clone());
+        let path = format!("/chats/{}/messages", chat_path(chat_id));
+        self.json(&identity, Some(shadow), Method::POST, &path, Some(&body))
+            .await
+    }
+
+    /// The newest `top` messages of a chat (newest first), read as the shadow account.
+    pub async fn chat_messages(
+        &self,
+        shadow: &UserCredential,
+        chat_id: &str,
+        top: u32,
+    ) -> Result<Vec<ChatMessage>, GraphError> {
+        let identity = Identity::User(shadow.upn.clone());
+        let path = format!(
+            "/chats/{}/messages?$top={}",
+            chat_path(chat_id),
+            top.clamp(1, 50)
+        );
+        let page: Collection<ChatMessage> = self
+            .json(&identity, Some(shadow), Method::GET, &path, NONE)
+            .await?;
+        Ok(page.value)
+    }
+}
+
+/// Chat ids (`19:…@unq.gbl.spaces`) go into paths as they are, but for `#`, `?` and spaces.
+fn chat_path(id: &str) -> String {
+    id.replace('%', "%25")
+        .replace('#', "%23")
+        .replace('?', "%3F")
+        .replace(' ', "%20")
 }
 
 #[cfg(test)]
