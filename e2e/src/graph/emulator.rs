@@ -79,6 +79,11 @@ pub fn router(state: Shared) -> Router {
             "/_emulator/chats/{chat}/messages",
             post(control_chat_message),
         )
+        .route(
+            "/_emulator/subscriptions/{id}/lifecycle",
+            post(control_lifecycle),
+        )
+        .route("/_emulator/notifications/drop", post(control_drop))
         .fallback(graph)
         .with_state(state)
 }
@@ -334,6 +339,25 @@ async fn graph(
             .and_then(|v| v.to_str().ok())
             .map_or_else(guid, str::to_owned),
     };
+    // Everything under the tenant's lock happens in a plain function; creating
+    // a subscription (which calls the subscriber back) happens after it.
+    let mut subscribe = None;
+    let response = graph_locked(&state, &ctx, &method, &uri, &headers, body, &mut subscribe);
+    match subscribe {
+        Some((principal, body)) => create_subscription(&state, &ctx, &principal, body).await,
+        None => response,
+    }
+}
+
+fn graph_locked(
+    state: &Shared,
+    ctx: &Ctx,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Bytes,
+    subscribe: &mut Option<(Principal, Value)>,
+) -> Response {
     let path = uri.path();
     let Some(rest) = path.strip_prefix("/v1.0/") else {
         return ctx.error(StatusCode::BAD_REQUEST, "BadRequest", "Invalid version.");
@@ -345,7 +369,7 @@ async fn graph(
         .map(|s| s.strip_prefix("microsoft.graph.").unwrap_or(s))
         .map(|s| s.strip_suffix("()").unwrap_or(s))
         .collect();
-    let mut t = lock(&state);
+    let mut t = lock(state);
     t.log.push(format!("{method} {path}"));
 
     // Authentication.
@@ -413,7 +437,7 @@ async fn graph(
     let (application, delegated): (Vec<String>, Vec<String>) =
         match spec().find(method.as_str(), path) {
             Some(op) => (op.application.clone(), op.delegated.clone()),
-            None => match documented_permissions(&method, &segments) {
+            None => match documented_permissions(method, &segments) {
                 Some((a, d)) => (
                     a.into_iter().map(str::to_owned).collect(),
                     d.into_iter().map(str::to_owned).collect(),
@@ -434,7 +458,8 @@ async fn graph(
         Principal::App { roles, .. } => roles.iter().any(|r| application.contains(r)),
         Principal::User { scopes, .. } => scopes.iter().any(|s| delegated.contains(s)),
     };
-    if !granted {
+    // A subscription's permissions depend on its resource: checked by its handler.
+    if !granted && segments.first() != Some(&"subscriptions") {
         let code = if segments.first() == Some(&"users") && segments.len() <= 2 {
             "Authorization_RequestDenied"
         } else {
@@ -458,9 +483,205 @@ async fn graph(
     {
         return ctx.error(StatusCode::BAD_REQUEST, "BadRequest", "Unable to read JSON request payload. Please ensure Content-Type header is set and payload is of valid JSON format.");
     }
-    handle(
-        &mut t, &ctx, &principal, &method, &segments, &uri, json_body, body, &headers,
-    )
+    if *method == Method::POST && segments == ["subscriptions"] {
+        *subscribe = Some((principal, json_body.unwrap_or(Value::Null)));
+        return StatusCode::ACCEPTED.into_response();
+    }
+    let response = handle(
+        &mut t, ctx, &principal, method, &segments, uri, json_body, body, headers,
+    );
+    let outgoing = std::mem::take(&mut t.outgoing);
+    drop(t);
+    deliver_all(state, outgoing);
+    response
+}
+
+/// What a subscription to `resource` needs, and how long it may live (minutes).
+fn subscription_rules(resource: &str) -> Option<(Vec<&'static str>, Vec<&'static str>, i64)> {
+    let r = resource.trim_start_matches('/');
+    let parts: Vec<&str> = r.split('/').collect();
+    match parts.as_slice() {
+        ["communications", p, ..] if p.starts_with("presences") => {
+            Some((vec![], vec!["Presence.Read.All"], 60))
+        }
+        ["chats", "getAllMessages"] => Some((vec!["Chat.Read.All"], vec![], 60)),
+        ["chats", _, "messages"] => Some((
+            vec!["Chat.Read.All"],
+            vec!["Chat.Read", "Chat.ReadWrite"],
+            60,
+        )),
+        ["users", _, "chats", "getAllMessages"] => Some((
+            vec!["Chat.Read.All"],
+            vec!["Chat.Read", "Chat.ReadWrite"],
+            60,
+        )),
+        ["users"] | ["users", _] => Some((
+            vec!["User.Read.All", "User.ReadWrite.All"],
+            vec!["User.Read.All"],
+            41760,
+        )),
+        _ => None,
+    }
+}
+
+fn subscription_resource(s: &super::tenant::Subscription) -> Value {
+    json!({
+        "@odata.context": "https://graph.microsoft.com/v1.0/$metadata#subscriptions/$entity",
+        "id": s.id, "resource": s.resource, "applicationId": s.application_id, "changeType": s.change_type,
+        "clientState": s.client_state, "notificationUrl": s.notification_url, "notificationQueryOptions": null,
+        "lifecycleNotificationUrl": s.lifecycle_url, "expirationDateTime": s.expiration.to_string(),
+        "creatorId": s.creator_id, "includeResourceData": false, "latestSupportedTlsVersion": "v1_2",
+        "encryptionCertificate": null, "encryptionCertificateId": null, "notificationUrlAppId": null,
+    })
+}
+
+/// The validation handshake: Graph POSTs `?validationToken=…` and wants the
+/// token back, as text/plain with 200, within 10 seconds.
+async fn validate_endpoint(url: &str) -> Result<(), String> {
+    let token = format!(
+        "Validation: Testing client application reachability for subscription Request-Id: {}",
+        guid()
+    );
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let encoded = serde_urlencoded::to_string([("validationToken", &token)]).unwrap_or_default();
+    let separator = if url.contains('?') { '&' } else { '?' };
+    let response = http
+        .post(format!("{url}{separator}{encoded}"))
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .send()
+        .await
+        .map_err(|e| format!("the endpoint did not answer: {e}"))?;
+    let status = response.status();
+    let content_type = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let body = response.text().await.unwrap_or_default();
+    if status != StatusCode::OK || body != token || !content_type.starts_with("text/plain") {
+        return Err(format!("answered {status} {content_type:?} {body:?}"));
+    }
+    Ok(())
+}
+
+async fn create_subscription(
+    state: &Shared,
+    ctx: &Ctx,
+    principal: &Principal,
+    body: Value,
+) -> Response {
+    let resource = body["resource"].as_str().unwrap_or_default().to_owned();
+    let Some((app, delegated, max_minutes)) = subscription_rules(&resource) else {
+        return ctx.error(StatusCode::BAD_REQUEST, "ExtensionError", &format!("Operation: Create; Exception: [Status Code: BadRequest; Reason: The resource '{resource}' is not supported.]"));
+    };
+    let granted = match principal {
+        Principal::App { roles, .. } => roles.iter().any(|r| app.contains(&r.as_str())),
+        Principal::User { scopes, .. } => scopes.iter().any(|s| delegated.contains(&s.as_str())),
+    };
+    if !granted {
+        return ctx.error(StatusCode::FORBIDDEN, "ExtensionError", "Operation: Create; Exception: [Status Code: Forbidden; Reason: The caller does not have the permission the resource needs.]");
+    }
+    let (Some(url), Some(change_type), Some(expiration)) = (
+        body["notificationUrl"].as_str(),
+        body["changeType"].as_str(),
+        body["expirationDateTime"].as_str(),
+    ) else {
+        return ctx.error(
+            StatusCode::BAD_REQUEST,
+            "InvalidRequest",
+            "notificationUrl, changeType and expirationDateTime are required.",
+        );
+    };
+    let Ok(expiration) = expiration.parse::<k8s_openapi::jiff::Timestamp>() else {
+        return ctx.error(
+            StatusCode::BAD_REQUEST,
+            "InvalidRequest",
+            "expirationDateTime is not a date and time.",
+        );
+    };
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let minutes = (expiration.as_second() - now.as_second()) / 60;
+    if expiration <= now || minutes > max_minutes {
+        return ctx.error(
+            StatusCode::BAD_REQUEST,
+            "InvalidRequest",
+            &format!("Subscription expiration can only be {max_minutes} minutes in the future."),
+        );
+    }
+    if !url.starts_with("https://")
+        && !url.starts_with("http://127.0.0.1")
+        && !url.starts_with("http://localhost")
+    {
+        return ctx.error(
+            StatusCode::BAD_REQUEST,
+            "InvalidRequest",
+            "The notification URL must be https.",
+        );
+    }
+    if let Err(why) = validate_endpoint(url).await {
+        return ctx.error(StatusCode::BAD_REQUEST, "InvalidRequest", &format!("Subscription validation request failed. Notification endpoint must respond with 200 OK to validation request: {why}"));
+    }
+    let lifecycle_url = body["lifecycleNotificationUrl"].as_str().map(str::to_owned);
+    if let Some(lifecycle) = &lifecycle_url
+        && let Err(why) = validate_endpoint(lifecycle).await
+    {
+        return ctx.error(
+            StatusCode::BAD_REQUEST,
+            "InvalidRequest",
+            &format!(
+                "Subscription validation request failed for the lifecycle notification URL: {why}"
+            ),
+        );
+    }
+    let creator_id = match principal {
+        Principal::User { user_id, .. } => user_id.clone(),
+        Principal::App { client_id, .. } => client_id.clone(),
+    };
+    let subscription = super::tenant::Subscription {
+        id: guid(),
+        resource,
+        change_type: change_type.to_owned(),
+        notification_url: url.to_owned(),
+        lifecycle_url,
+        client_state: body["clientState"].as_str().map(str::to_owned),
+        expiration,
+        application_id: principal.client_id().to_owned(),
+        creator_id,
+    };
+    let resource = subscription_resource(&subscription);
+    lock(state).subscriptions.push(subscription);
+    ctx.respond(StatusCode::CREATED, Some(resource))
+}
+
+/// POSTs queued notifications, each in a task of its own.
+fn deliver_all(state: &Shared, outgoing: Vec<(String, Value, String)>) {
+    for (url, body, subscription) in outgoing {
+        let state = state.clone();
+        tokio::spawn(async move {
+            {
+                let mut t = lock(&state);
+                if t.drop_notifications > 0 {
+                    t.drop_notifications -= 1;
+                    return;
+                }
+            }
+            let status = match reqwest::Client::new()
+                .post(&url)
+                .json(&body)
+                .timeout(Duration::from_secs(10))
+                .send()
+                .await
+            {
+                Ok(r) => r.status().as_u16(),
+                Err(_) => 0,
+            };
+            lock(&state).delivered.push((subscription, status));
+        });
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -633,7 +854,48 @@ fn handle(
                 Err(message) => ctx.error(StatusCode::BAD_REQUEST, "BadRequest", &message),
             }
         }
+                ("GET", ["subscriptions"]) => {
+            let value: Vec<Value> = t.subscriptions.iter().filter(|s| s.application_id == principal.client_id()).map(subscription_resource).collect();
+            ctx.respond(StatusCode::OK, Some(json!({"@odata.context": "https://graph.microsoft.com/v1.0/$metadata#subscriptions", "value": value})))
+        }
+        ("GET", ["subscriptions", id]) => match t.subscriptions.iter().find(|s| s.id == *id) {
+            Some(sub) => ctx.respond(StatusCode::OK, Some(subscription_resource(sub))),
+            None => ctx.error(StatusCode::NOT_FOUND, "ResourceNotFound", &format!("The object was not found. SubscriptionId: {id}")),
+        },
+        ("PATCH", ["subscriptions", id]) => {
+            let Some(expiration) = body["expirationDateTime"].as_str().and_then(|e| e.parse::<k8s_openapi::jiff::Timestamp>().ok()) else {
+                return ctx.error(StatusCode::BAD_REQUEST, "InvalidRequest", "expirationDateTime is required.");
+            };
+            let Some(sub) = t.subscriptions.iter_mut().find(|s| s.id == *id) else {
+                return ctx.error(StatusCode::NOT_FOUND, "ResourceNotFound", &format!("The object was not found. SubscriptionId: {id}"));
+            };
+            let max = subscription_rules(&sub.resource).map_or(60, |r| r.2);
+            let now = k8s_openapi::jiff::Timestamp::now();
+            if expiration <= now || (expiration.as_second() - now.as_second()) / 60 > max {
+                return ctx.error(StatusCode::BAD_REQUEST, "InvalidRequest", &format!("Subscription expiration can only be {max} minutes in the future."));
+            }
+            sub.expiration = expiration;
+            let resource = subscription_resource(sub);
+            ctx.respond(StatusCode::OK, Some(resource))
+        }
+        ("DELETE", ["subscriptions", id]) => {
+            let before = t.subscriptions.len();
+            t.subscriptions.retain(|s| s.id != *id);
+            if t.subscriptions.len() == before {
+                ctx.error(StatusCode::NOT_FOUND, "ResourceNotFound", &format!("The object was not found. SubscriptionId: {id}"))
+            } else {
+                ctx.respond(StatusCode::NO_CONTENT, None)
+            }
+        }
+        ("POST", ["subscriptions", id, "reauthorize"]) => {
+            if t.subscriptions.iter().any(|s| s.id == *id) {
+                ctx.respond(StatusCode::NO_CONTENT, None)
+            } else {
+                ctx.error(StatusCode::NOT_FOUND, "ResourceNotFound", &format!("The object was not found. SubscriptionId: {id}"))
+            }
+        }
         ("POST", ["chats"]) => create_chat(t, ctx, principal, &body),
+
         ("GET", ["chats", id]) => match t.chats.iter().find(|c| c.id == *id) {
             Some(chat) if may_read_chat(principal, chat) => ctx.respond(StatusCode::OK, Some(chat_resource(chat, &t.id))),
             _ => ctx.error(StatusCode::NOT_FOUND, "NotFound", &format!("Chat {id} not found.")),
@@ -676,8 +938,10 @@ fn handle(
             };
             let content_type = body["body"]["contentType"].as_str().unwrap_or("text");
             let (uid, name) = sender.unwrap_or_default();
-            let message = chat_message(&chat.id, &uid, name, &tenant_id, content_type, content);
+                        let message = chat_message(&chat.id, &uid, name, &tenant_id, content_type, content);
             chat.messages.push(message.clone());
+            let (chat_id, members) = (chat.id.clone(), chat.members.clone());
+            notify_chat_message(t, &chat_id, &members, &message);
             ctx.respond(StatusCode::CREATED, Some(message))
         }
         ("GET", ["users", id, "chats"]) => {
@@ -687,6 +951,38 @@ fn handle(
         }
         _ => ctx.error(StatusCode::NOT_IMPLEMENTED, "NotImplemented", "This operation is not emulated yet."),
     }
+}
+
+/// Change notifications for a new chat message: `/chats/getAllMessages`,
+/// `/chats/{id}/messages` and `/users/{member}/chats/getAllMessages`.
+fn notify_chat_message(t: &mut Tenant, chat_id: &str, members: &[String], message: &Value) {
+    let mid = message["id"].as_str().unwrap_or_default().to_owned();
+    let resource = format!("chats('{chat_id}')/messages('{mid}')");
+    let data =
+        json!({"id": mid, "@odata.type": "#Microsoft.Graph.chatMessage", "@odata.id": resource});
+    let members = members.to_vec();
+    let upns: Vec<String> = members
+        .iter()
+        .filter_map(|m| t.user(m).map(|u| u.upn().to_ascii_lowercase()))
+        .collect();
+    let chat_id = chat_id.to_owned();
+    t.notify(
+        move |r| {
+            let parts: Vec<&str> = r.trim_start_matches('/').split('/').collect();
+            match parts.as_slice() {
+                ["chats", "getAllMessages"] => true,
+                ["chats", id, "messages"] => *id == chat_id,
+                ["users", who, "chats", "getAllMessages"] => {
+                    let who = who.to_ascii_lowercase();
+                    members.iter().any(|m| m.eq_ignore_ascii_case(&who)) || upns.contains(&who)
+                }
+                _ => false,
+            }
+        },
+        "created",
+        &resource,
+        data,
+    );
 }
 
 fn may_read_chat(principal: &Principal, chat: &super::tenant::Chat) -> bool {
@@ -1009,7 +1305,54 @@ async fn control_chat_message(
         body["content"].as_str().unwrap_or_default(),
     );
     chat.messages.push(message.clone());
+    let (chat_id, members) = (chat.id.clone(), chat.members.clone());
+    notify_chat_message(&mut t, &chat_id, &members, &message);
+    let outgoing = std::mem::take(&mut t.outgoing);
+    drop(t);
+    deliver_all(&state, outgoing);
     (StatusCode::CREATED, axum::Json(message)).into_response()
+}
+
+/// POST /_emulator/subscriptions/{id}/lifecycle {"event": "reauthorizationRequired" | "subscriptionRemoved" | "missed"}
+async fn control_lifecycle(
+    State(state): State<Shared>,
+    Path(id): Path<String>,
+    axum::Json(body): axum::Json<Value>,
+) -> Response {
+    let event = body["event"]
+        .as_str()
+        .unwrap_or("reauthorizationRequired")
+        .to_owned();
+    let outgoing = {
+        let mut t = lock(&state);
+        let tenant_id = t.id.clone();
+        let Some(sub) = t.subscriptions.iter().find(|s| s.id == id).cloned() else {
+            return StatusCode::NOT_FOUND.into_response();
+        };
+        if event == "subscriptionRemoved" {
+            t.subscriptions.retain(|s| s.id != id);
+        }
+        let Some(url) = sub.lifecycle_url.clone() else {
+            return StatusCode::CONFLICT.into_response();
+        };
+        let body = json!({"value": [{"subscriptionId": sub.id, "subscriptionExpirationDateTime": sub.expiration.to_string(),
+            "tenantId": tenant_id, "clientState": sub.client_state, "lifecycleEvent": event}]});
+        vec![(url, body, sub.id)]
+    };
+    deliver_all(&state, outgoing);
+    StatusCode::ACCEPTED.into_response()
+}
+
+/// POST /_emulator/notifications/drop {"count": N}: the next N notifications are lost.
+async fn control_drop(
+    State(state): State<Shared>,
+    axum::Json(body): axum::Json<Value>,
+) -> Response {
+    lock(&state).drop_notifications = body["count"]
+        .as_u64()
+        .and_then(|c| u32::try_from(c).ok())
+        .unwrap_or(1);
+    StatusCode::NO_CONTENT.into_response()
 }
 
 /// POST /_emulator/faults {"status": 429, "count": 5, "retryAfter": 2}

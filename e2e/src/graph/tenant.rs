@@ -188,6 +188,20 @@ pub struct Chat {
     pub messages: Vec<Value>,
 }
 
+/// A change-notification subscription.
+#[derive(Debug, Clone)]
+pub struct Subscription {
+    pub id: String,
+    pub resource: String,
+    pub change_type: String,
+    pub notification_url: String,
+    pub lifecycle_url: Option<String>,
+    pub client_state: Option<String>,
+    pub expiration: k8s_openapi::jiff::Timestamp,
+    pub application_id: String,
+    pub creator_id: String,
+}
+
 /// Who a token speaks for.
 #[derive(Debug, Clone)]
 pub enum Principal {
@@ -223,6 +237,12 @@ pub struct Faults {
     pub status: Option<(u16, u32, u64)>,
 }
 
+impl Faults {
+    pub fn clear(&mut self) {
+        self.status = None;
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Tenant {
     pub id: String,
@@ -238,6 +258,13 @@ pub struct Tenant {
     /// Every Graph request served, `METHOD path`, for tests to inspect.
     pub log: Vec<String>,
     pub chats: Vec<Chat>,
+    pub subscriptions: Vec<Subscription>,
+    /// Notifications to drop instead of delivering (fault injection).
+    pub drop_notifications: u32,
+    /// Notifications delivered, as (subscription id, HTTP status of the receiver).
+    pub delivered: Vec<(String, u16)>,
+    /// Notifications waiting to be POSTed once the tenant is unlocked: (url, body, subscription id).
+    pub outgoing: Vec<(String, Value, String)>,
     /// Token requests answered (any grant), for tests of token caching.
     pub token_requests: u32,
     /// Requests whose body did not match Microsoft's OpenAPI description.
@@ -293,6 +320,40 @@ impl Tenant {
         self.users
             .iter_mut()
             .find(|u| u.id.eq_ignore_ascii_case(key) || u.upn().eq_ignore_ascii_case(key))
+    }
+
+    /// Queues a change notification for every subscription on `resource_matches`.
+    pub fn notify(
+        &mut self,
+        matches: impl Fn(&str) -> bool,
+        change_type: &str,
+        resource: &str,
+        data: Value,
+    ) {
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let tenant_id = self.id.clone();
+        let due: Vec<(String, Value, String)> = self
+            .subscriptions
+            .iter()
+            .filter(|s| {
+                s.expiration > now
+                    && s.change_type.split(',').any(|c| c.trim() == change_type)
+                    && matches(&s.resource)
+            })
+            .map(|s| {
+                let body = json!({"value": [{
+                    "subscriptionId": s.id,
+                    "subscriptionExpirationDateTime": s.expiration.to_string(),
+                    "changeType": change_type,
+                    "resource": resource,
+                    "resourceData": data,
+                    "clientState": s.client_state,
+                    "tenantId": tenant_id,
+                }]});
+                (s.notification_url.clone(), body, s.id.clone())
+            })
+            .collect();
+        self.outgoing.extend(due);
     }
 
     pub fn user(&self, key: &str) -> Option<&User> {

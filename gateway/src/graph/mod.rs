@@ -5,6 +5,8 @@ pub mod api;
 pub mod auth;
 pub mod client;
 pub mod error;
+pub mod subscriptions;
+pub mod webhook;
 
 pub use auth::{Identity, Tokens, UserCredential};
 pub use client::{Budget, GraphClient, RetryPolicy};

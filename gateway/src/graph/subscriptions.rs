@@ -1,0 +1,226 @@
+//! Graph subscriptions the gateway holds: created, renewed before they
+//! expire, reauthorized when Graph asks, deleted when no longer needed.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use reqwest::Method;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::Mutex;
+
+use super::auth::{Identity, UserCredential};
+use super::client::GraphClient;
+use super::error::GraphError;
+use super::webhook::{LIFECYCLE_PATH, NOTIFICATIONS_PATH};
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Subscription {
+    pub id: String,
+    pub resource: String,
+    pub change_type: String,
+    pub expiration_date_time: String,
+}
+
+/// What a subscription is made as and for.
+#[derive(Debug, Clone)]
+pub struct Want {
+    pub resource: String,
+    pub change_type: String,
+    /// How long each subscription (or renewal) lasts; Graph caps it per resource
+    /// (60 minutes for chat messages and presence).
+    pub lifetime: Duration,
+    /// `None`: the app; `Some`: a shadow account (delegated permissions).
+    pub as_user: Option<UserCredential>,
+}
+
+pub struct Subscriptions {
+    public_url: String,
+    client_state: SecretString,
+    held: Mutex<HashMap<String, (Subscription, Want)>>,
+}
+
+fn expiry(lifetime: Duration) -> String {
+    rfc3339(std::time::SystemTime::now() + lifetime)
+}
+
+/// RFC 3339 in UTC, to the second (what Graph takes for `expirationDateTime`).
+fn rfc3339(at: std::time::SystemTime) -> String {
+    let secs = at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (h, m, s) = (rem / 3600, (rem % 3600) / 60, rem % 60);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(mo <= 2);
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{m:02}:{s:02}Z")
+}
+
+impl Subscriptions {
+    /// `public_url`: where Graph reaches our webhook (the ingress), without a path.
+    pub fn new(public_url: &str, client_state: SecretString) -> Self {
+        Self {
+            public_url: public_url.trim_end_matches('/').to_owned(),
+            client_state,
+            held: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn identity(want: &Want) -> Identity {
+        want.as_user
+            .as_ref()
+            .map_or(Identity::App, |u| Identity::User(u.upn.clone()))
+    }
+
+    /// Creates a subscription (Graph validates our endpoint before answering).
+    pub async fn create(
+        &self,
+        graph: &GraphClient,
+        want: Want,
+    ) -> Result<Subscription, GraphError> {
+        let body = json!({
+            "changeType": want.change_type,
+            "notificationUrl": format!("{}{NOTIFICATIONS_PATH}", self.public_url),
+            "lifecycleNotificationUrl": format!("{}{LIFECYCLE_PATH}", self.public_url),
+            "resource": want.resource,
+            "expirationDateTime": expiry(want.lifetime),
+            "clientState": self.client_state.expose_secret(),
+            "latestSupportedTlsVersion": "v1_2",
+        });
+        let created: Subscription = graph
+            .json(
+                &Self::identity(&want),
+                want.as_user.as_ref(),
+                Method::POST,
+                "/subscriptions",
+                Some(&body),
+            )
+            .await?;
+        tracing::info!(subscription = %created.id, resource = %created.resource, expires = %created.expiration_date_time, "Graph subscription created");
+        self.held
+            .lock()
+            .await
+            .insert(created.id.clone(), (created.clone(), want));
+        Ok(created)
+    }
+
+    /// Extends a subscription by its lifetime.
+    pub async fn renew(&self, graph: &GraphClient, id: &str) -> Result<Subscription, GraphError> {
+        let want = self
+            .held
+            .lock()
+            .await
+            .get(id)
+            .map(|(_, w)| w.clone())
+            .ok_or_else(|| GraphError::Config(format!("subscription {id} is not held")))?;
+        let body = json!({"expirationDateTime": expiry(want.lifetime)});
+        let path = format!("/subscriptions/{id}");
+        let renewed: Subscription = graph
+            .json(
+                &Self::identity(&want),
+                want.as_user.as_ref(),
+                Method::PATCH,
+                &path,
+                Some(&body),
+            )
+            .await?;
+        self.held
+            .lock()
+            .await
+            .insert(id.to_owned(), (renewed.clone(), want));
+        Ok(renewed)
+    }
+
+    /// Answers a `reauthorizationRequired` lifecycle notification.
+    pub async fn reauthorize(&self, graph: &GraphClient, id: &str) -> Result<(), GraphError> {
+        let want = self
+            .held
+            .lock()
+            .await
+            .get(id)
+            .map(|(_, w)| w.clone())
+            .ok_or_else(|| GraphError::Config(format!("subscription {id} is not held")))?;
+        let path = format!("/subscriptions/{id}/reauthorize");
+        graph
+            .no_content(
+                &Self::identity(&want),
+                want.as_user.as_ref(),
+                Method::POST,
+                &path,
+                None::<&serde_json::Value>,
+            )
+            .await
+    }
+
+    /// Replaces a subscription Graph removed (`subscriptionRemoved`).
+    pub async fn recreate(
+        &self,
+        graph: &GraphClient,
+        id: &str,
+    ) -> Result<Subscription, GraphError> {
+        let want = self
+            .held
+            .lock()
+            .await
+            .remove(id)
+            .map(|(_, w)| w)
+            .ok_or_else(|| GraphError::Config(format!("subscription {id} is not held")))?;
+        self.create(graph, want).await
+    }
+
+    pub async fn delete(&self, graph: &GraphClient, id: &str) -> Result<(), GraphError> {
+        let Some((_, want)) = self.held.lock().await.remove(id) else {
+            return Ok(());
+        };
+        match graph
+            .no_content(
+                &Self::identity(&want),
+                want.as_user.as_ref(),
+                Method::DELETE,
+                &format!("/subscriptions/{id}"),
+                None::<&serde_json::Value>,
+            )
+            .await
+        {
+            Err(e) if e.is_not_found() => Ok(()),
+            other => other,
+        }
+    }
+
+    pub async fn held(&self) -> Vec<Subscription> {
+        self.held
+            .lock()
+            .await
+            .values()
+            .map(|(s, _)| s.clone())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rfc3339_dates() {
+        use std::time::{Duration, UNIX_EPOCH};
+        assert_eq!(super::rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            super::rfc3339(UNIX_EPOCH + Duration::from_secs(1_798_761_599)),
+            "2026-12-31T23:59:59Z"
+        );
+        assert_eq!(
+            super::rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)),
+            "2000-02-29T00:00:00Z"
+        );
+    }
+}

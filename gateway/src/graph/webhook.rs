@@ -1,0 +1,135 @@
+//! The HTTP endpoint Graph posts change notifications to.
+//!
+//! - Validation: `POST …?validationToken=X` is answered at once with `X`,
+//!   `text/plain`, 200 (Graph allows 10 s).
+//! - Notifications: each item's `clientState` is compared with ours in
+//!   constant time; matching items are queued for processing and the batch is
+//!   answered with 202 straight away (Graph allows 3 s), whatever processing
+//!   takes. Items with another `clientState` are dropped and counted.
+//! - Lifecycle notifications (`reauthorizationRequired`, `subscriptionRemoved`,
+//!   `missed`) arrive on their own path and are queued the same way.
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+/// The paths under the public webhook URL.
+pub const NOTIFICATIONS_PATH: &str = "/graph/notifications";
+pub const LIFECYCLE_PATH: &str = "/graph/lifecycle";
+
+/// One change or lifecycle notification that passed the `clientState` check.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Notification {
+    pub subscription_id: String,
+    pub change_type: Option<String>,
+    /// e.g. `chats('19:…')/messages('1732…')`.
+    pub resource: Option<String>,
+    pub resource_id: Option<String>,
+    pub lifecycle_event: Option<String>,
+    pub tenant_id: Option<String>,
+}
+
+#[derive(Clone)]
+struct Receiver {
+    client_state: SecretString,
+    queue: mpsc::Sender<Notification>,
+}
+
+#[derive(Deserialize)]
+struct Validation {
+    #[serde(rename = "validationToken")]
+    validation_token: Option<String>,
+}
+
+/// The webhook's routes; accepted notifications go into `queue`.
+pub fn router(client_state: SecretString, queue: mpsc::Sender<Notification>) -> Router {
+    let receiver = Receiver {
+        client_state,
+        queue,
+    };
+    Router::new()
+        .route(NOTIFICATIONS_PATH, post(receive))
+        .route(LIFECYCLE_PATH, post(receive))
+        .with_state(receiver)
+}
+
+/// Constant-time equality, so a forger learns nothing from our timing.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn receive(
+    State(receiver): State<Receiver>,
+    Query(validation): Query<Validation>,
+    body: Bytes,
+) -> Response {
+    if let Some(token) = validation.validation_token {
+        // Echo the token, plain text; nothing in it is interpreted.
+        return (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            token,
+        )
+            .into_response();
+    }
+    let Ok(batch) = serde_json::from_slice::<Value>(&body) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "not a change notification collection",
+        )
+            .into_response();
+    };
+    let Some(items) = batch["value"].as_array() else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "not a change notification collection",
+        )
+            .into_response();
+    };
+    let ours = receiver.client_state.expose_secret().as_bytes();
+    let mut rejected = 0usize;
+    for item in items {
+        let theirs = item["clientState"].as_str().unwrap_or_default().as_bytes();
+        if !same(ours, theirs) {
+            rejected += 1;
+            continue;
+        }
+        let text = |k: &str| item[k].as_str().map(str::to_owned);
+        let notification = Notification {
+            subscription_id: text("subscriptionId").unwrap_or_default(),
+            change_type: text("changeType"),
+            resource: text("resource"),
+            resource_id: item["resourceData"]["id"].as_str().map(str::to_owned),
+            lifecycle_event: text("lifecycleEvent"),
+            tenant_id: text("tenantId"),
+        };
+        // A full queue must not make Graph wait: it would retry the whole batch.
+        if receiver.queue.try_send(notification).is_err() {
+            tracing::warn!("notification queue full; the reconciliation poll will catch up");
+        }
+    }
+    if rejected > 0 {
+        tracing::warn!(
+            rejected,
+            "change notifications with a wrong clientState dropped"
+        );
+    }
+    StatusCode::ACCEPTED.into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn constant_time_equality() {
+        assert!(super::same(b"abc", b"abc"));
+        assert!(!super::same(b"abc", b"abd"));
+        assert!(!super::same(b"abc", b"ab"));
+    }
+}

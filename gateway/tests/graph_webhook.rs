@@ -1,0 +1,243 @@
+//! Subscriptions and the webhook receiver against the Graph emulator: the
+//! validation handshake, notifications with our clientState (and forged
+//! ones without), renewal, lifecycle events, lost notifications, deletion.
+
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde_json::json;
+use tokio::sync::mpsc;
+use xmppfed_e2e::graph::{GraphEmulator, Seed};
+use xmppfed_gateway::graph::subscriptions::{Subscriptions, Want};
+use xmppfed_gateway::graph::webhook::{self, Notification};
+use xmppfed_gateway::graph::{Budget, GraphClient, RetryPolicy, Tokens, UserCredential};
+
+const TENANT: &str = "5c0ffee0-0000-4000-8000-000000000002";
+const ALICE: &str = "11111111-1111-4111-8111-111111111111";
+
+fn seed() -> Seed {
+    serde_json::from_value(json!({
+        "tenantId": TENANT,
+        "apps": [{"clientId": "gateway", "clientSecret": "s3cret", "roles": ["User.ReadWrite.All"],
+                  "scopes": ["Chat.Create", "Chat.ReadWrite", "ChatMessage.Send"]}],
+        "users": [
+            {"id": ALICE, "userPrincipalName": "alice@contoso.com", "displayName": "Alice Teams"},
+            {"userPrincipalName": "bob.xmpp@shadow.contoso.com", "displayName": "Bob (XMPP)", "password": "Sh4dow!pw"}
+        ]
+    }))
+    .unwrap()
+}
+
+async fn next(rx: &mut mpsc::Receiver<Notification>) -> Notification {
+    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("a notification in time")
+        .unwrap()
+}
+
+#[tokio::test]
+async fn subscriptions_notifications_and_lifecycle() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let emulator = GraphEmulator::start(seed()).await.unwrap();
+    let http = reqwest::Client::new();
+    let tokens = Tokens::new(
+        http.clone(),
+        &emulator.authority_url(),
+        TENANT,
+        "gateway",
+        SecretString::from("s3cret".to_owned()),
+    );
+    let graph = GraphClient::new(
+        http.clone(),
+        &emulator.graph_url(),
+        tokens,
+        Budget::new(100, 20),
+        RetryPolicy::default(),
+    );
+
+    // Our webhook on a loopback port.
+    let (queue, mut rx) = mpsc::channel(64);
+    let client_state = SecretString::from("c1ient-state-of-this-gateway".to_owned());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let public_url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        axum::serve(listener, webhook::router(client_state.clone(), queue))
+            .await
+            .unwrap();
+    });
+    let subscriptions = Subscriptions::new(
+        &public_url,
+        SecretString::from("c1ient-state-of-this-gateway".to_owned()),
+    );
+
+    let bob = UserCredential {
+        upn: "bob.xmpp@shadow.contoso.com".into(),
+        password: SecretString::from("Sh4dow!pw".to_owned()),
+    };
+    let bob_id = graph.get_user(&bob.upn).await.unwrap().id;
+    let chat = graph.one_on_one_chat(&bob, &bob_id, ALICE).await.unwrap();
+    let want = Want {
+        resource: format!("/users/{bob_id}/chats/getAllMessages"),
+        change_type: "created".into(),
+        lifetime: Duration::from_secs(55 * 60),
+        as_user: Some(bob.clone()),
+    };
+    // Graph caps chat-message subscriptions at 60 minutes.
+    let too_long = subscriptions
+        .create(
+            &graph,
+            Want {
+                lifetime: Duration::from_secs(2 * 3600),
+                ..want.clone()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(too_long.status(), Some(400), "{too_long}");
+    let sub = subscriptions.create(&graph, want).await.unwrap();
+    assert_eq!(subscriptions.held().await.len(), 1);
+
+    // Alice writes: the notification reaches our queue.
+    let alice_says = |text: &'static str| {
+        let url = format!(
+            "{}/_emulator/chats/{}/messages",
+            emulator.authority_url(),
+            chat.id
+        );
+        async move {
+            reqwest::Client::new()
+                .post(url)
+                .json(&json!({"from": "alice@contoso.com", "content": text}))
+                .send()
+                .await
+                .unwrap();
+        }
+    };
+    alice_says("<p>hello Bob</p>").await;
+    let n = next(&mut rx).await;
+    assert_eq!(n.subscription_id, sub.id);
+    assert_eq!(n.change_type.as_deref(), Some("created"));
+    assert!(
+        n.resource
+            .as_deref()
+            .unwrap()
+            .starts_with(&format!("chats('{}')/messages('", chat.id)),
+        "{n:?}"
+    );
+
+    // A forged batch (someone else's clientState) is answered and dropped.
+    let forged = json!({"value": [{"subscriptionId": sub.id, "changeType": "created", "clientState": "guess", "resource": "chats('x')/messages('1')"}]});
+    let r = http
+        .post(format!("{public_url}/graph/notifications"))
+        .json(&forged)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), rx.recv())
+            .await
+            .is_err(),
+        "a forged notification was queued"
+    );
+
+    // A notification Graph loses never arrives: the reconciliation poll must find the message.
+    http.post(format!(
+        "{}/_emulator/notifications/drop",
+        emulator.authority_url()
+    ))
+    .json(&json!({"count": 1}))
+    .send()
+    .await
+    .unwrap();
+    alice_says("<p>lost in transit</p>").await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), rx.recv())
+            .await
+            .is_err()
+    );
+    let messages = graph.chat_messages(&bob, &chat.id, 10).await.unwrap();
+    assert_eq!(
+        messages[0].body.content, "<p>lost in transit</p>",
+        "the message is there for the poll"
+    );
+
+    // Renewal, a lifecycle event, reauthorization, deletion.
+    let renewed = subscriptions.renew(&graph, &sub.id).await.unwrap();
+    assert_eq!(renewed.id, sub.id);
+    http.post(format!(
+        "{}/_emulator/subscriptions/{}/lifecycle",
+        emulator.authority_url(),
+        sub.id
+    ))
+    .json(&json!({"event": "reauthorizationRequired"}))
+    .send()
+    .await
+    .unwrap();
+    let lifecycle = next(&mut rx).await;
+    assert_eq!(
+        lifecycle.lifecycle_event.as_deref(),
+        Some("reauthorizationRequired")
+    );
+    subscriptions.reauthorize(&graph, &sub.id).await.unwrap();
+    subscriptions.delete(&graph, &sub.id).await.unwrap();
+    assert!(subscriptions.held().await.is_empty());
+    alice_says("<p>nobody listens</p>").await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), rx.recv())
+            .await
+            .is_err()
+    );
+    assert!(
+        emulator.tenant().violations.is_empty(),
+        "{:?}",
+        emulator.tenant().violations
+    );
+}
+
+#[tokio::test]
+async fn an_endpoint_that_fails_the_handshake_gets_no_subscription() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let emulator = GraphEmulator::start(seed()).await.unwrap();
+    let http = reqwest::Client::new();
+    let tokens = Tokens::new(
+        http.clone(),
+        &emulator.authority_url(),
+        TENANT,
+        "gateway",
+        SecretString::from("s3cret".to_owned()),
+    );
+    let graph = GraphClient::new(
+        http,
+        &emulator.graph_url(),
+        tokens,
+        Budget::new(100, 20),
+        RetryPolicy::default(),
+    );
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let subscriptions = Subscriptions::new(
+        &format!("http://{closed}"),
+        SecretString::from("x".to_owned()),
+    );
+    let bob = UserCredential {
+        upn: "bob.xmpp@shadow.contoso.com".into(),
+        password: SecretString::from("Sh4dow!pw".to_owned()),
+    };
+    let error = subscriptions
+        .create(
+            &graph,
+            Want {
+                resource: "/users/bob.xmpp@shadow.contoso.com/chats/getAllMessages".into(),
+                change_type: "created".into(),
+                lifetime: Duration::from_secs(1800),
+                as_user: Some(bob),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(error.status(), Some(400));
+    assert!(error.to_string().contains("validation"), "{error}");
+}
