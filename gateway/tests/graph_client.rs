@@ -310,3 +310,30 @@ async fn shadow_accounts_chat_with_teams_users() {
         emulator.tenant().violations
     );
 }
+
+#[tokio::test]
+async fn users_in_batches_of_twenty() {
+    let emulator = GraphEmulator::start(seed()).await.unwrap();
+    let graph = client(&emulator, "s3cret", quick_retries());
+    let mut keys: Vec<String> = (0..25).map(|i| format!("nobody{i}@contoso.com")).collect();
+    keys[3] = "alice@contoso.com".into();
+    keys[21] = "bob.xmpp@shadow.contoso.com".into();
+    let users = graph.get_users(&keys).await.unwrap();
+    assert_eq!(users.len(), 25);
+    assert_eq!(
+        users[3].as_ref().unwrap().display_name.as_deref(),
+        Some("Alice Teams")
+    );
+    assert_eq!(
+        users[21].as_ref().unwrap().display_name.as_deref(),
+        Some("Bob (XMPP)")
+    );
+    assert!(users[0].as_ref().unwrap_err().is_not_found());
+    let t = emulator.tenant();
+    assert_eq!(
+        t.log.iter().filter(|l| l.ends_with("/$batch")).count(),
+        2,
+        "25 users in 2 round trips: 20 + 5"
+    );
+    assert_eq!(t.log.len(), 27, "and every sub-request served: {:?}", t.log);
+}
