@@ -167,6 +167,29 @@ impl TestCa {
     }
 }
 
+/// A self-signed RSA certificate and key (PEM), e.g. an app registration's
+/// client-assertion certificate.
+pub fn rsa_self_signed(dir: &Path, name: &str) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let cert = dir.join(format!("{name}.crt"));
+    let key = dir.join(format!("{name}.key"));
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-keyout",
+        &key.to_string_lossy(),
+        "-out",
+        &cert.to_string_lossy(),
+        "-subj",
+        &format!("/CN={name}"),
+    ])?;
+    Ok((cert, key))
+}
+
 /// A self-signed certificate and key (PEM) for `domain`, made with openssl.
 pub fn self_signed(dir: &Path, domain: &str) -> anyhow::Result<(PathBuf, PathBuf)> {
     let cert = dir.join(format!("{domain}.crt"));

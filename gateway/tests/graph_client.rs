@@ -337,3 +337,88 @@ async fn users_in_batches_of_twenty() {
     );
     assert_eq!(t.log.len(), 27, "and every sub-request served: {:?}", t.log);
 }
+
+#[tokio::test]
+async fn the_app_signs_in_with_a_certificate() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = xmppfed_e2e::prosody::rsa_self_signed(dir.path(), "gateway-app").unwrap();
+    let (other_cert, other_key) =
+        xmppfed_e2e::prosody::rsa_self_signed(dir.path(), "someone-else").unwrap();
+    let mut seed = seed();
+    seed.apps.push(
+        serde_json::from_value(json!({"clientId": "certapp", "certificatePem": std::fs::read_to_string(&cert).unwrap(), "roles": ["User.Read.All"]}))
+            .unwrap(),
+    );
+    let emulator = GraphEmulator::start(seed).await.unwrap();
+    let with = |cert: &std::path::Path, key: &std::path::Path| {
+        let (der, key) = xmppfed_gateway::graph::auth::load_certificate(cert, key).unwrap();
+        let http = reqwest::Client::new();
+        let tokens = Tokens::with_certificate(
+            http.clone(),
+            &emulator.authority_url(),
+            TENANT,
+            "certapp",
+            &der,
+            key,
+        )
+        .unwrap();
+        GraphClient::new(
+            http,
+            &emulator.graph_url(),
+            tokens,
+            Budget::new(100, 10),
+            quick_retries(),
+        )
+    };
+    let alice = with(&cert, &key)
+        .get_user("alice@contoso.com")
+        .await
+        .unwrap();
+    assert_eq!(alice.display_name.as_deref(), Some("Alice Teams"));
+    let error = with(&other_cert, &other_key)
+        .get_user("alice@contoso.com")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, GraphError::Token { error, description } if error == "invalid_client" && description.starts_with("AADSTS700027")),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn a_client_from_the_gateway_configuration() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let mut seed = seed();
+    let app = "0f0f0f0f-1111-4222-8333-444444444444";
+    seed.apps.push(
+        serde_json::from_value(
+            json!({"clientId": app, "clientSecret": "s3cret", "roles": ["User.Read.All"]}),
+        )
+        .unwrap(),
+    );
+    let emulator = GraphEmulator::start(seed).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("client-secret");
+    std::fs::write(&secret, "s3cret\n").unwrap();
+    let config = xmppfed_config::GatewayConfig::from_toml_str(&format!(
+        "[xmpp]\ndomain = \"teams.test\"\n[s2s]\nrequire_tls = false\n[graph]\ntenant_id = \"{TENANT}\"\nclient_id = \"{app}\"\n\
+         client_secret = {{ file = \"{}\" }}\nauthority_url = \"{}\"\ngraph_url = \"{}\"\n[shadow_accounts]\nupn_domain = \"shadow.contoso.com\"\n",
+        secret.display(),
+        emulator.authority_url(),
+        emulator.graph_url()
+    ))
+    .unwrap();
+    let graph =
+        xmppfed_gateway::graph::from_config(config.graph.as_ref().unwrap(), Budget::new(50, 10))
+            .unwrap();
+    assert_eq!(
+        graph
+            .get_user("alice@contoso.com")
+            .await
+            .unwrap()
+            .job_title
+            .as_deref(),
+        Some("Engineer")
+    );
+}

@@ -138,7 +138,27 @@ async fn token(State(state): State<Shared>, Path(tenant): Path<String>, body: By
             "Application not found in the directory.",
         );
     };
-    if field("client_secret") != Some(app.client_secret.as_str()) {
+    if let Some(assertion) = field("client_assertion") {
+        if field("client_assertion_type")
+            != Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+        {
+            return aad_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                50027,
+                "Invalid client_assertion_type.",
+            );
+        }
+        if let Err(why) = verify_assertion(&app, assertion, &tenant) {
+            return aad_error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                700027,
+                &format!("Client assertion failed signature validation: {why}"),
+            );
+        }
+    } else if app.client_secret.is_none() || field("client_secret") != app.client_secret.as_deref()
+    {
         return aad_error(
             StatusCode::UNAUTHORIZED,
             "invalid_client",
@@ -235,6 +255,61 @@ async fn token(State(state): State<Shared>, Path(tenant): Path<String>, body: By
             ),
         ),
     }
+}
+
+/// Checks an RFC 7523 client assertion the way Entra does: RS256, `x5t` of the
+/// app's registered certificate, signature, audience, issuer and subject, time.
+fn verify_assertion(app: &super::tenant::AppSeed, jwt: &str, tenant: &str) -> Result<(), String> {
+    use base64::Engine as _;
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    use sha1::Digest as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let pem = app
+        .certificate_pem
+        .as_deref()
+        .ok_or("no certificate is registered for the app")?;
+    let cert = CertificateDer::from_pem_slice(pem.as_bytes())
+        .map_err(|e| format!("registered certificate: {e}"))?;
+    let parts: Vec<&str> = jwt.split('.').collect();
+    let [header, claims, signature] = parts.as_slice() else {
+        return Err("not a JWT".into());
+    };
+    let decode = |s: &str| -> Result<Value, String> {
+        let bytes = b64.decode(s).map_err(|e| e.to_string())?;
+        serde_json::from_slice(&bytes).map_err(|e| e.to_string())
+    };
+    let (header_json, claims_json) = (decode(header)?, decode(claims)?);
+    if header_json["alg"] != json!("RS256") {
+        return Err("alg must be RS256".into());
+    }
+    let thumbprint = b64.encode(sha1::Sha1::digest(cert.as_ref()));
+    if header_json["x5t"].as_str() != Some(thumbprint.as_str()) {
+        return Err("x5t does not name the registered certificate".into());
+    }
+    let signature = b64.decode(signature).map_err(|e| e.to_string())?;
+    let end_entity = webpki::EndEntityCert::try_from(&cert).map_err(|e| e.to_string())?;
+    end_entity
+        .verify_signature(
+            webpki::aws_lc_rs::RSA_PKCS1_2048_8192_SHA256,
+            format!("{header}.{claims}").as_bytes(),
+            &signature,
+        )
+        .map_err(|e| format!("signature: {e}"))?;
+    let audience = claims_json["aud"].as_str().unwrap_or_default();
+    if !audience.ends_with(&format!("/{tenant}/oauth2/v2.0/token")) {
+        return Err(format!("aud {audience} is not this token endpoint"));
+    }
+    if claims_json["iss"] != json!(app.client_id) || claims_json["sub"] != json!(app.client_id) {
+        return Err("iss and sub must be the client id".into());
+    }
+    let now = k8s_openapi::jiff::Timestamp::now().as_second();
+    let exp = claims_json["exp"].as_i64().unwrap_or(0);
+    let nbf = claims_json["nbf"].as_i64().unwrap_or(0);
+    if exp <= now || nbf > now + 300 {
+        return Err("the assertion is expired or not yet valid".into());
+    }
+    Ok(())
 }
 
 // ---- Graph -----------------------------------------------------------------

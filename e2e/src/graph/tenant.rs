@@ -29,7 +29,12 @@ pub struct Seed {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AppSeed {
     pub client_id: String,
-    pub client_secret: String,
+    /// The app's secret; absent for an app that signs in with a certificate only.
+    #[serde(default)]
+    pub client_secret: Option<String>,
+    /// A registered certificate (PEM): client assertions must be signed by its key.
+    #[serde(default)]
+    pub certificate_pem: Option<String>,
     /// Application permissions granted (admin-consented), e.g. `User.ReadWrite.All`.
     #[serde(default)]
     pub roles: Vec<String>,

@@ -3,7 +3,16 @@
 //! rotate). Cached until shortly before they expire; never logged.
 
 use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use rustls::SignatureScheme;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::sign::SigningKey;
+use xmpp_parsers::sha1::{Digest, Sha1};
 
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -58,14 +67,58 @@ struct TokenError {
     error_description: String,
 }
 
+/// How the app proves itself to the token endpoint.
+enum AppCredential {
+    Secret(SecretString),
+    /// A certificate registered on the app: each request carries a fresh
+    /// RS256 client assertion signed with its key (x5t = SHA-1 of the cert).
+    Certificate {
+        thumbprint: String,
+        key: Arc<dyn SigningKey>,
+    },
+}
+
+/// Loads a PEM certificate and its RSA private key for client assertions.
+pub fn load_certificate(
+    cert_file: &Path,
+    key_file: &Path,
+) -> Result<(Vec<u8>, PrivateKeyDer<'static>), GraphError> {
+    let cert = CertificateDer::from_pem_file(cert_file).map_err(|e| {
+        GraphError::Config(format!(
+            "graph.client_certificate.cert_file {}: {e}",
+            cert_file.display()
+        ))
+    })?;
+    let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| {
+        GraphError::Config(format!(
+            "graph.client_certificate.key_file {}: {e}",
+            key_file.display()
+        ))
+    })?;
+    Ok((cert.to_vec(), key))
+}
+
+fn b64url(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
 pub struct Tokens {
     http: reqwest::Client,
     endpoint: String,
     client_id: String,
-    client_secret: SecretString,
+    credential: AppCredential,
     cache: Mutex<HashMap<Identity, Cached>>,
     /// Latest refresh token per shadow account (they rotate on each use).
     refresh: Mutex<HashMap<String, SecretString>>,
+}
+
+impl std::fmt::Debug for AppCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AppCredential::Secret(_) => "Secret(..)",
+            AppCredential::Certificate { .. } => "Certificate(..)",
+        })
+    }
 }
 
 impl std::fmt::Debug for Tokens {
@@ -92,10 +145,72 @@ impl Tokens {
                 authority_url.trim_end_matches('/')
             ),
             client_id: client_id.to_owned(),
-            client_secret,
+            credential: AppCredential::Secret(client_secret),
             cache: Mutex::new(HashMap::new()),
             refresh: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The app signs in with a certificate instead of a secret.
+    pub fn with_certificate(
+        http: reqwest::Client,
+        authority_url: &str,
+        tenant_id: &str,
+        client_id: &str,
+        cert_der: &[u8],
+        key: PrivateKeyDer<'static>,
+    ) -> Result<Self, GraphError> {
+        let provider = rustls::crypto::CryptoProvider::get_default()
+            .cloned()
+            .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()));
+        let key = provider
+            .key_provider
+            .load_private_key(key)
+            .map_err(|e| GraphError::Config(format!("graph.client_certificate.key_file: {e}")))?;
+        if key
+            .choose_scheme(&[SignatureScheme::RSA_PKCS1_SHA256])
+            .is_none()
+        {
+            return Err(GraphError::Config(
+                "graph.client_certificate: Microsoft Entra takes RSA keys for client assertions"
+                    .into(),
+            ));
+        }
+        let thumbprint = b64url(&Sha1::digest(cert_der));
+        let mut tokens = Self::new(
+            http,
+            authority_url,
+            tenant_id,
+            client_id,
+            SecretString::from(String::new()),
+        );
+        tokens.credential = AppCredential::Certificate { thumbprint, key };
+        Ok(tokens)
+    }
+
+    /// A fresh client assertion (RFC 7523): valid 10 minutes, for our token endpoint only.
+    fn assertion(&self, thumbprint: &str, key: &Arc<dyn SigningKey>) -> Result<String, GraphError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let mut jti = [0u8; 16];
+        let _ = getrandom::fill(&mut jti);
+        let header = serde_json::json!({"alg": "RS256", "typ": "JWT", "x5t": thumbprint});
+        let claims = serde_json::json!({"aud": self.endpoint, "iss": self.client_id, "sub": self.client_id,
+            "jti": b64url(&jti), "nbf": now, "iat": now, "exp": now + 600});
+        let signing_input = format!(
+            "{}.{}",
+            b64url(header.to_string().as_bytes()),
+            b64url(claims.to_string().as_bytes())
+        );
+        let signer = key
+            .choose_scheme(&[SignatureScheme::RSA_PKCS1_SHA256])
+            .ok_or_else(|| GraphError::Config("the certificate key cannot sign RS256".into()))?;
+        let signature = signer
+            .sign(signing_input.as_bytes())
+            .map_err(|e| GraphError::Config(format!("signing the client assertion: {e}")))?;
+        Ok(format!("{signing_input}.{}", b64url(&signature)))
     }
 
     /// A valid access token for `identity`, from the cache when it has one.
@@ -183,10 +298,19 @@ impl Tokens {
     }
 
     async fn request(&self, grant: &[(&str, &str)]) -> Result<TokenResponse, GraphError> {
-        let mut form: Vec<(&str, &str)> = vec![
-            ("client_id", &self.client_id),
-            ("client_secret", self.client_secret.expose_secret()),
-        ];
+        let assertion;
+        let mut form: Vec<(&str, &str)> = vec![("client_id", &self.client_id)];
+        match &self.credential {
+            AppCredential::Secret(secret) => form.push(("client_secret", secret.expose_secret())),
+            AppCredential::Certificate { thumbprint, key } => {
+                assertion = self.assertion(thumbprint, key)?;
+                form.push((
+                    "client_assertion_type",
+                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                ));
+                form.push(("client_assertion", &assertion));
+            }
+        }
         form.extend_from_slice(grant);
         let body =
             serde_urlencoded::to_string(&form).map_err(|e| GraphError::Decode(e.to_string()))?;
