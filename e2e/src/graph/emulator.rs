@@ -421,10 +421,40 @@ async fn graph(
     // a subscription (which calls the subscriber back) happens after it.
     let mut subscribe = None;
     let response = graph_locked(&state, &ctx, &method, &uri, &headers, body, &mut subscribe);
-    match subscribe {
+    let response = match subscribe {
         Some((principal, body)) => create_subscription(&state, &ctx, &principal, body).await,
         None => response,
+    };
+    check_response(&state, &method, uri.path(), response).await
+}
+
+/// Holds our own answers to Microsoft's description too: a JSON body that
+/// does not match the operation's schema is recorded as a violation.
+async fn check_response(
+    state: &Shared,
+    method: &Method,
+    path: &str,
+    response: Response,
+) -> Response {
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !is_json || spec().find(method.as_str(), path).is_none() {
+        return response;
     }
+    let (parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, 64 << 20)
+        .await
+        .unwrap_or_default();
+    if let Ok(value) = serde_json::from_slice::<Value>(&bytes)
+        && let Err(e) =
+            spec().validate_response(method.as_str(), path, parts.status.as_u16(), Some(&value))
+    {
+        lock(state).violations.push(format!("emulator answer: {e}"));
+    }
+    Response::from_parts(parts, axum::body::Body::from(bytes))
 }
 
 /// JSON batching (`POST /$batch`): at most 20 requests, each authorised and

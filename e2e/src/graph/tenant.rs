@@ -162,7 +162,7 @@ impl User {
                     if f != "id" {
                         out.insert(
                             f.clone(),
-                            self.properties.get(f).cloned().unwrap_or(Value::Null),
+                            self.properties.get(f).cloned().unwrap_or_else(|| empty(f)),
                         );
                     }
                 }
@@ -170,11 +170,7 @@ impl User {
             None => {
                 for p in default_props {
                     let value = self.properties.get(p).cloned();
-                    let value = value.unwrap_or(if p == "businessPhones" {
-                        json!([])
-                    } else {
-                        Value::Null
-                    });
+                    let value = value.unwrap_or_else(|| empty(p));
                     out.insert(p.into(), value);
                 }
             }
@@ -205,6 +201,15 @@ pub struct Subscription {
     pub expiration: k8s_openapi::jiff::Timestamp,
     pub application_id: String,
     pub creator_id: String,
+}
+
+/// What Graph shows for a property that has no value: collections are empty,
+/// never null.
+fn empty(property: &str) -> Value {
+    match property {
+        "businessPhones" | "imAddresses" | "otherMails" | "proxyAddresses" => json!([]),
+        _ => Value::Null,
+    }
 }
 
 /// Who a token speaks for.
@@ -272,7 +277,7 @@ pub struct Tenant {
     pub outgoing: Vec<(String, Value, String)>,
     /// Token requests answered (any grant), for tests of token caching.
     pub token_requests: u32,
-    /// Requests whose body did not match Microsoft's OpenAPI description.
+    /// Requests (and our own answers) whose body did not match Microsoft's OpenAPI description.
     pub violations: Vec<String>,
 }
 
