@@ -162,7 +162,20 @@ async fn subscriptions_notifications_and_lifecycle() {
         "the message is there for the poll"
     );
 
-    // Renewal, a lifecycle event, reauthorization, deletion.
+    // Renewal (only when due), a lifecycle event, reauthorization, deletion.
+    assert_eq!(
+        subscriptions
+            .renew_due(&graph, Duration::from_secs(60))
+            .await,
+        0,
+        "55 minutes left: not due"
+    );
+    assert_eq!(
+        subscriptions
+            .renew_due(&graph, Duration::from_secs(3600))
+            .await,
+        1
+    );
     let renewed = subscriptions.renew(&graph, &sub.id).await.unwrap();
     assert_eq!(renewed.id, sub.id);
     http.post(format!(

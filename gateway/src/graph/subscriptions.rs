@@ -39,7 +39,7 @@ pub struct Want {
 pub struct Subscriptions {
     public_url: String,
     client_state: SecretString,
-    held: Mutex<HashMap<String, (Subscription, Want)>>,
+    held: Mutex<HashMap<String, (Subscription, Want, std::time::SystemTime)>>,
 }
 
 fn expiry(lifetime: Duration) -> String {
@@ -108,10 +108,11 @@ impl Subscriptions {
             )
             .await?;
         tracing::info!(subscription = %created.id, resource = %created.resource, expires = %created.expiration_date_time, "Graph subscription created");
+        let expires = std::time::SystemTime::now() + want.lifetime;
         self.held
             .lock()
             .await
-            .insert(created.id.clone(), (created.clone(), want));
+            .insert(created.id.clone(), (created.clone(), want, expires));
         Ok(created)
     }
 
@@ -122,7 +123,7 @@ impl Subscriptions {
             .lock()
             .await
             .get(id)
-            .map(|(_, w)| w.clone())
+            .map(|(_, w, _)| w.clone())
             .ok_or_else(|| GraphError::Config(format!("subscription {id} is not held")))?;
         let body = json!({"expirationDateTime": expiry(want.lifetime)});
         let path = format!("/subscriptions/{id}");
@@ -135,10 +136,11 @@ impl Subscriptions {
                 Some(&body),
             )
             .await?;
+        let expires = std::time::SystemTime::now() + want.lifetime;
         self.held
             .lock()
             .await
-            .insert(id.to_owned(), (renewed.clone(), want));
+            .insert(id.to_owned(), (renewed.clone(), want, expires));
         Ok(renewed)
     }
 
@@ -149,7 +151,7 @@ impl Subscriptions {
             .lock()
             .await
             .get(id)
-            .map(|(_, w)| w.clone())
+            .map(|(_, w, _)| w.clone())
             .ok_or_else(|| GraphError::Config(format!("subscription {id} is not held")))?;
         let path = format!("/subscriptions/{id}/reauthorize");
         graph
@@ -174,13 +176,13 @@ impl Subscriptions {
             .lock()
             .await
             .remove(id)
-            .map(|(_, w)| w)
+            .map(|(_, w, _)| w)
             .ok_or_else(|| GraphError::Config(format!("subscription {id} is not held")))?;
         self.create(graph, want).await
     }
 
     pub async fn delete(&self, graph: &GraphClient, id: &str) -> Result<(), GraphError> {
-        let Some((_, want)) = self.held.lock().await.remove(id) else {
+        let Some((_, want, _)) = self.held.lock().await.remove(id) else {
             return Ok(());
         };
         match graph
@@ -198,12 +200,44 @@ impl Subscriptions {
         }
     }
 
+    /// Renews every subscription that expires within `within`; returns how
+    /// many were renewed. A failed renewal is logged and tried again on the
+    /// next round (the lifecycle notifications and the reconciliation poll
+    /// cover the gap).
+    pub async fn renew_due(&self, graph: &GraphClient, within: Duration) -> usize {
+        let now = std::time::SystemTime::now();
+        let due: Vec<String> = self
+            .held
+            .lock()
+            .await
+            .iter()
+            .filter(|(_, (_, _, expires))| expires.duration_since(now).unwrap_or_default() < within)
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut renewed = 0;
+        for id in due {
+            match self.renew(graph, &id).await {
+                Ok(_) => renewed += 1,
+                Err(e) if e.is_not_found() => {
+                    tracing::warn!(subscription = %id, "subscription gone; creating it again");
+                    if let Err(e) = self.recreate(graph, &id).await {
+                        tracing::warn!(subscription = %id, error = %e, "cannot recreate the subscription");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(subscription = %id, error = %e, "cannot renew the subscription")
+                }
+            }
+        }
+        renewed
+    }
+
     pub async fn held(&self) -> Vec<Subscription> {
         self.held
             .lock()
             .await
             .values()
-            .map(|(s, _)| s.clone())
+            .map(|(s, _, _)| s.clone())
             .collect()
     }
 }
