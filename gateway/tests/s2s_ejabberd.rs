@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{ALL_STEPS, DOMAIN, Running};
+use common::{DOMAIN, Running};
 use xmppfed_e2e::ejabberd::{self, Ejabberd, EjabberdOptions};
 use xmppfed_e2e::prosody;
 
@@ -43,20 +43,8 @@ async fn federate(tls: bool) {
     .unwrap()
     .unwrap();
     server.register("bob", "bobpw").unwrap();
-    let python = prosody::python().unwrap();
-    let (result, log) = tokio::task::spawn_blocking(move || {
-        let result = prosody::run_client(
-            &python,
-            "bob@xmpp.test",
-            "bobpw",
-            server.c2s_port,
-            "alice@teams.test",
-            ALL_STEPS,
-        );
-        (result, server.log())
-    })
-    .await
-    .unwrap();
+    let port = server.c2s_port;
+    let (result, log) = common::converse(port, move || server.log()).await;
     gateway.check(&result.unwrap(), PEER, &log);
     gateway.stop().await;
 }

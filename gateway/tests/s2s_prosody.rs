@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{ALL_STEPS, DOMAIN, Running};
+use common::{DOMAIN, Running};
 use xmppfed_e2e::prosody::{self, Prosody, ProsodyOptions};
 
 const PEER: &str = "xmpp.test";
@@ -39,20 +39,8 @@ async fn federate(tls: bool, bidi: bool) {
     })
     .unwrap();
     prosody.register("bob", "bobpw").unwrap();
-    let python = prosody::python().unwrap();
-    let (result, log) = tokio::task::spawn_blocking(move || {
-        let result = prosody::run_client(
-            &python,
-            "bob@xmpp.test",
-            "bobpw",
-            prosody.c2s_port,
-            "alice@teams.test",
-            ALL_STEPS,
-        );
-        (result, prosody.log())
-    })
-    .await
-    .unwrap();
+    let port = prosody.c2s_port;
+    let (result, log) = common::converse(port, move || prosody.log()).await;
     gateway.check(&result.unwrap(), PEER, &log);
     gateway.stop().await;
 }
@@ -98,20 +86,8 @@ async fn prosody_sasl_external_both_ways() {
     })
     .unwrap();
     prosody.register("bob", "bobpw").unwrap();
-    let python = prosody::python().unwrap();
-    let (result, log) = tokio::task::spawn_blocking(move || {
-        let result = prosody::run_client(
-            &python,
-            "bob@xmpp.test",
-            "bobpw",
-            prosody.c2s_port,
-            "alice@teams.test",
-            ALL_STEPS,
-        );
-        (result, prosody.log())
-    })
-    .await
-    .unwrap();
+    let port = prosody.c2s_port;
+    let (result, log) = common::converse(port, move || prosody.log()).await;
     gateway.check(&result.unwrap(), PEER, &log);
     let text = gateway.metrics.encode();
     for direction in ["in", "out"] {

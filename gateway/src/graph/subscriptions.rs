@@ -116,15 +116,19 @@ impl Subscriptions {
         Ok(created)
     }
 
-    /// Extends a subscription by its lifetime.
-    pub async fn renew(&self, graph: &GraphClient, id: &str) -> Result<Subscription, GraphError> {
-        let want = self
-            .held
+    /// What a held subscription was made for.
+    async fn want(&self, id: &str) -> Result<Want, GraphError> {
+        self.held
             .lock()
             .await
             .get(id)
             .map(|(_, w, _)| w.clone())
-            .ok_or_else(|| GraphError::Config(format!("subscription {id} is not held")))?;
+            .ok_or_else(|| GraphError::Config(format!("subscription {id} is not held")))
+    }
+
+    /// Extends a subscription by its lifetime.
+    pub async fn renew(&self, graph: &GraphClient, id: &str) -> Result<Subscription, GraphError> {
+        let want = self.want(id).await?;
         let body = json!({"expirationDateTime": expiry(want.lifetime)});
         let path = format!("/subscriptions/{id}");
         let renewed: Subscription = graph
@@ -146,13 +150,7 @@ impl Subscriptions {
 
     /// Answers a `reauthorizationRequired` lifecycle notification.
     pub async fn reauthorize(&self, graph: &GraphClient, id: &str) -> Result<(), GraphError> {
-        let want = self
-            .held
-            .lock()
-            .await
-            .get(id)
-            .map(|(_, w, _)| w.clone())
-            .ok_or_else(|| GraphError::Config(format!("subscription {id} is not held")))?;
+        let want = self.want(id).await?;
         let path = format!("/subscriptions/{id}/reauthorize");
         graph
             .no_content(

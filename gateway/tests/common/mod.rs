@@ -28,6 +28,29 @@ pub const ALL_STEPS: &[&str] = &[
     "vcard",
 ];
 
+/// `bob@xmpp.test`, a client on the peer server, runs every step against
+/// `alice@teams.test`; returns what it saw and the peer server's log (taken
+/// before the server, owned by `peer_log`, is stopped).
+pub async fn converse<L>(c2s_port: u16, peer_log: L) -> (anyhow::Result<serde_json::Value>, String)
+where
+    L: FnOnce() -> String + Send + 'static,
+{
+    let python = xmppfed_e2e::prosody::python().expect("a Python with slixmpp");
+    tokio::task::spawn_blocking(move || {
+        let result = xmppfed_e2e::prosody::run_client(
+            &python,
+            "bob@xmpp.test",
+            "bobpw",
+            c2s_port,
+            "alice@teams.test",
+            ALL_STEPS,
+        );
+        (result, peer_log())
+    })
+    .await
+    .expect("the client task")
+}
+
 pub fn init() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let _ = tracing_subscriber::fmt()
