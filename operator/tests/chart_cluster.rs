@@ -1,0 +1,313 @@
+//! The Helm chart against the cluster `KUBECONFIG` names (skipped, saying so,
+//! when there is none, or when no `helm` binary is at hand: scripts/check-chart.sh
+//! installs one under target/tools/helm3, or set XMPPFED_TEST_HELM).
+//!
+//! Installs the chart into a namespace of its own, runs the operator's
+//! controller in this process *as the chart's ServiceAccount* (impersonated,
+//! so every call is held to the chart's RBAC), applies the examples, follows a
+//! whitelist change into the rendered configuration, and uninstalls: the
+//! chart's objects go, the CRDs stay (crds.keep).
+//!
+//! Gateway pods do not become Ready here: their image is not published yet.
+//! The test checks what the operator applies and reports.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ServiceAccount};
+use k8s_openapi::api::rbac::v1::ClusterRole;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::{Client, Config};
+use serde_json::{Value, json};
+use xmppfed_operator::crd::{DomainWhitelist, FederationGateway};
+
+fn helm() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("XMPPFED_TEST_HELM") {
+        return Some(PathBuf::from(path));
+    }
+    let tools = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/tools/helm3/helm");
+    if tools.is_file() {
+        return Some(tools);
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("helm"))
+            .find(|p| p.is_file())
+    })
+}
+
+fn run(helm: &PathBuf, args: &[&str]) {
+    let output = Command::new(helm)
+        .args(args)
+        .output()
+        .expect("running helm");
+    assert!(
+        output.status.success(),
+        "helm {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn documents(file: &str) -> Vec<Value> {
+    let text =
+        std::fs::read_to_string(format!("{}/../examples/{file}", env!("CARGO_MANIFEST_DIR")))
+            .unwrap();
+    serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_chart_on_a_real_cluster() {
+    if std::env::var_os("KUBECONFIG").is_none_or(|v| v.is_empty()) {
+        eprintln!(
+            "skipped: the chart's cluster test needs a Kubernetes cluster (KUBECONFIG is not set)"
+        );
+        return;
+    }
+    let Some(helm) = helm() else {
+        eprintln!("skipped: no helm binary (run scripts/check-chart.sh, or set XMPPFED_TEST_HELM)");
+        return;
+    };
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let admin = Client::try_default()
+        .await
+        .expect("a client for the cluster");
+    if let Err(e) = admin.apiserver_version().await {
+        eprintln!("skipped: the API server does not answer: {e}");
+        return;
+    }
+    let ns = format!("xmppfed-chart-{}", std::process::id());
+    let release = "xmppfed-it";
+    let chart = format!("{}/../charts/xmppfed-operator", env!("CARGO_MANIFEST_DIR"));
+    let (private, public) = xmppfed_licence::generate_key().unwrap();
+    run(
+        &helm,
+        &[
+            "install",
+            release,
+            &chart,
+            "--namespace",
+            &ns,
+            "--create-namespace",
+            "--set",
+            &format!("licence.publicKey={public}"),
+        ],
+    );
+
+    // The chart's objects, and CRDs established.
+    let sa: Api<ServiceAccount> = Api::namespaced(admin.clone(), &ns);
+    let sa_name = eventually(
+        "the operator's ServiceAccount",
+        Duration::from_secs(60),
+        || {
+            let sa = sa.clone();
+            async move {
+                sa.list(&Default::default())
+                    .await
+                    .ok()?
+                    .items
+                    .into_iter()
+                    .find_map(|s| s.metadata.name.filter(|n| n.contains(release)))
+            }
+        },
+    )
+    .await;
+    let crds: Api<CustomResourceDefinition> = Api::all(admin.clone());
+    for name in [
+        "federationgateways.xmppfed.io",
+        "domainwhitelists.xmppfed.io",
+        "throttlepolicies.xmppfed.io",
+    ] {
+        eventually(&format!("CRD {name}"), Duration::from_secs(60), || {
+            let crds = crds.clone();
+            async move {
+                let crd = crds.get(name).await.ok()?;
+                crd.status?
+                    .conditions?
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True")
+                    .then_some(())
+            }
+        })
+        .await;
+    }
+
+    // The controller, in this process, as the chart's ServiceAccount.
+    let mut config = Config::infer().await.unwrap();
+    config.auth_info.impersonate = Some(format!("system:serviceaccount:{ns}:{sa_name}"));
+    let operator = Client::try_from(config).unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let controller = tokio::spawn(xmppfed_operator::reconcile::run(
+        operator,
+        Some(public),
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+
+    // The examples, with a real licence.
+    let apply = PatchParams::apply("xmppfed-chart-test").force();
+    for mut doc in documents("minimal-sqlite.yaml")
+        .into_iter()
+        .chain(documents("domain-whitelist.yaml"))
+    {
+        doc["metadata"]["namespace"] = json!(ns);
+        let name = doc["metadata"]["name"].as_str().unwrap().to_owned();
+        if doc["kind"] == "Secret" && name == "xmppfed-licence" {
+            let licence = xmppfed_licence::issue(
+                &xmppfed_licence::Licence {
+                    id: "chart-it".into(),
+                    licensee: "chart test".into(),
+                    nodes: 1,
+                    issued: "2026-01-01T00:00:00Z".parse().unwrap(),
+                    expires: "2099-01-01T00:00:00Z".parse().unwrap(),
+                    features: vec![],
+                },
+                &private,
+            )
+            .unwrap();
+            doc["stringData"]["licence"] = json!(licence);
+        }
+        let api: Api<kube::core::DynamicObject> = match doc["kind"].as_str().unwrap() {
+            "Secret" => Api::namespaced_with(
+                admin.clone(),
+                &ns,
+                &kube::discovery::ApiResource::erase::<k8s_openapi::api::core::v1::Secret>(&()),
+            ),
+            "FederationGateway" => Api::namespaced_with(
+                admin.clone(),
+                &ns,
+                &kube::discovery::ApiResource::erase::<FederationGateway>(&()),
+            ),
+            "DomainWhitelist" => Api::namespaced_with(
+                admin.clone(),
+                &ns,
+                &kube::discovery::ApiResource::erase::<DomainWhitelist>(&()),
+            ),
+            other => panic!("unexpected {other}"),
+        };
+        api.patch(&name, &apply, &Patch::Apply(&doc)).await.unwrap();
+    }
+    let gateways: Api<FederationGateway> = Api::namespaced(admin.clone(), &ns);
+    let gateway = gateways
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .remove(0);
+    let gw = kube::ResourceExt::name_any(&gateway);
+    eventually(
+        "the gateway licensed and not degraded",
+        Duration::from_secs(120),
+        || {
+            let gateways = gateways.clone();
+            let gw = gw.clone();
+            async move {
+                let g = gateways.get(&gw).await.ok()?;
+                let conditions = g.status?.conditions;
+                let is =
+                    |t: &str, s: &str| conditions.iter().any(|c| c.type_ == t && c.status == s);
+                (is("Licensed", "True") && is("Degraded", "False")).then_some(())
+            }
+        },
+    )
+    .await;
+
+    // A whitelist change reaches the rendered configuration.
+    let whitelists: Api<DomainWhitelist> = Api::namespaced(admin.clone(), &ns);
+    let wl = kube::ResourceExt::name_any(
+        &whitelists
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .remove(0),
+    );
+    whitelists
+        .patch(
+            &wl,
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"spec": {"remoteDomains": ["xmpp.partner.example", "chart-test.example"]}}),
+            ),
+        )
+        .await
+        .unwrap();
+    let configmaps: Api<ConfigMap> = Api::namespaced(admin.clone(), &ns);
+    eventually(
+        "chart-test.example in the gateway's configuration",
+        Duration::from_secs(60),
+        || {
+            let configmaps = configmaps.clone();
+            let name = format!("{gw}-config");
+            async move {
+                configmaps
+                    .get(&name)
+                    .await
+                    .ok()?
+                    .data?
+                    .get("gateway.toml")?
+                    .contains("chart-test.example")
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+
+    // Uninstall: the chart's objects go, the CRDs stay.
+    let _ = stop_tx.send(());
+    let _ = controller.await;
+    gateways
+        .delete(&gw, &DeleteParams::foreground())
+        .await
+        .unwrap();
+    run(&helm, &["uninstall", release, "--namespace", &ns, "--wait"]);
+    let roles: Api<ClusterRole> = Api::all(admin.clone());
+    eventually("the ClusterRole removed", Duration::from_secs(60), || {
+        let roles = roles.clone();
+        async move {
+            (!roles
+                .list(&Default::default())
+                .await
+                .ok()?
+                .items
+                .iter()
+                .any(|r| {
+                    r.metadata
+                        .name
+                        .as_deref()
+                        .is_some_and(|n| n.contains(release))
+                }))
+            .then_some(())
+        }
+    })
+    .await;
+    assert!(
+        crds.get("federationgateways.xmppfed.io").await.is_ok(),
+        "crds.keep: the CRDs outlive the release"
+    );
+    let namespaces: Api<Namespace> = Api::all(admin);
+    let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
+}
