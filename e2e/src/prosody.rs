@@ -89,29 +89,14 @@ fn openssl(args: &[&str]) -> anyhow::Result<()> {
 
 impl TestCa {
     pub fn new(dir: &Path) -> anyhow::Result<Self> {
-        let cert = dir.join("ca.crt");
-        let key = dir.join("ca.key");
-        openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "2",
-            "-keyout",
-            &key.to_string_lossy(),
-            "-out",
-            &cert.to_string_lossy(),
-            "-subj",
-            "/CN=xmppfed test CA",
+        let (cert, key) = (dir.join("ca.crt"), dir.join("ca.key"));
+        let extensions = [
             "-addext",
             "basicConstraints=critical,CA:TRUE",
             "-addext",
             "keyUsage=critical,keyCertSign,cRLSign",
-        ])?;
+        ];
+        make_self_signed(&cert, &key, EC_P256, "/CN=xmppfed test CA", &extensions)?;
         Ok(Self {
             cert,
             key,
@@ -170,60 +155,55 @@ impl TestCa {
 /// A self-signed RSA certificate and key (PEM), e.g. an app registration's
 /// client-assertion certificate.
 pub fn rsa_self_signed(dir: &Path, name: &str) -> anyhow::Result<(PathBuf, PathBuf)> {
-    let cert = dir.join(format!("{name}.crt"));
-    let key = dir.join(format!("{name}.key"));
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "2",
-        "-keyout",
-        &key.to_string_lossy(),
-        "-out",
-        &cert.to_string_lossy(),
-        "-subj",
+    let (cert, key) = (
+        dir.join(format!("{name}.crt")),
+        dir.join(format!("{name}.key")),
+    );
+    make_self_signed(
+        &cert,
+        &key,
+        &["-newkey", "rsa:2048"],
         &format!("/CN={name}"),
-    ])?;
+        &[],
+    )?;
     Ok((cert, key))
 }
 
 /// A self-signed certificate and key (PEM) for `domain`, made with openssl.
 pub fn self_signed(dir: &Path, domain: &str) -> anyhow::Result<(PathBuf, PathBuf)> {
-    let cert = dir.join(format!("{domain}.crt"));
-    let key = dir.join(format!("{domain}.key"));
-    let status = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "2",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .args([
-            "-subj",
-            &format!("/CN={domain}"),
-            "-addext",
-            &format!("subjectAltName=DNS:{domain}"),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .context("running openssl")?;
-    if !status.success() {
-        bail!("openssl could not make a certificate for {domain}");
-    }
+    let (cert, key) = (
+        dir.join(format!("{domain}.crt")),
+        dir.join(format!("{domain}.key")),
+    );
+    let san = format!("subjectAltName=DNS:{domain}");
+    make_self_signed(
+        &cert,
+        &key,
+        EC_P256,
+        &format!("/CN={domain}"),
+        &["-addext", &san],
+    )?;
     Ok((cert, key))
+}
+
+const EC_P256: &[&str] = &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"];
+
+/// `openssl req -x509`: a self-signed certificate valid two days, and its key.
+fn make_self_signed(
+    cert: &Path,
+    key: &Path,
+    newkey: &[&str],
+    subject: &str,
+    extensions: &[&str],
+) -> anyhow::Result<()> {
+    let (key, cert) = (key.to_string_lossy(), cert.to_string_lossy());
+    let mut args = vec!["req", "-x509"];
+    args.extend_from_slice(newkey);
+    args.extend_from_slice(&[
+        "-nodes", "-days", "2", "-keyout", &key, "-out", &cert, "-subj", subject,
+    ]);
+    args.extend_from_slice(extensions);
+    openssl(&args)
 }
 
 impl Prosody {
