@@ -9,6 +9,7 @@ pub mod graph;
 pub mod licence;
 pub mod process;
 pub mod s2s;
+pub mod store;
 
 pub use xmppfed_config as config;
 

@@ -1,0 +1,390 @@
+//! SQLite, the embedded default: one file, one writer, WAL journal; every
+//! call runs on the blocking pool so the async runtime never waits on disk.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{
+    Contact, Epoch, OutboxItem, QueuedNotification, ShadowAccount, StoreError, StoredSubscription,
+    now,
+};
+
+/// Each migration, in order; the schema version is the number applied.
+const MIGRATIONS: &[&str] = &[
+    // 1: the first schema.
+    "CREATE TABLE cursors (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+     CREATE TABLE subscriptions (id TEXT PRIMARY KEY, resource TEXT NOT NULL, change_type TEXT NOT NULL,
+        as_user TEXT, lifetime_secs INTEGER NOT NULL, expires_at INTEGER NOT NULL);
+     CREATE TABLE notifications (seq INTEGER PRIMARY KEY AUTOINCREMENT, body TEXT NOT NULL,
+        received_at INTEGER NOT NULL, claimed_until INTEGER NOT NULL DEFAULT 0);
+     CREATE TABLE shadow_accounts (jid TEXT PRIMARY KEY, upn TEXT NOT NULL UNIQUE, object_id TEXT NOT NULL,
+        credential BLOB NOT NULL, last_used INTEGER NOT NULL);
+     CREATE TABLE contacts (teams_user TEXT NOT NULL, remote_jid TEXT NOT NULL, state TEXT NOT NULL,
+        PRIMARY KEY (teams_user, remote_jid));
+     CREATE TABLE outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, direction TEXT NOT NULL, conversation TEXT NOT NULL,
+        dedupe_key TEXT NOT NULL, payload TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at INTEGER NOT NULL, expires_at INTEGER NOT NULL);
+     CREATE INDEX outbox_due ON outbox (next_attempt_at);
+     CREATE TABLE delivered (dedupe_key TEXT PRIMARY KEY, at INTEGER NOT NULL);",
+];
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl SqliteStore {
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        let path = path.to_owned();
+        tokio::task::spawn_blocking(move || {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| StoreError::Backend(format!("{}: {e}", dir.display())))?;
+            }
+            let mut conn = Connection::open(&path)
+                .map_err(|e| StoreError::Backend(format!("{}: {e}", path.display())))?;
+            conn.pragma_update(None, "journal_mode", "WAL")
+                .map_err(backend)?;
+            conn.pragma_update(None, "synchronous", "FULL")
+                .map_err(backend)?;
+            conn.busy_timeout(std::time::Duration::from_secs(5))
+                .map_err(backend)?;
+            migrate(&mut conn)?;
+            Ok(Self {
+                conn: Arc::new(Mutex::new(conn)),
+            })
+        })
+        .await
+        .map_err(backend)?
+    }
+
+    async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut conn).map_err(backend)
+        })
+        .await
+        .map_err(backend)?
+    }
+
+    pub async fn schema_version(&self) -> Result<i64, StoreError> {
+        self.with(|c| c.query_row("SELECT MAX(version) FROM schema_version", [], |r| r.get(0)))
+            .await
+    }
+
+    pub async fn get_cursor(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let key = key.to_owned();
+        self.with(move |c| {
+            c.query_row("SELECT value FROM cursors WHERE key = ?1", [key], |r| {
+                r.get(0)
+            })
+            .optional()
+        })
+        .await
+    }
+
+    pub async fn set_cursor(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        let (key, value) = (key.to_owned(), value.to_owned());
+        self.with(move |c| {
+            c.execute("INSERT INTO cursors (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value", [key, value])
+                .map(|_| ())
+        })
+        .await
+    }
+
+    pub async fn put_subscription(&self, s: &StoredSubscription) -> Result<(), StoreError> {
+        let s = s.clone();
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO subscriptions (id, resource, change_type, as_user, lifetime_secs, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT(id) DO UPDATE SET expires_at = excluded.expires_at, lifetime_secs = excluded.lifetime_secs",
+                params![s.id, s.resource, s.change_type, s.as_user, s.lifetime_secs, s.expires_at],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    pub async fn subscriptions(&self) -> Result<Vec<StoredSubscription>, StoreError> {
+        self.with(|c| {
+            let mut stmt = c.prepare("SELECT id, resource, change_type, as_user, lifetime_secs, expires_at FROM subscriptions ORDER BY expires_at")?;
+            let rows = stmt.query_map([], |r| {
+                Ok(StoredSubscription {
+                    id: r.get(0)?,
+                    resource: r.get(1)?,
+                    change_type: r.get(2)?,
+                    as_user: r.get(3)?,
+                    lifetime_secs: r.get(4)?,
+                    expires_at: r.get(5)?,
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    pub async fn delete_subscription(&self, id: &str) -> Result<(), StoreError> {
+        let id = id.to_owned();
+        self.with(move |c| {
+            c.execute("DELETE FROM subscriptions WHERE id = ?1", [id])
+                .map(|_| ())
+        })
+        .await
+    }
+
+    pub async fn push_notification(&self, body: &str) -> Result<i64, StoreError> {
+        let body = body.to_owned();
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO notifications (body, received_at) VALUES (?1, ?2)",
+                params![body, now()],
+            )?;
+            Ok(c.last_insert_rowid())
+        })
+        .await
+    }
+
+    pub async fn claim_notifications(
+        &self,
+        limit: i64,
+        lease_secs: i64,
+    ) -> Result<Vec<QueuedNotification>, StoreError> {
+        self.with(move |c| {
+            let at = now();
+            let tx = c.transaction()?;
+            let claimed: Vec<QueuedNotification> = {
+                let mut stmt = tx.prepare("SELECT seq, body FROM notifications WHERE claimed_until <= ?1 ORDER BY seq LIMIT ?2")?;
+                let rows = stmt.query_map(params![at, limit], |r| Ok(QueuedNotification { seq: r.get(0)?, body: r.get(1)? }))?;
+                rows.collect::<rusqlite::Result<_>>()?
+            };
+            for n in &claimed {
+                tx.execute("UPDATE notifications SET claimed_until = ?1 WHERE seq = ?2", params![at + lease_secs, n.seq])?;
+            }
+            tx.commit()?;
+            Ok(claimed)
+        })
+        .await
+    }
+
+    pub async fn ack_notification(&self, seq: i64) -> Result<(), StoreError> {
+        self.with(move |c| {
+            c.execute("DELETE FROM notifications WHERE seq = ?1", [seq])
+                .map(|_| ())
+        })
+        .await
+    }
+
+    pub async fn put_shadow(&self, a: &ShadowAccount) -> Result<(), StoreError> {
+        let a = a.clone();
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO shadow_accounts (jid, upn, object_id, credential, last_used) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT(jid) DO UPDATE SET upn = excluded.upn, object_id = excluded.object_id,
+                    credential = excluded.credential, last_used = excluded.last_used",
+                params![a.jid, a.upn, a.object_id, a.credential, a.last_used],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    fn shadow_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ShadowAccount> {
+        Ok(ShadowAccount {
+            jid: r.get(0)?,
+            upn: r.get(1)?,
+            object_id: r.get(2)?,
+            credential: r.get(3)?,
+            last_used: r.get(4)?,
+        })
+    }
+
+    pub async fn shadow(&self, jid: &str) -> Result<Option<ShadowAccount>, StoreError> {
+        let jid = jid.to_owned();
+        self.with(move |c| {
+            c.query_row("SELECT jid, upn, object_id, credential, last_used FROM shadow_accounts WHERE jid = ?1", [jid], Self::shadow_row)
+                .optional()
+        })
+        .await
+    }
+
+    pub async fn touch_shadow(&self, jid: &str, at: Epoch) -> Result<(), StoreError> {
+        let jid = jid.to_owned();
+        self.with(move |c| {
+            c.execute(
+                "UPDATE shadow_accounts SET last_used = ?1 WHERE jid = ?2",
+                params![at, jid],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    pub async fn unused_shadows(&self, before: Epoch) -> Result<Vec<ShadowAccount>, StoreError> {
+        self.with(move |c| {
+            let mut stmt = c.prepare("SELECT jid, upn, object_id, credential, last_used FROM shadow_accounts WHERE last_used < ?1 ORDER BY last_used")?;
+            let rows = stmt.query_map([before], Self::shadow_row)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    pub async fn delete_shadow(&self, jid: &str) -> Result<(), StoreError> {
+        let jid = jid.to_owned();
+        self.with(move |c| {
+            c.execute("DELETE FROM shadow_accounts WHERE jid = ?1", [jid])
+                .map(|_| ())
+        })
+        .await
+    }
+
+    pub async fn put_contact(&self, contact: &Contact) -> Result<(), StoreError> {
+        let ct = contact.clone();
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO contacts (teams_user, remote_jid, state) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(teams_user, remote_jid) DO UPDATE SET state = excluded.state",
+                params![ct.teams_user, ct.remote_jid, ct.state],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    pub async fn contacts_of(&self, teams_user: &str) -> Result<Vec<Contact>, StoreError> {
+        let user = teams_user.to_owned();
+        self.with(move |c| {
+            let mut stmt = c.prepare("SELECT teams_user, remote_jid, state FROM contacts WHERE teams_user = ?1 ORDER BY remote_jid")?;
+            let rows = stmt.query_map([user], |r| Ok(Contact { teams_user: r.get(0)?, remote_jid: r.get(1)?, state: r.get(2)? }))?;
+            rows.collect()
+        })
+        .await
+    }
+
+    pub async fn delete_contact(
+        &self,
+        teams_user: &str,
+        remote_jid: &str,
+    ) -> Result<(), StoreError> {
+        let (u, j) = (teams_user.to_owned(), remote_jid.to_owned());
+        self.with(move |c| {
+            c.execute(
+                "DELETE FROM contacts WHERE teams_user = ?1 AND remote_jid = ?2",
+                [u, j],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    pub async fn enqueue(&self, item: &OutboxItem) -> Result<Option<i64>, StoreError> {
+        let i = item.clone();
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            let known: bool = tx.query_row(
+                "SELECT EXISTS (SELECT 1 FROM outbox WHERE dedupe_key = ?1) OR EXISTS (SELECT 1 FROM delivered WHERE dedupe_key = ?1)",
+                [&i.dedupe_key],
+                |r| r.get(0),
+            )?;
+            if known {
+                return Ok(None);
+            }
+            tx.execute(
+                "INSERT INTO outbox (direction, conversation, dedupe_key, payload, attempts, next_attempt_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, 0, ?5, ?6)",
+                params![i.direction, i.conversation, i.dedupe_key, i.payload, i.next_attempt_at, i.expires_at],
+            )?;
+            let seq = tx.last_insert_rowid();
+            tx.commit()?;
+            Ok(Some(seq))
+        })
+        .await
+    }
+
+    pub async fn due(&self, at: Epoch, limit: i64) -> Result<Vec<OutboxItem>, StoreError> {
+        self.with(move |c| {
+            // The head of each conversation, if it is due.
+            let mut stmt = c.prepare(
+                "SELECT seq, direction, conversation, dedupe_key, payload, attempts, next_attempt_at, expires_at
+                 FROM outbox o WHERE seq = (SELECT MIN(seq) FROM outbox WHERE conversation = o.conversation)
+                   AND next_attempt_at <= ?1 ORDER BY seq LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![at, limit], |r| {
+                Ok(OutboxItem {
+                    seq: r.get(0)?,
+                    direction: r.get(1)?,
+                    conversation: r.get(2)?,
+                    dedupe_key: r.get(3)?,
+                    payload: r.get(4)?,
+                    attempts: r.get(5)?,
+                    next_attempt_at: r.get(6)?,
+                    expires_at: r.get(7)?,
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    pub async fn delivered(&self, seq: i64) -> Result<(), StoreError> {
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            tx.execute("INSERT OR IGNORE INTO delivered (dedupe_key, at) SELECT dedupe_key, ?2 FROM outbox WHERE seq = ?1", params![seq, now()])?;
+            tx.execute("DELETE FROM outbox WHERE seq = ?1", [seq])?;
+            tx.commit()
+        })
+        .await
+    }
+
+    pub async fn retry_later(&self, seq: i64, next_attempt_at: Epoch) -> Result<(), StoreError> {
+        self.with(move |c| {
+            c.execute(
+                "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?1 WHERE seq = ?2",
+                params![next_attempt_at, seq],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    conn.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)")
+        .map_err(backend)?;
+    let current: i64 = conn
+        .query_row(
+            "SELECT COALESCE(MAX(version), 0) FROM schema_version",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(backend)?;
+    let supported = MIGRATIONS.len() as i64;
+    if current > supported {
+        return Err(StoreError::TooNew {
+            found: current,
+            supported,
+        });
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let version = index as i64 + 1;
+        let tx = conn.transaction().map_err(backend)?;
+        tx.execute_batch(sql).map_err(backend)?;
+        tx.execute(
+            "INSERT INTO schema_version (version, applied_at) VALUES (?1, ?2)",
+            params![version, now()],
+        )
+        .map_err(backend)?;
+        tx.commit().map_err(backend)?;
+        tracing::info!(version, "store migrated");
+    }
+    Ok(())
+}

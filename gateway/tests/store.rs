@@ -1,0 +1,261 @@
+//! The store conformance suite: every backend must pass it. SQLite runs
+//! always. (The SQL Server backend joins with its own connection string,
+//! XMPPFED_TEST_MSSQL, when it lands.)
+
+use xmppfed_gateway::store::{
+    Contact, OutboxItem, ShadowAccount, Store, StoreError, StoredSubscription, now,
+};
+
+async fn conformance(store: &Store) {
+    assert_eq!(store.schema_version().await.unwrap(), 1);
+
+    // Cursors.
+    assert_eq!(store.get_cursor("presence").await.unwrap(), None);
+    store.set_cursor("presence", "a").await.unwrap();
+    store.set_cursor("presence", "b").await.unwrap();
+    assert_eq!(
+        store.get_cursor("presence").await.unwrap().as_deref(),
+        Some("b")
+    );
+
+    // Subscriptions.
+    let sub = StoredSubscription {
+        id: "s1".into(),
+        resource: "/users/x/chats/getAllMessages".into(),
+        change_type: "created".into(),
+        as_user: Some("bob@shadow.test".into()),
+        lifetime_secs: 3300,
+        expires_at: 1000,
+    };
+    store.put_subscription(&sub).await.unwrap();
+    store
+        .put_subscription(&StoredSubscription {
+            expires_at: 2000,
+            ..sub.clone()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        store.subscriptions().await.unwrap(),
+        vec![StoredSubscription {
+            expires_at: 2000,
+            ..sub.clone()
+        }]
+    );
+    store.delete_subscription("s1").await.unwrap();
+    assert!(store.subscriptions().await.unwrap().is_empty());
+
+    // The notification queue: claimed items come back when their lease lapses.
+    for body in ["n1", "n2", "n3"] {
+        store.push_notification(body).await.unwrap();
+    }
+    let first = store.claim_notifications(2, 60).await.unwrap();
+    assert_eq!(
+        first.iter().map(|n| n.body.as_str()).collect::<Vec<_>>(),
+        ["n1", "n2"]
+    );
+    let second = store.claim_notifications(10, 0).await.unwrap();
+    assert_eq!(
+        second.iter().map(|n| n.body.as_str()).collect::<Vec<_>>(),
+        ["n3"],
+        "n1 and n2 are leased"
+    );
+    for n in &first {
+        store.ack_notification(n.seq).await.unwrap();
+    }
+    let again = store.claim_notifications(10, 60).await.unwrap();
+    assert_eq!(
+        again.iter().map(|n| n.body.as_str()).collect::<Vec<_>>(),
+        ["n3"],
+        "an unacknowledged item is handed out again"
+    );
+    store.ack_notification(again[0].seq).await.unwrap();
+    assert!(store.claim_notifications(10, 60).await.unwrap().is_empty());
+
+    // Shadow accounts.
+    let bob = ShadowAccount {
+        jid: "bob@xmpp.test".into(),
+        upn: "bob.xmpp@shadow.test".into(),
+        object_id: "oid-bob".into(),
+        credential: vec![1, 2, 3],
+        last_used: 100,
+    };
+    store.put_shadow(&bob).await.unwrap();
+    assert_eq!(
+        store.shadow("bob@xmpp.test").await.unwrap(),
+        Some(bob.clone())
+    );
+    let clash = ShadowAccount {
+        jid: "other@xmpp.test".into(),
+        ..bob.clone()
+    };
+    assert!(
+        matches!(store.put_shadow(&clash).await, Err(StoreError::Backend(_))),
+        "two contacts never share a UPN"
+    );
+    store.touch_shadow("bob@xmpp.test", 500).await.unwrap();
+    assert!(store.unused_shadows(400).await.unwrap().is_empty());
+    assert_eq!(store.unused_shadows(600).await.unwrap().len(), 1);
+    store.delete_shadow("bob@xmpp.test").await.unwrap();
+    assert_eq!(store.shadow("bob@xmpp.test").await.unwrap(), None);
+
+    // Contacts.
+    let c = Contact {
+        teams_user: "alice@contoso.com".into(),
+        remote_jid: "bob@xmpp.test".into(),
+        state: "pending-in".into(),
+    };
+    store.put_contact(&c).await.unwrap();
+    store
+        .put_contact(&Contact {
+            state: "subscribed".into(),
+            ..c.clone()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        store.contacts_of("alice@contoso.com").await.unwrap(),
+        vec![Contact {
+            state: "subscribed".into(),
+            ..c.clone()
+        }]
+    );
+    store
+        .delete_contact("alice@contoso.com", "bob@xmpp.test")
+        .await
+        .unwrap();
+    assert!(
+        store
+            .contacts_of("alice@contoso.com")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // The outbox: once per dedupe key, in order per conversation, retries.
+    let t = now();
+    let item = |key: &str, conversation: &str| OutboxItem {
+        seq: 0,
+        direction: "to-teams".into(),
+        conversation: conversation.into(),
+        dedupe_key: key.into(),
+        payload: format!("payload {key}"),
+        attempts: 0,
+        next_attempt_at: t,
+        expires_at: t + 3600,
+    };
+    let a1 = store
+        .enqueue(&item("a1", "alice|bob"))
+        .await
+        .unwrap()
+        .unwrap();
+    let _a2 = store
+        .enqueue(&item("a2", "alice|bob"))
+        .await
+        .unwrap()
+        .unwrap();
+    let c1 = store
+        .enqueue(&item("c1", "carol|bob"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        store.enqueue(&item("a1", "alice|bob")).await.unwrap(),
+        None,
+        "a duplicate is not queued twice"
+    );
+    let due: Vec<String> = store
+        .due(t, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.dedupe_key)
+        .collect();
+    assert_eq!(due, ["a1", "c1"], "one per conversation, oldest first");
+    store.retry_later(a1, t + 30).await.unwrap();
+    let due: Vec<String> = store
+        .due(t, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.dedupe_key)
+        .collect();
+    assert_eq!(due, ["c1"], "a2 waits behind a1");
+    let later = store.due(t + 30, 10).await.unwrap();
+    assert_eq!((later[0].dedupe_key.as_str(), later[0].attempts), ("a1", 1));
+    store.delivered(a1).await.unwrap();
+    store.expire(c1).await.unwrap();
+    let due: Vec<String> = store
+        .due(t + 30, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.dedupe_key)
+        .collect();
+    assert_eq!(due, ["a2"]);
+    assert_eq!(
+        store.enqueue(&item("a1", "alice|bob")).await.unwrap(),
+        None,
+        "a delivered message is not queued again"
+    );
+}
+
+#[tokio::test]
+async fn sqlite_conforms() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::sqlite(&dir.path().join("nested/xmppfed.db"))
+        .await
+        .unwrap();
+    conformance(&store).await;
+}
+
+#[tokio::test]
+async fn sqlite_keeps_everything_across_a_restart_and_refuses_a_newer_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("xmppfed.db");
+    {
+        let store = Store::sqlite(&path).await.unwrap();
+        store.set_cursor("k", "v").await.unwrap();
+        store.push_notification("kept").await.unwrap();
+    }
+    let store = Store::sqlite(&path).await.unwrap();
+    assert_eq!(
+        store.schema_version().await.unwrap(),
+        1,
+        "migrations run once"
+    );
+    assert_eq!(store.get_cursor("k").await.unwrap().as_deref(), Some("v"));
+    assert_eq!(
+        store.claim_notifications(10, 60).await.unwrap()[0].body,
+        "kept"
+    );
+    drop(store);
+
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute(
+        "INSERT INTO schema_version (version, applied_at) VALUES (99, 0)",
+        [],
+    )
+    .unwrap();
+    drop(conn);
+    match Store::sqlite(&path).await {
+        Err(StoreError::TooNew {
+            found: 99,
+            supported: 1,
+        }) => {}
+        Err(other) => panic!("unexpected error: {other}"),
+        Ok(_) => panic!("a newer schema must be refused"),
+    }
+}
+
+#[tokio::test]
+async fn an_unwritable_path_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, "x").unwrap();
+    let error = Store::sqlite(&file.join("xmppfed.db"))
+        .await
+        .err()
+        .expect("an error");
+    assert!(error.to_string().contains("not-a-dir"), "{error}");
+}
