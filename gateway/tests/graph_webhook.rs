@@ -61,9 +61,12 @@ async fn subscriptions_notifications_and_lifecycle() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let public_url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move {
-        axum::serve(listener, webhook::router(client_state.clone(), queue))
-            .await
-            .unwrap();
+        axum::serve(
+            listener,
+            webhook::router(client_state.clone(), webhook::Sink::Channel(queue)),
+        )
+        .await
+        .unwrap();
     });
     let subscriptions = Subscriptions::new(
         &public_url,
@@ -253,4 +256,63 @@ async fn an_endpoint_that_fails_the_handshake_gets_no_subscription() {
         .unwrap_err();
     assert_eq!(error.status(), Some(400));
     assert!(error.to_string().contains("validation"), "{error}");
+}
+
+#[tokio::test]
+async fn accepted_notifications_are_stored_before_the_202() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(
+        xmppfed_gateway::store::Store::sqlite(&dir.path().join("db"))
+            .await
+            .unwrap(),
+    );
+    let wake = std::sync::Arc::new(tokio::sync::Notify::new());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "http://{}/graph/notifications",
+        listener.local_addr().unwrap()
+    );
+    let sink = webhook::Sink::Durable {
+        store: store.clone(),
+        wake: wake.clone(),
+    };
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            webhook::router(SecretString::from("state".to_owned()), sink),
+        )
+        .await
+        .unwrap();
+    });
+    let batch = json!({"value": [
+        {"subscriptionId": "s1", "changeType": "created", "clientState": "state", "resource": "chats('c')/messages('1')", "resourceData": {"id": "1"}},
+        {"subscriptionId": "s1", "changeType": "created", "clientState": "forged", "resource": "chats('c')/messages('2')"}
+    ]});
+    let woken = wake.notified();
+    let r = reqwest::Client::new()
+        .post(&url)
+        .json(&batch)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    tokio::time::timeout(Duration::from_secs(5), woken)
+        .await
+        .expect("the consumer is woken");
+    let queued = store.claim_notifications(10, 60).await.unwrap();
+    assert_eq!(queued.len(), 1, "only the item with our clientState");
+    let n: Notification = serde_json::from_str(&queued[0].body).unwrap();
+    assert_eq!(
+        (n.subscription_id.as_str(), n.resource_id.as_deref()),
+        ("s1", Some("1"))
+    );
+    // Not acknowledged, and the process restarts: the item is still there once its lease lapses.
+    drop(store);
+    let store = xmppfed_gateway::store::Store::sqlite(&dir.path().join("db"))
+        .await
+        .unwrap();
+    assert!(
+        store.claim_notifications(10, 60).await.unwrap().is_empty(),
+        "still leased"
+    );
 }

@@ -16,16 +16,20 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::sync::Arc;
+
 use tokio::sync::mpsc;
+
+use crate::store::Store;
 
 /// The paths under the public webhook URL.
 pub const NOTIFICATIONS_PATH: &str = "/graph/notifications";
 pub const LIFECYCLE_PATH: &str = "/graph/lifecycle";
 
 /// One change or lifecycle notification that passed the `clientState` check.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Notification {
     pub subscription_id: String,
     pub change_type: Option<String>,
@@ -36,10 +40,23 @@ pub struct Notification {
     pub tenant_id: Option<String>,
 }
 
+/// Where accepted notifications go.
+#[derive(Clone)]
+pub enum Sink {
+    /// Straight to a consumer in this process (tests, tools).
+    Channel(mpsc::Sender<Notification>),
+    /// Into the store's notification queue before Graph gets its 202, then a
+    /// wake-up for the consumer: a crash after the 202 loses nothing.
+    Durable {
+        store: Arc<Store>,
+        wake: Arc<tokio::sync::Notify>,
+    },
+}
+
 #[derive(Clone)]
 struct Receiver {
     client_state: SecretString,
-    queue: mpsc::Sender<Notification>,
+    sink: Sink,
 }
 
 #[derive(Deserialize)]
@@ -49,11 +66,8 @@ struct Validation {
 }
 
 /// The webhook's routes; accepted notifications go into `queue`.
-pub fn router(client_state: SecretString, queue: mpsc::Sender<Notification>) -> Router {
-    let receiver = Receiver {
-        client_state,
-        queue,
-    };
+pub fn router(client_state: SecretString, sink: Sink) -> Router {
+    let receiver = Receiver { client_state, sink };
     Router::new()
         .route(NOTIFICATIONS_PATH, post(receive))
         .route(LIFECYCLE_PATH, post(receive))
@@ -110,9 +124,23 @@ async fn receive(
             lifecycle_event: text("lifecycleEvent"),
             tenant_id: text("tenantId"),
         };
-        // A full queue must not make Graph wait: it would retry the whole batch.
-        if receiver.queue.try_send(notification).is_err() {
-            tracing::warn!("notification queue full; the reconciliation poll will catch up");
+        match &receiver.sink {
+            // A full queue must not make Graph wait: it would retry the whole batch.
+            Sink::Channel(queue) => {
+                if queue.try_send(notification).is_err() {
+                    tracing::warn!(
+                        "notification queue full; the reconciliation poll will catch up"
+                    );
+                }
+            }
+            Sink::Durable { store, .. } => {
+                let body = serde_json::to_string(&notification).unwrap_or_default();
+                if let Err(e) = store.push_notification(&body).await {
+                    // Not stored: Graph must send it again, so no 2xx.
+                    tracing::error!(error = %e, "cannot store a change notification");
+                    return StatusCode::SERVICE_UNAVAILABLE.into_response();
+                }
+            }
         }
     }
     if rejected > 0 {
@@ -120,6 +148,9 @@ async fn receive(
             rejected,
             "change notifications with a wrong clientState dropped"
         );
+    }
+    if let Sink::Durable { wake, .. } = &receiver.sink {
+        wake.notify_one();
     }
     StatusCode::ACCEPTED.into_response()
 }
