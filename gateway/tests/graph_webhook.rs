@@ -316,3 +316,75 @@ async fn accepted_notifications_are_stored_before_the_202() {
         "still leased"
     );
 }
+
+#[tokio::test]
+async fn held_subscriptions_survive_a_restart() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let emulator = GraphEmulator::start(seed()).await.unwrap();
+    let http = reqwest::Client::new();
+    let tokens = Tokens::new(
+        http.clone(),
+        &emulator.authority_url(),
+        TENANT,
+        "gateway",
+        SecretString::from("s3cret".to_owned()),
+    );
+    let graph = GraphClient::new(
+        http,
+        &emulator.graph_url(),
+        tokens,
+        Budget::new(100, 20),
+        RetryPolicy::default(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let public_url = format!("http://{}", listener.local_addr().unwrap());
+    let (queue, _rx) = mpsc::channel(8);
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            webhook::router(
+                SecretString::from("cs".to_owned()),
+                webhook::Sink::Channel(queue),
+            ),
+        )
+        .await
+        .unwrap();
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let bob = UserCredential {
+        upn: "bob.xmpp@shadow.contoso.com".into(),
+        password: SecretString::from("Sh4dow!pw".to_owned()),
+    };
+    let id = {
+        let store =
+            std::sync::Arc::new(xmppfed_gateway::store::Store::sqlite(&path).await.unwrap());
+        let subs =
+            Subscriptions::new(&public_url, SecretString::from("cs".to_owned())).with_store(store);
+        let want = Want {
+            resource: "/users/bob.xmpp@shadow.contoso.com/chats/getAllMessages".into(),
+            change_type: "created".into(),
+            lifetime: Duration::from_secs(1800),
+            as_user: Some(bob.clone()),
+        };
+        subs.create(&graph, want).await.unwrap().id
+    };
+    // A new process: the subscription comes back from the store, and renews.
+    let store = std::sync::Arc::new(xmppfed_gateway::store::Store::sqlite(&path).await.unwrap());
+    let subs = Subscriptions::new(&public_url, SecretString::from("cs".to_owned()))
+        .with_store(store.clone());
+    let known = bob.clone();
+    assert_eq!(
+        subs.restore(move |upn| (upn == known.upn).then(|| known.clone()))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(subs.held().await[0].id, id);
+    assert_eq!(subs.renew_due(&graph, Duration::from_secs(3600)).await, 1);
+    subs.delete(&graph, &id).await.unwrap();
+    assert!(
+        store.subscriptions().await.unwrap().is_empty(),
+        "a deleted subscription is forgotten in the store too"
+    );
+}

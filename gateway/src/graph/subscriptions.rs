@@ -8,7 +8,11 @@ use reqwest::Method;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::json;
+use std::sync::Arc;
+
 use tokio::sync::Mutex;
+
+use crate::store::{Store, StoredSubscription};
 
 use super::auth::{Identity, UserCredential};
 use super::client::GraphClient;
@@ -40,6 +44,8 @@ pub struct Subscriptions {
     public_url: String,
     client_state: SecretString,
     held: Mutex<HashMap<String, (Subscription, Want, std::time::SystemTime)>>,
+    /// Where what we hold survives a restart.
+    store: Option<Arc<Store>>,
 }
 
 fn expiry(lifetime: Duration) -> String {
@@ -74,7 +80,93 @@ impl Subscriptions {
             public_url: public_url.trim_end_matches('/').to_owned(),
             client_state,
             held: Mutex::new(HashMap::new()),
+            store: None,
         }
+    }
+
+    /// Keeps what is held in `store`, so that a restart resumes it.
+    pub fn with_store(mut self, store: Arc<Store>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Takes back what the store holds (after a restart). Shadow accounts'
+    /// credentials come from `credential` (by UPN); a subscription whose
+    /// account is unknown is left for Graph to expire.
+    pub async fn restore(
+        &self,
+        credential: impl Fn(&str) -> Option<UserCredential>,
+    ) -> Result<usize, GraphError> {
+        let Some(store) = &self.store else {
+            return Ok(0);
+        };
+        let stored = store
+            .subscriptions()
+            .await
+            .map_err(|e| GraphError::Config(e.to_string()))?;
+        let mut held = self.held.lock().await;
+        for s in &stored {
+            let as_user = match &s.as_user {
+                Some(upn) => match credential(upn) {
+                    Some(c) => Some(c),
+                    None => continue,
+                },
+                None => None,
+            };
+            let want = Want {
+                resource: s.resource.clone(),
+                change_type: s.change_type.clone(),
+                lifetime: Duration::from_secs(u64::try_from(s.lifetime_secs).unwrap_or(3600)),
+                as_user,
+            };
+            let expires = std::time::UNIX_EPOCH
+                + Duration::from_secs(u64::try_from(s.expires_at).unwrap_or(0));
+            let sub = Subscription {
+                id: s.id.clone(),
+                resource: s.resource.clone(),
+                change_type: s.change_type.clone(),
+                expiration_date_time: rfc3339(expires),
+            };
+            held.insert(s.id.clone(), (sub, want, expires));
+        }
+        Ok(held.len())
+    }
+
+    /// Holds a subscription (and stores it).
+    async fn hold(&self, sub: Subscription, want: Want) -> Result<(), GraphError> {
+        let expires = std::time::SystemTime::now() + want.lifetime;
+        if let Some(store) = &self.store {
+            let stored = StoredSubscription {
+                id: sub.id.clone(),
+                resource: want.resource.clone(),
+                change_type: want.change_type.clone(),
+                as_user: want.as_user.as_ref().map(|u| u.upn.clone()),
+                lifetime_secs: i64::try_from(want.lifetime.as_secs()).unwrap_or(i64::MAX),
+                expires_at: expires
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs() as i64)
+                    .unwrap_or(0),
+            };
+            store
+                .put_subscription(&stored)
+                .await
+                .map_err(|e| GraphError::Config(e.to_string()))?;
+        }
+        self.held
+            .lock()
+            .await
+            .insert(sub.id.clone(), (sub, want, expires));
+        Ok(())
+    }
+
+    /// Lets a subscription go (and forgets it in the store).
+    async fn release(&self, id: &str) -> Option<Want> {
+        if let Some(store) = &self.store
+            && let Err(e) = store.delete_subscription(id).await
+        {
+            tracing::warn!(subscription = %id, error = %e, "cannot forget the subscription in the store");
+        }
+        self.held.lock().await.remove(id).map(|(_, w, _)| w)
     }
 
     fn identity(want: &Want) -> Identity {
@@ -108,11 +200,7 @@ impl Subscriptions {
             )
             .await?;
         tracing::info!(subscription = %created.id, resource = %created.resource, expires = %created.expiration_date_time, "Graph subscription created");
-        let expires = std::time::SystemTime::now() + want.lifetime;
-        self.held
-            .lock()
-            .await
-            .insert(created.id.clone(), (created.clone(), want, expires));
+        self.hold(created.clone(), want).await?;
         Ok(created)
     }
 
@@ -140,11 +228,7 @@ impl Subscriptions {
                 Some(&body),
             )
             .await?;
-        let expires = std::time::SystemTime::now() + want.lifetime;
-        self.held
-            .lock()
-            .await
-            .insert(id.to_owned(), (renewed.clone(), want, expires));
+        self.hold(renewed.clone(), want).await?;
         Ok(renewed)
     }
 
@@ -170,17 +254,14 @@ impl Subscriptions {
         id: &str,
     ) -> Result<Subscription, GraphError> {
         let want = self
-            .held
-            .lock()
+            .release(id)
             .await
-            .remove(id)
-            .map(|(_, w, _)| w)
             .ok_or_else(|| GraphError::Config(format!("subscription {id} is not held")))?;
         self.create(graph, want).await
     }
 
     pub async fn delete(&self, graph: &GraphClient, id: &str) -> Result<(), GraphError> {
-        let Some((_, want, _)) = self.held.lock().await.remove(id) else {
+        let Some(want) = self.release(id).await else {
             return Ok(());
         };
         match graph
