@@ -388,3 +388,108 @@ async fn held_subscriptions_survive_a_restart() {
         "a deleted subscription is forgotten in the store too"
     );
 }
+
+#[tokio::test]
+async fn delayed_notifications_and_an_expired_subscription() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let emulator = GraphEmulator::start(seed()).await.unwrap();
+    let http = reqwest::Client::new();
+    let tokens = Tokens::new(
+        http.clone(),
+        &emulator.authority_url(),
+        TENANT,
+        "gateway",
+        SecretString::from("s3cret".to_owned()),
+    );
+    let graph = GraphClient::new(
+        http.clone(),
+        &emulator.graph_url(),
+        tokens,
+        Budget::new(100, 20),
+        RetryPolicy::default(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let public_url = format!("http://{}", listener.local_addr().unwrap());
+    let (queue, mut rx) = mpsc::channel(8);
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            webhook::router(
+                SecretString::from("cs".to_owned()),
+                webhook::Sink::Channel(queue),
+            ),
+        )
+        .await
+        .unwrap();
+    });
+    let bob = UserCredential {
+        upn: "bob.xmpp@shadow.contoso.com".into(),
+        password: SecretString::from("Sh4dow!pw".to_owned()),
+    };
+    let bob_id = graph.get_user(&bob.upn).await.unwrap().id;
+    let chat = graph.one_on_one_chat(&bob, &bob_id, ALICE).await.unwrap();
+    let subs = Subscriptions::new(&public_url, SecretString::from("cs".to_owned()));
+    let want = Want {
+        resource: format!("/chats/{}/messages", chat.id),
+        change_type: "created".into(),
+        lifetime: Duration::from_secs(1800),
+        as_user: Some(bob.clone()),
+    };
+    let first = subs.create(&graph, want).await.unwrap();
+    let control = |path: String, body: serde_json::Value| {
+        let url = format!("{}{path}", emulator.authority_url());
+        async move {
+            reqwest::Client::new()
+                .post(url)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+        }
+    };
+    control("/_emulator/notifications/delay".into(), json!({"ms": 800})).await;
+    let started = std::time::Instant::now();
+    control(
+        format!("/_emulator/chats/{}/messages", chat.id),
+        json!({"from": "alice@contoso.com", "content": "slow"}),
+    )
+    .await;
+    next(&mut rx).await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(800),
+        "delivered after the injected delay"
+    );
+    control("/_emulator/notifications/delay".into(), json!({"ms": 0})).await;
+
+    // The subscription lapses unnoticed: the next renewal finds it gone and makes a new one.
+    control(
+        format!("/_emulator/subscriptions/{}/expire", first.id),
+        json!({}),
+    )
+    .await;
+    control(
+        format!("/_emulator/chats/{}/messages", chat.id),
+        json!({"from": "alice@contoso.com", "content": "unheard"}),
+    )
+    .await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), rx.recv())
+            .await
+            .is_err(),
+        "no notification from an expired subscription"
+    );
+    assert_eq!(
+        subs.renew_due(&graph, Duration::from_secs(3600)).await,
+        0,
+        "not renewed: recreated"
+    );
+    let held = subs.held().await;
+    assert_eq!(held.len(), 1);
+    assert_ne!(held[0].id, first.id);
+    control(
+        format!("/_emulator/chats/{}/messages", chat.id),
+        json!({"from": "alice@contoso.com", "content": "heard again"}),
+    )
+    .await;
+    assert_eq!(next(&mut rx).await.subscription_id, held[0].id);
+}

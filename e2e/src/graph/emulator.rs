@@ -84,6 +84,8 @@ pub fn router(state: Shared) -> Router {
             post(control_lifecycle),
         )
         .route("/_emulator/notifications/drop", post(control_drop))
+        .route("/_emulator/notifications/delay", post(control_delay))
+        .route("/_emulator/subscriptions/{id}/expire", post(control_expire))
         .fallback(graph)
         .with_state(state)
 }
@@ -851,13 +853,15 @@ fn deliver_all(state: &Shared, outgoing: Vec<(String, Value, String)>) {
     for (url, body, subscription) in outgoing {
         let state = state.clone();
         tokio::spawn(async move {
-            {
+            let delay = {
                 let mut t = lock(&state);
                 if t.drop_notifications > 0 {
                     t.drop_notifications -= 1;
                     return;
                 }
-            }
+                t.notification_delay_ms
+            };
+            tokio::time::sleep(Duration::from_millis(delay)).await;
             let status = match reqwest::Client::new()
                 .post(&url)
                 .json(&body)
@@ -1530,6 +1534,29 @@ async fn control_lifecycle(
     };
     deliver_all(&state, outgoing);
     StatusCode::ACCEPTED.into_response()
+}
+
+/// POST /_emulator/notifications/delay {"ms": N}: every notification waits N ms.
+async fn control_delay(
+    State(state): State<Shared>,
+    axum::Json(body): axum::Json<Value>,
+) -> Response {
+    lock(&state).notification_delay_ms = body["ms"].as_u64().unwrap_or(0);
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// POST /_emulator/subscriptions/{id}/expire: the subscription lapses without
+/// any lifecycle notification (as when a renewal was missed); Graph then
+/// answers 404 for it.
+async fn control_expire(State(state): State<Shared>, Path(id): Path<String>) -> Response {
+    let mut t = lock(&state);
+    let before = t.subscriptions.len();
+    t.subscriptions.retain(|s| s.id != id);
+    if t.subscriptions.len() == before {
+        StatusCode::NOT_FOUND.into_response()
+    } else {
+        StatusCode::NO_CONTENT.into_response()
+    }
 }
 
 /// POST /_emulator/notifications/drop {"count": N}: the next N notifications are lost.

@@ -271,6 +271,8 @@ pub struct Tenant {
     pub subscriptions: Vec<Subscription>,
     /// Notifications to drop instead of delivering (fault injection).
     pub drop_notifications: u32,
+    /// Delay before each notification is delivered (fault injection).
+    pub notification_delay_ms: u64,
     /// Notifications delivered, as (subscription id, HTTP status of the receiver).
     pub delivered: Vec<(String, u16)>,
     /// Notifications waiting to be POSTed once the tenant is unlocked: (url, body, subscription id).
