@@ -422,3 +422,56 @@ async fn a_client_from_the_gateway_configuration() {
         Some("Engineer")
     );
 }
+
+#[tokio::test]
+async fn members_of_nested_groups() {
+    let mut seed = seed();
+    seed.apps.push(
+        serde_json::from_value(
+            json!({"clientId": "dir", "clientSecret": "d", "roles": ["GroupMember.Read.All"]}),
+        )
+        .unwrap(),
+    );
+    seed.groups = serde_json::from_value(json!([
+        {"id": "g-outer", "displayName": "Federated", "members": ["alice@contoso.com", "g-inner"]},
+        {"id": "g-inner", "displayName": "Partners team", "members": ["bob.xmpp@shadow.contoso.com", "alice@contoso.com"]}
+    ]))
+    .unwrap();
+    let emulator = GraphEmulator::start(seed).await.unwrap();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let http = reqwest::Client::new();
+    let tokens = Tokens::new(
+        http.clone(),
+        &emulator.authority_url(),
+        TENANT,
+        "dir",
+        SecretString::from("d".to_owned()),
+    );
+    let graph = GraphClient::new(
+        http,
+        &emulator.graph_url(),
+        tokens,
+        Budget::new(100, 10),
+        quick_retries(),
+    );
+    let mut upns: Vec<String> = graph
+        .group_users("g-outer")
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|u| u.user_principal_name)
+        .collect();
+    upns.sort();
+    assert_eq!(
+        upns,
+        ["alice@contoso.com", "bob.xmpp@shadow.contoso.com"],
+        "nested members, once each"
+    );
+    let missing = graph.group_users("g-none").await.unwrap_err();
+    assert!(missing.is_not_found());
+    let no_role = client(&emulator, "s3cret", quick_retries())
+        .group_users("g-outer")
+        .await
+        .unwrap_err();
+    assert_eq!(no_role.status(), Some(403));
+}

@@ -380,6 +380,19 @@ fn documented_permissions(
             ],
             vec!["LicenseAssignment.ReadWrite.All"],
         )),
+        // Microsoft's documentation: group-list-transitivemembers.
+        ("GET", ["groups", _, "transitiveMembers"]) | ("GET", ["groups", _, "members"]) => Some((
+            vec![
+                "GroupMember.Read.All",
+                "Group.Read.All",
+                "Directory.Read.All",
+            ],
+            vec![
+                "GroupMember.Read.All",
+                "Group.Read.All",
+                "Directory.Read.All",
+            ],
+        )),
         ("PUT", ["users", _, "photo", "$value"]) => Some((
             vec!["ProfilePhoto.ReadWrite.All", "User.ReadWrite.All"],
             vec!["User.ReadWrite"],
@@ -1086,6 +1099,35 @@ fn handle(
             } else {
                 ctx.error(StatusCode::NOT_FOUND, "ResourceNotFound", &format!("The object was not found. SubscriptionId: {id}"))
             }
+        }
+                ("GET", ["groups", id, "transitiveMembers"]) | ("GET", ["groups", id, "members"]) => {
+            let Some(group) = t.groups.iter().find(|g| g.id.eq_ignore_ascii_case(id)).cloned() else {
+                return not_found(id);
+            };
+            // Nested groups count for transitiveMembers (members lists them as groups).
+            let transitive = segments[2] == "transitiveMembers";
+            let mut seen = std::collections::HashSet::new();
+            let mut pending = vec![group];
+            let mut value = Vec::new();
+            while let Some(g) = pending.pop() {
+                for member in &g.members {
+                    if !seen.insert(member.to_ascii_lowercase()) {
+                        continue;
+                    }
+                    if let Some(u) = t.user(member) {
+                        let mut user = u.resource(query_select(uri).as_deref());
+                        user["@odata.type"] = json!("#microsoft.graph.user");
+                        value.push(user);
+                    } else if let Some(inner) = t.groups.iter().find(|x| x.id.eq_ignore_ascii_case(member)) {
+                        if transitive {
+                            pending.push(inner.clone());
+                        } else {
+                            value.push(json!({"@odata.type": "#microsoft.graph.group", "id": inner.id, "displayName": inner.display_name}));
+                        }
+                    }
+                }
+            }
+            ctx.respond(StatusCode::OK, Some(json!({"@odata.context": "https://graph.microsoft.com/v1.0/$metadata#directoryObjects", "value": value})))
         }
         ("POST", ["chats"]) => create_chat(t, ctx, principal, &body),
 

@@ -397,6 +397,43 @@ impl GraphClient {
         Ok(results)
     }
 
+    /// Every user in an Entra group, nested groups included (the internal allow list).
+    pub async fn group_users(&self, group_id: &str) -> Result<Vec<User>, GraphError> {
+        #[derive(Deserialize)]
+        struct Member {
+            #[serde(rename = "@odata.type", default)]
+            odata_type: String,
+            #[serde(flatten)]
+            user: User,
+        }
+        let mut path = format!(
+            "/groups/{}/transitiveMembers?$select={USER_SELECT}",
+            chat_path(group_id)
+        );
+        let mut users = Vec::new();
+        loop {
+            let page: Value = self
+                .json(&Identity::App, None, Method::GET, &path, NONE)
+                .await?;
+            let members: Vec<Member> = serde_json::from_value(page["value"].clone())
+                .map_err(|e| GraphError::Decode(e.to_string()))?;
+            users.extend(
+                members
+                    .into_iter()
+                    .filter(|m| m.odata_type == "#microsoft.graph.user")
+                    .map(|m| m.user),
+            );
+            // Graph pages large groups; the next page is a full URL.
+            match page["@odata.nextLink"]
+                .as_str()
+                .and_then(|next| next.split_once("/v1.0"))
+            {
+                Some((_, rest)) => path = rest.to_owned(),
+                None => return Ok(users),
+            }
+        }
+    }
+
     /// Users by id or UPN, batched.
     pub async fn get_users(
         &self,
