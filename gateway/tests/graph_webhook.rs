@@ -195,7 +195,55 @@ async fn subscriptions_notifications_and_lifecycle() {
         lifecycle.lifecycle_event.as_deref(),
         Some("reauthorizationRequired")
     );
-    subscriptions.reauthorize(&graph, &sub.id).await.unwrap();
+    let missed = subscriptions
+        .on_lifecycle(&graph, &sub.id, "reauthorizationRequired")
+        .await
+        .unwrap();
+    assert!(!missed);
+    assert!(
+        subscriptions
+            .on_lifecycle(&graph, &sub.id, "missed")
+            .await
+            .unwrap(),
+        "missed means: poll"
+    );
+    // The notified message is read by id, as the bridge will.
+    let message_id = n.resource_id.clone().unwrap();
+    let message = graph
+        .get_chat_message(&bob, &chat.id, &message_id)
+        .await
+        .unwrap();
+    assert_eq!(message.body.content, "<p>hello Bob</p>");
+    assert_eq!(graph.get_chat(&bob, &chat.id).await.unwrap().id, chat.id);
+    // A Teams user edits her profile; the emulator's state says what it holds.
+    let state_url = format!("{}/_emulator/state", emulator.authority_url());
+    http.patch(format!(
+        "{}/_emulator/users/alice@contoso.com",
+        emulator.authority_url()
+    ))
+    .json(&json!({"jobTitle": "Architect"}))
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(
+        graph
+            .get_user("alice@contoso.com")
+            .await
+            .unwrap()
+            .job_title
+            .as_deref(),
+        Some("Architect")
+    );
+    let state: serde_json::Value = http
+        .get(&state_url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(state["subscriptions"].as_array().unwrap().len(), 1);
+    assert_eq!(state["chats"][0]["id"], json!(chat.id));
     subscriptions.delete(&graph, &sub.id).await.unwrap();
     assert!(subscriptions.held().await.is_empty());
     alice_says("<p>nobody listens</p>").await;

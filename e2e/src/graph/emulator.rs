@@ -85,6 +85,11 @@ pub fn router(state: Shared) -> Router {
         )
         .route("/_emulator/notifications/drop", post(control_drop))
         .route("/_emulator/notifications/delay", post(control_delay))
+        .route(
+            "/_emulator/users/{user}",
+            axum::routing::patch(control_profile),
+        )
+        .route("/_emulator/state", axum::routing::get(control_state))
         .route("/_emulator/subscriptions/{id}/expire", post(control_expire))
         .fallback(graph)
         .with_state(state)
@@ -1576,6 +1581,43 @@ async fn control_lifecycle(
     };
     deliver_all(&state, outgoing);
     StatusCode::ACCEPTED.into_response()
+}
+
+/// PATCH /_emulator/users/{user} {…}: the user edits their profile.
+async fn control_profile(
+    State(state): State<Shared>,
+    Path(user): Path<String>,
+    axum::Json(body): axum::Json<Value>,
+) -> Response {
+    let mut t = lock(&state);
+    let Some(u) = t.user_mut(&user) else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    for (k, v) in body.as_object().into_iter().flatten() {
+        if k != "id" && k != "userPrincipalName" {
+            u.properties.insert(k.clone(), v.clone());
+        }
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// GET /_emulator/state: what the tenant holds, for tests and people.
+async fn control_state(State(state): State<Shared>) -> Response {
+    let t = lock(&state);
+    let users: Vec<Value> = t
+        .users
+        .iter()
+        .map(|u| json!({"id": u.id, "userPrincipalName": u.upn(), "licences": u.licences, "hasPhoto": u.photo.is_some()}))
+        .collect();
+    let subscriptions: Vec<Value> = t.subscriptions.iter().map(|s| json!({"id": s.id, "resource": s.resource, "expirationDateTime": s.expiration.to_string()})).collect();
+    let chats: Vec<Value> = t
+        .chats
+        .iter()
+        .map(|c| json!({"id": c.id, "members": c.members, "messages": c.messages.len()}))
+        .collect();
+    axum::Json(json!({"users": users, "subscriptions": subscriptions, "chats": chats,
+        "tokenRequests": t.token_requests, "violations": t.violations, "delivered": t.delivered.len()}))
+    .into_response()
 }
 
 /// POST /_emulator/notifications/delay {"ms": N}: every notification waits N ms.

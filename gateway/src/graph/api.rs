@@ -474,6 +474,39 @@ impl GraphClient {
             .await
     }
 
+    pub async fn get_chat(
+        &self,
+        shadow: &UserCredential,
+        chat_id: &str,
+    ) -> Result<Chat, GraphError> {
+        let identity = Identity::User(shadow.upn.clone());
+        self.json(
+            &identity,
+            Some(shadow),
+            Method::GET,
+            &format!("/chats/{}", chat_path(chat_id)),
+            NONE,
+        )
+        .await
+    }
+
+    /// One message (what a change notification names).
+    pub async fn get_chat_message(
+        &self,
+        shadow: &UserCredential,
+        chat_id: &str,
+        message_id: &str,
+    ) -> Result<ChatMessage, GraphError> {
+        let identity = Identity::User(shadow.upn.clone());
+        let path = format!(
+            "/chats/{}/messages/{}",
+            chat_path(chat_id),
+            chat_path(message_id)
+        );
+        self.json(&identity, Some(shadow), Method::GET, &path, NONE)
+            .await
+    }
+
     /// Sends HTML (already escaped by the caller) as the shadow account.
     pub async fn send_chat_message(
         &self,

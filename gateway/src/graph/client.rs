@@ -53,6 +53,13 @@ impl Budget {
         }
     }
 
+    /// Under Microsoft's published limits for what the gateway calls. The
+    /// tightest is presence: 1,500 requests per 30 s per app per tenant
+    /// (50/s); we keep to 80% of it for the whole tenant, bursts of 100.
+    pub fn published_limits() -> Self {
+        Self::new(40, 100)
+    }
+
     /// Waits for one request's worth of budget.
     pub async fn acquire(&self) {
         loop {

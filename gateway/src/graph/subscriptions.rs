@@ -311,6 +311,29 @@ impl Subscriptions {
         renewed
     }
 
+    /// Acts on a lifecycle notification: reauthorizes, recreates a removed
+    /// subscription, and says `true` when notifications were missed (the
+    /// caller then runs its reconciliation poll).
+    pub async fn on_lifecycle(
+        &self,
+        graph: &GraphClient,
+        subscription_id: &str,
+        event: &str,
+    ) -> Result<bool, GraphError> {
+        match event {
+            "reauthorizationRequired" => self
+                .reauthorize(graph, subscription_id)
+                .await
+                .map(|()| false),
+            "subscriptionRemoved" => self.recreate(graph, subscription_id).await.map(|_| true),
+            "missed" => Ok(true),
+            other => {
+                tracing::warn!(event = other, "unknown lifecycle event");
+                Ok(false)
+            }
+        }
+    }
+
     pub async fn held(&self) -> Vec<Subscription> {
         self.held
             .lock()
