@@ -5,6 +5,7 @@
 //! endpoints); the s2s layer, the Graph client, the store and the bridge join
 //! it as modules of their own (see docs/architecture.md).
 
+pub mod bridge;
 pub mod graph;
 pub mod licence;
 pub mod process;
