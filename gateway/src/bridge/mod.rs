@@ -2,6 +2,8 @@
 //! its pure parts — identities, the presence mapping, contact cards — each
 //! tested on its own; the services that drive them arrive with issue 5.
 
+pub mod credentials;
 pub mod identity;
 pub mod presence;
+pub mod shadow;
 pub mod vcard;

@@ -1,0 +1,155 @@
+//! Shadow accounts: one tenant user per remote XMPP contact, created through
+//! Graph the first time the contact needs one, licensed, its password kept
+//! encrypted in the store, its profile taken from the contact's vCard.
+
+use serde_json::json;
+use xmpp_parsers::minidom::Element;
+use xmpp_parsers::sha1::{Digest, Sha1};
+
+use super::credentials::{CredentialCipher, CredentialError, generate_password};
+use crate::graph::api::NewUser;
+use crate::graph::{GraphClient, GraphError, UserCredential};
+use crate::store::{ShadowAccount, Store, StoreError, now};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ShadowError {
+    #[error(transparent)]
+    Graph(#[from] GraphError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Credential(#[from] CredentialError),
+}
+
+/// From `[shadow_accounts]`.
+#[derive(Debug, Clone)]
+pub struct ShadowSettings {
+    pub upn_domain: String,
+    pub licence_sku: Option<String>,
+    pub display_name_suffix: String,
+    /// Required by Graph before a licence can be assigned.
+    pub usage_location: Option<String>,
+}
+
+/// The UPN of a contact's shadow account: readable, within the 64-character
+/// local part, and unique (a hash of the JID tells apart `x@a-b.c` and `x@a.b.c`).
+pub fn upn_for(jid: &str, upn_domain: &str) -> String {
+    let clean = |s: &str| -> String {
+        s.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '_' {
+                    c.to_ascii_lowercase()
+                } else {
+                    '-'
+                }
+            })
+            .collect::<String>()
+            .trim_matches('-')
+            .to_owned()
+    };
+    let (local, domain) = jid.split_once('@').unwrap_or(("", jid));
+    let digest: String = Sha1::digest(jid.to_lowercase().as_bytes())[..3]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let mut readable = format!("{}.{}", clean(local), clean(domain));
+    readable.truncate(64 - 7);
+    format!(
+        "{}.{digest}@{upn_domain}",
+        readable.trim_matches(|c| c == '.' || c == '-')
+    )
+}
+
+/// The shadow account of `jid` (a bare JID, lower-cased), created on first need.
+/// `card` is the contact's vcard-temp, when we have it.
+pub async fn ensure(
+    graph: &GraphClient,
+    store: &Store,
+    cipher: &CredentialCipher,
+    settings: &ShadowSettings,
+    jid: &str,
+    card: Option<&Element>,
+) -> Result<(ShadowAccount, UserCredential), ShadowError> {
+    if let Some(account) = store.shadow(jid).await? {
+        store.touch_shadow(jid, now()).await?;
+        let password = cipher.open(jid, &account.credential)?;
+        let credential = UserCredential {
+            upn: account.upn.clone(),
+            password,
+        };
+        return Ok((account, credential));
+    }
+    let upn = upn_for(jid, &settings.upn_domain);
+    let local = jid.split('@').next().unwrap_or(jid);
+    let (profile, photo) = match card {
+        Some(card) => super::vcard::to_shadow_profile(card, local, &settings.display_name_suffix),
+        None => (
+            json!({"displayName": format!("{local}{}", settings.display_name_suffix)}),
+            None,
+        ),
+    };
+    let password = generate_password();
+    let new = NewUser {
+        upn: upn.clone(),
+        display_name: profile["displayName"].as_str().unwrap_or(local).to_owned(),
+        mail_nickname: upn.split('@').next().unwrap_or(local).to_owned(),
+        usage_location: settings.usage_location.clone(),
+        password: password.clone(),
+    };
+    let object_id = match graph.create_user(&new).await {
+        Ok(user) => user.id,
+        // The tenant has it but our store lost it: take it over with a new password.
+        Err(e) if e.status() == Some(400) && e.to_string().contains("already exists") => {
+            let user = graph.get_user(&upn).await?;
+            graph
+                .update_user(&user.id, &json!({"passwordProfile": {"forceChangePasswordNextSignIn": false, "password": secrecy::ExposeSecret::expose_secret(&password)}}))
+                .await?;
+            tracing::warn!(%upn, "shadow account existed in the tenant but not in the store: taken over");
+            user.id
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(sku) = &settings.licence_sku {
+        graph.assign_licence(&object_id, sku).await?;
+    }
+    let mut extra = profile.clone();
+    if let Some(map) = extra.as_object_mut() {
+        map.remove("displayName");
+        if !map.is_empty() {
+            graph.update_user(&object_id, &extra).await?;
+        }
+    }
+    if let Some((content_type, bytes)) = &photo {
+        graph.put_photo(&object_id, content_type, bytes).await?;
+    }
+    let account = ShadowAccount {
+        jid: jid.to_owned(),
+        upn: upn.clone(),
+        object_id,
+        credential: cipher.seal(jid, &password)?,
+        last_used: now(),
+    };
+    store.put_shadow(&account).await?;
+    tracing::info!(%jid, %upn, "shadow account created");
+    Ok((account, UserCredential { upn, password }))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn upns_are_readable_bounded_and_unique() {
+        let a = super::upn_for("x@a-b.c", "shadow.test");
+        let b = super::upn_for("x@a.b.c", "shadow.test");
+        assert_ne!(a, b);
+        assert!(
+            a.starts_with("x.a-b-c.") && a.ends_with("@shadow.test"),
+            "{a}"
+        );
+        let long = super::upn_for(&format!("{}@example.org", "n".repeat(200)), "shadow.test");
+        assert!(long.split('@').next().unwrap().len() <= 64, "{long}");
+        assert_eq!(
+            super::upn_for("Bob@XMPP.test", "s.test"),
+            super::upn_for("bob@xmpp.test", "s.test")
+        );
+    }
+}
