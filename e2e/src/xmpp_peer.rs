@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 pub struct Authoritative {
     pub port: u16,
     task: JoinHandle<()>,
+    received: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl Authoritative {
@@ -29,12 +30,26 @@ impl Authoritative {
     pub async fn start_with(verdict: &'static str) -> anyhow::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let port = listener.local_addr()?.port();
+        let received = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let log = received.clone();
         let task = tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
-                tokio::spawn(answer(tcp, verdict));
+                tokio::spawn(answer(tcp, verdict, log.clone()));
             }
         });
-        Ok(Self { port, task })
+        Ok(Self {
+            port,
+            task,
+            received,
+        })
+    }
+
+    /// Everything the gateway sent to this server so far (its outbound streams).
+    pub fn received(&self) -> String {
+        self.received
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
@@ -57,7 +72,11 @@ fn attr<'a>(element: &'a str, name: &str) -> Option<&'a str> {
 
 /// Serves one connection from the gateway: header, features, then `verdict`
 /// for each `<db:verify/>` (and `valid` for the gateway's own `<db:result/>`).
-async fn answer(mut tcp: TcpStream, verdict: &'static str) {
+async fn answer(
+    mut tcp: TcpStream,
+    verdict: &'static str,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+) {
     let mut buf = String::new();
     let mut chunk = [0u8; 8192];
     let mut opened = false;
@@ -68,7 +87,11 @@ async fn answer(mut tcp: TcpStream, verdict: &'static str) {
         if n == 0 {
             return;
         }
-        buf.push_str(&String::from_utf8_lossy(&chunk[..n]));
+        let text = String::from_utf8_lossy(&chunk[..n]);
+        log.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_str(&text);
+        buf.push_str(&text);
         if !opened && let Some(start) = buf.find("<stream:stream") {
             let Some(end) = buf[start..].find('>') else {
                 continue;

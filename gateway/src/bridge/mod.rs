@@ -3,6 +3,7 @@
 //! tested on its own; the services that drive them arrive with issue 5.
 
 pub mod credentials;
+pub mod directory;
 pub mod identity;
 pub mod presence;
 pub mod shadow;

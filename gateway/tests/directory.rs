@@ -1,0 +1,130 @@
+//! The internal allow list resolved through Graph (the emulator), and what it
+//! means on the wire: a Teams user off the list does not exist to XMPP.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde_json::json;
+use xmppfed_config::{GatewayConfig, StaticRoute};
+use xmppfed_e2e::graph::{GraphEmulator, Seed};
+use xmppfed_e2e::xmpp_peer::{Authoritative, RawPeer};
+use xmppfed_gateway::bridge::directory::{AllowedUsers, Directory};
+use xmppfed_gateway::bridge::identity::LocalPartRule;
+use xmppfed_gateway::graph::{Budget, GraphClient, RetryPolicy, Tokens};
+use xmppfed_gateway::s2s::{S2s, UserDirectory};
+
+const TENANT: &str = "5c0ffee0-0000-4000-8000-0000000000dd";
+
+fn seed() -> Seed {
+    serde_json::from_value(json!({
+        "tenantId": TENANT,
+        "apps": [{"clientId": "gateway", "clientSecret": "s3cret", "roles": ["User.Read.All", "GroupMember.Read.All"]}],
+        "users": [
+            {"userPrincipalName": "alice@contoso.com", "displayName": "Alice"},
+            {"userPrincipalName": "carol@contoso.com", "displayName": "Carol (not federated)"},
+            {"userPrincipalName": "dave@contoso.com", "displayName": "Dave"}
+        ],
+        "groups": [{"id": "g-federated", "displayName": "Federated", "members": ["dave@contoso.com"]}]
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn only_allowed_teams_users_exist_to_xmpp() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let emulator = GraphEmulator::start(seed()).await.unwrap();
+    let http = reqwest::Client::new();
+    let tokens = Tokens::new(
+        http.clone(),
+        &emulator.authority_url(),
+        TENANT,
+        "gateway",
+        SecretString::from("s3cret".to_owned()),
+    );
+    let graph = GraphClient::new(
+        http,
+        &emulator.graph_url(),
+        tokens,
+        Budget::new(100, 20),
+        RetryPolicy::default(),
+    );
+    let directory = Directory::default();
+    let allowed = AllowedUsers {
+        upns: vec!["alice@contoso.com".into(), "ghost@contoso.com".into()],
+        groups: vec!["g-federated".into()],
+    };
+    let count = directory
+        .refresh(&graph, &allowed, &LocalPartRule::UpnLocalPart)
+        .await
+        .unwrap();
+    assert_eq!(
+        count, 2,
+        "alice by UPN, dave by group; the ghost is left out"
+    );
+    assert!(directory.exists("alice") && directory.exists("Dave"));
+    assert!(!directory.exists("carol"));
+    assert_eq!(
+        directory.user("alice").unwrap().display_name.as_deref(),
+        Some("Alice")
+    );
+
+    // On the wire: disco#info to an allowed user answers, to another one errs.
+    let authoritative = Authoritative::start().await.unwrap();
+    let mut config = GatewayConfig::from_toml_str(
+        "[xmpp]\ndomain = \"teams.test\"\n[s2s]\nlisten = \"127.0.0.1:0\"\nrequire_tls = false\n[allow]\nremote_domains = [\"good.test\"]\n",
+    )
+    .unwrap();
+    config.s2s.static_routes = vec![StaticRoute {
+        domain: "good.test".into(),
+        host: "127.0.0.1".into(),
+        port: authoritative.port,
+    }];
+    let metrics = xmppfed_telemetry::Metrics::new("test", "0");
+    let (s2s, _rx) = S2s::bind(&config, Arc::new(directory.clone()), &metrics)
+        .await
+        .unwrap();
+    let port = s2s.local_addr().unwrap().port();
+    tokio::spawn(s2s.serve(std::future::pending()));
+    let mut peer = RawPeer::authenticated(port, "good.test", "teams.test")
+        .await
+        .unwrap();
+    for (id, user) in [("q1", "alice"), ("q2", "carol")] {
+        peer.send(&format!(
+            "<iq xmlns='jabber:server' type='get' id='{id}' from='bob@good.test/pc' to='{user}@teams.test'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>"
+        ))
+        .await
+        .unwrap();
+    }
+    // The answers go out on the gateway's own stream to good.test.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let answers = loop {
+        let seen = authoritative.received();
+        if seen.contains("id='q1'") && seen.contains("id='q2'") {
+            break seen;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no answers; the peer got: {seen}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let answer = |id: &str| {
+        let start = answers.find(&format!("id='{id}'")).unwrap();
+        let open = answers[..start].rfind("<iq").unwrap();
+        let close = answers[open..]
+            .find("</iq>")
+            .map_or(answers.len(), |i| open + i);
+        answers[open..close].to_owned()
+    };
+    assert!(
+        answer("q1").contains("type='result'") && answer("q1").contains("account"),
+        "{}",
+        answer("q1")
+    );
+    assert!(
+        answer("q2").contains("type='error'") && answer("q2").contains("service-unavailable"),
+        "{}",
+        answer("q2")
+    );
+}
