@@ -128,3 +128,87 @@ async fn only_allowed_teams_users_exist_to_xmpp() {
         answer("q2")
     );
 }
+
+#[tokio::test]
+async fn vcard_requests_are_answered_from_graph_profiles_and_cached() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let mut seed = seed();
+    seed.users[0]
+        .properties
+        .insert("jobTitle".into(), json!("Engineer"));
+    seed.users[0]
+        .properties
+        .insert("mail".into(), json!("alice@contoso.com"));
+    let emulator = GraphEmulator::start(seed).await.unwrap();
+    let http = reqwest::Client::new();
+    let tokens = Tokens::new(
+        http.clone(),
+        &emulator.authority_url(),
+        TENANT,
+        "gateway",
+        SecretString::from("s3cret".to_owned()),
+    );
+    let graph = GraphClient::new(
+        http,
+        &emulator.graph_url(),
+        tokens,
+        Budget::new(100, 20),
+        RetryPolicy::default(),
+    );
+    let directory = Directory::default();
+    let allowed = AllowedUsers {
+        upns: vec!["alice@contoso.com".into()],
+        groups: vec![],
+    };
+    directory
+        .refresh(&graph, &allowed, &LocalPartRule::UpnLocalPart)
+        .await
+        .unwrap();
+    let cards = xmppfed_gateway::bridge::cards::Cards::new(directory, Duration::from_secs(300));
+    let request = |to: &str| {
+        let xml = format!(
+            "<iq xmlns='jabber:server' type='get' id='v' from='bob@good.test/pc' to='{to}'><vCard xmlns='vcard-temp'/></iq>"
+        );
+        xmppfed_gateway::s2s::stanza::from_wire(xml.parse().unwrap()).unwrap()
+    };
+    let answer = cards
+        .answer(&graph, &request("alice@teams.test"))
+        .await
+        .unwrap();
+    let xmppfed_gateway::s2s::Stanza::Iq(xmpp_parsers::iq::Iq::Result {
+        payload: Some(card),
+        to,
+        ..
+    }) = answer
+    else {
+        panic!("not a result: {answer:?}")
+    };
+    assert_eq!(to.unwrap().to_string(), "bob@good.test/pc");
+    assert_eq!(
+        card.get_child("TITLE", "vcard-temp").unwrap().text(),
+        "Engineer"
+    );
+    assert_eq!(card.get_child("FN", "vcard-temp").unwrap().text(), "Alice");
+    let calls = emulator.tenant().log.len();
+    cards
+        .answer(&graph, &request("alice@teams.test"))
+        .await
+        .unwrap();
+    assert_eq!(
+        emulator.tenant().log.len(),
+        calls,
+        "the second answer comes from the cache"
+    );
+    let refused = cards
+        .answer(&graph, &request("carol@teams.test"))
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            refused,
+            xmppfed_gateway::s2s::Stanza::Iq(xmpp_parsers::iq::Iq::Error { .. })
+        ),
+        "carol does not exist to XMPP"
+    );
+    assert!(emulator.tenant().violations.is_empty());
+}

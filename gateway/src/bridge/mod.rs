@@ -2,6 +2,7 @@
 //! its pure parts — identities, the presence mapping, contact cards — each
 //! tested on its own; the services that drive them arrive with issue 5.
 
+pub mod cards;
 pub mod credentials;
 pub mod directory;
 pub mod identity;

@@ -1,0 +1,102 @@
+//! Answers vcard-temp requests for Teams users from their Graph profile and
+//! photo, cached for a while (profiles change rarely; Graph calls are budgeted).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Mutex;
+use xmpp_parsers::iq::Iq;
+use xmpp_parsers::minidom::Element;
+use xmpp_parsers::ns;
+use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType};
+
+use super::directory::Directory;
+use super::vcard;
+use crate::graph::GraphClient;
+use crate::s2s::stanza::{self, Stanza};
+
+pub struct Cards {
+    directory: Directory,
+    ttl: Duration,
+    cache: Mutex<HashMap<String, (Instant, Element, Option<String>)>>,
+}
+
+impl Cards {
+    pub fn new(directory: Directory, ttl: Duration) -> Self {
+        Self {
+            directory,
+            ttl,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The card of a Teams user (by JID local part) and its photo hash, from
+    /// the cache while fresh.
+    pub async fn card(
+        &self,
+        graph: &GraphClient,
+        local: &str,
+    ) -> Result<Option<(Element, Option<String>)>, crate::graph::GraphError> {
+        let key = local.to_lowercase();
+        if let Some((at, card, hash)) = self.cache.lock().await.get(&key)
+            && at.elapsed() < self.ttl
+        {
+            return Ok(Some((card.clone(), hash.clone())));
+        }
+        let Some(user) = self.directory.user(&key) else {
+            return Ok(None);
+        };
+        let photo = graph.get_photo(&user.id).await?;
+        let card = vcard::from_profile(
+            &user,
+            photo.as_ref().map(|(t, b)| (t.as_str(), b.as_slice())),
+        );
+        let hash = photo.as_ref().map(|(_, b)| vcard::photo_hash(b));
+        self.cache
+            .lock()
+            .await
+            .insert(key, (Instant::now(), card.clone(), hash.clone()));
+        Ok(Some((card, hash)))
+    }
+
+    /// The answer to an `<iq type='get'><vCard xmlns='vcard-temp'/></iq>` for
+    /// one of our users; `None` when the stanza is not such a request.
+    pub async fn answer(&self, graph: &GraphClient, stanza: &Stanza) -> Option<Stanza> {
+        let Stanza::Iq(Iq::Get {
+            from,
+            to,
+            id,
+            payload,
+        }) = stanza
+        else {
+            return None;
+        };
+        if !payload.is("vCard", ns::VCARD) {
+            return None;
+        }
+        let local = to.as_ref()?.node()?.as_str().to_owned();
+        match self.card(graph, &local).await {
+            Ok(Some((card, _))) => Some(Stanza::Iq(Iq::Result {
+                from: to.clone(),
+                to: from.clone(),
+                id: id.clone(),
+                payload: Some(card),
+            })),
+            Ok(None) => stanza::error_reply(
+                stanza,
+                DefinedCondition::ServiceUnavailable,
+                ErrorType::Cancel,
+                "no such user",
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read a profile for vcard-temp");
+                stanza::error_reply(
+                    stanza,
+                    DefinedCondition::InternalServerError,
+                    ErrorType::Wait,
+                    "the profile cannot be read now",
+                )
+            }
+        }
+    }
+}
