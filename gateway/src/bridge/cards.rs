@@ -15,10 +15,17 @@ use super::vcard;
 use crate::graph::GraphClient;
 use crate::s2s::stanza::{self, Stanza};
 
+/// A card as cached: when it was read, the card, its photo's hash.
+struct Cached {
+    at: Instant,
+    card: Element,
+    photo_hash: Option<String>,
+}
+
 pub struct Cards {
     directory: Directory,
     ttl: Duration,
-    cache: Mutex<HashMap<String, (Instant, Element, Option<String>)>>,
+    cache: Mutex<HashMap<String, Cached>>,
 }
 
 impl Cards {
@@ -38,10 +45,10 @@ impl Cards {
         local: &str,
     ) -> Result<Option<(Element, Option<String>)>, crate::graph::GraphError> {
         let key = local.to_lowercase();
-        if let Some((at, card, hash)) = self.cache.lock().await.get(&key)
-            && at.elapsed() < self.ttl
+        if let Some(cached) = self.cache.lock().await.get(&key)
+            && cached.at.elapsed() < self.ttl
         {
-            return Ok(Some((card.clone(), hash.clone())));
+            return Ok(Some((cached.card.clone(), cached.photo_hash.clone())));
         }
         let Some(user) = self.directory.user(&key) else {
             return Ok(None);
@@ -52,10 +59,12 @@ impl Cards {
             photo.as_ref().map(|(t, b)| (t.as_str(), b.as_slice())),
         );
         let hash = photo.as_ref().map(|(_, b)| vcard::photo_hash(b));
-        self.cache
-            .lock()
-            .await
-            .insert(key, (Instant::now(), card.clone(), hash.clone()));
+        let cached = Cached {
+            at: Instant::now(),
+            card: card.clone(),
+            photo_hash: hash.clone(),
+        };
+        self.cache.lock().await.insert(key, cached);
         Ok(Some((card, hash)))
     }
 
