@@ -14,6 +14,8 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType};
 
+use crate::bridge::directory::{AllowedUsers, Directory};
+use crate::bridge::identity::LocalPartRule;
 use crate::licence::{self, LicenceCheckError, LicenceMetrics};
 use crate::s2s::{AnyUser, S2s, S2sSender, Stanza, stanza};
 use xmppfed_telemetry::{AdminServer, Health, Metrics, admin_router};
@@ -27,6 +29,8 @@ pub enum StartError {
     Licence(#[from] LicenceCheckError),
     #[error(transparent)]
     S2s(#[from] crate::s2s::S2sError),
+    #[error("graph: {0}")]
+    Graph(#[from] crate::graph::GraphError),
     #[error("cannot bind the admin port {addr}: {source}")]
     AdminBind {
         addr: SocketAddr,
@@ -42,7 +46,21 @@ pub struct Gateway {
     s2s: S2s,
     /// Stanzas for the bridge.
     inbox: mpsc::Receiver<Stanza>,
+    /// With Graph configured: the internal allow list, kept fresh.
+    directory: Option<DirectoryWatch>,
 }
+
+/// What keeps the internal allow list fresh.
+struct DirectoryWatch {
+    graph: Arc<crate::graph::GraphClient>,
+    directory: Directory,
+    allowed: AllowedUsers,
+    health: ComponentHealth,
+}
+
+/// How often the internal allow list is read again (and how soon after a failure).
+const DIRECTORY_REFRESH: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+const DIRECTORY_RETRY: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What the periodic licence check needs.
 struct LicenceWatch {
@@ -83,7 +101,28 @@ impl Gateway {
                 None
             }
         };
-        let (s2s, inbox) = S2s::bind(config, Arc::new(AnyUser), &metrics).await?;
+        // With Graph, only the Teams users on the internal allow list exist to
+        // XMPP; without it (the sandbox, tests) every local part does.
+        let directory = match &config.graph {
+            Some(graph) => Some(DirectoryWatch {
+                graph: Arc::new(crate::graph::from_config(
+                    graph,
+                    crate::graph::Budget::published_limits(),
+                )?),
+                directory: Directory::default(),
+                allowed: AllowedUsers {
+                    upns: config.allow.internal_users.clone(),
+                    groups: config.allow.internal_groups.clone(),
+                },
+                health: health.component("directory"),
+            }),
+            None => None,
+        };
+        let users: Arc<dyn crate::s2s::UserDirectory> = match &directory {
+            Some(watch) => Arc::new(watch.directory.clone()),
+            None => Arc::new(AnyUser),
+        };
+        let (s2s, inbox) = S2s::bind(config, users, &metrics).await?;
         let admin = AdminServer::bind(config.admin.listen, admin_router(metrics, health.clone()))
             .await
             .map_err(|source| StartError::AdminBind {
@@ -101,6 +140,7 @@ impl Gateway {
             licence,
             s2s,
             inbox,
+            directory,
         })
     }
 
@@ -121,6 +161,9 @@ impl Gateway {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        let directory = self
+            .directory
+            .map(|watch| tokio::spawn(keep_directory(watch)));
         let watcher = self.licence.map(|watch| {
             tokio::spawn(async move {
                 let period = std::time::Duration::from_secs(watch.config.check_interval_secs);
@@ -148,11 +191,41 @@ impl Gateway {
         let result = self.admin.serve(stopped(stop_rx)).await;
         let _ = s2s.await;
         unbridged.abort();
+        if let Some(d) = directory {
+            d.abort();
+        }
         if let Some(w) = watcher {
             w.abort();
         }
         tracing::info!("gateway stopped");
         result
+    }
+}
+
+/// Reads the internal allow list now and then; readiness says whether the
+/// last attempt worked (a failed refresh keeps the previous list in service).
+async fn keep_directory(watch: DirectoryWatch) {
+    let rule = LocalPartRule::default();
+    loop {
+        let wait = match watch
+            .directory
+            .refresh(&watch.graph, &watch.allowed, &rule)
+            .await
+        {
+            Ok(users) => {
+                // Ready first: whoever reads the log line may ask /readyz at once.
+                watch.health.ready();
+                let collisions = watch.directory.collisions();
+                tracing::info!(users, ?collisions, "Teams directory refreshed");
+                DIRECTORY_REFRESH
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the internal allow list from Graph");
+                watch.health.not_ready(&format!("internal allow list: {e}"));
+                DIRECTORY_RETRY
+            }
+        };
+        tokio::time::sleep(wait).await;
     }
 }
 

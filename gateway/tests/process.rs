@@ -268,3 +268,56 @@ fn a_node_beyond_its_seats_refuses_to_serve() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_graph_the_internal_allow_list_is_read_and_readiness_follows() {
+    let client_id = "0f0f0f0f-1111-4222-8333-444444444444";
+    let tenant = "5c0ffee0-0000-4000-8000-0000000000ee";
+    let seed: xmppfed_e2e::graph::Seed = serde_json::from_value(serde_json::json!({
+        "tenantId": tenant,
+        "apps": [{"clientId": client_id, "clientSecret": "s3cret", "roles": ["User.Read.All", "GroupMember.Read.All"]}],
+        "users": [{"userPrincipalName": "alice@contoso.com", "displayName": "Alice"},
+                  {"userPrincipalName": "dave@contoso.com", "displayName": "Dave"}],
+        "groups": [{"id": "9a1e2b3c-0000-4000-8000-0000000000f1", "displayName": "Federated", "members": ["dave@contoso.com"]}]
+    }))
+    .unwrap();
+    let emulator = xmppfed_e2e::graph::GraphEmulator::start(seed)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("client-secret");
+    std::fs::write(&secret, "s3cret").unwrap();
+    let config = write_config(&dir, "127.0.0.1:0");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        "[graph]\ntenant_id = \"{tenant}\"\nclient_id = \"{client_id}\"\nclient_secret = {{ file = \"{}\" }}\n\
+         authority_url = \"{}\"\ngraph_url = \"{}\"\n[shadow_accounts]\nupn_domain = \"shadow.contoso.com\"\n\
+         [allow]\nremote_domains = [\"xmpp.test\"]\ninternal_users = [\"alice@contoso.com\"]\ninternal_groups = [\"9a1e2b3c-0000-4000-8000-0000000000f1\"]\n",
+        secret.display(),
+        emulator.authority_url(),
+        emulator.graph_url()
+    ));
+    std::fs::write(&config, text).unwrap();
+    let mut command = Command::new(BIN);
+    command
+        .args(["run", "--config"])
+        .arg(&config)
+        .env_remove("RUST_LOG");
+    let mut gateway = Daemon::spawn(command).unwrap();
+    let started = gateway
+        .wait_for_log("gateway started", Duration::from_secs(20))
+        .unwrap();
+    let refreshed = gateway
+        .wait_for_log("Teams directory refreshed", Duration::from_secs(20))
+        .unwrap();
+    assert_eq!(
+        refreshed["users"], 2,
+        "alice by UPN, dave through the group: {refreshed}"
+    );
+    let admin = started["admin"].as_str().unwrap().to_owned();
+    let readyz = reqwest::get(format!("http://{admin}/readyz"))
+        .await
+        .unwrap();
+    assert_eq!(readyz.status(), 200);
+    assert!(emulator.tenant().violations.is_empty());
+}
