@@ -1,17 +1,18 @@
 //! The internal allow list resolved through Graph (the emulator), and what it
 //! means on the wire: a Teams user off the list does not exist to XMPP.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use secrecy::SecretString;
 use serde_json::json;
 use xmppfed_config::{GatewayConfig, StaticRoute};
 use xmppfed_e2e::graph::{GraphEmulator, Seed};
 use xmppfed_e2e::xmpp_peer::{Authoritative, RawPeer};
 use xmppfed_gateway::bridge::directory::{AllowedUsers, Directory};
 use xmppfed_gateway::bridge::identity::LocalPartRule;
-use xmppfed_gateway::graph::{Budget, GraphClient, RetryPolicy, Tokens};
+use xmppfed_gateway::graph::RetryPolicy;
 use xmppfed_gateway::s2s::{S2s, UserDirectory};
 
 const TENANT: &str = "5c0ffee0-0000-4000-8000-0000000000dd";
@@ -34,19 +35,11 @@ fn seed() -> Seed {
 async fn only_allowed_teams_users_exist_to_xmpp() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let emulator = GraphEmulator::start(seed()).await.unwrap();
-    let http = reqwest::Client::new();
-    let tokens = Tokens::new(
-        http.clone(),
-        &emulator.authority_url(),
+    let graph = common::graph_client(
+        &emulator,
         TENANT,
         "gateway",
-        SecretString::from("s3cret".to_owned()),
-    );
-    let graph = GraphClient::new(
-        http,
-        &emulator.graph_url(),
-        tokens,
-        Budget::new(100, 20),
+        "s3cret",
         RetryPolicy::default(),
     );
     let directory = Directory::default();
@@ -140,19 +133,11 @@ async fn vcard_requests_are_answered_from_graph_profiles_and_cached() {
         .properties
         .insert("mail".into(), json!("alice@contoso.com"));
     let emulator = GraphEmulator::start(seed).await.unwrap();
-    let http = reqwest::Client::new();
-    let tokens = Tokens::new(
-        http.clone(),
-        &emulator.authority_url(),
+    let graph = common::graph_client(
+        &emulator,
         TENANT,
         "gateway",
-        SecretString::from("s3cret".to_owned()),
-    );
-    let graph = GraphClient::new(
-        http,
-        &emulator.graph_url(),
-        tokens,
-        Budget::new(100, 20),
+        "s3cret",
         RetryPolicy::default(),
     );
     let directory = Directory::default();

@@ -1,6 +1,8 @@
 //! The gateway's Graph client against the Graph emulator (which holds every
 //! request to Microsoft's OpenAPI description and records any mismatch).
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use secrecy::SecretString;
@@ -31,22 +33,7 @@ fn seed() -> Seed {
 }
 
 fn client(emulator: &GraphEmulator, secret: &str, retry: RetryPolicy) -> GraphClient {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let http = reqwest::Client::new();
-    let tokens = Tokens::new(
-        http.clone(),
-        &emulator.authority_url(),
-        TENANT,
-        "gateway",
-        SecretString::from(secret.to_owned()),
-    );
-    GraphClient::new(
-        http,
-        &emulator.graph_url(),
-        tokens,
-        Budget::new(200, 50),
-        retry,
-    )
+    common::graph_client(emulator, TENANT, "gateway", secret, retry)
 }
 
 fn quick_retries() -> RetryPolicy {
@@ -439,21 +426,7 @@ async fn members_of_nested_groups() {
     .unwrap();
     let emulator = GraphEmulator::start(seed).await.unwrap();
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let http = reqwest::Client::new();
-    let tokens = Tokens::new(
-        http.clone(),
-        &emulator.authority_url(),
-        TENANT,
-        "dir",
-        SecretString::from("d".to_owned()),
-    );
-    let graph = GraphClient::new(
-        http,
-        &emulator.graph_url(),
-        tokens,
-        Budget::new(100, 10),
-        quick_retries(),
-    );
+    let graph = common::graph_client(&emulator, TENANT, "dir", "d", quick_retries());
     let mut upns: Vec<String> = graph
         .group_users("g-outer")
         .await

@@ -2,6 +2,8 @@
 //! validation handshake, notifications with our clientState (and forged
 //! ones without), renewal, lifecycle events, lost notifications, deletion.
 
+mod common;
+
 use std::time::Duration;
 
 use secrecy::SecretString;
@@ -10,7 +12,7 @@ use tokio::sync::mpsc;
 use xmppfed_e2e::graph::{GraphEmulator, Seed};
 use xmppfed_gateway::graph::subscriptions::{Subscriptions, Want};
 use xmppfed_gateway::graph::webhook::{self, Notification};
-use xmppfed_gateway::graph::{Budget, GraphClient, RetryPolicy, Tokens, UserCredential};
+use xmppfed_gateway::graph::{RetryPolicy, UserCredential};
 
 const TENANT: &str = "5c0ffee0-0000-4000-8000-000000000002";
 const ALICE: &str = "11111111-1111-4111-8111-111111111111";
@@ -40,18 +42,11 @@ async fn subscriptions_notifications_and_lifecycle() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let emulator = GraphEmulator::start(seed()).await.unwrap();
     let http = reqwest::Client::new();
-    let tokens = Tokens::new(
-        http.clone(),
-        &emulator.authority_url(),
+    let graph = common::graph_client(
+        &emulator,
         TENANT,
         "gateway",
-        SecretString::from("s3cret".to_owned()),
-    );
-    let graph = GraphClient::new(
-        http.clone(),
-        &emulator.graph_url(),
-        tokens,
-        Budget::new(100, 20),
+        "s3cret",
         RetryPolicy::default(),
     );
 
@@ -263,19 +258,11 @@ async fn subscriptions_notifications_and_lifecycle() {
 async fn an_endpoint_that_fails_the_handshake_gets_no_subscription() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let emulator = GraphEmulator::start(seed()).await.unwrap();
-    let http = reqwest::Client::new();
-    let tokens = Tokens::new(
-        http.clone(),
-        &emulator.authority_url(),
+    let graph = common::graph_client(
+        &emulator,
         TENANT,
         "gateway",
-        SecretString::from("s3cret".to_owned()),
-    );
-    let graph = GraphClient::new(
-        http,
-        &emulator.graph_url(),
-        tokens,
-        Budget::new(100, 20),
+        "s3cret",
         RetryPolicy::default(),
     );
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
@@ -369,19 +356,11 @@ async fn accepted_notifications_are_stored_before_the_202() {
 async fn held_subscriptions_survive_a_restart() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let emulator = GraphEmulator::start(seed()).await.unwrap();
-    let http = reqwest::Client::new();
-    let tokens = Tokens::new(
-        http.clone(),
-        &emulator.authority_url(),
+    let graph = common::graph_client(
+        &emulator,
         TENANT,
         "gateway",
-        SecretString::from("s3cret".to_owned()),
-    );
-    let graph = GraphClient::new(
-        http,
-        &emulator.graph_url(),
-        tokens,
-        Budget::new(100, 20),
+        "s3cret",
         RetryPolicy::default(),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -441,19 +420,11 @@ async fn held_subscriptions_survive_a_restart() {
 async fn delayed_notifications_and_an_expired_subscription() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let emulator = GraphEmulator::start(seed()).await.unwrap();
-    let http = reqwest::Client::new();
-    let tokens = Tokens::new(
-        http.clone(),
-        &emulator.authority_url(),
+    let graph = common::graph_client(
+        &emulator,
         TENANT,
         "gateway",
-        SecretString::from("s3cret".to_owned()),
-    );
-    let graph = GraphClient::new(
-        http.clone(),
-        &emulator.graph_url(),
-        tokens,
-        Budget::new(100, 20),
+        "s3cret",
         RetryPolicy::default(),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -2,15 +2,17 @@
 //! once with the contact's card and the licence, the password stored only
 //! encrypted and good for signing in, taken over if the store lost it.
 
+mod common;
+
 use std::time::Duration;
 
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use serde_json::json;
 use xmpp_parsers::minidom::Element;
 use xmppfed_e2e::graph::{GraphEmulator, Seed};
 use xmppfed_gateway::bridge::credentials::CredentialCipher;
 use xmppfed_gateway::bridge::shadow::{ShadowSettings, ensure, upn_for};
-use xmppfed_gateway::graph::{Budget, GraphClient, RetryPolicy, Tokens};
+use xmppfed_gateway::graph::RetryPolicy;
 use xmppfed_gateway::store::Store;
 
 const TENANT: &str = "5c0ffee0-0000-4000-8000-0000000000aa";
@@ -31,19 +33,11 @@ fn seed() -> Seed {
 async fn a_contact_gets_one_licensed_shadow_account_with_its_card() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let emulator = GraphEmulator::start(seed()).await.unwrap();
-    let http = reqwest::Client::new();
-    let tokens = Tokens::new(
-        http.clone(),
-        &emulator.authority_url(),
+    let graph = common::graph_client(
+        &emulator,
         TENANT,
         "gateway",
-        SecretString::from("s3cret".to_owned()),
-    );
-    let graph = GraphClient::new(
-        http,
-        &emulator.graph_url(),
-        tokens,
-        Budget::new(100, 20),
+        "s3cret",
         RetryPolicy::default(),
     );
     let dir = tempfile::tempdir().unwrap();

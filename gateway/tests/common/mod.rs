@@ -51,6 +51,32 @@ where
     .expect("the client task")
 }
 
+/// The gateway's Graph client for an emulated tenant, signed in with an app secret.
+pub fn graph_client(
+    emulator: &xmppfed_e2e::graph::GraphEmulator,
+    tenant: &str,
+    client_id: &str,
+    secret: &str,
+    retry: xmppfed_gateway::graph::RetryPolicy,
+) -> xmppfed_gateway::graph::GraphClient {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let http = reqwest::Client::new();
+    let tokens = xmppfed_gateway::graph::Tokens::new(
+        http.clone(),
+        &emulator.authority_url(),
+        tenant,
+        client_id,
+        secrecy::SecretString::from(secret.to_owned()),
+    );
+    xmppfed_gateway::graph::GraphClient::new(
+        http,
+        &emulator.graph_url(),
+        tokens,
+        xmppfed_gateway::graph::Budget::new(200, 50),
+        retry,
+    )
+}
+
 pub fn init() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let _ = tracing_subscriber::fmt()
