@@ -69,6 +69,22 @@ impl Client {
         .await
     }
 
+    /// The shadow account bob's delegated token (password grant).
+    async fn shadow_token(&self) -> String {
+        let (status, body) = self
+            .token(&[
+                ("grant_type", "password"),
+                ("client_id", "gateway"),
+                ("client_secret", "s3cret"),
+                ("username", "bob.xmpp@shadow.contoso.com"),
+                ("password", "Sh4dow!pw"),
+                ("scope", "https://graph.microsoft.com/.default"),
+            ])
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body["access_token"].as_str().unwrap().to_owned()
+    }
+
     async fn app_token(&self, id: &str, secret: &str) -> String {
         let (status, body) = self
             .token(&[
@@ -439,17 +455,7 @@ async fn presence_sessions_preferred_presence_and_batches() {
     assert_eq!(status, 400, "at most 650 ids");
 
     // A shadow account's own delegated token sets its own presence, not Alice's.
-    let (_, body) = c
-        .token(&[
-            ("grant_type", "password"),
-            ("client_id", "gateway"),
-            ("client_secret", "s3cret"),
-            ("username", "bob.xmpp@shadow.contoso.com"),
-            ("password", "Sh4dow!pw"),
-            ("scope", "https://graph.microsoft.com/.default"),
-        ])
-        .await;
-    let bob_token = body["access_token"].as_str().unwrap().to_owned();
+    let bob_token = c.shadow_token().await;
     let set = json!({"sessionId": "gateway", "availability": "Available", "activity": "Available"});
     let (status, _, _) = c
         .call(
@@ -521,17 +527,7 @@ async fn one_on_one_chats_as_documented() {
     let emulator = GraphEmulator::start(seed(0)).await.unwrap();
     let c = Client::new(&emulator);
     let app = c.app_token("gateway", "s3cret").await;
-    let (_, body) = c
-        .token(&[
-            ("grant_type", "password"),
-            ("client_id", "gateway"),
-            ("client_secret", "s3cret"),
-            ("username", "bob.xmpp@shadow.contoso.com"),
-            ("password", "Sh4dow!pw"),
-            ("scope", "https://graph.microsoft.com/.default"),
-        ])
-        .await;
-    let bob = body["access_token"].as_str().unwrap().to_owned();
+    let bob = c.shadow_token().await;
     let (_, bob_user, _) = c
         .call(
             Method::GET,

@@ -518,7 +518,7 @@ pub async fn dispatch(
     shared
         .metrics
         .stanza_in(&shared.domain_label(&from_domain), metrics::kind(&stanza));
-    match services::handle(&shared.domain, shared.directory.as_ref(), stanza) {
+    match services::handle(shared.directory.as_ref(), stanza) {
         Handled::Answered(Some(reply)) => reroute(shared, reply),
         Handled::Answered(None) => {}
         Handled::Bridge(stanza) => shared.deliver(stanza).await,

@@ -29,7 +29,7 @@ const DOMAIN_FEATURES: &[&str] = &[
 ];
 const USER_FEATURES: &[&str] = &[ns::DISCO_INFO, ns::PING, ns::VCARD];
 
-pub fn handle(domain: &str, directory: &dyn UserDirectory, stanza: Stanza) -> Handled {
+pub fn handle(directory: &dyn UserDirectory, stanza: Stanza) -> Handled {
     let Some(to) = stanza::to(&stanza).cloned() else {
         return Handled::Answered(None);
     };
@@ -38,7 +38,7 @@ pub fn handle(domain: &str, directory: &dyn UserDirectory, stanza: Stanza) -> Ha
     match &stanza {
         Stanza::Iq(Iq::Get { payload, .. }) => {
             if to_domain {
-                Handled::Answered(answer_domain_get(domain, &stanza, payload))
+                Handled::Answered(answer_domain_get(&stanza, payload))
             } else if to_user {
                 let local = to.node().map(|n| n.as_str()).unwrap_or_default();
                 if !directory.exists(local) {
@@ -79,7 +79,7 @@ pub fn handle(domain: &str, directory: &dyn UserDirectory, stanza: Stanza) -> Ha
     }
 }
 
-fn answer_domain_get(_domain: &str, stanza: &Stanza, payload: &Element) -> Option<Stanza> {
+fn answer_domain_get(stanza: &Stanza, payload: &Element) -> Option<Stanza> {
     if payload.is("query", ns::DISCO_INFO) {
         result(
             stanza,
@@ -163,7 +163,7 @@ mod tests {
             payload: Some(p),
             to,
             ..
-        }) = answered(handle("teams.test", &AnyUser, q))
+        }) = answered(handle(&AnyUser, q))
         else {
             panic!("not a result")
         };
@@ -179,14 +179,14 @@ mod tests {
             "<iq xmlns='jabber:server' type='get' id='p' from='x.test' to='teams.test'><ping xmlns='urn:xmpp:ping'/></iq>",
         );
         assert!(matches!(
-            answered(handle("teams.test", &AnyUser, ping)),
+            answered(handle(&AnyUser, ping)),
             Stanza::Iq(Iq::Result { .. })
         ));
         let odd = iq(
             "<iq xmlns='jabber:server' type='get' id='o' from='x.test' to='teams.test'><odd xmlns='urn:example'/></iq>",
         );
         assert!(matches!(
-            answered(handle("teams.test", &AnyUser, odd)),
+            answered(handle(&AnyUser, odd)),
             Stanza::Iq(Iq::Error { .. })
         ));
     }
@@ -199,19 +199,16 @@ mod tests {
             ))
         };
         assert!(matches!(
-            answered(handle("teams.test", &OnlyAlice, q("alice"))),
+            answered(handle(&OnlyAlice, q("alice"))),
             Stanza::Iq(Iq::Result { .. })
         ));
         assert!(matches!(
-            answered(handle("teams.test", &OnlyAlice, q("mallory"))),
+            answered(handle(&OnlyAlice, q("mallory"))),
             Stanza::Iq(Iq::Error { .. })
         ));
         let vcard = iq(
             "<iq xmlns='jabber:server' type='get' id='v' from='b@x.test/r' to='alice@teams.test'><vCard xmlns='vcard-temp'/></iq>",
         );
-        assert!(matches!(
-            handle("teams.test", &OnlyAlice, vcard),
-            Handled::Bridge(_)
-        ));
+        assert!(matches!(handle(&OnlyAlice, vcard), Handled::Bridge(_)));
     }
 }
