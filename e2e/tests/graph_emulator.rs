@@ -375,15 +375,13 @@ async fn presence_sessions_preferred_presence_and_batches() {
     let (_, p, _) = c.call(Method::GET, alice, &t, None).await;
     assert_eq!(p["availability"], "Offline");
     // The Teams client says Away; our session says Busy: Busy wins.
-    let http = reqwest::Client::new();
-    http.post(format!(
-        "{}/_emulator/users/alice@contoso.com/presence",
-        emulator.authority_url()
-    ))
-    .json(&json!({"availability": "Away", "activity": "Away"}))
-    .send()
-    .await
-    .unwrap();
+    emulator
+        .control(
+            "/_emulator/users/alice@contoso.com/presence",
+            json!({"availability": "Away", "activity": "Away"}),
+        )
+        .await
+        .unwrap();
     let (status, _, _) = c.call(Method::POST, &format!("{alice}/setPresence"), &t,
         Some(json!({"sessionId": "gateway", "availability": "Busy", "activity": "InACall", "expirationDuration": "PT1H"}))).await;
     assert_eq!(status, 200);
@@ -501,10 +499,11 @@ async fn throttling_and_injected_faults_say_when_to_retry() {
     let emulator = GraphEmulator::start(seed(0)).await.unwrap();
     let c = Client::new(&emulator);
     let t = c.app_token("gateway", "s3cret").await;
-    reqwest::Client::new()
-        .post(format!("{}/_emulator/faults", emulator.authority_url()))
-        .json(&json!({"status": 503, "count": 2, "retryAfter": 3}))
-        .send()
+    emulator
+        .control(
+            "/_emulator/faults",
+            json!({"status": 503, "count": 2, "retryAfter": 3}),
+        )
         .await
         .unwrap();
     for _ in 0..2 {

@@ -35,13 +35,7 @@ fn seed() -> Seed {
 async fn only_allowed_teams_users_exist_to_xmpp() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let emulator = GraphEmulator::start(seed()).await.unwrap();
-    let graph = common::graph_client(
-        &emulator,
-        TENANT,
-        "gateway",
-        "s3cret",
-        RetryPolicy::default(),
-    );
+    let graph = common::graph_client(&emulator, "gateway", "s3cret", RetryPolicy::default());
     let directory = Directory::default();
     let allowed = AllowedUsers {
         upns: vec!["alice@contoso.com".into(), "ghost@contoso.com".into()],
@@ -133,13 +127,7 @@ async fn vcard_requests_are_answered_from_graph_profiles_and_cached() {
         .properties
         .insert("mail".into(), json!("alice@contoso.com"));
     let emulator = GraphEmulator::start(seed).await.unwrap();
-    let graph = common::graph_client(
-        &emulator,
-        TENANT,
-        "gateway",
-        "s3cret",
-        RetryPolicy::default(),
-    );
+    let graph = common::graph_client(&emulator, "gateway", "s3cret", RetryPolicy::default());
     let directory = Directory::default();
     let allowed = AllowedUsers {
         upns: vec!["alice@contoso.com".into()],

@@ -33,7 +33,7 @@ fn seed() -> Seed {
 }
 
 fn client(emulator: &GraphEmulator, secret: &str, retry: RetryPolicy) -> GraphClient {
-    common::graph_client(emulator, TENANT, "gateway", secret, retry)
+    common::graph_client(emulator, "gateway", secret, retry)
 }
 
 fn quick_retries() -> RetryPolicy {
@@ -150,18 +150,13 @@ async fn storms_are_waited_out_and_then_given_up() {
     let graph = client(&emulator, "s3cret", quick_retries());
     graph.get_presence("alice@contoso.com").await.unwrap();
     let faults = |status: u16, count: u32, retry_after: u64| {
-        let url = format!("{}/_emulator/faults", emulator.authority_url());
-        async move {
-            reqwest::Client::new()
-                .post(url)
-                .json(&json!({"status": status, "count": count, "retryAfter": retry_after}))
-                .send()
-                .await
-                .unwrap();
-        }
+        emulator.control(
+            "/_emulator/faults",
+            json!({"status": status, "count": count, "retryAfter": retry_after}),
+        )
     };
     // Two 429s with Retry-After: 1 s: the call waits them out and succeeds.
-    faults(429, 2, 1).await;
+    faults(429, 2, 1).await.unwrap();
     let started = Instant::now();
     graph.get_presence("alice@contoso.com").await.unwrap();
     assert!(
@@ -170,7 +165,7 @@ async fn storms_are_waited_out_and_then_given_up() {
         started.elapsed()
     );
     // A 503 storm longer than the attempts: a typed error that says so.
-    faults(503, 10, 0).await;
+    faults(503, 10, 0).await.unwrap();
     let error = graph.get_presence("alice@contoso.com").await.unwrap_err();
     assert!(
         matches!(error, GraphError::Exhausted { attempts: 4, .. }),
@@ -178,7 +173,7 @@ async fn storms_are_waited_out_and_then_given_up() {
     );
     assert_eq!(error.status(), Some(503));
     // Errors that retrying cannot fix come back at once.
-    faults(0, 0, 0).await;
+    faults(0, 0, 0).await.unwrap();
     let error = graph.get_user("nobody@contoso.com").await.unwrap_err();
     assert_eq!(
         (error.status(), error.code()),
@@ -277,10 +272,11 @@ async fn shadow_accounts_chat_with_teams_users() {
         .await
         .unwrap();
     assert_eq!(sent.sender_id(), Some(bob_id.as_str()));
-    reqwest::Client::new()
-        .post(format!("{}/_emulator/chats/{}/messages", emulator.authority_url(), chat.id))
-        .json(&json!({"from": "alice@contoso.com", "content": "<p>hi Bob</p>", "contentType": "html"}))
-        .send()
+    emulator
+        .control(
+            &format!("/_emulator/chats/{}/messages", chat.id),
+            json!({"from": "alice@contoso.com", "content": "<p>hi Bob</p>", "contentType": "html"}),
+        )
         .await
         .unwrap();
     let messages = graph.chat_messages(&bob, &chat.id, 10).await.unwrap();
@@ -426,7 +422,7 @@ async fn members_of_nested_groups() {
     .unwrap();
     let emulator = GraphEmulator::start(seed).await.unwrap();
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let graph = common::graph_client(&emulator, TENANT, "dir", "d", quick_retries());
+    let graph = common::graph_client(&emulator, "dir", "d", quick_retries());
     let mut upns: Vec<String> = graph
         .group_users("g-outer")
         .await

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use xmppfed_e2e::graph::{GraphEmulator, Seed};
 use xmppfed_gateway::graph::subscriptions::{Subscriptions, Want};
 use xmppfed_gateway::graph::webhook::{self, Notification};
-use xmppfed_gateway::graph::{RetryPolicy, UserCredential};
+use xmppfed_gateway::graph::{GraphClient, RetryPolicy, UserCredential};
 
 const TENANT: &str = "5c0ffee0-0000-4000-8000-000000000002";
 const ALICE: &str = "11111111-1111-4111-8111-111111111111";
@@ -30,6 +30,28 @@ fn seed() -> Seed {
     .unwrap()
 }
 
+/// The gateway's client, signed in as the app.
+fn graph(emulator: &GraphEmulator) -> GraphClient {
+    common::graph_client(emulator, "gateway", "s3cret", RetryPolicy::default())
+}
+
+/// The shadow account Bob, as the gateway signs in for him.
+fn bob() -> UserCredential {
+    UserCredential {
+        upn: "bob.xmpp@shadow.contoso.com".into(),
+        password: SecretString::from("Sh4dow!pw".to_owned()),
+    }
+}
+
+/// Our webhook receiver on a loopback port; returns its public URL.
+async fn serve_webhook(client_state: &str, sink: webhook::Sink) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let router = webhook::router(SecretString::from(client_state.to_owned()), sink);
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    url
+}
+
 async fn next(rx: &mut mpsc::Receiver<Notification>) -> Notification {
     tokio::time::timeout(Duration::from_secs(10), rx.recv())
         .await
@@ -42,36 +64,21 @@ async fn subscriptions_notifications_and_lifecycle() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let emulator = GraphEmulator::start(seed()).await.unwrap();
     let http = reqwest::Client::new();
-    let graph = common::graph_client(
-        &emulator,
-        TENANT,
-        "gateway",
-        "s3cret",
-        RetryPolicy::default(),
-    );
+    let graph = graph(&emulator);
 
     // Our webhook on a loopback port.
     let (queue, mut rx) = mpsc::channel(64);
-    let client_state = SecretString::from("c1ient-state-of-this-gateway".to_owned());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let public_url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            webhook::router(client_state.clone(), webhook::Sink::Channel(queue)),
-        )
-        .await
-        .unwrap();
-    });
+    let public_url = serve_webhook(
+        "c1ient-state-of-this-gateway",
+        webhook::Sink::Channel(queue),
+    )
+    .await;
     let subscriptions = Subscriptions::new(
         &public_url,
         SecretString::from("c1ient-state-of-this-gateway".to_owned()),
     );
 
-    let bob = UserCredential {
-        upn: "bob.xmpp@shadow.contoso.com".into(),
-        password: SecretString::from("Sh4dow!pw".to_owned()),
-    };
+    let bob = bob();
     let bob_id = graph.get_user(&bob.upn).await.unwrap().id;
     let chat = graph.one_on_one_chat(&bob, &bob_id, ALICE).await.unwrap();
     let want = Want {
@@ -96,22 +103,14 @@ async fn subscriptions_notifications_and_lifecycle() {
     assert_eq!(subscriptions.held().await.len(), 1);
 
     // Alice writes: the notification reaches our queue.
+    let messages_path = format!("/_emulator/chats/{}/messages", chat.id);
     let alice_says = |text: &'static str| {
-        let url = format!(
-            "{}/_emulator/chats/{}/messages",
-            emulator.authority_url(),
-            chat.id
-        );
-        async move {
-            reqwest::Client::new()
-                .post(url)
-                .json(&json!({"from": "alice@contoso.com", "content": text}))
-                .send()
-                .await
-                .unwrap();
-        }
+        emulator.control(
+            &messages_path,
+            json!({"from": "alice@contoso.com", "content": text}),
+        )
     };
-    alice_says("<p>hello Bob</p>").await;
+    alice_says("<p>hello Bob</p>").await.unwrap();
     let n = next(&mut rx).await;
     assert_eq!(n.subscription_id, sub.id);
     assert_eq!(n.change_type.as_deref(), Some("created"));
@@ -140,15 +139,11 @@ async fn subscriptions_notifications_and_lifecycle() {
     );
 
     // A notification Graph loses never arrives: the reconciliation poll must find the message.
-    http.post(format!(
-        "{}/_emulator/notifications/drop",
-        emulator.authority_url()
-    ))
-    .json(&json!({"count": 1}))
-    .send()
-    .await
-    .unwrap();
-    alice_says("<p>lost in transit</p>").await;
+    emulator
+        .control("/_emulator/notifications/drop", json!({"count": 1}))
+        .await
+        .unwrap();
+    alice_says("<p>lost in transit</p>").await.unwrap();
     assert!(
         tokio::time::timeout(Duration::from_millis(500), rx.recv())
             .await
@@ -176,15 +171,13 @@ async fn subscriptions_notifications_and_lifecycle() {
     );
     let renewed = subscriptions.renew(&graph, &sub.id).await.unwrap();
     assert_eq!(renewed.id, sub.id);
-    http.post(format!(
-        "{}/_emulator/subscriptions/{}/lifecycle",
-        emulator.authority_url(),
-        sub.id
-    ))
-    .json(&json!({"event": "reauthorizationRequired"}))
-    .send()
-    .await
-    .unwrap();
+    emulator
+        .control(
+            &format!("/_emulator/subscriptions/{}/lifecycle", sub.id),
+            json!({"event": "reauthorizationRequired"}),
+        )
+        .await
+        .unwrap();
     let lifecycle = next(&mut rx).await;
     assert_eq!(
         lifecycle.lifecycle_event.as_deref(),
@@ -241,7 +234,7 @@ async fn subscriptions_notifications_and_lifecycle() {
     assert_eq!(state["chats"][0]["id"], json!(chat.id));
     subscriptions.delete(&graph, &sub.id).await.unwrap();
     assert!(subscriptions.held().await.is_empty());
-    alice_says("<p>nobody listens</p>").await;
+    alice_says("<p>nobody listens</p>").await.unwrap();
     assert!(
         tokio::time::timeout(Duration::from_millis(300), rx.recv())
             .await
@@ -258,13 +251,7 @@ async fn subscriptions_notifications_and_lifecycle() {
 async fn an_endpoint_that_fails_the_handshake_gets_no_subscription() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let emulator = GraphEmulator::start(seed()).await.unwrap();
-    let graph = common::graph_client(
-        &emulator,
-        TENANT,
-        "gateway",
-        "s3cret",
-        RetryPolicy::default(),
-    );
+    let graph = graph(&emulator);
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -273,10 +260,7 @@ async fn an_endpoint_that_fails_the_handshake_gets_no_subscription() {
         &format!("http://{closed}"),
         SecretString::from("x".to_owned()),
     );
-    let bob = UserCredential {
-        upn: "bob.xmpp@shadow.contoso.com".into(),
-        password: SecretString::from("Sh4dow!pw".to_owned()),
-    };
+    let bob = bob();
     let error = subscriptions
         .create(
             &graph,
@@ -302,23 +286,11 @@ async fn accepted_notifications_are_stored_before_the_202() {
             .unwrap(),
     );
     let wake = std::sync::Arc::new(tokio::sync::Notify::new());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!(
-        "http://{}/graph/notifications",
-        listener.local_addr().unwrap()
-    );
     let sink = webhook::Sink::Durable {
         store: store.clone(),
         wake: wake.clone(),
     };
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            webhook::router(SecretString::from("state".to_owned()), sink),
-        )
-        .await
-        .unwrap();
-    });
+    let url = format!("{}/graph/notifications", serve_webhook("state", sink).await);
     let batch = json!({"value": [
         {"subscriptionId": "s1", "changeType": "created", "clientState": "state", "resource": "chats('c')/messages('1')", "resourceData": {"id": "1"}},
         {"subscriptionId": "s1", "changeType": "created", "clientState": "forged", "resource": "chats('c')/messages('2')"}
@@ -356,33 +328,12 @@ async fn accepted_notifications_are_stored_before_the_202() {
 async fn held_subscriptions_survive_a_restart() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let emulator = GraphEmulator::start(seed()).await.unwrap();
-    let graph = common::graph_client(
-        &emulator,
-        TENANT,
-        "gateway",
-        "s3cret",
-        RetryPolicy::default(),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let public_url = format!("http://{}", listener.local_addr().unwrap());
+    let graph = graph(&emulator);
     let (queue, _rx) = mpsc::channel(8);
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            webhook::router(
-                SecretString::from("cs".to_owned()),
-                webhook::Sink::Channel(queue),
-            ),
-        )
-        .await
-        .unwrap();
-    });
+    let public_url = serve_webhook("cs", webhook::Sink::Channel(queue)).await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
-    let bob = UserCredential {
-        upn: "bob.xmpp@shadow.contoso.com".into(),
-        password: SecretString::from("Sh4dow!pw".to_owned()),
-    };
+    let bob = bob();
     let id = {
         let store =
             std::sync::Arc::new(xmppfed_gateway::store::Store::sqlite(&path).await.unwrap());
@@ -420,31 +371,10 @@ async fn held_subscriptions_survive_a_restart() {
 async fn delayed_notifications_and_an_expired_subscription() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let emulator = GraphEmulator::start(seed()).await.unwrap();
-    let graph = common::graph_client(
-        &emulator,
-        TENANT,
-        "gateway",
-        "s3cret",
-        RetryPolicy::default(),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let public_url = format!("http://{}", listener.local_addr().unwrap());
+    let graph = graph(&emulator);
     let (queue, mut rx) = mpsc::channel(8);
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            webhook::router(
-                SecretString::from("cs".to_owned()),
-                webhook::Sink::Channel(queue),
-            ),
-        )
-        .await
-        .unwrap();
-    });
-    let bob = UserCredential {
-        upn: "bob.xmpp@shadow.contoso.com".into(),
-        password: SecretString::from("Sh4dow!pw".to_owned()),
-    };
+    let public_url = serve_webhook("cs", webhook::Sink::Channel(queue)).await;
+    let bob = bob();
     let bob_id = graph.get_user(&bob.upn).await.unwrap().id;
     let chat = graph.one_on_one_chat(&bob, &bob_id, ALICE).await.unwrap();
     let subs = Subscriptions::new(&public_url, SecretString::from("cs".to_owned()));
@@ -455,42 +385,43 @@ async fn delayed_notifications_and_an_expired_subscription() {
         as_user: Some(bob.clone()),
     };
     let first = subs.create(&graph, want).await.unwrap();
-    let control = |path: String, body: serde_json::Value| {
-        let url = format!("{}{path}", emulator.authority_url());
-        async move {
-            reqwest::Client::new()
-                .post(url)
-                .json(&body)
-                .send()
-                .await
-                .unwrap();
-        }
-    };
-    control("/_emulator/notifications/delay".into(), json!({"ms": 800})).await;
+    emulator
+        .control("/_emulator/notifications/delay", json!({"ms": 800}))
+        .await
+        .unwrap();
     let started = std::time::Instant::now();
-    control(
-        format!("/_emulator/chats/{}/messages", chat.id),
-        json!({"from": "alice@contoso.com", "content": "slow"}),
-    )
-    .await;
+    emulator
+        .control(
+            &format!("/_emulator/chats/{}/messages", chat.id),
+            json!({"from": "alice@contoso.com", "content": "slow"}),
+        )
+        .await
+        .unwrap();
     next(&mut rx).await;
     assert!(
         started.elapsed() >= Duration::from_millis(800),
         "delivered after the injected delay"
     );
-    control("/_emulator/notifications/delay".into(), json!({"ms": 0})).await;
+    emulator
+        .control("/_emulator/notifications/delay", json!({"ms": 0}))
+        .await
+        .unwrap();
 
     // The subscription lapses unnoticed: the next renewal finds it gone and makes a new one.
-    control(
-        format!("/_emulator/subscriptions/{}/expire", first.id),
-        json!({}),
-    )
-    .await;
-    control(
-        format!("/_emulator/chats/{}/messages", chat.id),
-        json!({"from": "alice@contoso.com", "content": "unheard"}),
-    )
-    .await;
+    emulator
+        .control(
+            &format!("/_emulator/subscriptions/{}/expire", first.id),
+            json!({}),
+        )
+        .await
+        .unwrap();
+    emulator
+        .control(
+            &format!("/_emulator/chats/{}/messages", chat.id),
+            json!({"from": "alice@contoso.com", "content": "unheard"}),
+        )
+        .await
+        .unwrap();
     assert!(
         tokio::time::timeout(Duration::from_millis(300), rx.recv())
             .await
@@ -505,10 +436,12 @@ async fn delayed_notifications_and_an_expired_subscription() {
     let held = subs.held().await;
     assert_eq!(held.len(), 1);
     assert_ne!(held[0].id, first.id);
-    control(
-        format!("/_emulator/chats/{}/messages", chat.id),
-        json!({"from": "alice@contoso.com", "content": "heard again"}),
-    )
-    .await;
+    emulator
+        .control(
+            &format!("/_emulator/chats/{}/messages", chat.id),
+            json!({"from": "alice@contoso.com", "content": "heard again"}),
+        )
+        .await
+        .unwrap();
     assert_eq!(next(&mut rx).await.subscription_id, held[0].id);
 }

@@ -11,13 +11,7 @@ use xmppfed_e2e::prosody;
 const PEER: &str = "xmpp.test";
 
 fn skip_reason() -> Option<String> {
-    if !ejabberd::available() {
-        return Some("ejabberd (and erl) is not installed".into());
-    }
-    if prosody::python().is_none() {
-        return Some("no Python with slixmpp (run scripts/test.sh)".into());
-    }
-    None
+    common::skip_reason(ejabberd::available(), "ejabberd (and erl)")
 }
 
 async fn federate(tls: bool) {

@@ -11,13 +11,7 @@ use xmppfed_e2e::prosody::{self, Prosody, ProsodyOptions};
 const PEER: &str = "xmpp.test";
 
 fn skip_reason() -> Option<String> {
-    if !prosody::available() {
-        return Some("prosody is not installed".into());
-    }
-    if prosody::python().is_none() {
-        return Some("no Python with slixmpp (run scripts/test.sh)".into());
-    }
-    None
+    common::skip_reason(prosody::available(), "prosody")
 }
 
 async fn federate(tls: bool, bidi: bool) {

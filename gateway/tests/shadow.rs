@@ -33,13 +33,7 @@ fn seed() -> Seed {
 async fn a_contact_gets_one_licensed_shadow_account_with_its_card() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let emulator = GraphEmulator::start(seed()).await.unwrap();
-    let graph = common::graph_client(
-        &emulator,
-        TENANT,
-        "gateway",
-        "s3cret",
-        RetryPolicy::default(),
-    );
+    let graph = common::graph_client(&emulator, "gateway", "s3cret", RetryPolicy::default());
     let dir = tempfile::tempdir().unwrap();
     let store = Store::sqlite(&dir.path().join("db")).await.unwrap();
     let cipher = CredentialCipher::new("credential key of this gateway");

@@ -68,6 +68,23 @@ impl GraphEmulator {
     pub fn tenant(&self) -> MutexGuard<'_, Tenant> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// POSTs to the control API (`/_emulator/…`) over HTTP, as a test or a
+    /// person driving the emulator from outside would; an answer other than
+    /// 2xx is an error.
+    pub async fn control(&self, path: &str, body: Value) -> anyhow::Result<()> {
+        let response = reqwest::Client::new()
+            .post(format!("{}{path}", self.authority_url()))
+            .json(&body)
+            .send()
+            .await?;
+        anyhow::ensure!(
+            response.status().is_success(),
+            "POST {path}: {}",
+            response.status()
+        );
+        Ok(())
+    }
 }
 
 pub fn router(state: Shared) -> Router {

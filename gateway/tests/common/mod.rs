@@ -51,20 +51,20 @@ where
     .expect("the client task")
 }
 
-/// The gateway's Graph client for an emulated tenant, signed in with an app secret.
+/// The gateway's Graph client for the emulated tenant, signed in with an app secret.
 pub fn graph_client(
     emulator: &xmppfed_e2e::graph::GraphEmulator,
-    tenant: &str,
     client_id: &str,
     secret: &str,
     retry: xmppfed_gateway::graph::RetryPolicy,
 ) -> xmppfed_gateway::graph::GraphClient {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let http = reqwest::Client::new();
+    let tenant = emulator.tenant().id.clone();
     let tokens = xmppfed_gateway::graph::Tokens::new(
         http.clone(),
         &emulator.authority_url(),
-        tenant,
+        &tenant,
         client_id,
         secrecy::SecretString::from(secret.to_owned()),
     );
@@ -75,6 +75,17 @@ pub fn graph_client(
         xmppfed_gateway::graph::Budget::new(200, 50),
         retry,
     )
+}
+
+/// Why a test against a real server cannot run on this machine, if it cannot.
+pub fn skip_reason(server_installed: bool, server: &str) -> Option<String> {
+    if !server_installed {
+        return Some(format!("{server} is not installed"));
+    }
+    if xmppfed_e2e::prosody::python().is_none() {
+        return Some("no Python with slixmpp (run scripts/test.sh)".into());
+    }
+    None
 }
 
 pub fn init() {
