@@ -189,6 +189,15 @@ impl Spec {
         }
     }
 
+    /// The operation the document defines for this request, or why there is none.
+    fn operation(&self, method: &str, path: &str) -> Result<&Operation, SpecError> {
+        self.find(method, path)
+            .ok_or_else(|| SpecError::UnknownOperation {
+                method: method.to_owned(),
+                path: path.to_owned(),
+            })
+    }
+
     /// Checks a request: the operation exists and its JSON body matches.
     pub fn validate_request(
         &self,
@@ -196,20 +205,20 @@ impl Spec {
         path: &str,
         body: Option<&Value>,
     ) -> Result<&Operation, SpecError> {
-        let op = self
-            .find(method, path)
-            .ok_or_else(|| SpecError::UnknownOperation {
-                method: method.to_owned(),
-                path: path.to_owned(),
-            })?;
+        let op = self.operation(method, path)?;
         if let Some(body) = body {
-            self.check("request body", op, op.request_schema.as_ref(), body)?;
+            self.check_request(op, body)?;
         }
         Ok(op)
     }
 
-    /// Checks a response: 2xx bodies against the operation's schema, errors
-    /// against Graph's error schema.
+    /// Checks a request body against the operation's schema.
+    pub fn check_request(&self, op: &Operation, body: &Value) -> Result<(), SpecError> {
+        self.check("request body", op, op.request_schema.as_ref(), body)
+    }
+
+    /// Checks a response: the operation exists and its body matches (see
+    /// [`Spec::check_response`]).
     pub fn validate_response(
         &self,
         method: &str,
@@ -217,13 +226,21 @@ impl Spec {
         status: u16,
         body: Option<&Value>,
     ) -> Result<(), SpecError> {
-        let op = self
-            .find(method, path)
-            .ok_or_else(|| SpecError::UnknownOperation {
-                method: method.to_owned(),
-                path: path.to_owned(),
-            })?;
-        let Some(body) = body else { return Ok(()) };
+        let op = self.operation(method, path)?;
+        match body {
+            Some(body) => self.check_response(op, status, body),
+            None => Ok(()),
+        }
+    }
+
+    /// Checks a response body: 2xx against the operation's schema, errors
+    /// against Graph's error schema.
+    pub fn check_response(
+        &self,
+        op: &Operation,
+        status: u16,
+        body: &Value,
+    ) -> Result<(), SpecError> {
         if (200..300).contains(&status) {
             self.check("response body", op, op.response_schema.as_ref(), body)
         } else {

@@ -136,6 +136,18 @@ pub enum Body<'a> {
     },
 }
 
+impl Body<'_> {
+    /// A JSON body from a typed value, or none.
+    fn json(body: Option<&impl Serialize>) -> Result<Self, GraphError> {
+        Ok(match body {
+            Some(b) => {
+                Body::Json(serde_json::to_value(b).map_err(|e| GraphError::Decode(e.to_string()))?)
+            }
+            None => Body::None,
+        })
+    }
+}
+
 fn jitter(max: Duration) -> Duration {
     let mut b = [0u8; 2];
     let _ = getrandom::fill(&mut b);
@@ -291,12 +303,7 @@ impl GraphClient {
         path: &str,
         body: Option<&impl Serialize>,
     ) -> Result<T, GraphError> {
-        let body = match body {
-            Some(b) => {
-                Body::Json(serde_json::to_value(b).map_err(|e| GraphError::Decode(e.to_string()))?)
-            }
-            None => Body::None,
-        };
+        let body = Body::json(body)?;
         let reply = self.send(identity, credential, method, path, body).await?;
         serde_json::from_slice(&reply.body).map_err(|e| GraphError::Decode(format!("{path}: {e}")))
     }
@@ -310,12 +317,7 @@ impl GraphClient {
         path: &str,
         body: Option<&impl Serialize>,
     ) -> Result<(), GraphError> {
-        let body = match body {
-            Some(b) => {
-                Body::Json(serde_json::to_value(b).map_err(|e| GraphError::Decode(e.to_string()))?)
-            }
-            None => Body::None,
-        };
+        let body = Body::json(body)?;
         self.send(identity, credential, method, path, body)
             .await
             .map(|_| ())

@@ -159,6 +159,13 @@ impl Dialback {
                 .map(|v| v.to_ascii_lowercase())
                 .ok_or(DialbackParseError(name))
         };
+        // Stream ids are opaque: kept as sent.
+        let id = || {
+            element
+                .attr("id")
+                .map(str::to_owned)
+                .ok_or(DialbackParseError("id"))
+        };
         let from = attr("from")?;
         let to = attr("to")?;
         let verdict = Verdict::parse(element.attr("type"));
@@ -176,19 +183,13 @@ impl Dialback {
             ("verify", None) => Ok(Dialback::VerifyRequest {
                 from,
                 to,
-                id: element
-                    .attr("id")
-                    .ok_or(DialbackParseError("id"))?
-                    .to_owned(),
+                id: id()?,
                 key: element.text(),
             }),
             ("verify", Some(verdict)) => Ok(Dialback::VerifyAnswer {
                 from,
                 to,
-                id: element
-                    .attr("id")
-                    .ok_or(DialbackParseError("id"))?
-                    .to_owned(),
+                id: id()?,
                 verdict,
             }),
             _ => Err(DialbackParseError("element name")),

@@ -94,18 +94,16 @@ pub struct Transport {
 
 impl Transport {
     pub fn plain(tcp: TcpStream, budget: ReadBudget) -> Self {
-        Self {
-            inner: Inner::Plain(tcp),
-            budget,
-            injector: Injector::default(),
-            declare_dialback: std::sync::atomic::AtomicBool::new(true),
-            pending: Vec::new(),
-        }
+        Self::new(Inner::Plain(tcp), budget)
     }
 
     pub fn tls(tls: tokio_rustls::TlsStream<TcpStream>, budget: ReadBudget) -> Self {
+        Self::new(Inner::Tls(Box::new(tls)), budget)
+    }
+
+    fn new(inner: Inner, budget: ReadBudget) -> Self {
         Self {
-            inner: Inner::Tls(Box::new(tls)),
+            inner,
             budget,
             injector: Injector::default(),
             declare_dialback: std::sync::atomic::AtomicBool::new(true),
