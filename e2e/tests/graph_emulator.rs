@@ -406,6 +406,27 @@ async fn presence_sessions_preferred_presence_and_batches() {
             .await;
         assert_eq!(status, 400, "{bad} → {body}");
     }
+    assert!(
+        emulator.tenant().violations.is_empty(),
+        "bodies the schema accepts are no violation: {:?}",
+        emulator.tenant().violations
+    );
+    // A body the schema rejects (a duration that is not ISO 8601) is answered
+    // and recorded against the caller, for tests of the gateway to see.
+    let status = reqwest::Client::new()
+        .post(format!("{}{alice}/setPresence", emulator.graph_url()))
+        .bearer_auth(&t)
+        .json(&json!({"sessionId": "gateway", "availability": "Away", "activity": "Away", "expirationDuration": "one hour"}))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 400);
+    let violations = std::mem::take(&mut emulator.tenant().violations);
+    assert!(
+        matches!(violations.as_slice(), [v] if v.starts_with("request: request body of POST") && v.contains("setPresence") && v.contains("expirationDuration")),
+        "{violations:?}"
+    );
     // Preferred presence overrides every session until cleared.
     let (status, _, _) = c.call(Method::POST, &format!("{alice}/setUserPreferredPresence"), &t,
         Some(json!({"availability": "DoNotDisturb", "activity": "DoNotDisturb", "expirationDuration": "PT8H"}))).await;

@@ -664,26 +664,26 @@ fn graph_locked(
     }
 
     // Authorisation, as the OpenAPI subset (or Microsoft's documentation) lists it.
-    let (application, delegated): (Vec<String>, Vec<String>) =
-        match spec().find(method.as_str(), path) {
-            Some(op) => (op.application.clone(), op.delegated.clone()),
-            None => match documented_permissions(method, &segments) {
-                Some((a, d)) => (
-                    a.into_iter().map(str::to_owned).collect(),
-                    d.into_iter().map(str::to_owned).collect(),
-                ),
-                None => {
-                    return ctx.error(
-                        StatusCode::BAD_REQUEST,
-                        "BadRequest",
-                        &format!(
-                            "Resource not found for the segment '{}'.",
-                            segments.last().unwrap_or(&"")
-                        ),
-                    );
-                }
-            },
-        };
+    let operation = spec().find(method.as_str(), path);
+    let (application, delegated): (Vec<String>, Vec<String>) = match operation {
+        Some(op) => (op.application.clone(), op.delegated.clone()),
+        None => match documented_permissions(method, &segments) {
+            Some((a, d)) => (
+                a.into_iter().map(str::to_owned).collect(),
+                d.into_iter().map(str::to_owned).collect(),
+            ),
+            None => {
+                return ctx.error(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    &format!(
+                        "Resource not found for the segment '{}'.",
+                        segments.last().unwrap_or(&"")
+                    ),
+                );
+            }
+        },
+    };
     let granted = match &principal {
         Principal::App { roles, .. } => roles.iter().any(|r| application.contains(r)),
         Principal::User { scopes, .. } => scopes.iter().any(|s| delegated.contains(s)),
@@ -712,6 +712,13 @@ fn graph_locked(
         && !(method == Method::PUT && segments.last() == Some(&"$value"))
     {
         return ctx.error(StatusCode::BAD_REQUEST, "BadRequest", "Unable to read JSON request payload. Please ensure Content-Type header is set and payload is of valid JSON format.");
+    }
+    // The caller's requests are held to Microsoft's description as our answers
+    // are: a body the document's schema rejects is recorded as a violation.
+    if let (Some(op), Some(body)) = (operation, &json_body)
+        && let Err(e) = spec().check_request(op, body)
+    {
+        t.violations.push(format!("request: {e}"));
     }
     if *method == Method::POST && segments == ["subscriptions"] {
         *subscribe = Some((principal, json_body.unwrap_or(Value::Null)));
