@@ -120,6 +120,26 @@ async fn conformance(store: &Store) {
             ..c.clone()
         }]
     );
+    let other = Contact {
+        teams_user: "carol@contoso.com".into(),
+        remote_jid: "dave@xmpp.test".into(),
+        state: "to".into(),
+    };
+    store.put_contact(&other).await.unwrap();
+    assert_eq!(
+        store.contacts().await.unwrap(),
+        vec![
+            Contact {
+                state: "subscribed".into(),
+                ..c.clone()
+            },
+            other.clone()
+        ]
+    );
+    store
+        .delete_contact("carol@contoso.com", "dave@xmpp.test")
+        .await
+        .unwrap();
     store
         .delete_contact("alice@contoso.com", "bob@xmpp.test")
         .await

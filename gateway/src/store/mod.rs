@@ -211,6 +211,13 @@ impl Store {
         }
     }
 
+    /// Every relationship (read once at startup).
+    pub async fn contacts(&self) -> Result<Vec<Contact>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.contacts().await,
+        }
+    }
+
     pub async fn delete_contact(
         &self,
         teams_user: &str,

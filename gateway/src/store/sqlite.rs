@@ -270,6 +270,15 @@ impl SqliteStore {
         .await
     }
 
+    pub async fn contacts(&self) -> Result<Vec<Contact>, StoreError> {
+        self.with(move |c| {
+            let mut stmt = c.prepare("SELECT teams_user, remote_jid, state FROM contacts ORDER BY teams_user, remote_jid")?;
+            let rows = stmt.query_map([], |r| Ok(Contact { teams_user: r.get(0)?, remote_jid: r.get(1)?, state: r.get(2)? }))?;
+            rows.collect()
+        })
+        .await
+    }
+
     pub async fn delete_contact(
         &self,
         teams_user: &str,
