@@ -9,4 +9,5 @@ pub mod kube_api;
 pub mod metrics;
 pub mod otlp;
 pub mod prosody;
+pub mod xmpp_client;
 pub mod xmpp_peer;

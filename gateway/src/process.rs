@@ -14,10 +14,15 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType};
 
+use crate::bridge::credentials::CredentialCipher;
 use crate::bridge::directory::{AllowedUsers, Directory};
 use crate::bridge::identity::LocalPartRule;
+use crate::bridge::metrics::BridgeMetrics;
+use crate::bridge::service::{Bridge, Settings};
 use crate::licence::{self, LicenceCheckError, LicenceMetrics};
 use crate::s2s::{AnyUser, S2s, S2sSender, Stanza, stanza};
+use crate::store::Store;
+use xmppfed_config::LocalPartSource;
 use xmppfed_telemetry::{AdminServer, Health, Metrics, admin_router};
 
 pub const SERVICE_NAME: &str = "xmppfed-gateway";
@@ -31,6 +36,10 @@ pub enum StartError {
     S2s(#[from] crate::s2s::S2sError),
     #[error("graph: {0}")]
     Graph(#[from] crate::graph::GraphError),
+    #[error("store: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("configuration: {0}")]
+    Config(#[from] xmppfed_config::ConfigError),
     #[error("cannot bind the admin port {addr}: {source}")]
     AdminBind {
         addr: SocketAddr,
@@ -48,6 +57,8 @@ pub struct Gateway {
     inbox: mpsc::Receiver<Stanza>,
     /// With Graph configured: the internal allow list, kept fresh.
     directory: Option<DirectoryWatch>,
+    /// With Graph configured: the bridge that serves the inbox.
+    bridge: Option<Arc<Bridge>>,
 }
 
 /// What keeps the internal allow list fresh.
@@ -55,7 +66,10 @@ struct DirectoryWatch {
     graph: Arc<crate::graph::GraphClient>,
     directory: Directory,
     allowed: AllowedUsers,
+    rule: LocalPartRule,
     health: ComponentHealth,
+    /// Set once the list has been read: the bridge starts then.
+    loaded: watch::Sender<bool>,
 }
 
 /// How often the internal allow list is read again (and how soon after a failure).
@@ -101,6 +115,7 @@ impl Gateway {
                 None
             }
         };
+        let store = Arc::new(Store::open(&config.store).await?);
         // With Graph, only the Teams users on the internal allow list exist to
         // XMPP; without it (the sandbox, tests) every local part does.
         let directory = match &config.graph {
@@ -114,7 +129,13 @@ impl Gateway {
                     upns: config.allow.internal_users.clone(),
                     groups: config.allow.internal_groups.clone(),
                 },
+                rule: match config.xmpp.local_part {
+                    LocalPartSource::Upn => LocalPartRule::UpnLocalPart,
+                    LocalPartSource::Mail => LocalPartRule::MailLocalPart,
+                    LocalPartSource::WholeUpn => LocalPartRule::WholeUpn,
+                },
                 health: health.component("directory"),
+                loaded: watch::channel(false).0,
             }),
             None => None,
         };
@@ -123,6 +144,34 @@ impl Gateway {
             None => Arc::new(AnyUser),
         };
         let (s2s, inbox) = S2s::bind(config, users, &metrics).await?;
+        let bridge = match (&config.graph, &directory) {
+            (Some(graph_config), Some(watch)) => {
+                let key = config
+                    .shadow_accounts
+                    .credential_key
+                    .as_ref()
+                    .ok_or_else(|| xmppfed_config::ConfigError::Invalid {
+                        errors: vec![xmppfed_config::FieldError::new(
+                            "shadow_accounts.credential_key",
+                            "required when graph is configured",
+                        )],
+                    })?
+                    .resolve()?;
+                Some(
+                    Bridge::build(
+                        Settings::from_config(config, graph_config),
+                        watch.graph.clone(),
+                        watch.directory.clone(),
+                        store.clone(),
+                        CredentialCipher::new(key.expose()),
+                        Arc::new(s2s.sender()),
+                        BridgeMetrics::register(&metrics),
+                    )
+                    .await?,
+                )
+            }
+            _ => None,
+        };
         let admin = AdminServer::bind(config.admin.listen, admin_router(metrics, health.clone()))
             .await
             .map_err(|source| StartError::AdminBind {
@@ -141,6 +190,7 @@ impl Gateway {
             s2s,
             inbox,
             directory,
+            bridge,
         })
     }
 
@@ -161,6 +211,7 @@ impl Gateway {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        let loaded = self.directory.as_ref().map(|w| w.loaded.subscribe());
         let directory = self
             .directory
             .map(|watch| tokio::spawn(keep_directory(watch)));
@@ -187,10 +238,19 @@ impl Gateway {
         let sender = self.s2s.sender();
         let s2s = tokio::spawn(self.s2s.serve(stopped(stop_rx.clone())));
         s2s_ready.ready();
-        let unbridged = tokio::spawn(refuse_until_bridged(self.inbox, sender));
+        let inbox = self.inbox;
+        let bridge = match (self.bridge, loaded) {
+            (Some(bridge), Some(mut loaded)) => tokio::spawn(async move {
+                // Until the allow list is read nobody exists: stanzas wait.
+                if loaded.wait_for(|l| *l).await.is_ok() {
+                    bridge.run(inbox).await;
+                }
+            }),
+            _ => tokio::spawn(refuse_until_bridged(inbox, sender)),
+        };
         let result = self.admin.serve(stopped(stop_rx)).await;
         let _ = s2s.await;
-        unbridged.abort();
+        bridge.abort();
         if let Some(d) = directory {
             d.abort();
         }
@@ -205,16 +265,16 @@ impl Gateway {
 /// Reads the internal allow list now and then; readiness says whether the
 /// last attempt worked (a failed refresh keeps the previous list in service).
 async fn keep_directory(watch: DirectoryWatch) {
-    let rule = LocalPartRule::default();
     loop {
         let wait = match watch
             .directory
-            .refresh(&watch.graph, &watch.allowed, &rule)
+            .refresh(&watch.graph, &watch.allowed, &watch.rule)
             .await
         {
             Ok(users) => {
                 // Ready first: whoever reads the log line may ask /readyz at once.
                 watch.health.ready();
+                watch.loaded.send_replace(true);
                 let collisions = watch.directory.collisions();
                 tracing::info!(users, ?collisions, "Teams directory refreshed");
                 DIRECTORY_REFRESH
@@ -229,8 +289,8 @@ async fn keep_directory(watch: DirectoryWatch) {
     }
 }
 
-/// Until the Teams bridge runs in this process, stanzas for its users are
-/// answered with `service-unavailable` rather than silently dropped.
+/// Without Graph (the sandbox before it has a tenant), stanzas for our users
+/// are answered with `service-unavailable` rather than silently dropped.
 async fn refuse_until_bridged(mut inbox: mpsc::Receiver<Stanza>, sender: S2sSender) {
     while let Some(stanza) = inbox.recv().await {
         if let Some(reply) = stanza::error_reply(

@@ -386,10 +386,12 @@ async fn a_client_from_the_gateway_configuration() {
     std::fs::write(&secret, "s3cret\n").unwrap();
     let config = xmppfed_config::GatewayConfig::from_toml_str(&format!(
         "[xmpp]\ndomain = \"teams.test\"\n[s2s]\nrequire_tls = false\n[graph]\ntenant_id = \"{TENANT}\"\nclient_id = \"{app}\"\n\
-         client_secret = {{ file = \"{}\" }}\nauthority_url = \"{}\"\ngraph_url = \"{}\"\n[shadow_accounts]\nupn_domain = \"shadow.contoso.com\"\n",
+         client_secret = {{ file = \"{}\" }}\nauthority_url = \"{}\"\ngraph_url = \"{}\"\n[shadow_accounts]\nupn_domain = \"shadow.contoso.com\"\n\
+         credential_key = {{ file = \"{}\" }}\n",
         secret.display(),
         emulator.authority_url(),
-        emulator.graph_url()
+        emulator.graph_url(),
+        secret.display()
     ))
     .unwrap();
     let graph =

@@ -1,7 +1,16 @@
 //! The store conformance suite: every backend must pass it. SQLite runs
-//! always. (The SQL Server backend joins with its own connection string,
-//! XMPPFED_TEST_MSSQL, when it lands.)
+//! always. SQL Server runs when XMPPFED_TEST_MSSQL holds an ADO.NET
+//! connection string of a SQL Server 2022 whose login may create databases:
+//! each test creates an empty database of its own (`xmppfed_test_<random>`)
+//! through `master`, and drops it at the end, passed or failed.
 
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+
+use futures::FutureExt;
+use tokio::net::TcpStream;
+use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};
+use xmppfed_config::{SecretRef, StoreConfig};
 use xmppfed_gateway::store::{
     Contact, OutboxItem, ShadowAccount, Store, StoreError, StoredSubscription, now,
 };
@@ -278,4 +287,159 @@ async fn an_unwritable_path_is_a_clear_error() {
         .err()
         .expect("an error");
     assert!(error.to_string().contains("not-a-dir"), "{error}");
+}
+
+#[tokio::test]
+async fn open_follows_the_configuration_and_never_shows_the_connection_string() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&StoreConfig::Sqlite {
+        path: dir.path().join("xmppfed.db"),
+    })
+    .await
+    .unwrap();
+    assert!(matches!(store, Store::Sqlite(_)));
+
+    let unset = "XMPPFED_TEST_STORE_CONNECTION_STRING_NEVER_SET";
+    let error = Store::open(&StoreConfig::Sqlserver {
+        connection_string: SecretRef::Env(unset.into()),
+    })
+    .await
+    .err()
+    .expect("an error");
+    assert!(error.to_string().contains(unset), "{error}");
+
+    // Unparseable, then unreachable: neither message quotes the password.
+    for connection_string in [
+        "server=tcp:127.0.0.1,1;user=sa;password='s3cret-pw",
+        "server=tcp:127.0.0.1,1;user=sa;password=s3cret-pw;TrustServerCertificate=true",
+    ] {
+        let error = Store::sqlserver(connection_string)
+            .await
+            .err()
+            .expect("an error");
+        assert!(!error.to_string().contains("s3cret"), "{error}");
+    }
+}
+
+// SQL Server ---------------------------------------------------------------------
+
+/// The connection string of the test server, or `None` (the test is skipped).
+fn mssql() -> Option<String> {
+    match std::env::var("XMPPFED_TEST_MSSQL") {
+        Ok(s) if !s.trim().is_empty() => Some(s.trim().trim_end_matches(';').to_owned()),
+        _ => {
+            println!(
+                "skipped: set XMPPFED_TEST_MSSQL to an ADO.NET connection string of a SQL Server 2022 \
+                 (e.g. server=tcp:127.0.0.1,1433;user=sa;password=...;TrustServerCertificate=true) \
+                 to run the SQL Server conformance suite"
+            );
+            None
+        }
+    }
+}
+
+async fn admin(connection_string: &str) -> tiberius::Client<Compat<TcpStream>> {
+    let config = tiberius::Config::from_ado_string(connection_string).unwrap();
+    let tcp = TcpStream::connect(config.get_addr()).await.unwrap();
+    tcp.set_nodelay(true).unwrap();
+    tiberius::Client::connect(config, tcp.compat_write())
+        .await
+        .unwrap()
+}
+
+/// Runs `test` against a new, empty database (given its connection string),
+/// and drops the database after, even if the test failed.
+async fn with_database<F, Fut>(base: &str, test: F)
+where
+    F: FnOnce(String) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let mut random = [0u8; 8];
+    getrandom::fill(&mut random).unwrap();
+    let name = format!(
+        "xmppfed_test_{}",
+        random
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    );
+    // A later `database=` wins over one in the base string.
+    let mut master = admin(&format!("{base};database=master")).await;
+    master
+        .simple_query(format!("CREATE DATABASE [{name}]"))
+        .await
+        .unwrap()
+        .into_results()
+        .await
+        .unwrap();
+    let outcome = AssertUnwindSafe(test(format!("{base};database={name}")))
+        .catch_unwind()
+        .await;
+    master
+        .simple_query(format!(
+            "ALTER DATABASE [{name}] SET SINGLE_USER WITH ROLLBACK IMMEDIATE; DROP DATABASE [{name}];"
+        ))
+        .await
+        .unwrap()
+        .into_results()
+        .await
+        .unwrap();
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+#[tokio::test]
+async fn sqlserver_conforms() {
+    let Some(base) = mssql() else { return };
+    with_database(&base, |url| async move {
+        let store = Store::sqlserver(&url).await.unwrap();
+        conformance(&store).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn sqlserver_keeps_everything_across_a_restart_and_refuses_a_newer_schema() {
+    let Some(base) = mssql() else { return };
+    with_database(&base, |url| async move {
+        // Two replicas starting together on an empty database migrate once.
+        let (a, b) = tokio::join!(Store::sqlserver(&url), Store::sqlserver(&url));
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert_eq!(b.schema_version().await.unwrap(), 1);
+        a.set_cursor("k", "v").await.unwrap();
+        a.push_notification("kept").await.unwrap();
+        drop((a, b));
+
+        let store = Store::sqlserver(&url).await.unwrap();
+        assert_eq!(
+            store.schema_version().await.unwrap(),
+            1,
+            "migrations run once"
+        );
+        assert_eq!(store.get_cursor("k").await.unwrap().as_deref(), Some("v"));
+        assert_eq!(
+            store.claim_notifications(10, 60).await.unwrap()[0].body,
+            "kept"
+        );
+        drop(store);
+
+        admin(&url)
+            .await
+            .simple_query("INSERT INTO schema_version (version, applied_at) VALUES (99, 0)")
+            .await
+            .unwrap()
+            .into_results()
+            .await
+            .unwrap();
+        match Store::sqlserver(&url).await {
+            Err(StoreError::TooNew {
+                found: 99,
+                supported: 1,
+            }) => {}
+            Err(other) => panic!("unexpected error: {other}"),
+            Ok(_) => panic!("a newer schema must be refused"),
+        }
+    })
+    .await;
 }

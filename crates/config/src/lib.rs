@@ -36,6 +36,8 @@ pub struct GatewayConfig {
     #[serde(default)]
     pub shadow_accounts: ShadowAccountConfig,
     #[serde(default)]
+    pub presence: PresenceConfig,
+    #[serde(default)]
     pub allow: AllowConfig,
     #[serde(default)]
     pub throttle: ThrottleConfig,
@@ -79,6 +81,77 @@ fn default_licence_check() -> u64 {
 pub struct XmppConfig {
     /// The Teams-facing XMPP domain, e.g. `teams.example.com`.
     pub domain: String,
+    /// Where a Teams user's JID local part comes from.
+    #[serde(default)]
+    pub local_part: LocalPartSource,
+}
+
+/// The Teams attribute a JID local part is made from (case-folded, XEP-0106 escaped).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum LocalPartSource {
+    /// `alice.smith@contoso.com` → `alice.smith`.
+    #[default]
+    Upn,
+    /// The local part of the `mail` attribute.
+    Mail,
+    /// The whole UPN, escaped (`alice\\40contoso.com`): unique by construction.
+    WholeUpn,
+}
+
+/// The bridge's presence and contact-list behaviour.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PresenceConfig {
+    /// How often Teams presence is read when nothing slows it down (ms); the
+    /// interval adapts upwards with the number of users and after throttling.
+    pub poll_interval_ms: u64,
+    /// The longest the adaptive interval grows to (ms).
+    pub max_poll_interval_ms: u64,
+    /// Lifetime of the presence session set on a shadow account; it is
+    /// renewed before it ends while the contact stays online (5–240).
+    pub session_minutes: u32,
+    /// How a Teams user who is out of office shows to XMPP.
+    pub out_of_office: OutOfOfficeAs,
+    /// Whether subscription requests to allowed Teams users are approved.
+    pub subscriptions: SubscriptionPolicy,
+    /// How long a Teams user's contact card (and photo hash) is cached.
+    pub card_cache_secs: u64,
+    /// The resource our users' presence is sent from.
+    pub resource: String,
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        Self {
+            poll_interval_ms: 1000,
+            max_poll_interval_ms: 30_000,
+            session_minutes: 60,
+            out_of_office: OutOfOfficeAs::default(),
+            subscriptions: SubscriptionPolicy::default(),
+            card_cache_secs: 3600,
+            resource: "teams".to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum OutOfOfficeAs {
+    /// `<show>xa</show>` with the out-of-office text.
+    #[default]
+    ExtendedAway,
+    Unavailable,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum SubscriptionPolicy {
+    /// Approve requests from allowed domains to users on the internal allow list.
+    #[default]
+    Approve,
+    /// Refuse every request (presence stays private; cards still answer).
+    Refuse,
 }
 
 /// Server-to-server federation (RFC 6120).
@@ -205,6 +278,8 @@ pub struct ShadowAccountConfig {
     pub remove_unused_after_days: u32,
     /// Key that encrypts shadow-account credentials at rest.
     pub credential_key: Option<SecretRef>,
+    /// Two-letter country code Graph requires before a licence can be assigned.
+    pub usage_location: Option<String>,
 }
 
 impl Default for ShadowAccountConfig {
@@ -215,6 +290,7 @@ impl Default for ShadowAccountConfig {
             display_name_suffix: " (XMPP)".to_owned(),
             remove_unused_after_days: 90,
             credential_key: None,
+            usage_location: None,
         }
     }
 }

@@ -31,6 +31,12 @@ client_state = { env = "XMPPFED_CLIENT_STATE" }
 [shadow_accounts]
 upn_domain = "xmpp.example.com"
 licence_sku = "3b555118-da6a-4418-894f-7df1e2096870"
+credential_key = { file = "/etc/xmppfed/credential-key" }
+usage_location = "GB"
+
+[presence]
+poll_interval_ms = 2000
+out_of_office = "unavailable"
 
 [allow]
 remote_domains = ["partner.example", "*.allies.example"]
@@ -271,6 +277,7 @@ fn check_secrets_names_each_unreadable_secret() {
             "s2s.dialback_secret",
             "graph.client_secret",
             "webhook.client_state",
+            "shadow_accounts.credential_key",
             "store.connection_string"
         ]
     );
@@ -286,4 +293,28 @@ fn check_secrets_names_each_unreadable_secret() {
             .check_secrets()
             .is_ok()
     );
+}
+
+#[test]
+fn graph_needs_a_credential_key_and_presence_settings_are_checked() {
+    let mut c = GatewayConfig::from_toml_str(FULL).unwrap();
+    c.shadow_accounts.credential_key = None;
+    c.shadow_accounts.usage_location = Some("gb".into());
+    c.presence.session_minutes = 300;
+    c.presence.poll_interval_ms = 50;
+    let e = c.validate().unwrap_err();
+    let fields: Vec<&str> = e.field_errors().iter().map(|f| f.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "shadow_accounts.credential_key",
+            "shadow_accounts.usage_location",
+            "presence.poll_interval_ms",
+            "presence.session_minutes"
+        ]
+    );
+    let c = GatewayConfig::from_toml_str(FULL).unwrap();
+    assert_eq!(c.presence.out_of_office, OutOfOfficeAs::Unavailable);
+    assert_eq!(c.presence.resource, "teams");
+    assert_eq!(c.xmpp.local_part, LocalPartSource::Upn);
 }

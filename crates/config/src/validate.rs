@@ -147,6 +147,39 @@ pub(crate) fn validate(c: &GatewayConfig) -> Vec<FieldError> {
         );
     }
 
+    if c.graph.is_some() && c.shadow_accounts.credential_key.is_none() {
+        err(
+            "shadow_accounts.credential_key",
+            "required when graph is configured (it encrypts the shadow accounts' passwords)".into(),
+        );
+    }
+    if let Some(cc) = &c.shadow_accounts.usage_location
+        && !(cc.len() == 2 && cc.chars().all(|c| c.is_ascii_uppercase()))
+    {
+        err(
+            "shadow_accounts.usage_location",
+            format!("`{cc}` is not a two-letter country code (ISO 3166-1 alpha-2, e.g. GB)"),
+        );
+    }
+
+    // Presence
+    let p = &c.presence;
+    if p.poll_interval_ms < 200 || p.poll_interval_ms > p.max_poll_interval_ms {
+        err(
+            "presence.poll_interval_ms",
+            "must be at least 200 and at most presence.max_poll_interval_ms".into(),
+        );
+    }
+    if !(5..=240).contains(&p.session_minutes) {
+        err(
+            "presence.session_minutes",
+            "must be between 5 and 240 (Graph's presence session limits)".into(),
+        );
+    }
+    if p.resource.trim().is_empty() || p.resource.len() > 64 {
+        err("presence.resource", "must be 1 to 64 characters".into());
+    }
+
     // Allow lists
     for (i, upn) in c.allow.internal_users.iter().enumerate() {
         if !is_upn(upn) {

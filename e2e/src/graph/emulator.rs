@@ -1389,6 +1389,10 @@ fn presence_resource(u: &mut super::tenant::User) -> Value {
         "availability": availability,
         "activity": activity,
         "statusMessage": u.presence.status_message.clone(),
+        "outOfOfficeSettings": {
+            "message": u.presence.out_of_office.clone(),
+            "isOutOfOffice": u.presence.out_of_office.is_some(),
+        },
     })
 }
 
@@ -1515,8 +1519,10 @@ fn presence_action(
 
 // ---- control API for tests ----------------------------------------------------
 
-/// POST /_emulator/users/{user}/presence {"availability","activity"}: the user
-/// changes presence in a Teams client (a session of its own, an hour long).
+/// POST /_emulator/users/{user}/presence {"availability","activity",
+/// "statusMessage"?: text|null, "outOfOffice"?: text|null}: the user changes
+/// presence in a Teams client (a session of its own, an hour long), its
+/// status message, or its automatic replies.
 async fn control_presence(
     State(state): State<Shared>,
     Path(user): Path<String>,
@@ -1535,6 +1541,14 @@ async fn control_presence(
         expires: Instant::now() + Duration::from_secs(3600),
     };
     u.presence.sessions.insert("teams-client".into(), session);
+    if let Some(text) = body.get("statusMessage") {
+        u.presence.status_message = text.as_str().map(|t| {
+            json!({"message": {"content": t, "contentType": "text"}, "publishedDateTime": k8s_openapi::jiff::Timestamp::now().to_string()})
+        });
+    }
+    if let Some(ooo) = body.get("outOfOffice") {
+        u.presence.out_of_office = ooo.as_str().map(str::to_owned);
+    }
     StatusCode::NO_CONTENT.into_response()
 }
 

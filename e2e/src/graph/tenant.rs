@@ -88,6 +88,8 @@ pub struct Presence {
     pub sessions: HashMap<String, Session>,
     pub preferred: Option<Session>,
     pub status_message: Option<Value>,
+    /// Set through the control API (Outlook's automatic replies in real life).
+    pub out_of_office: Option<String>,
 }
 
 /// Session-level precedence (Microsoft: DoNotDisturb > Busy > Available > Away).

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use tokio::sync::Mutex;
+use std::sync::Mutex;
 use xmpp_parsers::iq::Iq;
 use xmpp_parsers::minidom::Element;
 use xmpp_parsers::ns;
@@ -45,7 +45,7 @@ impl Cards {
         local: &str,
     ) -> Result<Option<(Element, Option<String>)>, crate::graph::GraphError> {
         let key = local.to_lowercase();
-        if let Some(cached) = self.cache.lock().await.get(&key)
+        if let Some(cached) = self.lock().get(&key)
             && cached.at.elapsed() < self.ttl
         {
             return Ok(Some((cached.card.clone(), cached.photo_hash.clone())));
@@ -64,8 +64,20 @@ impl Cards {
             card: card.clone(),
             photo_hash: hash.clone(),
         };
-        self.cache.lock().await.insert(key, cached);
+        self.lock().insert(key, cached);
         Ok(Some((card, hash)))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Cached>> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The photo hash of a Teams user as last read, without asking Graph:
+    /// `None` when the card has not been read yet (XEP-0153's "not ready").
+    pub fn known_photo_hash(&self, local: &str) -> Option<Option<String>> {
+        self.lock()
+            .get(&local.to_lowercase())
+            .map(|c| c.photo_hash.clone())
     }
 
     /// The answer to an `<iq type='get'><vCard xmlns='vcard-temp'/></iq>` for

@@ -3,6 +3,7 @@
 //! through Graph into JIDs and refreshed. Everyone else does not exist: the
 //! s2s layer answers for them as for nobody, and their presence never leaks.
 
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use crate::graph::GraphClient;
@@ -21,8 +22,17 @@ pub struct AllowedUsers {
 /// The resolved directory; cheap to clone and share with the s2s layer.
 #[derive(Clone, Default)]
 pub struct Directory {
-    map: Arc<RwLock<IdentityMap>>,
-    users: Arc<RwLock<Vec<User>>>,
+    snapshot: Arc<RwLock<Snapshot>>,
+}
+
+/// One resolution of the allow list, replaced whole on refresh.
+#[derive(Default)]
+struct Snapshot {
+    map: IdentityMap,
+    /// Mapped users by object id.
+    users: HashMap<String, User>,
+    /// Object id → JID local part.
+    local_by_id: HashMap<String, String>,
 }
 
 impl std::fmt::Debug for Directory {
@@ -51,49 +61,62 @@ impl Directory {
         for group in &allowed.groups {
             users.extend(graph.group_users(group).await?);
         }
+        Ok(self.set(users, rule))
+    }
+
+    /// Replaces the directory with these users; returns how many got a JID.
+    pub fn set(&self, mut users: Vec<User>, rule: &LocalPartRule) -> usize {
         users.sort_by(|a, b| a.id.cmp(&b.id));
         users.dedup_by(|a, b| a.id == b.id);
         let map = IdentityMap::build(&users, rule);
-        let count = map.by_local.len();
-        *self.map.write().unwrap_or_else(|p| p.into_inner()) = map;
-        *self.users.write().unwrap_or_else(|p| p.into_inner()) = users;
-        Ok(count)
+        let local_by_id: HashMap<String, String> = map
+            .by_local
+            .iter()
+            .map(|(local, id)| (id.clone(), local.clone()))
+            .collect();
+        let users: HashMap<String, User> = users
+            .into_iter()
+            .filter(|u| local_by_id.contains_key(&u.id))
+            .map(|u| (u.id.clone(), u))
+            .collect();
+        let count = users.len();
+        *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = Snapshot {
+            map,
+            users,
+            local_by_id,
+        };
+        count
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Snapshot> {
+        self.snapshot.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The Teams user behind a JID local part, if they exist to XMPP.
     pub fn user(&self, local: &str) -> Option<User> {
-        let id = self
-            .map
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .user_for(local)?
-            .to_owned();
-        self.users
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .find(|u| u.id == id)
-            .cloned()
+        let snapshot = self.read();
+        let id = snapshot.map.user_for(local)?;
+        snapshot.users.get(id).cloned()
+    }
+
+    /// The object id behind a JID local part, if they exist to XMPP.
+    pub fn id_of(&self, local: &str) -> Option<String> {
+        self.read().map.user_for(local).map(str::to_owned)
+    }
+
+    /// The JID local part of a Teams user (by object id), if they exist to XMPP.
+    pub fn local_of(&self, id: &str) -> Option<String> {
+        self.read().local_by_id.get(id).cloned()
     }
 
     /// Local parts more than one user would get (reported, never merged).
     pub fn collisions(&self) -> Vec<String> {
-        self.map
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .collisions
-            .keys()
-            .cloned()
-            .collect()
+        self.read().map.collisions.keys().cloned().collect()
     }
 }
 
 impl UserDirectory for Directory {
     fn exists(&self, local_part: &str) -> bool {
-        self.map
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .user_for(local_part)
-            .is_some()
+        self.read().map.user_for(local_part).is_some()
     }
 }

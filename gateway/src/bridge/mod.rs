@@ -1,11 +1,65 @@
-//! The bridge: what joins the XMPP side and the Teams side. These modules are
-//! its pure parts — identities, the presence mapping, contact cards — each
-//! tested on its own; the services that drive them arrive with issue 5.
+//! The bridge: what joins the XMPP side and the Teams side. Pure parts —
+//! identities, the presence mapping, contact cards — each tested on its own,
+//! and the services that drive them (`service` dispatches what the s2s layer
+//! hands over; `teams_presence` and `contact_presence` carry presence each
+//! way; `contacts` keeps the shadow accounts).
 
 pub mod cards;
+pub mod contact_presence;
+pub mod contacts;
 pub mod credentials;
 pub mod directory;
 pub mod identity;
+pub mod iq;
+pub mod metrics;
 pub mod presence;
+pub mod roster;
+pub mod service;
 pub mod shadow;
+pub mod teams_presence;
 pub mod vcard;
+
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+
+use crate::s2s::{S2sSender, SendError, Stanza};
+
+/// Where the bridge's stanzas go: the s2s layer in the gateway, a channel in
+/// benchmarks and tests.
+pub trait XmppOut: Send + Sync + 'static {
+    fn send(&self, stanza: Stanza) -> BoxFuture<'_, Result<(), SendError>>;
+}
+
+impl XmppOut for S2sSender {
+    fn send(&self, stanza: Stanza) -> BoxFuture<'_, Result<(), SendError>> {
+        Box::pin(S2sSender::send(self, stanza))
+    }
+}
+
+impl XmppOut for tokio::sync::mpsc::Sender<Stanza> {
+    fn send(&self, stanza: Stanza) -> BoxFuture<'_, Result<(), SendError>> {
+        Box::pin(async move {
+            tokio::sync::mpsc::Sender::send(self, stanza)
+                .await
+                .map_err(|_| SendError::Closed)
+        })
+    }
+}
+
+/// Sends, waiting out a full queue for a remote domain (a presence burst to
+/// one domain can outrun its stream for a moment); other refusals are final.
+pub async fn send_patiently(out: &dyn XmppOut, stanza: Stanza) -> Result<(), SendError> {
+    let mut stanza = stanza;
+    for attempt in 0..50u64 {
+        let copy = crate::s2s::stanza::duplicate(&stanza);
+        match out.send(stanza).await {
+            Err(SendError::Busy(_)) => {
+                tokio::time::sleep(Duration::from_millis(10 * (attempt + 1).min(20))).await;
+                stanza = copy;
+            }
+            other => return other,
+        }
+    }
+    out.send(stanza).await
+}

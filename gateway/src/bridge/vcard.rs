@@ -103,11 +103,15 @@ pub fn photo_hash(bytes: &[u8]) -> String {
         .collect()
 }
 
-/// The `<x xmlns='vcard-temp:x:update'/>` presence payload.
-pub fn update_element(photo: Option<&[u8]>) -> Element {
+/// The `<x xmlns='vcard-temp:x:update'/>` presence payload: `Some(None)`
+/// says "no photo" (an empty `<photo/>`), `None` "not known yet" (no `<photo/>`).
+pub fn update_element(photo_hash: Option<Option<&str>>) -> Element {
+    let Some(hash) = photo_hash else {
+        return Element::builder("x", "vcard-temp:x:update").build();
+    };
     let mut photo_el = Element::builder("photo", "vcard-temp:x:update");
-    if let Some(bytes) = photo {
-        photo_el = photo_el.append(photo_hash(bytes));
+    if let Some(hash) = hash {
+        photo_el = photo_el.append(hash);
     }
     Element::builder("x", "vcard-temp:x:update")
         .append(photo_el.build())
@@ -212,7 +216,8 @@ mod tests {
             2
         );
         assert_eq!(photo_hash(b"png-bytes").len(), 40);
-        let x = update_element(Some(b"png-bytes"));
+        let hash = photo_hash(b"png-bytes");
+        let x = update_element(Some(Some(&hash)));
         assert_eq!(
             x.get_child("photo", "vcard-temp:x:update").unwrap().text(),
             photo_hash(b"png-bytes")

@@ -71,6 +71,37 @@ pub struct Presence {
     pub activity: Option<String>,
     #[serde(default)]
     pub status_message: Option<Value>,
+    #[serde(default)]
+    pub out_of_office_settings: Option<Value>,
+}
+
+impl Presence {
+    /// The status message's text, if one is set.
+    pub fn status_text(&self) -> Option<&str> {
+        self.status_message
+            .as_ref()?
+            .get("message")?
+            .get("content")?
+            .as_str()
+            .filter(|t| !t.trim().is_empty())
+    }
+
+    /// The automatic-reply text while out of office.
+    pub fn out_of_office_message(&self) -> Option<&str> {
+        self.out_of_office_settings
+            .as_ref()?
+            .get("message")?
+            .as_str()
+            .filter(|t| !t.trim().is_empty())
+    }
+
+    pub fn is_out_of_office(&self) -> bool {
+        self.out_of_office_settings
+            .as_ref()
+            .and_then(|o| o.get("isOutOfOffice"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]

@@ -167,10 +167,15 @@ async fn serve(shared: Arc<Shared>, tcp: TcpStream) {
         };
         tracing::debug!(tls, stream_id = %stream_id, "inbound stream open");
         let mut last_stanza = Instant::now();
+        let mut stopping = shared.stopping.subscribe();
 
         let fault: Option<StreamFault> = loop {
             let idle_at = last_stanza + shared.settings.idle_timeout;
             tokio::select! {
+                // The gateway stops: the peer learns it at once (RFC 6120 §4.9.3.20).
+                _ = async { stopping.wait_for(|s| *s).await.map(|_| ()) } => {
+                    break Some((DefinedCondition::SystemShutdown, "the gateway is shutting down".into()));
+                }
                 read = stream.next() => match read {
                     Some(Ok(element)) => {
                         stream.get_stream().get_ref().reset_budget();

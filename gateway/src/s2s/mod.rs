@@ -30,13 +30,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use xmpp_parsers::minidom::Element;
 use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType};
 use xmppfed_config::GatewayConfig;
 use xmppfed_telemetry::Metrics;
 
-pub use dialback::DialbackKeys;
+pub use dialback::{DialbackKeys, fill_random};
 pub use policy::AllowList;
 pub use stanza::{Stanza, StanzaParseError};
 
@@ -118,6 +118,8 @@ pub(crate) struct Shared {
     pub outbound: Mutex<HashMap<String, Outbound>>,
     /// Inbound bidirectional streams (XEP-0288) we may send on, by remote domain.
     pub bidi: Mutex<HashMap<String, mpsc::Sender<Stanza>>>,
+    /// Set when the layer stops: streams close, nothing new is sent.
+    pub stopping: watch::Sender<bool>,
 }
 
 impl Shared {
@@ -207,6 +209,9 @@ impl S2sSender {
     /// allowed, a full queue) are returned here.
     pub async fn send(&self, stanza: Stanza) -> Result<(), SendError> {
         let shared = &self.shared;
+        if *shared.stopping.borrow() {
+            return Err(SendError::Closed);
+        }
         let to = stanza::to(&stanza).ok_or(SendError::NoRecipient)?;
         let domain = wire::domain_of(to);
         if domain == shared.domain {
@@ -308,6 +313,7 @@ impl S2s {
             to_bridge,
             outbound: Mutex::new(HashMap::new()),
             bidi: Mutex::new(HashMap::new()),
+            stopping: watch::channel(false).0,
         });
         Ok((Self { shared, listener }, from_s2s))
     }
@@ -333,7 +339,14 @@ impl S2s {
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
-                _ = &mut shutdown => break,
+                _ = &mut shutdown => {
+                    // Inbound streams end with `system-shutdown`; outbound
+                    // streams close once their queues are dropped.
+                    self.shared.stopping.send_replace(true);
+                    self.shared.outbound.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                    self.shared.bidi.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                    break;
+                }
                 accepted = self.listener.accept() => match accepted {
                     Ok((tcp, peer)) => {
                         let shared = self.shared.clone();

@@ -1,13 +1,18 @@
 //! The durable store: everything the gateway must not lose across restarts,
 //! failover or throttling. One interface, two backends: SQLite (the embedded
 //! default, one replica) and Microsoft SQL Server 2022 (replicated
-//! production; arrives next). Schema changes are versioned migrations, run at
-//! startup. Every backend passes the same conformance suite (tests/store.rs).
+//! production: several replicas share one database). Schema changes are
+//! versioned migrations, run at startup. Every backend passes the same
+//! conformance suite (tests/store.rs).
 
+mod mssql;
 mod sqlite;
 
 use std::path::Path;
 
+use xmppfed_config::{ConfigError, SecretRef, StoreConfig};
+
+pub use mssql::SqlServerStore;
 pub use sqlite::SqliteStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -89,61 +94,81 @@ pub struct QueuedNotification {
 /// The store the configuration names.
 pub enum Store {
     Sqlite(SqliteStore),
+    SqlServer(SqlServerStore),
+}
+
+/// Forwards a call to whichever backend the store is: `backend!(self, s =>
+/// s.method(args))`.
+macro_rules! backend {
+    ($store:expr, $s:ident => $call:expr) => {
+        match $store {
+            Store::Sqlite($s) => $call.await,
+            Store::SqlServer($s) => $call.await,
+        }
+    };
 }
 
 impl Store {
+    /// Opens the store the configuration names (the SQL Server connection
+    /// string is a secret, read here).
+    pub async fn open(config: &StoreConfig) -> Result<Self, StoreError> {
+        match config {
+            StoreConfig::Sqlite { path } => Self::sqlite(path).await,
+            StoreConfig::Sqlserver { connection_string } => {
+                let secret = connection_string
+                    .resolve()
+                    .map_err(|e| unreadable_secret(connection_string, e))?;
+                Self::sqlserver(secret.expose()).await
+            }
+        }
+    }
+
     /// Opens (creating if needed) and migrates an SQLite store.
     pub async fn sqlite(path: &Path) -> Result<Self, StoreError> {
         Ok(Store::Sqlite(SqliteStore::open(path).await?))
     }
 
+    /// Connects to SQL Server (an ADO.NET connection string) and migrates
+    /// the database.
+    pub async fn sqlserver(connection_string: &str) -> Result<Self, StoreError> {
+        Ok(Store::SqlServer(
+            SqlServerStore::connect(connection_string).await?,
+        ))
+    }
+
     pub async fn schema_version(&self) -> Result<i64, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.schema_version().await,
-        }
+        backend!(self, s => s.schema_version())
     }
 
     // Cursors and small state -------------------------------------------------
 
     pub async fn get_cursor(&self, key: &str) -> Result<Option<String>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.get_cursor(key).await,
-        }
+        backend!(self, s => s.get_cursor(key))
     }
 
     pub async fn set_cursor(&self, key: &str, value: &str) -> Result<(), StoreError> {
-        match self {
-            Store::Sqlite(s) => s.set_cursor(key, value).await,
-        }
+        backend!(self, s => s.set_cursor(key, value))
     }
 
     // Graph subscriptions -------------------------------------------------------
 
     pub async fn put_subscription(&self, sub: &StoredSubscription) -> Result<(), StoreError> {
-        match self {
-            Store::Sqlite(s) => s.put_subscription(sub).await,
-        }
+        backend!(self, s => s.put_subscription(sub))
     }
 
     pub async fn subscriptions(&self) -> Result<Vec<StoredSubscription>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.subscriptions().await,
-        }
+        backend!(self, s => s.subscriptions())
     }
 
     pub async fn delete_subscription(&self, id: &str) -> Result<(), StoreError> {
-        match self {
-            Store::Sqlite(s) => s.delete_subscription(id).await,
-        }
+        backend!(self, s => s.delete_subscription(id))
     }
 
     // The notification queue ----------------------------------------------------
 
     /// Appends a notification batch as received; its place in the queue is returned.
     pub async fn push_notification(&self, body: &str) -> Result<i64, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.push_notification(body).await,
-        }
+        backend!(self, s => s.push_notification(body))
     }
 
     /// Takes up to `limit` notifications for `lease_secs`: not acknowledged in
@@ -153,69 +178,49 @@ impl Store {
         limit: i64,
         lease_secs: i64,
     ) -> Result<Vec<QueuedNotification>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.claim_notifications(limit, lease_secs).await,
-        }
+        backend!(self, s => s.claim_notifications(limit, lease_secs))
     }
 
     pub async fn ack_notification(&self, seq: i64) -> Result<(), StoreError> {
-        match self {
-            Store::Sqlite(s) => s.ack_notification(seq).await,
-        }
+        backend!(self, s => s.ack_notification(seq))
     }
 
     // Shadow accounts -------------------------------------------------------------
 
     pub async fn put_shadow(&self, account: &ShadowAccount) -> Result<(), StoreError> {
-        match self {
-            Store::Sqlite(s) => s.put_shadow(account).await,
-        }
+        backend!(self, s => s.put_shadow(account))
     }
 
     pub async fn shadow(&self, jid: &str) -> Result<Option<ShadowAccount>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.shadow(jid).await,
-        }
+        backend!(self, s => s.shadow(jid))
     }
 
     pub async fn touch_shadow(&self, jid: &str, at: Epoch) -> Result<(), StoreError> {
-        match self {
-            Store::Sqlite(s) => s.touch_shadow(jid, at).await,
-        }
+        backend!(self, s => s.touch_shadow(jid, at))
     }
 
     /// Shadow accounts not used since `before` (candidates for removal).
     pub async fn unused_shadows(&self, before: Epoch) -> Result<Vec<ShadowAccount>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.unused_shadows(before).await,
-        }
+        backend!(self, s => s.unused_shadows(before))
     }
 
     pub async fn delete_shadow(&self, jid: &str) -> Result<(), StoreError> {
-        match self {
-            Store::Sqlite(s) => s.delete_shadow(jid).await,
-        }
+        backend!(self, s => s.delete_shadow(jid))
     }
 
     // Contacts ----------------------------------------------------------------------
 
     pub async fn put_contact(&self, contact: &Contact) -> Result<(), StoreError> {
-        match self {
-            Store::Sqlite(s) => s.put_contact(contact).await,
-        }
+        backend!(self, s => s.put_contact(contact))
     }
 
     pub async fn contacts_of(&self, teams_user: &str) -> Result<Vec<Contact>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.contacts_of(teams_user).await,
-        }
+        backend!(self, s => s.contacts_of(teams_user))
     }
 
     /// Every relationship (read once at startup).
     pub async fn contacts(&self) -> Result<Vec<Contact>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.contacts().await,
-        }
+        backend!(self, s => s.contacts())
     }
 
     pub async fn delete_contact(
@@ -223,46 +228,48 @@ impl Store {
         teams_user: &str,
         remote_jid: &str,
     ) -> Result<(), StoreError> {
-        match self {
-            Store::Sqlite(s) => s.delete_contact(teams_user, remote_jid).await,
-        }
+        backend!(self, s => s.delete_contact(teams_user, remote_jid))
     }
 
     // The outbox --------------------------------------------------------------------
 
     /// Enqueues a message; `None` when its dedupe key is already queued or delivered.
     pub async fn enqueue(&self, item: &OutboxItem) -> Result<Option<i64>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.enqueue(item).await,
-        }
+        backend!(self, s => s.enqueue(item))
     }
 
     /// Messages due now, oldest first, at most one per conversation (order is
     /// kept within a conversation: the next goes only when this one is done).
     pub async fn due(&self, at: Epoch, limit: i64) -> Result<Vec<OutboxItem>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.due(at, limit).await,
-        }
+        backend!(self, s => s.due(at, limit))
     }
 
     /// Delivered: removed from the queue (its dedupe key is remembered).
     pub async fn delivered(&self, seq: i64) -> Result<(), StoreError> {
-        match self {
-            Store::Sqlite(s) => s.delivered(seq).await,
-        }
+        backend!(self, s => s.delivered(seq))
     }
 
     /// Not delivered this time: tried again at `next_attempt_at`.
     pub async fn retry_later(&self, seq: i64, next_attempt_at: Epoch) -> Result<(), StoreError> {
-        match self {
-            Store::Sqlite(s) => s.retry_later(seq, next_attempt_at).await,
-        }
+        backend!(self, s => s.retry_later(seq, next_attempt_at))
     }
 
     /// Gives up on a message (its expiry passed): removed, remembered as done.
     pub async fn expire(&self, seq: i64) -> Result<(), StoreError> {
-        match self {
-            Store::Sqlite(s) => s.delivered(seq).await,
-        }
+        backend!(self, s => s.delivered(seq))
     }
+}
+
+/// Why the connection string could not be read, without its value: std's
+/// message for an environment variable that is not Unicode quotes the value.
+fn unreadable_secret(source: &SecretRef, error: ConfigError) -> StoreError {
+    let reason = match error {
+        ConfigError::Secret { reason, .. } if !reason.contains("not valid unicode") => reason,
+        ConfigError::Secret { .. } => "it is not valid Unicode".to_owned(),
+        _ => "it cannot be read".to_owned(),
+    };
+    StoreError::Backend(format!(
+        "cannot read the SQL Server connection string from {}: {reason}",
+        source.describe()
+    ))
 }

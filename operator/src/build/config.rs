@@ -151,6 +151,7 @@ pub fn render_config(
     let config = cfg::GatewayConfig {
         xmpp: cfg::XmppConfig {
             domain: spec.domain.clone(),
+            local_part: cfg::LocalPartSource::default(),
         },
         s2s: cfg::S2sConfig {
             listen: any([0, 0, 0, 0], spec.s2s.port),
@@ -203,11 +204,13 @@ pub fn render_config(
                 .clone()
                 .unwrap_or(defaults.display_name_suffix),
             remove_unused_after_days: defaults.remove_unused_after_days,
+            usage_location: defaults.usage_location.clone(),
             credential_key: Some(cfg::SecretRef::File(file(
                 paths::KEYS_DIR,
                 keys::CREDENTIAL_KEY,
             ))),
         },
+        presence: cfg::PresenceConfig::default(),
         allow: cfg::AllowConfig {
             remote_domains: remote_domains.into_iter().collect(),
             internal_users: internal_users.into_iter().collect(),

@@ -1,0 +1,124 @@
+"""A long-lived XMPP client on a real server, driven by xmppfed's tests.
+
+Reads one JSON command per line on stdin and prints one JSON event per line
+on stdout, so a test can act and wait for what the gateway does:
+  {"cmd": "subscribe" | "unsubscribe", "to": JID}
+  {"cmd": "presence", "show": "away"|"dnd"|"xa"|"chat"|"", "status": TEXT}
+  {"cmd": "unavailable"}
+  {"cmd": "vcard", "jid": JID}          -> {"event": "vcard", ...} or {"event": "error", ...}
+  {"cmd": "set_vcard", "fn": TEXT, "title": TEXT, "photo_type": MIME, "photo_b64": B64}
+  {"cmd": "quit"}
+Events: online, presence (every presence stanza received, with its type,
+show, status and XEP-0153 photo hash), vcard, vcard_set, error.
+Subscription requests to this user are approved (slixmpp's auto_authorize).
+"""
+import asyncio
+import base64
+import json
+import ssl
+import sys
+import threading
+
+import slixmpp
+from slixmpp.exceptions import IqError, IqTimeout
+
+UPDATE_NS = "vcard-temp:x:update"
+
+
+def emit(obj):
+    print(json.dumps(obj), flush=True)
+
+
+class Client(slixmpp.ClientXMPP):
+    def __init__(self, jid, password):
+        super().__init__(jid, password)
+        for plugin in ("xep_0030", "xep_0054"):
+            self.register_plugin(plugin)
+        self.auto_authorize = True
+        self.auto_subscribe = False
+        self.add_event_handler("session_start", self.start)
+        self.add_event_handler("presence", self.on_presence)
+        self.add_event_handler("connection_failed", lambda *a: emit({"event": "error", "error": "connection failed"}))
+        self.add_event_handler("failed_auth", lambda *a: emit({"event": "error", "error": "login failed"}))
+
+    def on_presence(self, p):
+        photo = p.xml.find(f"{{{UPDATE_NS}}}x/{{{UPDATE_NS}}}photo")
+        emit({
+            "event": "presence",
+            "from": str(p["from"]),
+            "type": p["type"],
+            "show": p["show"],
+            "status": p["status"],
+            "photo": None if photo is None else (photo.text or ""),
+        })
+
+    async def start(self, _event):
+        self.send_presence()
+        await self.get_roster()
+        emit({"event": "online"})
+
+    async def run(self, cmd):
+        try:
+            await self.run_inner(cmd)
+        except (IqError, IqTimeout) as e:
+            emit({"event": "error", "cmd": cmd["cmd"], "error": f"{type(e).__name__}",
+                  "condition": e.iq["error"]["condition"] if isinstance(e, IqError) else "timeout"})
+
+    async def run_inner(self, cmd):
+        c = cmd["cmd"]
+        if c in ("subscribe", "unsubscribe"):
+            self.send_presence(pto=cmd["to"], ptype=c)
+        elif c == "presence":
+            self.send_presence(pshow=cmd.get("show") or None, pstatus=cmd.get("status") or None)
+        elif c == "unavailable":
+            self.send_presence(ptype="unavailable")
+        elif c == "vcard":
+            iq = await self.plugin["xep_0054"].get_vcard(jid=cmd["jid"], timeout=20)
+            v = iq["vcard_temp"]
+            emit({"event": "vcard", "jid": cmd["jid"], "fn": v["FN"], "title": v["TITLE"],
+                  "xml": str(v)})
+        elif c == "set_vcard":
+            v = self.plugin["xep_0054"].make_vcard()
+            v["FN"] = cmd["fn"]
+            if cmd.get("title"):
+                v["TITLE"] = cmd["title"]
+            if cmd.get("photo_b64"):
+                v["PHOTO"]["TYPE"] = cmd["photo_type"]
+                v["PHOTO"]["BINVAL"] = base64.b64decode(cmd["photo_b64"])
+            await self.plugin["xep_0054"].publish_vcard(v, timeout=20)
+            emit({"event": "vcard_set"})
+        elif c == "quit":
+            self.disconnect()
+        else:
+            emit({"event": "error", "error": f"unknown command {c}"})
+
+
+def main():
+    jid, password, host, port = sys.argv[1:5]
+    client = Client(jid, password)
+    client.plugin["feature_mechanisms"].unencrypted_plain = True
+    # c2s on the test server is plain: what the tests exercise is s2s.
+    client.enable_direct_tls = False
+    client.enable_starttls = False
+    client.enable_plaintext = True
+    client.ssl_context.check_hostname = False
+    client.ssl_context.verify_mode = ssl.CERT_NONE
+    loop = client.loop
+
+    def read_commands():
+        for line in sys.stdin:
+            line = line.strip()
+            if line:
+                cmd = json.loads(line)
+                asyncio.run_coroutine_threadsafe(client.run(cmd), loop)
+        # stdin closed: the test is gone.
+        loop.call_soon_threadsafe(client.disconnect)
+
+    threading.Thread(target=read_commands, daemon=True).start()
+    client.connect(host, int(port))
+    loop.run_until_complete(client.disconnected)
+    emit({"event": "offline"})
+
+
+if __name__ == "__main__":
+    main()

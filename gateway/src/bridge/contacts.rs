@@ -1,0 +1,216 @@
+//! Remote contacts' shadow accounts as a service: found in memory, then in
+//! the store, and only then created through Graph — once per contact even
+//! when several requests race — with the contact's own vCard fetched over
+//! XMPP first. Accounts unused for the configured time are removed.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use xmpp_parsers::iq::Iq;
+use xmpp_parsers::jid::Jid;
+use xmpp_parsers::minidom::Element;
+use xmpp_parsers::ns;
+
+use super::XmppOut;
+use super::credentials::CredentialCipher;
+use super::iq::Requests;
+use super::metrics::BridgeMetrics;
+use super::shadow::{self, ShadowError, ShadowSettings};
+use crate::graph::GraphClient;
+use crate::store::{Store, StoreError, now};
+
+/// How long we wait for a contact's server to send its vCard.
+const VCARD_TIMEOUT: Duration = Duration::from_secs(10);
+/// `last_used` is written at most this often per account (it only has to be
+/// precise to the day the removal is configured in).
+const TOUCH_EVERY: Duration = Duration::from_secs(3600);
+
+struct Known {
+    object_id: String,
+    touched: Instant,
+}
+
+pub struct Contacts {
+    graph: Arc<GraphClient>,
+    store: Arc<Store>,
+    cipher: CredentialCipher,
+    settings: ShadowSettings,
+    requests: Arc<Requests>,
+    out: Arc<dyn XmppOut>,
+    domain: String,
+    metrics: BridgeMetrics,
+    known: Mutex<HashMap<String, Known>>,
+    /// One creation at a time per contact.
+    creating: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Contacts {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        graph: Arc<GraphClient>,
+        store: Arc<Store>,
+        cipher: CredentialCipher,
+        settings: ShadowSettings,
+        requests: Arc<Requests>,
+        out: Arc<dyn XmppOut>,
+        domain: &str,
+        metrics: BridgeMetrics,
+    ) -> Self {
+        Self {
+            graph,
+            store,
+            cipher,
+            settings,
+            requests,
+            out,
+            domain: domain.to_owned(),
+            metrics,
+            known: Mutex::new(HashMap::new()),
+            creating: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn known(&self) -> std::sync::MutexGuard<'_, HashMap<String, Known>> {
+        self.known.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The shadow account's object id if it exists already (memory or store),
+    /// without creating one.
+    pub async fn existing(&self, jid: &str) -> Result<Option<String>, StoreError> {
+        if let Some(id) = self.cached(jid).await? {
+            return Ok(Some(id));
+        }
+        Ok(match self.store.shadow(jid).await? {
+            Some(account) => {
+                self.remember(jid, &account.object_id);
+                Some(account.object_id)
+            }
+            None => None,
+        })
+    }
+
+    /// From memory, recording use now and then.
+    async fn cached(&self, jid: &str) -> Result<Option<String>, StoreError> {
+        let (id, touch) = match self.known().get_mut(jid) {
+            Some(known) => {
+                let touch = known.touched.elapsed() >= TOUCH_EVERY;
+                if touch {
+                    known.touched = Instant::now();
+                }
+                (known.object_id.clone(), touch)
+            }
+            None => return Ok(None),
+        };
+        if touch {
+            self.store.touch_shadow(jid, now()).await?;
+        }
+        Ok(Some(id))
+    }
+
+    fn remember(&self, jid: &str, object_id: &str) {
+        self.known().insert(
+            jid.to_owned(),
+            Known {
+                object_id: object_id.to_owned(),
+                touched: Instant::now(),
+            },
+        );
+    }
+
+    /// The shadow account of `jid` (a bare JID, lower-cased), created on first
+    /// need; `asked_by` is the local part of the Teams user the contact deals
+    /// with (its vCard is requested from that JID).
+    pub async fn shadow_of(&self, jid: &str, asked_by: &str) -> Result<String, ShadowError> {
+        if let Some(id) = self.cached(jid).await? {
+            return Ok(id);
+        }
+        let lock = self
+            .creating
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(jid.to_owned())
+            .or_default()
+            .clone();
+        let _one_at_a_time = lock.lock().await;
+        let result = self.find_or_create(jid, asked_by).await;
+        self.creating
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(jid);
+        result
+    }
+
+    async fn find_or_create(&self, jid: &str, asked_by: &str) -> Result<String, ShadowError> {
+        if let Some(id) = self.existing(jid).await? {
+            return Ok(id);
+        }
+        let card = self.fetch_card(jid, asked_by).await;
+        let (account, _) = shadow::ensure(
+            &self.graph,
+            &self.store,
+            &self.cipher,
+            &self.settings,
+            jid,
+            card.as_ref(),
+        )
+        .await
+        .inspect_err(|_| self.metrics.graph_failure("create-shadow"))?;
+        self.metrics.shadow("created");
+        self.remember(jid, &account.object_id);
+        Ok(account.object_id)
+    }
+
+    /// The contact's vcard-temp, if its server answers in time.
+    async fn fetch_card(&self, jid: &str, asked_by: &str) -> Option<Element> {
+        let from: Jid = format!("{asked_by}@{}", self.domain).parse().ok()?;
+        let to: Jid = jid.parse().ok()?;
+        let iq = Iq::Get {
+            from: Some(from),
+            to: Some(to),
+            id: String::new(),
+            payload: Element::builder("vCard", ns::VCARD).build(),
+        };
+        match self
+            .requests
+            .request(self.out.as_ref(), iq, VCARD_TIMEOUT)
+            .await
+        {
+            Ok(Iq::Result {
+                payload: Some(card),
+                ..
+            }) if card.is("vCard", ns::VCARD) => Some(card),
+            Ok(_) => {
+                tracing::debug!(%jid, "the contact has no vCard; the shadow account gets its JID's name");
+                None
+            }
+            Err(e) => {
+                tracing::info!(%jid, error = %e, "no vCard from the contact; the shadow account gets its JID's name");
+                None
+            }
+        }
+    }
+
+    /// Removes the shadow accounts unused since `before` from the tenant and
+    /// the store; returns how many went.
+    pub async fn remove_unused(&self, before: crate::store::Epoch) -> Result<usize, ShadowError> {
+        let mut removed = 0;
+        for account in self.store.unused_shadows(before).await? {
+            match self.graph.delete_user(&account.object_id).await {
+                Ok(()) => {}
+                Err(e) if e.is_not_found() => {}
+                Err(e) => {
+                    self.metrics.graph_failure("remove-shadow");
+                    tracing::warn!(jid = %account.jid, error = %e, "cannot remove an unused shadow account; trying again later");
+                    continue;
+                }
+            }
+            self.store.delete_shadow(&account.jid).await?;
+            self.known().remove(&account.jid);
+            self.metrics.shadow("removed");
+            tracing::info!(jid = %account.jid, upn = %account.upn, "unused shadow account removed");
+            removed += 1;
+        }
+        Ok(removed)
+    }
+}

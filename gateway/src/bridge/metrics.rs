@@ -1,0 +1,83 @@
+//! Bridge metrics: presence carried each way, the polling interval, contact
+//! relationships and shadow accounts.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use xmppfed_telemetry::Metrics;
+
+type Labels = Vec<(&'static str, &'static str)>;
+
+#[derive(Clone)]
+pub struct BridgeMetrics {
+    presence: Family<Labels, Counter>,
+    poll_interval: Gauge<f64, AtomicU64>,
+    contacts: Gauge,
+    shadows: Family<Labels, Counter>,
+    graph_failures: Family<Labels, Counter>,
+}
+
+impl BridgeMetrics {
+    pub fn register(metrics: &Metrics) -> Self {
+        Self {
+            presence: metrics.register(
+                "bridge_presence_updates",
+                "Presence changes carried across the bridge, by direction (to-xmpp counts stanzas sent, to-teams Graph updates)",
+                Family::default(),
+            ),
+            poll_interval: metrics.register(
+                "bridge_presence_poll_interval_seconds",
+                "The current (adaptive) interval between reads of Teams presence",
+                Gauge::default(),
+            ),
+            contacts: metrics.register(
+                "bridge_contacts",
+                "Contact relationships between Teams users and remote XMPP contacts",
+                Gauge::default(),
+            ),
+            shadows: metrics.register(
+                "bridge_shadow_accounts",
+                "Shadow accounts created and removed",
+                Family::default(),
+            ),
+            graph_failures: metrics.register(
+                "bridge_graph_failures",
+                "Bridge operations that failed on a Graph error, by operation",
+                Family::default(),
+            ),
+        }
+    }
+
+    /// Metrics that go nowhere (benchmarks, unit tests).
+    pub fn detached() -> Self {
+        Self::register(&Metrics::new("detached", "0"))
+    }
+
+    pub fn presence(&self, direction: &'static str, n: u64) {
+        self.presence
+            .get_or_create(&vec![("direction", direction)])
+            .inc_by(n);
+    }
+
+    pub fn poll_interval(&self, secs: f64) {
+        self.poll_interval.set(secs);
+    }
+
+    pub fn contacts(&self, n: usize) {
+        self.contacts.set(n as i64);
+    }
+
+    pub fn shadow(&self, outcome: &'static str) {
+        self.shadows
+            .get_or_create(&vec![("outcome", outcome)])
+            .inc();
+    }
+
+    pub fn graph_failure(&self, operation: &'static str) {
+        self.graph_failures
+            .get_or_create(&vec![("operation", operation)])
+            .inc();
+    }
+}

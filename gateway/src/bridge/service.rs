@@ -1,0 +1,474 @@
+//! The bridge service: takes every stanza the s2s layer hands over and does
+//! what our domain's server must — subscriptions by policy (RFC 6121 §3),
+//! probes answered only for subscribed contacts, remote presence driving
+//! shadow accounts, vcard-temp answered from Graph, answers to our own IQs —
+//! and runs the presence poller, the shadow-account presence worker and the
+//! removal of unused shadow accounts.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use xmpp_parsers::iq::Iq;
+use xmpp_parsers::jid::{BareJid, Jid};
+use xmpp_parsers::message::MessageType;
+use xmpp_parsers::presence::{Presence, Type};
+use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType};
+use xmppfed_config::SubscriptionPolicy;
+
+use xmppfed_config::{GatewayConfig, GraphConfig, OutOfOfficeAs};
+
+use super::cards::Cards;
+use super::contact_presence::ContactPresence;
+use super::contacts::Contacts;
+use super::credentials::CredentialCipher;
+use super::directory::Directory;
+use super::iq::Requests;
+use super::metrics::BridgeMetrics;
+use super::presence::OutOfOffice;
+use super::presence::XmppPresence;
+use super::roster::{Roster, Subscription};
+use super::shadow::ShadowSettings;
+use super::teams_presence::PollInterval;
+use super::teams_presence::TeamsPresence;
+use super::{XmppOut, send_patiently};
+use crate::graph::GraphClient;
+use crate::s2s::stanza::{self, Stanza};
+use crate::store::now;
+use crate::store::{Store, StoreError};
+
+/// How often unused shadow accounts are looked for.
+const JANITOR_EVERY: Duration = Duration::from_secs(3600);
+
+/// What the bridge needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub domain: String,
+    pub resource: String,
+    pub policy: SubscriptionPolicy,
+    /// Our application (client) id: the presence session id on shadow accounts.
+    pub session_id: String,
+    pub session: Duration,
+    pub poll: PollInterval,
+    pub out_of_office: OutOfOffice,
+    pub card_ttl: Duration,
+    /// Shadow accounts unused this long are removed (`None`: kept for ever).
+    pub remove_unused_after: Option<Duration>,
+    pub shadow: ShadowSettings,
+}
+
+impl Settings {
+    pub fn from_config(config: &GatewayConfig, graph: &GraphConfig) -> Self {
+        let p = &config.presence;
+        let days = u64::from(config.shadow_accounts.remove_unused_after_days);
+        Settings {
+            domain: config.xmpp.domain.clone(),
+            resource: p.resource.clone(),
+            policy: p.subscriptions,
+            session_id: graph.client_id.clone(),
+            session: Duration::from_secs(u64::from(p.session_minutes) * 60),
+            poll: PollInterval::new(
+                Duration::from_millis(p.poll_interval_ms),
+                Duration::from_millis(p.max_poll_interval_ms),
+            ),
+            out_of_office: match p.out_of_office {
+                OutOfOfficeAs::ExtendedAway => OutOfOffice::ExtendedAway,
+                OutOfOfficeAs::Unavailable => OutOfOffice::Unavailable,
+            },
+            card_ttl: Duration::from_secs(p.card_cache_secs),
+            remove_unused_after: (days > 0).then(|| Duration::from_secs(days * 86_400)),
+            shadow: ShadowSettings {
+                upn_domain: config
+                    .shadow_accounts
+                    .upn_domain
+                    .clone()
+                    .unwrap_or_else(|| format!("shadow.{}", config.xmpp.domain)),
+                licence_sku: config.shadow_accounts.licence_sku.clone(),
+                display_name_suffix: config.shadow_accounts.display_name_suffix.clone(),
+                usage_location: config.shadow_accounts.usage_location.clone(),
+            },
+        }
+    }
+}
+
+/// Everything the bridge is made of.
+struct Parts {
+    domain: String,
+    resource: String,
+    policy: SubscriptionPolicy,
+    graph: Arc<GraphClient>,
+    directory: Directory,
+    roster: Roster,
+    cards: Arc<Cards>,
+    out: Arc<dyn XmppOut>,
+    requests: Arc<Requests>,
+    teams: Arc<TeamsPresence>,
+    contacts: Arc<Contacts>,
+    contact_presence: Arc<ContactPresence>,
+    remove_unused_after: Option<Duration>,
+    metrics: BridgeMetrics,
+}
+
+pub struct Bridge {
+    p: Parts,
+}
+
+/// The parts of a presence stanza the handlers need, parsed once.
+struct Addressed {
+    /// The Teams user's JID local part and object id (None: not on the allow list).
+    local: String,
+    user: Option<String>,
+    /// Our user's bare JID.
+    ours: BareJid,
+    /// The contact's bare JID (lower-cased) and resource.
+    remote: String,
+    remote_jid: Jid,
+    resource: String,
+}
+
+impl Bridge {
+    /// Builds the bridge on its Graph client, directory, store and XMPP
+    /// output; the contact relationships are read from the store here.
+    pub async fn build(
+        settings: Settings,
+        graph: Arc<GraphClient>,
+        directory: Directory,
+        store: Arc<Store>,
+        cipher: CredentialCipher,
+        out: Arc<dyn XmppOut>,
+        metrics: BridgeMetrics,
+    ) -> Result<Arc<Self>, StoreError> {
+        let roster = Roster::load(store.clone()).await?;
+        let cards = Arc::new(Cards::new(directory.clone(), settings.card_ttl));
+        let requests = Arc::new(Requests::default());
+        let contacts = Arc::new(Contacts::new(
+            graph.clone(),
+            store,
+            cipher,
+            settings.shadow.clone(),
+            requests.clone(),
+            out.clone(),
+            &settings.domain,
+            metrics.clone(),
+        ));
+        let teams = Arc::new(TeamsPresence::new(
+            graph.clone(),
+            directory.clone(),
+            roster.clone(),
+            cards.clone(),
+            out.clone(),
+            &settings.domain,
+            &settings.resource,
+            settings.out_of_office,
+            settings.poll.clone(),
+            metrics.clone(),
+        ));
+        let contact_presence = Arc::new(ContactPresence::new(
+            graph.clone(),
+            contacts.clone(),
+            &settings.session_id,
+            settings.session,
+            metrics.clone(),
+        ));
+        Ok(Arc::new(Self {
+            p: Parts {
+                domain: settings.domain,
+                resource: settings.resource,
+                policy: settings.policy,
+                graph,
+                directory,
+                roster,
+                cards,
+                out,
+                requests,
+                teams,
+                contacts,
+                contact_presence,
+                remove_unused_after: settings.remove_unused_after,
+                metrics,
+            },
+        }))
+    }
+
+    /// Runs the bridge until the s2s layer closes `inbox`.
+    pub async fn run(self: Arc<Self>, mut inbox: mpsc::Receiver<Stanza>) {
+        self.p.metrics.contacts(self.p.roster.len());
+        let poller = tokio::spawn(self.p.teams.clone().run());
+        let worker = tokio::spawn(self.p.contact_presence.clone().run());
+        let janitor = tokio::spawn(self.clone().remove_unused_shadows());
+        self.probe_watched().await;
+        while let Some(stanza) = inbox.recv().await {
+            self.handle(stanza).await;
+        }
+        poller.abort();
+        worker.abort();
+        janitor.abort();
+    }
+
+    /// After a start, asks every contact whose presence we receive for it, so
+    /// that their shadow accounts show it again without them doing anything.
+    async fn probe_watched(&self) {
+        for (user, remote) in self.p.roster.watched_remotes() {
+            let Some(local) = self.p.directory.local_of(&user) else {
+                continue;
+            };
+            let (Ok(from), Ok(to)) = (
+                format!("{local}@{}", self.p.domain).parse::<Jid>(),
+                remote.parse::<Jid>(),
+            ) else {
+                continue;
+            };
+            let mut probe = Presence::new(Type::Probe);
+            probe.from = Some(from);
+            probe.to = Some(to);
+            if let Err(e) = send_patiently(self.p.out.as_ref(), Stanza::Presence(probe)).await {
+                tracing::debug!(%remote, error = %e, "probe not sent");
+            }
+        }
+    }
+
+    async fn remove_unused_shadows(self: Arc<Self>) {
+        let Some(after) = self.p.remove_unused_after else {
+            return;
+        };
+        loop {
+            let before = now() - after.as_secs() as i64;
+            match self.p.contacts.remove_unused(before).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(removed = n, "unused shadow accounts removed"),
+                Err(e) => tracing::warn!(error = %e, "cannot remove unused shadow accounts"),
+            }
+            tokio::time::sleep(JANITOR_EVERY).await;
+        }
+    }
+
+    /// One stanza from a remote server to our domain.
+    pub async fn handle(self: &Arc<Self>, stanza: Stanza) {
+        match stanza {
+            Stanza::Iq(iq) => self.on_iq(iq).await,
+            Stanza::Presence(p) => self.on_presence(p).await,
+            Stanza::Message(m) => {
+                // Chat messages arrive with the next part of the bridge; until
+                // then the sender learns it at once rather than never.
+                if matches!(m.type_, MessageType::Chat | MessageType::Normal) {
+                    self.reply_error(
+                        &Stanza::Message(m),
+                        DefinedCondition::ServiceUnavailable,
+                        "messages to Teams users are not bridged by this gateway yet",
+                    )
+                    .await;
+                }
+            }
+        }
+    }
+
+    async fn on_iq(self: &Arc<Self>, iq: Iq) {
+        let Some(iq) = self.p.requests.resolve(iq) else {
+            return;
+        };
+        match &iq {
+            Iq::Result { .. } | Iq::Error { .. } => {}
+            Iq::Get { payload, .. } if payload.is("vCard", xmpp_parsers::ns::VCARD) => {
+                // A Graph read may take a while: the other stanzas do not wait.
+                let this = self.clone();
+                tokio::spawn(async move {
+                    if let Some(reply) = this.p.cards.answer(&this.p.graph, &Stanza::Iq(iq)).await
+                        && let Err(e) = this.p.out.send(reply).await
+                    {
+                        tracing::debug!(error = %e, "vCard answer not sent");
+                    }
+                });
+            }
+            _ => {
+                self.reply_error(
+                    &Stanza::Iq(iq),
+                    DefinedCondition::ServiceUnavailable,
+                    "not supported for Teams users",
+                )
+                .await
+            }
+        }
+    }
+
+    async fn reply_error(&self, stanza: &Stanza, condition: DefinedCondition, text: &str) {
+        if let Some(reply) = stanza::error_reply(stanza, condition, ErrorType::Cancel, text)
+            && let Err(e) = self.p.out.send(reply).await
+        {
+            tracing::debug!(error = %e, "error reply not sent");
+        }
+    }
+
+    fn address(&self, p: &Presence) -> Option<Addressed> {
+        let to = p.to.as_ref()?;
+        let from = p.from.as_ref()?;
+        let local = to.node()?.as_str().to_owned();
+        let remote_bare = from.to_bare();
+        Some(Addressed {
+            user: self.p.directory.id_of(&local),
+            ours: to.to_bare(),
+            remote: remote_bare.to_string().to_lowercase(),
+            remote_jid: Jid::from(remote_bare),
+            resource: from
+                .resource()
+                .map(|r| r.as_str().to_owned())
+                .unwrap_or_default(),
+            local,
+        })
+    }
+
+    async fn on_presence(self: &Arc<Self>, p: Presence) {
+        let Some(a) = self.address(&p) else {
+            return;
+        };
+        match p.type_ {
+            Type::Subscribe => self.on_subscribe(&a).await,
+            Type::Subscribed => self.on_subscribed(&a).await,
+            Type::Unsubscribe => self.on_unsubscribe(&a).await,
+            Type::Unsubscribed => self.on_unsubscribed(&a).await,
+            Type::Probe => self.on_probe(&a).await,
+            Type::None | Type::Unavailable => {
+                if let Some(user) = &a.user
+                    && self.p.roster.get(user, &a.remote).to
+                {
+                    self.p
+                        .contact_presence
+                        .observe(&a.remote, &a.resource, &p, &a.local);
+                }
+            }
+            Type::Error => {
+                tracing::debug!(remote = %a.remote, local = %a.local, "presence error from a contact")
+            }
+        }
+    }
+
+    /// Sends a subscription-management presence from our user's bare JID.
+    async fn send_typed(&self, type_: Type, a: &Addressed) {
+        let mut p = Presence::new(type_);
+        p.from = Some(Jid::from(a.ours.clone()));
+        p.to = Some(a.remote_jid.clone());
+        if let Err(e) = send_patiently(self.p.out.as_ref(), Stanza::Presence(p)).await {
+            tracing::debug!(remote = %a.remote, error = %e, "presence not sent");
+        }
+    }
+
+    async fn save(&self, user: &str, a: &Addressed, sub: Subscription) -> bool {
+        match self.p.roster.set(user, &a.remote, sub).await {
+            Ok(()) => {
+                self.p.metrics.contacts(self.p.roster.len());
+                true
+            }
+            Err(e) => {
+                // Not recorded, not answered: the contact's server asks again.
+                tracing::warn!(remote = %a.remote, local = %a.local, error = %e, "cannot record a contact relationship");
+                false
+            }
+        }
+    }
+
+    /// A contact asks for our user's presence: approved by policy (for users
+    /// on the allow list), recorded, answered from the bare JID, followed by
+    /// the current presence and a request for the contact's own.
+    async fn on_subscribe(self: &Arc<Self>, a: &Addressed) {
+        let user = match (&a.user, self.p.policy) {
+            (Some(user), SubscriptionPolicy::Approve) => user.clone(),
+            // Off the allow list or refused: the same answer, nothing leaks.
+            _ => return self.send_typed(Type::Unsubscribed, a).await,
+        };
+        let mut sub = self.p.roster.get(&user, &a.remote);
+        let ask_back = !sub.to && !sub.pending_out;
+        sub.from = true;
+        sub.pending_out |= ask_back;
+        if !self.save(&user, a, sub).await {
+            return;
+        }
+        self.send_typed(Type::Subscribed, a).await;
+        // Graph may be slow: the other stanzas do not wait for what follows.
+        let this = self.clone();
+        let (remote, remote_jid, local) = (a.remote.clone(), a.remote_jid.clone(), a.local.clone());
+        let ours = a.ours.clone();
+        tokio::spawn(async move {
+            if let Err(e) = this.p.teams.send_current(&user, &remote_jid).await {
+                tracing::warn!(%local, error = %e, "cannot read presence for a new subscriber");
+            }
+            if ask_back {
+                let mut p = Presence::new(Type::Subscribe);
+                p.from = Some(Jid::from(ours));
+                p.to = Some(remote_jid);
+                let _ = send_patiently(this.p.out.as_ref(), Stanza::Presence(p)).await;
+            }
+            // Whoever subscribes to a Teams user gets a shadow account.
+            if let Err(e) = this.p.contacts.shadow_of(&remote, &local).await {
+                tracing::warn!(%remote, error = %e, "cannot create the contact's shadow account");
+            }
+        });
+    }
+
+    /// The contact approved our request for its presence.
+    async fn on_subscribed(&self, a: &Addressed) {
+        let Some(user) = &a.user else { return };
+        let mut sub = self.p.roster.get(user, &a.remote);
+        if sub.to && !sub.pending_out {
+            return;
+        }
+        sub.to = true;
+        sub.pending_out = false;
+        self.save(user, a, sub).await;
+    }
+
+    /// The contact no longer wants our user's presence.
+    async fn on_unsubscribe(&self, a: &Addressed) {
+        let Some(user) = &a.user else { return };
+        let mut sub = self.p.roster.get(user, &a.remote);
+        if !sub.from {
+            return;
+        }
+        sub.from = false;
+        if self.save(user, a, sub).await {
+            let mut gone = Presence::new(Type::Unavailable);
+            gone.from = format!("{}/{}", a.ours, self.p.resource).parse().ok();
+            gone.to = Some(a.remote_jid.clone());
+            let _ = send_patiently(self.p.out.as_ref(), Stanza::Presence(gone)).await;
+        }
+    }
+
+    /// The contact refused, or withdrew, its presence.
+    async fn on_unsubscribed(&self, a: &Addressed) {
+        let Some(user) = &a.user else { return };
+        let mut sub = self.p.roster.get(user, &a.remote);
+        if !sub.to && !sub.pending_out {
+            return;
+        }
+        sub.to = false;
+        sub.pending_out = false;
+        if self.save(user, a, sub).await && !self.p.roster.is_watched_remote(&a.remote) {
+            self.p.contact_presence.forget(&a.remote);
+        }
+    }
+
+    /// Presence only for subscribed contacts; everyone else (and anyone asking
+    /// about a user off the allow list) gets the same `unsubscribed`.
+    async fn on_probe(self: &Arc<Self>, a: &Addressed) {
+        match &a.user {
+            Some(user) if self.p.roster.get(user, &a.remote).from => {
+                let this = self.clone();
+                let (user, remote_jid) = (user.clone(), a.remote_jid.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = this.p.teams.send_current(&user, &remote_jid).await {
+                        tracing::warn!(%user, error = %e, "cannot read presence for a probe");
+                    }
+                });
+            }
+            _ => self.send_typed(Type::Unsubscribed, a).await,
+        }
+    }
+
+    /// The contact relationships.
+    pub fn roster(&self) -> &Roster {
+        &self.p.roster
+    }
+
+    /// Sends a presence to every subscriber of a user now (the benchmark's entry).
+    pub async fn fan_out(&self, user: &str, presence: &XmppPresence) -> usize {
+        self.p.teams.fan_out(user, presence).await
+    }
+}

@@ -1,0 +1,272 @@
+//! Teams → XMPP presence: the Teams users someone subscribes to are read in
+//! batches (`getPresencesByUserId`, 650 a call) at an interval that adapts to
+//! their number and to throttling, mapped to XMPP, and each real change is
+//! sent to every subscribed contact from the user's fixed resource, with the
+//! XEP-0153 photo hash. Nothing is sent when nothing changed.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use xmpp_parsers::jid::Jid;
+use xmpp_parsers::presence::Presence;
+
+use super::cards::Cards;
+use super::directory::Directory;
+use super::metrics::BridgeMetrics;
+use super::presence::{OutOfOffice, XmppPresence, stanza, to_xmpp};
+use super::roster::Roster;
+use super::{XmppOut, send_patiently, vcard};
+use crate::graph::api::{PRESENCE_BATCH, Presence as GraphPresence};
+use crate::graph::{GraphClient, GraphError};
+use crate::s2s::Stanza;
+
+/// Presence reads per second we allow ourselves: a quarter of the tenant
+/// budget (`Budget::published_limits`), leaving the rest to messages,
+/// profiles and shadow accounts, and far under Graph's presence limit.
+const POLL_CALLS_PER_SEC: u64 = 10;
+/// The most the interval doubles after failures (2⁵ × the base).
+const MAX_BACKOFF: u32 = 5;
+
+/// How often to poll, given how many users and how things went lately.
+#[derive(Debug, Clone)]
+pub struct PollInterval {
+    base: Duration,
+    max: Duration,
+    backoff: u32,
+}
+
+impl PollInterval {
+    pub fn new(base: Duration, max: Duration) -> Self {
+        Self {
+            base,
+            max,
+            backoff: 0,
+        }
+    }
+
+    /// The next wait for `users` polled users: never under the configured
+    /// interval nor under what keeps presence reads within their share of the
+    /// budget; doubled for each recent failure; never over the maximum.
+    pub fn next(&self, users: usize) -> Duration {
+        let calls = users.div_ceil(PRESENCE_BATCH) as u64;
+        let floor = Duration::from_millis(calls * 1000 / POLL_CALLS_PER_SEC);
+        (self.base.max(floor) * 2u32.pow(self.backoff)).min(self.max)
+    }
+
+    pub fn succeeded(&mut self) {
+        self.backoff = self.backoff.saturating_sub(1);
+    }
+
+    pub fn failed(&mut self) {
+        self.backoff = (self.backoff + 1).min(MAX_BACKOFF);
+    }
+}
+
+pub struct TeamsPresence {
+    graph: Arc<GraphClient>,
+    directory: Directory,
+    roster: Roster,
+    cards: Arc<Cards>,
+    out: Arc<dyn XmppOut>,
+    domain: String,
+    resource: String,
+    out_of_office: OutOfOffice,
+    metrics: BridgeMetrics,
+    interval: Mutex<PollInterval>,
+    /// Each polled user's presence as last sent, by object id.
+    last: Mutex<HashMap<String, XmppPresence>>,
+}
+
+impl TeamsPresence {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        graph: Arc<GraphClient>,
+        directory: Directory,
+        roster: Roster,
+        cards: Arc<Cards>,
+        out: Arc<dyn XmppOut>,
+        domain: &str,
+        resource: &str,
+        out_of_office: OutOfOffice,
+        interval: PollInterval,
+        metrics: BridgeMetrics,
+    ) -> Self {
+        Self {
+            graph,
+            directory,
+            roster,
+            cards,
+            out,
+            domain: domain.to_owned(),
+            resource: resource.to_owned(),
+            out_of_office,
+            metrics,
+            interval: Mutex::new(interval),
+            last: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn last(&self) -> std::sync::MutexGuard<'_, HashMap<String, XmppPresence>> {
+        self.last.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn map(&self, p: &GraphPresence) -> XmppPresence {
+        to_xmpp(
+            p.availability.as_deref().unwrap_or("PresenceUnknown"),
+            p.activity.as_deref().unwrap_or(""),
+            // The status message, or else the out-of-office note.
+            p.status_text().or_else(|| {
+                p.is_out_of_office()
+                    .then(|| p.out_of_office_message())
+                    .flatten()
+            }),
+            p.is_out_of_office(),
+            self.out_of_office,
+        )
+    }
+
+    /// Polls for ever, at the adaptive interval.
+    pub async fn run(self: Arc<Self>) {
+        loop {
+            let started = Instant::now();
+            let users = match self.poll_once().await {
+                Ok(users) => {
+                    self.interval().succeeded();
+                    users
+                }
+                Err(e) => {
+                    self.interval().failed();
+                    self.metrics.graph_failure("read-presence");
+                    tracing::warn!(error = %e, "cannot read Teams presence; polling slower for a while");
+                    self.roster.watched_users().len()
+                }
+            };
+            let wait = self.interval().next(users);
+            self.metrics.poll_interval(wait.as_secs_f64());
+            tokio::time::sleep(wait.saturating_sub(started.elapsed())).await;
+        }
+    }
+
+    fn interval(&self) -> std::sync::MutexGuard<'_, PollInterval> {
+        self.interval.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// One round: reads the presence of every watched user and sends the
+    /// changes; returns how many users were read.
+    pub async fn poll_once(&self) -> Result<usize, GraphError> {
+        let mut ids = self.roster.watched_users();
+        // Someone dropped from the allow list is not read (nor shown) any more.
+        ids.retain(|id| self.directory.local_of(id).is_some());
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let read = self.graph.presences_by_user_id(&ids).await?;
+        let changed: Vec<(String, XmppPresence)> = {
+            let mut last = self.last();
+            read.iter()
+                .filter_map(|p| {
+                    let now = self.map(p);
+                    (last.get(&p.id) != Some(&now)).then(|| {
+                        last.insert(p.id.clone(), now.clone());
+                        (p.id.clone(), now)
+                    })
+                })
+                .collect()
+        };
+        for (id, presence) in &changed {
+            self.fan_out(id, presence).await;
+        }
+        Ok(ids.len())
+    }
+
+    /// Sends a user's presence to every subscribed contact.
+    pub async fn fan_out(&self, id: &str, presence: &XmppPresence) -> usize {
+        let Some((local, template)) = self.stanza_for(id, presence) else {
+            return 0;
+        };
+        let mut sent = 0;
+        for remote in self.roster.subscribers(id) {
+            let Ok(to) = remote.parse::<Jid>() else {
+                continue;
+            };
+            let mut p = template.clone();
+            p.to = Some(to);
+            match send_patiently(self.out.as_ref(), Stanza::Presence(p)).await {
+                Ok(()) => sent += 1,
+                Err(e) => tracing::debug!(%local, %remote, error = %e, "presence not sent"),
+            }
+        }
+        self.metrics.presence("to-xmpp", sent as u64);
+        sent
+    }
+
+    /// The presence stanza of a user (by object id), from its fixed resource.
+    fn stanza_for(&self, id: &str, presence: &XmppPresence) -> Option<(String, Presence)> {
+        let local = self.directory.local_of(id)?;
+        let from: Jid = format!("{local}@{}/{}", self.domain, self.resource)
+            .parse()
+            .ok()?;
+        let mut p = stanza(presence);
+        p.from = Some(from);
+        let hash = self.cards.known_photo_hash(&local);
+        p.payloads
+            .push(vcard::update_element(hash.as_ref().map(|h| h.as_deref())));
+        Some((local, p))
+    }
+
+    /// Sends a user's current presence to one contact (a new subscriber, or a
+    /// probe): as last read, or read now if the user is not polled yet.
+    pub async fn send_current(&self, id: &str, remote: &Jid) -> Result<(), GraphError> {
+        let known = self.last().get(id).cloned();
+        let presence = match known {
+            Some(p) => p,
+            None => {
+                let p = self.map(&self.graph.get_presence(id).await?);
+                self.last().insert(id.to_owned(), p.clone());
+                p
+            }
+        };
+        // The photo hash (XEP-0153) from the first presence on: one profile
+        // read per user while the card stays cached.
+        if let Some(local) = self.directory.local_of(id)
+            && self.cards.known_photo_hash(&local).is_none()
+            && let Err(e) = self.cards.card(&self.graph, &local).await
+        {
+            tracing::debug!(%local, error = %e, "no card yet; presence goes without the photo hash");
+        }
+        if let Some((_, mut p)) = self.stanza_for(id, &presence) {
+            p.to = Some(remote.clone());
+            if let Err(e) = send_patiently(self.out.as_ref(), Stanza::Presence(p)).await {
+                tracing::debug!(%remote, error = %e, "presence not sent");
+            } else {
+                self.metrics.presence("to-xmpp", 1);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_interval_adapts_to_users_and_failures() {
+        let mut i = PollInterval::new(Duration::from_secs(1), Duration::from_secs(30));
+        assert_eq!(i.next(10), Duration::from_secs(1));
+        // 10,000 users are 16 calls: 1.6 s keeps them at 10 calls/s.
+        assert_eq!(i.next(10_000), Duration::from_millis(1600));
+        i.failed();
+        i.failed();
+        assert_eq!(i.next(10), Duration::from_secs(4));
+        for _ in 0..10 {
+            i.failed();
+        }
+        assert_eq!(i.next(10_000), Duration::from_secs(30), "capped");
+        for _ in 0..10 {
+            i.succeeded();
+        }
+        assert_eq!(i.next(10), Duration::from_secs(1), "back to the base");
+    }
+}

@@ -1,0 +1,437 @@
+//! The bridge end to end: a user on a real Prosody (and ejabberd) subscribes
+//! to a Teams user of the gateway's domain, presence flows both ways through
+//! the gateway and the Graph emulator, contact cards both ways, users off the
+//! allow list do not exist, and a restart of the gateway loses nothing.
+//! Skips, saying so, when the servers or the Python client are missing.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use xmppfed_config::{GatewayConfig, StaticRoute};
+use xmppfed_e2e::ejabberd::{self, Ejabberd, EjabberdOptions};
+use xmppfed_e2e::graph::{GraphEmulator, Seed};
+use xmppfed_e2e::prosody::{self, Prosody, ProsodyOptions};
+use xmppfed_e2e::xmpp_client::XmppClient;
+use xmppfed_gateway::bridge::shadow::upn_for;
+use xmppfed_gateway::process::Gateway;
+
+const DOMAIN: &str = "teams.test";
+const PEER: &str = "xmpp.test";
+const CLIENT_ID: &str = "0f0f0f0f-1111-4222-8333-444444444444";
+const SKU: &str = "6af4b3d6-14bb-4a2a-960c-6c902aad34f3";
+const SHADOW_DOMAIN: &str = "shadow.contoso.com";
+const ALICE: &str = "alice@teams.test";
+/// A 1×1 PNG.
+const PNG: &[u8] = &[
+    0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0x00, 0x00, 0x00, 0x0d, 0x49, 0x48, 0x44, 0x52,
+];
+
+fn seed() -> Seed {
+    serde_json::from_value(json!({
+        "tenantId": "5c0ffee0-0000-4000-8000-0000000000b1",
+        "apps": [{"clientId": CLIENT_ID, "clientSecret": "s3cret",
+                  "roles": ["User.ReadWrite.All", "GroupMember.Read.All", "Presence.ReadWrite.All",
+                            "LicenseAssignment.ReadWrite.All", "ProfilePhoto.ReadWrite.All"]}],
+        "users": [
+            {"userPrincipalName": "alice@contoso.com", "displayName": "Alice Liddell",
+             "jobTitle": "Engineer", "department": "R&D", "mail": "alice@contoso.com"},
+            {"userPrincipalName": "carol@contoso.com", "displayName": "Carol Secret"}
+        ],
+        "skus": [{"skuId": SKU, "skuPartNumber": "TEAMS_ESSENTIALS", "prepaidUnits": 10}]
+    }))
+    .unwrap()
+}
+
+fn gateway_config(
+    dir: &std::path::Path,
+    emulator: &GraphEmulator,
+    s2s_port: u16,
+    peer_port: u16,
+) -> GatewayConfig {
+    let secret = dir.join("client-secret");
+    std::fs::write(&secret, "s3cret").unwrap();
+    let key = dir.join("credential-key");
+    std::fs::write(&key, "credential key of this gateway").unwrap();
+    let text = format!(
+        "[xmpp]\ndomain = \"{DOMAIN}\"\n\
+         [s2s]\nlisten = \"127.0.0.1:{s2s_port}\"\nrequire_tls = false\n\
+         [webhook]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [graph]\ntenant_id = \"{}\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret = {{ file = \"{}\" }}\n\
+         authority_url = \"{}\"\ngraph_url = \"{}\"\n\
+         [shadow_accounts]\nupn_domain = \"{SHADOW_DOMAIN}\"\nlicence_sku = \"{SKU}\"\n\
+         credential_key = {{ file = \"{}\" }}\nusage_location = \"GB\"\n\
+         [presence]\npoll_interval_ms = 500\n\
+         [allow]\nremote_domains = [\"{PEER}\"]\ninternal_users = [\"alice@contoso.com\"]\n\
+         [store]\nengine = \"sqlite\"\npath = \"{}\"\n",
+        emulator.tenant().id,
+        secret.display(),
+        emulator.authority_url(),
+        emulator.graph_url(),
+        key.display(),
+        dir.join("gateway.db").display(),
+    );
+    let mut config = GatewayConfig::from_toml_str(&text).unwrap();
+    config.s2s.static_routes = vec![StaticRoute {
+        domain: PEER.into(),
+        host: "127.0.0.1".into(),
+        port: peer_port,
+    }];
+    config
+}
+
+/// The gateway, in this process, until `stop`.
+struct Running {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+async fn start_gateway(config: &GatewayConfig) -> Running {
+    let gateway = Gateway::start(config).await.unwrap();
+    let admin: SocketAddr = gateway.admin_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(gateway.run(async {
+        let _ = stopped.await;
+    }));
+    // Ready once the internal allow list has been read.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ready = reqwest::get(format!("http://{admin}/readyz")).await;
+        if ready.is_ok_and(|r| r.status() == 200) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the gateway never became ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Running { stop, task }
+}
+
+impl Running {
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+/// Waits for a client event without holding up the runtime's other tasks.
+fn wait(client: &mut XmppClient, secs: u64, what: impl Fn(&Value) -> bool) -> Value {
+    tokio::task::block_in_place(|| client.wait_for(Duration::from_secs(secs), what))
+        .unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+fn presence_from<'a>(from: &'a str, show: &'a str) -> impl Fn(&Value) -> bool + 'a {
+    move |e| {
+        e["event"] == "presence"
+            && e["from"].as_str().is_some_and(|f| f.starts_with(from))
+            && e["type"] != "unavailable"
+            && e["type"] != "subscribed"
+            && e["show"] == show
+    }
+}
+
+/// What the emulator's tenant shows for a user: (availability, activity, status text).
+fn shown(emulator: &GraphEmulator, upn: &str) -> Option<(String, String, Option<String>)> {
+    let mut tenant = emulator.tenant();
+    let user = tenant.user_mut(upn)?;
+    let (availability, activity) = user.presence.aggregate(Instant::now());
+    let status = user
+        .presence
+        .status_message
+        .as_ref()
+        .and_then(|m| m["message"]["content"].as_str())
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned);
+    Some((availability, activity, status))
+}
+
+async fn until<T>(secs: u64, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn set_teams_presence(emulator: &GraphEmulator, body: Value) {
+    emulator
+        .control("/_emulator/users/alice@contoso.com/presence", body)
+        .await
+        .unwrap();
+}
+
+/// Subscription, presence both ways and cards; returns Teams → XMPP latencies.
+async fn presence_both_ways(emulator: &GraphEmulator, bob: &mut XmppClient) -> Vec<Duration> {
+    let shadow = upn_for("bob@xmpp.test", SHADOW_DOMAIN);
+    bob.command(json!({"cmd": "set_vcard", "fn": "Bob Builder", "title": "Foreman"}))
+        .unwrap();
+    wait(bob, 20, |e| e["event"] == "vcard_set");
+
+    // Subscribed, approved, and Alice's presence with her photo's hash.
+    set_teams_presence(
+        emulator,
+        json!({"availability": "Available", "activity": "Available"}),
+    )
+    .await;
+    bob.command(json!({"cmd": "subscribe", "to": ALICE}))
+        .unwrap();
+    wait(bob, 20, |e| {
+        e["event"] == "presence" && e["type"] == "subscribed" && e["from"] == ALICE
+    });
+    let first = wait(bob, 20, presence_from("alice@teams.test/teams", ""));
+    let photo = xmppfed_gateway::bridge::vcard::photo_hash(PNG);
+    assert_eq!(first["photo"], photo.as_str(), "{first}");
+
+    // The gateway asked for Bob's presence back; Bob's client approved it, so
+    // his shadow account exists — with his card and the licence — and shows him.
+    until(20, "Bob's shadow account online", || {
+        shown(emulator, &shadow).filter(|(a, _, _)| a == "Available")
+    })
+    .await;
+    {
+        let tenant = emulator.tenant();
+        let account = tenant.user(&shadow).unwrap();
+        assert_eq!(account.properties["displayName"], "Bob Builder (XMPP)");
+        assert_eq!(account.properties["jobTitle"], "Foreman");
+        assert_eq!(account.licences, [SKU]);
+    }
+
+    // Teams → XMPP: each change made in Teams reaches Bob within 2 s.
+    let mut latencies = Vec::new();
+    for (body, show, status) in [
+        (
+            json!({"availability": "Busy", "activity": "InAMeeting"}),
+            "dnd",
+            "In a meeting",
+        ),
+        (
+            json!({"availability": "Away", "activity": "Away", "statusMessage": "Back at 3"}),
+            "away",
+            "Back at 3",
+        ),
+        (
+            json!({"availability": "Available", "activity": "Available", "statusMessage": null, "outOfOffice": "On leave"}),
+            "xa",
+            "Out of office — On leave",
+        ),
+        (
+            json!({"availability": "Available", "activity": "Available", "outOfOffice": null}),
+            "",
+            "",
+        ),
+    ] {
+        let changed = Instant::now();
+        set_teams_presence(emulator, body).await;
+        let seen = wait(bob, 10, presence_from("alice@teams.test/teams", show));
+        let latency = changed.elapsed();
+        assert_eq!(seen["status"], status, "{seen}");
+        assert!(latency < Duration::from_secs(2), "{latency:?} for {seen}");
+        latencies.push(latency);
+    }
+
+    // XMPP → Teams: Bob's presence shows on his shadow account.
+    bob.command(json!({"cmd": "presence", "show": "dnd", "status": "Focusing"}))
+        .unwrap();
+    until(10, "Bob busy in Teams", || {
+        shown(emulator, &shadow).filter(|s| {
+            *s == (
+                "DoNotDisturb".to_owned(),
+                "Presenting".to_owned(),
+                Some("Focusing".to_owned()),
+            )
+        })
+    })
+    .await;
+    bob.command(json!({"cmd": "unavailable"})).unwrap();
+    until(10, "Bob offline in Teams", || {
+        shown(emulator, &shadow).filter(|(a, _, s)| a == "Offline" && s.is_none())
+    })
+    .await;
+    bob.command(json!({"cmd": "presence", "show": "", "status": ""}))
+        .unwrap();
+    until(10, "Bob back in Teams", || {
+        shown(emulator, &shadow).filter(|(a, _, _)| a == "Available")
+    })
+    .await;
+
+    // Alice's card comes from her Graph profile.
+    bob.command(json!({"cmd": "vcard", "jid": ALICE})).unwrap();
+    let card = wait(bob, 20, |e| e["event"] == "vcard");
+    assert_eq!(
+        (card["fn"].as_str(), card["title"].as_str()),
+        (Some("Alice Liddell"), Some("Engineer")),
+        "{card}"
+    );
+    latencies
+}
+
+/// Carol is in the tenant but not on the allow list: she does not exist.
+async fn off_the_allow_list(emulator: &GraphEmulator, bob: &mut XmppClient) {
+    emulator
+        .control(
+            "/_emulator/users/carol@contoso.com/presence",
+            json!({"availability": "Busy", "activity": "InACall"}),
+        )
+        .await
+        .unwrap();
+    bob.command(json!({"cmd": "vcard", "jid": "carol@teams.test"}))
+        .unwrap();
+    let refused = wait(bob, 20, |e| e["event"] == "error" && e["cmd"] == "vcard");
+    assert_eq!(refused["condition"], "service-unavailable", "{refused}");
+    bob.command(json!({"cmd": "subscribe", "to": "carol@teams.test"}))
+        .unwrap();
+    wait(bob, 20, |e| {
+        e["event"] == "presence" && e["type"] == "unsubscribed" && e["from"] == "carol@teams.test"
+    });
+    tokio::task::block_in_place(|| bob.drain(Duration::from_secs(2)));
+    let leaked: Vec<Value> = bob
+        .presences_from("carol@teams.test")
+        .into_iter()
+        .filter(|p| p["type"] != "unsubscribed")
+        .collect();
+    assert!(leaked.is_empty(), "Carol's presence leaked: {leaked:?}");
+}
+
+fn skip(installed: bool, name: &str) -> bool {
+    match common::skip_reason(installed, name) {
+        Some(why) => {
+            eprintln!("skipped: {why}");
+            true
+        }
+        None => false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prosody_presence_cards_allow_list_and_restart() {
+    if skip(prosody::available(), "prosody") {
+        return;
+    }
+    common::init();
+    let emulator = GraphEmulator::start(seed()).await.unwrap();
+    emulator
+        .tenant()
+        .user_mut("alice@contoso.com")
+        .unwrap()
+        .photo = Some(("image/png".into(), PNG.to_vec()));
+    let dir = tempfile::tempdir().unwrap();
+    let (gateway_port, prosody_s2s) =
+        (prosody::free_port().unwrap(), prosody::free_port().unwrap());
+    let config = gateway_config(dir.path(), &emulator, gateway_port, prosody_s2s);
+    let gateway = start_gateway(&config).await;
+    let server = Prosody::start(&ProsodyOptions {
+        routes: vec![(DOMAIN.into(), gateway_port)],
+        s2s_port: Some(prosody_s2s),
+        ..ProsodyOptions::new(PEER)
+    })
+    .unwrap();
+    server.register("bob", "bobpw").unwrap();
+    let python = prosody::python().unwrap();
+    let mut bob = tokio::task::block_in_place(|| {
+        XmppClient::connect(&python, "bob@xmpp.test", "bobpw", server.c2s_port)
+    })
+    .unwrap();
+
+    let latencies = presence_both_ways(&emulator, &mut bob).await;
+    eprintln!("Teams → XMPP presence latencies (poll interval 500 ms): {latencies:?}");
+    off_the_allow_list(&emulator, &mut bob).await;
+    assert!(
+        emulator.tenant().violations.is_empty(),
+        "{:?}",
+        emulator.tenant().violations
+    );
+
+    // A restart: while the gateway is down, both sides change; afterwards both
+    // changes arrive without Bob doing anything.
+    gateway.stop().await;
+    set_teams_presence(
+        &emulator,
+        json!({"availability": "Away", "activity": "Away"}),
+    )
+    .await;
+    bob.command(json!({"cmd": "presence", "show": "away", "status": "Lunch"}))
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let gateway = start_gateway(&config).await;
+    wait(
+        &mut bob,
+        15,
+        presence_from("alice@teams.test/teams", "away"),
+    );
+    let shadow = upn_for("bob@xmpp.test", SHADOW_DOMAIN);
+    until(15, "Bob away in Teams after the restart", || {
+        shown(&emulator, &shadow).filter(|s| {
+            *s == (
+                "Away".to_owned(),
+                "Away".to_owned(),
+                Some("Lunch".to_owned()),
+            )
+        })
+    })
+    .await;
+    // And the subscription still works as before.
+    let changed = Instant::now();
+    set_teams_presence(
+        &emulator,
+        json!({"availability": "DoNotDisturb", "activity": "Presenting"}),
+    )
+    .await;
+    wait(&mut bob, 10, presence_from("alice@teams.test/teams", "dnd"));
+    assert!(changed.elapsed() < Duration::from_secs(2));
+    // Exactly one shadow account for Bob, through both runs.
+    let shadows = emulator
+        .tenant()
+        .users
+        .iter()
+        .filter(|u| u.upn().ends_with(SHADOW_DOMAIN))
+        .count();
+    assert_eq!(shadows, 1);
+    drop(bob);
+    gateway.stop().await;
+    drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ejabberd_presence_and_cards() {
+    if skip(ejabberd::available(), "ejabberd (and erl)") {
+        return;
+    }
+    common::init();
+    let emulator = GraphEmulator::start(seed()).await.unwrap();
+    emulator
+        .tenant()
+        .user_mut("alice@contoso.com")
+        .unwrap()
+        .photo = Some(("image/png".into(), PNG.to_vec()));
+    let dir = tempfile::tempdir().unwrap();
+    let (gateway_port, ejabberd_s2s) =
+        (prosody::free_port().unwrap(), prosody::free_port().unwrap());
+    let config = gateway_config(dir.path(), &emulator, gateway_port, ejabberd_s2s);
+    let gateway = start_gateway(&config).await;
+    let server = tokio::task::spawn_blocking(move || {
+        Ejabberd::start(&EjabberdOptions {
+            domain: PEER.into(),
+            route: (DOMAIN.into(), gateway_port),
+            tls: false,
+            s2s_port: Some(ejabberd_s2s),
+        })
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    server.register("bob", "bobpw").unwrap();
+    let python = prosody::python().unwrap();
+    let mut bob = tokio::task::block_in_place(|| {
+        XmppClient::connect(&python, "bob@xmpp.test", "bobpw", server.c2s_port)
+    })
+    .unwrap();
+    let latencies = presence_both_ways(&emulator, &mut bob).await;
+    eprintln!("Teams → XMPP presence latencies via ejabberd: {latencies:?}");
+    off_the_allow_list(&emulator, &mut bob).await;
+    drop(bob);
+    gateway.stop().await;
+}
