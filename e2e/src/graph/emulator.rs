@@ -1072,10 +1072,14 @@ fn handle(
             if ids.len() > 650 {
                 return ctx.error(StatusCode::BAD_REQUEST, "BadRequest", "Number of ids exceeds the maximum of 650.");
             }
+            // Object ids only (not UPNs), as Graph; one pass over the users per call.
+            let index: std::collections::HashMap<String, usize> =
+                t.users.iter().enumerate().map(|(i, u)| (u.id.to_ascii_lowercase(), i)).collect();
             let value: Vec<Value> = ids
                 .iter()
                 .filter_map(Value::as_str)
-                .filter_map(|id| t.user_mut(id).map(presence_resource))
+                .filter_map(|id| index.get(&id.to_ascii_lowercase()).copied())
+                .map(|i| presence_resource(&mut t.users[i]))
                 .collect();
             ctx.respond(StatusCode::OK, Some(json!({"@odata.context": "https://graph.microsoft.com/v1.0/$metadata#Collection(microsoft.graph.presence)", "value": value})))
         }

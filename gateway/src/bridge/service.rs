@@ -28,6 +28,7 @@ use super::metrics::BridgeMetrics;
 use super::presence::OutOfOffice;
 use super::presence::XmppPresence;
 use super::roster::{Roster, Subscription};
+use super::shadow::ShadowError;
 use super::shadow::ShadowSettings;
 use super::teams_presence::PollInterval;
 use super::teams_presence::TeamsPresence;
@@ -35,7 +36,7 @@ use super::{XmppOut, send_patiently};
 use crate::graph::GraphClient;
 use crate::s2s::stanza::{self, Stanza};
 use crate::store::now;
-use crate::store::{Store, StoreError};
+use crate::store::{Epoch, Store, StoreError};
 
 /// How often unused shadow accounts are looked for.
 const JANITOR_EVERY: Duration = Duration::from_secs(3600);
@@ -233,13 +234,18 @@ impl Bridge {
         };
         loop {
             let before = now() - after.as_secs() as i64;
-            match self.p.contacts.remove_unused(before).await {
+            match self.remove_unused_since(before).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(removed = n, "unused shadow accounts removed"),
                 Err(e) => tracing::warn!(error = %e, "cannot remove unused shadow accounts"),
             }
             tokio::time::sleep(JANITOR_EVERY).await;
         }
+    }
+
+    /// Removes the shadow accounts not used since `before`; returns how many.
+    pub async fn remove_unused_since(&self, before: Epoch) -> Result<usize, ShadowError> {
+        self.p.contacts.remove_unused(before).await
     }
 
     /// One stanza from a remote server to our domain.
