@@ -7,9 +7,15 @@ on stdout, so a test can act and wait for what the gateway does:
   {"cmd": "unavailable"}
   {"cmd": "vcard", "jid": JID}          -> {"event": "vcard", ...} or {"event": "error", ...}
   {"cmd": "set_vcard", "fn": TEXT, "title": TEXT, "photo_type": MIME, "photo_b64": B64}
+  {"cmd": "message", "to": JID, "body": TEXT, "id": ID}   (with an XEP-0184
+      receipt request and an XEP-0359 origin-id equal to the id)
+  {"cmd": "burst", "to": JID, "count": N, "prefix": P}   (N such messages, ids P0…)
+  {"cmd": "resend_unacked"}   (every message sent without a receipt yet, in order)
   {"cmd": "quit"}
 Events: online, presence (every presence stanza received, with its type,
-show, status and XEP-0153 photo hash), vcard, vcard_set, error.
+show, status and XEP-0153 photo hash), message (every message stanza: type,
+id, body, origin-id, receipt it carries, error condition and text), vcard,
+vcard_set, sent, resent, error.
 Subscription requests to this user are approved (slixmpp's auto_authorize).
 """
 import asyncio
@@ -21,8 +27,14 @@ import threading
 
 import slixmpp
 from slixmpp.exceptions import IqError, IqTimeout
+from slixmpp.xmlstream.handler import Callback
+from slixmpp.xmlstream.matcher import MatchXPath
+from xml.etree import ElementTree as ET
 
 UPDATE_NS = "vcard-temp:x:update"
+RECEIPTS_NS = "urn:xmpp:receipts"
+SID_NS = "urn:xmpp:sid:0"
+STANZAS_NS = "urn:ietf:params:xml:ns:xmpp-stanzas"
 
 
 def emit(obj):
@@ -38,6 +50,10 @@ class Client(slixmpp.ClientXMPP):
         self.auto_subscribe = False
         self.add_event_handler("session_start", self.start)
         self.add_event_handler("presence", self.on_presence)
+        self.register_handler(Callback("any message", MatchXPath("{jabber:client}message"), self.on_message))
+        # id -> (to, body), in the order sent; ids acknowledged by a receipt.
+        self.sent = {}
+        self.acked = set()
         self.add_event_handler("connection_failed", lambda *a: emit({"event": "error", "error": "connection failed"}))
         self.add_event_handler("failed_auth", lambda *a: emit({"event": "error", "error": "login failed"}))
 
@@ -51,6 +67,43 @@ class Client(slixmpp.ClientXMPP):
             "status": p["status"],
             "photo": None if photo is None else (photo.text or ""),
         })
+
+    def on_message(self, m):
+        x = m.xml
+        received = x.find(f"{{{RECEIPTS_NS}}}received")
+        origin = x.find(f"{{{SID_NS}}}origin-id")
+        error = x.find("{jabber:client}error")
+        condition = text = None
+        if error is not None:
+            for child in error:
+                if child.tag.startswith(f"{{{STANZAS_NS}}}"):
+                    name = child.tag.split("}")[1]
+                    if name == "text":
+                        text = child.text
+                    else:
+                        condition = name
+        if received is not None:
+            self.acked.add(received.get("id"))
+        body = x.find("{jabber:client}body")
+        emit({
+            "event": "message",
+            "from": str(m["from"]),
+            "type": m["type"],
+            "id": m["id"],
+            "body": None if body is None else body.text,
+            "origin_id": None if origin is None else origin.get("id"),
+            "received": None if received is None else received.get("id"),
+            "error": condition,
+            "error_text": text,
+        })
+
+    def send_chat(self, to, body, mid):
+        m = self.make_message(mto=to, mbody=body, mtype="chat")
+        m["id"] = mid
+        m.xml.append(ET.Element(f"{{{RECEIPTS_NS}}}request"))
+        m.xml.append(ET.Element(f"{{{SID_NS}}}origin-id", {"id": mid}))
+        self.sent[mid] = (to, body)
+        m.send()
 
     async def start(self, _event):
         self.send_presence()
@@ -87,6 +140,21 @@ class Client(slixmpp.ClientXMPP):
                 v["PHOTO"]["BINVAL"] = base64.b64decode(cmd["photo_b64"])
             await self.plugin["xep_0054"].publish_vcard(v, timeout=20)
             emit({"event": "vcard_set"})
+        elif c == "message":
+            self.send_chat(cmd["to"], cmd["body"], cmd["id"])
+            emit({"event": "sent", "count": 1})
+        elif c == "burst":
+            for i in range(cmd["count"]):
+                self.send_chat(cmd["to"], f"{cmd['prefix']}{i}", f"{cmd['prefix']}{i}")
+                if i % 50 == 49:
+                    # Let the socket drain now and then.
+                    await asyncio.sleep(0)
+            emit({"event": "sent", "count": cmd["count"]})
+        elif c == "resend_unacked":
+            pending = [(mid, to, body) for mid, (to, body) in self.sent.items() if mid not in self.acked]
+            for mid, to, body in pending:
+                self.send_chat(to, body, mid)
+            emit({"event": "resent", "count": len(pending)})
         elif c == "quit":
             self.disconnect()
         else:

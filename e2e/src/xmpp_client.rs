@@ -17,7 +17,7 @@ pub struct XmppClient {
     events: mpsc::Receiver<Value>,
     /// Every event seen so far (waits look through those not yet taken).
     pub seen: Vec<Value>,
-    taken: usize,
+    taken: std::collections::HashSet<usize>,
 }
 
 impl XmppClient {
@@ -54,7 +54,7 @@ impl XmppClient {
             stdin,
             events,
             seen: Vec::new(),
-            taken: 0,
+            taken: std::collections::HashSet::new(),
         };
         client.wait_for(Duration::from_secs(20), |e| e["event"] == "online")?;
         Ok(client)
@@ -66,22 +66,20 @@ impl XmppClient {
         Ok(())
     }
 
-    /// The first event not yet taken that matches, waiting up to `timeout`;
-    /// events before it that did not match stay available to later waits.
+    /// The first event not yet taken by an earlier wait that matches, waiting
+    /// up to `timeout`; events that did not match stay available to later waits.
     pub fn wait_for(
         &mut self,
         timeout: Duration,
         matches: impl Fn(&Value) -> bool,
     ) -> anyhow::Result<Value> {
         let deadline = Instant::now() + timeout;
-        let mut index = self.taken;
+        let mut index = 0;
         loop {
             while index < self.seen.len() {
-                if matches(&self.seen[index]) {
-                    let found = self.seen[index].clone();
-                    // Later waits start after this one.
-                    self.taken = index + 1;
-                    return Ok(found);
+                if !self.taken.contains(&index) && matches(&self.seen[index]) {
+                    self.taken.insert(index);
+                    return Ok(self.seen[index].clone());
                 }
                 index += 1;
             }
@@ -95,7 +93,16 @@ impl XmppClient {
                 }
                 Err(_) => bail!(
                     "no matching event within {timeout:?}; seen: {}",
-                    serde_json::to_string_pretty(&self.seen[self.taken..]).unwrap_or_default()
+                    serde_json::to_string_pretty(
+                        &self
+                            .seen
+                            .iter()
+                            .enumerate()
+                            .filter(|(i, _)| !self.taken.contains(i))
+                            .map(|(_, e)| e)
+                            .collect::<Vec<_>>()
+                    )
+                    .unwrap_or_default()
                 ),
             }
         }

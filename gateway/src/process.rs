@@ -19,6 +19,8 @@ use crate::bridge::directory::{AllowedUsers, Directory};
 use crate::bridge::identity::LocalPartRule;
 use crate::bridge::metrics::BridgeMetrics;
 use crate::bridge::service::{Bridge, Settings};
+use crate::graph::subscriptions::Subscriptions;
+use crate::graph::webhook::{self, Sink};
 use crate::licence::{self, LicenceCheckError, LicenceMetrics};
 use crate::s2s::{AnyUser, S2s, S2sSender, Stanza, stanza};
 use crate::store::Store;
@@ -40,6 +42,11 @@ pub enum StartError {
     Store(#[from] crate::store::StoreError),
     #[error("configuration: {0}")]
     Config(#[from] xmppfed_config::ConfigError),
+    #[error("cannot bind the webhook port {addr}: {source}")]
+    WebhookBind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot bind the admin port {addr}: {source}")]
     AdminBind {
         addr: SocketAddr,
@@ -59,6 +66,8 @@ pub struct Gateway {
     directory: Option<DirectoryWatch>,
     /// With Graph configured: the bridge that serves the inbox.
     bridge: Option<Arc<Bridge>>,
+    /// With `webhook.public_url`: the bound listener for Graph's notifications.
+    webhook: Option<(tokio::net::TcpListener, axum::Router)>,
 }
 
 /// What keeps the internal allow list fresh.
@@ -144,6 +153,16 @@ impl Gateway {
             None => Arc::new(AnyUser),
         };
         let (s2s, inbox) = S2s::bind(config, users, &metrics).await?;
+        let subscriptions = match (&config.webhook.public_url, &config.webhook.client_state) {
+            (Some(url), Some(client_state)) => Some(Arc::new(
+                Subscriptions::new(
+                    url,
+                    secrecy::SecretString::from(client_state.resolve()?.expose().to_owned()),
+                )
+                .with_store(store.clone()),
+            )),
+            _ => None,
+        };
         let bridge = match (&config.graph, &directory) {
             (Some(graph_config), Some(watch)) => {
                 let key = config
@@ -165,10 +184,30 @@ impl Gateway {
                         store.clone(),
                         CredentialCipher::new(key.expose()),
                         Arc::new(s2s.sender()),
+                        subscriptions.clone(),
                         BridgeMetrics::register(&metrics),
                     )
                     .await?,
                 )
+            }
+            _ => None,
+        };
+        // Graph's change notifications, stored before they are acknowledged.
+        let webhook = match (&bridge, &config.webhook.client_state) {
+            (Some(bridge), Some(client_state)) if config.webhook.public_url.is_some() => {
+                let secret =
+                    secrecy::SecretString::from(client_state.resolve()?.expose().to_owned());
+                let sink = Sink::Durable {
+                    store: store.clone(),
+                    wake: bridge.messages().notified.clone(),
+                };
+                let listener = tokio::net::TcpListener::bind(config.webhook.listen)
+                    .await
+                    .map_err(|source| StartError::WebhookBind {
+                        addr: config.webhook.listen,
+                        source,
+                    })?;
+                Some((listener, webhook::router(secret, sink)))
             }
             _ => None,
         };
@@ -191,6 +230,7 @@ impl Gateway {
             inbox,
             directory,
             bridge,
+            webhook,
         })
     }
 
@@ -234,6 +274,17 @@ impl Gateway {
         let stopped = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|stop| *stop).await;
         };
+        let webhook = self.webhook.map(|(listener, router)| {
+            let stop = stopped(stop_rx.clone());
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, router)
+                    .with_graceful_shutdown(stop)
+                    .await
+                {
+                    tracing::error!(error = %e, "the webhook listener failed");
+                }
+            })
+        });
         let s2s_ready = self.health.component("s2s");
         let sender = self.s2s.sender();
         let s2s = tokio::spawn(self.s2s.serve(stopped(stop_rx.clone())));
@@ -250,6 +301,9 @@ impl Gateway {
         };
         let result = self.admin.serve(stopped(stop_rx)).await;
         let _ = s2s.await;
+        if let Some(w) = webhook {
+            let _ = w.await;
+        }
         bridge.abort();
         if let Some(d) = directory {
             d.abort();

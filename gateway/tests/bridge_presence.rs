@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::bridge::*;
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -17,109 +19,6 @@ use xmppfed_e2e::prosody::{self, Prosody, ProsodyOptions};
 use xmppfed_e2e::xmpp_client::XmppClient;
 use xmppfed_gateway::bridge::shadow::upn_for;
 use xmppfed_gateway::process::Gateway;
-
-const DOMAIN: &str = "teams.test";
-const PEER: &str = "xmpp.test";
-const CLIENT_ID: &str = "0f0f0f0f-1111-4222-8333-444444444444";
-const SKU: &str = "6af4b3d6-14bb-4a2a-960c-6c902aad34f3";
-const SHADOW_DOMAIN: &str = "shadow.contoso.com";
-const ALICE: &str = "alice@teams.test";
-/// A 1×1 PNG.
-const PNG: &[u8] = &[
-    0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0x00, 0x00, 0x00, 0x0d, 0x49, 0x48, 0x44, 0x52,
-];
-
-fn seed() -> Seed {
-    serde_json::from_value(json!({
-        "tenantId": "5c0ffee0-0000-4000-8000-0000000000b1",
-        "apps": [{"clientId": CLIENT_ID, "clientSecret": "s3cret",
-                  "roles": ["User.ReadWrite.All", "GroupMember.Read.All", "Presence.ReadWrite.All",
-                            "LicenseAssignment.ReadWrite.All", "ProfilePhoto.ReadWrite.All"]}],
-        "users": [
-            {"userPrincipalName": "alice@contoso.com", "displayName": "Alice Liddell",
-             "jobTitle": "Engineer", "department": "R&D", "mail": "alice@contoso.com"},
-            {"userPrincipalName": "carol@contoso.com", "displayName": "Carol Secret"}
-        ],
-        "skus": [{"skuId": SKU, "skuPartNumber": "TEAMS_ESSENTIALS", "prepaidUnits": 10}]
-    }))
-    .unwrap()
-}
-
-fn gateway_config(
-    dir: &std::path::Path,
-    emulator: &GraphEmulator,
-    s2s_port: u16,
-    peer_port: u16,
-) -> GatewayConfig {
-    let secret = dir.join("client-secret");
-    std::fs::write(&secret, "s3cret").unwrap();
-    let key = dir.join("credential-key");
-    std::fs::write(&key, "credential key of this gateway").unwrap();
-    let text = format!(
-        "[xmpp]\ndomain = \"{DOMAIN}\"\n\
-         [s2s]\nlisten = \"127.0.0.1:{s2s_port}\"\nrequire_tls = false\n\
-         [webhook]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
-         [graph]\ntenant_id = \"{}\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret = {{ file = \"{}\" }}\n\
-         authority_url = \"{}\"\ngraph_url = \"{}\"\n\
-         [shadow_accounts]\nupn_domain = \"{SHADOW_DOMAIN}\"\nlicence_sku = \"{SKU}\"\n\
-         credential_key = {{ file = \"{}\" }}\nusage_location = \"GB\"\n\
-         [presence]\npoll_interval_ms = 500\n\
-         [allow]\nremote_domains = [\"{PEER}\"]\ninternal_users = [\"alice@contoso.com\"]\n\
-         [store]\nengine = \"sqlite\"\npath = \"{}\"\n",
-        emulator.tenant().id,
-        secret.display(),
-        emulator.authority_url(),
-        emulator.graph_url(),
-        key.display(),
-        dir.join("gateway.db").display(),
-    );
-    let mut config = GatewayConfig::from_toml_str(&text).unwrap();
-    config.s2s.static_routes = vec![StaticRoute {
-        domain: PEER.into(),
-        host: "127.0.0.1".into(),
-        port: peer_port,
-    }];
-    config
-}
-
-/// The gateway, in this process, until `stop`.
-struct Running {
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
-}
-
-async fn start_gateway(config: &GatewayConfig) -> Running {
-    let gateway = Gateway::start(config).await.unwrap();
-    let admin: SocketAddr = gateway.admin_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(gateway.run(async {
-        let _ = stopped.await;
-    }));
-    // Ready once the internal allow list has been read.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let ready = reqwest::get(format!("http://{admin}/readyz")).await;
-        if ready.is_ok_and(|r| r.status() == 200) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the gateway never became ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Running { stop, task }
-}
-
-impl Running {
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        self.task.await.unwrap().unwrap();
-    }
-}
-
-/// Waits for a client event without holding up the runtime's other tasks.
-fn wait(client: &mut XmppClient, secs: u64, what: impl Fn(&Value) -> bool) -> Value {
-    tokio::task::block_in_place(|| client.wait_for(Duration::from_secs(secs), what))
-        .unwrap_or_else(|e| panic!("{e:#}"))
-}
 
 fn presence_from<'a>(from: &'a str, show: &'a str) -> impl Fn(&Value) -> bool + 'a {
     move |e| {
@@ -144,17 +43,6 @@ fn shown(emulator: &GraphEmulator, upn: &str) -> Option<(String, String, Option<
         .filter(|t| !t.is_empty())
         .map(str::to_owned);
     Some((availability, activity, status))
-}
-
-async fn until<T>(secs: u64, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 async fn set_teams_presence(emulator: &GraphEmulator, body: Value) {
@@ -294,16 +182,6 @@ async fn off_the_allow_list(emulator: &GraphEmulator, bob: &mut XmppClient) {
         .filter(|p| p["type"] != "unsubscribed")
         .collect();
     assert!(leaked.is_empty(), "Carol's presence leaked: {leaked:?}");
-}
-
-fn skip(installed: bool, name: &str) -> bool {
-    match common::skip_reason(installed, name) {
-        Some(why) => {
-            eprintln!("skipped: {why}");
-            true
-        }
-        None => false,
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -92,6 +92,7 @@ async fn harness() -> Harness {
         store.clone(),
         CredentialCipher::new("key"),
         out,
+        None,
         BridgeMetrics::detached(),
     )
     .await

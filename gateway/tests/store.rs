@@ -27,6 +27,18 @@ async fn conformance(store: &Store) {
         Some("b")
     );
 
+    store.set_cursor("chat:b", "2").await.unwrap();
+    store.set_cursor("chat:a", "1").await.unwrap();
+    store.set_cursor("chats", "x").await.unwrap();
+    store.set_cursor("chat_", "y").await.unwrap();
+    assert_eq!(
+        store.cursors_with_prefix("chat:").await.unwrap(),
+        [
+            ("chat:a".to_owned(), "1".to_owned()),
+            ("chat:b".to_owned(), "2".to_owned())
+        ]
+    );
+
     // Subscriptions.
     let sub = StoredSubscription {
         id: "s1".into(),

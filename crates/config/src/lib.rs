@@ -38,6 +38,8 @@ pub struct GatewayConfig {
     #[serde(default)]
     pub presence: PresenceConfig,
     #[serde(default)]
+    pub messages: MessagesConfig,
+    #[serde(default)]
     pub allow: AllowConfig,
     #[serde(default)]
     pub throttle: ThrottleConfig,
@@ -131,6 +133,30 @@ impl Default for PresenceConfig {
             subscriptions: SubscriptionPolicy::default(),
             card_cache_secs: 3600,
             resource: "teams".to_owned(),
+        }
+    }
+}
+
+/// How 1:1 messages are carried.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MessagesConfig {
+    /// A message not delivered within this time is bounced to its sender
+    /// with an error (never dropped silently).
+    pub expiry_secs: u64,
+    /// How often the Teams chats are read for messages change notifications
+    /// missed (with `webhook.public_url`).
+    pub reconcile_interval_secs: u64,
+    /// How often they are read without notifications (no `webhook.public_url`).
+    pub poll_interval_secs: u64,
+}
+
+impl Default for MessagesConfig {
+    fn default() -> Self {
+        Self {
+            expiry_secs: 3600,
+            reconcile_interval_secs: 60,
+            poll_interval_secs: 5,
         }
     }
 }

@@ -180,6 +180,21 @@ pub(crate) fn validate(c: &GatewayConfig) -> Vec<FieldError> {
         err("presence.resource", "must be 1 to 64 characters".into());
     }
 
+    // Messages
+    let m = &c.messages;
+    for (field, value) in [
+        ("messages.expiry_secs", m.expiry_secs),
+        (
+            "messages.reconcile_interval_secs",
+            m.reconcile_interval_secs,
+        ),
+        ("messages.poll_interval_secs", m.poll_interval_secs),
+    ] {
+        if value == 0 {
+            err(field, "must be greater than 0".into());
+        }
+    }
+
     // Allow lists
     for (i, upn) in c.allow.internal_users.iter().enumerate() {
         if !is_upn(upn) {

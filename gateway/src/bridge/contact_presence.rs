@@ -16,6 +16,7 @@ use xmpp_parsers::presence::{Presence, Type};
 use super::contacts::Contacts;
 use super::metrics::BridgeMetrics;
 use super::presence::{TeamsPresence, to_teams};
+use super::throttle::Throttle;
 use crate::graph::GraphClient;
 
 /// Shadow accounts updated at once.
@@ -24,6 +25,8 @@ const CONCURRENCY: usize = 8;
 const TICK: Duration = Duration::from_secs(30);
 /// After a failed update, the next try.
 const RETRY: Duration = Duration::from_secs(15);
+/// A contact over its presence limit is looked at again after this.
+const THROTTLED_WAIT: Duration = Duration::from_secs(5);
 
 /// What a contact shows: a setPresence pair and a status text, or offline.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,6 +85,7 @@ pub struct ContactPresence {
     /// Our application id: the presence session Graph keeps for us.
     session_id: String,
     session: Duration,
+    throttle: Arc<Throttle>,
     metrics: BridgeMetrics,
     state: Mutex<HashMap<String, ContactState>>,
     wake: Notify,
@@ -93,6 +97,7 @@ impl ContactPresence {
         contacts: Arc<Contacts>,
         session_id: &str,
         session: Duration,
+        throttle: Arc<Throttle>,
         metrics: BridgeMetrics,
     ) -> Self {
         Self {
@@ -100,6 +105,7 @@ impl ContactPresence {
             contacts,
             session_id: session_id.to_owned(),
             session,
+            throttle,
             metrics,
             state: Mutex::new(HashMap::new()),
             wake: Notify::new(),
@@ -193,6 +199,29 @@ impl ContactPresence {
                 contact.asked_by.clone(),
             )
         };
+        let renewal = applied.as_ref().is_some_and(|(s, _)| *s == wanted);
+        // The same presence again before its renewal is due: nothing to do.
+        if let Some((_, at)) = &applied
+            && renewal
+            && (at.elapsed() < self.session * 4 / 5 || wanted.presence == TeamsPresence::Clear)
+        {
+            if let Some(contact) = self.state().get_mut(jid) {
+                contact.due = match wanted.presence {
+                    TeamsPresence::Set { .. } => Some(*at + self.session * 4 / 5),
+                    TeamsPresence::Clear => None,
+                };
+            }
+            return;
+        }
+        // Over the contact's limit, changes wait (coalesced): the latest state
+        // is applied once the bucket allows; nothing is dropped.
+        if !renewal && let Err(refusal) = self.throttle.presence(&[jid]) {
+            self.metrics.throttled("to-teams", refusal.kind.label());
+            if let Some(contact) = self.state().get_mut(jid) {
+                contact.due = Some(contact.due.unwrap_or(Instant::now() + THROTTLED_WAIT));
+            }
+            return;
+        }
         let result = self.update(jid, &asked_by, &wanted, applied.as_ref()).await;
         let mut state = self.state();
         let Some(contact) = state.get_mut(jid) else {

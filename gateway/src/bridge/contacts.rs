@@ -17,7 +17,7 @@ use super::credentials::CredentialCipher;
 use super::iq::Requests;
 use super::metrics::BridgeMetrics;
 use super::shadow::{self, ShadowError, ShadowSettings};
-use crate::graph::GraphClient;
+use crate::graph::{GraphClient, UserCredential};
 use crate::store::{Store, StoreError, now};
 
 /// How long we wait for a contact's server to send its vCard.
@@ -132,12 +132,18 @@ impl Contacts {
             .entry(jid.to_owned())
             .or_default()
             .clone();
-        let _one_at_a_time = lock.lock().await;
+        let guard = lock.lock().await;
         let result = self.find_or_create(jid, asked_by).await;
-        self.creating
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(jid);
+        drop(guard);
+        // Forget the lock only if nobody else holds or waits on it (the map's
+        // copy and ours are the only two), so that no newcomer gets a second one.
+        let mut creating = self.creating.lock().unwrap_or_else(|p| p.into_inner());
+        if creating
+            .get(jid)
+            .is_some_and(|l| Arc::ptr_eq(l, &lock) && Arc::strong_count(&lock) == 2)
+        {
+            creating.remove(jid);
+        }
         result
     }
 
@@ -191,11 +197,57 @@ impl Contacts {
         }
     }
 
+    /// The shadow account's sign-in (for delegated calls: chats, messages),
+    /// created on first need as `shadow_of` does; with its object id.
+    pub async fn credential(
+        &self,
+        jid: &str,
+        asked_by: &str,
+    ) -> Result<(String, UserCredential), ShadowError> {
+        let object_id = self.shadow_of(jid, asked_by).await?;
+        let account =
+            self.store.shadow(jid).await?.ok_or_else(|| {
+                StoreError::Backend(format!("the shadow account of {jid} vanished"))
+            })?;
+        let password = self.cipher.open(jid, &account.credential)?;
+        Ok((
+            object_id,
+            UserCredential {
+                upn: account.upn,
+                password,
+            },
+        ))
+    }
+
+    /// Every shadow account's sign-in, by UPN (to take back Graph
+    /// subscriptions made as them after a restart).
+    pub async fn all_credentials(&self) -> Result<HashMap<String, UserCredential>, ShadowError> {
+        let mut all = HashMap::new();
+        for account in self.store.unused_shadows(i64::MAX).await? {
+            let password = self.cipher.open(&account.jid, &account.credential)?;
+            all.insert(
+                account.upn.to_lowercase(),
+                UserCredential {
+                    upn: account.upn,
+                    password,
+                },
+            );
+        }
+        Ok(all)
+    }
+
     /// Removes the shadow accounts unused since `before` from the tenant and
     /// the store; returns how many went.
-    pub async fn remove_unused(&self, before: crate::store::Epoch) -> Result<usize, ShadowError> {
+    pub async fn remove_unused(
+        &self,
+        before: crate::store::Epoch,
+        keep: impl Fn(&str) -> bool,
+    ) -> Result<usize, ShadowError> {
         let mut removed = 0;
         for account in self.store.unused_shadows(before).await? {
+            if keep(&account.jid) {
+                continue;
+            }
             match self.graph.delete_user(&account.object_id).await {
                 Ok(()) => {}
                 Err(e) if e.is_not_found() => {}

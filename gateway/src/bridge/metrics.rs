@@ -1,5 +1,5 @@
-//! Bridge metrics: presence carried each way, the polling interval, contact
-//! relationships and shadow accounts.
+//! Bridge metrics: presence and messages carried each way, throttling, the
+//! polling interval, contact relationships and shadow accounts.
 
 use std::sync::atomic::AtomicU64;
 
@@ -17,6 +17,8 @@ pub struct BridgeMetrics {
     contacts: Gauge,
     shadows: Family<Labels, Counter>,
     graph_failures: Family<Labels, Counter>,
+    messages: Family<Labels, Counter>,
+    throttled: Family<Labels, Counter>,
 }
 
 impl BridgeMetrics {
@@ -47,6 +49,16 @@ impl BridgeMetrics {
                 "Bridge operations that failed on a Graph error, by operation",
                 Family::default(),
             ),
+            messages: metrics.register(
+                "messages",
+                "1:1 messages by direction (to-teams, to-xmpp) and outcome (accepted, delivered, retried, failed)",
+                Family::default(),
+            ),
+            throttled: metrics.register(
+                "throttled",
+                "Messages and presence updates refused by a per-user limit, by direction and kind",
+                Family::default(),
+            ),
         }
     }
 
@@ -72,6 +84,18 @@ impl BridgeMetrics {
     pub fn shadow(&self, outcome: &'static str) {
         self.shadows
             .get_or_create(&vec![("outcome", outcome)])
+            .inc();
+    }
+
+    pub fn message(&self, direction: &'static str, outcome: &'static str) {
+        self.messages
+            .get_or_create(&vec![("direction", direction), ("outcome", outcome)])
+            .inc();
+    }
+
+    pub fn throttled(&self, direction: &'static str, kind: &'static str) {
+        self.throttled
+            .get_or_create(&vec![("direction", direction), ("kind", kind)])
             .inc();
     }
 

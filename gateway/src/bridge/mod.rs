@@ -2,7 +2,8 @@
 //! identities, the presence mapping, contact cards — each tested on its own,
 //! and the services that drive them (`service` dispatches what the s2s layer
 //! hands over; `teams_presence` and `contact_presence` carry presence each
-//! way; `contacts` keeps the shadow accounts).
+//! way; `messages` carries 1:1 messages through the outbox; `throttle` holds
+//! the per-user limits; `contacts` keeps the shadow accounts).
 
 pub mod cards;
 pub mod contact_presence;
@@ -11,12 +12,15 @@ pub mod credentials;
 pub mod directory;
 pub mod identity;
 pub mod iq;
+pub mod messages;
 pub mod metrics;
 pub mod presence;
 pub mod roster;
 pub mod service;
 pub mod shadow;
 pub mod teams_presence;
+pub mod text;
+pub mod throttle;
 pub mod vcard;
 
 use std::time::Duration;

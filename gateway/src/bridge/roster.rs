@@ -195,6 +195,11 @@ impl Roster {
         })
     }
 
+    /// Whether any Teams user has any relationship with this contact.
+    pub fn has_any(&self, remote: &str) -> bool {
+        self.read().by_remote.contains_key(remote)
+    }
+
     /// (Teams user, contact) for every relationship where we receive the
     /// contact's presence: probed at startup so their presence resumes.
     pub fn watched_remotes(&self) -> Vec<(String, String)> {

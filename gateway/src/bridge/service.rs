@@ -24,6 +24,7 @@ use super::contacts::Contacts;
 use super::credentials::CredentialCipher;
 use super::directory::Directory;
 use super::iq::Requests;
+use super::messages::{self, Messages};
 use super::metrics::BridgeMetrics;
 use super::presence::OutOfOffice;
 use super::presence::XmppPresence;
@@ -32,11 +33,14 @@ use super::shadow::ShadowError;
 use super::shadow::ShadowSettings;
 use super::teams_presence::PollInterval;
 use super::teams_presence::TeamsPresence;
+use super::throttle::Throttle;
 use super::{XmppOut, send_patiently};
 use crate::graph::GraphClient;
+use crate::graph::subscriptions::Subscriptions;
 use crate::s2s::stanza::{self, Stanza};
 use crate::store::now;
 use crate::store::{Epoch, Store, StoreError};
+use xmppfed_config::ThrottleConfig;
 
 /// How often unused shadow accounts are looked for.
 const JANITOR_EVERY: Duration = Duration::from_secs(3600);
@@ -56,6 +60,10 @@ pub struct Settings {
     /// Shadow accounts unused this long are removed (`None`: kept for ever).
     pub remove_unused_after: Option<Duration>,
     pub shadow: ShadowSettings,
+    pub throttle: ThrottleConfig,
+    pub message_expiry: Duration,
+    /// How often chats are read for messages (faster without notifications).
+    pub reconcile: Duration,
 }
 
 impl Settings {
@@ -88,6 +96,13 @@ impl Settings {
                 display_name_suffix: config.shadow_accounts.display_name_suffix.clone(),
                 usage_location: config.shadow_accounts.usage_location.clone(),
             },
+            throttle: config.throttle.clone(),
+            message_expiry: Duration::from_secs(config.messages.expiry_secs),
+            reconcile: Duration::from_secs(if config.webhook.public_url.is_some() {
+                config.messages.reconcile_interval_secs
+            } else {
+                config.messages.poll_interval_secs
+            }),
         }
     }
 }
@@ -106,6 +121,7 @@ struct Parts {
     teams: Arc<TeamsPresence>,
     contacts: Arc<Contacts>,
     contact_presence: Arc<ContactPresence>,
+    messages: Arc<Messages>,
     remove_unused_after: Option<Duration>,
     metrics: BridgeMetrics,
 }
@@ -130,6 +146,7 @@ struct Addressed {
 impl Bridge {
     /// Builds the bridge on its Graph client, directory, store and XMPP
     /// output; the contact relationships are read from the store here.
+    #[allow(clippy::too_many_arguments)]
     pub async fn build(
         settings: Settings,
         graph: Arc<GraphClient>,
@@ -137,14 +154,16 @@ impl Bridge {
         store: Arc<Store>,
         cipher: CredentialCipher,
         out: Arc<dyn XmppOut>,
+        subscriptions: Option<Arc<Subscriptions>>,
         metrics: BridgeMetrics,
     ) -> Result<Arc<Self>, StoreError> {
         let roster = Roster::load(store.clone()).await?;
         let cards = Arc::new(Cards::new(directory.clone(), settings.card_ttl));
         let requests = Arc::new(Requests::default());
+        let throttle = Arc::new(Throttle::new(settings.throttle.clone()));
         let contacts = Arc::new(Contacts::new(
             graph.clone(),
-            store,
+            store.clone(),
             cipher,
             settings.shadow.clone(),
             requests.clone(),
@@ -169,6 +188,23 @@ impl Bridge {
             contacts.clone(),
             &settings.session_id,
             settings.session,
+            throttle.clone(),
+            metrics.clone(),
+        ));
+        let messages = Arc::new(Messages::new(
+            messages::Settings {
+                domain: settings.domain.clone(),
+                resource: settings.resource.clone(),
+                expiry: settings.message_expiry,
+                reconcile: settings.reconcile,
+            },
+            graph.clone(),
+            store,
+            directory.clone(),
+            contacts.clone(),
+            out.clone(),
+            throttle,
+            subscriptions,
             metrics.clone(),
         ));
         Ok(Arc::new(Self {
@@ -185,6 +221,7 @@ impl Bridge {
                 teams,
                 contacts,
                 contact_presence,
+                messages,
                 remove_unused_after: settings.remove_unused_after,
                 metrics,
             },
@@ -197,6 +234,13 @@ impl Bridge {
         let poller = tokio::spawn(self.p.teams.clone().run());
         let worker = tokio::spawn(self.p.contact_presence.clone().run());
         let janitor = tokio::spawn(self.clone().remove_unused_shadows());
+        let m = &self.p.messages;
+        let messaging = [
+            tokio::spawn(m.clone().deliver()),
+            tokio::spawn(m.clone().consume_notifications()),
+            tokio::spawn(m.clone().reconcile()),
+            tokio::spawn(m.clone().keep_subscriptions()),
+        ];
         self.probe_watched().await;
         while let Some(stanza) = inbox.recv().await {
             self.handle(stanza).await;
@@ -204,6 +248,9 @@ impl Bridge {
         poller.abort();
         worker.abort();
         janitor.abort();
+        for task in messaging {
+            task.abort();
+        }
     }
 
     /// After a start, asks every contact whose presence we receive for it, so
@@ -245,7 +292,13 @@ impl Bridge {
 
     /// Removes the shadow accounts not used since `before`; returns how many.
     pub async fn remove_unused_since(&self, before: Epoch) -> Result<usize, ShadowError> {
-        self.p.contacts.remove_unused(before).await
+        // A contact someone still has a relationship with keeps its account
+        // (and its chats), however long it has been offline.
+        let roster = self.p.roster.clone();
+        self.p
+            .contacts
+            .remove_unused(before, move |jid| roster.has_any(jid))
+            .await
     }
 
     /// One stanza from a remote server to our domain.
@@ -253,18 +306,12 @@ impl Bridge {
         match stanza {
             Stanza::Iq(iq) => self.on_iq(iq).await,
             Stanza::Presence(p) => self.on_presence(p).await,
-            Stanza::Message(m) => {
-                // Chat messages arrive with the next part of the bridge; until
-                // then the sender learns it at once rather than never.
-                if matches!(m.type_, MessageType::Chat | MessageType::Normal) {
-                    self.reply_error(
-                        &Stanza::Message(m),
-                        DefinedCondition::ServiceUnavailable,
-                        "messages to Teams users are not bridged by this gateway yet",
-                    )
-                    .await;
-                }
-            }
+            Stanza::Message(m) => match m.type_ {
+                MessageType::Chat | MessageType::Normal => self.p.messages.from_xmpp(m).await,
+                MessageType::Error => self.p.messages.bounced(&m).await,
+                // Group chat and headlines have no place in a 1:1 chat.
+                MessageType::Groupchat | MessageType::Headline => {}
+            },
         }
     }
 
@@ -381,7 +428,8 @@ impl Bridge {
             _ => return self.send_typed(Type::Unsubscribed, a).await,
         };
         let mut sub = self.p.roster.get(&user, &a.remote);
-        let ask_back = !sub.to && !sub.pending_out;
+        // Asked again while still pending: our request may have been lost.
+        let ask_back = !sub.to;
         sub.from = true;
         sub.pending_out |= ask_back;
         if !self.save(&user, a, sub).await {
@@ -413,7 +461,9 @@ impl Bridge {
     async fn on_subscribed(&self, a: &Addressed) {
         let Some(user) = &a.user else { return };
         let mut sub = self.p.roster.get(user, &a.remote);
-        if sub.to && !sub.pending_out {
+        // Only an answer to our own request counts (RFC 6121 §3.1.6): an
+        // unrequested `subscribed` must not make anyone a watched contact.
+        if !sub.pending_out {
             return;
         }
         sub.to = true;
@@ -466,6 +516,11 @@ impl Bridge {
             }
             _ => self.send_typed(Type::Unsubscribed, a).await,
         }
+    }
+
+    /// The message carrier (tests drive its reconciliation directly).
+    pub fn messages(&self) -> &Arc<Messages> {
+        &self.p.messages
     }
 
     /// The contact relationships.

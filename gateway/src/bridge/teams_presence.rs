@@ -218,6 +218,14 @@ impl TeamsPresence {
     /// Sends a user's current presence to one contact (a new subscriber, or a
     /// probe): as last read, or read now if the user is not polled yet.
     pub async fn send_current(&self, id: &str, remote: &Jid) -> Result<(), GraphError> {
+        // The card first: the presence is read after it, so that a change the
+        // poller sends meanwhile is not overtaken by an older one.
+        if let Some(local) = self.directory.local_of(id)
+            && self.cards.known_photo_hash(&local).is_none()
+            && let Err(e) = self.cards.card(&self.graph, &local).await
+        {
+            tracing::debug!(%local, error = %e, "no card yet; presence goes without the photo hash");
+        }
         let known = self.last().get(id).cloned();
         let presence = match known {
             Some(p) => p,
@@ -227,14 +235,6 @@ impl TeamsPresence {
                 p
             }
         };
-        // The photo hash (XEP-0153) from the first presence on: one profile
-        // read per user while the card stays cached.
-        if let Some(local) = self.directory.local_of(id)
-            && self.cards.known_photo_hash(&local).is_none()
-            && let Err(e) = self.cards.card(&self.graph, &local).await
-        {
-            tracing::debug!(%local, error = %e, "no card yet; presence goes without the photo hash");
-        }
         if let Some((_, mut p)) = self.stanza_for(id, &presence) {
             p.to = Some(remote.clone());
             if let Err(e) = send_patiently(self.out.as_ref(), Stanza::Presence(p)).await {

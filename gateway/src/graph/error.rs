@@ -87,6 +87,16 @@ impl GraphError {
         ) || matches!(self, GraphError::Transport(_))
     }
 
+    /// Worth trying again later, even after the client's own retries gave
+    /// up: throttling, server trouble, or no answer at all.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            GraphError::Exhausted { last, .. } => last.is_transient(),
+            GraphError::Transport(_) => true,
+            _ => matches!(self.status(), Some(429 | 500..=599)),
+        }
+    }
+
     pub fn is_not_found(&self) -> bool {
         self.status() == Some(404)
     }

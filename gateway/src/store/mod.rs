@@ -150,6 +150,14 @@ impl Store {
         backend!(self, s => s.set_cursor(key, value))
     }
 
+    /// Every cursor whose key starts with `prefix`, by key.
+    pub async fn cursors_with_prefix(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        backend!(self, s => s.cursors_with_prefix(prefix))
+    }
+
     // Graph subscriptions -------------------------------------------------------
 
     pub async fn put_subscription(&self, sub: &StoredSubscription) -> Result<(), StoreError> {

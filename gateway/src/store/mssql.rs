@@ -263,6 +263,23 @@ impl SqlServerStore {
         rows.first().map(|r| text(r, 0)).transpose()
     }
 
+    pub async fn cursors_with_prefix(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        // A range rather than LIKE: no wildcard in the prefix to escape.
+        let end = format!("{prefix}\u{10FFFF}");
+        let rows = self
+            .rows(
+                "SELECT [key], value FROM cursors WHERE [key] >= @P1 AND [key] < @P2 ORDER BY [key]",
+                &[&prefix, &end.as_str()],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| Ok((text(r, 0)?, text(r, 1)?)))
+            .collect()
+    }
+
     pub async fn set_cursor(&self, key: &str, value: &str) -> Result<(), StoreError> {
         self.run(
             "BEGIN TRAN;

@@ -93,6 +93,22 @@ impl SqliteStore {
         .await
     }
 
+    pub async fn cursors_with_prefix(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        // A range rather than LIKE: no wildcard in the prefix to escape.
+        let (start, end) = (prefix.to_owned(), format!("{prefix}\u{10FFFF}"));
+        self.with(move |c| {
+            let mut stmt = c.prepare(
+                "SELECT key, value FROM cursors WHERE key >= ?1 AND key < ?2 ORDER BY key",
+            )?;
+            let rows = stmt.query_map([start, end], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect()
+        })
+        .await
+    }
+
     pub async fn set_cursor(&self, key: &str, value: &str) -> Result<(), StoreError> {
         let (key, value) = (key.to_owned(), value.to_owned());
         self.with(move |c| {

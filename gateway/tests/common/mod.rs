@@ -243,3 +243,5 @@ async fn echo_bridge(mut rx: Receiver<Stanza>, tx: S2sSender, seen: Arc<Mutex<Ve
         }
     }
 }
+
+pub mod bridge;

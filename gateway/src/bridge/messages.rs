@@ -1,0 +1,943 @@
+//! 1:1 messages both ways, through the durable outbox: each message accepted
+//! from either side is written there before anything else happens, then
+//! delivered at least once by a worker that keeps each conversation in order,
+//! and de-duplicated where it enters (XMPP id / origin-id, Graph message id).
+//!
+//! XMPP → Teams: into the 1:1 chat between the contact's shadow account and
+//! the Teams user (created once, remembered), sent with the shadow account's
+//! delegated token; an XEP-0184 receipt when Graph accepts it, a stanza
+//! error saying why when it cannot. A retry after a crash first looks in the
+//! chat for the message, so Graph's accepting it just before the crash does
+//! not make it twice.
+//!
+//! Teams → XMPP: learned from change notifications on the shadow accounts'
+//! chats and from a reconciliation poll (after missed notifications,
+//! restarts, lapsed subscriptions), never echoing what the shadow account sent
+//! itself; sent as a `chat` message from the Teams user's JID with the Graph
+//! message id as id and origin-id. A remote server that stays unreachable
+//! past the expiry makes a notice in the Teams chat: never silence.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+use xmpp_parsers::jid::Jid;
+use xmpp_parsers::message::{Id, Lang, Message, MessageType};
+use xmpp_parsers::ns;
+use xmpp_parsers::receipts::Received;
+use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType, StanzaError};
+use xmpp_parsers::stanza_id::OriginId;
+
+use super::contacts::Contacts;
+use super::directory::Directory;
+use super::metrics::BridgeMetrics;
+use super::throttle::Throttle;
+use super::{XmppOut, text};
+use crate::graph::api::ChatMessage;
+use crate::graph::subscriptions::{Subscriptions, Want};
+use crate::graph::webhook::Notification;
+use crate::graph::{GraphClient, GraphError, UserCredential};
+use crate::s2s::{SendError, Stanza};
+use crate::store::{Epoch, OutboxItem, Store, StoreError, now};
+
+/// Outbox items delivered at once (different conversations only).
+const CONCURRENCY: usize = 8;
+/// How many of a chat's newest messages the poll and the crash check read.
+const RECENT: u32 = 50;
+/// How long a message sent to XMPP is remembered in case it bounces.
+const BOUNCE_WINDOW: Duration = Duration::from_secs(600);
+/// How long a claimed change notification stays ours.
+const LEASE_SECS: i64 = 120;
+/// Graph's limit for chat-message subscriptions.
+const SUBSCRIPTION_LIFETIME: Duration = Duration::from_secs(55 * 60);
+
+const TO_TEAMS: &str = "to-teams";
+const TO_XMPP: &str = "to-xmpp";
+
+/// A message from XMPP waiting for Teams.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ToTeams {
+    /// The sender: bare (lower-cased) and full JID.
+    remote: String,
+    remote_full: String,
+    user_id: String,
+    local: String,
+    body: String,
+    id: Option<String>,
+    receipt: bool,
+}
+
+/// A message from Teams waiting for XMPP.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ToXmpp {
+    local: String,
+    user_id: String,
+    remote: String,
+    text: String,
+    graph_id: String,
+    chat_id: String,
+}
+
+/// A conversation: a remote contact and a Teams user (object id).
+fn conversation(remote: &str, user_id: &str) -> String {
+    format!("{remote}|{user_id}")
+}
+
+fn chat_key(conversation: &str) -> String {
+    format!("chat:{conversation}")
+}
+
+const CONV_PREFIX: &str = "conv:";
+fn conv_key(chat_id: &str) -> String {
+    format!("{CONV_PREFIX}{chat_id}")
+}
+
+fn seen_key(chat_id: &str) -> String {
+    format!("seen:{chat_id}")
+}
+
+/// Next try after `attempts` failures: 2 s doubling to 5 minutes.
+fn backoff(attempts: i64) -> i64 {
+    2i64.saturating_pow(attempts.clamp(1, 20) as u32).min(300)
+}
+
+/// What became of one delivery attempt.
+enum Outcome {
+    Delivered,
+    Retry,
+    /// Cannot be delivered: tell the sender.
+    Failed(DefinedCondition, String),
+}
+
+pub struct Settings {
+    pub domain: String,
+    pub resource: String,
+    pub expiry: Duration,
+    /// How often chats are read for what notifications missed.
+    pub reconcile: Duration,
+}
+
+pub struct Messages {
+    settings: Settings,
+    graph: Arc<GraphClient>,
+    store: Arc<Store>,
+    directory: Directory,
+    contacts: Arc<Contacts>,
+    out: Arc<dyn XmppOut>,
+    throttle: Arc<Throttle>,
+    subscriptions: Option<Arc<Subscriptions>>,
+    metrics: BridgeMetrics,
+    /// Wakes the delivery worker (new outbox items).
+    wake: Notify,
+    /// Wakes the notification consumer (the webhook stored some).
+    pub notified: Arc<Notify>,
+    /// Wakes the reconciliation poll (a lifecycle `missed`).
+    reconcile_now: Notify,
+    /// Messages recently handed to s2s, by id, in case they bounce.
+    in_flight: Mutex<HashMap<String, (ToXmpp, Instant, u32)>>,
+}
+
+impl Messages {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        settings: Settings,
+        graph: Arc<GraphClient>,
+        store: Arc<Store>,
+        directory: Directory,
+        contacts: Arc<Contacts>,
+        out: Arc<dyn XmppOut>,
+        throttle: Arc<Throttle>,
+        subscriptions: Option<Arc<Subscriptions>>,
+        metrics: BridgeMetrics,
+    ) -> Self {
+        Self {
+            settings,
+            graph,
+            store,
+            directory,
+            contacts,
+            out,
+            throttle,
+            subscriptions,
+            metrics,
+            wake: Notify::new(),
+            notified: Arc::new(Notify::new()),
+            reconcile_now: Notify::new(),
+            in_flight: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn expires_at(&self) -> Epoch {
+        now() + self.settings.expiry.as_secs() as i64
+    }
+
+    async fn reply_error(
+        &self,
+        m: &Message,
+        condition: DefinedCondition,
+        type_: ErrorType,
+        text: &str,
+    ) {
+        let stanza = Stanza::Message(m.clone());
+        if let Some(reply) = crate::s2s::stanza::error_reply(&stanza, condition, type_, text)
+            && let Err(e) = self.out.send(reply).await
+        {
+            tracing::debug!(error = %e, "error reply not sent");
+        }
+    }
+
+    // XMPP → Teams ------------------------------------------------------------------
+
+    /// A message from a remote contact to one of our users: checked, throttled
+    /// and written to the outbox; returns once it is durable (or refused).
+    pub async fn from_xmpp(&self, m: Message) {
+        let (Some(from), Some(to)) = (m.from.clone(), m.to.clone()) else {
+            return;
+        };
+        let Some(body) = m.get_best_body(vec![]).map(|(_, b)| b.clone()) else {
+            // Chat states, receipts and the like: nothing to carry (yet).
+            return;
+        };
+        let local = to.node().map(|n| n.as_str().to_owned()).unwrap_or_default();
+        let Some(user_id) = self.directory.id_of(&local) else {
+            return self
+                .reply_error(
+                    &m,
+                    DefinedCondition::ServiceUnavailable,
+                    ErrorType::Cancel,
+                    "no such user",
+                )
+                .await;
+        };
+        let remote = from.to_bare().to_string().to_lowercase();
+        if let Err(refusal) = self.throttle.message(&[&remote], body.len()) {
+            self.metrics.throttled("to-teams", refusal.kind.label());
+            return self
+                .reply_error(
+                    &m,
+                    DefinedCondition::ResourceConstraint,
+                    ErrorType::Wait,
+                    &refusal.text,
+                )
+                .await;
+        }
+        let origin_id = m
+            .payloads
+            .iter()
+            .find(|p| p.is("origin-id", ns::SID))
+            .and_then(|p| OriginId::try_from(p.clone()).ok())
+            .map(|o| o.id);
+        let id = origin_id.or_else(|| m.id.as_ref().map(|i| i.0.clone()));
+        let dedupe_key = match &id {
+            Some(id) => format!("xmpp:{remote}:{id}"),
+            // Nothing to recognise a repeat by: every copy is a new message.
+            None => format!("xmpp:{remote}:#{}", random_id()),
+        };
+        let payload = ToTeams {
+            remote: remote.clone(),
+            remote_full: from.to_string(),
+            user_id: user_id.clone(),
+            local,
+            body,
+            id: m.id.as_ref().map(|i| i.0.clone()),
+            receipt: m.payloads.iter().any(|p| p.is("request", ns::RECEIPTS)),
+        };
+        let item = OutboxItem {
+            seq: 0,
+            direction: TO_TEAMS.into(),
+            conversation: conversation(&remote, &user_id),
+            dedupe_key,
+            payload: serde_json::to_string(&payload).unwrap_or_default(),
+            attempts: 0,
+            next_attempt_at: now(),
+            expires_at: self.expires_at(),
+        };
+        match self.store.enqueue(&item).await {
+            Ok(Some(_)) => {
+                self.metrics.message("to-teams", "accepted");
+                self.wake.notify_one();
+            }
+            Ok(None) => {
+                tracing::debug!(%remote, ?id, "a message already accepted: not taken twice")
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot store a message");
+                self.reply_error(
+                    &m,
+                    DefinedCondition::InternalServerError,
+                    ErrorType::Wait,
+                    "the message could not be stored; send it again",
+                )
+                .await;
+            }
+        }
+    }
+
+    /// The chat between a contact's shadow account and a Teams user.
+    async fn chat(
+        &self,
+        conv: &str,
+        shadow: &UserCredential,
+        shadow_id: &str,
+        user_id: &str,
+    ) -> Result<String, GraphError> {
+        if let Ok(Some(chat_id)) = self.store.get_cursor(&chat_key(conv)).await {
+            return Ok(chat_id);
+        }
+        let chat = self
+            .graph
+            .one_on_one_chat(shadow, shadow_id, user_id)
+            .await?;
+        // Messages from before the bridge knew the chat are not carried over.
+        let stamp = now().to_string();
+        for (key, value) in [
+            (seen_key(&chat.id), stamp.as_str()),
+            (conv_key(&chat.id), conv),
+            (chat_key(conv), chat.id.as_str()),
+        ] {
+            if let Err(e) = self.store.set_cursor(&key, value).await {
+                tracing::warn!(error = %e, "cannot remember a chat");
+            }
+        }
+        self.watch(shadow, shadow_id).await;
+        Ok(chat.id)
+    }
+
+    /// Subscribes to the shadow account's chats (once), when notifications are on.
+    async fn watch(&self, shadow: &UserCredential, shadow_id: &str) {
+        let Some(subscriptions) = &self.subscriptions else {
+            return;
+        };
+        let resource = format!("/users/{shadow_id}/chats/getAllMessages");
+        if subscriptions
+            .held()
+            .await
+            .iter()
+            .any(|s| s.resource == resource)
+        {
+            return;
+        }
+        let want = Want {
+            resource,
+            change_type: "created".into(),
+            lifetime: SUBSCRIPTION_LIFETIME,
+            as_user: Some(shadow.clone()),
+        };
+        if let Err(e) = subscriptions.create(&self.graph, want).await {
+            tracing::warn!(upn = %shadow.upn, error = %e, "no change notifications for the shadow account's chats; the poll stands in");
+        }
+    }
+
+    async fn to_teams(&self, item: &OutboxItem) -> Outcome {
+        let Ok(p) = serde_json::from_str::<ToTeams>(&item.payload) else {
+            return Outcome::Failed(
+                DefinedCondition::InternalServerError,
+                "unreadable outbox entry".into(),
+            );
+        };
+        let (shadow_id, shadow) = match self.contacts.credential(&p.remote, &p.local).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(remote = %p.remote, error = %e, "no shadow account to send as; retrying");
+                return Outcome::Retry;
+            }
+        };
+        let chat_id = match self
+            .chat(&item.conversation, &shadow, &shadow_id, &p.user_id)
+            .await
+        {
+            Ok(id) => id,
+            Err(e) => return graph_outcome(e),
+        };
+        let html = text::to_html(&p.body);
+        // Tried before: Graph may have taken it just before a crash.
+        if item.attempts > 0
+            && let Ok(recent) = self.graph.chat_messages(&shadow, &chat_id, RECENT).await
+            && recent
+                .iter()
+                .any(|m| m.sender_id() == Some(shadow_id.as_str()) && m.body.content == html)
+        {
+            return Outcome::Delivered;
+        }
+        match self.graph.send_chat_message(&shadow, &chat_id, &html).await {
+            Ok(_) => {
+                if p.receipt {
+                    self.send_receipt(&p).await;
+                }
+                Outcome::Delivered
+            }
+            Err(e) => graph_outcome(e),
+        }
+    }
+
+    async fn send_receipt(&self, p: &ToTeams) {
+        let (Some(id), Ok(to), Ok(from)) = (
+            p.id.as_ref(),
+            p.remote_full.parse::<Jid>(),
+            format!(
+                "{}@{}/{}",
+                p.local, self.settings.domain, self.settings.resource
+            )
+            .parse::<Jid>(),
+        ) else {
+            return;
+        };
+        let mut receipt = Message::new(Some(to));
+        receipt.from = Some(from);
+        receipt.payloads.push(Received { id: id.clone() }.into());
+        if let Err(e) = self.out.send(Stanza::Message(receipt)).await {
+            tracing::debug!(error = %e, "receipt not sent");
+        }
+    }
+
+    /// Tells an XMPP sender that its message did not reach Teams.
+    async fn bounce_to_xmpp(&self, item: &OutboxItem, condition: DefinedCondition, why: &str) {
+        let Ok(p) = serde_json::from_str::<ToTeams>(&item.payload) else {
+            return;
+        };
+        let (Ok(to), Ok(from)) = (
+            p.remote_full.parse::<Jid>(),
+            format!("{}@{}", p.local, self.settings.domain).parse::<Jid>(),
+        ) else {
+            return;
+        };
+        let mut bounce = Message::new(Some(to));
+        bounce.from = Some(from);
+        bounce.id = p.id.clone().map(Id);
+        bounce.type_ = MessageType::Error;
+        bounce
+            .payloads
+            .push(StanzaError::new(ErrorType::Cancel, condition, "en", why).into());
+        if let Err(e) = self.out.send(Stanza::Message(bounce)).await {
+            tracing::debug!(error = %e, "bounce not sent");
+        }
+    }
+
+    // Teams → XMPP ------------------------------------------------------------------
+
+    /// A chat message seen in Teams: queued for XMPP if it belongs to a bridged
+    /// chat and was written by the Teams user (not echoed back).
+    async fn take_from_teams(&self, chat_id: &str, m: &ChatMessage) -> Result<(), StoreError> {
+        if m.message_type.as_deref().is_some_and(|t| t != "message") {
+            return Ok(());
+        }
+        let Some(conv) = self.store.get_cursor(&conv_key(chat_id)).await? else {
+            return Ok(());
+        };
+        let Some((remote, user_id)) = conv.split_once('|') else {
+            return Ok(());
+        };
+        if m.sender_id() != Some(user_id) {
+            // The shadow account's own message (ours), or a system event.
+            return Ok(());
+        }
+        let Some(local) = self.directory.local_of(user_id) else {
+            tracing::info!(%user_id, "a message from a user no longer on the allow list: not carried");
+            return Ok(());
+        };
+        let body = text::to_text(&m.body.content);
+        if let Err(refusal) = self.throttle.message(&[user_id, &local], body.len()) {
+            self.metrics.throttled("to-xmpp", refusal.kind.label());
+            self.notice_in_teams(
+                remote,
+                &local,
+                chat_id,
+                &format!("Not delivered to {remote} — {}", refusal.text),
+            )
+            .await;
+            return Ok(());
+        }
+        let payload = ToXmpp {
+            local,
+            user_id: user_id.to_owned(),
+            remote: remote.to_owned(),
+            text: body,
+            graph_id: m.id.clone(),
+            chat_id: chat_id.to_owned(),
+        };
+        let item = OutboxItem {
+            seq: 0,
+            direction: TO_XMPP.into(),
+            conversation: conv.clone(),
+            dedupe_key: format!("graph:{}", m.id),
+            payload: serde_json::to_string(&payload).unwrap_or_default(),
+            attempts: 0,
+            next_attempt_at: now(),
+            expires_at: self.expires_at(),
+        };
+        if self.store.enqueue(&item).await?.is_some() {
+            self.metrics.message("to-xmpp", "accepted");
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Posts a notice into the Teams chat as the shadow account (it is not
+    /// echoed: the shadow account wrote it).
+    async fn notice_in_teams(&self, remote: &str, local: &str, chat_id: &str, notice: &str) {
+        match self.contacts.credential(remote, local).await {
+            Ok((_, shadow)) => {
+                let html = format!("<em>⚠ {}</em>", text::to_html(notice));
+                if let Err(e) = self.graph.send_chat_message(&shadow, chat_id, &html).await {
+                    tracing::warn!(error = %e, "cannot post a notice in Teams");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot post a notice in Teams"),
+        }
+    }
+
+    async fn to_xmpp(&self, item: &OutboxItem) -> Outcome {
+        let Ok(p) = serde_json::from_str::<ToXmpp>(&item.payload) else {
+            return Outcome::Failed(
+                DefinedCondition::InternalServerError,
+                "unreadable outbox entry".into(),
+            );
+        };
+        let (Ok(from), Ok(to)) = (
+            format!(
+                "{}@{}/{}",
+                p.local, self.settings.domain, self.settings.resource
+            )
+            .parse::<Jid>(),
+            p.remote.parse::<Jid>(),
+        ) else {
+            return Outcome::Failed(DefinedCondition::JidMalformed, "not a JID".into());
+        };
+        let mut m = Message::new_with_type(MessageType::Chat, Some(to))
+            .with_body(Lang::default(), p.text.clone());
+        m.from = Some(from);
+        m.id = Some(Id(p.graph_id.clone()));
+        m.payloads.push(
+            OriginId {
+                id: p.graph_id.clone(),
+            }
+            .into(),
+        );
+        match self.out.send(Stanza::Message(m)).await {
+            Ok(()) => {
+                self.in_flight
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(
+                        p.graph_id.clone(),
+                        (p, Instant::now(), item.attempts as u32),
+                    );
+                Outcome::Delivered
+            }
+            Err(SendError::Busy(_)) => Outcome::Retry,
+            Err(SendError::Closed) => Outcome::Retry,
+            Err(e) => Outcome::Failed(DefinedCondition::NotAllowed, e.to_string()),
+        }
+    }
+
+    /// An error bounced back for a message we sent to XMPP: tried again after
+    /// a while if the remote server was unreachable, else noted in Teams.
+    pub async fn bounced(&self, m: &Message) {
+        let Some(Id(id)) = &m.id else { return };
+        let Some((p, _, attempts)) = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id)
+        else {
+            return;
+        };
+        let condition = m
+            .payloads
+            .iter()
+            .find_map(|e| StanzaError::try_from(e.clone()).ok())
+            .map(|e| e.defined_condition);
+        let transient = matches!(
+            condition,
+            Some(
+                DefinedCondition::RemoteServerNotFound
+                    | DefinedCondition::RemoteServerTimeout
+                    | DefinedCondition::ResourceConstraint
+            )
+        );
+        if transient {
+            let item = OutboxItem {
+                seq: 0,
+                direction: TO_XMPP.into(),
+                conversation: conversation(&p.remote, &p.user_id),
+                dedupe_key: format!("graph:{}#{}", p.graph_id, attempts + 1),
+                payload: serde_json::to_string(&p).unwrap_or_default(),
+                attempts: i64::from(attempts) + 1,
+                next_attempt_at: now() + backoff(i64::from(attempts) + 1),
+                expires_at: self.expires_at(),
+            };
+            match self.store.enqueue(&item).await {
+                Ok(_) => return,
+                Err(e) => tracing::warn!(error = %e, "cannot queue a bounced message again"),
+            }
+        }
+        self.metrics.message("to-xmpp", "failed");
+        let why = condition.map_or_else(|| "an error".to_owned(), |c| format!("{c:?}"));
+        self.notice_in_teams(
+            &p.remote,
+            &p.local,
+            &p.chat_id,
+            &format!("Not delivered to {}: {why}", p.remote),
+        )
+        .await;
+    }
+
+    // Workers -----------------------------------------------------------------------
+
+    /// Delivers what is due, for ever.
+    pub async fn deliver(self: Arc<Self>) {
+        loop {
+            let due = match self.store.due(now(), 64).await {
+                Ok(due) => due,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the outbox");
+                    Vec::new()
+                }
+            };
+            let busy = !due.is_empty();
+            futures::stream::iter(due)
+                .for_each_concurrent(CONCURRENCY, |item| {
+                    let this = self.clone();
+                    async move { this.deliver_one(item).await }
+                })
+                .await;
+            self.prune_in_flight();
+            if !busy {
+                let _ = tokio::time::timeout(Duration::from_secs(1), self.wake.notified()).await;
+            }
+        }
+    }
+
+    fn prune_in_flight(&self) {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, (_, at, _)| at.elapsed() < BOUNCE_WINDOW);
+    }
+
+    async fn deliver_one(&self, item: OutboxItem) {
+        let to_teams = item.direction == TO_TEAMS;
+        let direction = if to_teams { "to-teams" } else { "to-xmpp" };
+        let outcome = if now() > item.expires_at {
+            Outcome::Failed(
+                DefinedCondition::RemoteServerTimeout,
+                format!(
+                    "not delivered within {} seconds",
+                    self.settings.expiry.as_secs()
+                ),
+            )
+        } else if to_teams {
+            self.to_teams(&item).await
+        } else {
+            self.to_xmpp(&item).await
+        };
+        let stored = match outcome {
+            Outcome::Delivered => {
+                self.metrics.message(direction, "delivered");
+                self.store.delivered(item.seq).await
+            }
+            Outcome::Retry => {
+                self.metrics.message(direction, "retried");
+                self.store
+                    .retry_later(item.seq, now() + backoff(item.attempts + 1))
+                    .await
+            }
+            Outcome::Failed(condition, why) => {
+                self.metrics.message(direction, "failed");
+                tracing::warn!(seq = item.seq, %why, direction, "message not deliverable");
+                if to_teams {
+                    self.bounce_to_xmpp(&item, condition, &why).await;
+                } else if let Ok(p) = serde_json::from_str::<ToXmpp>(&item.payload) {
+                    self.notice_in_teams(
+                        &p.remote,
+                        &p.local,
+                        &p.chat_id,
+                        &format!("Not delivered to {}: {why}", p.remote),
+                    )
+                    .await;
+                }
+                self.store.expire(item.seq).await
+            }
+        };
+        if let Err(e) = stored {
+            // Delivered but not recorded: it is sent again, and de-duplicated.
+            tracing::warn!(error = %e, "cannot record a delivery");
+        }
+    }
+
+    /// Takes the webhook's stored notifications, for ever.
+    pub async fn consume_notifications(self: Arc<Self>) {
+        loop {
+            match self.store.claim_notifications(32, LEASE_SECS).await {
+                Ok(batch) if !batch.is_empty() => {
+                    for queued in batch {
+                        match serde_json::from_str::<Notification>(&queued.body) {
+                            Ok(n) => {
+                                if !self.on_notification(&n).await {
+                                    // Left for the lease to lapse: tried again.
+                                    continue;
+                                }
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "an unreadable stored notification; dropped")
+                            }
+                        }
+                        if let Err(e) = self.store.ack_notification(queued.seq).await {
+                            tracing::warn!(error = %e, "cannot acknowledge a notification");
+                        }
+                    }
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot read the notification queue"),
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(5), self.notified.notified()).await;
+        }
+    }
+
+    /// Handles one notification; `false` to see it again later.
+    async fn on_notification(&self, n: &Notification) -> bool {
+        if let Some(event) = &n.lifecycle_event {
+            if let Some(subscriptions) = &self.subscriptions {
+                match subscriptions
+                    .on_lifecycle(&self.graph, &n.subscription_id, event)
+                    .await
+                {
+                    Ok(true) => self.reconcile_now.notify_one(),
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, %event, "cannot act on a lifecycle notification");
+                        self.reconcile_now.notify_one();
+                    }
+                }
+            }
+            return true;
+        }
+        let Some((chat_id, message_id)) = n.resource.as_deref().and_then(parse_resource) else {
+            return true;
+        };
+        let conv = match self.store.get_cursor(&conv_key(&chat_id)).await {
+            Ok(Some(conv)) => conv,
+            Ok(None) => return true,
+            Err(_) => return false,
+        };
+        let Some((remote, user_id)) = conv.split_once('|') else {
+            return true;
+        };
+        let Some(local) = self.directory.local_of(user_id) else {
+            return true;
+        };
+        let shadow = match self.contacts.credential(remote, &local).await {
+            Ok((_, shadow)) => shadow,
+            Err(_) => return false,
+        };
+        match self
+            .graph
+            .get_chat_message(&shadow, &chat_id, &message_id)
+            .await
+        {
+            Ok(m) => self.take_from_teams(&chat_id, &m).await.is_ok(),
+            Err(e) if e.is_not_found() => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read a notified message now; trying again");
+                !e.is_transient()
+            }
+        }
+    }
+
+    /// Reads every bridged chat for messages not seen yet, for ever.
+    pub async fn reconcile(self: Arc<Self>) {
+        loop {
+            self.reconcile_once().await;
+            let _ =
+                tokio::time::timeout(self.settings.reconcile, self.reconcile_now.notified()).await;
+        }
+    }
+
+    /// One pass over every bridged chat; returns how many messages it queued.
+    pub async fn reconcile_once(&self) -> usize {
+        let chats = match self.store.cursors_with_prefix(CONV_PREFIX).await {
+            Ok(chats) => chats,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list the bridged chats");
+                return 0;
+            }
+        };
+        let mut queued = 0;
+        for (key, conv) in chats {
+            let chat_id = &key[CONV_PREFIX.len()..];
+            let Some((remote, user_id)) = conv.split_once('|') else {
+                continue;
+            };
+            let Some(local) = self.directory.local_of(user_id) else {
+                continue;
+            };
+            let Ok((_, shadow)) = self.contacts.credential(remote, &local).await else {
+                continue;
+            };
+            let seen: i64 = self
+                .store
+                .get_cursor(&seen_key(chat_id))
+                .await
+                .ok()
+                .flatten()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            let messages = match self.graph.chat_messages(&shadow, chat_id, RECENT).await {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(error = %e, %chat_id, "cannot read a chat");
+                    continue;
+                }
+            };
+            let mut newest = seen;
+            // Newest first from Graph: carried oldest first.
+            for m in messages.iter().rev() {
+                let at = epoch_of(&m.created_date_time);
+                if at < seen {
+                    continue;
+                }
+                newest = newest.max(at);
+                match self.take_from_teams(chat_id, m).await {
+                    Ok(()) => queued += 1,
+                    Err(e) => tracing::warn!(error = %e, "cannot queue a message from Teams"),
+                }
+            }
+            // The same second may hold more: read again from it next time
+            // (the outbox recognises what it has seen).
+            if newest > seen
+                && let Err(e) = self
+                    .store
+                    .set_cursor(&seen_key(chat_id), &newest.to_string())
+                    .await
+            {
+                tracing::warn!(error = %e, "cannot record how far a chat was read");
+            }
+        }
+        queued
+    }
+
+    /// Takes back the subscriptions made as shadow accounts, then renews
+    /// them before they lapse, for ever.
+    pub async fn keep_subscriptions(self: Arc<Self>) {
+        let Some(subscriptions) = self.subscriptions.clone() else {
+            return;
+        };
+        match self.contacts.all_credentials().await {
+            Ok(credentials) => {
+                if let Err(e) = subscriptions
+                    .restore(|upn| credentials.get(&upn.to_lowercase()).cloned())
+                    .await
+                {
+                    tracing::warn!(error = %e, "cannot take back the Graph subscriptions");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read the shadow accounts"),
+        }
+        // Whatever lapsed while we were away is read now.
+        self.reconcile_now.notify_one();
+        loop {
+            subscriptions
+                .renew_due(&self.graph, Duration::from_secs(15 * 60))
+                .await;
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        }
+    }
+}
+
+/// `chats('19:…')/messages('1732…')` → (chat id, message id).
+fn parse_resource(resource: &str) -> Option<(String, String)> {
+    let inner = |s: &str, prefix: &str| -> Option<String> {
+        let rest = s.strip_prefix(prefix)?;
+        let rest = rest.strip_prefix("('").or_else(|| rest.strip_prefix('/'))?;
+        let end = rest.find("')").unwrap_or(rest.len());
+        Some(rest[..end].to_owned())
+    };
+    let resource = resource.trim_start_matches('/');
+    let (chat_part, message_part) = resource.split_once("/messages")?;
+    let chat = inner(chat_part, "chats")?;
+    let message = inner(&format!("messages{message_part}"), "messages")?;
+    Some((chat, message))
+}
+
+/// Seconds since the epoch of Graph's `createdDateTime` (RFC 3339, UTC).
+fn epoch_of(stamp: &str) -> i64 {
+    // 2026-11-25T13:43:37.123Z
+    let parse = || -> Option<i64> {
+        let (date, time) = stamp.split_once('T')?;
+        let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
+        let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+        let time = time.trim_end_matches('Z');
+        let mut t = time.split(':');
+        let (h, mi) = (
+            t.next()?.parse::<i64>().ok()?,
+            t.next()?.parse::<i64>().ok()?,
+        );
+        let s = t.next()?.split('.').next()?.parse::<i64>().ok()?;
+        // Days from civil (Howard Hinnant's algorithm).
+        let y = if m <= 2 { y - 1 } else { y };
+        let era = y.div_euclid(400);
+        let yoe = y - era * 400;
+        let mp = (m + 9) % 12;
+        let doy = (153 * mp + 2) / 5 + day - 1;
+        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+        let days = era * 146_097 + doe - 719_468;
+        Some(days * 86_400 + h * 3600 + mi * 60 + s)
+    };
+    parse().unwrap_or(0)
+}
+
+fn random_id() -> String {
+    let mut bytes = [0u8; 8];
+    crate::s2s::fill_random(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What a Graph failure means for a message: try again, or tell the sender.
+fn graph_outcome(e: GraphError) -> Outcome {
+    if e.is_transient() {
+        return Outcome::Retry;
+    }
+    match e.status() {
+        Some(404) => Outcome::Failed(
+            DefinedCondition::ItemNotFound,
+            "the Teams user or chat does not exist".into(),
+        ),
+        Some(403) => Outcome::Failed(
+            DefinedCondition::Forbidden,
+            "Teams refused the message".into(),
+        ),
+        Some(401) => Outcome::Retry,
+        Some(_) => Outcome::Failed(
+            DefinedCondition::ServiceUnavailable,
+            format!("Teams refused the message: {e}"),
+        ),
+        None => Outcome::Retry,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notification_resources_and_timestamps() {
+        assert_eq!(
+            parse_resource("chats('19:abc@unq.gbl.spaces')/messages('1732551817000')"),
+            Some(("19:abc@unq.gbl.spaces".into(), "1732551817000".into()))
+        );
+        assert_eq!(
+            parse_resource("/chats/19:abc/messages/17"),
+            Some(("19:abc".into(), "17".into()))
+        );
+        assert_eq!(parse_resource("users('x')"), None);
+        assert_eq!(epoch_of("1970-01-01T00:00:00Z"), 0);
+        assert_eq!(epoch_of("2026-12-31T23:59:59.123Z"), 1_798_761_599);
+        assert_eq!(epoch_of("2000-02-29T00:00:00Z"), 951_782_400);
+        assert_eq!(backoff(1), 2);
+        assert_eq!(backoff(30), 300);
+    }
+}

@@ -1,0 +1,272 @@
+//! 1:1 messages end to end: a user on a real Prosody writes to a Teams user
+//! of the gateway's domain and back, through the gateway (in this process)
+//! and the Graph emulator, with change notifications on a loopback webhook.
+//! Receipts, HTML both ways, no echo, repeats taken once, per-user limits,
+//! and a 429 storm that delays but loses nothing. Skips, saying so, when
+//! Prosody or the Python client is missing.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::bridge::*;
+use serde_json::{Value, json};
+use xmppfed_e2e::graph::GraphEmulator;
+use xmppfed_e2e::prosody::{self, Prosody, ProsodyOptions};
+use xmppfed_e2e::xmpp_client::XmppClient;
+use xmppfed_gateway::bridge::shadow::upn_for;
+
+struct World {
+    emulator: GraphEmulator,
+    gateway: Option<Running>,
+    bob: XmppClient,
+    _server: Prosody,
+    _dir: tempfile::TempDir,
+}
+
+async fn world(configure: impl FnOnce(&mut xmppfed_config::GatewayConfig)) -> Option<World> {
+    if skip(prosody::available(), "prosody") {
+        return None;
+    }
+    common::init();
+    let emulator = GraphEmulator::start(seed()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (gateway_port, prosody_s2s, webhook) = (
+        prosody::free_port().unwrap(),
+        prosody::free_port().unwrap(),
+        prosody::free_port().unwrap(),
+    );
+    let mut config = gateway_config(dir.path(), &emulator, gateway_port, prosody_s2s);
+    with_webhook(&mut config, dir.path(), webhook);
+    configure(&mut config);
+    let gateway = start_gateway(&config).await;
+    let server = Prosody::start(&ProsodyOptions {
+        routes: vec![(DOMAIN.into(), gateway_port)],
+        s2s_port: Some(prosody_s2s),
+        ..ProsodyOptions::new(PEER)
+    })
+    .unwrap();
+    server.register("bob", "bobpw").unwrap();
+    let python = prosody::python().unwrap();
+    let bob = tokio::task::block_in_place(|| {
+        XmppClient::connect(&python, "bob@xmpp.test", "bobpw", server.c2s_port)
+    })
+    .unwrap();
+    Some(World {
+        emulator,
+        gateway: Some(gateway),
+        bob,
+        _server: server,
+        _dir: dir,
+    })
+}
+
+fn shadow() -> String {
+    upn_for("bob@xmpp.test", SHADOW_DOMAIN)
+}
+
+fn alice_id(emulator: &GraphEmulator) -> String {
+    emulator
+        .tenant()
+        .user("alice@contoso.com")
+        .unwrap()
+        .id
+        .clone()
+}
+
+/// Alice writes in her chat with Bob's shadow account (as the Teams client would).
+async fn alice_writes(emulator: &GraphEmulator, chat: &str, html: &str) {
+    emulator
+        .control(
+            &format!("/_emulator/chats/{chat}/messages"),
+            json!({"from": "alice@contoso.com", "content": html, "contentType": "html"}),
+        )
+        .await
+        .unwrap();
+}
+
+fn from_alice(e: &Value) -> bool {
+    e["event"] == "message"
+        && e["type"] == "chat"
+        && !e["body"].is_null()
+        && e["from"].as_str().is_some_and(|f| f.starts_with(ALICE))
+}
+
+impl World {
+    async fn stop(mut self) {
+        if let Some(g) = self.gateway.take() {
+            g.stop().await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_both_ways_with_receipts_and_no_echo() {
+    let Some(mut w) = world(|_| {}).await else {
+        return;
+    };
+    // XMPP → Teams, with a receipt once Graph has it.
+    w.bob
+        .command(json!({"cmd": "message", "to": ALICE, "body": "hello <b>Teams</b> & co\nline two", "id": "m1"}))
+        .unwrap();
+    wait(&mut w.bob, 20, |e| {
+        e["event"] == "message" && e["received"] == "m1"
+    });
+    let chat = until(10, "the chat", || {
+        chat_between(&w.emulator, "alice@contoso.com", &shadow())
+    })
+    .await;
+    let messages = chat_messages(&w.emulator, &chat);
+    assert_eq!(
+        messages.iter().map(|(_, c)| c.as_str()).collect::<Vec<_>>(),
+        ["hello &lt;b&gt;Teams&lt;/b&gt; &amp; co<br>line two"]
+    );
+
+    // The same message again (same origin-id): taken once.
+    w.bob
+        .command(json!({"cmd": "message", "to": ALICE, "body": "hello <b>Teams</b> & co\nline two", "id": "m1"}))
+        .unwrap();
+
+    // Teams → XMPP, learned from the change notification, as plain text.
+    let sent = Instant::now();
+    alice_writes(
+        &w.emulator,
+        &chat,
+        "<p>Hi <b>Bob</b>,</p><p>see <a href=\"https://example.org/doc\">the doc</a></p>",
+    )
+    .await;
+    let got = wait(&mut w.bob, 10, from_alice);
+    let latency = sent.elapsed();
+    assert_eq!(
+        got["body"], "Hi Bob,\nsee the doc (https://example.org/doc)",
+        "{got}"
+    );
+    assert_eq!(got["from"], "alice@teams.test/teams");
+    assert_eq!(got["id"], got["origin_id"]);
+    assert!(
+        latency < Duration::from_secs(3),
+        "{latency:?}: notifications, not the 60 s poll"
+    );
+
+    // A second exchange, then check: nothing echoed, nothing doubled.
+    w.bob
+        .command(json!({"cmd": "message", "to": ALICE, "body": "thanks", "id": "m2"}))
+        .unwrap();
+    wait(&mut w.bob, 20, |e| {
+        e["event"] == "message" && e["received"] == "m2"
+    });
+    tokio::task::block_in_place(|| w.bob.drain(Duration::from_millis(800)));
+    let from_alice_count = w.bob.seen.iter().filter(|e| from_alice(e)).count();
+    assert_eq!(
+        from_alice_count, 1,
+        "Bob's own messages are not echoed back: {:?}",
+        w.bob.seen
+    );
+    let contents: Vec<String> = chat_messages(&w.emulator, &chat)
+        .into_iter()
+        .map(|(_, c)| c)
+        .collect();
+    assert_eq!(contents.len(), 3, "{contents:?}");
+    assert_eq!(contents[2], "thanks");
+    assert!(
+        w.emulator.tenant().violations.is_empty(),
+        "{:?}",
+        w.emulator.tenant().violations
+    );
+    eprintln!("Teams → XMPP latency through a change notification: {latency:?}");
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_the_limit_errors_for_the_excess_and_the_rest_arrives() {
+    let Some(mut w) = world(|c| {
+        c.throttle.default.messages_per_minute = 6;
+        c.throttle.default.burst = 5;
+    })
+    .await
+    else {
+        return;
+    };
+    for i in 0..10 {
+        w.bob
+            .command(json!({"cmd": "message", "to": ALICE, "body": format!("n{i}"), "id": format!("t{i}")}))
+            .unwrap();
+    }
+    let mut refused = Vec::new();
+    let mut received = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while refused.len() + received.len() < 10 && Instant::now() < deadline {
+        let e = wait(&mut w.bob, 20, |e| {
+            e["event"] == "message" && (e["type"] == "error" || !e["received"].is_null())
+        });
+        if e["type"] == "error" {
+            assert_eq!(e["error"], "resource-constraint", "{e}");
+            assert!(
+                e["error_text"]
+                    .as_str()
+                    .unwrap()
+                    .contains("6 messages per minute"),
+                "{e}"
+            );
+            refused.push(e["id"].as_str().unwrap().to_owned());
+        } else {
+            received.push(e["received"].as_str().unwrap().to_owned());
+        }
+    }
+    assert_eq!(received, ["t0", "t1", "t2", "t3", "t4"]);
+    assert_eq!(refused, ["t5", "t6", "t7", "t8", "t9"]);
+    let chat = chat_between(&w.emulator, "alice@contoso.com", &shadow()).unwrap();
+    let contents: Vec<String> = chat_messages(&w.emulator, &chat)
+        .into_iter()
+        .map(|(_, c)| c)
+        .collect();
+    assert_eq!(contents, ["n0", "n1", "n2", "n3", "n4"]);
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_storm_delays_messages_but_loses_none() {
+    // Limits high enough that only Graph holds messages back.
+    let Some(mut w) = world(|c| c.throttle.default.burst = 100).await else {
+        return;
+    };
+    // The chat exists first, so the storm hits the messages themselves.
+    w.bob
+        .command(json!({"cmd": "message", "to": ALICE, "body": "before", "id": "s-before"}))
+        .unwrap();
+    wait(&mut w.bob, 20, |e| e["received"] == "s-before");
+    let chat = chat_between(&w.emulator, "alice@contoso.com", &shadow()).unwrap();
+    w.emulator
+        .control(
+            "/_emulator/faults",
+            json!({"status": 429, "count": 15, "retryAfter": 1}),
+        )
+        .await
+        .unwrap();
+    for i in 0..20 {
+        w.bob
+            .command(json!({"cmd": "message", "to": ALICE, "body": format!("s{i}"), "id": format!("s{i}")}))
+            .unwrap();
+    }
+    alice_writes(&w.emulator, &chat, "during the storm").await;
+    for i in 0..20 {
+        let id = format!("s{i}");
+        wait(&mut w.bob, 60, |e| e["received"] == id.as_str());
+    }
+    let got = wait(&mut w.bob, 60, from_alice);
+    assert_eq!(got["body"], "during the storm");
+    let contents: Vec<String> = chat_messages(&w.emulator, &chat)
+        .into_iter()
+        .map(|(_, c)| c)
+        .filter(|c| c.starts_with('s') && c != "s-before")
+        .collect();
+    let expected: Vec<String> = (0..20).map(|i| format!("s{i}")).collect();
+    assert_eq!(contents, expected, "each once, in order");
+    assert!(
+        w.bob.seen.iter().all(|e| e["type"] != "error"),
+        "no error reached Bob: {:?}",
+        w.bob.seen
+    );
+    let _ = alice_id(&w.emulator);
+    w.stop().await;
+}

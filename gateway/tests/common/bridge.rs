@@ -1,0 +1,184 @@
+//! What the bridge's end-to-end tests share: the emulated tenant, the
+//! gateway's configuration for it, the gateway run in the test's process,
+//! and waiting for what XMPP clients and the tenant show.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use xmppfed_config::{GatewayConfig, StaticRoute};
+use xmppfed_e2e::graph::{GraphEmulator, Seed};
+use xmppfed_e2e::xmpp_client::XmppClient;
+use xmppfed_gateway::process::Gateway;
+
+pub const DOMAIN: &str = "teams.test";
+pub const PEER: &str = "xmpp.test";
+pub const CLIENT_ID: &str = "0f0f0f0f-1111-4222-8333-444444444444";
+pub const SKU: &str = "6af4b3d6-14bb-4a2a-960c-6c902aad34f3";
+pub const SHADOW_DOMAIN: &str = "shadow.contoso.com";
+pub const ALICE: &str = "alice@teams.test";
+/// A 1×1 PNG.
+pub const PNG: &[u8] = &[
+    0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0x00, 0x00, 0x00, 0x0d, 0x49, 0x48, 0x44, 0x52,
+];
+
+pub fn seed() -> Seed {
+    serde_json::from_value(json!({
+        "tenantId": "5c0ffee0-0000-4000-8000-0000000000b1",
+        "apps": [{"clientId": CLIENT_ID, "clientSecret": "s3cret",
+                  "roles": ["User.ReadWrite.All", "GroupMember.Read.All", "Presence.ReadWrite.All",
+                            "LicenseAssignment.ReadWrite.All", "ProfilePhoto.ReadWrite.All"],
+                  "scopes": ["Presence.ReadWrite", "Chat.Create", "Chat.ReadWrite", "ChatMessage.Send"]}],
+        "users": [
+            {"userPrincipalName": "alice@contoso.com", "displayName": "Alice Liddell",
+             "jobTitle": "Engineer", "department": "R&D", "mail": "alice@contoso.com"},
+            {"userPrincipalName": "carol@contoso.com", "displayName": "Carol Secret"}
+        ],
+        "skus": [{"skuId": SKU, "skuPartNumber": "TEAMS_ESSENTIALS", "prepaidUnits": 10}]
+    }))
+    .unwrap()
+}
+
+pub fn gateway_config(
+    dir: &std::path::Path,
+    emulator: &GraphEmulator,
+    s2s_port: u16,
+    peer_port: u16,
+) -> GatewayConfig {
+    let secret = dir.join("client-secret");
+    std::fs::write(&secret, "s3cret").unwrap();
+    let key = dir.join("credential-key");
+    std::fs::write(&key, "credential key of this gateway").unwrap();
+    let text = format!(
+        "[xmpp]\ndomain = \"{DOMAIN}\"\n\
+         [s2s]\nlisten = \"127.0.0.1:{s2s_port}\"\nrequire_tls = false\n\
+         [webhook]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [graph]\ntenant_id = \"{}\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret = {{ file = \"{}\" }}\n\
+         authority_url = \"{}\"\ngraph_url = \"{}\"\n\
+         [shadow_accounts]\nupn_domain = \"{SHADOW_DOMAIN}\"\nlicence_sku = \"{SKU}\"\n\
+         credential_key = {{ file = \"{}\" }}\nusage_location = \"GB\"\n\
+         [presence]\npoll_interval_ms = 500\n\
+         [allow]\nremote_domains = [\"{PEER}\"]\ninternal_users = [\"alice@contoso.com\"]\n\
+         [store]\nengine = \"sqlite\"\npath = \"{}\"\n",
+        emulator.tenant().id,
+        secret.display(),
+        emulator.authority_url(),
+        emulator.graph_url(),
+        key.display(),
+        dir.join("gateway.db").display(),
+    );
+    let mut config = GatewayConfig::from_toml_str(&text).unwrap();
+    config.s2s.static_routes = vec![StaticRoute {
+        domain: PEER.into(),
+        host: "127.0.0.1".into(),
+        port: peer_port,
+    }];
+    config
+}
+
+/// Turns Graph's change notifications on: the webhook on `port` of loopback.
+pub fn with_webhook(config: &mut GatewayConfig, dir: &std::path::Path, port: u16) {
+    let state = dir.join("client-state");
+    std::fs::write(&state, "client state of this gateway").unwrap();
+    config.webhook.listen = format!("127.0.0.1:{port}").parse().unwrap();
+    config.webhook.public_url = Some(format!("http://127.0.0.1:{port}"));
+    config.webhook.client_state = Some(xmppfed_config::SecretRef::File(state));
+}
+
+/// The 1:1 chat between a Teams user and a shadow account, once it exists.
+pub fn chat_between(emulator: &GraphEmulator, upn: &str, shadow_upn: &str) -> Option<String> {
+    let tenant = emulator.tenant();
+    let (a, b) = (
+        tenant.user(upn)?.id.clone(),
+        tenant.user(shadow_upn)?.id.clone(),
+    );
+    tenant
+        .chats
+        .iter()
+        .find(|c| c.members.contains(&a) && c.members.contains(&b))
+        .map(|c| c.id.clone())
+}
+
+/// The messages of a chat as (sender object id, HTML content), oldest first.
+pub fn chat_messages(emulator: &GraphEmulator, chat_id: &str) -> Vec<(String, String)> {
+    let tenant = emulator.tenant();
+    tenant
+        .chats
+        .iter()
+        .find(|c| c.id == chat_id)
+        .map(|c| {
+            c.messages
+                .iter()
+                .map(|m| {
+                    (
+                        m["from"]["user"]["id"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_owned(),
+                        m["body"]["content"].as_str().unwrap_or_default().to_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The gateway, in this process, until `stop`.
+pub struct Running {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+pub async fn start_gateway(config: &GatewayConfig) -> Running {
+    let gateway = Gateway::start(config).await.unwrap();
+    let admin: SocketAddr = gateway.admin_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(gateway.run(async {
+        let _ = stopped.await;
+    }));
+    // Ready once the internal allow list has been read.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ready = reqwest::get(format!("http://{admin}/readyz")).await;
+        if ready.is_ok_and(|r| r.status() == 200) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the gateway never became ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Running { stop, task }
+}
+
+impl Running {
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+/// Waits for a client event without holding up the runtime's other tasks.
+pub fn wait(client: &mut XmppClient, secs: u64, what: impl Fn(&Value) -> bool) -> Value {
+    tokio::task::block_in_place(|| client.wait_for(Duration::from_secs(secs), what))
+        .unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+pub async fn until<T>(secs: u64, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub fn skip(installed: bool, name: &str) -> bool {
+    match super::skip_reason(installed, name) {
+        Some(why) => {
+            eprintln!("skipped: {why}");
+            true
+        }
+        None => false,
+    }
+}
