@@ -8,17 +8,14 @@ mod common;
 
 use common::bridge::*;
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use xmppfed_config::{GatewayConfig, StaticRoute};
 use xmppfed_e2e::ejabberd::{self, Ejabberd, EjabberdOptions};
-use xmppfed_e2e::graph::{GraphEmulator, Seed};
+use xmppfed_e2e::graph::GraphEmulator;
 use xmppfed_e2e::prosody::{self, Prosody, ProsodyOptions};
 use xmppfed_e2e::xmpp_client::XmppClient;
 use xmppfed_gateway::bridge::shadow::upn_for;
-use xmppfed_gateway::process::Gateway;
 
 fn presence_from<'a>(from: &'a str, show: &'a str) -> impl Fn(&Value) -> bool + 'a {
     move |e| {
