@@ -267,7 +267,7 @@ c2s_direct_tls_ports = {{}}
 s2s_direct_tls_ports = {{}}
 http_ports = {{}}
 https_ports = {{}}
-modules_enabled = {{ "roster"; "saslauth"; "tls"; "dialback"; "disco"; "ping"; "presence"; "vcard4"; "vcard_legacy"; "pep"; "xmppfed_route"; {bidi} }}
+modules_enabled = {{ "roster"; "saslauth"; "tls"; "dialback"; "disco"; "ping"; "presence"; "vcard4"; "vcard_legacy"; "pep"; "smacks"; "xmppfed_route"; {bidi} }}
 modules_disabled = {{ "offline"; {disabled} }}
 authentication = "internal_plain"
 c2s_require_encryption = false
@@ -275,6 +275,10 @@ allow_unencrypted_plain_auth = true
 s2s_secure_auth = {secure}
 s2s_require_encryption = {secure}
 xmppfed_routes = {{ {routes} }}
+-- XEP-0198 on s2s: stanzas the gateway never acknowledged are sent again on
+-- a new stream rather than bounced (the gateway acknowledges only what it
+-- has stored).
+smacks_s2s_resend = true
 {ssl}
 VirtualHost "{domain}"
 "#,

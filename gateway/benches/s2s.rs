@@ -11,10 +11,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc::Receiver;
 use xmppfed_config::{GatewayConfig, StaticRoute};
 use xmppfed_e2e::xmpp_peer::{Authoritative, RawPeer};
-use xmppfed_gateway::s2s::{AnyUser, S2s, Stanza};
+use xmppfed_gateway::s2s::Inbox;
+use xmppfed_gateway::s2s::{AnyUser, S2s};
 
 const DOMAIN: &str = "teams.test";
 const PARALLEL: usize = 16;
@@ -35,7 +35,7 @@ fn rss_bytes() -> u64 {
     pages * 4096
 }
 
-async fn drain(rx: &mut Receiver<Stanza>, n: usize) {
+async fn drain(rx: &mut Inbox, n: usize) {
     for _ in 0..n {
         rx.recv().await.expect("bridge channel open");
     }

@@ -11,7 +11,7 @@ use xmppfed_telemetry::ComponentHealth;
 
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType};
 
 use crate::bridge::credentials::CredentialCipher;
@@ -22,7 +22,7 @@ use crate::bridge::service::{Bridge, Settings};
 use crate::graph::subscriptions::Subscriptions;
 use crate::graph::webhook::{self, Sink};
 use crate::licence::{self, LicenceCheckError, LicenceMetrics};
-use crate::s2s::{AnyUser, S2s, S2sSender, Stanza, stanza};
+use crate::s2s::{AnyUser, Inbox, S2s, S2sSender, stanza};
 use crate::store::Store;
 use xmppfed_config::LocalPartSource;
 use xmppfed_telemetry::{AdminServer, Health, Metrics, admin_router};
@@ -61,7 +61,7 @@ pub struct Gateway {
     licence: Option<LicenceWatch>,
     s2s: S2s,
     /// Stanzas for the bridge.
-    inbox: mpsc::Receiver<Stanza>,
+    inbox: Inbox,
     /// With Graph configured: the internal allow list, kept fresh.
     directory: Option<DirectoryWatch>,
     /// With Graph configured: the bridge that serves the inbox.
@@ -345,7 +345,7 @@ async fn keep_directory(watch: DirectoryWatch) {
 
 /// Without Graph (the sandbox before it has a tenant), stanzas for our users
 /// are answered with `service-unavailable` rather than silently dropped.
-async fn refuse_until_bridged(mut inbox: mpsc::Receiver<Stanza>, sender: S2sSender) {
+async fn refuse_until_bridged(mut inbox: Inbox, sender: S2sSender) {
     while let Some(stanza) = inbox.recv().await {
         if let Some(reply) = stanza::error_reply(
             &stanza,

@@ -174,6 +174,11 @@ async fn messages_both_ways_with_receipts_and_no_echo() {
         w.emulator.tenant().violations
     );
     eprintln!("Teams → XMPP latency through a change notification: {latency:?}");
+    let log = w._server.log();
+    eprintln!("PROSODY LOG LINES {}", log.lines().count());
+    for line in log.lines().take(400) {
+        eprintln!("PROSODY {line}");
+    }
     w.stop().await;
 }
 

@@ -297,7 +297,7 @@ async fn users_off_the_allow_list_do_not_exist() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_contact_drives_its_shadow_account_until_it_unsubscribes() {
     let mut h = harness().await;
-    let (_inbox_open, inbox) = mpsc::channel(1);
+    let (_inbox_open, inbox) = xmppfed_gateway::s2s::Inbox::channel(1);
     let run = tokio::spawn(h.bridge.clone().run(inbox));
     for type_ in [Type::Subscribe, Type::Subscribed] {
         h.bridge
@@ -372,8 +372,15 @@ async fn unused_shadow_accounts_are_removed_from_tenant_and_store() {
     // Used a moment ago: kept.
     let an_hour_ago = xmppfed_gateway::store::now() - 3600;
     assert_eq!(h.bridge.remove_unused_since(an_hour_ago).await.unwrap(), 0);
-    // Not used since before now + 1: removed, in the tenant and the store.
+    // Unused, but Bob still receives Alice's presence: kept.
     let later = xmppfed_gateway::store::now() + 1;
+    assert_eq!(h.bridge.remove_unused_since(later).await.unwrap(), 0);
+    // No relationship left: removed, in the tenant and the store.
+    for type_ in [Type::Unsubscribe, Type::Unsubscribed] {
+        h.bridge
+            .handle(presence(type_, "bob@xmpp.test", "alice@teams.test"))
+            .await;
+    }
     assert_eq!(h.bridge.remove_unused_since(later).await.unwrap(), 1);
     assert!(h.emulator.tenant().user(&upn).is_none());
     assert!(h.store.shadow("bob@xmpp.test").await.unwrap().is_none());

@@ -4,10 +4,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc::Receiver;
 use xmpp_parsers::minidom::Element;
 use xmppfed_config::{GatewayConfig, StaticRoute};
 use xmppfed_e2e::xmpp_peer::{Authoritative, RawPeer};
+use xmppfed_gateway::s2s::Inbox;
 use xmppfed_gateway::s2s::{AllowList, AnyUser, S2s, Stanza};
 
 const DOMAIN: &str = "teams.test";
@@ -15,7 +15,7 @@ const DOMAIN: &str = "teams.test";
 struct Gateway {
     port: u16,
     allow: AllowList,
-    rx: Receiver<Stanza>,
+    rx: Inbox,
     _authoritative: Authoritative,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
@@ -70,7 +70,7 @@ fn message(from: &str, body: &str) -> String {
 }
 
 /// The good peer's message reaches the bridge.
-async fn good_peer_still_served(good: &mut RawPeer, rx: &mut Receiver<Stanza>, n: usize) {
+async fn good_peer_still_served(good: &mut RawPeer, rx: &mut Inbox, n: usize) {
     let body = format!("still-here-{n}");
     good.send(&message("bob@good.test/pc", &body))
         .await

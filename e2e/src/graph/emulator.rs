@@ -1174,15 +1174,21 @@ fn handle(
         },
         ("GET", ["chats", id, "messages"]) => match t.chats.iter().find(|c| c.id == *id) {
             Some(chat) if may_read_chat(principal, chat) => {
-                let top = uri
+                let query: Vec<(String, String)> = uri
                     .query()
-                    .and_then(|q| serde_urlencoded::from_str::<Vec<(String, String)>>(q).ok())
-                    .and_then(|q| q.into_iter().find(|(k, _)| k == "$top").and_then(|(_, v)| v.parse::<usize>().ok()))
-                    .unwrap_or(20)
-                    .min(50);
+                    .and_then(|q| serde_urlencoded::from_str(q).ok())
+                    .unwrap_or_default();
+                let param = |name: &str| query.iter().find(|(k, _)| k == name).and_then(|(_, v)| v.parse::<usize>().ok());
+                let top = param("$top").unwrap_or(20).clamp(1, 50);
+                // Pages follow `@odata.nextLink`; the skip token is opaque to callers.
+                let skip = param("$skiptoken").unwrap_or(0);
                 // Newest first, as Graph lists them.
-                let value: Vec<Value> = chat.messages.iter().rev().take(top).cloned().collect();
-                ctx.respond(StatusCode::OK, Some(json!({"@odata.context": format!("https://graph.microsoft.com/v1.0/$metadata#chats('{id}')/messages"), "@odata.count": value.len(), "value": value})))
+                let value: Vec<Value> = chat.messages.iter().rev().skip(skip).take(top).cloned().collect();
+                let mut page = json!({"@odata.context": format!("https://graph.microsoft.com/v1.0/$metadata#chats('{id}')/messages"), "@odata.count": value.len(), "value": value});
+                if skip + top < chat.messages.len() {
+                    page["@odata.nextLink"] = json!(format!("https://graph.microsoft.com/v1.0/chats/{id}/messages?$top={top}&$skiptoken={}", skip + top));
+                }
+                ctx.respond(StatusCode::OK, Some(page))
             }
             _ => ctx.error(StatusCode::NOT_FOUND, "NotFound", &format!("Chat {id} not found.")),
         },

@@ -36,7 +36,7 @@ use super::directory::Directory;
 use super::metrics::BridgeMetrics;
 use super::throttle::Throttle;
 use super::{XmppOut, text};
-use crate::graph::api::ChatMessage;
+use crate::graph::api::{ChatMessage, epoch_millis_of, epoch_of};
 use crate::graph::subscriptions::{Subscriptions, Want};
 use crate::graph::webhook::Notification;
 use crate::graph::{GraphClient, GraphError, UserCredential};
@@ -45,8 +45,10 @@ use crate::store::{Epoch, OutboxItem, Store, StoreError, now};
 
 /// Outbox items delivered at once (different conversations only).
 const CONCURRENCY: usize = 8;
-/// How many of a chat's newest messages the poll and the crash check read.
+/// How many of a chat's newest messages the crash check reads.
 const RECENT: u32 = 50;
+/// How far back (pages of 50) one reconciliation pass reads a chat.
+const RECONCILE_PAGES: usize = 40;
 /// How long a message sent to XMPP is remembered in case it bounces.
 const BOUNCE_WINDOW: Duration = Duration::from_secs(600);
 /// How long a claimed change notification stays ours.
@@ -104,6 +106,17 @@ fn backoff(attempts: i64) -> i64 {
     2i64.saturating_pow(attempts.clamp(1, 20) as u32).min(300)
 }
 
+/// Why a chat could not be read.
+#[derive(Debug, thiserror::Error)]
+enum CatchUpError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Shadow(#[from] super::shadow::ShadowError),
+    #[error(transparent)]
+    Graph(#[from] GraphError),
+}
+
 /// What became of one delivery attempt.
 enum Outcome {
     Delivered,
@@ -138,6 +151,11 @@ pub struct Messages {
     reconcile_now: Notify,
     /// Messages recently handed to s2s, by id, in case they bounce.
     in_flight: Mutex<HashMap<String, (ToXmpp, Instant, u32)>>,
+    /// One chat is read at a time (notifications and the poll alike).
+    reading: tokio::sync::Mutex<()>,
+    /// Conversations whose first delivery since the start was checked
+    /// against the chat (a crash may have come between Graph and the store).
+    checked: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Messages {
@@ -167,6 +185,8 @@ impl Messages {
             notified: Arc::new(Notify::new()),
             reconcile_now: Notify::new(),
             in_flight: Mutex::new(HashMap::new()),
+            checked: Mutex::new(std::collections::HashSet::new()),
+            reading: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -292,7 +312,7 @@ impl Messages {
             .one_on_one_chat(shadow, shadow_id, user_id)
             .await?;
         // Messages from before the bridge knew the chat are not carried over.
-        let stamp = now().to_string();
+        let stamp = (now() * 1000).to_string();
         for (key, value) in [
             (seen_key(&chat.id), stamp.as_str()),
             (conv_key(&chat.id), conv),
@@ -353,14 +373,25 @@ impl Messages {
             Err(e) => return graph_outcome(e),
         };
         let html = text::to_html(&p.body);
-        // Tried before: Graph may have taken it just before a crash.
-        if item.attempts > 0
-            && let Ok(recent) = self.graph.chat_messages(&shadow, &chat_id, RECENT).await
-            && recent
-                .iter()
-                .any(|m| m.sender_id() == Some(shadow_id.as_str()) && m.body.content == html)
-        {
-            return Outcome::Delivered;
+        // Tried before, or the first of its conversation since this process
+        // started: Graph may have taken it just before a failure or a crash.
+        // Only messages from after it was queued can be it.
+        let first_since_start = self
+            .checked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(item.conversation.clone());
+        if item.attempts > 0 || first_since_start {
+            let queued_at = item.expires_at - self.settings.expiry.as_secs() as i64;
+            if let Ok(recent) = self.graph.chat_messages(&shadow, &chat_id, RECENT).await
+                && recent.iter().any(|m| {
+                    m.sender_id() == Some(shadow_id.as_str())
+                        && m.body.content == html
+                        && epoch_of(&m.created_date_time) >= queued_at - 1
+                })
+            {
+                return Outcome::Delivered;
+            }
         }
         match self.graph.send_chat_message(&shadow, &chat_id, &html).await {
             Ok(_) => {
@@ -419,24 +450,25 @@ impl Messages {
     // Teams → XMPP ------------------------------------------------------------------
 
     /// A chat message seen in Teams: queued for XMPP if it belongs to a bridged
-    /// chat and was written by the Teams user (not echoed back).
-    async fn take_from_teams(&self, chat_id: &str, m: &ChatMessage) -> Result<(), StoreError> {
+    /// chat and was written by the Teams user (not echoed back); `true` when
+    /// it was new to the outbox.
+    async fn take_from_teams(&self, chat_id: &str, m: &ChatMessage) -> Result<bool, StoreError> {
         if m.message_type.as_deref().is_some_and(|t| t != "message") {
-            return Ok(());
+            return Ok(false);
         }
         let Some(conv) = self.store.get_cursor(&conv_key(chat_id)).await? else {
-            return Ok(());
+            return Ok(false);
         };
         let Some((remote, user_id)) = conv.split_once('|') else {
-            return Ok(());
+            return Ok(false);
         };
         if m.sender_id() != Some(user_id) {
             // The shadow account's own message (ours), or a system event.
-            return Ok(());
+            return Ok(false);
         }
         let Some(local) = self.directory.local_of(user_id) else {
             tracing::info!(%user_id, "a message from a user no longer on the allow list: not carried");
-            return Ok(());
+            return Ok(false);
         };
         let body = text::to_text(&m.body.content);
         if let Err(refusal) = self.throttle.message(&[user_id, &local], body.len()) {
@@ -448,7 +480,7 @@ impl Messages {
                 &format!("Not delivered to {remote} — {}", refusal.text),
             )
             .await;
-            return Ok(());
+            return Ok(false);
         }
         let payload = ToXmpp {
             local,
@@ -468,11 +500,12 @@ impl Messages {
             next_attempt_at: now(),
             expires_at: self.expires_at(),
         };
-        if self.store.enqueue(&item).await?.is_some() {
+        let new = self.store.enqueue(&item).await?.is_some();
+        if new {
             self.metrics.message("to-xmpp", "accepted");
             self.wake.notify_one();
         }
-        Ok(())
+        Ok(new)
     }
 
     /// Posts a notice into the Teams chat as the shadow account (it is not
@@ -668,25 +701,47 @@ impl Messages {
         }
     }
 
-    /// Takes the webhook's stored notifications, for ever.
+    /// Takes the webhook's stored notifications, for ever. A notification
+    /// only says that a chat has news: the chat is then read from where it
+    /// was last read, so messages are queued in the chat's order whatever
+    /// order (or loss) notifications come in.
     pub async fn consume_notifications(self: Arc<Self>) {
         loop {
-            match self.store.claim_notifications(32, LEASE_SECS).await {
+            match self.store.claim_notifications(64, LEASE_SECS).await {
                 Ok(batch) if !batch.is_empty() => {
+                    let mut chats: Vec<String> = Vec::new();
+                    let mut done = Vec::new();
                     for queued in batch {
                         match serde_json::from_str::<Notification>(&queued.body) {
+                            Ok(n) if n.lifecycle_event.is_some() => self.on_lifecycle(&n).await,
                             Ok(n) => {
-                                if !self.on_notification(&n).await {
-                                    // Left for the lease to lapse: tried again.
-                                    continue;
+                                if let Some((chat, _)) =
+                                    n.resource.as_deref().and_then(parse_resource)
+                                    && !chats.contains(&chat)
+                                {
+                                    chats.push(chat);
                                 }
                             }
                             Err(e) => {
                                 tracing::warn!(error = %e, "an unreadable stored notification; dropped")
                             }
                         }
-                        if let Err(e) = self.store.ack_notification(queued.seq).await {
-                            tracing::warn!(error = %e, "cannot acknowledge a notification");
+                        done.push(queued.seq);
+                    }
+                    let mut all_read = true;
+                    for chat in &chats {
+                        if let Err(e) = self.catch_up(chat).await {
+                            tracing::warn!(error = %e, %chat, "cannot read a notified chat now; trying again");
+                            all_read = false;
+                        }
+                    }
+                    // Unread chats keep their notifications: the lease lapses and
+                    // they come back.
+                    if all_read {
+                        for seq in done {
+                            if let Err(e) = self.store.ack_notification(seq).await {
+                                tracing::warn!(error = %e, "cannot acknowledge a notification");
+                            }
                         }
                     }
                     continue;
@@ -698,52 +753,19 @@ impl Messages {
         }
     }
 
-    /// Handles one notification; `false` to see it again later.
-    async fn on_notification(&self, n: &Notification) -> bool {
-        if let Some(event) = &n.lifecycle_event {
-            if let Some(subscriptions) = &self.subscriptions {
-                match subscriptions
-                    .on_lifecycle(&self.graph, &n.subscription_id, event)
-                    .await
-                {
-                    Ok(true) => self.reconcile_now.notify_one(),
-                    Ok(false) => {}
-                    Err(e) => {
-                        tracing::warn!(error = %e, %event, "cannot act on a lifecycle notification");
-                        self.reconcile_now.notify_one();
-                    }
-                }
-            }
-            return true;
-        }
-        let Some((chat_id, message_id)) = n.resource.as_deref().and_then(parse_resource) else {
-            return true;
+    async fn on_lifecycle(&self, n: &Notification) {
+        let (Some(subscriptions), Some(event)) = (&self.subscriptions, &n.lifecycle_event) else {
+            return;
         };
-        let conv = match self.store.get_cursor(&conv_key(&chat_id)).await {
-            Ok(Some(conv)) => conv,
-            Ok(None) => return true,
-            Err(_) => return false,
-        };
-        let Some((remote, user_id)) = conv.split_once('|') else {
-            return true;
-        };
-        let Some(local) = self.directory.local_of(user_id) else {
-            return true;
-        };
-        let shadow = match self.contacts.credential(remote, &local).await {
-            Ok((_, shadow)) => shadow,
-            Err(_) => return false,
-        };
-        match self
-            .graph
-            .get_chat_message(&shadow, &chat_id, &message_id)
+        match subscriptions
+            .on_lifecycle(&self.graph, &n.subscription_id, event)
             .await
         {
-            Ok(m) => self.take_from_teams(&chat_id, &m).await.is_ok(),
-            Err(e) if e.is_not_found() => true,
+            Ok(true) => self.reconcile_now.notify_one(),
+            Ok(false) => {}
             Err(e) => {
-                tracing::warn!(error = %e, "cannot read a notified message now; trying again");
-                !e.is_transient()
+                tracing::warn!(error = %e, %event, "cannot act on a lifecycle notification");
+                self.reconcile_now.notify_one();
             }
         }
     }
@@ -767,57 +789,61 @@ impl Messages {
             }
         };
         let mut queued = 0;
-        for (key, conv) in chats {
+        for (key, _) in chats {
             let chat_id = &key[CONV_PREFIX.len()..];
-            let Some((remote, user_id)) = conv.split_once('|') else {
-                continue;
-            };
-            let Some(local) = self.directory.local_of(user_id) else {
-                continue;
-            };
-            let Ok((_, shadow)) = self.contacts.credential(remote, &local).await else {
-                continue;
-            };
-            let seen: i64 = self
-                .store
-                .get_cursor(&seen_key(chat_id))
-                .await
-                .ok()
-                .flatten()
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(0);
-            let messages = match self.graph.chat_messages(&shadow, chat_id, RECENT).await {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::warn!(error = %e, %chat_id, "cannot read a chat");
-                    continue;
-                }
-            };
-            let mut newest = seen;
-            // Newest first from Graph: carried oldest first.
-            for m in messages.iter().rev() {
-                let at = epoch_of(&m.created_date_time);
-                if at < seen {
-                    continue;
-                }
-                newest = newest.max(at);
-                match self.take_from_teams(chat_id, m).await {
-                    Ok(()) => queued += 1,
-                    Err(e) => tracing::warn!(error = %e, "cannot queue a message from Teams"),
-                }
-            }
-            // The same second may hold more: read again from it next time
-            // (the outbox recognises what it has seen).
-            if newest > seen
-                && let Err(e) = self
-                    .store
-                    .set_cursor(&seen_key(chat_id), &newest.to_string())
-                    .await
-            {
-                tracing::warn!(error = %e, "cannot record how far a chat was read");
+            match self.catch_up(chat_id).await {
+                Ok(n) => queued += n,
+                Err(e) => tracing::warn!(error = %e, %chat_id, "cannot read a chat"),
             }
         }
         queued
+    }
+
+    /// Queues a chat's messages from where it was last read, oldest first,
+    /// and moves the mark; one chat read at a time, so that the outbox
+    /// takes them in the chat's order. Returns how many were new.
+    async fn catch_up(&self, chat_id: &str) -> Result<usize, CatchUpError> {
+        let _one_reader = self.reading.lock().await;
+        let Some(conv) = self.store.get_cursor(&conv_key(chat_id)).await? else {
+            return Ok(0);
+        };
+        let Some((remote, user_id)) = conv.split_once('|') else {
+            return Ok(0);
+        };
+        let Some(local) = self.directory.local_of(user_id) else {
+            return Ok(0);
+        };
+        let (_, shadow) = self.contacts.credential(remote, &local).await?;
+        let seen: i64 = self
+            .store
+            .get_cursor(&seen_key(chat_id))
+            .await?
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let messages = self
+            .graph
+            .chat_messages_since(&shadow, chat_id, seen, RECONCILE_PAGES)
+            .await?;
+        let mut newest = seen;
+        let mut queued = 0;
+        // Newest first from Graph: queued oldest first.
+        for m in messages.iter().rev() {
+            let at = epoch_millis_of(&m.created_date_time);
+            // The mark's own millisecond is read again: the outbox knows what it has.
+            if at < seen {
+                continue;
+            }
+            newest = newest.max(at);
+            if self.take_from_teams(chat_id, m).await? {
+                queued += 1;
+            }
+        }
+        if newest > seen {
+            self.store
+                .set_cursor(&seen_key(chat_id), &newest.to_string())
+                .await?;
+        }
+        Ok(queued)
     }
 
     /// Takes back the subscriptions made as shadow accounts, then renews
@@ -861,33 +887,6 @@ fn parse_resource(resource: &str) -> Option<(String, String)> {
     let chat = inner(chat_part, "chats")?;
     let message = inner(&format!("messages{message_part}"), "messages")?;
     Some((chat, message))
-}
-
-/// Seconds since the epoch of Graph's `createdDateTime` (RFC 3339, UTC).
-fn epoch_of(stamp: &str) -> i64 {
-    // 2026-11-25T13:43:37.123Z
-    let parse = || -> Option<i64> {
-        let (date, time) = stamp.split_once('T')?;
-        let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
-        let (y, m, day) = (d.next()??, d.next()??, d.next()??);
-        let time = time.trim_end_matches('Z');
-        let mut t = time.split(':');
-        let (h, mi) = (
-            t.next()?.parse::<i64>().ok()?,
-            t.next()?.parse::<i64>().ok()?,
-        );
-        let s = t.next()?.split('.').next()?.parse::<i64>().ok()?;
-        // Days from civil (Howard Hinnant's algorithm).
-        let y = if m <= 2 { y - 1 } else { y };
-        let era = y.div_euclid(400);
-        let yoe = y - era * 400;
-        let mp = (m + 9) % 12;
-        let doy = (153 * mp + 2) / 5 + day - 1;
-        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-        let days = era * 146_097 + doe - 719_468;
-        Some(days * 86_400 + h * 3600 + mi * 60 + s)
-    };
-    parse().unwrap_or(0)
 }
 
 fn random_id() -> String {
@@ -937,6 +936,11 @@ mod tests {
         assert_eq!(epoch_of("1970-01-01T00:00:00Z"), 0);
         assert_eq!(epoch_of("2026-12-31T23:59:59.123Z"), 1_798_761_599);
         assert_eq!(epoch_of("2000-02-29T00:00:00Z"), 951_782_400);
+        assert_eq!(epoch_millis_of("2000-02-29T00:00:00.5Z"), 951_782_400_500);
+        assert_eq!(
+            epoch_millis_of("2000-02-29T00:00:00.1234567Z"),
+            951_782_400_123
+        );
         assert_eq!(backoff(1), 2);
         assert_eq!(backoff(30), 300);
     }

@@ -8,7 +8,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
 use xmpp_parsers::iq::Iq;
 use xmpp_parsers::jid::{BareJid, Jid};
 use xmpp_parsers::message::MessageType;
@@ -38,6 +37,7 @@ use super::{XmppOut, send_patiently};
 use crate::graph::GraphClient;
 use crate::graph::subscriptions::Subscriptions;
 use crate::s2s::stanza::{self, Stanza};
+use crate::s2s::{Inbox, Incoming};
 use crate::store::now;
 use crate::store::{Epoch, Store, StoreError};
 use xmppfed_config::ThrottleConfig;
@@ -229,7 +229,7 @@ impl Bridge {
     }
 
     /// Runs the bridge until the s2s layer closes `inbox`.
-    pub async fn run(self: Arc<Self>, mut inbox: mpsc::Receiver<Stanza>) {
+    pub async fn run(self: Arc<Self>, mut inbox: Inbox) {
         self.p.metrics.contacts(self.p.roster.len());
         let poller = tokio::spawn(self.p.teams.clone().run());
         let worker = tokio::spawn(self.p.contact_presence.clone().run());
@@ -242,8 +242,10 @@ impl Bridge {
             tokio::spawn(m.clone().keep_subscriptions()),
         ];
         self.probe_watched().await;
-        while let Some(stanza) = inbox.recv().await {
+        while let Some(Incoming { stanza, ack }) = inbox.next().await {
             self.handle(stanza).await;
+            // Handled (a message is in the outbox): the peer may forget it.
+            drop(ack);
         }
         poller.abort();
         worker.abort();

@@ -572,6 +572,84 @@ impl GraphClient {
     }
 }
 
+impl GraphClient {
+    /// A chat's messages from newest back to the first one created before
+    /// `since` (milliseconds since the epoch), following Graph's pages; at
+    /// most `max_pages` pages of 50. Newest first.
+    pub async fn chat_messages_since(
+        &self,
+        shadow: &UserCredential,
+        chat_id: &str,
+        since: i64,
+        max_pages: usize,
+    ) -> Result<Vec<ChatMessage>, GraphError> {
+        #[derive(Deserialize)]
+        struct Page {
+            value: Vec<ChatMessage>,
+            #[serde(rename = "@odata.nextLink", default)]
+            next: Option<String>,
+        }
+        let identity = Identity::User(shadow.upn.clone());
+        let mut path = format!("/chats/{}/messages?$top=50", chat_path(chat_id));
+        let mut all = Vec::new();
+        for _ in 0..max_pages.max(1) {
+            let page: Page = self
+                .json(&identity, Some(shadow), Method::GET, &path, NONE)
+                .await?;
+            let reached = page
+                .value
+                .iter()
+                .any(|m| epoch_millis_of(&m.created_date_time) < since);
+            all.extend(page.value);
+            match page.next.as_deref().and_then(|n| n.split_once("/v1.0")) {
+                Some((_, rest)) if !reached => path = rest.to_owned(),
+                _ => break,
+            }
+        }
+        Ok(all)
+    }
+}
+
+/// Seconds since the epoch of Graph's date-times (RFC 3339, UTC, e.g.
+/// `2026-11-25T13:43:37.123Z`); 0 for what does not parse.
+pub fn epoch_of(stamp: &str) -> i64 {
+    epoch_millis_of(stamp) / 1000
+}
+
+/// The same in milliseconds (Graph orders a chat's messages to the millisecond).
+pub fn epoch_millis_of(stamp: &str) -> i64 {
+    let parse = || -> Option<i64> {
+        let (date, time) = stamp.split_once('T')?;
+        let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
+        let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+        let time = time.trim_end_matches('Z');
+        let mut t = time.split(':');
+        let (h, mi) = (
+            t.next()?.parse::<i64>().ok()?,
+            t.next()?.parse::<i64>().ok()?,
+        );
+        let mut seconds = t.next()?.split('.');
+        let s = seconds.next()?.parse::<i64>().ok()?;
+        let millis = seconds
+            .next()
+            .map(|f| {
+                let digits: String = f.chars().take(3).collect();
+                format!("{digits:0<3}").parse::<i64>().unwrap_or(0)
+            })
+            .unwrap_or(0);
+        // Days from the civil date (Howard Hinnant's algorithm).
+        let y = if m <= 2 { y - 1 } else { y };
+        let era = y.div_euclid(400);
+        let yoe = y - era * 400;
+        let mp = (m + 9) % 12;
+        let doy = (153 * mp + 2) / 5 + day - 1;
+        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+        let days = era * 146_097 + doe - 719_468;
+        Some((days * 86_400 + h * 3600 + mi * 60 + s) * 1000 + millis)
+    };
+    parse().unwrap_or(0)
+}
+
 /// Chat ids (`19:…@unq.gbl.spaces`) go into paths as they are, but for `#`, `?` and spaces.
 fn chat_path(id: &str) -> String {
     id.replace('%', "%25")

@@ -20,6 +20,7 @@ use tokio_xmpp::xmlstream::{AcceptedStream, StreamHeader, accept_stream};
 use xmpp_parsers::minidom::Element;
 use xmpp_parsers::stream_error::DefinedCondition;
 
+use super::acks::{self, Ack, Acks};
 use super::dialback::{self, Dialback, Verdict};
 use super::services::{self, Handled};
 use super::stanza::{self, Stanza};
@@ -148,6 +149,7 @@ async fn serve(shared: Arc<Shared>, tcp: TcpStream) {
         if tls || !shared.settings.require_tls {
             others.push(wire::dialback_feature());
             others.push(Element::bare("bidi", wire::NS_BIDI_FEATURE));
+            others.push(Element::bare("sm", acks::NS_SM));
         }
         let mut features =
             wire::stream_features(offer_tls.then_some(shared.settings.require_tls), others);
@@ -168,6 +170,8 @@ async fn serve(shared: Arc<Shared>, tcp: TcpStream) {
         tracing::debug!(tls, stream_id = %stream_id, "inbound stream open");
         let mut last_stanza = Instant::now();
         let mut stopping = shared.stopping.subscribe();
+        // XEP-0198, once the peer enables it: stanzas received, and the last h reported.
+        let mut sm: Option<(Arc<Acks>, u64, u32)> = None;
 
         let fault: Option<StreamFault> = loop {
             let idle_at = last_stanza + shared.settings.idle_timeout;
@@ -175,6 +179,23 @@ async fn serve(shared: Arc<Shared>, tcp: TcpStream) {
                 // The gateway stops: the peer learns it at once (RFC 6120 §4.9.3.20).
                 _ = async { stopping.wait_for(|s| *s).await.map(|_| ()) } => {
                     break Some((DefinedCondition::SystemShutdown, "the gateway is shutting down".into()));
+                }
+                // More of the peer's stanzas are handled: say so without being asked.
+                _ = async {
+                    match &sm {
+                        Some((acks, _, _)) => acks.changed.notified().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if let Some((acks, _, reported)) = &mut sm {
+                        let h = acks.h();
+                        if h != *reported {
+                            *reported = h;
+                            if wire::send(&mut stream, &ack_element(h)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
                 }
                 read = stream.next() => match read {
                     Some(Ok(element)) => {
@@ -245,6 +266,23 @@ async fn serve(shared: Arc<Shared>, tcp: TcpStream) {
                             }
                         } else if element.is("bidi", wire::NS_BIDI) {
                             bidi = true;
+                        } else if element.is("enable", acks::NS_SM) {
+                            // No resumption: a new stream counts from zero.
+                            tracing::info!("peer enabled stream management (XEP-0198): stanzas acknowledged once handled");
+                            sm = Some((Arc::new(Acks::default()), 0, 0));
+                            if wire::send(&mut stream, &Element::bare("enabled", acks::NS_SM)).await.is_err() {
+                                return;
+                            }
+                        } else if element.is("r", acks::NS_SM) {
+                            let h = sm.as_ref().map_or(0, |(acks, _, _)| acks.h());
+                            if let Some((_, _, reported)) = &mut sm {
+                                *reported = h;
+                            }
+                            if wire::send(&mut stream, &ack_element(h)).await.is_err() {
+                                return;
+                            }
+                        } else if element.is("a", acks::NS_SM) {
+                            // Acks for what we send on a bidi stream: we keep no queue to trim.
                         } else if Dialback::is_dialback(&element) {
                             if shared.settings.require_tls && !tls {
                                 break Some((DefinedCondition::PolicyViolation, "TLS is required before dialback".into()));
@@ -263,7 +301,11 @@ async fn serve(shared: Arc<Shared>, tcp: TcpStream) {
                             if authenticated.is_empty() {
                                 break Some((DefinedCondition::NotAuthorized, "authenticate before sending stanzas".into()));
                             }
-                            if let Err(fault) = dispatch(&shared, element, &authenticated).await {
+                            let ack = sm.as_mut().map(|(acks, received, _)| {
+                                *received += 1;
+                                Ack::new(acks.clone(), *received)
+                            });
+                            if let Err(fault) = dispatch(&shared, element, &authenticated, ack).await {
                                 break Some(fault);
                             }
                         } else if element.is("error", wire::NS_STREAM) {
@@ -475,10 +517,13 @@ fn on_dialback(
 /// Routes one stanza from an authenticated stream: addressing checks, the
 /// allow list (which may have changed since the stream opened), the domain
 /// services, then the bridge.
+/// `ack` (XEP-0198) goes with the stanza to the bridge, or is dropped — the
+/// stanza counted as handled — when the stanza is answered here or refused.
 pub async fn dispatch(
     shared: &Arc<Shared>,
     element: Element,
     authenticated: &[String],
+    ack: Option<Ack>,
 ) -> Result<(), StreamFault> {
     let from_domain = element.attr("from").map(bare_domain);
     let Some(from_domain) = from_domain else {
@@ -526,7 +571,7 @@ pub async fn dispatch(
     match services::handle(shared.directory.as_ref(), stanza) {
         Handled::Answered(Some(reply)) => reroute(shared, reply),
         Handled::Answered(None) => {}
-        Handled::Bridge(stanza) => shared.deliver(stanza).await,
+        Handled::Bridge(stanza) => shared.deliver(stanza, ack).await,
     }
     Ok(())
 }
@@ -590,4 +635,14 @@ mod tests {
         assert_eq!(super::bare_domain("xmpp.test"), "xmpp.test");
         assert_eq!(super::bare_domain("xmpp.test/res@x"), "xmpp.test");
     }
+}
+
+fn ack_element(h: u32) -> Element {
+    Element::builder("a", acks::NS_SM)
+        .attr(
+            xmpp_parsers::minidom::rxml::NcName::try_from("h")
+                .unwrap_or_else(|_| unreachable!("h is an NCName")),
+            h.to_string(),
+        )
+        .build()
 }

@@ -12,6 +12,7 @@
 //! (stream helpers), `dialback`, `tls`, `resolve`, `policy`, `inbound`,
 //! `outbound`, `services`, `stanza` (the typed boundary).
 
+pub mod acks;
 mod dialback;
 mod inbound;
 mod metrics;
@@ -36,6 +37,7 @@ use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType};
 use xmppfed_config::GatewayConfig;
 use xmppfed_telemetry::Metrics;
 
+pub use acks::{Ack, Inbox, Incoming};
 pub use dialback::{DialbackKeys, fill_random};
 pub use policy::AllowList;
 pub use stanza::{Stanza, StanzaParseError};
@@ -113,7 +115,7 @@ pub(crate) struct Shared {
     pub resolver: Resolver,
     pub directory: Arc<dyn UserDirectory>,
     pub metrics: S2sMetrics,
-    pub to_bridge: mpsc::Sender<Stanza>,
+    pub to_bridge: mpsc::Sender<Incoming>,
     /// Outbound streams by remote domain.
     pub outbound: Mutex<HashMap<String, Outbound>>,
     /// Inbound bidirectional streams (XEP-0288) we may send on, by remote domain.
@@ -124,8 +126,8 @@ pub(crate) struct Shared {
 
 impl Shared {
     /// Hands an inbound stanza to the bridge, or answers it if the bridge is gone.
-    pub async fn deliver(self: &Arc<Self>, stanza: Stanza) {
-        if self.to_bridge.send(stanza).await.is_err() {
+    pub async fn deliver(self: &Arc<Self>, stanza: Stanza, ack: Option<Ack>) {
+        if self.to_bridge.send(Incoming { stanza, ack }).await.is_err() {
             tracing::warn!("bridge receiver dropped; stanza discarded");
         }
     }
@@ -143,7 +145,7 @@ impl Shared {
         if let Some(reply) = stanza::error_reply(stanza, condition, ErrorType::Cancel, text) {
             self.metrics.bounced(&name);
             let shared = self.clone();
-            tokio::spawn(async move { shared.deliver(reply).await });
+            tokio::spawn(async move { shared.deliver(reply, None).await });
         }
     }
 
@@ -268,7 +270,7 @@ impl S2s {
         config: &GatewayConfig,
         directory: Arc<dyn UserDirectory>,
         metrics: &Metrics,
-    ) -> Result<(Self, mpsc::Receiver<Stanza>), S2sError> {
+    ) -> Result<(Self, Inbox), S2sError> {
         let s2s = &config.s2s;
         let server_tls = match (&s2s.tls_cert_file, &s2s.tls_key_file) {
             (Some(cert), Some(key)) => Some(Arc::new(ServerTls::load(cert, key)?)),
@@ -315,7 +317,7 @@ impl S2s {
             bidi: Mutex::new(HashMap::new()),
             stopping: watch::channel(false).0,
         });
-        Ok((Self { shared, listener }, from_s2s))
+        Ok((Self { shared, listener }, Inbox { rx: from_s2s }))
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {

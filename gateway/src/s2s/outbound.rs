@@ -580,7 +580,7 @@ async fn session(
                         }
                         // With bidi the peer is the domain we resolved and connected to.
                         let authenticated_domains = [domain.to_owned()];
-                        if let Err((condition, text)) = inbound::dispatch(shared, element, &authenticated_domains).await {
+                        if let Err((condition, text)) = inbound::dispatch(shared, element, &authenticated_domains, None).await {
                             shared.metrics.stream_error(&condition.to_string());
                             wire::close_with_error(&mut stream, condition, &text).await;
                             break Ended::Lost(text);

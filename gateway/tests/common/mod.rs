@@ -7,13 +7,13 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::mpsc::Receiver;
 use xmpp_parsers::iq::Iq;
 use xmpp_parsers::jid::Jid;
 use xmpp_parsers::message::{Lang, Message, MessageType};
 use xmpp_parsers::minidom::Element;
 use xmpp_parsers::presence::{Presence, Type as PresenceType};
 use xmppfed_config::{GatewayConfig, StaticRoute};
+use xmppfed_gateway::s2s::Inbox;
 use xmppfed_gateway::s2s::{AnyUser, S2s, S2sSender, Stanza};
 
 pub const DOMAIN: &str = "teams.test";
@@ -195,7 +195,7 @@ impl Running {
 }
 
 /// Answers like a Teams user would, and records what reached the bridge.
-async fn echo_bridge(mut rx: Receiver<Stanza>, tx: S2sSender, seen: Arc<Mutex<Vec<String>>>) {
+async fn echo_bridge(mut rx: Inbox, tx: S2sSender, seen: Arc<Mutex<Vec<String>>>) {
     while let Some(stanza) = rx.recv().await {
         let reply: Option<Stanza> = match &stanza {
             Stanza::Message(m) if m.type_ == MessageType::Chat => {
