@@ -627,16 +627,6 @@ async fn raw_stream_error(
     let _ = tcp.shutdown().await;
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn bare_domains() {
-        assert_eq!(super::bare_domain("Bob@Xmpp.Test/phone"), "xmpp.test");
-        assert_eq!(super::bare_domain("xmpp.test"), "xmpp.test");
-        assert_eq!(super::bare_domain("xmpp.test/res@x"), "xmpp.test");
-    }
-}
-
 fn ack_element(h: u32) -> Element {
     Element::builder("a", acks::NS_SM)
         .attr(
@@ -645,4 +635,14 @@ fn ack_element(h: u32) -> Element {
             h.to_string(),
         )
         .build()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn bare_domains() {
+        assert_eq!(super::bare_domain("Bob@Xmpp.Test/phone"), "xmpp.test");
+        assert_eq!(super::bare_domain("xmpp.test"), "xmpp.test");
+        assert_eq!(super::bare_domain("xmpp.test/res@x"), "xmpp.test");
+    }
 }
