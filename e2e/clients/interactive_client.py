@@ -24,6 +24,7 @@ import json
 import ssl
 import sys
 import threading
+import time
 
 import slixmpp
 from slixmpp.exceptions import IqError, IqTimeout
@@ -44,7 +45,8 @@ def emit(obj):
 class Client(slixmpp.ClientXMPP):
     def __init__(self, jid, password):
         super().__init__(jid, password)
-        for plugin in ("xep_0030", "xep_0054"):
+        # xep_0184 answers receipt requests (as most clients do).
+        for plugin in ("xep_0030", "xep_0054", "xep_0184"):
             self.register_plugin(plugin)
         self.auto_authorize = True
         self.auto_subscribe = False
@@ -54,6 +56,7 @@ class Client(slixmpp.ClientXMPP):
         # id -> (to, body), in the order sent; ids acknowledged by a receipt.
         self.sent = {}
         self.acked = set()
+        self.sent_at = {}
         self.add_event_handler("connection_failed", lambda *a: emit({"event": "error", "error": "connection failed"}))
         self.add_event_handler("failed_auth", lambda *a: emit({"event": "error", "error": "login failed"}))
 
@@ -82,8 +85,12 @@ class Client(slixmpp.ClientXMPP):
                         text = child.text
                     else:
                         condition = name
+        latency = None
         if received is not None:
-            self.acked.add(received.get("id"))
+            rid = received.get("id")
+            self.acked.add(rid)
+            if rid in self.sent_at:
+                latency = (time.monotonic() - self.sent_at.pop(rid)) * 1000
         body = x.find("{jabber:client}body")
         emit({
             "event": "message",
@@ -95,6 +102,7 @@ class Client(slixmpp.ClientXMPP):
             "received": None if received is None else received.get("id"),
             "error": condition,
             "error_text": text,
+            "latency_ms": latency,
         })
 
     def send_chat(self, to, body, mid):
@@ -103,6 +111,7 @@ class Client(slixmpp.ClientXMPP):
         m.xml.append(ET.Element(f"{{{RECEIPTS_NS}}}request"))
         m.xml.append(ET.Element(f"{{{SID_NS}}}origin-id", {"id": mid}))
         self.sent[mid] = (to, body)
+        self.sent_at.setdefault(mid, time.monotonic())
         m.send()
 
     async def start(self, _event):

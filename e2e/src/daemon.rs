@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 pub struct Daemon {
     child: Child,
     lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
+    pub seen: Vec<String>,
 }
 
 impl Daemon {
