@@ -413,13 +413,16 @@ async fn messages(State(emulator): State<Arc<GraphEmulator>>, Query(who): Query<
 }
 
 async fn users(State(emulator): State<Arc<GraphEmulator>>) -> Response {
-    let tenant = emulator.tenant();
+    let mut tenant = emulator.tenant();
+    let now = std::time::Instant::now();
     let mut out = String::new();
-    for u in &tenant.users {
+    for u in &mut tenant.users {
         let federated = USERS.iter().any(|(n, _, _)| u.upn() == upn(n));
+        let (availability, activity) = u.presence.aggregate(now);
         out.push_str(&format!(
-            "{:<40} {}\n",
+            "{:<48} {:<28} {}\n",
             u.upn(),
+            format!("{availability}/{activity}"),
             if federated {
                 format!(
                     "{}@teams.localhost",

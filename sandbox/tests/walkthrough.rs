@@ -90,6 +90,21 @@ fn the_readme_walkthrough_works() {
         users.contains("alice@teams.localhost") && users.contains("not federated"),
         "{users}"
     );
+    // The client goes away: its shadow account follows.
+    you.command(json!({"cmd": "presence", "show": "away", "status": "lunch"}))
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let users = cli(&["users"]);
+        if users
+            .lines()
+            .any(|l| l.contains("shadow account") && l.contains("Away/Away"))
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{users}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     drop(you);
     sandbox.terminate(Duration::from_secs(10)).unwrap();
 }

@@ -1655,11 +1655,16 @@ async fn control_profile(
 
 /// GET /_emulator/state: what the tenant holds, for tests and people.
 async fn control_state(State(state): State<Shared>) -> Response {
-    let t = lock(&state);
+    let mut t = lock(&state);
+    let now = Instant::now();
     let users: Vec<Value> = t
         .users
-        .iter()
-        .map(|u| json!({"id": u.id, "userPrincipalName": u.upn(), "licences": u.licences, "hasPhoto": u.photo.is_some()}))
+        .iter_mut()
+        .map(|u| {
+            let (availability, activity) = u.presence.aggregate(now);
+            json!({"id": u.id, "userPrincipalName": u.upn(), "licences": u.licences, "hasPhoto": u.photo.is_some(),
+                   "availability": availability, "activity": activity})
+        })
         .collect();
     let subscriptions: Vec<Value> = t.subscriptions.iter().map(|s| json!({"id": s.id, "resource": s.resource, "expirationDateTime": s.expiration.to_string()})).collect();
     let chats: Vec<Value> = t
