@@ -431,8 +431,14 @@ async fn presence_sessions_preferred_presence_and_batches() {
     let (status, _, _) = c.call(Method::POST, &format!("{alice}/setUserPreferredPresence"), &t,
         Some(json!({"availability": "DoNotDisturb", "activity": "DoNotDisturb", "expirationDuration": "PT8H"}))).await;
     assert_eq!(status, 200);
-    let batch =
-        json!({"ids": ["11111111-1111-4111-8111-111111111111", "bob.xmpp@shadow.contoso.com"]});
+    // Object ids only, as Graph: a UPN names nobody here.
+    let bob_id = emulator
+        .tenant()
+        .user("bob.xmpp@shadow.contoso.com")
+        .unwrap()
+        .id
+        .clone();
+    let batch = json!({"ids": ["11111111-1111-4111-8111-111111111111", bob_id, "bob.xmpp@shadow.contoso.com"]});
     let (status, all, _) = c
         .call(
             Method::POST,
@@ -444,6 +450,7 @@ async fn presence_sessions_preferred_presence_and_batches() {
     assert_eq!(status, 200);
     assert_eq!(all["value"][0]["availability"], "DoNotDisturb");
     assert_eq!(all["value"][1]["availability"], "Offline");
+    assert_eq!(all["value"].as_array().unwrap().len(), 2, "{all}");
     let (status, _, _) = c
         .call(
             Method::POST,
