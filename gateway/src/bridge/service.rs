@@ -130,6 +130,54 @@ pub struct Bridge {
     p: Parts,
 }
 
+/// Aborts the task it holds when dropped (with the supervisor that owns it).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Runs one of the bridge's background loops; one that panics is logged and
+/// started again after a pause, so a bug in one loop does not silently stop
+/// presence or messages. A loop that returns has finished its work.
+fn supervise<F, Fut>(name: &'static str, start: F) -> tokio::task::JoinHandle<()>
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    supervise_with_pause(name, Duration::from_secs(5), start)
+}
+
+fn supervise_with_pause<F, Fut>(
+    name: &'static str,
+    pause: Duration,
+    start: F,
+) -> tokio::task::JoinHandle<()>
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    tokio::spawn(async move {
+        loop {
+            let mut task = AbortOnDrop(tokio::spawn(start()));
+            match (&mut task.0).await {
+                Ok(()) => return,
+                Err(e) if e.is_panic() => {
+                    tracing::error!(
+                        task = name,
+                        ?pause,
+                        "a bridge task panicked; starting it again"
+                    )
+                }
+                Err(_) => return,
+            }
+            tokio::time::sleep(pause).await;
+        }
+    })
+}
+
 /// The parts of a presence stanza the handlers need, parsed once.
 struct Addressed {
     /// The Teams user's JID local part and object id (None: not on the allow list).
@@ -231,15 +279,25 @@ impl Bridge {
     /// Runs the bridge until the s2s layer closes `inbox`.
     pub async fn run(self: Arc<Self>, mut inbox: Inbox) {
         self.p.metrics.contacts(self.p.roster.len());
-        let poller = tokio::spawn(self.p.teams.clone().run());
-        let worker = tokio::spawn(self.p.contact_presence.clone().run());
-        let janitor = tokio::spawn(self.clone().remove_unused_shadows());
-        let m = &self.p.messages;
-        let messaging = [
-            tokio::spawn(m.clone().deliver()),
-            tokio::spawn(m.clone().consume_notifications()),
-            tokio::spawn(m.clone().reconcile()),
-            tokio::spawn(m.clone().keep_subscriptions()),
+        let (teams, contacts, m) = (
+            self.p.teams.clone(),
+            self.p.contact_presence.clone(),
+            self.p.messages.clone(),
+        );
+        let this = self.clone();
+        let (m1, m2, m3, m4) = (m.clone(), m.clone(), m.clone(), m);
+        let tasks = [
+            supervise("presence-poll", move || teams.clone().run()),
+            supervise("shadow-presence", move || contacts.clone().run()),
+            supervise("shadow-removal", move || {
+                this.clone().remove_unused_shadows()
+            }),
+            supervise("message-delivery", move || m1.clone().deliver()),
+            supervise("notifications", move || m2.clone().consume_notifications()),
+            supervise("chat-reconciliation", move || m3.clone().reconcile()),
+            supervise("graph-subscriptions", move || {
+                m4.clone().keep_subscriptions()
+            }),
         ];
         self.probe_watched().await;
         while let Some(Incoming { stanza, ack }) = inbox.next().await {
@@ -247,10 +305,7 @@ impl Bridge {
             // Handled (a message is in the outbox): the peer may forget it.
             drop(ack);
         }
-        poller.abort();
-        worker.abort();
-        janitor.abort();
-        for task in messaging {
+        for task in tasks {
             task.abort();
         }
     }
@@ -533,5 +588,40 @@ impl Bridge {
     /// Sends a presence to every subscriber of a user now (the benchmark's entry).
     pub async fn fan_out(&self, user: &str, presence: &XmppPresence) -> usize {
         self.p.teams.fan_out(user, presence).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_task_is_started_again_and_stops_with_its_supervisor() {
+        let runs = Arc::new(AtomicUsize::new(0));
+        let counted = runs.clone();
+        let supervisor = supervise_with_pause("test", Duration::from_millis(5), move || {
+            let counted = counted.clone();
+            async move {
+                if counted.fetch_add(1, Ordering::SeqCst) < 2 {
+                    panic!("a bug");
+                }
+                std::future::pending::<()>().await;
+            }
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while runs.load(Ordering::SeqCst) < 3 {
+            assert!(std::time::Instant::now() < deadline, "not restarted");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        supervisor.abort();
+        let _ = supervisor.await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(
+            runs.load(Ordering::SeqCst),
+            3,
+            "no run after the supervisor stopped"
+        );
     }
 }
