@@ -43,6 +43,7 @@ fn seed() -> Seed {
 
 struct Harness {
     emulator: GraphEmulator,
+    directory: Directory,
     bridge: Arc<Bridge>,
     alice: String,
     sent: mpsc::Receiver<Stanza>,
@@ -88,7 +89,7 @@ async fn harness() -> Harness {
     let bridge = Bridge::build(
         settings,
         graph,
-        directory,
+        directory.clone(),
         store.clone(),
         CredentialCipher::new("key"),
         out,
@@ -99,6 +100,7 @@ async fn harness() -> Harness {
     .unwrap();
     Harness {
         emulator,
+        directory,
         bridge,
         alice,
         sent,
@@ -385,4 +387,41 @@ async fn unused_shadow_accounts_are_removed_from_tenant_and_store() {
     assert!(h.emulator.tenant().user(&upn).is_none());
     assert!(h.store.shadow("bob@xmpp.test").await.unwrap().is_none());
     let _ = h.sent(Duration::from_millis(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_leaving_the_allow_list_goes_offline_for_subscribers() {
+    let mut h = harness().await;
+    h.emulator
+        .control(
+            "/_emulator/users/alice@contoso.com/presence",
+            json!({"availability": "Available", "activity": "Available"}),
+        )
+        .await
+        .unwrap();
+    h.bridge
+        .handle(presence(
+            Type::Subscribe,
+            "bob@xmpp.test/pc",
+            "alice@teams.test",
+        ))
+        .await;
+    h.bridge.teams_presence().poll_once().await.unwrap();
+    let sent = h.sent(Duration::from_millis(300)).await;
+    assert!(
+        sent.iter()
+            .any(|s| s.0 == Type::None && s.1 == "alice@teams.test/teams"),
+        "{sent:?}"
+    );
+    // Alice is taken off the allow list: Bob sees her go offline, once, and
+    // nothing more of her.
+    h.directory.set(Vec::new(), &LocalPartRule::UpnLocalPart);
+    for _ in 0..2 {
+        h.bridge.teams_presence().poll_once().await.unwrap();
+    }
+    let sent = h.sent(Duration::from_millis(300)).await;
+    let from_alice: Vec<_> = sent.iter().filter(|s| s.1.starts_with("alice@")).collect();
+    assert_eq!(from_alice.len(), 1, "{sent:?}");
+    assert_eq!(from_alice[0].0, Type::Unavailable);
+    assert_eq!(from_alice[0].2, "bob@xmpp.test");
 }

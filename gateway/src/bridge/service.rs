@@ -575,6 +575,11 @@ impl Bridge {
         }
     }
 
+    /// The Teams presence poller (tests and benchmarks drive it directly).
+    pub fn teams_presence(&self) -> &Arc<TeamsPresence> {
+        &self.p.teams
+    }
+
     /// The message carrier (tests drive its reconciliation directly).
     pub fn messages(&self) -> &Arc<Messages> {
         &self.p.messages

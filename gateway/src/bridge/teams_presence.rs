@@ -76,6 +76,9 @@ pub struct TeamsPresence {
     interval: Mutex<PollInterval>,
     /// Each polled user's presence as last sent, by object id.
     last: Mutex<HashMap<String, XmppPresence>>,
+    /// The JID local part each user's presence went out under (to take it
+    /// back if the user leaves the allow list).
+    shown_as: Mutex<HashMap<String, String>>,
 }
 
 impl TeamsPresence {
@@ -104,6 +107,7 @@ impl TeamsPresence {
             metrics,
             interval: Mutex::new(interval),
             last: Mutex::new(HashMap::new()),
+            shown_as: Mutex::new(HashMap::new()),
         }
     }
 
@@ -158,6 +162,7 @@ impl TeamsPresence {
         let mut ids = self.roster.watched_users();
         // Someone dropped from the allow list is not read (nor shown) any more.
         ids.retain(|id| self.directory.local_of(id).is_some());
+        self.withdraw_dropped().await;
         if ids.is_empty() {
             return Ok(0);
         }
@@ -201,9 +206,46 @@ impl TeamsPresence {
         sent
     }
 
+    /// Users whose presence went out but who left the allow list: their
+    /// subscribers see them go offline, once.
+    async fn withdraw_dropped(&self) {
+        let dropped: Vec<(String, String)> = {
+            let mut shown = self.shown_as.lock().unwrap_or_else(|p| p.into_inner());
+            let gone: Vec<String> = shown
+                .keys()
+                .filter(|id| self.directory.local_of(id).is_none())
+                .cloned()
+                .collect();
+            gone.into_iter()
+                .filter_map(|id| shown.remove(&id).map(|local| (id, local)))
+                .collect()
+        };
+        for (id, local) in dropped {
+            self.last().remove(&id);
+            let Ok(from) = format!("{local}@{}/{}", self.domain, self.resource).parse::<Jid>()
+            else {
+                continue;
+            };
+            tracing::info!(%local, "a user left the allow list: subscribers see them go offline");
+            for remote in self.roster.subscribers(&id) {
+                let Ok(to) = remote.parse::<Jid>() else {
+                    continue;
+                };
+                let mut p = Presence::new(xmpp_parsers::presence::Type::Unavailable);
+                p.from = Some(from.clone());
+                p.to = Some(to);
+                let _ = send_patiently(self.out.as_ref(), Stanza::Presence(p)).await;
+            }
+        }
+    }
+
     /// The presence stanza of a user (by object id), from its fixed resource.
     fn stanza_for(&self, id: &str, presence: &XmppPresence) -> Option<(String, Presence)> {
         let local = self.directory.local_of(id)?;
+        self.shown_as
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_owned(), local.clone());
         let from: Jid = format!("{local}@{}/{}", self.domain, self.resource)
             .parse()
             .ok()?;
