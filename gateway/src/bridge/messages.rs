@@ -549,7 +549,9 @@ impl Messages {
             }
             .into(),
         );
-        match self.out.send(Stanza::Message(m)).await {
+        // Written to the stream before the outbox lets it go: a crash before
+        // then sends it again (same id and origin-id), never loses it.
+        match self.out.send_written(Stanza::Message(m)).await {
             Ok(()) => {
                 self.in_flight
                     .lock()
@@ -560,8 +562,7 @@ impl Messages {
                     );
                 Outcome::Delivered
             }
-            Err(SendError::Busy(_)) => Outcome::Retry,
-            Err(SendError::Closed) => Outcome::Retry,
+            Err(SendError::Busy(_) | SendError::Closed | SendError::NotWritten) => Outcome::Retry,
             Err(e) => Outcome::Failed(DefinedCondition::NotAllowed, e.to_string()),
         }
     }

@@ -33,11 +33,31 @@ use crate::s2s::{S2sSender, SendError, Stanza};
 /// benchmarks and tests.
 pub trait XmppOut: Send + Sync + 'static {
     fn send(&self, stanza: Stanza) -> BoxFuture<'_, Result<(), SendError>>;
+
+    /// Sends and waits until the stanza is written to the remote server's
+    /// stream (what a message needs before its outbox entry may go).
+    fn send_written(&self, stanza: Stanza) -> BoxFuture<'_, Result<(), SendError>> {
+        self.send(stanza)
+    }
 }
+
+/// The longest a message waits to be written before it is tried again.
+const WRITE_WAIT: Duration = Duration::from_secs(60);
 
 impl XmppOut for S2sSender {
     fn send(&self, stanza: Stanza) -> BoxFuture<'_, Result<(), SendError>> {
         Box::pin(S2sSender::send(self, stanza))
+    }
+
+    fn send_written(&self, stanza: Stanza) -> BoxFuture<'_, Result<(), SendError>> {
+        Box::pin(async move {
+            let written = S2sSender::send_written(self, stanza).await?;
+            match tokio::time::timeout(WRITE_WAIT, written).await {
+                Ok(Ok(())) => Ok(()),
+                // Bounced (the sender was dropped), or still waiting.
+                _ => Err(SendError::NotWritten),
+            }
+        })
     }
 }
 

@@ -74,6 +74,8 @@ pub enum SendError {
     Busy(String),
     #[error("the s2s layer is shutting down")]
     Closed,
+    #[error("the stanza was not written to the remote server's stream")]
+    NotWritten,
 }
 
 /// Whether a local user exists to XMPP (the internal allow list lives in the bridge).
@@ -206,21 +208,19 @@ pub struct S2sSender {
 }
 
 impl S2sSender {
-    /// Queues `stanza` for its recipient's domain without waiting. Delivery
-    /// failures come back to the bridge as error stanzas; refusals (not
-    /// allowed, a full queue) are returned here.
-    pub async fn send(&self, stanza: Stanza) -> Result<(), SendError> {
+    /// The remote domain a stanza may go to, or why it may not.
+    fn destination(&self, stanza: &Stanza) -> Result<String, SendError> {
         let shared = &self.shared;
         if *shared.stopping.borrow() {
             return Err(SendError::Closed);
         }
-        let to = stanza::to(&stanza).ok_or(SendError::NoRecipient)?;
+        let to = stanza::to(stanza).ok_or(SendError::NoRecipient)?;
         let domain = wire::domain_of(to);
         if domain == shared.domain {
             return Err(SendError::LocalDomain(domain));
         }
         // A foreign sender would make the peer end the stream for everyone.
-        let from = stanza::from(&stanza)
+        let from = stanza::from(stanza)
             .map(wire::domain_of)
             .unwrap_or_default();
         if from != shared.domain {
@@ -230,6 +230,15 @@ impl S2sSender {
             shared.metrics.refused("out");
             return Err(SendError::NotAllowed(domain));
         }
+        Ok(domain)
+    }
+
+    /// Queues `stanza` for its recipient's domain without waiting. Delivery
+    /// failures come back to the bridge as error stanzas; refusals (not
+    /// allowed, a full queue) are returned here.
+    pub async fn send(&self, stanza: Stanza) -> Result<(), SendError> {
+        let shared = &self.shared;
+        let domain = self.destination(&stanza)?;
         let mut stanza = stanza;
         if let Some(route) = shared.bidi_route(&domain) {
             let kind = metrics::kind(&stanza);
@@ -248,10 +257,31 @@ impl S2sSender {
         }
         // A stream task that has just ended is replaced once.
         for _ in 0..2 {
-            match shared.outbound(&domain).try_send(stanza) {
+            match shared.outbound(&domain).try_send(stanza, None) {
                 Ok(()) => return Ok(()),
                 Err(outbound::Refused::Full) => return Err(SendError::Busy(domain)),
-                Err(outbound::Refused::Closed(s)) => stanza = *s,
+                Err(outbound::Refused::Closed(s, _)) => stanza = *s,
+            }
+        }
+        Err(SendError::Closed)
+    }
+
+    /// Like `send`, through our own outbound stream only (never a peer's bidi
+    /// stream), with a receiver that fires once the stanza has been written
+    /// to the connection; it fails if the stanza never is (it bounces).
+    pub async fn send_written(
+        &self,
+        stanza: Stanza,
+    ) -> Result<tokio::sync::oneshot::Receiver<()>, SendError> {
+        let shared = &self.shared;
+        let domain = self.destination(&stanza)?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (mut stanza, mut written) = (stanza, Some(tx));
+        for _ in 0..2 {
+            match shared.outbound(&domain).try_send(stanza, written.take()) {
+                Ok(()) => return Ok(rx),
+                Err(outbound::Refused::Full) => return Err(SendError::Busy(domain)),
+                Err(outbound::Refused::Closed(s, w)) => (stanza, written) = (*s, w),
             }
         }
         Err(SendError::Closed)

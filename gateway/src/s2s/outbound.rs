@@ -32,7 +32,8 @@ use super::{Shared, inbound, metrics};
 const ATTEMPTS: u32 = 3;
 
 pub enum Command {
-    Send(Box<Stanza>),
+    /// A stanza, and who wants to know once it is written to the stream.
+    Send(Box<Stanza>, Option<oneshot::Sender<()>>),
     Verify {
         id: String,
         key: String,
@@ -45,7 +46,7 @@ pub enum Refused {
     /// The queue is full: the caller (the bridge's durable outbox) retries later.
     Full,
     /// The stream task has ended: the stanza comes back for a new one.
-    Closed(Box<Stanza>),
+    Closed(Box<Stanza>, Option<oneshot::Sender<()>>),
 }
 
 /// A handle on one remote domain's outbound stream task.
@@ -76,13 +77,17 @@ impl Outbound {
 
     /// Queues a stanza without waiting; gives it back when the queue is full
     /// or this stream's task has ended.
-    pub fn try_send(&self, stanza: Stanza) -> Result<(), Refused> {
+    pub fn try_send(
+        &self,
+        stanza: Stanza,
+        written: Option<oneshot::Sender<()>>,
+    ) -> Result<(), Refused> {
         use mpsc::error::TrySendError;
         self.tx
-            .try_send(Command::Send(Box::new(stanza)))
+            .try_send(Command::Send(Box::new(stanza), written))
             .map_err(|e| match e {
-                TrySendError::Full(Command::Send(_)) => Refused::Full,
-                TrySendError::Closed(Command::Send(s)) => Refused::Closed(s),
+                TrySendError::Full(Command::Send(..)) => Refused::Full,
+                TrySendError::Closed(Command::Send(s, w)) => Refused::Closed(s, w),
                 TrySendError::Full(Command::Verify { .. })
                 | TrySendError::Closed(Command::Verify { .. }) => {
                     unreachable!("sent a Send")
@@ -109,7 +114,7 @@ impl Outbound {
 /// Work waiting for a stream.
 #[derive(Default)]
 struct Pending {
-    stanzas: VecDeque<Stanza>,
+    stanzas: VecDeque<(Stanza, Option<oneshot::Sender<()>>)>,
     verifies: Vec<(String, String, oneshot::Sender<Verdict>)>,
 }
 
@@ -234,7 +239,7 @@ async fn run(shared: Arc<Shared>, domain: String, mut rx: mpsc::Receiver<Command
 /// Queues a command, bouncing stanzas beyond the queue limit.
 async fn take(shared: &Arc<Shared>, pending: &mut Pending, cmd: Command) {
     match cmd {
-        Command::Send(stanza) => {
+        Command::Send(stanza, written) => {
             if pending.stanzas.len() >= shared.settings.queue_limit {
                 shared
                     .bounce(
@@ -244,7 +249,7 @@ async fn take(shared: &Arc<Shared>, pending: &mut Pending, cmd: Command) {
                     )
                     .await;
             } else {
-                pending.stanzas.push_back(*stanza);
+                pending.stanzas.push_back((*stanza, written));
             }
         }
         Command::Verify { id, key, reply } => pending.verifies.push((id, key, reply)),
@@ -260,7 +265,8 @@ async fn fail_all(
     for (_, _, reply) in pending.verifies.drain(..) {
         let _ = reply.send(Verdict::Error);
     }
-    for stanza in pending.stanzas.drain(..) {
+    // Whoever waited to hear that one was written learns it was not.
+    for (stanza, _written) in pending.stanzas.drain(..) {
         shared.bounce(&stanza, condition.clone(), text).await;
     }
 }
@@ -534,14 +540,17 @@ async fn session(
             awaiting.entry(id).or_default().push(reply);
         }
         if authenticated {
-            while let Some(stanza) = pending.stanzas.pop_front() {
+            while let Some((stanza, written)) = pending.stanzas.pop_front() {
                 let kind = metrics::kind(&stanza);
                 if wire::send(&mut stream, &stanza::to_wire(stanza::duplicate(&stanza)))
                     .await
                     .is_err()
                 {
-                    pending.stanzas.push_front(stanza);
+                    pending.stanzas.push_front((stanza, written));
                     break;
+                }
+                if let Some(written) = written {
+                    let _ = written.send(());
                 }
                 shared
                     .metrics
