@@ -205,6 +205,21 @@ async fn conformance(store: &Store) {
         None,
         "a duplicate is not queued twice"
     );
+    assert!(store.is_known("a1").await.unwrap());
+    assert!(!store.is_known("never").await.unwrap());
+    // A retried message keeps its count of attempts.
+    let retried = store
+        .enqueue(&OutboxItem {
+            attempts: 3,
+            ..item("r1", "retried|conv")
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    let r1 = store.due(t, 10).await.unwrap();
+    let r1 = r1.iter().find(|i| i.seq == retried).unwrap();
+    assert_eq!(r1.attempts, 3);
+    store.delivered(retried).await.unwrap();
     let due: Vec<String> = store
         .due(t, 10)
         .await

@@ -219,6 +219,25 @@ impl Contacts {
         ))
     }
 
+    /// The shadow account's sign-in if it exists; never creates one (a
+    /// removed account is not brought back by reading its old chats).
+    pub async fn existing_credential(
+        &self,
+        jid: &str,
+    ) -> Result<Option<(String, UserCredential)>, ShadowError> {
+        let Some(account) = self.store.shadow(jid).await? else {
+            return Ok(None);
+        };
+        let password = self.cipher.open(jid, &account.credential)?;
+        Ok(Some((
+            account.object_id,
+            UserCredential {
+                upn: account.upn,
+                password,
+            },
+        )))
+    }
+
     /// Every shadow account's sign-in, by UPN (to take back Graph
     /// subscriptions made as them after a restart).
     pub async fn all_credentials(&self) -> Result<HashMap<String, UserCredential>, ShadowError> {

@@ -47,6 +47,8 @@ use crate::store::{Epoch, OutboxItem, Store, StoreError, now};
 const CONCURRENCY: usize = 8;
 /// How many of a chat's newest messages the crash check reads.
 const RECENT: u32 = 50;
+/// How far behind the newest message read a chat's mark stays.
+const MARK_LAG_MS: i64 = 60_000;
 /// How far back (pages of 50) one reconciliation pass reads a chat.
 const RECONCILE_PAGES: usize = 40;
 /// How long a message sent to XMPP is remembered in case it bounces.
@@ -81,11 +83,26 @@ struct ToXmpp {
     text: String,
     graph_id: String,
     chat_id: String,
+    /// When it was first queued to expire (kept across bounces and retries).
+    #[serde(default)]
+    expires_at: Option<Epoch>,
+    /// How often it bounced.
+    #[serde(default)]
+    bounces: u32,
 }
+
+/// A message handed to s2s: (remote bare JID, XMPP id = Graph message id).
+type InFlightKey = (String, String);
 
 /// A conversation: a remote contact and a Teams user (object id).
 fn conversation(remote: &str, user_id: &str) -> String {
     format!("{remote}|{user_id}")
+}
+
+/// The outbox queue of one direction of a conversation: each direction keeps
+/// its own order, and a message held up one way does not hold up the other.
+fn queue(direction: &str, conversation: &str) -> String {
+    format!("{direction}:{conversation}")
 }
 
 fn chat_key(conversation: &str) -> String {
@@ -99,6 +116,11 @@ fn conv_key(chat_id: &str) -> String {
 
 fn seen_key(chat_id: &str) -> String {
     format!("seen:{chat_id}")
+}
+
+/// The dedupe key of a Graph chat message (ids are unique within a chat only).
+fn graph_key(chat_id: &str, message_id: &str) -> String {
+    format!("graph:{chat_id}:{message_id}")
 }
 
 /// Next try after `attempts` failures: 2 s doubling to 5 minutes.
@@ -150,7 +172,7 @@ pub struct Messages {
     /// Wakes the reconciliation poll (a lifecycle `missed`).
     reconcile_now: Notify,
     /// Messages recently handed to s2s, by id, in case they bounce.
-    in_flight: Mutex<HashMap<String, (ToXmpp, Instant, u32)>>,
+    in_flight: Mutex<HashMap<InFlightKey, (ToXmpp, Instant, u32)>>,
     /// One chat is read at a time (notifications and the poll alike).
     reading: tokio::sync::Mutex<()>,
     /// Conversations whose first delivery since the start was checked
@@ -233,6 +255,23 @@ impl Messages {
                 .await;
         };
         let remote = from.to_bare().to_string().to_lowercase();
+        let origin_id = m
+            .payloads
+            .iter()
+            .find(|p| p.is("origin-id", ns::SID))
+            .and_then(|p| OriginId::try_from(p.clone()).ok())
+            .map(|o| o.id);
+        let id = origin_id.or_else(|| m.id.as_ref().map(|i| i.0.clone()));
+        // A repeat (a peer resending after a reconnect) is neither charged nor refused.
+        if let Some(id) = &id
+            && self
+                .store
+                .is_known(&format!("xmpp:{remote}:{id}"))
+                .await
+                .unwrap_or(false)
+        {
+            return;
+        }
         if let Err(refusal) = self.throttle.message(&[&remote], body.len()) {
             self.metrics.throttled("to-teams", refusal.kind.label());
             return self
@@ -244,13 +283,6 @@ impl Messages {
                 )
                 .await;
         }
-        let origin_id = m
-            .payloads
-            .iter()
-            .find(|p| p.is("origin-id", ns::SID))
-            .and_then(|p| OriginId::try_from(p.clone()).ok())
-            .map(|o| o.id);
-        let id = origin_id.or_else(|| m.id.as_ref().map(|i| i.0.clone()));
         let dedupe_key = match &id {
             Some(id) => format!("xmpp:{remote}:{id}"),
             // Nothing to recognise a repeat by: every copy is a new message.
@@ -268,7 +300,7 @@ impl Messages {
         let item = OutboxItem {
             seq: 0,
             direction: TO_TEAMS.into(),
-            conversation: conversation(&remote, &user_id),
+            conversation: queue(TO_TEAMS, &conversation(&remote, &user_id)),
             dedupe_key,
             payload: serde_json::to_string(&payload).unwrap_or_default(),
             attempts: 0,
@@ -366,7 +398,12 @@ impl Messages {
             }
         };
         let chat_id = match self
-            .chat(&item.conversation, &shadow, &shadow_id, &p.user_id)
+            .chat(
+                &conversation(&p.remote, &p.user_id),
+                &shadow,
+                &shadow_id,
+                &p.user_id,
+            )
             .await
         {
             Ok(id) => id,
@@ -386,10 +423,13 @@ impl Messages {
             if let Ok(recent) = self.graph.chat_messages(&shadow, &chat_id, RECENT).await
                 && recent.iter().any(|m| {
                     m.sender_id() == Some(shadow_id.as_str())
-                        && m.body.content == html
+                        && text::to_text(&m.body.content) == text::to_text(&html)
                         && epoch_of(&m.created_date_time) >= queued_at - 1
                 })
             {
+                if p.receipt {
+                    self.send_receipt(&p).await;
+                }
                 return Outcome::Delivered;
             }
         }
@@ -471,6 +511,14 @@ impl Messages {
             return Ok(false);
         };
         let body = text::to_text(&m.body.content);
+        if m.deleted_date_time.is_some() || body.is_empty() {
+            // Deleted, or only an attachment or card: nothing to carry as text.
+            return Ok(false);
+        }
+        // Read again (the mark's window is re-read): neither charged nor refused.
+        if self.store.is_known(&graph_key(chat_id, &m.id)).await? {
+            return Ok(false);
+        }
         if let Err(refusal) = self.throttle.message(&[user_id, &local], body.len()) {
             self.metrics.throttled("to-xmpp", refusal.kind.label());
             self.notice_in_teams(
@@ -489,12 +537,14 @@ impl Messages {
             text: body,
             graph_id: m.id.clone(),
             chat_id: chat_id.to_owned(),
+            expires_at: Some(self.expires_at()),
+            bounces: 0,
         };
         let item = OutboxItem {
             seq: 0,
             direction: TO_XMPP.into(),
-            conversation: conv.clone(),
-            dedupe_key: format!("graph:{}", m.id),
+            conversation: queue(TO_XMPP, &conv),
+            dedupe_key: graph_key(chat_id, &m.id),
             payload: serde_json::to_string(&payload).unwrap_or_default(),
             attempts: 0,
             next_attempt_at: now(),
@@ -557,7 +607,7 @@ impl Messages {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .insert(
-                        p.graph_id.clone(),
+                        (p.remote.clone(), p.graph_id.clone()),
                         (p, Instant::now(), item.attempts as u32),
                     );
                 Outcome::Delivered
@@ -570,12 +620,15 @@ impl Messages {
     /// An error bounced back for a message we sent to XMPP: tried again after
     /// a while if the remote server was unreachable, else noted in Teams.
     pub async fn bounced(&self, m: &Message) {
-        let Some(Id(id)) = &m.id else { return };
-        let Some((p, _, attempts)) = self
+        let (Some(Id(id)), Some(from)) = (&m.id, &m.from) else {
+            return;
+        };
+        let remote = from.to_bare().to_string().to_lowercase();
+        let Some((mut p, _, _)) = self
             .in_flight
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(id)
+            .remove(&(remote, id.clone()))
         else {
             return;
         };
@@ -592,19 +645,28 @@ impl Messages {
                     | DefinedCondition::ResourceConstraint
             )
         );
-        if transient {
+        let expires_at = p.expires_at.unwrap_or_else(|| self.expires_at());
+        if transient && now() < expires_at {
+            p.bounces += 1;
             let item = OutboxItem {
                 seq: 0,
                 direction: TO_XMPP.into(),
-                conversation: conversation(&p.remote, &p.user_id),
-                dedupe_key: format!("graph:{}#{}", p.graph_id, attempts + 1),
+                conversation: queue(TO_XMPP, &conversation(&p.remote, &p.user_id)),
+                // A key of its own: the first delivery's key is taken.
+                dedupe_key: format!(
+                    "{}#bounce-{}-{}",
+                    graph_key(&p.chat_id, &p.graph_id),
+                    p.bounces,
+                    random_id()
+                ),
                 payload: serde_json::to_string(&p).unwrap_or_default(),
-                attempts: i64::from(attempts) + 1,
-                next_attempt_at: now() + backoff(i64::from(attempts) + 1),
-                expires_at: self.expires_at(),
+                attempts: i64::from(p.bounces),
+                next_attempt_at: now() + backoff(i64::from(p.bounces)),
+                expires_at,
             };
             match self.store.enqueue(&item).await {
-                Ok(_) => return,
+                Ok(Some(_)) => return,
+                Ok(None) => tracing::warn!("a bounced message could not be queued again"),
                 Err(e) => tracing::warn!(error = %e, "cannot queue a bounced message again"),
             }
         }
@@ -811,10 +873,13 @@ impl Messages {
         let Some((remote, user_id)) = conv.split_once('|') else {
             return Ok(0);
         };
-        let Some(local) = self.directory.local_of(user_id) else {
+        // A user off the allow list is not read for.
+        if self.directory.local_of(user_id).is_none() {
+            return Ok(0);
+        }
+        let Some((_, shadow)) = self.contacts.existing_credential(remote).await? else {
             return Ok(0);
         };
-        let (_, shadow) = self.contacts.credential(remote, &local).await?;
         let seen: i64 = self
             .store
             .get_cursor(&seen_key(chat_id))
@@ -827,8 +892,13 @@ impl Messages {
             .await?;
         let mut newest = seen;
         let mut queued = 0;
-        // Newest first from Graph: queued oldest first.
-        for m in messages.iter().rev() {
+        // Queued oldest first, by creation (ties by id, which Graph makes from the time).
+        let mut messages = messages;
+        messages.sort_by(|a, b| {
+            (epoch_millis_of(&a.created_date_time), &a.id)
+                .cmp(&(epoch_millis_of(&b.created_date_time), &b.id))
+        });
+        for m in &messages {
             let at = epoch_millis_of(&m.created_date_time);
             // The mark's own millisecond is read again: the outbox knows what it has.
             if at < seen {
@@ -839,9 +909,12 @@ impl Messages {
                 queued += 1;
             }
         }
-        if newest > seen {
+        // The mark stays a minute behind the newest message seen: a message
+        // Graph lists a little late is still read (the outbox knows the rest).
+        let mark = (newest - MARK_LAG_MS).max(seen);
+        if mark > seen {
             self.store
-                .set_cursor(&seen_key(chat_id), &newest.to_string())
+                .set_cursor(&seen_key(chat_id), &mark.to_string())
                 .await?;
         }
         Ok(queued)

@@ -301,9 +301,20 @@ impl Bridge {
         ];
         self.probe_watched().await;
         while let Some(Incoming { stanza, ack }) = inbox.next().await {
-            self.handle(stanza).await;
-            // Handled (a message is in the outbox): the peer may forget it.
-            drop(ack);
+            use futures::FutureExt;
+            match std::panic::AssertUnwindSafe(self.handle(stanza))
+                .catch_unwind()
+                .await
+            {
+                // Handled (a message is in the outbox): the peer may forget it.
+                Ok(()) => {
+                    if let Some(ack) = ack {
+                        ack.handled();
+                    }
+                }
+                // Not acknowledged: the peer sends it again on its next stream.
+                Err(_) => tracing::error!("handling a stanza panicked; it is not acknowledged"),
+            }
         }
         for task in tasks {
             task.abort();

@@ -88,6 +88,8 @@ pub fn to_text(html: &str) -> String {
                 }
             }
             ("img", _) => out.push_str(&attribute(tag, "alt").unwrap_or_else(|| "[image]".into())),
+            // Teams writes emoji as `<emoji alt="😀" …></emoji>`.
+            ("emoji", false) => out.push_str(&attribute(tag, "alt").unwrap_or_default()),
             (n, true) if BLOCKS.contains(&n) && !out.ends_with('\n') && !out.is_empty() => {
                 out.push('\n');
             }
@@ -195,6 +197,12 @@ mod tests {
             "5 < 6 && 7 > 3 😀 A"
         );
         assert_eq!(to_text("a < b"), "a < b");
+        assert_eq!(
+            to_text(
+                "<p>ok <emoji id=\"1f600_grinning\" alt=\"😀\" title=\"Grinning\"></emoji></p>"
+            ),
+            "ok 😀"
+        );
         assert_eq!(to_text("AT&T"), "AT&T");
         assert_eq!(
             to_text(&to_html("a < b & c\nd")),

@@ -128,6 +128,9 @@ pub struct ChatMessage {
     #[serde(default)]
     pub from: Option<Value>,
     pub body: ItemBody,
+    /// Set when the message was deleted (its body is then empty).
+    #[serde(default)]
+    pub deleted_date_time: Option<String>,
 }
 
 impl ChatMessage {
@@ -590,7 +593,12 @@ impl GraphClient {
             next: Option<String>,
         }
         let identity = Identity::User(shadow.upn.clone());
-        let mut path = format!("/chats/{}/messages?$top=50", chat_path(chat_id));
+        // Graph lists by last modification unless told otherwise: an edited old
+        // message would otherwise come first and end the paging early.
+        let mut path = format!(
+            "/chats/{}/messages?$top=50&$orderby=createdDateTime%20desc",
+            chat_path(chat_id)
+        );
         let mut all = Vec::new();
         for _ in 0..max_pages.max(1) {
             let page: Page = self

@@ -44,8 +44,10 @@ impl Acks {
     }
 }
 
-/// Acknowledges one received stanza when dropped: whoever handles the
-/// stanza keeps it until the stanza is safe.
+/// One received stanza's acknowledgement: whoever handles the stanza calls
+/// `handled` once it is safe. Dropped without that (a panic, a bridge that
+/// is gone) the stanza is never acknowledged, and the peer sends it again
+/// on its next stream (or bounces it): nothing is acknowledged by accident.
 pub struct Ack {
     acks: Arc<Acks>,
     seq: u64,
@@ -55,10 +57,8 @@ impl Ack {
     pub fn new(acks: Arc<Acks>, seq: u64) -> Self {
         Self { acks, seq }
     }
-}
 
-impl Drop for Ack {
-    fn drop(&mut self) {
+    pub fn handled(self) {
         self.acks.done(self.seq);
     }
 }
@@ -68,6 +68,16 @@ impl Drop for Ack {
 pub struct Incoming {
     pub stanza: Stanza,
     pub ack: Option<Ack>,
+}
+
+impl Incoming {
+    /// The stanza, acknowledged as handled.
+    pub fn take(self) -> Stanza {
+        if let Some(ack) = self.ack {
+            ack.handled();
+        }
+        self.stanza
+    }
 }
 
 /// What the s2s layer hands the bridge.
@@ -89,12 +99,12 @@ impl Inbox {
 
     /// A stanza if one is waiting now, taken as handled.
     pub fn try_recv(&mut self) -> Result<Stanza, tokio::sync::mpsc::error::TryRecvError> {
-        self.rx.try_recv().map(|i| i.stanza)
+        self.rx.try_recv().map(Incoming::take)
     }
 
     /// The next stanza, taken as handled at once (tests, tools).
     pub async fn recv(&mut self) -> Option<Stanza> {
-        self.rx.recv().await.map(|i| i.stanza)
+        self.rx.recv().await.map(Incoming::take)
     }
 }
 
@@ -105,12 +115,18 @@ mod tests {
     #[test]
     fn h_counts_only_what_is_handled_in_a_row() {
         let acks = Arc::new(Acks::default());
-        let [a1, a2, a3] = [1, 2, 3].map(|n| Ack::new(acks.clone(), n));
-        drop(a2);
+        let [a1, a2, a3, a4] = [1, 2, 3, 4].map(|n| Ack::new(acks.clone(), n));
+        a2.handled();
         assert_eq!(acks.h(), 0, "stanza 1 is not handled yet");
-        drop(a1);
+        a1.handled();
         assert_eq!(acks.h(), 2);
-        drop(a3);
+        a3.handled();
         assert_eq!(acks.h(), 3);
+        drop(a4);
+        assert_eq!(
+            acks.h(),
+            3,
+            "dropped without being handled: never acknowledged"
+        );
     }
 }

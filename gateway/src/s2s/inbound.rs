@@ -562,6 +562,9 @@ pub async fn dispatch(
         Err(e) => {
             // One bad stanza does not end a stream that carries others.
             tracing::info!(error = %e, domain = %from_domain, "dropping an invalid stanza");
+            if let Some(ack) = ack {
+                ack.handled();
+            }
             return Ok(());
         }
     };
@@ -569,8 +572,14 @@ pub async fn dispatch(
         .metrics
         .stanza_in(&shared.domain_label(&from_domain), metrics::kind(&stanza));
     match services::handle(shared.directory.as_ref(), stanza) {
-        Handled::Answered(Some(reply)) => reroute(shared, reply),
-        Handled::Answered(None) => {}
+        Handled::Answered(reply) => {
+            if let Some(reply) = reply {
+                reroute(shared, reply);
+            }
+            if let Some(ack) = ack {
+                ack.handled();
+            }
+        }
         Handled::Bridge(stanza) => shared.deliver(stanza, ack).await,
     }
     Ok(())

@@ -246,6 +246,11 @@ impl Store {
         backend!(self, s => s.enqueue(item))
     }
 
+    /// Whether a dedupe key is queued or was delivered.
+    pub async fn is_known(&self, dedupe_key: &str) -> Result<bool, StoreError> {
+        backend!(self, s => s.is_known(dedupe_key))
+    }
+
     /// Messages due now, oldest first, at most one per conversation (order is
     /// kept within a conversation: the next goes only when this one is done).
     pub async fn due(&self, at: Epoch, limit: i64) -> Result<Vec<OutboxItem>, StoreError> {

@@ -519,7 +519,7 @@ impl SqlServerStore {
                 "BEGIN TRAN;
                  INSERT INTO outbox (direction, conversation, dedupe_key, payload, attempts, next_attempt_at, expires_at)
                  OUTPUT inserted.seq
-                 SELECT @P1, @P2, @P3, @P4, 0, @P5, @P6
+                 SELECT @P1, @P2, @P3, @P4, @P7, @P5, @P6
                  WHERE NOT EXISTS (SELECT 1 FROM outbox WITH (UPDLOCK, HOLDLOCK) WHERE dedupe_key = @P3)
                    AND NOT EXISTS (SELECT 1 FROM delivered WITH (UPDLOCK, HOLDLOCK) WHERE dedupe_key = @P3);
                  COMMIT;",
@@ -530,6 +530,7 @@ impl SqlServerStore {
                     &item.payload.as_str(),
                     &item.next_attempt_at,
                     &item.expires_at,
+                    &item.attempts,
                 ],
             )
             .await?;
@@ -538,6 +539,18 @@ impl SqlServerStore {
             Err(e) if is_duplicate(&e) => Ok(None),
             Err(e) => Err(backend(e)),
         }
+    }
+
+    pub async fn is_known(&self, dedupe_key: &str) -> Result<bool, StoreError> {
+        let rows = self
+            .rows(
+                "SELECT CASE WHEN EXISTS (SELECT 1 FROM outbox WHERE dedupe_key = @P1)
+                          OR EXISTS (SELECT 1 FROM delivered WHERE dedupe_key = @P1)
+                        THEN CAST(1 AS BIGINT) ELSE CAST(0 AS BIGINT) END",
+                &[&dedupe_key],
+            )
+            .await?;
+        Ok(rows.first().map(|r| int(r, 0)).transpose()?.unwrap_or(0) == 1)
     }
 
     pub async fn due(&self, at: Epoch, limit: i64) -> Result<Vec<OutboxItem>, StoreError> {

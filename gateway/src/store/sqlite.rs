@@ -325,12 +325,24 @@ impl SqliteStore {
             }
             tx.execute(
                 "INSERT INTO outbox (direction, conversation, dedupe_key, payload, attempts, next_attempt_at, expires_at)
-                 VALUES (?1, ?2, ?3, ?4, 0, ?5, ?6)",
-                params![i.direction, i.conversation, i.dedupe_key, i.payload, i.next_attempt_at, i.expires_at],
+                 VALUES (?1, ?2, ?3, ?4, ?7, ?5, ?6)",
+                params![i.direction, i.conversation, i.dedupe_key, i.payload, i.next_attempt_at, i.expires_at, i.attempts],
             )?;
             let seq = tx.last_insert_rowid();
             tx.commit()?;
             Ok(Some(seq))
+        })
+        .await
+    }
+
+    pub async fn is_known(&self, dedupe_key: &str) -> Result<bool, StoreError> {
+        let key = dedupe_key.to_owned();
+        self.with(move |c| {
+            c.query_row(
+                "SELECT EXISTS (SELECT 1 FROM outbox WHERE dedupe_key = ?1) OR EXISTS (SELECT 1 FROM delivered WHERE dedupe_key = ?1)",
+                [key],
+                |r| r.get(0),
+            )
         })
         .await
     }
