@@ -48,7 +48,11 @@ const CONCURRENCY: usize = 8;
 /// How many of a chat's newest messages the crash check reads.
 const RECENT: u32 = 50;
 /// How far behind the newest message read a chat's mark stays.
-const MARK_LAG_MS: i64 = 60_000;
+const MARK_LAG_MS: i64 = 10_000;
+/// A chat whose read failed is read again after this.
+const UNREAD_RETRY: Duration = Duration::from_secs(2);
+/// How many sent message ids are remembered (forgotten all at once when full).
+const SENT_REMEMBERED: usize = 10_000;
 /// How far back (pages of 50) one reconciliation pass reads a chat.
 const RECONCILE_PAGES: usize = 40;
 /// How long a message sent to XMPP is remembered in case it bounces.
@@ -173,6 +177,9 @@ pub struct Messages {
     reconcile_now: Notify,
     /// Messages recently handed to s2s, by id, in case they bounce.
     in_flight: Mutex<HashMap<InFlightKey, (ToXmpp, Instant, u32)>>,
+    /// Graph ids of messages the shadow accounts sent lately: their change
+    /// notifications are not worth a read of the chat.
+    sent_by_us: Mutex<std::collections::HashSet<String>>,
     /// One chat is read at a time (notifications and the poll alike).
     reading: tokio::sync::Mutex<()>,
     /// Conversations whose first delivery since the start was checked
@@ -209,6 +216,7 @@ impl Messages {
             in_flight: Mutex::new(HashMap::new()),
             checked: Mutex::new(std::collections::HashSet::new()),
             reading: tokio::sync::Mutex::new(()),
+            sent_by_us: Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -434,7 +442,8 @@ impl Messages {
             }
         }
         match self.graph.send_chat_message(&shadow, &chat_id, &html).await {
-            Ok(_) => {
+            Ok(sent) => {
+                self.remember_sent(&chat_id, &sent.id);
                 if p.receipt {
                     self.send_receipt(&p).await;
                 }
@@ -556,6 +565,21 @@ impl Messages {
             self.wake.notify_one();
         }
         Ok(new)
+    }
+
+    fn remember_sent(&self, chat_id: &str, message_id: &str) {
+        let mut sent = self.sent_by_us.lock().unwrap_or_else(|e| e.into_inner());
+        if sent.len() >= SENT_REMEMBERED {
+            sent.clear();
+        }
+        sent.insert(graph_key(chat_id, message_id));
+    }
+
+    fn was_sent_by_us(&self, chat_id: &str, message_id: &str) -> bool {
+        self.sent_by_us
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&graph_key(chat_id, message_id))
     }
 
     /// Posts a notice into the Teams chat as the shadow account (it is not
@@ -769,50 +793,61 @@ impl Messages {
     /// was last read, so messages are queued in the chat's order whatever
     /// order (or loss) notifications come in.
     pub async fn consume_notifications(self: Arc<Self>) {
+        // Chats whose read failed (Graph throttling, an outage): read again
+        // soon. Their notifications are acknowledged all the same — they only
+        // said the chat had news, and a restart reads every chat anyway.
+        let mut unread: Vec<String> = Vec::new();
         loop {
-            match self.store.claim_notifications(64, LEASE_SECS).await {
-                Ok(batch) if !batch.is_empty() => {
-                    let mut chats: Vec<String> = Vec::new();
-                    let mut done = Vec::new();
-                    for queued in batch {
-                        match serde_json::from_str::<Notification>(&queued.body) {
-                            Ok(n) if n.lifecycle_event.is_some() => self.on_lifecycle(&n).await,
-                            Ok(n) => {
-                                if let Some((chat, _)) =
-                                    n.resource.as_deref().and_then(parse_resource)
-                                    && !chats.contains(&chat)
-                                {
-                                    chats.push(chat);
-                                }
-                            }
-                            Err(e) => {
-                                tracing::warn!(error = %e, "an unreadable stored notification; dropped")
-                            }
-                        }
-                        done.push(queued.seq);
-                    }
-                    let mut all_read = true;
-                    for chat in &chats {
-                        if let Err(e) = self.catch_up(chat).await {
-                            tracing::warn!(error = %e, %chat, "cannot read a notified chat now; trying again");
-                            all_read = false;
-                        }
-                    }
-                    // Unread chats keep their notifications: the lease lapses and
-                    // they come back.
-                    if all_read {
-                        for seq in done {
-                            if let Err(e) = self.store.ack_notification(seq).await {
-                                tracing::warn!(error = %e, "cannot acknowledge a notification");
-                            }
-                        }
-                    }
-                    continue;
+            let mut chats = std::mem::take(&mut unread);
+            let claimed = match self.store.claim_notifications(64, LEASE_SECS).await {
+                Ok(batch) => batch,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the notification queue");
+                    Vec::new()
                 }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "cannot read the notification queue"),
+            };
+            let got_some = !claimed.is_empty();
+            let mut done = Vec::new();
+            for queued in claimed {
+                match serde_json::from_str::<Notification>(&queued.body) {
+                    Ok(n) if n.lifecycle_event.is_some() => self.on_lifecycle(&n).await,
+                    Ok(n) => {
+                        // Our own messages need no reading: only the Teams
+                        // user's can be news.
+                        if let Some((chat, message)) =
+                            n.resource.as_deref().and_then(parse_resource)
+                            && !self.was_sent_by_us(&chat, &message)
+                            && !chats.contains(&chat)
+                        {
+                            chats.push(chat);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "an unreadable stored notification; dropped")
+                    }
+                }
+                done.push(queued.seq);
             }
-            let _ = tokio::time::timeout(Duration::from_secs(5), self.notified.notified()).await;
+            for chat in chats {
+                if let Err(e) = self.catch_up(&chat).await {
+                    tracing::warn!(error = %e, %chat, "cannot read a notified chat now; trying again shortly");
+                    unread.push(chat);
+                }
+            }
+            for seq in done {
+                if let Err(e) = self.store.ack_notification(seq).await {
+                    tracing::warn!(error = %e, "cannot acknowledge a notification");
+                }
+            }
+            if got_some {
+                continue;
+            }
+            let wait = if unread.is_empty() {
+                Duration::from_secs(5)
+            } else {
+                UNREAD_RETRY
+            };
+            let _ = tokio::time::timeout(wait, self.notified.notified()).await;
         }
     }
 
@@ -909,7 +944,7 @@ impl Messages {
                 queued += 1;
             }
         }
-        // The mark stays a minute behind the newest message seen: a message
+        // The mark stays ten seconds behind the newest message seen: a message
         // Graph lists a little late is still read (the outbox knows the rest).
         let mark = (newest - MARK_LAG_MS).max(seen);
         if mark > seen {
