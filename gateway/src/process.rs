@@ -22,7 +22,7 @@ use crate::bridge::service::{Bridge, Settings};
 use crate::graph::subscriptions::Subscriptions;
 use crate::graph::webhook::{self, Sink};
 use crate::licence::{self, LicenceCheckError, LicenceMetrics};
-use crate::s2s::{AnyUser, Inbox, S2s, S2sSender, stanza};
+use crate::s2s::{AnyUser, Inbox, S2s, S2sSender};
 use crate::store::Store;
 use xmppfed_config::LocalPartSource;
 use xmppfed_telemetry::{AdminServer, Health, Metrics, admin_router};
@@ -153,16 +153,17 @@ impl Gateway {
             None => Arc::new(AnyUser),
         };
         let (s2s, inbox) = S2s::bind(config, users, &metrics).await?;
-        let subscriptions = match (&config.webhook.public_url, &config.webhook.client_state) {
-            (Some(url), Some(client_state)) => Some(Arc::new(
-                Subscriptions::new(
-                    url,
-                    secrecy::SecretString::from(client_state.resolve()?.expose().to_owned()),
-                )
-                .with_store(store.clone()),
+        // Graph's change notifications: the URL Graph posts to and the secret it echoes.
+        let notifications = match (&config.webhook.public_url, &config.webhook.client_state) {
+            (Some(url), Some(client_state)) => Some((
+                url,
+                secrecy::SecretString::from(client_state.resolve()?.expose().to_owned()),
             )),
             _ => None,
         };
+        let subscriptions = notifications.as_ref().map(|(url, secret)| {
+            Arc::new(Subscriptions::new(url, secret.clone()).with_store(store.clone()))
+        });
         let bridge = match (&config.graph, &directory) {
             (Some(graph_config), Some(watch)) => {
                 let key = config
@@ -193,10 +194,8 @@ impl Gateway {
             _ => None,
         };
         // Graph's change notifications, stored before they are acknowledged.
-        let webhook = match (&bridge, &config.webhook.client_state) {
-            (Some(bridge), Some(client_state)) if config.webhook.public_url.is_some() => {
-                let secret =
-                    secrecy::SecretString::from(client_state.resolve()?.expose().to_owned());
+        let webhook = match (&bridge, notifications) {
+            (Some(bridge), Some((_, secret))) => {
                 let sink = Sink::Durable {
                     store: store.clone(),
                     wake: bridge.messages().notified.clone(),
@@ -347,15 +346,14 @@ async fn keep_directory(watch: DirectoryWatch) {
 /// are answered with `service-unavailable` rather than silently dropped.
 async fn refuse_until_bridged(mut inbox: Inbox, sender: S2sSender) {
     while let Some(stanza) = inbox.recv().await {
-        if let Some(reply) = stanza::error_reply(
+        crate::bridge::reply_error(
+            &sender,
             &stanza,
             DefinedCondition::ServiceUnavailable,
             ErrorType::Cancel,
             "the Teams bridge is not running on this gateway",
-        ) && let Err(e) = sender.send(reply).await
-        {
-            tracing::debug!(error = %e, "error reply not sent");
-        }
+        )
+        .await;
     }
 }
 

@@ -204,19 +204,10 @@ impl Contacts {
         jid: &str,
         asked_by: &str,
     ) -> Result<(String, UserCredential), ShadowError> {
-        let object_id = self.shadow_of(jid, asked_by).await?;
-        let account =
-            self.store.shadow(jid).await?.ok_or_else(|| {
-                StoreError::Backend(format!("the shadow account of {jid} vanished"))
-            })?;
-        let password = self.cipher.open(jid, &account.credential)?;
-        Ok((
-            object_id,
-            UserCredential {
-                upn: account.upn,
-                password,
-            },
-        ))
+        self.shadow_of(jid, asked_by).await?;
+        self.existing_credential(jid).await?.ok_or_else(|| {
+            StoreError::Backend(format!("the shadow account of {jid} vanished")).into()
+        })
     }
 
     /// The shadow account's sign-in if it exists; never creates one (a

@@ -176,7 +176,7 @@ pub struct Messages {
     /// Wakes the reconciliation poll (a lifecycle `missed`).
     reconcile_now: Notify,
     /// Messages recently handed to s2s, by id, in case they bounce.
-    in_flight: Mutex<HashMap<InFlightKey, (ToXmpp, Instant, u32)>>,
+    in_flight: Mutex<HashMap<InFlightKey, (ToXmpp, Instant)>>,
     /// Graph ids of messages the shadow accounts sent lately: their change
     /// notifications are not worth a read of the chat.
     sent_by_us: Mutex<std::collections::HashSet<String>>,
@@ -231,12 +231,14 @@ impl Messages {
         type_: ErrorType,
         text: &str,
     ) {
-        let stanza = Stanza::Message(m.clone());
-        if let Some(reply) = crate::s2s::stanza::error_reply(&stanza, condition, type_, text)
-            && let Err(e) = self.out.send(reply).await
-        {
-            tracing::debug!(error = %e, "error reply not sent");
-        }
+        super::reply_error(
+            self.out.as_ref(),
+            &Stanza::Message(m.clone()),
+            condition,
+            type_,
+            text,
+        )
+        .await;
     }
 
     // XMPP → Teams ------------------------------------------------------------------
@@ -270,13 +272,10 @@ impl Messages {
             .and_then(|p| OriginId::try_from(p.clone()).ok())
             .map(|o| o.id);
         let id = origin_id.or_else(|| m.id.as_ref().map(|i| i.0.clone()));
+        let known_key = id.as_ref().map(|id| format!("xmpp:{remote}:{id}"));
         // A repeat (a peer resending after a reconnect) is neither charged nor refused.
-        if let Some(id) = &id
-            && self
-                .store
-                .is_known(&format!("xmpp:{remote}:{id}"))
-                .await
-                .unwrap_or(false)
+        if let Some(key) = &known_key
+            && self.store.is_known(key).await.unwrap_or(false)
         {
             return;
         }
@@ -291,11 +290,8 @@ impl Messages {
                 )
                 .await;
         }
-        let dedupe_key = match &id {
-            Some(id) => format!("xmpp:{remote}:{id}"),
-            // Nothing to recognise a repeat by: every copy is a new message.
-            None => format!("xmpp:{remote}:#{}", random_id()),
-        };
+        // Nothing to recognise a repeat by: every copy is a new message.
+        let dedupe_key = known_key.unwrap_or_else(|| format!("xmpp:{remote}:#{}", random_id()));
         let payload = ToTeams {
             remote: remote.clone(),
             remote_full: from.to_string(),
@@ -478,22 +474,24 @@ impl Messages {
         let Ok(p) = serde_json::from_str::<ToTeams>(&item.payload) else {
             return;
         };
-        let (Ok(to), Ok(from)) = (
+        let (Ok(contact), Ok(ours)) = (
             p.remote_full.parse::<Jid>(),
             format!("{}@{}", p.local, self.settings.domain).parse::<Jid>(),
         ) else {
             return;
         };
-        let mut bounce = Message::new(Some(to));
-        bounce.from = Some(from);
-        bounce.id = p.id.clone().map(Id);
-        bounce.type_ = MessageType::Error;
-        bounce
-            .payloads
-            .push(StanzaError::new(ErrorType::Cancel, condition, "en", why).into());
-        if let Err(e) = self.out.send(Stanza::Message(bounce)).await {
-            tracing::debug!(error = %e, "bounce not sent");
-        }
+        // The error answers the message as the contact sent it.
+        let mut sent = Message::new_with_type(MessageType::Chat, Some(ours));
+        sent.from = Some(contact);
+        sent.id = p.id.clone().map(Id);
+        super::reply_error(
+            self.out.as_ref(),
+            &Stanza::Message(sent),
+            condition,
+            ErrorType::Cancel,
+            why,
+        )
+        .await;
     }
 
     // Teams → XMPP ------------------------------------------------------------------
@@ -630,10 +628,7 @@ impl Messages {
                 self.in_flight
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .insert(
-                        (p.remote.clone(), p.graph_id.clone()),
-                        (p, Instant::now(), item.attempts as u32),
-                    );
+                    .insert((p.remote.clone(), p.graph_id.clone()), (p, Instant::now()));
                 Outcome::Delivered
             }
             Err(SendError::Busy(_) | SendError::Closed | SendError::NotWritten) => Outcome::Retry,
@@ -648,7 +643,7 @@ impl Messages {
             return;
         };
         let remote = from.to_bare().to_string().to_lowercase();
-        let Some((mut p, _, _)) = self
+        let Some((mut p, _)) = self
             .in_flight
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -735,7 +730,7 @@ impl Messages {
         self.in_flight
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .retain(|_, (_, at, _)| at.elapsed() < BOUNCE_WINDOW);
+            .retain(|_, (_, at)| at.elapsed() < BOUNCE_WINDOW);
     }
 
     async fn deliver_one(&self, item: OutboxItem) {

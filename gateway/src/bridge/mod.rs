@@ -26,6 +26,7 @@ pub mod vcard;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType};
 
 use crate::s2s::{S2sSender, SendError, Stanza};
 
@@ -68,6 +69,21 @@ impl XmppOut for tokio::sync::mpsc::Sender<Stanza> {
                 .await
                 .map_err(|_| SendError::Closed)
         })
+    }
+}
+
+/// Answers `to` with a stanza error (RFC 6120 §8.3), if it may be answered.
+pub async fn reply_error(
+    out: &dyn XmppOut,
+    to: &Stanza,
+    condition: DefinedCondition,
+    type_: ErrorType,
+    text: &str,
+) {
+    if let Some(reply) = crate::s2s::stanza::error_reply(to, condition, type_, text)
+        && let Err(e) = out.send(reply).await
+    {
+        tracing::debug!(error = %e, "error reply not sent");
     }
 }
 

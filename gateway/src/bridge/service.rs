@@ -33,10 +33,10 @@ use super::shadow::ShadowSettings;
 use super::teams_presence::PollInterval;
 use super::teams_presence::TeamsPresence;
 use super::throttle::Throttle;
-use super::{XmppOut, send_patiently};
+use super::{XmppOut, reply_error, send_patiently};
 use crate::graph::GraphClient;
 use crate::graph::subscriptions::Subscriptions;
-use crate::s2s::stanza::{self, Stanza};
+use crate::s2s::stanza::Stanza;
 use crate::s2s::{Inbox, Incoming};
 use crate::store::now;
 use crate::store::{Epoch, Store, StoreError};
@@ -401,21 +401,15 @@ impl Bridge {
                 });
             }
             _ => {
-                self.reply_error(
+                reply_error(
+                    self.p.out.as_ref(),
                     &Stanza::Iq(iq),
                     DefinedCondition::ServiceUnavailable,
+                    ErrorType::Cancel,
                     "not supported for Teams users",
                 )
                 .await
             }
-        }
-    }
-
-    async fn reply_error(&self, stanza: &Stanza, condition: DefinedCondition, text: &str) {
-        if let Some(reply) = stanza::error_reply(stanza, condition, ErrorType::Cancel, text)
-            && let Err(e) = self.p.out.send(reply).await
-        {
-            tracing::debug!(error = %e, "error reply not sent");
         }
     }
 
