@@ -92,7 +92,6 @@ async fn main() {
         return;
     }
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let python = prosody::python().unwrap();
     let emulator = GraphEmulator::start(seed()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let port = || prosody::free_port().unwrap();
@@ -105,15 +104,15 @@ async fn main() {
     let gateway = start_gateway(&config).await;
 
     // Two Prosody servers that federate with each other, one also with the gateway.
-    let a = Prosody::start(&ProsodyOptions {
+    // Kept for the run: dropping a server stops it.
+    let (_server_a, mut bob) = prosody_with_bob(ProsodyOptions {
         routes: vec![(DOMAIN.into(), gateway_port), ("xmpp2.test".into(), s2s_b)],
         s2s_port: Some(s2s_a),
         // Prosody offers STARTTLS even without a certificate, and two
         // Prosody servers then fail: give both one.
         tls: true,
         ..ProsodyOptions::new(PEER)
-    })
-    .unwrap();
+    });
     let b = Prosody::start(&ProsodyOptions {
         routes: vec![(PEER.into(), s2s_a)],
         s2s_port: Some(s2s_b),
@@ -121,14 +120,8 @@ async fn main() {
         ..ProsodyOptions::new("xmpp2.test")
     })
     .unwrap();
-    a.register("bob", "bobpw").unwrap();
     b.register("carol", "carolpw").unwrap();
-    let (mut bob, _carol) = tokio::task::block_in_place(|| {
-        (
-            XmppClient::connect(&python, "bob@xmpp.test", "bobpw", a.c2s_port).unwrap(),
-            XmppClient::connect(&python, "carol@xmpp2.test", "carolpw", b.c2s_port).unwrap(),
-        )
-    });
+    let _carol = connect("carol@xmpp2.test", "carolpw", b.c2s_port);
 
     // Warm both paths (stream set-up, the shadow account, the chat).
     tokio::task::block_in_place(|| {
@@ -154,13 +147,7 @@ async fn main() {
     let chat = chat_between(&emulator, "alice@contoso.com", &shadow).unwrap();
     let started = Instant::now();
     for i in 0..N {
-        emulator
-            .control(
-                &format!("/_emulator/chats/{chat}/messages"),
-                json!({"from": "alice@contoso.com", "content": format!("t{i}"), "contentType": "text"}),
-            )
-            .await
-            .unwrap();
+        alice_writes(&emulator, &chat, &format!("t{i}"), "text").await;
     }
     let written = started.elapsed();
     tokio::task::block_in_place(|| {

@@ -39,16 +39,6 @@ fn id(i: usize) -> String {
     format!("00000000-0000-4000-8000-{i:012}")
 }
 
-fn rss_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0);
-    pages * 4096
-}
-
 fn set_everyone(
     emulator: &GraphEmulator,
     users: std::ops::Range<usize>,
@@ -143,11 +133,12 @@ async fn main() {
         tx.commit().unwrap();
     }
     let store = Arc::new(Store::sqlite(&path).await.unwrap());
-    let before = rss_bytes();
+    let before = xmppfed_e2e::rss_bytes();
     let started = Instant::now();
     let roster = Roster::load(store).await.unwrap();
     let load = started.elapsed();
-    let per_contact = (rss_bytes().saturating_sub(before)) as f64 / roster.len() as f64;
+    let per_contact =
+        (xmppfed_e2e::rss_bytes().saturating_sub(before)) as f64 / roster.len() as f64;
 
     let (tx, mut rx) = mpsc::channel::<Stanza>(65_536);
     let counter = Arc::new(Counter {

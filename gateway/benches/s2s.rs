@@ -25,16 +25,6 @@ fn message(from: &str, i: usize) -> String {
     )
 }
 
-fn rss_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0);
-    pages * 4096
-}
-
 async fn drain(rx: &mut Inbox, n: usize) {
     for _ in 0..n {
         rx.recv().await.expect("bridge channel open");
@@ -144,7 +134,7 @@ async fn main() {
 
     // Memory per idle authenticated stream.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let before = rss_bytes();
+    let before = xmppfed_e2e::rss_bytes();
     let idle_n = 1000;
     let mut idle = Vec::with_capacity(idle_n);
     for _ in 0..idle_n {
@@ -155,7 +145,7 @@ async fn main() {
         );
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let after = rss_bytes();
+    let after = xmppfed_e2e::rss_bytes();
     println!(
         "s2s idle streams:     {:.1} KiB per authenticated stream ({idle_n} streams, RSS {} → {} MiB, peers included)",
         (after.saturating_sub(before)) as f64 / idle_n as f64 / 1024.0,

@@ -17,8 +17,7 @@ use common::bridge::*;
 use serde_json::json;
 use xmppfed_e2e::daemon::Daemon;
 use xmppfed_e2e::graph::GraphEmulator;
-use xmppfed_e2e::prosody::{self, Prosody, ProsodyOptions, TestCa};
-use xmppfed_e2e::xmpp_client::XmppClient;
+use xmppfed_e2e::prosody::{self, ProsodyOptions, TestCa};
 use xmppfed_gateway::bridge::shadow::upn_for;
 
 const BIN: &str = env!("CARGO_BIN_EXE_xmppfed-gateway");
@@ -76,21 +75,14 @@ async fn a_burst_each_way_survives_kill_9_exactly_once_in_order() {
     std::fs::write(&config_file, config.to_toml_string().unwrap()).unwrap();
 
     let mut gateway = Some(start(&config_file));
-    let server = Prosody::start(&ProsodyOptions {
+    let (server, mut bob) = prosody_with_bob(ProsodyOptions {
         routes: vec![(DOMAIN.into(), gateway_port)],
         tls: true,
         bidi: false,
         s2s_port: Some(prosody_s2s),
         ca: Some(ca.clone()),
         ..ProsodyOptions::new(PEER)
-    })
-    .unwrap();
-    server.register("bob", "bobpw").unwrap();
-    let python = prosody::python().unwrap();
-    let mut bob = tokio::task::block_in_place(|| {
-        XmppClient::connect(&python, "bob@xmpp.test", "bobpw", server.c2s_port)
-    })
-    .unwrap();
+    });
     bob.command(json!({"cmd": "message", "to": ALICE, "body": "warm-up", "id": "warm"}))
         .unwrap();
     wait(&mut bob, 60, |e| e["received"] == "warm");
@@ -127,13 +119,7 @@ async fn a_burst_each_way_survives_kill_9_exactly_once_in_order() {
     let started = Instant::now();
     let mut killed_at = 0;
     for i in 0..BURST {
-        emulator
-            .control(
-                &format!("/_emulator/chats/{chat}/messages"),
-                json!({"from": "alice@contoso.com", "content": format!("t{i}"), "contentType": "text"}),
-            )
-            .await
-            .unwrap();
+        alice_writes(&emulator, &chat, &format!("t{i}"), "text").await;
         if i == BURST / 3 {
             drop(gateway.take());
             killed_at = i;

@@ -40,18 +40,11 @@ async fn world(configure: impl FnOnce(&mut xmppfed_config::GatewayConfig)) -> Op
     with_webhook(&mut config, dir.path(), webhook);
     configure(&mut config);
     let gateway = start_gateway(&config).await;
-    let server = Prosody::start(&ProsodyOptions {
+    let (server, bob) = prosody_with_bob(ProsodyOptions {
         routes: vec![(DOMAIN.into(), gateway_port)],
         s2s_port: Some(prosody_s2s),
         ..ProsodyOptions::new(PEER)
-    })
-    .unwrap();
-    server.register("bob", "bobpw").unwrap();
-    let python = prosody::python().unwrap();
-    let bob = tokio::task::block_in_place(|| {
-        XmppClient::connect(&python, "bob@xmpp.test", "bobpw", server.c2s_port)
-    })
-    .unwrap();
+    });
     Some(World {
         emulator,
         gateway: Some(gateway),
@@ -72,17 +65,6 @@ fn alice_id(emulator: &GraphEmulator) -> String {
         .unwrap()
         .id
         .clone()
-}
-
-/// Alice writes in her chat with Bob's shadow account (as the Teams client would).
-async fn alice_writes(emulator: &GraphEmulator, chat: &str, html: &str) {
-    emulator
-        .control(
-            &format!("/_emulator/chats/{chat}/messages"),
-            json!({"from": "alice@contoso.com", "content": html, "contentType": "html"}),
-        )
-        .await
-        .unwrap();
 }
 
 fn from_alice(e: &Value) -> bool {
@@ -133,6 +115,7 @@ async fn messages_both_ways_with_receipts_and_no_echo() {
         &w.emulator,
         &chat,
         "<p>Hi <b>Bob</b>,</p><p>see <a href=\"https://example.org/doc\">the doc</a></p>",
+        "html",
     )
     .await;
     let got = wait(&mut w.bob, 10, from_alice);
@@ -253,7 +236,7 @@ async fn a_429_storm_delays_messages_but_loses_none() {
             .command(json!({"cmd": "message", "to": ALICE, "body": format!("s{i}"), "id": format!("s{i}")}))
             .unwrap();
     }
-    alice_writes(&w.emulator, &chat, "during the storm").await;
+    alice_writes(&w.emulator, &chat, "during the storm", "html").await;
     for i in 0..20 {
         let id = format!("s{i}");
         wait(&mut w.bob, 60, |e| e["received"] == id.as_str());

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use xmppfed_e2e::ejabberd::{self, Ejabberd, EjabberdOptions};
 use xmppfed_e2e::graph::GraphEmulator;
-use xmppfed_e2e::prosody::{self, Prosody, ProsodyOptions};
+use xmppfed_e2e::prosody::{self, ProsodyOptions};
 use xmppfed_e2e::xmpp_client::XmppClient;
 use xmppfed_gateway::bridge::shadow::upn_for;
 
@@ -40,13 +40,6 @@ fn shown(emulator: &GraphEmulator, upn: &str) -> Option<(String, String, Option<
         .filter(|t| !t.is_empty())
         .map(str::to_owned);
     Some((availability, activity, status))
-}
-
-async fn set_teams_presence(emulator: &GraphEmulator, body: Value) {
-    emulator
-        .control("/_emulator/users/alice@contoso.com/presence", body)
-        .await
-        .unwrap();
 }
 
 /// Subscription, presence both ways and cards; returns Teams → XMPP latencies.
@@ -198,18 +191,11 @@ async fn prosody_presence_cards_allow_list_and_restart() {
         (prosody::free_port().unwrap(), prosody::free_port().unwrap());
     let config = gateway_config(dir.path(), &emulator, gateway_port, prosody_s2s);
     let gateway = start_gateway(&config).await;
-    let server = Prosody::start(&ProsodyOptions {
+    let (server, mut bob) = prosody_with_bob(ProsodyOptions {
         routes: vec![(DOMAIN.into(), gateway_port)],
         s2s_port: Some(prosody_s2s),
         ..ProsodyOptions::new(PEER)
-    })
-    .unwrap();
-    server.register("bob", "bobpw").unwrap();
-    let python = prosody::python().unwrap();
-    let mut bob = tokio::task::block_in_place(|| {
-        XmppClient::connect(&python, "bob@xmpp.test", "bobpw", server.c2s_port)
-    })
-    .unwrap();
+    });
 
     let latencies = presence_both_ways(&emulator, &mut bob).await;
     eprintln!("Teams → XMPP presence latencies (poll interval 500 ms): {latencies:?}");
@@ -299,11 +285,7 @@ async fn ejabberd_presence_and_cards() {
     .unwrap()
     .unwrap();
     server.register("bob", "bobpw").unwrap();
-    let python = prosody::python().unwrap();
-    let mut bob = tokio::task::block_in_place(|| {
-        XmppClient::connect(&python, "bob@xmpp.test", "bobpw", server.c2s_port)
-    })
-    .unwrap();
+    let mut bob = connect("bob@xmpp.test", "bobpw", server.c2s_port);
     let latencies = presence_both_ways(&emulator, &mut bob).await;
     eprintln!("Teams → XMPP presence latencies via ejabberd: {latencies:?}");
     off_the_allow_list(&emulator, &mut bob).await;

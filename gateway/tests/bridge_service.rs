@@ -174,13 +174,11 @@ impl Harness {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscriptions_follow_rfc_6121_and_survive_in_the_store() {
     let mut h = harness().await;
-    h.emulator
-        .control(
-            "/_emulator/users/alice@contoso.com/presence",
-            json!({"availability": "Busy", "activity": "InACall"}),
-        )
-        .await
-        .unwrap();
+    common::bridge::set_teams_presence(
+        &h.emulator,
+        json!({"availability": "Busy", "activity": "InACall"}),
+    )
+    .await;
     let bob = "bob@xmpp.test";
 
     // A probe before any subscription: `unsubscribed`, no presence.
@@ -392,13 +390,11 @@ async fn unused_shadow_accounts_are_removed_from_tenant_and_store() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_leaving_the_allow_list_goes_offline_for_subscribers() {
     let mut h = harness().await;
-    h.emulator
-        .control(
-            "/_emulator/users/alice@contoso.com/presence",
-            json!({"availability": "Available", "activity": "Available"}),
-        )
-        .await
-        .unwrap();
+    common::bridge::set_teams_presence(
+        &h.emulator,
+        json!({"availability": "Available", "activity": "Available"}),
+    )
+    .await;
     h.bridge
         .handle(presence(
             Type::Subscribe,

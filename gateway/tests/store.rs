@@ -265,16 +265,13 @@ async fn sqlite_conforms() {
     conformance(&store).await;
 }
 
-#[tokio::test]
-async fn sqlite_keeps_everything_across_a_restart_and_refuses_a_newer_schema() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("xmppfed.db");
-    {
-        let store = Store::sqlite(&path).await.unwrap();
-        store.set_cursor("k", "v").await.unwrap();
-        store.push_notification("kept").await.unwrap();
-    }
-    let store = Store::sqlite(&path).await.unwrap();
+/// What a store must still hold after a restart (`find_left_behind`).
+async fn leave_behind(store: &Store) {
+    store.set_cursor("k", "v").await.unwrap();
+    store.push_notification("kept").await.unwrap();
+}
+
+async fn find_left_behind(store: &Store) {
     assert_eq!(
         store.schema_version().await.unwrap(),
         1,
@@ -285,7 +282,16 @@ async fn sqlite_keeps_everything_across_a_restart_and_refuses_a_newer_schema() {
         store.claim_notifications(10, 60).await.unwrap()[0].body,
         "kept"
     );
-    drop(store);
+}
+
+#[tokio::test]
+async fn sqlite_keeps_everything_across_a_restart_and_refuses_a_newer_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("xmppfed.db");
+    {
+        leave_behind(&Store::sqlite(&path).await.unwrap()).await;
+    }
+    find_left_behind(&Store::sqlite(&path).await.unwrap()).await;
 
     let conn = rusqlite::Connection::open(&path).unwrap();
     conn.execute(
@@ -434,22 +440,9 @@ async fn sqlserver_keeps_everything_across_a_restart_and_refuses_a_newer_schema(
         let (a, b) = tokio::join!(Store::sqlserver(&url), Store::sqlserver(&url));
         let (a, b) = (a.unwrap(), b.unwrap());
         assert_eq!(b.schema_version().await.unwrap(), 1);
-        a.set_cursor("k", "v").await.unwrap();
-        a.push_notification("kept").await.unwrap();
+        leave_behind(&a).await;
         drop((a, b));
-
-        let store = Store::sqlserver(&url).await.unwrap();
-        assert_eq!(
-            store.schema_version().await.unwrap(),
-            1,
-            "migrations run once"
-        );
-        assert_eq!(store.get_cursor("k").await.unwrap().as_deref(), Some("v"));
-        assert_eq!(
-            store.claim_notifications(10, 60).await.unwrap()[0].body,
-            "kept"
-        );
-        drop(store);
+        find_left_behind(&Store::sqlserver(&url).await.unwrap()).await;
 
         admin(&url)
             .await

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use xmppfed_config::{GatewayConfig, StaticRoute};
 use xmppfed_e2e::graph::{GraphEmulator, Seed};
+use xmppfed_e2e::prosody::{Prosody, ProsodyOptions};
 use xmppfed_e2e::xmpp_client::XmppClient;
 use xmppfed_gateway::process::Gateway;
 
@@ -181,4 +182,39 @@ pub fn skip(installed: bool, name: &str) -> bool {
         }
         None => false,
     }
+}
+
+/// Alice changes her presence in Teams.
+pub async fn set_teams_presence(emulator: &GraphEmulator, body: Value) {
+    emulator
+        .control("/_emulator/users/alice@contoso.com/presence", body)
+        .await
+        .unwrap();
+}
+
+/// Alice writes in her chat with a shadow account (as the Teams client would);
+/// `content_type` is `html` or `text`.
+pub async fn alice_writes(emulator: &GraphEmulator, chat: &str, content: &str, content_type: &str) {
+    emulator
+        .control(
+            &format!("/_emulator/chats/{chat}/messages"),
+            json!({"from": "alice@contoso.com", "content": content, "contentType": content_type}),
+        )
+        .await
+        .unwrap();
+}
+
+/// Prosody for the peer domain, started as `options` say, with `bob` signed in
+/// through the slixmpp client.
+pub fn prosody_with_bob(options: ProsodyOptions) -> (Prosody, XmppClient) {
+    let server = Prosody::start(&options).unwrap();
+    server.register("bob", "bobpw").unwrap();
+    let bob = connect(&format!("bob@{}", options.domain), "bobpw", server.c2s_port);
+    (server, bob)
+}
+
+/// A slixmpp client signed in on a server's c2s port.
+pub fn connect(jid: &str, password: &str, c2s_port: u16) -> XmppClient {
+    let python = xmppfed_e2e::prosody::python().expect("a Python with slixmpp");
+    tokio::task::block_in_place(|| XmppClient::connect(&python, jid, password, c2s_port)).unwrap()
 }
