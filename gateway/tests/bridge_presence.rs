@@ -174,23 +174,56 @@ async fn off_the_allow_list(emulator: &GraphEmulator, bob: &mut XmppClient) {
     assert!(leaked.is_empty(), "Carol's presence leaked: {leaked:?}");
 }
 
+/// The emulated tenant (Alice with a photo) and the gateway, in this process,
+/// before the peer server starts.
+struct Setup {
+    emulator: GraphEmulator,
+    gateway_port: u16,
+    /// Where the peer server's s2s port will be.
+    peer_s2s: u16,
+    config: xmppfed_config::GatewayConfig,
+    gateway: Running,
+    _dir: tempfile::TempDir,
+}
+
+impl Setup {
+    async fn start() -> Self {
+        common::init();
+        let emulator = GraphEmulator::start(seed()).await.unwrap();
+        emulator
+            .tenant()
+            .user_mut("alice@contoso.com")
+            .unwrap()
+            .photo = Some(("image/png".into(), PNG.to_vec()));
+        let dir = tempfile::tempdir().unwrap();
+        let (gateway_port, peer_s2s) =
+            (prosody::free_port().unwrap(), prosody::free_port().unwrap());
+        let config = gateway_config(dir.path(), &emulator, gateway_port, peer_s2s);
+        let gateway = start_gateway(&config).await;
+        Setup {
+            emulator,
+            gateway_port,
+            peer_s2s,
+            config,
+            gateway,
+            _dir: dir,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prosody_presence_cards_allow_list_and_restart() {
     if skip(prosody::available(), "prosody") {
         return;
     }
-    common::init();
-    let emulator = GraphEmulator::start(seed()).await.unwrap();
-    emulator
-        .tenant()
-        .user_mut("alice@contoso.com")
-        .unwrap()
-        .photo = Some(("image/png".into(), PNG.to_vec()));
-    let dir = tempfile::tempdir().unwrap();
-    let (gateway_port, prosody_s2s) =
-        (prosody::free_port().unwrap(), prosody::free_port().unwrap());
-    let config = gateway_config(dir.path(), &emulator, gateway_port, prosody_s2s);
-    let gateway = start_gateway(&config).await;
+    let Setup {
+        emulator,
+        gateway_port,
+        peer_s2s: prosody_s2s,
+        config,
+        gateway,
+        _dir,
+    } = Setup::start().await;
     let (server, mut bob) = prosody_with_bob(ProsodyOptions {
         routes: vec![(DOMAIN.into(), gateway_port)],
         s2s_port: Some(prosody_s2s),
@@ -261,18 +294,15 @@ async fn ejabberd_presence_and_cards() {
     if skip(ejabberd::available(), "ejabberd (and erl)") {
         return;
     }
-    common::init();
-    let emulator = GraphEmulator::start(seed()).await.unwrap();
-    emulator
-        .tenant()
-        .user_mut("alice@contoso.com")
-        .unwrap()
-        .photo = Some(("image/png".into(), PNG.to_vec()));
-    let dir = tempfile::tempdir().unwrap();
-    let (gateway_port, ejabberd_s2s) =
-        (prosody::free_port().unwrap(), prosody::free_port().unwrap());
-    let config = gateway_config(dir.path(), &emulator, gateway_port, ejabberd_s2s);
-    let gateway = start_gateway(&config).await;
+    let Setup {
+        emulator,
+        gateway_port,
+        peer_s2s: ejabberd_s2s,
+        gateway,
+        config: _,
+        // Kept to the end: the gateway's store is in it.
+        _dir,
+    } = Setup::start().await;
     let server = tokio::task::spawn_blocking(move || {
         Ejabberd::start(&EjabberdOptions {
             domain: PEER.into(),

@@ -118,6 +118,11 @@ fn presence(type_: Type, from: &str, to: &str) -> Stanza {
 }
 
 impl Harness {
+    /// A presence stanza from a remote server, handled by the bridge.
+    async fn receive(&self, type_: Type, from: &str, to: &str) {
+        self.bridge.handle(presence(type_, from, to)).await;
+    }
+
     /// The presences sent within `wait` as (type, from, to, show).
     async fn sent(&mut self, wait: Duration) -> Vec<(Type, String, String, Option<Show>)> {
         let mut out = Vec::new();
@@ -182,8 +187,7 @@ async fn subscriptions_follow_rfc_6121_and_survive_in_the_store() {
     let bob = "bob@xmpp.test";
 
     // A probe before any subscription: `unsubscribed`, no presence.
-    h.bridge
-        .handle(presence(Type::Probe, "bob@xmpp.test", "alice@teams.test"))
+    h.receive(Type::Probe, "bob@xmpp.test", "alice@teams.test")
         .await;
     let sent = h.sent(Duration::from_millis(300)).await;
     assert_eq!(sent.len(), 1, "{sent:?}");
@@ -191,12 +195,7 @@ async fn subscriptions_follow_rfc_6121_and_survive_in_the_store() {
 
     // Subscribe: approved from the bare JID, presence from the fixed resource,
     // and a request for Bob's presence.
-    h.bridge
-        .handle(presence(
-            Type::Subscribe,
-            "bob@xmpp.test/pc",
-            "alice@teams.test",
-        ))
+    h.receive(Type::Subscribe, "bob@xmpp.test/pc", "alice@teams.test")
         .await;
     let sent = h.sent(Duration::from_millis(500)).await;
     let types: Vec<Type> = sent.iter().map(|s| s.0.clone()).collect();
@@ -221,16 +220,10 @@ async fn subscriptions_follow_rfc_6121_and_survive_in_the_store() {
     assert_eq!(stored[0].state, "from+pending-out");
 
     // Bob's presence before he approved ours is not ours to show.
-    h.bridge
-        .handle(presence(Type::None, "bob@xmpp.test/pc", "alice@teams.test"))
+    h.receive(Type::None, "bob@xmpp.test/pc", "alice@teams.test")
         .await;
     // Approved: now it is.
-    h.bridge
-        .handle(presence(
-            Type::Subscribed,
-            "bob@xmpp.test",
-            "alice@teams.test",
-        ))
+    h.receive(Type::Subscribed, "bob@xmpp.test", "alice@teams.test")
         .await;
     assert_eq!(
         h.state(bob),
@@ -241,8 +234,7 @@ async fn subscriptions_follow_rfc_6121_and_survive_in_the_store() {
         }
     );
     // A probe now gets Alice's presence.
-    h.bridge
-        .handle(presence(Type::Probe, "bob@xmpp.test", "alice@teams.test"))
+    h.receive(Type::Probe, "bob@xmpp.test", "alice@teams.test")
         .await;
     let sent = h.sent(Duration::from_millis(300)).await;
     assert!(
@@ -252,24 +244,14 @@ async fn subscriptions_follow_rfc_6121_and_survive_in_the_store() {
     );
 
     // Unsubscribe: Bob gets Alice's unavailable presence and no longer her presence.
-    h.bridge
-        .handle(presence(
-            Type::Unsubscribe,
-            "bob@xmpp.test",
-            "alice@teams.test",
-        ))
+    h.receive(Type::Unsubscribe, "bob@xmpp.test", "alice@teams.test")
         .await;
     let sent = h.sent(Duration::from_millis(300)).await;
     assert_eq!(sent.len(), 1, "{sent:?}");
     assert_eq!(sent[0].0, Type::Unavailable);
     assert!(!h.state(bob).from && h.state(bob).to);
     // Unsubscribed: nothing left, in memory or the store.
-    h.bridge
-        .handle(presence(
-            Type::Unsubscribed,
-            "bob@xmpp.test",
-            "alice@teams.test",
-        ))
+    h.receive(Type::Unsubscribed, "bob@xmpp.test", "alice@teams.test")
         .await;
     assert_eq!(h.state(bob), Subscription::default());
     assert!(h.store.contacts_of(&h.alice).await.unwrap().is_empty());
@@ -279,8 +261,7 @@ async fn subscriptions_follow_rfc_6121_and_survive_in_the_store() {
 async fn users_off_the_allow_list_do_not_exist() {
     let mut h = harness().await;
     for type_ in [Type::Subscribe, Type::Probe] {
-        h.bridge
-            .handle(presence(type_, "bob@xmpp.test/pc", "carol@teams.test"))
+        h.receive(type_, "bob@xmpp.test/pc", "carol@teams.test")
             .await;
     }
     let sent = h.sent(Duration::from_millis(300)).await;
@@ -300,8 +281,7 @@ async fn a_contact_drives_its_shadow_account_until_it_unsubscribes() {
     let (_inbox_open, inbox) = xmppfed_gateway::s2s::Inbox::channel(1);
     let run = tokio::spawn(h.bridge.clone().run(inbox));
     for type_ in [Type::Subscribe, Type::Subscribed] {
-        h.bridge
-            .handle(presence(type_, "bob@xmpp.test/pc", "alice@teams.test"))
+        h.receive(type_, "bob@xmpp.test/pc", "alice@teams.test")
             .await;
     }
     let mut dnd = Presence::new(Type::None);
@@ -327,12 +307,7 @@ async fn a_contact_drives_its_shadow_account_until_it_unsubscribes() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Bob withdraws his presence: the shadow account goes offline.
-    h.bridge
-        .handle(presence(
-            Type::Unsubscribed,
-            "bob@xmpp.test",
-            "alice@teams.test",
-        ))
+    h.receive(Type::Unsubscribed, "bob@xmpp.test", "alice@teams.test")
         .await;
     let deadline = Instant::now() + Duration::from_secs(15);
     while shows(&h) != Some(("Offline".into(), "Offline".into())) {
@@ -350,12 +325,7 @@ async fn a_contact_drives_its_shadow_account_until_it_unsubscribes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unused_shadow_accounts_are_removed_from_tenant_and_store() {
     let mut h = harness().await;
-    h.bridge
-        .handle(presence(
-            Type::Subscribe,
-            "bob@xmpp.test/pc",
-            "alice@teams.test",
-        ))
+    h.receive(Type::Subscribe, "bob@xmpp.test/pc", "alice@teams.test")
         .await;
     h.answer_vcard("<vCard xmlns='vcard-temp'><FN>Bob Builder</FN></vCard>")
         .await;
@@ -377,9 +347,7 @@ async fn unused_shadow_accounts_are_removed_from_tenant_and_store() {
     assert_eq!(h.bridge.remove_unused_since(later).await.unwrap(), 0);
     // No relationship left: removed, in the tenant and the store.
     for type_ in [Type::Unsubscribe, Type::Unsubscribed] {
-        h.bridge
-            .handle(presence(type_, "bob@xmpp.test", "alice@teams.test"))
-            .await;
+        h.receive(type_, "bob@xmpp.test", "alice@teams.test").await;
     }
     assert_eq!(h.bridge.remove_unused_since(later).await.unwrap(), 1);
     assert!(h.emulator.tenant().user(&upn).is_none());
@@ -395,12 +363,7 @@ async fn a_user_leaving_the_allow_list_goes_offline_for_subscribers() {
         json!({"availability": "Available", "activity": "Available"}),
     )
     .await;
-    h.bridge
-        .handle(presence(
-            Type::Subscribe,
-            "bob@xmpp.test/pc",
-            "alice@teams.test",
-        ))
+    h.receive(Type::Subscribe, "bob@xmpp.test/pc", "alice@teams.test")
         .await;
     h.bridge.teams_presence().poll_once().await.unwrap();
     let sent = h.sent(Duration::from_millis(300)).await;
