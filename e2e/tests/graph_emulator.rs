@@ -618,4 +618,47 @@ async fn one_on_one_chats_as_documented() {
         (status.as_u16(), chats["value"][0]["id"].as_str()),
         (200, Some(chat_id.as_str()))
     );
+    // Its members, as a member sees them (aadUserConversationMember).
+    let (status, members, _) = c
+        .call(
+            Method::GET,
+            &format!("/chats/{chat_id}/members"),
+            &bob,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{members}");
+    let mut ids: Vec<&str> = members["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .inspect(|m| {
+            assert_eq!(
+                m["@odata.type"],
+                "#microsoft.graph.aadUserConversationMember"
+            )
+        })
+        .filter_map(|m| m["userId"].as_str())
+        .collect();
+    ids.sort();
+    let mut expected = vec![
+        bob_user["id"].as_str().unwrap(),
+        "11111111-1111-4111-8111-111111111111",
+    ];
+    expected.sort();
+    assert_eq!(ids, expected);
+    let (status, _, _) = c
+        .call(
+            Method::GET,
+            "/chats/19:nobody@unq.gbl.spaces/members",
+            &bob,
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+    assert!(
+        emulator.tenant().violations.is_empty(),
+        "{:?}",
+        emulator.tenant().violations
+    );
 }

@@ -258,3 +258,115 @@ async fn a_429_storm_delays_messages_but_loses_none() {
     let _ = alice_id(&w.emulator);
     w.stop().await;
 }
+
+/// Bob subscribes to Alice, so his shadow account exists, and nobody has
+/// written yet; returns once its chats are watched.
+async fn bob_subscribed_to_alice(w: &mut World) {
+    w.bob
+        .command(json!({"cmd": "subscribe", "to": ALICE}))
+        .unwrap();
+    wait(&mut w.bob, 20, |e| {
+        e["event"] == "presence" && e["type"] == "subscribed" && e["from"] == ALICE
+    });
+    let shadow_id = until(20, "Bob's shadow account", || {
+        w.emulator.tenant().user(&shadow()).map(|u| u.id.clone())
+    })
+    .await;
+    let resource = format!("/users/{shadow_id}/chats/getAllMessages");
+    until(20, "a subscription to the shadow account's chats", || {
+        w.emulator
+            .tenant()
+            .subscriptions
+            .iter()
+            .any(|s| s.resource == resource)
+            .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chat_started_in_teams_reaches_the_contact_and_only_from_the_allow_list() {
+    let Some(mut w) = world(|_| {}).await else {
+        return;
+    };
+    bob_subscribed_to_alice(&mut w).await;
+
+    // Alice finds "Bob (XMPP)" in Teams and writes first.
+    let chat = teams_user_starts_chat(&w.emulator, "alice@contoso.com", &shadow()).await;
+    let sent = Instant::now();
+    alice_writes(&w.emulator, &chat, "Bob, are you there?", "text").await;
+    let got = wait(&mut w.bob, 20, from_alice);
+    assert_eq!(got["body"], "Bob, are you there?");
+    eprintln!(
+        "a chat started in Teams: first message at Bob in {:?}",
+        sent.elapsed()
+    );
+
+    // Carol is in the tenant but not on the allow list: she writes to Bob's
+    // shadow account too, and nothing of it reaches XMPP.
+    let carols = teams_user_starts_chat(&w.emulator, "carol@contoso.com", &shadow()).await;
+    w.emulator
+        .control(
+            &format!("/_emulator/chats/{carols}/messages"),
+            json!({"from": "carol@contoso.com", "content": "psst", "contentType": "text"}),
+        )
+        .await
+        .unwrap();
+
+    // Bob's answer goes into the chat Alice started.
+    w.bob
+        .command(json!({"cmd": "message", "to": ALICE, "body": "Yes!", "id": "first-answer"}))
+        .unwrap();
+    wait(&mut w.bob, 20, |e| e["received"] == "first-answer");
+    assert_eq!(
+        chat_between(&w.emulator, "alice@contoso.com", &shadow()).as_deref(),
+        Some(chat.as_str()),
+        "one chat between them"
+    );
+    let contents: Vec<String> = chat_messages(&w.emulator, &chat)
+        .into_iter()
+        .map(|(_, c)| c)
+        .collect();
+    assert_eq!(contents, ["Bob, are you there?", "Yes!"]);
+
+    tokio::task::block_in_place(|| w.bob.drain(Duration::from_secs(3)));
+    let leaked: Vec<&Value> = w
+        .bob
+        .seen
+        .iter()
+        .filter(|e| e["event"] == "message" && e["body"] == "psst")
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "Carol's message reached XMPP: {leaked:?}"
+    );
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chat_started_in_teams_while_the_gateway_was_down_arrives_after_the_restart() {
+    let mut config = None;
+    let Some(mut w) = world(|c| config = Some(c.clone())).await else {
+        return;
+    };
+    bob_subscribed_to_alice(&mut w).await;
+    w.gateway.take().unwrap().stop().await;
+
+    // Its change notification finds nobody listening and is not sent again.
+    let chat = teams_user_starts_chat(&w.emulator, "alice@contoso.com", &shadow()).await;
+    alice_writes(&w.emulator, &chat, "Written while you were away", "text").await;
+    until(10, "the notification attempt", || {
+        w.emulator
+            .tenant()
+            .delivered
+            .iter()
+            .any(|(_, status)| *status == 0)
+            .then_some(())
+    })
+    .await;
+
+    w.gateway = Some(start_gateway(&config.unwrap()).await);
+    let got = wait(&mut w.bob, 30, from_alice);
+    assert_eq!(got["body"], "Written while you were away");
+    w.stop().await;
+}

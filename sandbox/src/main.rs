@@ -320,33 +320,30 @@ struct Say {
 async fn say(State(emulator): State<Arc<GraphEmulator>>, Json(say): Json<Say>) -> Response {
     let contact = say.to.to_lowercase();
     let shadow = upn_for(&contact, SHADOW_DOMAIN);
-    let chat = {
+    let known = {
         let tenant = emulator.tenant();
-        let (Some(user), Some(account)) = (tenant.user(&upn(&say.from)), tenant.user(&shadow))
-        else {
-            return error(
-                StatusCode::CONFLICT,
-                format!(
-                    "{contact} has no Teams identity yet: write to {}@teams.localhost from XMPP first \
-                     (Teams users answer contacts the gateway knows)",
-                    say.from
-                ),
-            );
-        };
-        tenant
-            .chats
-            .iter()
-            .find(|c| c.members.contains(&user.id) && c.members.contains(&account.id))
-            .map(|c| c.id.clone())
+        tenant.user(&upn(&say.from)).is_some() && tenant.user(&shadow).is_some()
     };
-    let Some(chat) = chat else {
+    if !known {
         return error(
             StatusCode::CONFLICT,
             format!(
-                "no chat between {} and {contact} yet: write to them from XMPP first",
+                "{contact} has no Teams identity yet: subscribe to or write to {}@teams.localhost \
+                 from XMPP first (Teams users reach contacts the gateway knows)",
                 say.from
             ),
         );
+    }
+    // As in Teams: the 1:1 chat with "Contact (XMPP)", started if need be.
+    let chat = match emulator
+        .control(
+            "/_emulator/chats",
+            json!({"from": upn(&say.from), "with": shadow}),
+        )
+        .await
+    {
+        Ok(chat) => chat["id"].as_str().unwrap_or_default().to_owned(),
+        Err(e) => return error(StatusCode::BAD_GATEWAY, e.to_string()),
     };
     match emulator
         .control(
@@ -355,7 +352,7 @@ async fn say(State(emulator): State<Arc<GraphEmulator>>, Json(say): Json<Say>) -
         )
         .await
     {
-        Ok(()) => (StatusCode::OK, format!("{} → {contact}: sent", say.from)).into_response(),
+        Ok(_) => (StatusCode::OK, format!("{} → {contact}: sent", say.from)).into_response(),
         Err(e) => error(StatusCode::BAD_GATEWAY, e.to_string()),
     }
 }
@@ -371,7 +368,7 @@ async fn presence(State(emulator): State<Arc<GraphEmulator>>, Json(body): Json<V
         .control(&format!("/_emulator/users/{user}/presence"), change)
         .await
     {
-        Ok(()) => (StatusCode::OK, format!("{user}: {}", body["availability"])).into_response(),
+        Ok(_) => (StatusCode::OK, format!("{user}: {}", body["availability"])).into_response(),
         Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
     }
 }

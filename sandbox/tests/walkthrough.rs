@@ -81,6 +81,14 @@ fn the_readme_walkthrough_works() {
     });
     assert_eq!(got["from"], "alice@teams.localhost/teams");
 
+    // Carol has never had a chat with you: she starts one, as in Teams.
+    let said = cli(&["say", "carol", "you@localhost", "Carol here, first time"]);
+    assert!(said.contains("sent"), "{said}");
+    let got = wait(&mut you, &|e| {
+        e["event"] == "message" && e["body"] == "Carol here, first time"
+    });
+    assert_eq!(got["from"], "carol@teams.localhost/teams");
+
     cli(&["presence", "alice", "Busy", "InAMeeting"]);
     wait(&mut you, &|e| {
         e["event"] == "presence" && e["from"] == "alice@teams.localhost/teams" && e["show"] == "dnd"

@@ -72,7 +72,8 @@ impl GraphEmulator {
     /// POSTs to the control API (`/_emulator/…`) over HTTP, as a test or a
     /// person driving the emulator from outside would; an answer other than
     /// 2xx is an error.
-    pub async fn control(&self, path: &str, body: Value) -> anyhow::Result<()> {
+    /// POSTs to a control route; its JSON answer (null when it has none).
+    pub async fn control(&self, path: &str, body: Value) -> anyhow::Result<Value> {
         let response = reqwest::Client::new()
             .post(format!("{}{path}", self.authority_url()))
             .json(&body)
@@ -83,7 +84,8 @@ impl GraphEmulator {
             "POST {path}: {}",
             response.status()
         );
-        Ok(())
+        let body = response.bytes().await?;
+        Ok(serde_json::from_slice(&body).unwrap_or(Value::Null))
     }
 }
 
@@ -96,6 +98,7 @@ pub fn router(state: Shared) -> Router {
             "/_emulator/chats/{chat}/messages",
             post(control_chat_message),
         )
+        .route("/_emulator/chats", post(control_start_chat))
         .route(
             "/_emulator/subscriptions/{id}/lifecycle",
             post(control_lifecycle),
@@ -1172,6 +1175,14 @@ fn handle(
             Some(chat) if may_read_chat(principal, chat) => ctx.respond(StatusCode::OK, Some(chat_resource(chat, &t.id))),
             _ => ctx.error(StatusCode::NOT_FOUND, "NotFound", &format!("Chat {id} not found.")),
         },
+        // Microsoft's documentation: chat-list-members (aadUserConversationMember items).
+        ("GET", ["chats", id, "members"]) => match t.chats.iter().find(|c| c.id == *id) {
+            Some(chat) if may_read_chat(principal, chat) => {
+                let value: Vec<Value> = chat.members.iter().map(|m| member_resource(t, m)).collect();
+                ctx.respond(StatusCode::OK, Some(json!({"@odata.context": format!("https://graph.microsoft.com/v1.0/$metadata#chats('{id}')/members"), "@odata.count": value.len(), "value": value})))
+            }
+            _ => ctx.error(StatusCode::NOT_FOUND, "NotFound", &format!("Chat {id} not found.")),
+        },
         ("GET", ["chats", id, "messages"]) => match t.chats.iter().find(|c| c.id == *id) {
             Some(chat) if may_read_chat(principal, chat) => {
                 let query: Vec<(String, String)> = uri
@@ -1280,6 +1291,25 @@ fn chat_resource(chat: &super::tenant::Chat, tenant_id: &str) -> Value {
         "id": chat.id, "topic": null, "createdDateTime": chat.created, "lastUpdatedDateTime": updated,
         "chatType": chat.chat_type, "webUrl": format!("https://teams.microsoft.com/l/chat/{}/0?tenantId={tenant_id}", chat.id),
         "tenantId": tenant_id, "onlineMeetingInfo": null, "viewpoint": null,
+    })
+}
+
+/// A chat member as Graph lists it (conversationMember ids are opaque).
+fn member_resource(t: &Tenant, user_id: &str) -> Value {
+    let user = t.user(user_id);
+    let property = |name: &str| {
+        user.and_then(|u| u.properties.get(name).cloned())
+            .unwrap_or(Value::Null)
+    };
+    json!({
+        "@odata.type": "#microsoft.graph.aadUserConversationMember",
+        "id": format!("MCMjMCMj{}", user_id.replace('-', "")),
+        "roles": ["owner"],
+        "displayName": property("displayName"),
+        "visibleHistoryStartDateTime": "0001-01-01T00:00:00Z",
+        "userId": user_id,
+        "email": property("mail"),
+        "tenantId": t.id,
     })
 }
 
@@ -1603,6 +1633,37 @@ async fn control_chat_message(
     drop(t);
     deliver_all(&state, outgoing);
     (StatusCode::CREATED, axum::Json(message)).into_response()
+}
+
+/// POST /_emulator/chats {"from": upn, "with": upn}: a Teams user starts a
+/// 1:1 chat (through the Teams client); the existing one if they have it.
+async fn control_start_chat(
+    State(state): State<Shared>,
+    axum::Json(body): axum::Json<Value>,
+) -> Response {
+    let mut t = lock(&state);
+    let Some(from) = t
+        .user(body["from"].as_str().unwrap_or_default())
+        .map(|u| u.id.clone())
+    else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let bind = |who: &Value| {
+        json!({"@odata.type": "#microsoft.graph.aadUserConversationMember", "roles": ["owner"],
+        "user@odata.bind": format!("https://graph.microsoft.com/v1.0/users('{}')", who.as_str().unwrap_or_default())})
+    };
+    let request =
+        json!({"chatType": "oneOnOne", "members": [bind(&body["from"]), bind(&body["with"])]});
+    let teams_client = Principal::User {
+        client_id: "teams-client".into(),
+        user_id: from,
+        scopes: vec!["Chat.Create".into()],
+    };
+    let ctx = Ctx {
+        request_id: guid(),
+        client_request_id: guid(),
+    };
+    create_chat(&mut t, &ctx, &teams_client, &request)
 }
 
 /// POST /_emulator/subscriptions/{id}/lifecycle {"event": "reauthorizationRequired" | "subscriptionRemoved" | "missed"}

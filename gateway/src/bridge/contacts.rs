@@ -45,6 +45,15 @@ pub struct Contacts {
     creating: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
+/// A shadow account: whose it is, its object id and its sign-in.
+#[derive(Clone)]
+pub struct ShadowSignIn {
+    /// The remote contact's bare JID.
+    pub jid: String,
+    pub object_id: String,
+    pub credential: UserCredential,
+}
+
 impl Contacts {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
@@ -232,16 +241,27 @@ impl Contacts {
     /// Every shadow account's sign-in, by UPN (to take back Graph
     /// subscriptions made as them after a restart).
     pub async fn all_credentials(&self) -> Result<HashMap<String, UserCredential>, ShadowError> {
-        let mut all = HashMap::new();
+        Ok(self
+            .all_sign_ins()
+            .await?
+            .into_iter()
+            .map(|a| (a.credential.upn.to_lowercase(), a.credential))
+            .collect())
+    }
+
+    /// Every shadow account with its contact and sign-in.
+    pub async fn all_sign_ins(&self) -> Result<Vec<ShadowSignIn>, ShadowError> {
+        let mut all = Vec::new();
         for account in self.store.unused_shadows(i64::MAX).await? {
             let password = self.cipher.open(&account.jid, &account.credential)?;
-            all.insert(
-                account.upn.to_lowercase(),
-                UserCredential {
+            all.push(ShadowSignIn {
+                credential: UserCredential {
                     upn: account.upn,
                     password,
                 },
-            );
+                jid: account.jid,
+                object_id: account.object_id,
+            });
         }
         Ok(all)
     }

@@ -31,7 +31,7 @@ use xmpp_parsers::receipts::Received;
 use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType, StanzaError};
 use xmpp_parsers::stanza_id::OriginId;
 
-use super::contacts::Contacts;
+use super::contacts::{Contacts, ShadowSignIn};
 use super::directory::Directory;
 use super::metrics::BridgeMetrics;
 use super::throttle::Throttle;
@@ -60,6 +60,12 @@ const BOUNCE_WINDOW: Duration = Duration::from_secs(600);
 /// How long a claimed change notification stays ours.
 const LEASE_SECS: i64 = 120;
 /// Graph's limit for chat-message subscriptions.
+/// How often every shadow account's chats are listed for chats Teams users
+/// started (notifications name them sooner; this covers what they missed).
+const DISCOVER_EVERY: Duration = Duration::from_secs(15 * 60);
+/// How long a chat found not to be bridged is left alone before it is looked
+/// at again (its Teams user may join the allow list).
+const FOREIGN_FOR: Duration = Duration::from_secs(15 * 60);
 const SUBSCRIPTION_LIFETIME: Duration = Duration::from_secs(55 * 60);
 
 const TO_TEAMS: &str = "to-teams";
@@ -185,6 +191,9 @@ pub struct Messages {
     /// Conversations whose first delivery since the start was checked
     /// against the chat (a crash may have come between Graph and the store).
     checked: Mutex<std::collections::HashSet<String>>,
+    /// Chats of shadow accounts that are not a bridged 1:1 chat (group chats,
+    /// users off the allow list), and when that was found.
+    foreign: Mutex<HashMap<String, Instant>>,
 }
 
 impl Messages {
@@ -215,6 +224,7 @@ impl Messages {
             reconcile_now: Notify::new(),
             in_flight: Mutex::new(HashMap::new()),
             checked: Mutex::new(std::collections::HashSet::new()),
+            foreign: Mutex::new(HashMap::new()),
             reading: tokio::sync::Mutex::new(()),
             sent_by_us: Mutex::new(std::collections::HashSet::new()),
         }
@@ -348,18 +358,168 @@ impl Messages {
             .one_on_one_chat(shadow, shadow_id, user_id)
             .await?;
         // Messages from before the bridge knew the chat are not carried over.
-        let stamp = (now() * 1000).to_string();
-        for (key, value) in [
-            (seen_key(&chat.id), stamp.as_str()),
-            (conv_key(&chat.id), conv),
-            (chat_key(conv), chat.id.as_str()),
-        ] {
-            if let Err(e) = self.store.set_cursor(&key, value).await {
-                tracing::warn!(error = %e, "cannot remember a chat");
-            }
+        if let Err(e) = self.remember_chat(&chat.id, conv, now() * 1000).await {
+            tracing::warn!(error = %e, "cannot remember a chat");
         }
         self.watch(shadow, shadow_id).await;
         Ok(chat.id)
+    }
+
+    /// Records a bridged chat: its conversation both ways, and the mark from
+    /// which its messages are read (milliseconds since the epoch).
+    async fn remember_chat(
+        &self,
+        chat_id: &str,
+        conv: &str,
+        read_from: i64,
+    ) -> Result<(), StoreError> {
+        self.store
+            .set_cursor(&seen_key(chat_id), &read_from.to_string())
+            .await?;
+        self.store.set_cursor(&conv_key(chat_id), conv).await?;
+        self.store.set_cursor(&chat_key(conv), chat_id).await
+    }
+
+    /// Takes on a chat a Teams user started with a shadow account, when it
+    /// is the 1:1 chat of a Teams user on the allow list and the account's
+    /// contact; `Ok(true)` when the chat is (now) bridged. `chat_type` when
+    /// already known (a listing says it), else read.
+    async fn adopt(
+        &self,
+        chat_id: &str,
+        account: &ShadowSignIn,
+        chat_type: Option<&str>,
+    ) -> Result<bool, CatchUpError> {
+        if self.store.get_cursor(&conv_key(chat_id)).await?.is_some() {
+            return Ok(true);
+        }
+        if self
+            .foreign
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(chat_id)
+            .is_some_and(|at| at.elapsed() < FOREIGN_FOR)
+        {
+            return Ok(false);
+        }
+        let chat_type = match chat_type {
+            Some(t) => t.to_owned(),
+            None => {
+                self.graph
+                    .get_chat(&account.credential, chat_id)
+                    .await?
+                    .chat_type
+            }
+        };
+        let user_id = if chat_type == "oneOnOne" {
+            self.graph
+                .chat_members(&account.credential, chat_id)
+                .await?
+                .into_iter()
+                .filter_map(|m| m.user_id)
+                .find(|id| !id.eq_ignore_ascii_case(&account.object_id))
+                .filter(|id| self.directory.local_of(id).is_some())
+        } else {
+            None
+        };
+        let Some(user_id) = user_id else {
+            self.foreign
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(chat_id.to_owned(), Instant::now());
+            return Ok(false);
+        };
+        // Messages older than the expiry would have been given up on by now.
+        let read_from = (now() - self.settings.expiry.as_secs() as i64) * 1000;
+        self.remember_chat(chat_id, &conversation(&account.jid, &user_id), read_from)
+            .await?;
+        tracing::info!(%chat_id, remote = %account.jid, %user_id, "a chat started in Teams is bridged");
+        Ok(true)
+    }
+
+    /// The shadow account a chat-message subscription was made as.
+    async fn subscriber(
+        &self,
+        subscription_id: &str,
+    ) -> Result<Option<ShadowSignIn>, CatchUpError> {
+        let Some(subscriptions) = &self.subscriptions else {
+            return Ok(None);
+        };
+        let Some(shadow_id) = subscriptions
+            .held()
+            .await
+            .into_iter()
+            .find(|s| s.id == subscription_id)
+            .and_then(|s| {
+                s.resource
+                    .strip_prefix("/users/")?
+                    .strip_suffix("/chats/getAllMessages")
+                    .map(str::to_owned)
+            })
+        else {
+            return Ok(None);
+        };
+        Ok(self
+            .contacts
+            .all_sign_ins()
+            .await?
+            .into_iter()
+            .find(|a| a.object_id.eq_ignore_ascii_case(&shadow_id)))
+    }
+
+    /// Watches the chats of a contact's shadow account (a Teams user may
+    /// write to it first).
+    pub async fn watch_contact(&self, remote: &str) {
+        match self.contacts.existing_credential(remote).await {
+            Ok(Some((shadow_id, shadow))) => self.watch(&shadow, &shadow_id).await,
+            Ok(None) => {}
+            Err(e) => tracing::warn!(%remote, error = %e, "cannot read the shadow account"),
+        }
+    }
+
+    /// Lists every shadow account's chats for chats Teams users started, and
+    /// watches each account's chats; returns how many chats were taken on.
+    pub async fn discover(&self) -> usize {
+        let accounts = match self.contacts.all_sign_ins().await {
+            Ok(accounts) => accounts,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the shadow accounts");
+                return 0;
+            }
+        };
+        let mut adopted = 0;
+        for account in accounts {
+            self.watch(&account.credential, &account.object_id).await;
+            let chats = match self
+                .graph
+                .chats_of(&account.credential, &account.object_id)
+                .await
+            {
+                Ok(chats) => chats,
+                Err(e) => {
+                    tracing::warn!(upn = %account.credential.upn, error = %e, "cannot list a shadow account's chats");
+                    continue;
+                }
+            };
+            for chat in chats.iter().filter(|c| c.chat_type == "oneOnOne") {
+                if self
+                    .store
+                    .get_cursor(&conv_key(&chat.id))
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some()
+                {
+                    continue;
+                }
+                match self.adopt(&chat.id, &account, Some(&chat.chat_type)).await {
+                    Ok(true) => adopted += 1,
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(chat = %chat.id, error = %e, "cannot look at a chat"),
+                }
+            }
+        }
+        adopted
     }
 
     /// Subscribes to the shadow account's chats (once), when notifications are on.
@@ -791,7 +951,7 @@ impl Messages {
         // Chats whose read failed (Graph throttling, an outage): read again
         // soon. Their notifications are acknowledged all the same — they only
         // said the chat had news, and a restart reads every chat anyway.
-        let mut unread: Vec<String> = Vec::new();
+        let mut unread: Vec<(String, String)> = Vec::new();
         loop {
             let mut chats = std::mem::take(&mut unread);
             let claimed = match self.store.claim_notifications(64, LEASE_SECS).await {
@@ -812,9 +972,9 @@ impl Messages {
                         if let Some((chat, message)) =
                             n.resource.as_deref().and_then(parse_resource)
                             && !self.was_sent_by_us(&chat, &message)
-                            && !chats.contains(&chat)
+                            && !chats.iter().any(|(c, _)| *c == chat)
                         {
-                            chats.push(chat);
+                            chats.push((chat, n.subscription_id.clone()));
                         }
                     }
                     Err(e) => {
@@ -823,10 +983,10 @@ impl Messages {
                 }
                 done.push(queued.seq);
             }
-            for chat in chats {
-                if let Err(e) = self.catch_up(&chat).await {
+            for (chat, subscription) in chats {
+                if let Err(e) = self.read_notified(&chat, &subscription).await {
                     tracing::warn!(error = %e, %chat, "cannot read a notified chat now; trying again shortly");
-                    unread.push(chat);
+                    unread.push((chat, subscription));
                 }
             }
             for seq in done {
@@ -844,6 +1004,26 @@ impl Messages {
             };
             let _ = tokio::time::timeout(wait, self.notified.notified()).await;
         }
+    }
+
+    /// Reads a chat a notification named; a chat not known yet may be one a
+    /// Teams user just started with the subscribing shadow account.
+    async fn read_notified(
+        &self,
+        chat_id: &str,
+        subscription_id: &str,
+    ) -> Result<usize, CatchUpError> {
+        if self.store.get_cursor(&conv_key(chat_id)).await?.is_none() {
+            match self.subscriber(subscription_id).await? {
+                Some(account) => {
+                    if !self.adopt(chat_id, &account, None).await? {
+                        return Ok(0);
+                    }
+                }
+                None => return Ok(0),
+            }
+        }
+        self.catch_up(chat_id).await
     }
 
     async fn on_lifecycle(&self, n: &Notification) {
@@ -864,11 +1044,22 @@ impl Messages {
     }
 
     /// Reads every bridged chat for messages not seen yet, for ever.
+    /// Chats Teams users started are looked for at the start, after
+    /// notifications may have been missed, and every `DISCOVER_EVERY`.
     pub async fn reconcile(self: Arc<Self>) {
+        let mut discovered: Option<Instant> = None;
         loop {
+            if discovered.is_none_or(|at| at.elapsed() >= DISCOVER_EVERY) {
+                self.discover().await;
+                discovered = Some(Instant::now());
+            }
             self.reconcile_once().await;
-            let _ =
-                tokio::time::timeout(self.settings.reconcile, self.reconcile_now.notified()).await;
+            if tokio::time::timeout(self.settings.reconcile, self.reconcile_now.notified())
+                .await
+                .is_ok()
+            {
+                discovered = None;
+            }
         }
     }
 

@@ -513,8 +513,12 @@ impl Bridge {
                 let _ = send_patiently(this.p.out.as_ref(), Stanza::Presence(p)).await;
             }
             // Whoever subscribes to a Teams user gets a shadow account.
-            if let Err(e) = this.p.contacts.shadow_of(&remote, &local).await {
-                tracing::warn!(%remote, error = %e, "cannot create the contact's shadow account");
+            match this.p.contacts.shadow_of(&remote, &local).await {
+                // Its chats are watched: a Teams user may write first.
+                Ok(_) => this.p.messages.watch_contact(&remote).await,
+                Err(e) => {
+                    tracing::warn!(%remote, error = %e, "cannot create the contact's shadow account")
+                }
             }
         });
     }

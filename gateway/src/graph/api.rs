@@ -145,6 +145,23 @@ struct Collection<T> {
     value: Vec<T>,
 }
 
+/// One page of a collection; Graph's next page is a full URL.
+#[derive(Deserialize)]
+struct Page<T> {
+    value: Vec<T>,
+    #[serde(rename = "@odata.nextLink", default)]
+    next: Option<String>,
+}
+
+/// A member of a chat as Graph lists it (aadUserConversationMember).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChatMember {
+    /// The member's Entra object id (absent for members from outside the tenant).
+    #[serde(default)]
+    pub user_id: Option<String>,
+}
+
 /// `/users/{id}` with the key escaped for a path segment.
 fn user_path(key: &str) -> String {
     let escaped: String = key
@@ -440,32 +457,18 @@ impl GraphClient {
             #[serde(flatten)]
             user: User,
         }
-        let mut path = format!(
+        let path = format!(
             "/groups/{}/transitiveMembers?$select={USER_SELECT}",
             chat_path(group_id)
         );
-        let mut users = Vec::new();
-        loop {
-            let page: Value = self
-                .json(&Identity::App, None, Method::GET, &path, NONE)
-                .await?;
-            let members: Vec<Member> = serde_json::from_value(page["value"].clone())
-                .map_err(|e| GraphError::Decode(e.to_string()))?;
-            users.extend(
-                members
-                    .into_iter()
-                    .filter(|m| m.odata_type == "#microsoft.graph.user")
-                    .map(|m| m.user),
-            );
-            // Graph pages large groups; the next page is a full URL.
-            match page["@odata.nextLink"]
-                .as_str()
-                .and_then(|next| next.split_once("/v1.0"))
-            {
-                Some((_, rest)) => path = rest.to_owned(),
-                None => return Ok(users),
-            }
-        }
+        let members: Vec<Member> = self
+            .pages(&Identity::App, None, path, usize::MAX, |_| false)
+            .await?;
+        Ok(members
+            .into_iter()
+            .filter(|m| m.odata_type == "#microsoft.graph.user")
+            .map(|m| m.user)
+            .collect())
     }
 
     /// Users by id or UPN, batched.
@@ -586,37 +589,79 @@ impl GraphClient {
         since: i64,
         max_pages: usize,
     ) -> Result<Vec<ChatMessage>, GraphError> {
-        #[derive(Deserialize)]
-        struct Page {
-            value: Vec<ChatMessage>,
-            #[serde(rename = "@odata.nextLink", default)]
-            next: Option<String>,
-        }
         let identity = Identity::User(shadow.upn.clone());
         // Graph lists by last modification unless told otherwise: an edited old
         // message would otherwise come first and end the paging early.
-        let mut path = format!(
+        let path = format!(
             "/chats/{}/messages?$top=50&$orderby=createdDateTime%20desc",
             chat_path(chat_id)
         );
+        self.pages(
+            &identity,
+            Some(shadow),
+            path,
+            max_pages,
+            |page: &[ChatMessage]| {
+                page.iter()
+                    .any(|m| epoch_millis_of(&m.created_date_time) < since)
+            },
+        )
+        .await
+    }
+
+    /// The members of a chat, read as the shadow account (one of them).
+    pub async fn chat_members(
+        &self,
+        shadow: &UserCredential,
+        chat_id: &str,
+    ) -> Result<Vec<ChatMember>, GraphError> {
+        let identity = Identity::User(shadow.upn.clone());
+        let path = format!("/chats/{}/members", chat_path(chat_id));
+        self.pages(&identity, Some(shadow), path, MAX_LIST_PAGES, |_| false)
+            .await
+    }
+
+    /// The chats a shadow account is in (those a Teams user started with it too).
+    pub async fn chats_of(
+        &self,
+        shadow: &UserCredential,
+        shadow_id: &str,
+    ) -> Result<Vec<Chat>, GraphError> {
+        let identity = Identity::User(shadow.upn.clone());
+        let path = format!("{}/chats?$top=50", user_path(shadow_id));
+        self.pages(&identity, Some(shadow), path, MAX_LIST_PAGES, |_| false)
+            .await
+    }
+
+    /// A collection's items page after page, until there is no next page,
+    /// `max_pages` were read or `enough` says so of the page just read.
+    async fn pages<T: serde::de::DeserializeOwned>(
+        &self,
+        identity: &Identity,
+        credential: Option<&UserCredential>,
+        mut path: String,
+        max_pages: usize,
+        enough: impl Fn(&[T]) -> bool,
+    ) -> Result<Vec<T>, GraphError> {
         let mut all = Vec::new();
         for _ in 0..max_pages.max(1) {
-            let page: Page = self
-                .json(&identity, Some(shadow), Method::GET, &path, NONE)
+            let page: Page<T> = self
+                .json(identity, credential, Method::GET, &path, NONE)
                 .await?;
-            let reached = page
-                .value
-                .iter()
-                .any(|m| epoch_millis_of(&m.created_date_time) < since);
+            let done = enough(&page.value);
             all.extend(page.value);
             match page.next.as_deref().and_then(|n| n.split_once("/v1.0")) {
-                Some((_, rest)) if !reached => path = rest.to_owned(),
+                Some((_, rest)) if !done => path = rest.to_owned(),
                 _ => break,
             }
         }
         Ok(all)
     }
 }
+
+/// Pages read at most when listing a shadow account's chats or a chat's
+/// members (50 each): a shadow account is in few chats.
+const MAX_LIST_PAGES: usize = 20;
 
 /// Seconds since the epoch of Graph's date-times (RFC 3339, UTC, e.g.
 /// `2026-11-25T13:43:37.123Z`); 0 for what does not parse.

@@ -204,6 +204,16 @@ pub async fn alice_writes(emulator: &GraphEmulator, chat: &str, content: &str, c
         .unwrap();
 }
 
+/// A Teams user starts a 1:1 chat (through the Teams client) with `with`;
+/// returns its id.
+pub async fn teams_user_starts_chat(emulator: &GraphEmulator, from: &str, with: &str) -> String {
+    let chat = emulator
+        .control("/_emulator/chats", json!({"from": from, "with": with}))
+        .await
+        .unwrap();
+    chat["id"].as_str().unwrap().to_owned()
+}
+
 /// Prosody for the peer domain, started as `options` say, with `bob` signed in
 /// through the slixmpp client.
 pub fn prosody_with_bob(options: ProsodyOptions) -> (Prosody, XmppClient) {
