@@ -7,6 +7,7 @@
 
 pub mod bridge;
 pub mod graph;
+pub mod leadership;
 pub mod licence;
 pub mod process;
 pub mod s2s;

@@ -11,7 +11,8 @@ use xmppfed_telemetry::ComponentHealth;
 
 use std::sync::Arc;
 
-use tokio::sync::watch;
+use futures::future::BoxFuture;
+use tokio::sync::{Notify, watch};
 use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType};
 
 use crate::bridge::credentials::CredentialCipher;
@@ -21,9 +22,10 @@ use crate::bridge::metrics::BridgeMetrics;
 use crate::bridge::service::{Bridge, Settings};
 use crate::graph::subscriptions::Subscriptions;
 use crate::graph::webhook::{self, Sink};
+use crate::leadership::Leadership;
 use crate::licence::{self, LicenceCheckError, LicenceMetrics};
 use crate::s2s::{AnyUser, Inbox, S2s, S2sSender};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use xmppfed_config::LocalPartSource;
 use xmppfed_telemetry::{AdminServer, Health, Metrics, admin_router};
 
@@ -64,11 +66,16 @@ pub struct Gateway {
     inbox: Inbox,
     /// With Graph configured: the internal allow list, kept fresh.
     directory: Option<DirectoryWatch>,
-    /// With Graph configured: the bridge that serves the inbox.
-    bridge: Option<Arc<Bridge>>,
+    /// With Graph configured: builds the bridge that serves the inbox, once
+    /// this replica holds the bridge lease (it reads the store then).
+    bridge: Option<(BuildBridge, Arc<Leadership>)>,
+    /// Woken by the webhook when it stored notifications.
+    notified: Arc<Notify>,
     /// With `webhook.public_url`: the bound listener for Graph's notifications.
     webhook: Option<(tokio::net::TcpListener, axum::Router)>,
 }
+
+type BuildBridge = Box<dyn FnOnce() -> BoxFuture<'static, Result<Arc<Bridge>, StoreError>> + Send>;
 
 /// What keeps the internal allow list fresh.
 struct DirectoryWatch {
@@ -177,28 +184,37 @@ impl Gateway {
                         )],
                     })?
                     .resolve()?;
-                Some(
-                    Bridge::build(
-                        Settings::from_config(config, graph_config),
-                        watch.graph.clone(),
-                        watch.directory.clone(),
-                        store.clone(),
-                        CredentialCipher::new(key.expose()),
-                        Arc::new(s2s.sender()),
-                        subscriptions.clone(),
-                        BridgeMetrics::register(&metrics),
-                    )
-                    .await?,
-                )
+                let settings = Settings::from_config(config, graph_config);
+                let (graph, directory, bridge_store) =
+                    (watch.graph.clone(), watch.directory.clone(), store.clone());
+                let cipher = CredentialCipher::new(key.expose());
+                let out = Arc::new(s2s.sender());
+                let (subscriptions, bridge_metrics) =
+                    (subscriptions.clone(), BridgeMetrics::register(&metrics));
+                let build: BuildBridge = Box::new(move || {
+                    Box::pin(Bridge::build(
+                        settings,
+                        graph,
+                        directory,
+                        bridge_store,
+                        cipher,
+                        out,
+                        subscriptions,
+                        bridge_metrics,
+                    ))
+                });
+                let leadership = Leadership::new(store.clone(), &config.leader, &metrics);
+                Some((build, Arc::new(leadership)))
             }
             _ => None,
         };
+        let notified = Arc::new(Notify::new());
         // Graph's change notifications, stored before they are acknowledged.
         let webhook = match (&bridge, notifications) {
-            (Some(bridge), Some((_, secret))) => {
+            (Some(_), Some((_, secret))) => {
                 let sink = Sink::Durable {
                     store: store.clone(),
-                    wake: bridge.messages().notified.clone(),
+                    wake: notified.clone(),
                 };
                 let listener = tokio::net::TcpListener::bind(config.webhook.listen)
                     .await
@@ -229,6 +245,7 @@ impl Gateway {
             inbox,
             directory,
             bridge,
+            notified,
             webhook,
         })
     }
@@ -264,11 +281,23 @@ impl Gateway {
                 }
             })
         });
-        // One shutdown signal for every listener.
+        // One shutdown signal for every listener: asked for, or a failure.
         let (stop_tx, stop_rx) = watch::channel(false);
+        let stop_tx = Arc::new(stop_tx);
+        let asked = stop_tx.clone();
         tokio::spawn(async move {
             shutdown.await;
-            let _ = stop_tx.send(true);
+            asked.send_replace(true);
+        });
+        let (fatal_tx, fatal_rx) = tokio::sync::oneshot::channel::<String>();
+        let failure = Arc::new(std::sync::Mutex::new(None::<String>));
+        let (failed, stop_on_failure) = (failure.clone(), stop_tx.clone());
+        tokio::spawn(async move {
+            if let Ok(why) = fatal_rx.await {
+                tracing::error!(%why, "stopping the gateway");
+                *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+                stop_on_failure.send_replace(true);
+            }
         });
         let stopped = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|stop| *stop).await;
@@ -289,13 +318,41 @@ impl Gateway {
         let s2s = tokio::spawn(self.s2s.serve(stopped(stop_rx.clone())));
         s2s_ready.ready();
         let inbox = self.inbox;
+        let leadership = self.bridge.as_ref().map(|(_, l)| l.clone());
         let bridge = match (self.bridge, loaded) {
-            (Some(bridge), Some(mut loaded)) => tokio::spawn(async move {
-                // Until the allow list is read nobody exists: stanzas wait.
-                if loaded.wait_for(|l| *l).await.is_ok() {
-                    bridge.run(inbox).await;
-                }
-            }),
+            (Some((build, leadership)), Some(mut loaded)) => {
+                let notified = self.notified;
+                tokio::spawn(async move {
+                    // Until the allow list is read nobody exists, and until
+                    // this replica holds the lease it stands by: stanzas wait.
+                    if loaded.wait_for(|l| *l).await.is_err() {
+                        return;
+                    }
+                    leadership.acquire().await;
+                    let bridge = match build().await {
+                        Ok(bridge) => bridge,
+                        Err(e) => {
+                            let _ = fatal_tx.send(format!("cannot start the bridge: {e}"));
+                            return;
+                        }
+                    };
+                    let wake = bridge.messages().notified.clone();
+                    let forward = tokio::spawn(async move {
+                        loop {
+                            notified.notified().await;
+                            wake.notify_one();
+                        }
+                    });
+                    let lost = tokio::select! {
+                        () = bridge.run(inbox) => None,
+                        why = leadership.keep() => Some(why),
+                    };
+                    forward.abort();
+                    if let Some(why) = lost {
+                        let _ = fatal_tx.send(why);
+                    }
+                })
+            }
             _ => tokio::spawn(refuse_until_bridged(inbox, sender)),
         };
         let result = self.admin.serve(stopped(stop_rx)).await;
@@ -304,6 +361,10 @@ impl Gateway {
             let _ = w.await;
         }
         bridge.abort();
+        // A clean stop hands the bridge to a standby at once.
+        if let Some(leadership) = leadership {
+            leadership.release().await;
+        }
         if let Some(d) = directory {
             d.abort();
         }
@@ -311,7 +372,10 @@ impl Gateway {
             w.abort();
         }
         tracing::info!("gateway stopped");
-        result
+        match failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            Some(why) => Err(std::io::Error::other(why)),
+            None => result,
+        }
     }
 }
 

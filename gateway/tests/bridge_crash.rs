@@ -28,7 +28,9 @@ fn start(config: &std::path::Path) -> Daemon {
     command
         .args(["run", "--config"])
         .arg(config)
-        .env("RUST_LOG", "info");
+        .env("RUST_LOG", "info")
+        // A pod's container restarted: the same holder takes its lease back at once.
+        .env("POD_NAME", "gateway-0");
     let mut gateway = Daemon::spawn(command).unwrap();
     gateway
         .wait_for_log("Teams directory refreshed", Duration::from_secs(30))

@@ -15,8 +15,39 @@ use xmppfed_gateway::store::{
     Contact, OutboxItem, ShadowAccount, Store, StoreError, StoredSubscription, now,
 };
 
+/// The schema version this gateway writes.
+const SCHEMA: i64 = 2;
+
 async fn conformance(store: &Store) {
-    assert_eq!(store.schema_version().await.unwrap(), 1);
+    assert_eq!(store.schema_version().await.unwrap(), SCHEMA);
+
+    // Leases: one holder at a time, renewed by it, free once given up or lapsed.
+    assert!(store.hold_lease("bridge", "pod-a", 60).await.unwrap());
+    assert!(!store.hold_lease("bridge", "pod-b", 60).await.unwrap());
+    assert!(
+        store.hold_lease("bridge", "pod-a", 60).await.unwrap(),
+        "renewed"
+    );
+    assert!(
+        store.hold_lease("other", "pod-b", 60).await.unwrap(),
+        "leases are per name"
+    );
+    store.release_lease("bridge", "pod-b").await.unwrap();
+    assert!(
+        !store.hold_lease("bridge", "pod-b", 60).await.unwrap(),
+        "only the holder gives it up"
+    );
+    store.release_lease("bridge", "pod-a").await.unwrap();
+    assert!(store.hold_lease("bridge", "pod-b", 1).await.unwrap());
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    assert!(
+        store.hold_lease("bridge", "pod-a", 60).await.unwrap(),
+        "a lapsed lease is taken"
+    );
+    assert!(
+        !store.hold_lease("bridge", "pod-b", 60).await.unwrap(),
+        "and lost by its old holder"
+    );
 
     // Cursors.
     assert_eq!(store.get_cursor("presence").await.unwrap(), None);
@@ -274,7 +305,7 @@ async fn leave_behind(store: &Store) {
 async fn find_left_behind(store: &Store) {
     assert_eq!(
         store.schema_version().await.unwrap(),
-        1,
+        SCHEMA,
         "migrations run once"
     );
     assert_eq!(store.get_cursor("k").await.unwrap().as_deref(), Some("v"));
@@ -289,7 +320,7 @@ fn refused_as_too_new(opened: Result<Store, StoreError>) {
     match opened {
         Err(StoreError::TooNew {
             found: 99,
-            supported: 1,
+            supported: SCHEMA,
         }) => {}
         Err(other) => panic!("unexpected error: {other}"),
         Ok(_) => panic!("a newer schema must be refused"),

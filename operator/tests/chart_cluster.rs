@@ -235,6 +235,46 @@ async fn the_chart_on_a_real_cluster() {
     )
     .await;
 
+    // The gateway's pods may label themselves (their role), in their
+    // namespace only: a RoleBinding to the chart's xmppfed-gateway ClusterRole.
+    let bindings: Api<k8s_openapi::api::rbac::v1::RoleBinding> =
+        Api::namespaced(admin.clone(), &ns);
+    let binding = bindings.get(&format!("{gw}-pod-role")).await.unwrap();
+    assert_eq!(binding.role_ref.name, "xmppfed-gateway");
+    let gateway_account = format!("system:serviceaccount:{ns}:{gw}-gateway");
+    let may_patch_pods = |namespace: String| {
+        let (admin, user) = (admin.clone(), gateway_account.clone());
+        async move {
+            let review: k8s_openapi::api::authorization::v1::SubjectAccessReview =
+                serde_json::from_value(json!({
+                    "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+                    "spec": {"user": user, "resourceAttributes":
+                        {"namespace": namespace, "verb": "patch", "resource": "pods"}}
+                }))
+                .unwrap();
+            Api::<k8s_openapi::api::authorization::v1::SubjectAccessReview>::all(admin)
+                .create(&Default::default(), &review)
+                .await
+                .unwrap()
+                .status
+                .is_some_and(|s| s.allowed)
+        }
+    };
+    // The authorizer's cache follows the new binding within moments.
+    eventually(
+        "the gateway allowed to label its pods",
+        Duration::from_secs(30),
+        || {
+            let allowed = may_patch_pods(ns.clone());
+            async move { allowed.await.then_some(()) }
+        },
+    )
+    .await;
+    assert!(
+        !may_patch_pods("default".into()).await,
+        "and no pod elsewhere"
+    );
+
     // A whitelist change reaches the rendered configuration.
     let whitelists: Api<DomainWhitelist> = Api::namespaced(admin.clone(), &ns);
     let wl = kube::ResourceExt::name_any(

@@ -40,6 +40,8 @@ pub struct GatewayConfig {
     #[serde(default)]
     pub messages: MessagesConfig,
     #[serde(default)]
+    pub leader: LeaderConfig,
+    #[serde(default)]
     pub allow: AllowConfig,
     #[serde(default)]
     pub throttle: ThrottleConfig,
@@ -157,6 +159,34 @@ impl Default for MessagesConfig {
             expiry_secs: 3600,
             reconcile_interval_secs: 60,
             poll_interval_secs: 5,
+        }
+    }
+}
+
+/// The label each gateway pod keeps on itself in Kubernetes: `leader` on the
+/// replica that runs the bridge, `standby` on the others. The operator's s2s
+/// Service selects `leader`.
+pub const POD_ROLE_LABEL: &str = "xmppfed.io/role";
+
+/// Which replica runs the bridge: the holder of a lease in the shared store.
+/// The others stand by and take over when it lapses.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LeaderConfig {
+    /// How long the lease lasts unless renewed (renewed every third of it). A
+    /// replica that cannot renew stops before it lapses; a standby takes over
+    /// at most this long after the holder died.
+    pub lease_secs: u64,
+    /// This replica's name in the lease; by default the pod name (`POD_NAME`)
+    /// or the host name, with the process id.
+    pub holder: Option<String>,
+}
+
+impl Default for LeaderConfig {
+    fn default() -> Self {
+        Self {
+            lease_secs: 15,
+            holder: None,
         }
     }
 }

@@ -318,3 +318,32 @@ fn graph_needs_a_credential_key_and_presence_settings_are_checked() {
     assert_eq!(c.presence.resource, "teams");
     assert_eq!(c.xmpp.local_part, LocalPartSource::Upn);
 }
+
+#[test]
+fn the_bridge_lease_has_a_default_and_a_sane_range() {
+    let c = GatewayConfig::from_toml_str(FULL).unwrap();
+    assert_eq!(
+        (c.leader.lease_secs, c.leader.holder.as_deref()),
+        (15, None)
+    );
+    for (secs, ok) in [(2, false), (3, true), (600, true), (601, false)] {
+        let mut c = c.clone();
+        c.leader.lease_secs = secs;
+        match c.validate() {
+            Ok(()) => assert!(ok, "{secs} accepted"),
+            Err(e) => {
+                assert!(!ok, "{secs} refused: {e}");
+                let fields: Vec<&str> = e.field_errors().iter().map(|f| f.field.as_str()).collect();
+                assert_eq!(fields, ["leader.lease_secs"]);
+            }
+        }
+    }
+    let c = GatewayConfig::from_toml_str(&format!(
+        "{FULL}\n[leader]\nlease_secs = 30\nholder = \"gw-0\"\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        (c.leader.lease_secs, c.leader.holder.as_deref()),
+        (30, Some("gw-0"))
+    );
+}

@@ -195,6 +195,13 @@ pub(crate) fn validate(c: &GatewayConfig) -> Vec<FieldError> {
         }
     }
 
+    if !(3..=600).contains(&c.leader.lease_secs) {
+        err(
+            "leader.lease_secs",
+            "must be between 3 and 600 seconds".into(),
+        );
+    }
+
     // Allow lists
     for (i, upn) in c.allow.internal_users.iter().enumerate() {
         if !is_upn(upn) {

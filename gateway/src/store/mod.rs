@@ -216,6 +216,25 @@ impl Store {
         backend!(self, s => s.delete_shadow(jid))
     }
 
+    // Leases ------------------------------------------------------------------------
+
+    /// Takes the lease `name` for `holder` for `ttl_secs`, or renews it if
+    /// `holder` has it; `false` while another holder's lease runs. Replicas
+    /// sharing the store agree on one holder (the store's clock decides).
+    pub async fn hold_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl_secs: i64,
+    ) -> Result<bool, StoreError> {
+        backend!(self, s => s.hold_lease(name, holder, ttl_secs))
+    }
+
+    /// Gives the lease up if `holder` has it (another may take it at once).
+    pub async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        backend!(self, s => s.release_lease(name, holder))
+    }
+
     // Contacts ----------------------------------------------------------------------
 
     pub async fn put_contact(&self, contact: &Contact) -> Result<(), StoreError> {

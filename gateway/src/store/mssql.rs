@@ -85,6 +85,11 @@ const MIGRATIONS: &[&[&str]] = &[
          CREATE INDEX outbox_conversation ON outbox (conversation, seq) INCLUDE (next_attempt_at);
          CREATE INDEX outbox_due ON outbox (next_attempt_at);",
     ],
+    // 2: leases (which replica runs the bridge).
+    &["CREATE TABLE leases (
+        name NVARCHAR(450) COLLATE Latin1_General_100_BIN2 NOT NULL CONSTRAINT leases_pk PRIMARY KEY,
+        holder NVARCHAR(450) COLLATE Latin1_General_100_BIN2 NOT NULL,
+        expires_at BIGINT NOT NULL);"],
 ];
 
 /// The server's clock, in seconds since the Unix epoch: leases are compared
@@ -386,6 +391,41 @@ impl SqlServerStore {
     pub async fn ack_notification(&self, seq: i64) -> Result<(), StoreError> {
         self.run("DELETE FROM notifications WHERE seq = @P1", &[&seq])
             .await
+    }
+
+    pub async fn hold_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl_secs: i64,
+    ) -> Result<bool, StoreError> {
+        // UPDLOCK, HOLDLOCK: the key (or its absence) stays locked until the
+        // commit, so two replicas cannot both take a free or lapsed lease; a
+        // racing insert that still collides is a lease held by the other.
+        let sql = format!(
+            "DECLARE @now BIGINT = {SERVER_NOW};
+             BEGIN TRAN;
+             UPDATE leases WITH (UPDLOCK, HOLDLOCK)
+                SET holder = @P2, expires_at = @now + @P3
+                WHERE name = @P1 AND (holder = @P2 OR expires_at <= @now);
+             IF @@ROWCOUNT = 0 AND NOT EXISTS (SELECT 1 FROM leases WITH (UPDLOCK, HOLDLOCK) WHERE name = @P1)
+                INSERT INTO leases (name, holder, expires_at) VALUES (@P1, @P2, @now + @P3);
+             COMMIT;
+             SELECT CAST(CASE WHEN holder = @P2 THEN 1 ELSE 0 END AS BIGINT) FROM leases WHERE name = @P1;"
+        );
+        match self.try_rows(&sql, &[&name, &holder, &ttl_secs]).await? {
+            Ok(rows) => Ok(rows.first().map(|r| int(r, 0)).transpose()?.unwrap_or(0) == 1),
+            Err(e) if is_duplicate(&e) => Ok(false),
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    pub async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        self.run(
+            "DELETE FROM leases WHERE name = @P1 AND holder = @P2",
+            &[&name, &holder],
+        )
+        .await
     }
 
     pub async fn put_shadow(&self, a: &ShadowAccount) -> Result<(), StoreError> {

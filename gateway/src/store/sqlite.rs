@@ -28,6 +28,8 @@ const MIGRATIONS: &[&str] = &[
         next_attempt_at INTEGER NOT NULL, expires_at INTEGER NOT NULL);
      CREATE INDEX outbox_due ON outbox (next_attempt_at);
      CREATE TABLE delivered (dedupe_key TEXT PRIMARY KEY, at INTEGER NOT NULL);",
+    // 2: leases (which replica runs the bridge).
+    "CREATE TABLE leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_at INTEGER NOT NULL);",
 ];
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
@@ -196,6 +198,41 @@ impl SqliteStore {
         self.with(move |c| {
             c.execute("DELETE FROM notifications WHERE seq = ?1", [seq])
                 .map(|_| ())
+        })
+        .await
+    }
+
+    pub async fn hold_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl_secs: i64,
+    ) -> Result<bool, StoreError> {
+        let (name, holder) = (name.to_owned(), holder.to_owned());
+        self.with(move |c| {
+            let at = now();
+            // One statement: taken when free, lapsed or already ours.
+            c.execute(
+                "INSERT INTO leases (name, holder, expires_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
+                 WHERE leases.holder = excluded.holder OR leases.expires_at <= ?4",
+                params![name, holder, at + ttl_secs, at],
+            )?;
+            let current: String =
+                c.query_row("SELECT holder FROM leases WHERE name = ?1", [&name], |r| r.get(0))?;
+            Ok(current == holder)
+        })
+        .await
+    }
+
+    pub async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        let (name, holder) = (name.to_owned(), holder.to_owned());
+        self.with(move |c| {
+            c.execute(
+                "DELETE FROM leases WHERE name = ?1 AND holder = ?2",
+                params![name, holder],
+            )
+            .map(|_| ())
         })
         .await
     }

@@ -212,6 +212,7 @@ pub fn render_config(
         },
         presence: cfg::PresenceConfig::default(),
         messages: cfg::MessagesConfig::default(),
+        leader: cfg::LeaderConfig::default(),
         allow: cfg::AllowConfig {
             remote_domains: remote_domains.into_iter().collect(),
             internal_users: internal_users.into_iter().collect(),

@@ -5,7 +5,7 @@ mod config;
 mod workload;
 
 pub use config::{ConfigError, config_hash, render_config};
-pub use workload::{CONFIG_HASH_ANNOTATION, GatewayObjects, build_objects, labels};
+pub use workload::{CONFIG_HASH_ANNOTATION, GatewayObjects, LEADER, build_objects, labels};
 
 /// Where the gateway pod finds what the operator mounts for it.
 pub mod paths {
@@ -43,6 +43,13 @@ pub mod names {
     pub fn service_account(name: &str) -> String {
         format!("{name}-gateway")
     }
+    /// Binds the gateway's ServiceAccount to `GATEWAY_CLUSTER_ROLE` in its namespace.
+    pub fn pod_role_binding(name: &str) -> String {
+        format!("{name}-pod-role")
+    }
+    /// The ClusterRole the chart installs for gateway pods: `patch` on pods,
+    /// to keep their role label (bound per namespace, never cluster-wide).
+    pub const GATEWAY_CLUSTER_ROLE: &str = "xmppfed-gateway";
     /// The Secret the operator generates with the gateway's own keys (dialback
     /// secret, webhook clientState, credential key); owned by the gateway.
     pub fn keys_secret(name: &str) -> String {

@@ -11,6 +11,7 @@ use k8s_openapi::api::core::v1::{
     VolumeResourceRequirements,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::api::rbac::v1::{RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -31,7 +32,15 @@ pub struct GatewayObjects {
     pub services: Vec<Service>,
     pub pod_disruption_budget: Option<PodDisruptionBudget>,
     pub service_account: ServiceAccount,
+    /// Lets the pods keep their role label (see `LEADER`).
+    pub pod_role_binding: RoleBinding,
 }
+
+/// The pod label (and value) of the replica that runs the bridge: replicas
+/// share the store and hold its lease in turn, and each labels its own pod
+/// (gateway/src/leadership.rs). The s2s Service selects it, so remote servers
+/// always reach the bridge; every replica stays Ready.
+pub const LEADER: (&str, &str) = (xmppfed_config::POD_ROLE_LABEL, "leader");
 
 /// The labels every child carries; the first two select the gateway's pods.
 pub fn labels(name: &str) -> BTreeMap<String, String> {
@@ -166,6 +175,17 @@ pub fn build_objects(
             }),
             ..EnvVar::default()
         },
+        EnvVar {
+            name: "POD_NAMESPACE".into(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "metadata.namespace".into(),
+                    ..ObjectFieldSelector::default()
+                }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        },
         env_var("OTEL_SERVICE_NAME", "xmppfed-gateway"),
         env_var(
             "OTEL_RESOURCE_ATTRIBUTES",
@@ -246,7 +266,9 @@ pub fn build_objects(
                 }),
                 spec: Some(PodSpec {
                     service_account_name: Some(names::service_account(&name)),
-                    automount_service_account_token: Some(false),
+                    // The token labels the pod with its role (and nothing else:
+                    // the account is bound to patching pods of this namespace).
+                    automount_service_account_token: Some(true),
                     security_context: Some(PodSecurityContext {
                         run_as_non_root: Some(true),
                         run_as_user: Some(GATEWAY_UID),
@@ -285,13 +307,19 @@ pub fn build_objects(
         }),
         ..Service::default()
     };
+    let mut s2s = service(
+        names::s2s_service(&name),
+        Some(spec.s2s.service_type.as_str()),
+        false,
+        vec![service_port("xmpp-server", spec.s2s.port)],
+    );
+    // Remote servers reach the replica that runs the bridge; the webhook
+    // goes to any (notifications land in the shared store).
+    if let Some(selector) = s2s.spec.as_mut().and_then(|s| s.selector.as_mut()) {
+        selector.insert(LEADER.0.to_owned(), LEADER.1.to_owned());
+    }
     let services = vec![
-        service(
-            names::s2s_service(&name),
-            Some(spec.s2s.service_type.as_str()),
-            false,
-            vec![service_port("xmpp-server", spec.s2s.port)],
-        ),
+        s2s,
         service(
             names::webhook_service(&name),
             Some("ClusterIP"),
@@ -328,12 +356,28 @@ pub fn build_objects(
         ..ServiceAccount::default()
     };
 
+    let pod_role_binding = RoleBinding {
+        metadata: meta(names::pod_role_binding(&name)),
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "ClusterRole".into(),
+            name: names::GATEWAY_CLUSTER_ROLE.into(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name: names::service_account(&name),
+            namespace: gateway.namespace(),
+            ..Subject::default()
+        }]),
+    };
+
     GatewayObjects {
         config_map,
         stateful_set,
         services,
         pod_disruption_budget,
         service_account,
+        pod_role_binding,
     }
 }
 

@@ -100,7 +100,8 @@ fn minimal_gateway_builds_objects_the_gateway_accepts() {
         plan.config_hash
     );
     let pod = template.spec.as_ref().unwrap();
-    assert_eq!(pod.automount_service_account_token, Some(false));
+    // A token: the pod keeps its role label (remote_servers_reach_the_replica_that_runs_the_bridge).
+    assert_eq!(pod.automount_service_account_token, Some(true));
     assert_eq!(
         pod.security_context.as_ref().unwrap().run_as_non_root,
         Some(true)
@@ -373,6 +374,98 @@ fn sqlserver_with_replicas_gets_a_pdb_and_no_volume() {
         StoreConfig::Sqlserver {
             connection_string: xmppfed_config::SecretRef::File("/etc/xmppfed/database/conn".into())
         }
+    );
+}
+
+#[test]
+fn remote_servers_reach_the_replica_that_runs_the_bridge() {
+    let g = gateway(
+        "  replicas: 3\n  database: { engine: sqlserver, connectionStringSecret: { name: db, key: conn } }\n",
+        "",
+    );
+    let o = plan(&g, &[], &[], 3, Some(TEST_KEY)).unwrap().objects;
+    let selector = |name: &str| {
+        o.services
+            .iter()
+            .find(|s| s.metadata.name.as_deref() == Some(name))
+            .and_then(|s| s.spec.as_ref()?.selector.clone())
+            .unwrap()
+    };
+    let pod_labels = o
+        .stateful_set
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .labels
+        .clone()
+        .unwrap();
+    // The s2s Service: the gateway's pods, and of those the leader only.
+    let s2s = selector("contoso-s2s");
+    assert_eq!(
+        s2s.get("xmppfed.io/role").map(String::as_str),
+        Some("leader")
+    );
+    assert!(
+        s2s.iter()
+            .all(|(k, v)| k == "xmppfed.io/role" || pod_labels.get(k) == Some(v))
+    );
+    // The webhook (notifications go to the shared store) and the headless
+    // Service: every replica; no pod carries the role label from the template
+    // (each sets its own).
+    for name in ["contoso-webhook", "contoso-headless"] {
+        assert!(!selector(name).contains_key("xmppfed.io/role"), "{name}");
+    }
+    assert!(!pod_labels.contains_key("xmppfed.io/role"));
+    // Each pod may label itself: a token, its namespace, and a binding to the
+    // chart's ClusterRole in this namespace only.
+    let pod = o
+        .stateful_set
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap();
+    assert_eq!(pod.automount_service_account_token, Some(true));
+    let env = pod.containers[0].env.as_ref().unwrap();
+    let from_field = |name: &str| {
+        env.iter()
+            .find(|e| e.name == name)
+            .and_then(|e| e.value_from.as_ref()?.field_ref.as_ref())
+            .map(|f| f.field_path.clone())
+    };
+    assert_eq!(from_field("POD_NAME").as_deref(), Some("metadata.name"));
+    assert_eq!(
+        from_field("POD_NAMESPACE").as_deref(),
+        Some("metadata.namespace")
+    );
+    let binding = &o.pod_role_binding;
+    assert_eq!(binding.metadata.name.as_deref(), Some("contoso-pod-role"));
+    assert_eq!(binding.metadata.namespace.as_deref(), Some("xmpp"));
+    assert_eq!(
+        (
+            binding.role_ref.kind.as_str(),
+            binding.role_ref.name.as_str()
+        ),
+        ("ClusterRole", "xmppfed-gateway")
+    );
+    let subject = &binding.subjects.as_ref().unwrap()[0];
+    assert_eq!(
+        (
+            subject.kind.as_str(),
+            subject.name.as_str(),
+            subject.namespace.as_deref()
+        ),
+        (
+            "ServiceAccount",
+            pod.service_account_name.as_deref().unwrap(),
+            Some("xmpp")
+        )
     );
 }
 

@@ -1,0 +1,313 @@
+//! Which replica runs the bridge. Replicas share the store; the one holding
+//! its `bridge` lease runs the bridge, the others stand by and take over when
+//! the lease lapses. Standbys keep serving their webhook (notifications go
+//! to the shared store, where the holder reads them).
+//!
+//! In Kubernetes each replica labels its own pod `xmppfed.io/role=leader` or
+//! `standby`, and the operator's s2s Service selects the leader: remote
+//! servers always reach the replica that runs the bridge, while every
+//! replica stays Ready (a standby is healthy, and rollouts must not wait on it).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prometheus_client::metrics::gauge::Gauge;
+use xmppfed_config::LeaderConfig;
+use xmppfed_telemetry::Metrics;
+
+use crate::store::Store;
+
+use xmppfed_config::POD_ROLE_LABEL as ROLE_LABEL;
+const LEASE: &str = "bridge";
+
+pub struct Leadership {
+    store: Arc<Store>,
+    holder: String,
+    lease: Duration,
+    pod: Option<PodLabel>,
+    leader: Gauge,
+}
+
+impl Leadership {
+    pub fn new(store: Arc<Store>, config: &LeaderConfig, metrics: &Metrics) -> Self {
+        let holder = config.holder.clone().unwrap_or_else(default_holder);
+        let pod = PodLabel::from_environment();
+        if pod.is_none() && std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() {
+            tracing::warn!(
+                "in Kubernetes without POD_NAME, POD_NAMESPACE and a service account token: the pod's role label is not kept"
+            );
+        }
+        Self {
+            store,
+            holder,
+            lease: Duration::from_secs(config.lease_secs.max(3)),
+            pod,
+            leader: metrics.register(
+                "bridge_leader",
+                "1 while this replica holds the lease and runs the bridge",
+                Gauge::default(),
+            ),
+        }
+    }
+
+    pub fn holder(&self) -> &str {
+        &self.holder
+    }
+
+    fn lease_secs(&self) -> i64 {
+        self.lease.as_secs() as i64
+    }
+
+    /// Stands by until this replica holds the lease.
+    pub async fn acquire(&self) {
+        self.label("standby").await;
+        let mut said = false;
+        loop {
+            match self
+                .store
+                .hold_lease(LEASE, &self.holder, self.lease_secs())
+                .await
+            {
+                Ok(true) => break,
+                Ok(false) if !said => {
+                    tracing::info!(holder = %self.holder, "standing by: another replica runs the bridge");
+                    said = true;
+                }
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot ask the store for the bridge lease"),
+            }
+            tokio::time::sleep(self.lease / 3).await;
+        }
+        self.leader.set(1);
+        self.label("leader").await;
+        tracing::info!(holder = %self.holder, "this replica runs the bridge");
+    }
+
+    /// Renews the lease for as long as it can; returns why once it cannot.
+    /// The bridge must stop then: another replica may take over.
+    pub async fn keep(&self) -> String {
+        let mut renewed = Instant::now();
+        loop {
+            tokio::time::sleep(self.lease / 3).await;
+            let asked = Instant::now();
+            match self
+                .store
+                .hold_lease(LEASE, &self.holder, self.lease_secs())
+                .await
+            {
+                Ok(true) => renewed = asked,
+                Ok(false) => return "another replica holds the bridge lease".into(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot renew the bridge lease");
+                    // Stop while the lease still runs, before anyone takes it.
+                    if renewed.elapsed() >= self.lease * 2 / 3 {
+                        return format!("the bridge lease could not be renewed: {e}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Gives the lease up (a clean stop): a standby takes over at once.
+    pub async fn release(&self) {
+        self.leader.set(0);
+        self.label("standby").await;
+        if let Err(e) = self.store.release_lease(LEASE, &self.holder).await {
+            tracing::warn!(error = %e, "cannot give the bridge lease up; it lapses instead");
+        }
+    }
+
+    async fn label(&self, role: &str) {
+        if let Some(pod) = &self.pod
+            && let Err(e) = pod.set(role).await
+        {
+            tracing::warn!(error = %e, role, "cannot label this pod with its role");
+        }
+    }
+}
+
+/// The pod name when there is one (a restarted container takes its own lease
+/// back at once), else the host name; with the process id.
+fn default_holder() -> String {
+    let host = std::env::var("POD_NAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+        })
+        .unwrap_or_else(|| "gateway".to_owned());
+    if std::env::var_os("POD_NAME").is_some() {
+        host
+    } else {
+        format!("{host}/{}", std::process::id())
+    }
+}
+
+/// This pod's labels, patched through the Kubernetes API with the pod's
+/// service account (the operator grants `patch` on its own pods only).
+struct PodLabel {
+    client: reqwest::Client,
+    url: String,
+    token: PathBuf,
+}
+
+const SERVICE_ACCOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+impl PodLabel {
+    fn from_environment() -> Option<Self> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let (host, port) = (
+            var("KUBERNETES_SERVICE_HOST")?,
+            var("KUBERNETES_SERVICE_PORT")?,
+        );
+        let (pod, namespace) = (var("POD_NAME")?, var("POD_NAMESPACE")?);
+        let dir = PathBuf::from(SERVICE_ACCOUNT);
+        let ca = std::fs::read(dir.join("ca.crt")).ok()?;
+        let client = reqwest::Client::builder()
+            .tls_certs_only([reqwest::Certificate::from_pem(&ca).ok()?])
+            .timeout(Duration::from_secs(10))
+            .build()
+            .ok()?;
+        // An IPv6 service address needs brackets in a URL.
+        let host = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host
+        };
+        Some(Self {
+            client,
+            url: format!("https://{host}:{port}/api/v1/namespaces/{namespace}/pods/{pod}"),
+            token: dir.join("token"),
+        })
+    }
+
+    async fn set(&self, role: &str) -> Result<(), String> {
+        // Read each time: projected tokens are rotated.
+        let token = std::fs::read_to_string(&self.token).map_err(|e| e.to_string())?;
+        let body = serde_json::json!({"metadata": {"labels": {ROLE_LABEL: role}}});
+        let response = self
+            .client
+            .patch(&self.url)
+            .bearer_auth(token.trim())
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                "application/merge-patch+json",
+            )
+            .body(body.to_string())
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            Err(format!("PATCH {}: {}", self.url, response.status()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leadership(store: &Arc<Store>, holder: &str, pod: Option<PodLabel>) -> Leadership {
+        let config = LeaderConfig {
+            lease_secs: 3,
+            holder: Some(holder.to_owned()),
+        };
+        let mut l = Leadership::new(store.clone(), &config, &Metrics::new("test", "0"));
+        l.pod = pod;
+        l
+    }
+
+    #[tokio::test]
+    async fn one_replica_runs_the_bridge_and_hands_it_over_when_it_stops() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::sqlite(&dir.path().join("s.db")).await.unwrap());
+        let (a, b) = (leadership(&store, "a", None), leadership(&store, "b", None));
+        a.acquire().await;
+        assert_eq!(a.leader.get(), 1);
+        // b stands by while a holds the lease...
+        let standby = tokio::time::timeout(Duration::from_millis(1500), b.acquire()).await;
+        assert!(standby.is_err(), "b must not run the bridge beside a");
+        assert_eq!(b.leader.get(), 0);
+        // ...and takes over as soon as a gives it up.
+        a.release().await;
+        assert_eq!(a.leader.get(), 0);
+        tokio::time::timeout(Duration::from_secs(3), b.acquire())
+            .await
+            .expect("b takes over");
+        // a, still running, learns it lost the lease when it tries to renew.
+        let lost = tokio::time::timeout(Duration::from_secs(3), a.keep())
+            .await
+            .expect("a notices");
+        assert!(lost.contains("another replica"), "{lost}");
+    }
+
+    #[tokio::test]
+    async fn the_pod_is_labelled_with_its_role_through_the_api() {
+        use axum::extract::State;
+        use axum::http::HeaderMap;
+        type Seen = Arc<std::sync::Mutex<Vec<(String, String, String, String)>>>;
+        let seen: Seen = Default::default();
+        let app = axum::Router::new()
+            .route(
+                "/api/v1/namespaces/{ns}/pods/{pod}",
+                axum::routing::patch(
+                    |State(seen): State<Seen>,
+                     uri: axum::http::Uri,
+                     headers: HeaderMap,
+                     body: String| async move {
+                        let header = |n: &str| {
+                            headers
+                                .get(n)
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or_default()
+                                .to_owned()
+                        };
+                        seen.lock().unwrap().push((
+                            uri.path().to_owned(),
+                            header("authorization"),
+                            header("content-type"),
+                            body,
+                        ));
+                        "{}"
+                    },
+                ),
+            )
+            .with_state(seen.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "sa-token\n").unwrap();
+        let pod = PodLabel {
+            client: reqwest::Client::new(),
+            url: format!("http://{addr}/api/v1/namespaces/xmpp/pods/contoso-1"),
+            token,
+        };
+        let store = Arc::new(Store::sqlite(&dir.path().join("s.db")).await.unwrap());
+        let l = leadership(&store, "contoso-1", Some(pod));
+        l.acquire().await;
+        l.release().await;
+        let seen = seen.lock().unwrap().clone();
+        let roles: Vec<String> = seen
+            .iter()
+            .map(|(path, auth, content_type, body)| {
+                assert_eq!(path, "/api/v1/namespaces/xmpp/pods/contoso-1");
+                assert_eq!(auth, "Bearer sa-token");
+                assert_eq!(content_type, "application/merge-patch+json");
+                let body: serde_json::Value = serde_json::from_str(body).unwrap();
+                body["metadata"]["labels"]["xmppfed.io/role"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+        assert_eq!(roles, ["standby", "leader", "standby"]);
+    }
+}
