@@ -16,7 +16,7 @@ use xmppfed_gateway::store::{
 };
 
 /// The schema version this gateway writes.
-const SCHEMA: i64 = 2;
+const SCHEMA: i64 = 3;
 
 async fn conformance(store: &Store) {
     assert_eq!(store.schema_version().await.unwrap(), SCHEMA);
@@ -284,6 +284,20 @@ async fn conformance(store: &Store) {
         store.enqueue(&item("a1", "alice|bob")).await.unwrap(),
         None,
         "a delivered message is not queued again"
+    );
+
+    // Old dedupe keys are forgotten, recent ones kept.
+    assert_eq!(store.forget_delivered(now() - 3600).await.unwrap(), 0);
+    assert!(store.is_known("a1").await.unwrap());
+    assert_eq!(
+        store.forget_delivered(now() + 1).await.unwrap(),
+        3,
+        "r1 and a1 (delivered) and c1 (given up on)"
+    );
+    assert!(!store.is_known("a1").await.unwrap() && !store.is_known("c1").await.unwrap());
+    assert!(
+        store.is_known("a2").await.unwrap(),
+        "still queued: not a dedupe key to forget"
     );
 }
 

@@ -66,6 +66,9 @@ const DISCOVER_EVERY: Duration = Duration::from_secs(15 * 60);
 /// How long a chat found not to be bridged is left alone before it is looked
 /// at again (its Teams user may join the allow list).
 const FOREIGN_FOR: Duration = Duration::from_secs(15 * 60);
+/// How long the dedupe key of a delivered message is kept (at least twice the
+/// expiry): repeats come within minutes, and the table must not grow for ever.
+const KEYS_KEPT: Duration = Duration::from_secs(7 * 24 * 3600);
 const SUBSCRIPTION_LIFETIME: Duration = Duration::from_secs(55 * 60);
 
 const TO_TEAMS: &str = "to-teams";
@@ -1139,6 +1142,19 @@ impl Messages {
                 .await?;
         }
         Ok(queued)
+    }
+
+    /// Forgets old dedupe keys now and then, for ever.
+    pub async fn forget_old_keys(self: Arc<Self>) {
+        let kept = KEYS_KEPT.max(self.settings.expiry * 2).as_secs() as i64;
+        loop {
+            match self.store.forget_delivered(now() - kept).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(forgotten = n, "old message dedupe keys forgotten"),
+                Err(e) => tracing::warn!(error = %e, "cannot forget old message dedupe keys"),
+            }
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
     }
 
     /// Takes back the subscriptions made as shadow accounts, then renews

@@ -285,7 +285,7 @@ impl Bridge {
             self.p.messages.clone(),
         );
         let this = self.clone();
-        let (m1, m2, m3, m4) = (m.clone(), m.clone(), m.clone(), m);
+        let (m1, m2, m3, m4, m5) = (m.clone(), m.clone(), m.clone(), m.clone(), m);
         let tasks = [
             supervise("presence-poll", move || teams.clone().run()),
             supervise("shadow-presence", move || contacts.clone().run()),
@@ -298,6 +298,7 @@ impl Bridge {
             supervise("graph-subscriptions", move || {
                 m4.clone().keep_subscriptions()
             }),
+            supervise("dedupe-keys", move || m5.clone().forget_old_keys()),
         ];
         self.probe_watched().await;
         while let Some(Incoming { stanza, ack }) = inbox.next().await {

@@ -281,6 +281,14 @@ impl Store {
         backend!(self, s => s.delivered(seq))
     }
 
+    /// Forgets the dedupe keys of messages delivered (or given up on) before
+    /// `before`, in batches; returns how many went. Repeats come within
+    /// minutes (a peer resending, a chat read again), so keys need not live
+    /// for ever.
+    pub async fn forget_delivered(&self, before: Epoch) -> Result<u64, StoreError> {
+        backend!(self, s => s.forget_delivered(before))
+    }
+
     /// Not delivered this time: tried again at `next_attempt_at`.
     pub async fn retry_later(&self, seq: i64, next_attempt_at: Epoch) -> Result<(), StoreError> {
         backend!(self, s => s.retry_later(seq, next_attempt_at))

@@ -90,6 +90,8 @@ const MIGRATIONS: &[&[&str]] = &[
         name NVARCHAR(450) COLLATE Latin1_General_100_BIN2 NOT NULL CONSTRAINT leases_pk PRIMARY KEY,
         holder NVARCHAR(450) COLLATE Latin1_General_100_BIN2 NOT NULL,
         expires_at BIGINT NOT NULL);"],
+    // 3: old dedupe keys are forgotten by age.
+    &["CREATE INDEX delivered_at ON delivered (at);"],
 ];
 
 /// The server's clock, in seconds since the Unix epoch: leases are compared
@@ -635,6 +637,26 @@ impl SqlServerStore {
             &[&seq, &now()],
         )
         .await
+    }
+
+    pub async fn forget_delivered(&self, before: Epoch) -> Result<u64, StoreError> {
+        let mut forgotten = 0;
+        loop {
+            // Batches below the lock-escalation threshold (5,000 locks), so
+            // the table is never locked whole while messages are delivered.
+            let rows = self
+                .rows(
+                    "DELETE TOP (4000) FROM delivered WHERE at < @P1;
+                     SELECT CAST(@@ROWCOUNT AS BIGINT);",
+                    &[&before],
+                )
+                .await?;
+            let n = int(first(&rows)?, 0)? as u64;
+            forgotten += n;
+            if n < 4000 {
+                return Ok(forgotten);
+            }
+        }
     }
 
     pub async fn retry_later(&self, seq: i64, next_attempt_at: Epoch) -> Result<(), StoreError> {

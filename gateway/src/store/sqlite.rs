@@ -30,7 +30,12 @@ const MIGRATIONS: &[&str] = &[
      CREATE TABLE delivered (dedupe_key TEXT PRIMARY KEY, at INTEGER NOT NULL);",
     // 2: leases (which replica runs the bridge).
     "CREATE TABLE leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_at INTEGER NOT NULL);",
+    // 3: old dedupe keys are forgotten by age.
+    "CREATE INDEX delivered_at ON delivered (at);",
 ];
+
+/// Dedupe keys deleted per statement when old ones are forgotten.
+const FORGET_BATCH: i64 = 5000;
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
@@ -417,6 +422,26 @@ impl SqliteStore {
             tx.commit()
         })
         .await
+    }
+
+    pub async fn forget_delivered(&self, before: Epoch) -> Result<u64, StoreError> {
+        let mut forgotten = 0;
+        loop {
+            // Small batches: the write lock is never held long.
+            let n = self
+                .with(move |c| {
+                    c.execute(
+                        "DELETE FROM delivered WHERE rowid IN
+                            (SELECT rowid FROM delivered WHERE at < ?1 LIMIT ?2)",
+                        params![before, FORGET_BATCH],
+                    )
+                })
+                .await? as u64;
+            forgotten += n;
+            if n < FORGET_BATCH as u64 {
+                return Ok(forgotten);
+            }
+        }
     }
 
     pub async fn retry_later(&self, seq: i64, next_attempt_at: Epoch) -> Result<(), StoreError> {
