@@ -326,6 +326,59 @@ async fn users_licences_and_photos() {
         )
         .await;
     assert_eq!(status, 400, "one seat only: {full}");
+    assert!(
+        full["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no available licenses"),
+        "{full}"
+    );
+    // With the seat free again, Alice still needs a usage location.
+    let release = json!({"addLicenses": [], "removeLicenses": [SKU]});
+    let (status, _, _) = c
+        .call(
+            Method::POST,
+            &format!("/users/{id}/assignLicense"),
+            &t,
+            Some(release),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let assign_alice =
+        json!({"addLicenses": [{"skuId": SKU, "disabledPlans": []}], "removeLicenses": []});
+    let (status, refused, _) = c
+        .call(
+            Method::POST,
+            "/users/alice@contoso.com/assignLicense",
+            &t,
+            Some(assign_alice.clone()),
+        )
+        .await;
+    assert_eq!(
+        (status.as_u16(), refused["error"]["message"].as_str()),
+        (
+            400,
+            Some("License assignment cannot be done for user with invalid usage location.")
+        )
+    );
+    let (status, _, _) = c
+        .call(
+            Method::PATCH,
+            "/users/alice@contoso.com",
+            &t,
+            Some(json!({"usageLocation": "GB"})),
+        )
+        .await;
+    assert_eq!(status, 204);
+    let (status, _, _) = c
+        .call(
+            Method::POST,
+            "/users/alice@contoso.com/assignLicense",
+            &t,
+            Some(assign_alice),
+        )
+        .await;
+    assert_eq!(status, 200);
 
     let (status, body, _) = c
         .call(Method::GET, &format!("/users/{id}/photo/$value"), &t, None)

@@ -181,6 +181,21 @@ fn bad_gateways_are_rejected_with_a_clear_message() {
     let mut g = example("FederationGateway");
     g["spec"]["webhookUrl"] = json!("http://insecure.example/notify");
     rejected_with(&g, "webhookUrl must be an https:// URL");
+
+    let mut g = example("FederationGateway");
+    g["spec"]["shadowAccounts"]["usageLocation"] = json!("gb");
+    rejected_with(
+        &g,
+        "shadowAccounts.usageLocation must be a two-letter country code",
+    );
+
+    let mut g = example("FederationGateway");
+    g["spec"]["bridge"] = json!({"leaderLeaseSeconds": 1});
+    rejected_with(&g, "leaderLeaseSeconds");
+
+    let mut g = example("FederationGateway");
+    g["spec"]["bridge"] = json!({"localPart": "nickname"});
+    rejected_with(&g, "nickname");
 }
 
 #[test]

@@ -1019,6 +1019,12 @@ fn handle(
                     return ctx.error(StatusCode::BAD_REQUEST, "Request_BadRequest", &format!("License assignment failed because there are no available licenses for {}.", known.sku_part_number));
                 }
             }
+            // Microsoft 365 licenses nobody without a usage location.
+            if !add.is_empty()
+                && t.user(id).is_some_and(|u| u.properties.get("usageLocation").is_none_or(Value::is_null))
+            {
+                return ctx.error(StatusCode::BAD_REQUEST, "Request_BadRequest", "License assignment cannot be done for user with invalid usage location.");
+            }
             match t.user_mut(id) {
                 Some(u) => {
                     u.licences.retain(|l| !remove.contains(l));

@@ -10,7 +10,9 @@ use sha2::{Digest, Sha256};
 use xmppfed_config as cfg;
 
 use super::{keys, paths, ports};
-use crate::crd::{DatabaseEngine, FederationGateway, ThrottleLimitsSpec};
+use crate::crd::{
+    DatabaseEngine, FederationGateway, LocalPart, OutOfOffice, Subscriptions, ThrottleLimitsSpec,
+};
 use crate::policy::AppliedPolicies;
 
 /// The rendered document is not one the gateway would accept.
@@ -148,10 +150,20 @@ pub fn render_config(
     };
 
     let defaults = cfg::ShadowAccountConfig::default();
+    let (presence, messages, leader) = (
+        cfg::PresenceConfig::default(),
+        cfg::MessagesConfig::default(),
+        cfg::LeaderConfig::default(),
+    );
+    let bridge = &spec.bridge;
     let config = cfg::GatewayConfig {
         xmpp: cfg::XmppConfig {
             domain: spec.domain.clone(),
-            local_part: cfg::LocalPartSource::default(),
+            local_part: match bridge.local_part {
+                LocalPart::Upn => cfg::LocalPartSource::Upn,
+                LocalPart::Mail => cfg::LocalPartSource::Mail,
+                LocalPart::WholeUpn => cfg::LocalPartSource::WholeUpn,
+            },
         },
         s2s: cfg::S2sConfig {
             listen: any([0, 0, 0, 0], spec.s2s.port),
@@ -203,16 +215,46 @@ pub fn render_config(
                 .display_name_suffix
                 .clone()
                 .unwrap_or(defaults.display_name_suffix),
-            remove_unused_after_days: defaults.remove_unused_after_days,
-            usage_location: defaults.usage_location.clone(),
+            remove_unused_after_days: spec
+                .shadow_accounts
+                .remove_unused_after_days
+                .and_then(|d| u32::try_from(d).ok())
+                .unwrap_or(defaults.remove_unused_after_days),
+            usage_location: spec.shadow_accounts.usage_location.clone(),
             credential_key: Some(cfg::SecretRef::File(file(
                 paths::KEYS_DIR,
                 keys::CREDENTIAL_KEY,
             ))),
         },
-        presence: cfg::PresenceConfig::default(),
-        messages: cfg::MessagesConfig::default(),
-        leader: cfg::LeaderConfig::default(),
+        presence: cfg::PresenceConfig {
+            poll_interval_ms: bridge
+                .presence_poll_interval_ms
+                .and_then(|ms| u64::try_from(ms).ok())
+                .unwrap_or(presence.poll_interval_ms),
+            out_of_office: match bridge.out_of_office {
+                OutOfOffice::ExtendedAway => cfg::OutOfOfficeAs::ExtendedAway,
+                OutOfOffice::Unavailable => cfg::OutOfOfficeAs::Unavailable,
+            },
+            subscriptions: match bridge.subscriptions {
+                Subscriptions::Approve => cfg::SubscriptionPolicy::Approve,
+                Subscriptions::Refuse => cfg::SubscriptionPolicy::Refuse,
+            },
+            ..presence
+        },
+        messages: cfg::MessagesConfig {
+            expiry_secs: bridge
+                .message_expiry_seconds
+                .and_then(|s| u64::try_from(s).ok())
+                .unwrap_or(messages.expiry_secs),
+            ..messages
+        },
+        leader: cfg::LeaderConfig {
+            lease_secs: bridge
+                .leader_lease_seconds
+                .and_then(|s| u64::try_from(s).ok())
+                .unwrap_or(leader.lease_secs),
+            ..leader
+        },
         allow: cfg::AllowConfig {
             remote_domains: remote_domains.into_iter().collect(),
             internal_users: internal_users.into_iter().collect(),

@@ -75,9 +75,75 @@ pub struct FederationGatewaySpec {
     pub policies: PolicySelection,
     /// Secret holding the signed licence documents.
     pub licence_secret: SecretKeyRef,
+    /// How the bridge behaves; every field has a default.
+    #[serde(default)]
+    pub bridge: BridgeSpec,
     /// Stop reconciling: children are left as they are.
     #[serde(default)]
     pub paused: bool,
+}
+
+/// How the bridge behaves (the gateway's `[xmpp]`, `[presence]`, `[messages]`
+/// and `[leader]` settings).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BridgeSpec {
+    /// Where a Teams user's JID local part comes from.
+    #[serde(default)]
+    pub local_part: LocalPart,
+    /// Presence subscription requests to allowed Teams users: approved, or all refused.
+    #[serde(default)]
+    pub subscriptions: Subscriptions,
+    /// How a Teams user out of office shows in XMPP.
+    #[serde(default)]
+    pub out_of_office: OutOfOffice,
+    /// How often Teams presence is read, at least (raised to stay within Graph's budget).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 200, max = 60000))]
+    pub presence_poll_interval_ms: Option<i64>,
+    /// A message not delivered within this time is bounced to its sender with an error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 60, max = 604800))]
+    pub message_expiry_seconds: Option<i64>,
+    /// The bridge lease: a standby replica takes over at most this long after the leader dies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 3, max = 600))]
+    pub leader_lease_seconds: Option<i64>,
+}
+
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "camelCase")]
+pub enum LocalPart {
+    /// The UPN's local part: `alice@contoso.com` is `alice@<domain>`.
+    #[default]
+    Upn,
+    /// The mail address's local part.
+    Mail,
+    /// The whole UPN, escaped (XEP-0106): `alice\40contoso.com@<domain>`.
+    WholeUpn,
+}
+
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "camelCase")]
+pub enum Subscriptions {
+    #[default]
+    Approve,
+    Refuse,
+}
+
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "camelCase")]
+pub enum OutOfOffice {
+    /// `xa` with the automatic-reply text.
+    #[default]
+    ExtendedAway,
+    Unavailable,
 }
 
 fn default_replicas() -> i32 {
@@ -120,6 +186,17 @@ pub struct ShadowAccountSpec {
     /// Appended to the contact's name, e.g. " (XMPP)".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub display_name_suffix: Option<String>,
+    /// Two-letter country of the shadow accounts (ISO 3166-1), e.g. `GB`:
+    /// Microsoft 365 assigns no licence to a user without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 2))]
+    #[x_kube(validation = Rule::new("self.matches('^[A-Z]{2}$')").message("shadowAccounts.usageLocation must be a two-letter country code in capitals, e.g. GB"))]
+    pub usage_location: Option<String>,
+    /// Shadow accounts unused this long, with no contact relationship left,
+    /// are removed (0: never; 90 by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 3650))]
+    pub remove_unused_after_days: Option<i64>,
 }
 
 /// Server-to-server federation.

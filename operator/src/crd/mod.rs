@@ -12,9 +12,10 @@ mod throttle_policy;
 pub use common::{Condition, GatewaySelector, ResourceStatus, SecretKeyRef};
 pub use domain_whitelist::{DomainWhitelist, DomainWhitelistSpec};
 pub use federation_gateway::{
-    DatabaseEngine, DatabaseSpec, FederationGateway, FederationGatewaySpec,
-    FederationGatewayStatus, LicenceAssignment, PolicySelection, S2sServiceType, S2sSpec,
-    ShadowAccountSpec, StaticRouteSpec, TelemetrySpec, TenantSpec,
+    BridgeSpec, DatabaseEngine, DatabaseSpec, FederationGateway, FederationGatewaySpec,
+    FederationGatewayStatus, LicenceAssignment, LocalPart, OutOfOffice, PolicySelection,
+    S2sServiceType, S2sSpec, ShadowAccountSpec, StaticRouteSpec, Subscriptions, TelemetrySpec,
+    TenantSpec,
 };
 pub use throttle_policy::{
     ThrottleLimitsSpec, ThrottleOverride, ThrottlePolicy, ThrottlePolicySpec,

@@ -378,6 +378,50 @@ fn sqlserver_with_replicas_gets_a_pdb_and_no_volume() {
 }
 
 #[test]
+fn bridge_settings_render_into_the_gateway_configuration() {
+    let mut g = gateway(
+        &format!(
+            "{}  bridge: {{ localPart: wholeUpn, subscriptions: refuse, outOfOffice: unavailable, \
+             presencePollIntervalMs: 2000, messageExpirySeconds: 600, leaderLeaseSeconds: 30 }}\n",
+            sqlite()
+        ),
+        "",
+    );
+    g.spec.shadow_accounts.usage_location = Some("GB".into());
+    g.spec.shadow_accounts.remove_unused_after_days = Some(30);
+    let config =
+        GatewayConfig::from_toml_str(&plan(&g, &[], &[], 1, Some(TEST_KEY)).unwrap().config_toml)
+            .unwrap();
+    assert_eq!(config.shadow_accounts.usage_location.as_deref(), Some("GB"));
+    assert_eq!(config.shadow_accounts.remove_unused_after_days, 30);
+    assert_eq!(
+        config.xmpp.local_part,
+        xmppfed_config::LocalPartSource::WholeUpn
+    );
+    assert_eq!(
+        config.presence.subscriptions,
+        xmppfed_config::SubscriptionPolicy::Refuse
+    );
+    assert_eq!(
+        config.presence.out_of_office,
+        xmppfed_config::OutOfOfficeAs::Unavailable
+    );
+    assert_eq!(config.presence.poll_interval_ms, 2000);
+    assert_eq!(config.messages.expiry_secs, 600);
+    assert_eq!(config.leader.lease_secs, 30);
+    // Unset: the gateway's defaults.
+    let g = gateway(sqlite(), "");
+    let config =
+        GatewayConfig::from_toml_str(&plan(&g, &[], &[], 1, Some(TEST_KEY)).unwrap().config_toml)
+            .unwrap();
+    assert_eq!(config.presence, xmppfed_config::PresenceConfig::default());
+    assert_eq!(config.messages, xmppfed_config::MessagesConfig::default());
+    assert_eq!(config.leader, xmppfed_config::LeaderConfig::default());
+    assert_eq!(config.xmpp.local_part, xmppfed_config::LocalPartSource::Upn);
+    assert_eq!(config.shadow_accounts.remove_unused_after_days, 90);
+}
+
+#[test]
 fn remote_servers_reach_the_replica_that_runs_the_bridge() {
     let g = gateway(
         "  replicas: 3\n  database: { engine: sqlserver, connectionStringSecret: { name: db, key: conn } }\n",
