@@ -671,6 +671,26 @@ async fn one_on_one_chats_as_documented() {
         (status.as_u16(), chats["value"][0]["id"].as_str()),
         (200, Some(chat_id.as_str()))
     );
+    // A user lists their own chats, with members when asked, and no one else's.
+    let bob_id = bob_user["id"].as_str().unwrap();
+    let (status, mine, _) = c
+        .call(
+            Method::GET,
+            &format!("/users/{bob_id}/chats?$expand=members&$top=50"),
+            &bob,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{mine}");
+    assert_eq!(
+        mine["value"][0]["members"].as_array().map(Vec::len),
+        Some(2),
+        "{mine}"
+    );
+    let (status, _, _) = c
+        .call(Method::GET, "/users/alice@contoso.com/chats", &bob, None)
+        .await;
+    assert_eq!(status, 403);
     // Its members, as a member sees them (aadUserConversationMember).
     let (status, members, _) = c
         .call(

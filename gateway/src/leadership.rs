@@ -20,6 +20,8 @@ use crate::store::Store;
 
 use xmppfed_config::POD_ROLE_LABEL as ROLE_LABEL;
 const LEASE: &str = "bridge";
+/// Pause before a failed renewal or label is tried again.
+const RETRY: Duration = Duration::from_secs(1);
 
 pub struct Leadership {
     store: Arc<Store>,
@@ -41,7 +43,7 @@ impl Leadership {
         Self {
             store,
             holder,
-            lease: Duration::from_secs(config.lease_secs.max(3)),
+            lease: Duration::from_secs(config.lease_secs.max(6)),
             pod,
             leader: metrics.register(
                 "bridge_leader",
@@ -59,17 +61,27 @@ impl Leadership {
         self.lease.as_secs() as i64
     }
 
-    /// Stands by until this replica holds the lease.
-    pub async fn acquire(&self) {
+    /// Labels the pod a standby: before it serves s2s, so that a restarted
+    /// former leader draws no traffic until it holds the lease again.
+    pub async fn stand_by(&self) {
         self.label("standby").await;
+    }
+
+    /// Stands by until this replica holds the lease; returns when it was
+    /// asked for (the lease runs from no later than that).
+    pub async fn acquire(&self) -> Instant {
         let mut said = false;
         loop {
+            let asked = Instant::now();
             match self
                 .store
                 .hold_lease(LEASE, &self.holder, self.lease_secs())
                 .await
             {
-                Ok(true) => break,
+                Ok(true) => {
+                    tracing::info!(holder = %self.holder, "this replica runs the bridge");
+                    return asked;
+                }
                 Ok(false) if !said => {
                     tracing::info!(holder = %self.holder, "standing by: another replica runs the bridge");
                     said = true;
@@ -79,34 +91,60 @@ impl Leadership {
             }
             tokio::time::sleep(self.lease / 3).await;
         }
-        self.leader.set(1);
-        self.label("leader").await;
-        tracing::info!(holder = %self.holder, "this replica runs the bridge");
     }
 
-    /// Renews the lease for as long as it can; returns why once it cannot.
-    /// The bridge must stop then: another replica may take over.
-    pub async fn keep(&self) -> String {
-        let mut renewed = Instant::now();
+    /// Keeps the lease taken at `since` and labels the pod the leader;
+    /// returns why once the lease cannot be kept. The bridge must stop then:
+    /// another replica may take over.
+    pub async fn keep(&self, since: Instant) -> String {
+        self.leader.set(1);
+        tokio::select! {
+            why = self.renew(since) => why,
+            () = self.announce() => unreachable!("announce never returns"),
+        }
+    }
+
+    /// Renews every third of the lease. A renewal that fails or hangs is
+    /// given up two thirds into the lease: the bridge stops before the lease
+    /// can lapse for the others (the store's clock counts whole seconds).
+    async fn renew(&self, since: Instant) -> String {
+        let mut renewed = since;
+        let mut next = since + self.lease / 3;
         loop {
-            tokio::time::sleep(self.lease / 3).await;
+            tokio::time::sleep_until(next.into()).await;
+            let deadline = renewed + self.lease * 2 / 3;
             let asked = Instant::now();
-            match self
-                .store
-                .hold_lease(LEASE, &self.holder, self.lease_secs())
-                .await
-            {
-                Ok(true) => renewed = asked,
-                Ok(false) => return "another replica holds the bridge lease".into(),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot renew the bridge lease");
-                    // Stop while the lease still runs, before anyone takes it.
-                    if renewed.elapsed() >= self.lease * 2 / 3 {
-                        return format!("the bridge lease could not be renewed: {e}");
-                    }
+            let held = tokio::time::timeout_at(
+                deadline.into(),
+                self.store
+                    .hold_lease(LEASE, &self.holder, self.lease_secs()),
+            )
+            .await;
+            match held {
+                Ok(Ok(true)) => {
+                    renewed = asked;
+                    next = asked + self.lease / 3;
                 }
+                Ok(Ok(false)) => return "another replica holds the bridge lease".into(),
+                Ok(Err(e)) if Instant::now() < deadline => {
+                    tracing::warn!(error = %e, "cannot renew the bridge lease; trying again");
+                    next = (Instant::now() + RETRY).min(deadline);
+                }
+                Ok(Err(e)) => return format!("the bridge lease could not be renewed: {e}"),
+                Err(_) => return "the bridge lease could not be renewed in time".into(),
             }
         }
+    }
+
+    /// Labels the pod the leader, trying until it works; then waits for ever.
+    async fn announce(&self) {
+        if let Some(pod) = &self.pod {
+            while let Err(e) = pod.set("leader").await {
+                tracing::warn!(error = %e, "cannot label this pod the leader; trying again");
+                tokio::time::sleep(RETRY).await;
+            }
+        }
+        std::future::pending::<()>().await;
     }
 
     /// Gives the lease up (a clean stop): a standby takes over at once.
@@ -127,23 +165,25 @@ impl Leadership {
     }
 }
 
-/// The pod name when there is one (a restarted container takes its own lease
-/// back at once), else the host name; with the process id.
+/// The pod when there is one, by name and uid: a restarted container takes
+/// its own lease back at once, while a pod replacing a force-deleted one (same
+/// name, new uid) waits for the old one's lease to lapse. Else the host name
+/// and process id.
 fn default_holder() -> String {
-    let host = std::env::var("POD_NAME")
-        .or_else(|_| std::env::var("HOSTNAME"))
-        .ok()
-        .filter(|h| !h.is_empty())
-        .or_else(|| {
-            std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .ok()
-                .map(|h| h.trim().to_owned())
-        })
-        .unwrap_or_else(|| "gateway".to_owned());
-    if std::env::var_os("POD_NAME").is_some() {
-        host
-    } else {
-        format!("{host}/{}", std::process::id())
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    match (var("POD_NAME"), var("POD_UID")) {
+        (Some(pod), Some(uid)) => format!("{pod}/{uid}"),
+        (Some(pod), None) => pod,
+        _ => {
+            let host = var("HOSTNAME")
+                .or_else(|| {
+                    std::fs::read_to_string("/proc/sys/kernel/hostname")
+                        .ok()
+                        .map(|h| h.trim().to_owned())
+                })
+                .unwrap_or_else(|| "gateway".to_owned());
+            format!("{host}/{}", std::process::id())
+        }
     }
 }
 
@@ -213,14 +253,16 @@ impl PodLabel {
 mod tests {
     use super::*;
 
-    fn leadership(store: &Arc<Store>, holder: &str, pod: Option<PodLabel>) -> Leadership {
+    const LEASE_SECS: u64 = 6;
+
+    fn leadership(store: &Arc<Store>, holder: &str, pod: Option<PodLabel>) -> Arc<Leadership> {
         let config = LeaderConfig {
-            lease_secs: 3,
+            lease_secs: LEASE_SECS,
             holder: Some(holder.to_owned()),
         };
         let mut l = Leadership::new(store.clone(), &config, &Metrics::new("test", "0"));
         l.pod = pod;
-        l
+        Arc::new(l)
     }
 
     #[tokio::test]
@@ -228,23 +270,50 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::sqlite(&dir.path().join("s.db")).await.unwrap());
         let (a, b) = (leadership(&store, "a", None), leadership(&store, "b", None));
-        a.acquire().await;
+        let since = a.acquire().await;
+        let a_keeps = tokio::spawn({
+            let a = a.clone();
+            async move { a.keep(since).await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(a.leader.get(), 1);
-        // b stands by while a holds the lease...
-        let standby = tokio::time::timeout(Duration::from_millis(1500), b.acquire()).await;
+        // b stands by while a holds (and renews) the lease...
+        let standby = tokio::time::timeout(Duration::from_secs(3), b.acquire()).await;
         assert!(standby.is_err(), "b must not run the bridge beside a");
         assert_eq!(b.leader.get(), 0);
         // ...and takes over as soon as a gives it up.
+        a_keeps.abort();
         a.release().await;
         assert_eq!(a.leader.get(), 0);
-        tokio::time::timeout(Duration::from_secs(3), b.acquire())
+        tokio::time::timeout(Duration::from_secs(LEASE_SECS), b.acquire())
             .await
             .expect("b takes over");
-        // a, still running, learns it lost the lease when it tries to renew.
-        let lost = tokio::time::timeout(Duration::from_secs(3), a.keep())
+        // Had a not known, its next renewal would have told it.
+        let lost = tokio::time::timeout(Duration::from_secs(LEASE_SECS), a.keep(Instant::now()))
             .await
             .expect("a notices");
         assert!(lost.contains("another replica"), "{lost}");
+    }
+
+    #[tokio::test]
+    async fn a_leader_that_cannot_renew_stops_before_its_lease_lapses() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let store = Arc::new(Store::sqlite(&path).await.unwrap());
+        let a = leadership(&store, "a", None);
+        let since = a.acquire().await;
+        // The store fails every renewal from now on.
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .execute("DROP TABLE leases", [])
+            .unwrap();
+        let why = a.keep(since).await;
+        let held = since.elapsed();
+        assert!(why.contains("could not be renewed"), "{why}");
+        assert!(
+            held < Duration::from_secs(LEASE_SECS - 1),
+            "gave up after {held:?}, too close to the {LEASE_SECS} s lease"
+        );
     }
 
     #[tokio::test]
@@ -292,7 +361,14 @@ mod tests {
         };
         let store = Arc::new(Store::sqlite(&dir.path().join("s.db")).await.unwrap());
         let l = leadership(&store, "contoso-1", Some(pod));
-        l.acquire().await;
+        l.stand_by().await;
+        let since = l.acquire().await;
+        let keeps = tokio::spawn({
+            let l = l.clone();
+            async move { l.keep(since).await }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        keeps.abort();
         l.release().await;
         let seen = seen.lock().unwrap().clone();
         let roles: Vec<String> = seen

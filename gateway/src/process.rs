@@ -313,26 +313,42 @@ impl Gateway {
                 }
             })
         });
+        let leadership = self.bridge.as_ref().map(|(_, l)| l.clone());
+        // A restarted former leader must draw no s2s traffic before it leads again.
+        if let Some(leadership) = &leadership {
+            leadership.stand_by().await;
+        }
         let s2s_ready = self.health.component("s2s");
         let sender = self.s2s.sender();
         let s2s = tokio::spawn(self.s2s.serve(stopped(stop_rx.clone())));
         s2s_ready.ready();
         let inbox = self.inbox;
-        let leadership = self.bridge.as_ref().map(|(_, l)| l.clone());
         let bridge = match (self.bridge, loaded) {
             (Some((build, leadership)), Some(mut loaded)) => {
                 let notified = self.notified;
+                let stop = stopped(stop_rx.clone());
                 tokio::spawn(async move {
                     // Until the allow list is read nobody exists, and until
                     // this replica holds the lease it stands by: stanzas wait.
                     if loaded.wait_for(|l| *l).await.is_err() {
                         return;
                     }
-                    leadership.acquire().await;
-                    let bridge = match build().await {
+                    // The lease is kept from the moment it is taken, the
+                    // bridge built meanwhile (it reads the store afresh).
+                    let since = tokio::select! {
+                        since = leadership.acquire() => since,
+                        () = stop => return,
+                    };
+                    let keep = leadership.keep(since);
+                    tokio::pin!(keep);
+                    let built = tokio::select! {
+                        built = build() => built.map_err(|e| format!("cannot start the bridge: {e}")),
+                        why = &mut keep => Err(why),
+                    };
+                    let bridge = match built {
                         Ok(bridge) => bridge,
-                        Err(e) => {
-                            let _ = fatal_tx.send(format!("cannot start the bridge: {e}"));
+                        Err(why) => {
+                            let _ = fatal_tx.send(why);
                             return;
                         }
                     };
@@ -343,9 +359,11 @@ impl Gateway {
                             wake.notify_one();
                         }
                     });
+                    // Losing the lease drops the bridge's future, and every
+                    // background loop of it with it.
                     let lost = tokio::select! {
                         () = bridge.run(inbox) => None,
-                        why = leadership.keep() => Some(why),
+                        why = &mut keep => Some(why),
                     };
                     forward.abort();
                     if let Some(why) = lost {
@@ -360,7 +378,10 @@ impl Gateway {
         if let Some(w) = webhook {
             let _ = w.await;
         }
+        // The bridge (and every loop of it) is gone for sure before the lease
+        // goes to a standby: its task is awaited, not only told to stop.
         bridge.abort();
+        let _ = bridge.await;
         // A clean stop hands the bridge to a standby at once.
         if let Some(leadership) = leadership {
             leadership.release().await;

@@ -20,7 +20,7 @@ use xmppfed_e2e::prosody::{self, ProsodyOptions, TestCa};
 use xmppfed_gateway::bridge::shadow::upn_for;
 
 const BIN: &str = env!("CARGO_BIN_EXE_xmppfed-gateway");
-const LEASE_SECS: u64 = 3;
+const LEASE_SECS: u64 = 6;
 
 fn start(config: &std::path::Path) -> Daemon {
     let mut command = Command::new(BIN);

@@ -370,3 +370,27 @@ async fn a_chat_started_in_teams_while_the_gateway_was_down_arrives_after_the_re
     assert_eq!(got["body"], "Written while you were away");
     w.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_teams_user_wrote_first_arrives_though_its_notification_was_lost() {
+    let Some(mut w) = world(|c| c.messages.reconcile_interval_secs = 1).await else {
+        return;
+    };
+    bob_subscribed_to_alice(&mut w).await;
+    // Alice writes first; Graph's notification of it is lost.
+    w.emulator
+        .control("/_emulator/notifications/drop", json!({"count": 1}))
+        .await
+        .unwrap();
+    let chat = teams_user_starts_chat(&w.emulator, "alice@contoso.com", &shadow()).await;
+    alice_writes(&w.emulator, &chat, "Written before you wrote", "text").await;
+    // Bob writes before any listing of the shadow account's chats: the
+    // gateway learns the chat from Graph then, and reads it from before.
+    w.bob
+        .command(json!({"cmd": "message", "to": ALICE, "body": "Hello?", "id": "hello"}))
+        .unwrap();
+    wait(&mut w.bob, 20, |e| e["received"] == "hello");
+    let got = wait(&mut w.bob, 20, from_alice);
+    assert_eq!(got["body"], "Written before you wrote");
+    w.stop().await;
+}

@@ -10,7 +10,7 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::api::rbac::v1::RoleBinding;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
@@ -298,6 +298,7 @@ async fn publish(
 async fn apply_all(plan: &Plan, namespace: &str, client: &Client) -> Result<StatefulSet, Error> {
     let o = &plan.objects;
     apply::<ServiceAccount>(client, namespace, &o.service_account).await?;
+    apply::<Role>(client, namespace, &o.pod_role).await?;
     apply::<RoleBinding>(client, namespace, &o.pod_role_binding).await?;
     apply::<ConfigMap>(client, namespace, &o.config_map).await?;
     for service in &o.services {

@@ -235,21 +235,25 @@ async fn the_chart_on_a_real_cluster() {
     )
     .await;
 
-    // The gateway's pods may label themselves (their role), in their
-    // namespace only: a RoleBinding to the chart's xmppfed-gateway ClusterRole.
+    // The gateway's pods may label themselves (their role) and touch no
+    // other pod: a Role on the StatefulSet's pods by name, granted by the
+    // operator running as the chart's account.
     let bindings: Api<k8s_openapi::api::rbac::v1::RoleBinding> =
         Api::namespaced(admin.clone(), &ns);
     let binding = bindings.get(&format!("{gw}-pod-role")).await.unwrap();
-    assert_eq!(binding.role_ref.name, "xmppfed-gateway");
+    assert_eq!(
+        (binding.role_ref.kind.clone(), binding.role_ref.name.clone()),
+        ("Role".to_owned(), format!("{gw}-pod-role"))
+    );
     let gateway_account = format!("system:serviceaccount:{ns}:{gw}-gateway");
-    let may_patch_pods = |namespace: String| {
+    let may_patch = |namespace: String, pod: String| {
         let (admin, user) = (admin.clone(), gateway_account.clone());
         async move {
             let review: k8s_openapi::api::authorization::v1::SubjectAccessReview =
                 serde_json::from_value(json!({
                     "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
                     "spec": {"user": user, "resourceAttributes":
-                        {"namespace": namespace, "verb": "patch", "resource": "pods"}}
+                        {"namespace": namespace, "verb": "patch", "resource": "pods", "name": pod}}
                 }))
                 .unwrap();
             Api::<k8s_openapi::api::authorization::v1::SubjectAccessReview>::all(admin)
@@ -265,14 +269,18 @@ async fn the_chart_on_a_real_cluster() {
         "the gateway allowed to label its pods",
         Duration::from_secs(30),
         || {
-            let allowed = may_patch_pods(ns.clone());
+            let allowed = may_patch(ns.clone(), format!("{gw}-0"));
             async move { allowed.await.then_some(()) }
         },
     )
     .await;
     assert!(
-        !may_patch_pods("default".into()).await,
-        "and no pod elsewhere"
+        !may_patch(ns.clone(), "some-other-pod".into()).await,
+        "no other pod of the namespace"
+    );
+    assert!(
+        !may_patch("default".into(), format!("{gw}-0")).await,
+        "no pod elsewhere"
     );
 
     // A whitelist change reaches the rendered configuration.

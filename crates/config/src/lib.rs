@@ -173,9 +173,9 @@ pub const POD_ROLE_LABEL: &str = "xmppfed.io/role";
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct LeaderConfig {
-    /// How long the lease lasts unless renewed (renewed every third of it). A
-    /// replica that cannot renew stops before it lapses; a standby takes over
-    /// at most this long after the holder died.
+    /// How long the lease lasts unless renewed (renewed every third of it;
+    /// 6 to 600). A replica that cannot renew stops before it lapses; a
+    /// standby takes over at most this long after the holder died.
     pub lease_secs: u64,
     /// This replica's name in the lease; by default the pod name (`POD_NAME`)
     /// or the host name, with the process id.

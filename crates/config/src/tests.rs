@@ -326,7 +326,7 @@ fn the_bridge_lease_has_a_default_and_a_sane_range() {
         (c.leader.lease_secs, c.leader.holder.as_deref()),
         (15, None)
     );
-    for (secs, ok) in [(2, false), (3, true), (600, true), (601, false)] {
+    for (secs, ok) in [(5, false), (6, true), (600, true), (601, false)] {
         let mut c = c.clone();
         c.leader.lease_secs = secs;
         match c.validate() {

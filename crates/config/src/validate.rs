@@ -195,10 +195,12 @@ pub(crate) fn validate(c: &GatewayConfig) -> Vec<FieldError> {
         }
     }
 
-    if !(3..=600).contains(&c.leader.lease_secs) {
+    // At least 6: the store counts whole seconds, and a holder that cannot
+    // renew stops two thirds into the lease, a second or more before it lapses.
+    if !(6..=600).contains(&c.leader.lease_secs) {
         err(
             "leader.lease_secs",
-            "must be between 3 and 600 seconds".into(),
+            "must be between 6 and 600 seconds".into(),
         );
     }
 

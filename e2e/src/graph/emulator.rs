@@ -1241,7 +1241,29 @@ fn handle(
         }
         ("GET", ["users", id, "chats"]) => {
             let Some(uid) = t.user(id).map(|u| u.id.clone()) else { return not_found(id) };
-            let value: Vec<Value> = t.chats.iter().filter(|c| c.members.contains(&uid)).map(|c| chat_resource(c, &t.id)).collect();
+            // Delegated: the signed-in user's own chats only.
+            if let Principal::User { user_id, .. } = principal
+                && *user_id != uid
+            {
+                return ctx.error(StatusCode::FORBIDDEN, "Forbidden", "A user can list only their own chats.");
+            }
+            // Microsoft's documentation: chat-list, `$expand=members`.
+            let members = uri.query().is_some_and(|q| {
+                serde_urlencoded::from_str::<Vec<(String, String)>>(q)
+                    .is_ok_and(|pairs| pairs.iter().any(|(k, v)| k == "$expand" && v.split(',').any(|e| e.trim() == "members")))
+            });
+            let value: Vec<Value> = t
+                .chats
+                .iter()
+                .filter(|c| c.members.contains(&uid))
+                .map(|c| {
+                    let mut chat = chat_resource(c, &t.id);
+                    if members {
+                        chat["members"] = Value::Array(c.members.iter().map(|m| member_resource(t, m)).collect());
+                    }
+                    chat
+                })
+                .collect();
             ctx.respond(StatusCode::OK, Some(json!({"@odata.context": "https://graph.microsoft.com/v1.0/$metadata#chats", "@odata.count": value.len(), "value": value})))
         }
         _ => ctx.error(StatusCode::NOT_IMPLEMENTED, "NotImplemented", "This operation is not emulated yet."),

@@ -36,7 +36,7 @@ use super::directory::Directory;
 use super::metrics::BridgeMetrics;
 use super::throttle::Throttle;
 use super::{XmppOut, text};
-use crate::graph::api::{ChatMessage, epoch_millis_of, epoch_of};
+use crate::graph::api::{Chat, ChatMessage, epoch_millis_of, epoch_of};
 use crate::graph::subscriptions::{Subscriptions, Want};
 use crate::graph::webhook::Notification;
 use crate::graph::{GraphClient, GraphError, UserCredential};
@@ -360,84 +360,102 @@ impl Messages {
             .graph
             .one_on_one_chat(shadow, shadow_id, user_id)
             .await?;
-        // Messages from before the bridge knew the chat are not carried over.
-        if let Err(e) = self.remember_chat(&chat.id, conv, now() * 1000).await {
+        // Graph answers with the chat the Teams user may have started first:
+        // what they wrote before the contact did is read too.
+        if let Err(e) = self.remember_chat(&chat.id, conv).await {
             tracing::warn!(error = %e, "cannot remember a chat");
         }
         self.watch(shadow, shadow_id).await;
         Ok(chat.id)
     }
 
-    /// Records a bridged chat: its conversation both ways, and the mark from
-    /// which its messages are read (milliseconds since the epoch).
-    async fn remember_chat(
-        &self,
-        chat_id: &str,
-        conv: &str,
-        read_from: i64,
-    ) -> Result<(), StoreError> {
-        self.store
-            .set_cursor(&seen_key(chat_id), &read_from.to_string())
-            .await?;
+    /// Records a bridged chat: its conversation both ways, and — unless the
+    /// chat is read already — the mark from which its messages are read: the
+    /// expiry back (older ones would have been given up on by now).
+    async fn remember_chat(&self, chat_id: &str, conv: &str) -> Result<(), StoreError> {
+        if self.store.get_cursor(&seen_key(chat_id)).await?.is_none() {
+            let read_from = (now() - self.settings.expiry.as_secs() as i64) * 1000;
+            self.store
+                .set_cursor(&seen_key(chat_id), &read_from.to_string())
+                .await?;
+        }
         self.store.set_cursor(&conv_key(chat_id), conv).await?;
         self.store.set_cursor(&chat_key(conv), chat_id).await
     }
 
-    /// Takes on a chat a Teams user started with a shadow account, when it
-    /// is the 1:1 chat of a Teams user on the allow list and the account's
-    /// contact; `Ok(true)` when the chat is (now) bridged. `chat_type` when
-    /// already known (a listing says it), else read.
-    async fn adopt(
-        &self,
-        chat_id: &str,
-        account: &ShadowSignIn,
-        chat_type: Option<&str>,
-    ) -> Result<bool, CatchUpError> {
-        if self.store.get_cursor(&conv_key(chat_id)).await?.is_some() {
-            return Ok(true);
-        }
-        if self
-            .foreign
+    fn is_foreign(&self, chat_id: &str) -> bool {
+        self.foreign
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(chat_id)
             .is_some_and(|at| at.elapsed() < FOREIGN_FOR)
-        {
+    }
+
+    fn mark_foreign(&self, chat_id: &str) {
+        let mut foreign = self.foreign.lock().unwrap_or_else(|e| e.into_inner());
+        foreign.retain(|_, at| at.elapsed() < FOREIGN_FOR);
+        foreign.insert(chat_id.to_owned(), Instant::now());
+    }
+
+    /// Takes on a chat a Teams user started with a shadow account, when it
+    /// is the 1:1 chat of a Teams user on the allow list and the account's
+    /// contact; `Ok(true)` when the chat is (now) bridged. `listed`: the chat
+    /// as a listing gave it (with its members), else it is read.
+    async fn adopt(
+        &self,
+        chat_id: &str,
+        account: &ShadowSignIn,
+        listed: Option<&Chat>,
+    ) -> Result<bool, CatchUpError> {
+        if self.store.get_cursor(&conv_key(chat_id)).await?.is_some() {
+            return Ok(true);
+        }
+        if self.is_foreign(chat_id) {
             return Ok(false);
         }
-        let chat_type = match chat_type {
-            Some(t) => t.to_owned(),
-            None => {
-                self.graph
-                    .get_chat(&account.credential, chat_id)
-                    .await?
-                    .chat_type
-            }
-        };
-        let user_id = if chat_type == "oneOnOne" {
-            self.graph
-                .chat_members(&account.credential, chat_id)
-                .await?
-                .into_iter()
-                .filter_map(|m| m.user_id)
-                .find(|id| !id.eq_ignore_ascii_case(&account.object_id))
-                .filter(|id| self.directory.local_of(id).is_some())
-        } else {
-            None
+        let user_id = match self.other_member(chat_id, account, listed).await {
+            Ok(user_id) => user_id.filter(|id| self.directory.local_of(id).is_some()),
+            // Gone, or not the shadow account's to read: not ours.
+            Err(e) if matches!(e.status(), Some(403 | 404)) => None,
+            Err(e) => return Err(e.into()),
         };
         let Some(user_id) = user_id else {
-            self.foreign
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(chat_id.to_owned(), Instant::now());
+            self.mark_foreign(chat_id);
             return Ok(false);
         };
-        // Messages older than the expiry would have been given up on by now.
-        let read_from = (now() - self.settings.expiry.as_secs() as i64) * 1000;
-        self.remember_chat(chat_id, &conversation(&account.jid, &user_id), read_from)
+        self.remember_chat(chat_id, &conversation(&account.jid, &user_id))
             .await?;
         tracing::info!(%chat_id, remote = %account.jid, %user_id, "a chat started in Teams is bridged");
         Ok(true)
+    }
+
+    /// The other member of a 1:1 chat of the shadow account (None for any
+    /// other kind of chat).
+    async fn other_member(
+        &self,
+        chat_id: &str,
+        account: &ShadowSignIn,
+        listed: Option<&Chat>,
+    ) -> Result<Option<String>, GraphError> {
+        let chat = match listed {
+            Some(chat) => chat.clone(),
+            None => self.graph.get_chat(&account.credential, chat_id).await?,
+        };
+        if chat.chat_type != "oneOnOne" {
+            return Ok(None);
+        }
+        let members = match chat.members {
+            Some(members) => members,
+            None => {
+                self.graph
+                    .chat_members(&account.credential, chat_id)
+                    .await?
+            }
+        };
+        Ok(members
+            .into_iter()
+            .filter_map(|m| m.user_id)
+            .find(|id| !id.eq_ignore_ascii_case(&account.object_id)))
     }
 
     /// The shadow account a chat-message subscription was made as.
@@ -515,7 +533,7 @@ impl Messages {
                 {
                     continue;
                 }
-                match self.adopt(&chat.id, &account, Some(&chat.chat_type)).await {
+                match self.adopt(&chat.id, &account, Some(chat)).await {
                     Ok(true) => adopted += 1,
                     Ok(false) => {}
                     Err(e) => tracing::warn!(chat = %chat.id, error = %e, "cannot look at a chat"),
@@ -1017,6 +1035,10 @@ impl Messages {
         subscription_id: &str,
     ) -> Result<usize, CatchUpError> {
         if self.store.get_cursor(&conv_key(chat_id)).await?.is_none() {
+            // A group chat's every message would otherwise cost a look.
+            if self.is_foreign(chat_id) {
+                return Ok(0);
+            }
             match self.subscriber(subscription_id).await? {
                 Some(account) => {
                     if !self.adopt(chat_id, &account, None).await? {

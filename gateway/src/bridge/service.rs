@@ -276,7 +276,9 @@ impl Bridge {
         }))
     }
 
-    /// Runs the bridge until the s2s layer closes `inbox`.
+    /// Runs the bridge until the s2s layer closes `inbox`. Dropping the
+    /// future (the bridge lease lost) stops every background loop with it:
+    /// nothing of this bridge outlives it beside another replica's.
     pub async fn run(self: Arc<Self>, mut inbox: Inbox) {
         self.p.metrics.contacts(self.p.roster.len());
         let (teams, contacts, m) = (
@@ -299,7 +301,8 @@ impl Bridge {
                 m4.clone().keep_subscriptions()
             }),
             supervise("dedupe-keys", move || m5.clone().forget_old_keys()),
-        ];
+        ]
+        .map(AbortOnDrop);
         self.probe_watched().await;
         while let Some(Incoming { stanza, ack }) = inbox.next().await {
             use futures::FutureExt;
@@ -317,9 +320,7 @@ impl Bridge {
                 Err(_) => tracing::error!("handling a stanza panicked; it is not acknowledged"),
             }
         }
-        for task in tasks {
-            task.abort();
-        }
+        drop(tasks);
     }
 
     /// After a start, asks every contact whose presence we receive for it, so

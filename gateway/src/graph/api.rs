@@ -109,6 +109,9 @@ impl Presence {
 pub struct Chat {
     pub id: String,
     pub chat_type: String,
+    /// With `$expand=members`.
+    #[serde(default)]
+    pub members: Option<Vec<ChatMember>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -628,7 +631,8 @@ impl GraphClient {
         shadow_id: &str,
     ) -> Result<Vec<Chat>, GraphError> {
         let identity = Identity::User(shadow.upn.clone());
-        let path = format!("{}/chats?$top=50", user_path(shadow_id));
+        // Members expanded: a chat started by a Teams user needs no second call.
+        let path = format!("{}/chats?$expand=members&$top=50", user_path(shadow_id));
         self.pages(&identity, Some(shadow), path, MAX_LIST_PAGES, |_| false)
             .await
     }

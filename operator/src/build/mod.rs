@@ -43,13 +43,11 @@ pub mod names {
     pub fn service_account(name: &str) -> String {
         format!("{name}-gateway")
     }
-    /// Binds the gateway's ServiceAccount to `GATEWAY_CLUSTER_ROLE` in its namespace.
-    pub fn pod_role_binding(name: &str) -> String {
+    /// The Role (and its RoleBinding) that lets the gateway's pods, and only
+    /// them, patch themselves: their role label.
+    pub fn pod_role(name: &str) -> String {
         format!("{name}-pod-role")
     }
-    /// The ClusterRole the chart installs for gateway pods: `patch` on pods,
-    /// to keep their role label (bound per namespace, never cluster-wide).
-    pub const GATEWAY_CLUSTER_ROLE: &str = "xmppfed-gateway";
     /// The Secret the operator generates with the gateway's own keys (dialback
     /// secret, webhook clientState, credential key); owned by the gateway.
     pub fn keys_secret(name: &str) -> String {

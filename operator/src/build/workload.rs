@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::{
     VolumeResourceRequirements,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
-use k8s_openapi::api::rbac::v1::{RoleBinding, RoleRef, Subject};
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -32,7 +32,9 @@ pub struct GatewayObjects {
     pub services: Vec<Service>,
     pub pod_disruption_budget: Option<PodDisruptionBudget>,
     pub service_account: ServiceAccount,
-    /// Lets the pods keep their role label (see `LEADER`).
+    /// Lets the pods keep their role label (see `LEADER`): `patch` on the
+    /// StatefulSet's own pods, by name, bound to the gateway's ServiceAccount.
+    pub pod_role: Role,
     pub pod_role_binding: RoleBinding,
 }
 
@@ -163,29 +165,12 @@ pub fn build_objects(
         }]
     });
 
+    // The pod's name (its licence seat, its lease), uid (a pod that replaces
+    // a force-deleted one is another lease holder) and namespace (its label).
     let mut env = vec![
-        EnvVar {
-            name: "POD_NAME".into(),
-            value_from: Some(EnvVarSource {
-                field_ref: Some(ObjectFieldSelector {
-                    field_path: "metadata.name".into(),
-                    ..ObjectFieldSelector::default()
-                }),
-                ..EnvVarSource::default()
-            }),
-            ..EnvVar::default()
-        },
-        EnvVar {
-            name: "POD_NAMESPACE".into(),
-            value_from: Some(EnvVarSource {
-                field_ref: Some(ObjectFieldSelector {
-                    field_path: "metadata.namespace".into(),
-                    ..ObjectFieldSelector::default()
-                }),
-                ..EnvVarSource::default()
-            }),
-            ..EnvVar::default()
-        },
+        pod_field("POD_NAME", "metadata.name"),
+        pod_field("POD_UID", "metadata.uid"),
+        pod_field("POD_NAMESPACE", "metadata.namespace"),
         env_var("OTEL_SERVICE_NAME", "xmppfed-gateway"),
         env_var(
             "OTEL_RESOURCE_ATTRIBUTES",
@@ -356,12 +341,27 @@ pub fn build_objects(
         ..ServiceAccount::default()
     };
 
+    // Every pod the StatefulSet may run, by name: nothing else in the namespace.
+    let pod_role = Role {
+        metadata: meta(names::pod_role(&name)),
+        rules: Some(vec![PolicyRule {
+            api_groups: Some(vec![String::new()]),
+            resources: Some(vec!["pods".into()]),
+            verbs: vec!["patch".into()],
+            resource_names: Some(
+                (0..spec.replicas.max(replicas).max(1))
+                    .map(|ordinal| format!("{name}-{ordinal}"))
+                    .collect(),
+            ),
+            ..PolicyRule::default()
+        }]),
+    };
     let pod_role_binding = RoleBinding {
-        metadata: meta(names::pod_role_binding(&name)),
+        metadata: meta(names::pod_role(&name)),
         role_ref: RoleRef {
             api_group: "rbac.authorization.k8s.io".into(),
-            kind: "ClusterRole".into(),
-            name: names::GATEWAY_CLUSTER_ROLE.into(),
+            kind: "Role".into(),
+            name: names::pod_role(&name),
         },
         subjects: Some(vec![Subject {
             kind: "ServiceAccount".into(),
@@ -377,6 +377,7 @@ pub fn build_objects(
         services,
         pod_disruption_budget,
         service_account,
+        pod_role,
         pod_role_binding,
     }
 }
@@ -399,6 +400,21 @@ fn mount(volume: &str, path: &str) -> VolumeMount {
         mount_path: path.into(),
         read_only: Some(volume != "data" && volume != "tmp"),
         ..VolumeMount::default()
+    }
+}
+
+/// An environment variable from the pod's own fields (the downward API).
+fn pod_field(name: &str, field_path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: field_path.into(),
+                ..ObjectFieldSelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
     }
 }
 

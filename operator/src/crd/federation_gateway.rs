@@ -107,7 +107,7 @@ pub struct BridgeSpec {
     pub message_expiry_seconds: Option<i64>,
     /// The bridge lease: a standby replica takes over at most this long after the leader dies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 3, max = 600))]
+    #[schemars(range(min = 6, max = 600))]
     pub leader_lease_seconds: Option<i64>,
 }
 

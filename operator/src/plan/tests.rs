@@ -464,8 +464,8 @@ fn remote_servers_reach_the_replica_that_runs_the_bridge() {
         assert!(!selector(name).contains_key("xmppfed.io/role"), "{name}");
     }
     assert!(!pod_labels.contains_key("xmppfed.io/role"));
-    // Each pod may label itself: a token, its namespace, and a binding to the
-    // chart's ClusterRole in this namespace only.
+    // Each pod may label itself: a token, its namespace, and a Role that lets
+    // the gateway's account patch the StatefulSet's pods, by name, and nothing else.
     let pod = o
         .stateful_set
         .spec
@@ -484,9 +484,28 @@ fn remote_servers_reach_the_replica_that_runs_the_bridge() {
             .map(|f| f.field_path.clone())
     };
     assert_eq!(from_field("POD_NAME").as_deref(), Some("metadata.name"));
+    assert_eq!(from_field("POD_UID").as_deref(), Some("metadata.uid"));
     assert_eq!(
         from_field("POD_NAMESPACE").as_deref(),
         Some("metadata.namespace")
+    );
+    let rules = o.pod_role.rules.as_ref().unwrap();
+    assert_eq!(rules.len(), 1);
+    assert_eq!(
+        (
+            rules[0].api_groups.clone(),
+            rules[0].resources.clone(),
+            rules[0].verbs.clone()
+        ),
+        (
+            Some(vec![String::new()]),
+            Some(vec!["pods".to_owned()]),
+            vec!["patch".to_owned()]
+        )
+    );
+    assert_eq!(
+        rules[0].resource_names.clone().unwrap(),
+        ["contoso-0", "contoso-1", "contoso-2"]
     );
     let binding = &o.pod_role_binding;
     assert_eq!(binding.metadata.name.as_deref(), Some("contoso-pod-role"));
@@ -496,7 +515,7 @@ fn remote_servers_reach_the_replica_that_runs_the_bridge() {
             binding.role_ref.kind.as_str(),
             binding.role_ref.name.as_str()
         ),
-        ("ClusterRole", "xmppfed-gateway")
+        ("Role", "contoso-pod-role")
     );
     let subject = &binding.subjects.as_ref().unwrap()[0];
     assert_eq!(
