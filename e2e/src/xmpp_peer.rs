@@ -28,13 +28,29 @@ impl Authoritative {
 
     /// Says `verdict` (`valid`, `invalid`) to every key.
     pub async fn start_with(verdict: &'static str) -> anyhow::Result<Self> {
+        Self::serve(verdict, None).await
+    }
+
+    /// Says `valid`, and offers XEP-0198 stream management: it answers each
+    /// `<r/>` with the stanzas received on the stream, except that on its
+    /// first stream it acknowledges at most `first_stream_acks` and drops
+    /// the connection instead (a server that crashed with stanzas unhandled).
+    pub async fn with_stream_management(first_stream_acks: u32) -> anyhow::Result<Self> {
+        Self::serve("valid", Some(first_stream_acks)).await
+    }
+
+    async fn serve(verdict: &'static str, sm: Option<u32>) -> anyhow::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let port = listener.local_addr()?.port();
         let received = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let log = received.clone();
         let task = tokio::spawn(async move {
+            let mut streams = 0u32;
             while let Ok((tcp, _)) = listener.accept().await {
-                tokio::spawn(answer(tcp, verdict, log.clone()));
+                // The first stream is the stingy one.
+                let sm = sm.map(|limit| if streams == 0 { limit } else { u32::MAX });
+                streams += 1;
+                tokio::spawn(answer(tcp, verdict, sm, log.clone()));
             }
         });
         Ok(Self {
@@ -75,8 +91,15 @@ fn attr<'a>(element: &'a str, name: &str) -> Option<&'a str> {
 async fn answer(
     mut tcp: TcpStream,
     verdict: &'static str,
+    acks_at_most: Option<u32>,
     log: std::sync::Arc<std::sync::Mutex<String>>,
 ) {
+    let sm_feature = if acks_at_most.is_some() {
+        "<sm xmlns='urn:xmpp:sm:3'/>"
+    } else {
+        ""
+    };
+    let mut stanzas = 0u32;
     let mut buf = String::new();
     let mut chunk = [0u8; 8192];
     let mut opened = false;
@@ -104,7 +127,7 @@ async fn answer(
             let reply = format!(
                 "<?xml version='1.0'?><stream:stream xmlns='jabber:server' xmlns:db='jabber:server:dialback' \
                  xmlns:stream='http://etherx.jabber.org/streams' from='{to}' to='{from}' id='stub-{}' version='1.0'>\
-                 <stream:features><dialback xmlns='urn:xmpp:features:dialback'/></stream:features>",
+                 <stream:features><dialback xmlns='urn:xmpp:features:dialback'/>{sm_feature}</stream:features>",
                 std::process::id()
             );
             if tcp.write_all(reply.as_bytes()).await.is_err() {
@@ -145,6 +168,31 @@ async fn answer(
             };
             if tcp.write_all(answer.as_bytes()).await.is_err() {
                 return;
+            }
+        }
+        // Stream management: count stanzas, answer <enable/> and <r/>.
+        if let Some(limit) = acks_at_most {
+            loop {
+                let next = ["<message", "<presence", "<iq", "<enable", "<r ", "<r/"]
+                    .iter()
+                    .filter_map(|p| buf.find(p).map(|i| (i, *p)))
+                    .min();
+                let Some((start, what)) = next else { break };
+                buf.drain(..start + what.len());
+                let reply = match what {
+                    "<enable" => Some("<enabled xmlns='urn:xmpp:sm:3'/>".to_owned()),
+                    "<r " | "<r/" if stanzas > limit => return, // gone, unacknowledged
+                    "<r " | "<r/" => Some(format!("<a xmlns='urn:xmpp:sm:3' h='{stanzas}'/>")),
+                    _ => {
+                        stanzas += 1;
+                        None
+                    }
+                };
+                if let Some(reply) = reply
+                    && tcp.write_all(reply.as_bytes()).await.is_err()
+                {
+                    return;
+                }
             }
         }
         if buf.len() > 1 << 20 {

@@ -6,7 +6,9 @@
 //! Prosody and the gateway authenticate each other with certificates (SASL
 //! EXTERNAL), as in production, so Prosody enables XEP-0198 on its stream to
 //! the gateway: the gateway acknowledges a stanza only once it is in the
-//! outbox, and Prosody sends again what was never acknowledged.
+//! outbox, and Prosody sends again what was never acknowledged. The other way
+//! Prosody acknowledges what the gateway sends, and a message leaves the
+//! outbox only then.
 
 mod common;
 
@@ -88,6 +90,16 @@ async fn a_burst_each_way_survives_kill_9_exactly_once_in_order() {
     bob.command(json!({"cmd": "message", "to": ALICE, "body": "warm-up", "id": "warm"}))
         .unwrap();
     wait(&mut bob, 60, |e| e["received"] == "warm");
+    // Prosody took our stream with SASL EXTERNAL and acknowledges what we
+    // send it (XEP-0198): a message leaves the outbox once Prosody has it.
+    gateway
+        .as_mut()
+        .unwrap()
+        .wait_for_log(
+            "stream management enabled: stanzas count once acknowledged",
+            Duration::from_secs(10),
+        )
+        .unwrap();
     let shadow = upn_for("bob@xmpp.test", SHADOW_DOMAIN);
     let chat = chat_between(&emulator, "alice@contoso.com", &shadow).unwrap();
 

@@ -353,3 +353,68 @@ async fn a_key_its_authoritative_server_rejects_authenticates_nobody() {
     );
     assert!(rx.try_recv().is_err());
 }
+
+/// XEP-0198 on our outbound streams: a stanza whose sender waits (the
+/// bridge's outbox) counts as sent only once the peer acknowledges it. A
+/// peer that drops the connection with it unacknowledged makes the sender
+/// hear so (it sends again); the next stream carries what follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stanza_counts_as_sent_only_once_the_peer_acknowledges_it() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    // Its first stream acknowledges one stanza, then dies on the next <r/>.
+    let peer = Authoritative::with_stream_management(1).await.unwrap();
+    let mut config = GatewayConfig::from_toml_str(&format!(
+        "[xmpp]\ndomain = \"{DOMAIN}\"\n[s2s]\nlisten = \"127.0.0.1:0\"\nrequire_tls = false\nconnect_timeout_secs = 3\n\
+         [allow]\nremote_domains = [\"good.test\"]\n"
+    ))
+    .unwrap();
+    config.s2s.static_routes = vec![StaticRoute {
+        domain: "good.test".into(),
+        host: "127.0.0.1".into(),
+        port: peer.port,
+    }];
+    let metrics = xmppfed_telemetry::Metrics::new("test", "0");
+    let (s2s, _rx) = S2s::bind(&config, Arc::new(AnyUser), &metrics)
+        .await
+        .unwrap();
+    let sender = s2s.sender();
+    tokio::spawn(s2s.serve(std::future::pending()));
+    let msg = |id: &str| {
+        let xml = format!(
+            "<message xmlns='jabber:server' from='alice@{DOMAIN}' to='bob@good.test' type='chat' id='{id}'><body>hi</body></message>"
+        );
+        xmppfed_gateway::s2s::stanza::from_wire(xml.parse().unwrap()).unwrap()
+    };
+    // Whether the stanza went out: Ok once the outbound stream says so.
+    let sent = |id: &'static str| {
+        let sender = sender.clone();
+        let stanza = msg(id);
+        async move {
+            let went = sender
+                .send_written(stanza)
+                .await
+                .map_err(|e| e.to_string())?;
+            tokio::time::timeout(Duration::from_secs(10), went)
+                .await
+                .map_err(|_| "no answer in 10 s".to_owned())?
+                .map_err(|_| "not delivered".to_owned())
+        }
+    };
+
+    // Acknowledged: done.
+    assert_eq!(sent("m1").await, Ok(()));
+    assert!(
+        peer.received().contains("<enable"),
+        "stream management asked for"
+    );
+    // Written, then the peer is gone without acknowledging it: not done.
+    assert_eq!(
+        sent("m2").await,
+        Err("not delivered".to_owned()),
+        "written is not delivered"
+    );
+    // Sent again, on a new stream that acknowledges it.
+    assert_eq!(sent("m2").await, Ok(()));
+    let received = peer.received();
+    assert_eq!(received.matches("id='m2'").count(), 2, "{received}");
+}

@@ -802,19 +802,26 @@ impl Messages {
             }
             .into(),
         );
-        // Written to the stream before the outbox lets it go: a crash before
-        // then sends it again (same id and origin-id), never loses it.
-        match self.out.send_written(Stanza::Message(m)).await {
-            Ok(()) => {
-                self.in_flight
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert((p.remote.clone(), p.graph_id.clone()), (p, Instant::now()));
-                Outcome::Delivered
-            }
+        // Known as in flight before it goes: its bounce may come back before the
+        // peer's acknowledgement does.
+        let key = (p.remote.clone(), p.graph_id.clone());
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.clone(), (p, Instant::now()));
+        // Acknowledged by the peer (XEP-0198), or at least written to the
+        // stream, before the outbox lets it go: a crash before then sends it
+        // again (same id and origin-id), never loses it.
+        let outcome = match self.out.send_written(Stanza::Message(m)).await {
+            Ok(()) => return Outcome::Delivered,
             Err(SendError::Busy(_) | SendError::Closed | SendError::NotWritten) => Outcome::Retry,
             Err(e) => Outcome::Failed(DefinedCondition::NotAllowed, e.to_string()),
-        }
+        };
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key);
+        outcome
     }
 
     /// An error bounced back for a message we sent to XMPP: tried again after

@@ -1,8 +1,16 @@
-//! XEP-0198 stream management, receiving side, on inbound streams: a peer
-//! that enables it learns, through `<a h='n'/>`, how many of its stanzas we
-//! have *handled* — for messages, written to the outbox — so that after a
-//! crash it sends again (or bounces) exactly those we never took. Resumption
-//! is not offered: a new stream starts counting again.
+//! XEP-0198 stream management, both sides.
+//!
+//! Receiving, on inbound streams: a peer that enables it learns, through
+//! `<a h='n'/>`, how many of its stanzas we have *handled* — for messages,
+//! written to the outbox — so that after a crash it sends again (or bounces)
+//! exactly those we never took.
+//!
+//! Sending, on outbound streams (`Unacked`): where the peer offers it, a
+//! stanza whose sender waits to hear it went out (the bridge's outbox) is
+//! reported only once the peer acknowledges it, not when it is written: a
+//! peer that crashes, or a connection that dies with bytes in flight, loses
+//! nothing the outbox let go. Resumption is not used on either side: a new
+//! stream starts counting again.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -108,9 +116,132 @@ impl Inbox {
     }
 }
 
+/// `<a h='n'/>`: how many stanzas of the stream were handled.
+pub fn ack_element(h: u32) -> xmpp_parsers::minidom::Element {
+    xmpp_parsers::minidom::Element::builder("a", NS_SM)
+        .attr(
+            xmpp_parsers::minidom::rxml::NcName::try_from("h")
+                .unwrap_or_else(|_| unreachable!("h is an NCName")),
+            h.to_string(),
+        )
+        .build()
+}
+
+/// A stanza sent on a stream with stream management, not acknowledged yet,
+/// and who waits to hear that it was.
+type Sent = (Stanza, Option<tokio::sync::oneshot::Sender<()>>);
+
+/// The stanzas sent on an outbound stream and not yet acknowledged.
+#[derive(Default)]
+pub struct Unacked {
+    queue: std::collections::VecDeque<Sent>,
+    /// The peer's last `h` (XEP-0198 counts mod 2³²).
+    acked: u32,
+}
+
+/// An `<a h/>` acknowledging more stanzas than were sent.
+#[derive(Debug, PartialEq, Eq)]
+pub struct TooMany {
+    pub h: u32,
+    pub sent: u32,
+}
+
+impl Unacked {
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// A stanza was written; its waiter hears when it is acknowledged.
+    pub fn sent(&mut self, stanza: Stanza, written: Option<tokio::sync::oneshot::Sender<()>>) {
+        self.queue.push_back((stanza, written));
+    }
+
+    /// The peer has handled `h` stanzas since the stream started: the
+    /// oldest ones are done and their waiters told.
+    pub fn acked(&mut self, h: u32) -> Result<usize, TooMany> {
+        let newly = h.wrapping_sub(self.acked) as usize;
+        if newly > self.queue.len() {
+            return Err(TooMany {
+                h,
+                sent: self.acked.wrapping_add(self.queue.len() as u32),
+            });
+        }
+        for (_, written) in self.queue.drain(..newly) {
+            if let Some(written) = written {
+                let _ = written.send(());
+            }
+        }
+        self.acked = h;
+        Ok(newly)
+    }
+
+    /// The stream is gone with these unacknowledged: the stanzas nobody
+    /// waits for are given back, in order, to go out on the next stream;
+    /// the waiters of the others learn they were not delivered (the outbox
+    /// sends them again itself).
+    pub fn lost(self) -> Vec<Stanza> {
+        self.queue
+            .into_iter()
+            .filter_map(|(stanza, written)| written.is_none().then_some(stanza))
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn message(id: &str) -> Stanza {
+        let mut m = xmpp_parsers::message::Message::new(None);
+        m.id = Some(xmpp_parsers::message::Id(id.into()));
+        Stanza::Message(m)
+    }
+
+    fn id(s: &Stanza) -> String {
+        match s {
+            Stanza::Message(m) => m.id.as_ref().map(|i| i.0.clone()).unwrap_or_default(),
+            _ => String::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn waiters_hear_of_their_stanza_once_the_peer_acknowledges_it() {
+        let mut unacked = Unacked::default();
+        let (tx1, mut rx1) = tokio::sync::oneshot::channel();
+        let (tx3, rx3) = tokio::sync::oneshot::channel();
+        unacked.sent(message("1"), Some(tx1));
+        unacked.sent(message("2"), None);
+        unacked.sent(message("3"), Some(tx3));
+        assert!(rx1.try_recv().is_err(), "written is not acknowledged");
+        assert_eq!(unacked.acked(2), Ok(2));
+        assert_eq!(rx1.await, Ok(()));
+        assert_eq!(unacked.acked(2), Ok(0), "the same h again: nothing new");
+        assert_eq!(unacked.acked(5), Err(TooMany { h: 5, sent: 3 }));
+        // The stream dies with stanza 3 unacknowledged: its waiter learns it
+        // was not delivered (and sends again), nothing comes back to resend.
+        let (tx4, _rx4) = tokio::sync::oneshot::channel::<()>();
+        drop(tx4);
+        unacked.sent(message("4"), None);
+        let resend = unacked.lost();
+        assert!(rx3.await.is_err());
+        assert_eq!(resend.iter().map(id).collect::<Vec<_>>(), ["4"]);
+    }
+
+    #[test]
+    fn the_count_wraps_at_two_to_the_thirty_two() {
+        let mut unacked = Unacked {
+            acked: u32::MAX,
+            ..Unacked::default()
+        };
+        unacked.sent(message("a"), None);
+        unacked.sent(message("b"), None);
+        assert_eq!(unacked.acked(1), Ok(2), "u32::MAX + 2 wraps to 1");
+        assert!(unacked.is_empty());
+    }
 
     #[test]
     fn h_counts_only_what_is_handled_in_a_row() {

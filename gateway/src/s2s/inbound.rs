@@ -191,7 +191,7 @@ async fn serve(shared: Arc<Shared>, tcp: TcpStream) {
                         let h = acks.h();
                         if h != *reported {
                             *reported = h;
-                            if wire::send(&mut stream, &ack_element(h)).await.is_err() {
+                            if wire::send(&mut stream, &acks::ack_element(h)).await.is_err() {
                                 return;
                             }
                         }
@@ -278,7 +278,7 @@ async fn serve(shared: Arc<Shared>, tcp: TcpStream) {
                             if let Some((_, _, reported)) = &mut sm {
                                 *reported = h;
                             }
-                            if wire::send(&mut stream, &ack_element(h)).await.is_err() {
+                            if wire::send(&mut stream, &acks::ack_element(h)).await.is_err() {
                                 return;
                             }
                         } else if element.is("a", acks::NS_SM) {
@@ -634,16 +634,6 @@ async fn raw_stream_error(
     );
     let _ = tcp.write_all(bytes.as_bytes()).await;
     let _ = tcp.shutdown().await;
-}
-
-fn ack_element(h: u32) -> Element {
-    Element::builder("a", acks::NS_SM)
-        .attr(
-            xmpp_parsers::minidom::rxml::NcName::try_from("h")
-                .unwrap_or_else(|_| unreachable!("h is an NCName")),
-            h.to_string(),
-        )
-        .build()
 }
 
 #[cfg(test)]

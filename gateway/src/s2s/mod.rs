@@ -267,8 +267,10 @@ impl S2sSender {
     }
 
     /// Like `send`, through our own outbound stream only (never a peer's bidi
-    /// stream), with a receiver that fires once the stanza has been written
-    /// to the connection; it fails if the stanza never is (it bounces).
+    /// stream); returns once the peer has acknowledged the stanza (XEP-0198,
+    /// where it offers stream management) or else once it has been written
+    /// to the connection. It fails if the stanza never is, or if the stream
+    /// ends before the acknowledgement (the caller sends it again).
     pub async fn send_written(
         &self,
         stanza: Stanza,

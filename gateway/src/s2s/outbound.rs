@@ -26,7 +26,7 @@ use super::dialback::{Dialback, Verdict};
 use super::stanza::{self, Stanza};
 use super::transport::{ReadBudget, Transport};
 use super::wire::{self, ReadFailure, Stream, Whitespace};
-use super::{Shared, inbound, metrics};
+use super::{Shared, acks, inbound, metrics};
 
 /// How many times a domain is tried before queued stanzas bounce.
 const ATTEMPTS: u32 = 3;
@@ -414,12 +414,16 @@ async fn negotiate_once(
                 .await
                 .map_err(|e| negotiation(&e))?;
         }
-        tracing::info!(tls, bidi, sasl, stream_id = %stream_id, "s2s stream open");
+        // XEP-0198 where offered; not with bidi, whose stanzas from the peer
+        // we would have to count too.
+        let sm_offered = features.stream_management.is_some() && !bidi;
+        tracing::info!(tls, bidi, sasl, sm_offered, stream_id = %stream_id, "s2s stream open");
         return Ok(Opened {
             stream,
             stream_id,
             bidi,
             sasl,
+            sm_offered,
         });
     }
 }
@@ -432,6 +436,18 @@ struct Opened {
     bidi: bool,
     /// Authenticated by SASL EXTERNAL: no dialback needed.
     sasl: bool,
+    /// The peer offers XEP-0198 stream management.
+    sm_offered: bool,
+}
+
+/// Stream management on an outbound stream.
+enum Sm {
+    Unavailable,
+    /// Offered: asked for once the stream is authenticated.
+    Offered,
+    /// `<enable/>` sent; stanzas wait for the answer until this instant.
+    Asked(Instant),
+    On(acks::Unacked),
 }
 
 enum Sasl {
@@ -506,7 +522,13 @@ async fn session(
         stream_id,
         bidi,
         sasl,
+        sm_offered,
     } = opened;
+    let mut sm = if sm_offered {
+        Sm::Offered
+    } else {
+        Sm::Unavailable
+    };
     if !sasl {
         let key = shared.keys.key(domain, &shared.domain, &stream_id);
         let request = Dialback::ResultRequest {
@@ -539,7 +561,17 @@ async fn session(
             }
             awaiting.entry(id).or_default().push(reply);
         }
-        if authenticated {
+        if authenticated && matches!(sm, Sm::Offered) {
+            if wire::send(&mut stream, &Element::bare("enable", acks::NS_SM))
+                .await
+                .is_err()
+            {
+                break Ended::Lost("cannot ask for stream management".into());
+            }
+            sm = Sm::Asked(Instant::now() + shared.settings.connect_timeout);
+        }
+        if authenticated && !matches!(sm, Sm::Asked(_)) {
+            let mut counted = false;
             while let Some((stanza, written)) = pending.stanzas.pop_front() {
                 let kind = metrics::kind(&stanza);
                 if wire::send(&mut stream, &stanza::to_wire(stanza::duplicate(&stanza)))
@@ -549,13 +581,30 @@ async fn session(
                     pending.stanzas.push_front((stanza, written));
                     break;
                 }
-                if let Some(written) = written {
-                    let _ = written.send(());
+                match &mut sm {
+                    // Its waiter hears once the peer has handled it.
+                    Sm::On(unacked) => {
+                        unacked.sent(stanza, written);
+                        counted = true;
+                    }
+                    _ => {
+                        if let Some(written) = written {
+                            let _ = written.send(());
+                        }
+                    }
                 }
                 shared
                     .metrics
                     .stanza_out(&shared.domain_label(domain), kind);
                 last_activity = Instant::now();
+            }
+            // One request per batch: the peer answers with its count.
+            if counted
+                && wire::send(&mut stream, &Element::bare("r", acks::NS_SM))
+                    .await
+                    .is_err()
+            {
+                break Ended::Lost("cannot request an acknowledgement".into());
             }
         }
         let idle_at = last_activity + idle;
@@ -594,6 +643,36 @@ async fn session(
                             wire::close_with_error(&mut stream, condition, &text).await;
                             break Ended::Lost(text);
                         }
+                    } else if element.ns() == acks::NS_SM {
+                        match (element.name(), &mut sm) {
+                            ("enabled", Sm::Asked(_)) => {
+                                tracing::info!("stream management enabled: stanzas count once acknowledged");
+                                sm = Sm::On(acks::Unacked::default());
+                            }
+                            ("failed", Sm::Asked(_)) => {
+                                tracing::info!("the peer refused stream management");
+                                sm = Sm::Unavailable;
+                            }
+                            ("a", Sm::On(unacked)) => {
+                                let h = element.attr("h").and_then(|h| h.parse::<u32>().ok());
+                                match h.map(|h| unacked.acked(h)) {
+                                    Some(Ok(_)) => {}
+                                    Some(Err(too_many)) => {
+                                        let text = format!("acknowledged {} stanzas of {}", too_many.h, too_many.sent);
+                                        wire::close_with_error(&mut stream, xmpp_parsers::stream_error::DefinedCondition::UndefinedCondition, &text).await;
+                                        break Ended::Lost(text);
+                                    }
+                                    None => tracing::debug!("an <a/> without a valid h"),
+                                }
+                            }
+                            // We take no stanzas on this stream (no bidi with SM).
+                            ("r", _) => {
+                                if wire::send(&mut stream, &acks::ack_element(0)).await.is_err() {
+                                    break Ended::Lost("cannot acknowledge".into());
+                                }
+                            }
+                            (other, _) => tracing::debug!(element = other, "unexpected stream management element"),
+                        }
                     } else if element.is("error", wire::NS_STREAM) {
                         let text = element.get_child("text", "urn:ietf:params:xml:ns:xmpp-streams").map(|t| t.text()).unwrap_or_default();
                         let condition = element.children().next().map(|c| c.name().to_owned()).unwrap_or_default();
@@ -626,11 +705,15 @@ async fn session(
                     break Ended::Done;
                 }
             },
+            _ = tokio::time::sleep_until(match sm { Sm::Asked(until) => until, _ => auth_deadline }), if matches!(sm, Sm::Asked(_)) => {
+                tracing::info!("no answer to our stream management request; going on without");
+                sm = Sm::Unavailable;
+            }
             _ = tokio::time::sleep_until(auth_deadline), if !authenticated => {
                 tracing::info!("no answer to our dialback key in time");
                 break Ended::Lost(format!("{domain} did not answer our dialback key in time"));
             }
-            _ = tokio::time::sleep_until(idle_at), if authenticated && pending.is_empty() && awaiting.is_empty() => {
+            _ = tokio::time::sleep_until(idle_at), if authenticated && pending.is_empty() && awaiting.is_empty() && !matches!(&sm, Sm::On(u) if !u.is_empty()) => {
                 tracing::info!("closing idle s2s stream");
                 let _ = tokio::time::timeout(wire::WRITE_TIMEOUT, stream.shutdown()).await;
                 break Ended::Done;
@@ -640,6 +723,19 @@ async fn session(
     for (_, replies) in awaiting.drain() {
         for reply in replies {
             let _ = reply.send(Verdict::Error);
+        }
+    }
+    // What the peer never acknowledged: stanzas nobody waits for go out again
+    // first on the next stream; the waiters of the others learn of the loss.
+    if let Sm::On(unacked) = sm
+        && !unacked.is_empty()
+    {
+        tracing::info!(
+            unacked = unacked.len(),
+            "stream ended with stanzas not acknowledged"
+        );
+        for stanza in unacked.lost().into_iter().rev() {
+            pending.stanzas.push_front((stanza, None));
         }
     }
     match ended {
