@@ -36,10 +36,16 @@ impl Authoritative {
     /// first stream it acknowledges at most `first_stream_acks` and drops
     /// the connection instead (a server that crashed with stanzas unhandled).
     pub async fn with_stream_management(first_stream_acks: u32) -> anyhow::Result<Self> {
-        Self::serve("valid", Some(first_stream_acks)).await
+        Self::serve("valid", Some((first_stream_acks, Stingy::Dies))).await
     }
 
-    async fn serve(verdict: &'static str, sm: Option<u32>) -> anyhow::Result<Self> {
+    /// The same, but beyond `first_stream_acks` its first stream stays open
+    /// and answers no `<r/>` at all (a server that hangs).
+    pub async fn with_silent_stream_management(first_stream_acks: u32) -> anyhow::Result<Self> {
+        Self::serve("valid", Some((first_stream_acks, Stingy::Hangs))).await
+    }
+
+    async fn serve(verdict: &'static str, sm: Option<(u32, Stingy)>) -> anyhow::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let port = listener.local_addr()?.port();
         let received = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
@@ -48,7 +54,13 @@ impl Authoritative {
             let mut streams = 0u32;
             while let Ok((tcp, _)) = listener.accept().await {
                 // The first stream is the stingy one.
-                let sm = sm.map(|limit| if streams == 0 { limit } else { u32::MAX });
+                let sm = sm.map(|(limit, then)| {
+                    if streams == 0 {
+                        (limit, then)
+                    } else {
+                        (u32::MAX, then)
+                    }
+                });
                 streams += 1;
                 tokio::spawn(answer(tcp, verdict, sm, log.clone()));
             }
@@ -67,6 +79,13 @@ impl Authoritative {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
+}
+
+/// What a stingy first stream does beyond its acknowledgements.
+#[derive(Clone, Copy)]
+enum Stingy {
+    Dies,
+    Hangs,
 }
 
 impl Drop for Authoritative {
@@ -91,7 +110,7 @@ fn attr<'a>(element: &'a str, name: &str) -> Option<&'a str> {
 async fn answer(
     mut tcp: TcpStream,
     verdict: &'static str,
-    acks_at_most: Option<u32>,
+    acks_at_most: Option<(u32, Stingy)>,
     log: std::sync::Arc<std::sync::Mutex<String>>,
 ) {
     let sm_feature = if acks_at_most.is_some() {
@@ -171,7 +190,7 @@ async fn answer(
             }
         }
         // Stream management: count stanzas, answer <enable/> and <r/>.
-        if let Some(limit) = acks_at_most {
+        if let Some((limit, then)) = acks_at_most {
             loop {
                 let next = ["<message", "<presence", "<iq", "<enable", "<r ", "<r/"]
                     .iter()
@@ -181,7 +200,10 @@ async fn answer(
                 buf.drain(..start + what.len());
                 let reply = match what {
                     "<enable" => Some("<enabled xmlns='urn:xmpp:sm:3'/>".to_owned()),
-                    "<r " | "<r/" if stanzas > limit => return, // gone, unacknowledged
+                    "<r " | "<r/" if stanzas > limit => match then {
+                        Stingy::Dies => return, // gone, unacknowledged
+                        Stingy::Hangs => None,
+                    },
                     "<r " | "<r/" => Some(format!("<a xmlns='urn:xmpp:sm:3' h='{stanzas}'/>")),
                     _ => {
                         stanzas += 1;

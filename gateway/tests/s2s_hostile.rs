@@ -418,3 +418,59 @@ async fn a_stanza_counts_as_sent_only_once_the_peer_acknowledges_it() {
     let received = peer.received();
     assert_eq!(received.matches("id='m2'").count(), 2, "{received}");
 }
+
+/// A peer that stops acknowledging, though its stream stays open, is taken as
+/// dead once the acknowledgement is overdue: the waiter hears so in time to
+/// send again on a new stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_stops_acknowledging_is_given_up_on_in_time() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let peer = Authoritative::with_silent_stream_management(1)
+        .await
+        .unwrap();
+    let mut config = GatewayConfig::from_toml_str(&format!(
+        "[xmpp]\ndomain = \"{DOMAIN}\"\n[s2s]\nlisten = \"127.0.0.1:0\"\nrequire_tls = false\nconnect_timeout_secs = 3\n\
+         [allow]\nremote_domains = [\"good.test\"]\n"
+    ))
+    .unwrap();
+    config.s2s.static_routes = vec![StaticRoute {
+        domain: "good.test".into(),
+        host: "127.0.0.1".into(),
+        port: peer.port,
+    }];
+    let metrics = xmppfed_telemetry::Metrics::new("test", "0");
+    let (s2s, _rx) = S2s::bind(&config, Arc::new(AnyUser), &metrics)
+        .await
+        .unwrap();
+    let sender = s2s.sender();
+    tokio::spawn(s2s.serve(std::future::pending()));
+    let msg = |id: &str| {
+        let xml = format!(
+            "<message xmlns='jabber:server' from='alice@{DOMAIN}' to='bob@good.test' type='chat' id='{id}'><body>hi</body></message>"
+        );
+        xmppfed_gateway::s2s::stanza::from_wire(xml.parse().unwrap()).unwrap()
+    };
+    let first = sender.send_written(msg("m1")).await.unwrap();
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(10), first)
+            .await
+            .unwrap(),
+        Ok(())
+    );
+    // No acknowledgement ever comes for m2: within the bridge's 60 s wait the
+    // stream is given up on, and the waiter told.
+    let second = sender.send_written(msg("m2")).await.unwrap();
+    let told = tokio::time::timeout(Duration::from_secs(40), second).await;
+    assert!(
+        matches!(told, Ok(Err(_))),
+        "the waiter hears it was not delivered: {told:?}"
+    );
+    // The next stream acknowledges.
+    let again = sender.send_written(msg("m2")).await.unwrap();
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(10), again)
+            .await
+            .unwrap(),
+        Ok(())
+    );
+}

@@ -107,6 +107,17 @@ struct ToXmpp {
 /// A message handed to s2s: (remote bare JID, XMPP id = Graph message id).
 type InFlightKey = (String, String);
 
+/// A message sent to XMPP, kept a while in case it bounces.
+struct InFlight {
+    payload: ToXmpp,
+    at: Instant,
+    /// Still waiting for the peer to take it: a bounce now is kept for when
+    /// it does (if it does not, the outbox sends it again, and the bounce of
+    /// that attempt is not acted on twice).
+    sending: bool,
+    bounce: Option<Message>,
+}
+
 /// A conversation: a remote contact and a Teams user (object id).
 fn conversation(remote: &str, user_id: &str) -> String {
     format!("{remote}|{user_id}")
@@ -185,7 +196,7 @@ pub struct Messages {
     /// Wakes the reconciliation poll (a lifecycle `missed`).
     reconcile_now: Notify,
     /// Messages recently handed to s2s, by id, in case they bounce.
-    in_flight: Mutex<HashMap<InFlightKey, (ToXmpp, Instant)>>,
+    in_flight: Mutex<HashMap<InFlightKey, InFlight>>,
     /// Graph ids of messages the shadow accounts sent lately: their change
     /// notifications are not worth a read of the chat.
     sent_by_us: Mutex<std::collections::HashSet<String>>,
@@ -808,20 +819,42 @@ impl Messages {
         self.in_flight
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(key.clone(), (p, Instant::now()));
+            .insert(
+                key.clone(),
+                InFlight {
+                    payload: p,
+                    at: Instant::now(),
+                    sending: true,
+                    bounce: None,
+                },
+            );
         // Acknowledged by the peer (XEP-0198), or at least written to the
         // stream, before the outbox lets it go: a crash before then sends it
         // again (same id and origin-id), never loses it.
-        let outcome = match self.out.send_written(Stanza::Message(m)).await {
-            Ok(()) => return Outcome::Delivered,
+        let sent = self.out.send_written(Stanza::Message(m)).await;
+        let early_bounce = {
+            let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+            match &sent {
+                Ok(()) => in_flight.get_mut(&key).and_then(|f| {
+                    f.sending = false;
+                    f.bounce.take()
+                }),
+                Err(_) => {
+                    in_flight.remove(&key);
+                    None
+                }
+            }
+        };
+        match sent {
+            Ok(()) => {
+                if let Some(bounce) = early_bounce {
+                    self.bounced(&bounce).await;
+                }
+                Outcome::Delivered
+            }
             Err(SendError::Busy(_) | SendError::Closed | SendError::NotWritten) => Outcome::Retry,
             Err(e) => Outcome::Failed(DefinedCondition::NotAllowed, e.to_string()),
-        };
-        self.in_flight
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&key);
-        outcome
+        }
     }
 
     /// An error bounced back for a message we sent to XMPP: tried again after
@@ -831,13 +864,20 @@ impl Messages {
             return;
         };
         let remote = from.to_bare().to_string().to_lowercase();
-        let Some((mut p, _)) = self
-            .in_flight
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&(remote, id.clone()))
-        else {
-            return;
+        let key = (remote, id.clone());
+        let mut p = {
+            let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+            match in_flight.get_mut(&key) {
+                Some(f) if f.sending => {
+                    f.bounce = Some(m.clone());
+                    return;
+                }
+                Some(_) => match in_flight.remove(&key) {
+                    Some(f) => f.payload,
+                    None => return,
+                },
+                None => return,
+            }
         };
         let condition = m
             .payloads
@@ -918,7 +958,7 @@ impl Messages {
         self.in_flight
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .retain(|_, (_, at)| at.elapsed() < BOUNCE_WINDOW);
+            .retain(|_, f| f.at.elapsed() < BOUNCE_WINDOW);
     }
 
     async fn deliver_one(&self, item: OutboxItem) {

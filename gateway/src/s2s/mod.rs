@@ -267,10 +267,10 @@ impl S2sSender {
     }
 
     /// Like `send`, through our own outbound stream only (never a peer's bidi
-    /// stream); returns once the peer has acknowledged the stanza (XEP-0198,
-    /// where it offers stream management) or else once it has been written
-    /// to the connection. It fails if the stanza never is, or if the stream
-    /// ends before the acknowledgement (the caller sends it again).
+    /// stream), with a receiver that fires once the peer has acknowledged the
+    /// stanza (XEP-0198, where it offers stream management) or else once it
+    /// has been written to the connection. It fails if neither happens (the
+    /// stanza is not bounced: the caller sends it again or gives up).
     pub async fn send_written(
         &self,
         stanza: Stanza,

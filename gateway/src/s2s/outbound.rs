@@ -30,6 +30,9 @@ use super::{Shared, acks, inbound, metrics};
 
 /// How many times a domain is tried before queued stanzas bounce.
 const ATTEMPTS: u32 = 3;
+/// How long a peer with stream management may take to acknowledge what we
+/// sent before the stream is taken as dead (well within the bridge's wait).
+const ACK_TIMEOUT: Duration = Duration::from_secs(20);
 
 pub enum Command {
     /// A stanza, and who wants to know once it is written to the stream.
@@ -227,6 +230,20 @@ async fn run(shared: Arc<Shared>, domain: String, mut rx: mpsc::Receiver<Command
     while let Ok(cmd) = rx.try_recv() {
         take(&shared, &mut pending, cmd).await;
     }
+    // Stanzas that came in as this stream was ending go out on a new one.
+    if !pending.stanzas.is_empty() {
+        let next = shared.outbound(&domain);
+        let mut refused = VecDeque::new();
+        for (stanza, written) in pending.stanzas.drain(..) {
+            match next.try_send(stanza, written) {
+                Ok(()) => {}
+                Err(Refused::Closed(stanza, written)) => refused.push_back((*stanza, written)),
+                // Full: its waiter sends again; nobody waits for the rest.
+                Err(Refused::Full) => {}
+            }
+        }
+        pending.stanzas = refused;
+    }
     fail_all(
         &shared,
         &mut pending,
@@ -241,13 +258,17 @@ async fn take(shared: &Arc<Shared>, pending: &mut Pending, cmd: Command) {
     match cmd {
         Command::Send(stanza, written) => {
             if pending.stanzas.len() >= shared.settings.queue_limit {
-                shared
-                    .bounce(
-                        &stanza,
-                        DefinedCondition::ResourceConstraint,
-                        "too many stanzas queued for this domain",
-                    )
-                    .await;
+                // A waiter (the outbox) hears of it by its dropped sender and
+                // sends again; a bounce as well would make it twice.
+                if written.is_none() {
+                    shared
+                        .bounce(
+                            &stanza,
+                            DefinedCondition::ResourceConstraint,
+                            "too many stanzas queued for this domain",
+                        )
+                        .await;
+                }
             } else {
                 pending.stanzas.push_back((*stanza, written));
             }
@@ -265,9 +286,12 @@ async fn fail_all(
     for (_, _, reply) in pending.verifies.drain(..) {
         let _ = reply.send(Verdict::Error);
     }
-    // Whoever waited to hear that one was written learns it was not.
-    for (stanza, _written) in pending.stanzas.drain(..) {
-        shared.bounce(&stanza, condition.clone(), text).await;
+    // Whoever waited to hear that one went out learns it did not (and sends
+    // again, or gives up itself); the others bounce.
+    for (stanza, written) in pending.stanzas.drain(..) {
+        if written.is_none() {
+            shared.bounce(&stanza, condition.clone(), text).await;
+        }
     }
 }
 
@@ -529,6 +553,11 @@ async fn session(
     } else {
         Sm::Unavailable
     };
+    // When the peer must have acknowledged something by (stream management on).
+    let mut ack_due: Option<Instant> = None;
+    // Ended by a stream error (ours or the peer's), not a lost connection:
+    // what it never acknowledged is not sent again, lest it end the next too.
+    let mut by_error = false;
     if !sasl {
         let key = shared.keys.key(domain, &shared.domain, &stream_id);
         let request = Dialback::ResultRequest {
@@ -573,6 +602,11 @@ async fn session(
         if authenticated && !matches!(sm, Sm::Asked(_)) {
             let mut counted = false;
             while let Some((stanza, written)) = pending.stanzas.pop_front() {
+                // No more unacknowledged than a queue's worth.
+                if matches!(&sm, Sm::On(u) if u.len() >= shared.settings.queue_limit) {
+                    pending.stanzas.push_front((stanza, written));
+                    break;
+                }
                 let kind = metrics::kind(&stanza);
                 if wire::send(&mut stream, &stanza::to_wire(stanza::duplicate(&stanza)))
                     .await
@@ -599,12 +633,14 @@ async fn session(
                 last_activity = Instant::now();
             }
             // One request per batch: the peer answers with its count.
-            if counted
-                && wire::send(&mut stream, &Element::bare("r", acks::NS_SM))
+            if counted {
+                if wire::send(&mut stream, &Element::bare("r", acks::NS_SM))
                     .await
                     .is_err()
-            {
-                break Ended::Lost("cannot request an acknowledgement".into());
+                {
+                    break Ended::Lost("cannot request an acknowledgement".into());
+                }
+                ack_due.get_or_insert(Instant::now() + ACK_TIMEOUT);
             }
         }
         let idle_at = last_activity + idle;
@@ -655,18 +691,25 @@ async fn session(
                             }
                             ("a", Sm::On(unacked)) => {
                                 let h = element.attr("h").and_then(|h| h.parse::<u32>().ok());
-                                match h.map(|h| unacked.acked(h)) {
-                                    Some(Ok(_)) => {}
-                                    Some(Err(too_many)) => {
-                                        let text = format!("acknowledged {} stanzas of {}", too_many.h, too_many.sent);
-                                        wire::close_with_error(&mut stream, xmpp_parsers::stream_error::DefinedCondition::UndefinedCondition, &text).await;
-                                        break Ended::Lost(text);
+                                let text = match h.map(|h| unacked.acked(h)) {
+                                    Some(Ok(newly)) => {
+                                        // Progress: the next deadline counts from now.
+                                        if unacked.is_empty() {
+                                            ack_due = None;
+                                        } else if newly > 0 {
+                                            ack_due = Some(Instant::now() + ACK_TIMEOUT);
+                                        }
+                                        continue;
                                     }
-                                    None => tracing::debug!("an <a/> without a valid h"),
-                                }
+                                    Some(Err(too_many)) => format!("acknowledged {} stanzas of {}", too_many.h, too_many.sent),
+                                    None => "an acknowledgement without a valid h".to_owned(),
+                                };
+                                by_error = true;
+                                wire::close_with_error(&mut stream, xmpp_parsers::stream_error::DefinedCondition::UndefinedCondition, &text).await;
+                                break Ended::Lost(text);
                             }
                             // We take no stanzas on this stream (no bidi with SM).
-                            ("r", _) => {
+                            ("r", Sm::On(_)) => {
                                 if wire::send(&mut stream, &acks::ack_element(0)).await.is_err() {
                                     break Ended::Lost("cannot acknowledge".into());
                                 }
@@ -677,6 +720,7 @@ async fn session(
                         let text = element.get_child("text", "urn:ietf:params:xml:ns:xmpp-streams").map(|t| t.text()).unwrap_or_default();
                         let condition = element.children().next().map(|c| c.name().to_owned()).unwrap_or_default();
                         tracing::warn!(%condition, %text, "peer ended our stream with an error");
+                        by_error = true;
                         if !authenticated {
                             break Ended::Refused(Verdict::Error);
                         }
@@ -691,6 +735,7 @@ async fn session(
                     }
                     ReadFailure::Closed => break Ended::Lost("peer closed the stream".into()),
                     ReadFailure::Error(condition, text) => {
+                        by_error = true;
                         shared.metrics.stream_error(&condition.to_string());
                         wire::close_with_error(&mut stream, condition, &text).await;
                         break Ended::Lost(text);
@@ -708,6 +753,10 @@ async fn session(
             _ = tokio::time::sleep_until(match sm { Sm::Asked(until) => until, _ => auth_deadline }), if matches!(sm, Sm::Asked(_)) => {
                 tracing::info!("no answer to our stream management request; going on without");
                 sm = Sm::Unavailable;
+            }
+            _ = tokio::time::sleep_until(ack_due.unwrap_or(auth_deadline)), if ack_due.is_some() => {
+                tracing::warn!(timeout = ?ACK_TIMEOUT, "no acknowledgement from the peer in time");
+                break Ended::Lost("the peer acknowledged nothing in time".into());
             }
             _ = tokio::time::sleep_until(auth_deadline), if !authenticated => {
                 tracing::info!("no answer to our dialback key in time");
@@ -730,11 +779,23 @@ async fn session(
     if let Sm::On(unacked) = sm
         && !unacked.is_empty()
     {
+        let unacknowledged = unacked.len();
+        let mut again = unacked.lost();
+        // Within the queue's limit, and not after a stream error.
+        let room = shared
+            .settings
+            .queue_limit
+            .saturating_sub(pending.stanzas.len());
+        if by_error {
+            again.clear();
+        }
+        again.truncate(room);
         tracing::info!(
-            unacked = unacked.len(),
+            unacknowledged,
+            sent_again = again.len(),
             "stream ended with stanzas not acknowledged"
         );
-        for stanza in unacked.lost().into_iter().rev() {
+        for stanza in again.into_iter().rev() {
             pending.stanzas.push_front((stanza, None));
         }
     }
