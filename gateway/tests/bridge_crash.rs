@@ -19,7 +19,7 @@ use common::bridge::*;
 use serde_json::json;
 use xmppfed_e2e::daemon::Daemon;
 use xmppfed_e2e::graph::GraphEmulator;
-use xmppfed_e2e::prosody::{self, ProsodyOptions, TestCa};
+use xmppfed_e2e::prosody::{self, TestCa};
 use xmppfed_gateway::bridge::shadow::upn_for;
 
 const BIN: &str = env!("CARGO_BIN_EXE_xmppfed-gateway");
@@ -61,16 +61,13 @@ async fn a_burst_each_way_survives_kill_9_exactly_once_in_order() {
     let emulator = GraphEmulator::start_on(seed(), graph_addr).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let ca = std::sync::Arc::new(TestCa::new(dir.path()).unwrap());
-    let (cert, key) = ca.issue(DOMAIN).unwrap();
+
     let port = || prosody::free_port().unwrap();
     let (gateway_port, prosody_s2s, webhook, admin) = (port(), port(), port(), port());
     let mut config = gateway_config(dir.path(), &emulator, gateway_port, prosody_s2s);
     with_webhook(&mut config, dir.path(), webhook);
     config.admin.listen = format!("127.0.0.1:{admin}").parse().unwrap();
-    config.s2s.require_tls = true;
-    config.s2s.tls_cert_file = Some(cert);
-    config.s2s.tls_key_file = Some(key);
-    config.s2s.trust_roots_file = Some(ca.cert.clone());
+    with_certificates(&mut config, &ca);
     // Limits out of the way: this test is about durability.
     config.throttle.default.messages_per_minute = 100_000;
     config.throttle.default.burst = 10_000;
@@ -79,14 +76,7 @@ async fn a_burst_each_way_survives_kill_9_exactly_once_in_order() {
     std::fs::write(&config_file, config.to_toml_string().unwrap()).unwrap();
 
     let mut gateway = Some(start(&config_file));
-    let (server, mut bob) = prosody_with_bob(ProsodyOptions {
-        routes: vec![(DOMAIN.into(), gateway_port)],
-        tls: true,
-        bidi: false,
-        s2s_port: Some(prosody_s2s),
-        ca: Some(ca.clone()),
-        ..ProsodyOptions::new(PEER)
-    });
+    let (server, mut bob) = prosody_with_certificates(gateway_port, prosody_s2s, &ca);
     bob.command(json!({"cmd": "message", "to": ALICE, "body": "warm-up", "id": "warm"}))
         .unwrap();
     wait(&mut bob, 60, |e| e["received"] == "warm");

@@ -16,7 +16,7 @@ use common::bridge::*;
 use serde_json::json;
 use xmppfed_e2e::daemon::Daemon;
 use xmppfed_e2e::graph::GraphEmulator;
-use xmppfed_e2e::prosody::{self, ProsodyOptions, TestCa};
+use xmppfed_e2e::prosody::{self, TestCa};
 use xmppfed_gateway::bridge::shadow::upn_for;
 
 const BIN: &str = env!("CARGO_BIN_EXE_xmppfed-gateway");
@@ -56,7 +56,7 @@ async fn a_standby_replica_takes_over_when_the_bridge_replica_dies() {
     let emulator = GraphEmulator::start(seed()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let ca = std::sync::Arc::new(TestCa::new(dir.path()).unwrap());
-    let (cert, key) = ca.issue(DOMAIN).unwrap();
+
     let port = || prosody::free_port().unwrap();
     let prosody_s2s = port();
     // Two replicas: the same domain, certificate and store; ports of their own.
@@ -65,10 +65,7 @@ async fn a_standby_replica_takes_over_when_the_bridge_replica_dies() {
         let mut config = gateway_config(dir.path(), &emulator, s2s, prosody_s2s);
         with_webhook(&mut config, dir.path(), webhook);
         config.admin.listen = format!("127.0.0.1:{admin}").parse().unwrap();
-        config.s2s.require_tls = true;
-        config.s2s.tls_cert_file = Some(cert.clone());
-        config.s2s.tls_key_file = Some(key.clone());
-        config.s2s.trust_roots_file = Some(ca.cert.clone());
+        with_certificates(&mut config, &ca);
         config.leader.lease_secs = LEASE_SECS;
         // Notifications go to the first replica's webhook (as Graph would to
         // one URL, here a dead one after the kill): the standby reads chats.
@@ -94,14 +91,7 @@ async fn a_standby_replica_takes_over_when_the_bridge_replica_dies() {
         ("1".to_owned(), "0".to_owned())
     );
 
-    let (server, mut bob) = prosody_with_bob(ProsodyOptions {
-        routes: vec![(DOMAIN.into(), a_s2s)],
-        tls: true,
-        bidi: false,
-        s2s_port: Some(prosody_s2s),
-        ca: Some(ca.clone()),
-        ..ProsodyOptions::new(PEER)
-    });
+    let (server, mut bob) = prosody_with_certificates(a_s2s, prosody_s2s, &ca);
     bob.command(json!({"cmd": "message", "to": ALICE, "body": "hello", "id": "hello"}))
         .unwrap();
     wait(&mut bob, 60, |e| e["received"] == "hello");

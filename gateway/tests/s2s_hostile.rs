@@ -354,15 +354,9 @@ async fn a_key_its_authoritative_server_rejects_authenticates_nobody() {
     assert!(rx.try_recv().is_err());
 }
 
-/// XEP-0198 on our outbound streams: a stanza whose sender waits (the
-/// bridge's outbox) counts as sent only once the peer acknowledges it. A
-/// peer that drops the connection with it unacknowledged makes the sender
-/// hear so (it sends again); the next stream carries what follows.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stanza_counts_as_sent_only_once_the_peer_acknowledges_it() {
+/// An s2s layer whose outbound streams to `good.test` go to `port`.
+async fn sender_to(port: u16) -> xmppfed_gateway::s2s::S2sSender {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    // Its first stream acknowledges one stanza, then dies on the next <r/>.
-    let peer = Authoritative::with_stream_management(1).await.unwrap();
     let mut config = GatewayConfig::from_toml_str(&format!(
         "[xmpp]\ndomain = \"{DOMAIN}\"\n[s2s]\nlisten = \"127.0.0.1:0\"\nrequire_tls = false\nconnect_timeout_secs = 3\n\
          [allow]\nremote_domains = [\"good.test\"]\n"
@@ -371,50 +365,60 @@ async fn a_stanza_counts_as_sent_only_once_the_peer_acknowledges_it() {
     config.s2s.static_routes = vec![StaticRoute {
         domain: "good.test".into(),
         host: "127.0.0.1".into(),
-        port: peer.port,
+        port,
     }];
     let metrics = xmppfed_telemetry::Metrics::new("test", "0");
-    let (s2s, _rx) = S2s::bind(&config, Arc::new(AnyUser), &metrics)
+    let (s2s, rx) = S2s::bind(&config, Arc::new(AnyUser), &metrics)
         .await
         .unwrap();
     let sender = s2s.sender();
-    tokio::spawn(s2s.serve(std::future::pending()));
-    let msg = |id: &str| {
-        let xml = format!(
-            "<message xmlns='jabber:server' from='alice@{DOMAIN}' to='bob@good.test' type='chat' id='{id}'><body>hi</body></message>"
-        );
-        xmppfed_gateway::s2s::stanza::from_wire(xml.parse().unwrap()).unwrap()
-    };
-    // Whether the stanza went out: Ok once the outbound stream says so.
-    let sent = |id: &'static str| {
-        let sender = sender.clone();
-        let stanza = msg(id);
-        async move {
-            let went = sender
-                .send_written(stanza)
-                .await
-                .map_err(|e| e.to_string())?;
-            tokio::time::timeout(Duration::from_secs(10), went)
-                .await
-                .map_err(|_| "no answer in 10 s".to_owned())?
-                .map_err(|_| "not delivered".to_owned())
-        }
-    };
+    tokio::spawn(async move {
+        let _inbox = rx;
+        s2s.serve(std::future::pending()).await
+    });
+    sender
+}
 
+/// Sends a message to bob@good.test and says whether it went out (Ok once
+/// the outbound stream says so), waiting at most `secs`.
+async fn went(sender: &xmppfed_gateway::s2s::S2sSender, id: &str, secs: u64) -> Result<(), String> {
+    let xml = format!(
+        "<message xmlns='jabber:server' from='alice@{DOMAIN}' to='bob@good.test' type='chat' id='{id}'><body>hi</body></message>"
+    );
+    let stanza = xmppfed_gateway::s2s::stanza::from_wire(xml.parse().unwrap()).unwrap();
+    let went = sender
+        .send_written(stanza)
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::time::timeout(Duration::from_secs(secs), went)
+        .await
+        .map_err(|_| format!("no answer in {secs} s"))?
+        .map_err(|_| "not delivered".to_owned())
+}
+
+/// XEP-0198 on our outbound streams: a stanza whose sender waits (the
+/// bridge's outbox) counts as sent only once the peer acknowledges it. A
+/// peer that drops the connection with it unacknowledged makes the sender
+/// hear so (it sends again); the next stream carries what follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stanza_counts_as_sent_only_once_the_peer_acknowledges_it() {
+    // Its first stream acknowledges one stanza, then dies on the next <r/>.
+    let peer = Authoritative::with_stream_management(1).await.unwrap();
+    let sender = sender_to(peer.port).await;
     // Acknowledged: done.
-    assert_eq!(sent("m1").await, Ok(()));
+    assert_eq!(went(&sender, "m1", 10).await, Ok(()));
     assert!(
         peer.received().contains("<enable"),
         "stream management asked for"
     );
     // Written, then the peer is gone without acknowledging it: not done.
     assert_eq!(
-        sent("m2").await,
+        went(&sender, "m2", 10).await,
         Err("not delivered".to_owned()),
         "written is not delivered"
     );
     // Sent again, on a new stream that acknowledges it.
-    assert_eq!(sent("m2").await, Ok(()));
+    assert_eq!(went(&sender, "m2", 10).await, Ok(()));
     let received = peer.received();
     assert_eq!(received.matches("id='m2'").count(), 2, "{received}");
 }
@@ -424,53 +428,17 @@ async fn a_stanza_counts_as_sent_only_once_the_peer_acknowledges_it() {
 /// send again on a new stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_stops_acknowledging_is_given_up_on_in_time() {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let peer = Authoritative::with_silent_stream_management(1)
         .await
         .unwrap();
-    let mut config = GatewayConfig::from_toml_str(&format!(
-        "[xmpp]\ndomain = \"{DOMAIN}\"\n[s2s]\nlisten = \"127.0.0.1:0\"\nrequire_tls = false\nconnect_timeout_secs = 3\n\
-         [allow]\nremote_domains = [\"good.test\"]\n"
-    ))
-    .unwrap();
-    config.s2s.static_routes = vec![StaticRoute {
-        domain: "good.test".into(),
-        host: "127.0.0.1".into(),
-        port: peer.port,
-    }];
-    let metrics = xmppfed_telemetry::Metrics::new("test", "0");
-    let (s2s, _rx) = S2s::bind(&config, Arc::new(AnyUser), &metrics)
-        .await
-        .unwrap();
-    let sender = s2s.sender();
-    tokio::spawn(s2s.serve(std::future::pending()));
-    let msg = |id: &str| {
-        let xml = format!(
-            "<message xmlns='jabber:server' from='alice@{DOMAIN}' to='bob@good.test' type='chat' id='{id}'><body>hi</body></message>"
-        );
-        xmppfed_gateway::s2s::stanza::from_wire(xml.parse().unwrap()).unwrap()
-    };
-    let first = sender.send_written(msg("m1")).await.unwrap();
-    assert_eq!(
-        tokio::time::timeout(Duration::from_secs(10), first)
-            .await
-            .unwrap(),
-        Ok(())
-    );
+    let sender = sender_to(peer.port).await;
+    assert_eq!(went(&sender, "m1", 10).await, Ok(()));
     // No acknowledgement ever comes for m2: within the bridge's 60 s wait the
     // stream is given up on, and the waiter told.
-    let second = sender.send_written(msg("m2")).await.unwrap();
-    let told = tokio::time::timeout(Duration::from_secs(40), second).await;
-    assert!(
-        matches!(told, Ok(Err(_))),
-        "the waiter hears it was not delivered: {told:?}"
+    assert_eq!(
+        went(&sender, "m2", 40).await,
+        Err("not delivered".to_owned())
     );
     // The next stream acknowledges.
-    let again = sender.send_written(msg("m2")).await.unwrap();
-    assert_eq!(
-        tokio::time::timeout(Duration::from_secs(10), again)
-            .await
-            .unwrap(),
-        Ok(())
-    );
+    assert_eq!(went(&sender, "m2", 10).await, Ok(()));
 }

@@ -86,6 +86,34 @@ pub fn with_webhook(config: &mut GatewayConfig, dir: &std::path::Path, port: u16
     config.webhook.client_state = Some(xmppfed_config::SecretRef::File(state));
 }
 
+/// The gateway's s2s with TLS required and a certificate for our domain from
+/// `ca`, which it also trusts: SASL EXTERNAL both ways with a Prosody of the same CA.
+pub fn with_certificates(config: &mut GatewayConfig, ca: &xmppfed_e2e::prosody::TestCa) {
+    let (cert, key) = ca.issue(DOMAIN).unwrap();
+    config.s2s.require_tls = true;
+    config.s2s.tls_cert_file = Some(cert);
+    config.s2s.tls_key_file = Some(key);
+    config.s2s.trust_roots_file = Some(ca.cert.clone());
+}
+
+/// Prosody for the peer domain with `bob` signed in, its s2s on
+/// `prosody_s2s`, routing our domain to `gateway_port` over TLS with
+/// certificates from `ca` (SASL EXTERNAL: Prosody enables XEP-0198).
+pub fn prosody_with_certificates(
+    gateway_port: u16,
+    prosody_s2s: u16,
+    ca: &std::sync::Arc<xmppfed_e2e::prosody::TestCa>,
+) -> (Prosody, XmppClient) {
+    prosody_with_bob(ProsodyOptions {
+        routes: vec![(DOMAIN.into(), gateway_port)],
+        tls: true,
+        bidi: false,
+        s2s_port: Some(prosody_s2s),
+        ca: Some(ca.clone()),
+        ..ProsodyOptions::new(PEER)
+    })
+}
+
 /// The 1:1 chat between a Teams user and a shadow account, once it exists.
 pub fn chat_between(emulator: &GraphEmulator, upn: &str, shadow_upn: &str) -> Option<String> {
     let tenant = emulator.tenant();
