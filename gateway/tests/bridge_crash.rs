@@ -12,7 +12,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::bridge::*;
@@ -22,18 +21,11 @@ use xmppfed_e2e::graph::GraphEmulator;
 use xmppfed_e2e::prosody::{self, TestCa};
 use xmppfed_gateway::bridge::shadow::upn_for;
 
-const BIN: &str = env!("CARGO_BIN_EXE_xmppfed-gateway");
 const BURST: usize = 1000;
 
+/// The gateway as a pod whose container restarts: the same lease holder.
 fn start(config: &std::path::Path) -> Daemon {
-    let mut command = Command::new(BIN);
-    command
-        .args(["run", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "info")
-        // A pod's container restarted: the same holder takes its lease back at once.
-        .env("POD_NAME", "gateway-0");
-    let mut gateway = Daemon::spawn(command).unwrap();
+    let mut gateway = gateway_process(config, Some("gateway-0"));
     gateway
         .wait_for_log("Teams directory refreshed", Duration::from_secs(30))
         .unwrap();

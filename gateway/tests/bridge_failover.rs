@@ -9,7 +9,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::bridge::*;
@@ -19,18 +18,11 @@ use xmppfed_e2e::graph::GraphEmulator;
 use xmppfed_e2e::prosody::{self, TestCa};
 use xmppfed_gateway::bridge::shadow::upn_for;
 
-const BIN: &str = env!("CARGO_BIN_EXE_xmppfed-gateway");
 const LEASE_SECS: u64 = 6;
 
+/// Two processes on one host: each its own lease holder.
 fn start(config: &std::path::Path) -> Daemon {
-    let mut command = Command::new(BIN);
-    command
-        .args(["run", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "info")
-        // Two processes on one host: each its own holder (host name and pid).
-        .env_remove("POD_NAME");
-    Daemon::spawn(command).unwrap()
+    gateway_process(config, None)
 }
 
 /// The `xmppfed_bridge_leader` gauge of the replica whose admin port is `admin`.

@@ -86,6 +86,22 @@ pub fn with_webhook(config: &mut GatewayConfig, dir: &std::path::Path, port: u16
     config.webhook.client_state = Some(xmppfed_config::SecretRef::File(state));
 }
 
+/// The gateway binary serving `config`, as the pod `pod` (a restarted
+/// container takes its lease back at once) or, without one, as a process of
+/// its own (holder: host name and pid).
+pub fn gateway_process(config: &std::path::Path, pod: Option<&str>) -> xmppfed_e2e::daemon::Daemon {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_xmppfed-gateway"));
+    command
+        .args(["run", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "info");
+    match pod {
+        Some(pod) => command.env("POD_NAME", pod),
+        None => command.env_remove("POD_NAME"),
+    };
+    xmppfed_e2e::daemon::Daemon::spawn(command).unwrap()
+}
+
 /// The gateway's s2s with TLS required and a certificate for our domain from
 /// `ca`, which it also trusts: SASL EXTERNAL both ways with a Prosody of the same CA.
 pub fn with_certificates(config: &mut GatewayConfig, ca: &xmppfed_e2e::prosody::TestCa) {
