@@ -384,3 +384,46 @@ async fn a_user_leaving_the_allow_list_goes_offline_for_subscribers() {
     assert_eq!(from_alice[0].0, Type::Unavailable);
     assert_eq!(from_alice[0].2, "bob@xmpp.test");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_account_that_cannot_be_created_is_not_asked_for_again_at_once() {
+    let mut h = harness().await;
+    // The tenant refuses every call for a while (an outage, no licences left).
+    h.emulator
+        .control(
+            "/_emulator/faults",
+            json!({"status": 503, "count": 10_000, "retryAfter": 0}),
+        )
+        .await
+        .unwrap();
+    h.receive(Type::Subscribe, "bob@xmpp.test/pc", "alice@teams.test")
+        .await;
+    h.answer_vcard("<vCard xmlns='vcard-temp'><FN>Bob Builder</FN></vCard>")
+        .await;
+    let contacts = h.bridge.contacts().clone();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !contacts.is_backing_off("bob@xmpp.test") {
+        assert!(
+            Instant::now() < deadline,
+            "the failed creation was not noted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Bob's next stanzas need his shadow account: no call to the tenant
+    // until the pause is over, and a clear error meanwhile.
+    let calls = h.emulator.tenant().log.len();
+    for _ in 0..5 {
+        let e = contacts
+            .shadow_of("bob@xmpp.test", "alice")
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("trying again in"), "{e}");
+    }
+    assert_eq!(
+        h.emulator.tenant().log.len(),
+        calls,
+        "the tenant was asked again"
+    );
+    assert!(h.store.shadow("bob@xmpp.test").await.unwrap().is_none());
+    let _ = h.sent(Duration::from_millis(10)).await;
+}

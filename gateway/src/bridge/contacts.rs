@@ -25,6 +25,11 @@ const VCARD_TIMEOUT: Duration = Duration::from_secs(10);
 /// `last_used` is written at most this often per account (it only has to be
 /// precise to the day the removal is configured in).
 const TOUCH_EVERY: Duration = Duration::from_secs(3600);
+/// After a failed creation, a contact's shadow account is not tried again for
+/// this long, doubled after each failure up to `CREATE_BACKOFF_MAX`: a tenant
+/// out of licences must not be asked again for every stanza the contact sends.
+const CREATE_BACKOFF: Duration = Duration::from_secs(30);
+const CREATE_BACKOFF_MAX: Duration = Duration::from_secs(3600);
 
 struct Known {
     object_id: String,
@@ -43,6 +48,9 @@ pub struct Contacts {
     known: Mutex<HashMap<String, Known>>,
     /// One creation at a time per contact.
     creating: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Contacts whose shadow account could not be created: when to try again,
+    /// and the pause that set it.
+    failed: Mutex<HashMap<String, (Instant, Duration)>>,
 }
 
 /// A shadow account: whose it is, its object id and its sign-in.
@@ -77,6 +85,7 @@ impl Contacts {
             metrics,
             known: Mutex::new(HashMap::new()),
             creating: Mutex::new(HashMap::new()),
+            failed: Mutex::new(HashMap::new()),
         }
     }
 
@@ -142,7 +151,14 @@ impl Contacts {
             .or_default()
             .clone();
         let guard = lock.lock().await;
-        let result = self.find_or_create(jid, asked_by).await;
+        let result = match self.backing_off(jid) {
+            Some(retry_in) => Err(ShadowError::BackingOff { retry_in }),
+            None => {
+                let result = self.find_or_create(jid, asked_by).await;
+                self.record(jid, &result);
+                result
+            }
+        };
         drop(guard);
         // Forget the lock only if nobody else holds or waits on it (the map's
         // copy and ours are the only two), so that no newcomer gets a second one.
@@ -154,6 +170,33 @@ impl Contacts {
             creating.remove(jid);
         }
         result
+    }
+
+    /// How long until the contact's shadow account may be tried again, if a
+    /// creation failed lately.
+    fn backing_off(&self, jid: &str) -> Option<Duration> {
+        let failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+        failed
+            .get(jid)
+            .and_then(|(retry_at, _)| retry_at.checked_duration_since(Instant::now()))
+    }
+
+    fn record(&self, jid: &str, result: &Result<String, ShadowError>) {
+        let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+        match result {
+            Ok(_) => {
+                failed.remove(jid);
+            }
+            // Only the tenant's refusals pause: a store error is not the tenant's.
+            Err(e @ ShadowError::Graph(_)) => {
+                let pause = failed.get(jid).map_or(CREATE_BACKOFF, |(_, last)| {
+                    (*last * 2).min(CREATE_BACKOFF_MAX)
+                });
+                tracing::warn!(%jid, error = %e, ?pause, "cannot create the contact's shadow account; not trying again for a while");
+                failed.insert(jid.to_owned(), (Instant::now() + pause, pause));
+            }
+            Err(_) => {}
+        }
     }
 
     async fn find_or_create(&self, jid: &str, asked_by: &str) -> Result<String, ShadowError> {
@@ -204,6 +247,11 @@ impl Contacts {
                 None
             }
         }
+    }
+
+    /// Whether creating the contact's shadow account is paused after a failure.
+    pub fn is_backing_off(&self, jid: &str) -> bool {
+        self.backing_off(jid).is_some()
     }
 
     /// The shadow account's sign-in (for delegated calls: chats, messages),

@@ -592,6 +592,10 @@ impl Bridge {
     }
 
     /// The message carrier (tests drive its reconciliation directly).
+    pub fn contacts(&self) -> &Arc<Contacts> {
+        &self.p.contacts
+    }
+
     pub fn messages(&self) -> &Arc<Messages> {
         &self.p.messages
     }

@@ -15,6 +15,8 @@ use crate::store::{ShadowAccount, Store, StoreError, now};
 pub enum ShadowError {
     #[error(transparent)]
     Graph(#[from] GraphError),
+    #[error("the shadow account could not be created lately; trying again in {}s", retry_in.as_secs())]
+    BackingOff { retry_in: std::time::Duration },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
