@@ -31,6 +31,9 @@ const MIGRATION_LOCK_TIMEOUT_MS: i64 = 120_000;
 /// A batch chosen as a deadlock victim was rolled back whole: it is run again
 /// this many times.
 const DEADLOCK_RETRIES: u32 = 3;
+/// How long one batch (or the wait for a connection) may take before it is
+/// given up as an error the caller handles (retries, the lease's deadline).
+const BATCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Each migration, in order, as separate batches (a batch is compiled whole,
 /// so a statement using a column added by an earlier one goes in a later
@@ -222,15 +225,34 @@ impl SqlServerStore {
     ) -> Result<SqlResult<Vec<Row>>, StoreError> {
         let mut deadlocks = 0;
         loop {
-            let mut conn = self.take().await?;
-            let result = Box::pin(async {
-                conn.client
-                    .query(sql, params)
-                    .await?
-                    .into_first_result()
-                    .await
-            })
-            .await;
+            let mut conn = tokio::time::timeout(BATCH_TIMEOUT, self.take())
+                .await
+                .map_err(|_| {
+                    StoreError::Backend(format!(
+                        "no SQL Server connection within {}s",
+                        BATCH_TIMEOUT.as_secs()
+                    ))
+                })??;
+            // A batch that hangs (a half-open connection, a blocked lock) is
+            // given up: its connection is dropped, and with it the session,
+            // whose open transaction the server rolls back.
+            let result = tokio::time::timeout(
+                BATCH_TIMEOUT,
+                Box::pin(async {
+                    conn.client
+                        .query(sql, params)
+                        .await?
+                        .into_first_result()
+                        .await
+                }),
+            )
+            .await
+            .map_err(|_| {
+                StoreError::Backend(format!(
+                    "SQL Server did not answer within {}s",
+                    BATCH_TIMEOUT.as_secs()
+                ))
+            })?;
             match result {
                 Ok(rows) => {
                     self.put_back(conn);
