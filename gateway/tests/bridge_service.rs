@@ -427,3 +427,38 @@ async fn a_shadow_account_that_cannot_be_created_is_not_asked_for_again_at_once(
     assert!(h.store.shadow("bob@xmpp.test").await.unwrap().is_none());
     let _ = h.sent(Duration::from_millis(10)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_card_requests_is_answered_within_a_bounded_amount_of_work() {
+    let mut h = harness().await;
+    // Graph is slow to answer (throttled): card reads pile up.
+    h.emulator
+        .control(
+            "/_emulator/faults",
+            json!({"status": 429, "count": 10_000, "retryAfter": 3}),
+        )
+        .await
+        .unwrap();
+    for i in 0..40 {
+        let get = Iq::Get {
+            from: Some("bob@xmpp.test/pc".parse().unwrap()),
+            to: Some("alice@teams.test".parse().unwrap()),
+            id: format!("card-{i}"),
+            payload: xmpp_parsers::minidom::Element::builder("vCard", "vcard-temp").build(),
+        };
+        h.bridge.handle(Stanza::Iq(get)).await;
+    }
+    // 32 are being worked on; the other 8 are told at once to ask again.
+    let mut told_to_wait = Vec::new();
+    while let Ok(Some(stanza)) = tokio::time::timeout(Duration::from_secs(1), h.sent.recv()).await {
+        if let Stanza::Iq(Iq::Error { id, error, .. }) = stanza {
+            assert_eq!(
+                error.defined_condition,
+                xmpp_parsers::stanza_error::DefinedCondition::ResourceConstraint
+            );
+            told_to_wait.push(id);
+        }
+    }
+    let expected: Vec<String> = (32..40).map(|i| format!("card-{i}")).collect();
+    assert_eq!(told_to_wait, expected);
+}

@@ -124,7 +124,14 @@ struct Parts {
     messages: Arc<Messages>,
     remove_unused_after: Option<Duration>,
     metrics: BridgeMetrics,
+    /// Work a stanza starts beside the inbox (vCard answers, probe answers,
+    /// a new subscriber's follow-ups) runs at most this many at once: a
+    /// flood of requests cannot turn into a flood of Graph calls.
+    side_work: Arc<tokio::sync::Semaphore>,
 }
+
+/// How much side work runs at once.
+const SIDE_WORK: usize = 32;
 
 pub struct Bridge {
     p: Parts,
@@ -272,6 +279,7 @@ impl Bridge {
                 messages,
                 remove_unused_after: settings.remove_unused_after,
                 metrics,
+                side_work: Arc::new(tokio::sync::Semaphore::new(SIDE_WORK)),
             },
         }))
     }
@@ -392,9 +400,23 @@ impl Bridge {
         match &iq {
             Iq::Result { .. } | Iq::Error { .. } => {}
             Iq::Get { payload, .. } if payload.is("vCard", xmpp_parsers::ns::VCARD) => {
-                // A Graph read may take a while: the other stanzas do not wait.
+                // A Graph read may take a while: the other stanzas do not
+                // wait. Beyond the side-work limit the asker is told to wait.
+                let Ok(permit) = self.p.side_work.clone().try_acquire_owned() else {
+                    self.p.metrics.throttled("to-xmpp", "vcard");
+                    reply_error(
+                        self.p.out.as_ref(),
+                        &Stanza::Iq(iq),
+                        DefinedCondition::ResourceConstraint,
+                        ErrorType::Wait,
+                        "too many requests at once; ask again shortly",
+                    )
+                    .await;
+                    return;
+                };
                 let this = self.clone();
                 tokio::spawn(async move {
+                    let _permit = permit;
                     if let Some(reply) = this.p.cards.answer(&this.p.graph, &Stanza::Iq(iq)).await
                         && let Err(e) = this.p.out.send(reply).await
                     {
@@ -505,6 +527,10 @@ impl Bridge {
         let (remote, remote_jid, local) = (a.remote.clone(), a.remote_jid.clone(), a.local.clone());
         let ours = a.ours.clone();
         tokio::spawn(async move {
+            // Waits its turn: this work must happen, only not all at once.
+            let Ok(_permit) = this.p.side_work.clone().acquire_owned().await else {
+                return;
+            };
             if let Err(e) = this.p.teams.send_current(&user, &remote_jid).await {
                 tracing::warn!(%local, error = %e, "cannot read presence for a new subscriber");
             }
@@ -574,9 +600,16 @@ impl Bridge {
     async fn on_probe(self: &Arc<Self>, a: &Addressed) {
         match &a.user {
             Some(user) if self.p.roster.get(user, &a.remote).from => {
+                // Beyond the side-work limit a probe goes unanswered: the
+                // contact gets the user's next change anyway.
+                let Ok(permit) = self.p.side_work.clone().try_acquire_owned() else {
+                    tracing::debug!(remote = %a.remote, "too busy to answer a probe");
+                    return;
+                };
                 let this = self.clone();
                 let (user, remote_jid) = (user.clone(), a.remote_jid.clone());
                 tokio::spawn(async move {
+                    let _permit = permit;
                     if let Err(e) = this.p.teams.send_current(&user, &remote_jid).await {
                         tracing::warn!(%user, error = %e, "cannot read presence for a probe");
                     }
