@@ -13,12 +13,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::gauge::Gauge;
-use xmppfed_config::LeaderConfig;
+use xmppfed_config::{LeaderConfig, POD_ROLE_LABEL as ROLE_LABEL};
 use xmppfed_telemetry::Metrics;
 
 use crate::store::Store;
 
-use xmppfed_config::POD_ROLE_LABEL as ROLE_LABEL;
 const LEASE: &str = "bridge";
 /// Pause before a failed renewal or label is tried again.
 const RETRY: Duration = Duration::from_secs(1);
@@ -51,10 +50,6 @@ impl Leadership {
                 Gauge::default(),
             ),
         }
-    }
-
-    pub fn holder(&self) -> &str {
-        &self.holder
     }
 
     fn lease_secs(&self) -> i64 {
@@ -100,7 +95,7 @@ impl Leadership {
         self.leader.set(1);
         tokio::select! {
             why = self.renew(since) => why,
-            () = self.announce() => unreachable!("announce never returns"),
+            never = self.announce() => match never {},
         }
     }
 
@@ -137,14 +132,14 @@ impl Leadership {
     }
 
     /// Labels the pod the leader, trying until it works; then waits for ever.
-    async fn announce(&self) {
+    async fn announce(&self) -> std::convert::Infallible {
         if let Some(pod) = &self.pod {
             while let Err(e) = pod.set("leader").await {
                 tracing::warn!(error = %e, "cannot label this pod the leader; trying again");
                 tokio::time::sleep(RETRY).await;
             }
         }
-        std::future::pending::<()>().await;
+        std::future::pending().await
     }
 
     /// Gives the lease up (a clean stop): a standby takes over at once.

@@ -69,8 +69,7 @@ pub struct Gateway {
     /// With Graph configured: builds the bridge that serves the inbox, once
     /// this replica holds the bridge lease (it reads the store then).
     bridge: Option<(BuildBridge, Arc<Leadership>)>,
-    /// Woken by the webhook when it stored notifications.
-    notified: Arc<Notify>,
+
     /// With `webhook.public_url`: the bound listener for Graph's notifications.
     webhook: Option<(tokio::net::TcpListener, axum::Router)>,
 }
@@ -171,6 +170,9 @@ impl Gateway {
         let subscriptions = notifications.as_ref().map(|(url, secret)| {
             Arc::new(Subscriptions::new(url, secret.clone()).with_store(store.clone()))
         });
+        // What the webhook wakes when it has stored notifications: the bridge's
+        // notification consumer, once this replica runs it.
+        let notified = Arc::new(Notify::new());
         let bridge = match (&config.graph, &directory) {
             (Some(graph_config), Some(watch)) => {
                 let key = config
@@ -191,6 +193,7 @@ impl Gateway {
                 let out = Arc::new(s2s.sender());
                 let (subscriptions, bridge_metrics) =
                     (subscriptions.clone(), BridgeMetrics::register(&metrics));
+                let notified = notified.clone();
                 let build: BuildBridge = Box::new(move || {
                     Box::pin(Bridge::build(
                         settings,
@@ -200,6 +203,7 @@ impl Gateway {
                         cipher,
                         out,
                         subscriptions,
+                        notified,
                         bridge_metrics,
                     ))
                 });
@@ -208,7 +212,6 @@ impl Gateway {
             }
             _ => None,
         };
-        let notified = Arc::new(Notify::new());
         // Graph's change notifications, stored before they are acknowledged.
         let webhook = match (&bridge, notifications) {
             (Some(_), Some((_, secret))) => {
@@ -245,7 +248,6 @@ impl Gateway {
             inbox,
             directory,
             bridge,
-            notified,
             webhook,
         })
     }
@@ -325,7 +327,6 @@ impl Gateway {
         let inbox = self.inbox;
         let bridge = match (self.bridge, loaded) {
             (Some((build, leadership)), Some(mut loaded)) => {
-                let notified = self.notified;
                 let stop = stopped(stop_rx.clone());
                 tokio::spawn(async move {
                     // Until the allow list is read nobody exists, and until
@@ -352,20 +353,14 @@ impl Gateway {
                             return;
                         }
                     };
-                    let wake = bridge.messages().notified.clone();
-                    let forward = tokio::spawn(async move {
-                        loop {
-                            notified.notified().await;
-                            wake.notify_one();
-                        }
-                    });
+
                     // Losing the lease drops the bridge's future, and every
                     // background loop of it with it.
                     let lost = tokio::select! {
                         () = bridge.run(inbox) => None,
                         why = &mut keep => Some(why),
                     };
-                    forward.abort();
+
                     if let Some(why) = lost {
                         let _ = fatal_tx.send(why);
                     }

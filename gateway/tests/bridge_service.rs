@@ -94,6 +94,7 @@ async fn harness() -> Harness {
         CredentialCipher::new("key"),
         out,
         None,
+        Arc::new(tokio::sync::Notify::new()),
         BridgeMetrics::detached(),
     )
     .await

@@ -59,7 +59,6 @@ const RECONCILE_PAGES: usize = 40;
 const BOUNCE_WINDOW: Duration = Duration::from_secs(600);
 /// How long a claimed change notification stays ours.
 const LEASE_SECS: i64 = 120;
-/// Graph's limit for chat-message subscriptions.
 /// How often every shadow account's chats are listed for chats Teams users
 /// started (notifications name them sooner; this covers what they missed).
 const DISCOVER_EVERY: Duration = Duration::from_secs(15 * 60);
@@ -69,6 +68,7 @@ const FOREIGN_FOR: Duration = Duration::from_secs(15 * 60);
 /// How long the dedupe key of a delivered message is kept (at least twice the
 /// expiry): repeats come within minutes, and the table must not grow for ever.
 const KEYS_KEPT: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Graph's limit for chat-message subscriptions.
 const SUBSCRIPTION_LIFETIME: Duration = Duration::from_secs(55 * 60);
 
 const TO_TEAMS: &str = "to-teams";
@@ -192,7 +192,7 @@ pub struct Messages {
     /// Wakes the delivery worker (new outbox items).
     wake: Notify,
     /// Wakes the notification consumer (the webhook stored some).
-    pub notified: Arc<Notify>,
+    notified: Arc<Notify>,
     /// Wakes the reconciliation poll (a lifecycle `missed`).
     reconcile_now: Notify,
     /// Messages recently handed to s2s, by id, in case they bounce.
@@ -221,6 +221,7 @@ impl Messages {
         out: Arc<dyn XmppOut>,
         throttle: Arc<Throttle>,
         subscriptions: Option<Arc<Subscriptions>>,
+        notified: Arc<Notify>,
         metrics: BridgeMetrics,
     ) -> Self {
         Self {
@@ -234,7 +235,7 @@ impl Messages {
             subscriptions,
             metrics,
             wake: Notify::new(),
-            notified: Arc::new(Notify::new()),
+            notified,
             reconcile_now: Notify::new(),
             in_flight: Mutex::new(HashMap::new()),
             checked: Mutex::new(std::collections::HashSet::new()),
@@ -509,17 +510,17 @@ impl Messages {
         }
     }
 
-    /// Lists every shadow account's chats for chats Teams users started, and
-    /// watches each account's chats; returns how many chats were taken on.
-    pub async fn discover(&self) -> usize {
+    /// Lists every shadow account's chats for chats Teams users started (each
+    /// taken on by `adopt`, which knows the ones already bridged), and
+    /// watches each account's chats.
+    pub async fn discover(&self) {
         let accounts = match self.contacts.all_sign_ins().await {
             Ok(accounts) => accounts,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the shadow accounts");
-                return 0;
+                return;
             }
         };
-        let mut adopted = 0;
         for account in accounts {
             self.watch(&account.credential, &account.object_id).await;
             let chats = match self
@@ -534,24 +535,11 @@ impl Messages {
                 }
             };
             for chat in chats.iter().filter(|c| c.chat_type == "oneOnOne") {
-                if self
-                    .store
-                    .get_cursor(&conv_key(&chat.id))
-                    .await
-                    .ok()
-                    .flatten()
-                    .is_some()
-                {
-                    continue;
-                }
-                match self.adopt(&chat.id, &account, Some(chat)).await {
-                    Ok(true) => adopted += 1,
-                    Ok(false) => {}
-                    Err(e) => tracing::warn!(chat = %chat.id, error = %e, "cannot look at a chat"),
+                if let Err(e) = self.adopt(&chat.id, &account, Some(chat)).await {
+                    tracing::warn!(chat = %chat.id, error = %e, "cannot look at a chat");
                 }
             }
         }
-        adopted
     }
 
     /// Subscribes to the shadow account's chats (once), when notifications are on.
@@ -867,17 +855,15 @@ impl Messages {
         let key = (remote, id.clone());
         let mut p = {
             let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-            match in_flight.get_mut(&key) {
-                Some(f) if f.sending => {
-                    f.bounce = Some(m.clone());
-                    return;
-                }
-                Some(_) => match in_flight.remove(&key) {
-                    Some(f) => f.payload,
-                    None => return,
-                },
-                None => return,
+            let Some(mut f) = in_flight.remove(&key) else {
+                return;
+            };
+            if f.sending {
+                f.bounce = Some(m.clone());
+                in_flight.insert(key, f);
+                return;
             }
+            f.payload
         };
         let condition = m
             .payloads

@@ -201,6 +201,7 @@ struct Addressed {
 impl Bridge {
     /// Builds the bridge on its Graph client, directory, store and XMPP
     /// output; the contact relationships are read from the store here.
+    /// `notified` is what the webhook wakes when it has stored notifications.
     #[allow(clippy::too_many_arguments)]
     pub async fn build(
         settings: Settings,
@@ -210,6 +211,7 @@ impl Bridge {
         cipher: CredentialCipher,
         out: Arc<dyn XmppOut>,
         subscriptions: Option<Arc<Subscriptions>>,
+        notified: Arc<tokio::sync::Notify>,
         metrics: BridgeMetrics,
     ) -> Result<Arc<Self>, StoreError> {
         let roster = Roster::load(store.clone()).await?;
@@ -260,6 +262,7 @@ impl Bridge {
             out.clone(),
             throttle,
             subscriptions,
+            notified,
             metrics.clone(),
         ));
         Ok(Arc::new(Self {
@@ -624,11 +627,12 @@ impl Bridge {
         &self.p.teams
     }
 
-    /// The message carrier (tests drive its reconciliation directly).
+    /// The contacts' shadow accounts.
     pub fn contacts(&self) -> &Arc<Contacts> {
         &self.p.contacts
     }
 
+    /// The message carrier (tests drive its reconciliation directly).
     pub fn messages(&self) -> &Arc<Messages> {
         &self.p.messages
     }

@@ -221,10 +221,9 @@ mod tests {
         assert_eq!(rx1.await, Ok(()));
         assert_eq!(unacked.acked(2), Ok(0), "the same h again: nothing new");
         assert_eq!(unacked.acked(5), Err(TooMany { h: 5, sent: 3 }));
-        // The stream dies with stanza 3 unacknowledged: its waiter learns it
-        // was not delivered (and sends again), nothing comes back to resend.
-        let (tx4, _rx4) = tokio::sync::oneshot::channel::<()>();
-        drop(tx4);
+        // The stream dies with 3 and 4 unacknowledged: 3's waiter learns it was
+        // not delivered (and sends again itself); 4, which nobody waits for,
+        // comes back to go out on the next stream.
         unacked.sent(message("4"), None);
         let resend = unacked.lost();
         assert!(rx3.await.is_err());
