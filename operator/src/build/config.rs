@@ -15,6 +15,12 @@ use crate::crd::{
 };
 use crate::policy::AppliedPolicies;
 
+/// A number the spec sets (the CRD's schema keeps it in range), else the
+/// gateway's default.
+fn set_or<T: TryFrom<i64>>(set: Option<i64>, default: T) -> T {
+    set.and_then(|v| T::try_from(v).ok()).unwrap_or(default)
+}
+
 /// The rendered document is not one the gateway would accept.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
@@ -215,11 +221,10 @@ pub fn render_config(
                 .display_name_suffix
                 .clone()
                 .unwrap_or(defaults.display_name_suffix),
-            remove_unused_after_days: spec
-                .shadow_accounts
-                .remove_unused_after_days
-                .and_then(|d| u32::try_from(d).ok())
-                .unwrap_or(defaults.remove_unused_after_days),
+            remove_unused_after_days: set_or(
+                spec.shadow_accounts.remove_unused_after_days,
+                defaults.remove_unused_after_days,
+            ),
             usage_location: spec.shadow_accounts.usage_location.clone(),
             credential_key: Some(cfg::SecretRef::File(file(
                 paths::KEYS_DIR,
@@ -227,10 +232,7 @@ pub fn render_config(
             ))),
         },
         presence: cfg::PresenceConfig {
-            poll_interval_ms: bridge
-                .presence_poll_interval_ms
-                .and_then(|ms| u64::try_from(ms).ok())
-                .unwrap_or(presence.poll_interval_ms),
+            poll_interval_ms: set_or(bridge.presence_poll_interval_ms, presence.poll_interval_ms),
             out_of_office: match bridge.out_of_office {
                 OutOfOffice::ExtendedAway => cfg::OutOfOfficeAs::ExtendedAway,
                 OutOfOffice::Unavailable => cfg::OutOfOfficeAs::Unavailable,
@@ -242,17 +244,11 @@ pub fn render_config(
             ..presence
         },
         messages: cfg::MessagesConfig {
-            expiry_secs: bridge
-                .message_expiry_seconds
-                .and_then(|s| u64::try_from(s).ok())
-                .unwrap_or(messages.expiry_secs),
+            expiry_secs: set_or(bridge.message_expiry_seconds, messages.expiry_secs),
             ..messages
         },
         leader: cfg::LeaderConfig {
-            lease_secs: bridge
-                .leader_lease_seconds
-                .and_then(|s| u64::try_from(s).ok())
-                .unwrap_or(leader.lease_secs),
+            lease_secs: set_or(bridge.leader_lease_seconds, leader.lease_secs),
             ..leader
         },
         allow: cfg::AllowConfig {

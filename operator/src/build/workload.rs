@@ -251,8 +251,8 @@ pub fn build_objects(
                 }),
                 spec: Some(PodSpec {
                     service_account_name: Some(names::service_account(&name)),
-                    // The token labels the pod with its role (and nothing else:
-                    // the account is bound to patching pods of this namespace).
+                    // The token labels the pod with its role, and can do nothing
+                    // else: the account may only patch the StatefulSet's pods.
                     automount_service_account_token: Some(true),
                     security_context: Some(PodSecurityContext {
                         run_as_non_root: Some(true),
