@@ -143,12 +143,8 @@ impl ChatMessage {
     }
 }
 
-#[derive(Deserialize)]
-struct Collection<T> {
-    value: Vec<T>,
-}
-
-/// One page of a collection; Graph's next page is a full URL.
+/// One page of a collection (all of it when there is no next page); Graph's
+/// next page is a full URL.
 #[derive(Deserialize)]
 struct Page<T> {
     value: Vec<T>,
@@ -297,7 +293,7 @@ impl GraphClient {
         let mut all = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(PRESENCE_BATCH) {
             let body = json!({"ids": chunk});
-            let page: Collection<Presence> = self
+            let page: Page<Presence> = self
                 .json(
                     &Identity::App,
                     None,
@@ -574,7 +570,7 @@ impl GraphClient {
             chat_path(chat_id),
             top.clamp(1, 50)
         );
-        let page: Collection<ChatMessage> = self
+        let page: Page<ChatMessage> = self
             .json(&identity, Some(shadow), Method::GET, &path, NONE)
             .await?;
         Ok(page.value)
