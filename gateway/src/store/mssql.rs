@@ -31,6 +31,10 @@ const MIGRATION_LOCK_TIMEOUT_MS: i64 = 120_000;
 /// A batch chosen as a deadlock victim was rolled back whole: it is run again
 /// this many times.
 const DEADLOCK_RETRIES: u32 = 3;
+/// Dedupe keys deleted per statement when old ones are forgotten: below the
+/// lock-escalation threshold (5,000 locks), so the table is never locked
+/// whole while messages are delivered.
+const FORGET_BATCH: i64 = 4000;
 /// How long one batch (or the wait for a connection) may take before it is
 /// given up as an error the caller handles (retries, the lease's deadline).
 const BATCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -664,18 +668,16 @@ impl SqlServerStore {
     pub async fn forget_delivered(&self, before: Epoch) -> Result<u64, StoreError> {
         let mut forgotten = 0;
         loop {
-            // Batches below the lock-escalation threshold (5,000 locks), so
-            // the table is never locked whole while messages are delivered.
             let rows = self
                 .rows(
-                    "DELETE TOP (4000) FROM delivered WHERE at < @P1;
+                    "DELETE TOP (@P2) FROM delivered WHERE at < @P1;
                      SELECT CAST(@@ROWCOUNT AS BIGINT);",
-                    &[&before],
+                    &[&before, &FORGET_BATCH],
                 )
                 .await?;
-            let n = int(first(&rows)?, 0)? as u64;
-            forgotten += n;
-            if n < 4000 {
+            let n = int(first(&rows)?, 0)?;
+            forgotten += n as u64;
+            if n < FORGET_BATCH {
                 return Ok(forgotten);
             }
         }
