@@ -227,6 +227,20 @@ pub struct S2sConfig {
     pub dialback_secret: Option<SecretRef>,
     /// Largest stanza accepted from a peer, in bytes.
     pub max_stanza_bytes: usize,
+    /// Deepest nesting of elements accepted in one stanza (its own element is
+    /// level 1). Deeper stanzas end the stream with `policy-violation`.
+    pub max_stanza_depth: usize,
+    /// Most elements accepted in one stanza.
+    pub max_stanza_elements: usize,
+    /// Time a stanza may take to arrive once its first byte has: a peer that
+    /// drips bytes ends with `policy-violation`.
+    pub stanza_timeout_secs: u64,
+    /// Time an inbound stream may take to authenticate (dialback or SASL).
+    pub auth_timeout_secs: u64,
+    /// Inbound connections not yet authenticated, in total; more are refused.
+    pub max_unauthenticated: usize,
+    /// Inbound connections not yet authenticated from one source address.
+    pub max_unauthenticated_per_address: usize,
     /// Close a stream that carried nothing for this long.
     pub idle_timeout_secs: u64,
     /// Interval of whitespace keepalives on outgoing streams.
@@ -247,6 +261,12 @@ impl Default for S2sConfig {
             trust_roots_file: None,
             dialback_secret: None,
             max_stanza_bytes: 256 * 1024,
+            max_stanza_depth: 32,
+            max_stanza_elements: 8192,
+            stanza_timeout_secs: 60,
+            auth_timeout_secs: 90,
+            max_unauthenticated: 512,
+            max_unauthenticated_per_address: 16,
             idle_timeout_secs: 600,
             keepalive_interval_secs: 60,
             connect_timeout_secs: 30,

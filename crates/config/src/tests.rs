@@ -103,6 +103,11 @@ fn validation_names_every_bad_field() {
 domain = "not a domain"
 [s2s]
 max_stanza_bytes = 100
+max_stanza_depth = 100000
+max_stanza_elements = 1
+stanza_timeout_secs = 0
+max_unauthenticated = 4
+max_unauthenticated_per_address = 8
 keepalive_interval_secs = 900
 static_routes = [{ domain = "x.example", host = "", port = 0 }]
 [throttle.default]
@@ -115,6 +120,10 @@ internal_groups = ["not-a-guid"]
     for expected in [
         "xmpp.domain",
         "s2s.max_stanza_bytes",
+        "s2s.max_stanza_depth",
+        "s2s.max_stanza_elements",
+        "s2s.stanza_timeout_secs",
+        "s2s.max_unauthenticated_per_address",
         "s2s.keepalive_interval_secs",
         "s2s.tls_cert_file",
         "s2s.static_routes[0].host",

@@ -6,6 +6,11 @@ use crate::{FieldError, GatewayConfig, StoreConfig, ThrottleLimits, is_valid_dom
 
 /// RFC 6120 §13.12: a server must accept stanzas of at least 10,000 bytes.
 const MIN_STANZA_BYTES: usize = 10_000;
+/// Nesting that real traffic needs (a forwarded message with XHTML-IM is
+/// about ten levels), and the most the recursive tree walks are tested with.
+const MIN_STANZA_DEPTH: usize = 8;
+const MAX_STANZA_DEPTH: usize = 256;
+const MIN_STANZA_ELEMENTS: usize = 64;
 
 pub(crate) fn validate(c: &GatewayConfig) -> Vec<FieldError> {
     let mut errors = Vec::new();
@@ -24,6 +29,39 @@ pub(crate) fn validate(c: &GatewayConfig) -> Vec<FieldError> {
         err(
             "s2s.max_stanza_bytes",
             format!("must be at least {MIN_STANZA_BYTES} (RFC 6120 §13.12)"),
+        );
+    }
+    // The stream itself (header, features) and stanzas sit below level 4;
+    // past a few hundred the tree walks after the parser are what overflows.
+    if !(MIN_STANZA_DEPTH..=MAX_STANZA_DEPTH).contains(&s2s.max_stanza_depth) {
+        err(
+            "s2s.max_stanza_depth",
+            format!("must be from {MIN_STANZA_DEPTH} to {MAX_STANZA_DEPTH}"),
+        );
+    }
+    if s2s.max_stanza_elements < MIN_STANZA_ELEMENTS {
+        err(
+            "s2s.max_stanza_elements",
+            format!("must be at least {MIN_STANZA_ELEMENTS}"),
+        );
+    }
+    for (field, value) in [
+        ("s2s.stanza_timeout_secs", s2s.stanza_timeout_secs),
+        ("s2s.auth_timeout_secs", s2s.auth_timeout_secs),
+        ("s2s.max_unauthenticated", s2s.max_unauthenticated as u64),
+        (
+            "s2s.max_unauthenticated_per_address",
+            s2s.max_unauthenticated_per_address as u64,
+        ),
+    ] {
+        if value == 0 {
+            err(field, "must be greater than 0".into());
+        }
+    }
+    if s2s.max_unauthenticated_per_address > s2s.max_unauthenticated {
+        err(
+            "s2s.max_unauthenticated_per_address",
+            "must not exceed s2s.max_unauthenticated".into(),
         );
     }
     if s2s.idle_timeout_secs == 0 {
