@@ -442,3 +442,19 @@ async fn a_peer_that_stops_acknowledging_is_given_up_on_in_time() {
     // The next stream acknowledges.
     assert_eq!(went(&sender, "m2", 10).await, Ok(()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nesting_past_the_depth_limit_ends_only_that_stream() {
+    let mut gw = gateway().await;
+    let port = gw.port;
+    let mut good = RawPeer::authenticated(port, "good.test", DOMAIN)
+        .await
+        .unwrap();
+    // Before authentication, as the attacker of issue 12 did.
+    let mut deep = RawPeer::start(port, "good.test", DOMAIN).await.unwrap();
+    deep.send(&"<a>".repeat(100_000)).await.ok();
+    let text = deep.read_to_close(Duration::from_secs(10)).await.unwrap();
+    assert!(text.contains("nested deeper than 32 levels"), "{text}");
+    expect_stream_error(&mut deep, "policy-violation").await;
+    good_peer_still_served(&mut good, &mut gw.rx, 0).await;
+}

@@ -21,7 +21,9 @@ use xmpp_parsers::minidom::Element;
 use xmpp_parsers::stream_error::DefinedCondition;
 
 use super::acks::{self, Ack, Acks};
+use super::admission::{Refusal, Ticket};
 use super::dialback::{self, Dialback, Verdict};
+use super::limits::{self, Received};
 use super::services::{self, Handled};
 use super::stanza::{self, Stanza};
 use super::transport::{Io, ReadBudget, Transport};
@@ -45,21 +47,44 @@ const MAX_VERIFYING: usize = 8;
 /// An error that ends the stream: the condition and a text for the peer.
 pub type StreamFault = (DefinedCondition, String);
 
-pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
+pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, ticket: Ticket) {
     let span = tracing::info_span!("s2s_in", %peer, remote = tracing::field::Empty);
-    tracing::Instrument::instrument(serve(shared, tcp), span).await;
+    let limits = shared.settings.limits;
+    let serve = tracing::Instrument::instrument(serve(shared, tcp, ticket), span);
+    limits::scoped(limits, serve).await;
 }
 
-async fn serve(shared: Arc<Shared>, tcp: TcpStream) {
+/// Answers a connection that was not admitted, without waiting on it: the
+/// stream error goes out if the socket takes it at once, then it closes.
+pub fn refuse(domain: &str, tcp: TcpStream, refusal: Refusal) {
+    let condition = match refusal {
+        Refusal::Total(_) => DefinedCondition::ResourceConstraint,
+        Refusal::PerAddress(_) => DefinedCondition::PolicyViolation,
+    };
+    let _ = tcp.try_write(raw_error_bytes(domain, &condition, &refusal.text()).as_bytes());
+}
+
+/// The read budget of a transport before the peer has authenticated.
+fn unauthenticated_budget(shared: &Shared) -> ReadBudget {
+    let budget = shared.settings.read_budget();
+    budget.set_limit(
+        shared
+            .settings
+            .max_stanza_bytes
+            .min(super::UNAUTHENTICATED_STANZA_BYTES),
+    );
+    budget
+}
+
+async fn serve(shared: Arc<Shared>, tcp: TcpStream, mut ticket: Ticket) {
     let _open = shared.metrics.stream_open("in");
     let _ = tcp.set_nodelay(true);
     // A second handle on the socket, to answer garbage sent before any stream
     // header: the XML stream layer gives no way to write once its parse failed.
     let raw = dup(&tcp);
-    let mut next = Next::Open(Transport::plain(
-        tcp,
-        ReadBudget::new(shared.settings.max_stanza_bytes),
-    ));
+    let mut next = Next::Open(Transport::plain(tcp, unauthenticated_budget(&shared)));
+    // Dialback or SASL must have proven a domain by then, across restarts.
+    let auth_deadline = Instant::now() + shared.settings.auth_timeout;
     let mut tls = false;
     // The certificate chain the peer presented in the TLS handshake, if any.
     let mut peer_chain: Vec<CertificateDer<'static>> = Vec::new();
@@ -160,13 +185,15 @@ async fn serve(shared: Arc<Shared>, tcp: TcpStream) {
         if external_for.is_some() {
             features.sasl_mechanisms.insert("EXTERNAL".to_owned());
         }
-        let mut stream = match pending.send_features::<Element>(&features).await {
+        let mut stream = match pending.send_features::<Received>(&features).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::debug!(error = %e, "cannot send stream features");
                 return;
             }
         };
+        // The stream is open: from here each element is timed from its first byte.
+        stream.get_stream().get_ref().reset_budget();
         tracing::debug!(tls, stream_id = %stream_id, "inbound stream open");
         let mut last_stanza = Instant::now();
         let mut stopping = shared.stopping.subscribe();
@@ -219,7 +246,7 @@ async fn serve(shared: Arc<Shared>, tcp: TcpStream) {
                                     bidi = false;
                                     next = Next::Open(Transport::tls(
                                         tokio_rustls::TlsStream::Server(stream),
-                                        ReadBudget::new(shared.settings.max_stanza_bytes),
+                                        unauthenticated_budget(&shared),
                                     ));
                                     continue 'restart;
                                 }
@@ -239,6 +266,7 @@ async fn serve(shared: Arc<Shared>, tcp: TcpStream) {
                                     if !authenticated.contains(&domain) {
                                         authenticated.push(domain);
                                     }
+                                    admitted(&shared, &stream, &mut ticket);
                                     sasl_done = true;
                                     // RFC 6120 §6.4.6: success, then the initiator restarts the stream.
                                     stream.get_stream().get_ref().expect_header();
@@ -305,7 +333,7 @@ async fn serve(shared: Arc<Shared>, tcp: TcpStream) {
                                 *received += 1;
                                 Ack::new(acks.clone(), *received)
                             });
-                            if let Err(fault) = dispatch(&shared, element, &authenticated, ack).await {
+                            if let Err(fault) = dispatch(&shared, element.into_element(), &authenticated, ack).await {
                                 break Some(fault);
                             }
                         } else if element.is("error", wire::NS_STREAM) {
@@ -316,6 +344,12 @@ async fn serve(shared: Arc<Shared>, tcp: TcpStream) {
                         }
                     }
                     Some(Err(e)) => match wire::classify(e) {
+                        // Silence inside a start tag is not "mid-stanza" to the
+                        // parser: the element's clock still runs.
+                        ReadFailure::Timeout if stream.get_stream().get_ref().budget().overdue().is_some() => {
+                            let slow = stream.get_stream().get_ref().budget().overdue().map(|s| s.to_string()).unwrap_or_default();
+                            break Some((DefinedCondition::PolicyViolation, slow));
+                        }
                         ReadFailure::Timeout => {
                             if wire::send(&mut stream, &Whitespace).await.is_err() {
                                 break None;
@@ -342,6 +376,7 @@ async fn serve(shared: Arc<Shared>, tcp: TcpStream) {
                             if !authenticated.contains(&domain) {
                                 authenticated.push(domain.clone());
                             }
+                            admitted(&shared, &stream, &mut ticket);
                             if bidi {
                                 shared.set_bidi_route(&domain, Some(bidi_tx.clone()));
                             }
@@ -364,6 +399,10 @@ async fn serve(shared: Arc<Shared>, tcp: TcpStream) {
                 _ = tokio::time::sleep_until(idle_at) => {
                     tracing::info!("closing idle inbound stream");
                     break None;
+                }
+                _ = tokio::time::sleep_until(auth_deadline), if authenticated.is_empty() => {
+                    let secs = shared.settings.auth_timeout.as_secs();
+                    break Some((DefinedCondition::PolicyViolation, format!("not authenticated within {secs} s")));
                 }
             }
         };
@@ -393,6 +432,17 @@ async fn serve(shared: Arc<Shared>, tcp: TcpStream) {
         }
         return;
     }
+}
+
+/// The peer has proven a domain: it no longer counts as unauthenticated,
+/// and its stanzas may be as large as the configuration allows.
+fn admitted(shared: &Shared, stream: &wire::Stream, ticket: &mut Ticket) {
+    ticket.authenticated();
+    stream
+        .get_stream()
+        .get_ref()
+        .budget()
+        .set_limit(shared.settings.max_stanza_bytes);
 }
 
 /// How the next stream on this connection begins.
@@ -624,16 +674,21 @@ async fn raw_stream_error(
     let Ok(mut tcp) = TcpStream::from_std(raw) else {
         return;
     };
+    let bytes = raw_error_bytes(domain, condition, text);
+    let _ = tcp.write_all(bytes.as_bytes()).await;
+    let _ = tcp.shutdown().await;
+}
+
+/// A stream header, a stream error and the close, as bytes.
+fn raw_error_bytes(domain: &str, condition: &DefinedCondition, text: &str) -> String {
     let text = text
         .replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;");
-    let bytes = format!(
+    format!(
         "<?xml version='1.0'?><stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' from='{domain}' version='1.0'>\
          <stream:error><{condition} xmlns='urn:ietf:params:xml:ns:xmpp-streams'/><text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>{text}</text></stream:error></stream:stream>"
-    );
-    let _ = tcp.write_all(bytes.as_bytes()).await;
-    let _ = tcp.shutdown().await;
+    )
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ pub struct S2sMetrics {
     auth: Family<Labels, Counter>,
     bounced: Family<Labels, Counter>,
     refused: Family<Labels, Counter>,
+    connections_refused: Family<Labels, Counter>,
 }
 
 pub fn kind(stanza: &Stanza) -> &'static str {
@@ -58,6 +59,11 @@ impl S2sMetrics {
             refused: metrics.register(
                 "s2s_refused",
                 "Streams or stanzas refused because the remote domain is not allowed, by direction",
+                Family::default(),
+            ),
+            connections_refused: metrics.register(
+                "s2s_connections_refused",
+                "Inbound connections refused because too many were waiting to authenticate, by limit (total, per-address)",
                 Family::default(),
             ),
         }
@@ -119,6 +125,14 @@ impl S2sMetrics {
     pub fn refused(&self, direction: &'static str) {
         self.refused
             .get_or_create(&vec![("direction", direction.into())])
+            .inc();
+    }
+}
+
+impl S2sMetrics {
+    pub fn connection_refused(&self, reason: &'static str) {
+        self.connections_refused
+            .get_or_create(&vec![("reason", reason.into())])
             .inc();
     }
 }

@@ -13,8 +13,10 @@
 //! `outbound`, `services`, `stanza` (the typed boundary).
 
 pub mod acks;
+mod admission;
 mod dialback;
 mod inbound;
+pub mod limits;
 mod metrics;
 mod outbound;
 mod policy;
@@ -100,8 +102,25 @@ pub(crate) struct Settings {
     pub idle_timeout: Duration,
     pub keepalive: Duration,
     pub connect_timeout: Duration,
+    /// Time an inbound stream has to authenticate.
+    pub auth_timeout: Duration,
+    /// Time one element may take once its first byte has arrived.
+    pub stanza_timeout: Duration,
+    /// Depth and element count of one stanza.
+    pub limits: limits::Limits,
     /// Stanzas held per remote domain while its stream opens.
     pub queue_limit: usize,
+}
+
+/// What an unauthenticated stream may send in one element: stream
+/// negotiation (STARTTLS, SASL, dialback keys) is a few hundred bytes.
+pub(crate) const UNAUTHENTICATED_STANZA_BYTES: usize = 16 * 1024;
+
+impl Settings {
+    /// A fresh read budget for a connection's transport.
+    pub fn read_budget(&self) -> transport::ReadBudget {
+        transport::ReadBudget::new(self.max_stanza_bytes, self.stanza_timeout)
+    }
 }
 
 /// State every stream shares.
@@ -117,6 +136,8 @@ pub(crate) struct Shared {
     pub resolver: Resolver,
     pub directory: Arc<dyn UserDirectory>,
     pub metrics: S2sMetrics,
+    /// Inbound connections waiting to authenticate.
+    pub admission: Arc<admission::Admission>,
     pub to_bridge: mpsc::Sender<Incoming>,
     /// Outbound streams by remote domain.
     pub outbound: Mutex<HashMap<String, Outbound>>,
@@ -334,6 +355,12 @@ impl S2s {
                 idle_timeout: Duration::from_secs(s2s.idle_timeout_secs),
                 keepalive: Duration::from_secs(s2s.keepalive_interval_secs),
                 connect_timeout: Duration::from_secs(s2s.connect_timeout_secs),
+                auth_timeout: Duration::from_secs(s2s.auth_timeout_secs),
+                stanza_timeout: Duration::from_secs(s2s.stanza_timeout_secs),
+                limits: limits::Limits {
+                    max_depth: s2s.max_stanza_depth,
+                    max_elements: s2s.max_stanza_elements,
+                },
                 queue_limit: 10_000,
             },
             allow: AllowList::new(config.allow.remote_domains.clone()),
@@ -344,6 +371,10 @@ impl S2s {
             resolver: Resolver::new(&s2s.static_routes),
             directory,
             metrics: S2sMetrics::register(metrics),
+            admission: admission::Admission::new(
+                s2s.max_unauthenticated,
+                s2s.max_unauthenticated_per_address,
+            ),
             to_bridge,
             outbound: Mutex::new(HashMap::new()),
             bidi: Mutex::new(HashMap::new()),
@@ -382,10 +413,17 @@ impl S2s {
                     break;
                 }
                 accepted = self.listener.accept() => match accepted {
-                    Ok((tcp, peer)) => {
-                        let shared = self.shared.clone();
-                        tokio::spawn(inbound::run(shared, tcp, peer));
-                    }
+                    Ok((tcp, peer)) => match self.shared.admission.admit(peer.ip()) {
+                        Ok(ticket) => {
+                            let shared = self.shared.clone();
+                            tokio::spawn(inbound::run(shared, tcp, peer, ticket));
+                        }
+                        Err(refusal) => {
+                            self.shared.metrics.connection_refused(refusal.reason());
+                            self.shared.admission.log_refusal(refusal, peer.ip());
+                            inbound::refuse(&self.shared.domain, tcp, refusal);
+                        }
+                    },
                     Err(e) => {
                         // Out of file descriptors and the like: back off, keep serving.
                         tracing::warn!(error = %e, "s2s accept failed");

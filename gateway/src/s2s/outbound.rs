@@ -24,9 +24,9 @@ use xmpp_parsers::stanza_error::DefinedCondition;
 
 use super::dialback::{Dialback, Verdict};
 use super::stanza::{self, Stanza};
-use super::transport::{ReadBudget, Transport};
+use super::transport::Transport;
 use super::wire::{self, ReadFailure, Stream, Whitespace};
-use super::{Shared, acks, inbound, metrics};
+use super::{Shared, acks, inbound, limits, metrics};
 
 /// How many times a domain is tried before queued stanzas bounce.
 const ATTEMPTS: u32 = 3;
@@ -65,7 +65,9 @@ impl Outbound {
         let me = handle.clone();
         tokio::spawn(async move {
             let span = tracing::info_span!("s2s_out", peer = %domain);
-            let _ = tracing::Instrument::instrument(run(shared, domain, rx, me), span).await;
+            let limits = shared.settings.limits;
+            let run = tracing::Instrument::instrument(run(shared, domain, rx, me), span);
+            limits::scoped(limits, run).await;
         });
         handle
     }
@@ -322,7 +324,7 @@ async fn start_tls(
         .map_err(ConnectError::Tls)?;
     Ok(Transport::tls(
         tokio_rustls::TlsStream::Client(tls),
-        ReadBudget::new(shared.settings.max_stanza_bytes),
+        shared.settings.read_budget(),
     ))
 }
 
@@ -348,7 +350,7 @@ async fn negotiate_once(
     use_tls: bool,
 ) -> Result<Opened, ConnectError> {
     let (tcp, direct_tls) = connect_tcp(shared, domain).await?;
-    let budget = || ReadBudget::new(shared.settings.max_stanza_bytes);
+    let budget = || shared.settings.read_budget();
     let mut transport = if direct_tls {
         start_tls(shared, domain, tcp).await?
     } else {
@@ -375,8 +377,7 @@ async fn negotiate_once(
             .id
             .map(|id| id.into_owned())
             .unwrap_or_default();
-        let (features, mut stream) = opened
-            .recv_features::<Element>()
+        let (features, mut stream) = limits::recv_features(opened)
             .await
             .map_err(|e| negotiation(&e))?;
         if !tls && use_tls && features.starttls.is_some() {
@@ -508,10 +509,7 @@ async fn sasl_external(shared: &Shared, domain: &str, mut stream: Stream) -> std
                 .id
                 .map(|id| id.into_owned())
                 .unwrap_or_default();
-            let (features, stream) = opened
-                .recv_features::<Element>()
-                .await
-                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            let (features, stream) = limits::recv_features(opened).await?;
             shared.metrics.auth("sasl-external-out", "valid");
             Ok(Sasl::Success(stream, features, id))
         }
@@ -674,7 +672,7 @@ async fn session(
                         }
                         // With bidi the peer is the domain we resolved and connected to.
                         let authenticated_domains = [domain.to_owned()];
-                        if let Err((condition, text)) = inbound::dispatch(shared, element, &authenticated_domains, None).await {
+                        if let Err((condition, text)) = inbound::dispatch(shared, element.into_element(), &authenticated_domains, None).await {
                             shared.metrics.stream_error(&condition.to_string());
                             wire::close_with_error(&mut stream, condition, &text).await;
                             break Ended::Lost(text);

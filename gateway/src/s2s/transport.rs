@@ -5,8 +5,9 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, BufStream, ReadBuf};
 use tokio::net::TcpStream;
@@ -15,37 +16,91 @@ use tokio::net::TcpStream;
 pub type Io = BufStream<Transport>;
 
 /// Counts the bytes read since the last complete element, so that a peer
-/// cannot make us buffer an unbounded stanza. The count includes whatever the
-/// read buffer pulled ahead, so the limit holds to within one buffer (8 KiB).
+/// cannot make us buffer an unbounded stanza, and the time since the first
+/// of them, so that it cannot hold a stanza open by dripping bytes. The
+/// count includes whatever the read buffer pulled ahead, so the size limit
+/// holds to within one buffer (8 KiB).
 #[derive(Debug, Clone)]
-pub struct ReadBudget {
-    used: Arc<AtomicUsize>,
-    limit: usize,
+pub struct ReadBudget(Arc<BudgetState>);
+
+#[derive(Debug)]
+struct BudgetState {
+    used: AtomicUsize,
+    limit: AtomicUsize,
+    /// How long one element may take once its first byte has arrived.
+    time_limit: Duration,
+    base: Instant,
+    /// Milliseconds after `base` (plus one) when the pending element's first
+    /// byte arrived; 0 while nothing is pending or the clock is not armed.
+    started: AtomicU64,
+    /// The clock runs once the stream is past its header (see `reset`).
+    armed: AtomicBool,
 }
 
 impl ReadBudget {
-    pub fn new(limit: usize) -> Self {
-        Self {
-            used: Arc::new(AtomicUsize::new(0)),
-            limit,
-        }
+    pub fn new(limit: usize, time_limit: Duration) -> Self {
+        Self(Arc::new(BudgetState {
+            used: AtomicUsize::new(0),
+            limit: AtomicUsize::new(limit),
+            time_limit,
+            base: Instant::now(),
+            started: AtomicU64::new(0),
+            armed: AtomicBool::new(false),
+        }))
     }
 
-    /// Called after each complete element.
+    /// Called after each complete element (and once the stream is open): the
+    /// next element gets a fresh budget, and its clock starts with its first byte.
     pub fn reset(&self) {
-        self.used.store(0, Ordering::Relaxed);
+        self.0.used.store(0, Ordering::Relaxed);
+        self.0.started.store(0, Ordering::Relaxed);
+        self.0.armed.store(true, Ordering::Relaxed);
     }
 
-    fn charge(&self, n: usize) -> io::Result<()> {
-        let used = self.used.fetch_add(n, Ordering::Relaxed) + n;
-        if used > self.limit {
-            Err(io::Error::new(
+    /// Changes the size limit (smaller before the peer has authenticated).
+    pub fn set_limit(&self, limit: usize) {
+        self.0.limit.store(limit, Ordering::Relaxed);
+    }
+
+    fn charge(&self, bytes: &[u8]) -> io::Result<()> {
+        let s = &self.0;
+        let limit = s.limit.load(Ordering::Relaxed);
+        let used = s.used.fetch_add(bytes.len(), Ordering::Relaxed) + bytes.len();
+        if used > limit {
+            return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                StanzaTooLarge(self.limit),
-            ))
-        } else {
-            Ok(())
+                StanzaTooLarge(limit),
+            ));
         }
+        if !s.armed.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        if s.started.load(Ordering::Relaxed) == 0 {
+            // Whitespace between stanzas (keepalives) starts no clock.
+            if bytes.iter().any(|b| !b" \t\r\n".contains(b)) {
+                s.started
+                    .store(self.now_ms().saturating_add(1), Ordering::Relaxed);
+            }
+            return Ok(());
+        }
+        match self.overdue() {
+            Some(slow) => Err(io::Error::new(io::ErrorKind::InvalidData, slow)),
+            None => Ok(()),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.0.base.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Whether the element being read has taken longer than its time limit
+    /// (checked on every read, and by the stream when the peer falls silent).
+    pub fn overdue(&self) -> Option<StanzaTooSlow> {
+        let s = &self.0;
+        let started = s.started.load(Ordering::Relaxed);
+        let limit = u64::try_from(s.time_limit.as_millis()).unwrap_or(u64::MAX);
+        (started != 0 && self.now_ms().saturating_sub(started - 1) > limit)
+            .then_some(StanzaTooSlow(s.time_limit))
     }
 }
 
@@ -53,6 +108,11 @@ impl ReadBudget {
 #[derive(Debug, thiserror::Error)]
 #[error("stanza larger than {0} bytes")]
 pub struct StanzaTooLarge(pub usize);
+
+/// The read error that means a stanza took longer than its time limit.
+#[derive(Debug, thiserror::Error)]
+#[error("stanza not complete within {0:?} of its first byte")]
+pub struct StanzaTooSlow(pub Duration);
 
 enum Inner {
     Plain(TcpStream),
@@ -132,6 +192,10 @@ impl Transport {
         self.budget.reset();
     }
 
+    pub fn budget(&self) -> &ReadBudget {
+        &self.budget
+    }
+
     /// A stream restart writes a new header: declare the namespace on it too.
     pub fn expect_header(&self) {
         self.declare_dialback.store(true, Ordering::Relaxed);
@@ -184,12 +248,16 @@ impl AsyncRead for Transport {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        // An element broke a limit of the connection: read nothing more.
+        if let Some(broken) = super::limits::take_broken() {
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, broken)));
+        }
         let before = buf.filled().len();
         ready!(match &mut this.inner {
             Inner::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Inner::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         })?;
-        this.budget.charge(buf.filled().len() - before)?;
+        this.budget.charge(&buf.filled()[before..])?;
         Poll::Ready(Ok(()))
     }
 }
@@ -250,10 +318,36 @@ mod tests {
 
     #[test]
     fn budget_trips_past_its_limit_and_resets() {
-        let b = ReadBudget::new(10);
-        assert!(b.charge(10).is_ok());
-        assert!(b.charge(1).is_err());
+        let b = ReadBudget::new(10, Duration::from_secs(60));
+        assert!(b.charge(&[b'x'; 10]).is_ok());
+        assert!(b.charge(b"x").is_err());
         b.reset();
-        assert!(b.charge(5).is_ok());
+        assert!(b.charge(&[b'x'; 5]).is_ok());
+        b.set_limit(6);
+        assert!(b.charge(b"xx").is_err());
+    }
+
+    #[test]
+    fn a_stanza_dripped_past_its_time_limit_trips_and_whitespace_starts_no_clock() {
+        let b = ReadBudget::new(1 << 20, Duration::from_millis(50));
+        // Not armed before the stream is open: the header is timed elsewhere.
+        assert!(b.charge(b"<stream:stream>").is_ok());
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(b.charge(b"x").is_ok());
+        b.reset();
+        assert!(b.charge(b"  \n").is_ok());
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(b.charge(b"<mess").is_ok(), "the clock starts here");
+        assert!(b.charge(b"age").is_ok());
+        std::thread::sleep(Duration::from_millis(60));
+        let e = b.charge(b">").unwrap_err();
+        assert!(
+            e.get_ref()
+                .unwrap()
+                .downcast_ref::<StanzaTooSlow>()
+                .is_some()
+        );
+        b.reset();
+        assert!(b.charge(b"<message/>").is_ok());
     }
 }

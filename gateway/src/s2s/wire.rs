@@ -12,7 +12,8 @@ use xmpp_parsers::starttls::StartTls;
 use xmpp_parsers::stream_error::{DefinedCondition, StreamError};
 use xmpp_parsers::stream_features::StreamFeatures;
 
-use super::transport::{Io, StanzaTooLarge};
+use super::limits::{LimitExceeded, Received};
+use super::transport::{Io, StanzaTooLarge, StanzaTooSlow};
 
 pub const NS_STREAM: &str = "http://etherx.jabber.org/streams";
 pub const NS_TLS: &str = "urn:ietf:params:xml:ns:xmpp-tls";
@@ -20,8 +21,9 @@ pub const NS_SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
 pub const NS_BIDI: &str = "urn:xmpp:bidi";
 pub const NS_BIDI_FEATURE: &str = "urn:xmpp:features:bidi";
 
-/// An established XML stream carrying any element.
-pub type Stream = XmlStream<Io, Element>;
+/// An established XML stream carrying any element, each built within the
+/// connection's [`Limits`](super::limits::Limits).
+pub type Stream = XmlStream<Io, Received>;
 
 /// Read timeouts of a stream. After `keepalive` of silence a whitespace
 /// keepalive goes out (and silence in the middle of a stanza ends the
@@ -116,9 +118,12 @@ pub fn classify(error: ReadError) -> ReadFailure {
     match error {
         ReadError::StreamFooterReceived => ReadFailure::Closed,
         ReadError::SoftTimeout => ReadFailure::Timeout,
-        ReadError::ParseError(e) => {
-            ReadFailure::Error(DefinedCondition::NotWellFormed, e.to_string())
-        }
+        // A bad element the parser skipped to its end: one past our limits
+        // still ends the stream.
+        ReadError::ParseError(e) => match LimitExceeded::of_xso(&e) {
+            Some(limit) => ReadFailure::Error(DefinedCondition::PolicyViolation, limit.to_string()),
+            None => ReadFailure::Error(DefinedCondition::NotWellFormed, e.to_string()),
+        },
         ReadError::HardError(e) => classify_io(&e),
     }
 }
@@ -131,9 +136,16 @@ pub fn classify_io(e: &std::io::Error) -> ReadFailure {
             "no data from the peer".into(),
         );
     }
+    // RFC 6120 §4.9.3.12: a peer past our limits gets policy-violation.
+    if let Some(limit) = LimitExceeded::find(e) {
+        return ReadFailure::Error(DefinedCondition::PolicyViolation, limit.to_string());
+    }
     if let Some(inner) = e.get_ref() {
         if let Some(too_large) = inner.downcast_ref::<StanzaTooLarge>() {
             return ReadFailure::Error(DefinedCondition::PolicyViolation, too_large.to_string());
+        }
+        if let Some(too_slow) = inner.downcast_ref::<StanzaTooSlow>() {
+            return ReadFailure::Error(DefinedCondition::PolicyViolation, too_slow.to_string());
         }
         if let Some(xml) = inner.downcast_ref::<xmpp_parsers::minidom::rxml::Error>() {
             return match xml {
@@ -212,6 +224,14 @@ mod tests {
         assert!(matches!(
             classify_io(&dtd),
             ReadFailure::Error(DefinedCondition::RestrictedXml, _)
+        ));
+        let deep = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            xso::error::Error::text_parse_error(LimitExceeded::Depth(32)),
+        );
+        assert!(matches!(
+            classify_io(&deep),
+            ReadFailure::Error(DefinedCondition::PolicyViolation, text) if text.contains("32 levels")
         ));
         let eof = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
         assert!(matches!(classify_io(&eof), ReadFailure::Closed));
