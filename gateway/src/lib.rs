@@ -9,6 +9,7 @@ pub mod bridge;
 pub mod graph;
 pub mod leadership;
 pub mod licence;
+pub mod memory;
 pub mod process;
 pub mod s2s;
 pub mod store;

@@ -283,6 +283,7 @@ impl Gateway {
                 }
             })
         });
+        tokio::spawn(crate::memory::give_back_freed_memory());
         // One shutdown signal for every listener: asked for, or a failure.
         let (stop_tx, stop_rx) = watch::channel(false);
         let stop_tx = Arc::new(stop_tx);
