@@ -67,6 +67,19 @@ impl Daemon {
         }
     }
 
+    /// Whether the process is still running (a crash shows here at once).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Every log line so far, without waiting for more.
+    pub fn lines_so_far(&mut self) -> &[String] {
+        while let Ok(line) = self.lines.try_recv() {
+            self.seen.push(line);
+        }
+        &self.seen
+    }
+
     /// Sends SIGTERM and waits for the process to exit.
     pub fn terminate(mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
         let status = Command::new("kill")

@@ -15,7 +15,16 @@ pub mod xmpp_peer;
 /// This process's resident memory in bytes, for benchmarks' memory figures
 /// (0 where /proc is not there).
 pub fn rss_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    rss_of("self")
+}
+
+/// The resident memory of process `pid` in bytes (0 where /proc is not there).
+pub fn rss_bytes_of(pid: u32) -> u64 {
+    rss_of(&pid.to_string())
+}
+
+fn rss_of(pid: &str) -> u64 {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).unwrap_or_default();
     let pages: u64 = statm
         .split_whitespace()
         .nth(1)
