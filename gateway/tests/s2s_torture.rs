@@ -419,11 +419,20 @@ async fn the_listener_survives_hostile_input_and_keeps_serving() {
         }
     }
     t.ping_on(&mut steady).await;
+    // On a loaded machine the gateway may still be accepting: count once it
+    // has refused what lies beyond the limit (the assertion below decides).
+    let beyond = (2_000 + PER_ADDRESS - MAX_UNAUTHENTICATED) as f64;
+    let settle = Instant::now() + Duration::from_secs(60);
+    while t.metric("xmppfed_s2s_connections_refused_total").await < beyond
+        && Instant::now() < settle
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let open = held.len();
     let mut closed_at_once = 0;
     for tcp in held.iter_mut() {
         let mut byte = [0u8; 512];
-        let read = tokio::time::timeout(Duration::from_millis(2), tcp.read(&mut byte)).await;
+        let read = tokio::time::timeout(Duration::from_millis(5), tcp.read(&mut byte)).await;
         if let Ok(Ok(n)) = read
             && (n == 0 || String::from_utf8_lossy(&byte[..n]).contains("resource-constraint"))
         {

@@ -14,7 +14,7 @@ use futures::StreamExt;
 use rustls::pki_types::CertificateDer;
 use tokio::io::{AsyncWriteExt, BufStream};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
 use tokio_xmpp::xmlstream::{AcceptedStream, StreamHeader, accept_stream};
 use xmpp_parsers::minidom::Element;
@@ -93,6 +93,7 @@ async fn serve(shared: Arc<Shared>, tcp: TcpStream, mut ticket: Ticket) {
     let (bidi_tx, mut bidi_rx) = mpsc::channel::<Stanza>(1024);
     let mut verifying: HashSet<String> = HashSet::new();
     let mut authenticated: Vec<String> = Vec::new();
+    let replies = Arc::new(Semaphore::new(REPLIES_IN_FLIGHT));
     let mut bidi = false;
     let mut first_header = true;
 
@@ -333,7 +334,7 @@ async fn serve(shared: Arc<Shared>, tcp: TcpStream, mut ticket: Ticket) {
                                 *received += 1;
                                 Ack::new(acks.clone(), *received)
                             });
-                            if let Err(fault) = dispatch(&shared, element.into_element(), &authenticated, ack).await {
+                            if let Err(fault) = dispatch(&shared, element.into_element(), &authenticated, ack, Some(&replies)).await {
                                 break Some(fault);
                             }
                         } else if element.is("error", wire::NS_STREAM) {
@@ -574,6 +575,7 @@ pub async fn dispatch(
     element: Element,
     authenticated: &[String],
     ack: Option<Ack>,
+    replies: Option<&Arc<Semaphore>>,
 ) -> Result<(), StreamFault> {
     let from_domain = element.attr("from").map(bare_domain);
     let Some(from_domain) = from_domain else {
@@ -624,7 +626,14 @@ pub async fn dispatch(
     match services::handle(shared.directory.as_ref(), stanza) {
         Handled::Answered(reply) => {
             if let Some(reply) = reply {
-                reroute(shared, reply);
+                // Answers in flight are bounded per stream: a peer that floods
+                // us with pings waits (its stream is not read) rather than
+                // losing answers or growing our memory.
+                let permit = match replies {
+                    Some(replies) => replies.clone().acquire_owned().await.ok(),
+                    None => None,
+                };
+                answer(shared, reply, permit);
             }
             if let Some(ack) = ack {
                 ack.handled();
@@ -638,13 +647,24 @@ pub async fn dispatch(
 /// Sends a stanza from a task of its own: the stream task that calls this
 /// must never wait on a queue that only it (or the bridge) empties.
 pub fn reroute(shared: &Arc<Shared>, stanza: Stanza) {
+    answer(shared, stanza, None);
+}
+
+/// Answers in flight per stream before the stream stops being read.
+const REPLIES_IN_FLIGHT: usize = 1024;
+
+/// Like `reroute`, waiting for room in a full outbound queue (no outbox
+/// sends these again); `permit` is released once the answer is queued.
+fn answer(shared: &Arc<Shared>, stanza: Stanza, permit: Option<OwnedSemaphorePermit>) {
     let sender = S2sSender {
         shared: shared.clone(),
     };
+    let patience = shared.settings.connect_timeout * 2;
     tokio::spawn(async move {
-        if let Err(e) = sender.send(stanza).await {
-            tracing::debug!(error = %e, "stanza not sent");
+        if let Err(e) = sender.send_waiting(stanza, patience).await {
+            tracing::info!(error = %e, "answer not sent");
         }
+        drop(permit);
     });
 }
 

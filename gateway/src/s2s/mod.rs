@@ -254,28 +254,36 @@ impl S2sSender {
         Ok(domain)
     }
 
+    /// Hands `stanza` to the peer's bidi stream (XEP-0288) if it has one
+    /// with room; gives it back otherwise, for our own outbound stream.
+    fn try_bidi(&self, domain: &str, stanza: Stanza) -> Option<Stanza> {
+        let shared = &self.shared;
+        let Some(route) = shared.bidi_route(domain) else {
+            return Some(stanza);
+        };
+        let kind = metrics::kind(&stanza);
+        match route.try_send(stanza) {
+            Ok(()) => {
+                shared
+                    .metrics
+                    .stanza_out(&shared.domain_label(domain), kind);
+                None
+            }
+            Err(mpsc::error::TrySendError::Full(s) | mpsc::error::TrySendError::Closed(s)) => {
+                Some(s)
+            }
+        }
+    }
+
     /// Queues `stanza` for its recipient's domain without waiting. Delivery
     /// failures come back to the bridge as error stanzas; refusals (not
     /// allowed, a full queue) are returned here.
     pub async fn send(&self, stanza: Stanza) -> Result<(), SendError> {
         let shared = &self.shared;
         let domain = self.destination(&stanza)?;
-        let mut stanza = stanza;
-        if let Some(route) = shared.bidi_route(&domain) {
-            let kind = metrics::kind(&stanza);
-            match route.try_send(stanza) {
-                Ok(()) => {
-                    shared
-                        .metrics
-                        .stanza_out(&shared.domain_label(&domain), kind);
-                    return Ok(());
-                }
-                // A busy or closing bidi stream: our own outbound stream takes it.
-                Err(mpsc::error::TrySendError::Full(s) | mpsc::error::TrySendError::Closed(s)) => {
-                    stanza = s
-                }
-            }
-        }
+        let Some(mut stanza) = self.try_bidi(&domain, stanza) else {
+            return Ok(());
+        };
         // A stream task that has just ended is replaced once.
         for _ in 0..2 {
             match shared.outbound(&domain).try_send(stanza, None) {
@@ -285,6 +293,29 @@ impl S2sSender {
             }
         }
         Err(SendError::Closed)
+    }
+
+    /// Like `send`, but waits (up to `patience`) for room in a full queue
+    /// instead of refusing: for answers the domain itself gives, which no
+    /// durable outbox sends again.
+    pub async fn send_waiting(&self, stanza: Stanza, patience: Duration) -> Result<(), SendError> {
+        let shared = &self.shared;
+        let domain = self.destination(&stanza)?;
+        let Some(mut stanza) = self.try_bidi(&domain, stanza) else {
+            return Ok(());
+        };
+        let queued = async {
+            for _ in 0..2 {
+                match shared.outbound(&domain).send(stanza).await {
+                    Ok(()) => return Ok(()),
+                    Err(s) => stanza = *s,
+                }
+            }
+            Err(SendError::Closed)
+        };
+        tokio::time::timeout(patience, queued)
+            .await
+            .unwrap_or(Err(SendError::Busy(domain)))
     }
 
     /// Like `send`, through our own outbound stream only (never a peer's bidi

@@ -100,6 +100,18 @@ impl Outbound {
             })
     }
 
+    /// Queues a stanza, waiting while the queue is full (the stream task is
+    /// writing a batch); gives it back if this stream's task has ended.
+    pub async fn send(&self, stanza: Stanza) -> Result<(), Box<Stanza>> {
+        self.tx
+            .send(Command::Send(Box::new(stanza), None))
+            .await
+            .map_err(|e| match e.0 {
+                Command::Send(s, _) => s,
+                Command::Verify { .. } => unreachable!("sent a Send"),
+            })
+    }
+
     /// Asks the remote domain (the authoritative server) whether `key` is
     /// its key for stream `id`.
     pub async fn verify(&self, id: String, key: String) -> Verdict {
@@ -672,7 +684,7 @@ async fn session(
                         }
                         // With bidi the peer is the domain we resolved and connected to.
                         let authenticated_domains = [domain.to_owned()];
-                        if let Err((condition, text)) = inbound::dispatch(shared, element.into_element(), &authenticated_domains, None).await {
+                        if let Err((condition, text)) = inbound::dispatch(shared, element.into_element(), &authenticated_domains, None, None).await {
                             shared.metrics.stream_error(&condition.to_string());
                             wire::close_with_error(&mut stream, condition, &text).await;
                             break Ended::Lost(text);
