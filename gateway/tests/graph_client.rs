@@ -446,3 +446,78 @@ async fn members_of_nested_groups() {
         .unwrap_err();
     assert_eq!(no_role.status(), Some(403));
 }
+
+/// A server posing as Graph that answers with more than any Graph reply can
+/// be: the client refuses it after 16 MiB instead of buffering it all, whether
+/// the length is announced or the body just keeps coming.
+#[tokio::test]
+async fn a_reply_too_large_is_refused_not_buffered() {
+    use axum::Router;
+    use axum::body::Body;
+    use axum::routing::{get, post};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let sent = Arc::new(AtomicUsize::new(0));
+    let endless = {
+        let sent = sent.clone();
+        move || {
+            let sent = sent.clone();
+            async move {
+                let chunk = bytes::Bytes::from(vec![b' '; 64 << 10]);
+                let stream = futures::stream::repeat_with(move || {
+                    sent.fetch_add(chunk.len(), Ordering::Relaxed);
+                    Ok::<_, std::io::Error>(chunk.clone())
+                });
+                Body::from_stream(stream)
+            }
+        }
+    };
+    let app = Router::new()
+        .route(
+            "/{tenant}/oauth2/v2.0/token",
+            post(|| async {
+                axum::Json(json!({"token_type": "Bearer", "expires_in": 3600, "access_token": "t"}))
+            }),
+        )
+        .route("/v1.0/users/{id}", get(endless))
+        .route(
+            "/v1.0/users/{id}/photo/$value",
+            get(|| async { vec![0u8; 17 << 20] }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let http = reqwest::Client::new();
+    let tokens = Tokens::new(
+        http.clone(),
+        &format!("http://{addr}"),
+        TENANT,
+        "gateway",
+        SecretString::from("s3cret".to_owned()),
+    );
+    let graph = GraphClient::new(
+        http,
+        &format!("http://{addr}/v1.0"),
+        tokens,
+        Budget::new(200, 50),
+        quick_retries(),
+    );
+    let error = graph.get_user("alice@contoso.com").await.unwrap_err();
+    assert!(
+        matches!(&error, GraphError::Decode(m) if m.contains("larger than 16777216 bytes")),
+        "{error}"
+    );
+    let streamed = sent.load(Ordering::Relaxed);
+    assert!(
+        streamed < 64 << 20,
+        "the client read {streamed} bytes before giving up"
+    );
+    let error = graph.get_photo("some-id").await.unwrap_err();
+    assert!(
+        matches!(&error, GraphError::Decode(m) if m.contains("larger than")),
+        "{error}"
+    );
+}

@@ -8,10 +8,13 @@
 //!   takes. Items with another `clientState` are dropped and counted.
 //! - Lifecycle notifications (`reauthorizationRequired`, `subscriptionRemoved`,
 //!   `missed`) arrive on their own path and are queued the same way.
+//! - Anyone can reach this endpoint, so what it reads is bounded: a body of
+//!   at most [`MAX_BODY_BYTES`] (413 beyond), JSON nested at most 128 deep
+//!   (serde_json's recursion limit; 400 beyond).
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Query, State};
+use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -27,6 +30,10 @@ use crate::store::Store;
 /// The paths under the public webhook URL.
 pub const NOTIFICATIONS_PATH: &str = "/graph/notifications";
 pub const LIFECYCLE_PATH: &str = "/graph/lifecycle";
+
+/// Our subscriptions carry no resource data, so a batch is a list of short
+/// items (ids and paths); 1 MiB holds thousands of them.
+pub const MAX_BODY_BYTES: usize = 1 << 20;
 
 /// One change or lifecycle notification that passed the `clientState` check.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -71,6 +78,7 @@ pub fn router(client_state: SecretString, sink: Sink) -> Router {
     Router::new()
         .route(NOTIFICATIONS_PATH, post(receive))
         .route(LIFECYCLE_PATH, post(receive))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(receiver)
 }
 
