@@ -445,3 +445,33 @@ async fn delayed_notifications_and_an_expired_subscription() {
         .unwrap();
     assert_eq!(next(&mut rx).await.subscription_id, held[0].id);
 }
+
+/// The webhook is on the internet: a body past the limit gets 413, JSON
+/// nested 100,000 deep gets 400, and the receiver keeps serving.
+#[tokio::test]
+async fn oversized_and_deeply_nested_bodies_are_refused() {
+    let (tx, mut rx) = mpsc::channel(8);
+    let url = format!(
+        "{}/graph/notifications",
+        serve_webhook("state", webhook::Sink::Channel(tx)).await
+    );
+    let http = reqwest::Client::new();
+    let big = format!(
+        "{{\"value\": [], \"pad\": \"{}\"}}",
+        "x".repeat(webhook::MAX_BODY_BYTES)
+    );
+    let r = http.post(&url).body(big).send().await.unwrap();
+    assert_eq!(r.status(), 413);
+    let deep = format!(
+        "{{\"value\": [{}{}]}}",
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    let r = http.post(&url).body(deep).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let batch = json!({"value": [{"subscriptionId": "s1", "changeType": "created", "clientState": "state",
+                                  "resource": "chats('c')/messages('1')", "resourceData": {"id": "1"}}]});
+    let r = http.post(&url).json(&batch).send().await.unwrap();
+    assert_eq!(r.status(), 202);
+    assert_eq!(next(&mut rx).await.resource_id.as_deref(), Some("1"));
+}
