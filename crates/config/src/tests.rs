@@ -356,3 +356,40 @@ fn the_bridge_lease_has_a_default_and_a_sane_range() {
         (30, Some("gw-0"))
     );
 }
+
+/// A broken file is an error, never a crash: nesting far past anything a
+/// configuration needs (arrays, inline tables, dotted keys) is refused by the
+/// toml parser's own recursion limit (about 80 levels), and a file of garbage
+/// names where it went wrong.
+#[test]
+fn hostile_documents_are_errors_not_crashes() {
+    let depth = 100_000;
+    let documents = [
+        format!("x = {}{}", "[".repeat(depth), "]".repeat(depth)),
+        format!("x = {}{}", "{ a = ".repeat(depth), "}".repeat(depth)),
+        format!("{} = 1", vec!["a"; depth].join(".")),
+        format!("[{}]", vec!["t"; depth].join(".")),
+        "\u{0}\u{ffff}garbage = = [".to_owned(),
+    ];
+    for text in documents {
+        // On a thread with Rust's default 2 MiB stack, the smallest any of
+        // our binaries parses configuration on (256 KiB is too little for a
+        // debug build at the limit): a recursion without a bound overflows it.
+        let result = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || {
+                GatewayConfig::from_toml_str(&text)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            })
+            .unwrap()
+            .join()
+            .expect("the parser returns instead of overflowing its stack");
+        let message = result.expect_err("not a valid configuration");
+        eprintln!("{message}");
+        assert!(
+            message.contains("TOML parse error") || message.contains("recursion limit"),
+            "{message}"
+        );
+    }
+}
