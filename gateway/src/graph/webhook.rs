@@ -87,6 +87,39 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// A notification collection as posted: those whose clientState is ours,
+/// and how many were not.
+pub struct Batch {
+    pub accepted: Vec<Notification>,
+    pub rejected: usize,
+}
+
+/// Reads a posted body (`{"value": [...]}`), or `None` if it is not one.
+/// Pure, so the fuzz target runs exactly what the endpoint runs.
+pub fn parse_batch(body: &[u8], client_state: &[u8]) -> Option<Batch> {
+    let batch = serde_json::from_slice::<Value>(body).ok()?;
+    let items = batch["value"].as_array()?;
+    let mut accepted = Vec::with_capacity(items.len());
+    let mut rejected = 0usize;
+    for item in items {
+        let theirs = item["clientState"].as_str().unwrap_or_default().as_bytes();
+        if !same(client_state, theirs) {
+            rejected += 1;
+            continue;
+        }
+        let text = |k: &str| item[k].as_str().map(str::to_owned);
+        accepted.push(Notification {
+            subscription_id: text("subscriptionId").unwrap_or_default(),
+            change_type: text("changeType"),
+            resource: text("resource"),
+            resource_id: item["resourceData"]["id"].as_str().map(str::to_owned),
+            lifecycle_event: text("lifecycleEvent"),
+            tenant_id: text("tenantId"),
+        });
+    }
+    Some(Batch { accepted, rejected })
+}
+
 async fn receive(
     State(receiver): State<Receiver>,
     Query(validation): Query<Validation>,
@@ -101,37 +134,16 @@ async fn receive(
         )
             .into_response();
     }
-    let Ok(batch) = serde_json::from_slice::<Value>(&body) else {
+    let Some(Batch { accepted, rejected }) =
+        parse_batch(&body, receiver.client_state.expose_secret().as_bytes())
+    else {
         return (
             StatusCode::BAD_REQUEST,
             "not a change notification collection",
         )
             .into_response();
     };
-    let Some(items) = batch["value"].as_array() else {
-        return (
-            StatusCode::BAD_REQUEST,
-            "not a change notification collection",
-        )
-            .into_response();
-    };
-    let ours = receiver.client_state.expose_secret().as_bytes();
-    let mut rejected = 0usize;
-    for item in items {
-        let theirs = item["clientState"].as_str().unwrap_or_default().as_bytes();
-        if !same(ours, theirs) {
-            rejected += 1;
-            continue;
-        }
-        let text = |k: &str| item[k].as_str().map(str::to_owned);
-        let notification = Notification {
-            subscription_id: text("subscriptionId").unwrap_or_default(),
-            change_type: text("changeType"),
-            resource: text("resource"),
-            resource_id: item["resourceData"]["id"].as_str().map(str::to_owned),
-            lifecycle_event: text("lifecycleEvent"),
-            tenant_id: text("tenantId"),
-        };
+    for notification in accepted {
         match &receiver.sink {
             // A full queue must not make Graph wait: it would retry the whole batch.
             Sink::Channel(queue) => {
