@@ -6,6 +6,8 @@
 //! it as modules of their own (see docs/architecture.md).
 
 pub mod bridge;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod graph;
 pub mod leadership;
 pub mod licence;

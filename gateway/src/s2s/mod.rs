@@ -8,24 +8,25 @@
 //! the bridge, typed, through the receiver `bind` returns; stanzas that cannot
 //! be delivered come back on it as error stanzas (bounces).
 //!
-//! One module per concern: `transport` (bytes, TLS, size budget), `wire`
-//! (stream helpers), `dialback`, `tls`, `resolve`, `policy`, `inbound`,
-//! `outbound`, `services`, `stanza` (the typed boundary).
+//! One module per concern: `transport` (bytes, TLS, size and time budget),
+//! `limits` (the bounded element builder), `admission` (unauthenticated
+//! connection caps), `wire` (stream helpers), `dialback`, `tls`, `resolve`,
+//! `policy`, `inbound`, `outbound`, `services`, `stanza` (the typed boundary).
 
 pub mod acks;
 mod admission;
-mod dialback;
+pub(crate) mod dialback;
 mod inbound;
 pub mod limits;
 mod metrics;
 mod outbound;
 mod policy;
 mod resolve;
-mod services;
+pub(crate) mod services;
 pub mod stanza;
 mod tls;
-mod transport;
-mod wire;
+pub(crate) mod transport;
+pub(crate) mod wire;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -117,6 +117,8 @@ pub struct StanzaTooSlow(pub Duration);
 enum Inner {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::TlsStream<TcpStream>>),
+    /// In memory, for the fuzz targets: the same budget and limits as TCP.
+    Memory(tokio::io::DuplexStream),
 }
 
 /// Bytes to write verbatim, ahead of whatever the XML stream writes next.
@@ -161,6 +163,11 @@ impl Transport {
         Self::new(Inner::Tls(Box::new(tls)), budget)
     }
 
+    /// A transport over an in-memory pipe (fuzzing), as `plain` over TCP.
+    pub fn memory(io: tokio::io::DuplexStream, budget: ReadBudget) -> Self {
+        Self::new(Inner::Memory(io), budget)
+    }
+
     fn new(inner: Inner, budget: ReadBudget) -> Self {
         Self {
             inner,
@@ -179,7 +186,7 @@ impl Transport {
     pub fn into_tcp(self) -> Option<TcpStream> {
         match self.inner {
             Inner::Plain(tcp) => Some(tcp),
-            Inner::Tls(_) => None,
+            Inner::Tls(_) | Inner::Memory(_) => None,
         }
     }
 
@@ -238,6 +245,7 @@ fn poll_write_inner(
     match inner {
         Inner::Plain(s) => Pin::new(s).poll_write(cx, buf),
         Inner::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        Inner::Memory(s) => Pin::new(s).poll_write(cx, buf),
     }
 }
 
@@ -256,6 +264,7 @@ impl AsyncRead for Transport {
         ready!(match &mut this.inner {
             Inner::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Inner::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Inner::Memory(s) => Pin::new(s).poll_read(cx, buf),
         })?;
         this.budget.charge(&buf.filled()[before..])?;
         Poll::Ready(Ok(()))
@@ -288,6 +297,7 @@ impl AsyncWrite for Transport {
         match &mut this.inner {
             Inner::Plain(s) => Pin::new(s).poll_flush(cx),
             Inner::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Inner::Memory(s) => Pin::new(s).poll_flush(cx),
         }
     }
 
@@ -297,6 +307,7 @@ impl AsyncWrite for Transport {
         match &mut this.inner {
             Inner::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Inner::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Inner::Memory(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }
