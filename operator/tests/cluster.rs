@@ -5,52 +5,19 @@
 //! The example image is not pulled here: the test checks what the operator
 //! applies and reports, not that gateway pods become Ready.
 
-use std::future::Future;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube::{Client, ResourceExt};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use xmppfed_e2e::cluster::{self, eventually};
 use xmppfed_operator::crd::{DomainWhitelist, FederationGateway};
 
 const MANAGER: &str = "xmppfed-integration-test";
-
-/// A client for the configured cluster, or why there is none.
-async fn cluster() -> Result<Client, String> {
-    let configured = std::env::var_os("KUBECONFIG").is_some_and(|v| !v.is_empty())
-        || std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
-    if !configured {
-        return Err("KUBECONFIG is not set".into());
-    }
-    let client = Client::try_default().await.map_err(|e| e.to_string())?;
-    client
-        .apiserver_version()
-        .await
-        .map_err(|e| format!("the API server does not answer: {e}"))?;
-    Ok(client)
-}
-
-async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
 
 fn examples(file: &str) -> Vec<Value> {
     let path = format!("{}/../examples/{file}", env!("CARGO_MANIFEST_DIR"));
@@ -86,14 +53,9 @@ fn licence_text(private: &str, nodes: u32) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn operator_on_a_real_cluster() {
-    let client = match cluster().await {
-        Ok(client) => client,
-        Err(why) => {
-            eprintln!("skipped: cluster integration test needs a Kubernetes cluster ({why})");
-            return;
-        }
+    let Some(client) = cluster::client("operator_on_a_real_cluster").await else {
+        return;
     };
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let apply = PatchParams::apply(MANAGER).force();
 
     // CRDs, established.

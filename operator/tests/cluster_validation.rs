@@ -1,0 +1,238 @@
+//! The API server itself refuses what the CRDs promise to refuse (OpenAPI
+//! schema and CEL rules), naming the field, against the cluster `KUBECONFIG`
+//! names (skipped, saying so, when none; see e2e::cluster). Each bad resource
+//! is created with a server-side dry run, so nothing is stored.
+
+use std::time::Duration;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::{Client, ResourceExt};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use xmppfed_e2e::cluster::{self, eventually};
+
+fn example(file: &str, kind: &str) -> Value {
+    let path = format!("{}/../examples/{file}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(path).unwrap();
+    serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|d| Value::deserialize(d).unwrap())
+        .find(|v| v["kind"] == kind)
+        .unwrap()
+}
+
+/// Sets `pointer` (a JSON pointer) in a copy of `doc`; `None` removes it.
+fn with(doc: &Value, pointer: &str, value: Option<Value>) -> Value {
+    let mut doc = doc.clone();
+    let (parent, key) = pointer.rsplit_once('/').unwrap();
+    let parent = doc.pointer_mut(parent).unwrap();
+    match value {
+        Some(v) => parent[key] = v,
+        None => {
+            parent.as_object_mut().unwrap().remove(key);
+        }
+    }
+    doc
+}
+
+async fn install_crds(client: &Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let apply = PatchParams::apply("xmppfed-validation-test").force();
+    for (_, crd) in xmppfed_operator::crd::all() {
+        crds.patch(&crd.name_any(), &apply, &Patch::Apply(&crd))
+            .await
+            .unwrap();
+    }
+    for (_, crd) in xmppfed_operator::crd::all() {
+        let name = crd.name_any();
+        eventually(
+            &format!("CRD {name} established"),
+            Duration::from_secs(60),
+            || {
+                let crds = crds.clone();
+                let name = name.clone();
+                async move {
+                    let crd = crds.get(&name).await.ok()?;
+                    crd.status?
+                        .conditions?
+                        .iter()
+                        .any(|c| c.type_ == "Established" && c.status == "True")
+                        .then_some(())
+                }
+            },
+        )
+        .await;
+    }
+}
+
+/// Applies `doc` as `kubectl apply --server-side --dry-run=server` does
+/// (field validation Strict): Ok, or the API server's message.
+async fn dry_run(client: &Client, doc: &Value) -> Result<(), String> {
+    let kind = doc["kind"].as_str().unwrap();
+    let name = doc["metadata"]["name"].as_str().unwrap();
+    let gvk = GroupVersionKind::gvk("xmppfed.io", "v1alpha1", kind);
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), "default", &ApiResource::from_gvk(&gvk));
+    let params = PatchParams::apply("xmppfed-validation-test")
+        .dry_run()
+        .validation_strict();
+    match api.patch(name, &params, &Patch::Apply(doc)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) => Err(status.message),
+        Err(e) => panic!("not an API refusal: {e}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_api_server_refuses_invalid_resources_naming_the_field() {
+    let Some(client) = cluster::client("the_api_server_refuses_invalid_resources").await else {
+        return;
+    };
+    install_crds(&client).await;
+    let gateway = example("minimal-sqlite.yaml", "FederationGateway");
+    let whitelist = example("domain-whitelist.yaml", "DomainWhitelist");
+    let throttle = example("throttle-policy.yaml", "ThrottlePolicy");
+
+    // The examples as written are accepted.
+    for doc in [&gateway, &whitelist, &throttle] {
+        dry_run(&client, doc)
+            .await
+            .unwrap_or_else(|e| panic!("{} refused: {e}", doc["kind"]));
+    }
+
+    // (what is wrong, the resource, what the message must name)
+    let cases = [
+        (
+            "an upper-case domain",
+            with(
+                &gateway,
+                "/spec/domain",
+                Some(json!("Teams.Contoso.Example")),
+            ),
+            "spec.domain",
+        ),
+        (
+            "a domain with a space",
+            with(&gateway, "/spec/domain", Some(json!("teams contoso"))),
+            "lower-case DNS name",
+        ),
+        (
+            "65 replicas",
+            with(&gateway, "/spec/replicas", Some(json!(65))),
+            "spec.replicas",
+        ),
+        (
+            "-1 replicas",
+            with(&gateway, "/spec/replicas", Some(json!(-1))),
+            "spec.replicas",
+        ),
+        (
+            "two sqlite replicas",
+            with(&gateway, "/spec/replicas", Some(json!(2))),
+            "sqlite engine supports one replica",
+        ),
+        (
+            "an unknown field",
+            with(&gateway, "/spec/replica", Some(json!(1))),
+            "spec.replica",
+        ),
+        (
+            "a tenant id that is not a GUID",
+            with(&gateway, "/spec/tenant/tenantId", Some(json!("contoso"))),
+            "spec.tenant.tenantId",
+        ),
+        (
+            "both a client secret and a certificate",
+            with(
+                &gateway,
+                "/spec/tenant/clientCertificate",
+                Some(json!("contoso-graph-cert")),
+            ),
+            "exactly one of tenant.clientSecret and tenant.clientCertificate",
+        ),
+        (
+            "a lower-case usage location",
+            with(
+                &gateway,
+                "/spec/shadowAccounts/usageLocation",
+                Some(json!("gb")),
+            ),
+            "spec.shadowAccounts.usageLocation",
+        ),
+        (
+            "no image",
+            with(&gateway, "/spec/image", None),
+            "spec.image",
+        ),
+        (
+            "sqlserver without a connection string",
+            with(&gateway, "/spec/database/engine", Some(json!("sqlserver"))),
+            "database.connectionStringSecret",
+        ),
+        (
+            "a remote domain pattern with a wildcard in the middle",
+            with(
+                &whitelist,
+                "/spec/remoteDomains",
+                Some(json!(["xmpp.*.example"])),
+            ),
+            "spec.remoteDomains[0]",
+        ),
+        (
+            "an internal user that is not an address",
+            with(&whitelist, "/spec/internalUsers", Some(json!(["alice"]))),
+            "spec.internalUsers[0]",
+        ),
+        (
+            "a group that is not a GUID",
+            with(&whitelist, "/spec/internalGroups", Some(json!(["sales"]))),
+            "spec.internalGroups[0]",
+        ),
+        (
+            "a whitelist allowing nothing",
+            with(
+                &with(
+                    &with(&whitelist, "/spec/remoteDomains", Some(json!([]))),
+                    "/spec/internalUsers",
+                    Some(json!([])),
+                ),
+                "/spec/internalGroups",
+                Some(json!([])),
+            ),
+            "at least one domain, user or group",
+        ),
+        (
+            "a zero message rate",
+            with(&throttle, "/spec/limits/messagesPerMinute", Some(json!(0))),
+            "spec.limits.messagesPerMinute",
+        ),
+        (
+            "a zero burst in an override",
+            with(&throttle, "/spec/overrides/0/limits/burst", Some(json!(0))),
+            "spec.overrides[0].limits.burst",
+        ),
+        (
+            "two overrides for one user",
+            with(
+                &throttle,
+                "/spec/overrides",
+                Some(json!([
+                    {"user": "a@fabrikam.example", "limits": {"messagesPerMinute": 1, "bytesPerMinute": 1, "presenceUpdatesPerMinute": 1, "burst": 1}},
+                    {"user": "a@fabrikam.example", "limits": {"messagesPerMinute": 2, "bytesPerMinute": 2, "presenceUpdatesPerMinute": 2, "burst": 2}}
+                ])),
+            ),
+            "spec.overrides: duplicate entries for key [user=\"a@fabrikam.example\"]",
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (what, doc, names) in &cases {
+        match dry_run(&client, doc).await {
+            Ok(()) => wrong.push(format!("{what}: accepted")),
+            Err(message) if !message.contains(names) => wrong.push(format!(
+                "{what}: the message does not name {names:?}: {message}"
+            )),
+            Err(message) => eprintln!("{what}: {message}"),
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
