@@ -8,13 +8,15 @@
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use xmppfed_e2e::cluster::{self, eventually};
+use xmppfed_operator::build::names;
 use xmppfed_operator::crd::{DomainWhitelist, FederationGateway};
 
 const MANAGER: &str = "xmppfed-integration-test";
@@ -25,6 +27,18 @@ fn examples(file: &str) -> Vec<Value> {
     serde_yaml_ng::Deserializer::from_str(&text)
         .map(|d| Value::deserialize(d).unwrap())
         .collect()
+}
+
+async fn config_owner(
+    configmaps: &Api<ConfigMap>,
+) -> Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference> {
+    configmaps
+        .get("contoso-config")
+        .await
+        .unwrap()
+        .metadata
+        .owner_references
+        .unwrap_or_default()
 }
 
 fn condition(g: &FederationGateway, type_: &str) -> Option<(String, String)> {
@@ -167,6 +181,130 @@ async fn operator_on_a_real_cluster() {
     assert_eq!(sts.owner_references()[0].kind, "FederationGateway");
     let config = configmaps.get("contoso-config").await.unwrap();
     assert!(config.data.unwrap()["gateway.toml"].contains("xmpp.partner.example"));
+
+    // Every child exists and is owned by the gateway (so the garbage
+    // collector removes it with the gateway).
+    let owned = |refs: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference]| {
+        refs.iter().any(|r| {
+            r.kind == "FederationGateway" && r.name == "contoso" && r.controller == Some(true)
+        })
+    };
+    let services: Api<Service> = Api::namespaced(client.clone(), ns);
+    for name in [
+        names::headless_service("contoso"),
+        names::s2s_service("contoso"),
+        names::webhook_service("contoso"),
+    ] {
+        let svc = services.get(&name).await.unwrap();
+        assert!(owned(svc.owner_references()), "Service {name} not owned");
+    }
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+    let account = accounts
+        .get(&names::service_account("contoso"))
+        .await
+        .unwrap();
+    assert!(owned(account.owner_references()));
+    let roles: Api<Role> = Api::namespaced(client.clone(), ns);
+    let role = roles.get(&names::pod_role("contoso")).await.unwrap();
+    assert!(owned(role.owner_references()));
+    let bindings: Api<RoleBinding> = Api::namespaced(client.clone(), ns);
+    let binding = bindings.get(&names::pod_role("contoso")).await.unwrap();
+    assert!(owned(binding.owner_references()));
+    let keys = secrets.get(&names::keys_secret("contoso")).await.unwrap();
+    assert!(owned(keys.owner_references()));
+    assert!(owned(config_owner(&configmaps).await.as_slice()));
+
+    // No kubelet runs here: the controller-manager creates the pod, which
+    // stays Pending. Ready must say so, never claim readiness.
+    let g = gateways.get("contoso").await.unwrap();
+    assert_eq!(
+        condition(&g, "Ready"),
+        Some(("False".into(), "ReplicasNotReady".into())),
+        "{:?}",
+        g.status
+    );
+    assert_eq!(
+        condition(&g, "Progressing").map(|c| c.0),
+        Some("True".into())
+    );
+    let ready = g
+        .status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap()
+        .message
+        .clone();
+    assert!(ready.contains("0/1"), "{ready}");
+
+    // An Event says what was applied.
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), ns);
+    eventually(
+        "an Applied event for contoso",
+        Duration::from_secs(30),
+        || {
+            let events = events.clone();
+            async move {
+                events
+                    .list(&Default::default())
+                    .await
+                    .ok()?
+                    .items
+                    .iter()
+                    .any(|e| {
+                        e.reason.as_deref() == Some("Applied")
+                            && e.regarding.as_ref().and_then(|r| r.name.as_deref())
+                                == Some("contoso")
+                    })
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+
+    // Server-side apply is idempotent and shares: a label another manager
+    // set on the StatefulSet survives, and reconciles of the unchanged
+    // gateway (every 15 s while its pods are not ready) change nothing.
+    statefulsets
+        .patch(
+            "contoso",
+            &PatchParams::apply("another-team"),
+            &Patch::Apply(json!({
+                "apiVersion": "apps/v1", "kind": "StatefulSet",
+                "metadata": {"name": "contoso", "labels": {"example.com/cost-centre": "42"}}
+            })),
+        )
+        .await
+        .unwrap();
+    let versions = || async {
+        let sts = statefulsets.get("contoso").await.unwrap();
+        let cm = configmaps.get("contoso-config").await.unwrap();
+        let svc = services.get(&names::s2s_service("contoso")).await.unwrap();
+        // The StatefulSet's status is the controller-manager's to write:
+        // its spec generation is what the operator must leave alone.
+        (
+            sts.metadata.generation,
+            cm.resource_version(),
+            svc.resource_version(),
+        )
+    };
+    let before = versions().await;
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert_eq!(
+        versions().await,
+        before,
+        "an unchanged gateway's children were rewritten"
+    );
+    let sts = statefulsets.get("contoso").await.unwrap();
+    assert_eq!(
+        sts.labels()
+            .get("example.com/cost-centre")
+            .map(String::as_str),
+        Some("42"),
+        "another manager's label was taken away"
+    );
 
     // A whitelist change reaches the gateway's configuration.
     whitelists
