@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use xmppfed_e2e::cluster::{self, eventually};
 use xmppfed_operator::build::names;
-use xmppfed_operator::crd::{DomainWhitelist, FederationGateway};
+use xmppfed_operator::crd::{DomainWhitelist, FederationGateway, ThrottlePolicy};
 
 const MANAGER: &str = "xmppfed-integration-test";
 
@@ -379,6 +379,127 @@ async fn operator_on_a_real_cluster() {
             .replicas,
         Some(0)
     );
+
+    // Seats: a licence for 2 nodes and a gateway of 3 replicas runs 2 and
+    // says which replica has no seat; a licence for 3 then runs all of them.
+    let throttles: Api<ThrottlePolicy> = Api::namespaced(client.clone(), ns);
+    for mut doc in examples("production-sqlserver.yaml")
+        .into_iter()
+        .chain(examples("throttle-policy.yaml"))
+    {
+        doc["metadata"]["namespace"] = json!(ns);
+        let name = doc["metadata"]["name"].as_str().unwrap().to_owned();
+        match doc["kind"].as_str().unwrap() {
+            "Secret" => {
+                if name == "fabrikam-licence" {
+                    doc["stringData"]["licence"] = json!(licence_text(&private, 2));
+                }
+                secrets
+                    .patch(&name, &apply, &Patch::Apply(&doc))
+                    .await
+                    .unwrap();
+            }
+            "FederationGateway" => {
+                gateways
+                    .patch(&name, &apply, &Patch::Apply(&doc))
+                    .await
+                    .unwrap();
+            }
+            "ThrottlePolicy" => {
+                throttles
+                    .patch(&name, &apply, &Patch::Apply(&doc))
+                    .await
+                    .unwrap();
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    let message = eventually(
+        "fabrikam Licensed=False InsufficientSeats",
+        Duration::from_secs(60),
+        || {
+            let gateways = gateways.clone();
+            async move {
+                let g = gateways.get("fabrikam").await.ok()?;
+                let c = g
+                    .status?
+                    .conditions
+                    .into_iter()
+                    .find(|c| c.type_ == "Licensed")?;
+                (c.status == "False" && c.reason == "InsufficientSeats").then_some(c.message)
+            }
+        },
+    )
+    .await;
+    assert!(
+        message.contains("2 of 3") && message.contains("fabrikam-2"),
+        "{message}"
+    );
+    assert_eq!(
+        statefulsets
+            .get("fabrikam")
+            .await
+            .unwrap()
+            .spec
+            .unwrap()
+            .replicas,
+        Some(2)
+    );
+    secrets
+        .patch(
+            "fabrikam-licence",
+            &apply,
+            &Patch::Apply(json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "fabrikam-licence"},
+                                 "stringData": {"licence": licence_text(&private, 3)}})),
+        )
+        .await
+        .unwrap();
+    gateways
+        .patch(
+            "fabrikam",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"xmppfed.io/test-touch": "1"}}})),
+        )
+        .await
+        .unwrap();
+    eventually(
+        "fabrikam Licensed=True with 3 replicas",
+        Duration::from_secs(60),
+        || {
+            let gateways = gateways.clone();
+            let statefulsets = statefulsets.clone();
+            async move {
+                let g = gateways.get("fabrikam").await.ok()?;
+                let replicas = statefulsets.get("fabrikam").await.ok()?.spec?.replicas;
+                (condition(&g, "Licensed")?.0 == "True" && replicas == Some(3)).then_some(())
+            }
+        },
+    )
+    .await;
+
+    // A policy a gateway names, deleted: the gateway's status says so.
+    throttles
+        .delete("standard", &DeleteParams::default())
+        .await
+        .unwrap();
+    let message = eventually(
+        "fabrikam Degraded=True MissingPolicy",
+        Duration::from_secs(60),
+        || {
+            let gateways = gateways.clone();
+            async move {
+                let g = gateways.get("fabrikam").await.ok()?;
+                let c = g
+                    .status?
+                    .conditions
+                    .into_iter()
+                    .find(|c| c.type_ == "Degraded")?;
+                (c.status == "True" && c.reason == "MissingPolicy").then_some(c.message)
+            }
+        },
+    )
+    .await;
+    assert!(message.contains("`standard`"), "{message}");
 
     // Deleting the gateway removes everything it owns.
     gateways
