@@ -62,3 +62,46 @@ where
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
+
+/// Applies `crds` (server-side, forced) and waits until each is Established.
+pub async fn install_crds(
+    client: &Client,
+    crds: impl IntoIterator<
+        Item = k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    >,
+) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::ResourceExt;
+    use kube::api::{Api, Patch, PatchParams};
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let apply = PatchParams::apply("xmppfed-tests").force();
+    let mut names = Vec::new();
+    for crd in crds {
+        let name = crd.name_any();
+        api.patch(&name, &apply, &Patch::Apply(&crd))
+            .await
+            .unwrap_or_else(|e| panic!("applying CRD {name}: {e}"));
+        names.push(name);
+    }
+    for name in names {
+        eventually(
+            &format!("CRD {name} established"),
+            Duration::from_secs(60),
+            || {
+                let api = api.clone();
+                let name = name.clone();
+                async move {
+                    api.get(&name)
+                        .await
+                        .ok()?
+                        .status?
+                        .conditions?
+                        .iter()
+                        .any(|c| c.type_ == "Established" && c.status == "True")
+                        .then_some(())
+                }
+            },
+        )
+        .await;
+    }
+}

@@ -10,7 +10,6 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde::Deserialize;
@@ -72,34 +71,11 @@ async fn operator_on_a_real_cluster() {
     };
     let apply = PatchParams::apply(MANAGER).force();
 
-    // CRDs, established.
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for (_, crd) in xmppfed_operator::crd::all() {
-        crds.patch(&crd.name_any(), &apply, &Patch::Apply(&crd))
-            .await
-            .unwrap();
-    }
-    for (_, crd) in xmppfed_operator::crd::all() {
-        let name = crd.name_any();
-        eventually(
-            &format!("CRD {name} established"),
-            Duration::from_secs(60),
-            || {
-                let crds = crds.clone();
-                let name = name.clone();
-                async move {
-                    let crd = crds.get(&name).await.ok()?;
-                    let established = crd
-                        .status?
-                        .conditions?
-                        .iter()
-                        .any(|c| c.type_ == "Established" && c.status == "True");
-                    established.then_some(())
-                }
-            },
-        )
-        .await;
-    }
+    cluster::install_crds(
+        &client,
+        xmppfed_operator::crd::all().into_iter().map(|(_, c)| c),
+    )
+    .await;
 
     // A namespace of our own.
     let ns_name = format!("xmppfed-it-{}", std::process::id());

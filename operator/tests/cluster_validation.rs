@@ -3,14 +3,11 @@
 //! names (skipped, saying so, when none; see e2e::cluster). Each bad resource
 //! is created with a server-side dry run, so nothing is stored.
 
-use std::time::Duration;
-
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::Client;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
-use kube::{Client, ResourceExt};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use xmppfed_e2e::cluster::{self, eventually};
+use xmppfed_e2e::cluster;
 
 fn example(file: &str, kind: &str) -> Value {
     let path = format!("{}/../examples/{file}", env!("CARGO_MANIFEST_DIR"));
@@ -33,36 +30,6 @@ fn with(doc: &Value, pointer: &str, value: Option<Value>) -> Value {
         }
     }
     doc
-}
-
-async fn install_crds(client: &Client) {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let apply = PatchParams::apply("xmppfed-validation-test").force();
-    for (_, crd) in xmppfed_operator::crd::all() {
-        crds.patch(&crd.name_any(), &apply, &Patch::Apply(&crd))
-            .await
-            .unwrap();
-    }
-    for (_, crd) in xmppfed_operator::crd::all() {
-        let name = crd.name_any();
-        eventually(
-            &format!("CRD {name} established"),
-            Duration::from_secs(60),
-            || {
-                let crds = crds.clone();
-                let name = name.clone();
-                async move {
-                    let crd = crds.get(&name).await.ok()?;
-                    crd.status?
-                        .conditions?
-                        .iter()
-                        .any(|c| c.type_ == "Established" && c.status == "True")
-                        .then_some(())
-                }
-            },
-        )
-        .await;
-    }
 }
 
 /// Applies `doc` as `kubectl apply --server-side --dry-run=server` does
@@ -88,7 +55,11 @@ async fn the_api_server_refuses_invalid_resources_naming_the_field() {
     let Some(client) = cluster::client("the_api_server_refuses_invalid_resources").await else {
         return;
     };
-    install_crds(&client).await;
+    cluster::install_crds(
+        &client,
+        xmppfed_operator::crd::all().into_iter().map(|(_, c)| c),
+    )
+    .await;
     let gateway = example("minimal-sqlite.yaml", "FederationGateway");
     let whitelist = example("domain-whitelist.yaml", "DomainWhitelist");
     let throttle = example("throttle-policy.yaml", "ThrottlePolicy");
