@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
@@ -189,6 +189,41 @@ async fn operator_on_a_real_cluster() {
     let keys = secrets.get(&names::keys_secret("contoso")).await.unwrap();
     assert!(owned(keys.owner_references()));
     assert!(owned(config_owner(&configmaps).await.as_slice()));
+
+    // The gateway's own ServiceAccount (impersonated, so the API server's
+    // RBAC decides) may set its pod's role label, and do nothing else.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    eventually("pod contoso-0 created", Duration::from_secs(60), || async {
+        pods.get_opt("contoso-0").await.ok()?.map(|_| ())
+    })
+    .await;
+    let mut config = kube::Config::infer().await.unwrap();
+    config.auth_info.impersonate = Some(format!(
+        "system:serviceaccount:{ns}:{}",
+        names::service_account("contoso")
+    ));
+    let gateway_account = kube::Client::try_from(config).unwrap();
+    let as_gateway: Api<Pod> = Api::namespaced(gateway_account.clone(), ns);
+    let label = Patch::Merge(json!({"metadata": {"labels": {
+        xmppfed_config::POD_ROLE_LABEL: "leader"
+    }}}));
+    as_gateway
+        .patch("contoso-0", &PatchParams::default(), &label)
+        .await
+        .expect("the gateway may label its own pod");
+    let forbidden =
+        |r: Result<Pod, kube::Error>| matches!(r, Err(kube::Error::Api(ref s)) if s.code == 403);
+    assert!(forbidden(
+        as_gateway
+            .patch("another-pod", &PatchParams::default(), &label)
+            .await
+    ));
+    assert!(forbidden(as_gateway.get("contoso-0").await));
+    let as_gateway_secrets: Api<Secret> = Api::namespaced(gateway_account, ns);
+    assert!(matches!(
+        as_gateway_secrets.get(&names::keys_secret("contoso")).await,
+        Err(kube::Error::Api(ref s)) if s.code == 403
+    ));
 
     // No kubelet runs here: the controller-manager creates the pod, which
     // stays Pending. Ready must say so, never claim readiness.
