@@ -1,0 +1,345 @@
+//! The gateway as its pod would run, on the cluster `KUBECONFIG` names
+//! (skipped, saying so, when none; see e2e::cluster): the operator renders a
+//! gateway; this test reads the StatefulSet's pod template back from the API
+//! server, lays its volumes out exactly where the template mounts them (in a
+//! mount namespace of its own: `unshare -m`, bind mounts), sets the
+//! environment the kubelet would (downward API values from the real Pod, the
+//! ServiceAccount token from a TokenRequest, the cluster's CA), and starts the
+//! gateway binary with the template's arguments. The gateway must accept the
+//! rendered configuration, verify its licence seat, and label *its pod* through
+//! the real API server with that token (the Role the operator made allows
+//! exactly that).
+//!
+//! Needs root (mount namespaces) and the gateway binary (built by `cargo test
+//! --workspace`). Graph is Microsoft's here, out of reach, so readiness is not
+//! asserted; pods that run for real against the Graph emulator are issue 19.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, ServiceAccount};
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::discovery::ApiResource;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use xmppfed_e2e::cluster::{self, eventually};
+use xmppfed_e2e::daemon::Daemon;
+
+const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+fn examples(file: &str) -> Vec<Value> {
+    let path = format!("{}/../examples/{file}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(path).unwrap();
+    serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|d| Value::deserialize(d).unwrap())
+        .collect()
+}
+
+fn gateway_binary() -> Option<PathBuf> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/xmppfed-gateway");
+    path.is_file().then_some(path)
+}
+
+/// A self-signed certificate and key for `domain` (PEM), from openssl.
+fn certificate(dir: &Path, domain: &str) -> (String, String) {
+    let (crt, key) = (dir.join("s2s.crt"), dir.join("s2s.key"));
+    let status = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-days", "2", "-subj", &format!("/CN={domain}")])
+        .args(["-addext", &format!("subjectAltName=DNS:{domain}")])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&crt)
+        .output()
+        .expect("openssl");
+    assert!(status.status.success(), "{status:?}");
+    (
+        std::fs::read_to_string(crt).unwrap(),
+        std::fs::read_to_string(key).unwrap(),
+    )
+}
+
+fn write(dir: &Path, files: BTreeMap<String, Vec<u8>>) {
+    std::fs::create_dir_all(dir).unwrap();
+    for (name, bytes) in files {
+        std::fs::write(dir.join(name), bytes).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_gateway_runs_from_what_the_operator_rendered() {
+    let Some(client) = cluster::client("the_gateway_runs_from_what_the_operator_rendered").await
+    else {
+        return;
+    };
+    let root_ok = Command::new("unshare")
+        .args(["-m", "true"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !root_ok {
+        eprintln!("skipped: laying out a pod's volumes needs root (unshare -m)");
+        return;
+    }
+    let Some(gateway) = gateway_binary() else {
+        assert!(
+            !cluster::required(),
+            "XMPPFED_TEST_CLUSTER=required but target/debug/xmppfed-gateway is not built"
+        );
+        eprintln!("skipped: needs target/debug/xmppfed-gateway (cargo test --workspace builds it)");
+        return;
+    };
+    cluster::install_crds(
+        &client,
+        xmppfed_operator::crd::all().into_iter().map(|(_, c)| c),
+    )
+    .await;
+    let ns_name = format!("xmppfed-pod-{}", std::process::id());
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": ns_name}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let ns = ns_name.as_str();
+    let scratch = tempfile::tempdir().unwrap();
+
+    // The operator, and the example with a real licence and certificate.
+    let (private, public) = xmppfed_licence::generate_key().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let controller = tokio::spawn(xmppfed_operator::reconcile::run(
+        client.clone(),
+        Some(public),
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+    let (crt, key) = certificate(scratch.path(), "teams.contoso.example");
+    let apply = PatchParams::apply("xmppfed-pod-test").force();
+    for mut doc in examples("minimal-sqlite.yaml") {
+        doc["metadata"]["namespace"] = json!(ns);
+        let name = doc["metadata"]["name"].as_str().unwrap().to_owned();
+        if name == "xmppfed-licence" {
+            let licence = xmppfed_licence::issue(
+                &xmppfed_licence::Licence {
+                    id: "pod-it".into(),
+                    licensee: "pod layout test".into(),
+                    nodes: 1,
+                    issued: "2026-01-01T00:00:00Z".parse().unwrap(),
+                    expires: "2099-01-01T00:00:00Z".parse().unwrap(),
+                    features: vec![],
+                },
+                &private,
+            )
+            .unwrap();
+            doc["stringData"]["licence"] = json!(licence);
+        }
+        if name == "contoso-s2s-tls" {
+            doc["stringData"] = json!({"tls.crt": crt, "tls.key": key});
+        }
+        let resource = if doc["kind"] == "Secret" {
+            ApiResource::erase::<Secret>(&())
+        } else {
+            ApiResource::erase::<xmppfed_operator::crd::FederationGateway>(&())
+        };
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &resource);
+        api.patch(&name, &apply, &Patch::Apply(&doc)).await.unwrap();
+    }
+    let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let pod = eventually(
+        "the StatefulSet and its pod contoso-0",
+        Duration::from_secs(60),
+        || async {
+            statefulsets.get_opt("contoso").await.ok()??;
+            pods.get_opt("contoso-0").await.ok()?
+        },
+    )
+    .await;
+    let template = statefulsets
+        .get("contoso")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .template
+        .spec
+        .unwrap();
+    let container = &template.containers[0];
+
+    // Each volume, as the kubelet would fill it.
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let mut sources: BTreeMap<String, PathBuf> = BTreeMap::new();
+    for volume in template.volumes.iter().flatten() {
+        let dir = scratch.path().join("volumes").join(&volume.name);
+        let files: BTreeMap<String, Vec<u8>> = if let Some(cm) = &volume.config_map {
+            let cm = configmaps.get(&cm.name).await.unwrap();
+            cm.data
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, v.into_bytes()))
+                .collect()
+        } else if let Some(s) = &volume.secret {
+            let name = s.secret_name.as_deref().unwrap();
+            let secret = secrets
+                .get(name)
+                .await
+                .unwrap_or_else(|e| panic!("Secret {name}: {e}"));
+            secret
+                .data
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, v.0))
+                .collect()
+        } else if volume.empty_dir.is_some() {
+            BTreeMap::new()
+        } else {
+            panic!("a volume the test cannot lay out: {volume:?}");
+        };
+        write(&dir, files);
+        sources.insert(volume.name.clone(), dir);
+    }
+    // The claim template's volume: an empty directory, as a new PVC is.
+    let data = scratch.path().join("volumes/data");
+    std::fs::create_dir_all(&data).unwrap();
+    sources.insert("data".into(), data);
+    // automountServiceAccountToken: the token, the cluster's CA, the namespace.
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+    let account = template.service_account_name.clone().unwrap();
+    let token = accounts
+        .create_token_request(
+            &account,
+            &PostParams::default(),
+            &TokenRequest {
+                spec: TokenRequestSpec {
+                    audiences: vec![],
+                    expiration_seconds: Some(600),
+                    ..TokenRequestSpec::default()
+                },
+                ..TokenRequest::default()
+            },
+        )
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .token;
+    let ca = eventually("kube-root-ca.crt", Duration::from_secs(30), || async {
+        configmaps
+            .get_opt("kube-root-ca.crt")
+            .await
+            .ok()??
+            .data?
+            .remove("ca.crt")
+    })
+    .await;
+    let sa_dir = scratch.path().join("volumes/serviceaccount");
+    write(
+        &sa_dir,
+        BTreeMap::from([
+            ("token".to_owned(), token.into_bytes()),
+            ("ca.crt".to_owned(), ca.into_bytes()),
+            ("namespace".to_owned(), ns.as_bytes().to_vec()),
+        ]),
+    );
+
+    // The mounts, in a mount namespace: nothing changes outside the process.
+    let mut script = String::from("set -e\nmount -t tmpfs none /var/lib\n");
+    let mut mounts: Vec<(String, PathBuf)> = container
+        .volume_mounts
+        .iter()
+        .flatten()
+        .map(|m| (m.mount_path.clone(), sources[&m.name].clone()))
+        .collect();
+    mounts.push((SERVICE_ACCOUNT_DIR.into(), sa_dir));
+    for (target, source) in &mounts {
+        if target == "/tmp" {
+            continue; // the host's /tmp holds the sources themselves
+        }
+        script.push_str(&format!(
+            "mkdir -p '{target}'\nmount --bind '{}' '{target}'\n",
+            source.display()
+        ));
+    }
+    script.push_str("exec \"$@\"\n");
+    let mut command = Command::new("unshare");
+    command
+        .args(["-m", "--propagation", "private", "sh", "-c", &script, "sh"])
+        .arg(&gateway)
+        .args(container.args.iter().flatten());
+    let uid = pod.metadata.uid.clone().unwrap();
+    for var in container.env.iter().flatten() {
+        let value = match (&var.value, &var.value_from) {
+            (Some(v), _) => v.clone(),
+            (None, Some(from)) => match from.field_ref.as_ref().map(|f| f.field_path.as_str()) {
+                Some("metadata.name") => "contoso-0".into(),
+                Some("metadata.namespace") => ns.into(),
+                Some("metadata.uid") => uid.clone(),
+                other => panic!("an environment source the test cannot fill: {other:?}"),
+            },
+            (None, None) => String::new(),
+        };
+        command.env(&var.name, value);
+    }
+    let api = kube::Config::infer().await.unwrap().cluster_url;
+    command
+        .env("KUBERNETES_SERVICE_HOST", api.host().unwrap())
+        .env(
+            "KUBERNETES_SERVICE_PORT",
+            api.port_u16().unwrap_or(443).to_string(),
+        )
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env_remove("RUST_LOG");
+    let mut running = Daemon::spawn(command).unwrap();
+    running
+        .wait_for_log("gateway started", Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("the gateway did not start: {e}"));
+    assert!(
+        running
+            .lines_so_far()
+            .iter()
+            .any(|l| l.contains("licence seat verified")),
+        "no licence seat: {:?}",
+        running.lines_so_far()
+    );
+
+    // It labels its own pod through the real API server with its token.
+    let role = eventually(
+        "contoso-0 labelled leader",
+        Duration::from_secs(60),
+        || async {
+            let pod = pods.get("contoso-0").await.ok()?;
+            let role = pod
+                .metadata
+                .labels?
+                .get(xmppfed_config::POD_ROLE_LABEL)?
+                .clone();
+            (role == "leader").then_some(role)
+        },
+    )
+    .await;
+    assert_eq!(role, "leader");
+    assert!(running.is_running());
+
+    drop(running);
+    let _ = stop_tx.send(());
+    let _ = controller.await;
+    namespaces
+        .delete(ns, &DeleteParams::default())
+        .await
+        .unwrap();
+}
