@@ -11,6 +11,8 @@
 //! Gateway pods do not become Ready here: their image is not published yet.
 //! The test checks what the operator applies and reports.
 
+mod support;
+
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
@@ -20,7 +22,8 @@ use k8s_openapi::api::rbac::v1::ClusterRole;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::{Client, Config};
-use serde_json::{Value, json};
+use serde_json::json;
+use support::{apply_all, examples, licence_text, with_secret};
 use xmppfed_e2e::cluster::{self, eventually};
 use xmppfed_operator::crd::{DomainWhitelist, FederationGateway};
 
@@ -50,15 +53,6 @@ fn run(helm: &PathBuf, args: &[&str]) {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-}
-
-fn documents(file: &str) -> Vec<Value> {
-    let text =
-        std::fs::read_to_string(format!("{}/../examples/{file}", env!("CARGO_MANIFEST_DIR")))
-            .unwrap();
-    serde_yaml_ng::Deserializer::from_str(&text)
-        .map(|d| serde::Deserialize::deserialize(d).unwrap())
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -156,48 +150,15 @@ async fn the_chart_on_a_real_cluster() {
     ));
 
     // The examples, with a real licence.
-    let apply = PatchParams::apply("xmppfed-chart-test").force();
-    for mut doc in documents("minimal-sqlite.yaml")
-        .into_iter()
-        .chain(documents("domain-whitelist.yaml"))
-    {
-        doc["metadata"]["namespace"] = json!(ns);
-        let name = doc["metadata"]["name"].as_str().unwrap().to_owned();
-        if doc["kind"] == "Secret" && name == "xmppfed-licence" {
-            let licence = xmppfed_licence::issue(
-                &xmppfed_licence::Licence {
-                    id: "chart-it".into(),
-                    licensee: "chart test".into(),
-                    nodes: 1,
-                    issued: "2026-01-01T00:00:00Z".parse().unwrap(),
-                    expires: "2099-01-01T00:00:00Z".parse().unwrap(),
-                    features: vec![],
-                },
-                &private,
-            )
-            .unwrap();
-            doc["stringData"]["licence"] = json!(licence);
-        }
-        let api: Api<kube::core::DynamicObject> = match doc["kind"].as_str().unwrap() {
-            "Secret" => Api::namespaced_with(
-                admin.clone(),
-                &ns,
-                &kube::discovery::ApiResource::erase::<k8s_openapi::api::core::v1::Secret>(&()),
-            ),
-            "FederationGateway" => Api::namespaced_with(
-                admin.clone(),
-                &ns,
-                &kube::discovery::ApiResource::erase::<FederationGateway>(&()),
-            ),
-            "DomainWhitelist" => Api::namespaced_with(
-                admin.clone(),
-                &ns,
-                &kube::discovery::ApiResource::erase::<DomainWhitelist>(&()),
-            ),
-            other => panic!("unexpected {other}"),
-        };
-        api.patch(&name, &apply, &Patch::Apply(&doc)).await.unwrap();
-    }
+    let mut docs = examples("minimal-sqlite.yaml");
+    docs.extend(examples("domain-whitelist.yaml"));
+    let docs = with_secret(
+        docs,
+        "xmppfed-licence",
+        "licence",
+        &licence_text(&private, "chart-it", 1),
+    );
+    apply_all(&admin, &ns, "xmppfed-chart-test", docs).await;
     let gateways: Api<FederationGateway> = Api::namespaced(admin.clone(), &ns);
     let gateway = gateways
         .list(&Default::default())

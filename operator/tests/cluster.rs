@@ -5,28 +5,22 @@
 //! The example image is not pulled here: the test checks what the operator
 //! applies and reports, not that gateway pods become Ready.
 
+mod support;
+
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use serde_json::json;
+use support::{apply_all, examples, licence_text, with_secret};
 use xmppfed_e2e::cluster::{self, eventually};
 use xmppfed_operator::build::names;
 use xmppfed_operator::crd::{DomainWhitelist, FederationGateway, ThrottlePolicy};
 
 const MANAGER: &str = "xmppfed-integration-test";
-
-fn examples(file: &str) -> Vec<Value> {
-    let path = format!("{}/../examples/{file}", env!("CARGO_MANIFEST_DIR"));
-    let text = std::fs::read_to_string(path).unwrap();
-    serde_yaml_ng::Deserializer::from_str(&text)
-        .map(|d| Value::deserialize(d).unwrap())
-        .collect()
-}
 
 async fn config_owner(
     configmaps: &Api<ConfigMap>,
@@ -49,21 +43,6 @@ fn condition(g: &FederationGateway, type_: &str) -> Option<(String, String)> {
         .map(|c| (c.status.clone(), c.reason.clone()))
 }
 
-fn licence_text(private: &str, nodes: u32) -> String {
-    xmppfed_licence::issue(
-        &xmppfed_licence::Licence {
-            id: format!("it-{nodes}"),
-            licensee: "integration test".into(),
-            nodes,
-            issued: "2026-01-01T00:00:00Z".parse().unwrap(),
-            expires: "2099-01-01T00:00:00Z".parse().unwrap(),
-            features: vec![],
-        },
-        private,
-    )
-    .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn operator_on_a_real_cluster() {
     let Some(client) = cluster::client("operator_on_a_real_cluster").await else {
@@ -78,15 +57,8 @@ async fn operator_on_a_real_cluster() {
     .await;
 
     // A namespace of our own.
-    let ns_name = format!("xmppfed-it-{}", std::process::id());
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    namespaces
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": ns_name}})).unwrap(),
-        )
-        .await
-        .unwrap();
+    let ns_name = support::namespace(&client, "xmppfed-it").await;
     let ns = ns_name.as_str();
 
     // The operator's controller, with a licence key of this test's own.
@@ -104,37 +76,15 @@ async fn operator_on_a_real_cluster() {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
     let gateways: Api<FederationGateway> = Api::namespaced(client.clone(), ns);
     let whitelists: Api<DomainWhitelist> = Api::namespaced(client.clone(), ns);
-    for mut doc in examples("minimal-sqlite.yaml")
-        .into_iter()
-        .chain(examples("domain-whitelist.yaml"))
-    {
-        doc["metadata"]["namespace"] = json!(ns);
-        let name = doc["metadata"]["name"].as_str().unwrap().to_owned();
-        match doc["kind"].as_str().unwrap() {
-            "Secret" => {
-                if name == "xmppfed-licence" {
-                    doc["stringData"]["licence"] = json!(licence_text(&private, 1));
-                }
-                secrets
-                    .patch(&name, &apply, &Patch::Apply(&doc))
-                    .await
-                    .unwrap();
-            }
-            "FederationGateway" => {
-                gateways
-                    .patch(&name, &apply, &Patch::Apply(&doc))
-                    .await
-                    .unwrap();
-            }
-            "DomainWhitelist" => {
-                whitelists
-                    .patch(&name, &apply, &Patch::Apply(&doc))
-                    .await
-                    .unwrap();
-            }
-            other => panic!("unexpected {other}"),
-        }
-    }
+    let mut docs = examples("minimal-sqlite.yaml");
+    docs.extend(examples("domain-whitelist.yaml"));
+    let docs = with_secret(
+        docs,
+        "xmppfed-licence",
+        "licence",
+        &licence_text(&private, "it-1", 1),
+    );
+    apply_all(&client, ns, MANAGER, docs).await;
 
     // Children and status.
     let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
@@ -354,7 +304,7 @@ async fn operator_on_a_real_cluster() {
             "xmppfed-licence",
             &apply,
             &Patch::Apply(json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "xmppfed-licence"},
-                                 "stringData": {"licence": licence_text(&foreign, 5)}})),
+                                 "stringData": {"licence": licence_text(&foreign, "it-5", 5)}})),
         )
         .await
         .unwrap();
@@ -394,37 +344,15 @@ async fn operator_on_a_real_cluster() {
     // Seats: a licence for 2 nodes and a gateway of 3 replicas runs 2 and
     // says which replica has no seat; a licence for 3 then runs all of them.
     let throttles: Api<ThrottlePolicy> = Api::namespaced(client.clone(), ns);
-    for mut doc in examples("production-sqlserver.yaml")
-        .into_iter()
-        .chain(examples("throttle-policy.yaml"))
-    {
-        doc["metadata"]["namespace"] = json!(ns);
-        let name = doc["metadata"]["name"].as_str().unwrap().to_owned();
-        match doc["kind"].as_str().unwrap() {
-            "Secret" => {
-                if name == "fabrikam-licence" {
-                    doc["stringData"]["licence"] = json!(licence_text(&private, 2));
-                }
-                secrets
-                    .patch(&name, &apply, &Patch::Apply(&doc))
-                    .await
-                    .unwrap();
-            }
-            "FederationGateway" => {
-                gateways
-                    .patch(&name, &apply, &Patch::Apply(&doc))
-                    .await
-                    .unwrap();
-            }
-            "ThrottlePolicy" => {
-                throttles
-                    .patch(&name, &apply, &Patch::Apply(&doc))
-                    .await
-                    .unwrap();
-            }
-            other => panic!("unexpected {other}"),
-        }
-    }
+    let mut docs = examples("production-sqlserver.yaml");
+    docs.extend(examples("throttle-policy.yaml"));
+    let docs = with_secret(
+        docs,
+        "fabrikam-licence",
+        "licence",
+        &licence_text(&private, "it-2", 2),
+    );
+    apply_all(&client, ns, MANAGER, docs).await;
     let message = eventually(
         "fabrikam Licensed=False InsufficientSeats",
         Duration::from_secs(60),
@@ -461,7 +389,7 @@ async fn operator_on_a_real_cluster() {
             "fabrikam-licence",
             &apply,
             &Patch::Apply(json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "fabrikam-licence"},
-                                 "stringData": {"licence": licence_text(&private, 3)}})),
+                                 "stringData": {"licence": licence_text(&private, "it-3", 3)}})),
         )
         .await
         .unwrap();

@@ -3,28 +3,22 @@
 //! reconciles; killed without warning, the other takes the Lease over and
 //! reconciling goes on.
 
+mod support;
+
 use std::process::Command;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
-use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::discovery::ApiResource;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
+use support::{apply_all, examples, licence_text, with_secret};
 use xmppfed_e2e::cluster::{self, eventually};
 use xmppfed_e2e::daemon::Daemon;
 
 const LEASE: &str = "xmppfed-operator-it";
-
-fn examples(file: &str) -> Vec<Value> {
-    let path = format!("{}/../examples/{file}", env!("CARGO_MANIFEST_DIR"));
-    let text = std::fs::read_to_string(path).unwrap();
-    serde_yaml_ng::Deserializer::from_str(&text)
-        .map(|d| Value::deserialize(d).unwrap())
-        .collect()
-}
 
 fn operator(ns: &str, name: &str, public: &str) -> Daemon {
     let mut command = Command::new(env!("CARGO_BIN_EXE_xmppfed-operator"));
@@ -60,15 +54,8 @@ async fn a_standby_operator_takes_over_when_the_leader_dies() {
         xmppfed_operator::crd::all().into_iter().map(|(_, c)| c),
     )
     .await;
-    let ns_name = format!("xmppfed-leader-{}", std::process::id());
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    namespaces
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": ns_name}})).unwrap(),
-        )
-        .await
-        .unwrap();
+    let ns_name = support::namespace(&client, "xmppfed-leader").await;
     let ns = ns_name.as_str();
     let (private, public) = xmppfed_licence::generate_key().unwrap();
     let leases: Api<Lease> = Api::namespaced(client.clone(), ns);
@@ -84,32 +71,13 @@ async fn a_standby_operator_takes_over_when_the_leader_dies() {
 
     // The leader reconciles the example.
     let apply = PatchParams::apply("xmppfed-leader-test").force();
-    for mut doc in examples("minimal-sqlite.yaml") {
-        doc["metadata"]["namespace"] = json!(ns);
-        if doc["metadata"]["name"] == "xmppfed-licence" {
-            let licence = xmppfed_licence::issue(
-                &xmppfed_licence::Licence {
-                    id: "leader-it".into(),
-                    licensee: "leader test".into(),
-                    nodes: 1,
-                    issued: "2026-01-01T00:00:00Z".parse().unwrap(),
-                    expires: "2099-01-01T00:00:00Z".parse().unwrap(),
-                    features: vec![],
-                },
-                &private,
-            )
-            .unwrap();
-            doc["stringData"]["licence"] = json!(licence);
-        }
-        let resource = if doc["kind"] == "Secret" {
-            ApiResource::erase::<k8s_openapi::api::core::v1::Secret>(&())
-        } else {
-            ApiResource::erase::<xmppfed_operator::crd::FederationGateway>(&())
-        };
-        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &resource);
-        let name = doc["metadata"]["name"].as_str().unwrap().to_owned();
-        api.patch(&name, &apply, &Patch::Apply(&doc)).await.unwrap();
-    }
+    let docs = with_secret(
+        examples("minimal-sqlite.yaml"),
+        "xmppfed-licence",
+        "licence",
+        &licence_text(&private, "leader-it", 1),
+    );
+    apply_all(&client, ns, "xmppfed-leader-test", docs).await;
     let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
     eventually(
         "the leader applies contoso",

@@ -14,6 +14,8 @@
 //! --workspace`). Graph is Microsoft's here, out of reach, so readiness is not
 //! asserted; pods that run for real against the Graph emulator are issue 19.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -22,22 +24,12 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, ServiceAccount};
-use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
-use kube::discovery::ApiResource;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use kube::api::{Api, DeleteParams, PostParams};
+use support::{apply_all, examples, licence_text, with_secret};
 use xmppfed_e2e::cluster::{self, eventually};
 use xmppfed_e2e::daemon::Daemon;
 
 const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
-
-fn examples(file: &str) -> Vec<Value> {
-    let path = format!("{}/../examples/{file}", env!("CARGO_MANIFEST_DIR"));
-    let text = std::fs::read_to_string(path).unwrap();
-    serde_yaml_ng::Deserializer::from_str(&text)
-        .map(|d| Value::deserialize(d).unwrap())
-        .collect()
-}
 
 fn gateway_binary() -> Option<PathBuf> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/xmppfed-gateway");
@@ -105,15 +97,8 @@ async fn the_gateway_runs_from_what_the_operator_rendered() {
         xmppfed_operator::crd::all().into_iter().map(|(_, c)| c),
     )
     .await;
-    let ns_name = format!("xmppfed-pod-{}", std::process::id());
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    namespaces
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": ns_name}})).unwrap(),
-        )
-        .await
-        .unwrap();
+    let ns_name = support::namespace(&client, "xmppfed-pod").await;
     let ns = ns_name.as_str();
     let scratch = tempfile::tempdir().unwrap();
 
@@ -128,36 +113,15 @@ async fn the_gateway_runs_from_what_the_operator_rendered() {
         },
     ));
     let (crt, key) = certificate(scratch.path(), "teams.contoso.example");
-    let apply = PatchParams::apply("xmppfed-pod-test").force();
-    for mut doc in examples("minimal-sqlite.yaml") {
-        doc["metadata"]["namespace"] = json!(ns);
-        let name = doc["metadata"]["name"].as_str().unwrap().to_owned();
-        if name == "xmppfed-licence" {
-            let licence = xmppfed_licence::issue(
-                &xmppfed_licence::Licence {
-                    id: "pod-it".into(),
-                    licensee: "pod layout test".into(),
-                    nodes: 1,
-                    issued: "2026-01-01T00:00:00Z".parse().unwrap(),
-                    expires: "2099-01-01T00:00:00Z".parse().unwrap(),
-                    features: vec![],
-                },
-                &private,
-            )
-            .unwrap();
-            doc["stringData"]["licence"] = json!(licence);
-        }
-        if name == "contoso-s2s-tls" {
-            doc["stringData"] = json!({"tls.crt": crt, "tls.key": key});
-        }
-        let resource = if doc["kind"] == "Secret" {
-            ApiResource::erase::<Secret>(&())
-        } else {
-            ApiResource::erase::<xmppfed_operator::crd::FederationGateway>(&())
-        };
-        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &resource);
-        api.patch(&name, &apply, &Patch::Apply(&doc)).await.unwrap();
-    }
+    let docs = with_secret(
+        examples("minimal-sqlite.yaml"),
+        "xmppfed-licence",
+        "licence",
+        &licence_text(&private, "pod-it", 1),
+    );
+    let docs = with_secret(docs, "contoso-s2s-tls", "tls.crt", &crt);
+    let docs = with_secret(docs, "contoso-s2s-tls", "tls.key", &key);
+    apply_all(&client, ns, "xmppfed-pod-test", docs).await;
     let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let pod = eventually(
