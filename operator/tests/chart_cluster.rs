@@ -140,14 +140,7 @@ async fn the_chart_on_a_real_cluster() {
     let mut config = Config::infer().await.unwrap();
     config.auth_info.impersonate = Some(format!("system:serviceaccount:{ns}:{sa_name}"));
     let operator = Client::try_from(config).unwrap();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let controller = tokio::spawn(xmppfed_operator::reconcile::run(
-        operator,
-        Some(public),
-        async {
-            let _ = stop_rx.await;
-        },
-    ));
+    let controller = support::Controller::start(operator, public);
 
     // The examples, with a real licence.
     let mut docs = examples("minimal-sqlite.yaml");
@@ -274,8 +267,7 @@ async fn the_chart_on_a_real_cluster() {
     .await;
 
     // Uninstall: the chart's objects go, the CRDs stay.
-    let _ = stop_tx.send(());
-    let _ = controller.await;
+    controller.stop().await;
     gateways
         .delete(&gw, &DeleteParams::foreground())
         .await

@@ -50,11 +50,7 @@ async fn operator_on_a_real_cluster() {
     };
     let apply = PatchParams::apply(MANAGER).force();
 
-    cluster::install_crds(
-        &client,
-        xmppfed_operator::crd::all().into_iter().map(|(_, c)| c),
-    )
-    .await;
+    support::install_crds(&client).await;
 
     // A namespace of our own.
     let namespaces: Api<Namespace> = Api::all(client.clone());
@@ -63,14 +59,7 @@ async fn operator_on_a_real_cluster() {
 
     // The operator's controller, with a licence key of this test's own.
     let (private, public) = xmppfed_licence::generate_key().unwrap();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let controller = tokio::spawn(xmppfed_operator::reconcile::run(
-        client.clone(),
-        Some(public),
-        async {
-            let _ = stop_rx.await;
-        },
-    ));
+    let controller = support::Controller::start(client.clone(), public);
 
     // The examples, as written, into our namespace (the licence replaced by a real one).
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
@@ -299,24 +288,14 @@ async fn operator_on_a_real_cluster() {
 
     // A licence from another key holder: no seat, nothing runs, Licensed=False says why.
     let (foreign, _) = xmppfed_licence::generate_key().unwrap();
-    secrets
-        .patch(
-            "xmppfed-licence",
-            &apply,
-            &Patch::Apply(json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "xmppfed-licence"},
-                                 "stringData": {"licence": licence_text(&foreign, "it-5", 5)}})),
-        )
-        .await
-        .unwrap();
-    // Secrets are not watched: touch the gateway so it is reconciled now.
-    gateways
-        .patch(
-            "contoso",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"annotations": {"xmppfed.io/test-touch": "1"}}})),
-        )
-        .await
-        .unwrap();
+    support::relicense(
+        &client,
+        ns,
+        "xmppfed-licence",
+        "contoso",
+        &licence_text(&foreign, "it-5", 5),
+    )
+    .await;
     eventually(
         "Licensed=False NoValidLicence",
         Duration::from_secs(60),
@@ -384,23 +363,14 @@ async fn operator_on_a_real_cluster() {
             .replicas,
         Some(2)
     );
-    secrets
-        .patch(
-            "fabrikam-licence",
-            &apply,
-            &Patch::Apply(json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "fabrikam-licence"},
-                                 "stringData": {"licence": licence_text(&private, "it-3", 3)}})),
-        )
-        .await
-        .unwrap();
-    gateways
-        .patch(
-            "fabrikam",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"annotations": {"xmppfed.io/test-touch": "1"}}})),
-        )
-        .await
-        .unwrap();
+    support::relicense(
+        &client,
+        ns,
+        "fabrikam-licence",
+        "fabrikam",
+        &licence_text(&private, "it-3", 3),
+    )
+    .await;
     eventually(
         "fabrikam Licensed=True with 3 replicas",
         Duration::from_secs(60),
@@ -462,8 +432,7 @@ async fn operator_on_a_real_cluster() {
     )
     .await;
 
-    let _ = stop_tx.send(());
-    let _ = controller.await;
+    controller.stop().await;
     namespaces
         .delete(ns, &DeleteParams::default())
         .await

@@ -49,11 +49,7 @@ async fn a_standby_operator_takes_over_when_the_leader_dies() {
     let Some(client) = cluster::client("a_standby_operator_takes_over").await else {
         return;
     };
-    cluster::install_crds(
-        &client,
-        xmppfed_operator::crd::all().into_iter().map(|(_, c)| c),
-    )
-    .await;
+    support::install_crds(&client).await;
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let ns_name = support::namespace(&client, "xmppfed-leader").await;
     let ns = ns_name.as_str();

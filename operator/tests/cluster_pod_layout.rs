@@ -92,11 +92,7 @@ async fn the_gateway_runs_from_what_the_operator_rendered() {
         eprintln!("skipped: needs target/debug/xmppfed-gateway (cargo test --workspace builds it)");
         return;
     };
-    cluster::install_crds(
-        &client,
-        xmppfed_operator::crd::all().into_iter().map(|(_, c)| c),
-    )
-    .await;
+    support::install_crds(&client).await;
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let ns_name = support::namespace(&client, "xmppfed-pod").await;
     let ns = ns_name.as_str();
@@ -104,14 +100,7 @@ async fn the_gateway_runs_from_what_the_operator_rendered() {
 
     // The operator, and the example with a real licence and certificate.
     let (private, public) = xmppfed_licence::generate_key().unwrap();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let controller = tokio::spawn(xmppfed_operator::reconcile::run(
-        client.clone(),
-        Some(public),
-        async {
-            let _ = stop_rx.await;
-        },
-    ));
+    let controller = support::Controller::start(client.clone(), public);
     let (crt, key) = certificate(scratch.path(), "teams.contoso.example");
     let docs = with_secret(
         examples("minimal-sqlite.yaml"),
@@ -300,8 +289,7 @@ async fn the_gateway_runs_from_what_the_operator_rendered() {
     assert!(running.is_running());
 
     drop(running);
-    let _ = stop_tx.send(());
-    let _ = controller.await;
+    controller.stop().await;
     namespaces
         .delete(ns, &DeleteParams::default())
         .await

@@ -3,17 +3,16 @@
 //! names (skipped, saying so, when none; see e2e::cluster). Each bad resource
 //! is created with a server-side dry run, so nothing is stored.
 
+mod support;
+
 use kube::Client;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
-use serde::Deserialize;
 use serde_json::{Value, json};
 use xmppfed_e2e::cluster;
 
 fn example(file: &str, kind: &str) -> Value {
-    let path = format!("{}/../examples/{file}", env!("CARGO_MANIFEST_DIR"));
-    let text = std::fs::read_to_string(path).unwrap();
-    serde_yaml_ng::Deserializer::from_str(&text)
-        .map(|d| Value::deserialize(d).unwrap())
+    support::examples(file)
+        .into_iter()
         .find(|v| v["kind"] == kind)
         .unwrap()
 }
@@ -55,11 +54,7 @@ async fn the_api_server_refuses_invalid_resources_naming_the_field() {
     let Some(client) = cluster::client("the_api_server_refuses_invalid_resources").await else {
         return;
     };
-    cluster::install_crds(
-        &client,
-        xmppfed_operator::crd::all().into_iter().map(|(_, c)| c),
-    )
-    .await;
+    support::install_crds(&client).await;
     let gateway = example("minimal-sqlite.yaml", "FederationGateway");
     let whitelist = example("domain-whitelist.yaml", "DomainWhitelist");
     let throttle = example("throttle-policy.yaml", "ThrottlePolicy");

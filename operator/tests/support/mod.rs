@@ -79,3 +79,64 @@ pub fn with_secret(mut docs: Vec<Value>, secret: &str, key: &str, value: &str) -
     }
     docs
 }
+
+/// Our three CRDs, applied and Established.
+pub async fn install_crds(client: &Client) {
+    xmppfed_e2e::cluster::install_crds(
+        client,
+        xmppfed_operator::crd::all().into_iter().map(|(_, c)| c),
+    )
+    .await;
+}
+
+/// The operator's controller, running in this process until `stop`.
+pub struct Controller {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Controller {
+    /// Runs the controller as `client`, verifying licences with `public`.
+    pub fn start(client: Client, public: String) -> Self {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(xmppfed_operator::reconcile::run(
+            client,
+            Some(public),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        Self { stop, task }
+    }
+
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
+/// Replaces the licence in Secret `secret` and touches gateway `gateway`
+/// (Secrets are not watched) so that it is reconciled now.
+pub async fn relicense(client: &Client, ns: &str, secret: &str, gateway: &str, licence: &str) {
+    Api::<Secret>::namespaced(client.clone(), ns)
+        .patch(
+            secret,
+            &PatchParams::apply("xmppfed-tests").force(),
+            &Patch::Apply(json!({"apiVersion": "v1", "kind": "Secret",
+                                 "metadata": {"name": secret},
+                                 "stringData": {"licence": licence}})),
+        )
+        .await
+        .unwrap();
+    Api::<FederationGateway>::namespaced(client.clone(), ns)
+        .patch(
+            gateway,
+            &PatchParams::default(),
+            // A new value each time, so that the touch is a change.
+            &Patch::Merge(json!({"metadata": {"annotations": {
+                "xmppfed.io/test-touch": format!("{:?}", std::time::SystemTime::now())
+            }}})),
+        )
+        .await
+        .unwrap();
+}
