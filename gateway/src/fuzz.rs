@@ -21,14 +21,9 @@ use crate::s2s::stanza::{self, Stanza};
 use crate::s2s::transport::{ReadBudget, Transport};
 use crate::s2s::{AnyUser, services, wire};
 
-/// The limits a default configuration sets.
-fn limits() -> Limits {
-    Limits::default()
-}
-
 /// One element, as the bounded builder reads it, then every typed view of it.
 pub fn s2s_element(data: &[u8]) {
-    if let Ok(element) = limits::parse(data, limits()) {
+    if let Ok(element) = limits::parse(data, Limits::default()) {
         element_views(element);
     }
 }
@@ -87,7 +82,7 @@ pub fn s2s_stream(data: &[u8]) {
         Err(_) => return,
     };
     let (peer, ours) = tokio::io::duplex(64 * 1024);
-    let read = limits::scoped(limits(), read_stream(ours, side % 2 == 1));
+    let read = limits::scoped(Limits::default(), read_stream(ours, side % 2 == 1));
     runtime.block_on(async {
         // A stream that neither ends nor fails within this time has hung.
         let both = async { tokio::join!(feed(peer, bytes), read) };

@@ -103,7 +103,6 @@ impl Budget {
     }
 }
 
-/// A raw answer: status, `request-id`, body.
 /// The most of one Graph reply we hold. The largest a Graph call of ours
 /// legitimately returns is a profile photo (4 MB at most: "Get profilePhoto",
 /// Microsoft Graph v1.0) or a page of users; a reply past this is refused,
@@ -140,6 +139,7 @@ pub(super) async fn read_body(
     Ok(body.freeze())
 }
 
+/// A raw answer: status, `request-id`, body.
 pub struct Reply {
     pub status: u16,
     pub content_type: Option<String>,

@@ -392,7 +392,7 @@ async fn serve(shared: Arc<Shared>, tcp: TcpStream, mut ticket: Ticket) {
                     let element = stanza::to_wire(stanza::duplicate(&stanza));
                     if wire::send(&mut stream, &element).await.is_err() {
                         // Not lost: our own outbound stream takes it.
-                        reroute(&shared, stanza);
+                        reroute(&shared, stanza, None);
                         break None;
                     }
                     last_stanza = Instant::now();
@@ -419,7 +419,7 @@ async fn serve(shared: Arc<Shared>, tcp: TcpStream, mut ticket: Ticket) {
         }
         bidi_rx.close();
         while let Ok(stanza) = bidi_rx.try_recv() {
-            reroute(&shared, stanza);
+            reroute(&shared, stanza, None);
         }
         match fault {
             Some((condition, text)) => {
@@ -633,7 +633,7 @@ pub async fn dispatch(
                     Some(replies) => replies.clone().acquire_owned().await.ok(),
                     None => None,
                 };
-                answer(shared, reply, permit);
+                reroute(shared, reply, permit);
             }
             if let Some(ack) = ack {
                 ack.handled();
@@ -644,25 +644,21 @@ pub async fn dispatch(
     Ok(())
 }
 
-/// Sends a stanza from a task of its own: the stream task that calls this
-/// must never wait on a queue that only it (or the bridge) empties.
-pub fn reroute(shared: &Arc<Shared>, stanza: Stanza) {
-    answer(shared, stanza, None);
-}
-
 /// Answers in flight per stream before the stream stops being read.
 const REPLIES_IN_FLIGHT: usize = 1024;
 
-/// Like `reroute`, waiting for room in a full outbound queue (no outbox
-/// sends these again); `permit` is released once the answer is queued.
-fn answer(shared: &Arc<Shared>, stanza: Stanza, permit: Option<OwnedSemaphorePermit>) {
+/// Sends a stanza from a task of its own: the stream task that calls this
+/// must never wait on a queue that only it (or the bridge) empties. The task
+/// waits for room in a full outbound queue (no outbox sends these again);
+/// `permit`, if any, is released once the stanza is queued.
+pub fn reroute(shared: &Arc<Shared>, stanza: Stanza, permit: Option<OwnedSemaphorePermit>) {
     let sender = S2sSender {
         shared: shared.clone(),
     };
     let patience = shared.settings.connect_timeout * 2;
     tokio::spawn(async move {
         if let Err(e) = sender.send_waiting(stanza, patience).await {
-            tracing::info!(error = %e, "answer not sent");
+            tracing::info!(error = %e, "stanza not sent");
         }
         drop(permit);
     });
