@@ -23,7 +23,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::{Client, Config};
 use serde_json::json;
-use support::{apply_all, examples, licence_text, with_secret};
+use support::{apply_all, examples_licensed, licence_text};
 use xmppfed_e2e::cluster::{self, eventually};
 use xmppfed_operator::crd::{DomainWhitelist, FederationGateway};
 
@@ -143,12 +143,9 @@ async fn the_chart_on_a_real_cluster() {
     let controller = support::Controller::start(operator, public);
 
     // The examples, with a real licence.
-    let mut docs = examples("minimal-sqlite.yaml");
-    docs.extend(examples("domain-whitelist.yaml"));
-    let docs = with_secret(
-        docs,
+    let docs = examples_licensed(
+        &["minimal-sqlite.yaml", "domain-whitelist.yaml"],
         "xmppfed-licence",
-        "licence",
         &licence_text(&private, "chart-it", 1),
     );
     apply_all(&admin, &ns, "xmppfed-chart-test", docs).await;

@@ -15,7 +15,7 @@ use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde_json::json;
-use support::{apply_all, examples, licence_text, with_secret};
+use support::{apply_all, condition_becomes, examples_licensed, licence_text};
 use xmppfed_e2e::cluster::{self, eventually};
 use xmppfed_operator::build::names;
 use xmppfed_operator::crd::{DomainWhitelist, FederationGateway, ThrottlePolicy};
@@ -65,12 +65,9 @@ async fn operator_on_a_real_cluster() {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
     let gateways: Api<FederationGateway> = Api::namespaced(client.clone(), ns);
     let whitelists: Api<DomainWhitelist> = Api::namespaced(client.clone(), ns);
-    let mut docs = examples("minimal-sqlite.yaml");
-    docs.extend(examples("domain-whitelist.yaml"));
-    let docs = with_secret(
-        docs,
+    let docs = examples_licensed(
+        &["minimal-sqlite.yaml", "domain-whitelist.yaml"],
         "xmppfed-licence",
-        "licence",
         &licence_text(&private, "it-1", 1),
     );
     apply_all(&client, ns, MANAGER, docs).await;
@@ -296,19 +293,7 @@ async fn operator_on_a_real_cluster() {
         &licence_text(&foreign, "it-5", 5),
     )
     .await;
-    eventually(
-        "Licensed=False NoValidLicence",
-        Duration::from_secs(60),
-        || {
-            let gateways = gateways.clone();
-            async move {
-                let g = gateways.get("contoso").await.ok()?;
-                (condition(&g, "Licensed")? == ("False".to_owned(), "NoValidLicence".to_owned()))
-                    .then_some(())
-            }
-        },
-    )
-    .await;
+    condition_becomes(&gateways, "contoso", "Licensed", "False", "NoValidLicence").await;
     assert_eq!(
         statefulsets
             .get("contoso")
@@ -323,30 +308,18 @@ async fn operator_on_a_real_cluster() {
     // Seats: a licence for 2 nodes and a gateway of 3 replicas runs 2 and
     // says which replica has no seat; a licence for 3 then runs all of them.
     let throttles: Api<ThrottlePolicy> = Api::namespaced(client.clone(), ns);
-    let mut docs = examples("production-sqlserver.yaml");
-    docs.extend(examples("throttle-policy.yaml"));
-    let docs = with_secret(
-        docs,
+    let docs = examples_licensed(
+        &["production-sqlserver.yaml", "throttle-policy.yaml"],
         "fabrikam-licence",
-        "licence",
         &licence_text(&private, "it-2", 2),
     );
     apply_all(&client, ns, MANAGER, docs).await;
-    let message = eventually(
-        "fabrikam Licensed=False InsufficientSeats",
-        Duration::from_secs(60),
-        || {
-            let gateways = gateways.clone();
-            async move {
-                let g = gateways.get("fabrikam").await.ok()?;
-                let c = g
-                    .status?
-                    .conditions
-                    .into_iter()
-                    .find(|c| c.type_ == "Licensed")?;
-                (c.status == "False" && c.reason == "InsufficientSeats").then_some(c.message)
-            }
-        },
+    let message = condition_becomes(
+        &gateways,
+        "fabrikam",
+        "Licensed",
+        "False",
+        "InsufficientSeats",
     )
     .await;
     assert!(
@@ -391,23 +364,8 @@ async fn operator_on_a_real_cluster() {
         .delete("standard", &DeleteParams::default())
         .await
         .unwrap();
-    let message = eventually(
-        "fabrikam Degraded=True MissingPolicy",
-        Duration::from_secs(60),
-        || {
-            let gateways = gateways.clone();
-            async move {
-                let g = gateways.get("fabrikam").await.ok()?;
-                let c = g
-                    .status?
-                    .conditions
-                    .into_iter()
-                    .find(|c| c.type_ == "Degraded")?;
-                (c.status == "True" && c.reason == "MissingPolicy").then_some(c.message)
-            }
-        },
-    )
-    .await;
+    let message =
+        condition_becomes(&gateways, "fabrikam", "Degraded", "True", "MissingPolicy").await;
     assert!(message.contains("`standard`"), "{message}");
 
     // Deleting the gateway removes everything it owns.

@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::discovery::ApiResource;
 use serde_json::json;
-use support::{apply_all, examples, licence_text, with_secret};
+use support::{apply_all, examples_licensed, licence_text};
 use xmppfed_e2e::cluster::{self, eventually};
 use xmppfed_e2e::daemon::Daemon;
 
@@ -67,10 +67,9 @@ async fn a_standby_operator_takes_over_when_the_leader_dies() {
 
     // The leader reconciles the example.
     let apply = PatchParams::apply("xmppfed-leader-test").force();
-    let docs = with_secret(
-        examples("minimal-sqlite.yaml"),
+    let docs = examples_licensed(
+        &["minimal-sqlite.yaml"],
         "xmppfed-licence",
-        "licence",
         &licence_text(&private, "leader-it", 1),
     );
     apply_all(&client, ns, "xmppfed-leader-test", docs).await;

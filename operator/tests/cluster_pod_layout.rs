@@ -25,7 +25,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, ServiceAccount};
 use kube::api::{Api, DeleteParams, PostParams};
-use support::{apply_all, examples, licence_text, with_secret};
+use support::{apply_all, examples_licensed, licence_text, with_secret};
 use xmppfed_e2e::cluster::{self, eventually};
 use xmppfed_e2e::daemon::Daemon;
 
@@ -102,10 +102,9 @@ async fn the_gateway_runs_from_what_the_operator_rendered() {
     let (private, public) = xmppfed_licence::generate_key().unwrap();
     let controller = support::Controller::start(client.clone(), public);
     let (crt, key) = certificate(scratch.path(), "teams.contoso.example");
-    let docs = with_secret(
-        examples("minimal-sqlite.yaml"),
+    let docs = examples_licensed(
+        &["minimal-sqlite.yaml"],
         "xmppfed-licence",
-        "licence",
         &licence_text(&private, "pod-it", 1),
     );
     let docs = with_secret(docs, "contoso-s2s-tls", "tls.crt", &crt);

@@ -140,3 +140,37 @@ pub async fn relicense(client: &Client, ns: &str, secret: &str, gateway: &str, l
         .await
         .unwrap();
 }
+
+/// The documents of each of `files`, with the real `licence` in Secret
+/// `secret` (the examples carry a placeholder).
+pub fn examples_licensed(files: &[&str], secret: &str, licence: &str) -> Vec<Value> {
+    let docs = files.iter().flat_map(|f| examples(f)).collect();
+    with_secret(docs, secret, "licence", licence)
+}
+
+/// Waits until gateway `name` has condition `type_` with `status` and
+/// `reason`; gives its message.
+pub async fn condition_becomes(
+    gateways: &Api<FederationGateway>,
+    name: &str,
+    type_: &str,
+    status: &str,
+    reason: &str,
+) -> String {
+    xmppfed_e2e::cluster::eventually(
+        &format!("{name} {type_}={status} {reason}"),
+        std::time::Duration::from_secs(60),
+        || async {
+            gateways
+                .get(name)
+                .await
+                .ok()?
+                .status?
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == type_ && c.status == status && c.reason == reason)
+                .map(|c| c.message)
+        },
+    )
+    .await
+}
