@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -157,11 +157,17 @@ pub async fn reconcile(
         .and_then(|s| s.ready_replicas)
         .unwrap_or(0);
     let updated = previous.config_hash.as_deref() != Some(plan.config_hash.as_str());
+    let waiting = if ready < licence.licensed {
+        waiting_pods(client, &namespace, &gateway.name_any()).await?
+    } else {
+        Vec::new()
+    };
     let observed = Observed::Applied {
         asked: gateway.spec.replicas,
         desired: licence.licensed,
         ready,
         updated,
+        waiting,
     };
     patch_status(
         &gateway,
@@ -342,6 +348,14 @@ where
 }
 
 /// The text under `key` of Secret `name`; `None` when either is absent.
+/// The gateway's pods that are not ready, and why, for the Ready condition.
+async fn waiting_pods(client: &Client, namespace: &str, name: &str) -> Result<Vec<String>, Error> {
+    let pods = Api::<Pod>::namespaced(client.clone(), namespace)
+        .list(&ListParams::default().labels(&build::pod_selector(name)))
+        .await?;
+    Ok(status::waiting_pods(&pods.items))
+}
+
 async fn read_secret_key(
     client: &Client,
     namespace: &str,

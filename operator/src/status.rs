@@ -1,5 +1,7 @@
 //! Status conditions, computed from what was applied and observed. Pure.
 
+use k8s_openapi::api::core::v1::Pod;
+
 use crate::crd::Condition;
 
 pub const READY: &str = "Ready";
@@ -14,12 +16,14 @@ pub enum Observed {
     Paused,
     /// The spec cannot be applied; `reason` is CamelCase, `message` says why.
     Invalid { reason: String, message: String },
-    /// The objects were applied: `desired` licensed replicas of `asked`, `ready` of them ready.
+    /// The objects were applied: `desired` licensed replicas of `asked`, `ready` of them ready;
+    /// `waiting` names the pods not ready and why (see [`waiting_pods`]).
     Applied {
         asked: i32,
         desired: i32,
         ready: i32,
         updated: bool,
+        waiting: Vec<String>,
     },
 }
 
@@ -75,9 +79,13 @@ pub fn conditions(
             desired,
             ready,
             updated,
+            waiting,
         } => {
             let all_ready = ready >= desired;
-            let ready_msg = format!("{ready}/{desired} gateway pods ready");
+            let mut ready_msg = format!("{ready}/{desired} gateway pods ready");
+            if !all_ready && !waiting.is_empty() {
+                ready_msg = format!("{ready_msg}; waiting for {}", waiting.join(", "));
+            }
             vec![
                 if *desired == 0 && *asked > 0 {
                     condition(
@@ -118,6 +126,101 @@ pub fn conditions(
             .map_or_else(|| now.to_owned(), |p| p.last_transition_time.clone());
     }
     out
+}
+
+/// How many pods a Ready message names before it only counts the rest.
+const NAMED_PODS: usize = 5;
+
+/// The gateway's pods that are not Ready, each as "name (phase: why)", by name,
+/// so that `kubectl wait --for=condition=Ready` failing says what to look at.
+/// "Why" is the first of: a container waiting (ImagePullBackOff, CrashLoopBackOff…)
+/// or terminated, the pod not scheduled (with the scheduler's reason), the pod's
+/// own reason, or "not ready".
+pub fn waiting_pods(pods: &[Pod]) -> Vec<String> {
+    let mut waiting: Vec<(String, String)> = pods
+        .iter()
+        .filter(|p| !pod_ready(p))
+        .map(|p| {
+            let name = p.metadata.name.clone().unwrap_or_default();
+            let status = p.status.as_ref();
+            let phase = status
+                .and_then(|s| s.phase.clone())
+                .unwrap_or_else(|| "Pending".to_owned());
+            (name, format!("{phase}: {}", why_not_ready(p)))
+        })
+        .collect();
+    waiting.sort();
+    let more = waiting.len().saturating_sub(NAMED_PODS);
+    let mut out: Vec<String> = waiting
+        .into_iter()
+        .take(NAMED_PODS)
+        .map(|(name, why)| format!("{name} ({why})"))
+        .collect();
+    if more > 0 {
+        out.push(format!("{more} more"));
+    }
+    out
+}
+
+fn pod_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+fn why_not_ready(pod: &Pod) -> String {
+    let Some(status) = pod.status.as_ref() else {
+        return "not scheduled to any node".to_owned();
+    };
+    for c in status.container_statuses.iter().flatten() {
+        if let Some(w) = c.state.as_ref().and_then(|s| s.waiting.as_ref()) {
+            let reason = w.reason.as_deref().unwrap_or("waiting");
+            return format!("container {} {reason}", c.name);
+        }
+        if let Some(t) = c.state.as_ref().and_then(|s| s.terminated.as_ref()) {
+            return format!(
+                "container {} exited {}{}",
+                c.name,
+                t.exit_code,
+                t.reason
+                    .as_deref()
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    if let Some(c) = status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "PodScheduled" && c.status == "False")
+    {
+        let reason = c.reason.as_deref().unwrap_or("Unschedulable");
+        return match c.message.as_deref() {
+            Some(m) if !m.is_empty() => format!("not scheduled, {reason}: {m}"),
+            _ => format!("not scheduled, {reason}"),
+        };
+    }
+    if pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_name.as_ref())
+        .is_none()
+    {
+        return "not scheduled to any node".to_owned();
+    }
+    if status
+        .container_statuses
+        .as_ref()
+        .is_some_and(|c| !c.is_empty())
+    {
+        return "running, readiness probe not passing".to_owned();
+    }
+    status
+        .reason
+        .clone()
+        .unwrap_or_else(|| "not ready".to_owned())
 }
 
 /// The current time as Kubernetes writes it (RFC 3339, seconds).
@@ -162,6 +265,7 @@ mod tests {
                 desired: 3,
                 ready: 1,
                 updated: true,
+                waiting: vec![],
             },
             None,
             Some(1),
@@ -178,6 +282,7 @@ mod tests {
                 desired: 3,
                 ready: 3,
                 updated: false,
+                waiting: vec![],
             },
             Some((true, "Licensed", "3 of 3 replicas licensed")),
             Some(1),
@@ -201,6 +306,7 @@ mod tests {
                 desired: 0,
                 ready: 0,
                 updated: false,
+                waiting: vec![],
             },
             None,
             None,
@@ -214,6 +320,7 @@ mod tests {
                 desired: 0,
                 ready: 0,
                 updated: false,
+                waiting: vec![],
             },
             Some((false, "NoValidLicence", "0 of 2")),
             None,
@@ -222,6 +329,84 @@ mod tests {
         );
         assert_eq!(get(&unlicensed, READY).reason, "Unlicensed");
         assert_eq!(get(&unlicensed, LICENSED).status, "False");
+    }
+
+    fn pod(name: &str, status: serde_json::Value, node: Option<&str>) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "spec": {"containers": [{"name": "gateway"}], "nodeName": node},
+            "status": status,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn ready_names_the_pods_it_waits_for() {
+        let pods = [
+            pod(
+                "g-1",
+                serde_json::json!({"phase": "Pending", "containerStatuses": [{
+                    "name": "gateway", "image": "i", "imageID": "", "ready": false,
+                    "restartCount": 0,
+                    "state": {"waiting": {"reason": "ImagePullBackOff"}}}]}),
+                Some("node-a"),
+            ),
+            pod("g-0", serde_json::json!({"phase": "Pending"}), None),
+            pod(
+                "g-2",
+                serde_json::json!({"phase": "Pending", "conditions": [{
+                    "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                    "message": "0/1 nodes are available: 1 Insufficient memory."}]}),
+                None,
+            ),
+            pod(
+                "g-3",
+                serde_json::json!({"phase": "Running", "conditions": [
+                    {"type": "Ready", "status": "True"}]}),
+                Some("node-a"),
+            ),
+        ];
+        let waiting = waiting_pods(&pods);
+        assert_eq!(
+            waiting,
+            [
+                "g-0 (Pending: not scheduled to any node)",
+                "g-1 (Pending: container gateway ImagePullBackOff)",
+                "g-2 (Pending: not scheduled, Unschedulable: 0/1 nodes are available: 1 Insufficient memory.)",
+            ]
+        );
+        let cs = conditions(
+            &Observed::Applied {
+                asked: 4,
+                desired: 4,
+                ready: 1,
+                updated: false,
+                waiting,
+            },
+            None,
+            None,
+            &[],
+            "t",
+        );
+        assert!(
+            get(&cs, READY)
+                .message
+                .starts_with("1/4 gateway pods ready; waiting for g-0 (Pending: not scheduled"),
+            "{}",
+            get(&cs, READY).message
+        );
+        assert!(
+            get(&cs, PROGRESSING)
+                .message
+                .contains("g-1 (Pending: container gateway ImagePullBackOff)")
+        );
+
+        let many: Vec<Pod> = (0..8)
+            .map(|i| pod(&format!("g-{i}"), serde_json::json!({}), None))
+            .collect();
+        let named = waiting_pods(&many);
+        assert_eq!(named.len(), NAMED_PODS + 1);
+        assert_eq!(named.last().unwrap(), "3 more");
     }
 
     #[test]

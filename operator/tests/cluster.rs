@@ -174,17 +174,28 @@ async fn operator_on_a_real_cluster() {
         condition(&g, "Progressing").map(|c| c.0),
         Some("True".into())
     );
-    let ready = g
-        .status
-        .as_ref()
-        .unwrap()
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")
-        .unwrap()
-        .message
-        .clone();
-    assert!(ready.contains("0/1"), "{ready}");
+    // And it names the pod it waits for, and why (the reconcile every 15 s
+    // while pods are not ready sees the pod the controller-manager made).
+    eventually(
+        "Ready names contoso-0 as Pending",
+        Duration::from_secs(60),
+        || {
+            let gateways = gateways.clone();
+            async move {
+                let g = gateways.get("contoso").await.ok()?;
+                let ready = g
+                    .status?
+                    .conditions
+                    .into_iter()
+                    .find(|c| c.type_ == "Ready")?
+                    .message;
+                ready
+                    .starts_with("0/1 gateway pods ready; waiting for contoso-0 (Pending")
+                    .then_some(())
+            }
+        },
+    )
+    .await;
 
     // An Event says what was applied.
     let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), ns);
@@ -253,6 +264,31 @@ async fn operator_on_a_real_cluster() {
         "another manager's label was taken away"
     );
 
+    // A gateway the whitelist does not select (no tier label) keeps its own
+    // configuration through the change below.
+    let mut northwind = support::examples("minimal-sqlite.yaml")
+        .into_iter()
+        .find(|d| d["kind"] == "FederationGateway")
+        .unwrap();
+    northwind["metadata"] = json!({"name": "northwind"});
+    northwind["spec"]["domain"] = json!("teams.northwind.example");
+    apply_all(&client, ns, MANAGER, vec![northwind]).await;
+    let northwind_config = || {
+        let configmaps = configmaps.clone();
+        async move { configmaps.get_opt("northwind-config").await.ok()? }
+    };
+    eventually(
+        "northwind-config rendered",
+        Duration::from_secs(60),
+        || async { northwind_config().await.map(|_| ()) },
+    )
+    .await;
+    let northwind_before = northwind_config().await.unwrap();
+    assert!(
+        !northwind_before.data.as_ref().unwrap()["gateway.toml"].contains("xmpp.partner.example"),
+        "the production whitelist reached a gateway it does not select"
+    );
+
     // A whitelist change reaches the gateway's configuration.
     whitelists
         .patch(
@@ -282,6 +318,15 @@ async fn operator_on_a_real_cluster() {
         },
     )
     .await;
+
+    // ... and exactly the gateways it selects: northwind's configuration was not rewritten.
+    let northwind_after = northwind_config().await.unwrap();
+    assert_eq!(
+        northwind_after.resource_version(),
+        northwind_before.resource_version(),
+        "a whitelist change rewrote a gateway it does not select"
+    );
+    assert!(!northwind_after.data.unwrap()["gateway.toml"].contains("new-partner.example"));
 
     // A licence from another key holder: no seat, nothing runs, Licensed=False says why.
     let (foreign, _) = xmppfed_licence::generate_key().unwrap();

@@ -141,6 +141,11 @@ fn answer(world: &World, method: &Method, path: &str, body: Value) -> (StatusCod
             StatusCode::OK,
             list("DomainWhitelistList", &world.whitelists),
         ),
+        ("GET", p) if p.ends_with("/pods") => (
+            StatusCode::OK,
+            json!({"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "1"},
+                   "items": [{"metadata": {"name": "contoso-0"}, "status": {"phase": "Pending"}}]}),
+        ),
         ("GET", p) if p.ends_with("/throttlepolicies") => {
             (StatusCode::OK, list("ThrottlePolicyList", &world.throttles))
         }
@@ -317,7 +322,15 @@ async fn create_applies_every_child_with_one_field_manager_and_reports_progress(
     assert_eq!(condition(&status, "Ready")["status"], "False");
     assert_eq!(
         condition(&status, "Ready")["message"],
-        "0/1 gateway pods ready"
+        "0/1 gateway pods ready; waiting for contoso-0 (Pending: not scheduled to any node)"
+    );
+    // The pods are listed by the gateway's own selector, not all pods of the namespace.
+    let pods = api.find(Method::GET, "/pods").unwrap();
+    assert!(
+        pods.query
+            .contains("labelSelector=app.kubernetes.io%2Finstance%3Dcontoso"),
+        "{}",
+        pods.query
     );
     assert_eq!(condition(&status, "Progressing")["status"], "True");
     assert_eq!(condition(&status, "Degraded")["status"], "False");

@@ -5,7 +5,9 @@ mod config;
 mod workload;
 
 pub use config::{ConfigError, config_hash, render_config};
-pub use workload::{CONFIG_HASH_ANNOTATION, GatewayObjects, LEADER, build_objects, labels};
+pub use workload::{
+    CONFIG_HASH_ANNOTATION, GatewayObjects, LEADER, build_objects, labels, pod_selector,
+};
 
 /// Where the gateway pod finds what the operator mounts for it.
 pub mod paths {

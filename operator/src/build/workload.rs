@@ -63,6 +63,15 @@ pub fn labels(name: &str) -> BTreeMap<String, String> {
     ])
 }
 
+/// The label selector of the gateway's pods, as a list call takes it.
+pub fn pod_selector(name: &str) -> String {
+    selector_labels(name)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 fn selector_labels(name: &str) -> BTreeMap<String, String> {
     labels(name)
         .into_iter()
