@@ -17,6 +17,8 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::authorization::v1::SubjectAccessReview;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ServiceAccount};
 use k8s_openapi::api::rbac::v1::ClusterRole;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -296,4 +298,145 @@ async fn the_chart_on_a_real_cluster() {
     );
     let namespaces: Api<Namespace> = Api::all(admin);
     let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
+}
+
+/// `helm install` with values an administrator changes (more than one replica,
+/// names, ports, a licence key from a Secret, labels, resources): the API
+/// server accepts what the chart renders, and each value lands where its
+/// comment in values.yaml says.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_chart_with_non_default_values() {
+    let Some(admin) = cluster::client("the_chart_with_non_default_values").await else {
+        return;
+    };
+    let Some(helm) = helm() else {
+        assert!(
+            !cluster::required(),
+            "XMPPFED_TEST_CLUSTER=required but there is no helm binary"
+        );
+        eprintln!("skipped: no helm binary (run scripts/check-chart.sh, or set XMPPFED_TEST_HELM)");
+        return;
+    };
+    // The CRDs are the other chart test's (or kubectl's): this release leaves them be.
+    support::install_crds(&admin).await;
+    let ns = support::namespace(&admin, "xmppfed-values").await;
+    let chart = format!("{}/../charts/xmppfed-operator", env!("CARGO_MANIFEST_DIR"));
+    let values = [
+        "replicas=2",
+        "fullnameOverride=fedop",
+        "serviceAccount.name=fedop-sa",
+        "adminPort=9191",
+        "logLevel=debug",
+        "licence.existingSecret.name=operator-licence-key",
+        "crds.install=false",
+        "commonLabels.team=im",
+        "resources.limits.memory=128Mi",
+    ]
+    .join(",");
+    run(
+        &helm,
+        &[
+            "install",
+            "fedop-values",
+            &chart,
+            "--namespace",
+            &ns,
+            "--set",
+            &values,
+        ],
+    );
+
+    let deployments: Api<Deployment> = Api::namespaced(admin.clone(), &ns);
+    let deployment = deployments.get("fedop").await.unwrap();
+    let spec = deployment.spec.as_ref().unwrap();
+    assert_eq!(spec.replicas, Some(2));
+    assert_eq!(
+        spec.strategy.as_ref().and_then(|s| s.type_.as_deref()),
+        Some("RollingUpdate"),
+        "with leader election an update never stops every replica"
+    );
+    assert_eq!(
+        deployment
+            .metadata
+            .labels
+            .as_ref()
+            .unwrap()
+            .get("team")
+            .map(String::as_str),
+        Some("im")
+    );
+    let pod = spec.template.spec.as_ref().unwrap();
+    assert_eq!(pod.service_account_name.as_deref(), Some("fedop-sa"));
+    let container = &pod.containers[0];
+    let args = container.args.clone().unwrap_or_default();
+    for arg in [
+        "--admin-listen=0.0.0.0:9191",
+        "--log-level=debug",
+        "--leader-election-lease=fedop",
+    ] {
+        assert!(args.iter().any(|a| a == arg), "{arg} not in {args:?}");
+    }
+    let key = container
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "XMPPFED_LICENCE_PUBLIC_KEY")
+        .and_then(|e| e.value_from.as_ref()?.secret_key_ref.clone())
+        .expect("the licence key from the Secret");
+    assert_eq!(
+        (key.name.as_str(), key.key.as_str()),
+        ("operator-licence-key", "public-key")
+    );
+    let limits = container
+        .resources
+        .as_ref()
+        .unwrap()
+        .limits
+        .as_ref()
+        .unwrap();
+    assert_eq!(limits["memory"].0, "128Mi");
+
+    // The named ServiceAccount exists and may hold exactly its own Lease.
+    let accounts: Api<ServiceAccount> = Api::namespaced(admin.clone(), &ns);
+    assert!(accounts.get_opt("fedop-sa").await.unwrap().is_some());
+    let may = |verb: &'static str, lease: &'static str| {
+        let (admin, ns) = (admin.clone(), ns.clone());
+        async move {
+            let review: SubjectAccessReview = serde_json::from_value(json!({
+                "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+                "spec": {"user": format!("system:serviceaccount:{ns}:fedop-sa"),
+                    "resourceAttributes": {"namespace": ns, "verb": verb,
+                        "group": "coordination.k8s.io", "resource": "leases", "name": lease}}
+            }))
+            .unwrap();
+            Api::<SubjectAccessReview>::all(admin)
+                .create(&Default::default(), &review)
+                .await
+                .unwrap()
+                .status
+                .is_some_and(|s| s.allowed)
+        }
+    };
+    eventually(
+        "the operator may renew its Lease",
+        Duration::from_secs(30),
+        || {
+            let allowed = may("update", "fedop");
+            async move { allowed.await.then_some(()) }
+        },
+    )
+    .await;
+    assert!(
+        !may("update", "someone-elses-lease").await,
+        "only its own Lease"
+    );
+
+    run(
+        &helm,
+        &["uninstall", "fedop-values", "--namespace", &ns, "--wait"],
+    );
+    assert!(deployments.get_opt("fedop").await.unwrap().is_none());
+    let _ = Api::<Namespace>::all(admin)
+        .delete(&ns, &DeleteParams::default())
+        .await;
 }
