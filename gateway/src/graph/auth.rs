@@ -333,7 +333,7 @@ impl Tokens {
         .await
         .map_err(|e| GraphError::Transport(e.without_url().to_string()))?;
         let status = response.status();
-        let bytes = super::client::read_body(response, "token response").await?;
+        let bytes = super::reply::read_body(response, "token response").await?;
         if status.is_success() {
             serde_json::from_slice(&bytes)
                 .map_err(|e| GraphError::Decode(format!("token response: {e}")))

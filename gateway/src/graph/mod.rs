@@ -5,6 +5,7 @@ pub mod api;
 pub mod auth;
 pub mod client;
 pub mod error;
+mod reply;
 pub mod subscriptions;
 pub mod webhook;
 

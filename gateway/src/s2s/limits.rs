@@ -25,7 +25,7 @@ use xmpp_parsers::stream_features::StreamFeatures;
 use xso::error::{Error as XsoError, FromEventsError};
 use xso::{Context, FromEventsBuilder, FromXml};
 
-use super::wire::NS_STREAM;
+use xmpp_parsers::ns::STREAM as NS_STREAM;
 
 /// How deep and how many elements one stanza may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

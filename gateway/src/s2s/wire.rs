@@ -15,7 +15,7 @@ use xmpp_parsers::stream_features::StreamFeatures;
 use super::limits::{LimitExceeded, Received};
 use super::transport::{Io, StanzaTooLarge, StanzaTooSlow};
 
-pub const NS_STREAM: &str = "http://etherx.jabber.org/streams";
+pub const NS_STREAM: &str = xmpp_parsers::ns::STREAM;
 pub const NS_TLS: &str = "urn:ietf:params:xml:ns:xmpp-tls";
 pub const NS_SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
 pub const NS_BIDI: &str = "urn:xmpp:bidi";
