@@ -12,7 +12,8 @@ use tokio::net::TcpStream;
 use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};
 use xmppfed_config::{SecretRef, StoreConfig};
 use xmppfed_gateway::store::{
-    Contact, OutboxItem, ShadowAccount, Store, StoreError, StoredSubscription, now,
+    Contact, OutboxItem, OutboxPayload, ShadowAccount, Store, StoreError, StoredSubscription,
+    ToTeams, now,
 };
 
 /// The schema version this gateway writes.
@@ -208,10 +209,17 @@ async fn conformance(store: &Store) {
     let t = now();
     let item = |key: &str, conversation: &str| OutboxItem {
         seq: 0,
-        direction: "to-teams".into(),
         conversation: conversation.into(),
         dedupe_key: key.into(),
-        payload: format!("payload {key}"),
+        payload: OutboxPayload::ToTeams(ToTeams {
+            remote: "alice@xmpp.example".into(),
+            remote_full: "alice@xmpp.example/phone".into(),
+            user_id: "bob-id".into(),
+            local: "bob".into(),
+            body: format!("payload {key}"),
+            id: Some(key.into()),
+            receipt: true,
+        }),
         attempts: 0,
         next_attempt_at: t,
         expires_at: t + 3600,
@@ -270,6 +278,11 @@ async fn conformance(store: &Store) {
     assert_eq!(due, ["c1"], "a2 waits behind a1");
     let later = store.due(t + 30, 10).await.unwrap();
     assert_eq!((later[0].dedupe_key.as_str(), later[0].attempts), ("a1", 1));
+    assert_eq!(
+        later[0].payload,
+        item("a1", "alice|bob").payload,
+        "the entry reads back as it was written"
+    );
     store.delivered(a1).await.unwrap();
     store.expire(c1).await.unwrap();
     let due: Vec<String> = store
@@ -358,6 +371,56 @@ async fn sqlite_keeps_everything_across_a_restart_and_refuses_a_newer_schema() {
     .unwrap();
     drop(conn);
     refused_as_too_new(Store::sqlite(&path).await);
+}
+
+/// A row no gateway of this version can read (damaged, or written by a newer
+/// one) is given up on, and its conversation goes on behind it.
+#[tokio::test]
+async fn an_unreadable_outbox_row_does_not_hold_up_its_conversation() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("xmppfed.db");
+    let store = Store::sqlite(&path).await.unwrap();
+    let t = now();
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    for (direction, key, payload) in [
+        ("to-teams", "broken", "{\"remote\": 42}"),
+        ("sideways", "unknown", "{}"),
+    ] {
+        conn.execute(
+            "INSERT INTO outbox (direction, conversation, dedupe_key, payload, attempts, next_attempt_at, expires_at)
+             VALUES (?1, 'conv', ?2, ?3, 0, ?4, ?5)",
+            rusqlite::params![direction, key, payload, t, t + 3600],
+        )
+        .unwrap();
+    }
+    drop(conn);
+    let good = OutboxItem {
+        seq: 0,
+        conversation: "conv".into(),
+        dedupe_key: "good".into(),
+        payload: OutboxPayload::ToTeams(ToTeams {
+            remote: "a@x.example".into(),
+            remote_full: "a@x.example/r".into(),
+            user_id: "u".into(),
+            local: "bob".into(),
+            body: "still here".into(),
+            id: None,
+            receipt: false,
+        }),
+        attempts: 0,
+        next_attempt_at: t,
+        expires_at: t + 3600,
+    };
+    store.enqueue(&good).await.unwrap().unwrap();
+    // Each call gives up on the unreadable head, then the next is the head.
+    let mut delivered = Vec::new();
+    for _ in 0..3 {
+        delivered.extend(store.due(t, 10).await.unwrap());
+    }
+    assert_eq!(delivered.len(), 1, "{delivered:?}");
+    assert_eq!(delivered[0].payload, good.payload);
+    // Given up on like an expired entry: its key is known, so it is not queued again.
+    assert!(store.is_known("broken").await.unwrap());
 }
 
 #[tokio::test]

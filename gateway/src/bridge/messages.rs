@@ -22,7 +22,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use xmpp_parsers::jid::Jid;
 use xmpp_parsers::message::{Id, Lang, Message, MessageType};
@@ -41,7 +40,9 @@ use crate::graph::subscriptions::{Subscriptions, Want};
 use crate::graph::webhook::Notification;
 use crate::graph::{GraphClient, GraphError, UserCredential};
 use crate::s2s::{SendError, Stanza};
-use crate::store::{Epoch, OutboxItem, Store, StoreError, now};
+use crate::store::{
+    Direction, Epoch, OutboxItem, OutboxPayload, Store, StoreError, ToTeams, ToXmpp, now,
+};
 
 /// Outbox items delivered at once (different conversations only).
 const CONCURRENCY: usize = 8;
@@ -71,39 +72,6 @@ const KEYS_KEPT: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Graph's limit for chat-message subscriptions.
 const SUBSCRIPTION_LIFETIME: Duration = Duration::from_secs(55 * 60);
 
-const TO_TEAMS: &str = "to-teams";
-const TO_XMPP: &str = "to-xmpp";
-
-/// A message from XMPP waiting for Teams.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct ToTeams {
-    /// The sender: bare (lower-cased) and full JID.
-    remote: String,
-    remote_full: String,
-    user_id: String,
-    local: String,
-    body: String,
-    id: Option<String>,
-    receipt: bool,
-}
-
-/// A message from Teams waiting for XMPP.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct ToXmpp {
-    local: String,
-    user_id: String,
-    remote: String,
-    text: String,
-    graph_id: String,
-    chat_id: String,
-    /// When it was first queued to expire (kept across bounces and retries).
-    #[serde(default)]
-    expires_at: Option<Epoch>,
-    /// How often it bounced.
-    #[serde(default)]
-    bounces: u32,
-}
-
 /// A message handed to s2s: (remote bare JID, XMPP id = Graph message id).
 type InFlightKey = (String, String);
 
@@ -125,7 +93,7 @@ fn conversation(remote: &str, user_id: &str) -> String {
 
 /// The outbox queue of one direction of a conversation: each direction keeps
 /// its own order, and a message held up one way does not hold up the other.
-fn queue(direction: &str, conversation: &str) -> String {
+fn queue(direction: Direction, conversation: &str) -> String {
     format!("{direction}:{conversation}")
 }
 
@@ -328,10 +296,9 @@ impl Messages {
         };
         let item = OutboxItem {
             seq: 0,
-            direction: TO_TEAMS.into(),
-            conversation: queue(TO_TEAMS, &conversation(&remote, &user_id)),
+            conversation: queue(Direction::ToTeams, &conversation(&remote, &user_id)),
             dedupe_key,
-            payload: serde_json::to_string(&payload).unwrap_or_default(),
+            payload: OutboxPayload::ToTeams(payload),
             attempts: 0,
             next_attempt_at: now(),
             expires_at: self.expires_at(),
@@ -567,13 +534,7 @@ impl Messages {
         }
     }
 
-    async fn to_teams(&self, item: &OutboxItem) -> Outcome {
-        let Ok(p) = serde_json::from_str::<ToTeams>(&item.payload) else {
-            return Outcome::Failed(
-                DefinedCondition::InternalServerError,
-                "unreadable outbox entry".into(),
-            );
-        };
+    async fn to_teams(&self, item: &OutboxItem, p: &ToTeams) -> Outcome {
         let (shadow_id, shadow) = match self.contacts.credential(&p.remote, &p.local).await {
             Ok(c) => c,
             Err(e) => {
@@ -650,10 +611,7 @@ impl Messages {
     }
 
     /// Tells an XMPP sender that its message did not reach Teams.
-    async fn bounce_to_xmpp(&self, item: &OutboxItem, condition: DefinedCondition, why: &str) {
-        let Ok(p) = serde_json::from_str::<ToTeams>(&item.payload) else {
-            return;
-        };
+    async fn bounce_to_xmpp(&self, p: &ToTeams, condition: DefinedCondition, why: &str) {
         let (Ok(contact), Ok(ours)) = (
             p.remote_full.parse::<Jid>(),
             format!("{}@{}", p.local, self.settings.domain).parse::<Jid>(),
@@ -729,10 +687,9 @@ impl Messages {
         };
         let item = OutboxItem {
             seq: 0,
-            direction: TO_XMPP.into(),
-            conversation: queue(TO_XMPP, &conv),
+            conversation: queue(Direction::ToXmpp, &conv),
             dedupe_key: graph_key(chat_id, &m.id),
-            payload: serde_json::to_string(&payload).unwrap_or_default(),
+            payload: OutboxPayload::ToXmpp(payload),
             attempts: 0,
             next_attempt_at: now(),
             expires_at: self.expires_at(),
@@ -774,13 +731,7 @@ impl Messages {
         }
     }
 
-    async fn to_xmpp(&self, item: &OutboxItem) -> Outcome {
-        let Ok(p) = serde_json::from_str::<ToXmpp>(&item.payload) else {
-            return Outcome::Failed(
-                DefinedCondition::InternalServerError,
-                "unreadable outbox entry".into(),
-            );
-        };
+    async fn to_xmpp(&self, p: &ToXmpp) -> Outcome {
         let (Ok(from), Ok(to)) = (
             format!(
                 "{}@{}/{}",
@@ -810,7 +761,7 @@ impl Messages {
             .insert(
                 key.clone(),
                 InFlight {
-                    payload: p,
+                    payload: p.clone(),
                     at: Instant::now(),
                     sending: true,
                     bounce: None,
@@ -883,8 +834,7 @@ impl Messages {
             p.bounces += 1;
             let item = OutboxItem {
                 seq: 0,
-                direction: TO_XMPP.into(),
-                conversation: queue(TO_XMPP, &conversation(&p.remote, &p.user_id)),
+                conversation: queue(Direction::ToXmpp, &conversation(&p.remote, &p.user_id)),
                 // A key of its own: the first delivery's key is taken.
                 dedupe_key: format!(
                     "{}#bounce-{}-{}",
@@ -892,7 +842,7 @@ impl Messages {
                     p.bounces,
                     random_id()
                 ),
-                payload: serde_json::to_string(&p).unwrap_or_default(),
+                payload: OutboxPayload::ToXmpp(p.clone()),
                 attempts: i64::from(p.bounces),
                 next_attempt_at: now() + backoff(i64::from(p.bounces)),
                 expires_at,
@@ -948,8 +898,7 @@ impl Messages {
     }
 
     async fn deliver_one(&self, item: OutboxItem) {
-        let to_teams = item.direction == TO_TEAMS;
-        let direction = if to_teams { "to-teams" } else { "to-xmpp" };
+        let direction = item.direction().as_str();
         let outcome = if now() > item.expires_at {
             Outcome::Failed(
                 DefinedCondition::RemoteServerTimeout,
@@ -958,10 +907,11 @@ impl Messages {
                     self.settings.expiry.as_secs()
                 ),
             )
-        } else if to_teams {
-            self.to_teams(&item).await
         } else {
-            self.to_xmpp(&item).await
+            match &item.payload {
+                OutboxPayload::ToTeams(p) => self.to_teams(&item, p).await,
+                OutboxPayload::ToXmpp(p) => self.to_xmpp(p).await,
+            }
         };
         let stored = match outcome {
             Outcome::Delivered => {
@@ -977,16 +927,17 @@ impl Messages {
             Outcome::Failed(condition, why) => {
                 self.metrics.message(direction, "failed");
                 tracing::warn!(seq = item.seq, %why, direction, "message not deliverable");
-                if to_teams {
-                    self.bounce_to_xmpp(&item, condition, &why).await;
-                } else if let Ok(p) = serde_json::from_str::<ToXmpp>(&item.payload) {
-                    self.notice_in_teams(
-                        &p.remote,
-                        &p.local,
-                        &p.chat_id,
-                        &format!("Not delivered to {}: {why}", p.remote),
-                    )
-                    .await;
+                match &item.payload {
+                    OutboxPayload::ToTeams(p) => self.bounce_to_xmpp(p, condition, &why).await,
+                    OutboxPayload::ToXmpp(p) => {
+                        self.notice_in_teams(
+                            &p.remote,
+                            &p.local,
+                            &p.chat_id,
+                            &format!("Not delivered to {}: {why}", p.remote),
+                        )
+                        .await;
+                    }
                 }
                 self.store.expire(item.seq).await
             }

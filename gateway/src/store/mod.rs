@@ -6,6 +6,7 @@
 //! conformance suite (tests/store.rs).
 
 mod mssql;
+mod outbox;
 mod sqlite;
 
 use std::path::Path;
@@ -13,6 +14,7 @@ use std::path::Path;
 use xmppfed_config::{ConfigError, SecretRef, StoreConfig};
 
 pub use mssql::SqlServerStore;
+pub use outbox::{Direction, OutboxItem, OutboxPayload, OutboxRow, ToTeams, ToXmpp};
 pub use sqlite::SqliteStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +25,8 @@ pub enum StoreError {
         "store schema version {found} is newer than this gateway ({supported}): upgrade the gateway"
     )]
     TooNew { found: i64, supported: i64 },
+    #[error("cannot encode an outbox entry: {0}")]
+    Encode(#[source] serde_json::Error),
 }
 
 /// Seconds since the Unix epoch (the store's clock unit).
@@ -66,22 +70,6 @@ pub struct Contact {
     pub remote_jid: String,
     /// `pending-in`, `subscribed`, … (the bridge owns the states).
     pub state: String,
-}
-
-/// A message waiting for delivery, one direction or the other.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OutboxItem {
-    pub seq: i64,
-    /// `to-teams` or `to-xmpp`.
-    pub direction: String,
-    /// Messages of one conversation are delivered in order.
-    pub conversation: String,
-    /// Graph message id or XMPP id/origin-id: the same message is enqueued once.
-    pub dedupe_key: String,
-    pub payload: String,
-    pub attempts: i64,
-    pub next_attempt_at: Epoch,
-    pub expires_at: Epoch,
 }
 
 /// A queued change notification (body as received).
@@ -262,7 +250,8 @@ impl Store {
 
     /// Enqueues a message; `None` when its dedupe key is already queued or delivered.
     pub async fn enqueue(&self, item: &OutboxItem) -> Result<Option<i64>, StoreError> {
-        backend!(self, s => s.enqueue(item))
+        let row = item.to_row()?;
+        backend!(self, s => s.enqueue(&row))
     }
 
     /// Whether a dedupe key is queued or was delivered.
@@ -272,8 +261,24 @@ impl Store {
 
     /// Messages due now, oldest first, at most one per conversation (order is
     /// kept within a conversation: the next goes only when this one is done).
+    ///
+    /// A row that is no entry this gateway can read (damaged, or written by a
+    /// newer version) is logged with its place and given up on, like an
+    /// expired one, so that it cannot hold up its conversation for ever.
     pub async fn due(&self, at: Epoch, limit: i64) -> Result<Vec<OutboxItem>, StoreError> {
-        backend!(self, s => s.due(at, limit))
+        let rows = backend!(self, s => s.due(at, limit))?;
+        let mut items = Vec::with_capacity(rows.len());
+        for row in rows {
+            let seq = row.seq;
+            match row.decode() {
+                Ok(item) => items.push(item),
+                Err(why) => {
+                    tracing::error!(seq, %why, "unreadable outbox entry given up on");
+                    self.expire(seq).await?;
+                }
+            }
+        }
+        Ok(items)
     }
 
     /// Delivered: removed from the queue (its dedupe key is remembered).

@@ -16,7 +16,7 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};
 
 use super::{
-    Contact, Epoch, OutboxItem, QueuedNotification, ShadowAccount, StoreError, StoredSubscription,
+    Contact, Epoch, OutboxRow, QueuedNotification, ShadowAccount, StoreError, StoredSubscription,
     now,
 };
 
@@ -578,7 +578,7 @@ impl SqlServerStore {
         .await
     }
 
-    pub async fn enqueue(&self, item: &OutboxItem) -> Result<Option<i64>, StoreError> {
+    pub async fn enqueue(&self, item: &OutboxRow) -> Result<Option<i64>, StoreError> {
         // The key-range locks (UPDLOCK, HOLDLOCK) keep the checked keys absent
         // until the insert commits; `outbox_dedupe` refuses a duplicate that
         // still slips through, which is then reported as one.
@@ -621,7 +621,7 @@ impl SqlServerStore {
         Ok(rows.first().map(|r| int(r, 0)).transpose()?.unwrap_or(0) == 1)
     }
 
-    pub async fn due(&self, at: Epoch, limit: i64) -> Result<Vec<OutboxItem>, StoreError> {
+    pub async fn due(&self, at: Epoch, limit: i64) -> Result<Vec<OutboxRow>, StoreError> {
         // The head of each conversation, if it is due.
         let rows = self
             .rows(
@@ -636,7 +636,7 @@ impl SqlServerStore {
             .await?;
         rows.iter()
             .map(|r| {
-                Ok(OutboxItem {
+                Ok(OutboxRow {
                     seq: int(r, 0)?,
                     direction: text(r, 1)?,
                     conversation: text(r, 2)?,

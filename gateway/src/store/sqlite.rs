@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
-    Contact, Epoch, OutboxItem, QueuedNotification, ShadowAccount, StoreError, StoredSubscription,
+    Contact, Epoch, OutboxRow, QueuedNotification, ShadowAccount, StoreError, StoredSubscription,
     now,
 };
 
@@ -353,7 +353,7 @@ impl SqliteStore {
         .await
     }
 
-    pub async fn enqueue(&self, item: &OutboxItem) -> Result<Option<i64>, StoreError> {
+    pub async fn enqueue(&self, item: &OutboxRow) -> Result<Option<i64>, StoreError> {
         let i = item.clone();
         self.with(move |c| {
             let tx = c.transaction()?;
@@ -389,7 +389,7 @@ impl SqliteStore {
         .await
     }
 
-    pub async fn due(&self, at: Epoch, limit: i64) -> Result<Vec<OutboxItem>, StoreError> {
+    pub async fn due(&self, at: Epoch, limit: i64) -> Result<Vec<OutboxRow>, StoreError> {
         self.with(move |c| {
             // The head of each conversation, if it is due.
             let mut stmt = c.prepare(
@@ -398,7 +398,7 @@ impl SqliteStore {
                    AND next_attempt_at <= ?1 ORDER BY seq LIMIT ?2",
             )?;
             let rows = stmt.query_map(params![at, limit], |r| {
-                Ok(OutboxItem {
+                Ok(OutboxRow {
                     seq: r.get(0)?,
                     direction: r.get(1)?,
                     conversation: r.get(2)?,
