@@ -573,7 +573,7 @@ impl Messages {
                 })
             {
                 if p.receipt {
-                    self.send_receipt(&p).await;
+                    self.send_receipt(p).await;
                 }
                 return Outcome::Delivered;
             }
@@ -582,7 +582,7 @@ impl Messages {
             Ok(sent) => {
                 self.remember_sent(&chat_id, &sent.id);
                 if p.receipt {
-                    self.send_receipt(&p).await;
+                    self.send_receipt(p).await;
                 }
                 Outcome::Delivered
             }
