@@ -723,4 +723,16 @@ mod tests {
         assert_eq!(iso_duration(Duration::from_secs(5400)), "PT1H30M");
         assert_eq!(iso_duration(Duration::from_secs(0)), "PT0S");
     }
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(epoch_of("1970-01-01T00:00:00Z"), 0);
+        assert_eq!(epoch_of("2026-12-31T23:59:59.123Z"), 1_798_761_599);
+        assert_eq!(epoch_of("2000-02-29T00:00:00Z"), 951_782_400);
+        assert_eq!(epoch_millis_of("2000-02-29T00:00:00.5Z"), 951_782_400_500);
+        assert_eq!(
+            epoch_millis_of("2000-02-29T00:00:00.1234567Z"),
+            951_782_400_123
+        );
+    }
 }

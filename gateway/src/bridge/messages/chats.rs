@@ -1,0 +1,337 @@
+//! The bridged 1:1 chats: found or created, adopted when a Teams user starts
+//! one, watched through subscriptions, and read for what notifications missed.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::bridge::contacts::ShadowSignIn;
+use crate::graph::api::{Chat, epoch_millis_of};
+use crate::graph::subscriptions::Want;
+use crate::graph::{GraphError, UserCredential};
+use crate::store::{StoreError, now};
+
+use super::outbox::{CONV_PREFIX, chat_key, conv_key, conversation, seen_key};
+use super::{CatchUpError, Messages};
+
+/// How far behind the newest message read a chat's mark stays.
+const MARK_LAG_MS: i64 = 10_000;
+/// How far back (pages of 50) one reconciliation pass reads a chat.
+const RECONCILE_PAGES: usize = 40;
+/// How often every shadow account's chats are listed for chats Teams users
+/// started (notifications name them sooner; this covers what they missed).
+const DISCOVER_EVERY: Duration = Duration::from_secs(15 * 60);
+/// How long a chat found not to be bridged is left alone before it is looked
+/// at again (its Teams user may join the allow list).
+const FOREIGN_FOR: Duration = Duration::from_secs(15 * 60);
+/// Graph's limit for chat-message subscriptions.
+const SUBSCRIPTION_LIFETIME: Duration = Duration::from_secs(55 * 60);
+
+impl Messages {
+    /// The chat between a contact's shadow account and a Teams user.
+    pub(super) async fn chat(
+        &self,
+        conv: &str,
+        shadow: &UserCredential,
+        shadow_id: &str,
+        user_id: &str,
+    ) -> Result<String, GraphError> {
+        if let Ok(Some(chat_id)) = self.store.get_cursor(&chat_key(conv)).await {
+            return Ok(chat_id);
+        }
+        let chat = self
+            .graph
+            .one_on_one_chat(shadow, shadow_id, user_id)
+            .await?;
+        // Graph answers with the chat the Teams user may have started first:
+        // what they wrote before the contact did is read too.
+        if let Err(e) = self.remember_chat(&chat.id, conv).await {
+            tracing::warn!(error = %e, "cannot remember a chat");
+        }
+        self.watch(shadow, shadow_id).await;
+        Ok(chat.id)
+    }
+
+    /// Records a bridged chat: its conversation both ways, and — unless the
+    /// chat is read already — the mark from which its messages are read: the
+    /// expiry back (older ones would have been given up on by now).
+    pub(super) async fn remember_chat(&self, chat_id: &str, conv: &str) -> Result<(), StoreError> {
+        if self.store.get_cursor(&seen_key(chat_id)).await?.is_none() {
+            let read_from = (now() - self.settings.expiry.as_secs() as i64) * 1000;
+            self.store
+                .set_cursor(&seen_key(chat_id), &read_from.to_string())
+                .await?;
+        }
+        self.store.set_cursor(&conv_key(chat_id), conv).await?;
+        self.store.set_cursor(&chat_key(conv), chat_id).await
+    }
+
+    pub(super) fn is_foreign(&self, chat_id: &str) -> bool {
+        self.foreign
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(chat_id)
+            .is_some_and(|at| at.elapsed() < FOREIGN_FOR)
+    }
+
+    pub(super) fn mark_foreign(&self, chat_id: &str) {
+        let mut foreign = self.foreign.lock().unwrap_or_else(|e| e.into_inner());
+        foreign.retain(|_, at| at.elapsed() < FOREIGN_FOR);
+        foreign.insert(chat_id.to_owned(), Instant::now());
+    }
+
+    /// Takes on a chat a Teams user started with a shadow account, when it
+    /// is the 1:1 chat of a Teams user on the allow list and the account's
+    /// contact; `Ok(true)` when the chat is (now) bridged. `listed`: the chat
+    /// as a listing gave it (with its members), else it is read.
+    pub(super) async fn adopt(
+        &self,
+        chat_id: &str,
+        account: &ShadowSignIn,
+        listed: Option<&Chat>,
+    ) -> Result<bool, CatchUpError> {
+        if self.store.get_cursor(&conv_key(chat_id)).await?.is_some() {
+            return Ok(true);
+        }
+        if self.is_foreign(chat_id) {
+            return Ok(false);
+        }
+        let user_id = match self.other_member(chat_id, account, listed).await {
+            Ok(user_id) => user_id.filter(|id| self.directory.local_of(id).is_some()),
+            // Gone, or not the shadow account's to read: not ours.
+            Err(e) if matches!(e.status(), Some(403 | 404)) => None,
+            Err(e) => return Err(e.into()),
+        };
+        let Some(user_id) = user_id else {
+            self.mark_foreign(chat_id);
+            return Ok(false);
+        };
+        self.remember_chat(chat_id, &conversation(&account.jid, &user_id))
+            .await?;
+        tracing::info!(%chat_id, remote = %account.jid, %user_id, "a chat started in Teams is bridged");
+        Ok(true)
+    }
+
+    /// The other member of a 1:1 chat of the shadow account (None for any
+    /// other kind of chat).
+    pub(super) async fn other_member(
+        &self,
+        chat_id: &str,
+        account: &ShadowSignIn,
+        listed: Option<&Chat>,
+    ) -> Result<Option<String>, GraphError> {
+        let chat = match listed {
+            Some(chat) => chat.clone(),
+            None => self.graph.get_chat(&account.credential, chat_id).await?,
+        };
+        if chat.chat_type != "oneOnOne" {
+            return Ok(None);
+        }
+        let members = match chat.members {
+            Some(members) => members,
+            None => {
+                self.graph
+                    .chat_members(&account.credential, chat_id)
+                    .await?
+            }
+        };
+        Ok(members
+            .into_iter()
+            .filter_map(|m| m.user_id)
+            .find(|id| !id.eq_ignore_ascii_case(&account.object_id)))
+    }
+
+    /// The shadow account a chat-message subscription was made as.
+    pub(super) async fn subscriber(
+        &self,
+        subscription_id: &str,
+    ) -> Result<Option<ShadowSignIn>, CatchUpError> {
+        let Some(subscriptions) = &self.subscriptions else {
+            return Ok(None);
+        };
+        let Some(shadow_id) = subscriptions
+            .held()
+            .await
+            .into_iter()
+            .find(|s| s.id == subscription_id)
+            .and_then(|s| {
+                s.resource
+                    .strip_prefix("/users/")?
+                    .strip_suffix("/chats/getAllMessages")
+                    .map(str::to_owned)
+            })
+        else {
+            return Ok(None);
+        };
+        Ok(self
+            .contacts
+            .all_sign_ins()
+            .await?
+            .into_iter()
+            .find(|a| a.object_id.eq_ignore_ascii_case(&shadow_id)))
+    }
+
+    /// Watches the chats of a contact's shadow account (a Teams user may
+    /// write to it first).
+    pub async fn watch_contact(&self, remote: &str) {
+        match self.contacts.existing_credential(remote).await {
+            Ok(Some((shadow_id, shadow))) => self.watch(&shadow, &shadow_id).await,
+            Ok(None) => {}
+            Err(e) => tracing::warn!(%remote, error = %e, "cannot read the shadow account"),
+        }
+    }
+
+    /// Lists every shadow account's chats for chats Teams users started (each
+    /// taken on by `adopt`, which knows the ones already bridged), and
+    /// watches each account's chats.
+    pub async fn discover(&self) {
+        let accounts = match self.contacts.all_sign_ins().await {
+            Ok(accounts) => accounts,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the shadow accounts");
+                return;
+            }
+        };
+        for account in accounts {
+            self.watch(&account.credential, &account.object_id).await;
+            let chats = match self
+                .graph
+                .chats_of(&account.credential, &account.object_id)
+                .await
+            {
+                Ok(chats) => chats,
+                Err(e) => {
+                    tracing::warn!(upn = %account.credential.upn, error = %e, "cannot list a shadow account's chats");
+                    continue;
+                }
+            };
+            for chat in chats.iter().filter(|c| c.chat_type == "oneOnOne") {
+                if let Err(e) = self.adopt(&chat.id, &account, Some(chat)).await {
+                    tracing::warn!(chat = %chat.id, error = %e, "cannot look at a chat");
+                }
+            }
+        }
+    }
+
+    /// Subscribes to the shadow account's chats (once), when notifications are on.
+    pub(super) async fn watch(&self, shadow: &UserCredential, shadow_id: &str) {
+        let Some(subscriptions) = &self.subscriptions else {
+            return;
+        };
+        let resource = format!("/users/{shadow_id}/chats/getAllMessages");
+        if subscriptions
+            .held()
+            .await
+            .iter()
+            .any(|s| s.resource == resource)
+        {
+            return;
+        }
+        let want = Want {
+            resource,
+            change_type: "created".into(),
+            lifetime: SUBSCRIPTION_LIFETIME,
+            as_user: Some(shadow.clone()),
+        };
+        if let Err(e) = subscriptions.create(&self.graph, want).await {
+            tracing::warn!(upn = %shadow.upn, error = %e, "no change notifications for the shadow account's chats; the poll stands in");
+        }
+    }
+
+    /// Reads every bridged chat for messages not seen yet, for ever.
+    /// Chats Teams users started are looked for at the start, after
+    /// notifications may have been missed, and every `DISCOVER_EVERY`.
+    pub async fn reconcile(self: Arc<Self>) {
+        let mut discovered: Option<Instant> = None;
+        loop {
+            if discovered.is_none_or(|at| at.elapsed() >= DISCOVER_EVERY) {
+                self.discover().await;
+                discovered = Some(Instant::now());
+            }
+            self.reconcile_once().await;
+            if tokio::time::timeout(self.settings.reconcile, self.reconcile_now.notified())
+                .await
+                .is_ok()
+            {
+                discovered = None;
+            }
+        }
+    }
+
+    /// One pass over every bridged chat; returns how many messages it queued.
+    pub async fn reconcile_once(&self) -> usize {
+        let chats = match self.store.cursors_with_prefix(CONV_PREFIX).await {
+            Ok(chats) => chats,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list the bridged chats");
+                return 0;
+            }
+        };
+        let mut queued = 0;
+        for (key, _) in chats {
+            let chat_id = &key[CONV_PREFIX.len()..];
+            match self.catch_up(chat_id).await {
+                Ok(n) => queued += n,
+                Err(e) => tracing::warn!(error = %e, %chat_id, "cannot read a chat"),
+            }
+        }
+        queued
+    }
+
+    /// Queues a chat's messages from where it was last read, oldest first,
+    /// and moves the mark; one chat read at a time, so that the outbox
+    /// takes them in the chat's order. Returns how many were new.
+    pub(super) async fn catch_up(&self, chat_id: &str) -> Result<usize, CatchUpError> {
+        let _one_reader = self.reading.lock().await;
+        let Some(conv) = self.store.get_cursor(&conv_key(chat_id)).await? else {
+            return Ok(0);
+        };
+        let Some((remote, user_id)) = conv.split_once('|') else {
+            return Ok(0);
+        };
+        // A user off the allow list is not read for.
+        if self.directory.local_of(user_id).is_none() {
+            return Ok(0);
+        }
+        let Some((_, shadow)) = self.contacts.existing_credential(remote).await? else {
+            return Ok(0);
+        };
+        let seen: i64 = self
+            .store
+            .get_cursor(&seen_key(chat_id))
+            .await?
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let messages = self
+            .graph
+            .chat_messages_since(&shadow, chat_id, seen, RECONCILE_PAGES)
+            .await?;
+        let mut newest = seen;
+        let mut queued = 0;
+        // Queued oldest first, by creation (ties by id, which Graph makes from the time).
+        let mut messages = messages;
+        messages.sort_by(|a, b| {
+            (epoch_millis_of(&a.created_date_time), &a.id)
+                .cmp(&(epoch_millis_of(&b.created_date_time), &b.id))
+        });
+        for m in &messages {
+            let at = epoch_millis_of(&m.created_date_time);
+            // The mark's own millisecond is read again: the outbox knows what it has.
+            if at < seen {
+                continue;
+            }
+            newest = newest.max(at);
+            if self.take_from_teams(chat_id, m).await? {
+                queued += 1;
+            }
+        }
+        // The mark stays ten seconds behind the newest message seen: a message
+        // Graph lists a little late is still read (the outbox knows the rest).
+        let mark = (newest - MARK_LAG_MS).max(seen);
+        if mark > seen {
+            self.store
+                .set_cursor(&seen_key(chat_id), &mark.to_string())
+                .await?;
+        }
+        Ok(queued)
+    }
+}

@@ -1,0 +1,186 @@
+//! 1:1 messages both ways, through the durable outbox: each message accepted
+//! from either side is written there before anything else happens, then
+//! delivered at least once by a worker that keeps each conversation in order,
+//! and de-duplicated where it enters (XMPP id / origin-id, Graph message id).
+//!
+//! XMPP → Teams: into the 1:1 chat between the contact's shadow account and
+//! the Teams user (created once, remembered), sent with the shadow account's
+//! delegated token; an XEP-0184 receipt when Graph accepts it, a stanza
+//! error saying why when it cannot. A retry after a crash first looks in the
+//! chat for the message, so Graph's accepting it just before the crash does
+//! not make it twice.
+//!
+//! Teams → XMPP: learned from change notifications on the shadow accounts'
+//! chats and from a reconciliation poll (after missed notifications,
+//! restarts, lapsed subscriptions), never echoing what the shadow account sent
+//! itself; sent as a `chat` message from the Teams user's JID with the Graph
+//! message id as id and origin-id. A remote server that stays unreachable
+//! past the expiry makes a notice in the Teams chat: never silence.
+//!
+//! `outbox` (keys and the delivery worker), `to_teams`, `to_xmpp`, `chats`
+//! (find, adopt, watch, catch up) and `notifications` each add their part of
+//! [`Messages`]; this file holds its state and what they share.
+
+mod chats;
+mod notifications;
+mod outbox;
+mod to_teams;
+mod to_xmpp;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+use xmpp_parsers::message::Message;
+use xmpp_parsers::stanza_error::DefinedCondition;
+
+use super::XmppOut;
+use super::contacts::Contacts;
+use super::directory::Directory;
+use super::metrics::BridgeMetrics;
+use super::throttle::Throttle;
+use crate::graph::subscriptions::Subscriptions;
+use crate::graph::{GraphClient, GraphError};
+use crate::store::{Epoch, Store, StoreError, ToXmpp, now};
+
+/// A message handed to s2s: (remote bare JID, XMPP id = Graph message id).
+type InFlightKey = (String, String);
+
+/// A message sent to XMPP, kept a while in case it bounces.
+struct InFlight {
+    payload: ToXmpp,
+    at: Instant,
+    /// Still waiting for the peer to take it: a bounce now is kept for when
+    /// it does (if it does not, the outbox sends it again, and the bounce of
+    /// that attempt is not acted on twice).
+    sending: bool,
+    bounce: Option<Message>,
+}
+
+/// Why a chat could not be read.
+#[derive(Debug, thiserror::Error)]
+enum CatchUpError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Shadow(#[from] super::shadow::ShadowError),
+    #[error(transparent)]
+    Graph(#[from] GraphError),
+}
+
+/// What became of one delivery attempt.
+enum Outcome {
+    Delivered,
+    Retry,
+    /// Cannot be delivered: tell the sender.
+    Failed(DefinedCondition, String),
+}
+
+pub struct Settings {
+    pub domain: String,
+    pub resource: String,
+    pub expiry: Duration,
+    /// How often chats are read for what notifications missed.
+    pub reconcile: Duration,
+}
+
+pub struct Messages {
+    settings: Settings,
+    graph: Arc<GraphClient>,
+    store: Arc<Store>,
+    directory: Directory,
+    contacts: Arc<Contacts>,
+    out: Arc<dyn XmppOut>,
+    throttle: Arc<Throttle>,
+    subscriptions: Option<Arc<Subscriptions>>,
+    metrics: BridgeMetrics,
+    /// Wakes the delivery worker (new outbox items).
+    wake: Notify,
+    /// Wakes the notification consumer (the webhook stored some).
+    notified: Arc<Notify>,
+    /// Wakes the reconciliation poll (a lifecycle `missed`).
+    reconcile_now: Notify,
+    /// Messages recently handed to s2s, by id, in case they bounce.
+    in_flight: Mutex<HashMap<InFlightKey, InFlight>>,
+    /// Graph ids of messages the shadow accounts sent lately: their change
+    /// notifications are not worth a read of the chat.
+    sent_by_us: Mutex<std::collections::HashSet<String>>,
+    /// One chat is read at a time (notifications and the poll alike).
+    reading: tokio::sync::Mutex<()>,
+    /// Conversations whose first delivery since the start was checked
+    /// against the chat (a crash may have come between Graph and the store).
+    checked: Mutex<std::collections::HashSet<String>>,
+    /// Chats of shadow accounts that are not a bridged 1:1 chat (group chats,
+    /// users off the allow list), and when that was found.
+    foreign: Mutex<HashMap<String, Instant>>,
+}
+
+impl Messages {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        settings: Settings,
+        graph: Arc<GraphClient>,
+        store: Arc<Store>,
+        directory: Directory,
+        contacts: Arc<Contacts>,
+        out: Arc<dyn XmppOut>,
+        throttle: Arc<Throttle>,
+        subscriptions: Option<Arc<Subscriptions>>,
+        notified: Arc<Notify>,
+        metrics: BridgeMetrics,
+    ) -> Self {
+        Self {
+            settings,
+            graph,
+            store,
+            directory,
+            contacts,
+            out,
+            throttle,
+            subscriptions,
+            metrics,
+            wake: Notify::new(),
+            notified,
+            reconcile_now: Notify::new(),
+            in_flight: Mutex::new(HashMap::new()),
+            checked: Mutex::new(std::collections::HashSet::new()),
+            foreign: Mutex::new(HashMap::new()),
+            reading: tokio::sync::Mutex::new(()),
+            sent_by_us: Mutex::new(std::collections::HashSet::new()),
+        }
+    }
+
+    fn expires_at(&self) -> Epoch {
+        now() + self.settings.expiry.as_secs() as i64
+    }
+}
+
+fn random_id() -> String {
+    let mut bytes = [0u8; 8];
+    crate::s2s::fill_random(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What a Graph failure means for a message: try again, or tell the sender.
+fn graph_outcome(e: GraphError) -> Outcome {
+    if e.is_transient() {
+        return Outcome::Retry;
+    }
+    match e.status() {
+        Some(404) => Outcome::Failed(
+            DefinedCondition::ItemNotFound,
+            "the Teams user or chat does not exist".into(),
+        ),
+        Some(403) => Outcome::Failed(
+            DefinedCondition::Forbidden,
+            "Teams refused the message".into(),
+        ),
+        Some(401) => Outcome::Retry,
+        Some(_) => Outcome::Failed(
+            DefinedCondition::ServiceUnavailable,
+            format!("Teams refused the message: {e}"),
+        ),
+        None => Outcome::Retry,
+    }
+}

@@ -1,0 +1,153 @@
+//! The outbox's keys (conversations, queues, dedupe keys, read marks) and
+//! the worker that delivers what is due, one conversation at a time.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use xmpp_parsers::stanza_error::DefinedCondition;
+
+use crate::store::{Direction, OutboxItem, OutboxPayload, now};
+
+use super::{Messages, Outcome};
+
+/// A conversation: a remote contact and a Teams user (object id).
+pub(super) fn conversation(remote: &str, user_id: &str) -> String {
+    format!("{remote}|{user_id}")
+}
+
+/// The outbox queue of one direction of a conversation: each direction keeps
+/// its own order, and a message held up one way does not hold up the other.
+pub(super) fn queue(direction: Direction, conversation: &str) -> String {
+    format!("{direction}:{conversation}")
+}
+
+pub(super) fn chat_key(conversation: &str) -> String {
+    format!("chat:{conversation}")
+}
+
+pub(super) const CONV_PREFIX: &str = "conv:";
+pub(super) fn conv_key(chat_id: &str) -> String {
+    format!("{CONV_PREFIX}{chat_id}")
+}
+
+pub(super) fn seen_key(chat_id: &str) -> String {
+    format!("seen:{chat_id}")
+}
+
+/// The dedupe key of a Graph chat message (ids are unique within a chat only).
+pub(super) fn graph_key(chat_id: &str, message_id: &str) -> String {
+    format!("graph:{chat_id}:{message_id}")
+}
+
+/// Next try after `attempts` failures: 2 s doubling to 5 minutes.
+pub(super) fn backoff(attempts: i64) -> i64 {
+    2i64.saturating_pow(attempts.clamp(1, 20) as u32).min(300)
+}
+
+/// Outbox items delivered at once (different conversations only).
+const CONCURRENCY: usize = 8;
+/// How long the dedupe key of a delivered message is kept (at least twice the
+/// expiry): repeats come within minutes, and the table must not grow for ever.
+const KEYS_KEPT: Duration = Duration::from_secs(7 * 24 * 3600);
+
+impl Messages {
+    /// Delivers what is due, for ever.
+    pub async fn deliver(self: Arc<Self>) {
+        loop {
+            let due = match self.store.due(now(), 64).await {
+                Ok(due) => due,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the outbox");
+                    Vec::new()
+                }
+            };
+            let busy = !due.is_empty();
+            futures::stream::iter(due)
+                .for_each_concurrent(CONCURRENCY, |item| {
+                    let this = self.clone();
+                    async move { this.deliver_one(item).await }
+                })
+                .await;
+            self.prune_in_flight();
+            if !busy {
+                let _ = tokio::time::timeout(Duration::from_secs(1), self.wake.notified()).await;
+            }
+        }
+    }
+
+    pub(super) async fn deliver_one(&self, item: OutboxItem) {
+        let direction = item.direction().as_str();
+        let outcome = if now() > item.expires_at {
+            Outcome::Failed(
+                DefinedCondition::RemoteServerTimeout,
+                format!(
+                    "not delivered within {} seconds",
+                    self.settings.expiry.as_secs()
+                ),
+            )
+        } else {
+            match &item.payload {
+                OutboxPayload::ToTeams(p) => self.to_teams(&item, p).await,
+                OutboxPayload::ToXmpp(p) => self.to_xmpp(p).await,
+            }
+        };
+        let stored = match outcome {
+            Outcome::Delivered => {
+                self.metrics.message(direction, "delivered");
+                self.store.delivered(item.seq).await
+            }
+            Outcome::Retry => {
+                self.metrics.message(direction, "retried");
+                self.store
+                    .retry_later(item.seq, now() + backoff(item.attempts + 1))
+                    .await
+            }
+            Outcome::Failed(condition, why) => {
+                self.metrics.message(direction, "failed");
+                tracing::warn!(seq = item.seq, %why, direction, "message not deliverable");
+                match &item.payload {
+                    OutboxPayload::ToTeams(p) => self.bounce_to_xmpp(p, condition, &why).await,
+                    OutboxPayload::ToXmpp(p) => {
+                        self.notice_in_teams(
+                            &p.remote,
+                            &p.local,
+                            &p.chat_id,
+                            &format!("Not delivered to {}: {why}", p.remote),
+                        )
+                        .await;
+                    }
+                }
+                self.store.expire(item.seq).await
+            }
+        };
+        if let Err(e) = stored {
+            // Delivered but not recorded: it is sent again, and de-duplicated.
+            tracing::warn!(error = %e, "cannot record a delivery");
+        }
+    }
+
+    /// Forgets old dedupe keys now and then, for ever.
+    pub async fn forget_old_keys(self: Arc<Self>) {
+        let kept = KEYS_KEPT.max(self.settings.expiry * 2).as_secs() as i64;
+        loop {
+            match self.store.forget_delivered(now() - kept).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(forgotten = n, "old message dedupe keys forgotten"),
+                Err(e) => tracing::warn!(error = %e, "cannot forget old message dedupe keys"),
+            }
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_five_minutes() {
+        assert_eq!(backoff(1), 2);
+        assert_eq!(backoff(30), 300);
+    }
+}
