@@ -1,0 +1,375 @@
+//! Chats and chat messages: 1:1 chats, members, messages and their pages,
+//! and the change notifications a new message makes.
+
+use axum::http::StatusCode;
+use axum::response::Response;
+use serde_json::{Value, json};
+
+use super::{Call, Ctx, not_found, not_implemented};
+use crate::graph::tenant::{Principal, Tenant, guid};
+
+/// The chats routes of [`super::handle`].
+pub(super) fn handle(t: &mut Tenant, call: Call<'_>) -> Response {
+    let Call {
+        ctx,
+        principal,
+        method,
+        segments,
+        uri,
+        body,
+        ..
+    } = call;
+    let not_found = |id: &str| not_found(ctx, id);
+    match (method.as_str(), segments) {
+        ("POST", ["chats"]) => create_chat(t, ctx, principal, &body),
+
+        ("GET", ["chats", id]) => match t.chats.iter().find(|c| c.id == *id) {
+            Some(chat) if may_read_chat(principal, chat) => {
+                ctx.respond(StatusCode::OK, Some(chat_resource(chat, &t.id)))
+            }
+            _ => ctx.error(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                &format!("Chat {id} not found."),
+            ),
+        },
+        // Microsoft's documentation: chat-list-members (aadUserConversationMember items).
+        ("GET", ["chats", id, "members"]) => match t.chats.iter().find(|c| c.id == *id) {
+            Some(chat) if may_read_chat(principal, chat) => {
+                let value: Vec<Value> =
+                    chat.members.iter().map(|m| member_resource(t, m)).collect();
+                ctx.respond(StatusCode::OK, Some(json!({"@odata.context": format!("https://graph.microsoft.com/v1.0/$metadata#chats('{id}')/members"), "@odata.count": value.len(), "value": value})))
+            }
+            _ => ctx.error(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                &format!("Chat {id} not found."),
+            ),
+        },
+        ("GET", ["chats", id, "messages"]) => match t.chats.iter().find(|c| c.id == *id) {
+            Some(chat) if may_read_chat(principal, chat) => {
+                let query: Vec<(String, String)> = uri
+                    .query()
+                    .and_then(|q| serde_urlencoded::from_str(q).ok())
+                    .unwrap_or_default();
+                let param = |name: &str| {
+                    query
+                        .iter()
+                        .find(|(k, _)| k == name)
+                        .and_then(|(_, v)| v.parse::<usize>().ok())
+                };
+                let top = param("$top").unwrap_or(20).clamp(1, 50);
+                // Pages follow `@odata.nextLink`; the skip token is opaque to callers.
+                let skip = param("$skiptoken").unwrap_or(0);
+                // Newest first, as Graph lists them.
+                let value: Vec<Value> = chat
+                    .messages
+                    .iter()
+                    .rev()
+                    .skip(skip)
+                    .take(top)
+                    .cloned()
+                    .collect();
+                let mut page = json!({"@odata.context": format!("https://graph.microsoft.com/v1.0/$metadata#chats('{id}')/messages"), "@odata.count": value.len(), "value": value});
+                if skip + top < chat.messages.len() {
+                    page["@odata.nextLink"] = json!(format!(
+                        "https://graph.microsoft.com/v1.0/chats/{id}/messages?$top={top}&$skiptoken={}",
+                        skip + top
+                    ));
+                }
+                ctx.respond(StatusCode::OK, Some(page))
+            }
+            _ => ctx.error(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                &format!("Chat {id} not found."),
+            ),
+        },
+        ("GET", ["chats", id, "messages", mid]) => {
+            let found = t
+                .chats
+                .iter()
+                .find(|c| c.id == *id)
+                .filter(|c| may_read_chat(principal, c))
+                .and_then(|c| c.messages.iter().find(|m| m["id"] == json!(mid)).cloned());
+            match found {
+                Some(m) => ctx.respond(StatusCode::OK, Some(m)),
+                None => ctx.error(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    &format!("Message {mid} not found."),
+                ),
+            }
+        }
+        ("POST", ["chats", id, "messages"]) => {
+            let Principal::User { user_id, .. } = principal else {
+                return ctx.error(StatusCode::FORBIDDEN, "Forbidden", "Sending chat messages needs a delegated token (application permissions are for migration only).");
+            };
+            let sender = t.user(user_id).map(|u| {
+                (
+                    u.id.clone(),
+                    u.properties
+                        .get("displayName")
+                        .cloned()
+                        .unwrap_or(Value::Null),
+                )
+            });
+            let tenant_id = t.id.clone();
+            let Some(chat) = t.chats.iter_mut().find(|c| c.id == *id) else {
+                return ctx.error(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    &format!("Chat {id} not found."),
+                );
+            };
+            if !chat.members.contains(user_id) {
+                return ctx.error(
+                    StatusCode::FORBIDDEN,
+                    "Forbidden",
+                    "The caller is not a member of the chat.",
+                );
+            }
+            let Some(content) = body["body"]["content"].as_str() else {
+                return ctx.error(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    "The message body is required.",
+                );
+            };
+            let content_type = body["body"]["contentType"].as_str().unwrap_or("text");
+            let (uid, name) = sender.unwrap_or_default();
+            let message = chat_message(&chat.id, &uid, name, &tenant_id, content_type, content);
+            chat.messages.push(message.clone());
+            let (chat_id, members) = (chat.id.clone(), chat.members.clone());
+            notify_chat_message(t, &chat_id, &members, &message);
+            ctx.respond(StatusCode::CREATED, Some(message))
+        }
+        ("GET", ["users", id, "chats"]) => {
+            let Some(uid) = t.user(id).map(|u| u.id.clone()) else {
+                return not_found(id);
+            };
+            // Delegated: the signed-in user's own chats only.
+            if let Principal::User { user_id, .. } = principal
+                && *user_id != uid
+            {
+                return ctx.error(
+                    StatusCode::FORBIDDEN,
+                    "Forbidden",
+                    "A user can list only their own chats.",
+                );
+            }
+            // Microsoft's documentation: chat-list, `$expand=members`.
+            let members = uri.query().is_some_and(|q| {
+                serde_urlencoded::from_str::<Vec<(String, String)>>(q).is_ok_and(|pairs| {
+                    pairs
+                        .iter()
+                        .any(|(k, v)| k == "$expand" && v.split(',').any(|e| e.trim() == "members"))
+                })
+            });
+            let value: Vec<Value> = t
+                .chats
+                .iter()
+                .filter(|c| c.members.contains(&uid))
+                .map(|c| {
+                    let mut chat = chat_resource(c, &t.id);
+                    if members {
+                        chat["members"] =
+                            Value::Array(c.members.iter().map(|m| member_resource(t, m)).collect());
+                    }
+                    chat
+                })
+                .collect();
+            ctx.respond(StatusCode::OK, Some(json!({"@odata.context": "https://graph.microsoft.com/v1.0/$metadata#chats", "@odata.count": value.len(), "value": value})))
+        }
+        _ => not_implemented(ctx),
+    }
+}
+
+/// Change notifications for a new chat message: `/chats/getAllMessages`,
+/// `/chats/{id}/messages` and `/users/{member}/chats/getAllMessages`.
+pub(super) fn notify_chat_message(
+    t: &mut Tenant,
+    chat_id: &str,
+    members: &[String],
+    message: &Value,
+) {
+    let mid = message["id"].as_str().unwrap_or_default().to_owned();
+    let resource = format!("chats('{chat_id}')/messages('{mid}')");
+    let data =
+        json!({"id": mid, "@odata.type": "#Microsoft.Graph.chatMessage", "@odata.id": resource});
+    let members = members.to_vec();
+    let upns: Vec<String> = members
+        .iter()
+        .filter_map(|m| t.user(m).map(|u| u.upn().to_ascii_lowercase()))
+        .collect();
+    let chat_id = chat_id.to_owned();
+    t.notify(
+        move |r| {
+            let parts: Vec<&str> = r.trim_start_matches('/').split('/').collect();
+            match parts.as_slice() {
+                ["chats", "getAllMessages"] => true,
+                ["chats", id, "messages"] => *id == chat_id,
+                ["users", who, "chats", "getAllMessages"] => {
+                    let who = who.to_ascii_lowercase();
+                    members.iter().any(|m| m.eq_ignore_ascii_case(&who)) || upns.contains(&who)
+                }
+                _ => false,
+            }
+        },
+        "created",
+        &resource,
+        data,
+    );
+}
+
+pub(super) fn may_read_chat(principal: &Principal, chat: &crate::graph::tenant::Chat) -> bool {
+    match principal {
+        Principal::App { .. } => true,
+        Principal::User { user_id, .. } => chat.members.contains(user_id),
+    }
+}
+
+pub(super) fn chat_resource(chat: &crate::graph::tenant::Chat, tenant_id: &str) -> Value {
+    let updated = chat
+        .messages
+        .last()
+        .and_then(|m| m["createdDateTime"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| chat.created.clone());
+    json!({
+        "id": chat.id, "topic": null, "createdDateTime": chat.created, "lastUpdatedDateTime": updated,
+        "chatType": chat.chat_type, "webUrl": format!("https://teams.microsoft.com/l/chat/{}/0?tenantId={tenant_id}", chat.id),
+        "tenantId": tenant_id, "onlineMeetingInfo": null, "viewpoint": null,
+    })
+}
+
+/// A chat member as Graph lists it (conversationMember ids are opaque).
+pub(super) fn member_resource(t: &Tenant, user_id: &str) -> Value {
+    let user = t.user(user_id);
+    let property = |name: &str| {
+        user.and_then(|u| u.properties.get(name).cloned())
+            .unwrap_or(Value::Null)
+    };
+    json!({
+        "@odata.type": "#microsoft.graph.aadUserConversationMember",
+        "id": format!("MCMjMCMj{}", user_id.replace('-', "")),
+        "roles": ["owner"],
+        "displayName": property("displayName"),
+        "visibleHistoryStartDateTime": "0001-01-01T00:00:00Z",
+        "userId": user_id,
+        "email": property("mail"),
+        "tenantId": t.id,
+    })
+}
+
+pub(super) fn timestamp_millis() -> String {
+    k8s_openapi::jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%S%.3fZ")
+        .to_string()
+}
+
+pub(super) fn chat_message(
+    chat_id: &str,
+    user_id: &str,
+    display_name: Value,
+    tenant_id: &str,
+    content_type: &str,
+    content: &str,
+) -> Value {
+    static SEQUENCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let now = timestamp_millis();
+    let id = (k8s_openapi::jiff::Timestamp::now().as_millisecond() as u64 * 1000
+        + SEQUENCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 1000)
+        .to_string();
+    json!({
+        "id": id, "replyToId": null, "etag": id, "messageType": "message",
+        "createdDateTime": now, "lastModifiedDateTime": now, "lastEditedDateTime": null, "deletedDateTime": null,
+        "subject": null, "summary": null, "chatId": chat_id, "importance": "normal", "locale": "en-us", "webUrl": null,
+        "channelIdentity": null, "policyViolation": null, "eventDetail": null, "onBehalfOf": null,
+        "from": {"application": null, "device": null, "user": {
+            "@odata.type": "#microsoft.graph.teamworkUserIdentity", "id": user_id, "displayName": display_name,
+            "userIdentityType": "aadUser", "tenantId": tenant_id}},
+        "body": {"contentType": content_type, "content": content},
+        "attachments": [], "mentions": [], "reactions": [],
+    })
+}
+
+/// POST /chats: a oneOnOne chat between two users (the existing one if they
+/// already have it, as Graph does).
+pub(super) fn create_chat(
+    t: &mut Tenant,
+    ctx: &Ctx,
+    principal: &Principal,
+    body: &Value,
+) -> Response {
+    if body["chatType"] != json!("oneOnOne") && body["chatType"] != json!("group") {
+        return ctx.error(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "chatType must be oneOnOne or group.",
+        );
+    }
+    let mut members = Vec::new();
+    for m in body["members"].as_array().into_iter().flatten() {
+        let bind = m["user@odata.bind"].as_str().unwrap_or_default();
+        let key = bind
+            .rsplit_once("users('")
+            .and_then(|(_, rest)| rest.strip_suffix("')"))
+            .or_else(|| bind.rsplit_once("/users/").map(|(_, rest)| rest))
+            .unwrap_or_default();
+        match t.user(key) {
+            Some(u) => members.push(u.id.clone()),
+            None => {
+                return ctx.error(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    &format!("User {key} not found."),
+                );
+            }
+        }
+    }
+    if body["chatType"] == json!("oneOnOne") && members.len() != 2 {
+        return ctx.error(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "A oneOnOne chat needs exactly two members.",
+        );
+    }
+    if let Principal::User { user_id, .. } = principal
+        && !members.contains(user_id)
+    {
+        return ctx.error(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            "The caller must be a member of the chat.",
+        );
+    }
+    let tenant_id = t.id.clone();
+    if body["chatType"] == json!("oneOnOne")
+        && let Some(existing) = t
+            .chats
+            .iter()
+            .find(|c| c.chat_type == "oneOnOne" && members.iter().all(|m| c.members.contains(m)))
+    {
+        return ctx.respond(
+            StatusCode::CREATED,
+            Some(chat_resource(existing, &tenant_id)),
+        );
+    }
+    let mut sorted = members.clone();
+    sorted.sort();
+    let id = if body["chatType"] == json!("oneOnOne") {
+        format!("19:{}_{}@unq.gbl.spaces", sorted[0], sorted[1])
+    } else {
+        format!("19:{}@thread.v2", guid().replace('-', ""))
+    };
+    let chat = crate::graph::tenant::Chat {
+        id,
+        chat_type: body["chatType"].as_str().unwrap_or("oneOnOne").to_owned(),
+        members,
+        created: timestamp_millis(),
+        messages: Vec::new(),
+    };
+    let resource = chat_resource(&chat, &tenant_id);
+    t.chats.push(chat);
+    ctx.respond(StatusCode::CREATED, Some(resource))
+}

@@ -1,0 +1,240 @@
+//! The identity platform's token endpoint (`/{tenant}/oauth2/v2.0/token`):
+//! client credentials (secret or certificate assertion), password and
+//! refresh-token grants, with the AADSTS errors Microsoft documents.
+
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::{Shared, lock, now_string};
+use crate::graph::tenant::{Principal, Token, guid};
+
+pub(super) fn aad_error(status: StatusCode, error: &str, code: u32, description: &str) -> Response {
+    let body = json!({
+        "error": error,
+        "error_description": format!("AADSTS{code}: {description}"),
+        "error_codes": [code],
+        "timestamp": now_string(),
+        "trace_id": guid(),
+        "correlation_id": guid(),
+    });
+    (status, axum::Json(body)).into_response()
+}
+
+/// POST /{tenant}/oauth2/v2.0/token: client credentials (secret), password
+/// (resource owner, for shadow accounts) and refresh_token (rotated).
+pub(super) async fn token(
+    State(state): State<Shared>,
+    Path(tenant): Path<String>,
+    body: Bytes,
+) -> Response {
+    let form: Vec<(String, String)> = serde_urlencoded::from_bytes(&body).unwrap_or_default();
+    let field = |name: &str| {
+        form.iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let mut t = lock(&state);
+    t.token_requests += 1;
+    if !tenant.eq_ignore_ascii_case(&t.id) {
+        return aad_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            90002,
+            &format!("Tenant '{tenant}' not found."),
+        );
+    }
+    let Some(app) = t
+        .apps
+        .iter()
+        .find(|a| Some(a.client_id.as_str()) == field("client_id"))
+        .cloned()
+    else {
+        return aad_error(
+            StatusCode::BAD_REQUEST,
+            "unauthorized_client",
+            700016,
+            "Application not found in the directory.",
+        );
+    };
+    if let Some(assertion) = field("client_assertion") {
+        if field("client_assertion_type")
+            != Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+        {
+            return aad_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                50027,
+                "Invalid client_assertion_type.",
+            );
+        }
+        if let Err(why) = verify_assertion(&app, assertion, &tenant) {
+            return aad_error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                700027,
+                &format!("Client assertion failed signature validation: {why}"),
+            );
+        }
+    } else if app.client_secret.is_none() || field("client_secret") != app.client_secret.as_deref()
+    {
+        return aad_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            7000215,
+            "Invalid client secret provided.",
+        );
+    }
+    let expires_in = 3599u64;
+    let expires = Instant::now() + Duration::from_secs(expires_in);
+    let access = guid() + &guid();
+    match field("grant_type") {
+        Some("client_credentials") => {
+            if field("scope") != Some("https://graph.microsoft.com/.default") {
+                return aad_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_scope",
+                    1002012,
+                    "The provided value for scope is not valid. Client credential flows must have a scope value with /.default suffixed to the resource identifier.",
+                );
+            }
+            t.tokens.insert(
+                access.clone(),
+                Token {
+                    principal: Principal::App {
+                        client_id: app.client_id,
+                        roles: app.roles,
+                    },
+                    expires,
+                },
+            );
+            axum::Json(json!({"token_type": "Bearer", "expires_in": expires_in, "ext_expires_in": expires_in, "access_token": access})).into_response()
+        }
+        Some("password") | Some("refresh_token") => {
+            let user_id = if field("grant_type") == Some("password") {
+                let (Some(username), Some(password)) = (field("username"), field("password"))
+                else {
+                    return aad_error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_request",
+                        900144,
+                        "The request body must contain the following parameter: 'username' and 'password'.",
+                    );
+                };
+                match t.user(username) {
+                    Some(u) if u.password.as_deref() == Some(password) => u.id.clone(),
+                    _ => {
+                        return aad_error(
+                            StatusCode::BAD_REQUEST,
+                            "invalid_grant",
+                            50126,
+                            "Error validating credentials due to invalid username or password.",
+                        );
+                    }
+                }
+            } else {
+                let presented = field("refresh_token").unwrap_or_default().to_owned();
+                // Refresh tokens rotate: each is good for one redemption.
+                match t.refresh_tokens.remove(&presented) {
+                    Some((client, user)) if client == app.client_id => user,
+                    _ => {
+                        return aad_error(
+                            StatusCode::BAD_REQUEST,
+                            "invalid_grant",
+                            70000,
+                            "The provided grant is invalid or malformed.",
+                        );
+                    }
+                }
+            };
+            let refresh = guid() + &guid();
+            t.refresh_tokens
+                .insert(refresh.clone(), (app.client_id.clone(), user_id.clone()));
+            let scope = app.scopes.join(" ");
+            t.tokens.insert(
+                access.clone(),
+                Token {
+                    principal: Principal::User {
+                        client_id: app.client_id,
+                        user_id,
+                        scopes: app.scopes,
+                    },
+                    expires,
+                },
+            );
+            axum::Json(json!({"token_type": "Bearer", "scope": scope, "expires_in": expires_in, "ext_expires_in": expires_in, "access_token": access, "refresh_token": refresh})).into_response()
+        }
+        other => aad_error(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            70003,
+            &format!(
+                "The app requested an unsupported grant type '{}'.",
+                other.unwrap_or("")
+            ),
+        ),
+    }
+}
+
+/// Checks an RFC 7523 client assertion the way Entra does: RS256, `x5t` of the
+/// app's registered certificate, signature, audience, issuer and subject, time.
+pub(super) fn verify_assertion(
+    app: &crate::graph::tenant::AppSeed,
+    jwt: &str,
+    tenant: &str,
+) -> Result<(), String> {
+    use base64::Engine as _;
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    use sha1::Digest as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let pem = app
+        .certificate_pem
+        .as_deref()
+        .ok_or("no certificate is registered for the app")?;
+    let cert = CertificateDer::from_pem_slice(pem.as_bytes())
+        .map_err(|e| format!("registered certificate: {e}"))?;
+    let parts: Vec<&str> = jwt.split('.').collect();
+    let [header, claims, signature] = parts.as_slice() else {
+        return Err("not a JWT".into());
+    };
+    let decode = |s: &str| -> Result<Value, String> {
+        let bytes = b64.decode(s).map_err(|e| e.to_string())?;
+        serde_json::from_slice(&bytes).map_err(|e| e.to_string())
+    };
+    let (header_json, claims_json) = (decode(header)?, decode(claims)?);
+    if header_json["alg"] != json!("RS256") {
+        return Err("alg must be RS256".into());
+    }
+    let thumbprint = b64.encode(sha1::Sha1::digest(cert.as_ref()));
+    if header_json["x5t"].as_str() != Some(thumbprint.as_str()) {
+        return Err("x5t does not name the registered certificate".into());
+    }
+    let signature = b64.decode(signature).map_err(|e| e.to_string())?;
+    let end_entity = webpki::EndEntityCert::try_from(&cert).map_err(|e| e.to_string())?;
+    end_entity
+        .verify_signature(
+            webpki::aws_lc_rs::RSA_PKCS1_2048_8192_SHA256,
+            format!("{header}.{claims}").as_bytes(),
+            &signature,
+        )
+        .map_err(|e| format!("signature: {e}"))?;
+    let audience = claims_json["aud"].as_str().unwrap_or_default();
+    if !audience.ends_with(&format!("/{tenant}/oauth2/v2.0/token")) {
+        return Err(format!("aud {audience} is not this token endpoint"));
+    }
+    if claims_json["iss"] != json!(app.client_id) || claims_json["sub"] != json!(app.client_id) {
+        return Err("iss and sub must be the client id".into());
+    }
+    let now = k8s_openapi::jiff::Timestamp::now().as_second();
+    let exp = claims_json["exp"].as_i64().unwrap_or(0);
+    let nbf = claims_json["nbf"].as_i64().unwrap_or(0);
+    if exp <= now || nbf > now + 300 {
+        return Err("the assertion is expired or not yet valid".into());
+    }
+    Ok(())
+}

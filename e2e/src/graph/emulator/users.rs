@@ -1,0 +1,180 @@
+//! The directory: users (create, read, update, delete), their licences and
+//! photos, and group membership.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::Response;
+use serde_json::{Value, json};
+
+use super::{Call, not_found, not_implemented, query_select};
+use crate::graph::tenant::{Tenant, guid};
+
+/// The users routes of [`super::handle`].
+pub(super) fn handle(t: &mut Tenant, call: Call<'_>) -> Response {
+    let Call {
+        ctx,
+        method,
+        segments,
+        uri,
+        body,
+        raw,
+        headers,
+        ..
+    } = call;
+    let not_found = |id: &str| not_found(ctx, id);
+    match (method.as_str(), segments) {
+        ("GET", ["users"]) => {
+            let select = query_select(uri);
+            let value: Vec<Value> = t.users.iter().map(|u| u.resource(select.as_deref())).collect();
+            ctx.respond(StatusCode::OK, Some(json!({"@odata.context": "https://graph.microsoft.com/v1.0/$metadata#users", "value": value})))
+        }
+        ("GET", ["users", id]) => match t.user(id) {
+            Some(u) => {
+                let mut resource = u.resource(query_select(uri).as_deref());
+                resource["@odata.context"] = json!("https://graph.microsoft.com/v1.0/$metadata#users/$entity");
+                ctx.respond(StatusCode::OK, Some(resource))
+            }
+            None => not_found(id),
+        },
+        ("POST", ["users"]) => {
+            let required = ["accountEnabled", "displayName", "mailNickname", "userPrincipalName", "passwordProfile"];
+            if let Some(missing) = required.iter().find(|f| body.get(**f).is_none()) {
+                return ctx.error(StatusCode::BAD_REQUEST, "Request_BadRequest", &format!("Invalid value specified for property '{missing}' of resource 'User'."));
+            }
+            let upn = body["userPrincipalName"].as_str().unwrap_or_default().to_owned();
+            if t.user(&upn).is_some() {
+                return ctx.error(StatusCode::BAD_REQUEST, "Request_BadRequest", "Another object with the same value for property userPrincipalName already exists.");
+            }
+            let mut properties: std::collections::BTreeMap<String, Value> = body
+                .as_object()
+                .map(|m| m.iter().filter(|(k, _)| *k != "passwordProfile").map(|(k, v)| (k.clone(), v.clone())).collect())
+                .unwrap_or_default();
+            properties.entry("businessPhones".into()).or_insert(json!([]));
+            let user = crate::graph::tenant::User {
+                id: guid(),
+                password: body["passwordProfile"]["password"].as_str().map(str::to_owned),
+                properties,
+                photo: None,
+                licences: Vec::new(),
+                presence: Default::default(),
+            };
+            let mut resource = user.resource(None);
+            resource["@odata.context"] = json!("https://graph.microsoft.com/v1.0/$metadata#users/$entity");
+            t.users.push(user);
+            ctx.respond(StatusCode::CREATED, Some(resource))
+        }
+        ("PATCH", ["users", id]) => match t.user_mut(id) {
+            Some(u) => {
+                if let Some(fields) = body.as_object() {
+                    for (k, v) in fields {
+                        if k == "passwordProfile" {
+                            u.password = v["password"].as_str().map(str::to_owned);
+                        } else {
+                            u.properties.insert(k.clone(), v.clone());
+                        }
+                    }
+                }
+                ctx.respond(StatusCode::NO_CONTENT, None)
+            }
+            None => not_found(id),
+        },
+        ("DELETE", ["users", id]) => {
+            let before = t.users.len();
+            let key = id.to_ascii_lowercase();
+            t.users.retain(|u| u.id.to_ascii_lowercase() != key && u.upn().to_ascii_lowercase() != key);
+            if t.users.len() == before { not_found(id) } else { ctx.respond(StatusCode::NO_CONTENT, None) }
+        }
+        ("POST", ["users", id, "assignLicense"]) => {
+            let add: Vec<String> = body["addLicenses"].as_array().map(|a| a.iter().filter_map(|l| l["skuId"].as_str().map(str::to_owned)).collect()).unwrap_or_default();
+            let remove: Vec<String> = body["removeLicenses"].as_array().map(|a| a.iter().filter_map(|l| l.as_str().map(str::to_owned)).collect()).unwrap_or_default();
+            if body.get("addLicenses").is_none() || body.get("removeLicenses").is_none() {
+                return ctx.error(StatusCode::BAD_REQUEST, "Request_BadRequest", "Invalid value specified for property 'addLicenses' or 'removeLicenses'.");
+            }
+            for sku in &add {
+                let Some(known) = t.skus.iter().find(|s| &s.sku_id == sku).cloned() else {
+                    return ctx.error(StatusCode::BAD_REQUEST, "Request_BadRequest", &format!("License {sku} does not correspond to a valid company License."));
+                };
+                let used = t.users.iter().filter(|u| u.licences.contains(sku)).count();
+                if used >= known.prepaid_units as usize {
+                    return ctx.error(StatusCode::BAD_REQUEST, "Request_BadRequest", &format!("License assignment failed because there are no available licenses for {}.", known.sku_part_number));
+                }
+            }
+            // Microsoft 365 licenses nobody without a usage location.
+            if !add.is_empty()
+                && t.user(id).is_some_and(|u| u.properties.get("usageLocation").is_none_or(Value::is_null))
+            {
+                return ctx.error(StatusCode::BAD_REQUEST, "Request_BadRequest", "License assignment cannot be done for user with invalid usage location.");
+            }
+            match t.user_mut(id) {
+                Some(u) => {
+                    u.licences.retain(|l| !remove.contains(l));
+                    for sku in add {
+                        if !u.licences.contains(&sku) {
+                            u.licences.push(sku);
+                        }
+                    }
+                    let mut resource = u.resource(None);
+                    resource["@odata.context"] = json!("https://graph.microsoft.com/v1.0/$metadata#users/$entity");
+                    ctx.respond(StatusCode::OK, Some(resource))
+                }
+                None => not_found(id),
+            }
+        }
+        ("GET", ["users", id, "photo", "$value"]) => match t.user(id) {
+            Some(u) => match &u.photo {
+                Some((content_type, bytes)) => {
+                    let mut response = ctx.respond(StatusCode::OK, None);
+                    *response.body_mut() = axum::body::Body::from(bytes.clone());
+                    if let Ok(v) = HeaderValue::from_str(content_type) {
+                        response.headers_mut().insert(header::CONTENT_TYPE, v);
+                    }
+                    response
+                }
+                None => ctx.error(StatusCode::NOT_FOUND, "ImageNotFound", "Exception of type 'Microsoft.Fast.Profile.Core.Exception.ImageNotFoundException' was thrown."),
+            },
+            None => not_found(id),
+        },
+        ("PUT", ["users", id, "photo", "$value"]) => {
+            let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("image/jpeg").to_owned();
+            if !content_type.starts_with("image/") {
+                return ctx.error(StatusCode::BAD_REQUEST, "ErrorInvalidRequest", "The photo must be an image.");
+            }
+            match t.user_mut(id) {
+                Some(u) => {
+                    u.photo = Some((content_type, raw.to_vec()));
+                    ctx.respond(StatusCode::OK, None)
+                }
+                None => not_found(id),
+            }
+        }
+                ("GET", ["groups", id, "transitiveMembers"]) | ("GET", ["groups", id, "members"]) => {
+            let Some(group) = t.groups.iter().find(|g| g.id.eq_ignore_ascii_case(id)).cloned() else {
+                return not_found(id);
+            };
+            // Nested groups count for transitiveMembers (members lists them as groups).
+            let transitive = segments[2] == "transitiveMembers";
+            let mut seen = std::collections::HashSet::new();
+            let mut pending = vec![group];
+            let mut value = Vec::new();
+            while let Some(g) = pending.pop() {
+                for member in &g.members {
+                    if !seen.insert(member.to_ascii_lowercase()) {
+                        continue;
+                    }
+                    if let Some(u) = t.user(member) {
+                        let mut user = u.resource(query_select(uri).as_deref());
+                        user["@odata.type"] = json!("#microsoft.graph.user");
+                        value.push(user);
+                    } else if let Some(inner) = t.groups.iter().find(|x| x.id.eq_ignore_ascii_case(member)) {
+                        if transitive {
+                            pending.push(inner.clone());
+                        } else {
+                            value.push(json!({"@odata.type": "#microsoft.graph.group", "id": inner.id, "displayName": inner.display_name}));
+                        }
+                    }
+                }
+            }
+            ctx.respond(StatusCode::OK, Some(json!({"@odata.context": "https://graph.microsoft.com/v1.0/$metadata#directoryObjects", "value": value})))
+        }
+        _ => not_implemented(ctx),
+    }
+}
