@@ -4,7 +4,7 @@
 
 use prometheus_client::metrics::gauge::Gauge;
 use xmppfed_config::LicenceConfig;
-use xmppfed_licence::{LicenceState, Timestamp, assign, verify};
+use xmppfed_licence::{LicenceFile, LicenceState, Timestamp, assign, read_file, replicas};
 use xmppfed_telemetry::{ComponentHealth, Metrics};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -43,26 +43,17 @@ pub fn check_seat(
         .rsplit_once('-')
         .and_then(|(g, o)| Some((g, o.parse::<u32>().ok()?)))
         .ok_or_else(|| LicenceCheckError::BadNodeName(node.to_owned()))?;
-    let mut licences = Vec::new();
-    let mut problems = Vec::new();
-    for (i, line) in licences_text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .enumerate()
-    {
-        match verify(line, public_key) {
-            Ok(l) => licences.push(l),
-            Err(e) => problems.push(format!("licence {}: {e}", i + 1)),
-        }
-    }
+    let LicenceFile {
+        licences,
+        mut problems,
+    } = read_file(licences_text, public_key);
     problems.extend(
         licences
             .iter()
             .filter(|l| l.state(now) == LicenceState::Expired)
             .map(|l| format!("{} expired {}", l.id, l.expires)),
     );
-    let pods: Vec<String> = (0..=ordinal).map(|i| format!("{gateway}-{i}")).collect();
+    let pods = replicas(gateway, ordinal.saturating_add(1));
     let assignment = assign(&licences, &pods, now);
     match assignment.seats.get(node) {
         Some(l) => Ok(Seat {

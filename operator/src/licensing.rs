@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::jiff::Timestamp;
-use xmppfed_licence::{Licence, LicenceState, assign, verify};
+use xmppfed_licence::{LicenceFile, LicenceState, assign, read_file};
 
 use crate::crd::LicenceAssignment;
 
@@ -54,22 +54,8 @@ pub fn evaluate(
             "the Secret named by spec.licenceSecret, or its key, does not exist".into(),
         );
     };
-    let mut licences: Vec<Licence> = Vec::new();
-    let mut problems = Vec::new();
-    for (i, line) in text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .enumerate()
-    {
-        match verify(line, public_key) {
-            Ok(l) => licences.push(l),
-            Err(e) => problems.push(format!("licence {}: {e}", i + 1)),
-        }
-    }
-    let pods: Vec<String> = (0..replicas.max(0))
-        .map(|i| format!("{gateway}-{i}"))
-        .collect();
+    let LicenceFile { licences, problems } = read_file(text, public_key);
+    let pods = xmppfed_licence::replicas(gateway, u32::try_from(replicas.max(0)).unwrap_or(0));
     let assignment = assign(&licences, &pods, now);
     let licensed = i32::try_from(assignment.seats.len()).unwrap_or(i32::MAX);
     let assignments = assignment
@@ -146,7 +132,7 @@ pub fn evaluate(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use xmppfed_licence::{generate_key, issue};
+    use xmppfed_licence::{Licence, generate_key, issue};
 
     fn at(s: &str) -> Timestamp {
         s.parse().unwrap()

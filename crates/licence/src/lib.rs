@@ -160,5 +160,38 @@ pub fn assign(licences: &[Licence], pods: &[String], now: Timestamp) -> Assignme
     assignment
 }
 
+/// A licence file's content: one signed licence per line, blank lines aside.
+#[derive(Debug, Clone, Default)]
+pub struct LicenceFile {
+    /// The licences that verified, in file order.
+    pub licences: Vec<Licence>,
+    /// Each line that did not verify, by its number among the licences ("licence 2: …").
+    pub problems: Vec<String>,
+}
+
+/// Reads and verifies every licence of a licence file (the gateway's mounted
+/// file and the operator's Secret value are the same text).
+pub fn read_file(text: &str, public_key_b64: &str) -> LicenceFile {
+    let mut file = LicenceFile::default();
+    for (i, line) in text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .enumerate()
+    {
+        match verify(line, public_key_b64) {
+            Ok(l) => file.licences.push(l),
+            Err(e) => file.problems.push(format!("licence {}: {e}", i + 1)),
+        }
+    }
+    file
+}
+
+/// The pods of a gateway's first `count` replicas, `<gateway>-<ordinal>`, in
+/// the order seats go to them.
+pub fn replicas(gateway: &str, count: u32) -> Vec<String> {
+    (0..count).map(|i| format!("{gateway}-{i}")).collect()
+}
+
 #[cfg(test)]
 mod tests;

@@ -96,3 +96,44 @@ fn seats_come_from_unexpired_licences_longest_lived_first() {
     assert_eq!(a.unlicensed, ["gw-3"]);
     assert_eq!(assign(&[], &pods[..1], now).unlicensed, ["gw-0"]);
 }
+
+#[test]
+fn a_licence_file_names_each_line_that_does_not_verify() {
+    let (private, public) = generate_key().unwrap();
+    let (other, _) = generate_key().unwrap();
+    let licence = |id: &str, key: &str| {
+        issue(
+            &Licence {
+                id: id.into(),
+                licensee: "Contoso".into(),
+                nodes: 1,
+                issued: "2026-01-01T00:00:00Z".parse().unwrap(),
+                expires: "2099-01-01T00:00:00Z".parse().unwrap(),
+                features: vec![],
+            },
+            key,
+        )
+        .unwrap()
+    };
+    let text = format!(
+        "{}\n\n  {}  \nnot a licence\n",
+        licence("L-1", &private),
+        licence("L-2", &other)
+    );
+    let file = read_file(&text, &public);
+    assert_eq!(file.licences.len(), 1);
+    assert_eq!(file.licences[0].id, "L-1");
+    assert_eq!(file.problems.len(), 2, "{:?}", file.problems);
+    assert!(
+        file.problems[0].starts_with("licence 2: "),
+        "{:?}",
+        file.problems
+    );
+    assert!(
+        file.problems[1].starts_with("licence 3: "),
+        "{:?}",
+        file.problems
+    );
+    assert_eq!(replicas("gw", 3), ["gw-0", "gw-1", "gw-2"]);
+    assert!(replicas("gw", 0).is_empty());
+}
