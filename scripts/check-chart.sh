@@ -585,10 +585,10 @@ echo "ok  --admin-listen, --log-level, --leader-election-lease, XMPPFED_LICENCE_
 step "Dockerfiles"
 "$VENV/bin/hadolint" gateway/Dockerfile operator/Dockerfile || die "hadolint"
 echo "ok  hadolint gateway/Dockerfile operator/Dockerfile"
-config_dir=$(sed -n 's/.*CONFIG_DIR: &str = "\(.*\)";/\1/p' operator/src/build/mod.rs)
-config_file=$(sed -n 's/.*CONFIG_FILE: &str = "\(.*\)";/\1/p' operator/src/build/mod.rs)
-uid=$(sed -n 's/.*GATEWAY_UID: i64 = \([0-9]*\);/\1/p' operator/src/build/workload.rs)
-[[ -n $config_dir && -n $config_file && -n $uid ]] || die "cannot read the config path and UID from operator/src/build"
+config_dir=$(sed -n 's/.*CONFIG_DIR: &str = "\(.*\)";/\1/p' operator/src/render/mod.rs)
+config_file=$(sed -n 's/.*CONFIG_FILE: &str = "\(.*\)";/\1/p' operator/src/render/mod.rs)
+uid=$(sed -n 's/.*GATEWAY_UID: i64 = \([0-9]*\);/\1/p' operator/src/render/workload.rs)
+[[ -n $config_dir && -n $config_file && -n $uid ]] || die "cannot read the config path and UID from operator/src/render"
 grep -qx "CMD \[\"run\", \"--config\", \"$config_dir/$config_file\"\]" gateway/Dockerfile ||
   die "gateway/Dockerfile CMD is not the StatefulSet's args: run --config $config_dir/$config_file"
 grep -qx 'ENTRYPOINT \["/usr/local/bin/xmppfed-gateway"\]' gateway/Dockerfile || die "gateway/Dockerfile ENTRYPOINT"

@@ -1,10 +1,11 @@
 //! The xmppfed operator: reconciles FederationGateway, DomainWhitelist and
 //! ThrottlePolicy resources into running gateways.
 //!
-//! The reconcile pipeline is fetch → validate → build → apply → status; the
-//! middle steps are pure (`policy`, `build`, `plan`) and tested without a server.
+//! The reconcile pipeline is fetch → validate → render → apply → status; the
+//! middle steps are pure (`policy`, `render`, `plan`, `licensing`, `status`)
+//! and tested without a server; `reconcile` does the I/O around them, one
+//! file per step (`fetch`, `apply`, `report`) with the controllers in `run`.
 
-pub mod build;
 pub mod crd;
 pub mod crdgen;
 pub mod leader;
@@ -12,4 +13,5 @@ pub mod licensing;
 pub mod plan;
 pub mod policy;
 pub mod reconcile;
+pub mod render;
 pub mod status;

@@ -4,9 +4,9 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::Resource;
 
-use crate::build::{self, GatewayObjects};
 use crate::crd::{DomainWhitelist, FederationGateway, ThrottlePolicy};
 use crate::policy::{self, PolicyError};
+use crate::render::{self, GatewayObjects};
 
 /// Why a gateway's spec cannot be applied: shown in its Degraded condition, and
 /// waited out until the next change.
@@ -15,7 +15,7 @@ pub enum InvalidSpec {
     #[error(transparent)]
     Policy(#[from] PolicyError),
     #[error(transparent)]
-    Config(#[from] build::ConfigError),
+    Config(#[from] render::ConfigError),
     #[error("the rendered configuration cannot be written as TOML: {0}")]
     Render(String),
     #[error("the FederationGateway has no uid yet (not read from the API server)")]
@@ -59,16 +59,16 @@ pub fn plan(
     use kube::ResourceExt;
 
     let applied = policy::applied(gateway, whitelists, throttles)?;
-    let config = build::render_config(gateway, &applied, licence_public_key)?;
+    let config = render::render_config(gateway, &applied, licence_public_key)?;
     let config_toml = config
         .to_toml_string()
         .map_err(|e| InvalidSpec::Render(e.to_string()))?;
     let owner: OwnerReference = gateway
         .controller_owner_ref(&())
         .ok_or(InvalidSpec::NoUid)?;
-    let objects = build::build_objects(gateway, owner, &config_toml, replicas);
+    let objects = render::build_objects(gateway, owner, &config_toml, replicas);
     Ok(Plan {
-        config_hash: build::config_hash(&config_toml),
+        config_hash: render::config_hash(&config_toml),
         config_toml,
         objects,
         whitelists: applied.whitelists.iter().map(|w| w.name_any()).collect(),

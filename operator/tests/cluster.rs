@@ -17,8 +17,8 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde_json::json;
 use support::{apply_all, condition_becomes, examples_licensed, licence_text};
 use xmppfed_e2e::cluster::{self, eventually};
-use xmppfed_operator::build::names;
 use xmppfed_operator::crd::{DomainWhitelist, FederationGateway, ThrottlePolicy};
+use xmppfed_operator::render::names;
 
 const MANAGER: &str = "xmppfed-integration-test";
 

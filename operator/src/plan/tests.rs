@@ -1,6 +1,6 @@
 use super::*;
-use crate::build::paths;
 use crate::policy::{PolicyRef, selected_gateways};
+use crate::render::paths;
 use xmppfed_config::{GatewayConfig, StoreConfig};
 
 /// Any base64 text: rendering only copies the key into the configuration.
@@ -96,7 +96,7 @@ fn minimal_gateway_builds_objects_the_gateway_accepts() {
             .unwrap()
             .annotations
             .as_ref()
-            .unwrap()[build::CONFIG_HASH_ANNOTATION],
+            .unwrap()[render::CONFIG_HASH_ANNOTATION],
         plan.config_hash
     );
     let pod = template.spec.as_ref().unwrap();

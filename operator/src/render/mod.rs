@@ -1,4 +1,4 @@
-//! The build step of the reconcile pipeline: pure functions from a validated
+//! The render step of the reconcile pipeline: pure functions from a validated
 //! FederationGateway and its policies to the objects the operator applies.
 
 mod config;

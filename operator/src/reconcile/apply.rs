@@ -1,0 +1,110 @@
+//! Apply: every child of a gateway by server-side apply, one field manager,
+//! and the gateway's generated keys (created once, never rewritten).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde_json::json;
+
+use super::{Error, FIELD_MANAGER};
+use crate::crd::FederationGateway;
+use crate::plan::Plan;
+use crate::render::{self, keys, names};
+
+/// Server-side applies every child; returns the StatefulSet as the server holds it.
+pub(super) async fn apply_all(
+    plan: &Plan,
+    namespace: &str,
+    client: &Client,
+) -> Result<StatefulSet, Error> {
+    let o = &plan.objects;
+    apply::<ServiceAccount>(client, namespace, &o.service_account).await?;
+    apply::<Role>(client, namespace, &o.pod_role).await?;
+    apply::<RoleBinding>(client, namespace, &o.pod_role_binding).await?;
+    apply::<ConfigMap>(client, namespace, &o.config_map).await?;
+    for service in &o.services {
+        apply::<Service>(client, namespace, service).await?;
+    }
+    match &o.pod_disruption_budget {
+        Some(pdb) => {
+            apply::<PodDisruptionBudget>(client, namespace, pdb).await?;
+        }
+        None => {
+            // Scaled down to one replica: a PDB left behind would block node drains.
+            let api = Api::<PodDisruptionBudget>::namespaced(client.clone(), namespace);
+            let name = o.stateful_set.name_any();
+            match api.delete(&name, &Default::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    apply::<StatefulSet>(client, namespace, &o.stateful_set).await
+}
+
+pub(super) async fn apply<K>(client: &Client, namespace: &str, object: &K) -> Result<K, Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + Serialize
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api = Api::<K>::namespaced(client.clone(), namespace);
+    let mut value = serde_json::to_value(object).map_err(|e| Error::Encode("object", e))?;
+    // Server-side apply needs apiVersion and kind in the body.
+    value["apiVersion"] = json!(K::api_version(&()));
+    value["kind"] = json!(K::kind(&()));
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    Ok(api
+        .patch(&object.name_any(), &params, &Patch::Apply(&value))
+        .await?)
+}
+
+/// The gateway's own keys (dialback secret, webhook clientState, credential key):
+/// generated once, owned by the gateway, never rotated by a reconcile.
+pub(super) async fn ensure_keys_secret(
+    gateway: &FederationGateway,
+    namespace: &str,
+    client: &Client,
+) -> Result<(), Error> {
+    let api = Api::<Secret>::namespaced(client.clone(), namespace);
+    let name = names::keys_secret(&gateway.name_any());
+    if api.get_opt(&name).await?.is_some() {
+        return Ok(());
+    }
+    let mut data = BTreeMap::new();
+    for key in [keys::DIALBACK, keys::CLIENT_STATE, keys::CREDENTIAL_KEY] {
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes).map_err(|e| Error::Random(e.to_string()))?;
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        data.insert(key.to_owned(), ByteString(hex.into_bytes()));
+    }
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(name),
+            namespace: Some(namespace.to_owned()),
+            labels: Some(render::labels(&gateway.name_any())),
+            owner_references: gateway.controller_owner_ref(&()).map(|o| vec![o]),
+            ..ObjectMeta::default()
+        },
+        data: Some(data),
+        type_: Some("Opaque".into()),
+        ..Secret::default()
+    };
+    match api.create(&PostParams::default(), &secret).await {
+        Ok(_) => Ok(()),
+        // Another replica of the operator created it first.
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}

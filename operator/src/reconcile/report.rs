@@ -1,0 +1,152 @@
+//! Report: the conditions the pure `crate::status` computes, written by
+//! server-side apply, and the Events that say what changed.
+
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+
+use super::{Context, Error, FIELD_MANAGER};
+use crate::crd::{FederationGateway, FederationGatewayStatus};
+use crate::licensing::LicenceOutcome;
+use crate::plan::{InvalidSpec, Plan};
+use crate::status::{self, Observed};
+
+pub(super) async fn publish(
+    ctx: &Context,
+    gateway: &FederationGateway,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    let event = Event {
+        type_,
+        reason: reason.to_owned(),
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &gateway.object_ref(&())).await {
+        tracing::warn!(error = %e, "cannot publish event");
+    }
+}
+
+pub(super) async fn patch_status(
+    gateway: &FederationGateway,
+    namespace: &str,
+    client: &Client,
+    previous: &FederationGatewayStatus,
+    observed: &Observed,
+    applied: Option<(&Plan, &LicenceOutcome)>,
+) -> Result<(), Error> {
+    let generation = gateway.metadata.generation;
+    let ready_replicas = match observed {
+        Observed::Applied { ready, .. } => *ready,
+        _ => previous.ready_replicas,
+    };
+    let status = FederationGatewayStatus {
+        observed_generation: generation,
+        conditions: status::conditions(
+            observed,
+            applied.map(|(_, l)| (l.ok, l.reason, l.message.as_str())),
+            generation,
+            &previous.conditions,
+            &status::now(),
+        ),
+        ready_replicas,
+        config_hash: applied
+            .map(|(p, _)| p.config_hash.clone())
+            .or_else(|| previous.config_hash.clone()),
+        licence_assignments: applied
+            .map(|(_, l)| l.assignments.clone())
+            .unwrap_or_else(|| previous.licence_assignments.clone()),
+    };
+    let body = json!({
+        "apiVersion": FederationGateway::api_version(&()),
+        "kind": FederationGateway::kind(&()),
+        "status": status,
+    });
+    Api::<FederationGateway>::namespaced(client.clone(), namespace)
+        .patch_status(
+            &gateway.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await?;
+    Ok(())
+}
+
+/// An invalid spec waits for the next change, saying why.
+pub(super) async fn degraded(
+    gateway: &FederationGateway,
+    namespace: &str,
+    ctx: &Context,
+    previous: &FederationGatewayStatus,
+    invalid: &InvalidSpec,
+) -> Result<Action, Error> {
+    let observed = Observed::Invalid {
+        reason: invalid.reason().to_owned(),
+        message: invalid.to_string(),
+    };
+    let already = previous.conditions.iter().any(|c| {
+        c.type_ == status::DEGRADED && c.status == "True" && c.message == invalid.to_string()
+    });
+    patch_status(gateway, namespace, &ctx.client, previous, &observed, None).await?;
+    if !already {
+        publish(
+            ctx,
+            gateway,
+            EventType::Warning,
+            invalid.reason(),
+            invalid.to_string(),
+        )
+        .await;
+    }
+    Ok(Action::await_change())
+}
+
+/// Events for what this reconcile changed: a licence problem when its reason
+/// is new, and the configuration when a new one was applied.
+pub(super) async fn announce(
+    ctx: &Context,
+    gateway: &FederationGateway,
+    previous: &FederationGatewayStatus,
+    plan: &Plan,
+    licence: &LicenceOutcome,
+    updated: bool,
+) {
+    let licence_reason_changed = !previous
+        .conditions
+        .iter()
+        .any(|c| c.type_ == status::LICENSED && c.reason == licence.reason);
+    if licence_reason_changed && !licence.ok {
+        publish(
+            ctx,
+            gateway,
+            EventType::Warning,
+            licence.reason,
+            licence.message.clone(),
+        )
+        .await;
+    }
+    if updated {
+        let whitelists = if plan.whitelists.is_empty() {
+            "none".to_owned()
+        } else {
+            plan.whitelists.join(", ")
+        };
+        publish(
+            ctx,
+            gateway,
+            EventType::Normal,
+            "Applied",
+            format!(
+                "applied configuration {} (whitelists: {whitelists}; throttle policy: {})",
+                plan.config_hash,
+                plan.throttle_policy.as_deref().unwrap_or("defaults"),
+            ),
+        )
+        .await;
+    }
+}

@@ -1,0 +1,100 @@
+//! The controllers: FederationGateway (owning its StatefulSet and ConfigMap,
+//! woken by the policies that select it) and the two policy controllers.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::Api;
+use kube::runtime::controller::Controller;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::{Client, ResourceExt};
+
+use super::policies::{policy_error_policy, reconcile_throttle, reconcile_whitelist};
+use super::{Context, error_policy, reconcile};
+use crate::crd::{DomainWhitelist, FederationGateway, GatewaySelector, ThrottlePolicy};
+use crate::policy::{PolicyRef, selected_gateways};
+
+/// The gateways (from the controller's cache) a changed policy selects: the
+/// ones to reconcile again.
+fn selected_in<P: ResourceExt>(
+    gateways: &Store<FederationGateway>,
+    selector: &GatewaySelector,
+    reference: PolicyRef<'_>,
+    policy: &P,
+) -> Vec<ObjectRef<FederationGateway>> {
+    let all: Vec<FederationGateway> = gateways.state().iter().map(|g| (**g).clone()).collect();
+    selected_gateways(selector, reference, policy.namespace().as_deref(), &all)
+        .into_iter()
+        .map(ObjectRef::from)
+        .collect()
+}
+
+/// Runs the FederationGateway controller until `shutdown` resolves.
+pub async fn run(
+    client: Client,
+    licence_public_key: Option<String>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    use futures::FutureExt;
+    let shutdown = shutdown.shared();
+    let ctx = Arc::new(Context::new(client.clone(), licence_public_key));
+    let whitelists = Controller::new(
+        Api::<DomainWhitelist>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .graceful_shutdown_on(shutdown.clone())
+    .run(reconcile_whitelist, policy_error_policy, ctx.clone())
+    .for_each(|r| log_result(r.map(|(o, _)| o.to_string())));
+    let throttles = Controller::new(
+        Api::<ThrottlePolicy>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .graceful_shutdown_on(shutdown.clone())
+    .run(reconcile_throttle, policy_error_policy, ctx.clone())
+    .for_each(|r| log_result(r.map(|(o, _)| o.to_string())));
+
+    let gateways = Api::<FederationGateway>::all(client.clone());
+    let controller = Controller::new(gateways, watcher::Config::default());
+    let store = controller.store();
+    let for_whitelists = store.clone();
+    let for_throttles = store;
+    let gateways_done = controller
+        .owns(
+            Api::<StatefulSet>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .owns(
+            Api::<ConfigMap>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .watches(
+            Api::<DomainWhitelist>::all(client.clone()),
+            watcher::Config::default(),
+            move |w| {
+                let reference = PolicyRef::Whitelist(&w.name_any());
+                selected_in(&for_whitelists, &w.spec.gateways, reference, &w)
+            },
+        )
+        .watches(
+            Api::<ThrottlePolicy>::all(client.clone()),
+            watcher::Config::default(),
+            move |t| {
+                let reference = PolicyRef::Throttle(&t.name_any());
+                selected_in(&for_throttles, &t.spec.gateways, reference, &t)
+            },
+        )
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|r| log_result(r.map(|(o, _)| o.to_string())));
+    tokio::join!(gateways_done, whitelists, throttles);
+}
+
+pub(super) async fn log_result<E: std::fmt::Display>(result: Result<String, E>) {
+    match result {
+        Ok(object) => tracing::debug!(%object, "reconciled"),
+        Err(e) => tracing::debug!(error = %e, "reconcile error"),
+    }
+}
