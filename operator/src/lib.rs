@@ -10,6 +10,7 @@ pub mod crd;
 pub mod crdgen;
 pub mod leader;
 pub mod licensing;
+pub mod metrics;
 pub mod plan;
 pub mod policy;
 pub mod reconcile;

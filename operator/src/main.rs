@@ -80,6 +80,7 @@ async fn serve(
     election: Option<xmppfed_operator::leader::Election>,
 ) -> anyhow::Result<()> {
     let metrics = Metrics::new(SERVICE_NAME, VERSION);
+    let reconcile_metrics = xmppfed_operator::metrics::ReconcileMetrics::register(&metrics);
     let health = Health::new();
     let api = health.component("kubernetes-api");
     let admin = AdminServer::bind(admin_listen, admin_router(metrics, health))
@@ -101,8 +102,10 @@ async fn serve(
                 client = connect_to_api(api) => client,
                 () = stopped() => return Ok(()),
             };
+            let ctx = xmppfed_operator::reconcile::Context::new(client.clone(), licence_public_key)
+                .with_metrics(reconcile_metrics);
             let Some(election) = election else {
-                xmppfed_operator::reconcile::run(client, licence_public_key, stopped()).await;
+                xmppfed_operator::reconcile::run(ctx, stopped()).await;
                 return Ok(());
             };
             let leases = kube::Api::namespaced(client.clone(), &election.namespace);
@@ -113,7 +116,7 @@ async fn serve(
             // Lead until told to stop, or until the Lease is lost: then exit,
             // so that this replica restarts as a follower.
             tokio::select! {
-                () = xmppfed_operator::reconcile::run(client, licence_public_key, stopped()) => Ok(()),
+                () = xmppfed_operator::reconcile::run(ctx, stopped()) => Ok(()),
                 () = xmppfed_operator::leader::keep(&leases, &election) => {
                     Err(anyhow::anyhow!("lost the leader-election lease {}", election.lease))
                 }

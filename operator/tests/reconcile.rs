@@ -458,6 +458,9 @@ async fn api_errors_fail_the_reconcile_and_back_off() {
     let g = Arc::new(gateway(Some("contoso-tls"), None));
     let error = reconcile(g.clone(), ctx.clone()).await.unwrap_err();
     assert!(error.to_string().contains("Kubernetes API"), "{error}");
+    // Counted as a failed reconcile in the operator's metrics.
+    assert_eq!(ctx.metrics.count("FederationGateway", "error"), 1);
+    assert_eq!(ctx.metrics.count("FederationGateway", "ok"), 0);
 
     // Each consecutive failure backs off further (backoff() is unit-tested for the delays).
     for attempt in 1..=4 {
@@ -482,6 +485,7 @@ async fn a_success_clears_the_backoff() {
     assert_eq!(ctx.failures_of(&g), 1);
     reconcile(g.clone(), ctx.clone()).await.unwrap();
     assert_eq!(ctx.failures_of(&g), 0);
+    assert_eq!(ctx.metrics.count("FederationGateway", "ok"), 1);
 }
 
 #[tokio::test]

@@ -13,6 +13,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tracing::Instrument;
+
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
@@ -20,6 +22,7 @@ use kube::{Client, ResourceExt};
 
 use crate::crd::FederationGateway;
 use crate::licensing::{self};
+use crate::metrics::ReconcileMetrics;
 use crate::plan::plan;
 use crate::status::Observed;
 use apply::{apply_all, ensure_keys_secret};
@@ -52,6 +55,8 @@ pub struct Context {
     pub recorder: Recorder,
     /// Base64 Ed25519 key that licences are verified with; without it nothing is licensed.
     pub licence_public_key: Option<String>,
+    /// Reconciles counted and timed, per kind.
+    pub metrics: ReconcileMetrics,
     /// Consecutive failures per gateway, for backoff; cleared on success.
     failures: Mutex<HashMap<ObjectRef<FederationGateway>, u32>>,
 }
@@ -66,8 +71,15 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             licence_public_key,
+            metrics: ReconcileMetrics::default(),
             failures: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The same, counting into `metrics` (registered with the admin port's registry).
+    pub fn with_metrics(mut self, metrics: ReconcileMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Consecutive failed reconciles of `gateway` (what its backoff is computed from).
@@ -83,10 +95,27 @@ impl Context {
     }
 }
 
+/// Reconciles one FederationGateway: in a span naming it (exported with the
+/// trace when OTLP is on), counted and timed in the reconcile metrics.
 pub async fn reconcile(
     gateway: Arc<FederationGateway>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
+    let span = tracing::info_span!(
+        "reconcile",
+        kind = "FederationGateway",
+        namespace = gateway.namespace().unwrap_or_default(),
+        name = %gateway.name_any(),
+    );
+    let started = std::time::Instant::now();
+    let result = pipeline(gateway, ctx.clone()).instrument(span).await;
+    ctx.metrics
+        .observe("FederationGateway", started.elapsed(), result.is_ok());
+    result
+}
+
+/// fetch → validate and render (pure) → apply → status.
+async fn pipeline(gateway: Arc<FederationGateway>, ctx: Arc<Context>) -> Result<Action, Error> {
     let namespace = gateway.namespace().ok_or(Error::NoNamespace)?;
     let client = &ctx.client;
     let previous = gateway.status.clone().unwrap_or_default();

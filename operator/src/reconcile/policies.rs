@@ -8,16 +8,49 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
+use tracing::Instrument;
 
 use super::{Context, Error, FIELD_MANAGER, backoff, random_unit};
 use crate::crd::{DomainWhitelist, FederationGateway, ThrottlePolicy};
 use crate::policy::{PolicyRef, selected_gateways};
-use crate::status::{self};
+use crate::status;
 
-/// Records which gateways a DomainWhitelist or ThrottlePolicy applies to.
+/// Records which gateways a DomainWhitelist or ThrottlePolicy applies to, in
+/// a span naming the policy, counted and timed under its kind.
 pub(super) async fn reconcile_policy<K>(
     policy: Arc<K>,
     ctx: Arc<Context>,
+    selector: &crate::crd::GatewaySelector,
+    reference: PolicyRef<'_>,
+    previous: Option<&crate::crd::ResourceStatus>,
+) -> Result<Action, Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let kind = match reference {
+        PolicyRef::Whitelist(_) => "DomainWhitelist",
+        PolicyRef::Throttle(_) => "ThrottlePolicy",
+    };
+    let span = tracing::info_span!(
+        "reconcile",
+        kind,
+        namespace = policy.namespace().unwrap_or_default(),
+        name = %policy.name_any(),
+    );
+    let started = std::time::Instant::now();
+    let result = record_selection(policy, &ctx, selector, reference, previous)
+        .instrument(span)
+        .await;
+    ctx.metrics.observe(kind, started.elapsed(), result.is_ok());
+    result
+}
+
+async fn record_selection<K>(
+    policy: Arc<K>,
+    ctx: &Context,
     selector: &crate::crd::GatewaySelector,
     reference: PolicyRef<'_>,
     previous: Option<&crate::crd::ResourceStatus>,

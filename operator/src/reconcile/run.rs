@@ -6,11 +6,11 @@ use std::sync::Arc;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::ConfigMap;
+use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::controller::Controller;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
-use kube::{Client, ResourceExt};
 
 use super::policies::{policy_error_policy, reconcile_throttle, reconcile_whitelist};
 use super::{Context, error_policy, reconcile};
@@ -32,15 +32,16 @@ fn selected_in<P: ResourceExt>(
         .collect()
 }
 
-/// Runs the FederationGateway controller until `shutdown` resolves.
+/// Runs the controllers with `ctx` (its client, licence key and metrics) until
+/// `shutdown` resolves.
 pub async fn run(
-    client: Client,
-    licence_public_key: Option<String>,
+    ctx: Context,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     use futures::FutureExt;
     let shutdown = shutdown.shared();
-    let ctx = Arc::new(Context::new(client.clone(), licence_public_key));
+    let client = ctx.client.clone();
+    let ctx = Arc::new(ctx);
     let whitelists = Controller::new(
         Api::<DomainWhitelist>::all(client.clone()),
         watcher::Config::default(),

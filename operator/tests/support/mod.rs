@@ -100,8 +100,7 @@ impl Controller {
     pub fn start(client: Client, public: String) -> Self {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(xmppfed_operator::reconcile::run(
-            client,
-            Some(public),
+            xmppfed_operator::reconcile::Context::new(client, Some(public)),
             async {
                 let _ = stopped.await;
             },
