@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 use xmppfed_e2e::graph::GraphEmulator;
 use xmppfed_e2e::prosody::{self, Prosody, ProsodyOptions};
 use xmppfed_e2e::xmpp_client::XmppClient;
-use xmppfed_gateway::bridge::shadow::upn_for;
+use xmppfed_gateway::bridge::contacts::shadow::upn_for;
 
 const N: usize = 500;
 

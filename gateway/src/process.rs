@@ -15,11 +15,11 @@ use futures::future::BoxFuture;
 use tokio::sync::{Notify, watch};
 use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType};
 
-use crate::bridge::credentials::CredentialCipher;
-use crate::bridge::directory::{AllowedUsers, Directory};
-use crate::bridge::identity::LocalPartRule;
+use crate::bridge::contacts::credentials::CredentialCipher;
 use crate::bridge::metrics::BridgeMetrics;
 use crate::bridge::service::{Bridge, Settings};
+use crate::bridge::users::directory::{AllowedUsers, Directory};
+use crate::bridge::users::identity::LocalPartRule;
 use crate::graph::subscriptions::Subscriptions;
 use crate::graph::webhook::{self, Sink};
 use crate::leadership::Leadership;

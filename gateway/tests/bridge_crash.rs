@@ -19,7 +19,7 @@ use serde_json::json;
 use xmppfed_e2e::daemon::Daemon;
 use xmppfed_e2e::graph::GraphEmulator;
 use xmppfed_e2e::prosody::{self, TestCa};
-use xmppfed_gateway::bridge::shadow::upn_for;
+use xmppfed_gateway::bridge::contacts::shadow::upn_for;
 
 const BURST: usize = 1000;
 

@@ -15,7 +15,7 @@ use xmppfed_e2e::ejabberd::{self, Ejabberd, EjabberdOptions};
 use xmppfed_e2e::graph::GraphEmulator;
 use xmppfed_e2e::prosody::{self, ProsodyOptions};
 use xmppfed_e2e::xmpp_client::XmppClient;
-use xmppfed_gateway::bridge::shadow::upn_for;
+use xmppfed_gateway::bridge::contacts::shadow::upn_for;
 
 fn presence_from<'a>(from: &'a str, show: &'a str) -> impl Fn(&Value) -> bool + 'a {
     move |e| {
@@ -61,7 +61,7 @@ async fn presence_both_ways(emulator: &GraphEmulator, bob: &mut XmppClient) -> V
         e["event"] == "presence" && e["type"] == "subscribed" && e["from"] == ALICE
     });
     let first = wait(bob, 20, presence_from("alice@teams.test/teams", ""));
-    let photo = xmppfed_gateway::bridge::vcard::photo_hash(PNG);
+    let photo = xmppfed_gateway::bridge::contacts::vcard::photo_hash(PNG);
     assert_eq!(first["photo"], photo.as_str(), "{first}");
 
     // The gateway asked for Bob's presence back; Bob's client approved it, so

@@ -10,8 +10,8 @@ use serde_json::json;
 use xmppfed_config::{GatewayConfig, StaticRoute};
 use xmppfed_e2e::graph::{GraphEmulator, Seed};
 use xmppfed_e2e::xmpp_peer::{Authoritative, RawPeer};
-use xmppfed_gateway::bridge::directory::{AllowedUsers, Directory};
-use xmppfed_gateway::bridge::identity::LocalPartRule;
+use xmppfed_gateway::bridge::users::directory::{AllowedUsers, Directory};
+use xmppfed_gateway::bridge::users::identity::LocalPartRule;
 use xmppfed_gateway::graph::RetryPolicy;
 use xmppfed_gateway::s2s::{S2s, UserDirectory};
 
@@ -137,7 +137,8 @@ async fn vcard_requests_are_answered_from_graph_profiles_and_cached() {
         .refresh(&graph, &allowed, &LocalPartRule::UpnLocalPart)
         .await
         .unwrap();
-    let cards = xmppfed_gateway::bridge::cards::Cards::new(directory, Duration::from_secs(300));
+    let cards =
+        xmppfed_gateway::bridge::contacts::cards::Cards::new(directory, Duration::from_secs(300));
     let request = |to: &str| {
         let xml = format!(
             "<iq xmlns='jabber:server' type='get' id='v' from='bob@good.test/pc' to='{to}'><vCard xmlns='vcard-temp'/></iq>"

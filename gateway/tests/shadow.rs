@@ -10,8 +10,8 @@ use secrecy::ExposeSecret;
 use serde_json::json;
 use xmpp_parsers::minidom::Element;
 use xmppfed_e2e::graph::{GraphEmulator, Seed};
-use xmppfed_gateway::bridge::credentials::CredentialCipher;
-use xmppfed_gateway::bridge::shadow::{ShadowSettings, ensure, upn_for};
+use xmppfed_gateway::bridge::contacts::credentials::CredentialCipher;
+use xmppfed_gateway::bridge::contacts::shadow::{ShadowSettings, ensure, upn_for};
 use xmppfed_gateway::graph::RetryPolicy;
 use xmppfed_gateway::store::Store;
 

@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 use xmppfed_config::{GatewayConfig, GraphConfig, SecretRef};
 use xmppfed_e2e::graph::{GraphEmulator, Seed};
 use xmppfed_gateway::SANDBOX_CONFIG;
-use xmppfed_gateway::bridge::shadow::upn_for;
+use xmppfed_gateway::bridge::contacts::shadow::upn_for;
 use xmppfed_gateway::process::Gateway;
 
 const CONTROL: &str = "127.0.0.1:8080";

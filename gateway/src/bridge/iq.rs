@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use xmpp_parsers::iq::Iq;
 
-use super::XmppOut;
+use crate::bridge::XmppOut;
 use crate::s2s::{SendError, Stanza};
 
 #[derive(Debug, thiserror::Error)]

@@ -1,27 +1,20 @@
-//! The bridge: what joins the XMPP side and the Teams side. Pure parts —
-//! identities, the presence mapping, contact cards — each tested on its own,
-//! and the services that drive them (`service` dispatches what the s2s layer
-//! hands over; `teams_presence` and `contact_presence` carry presence each
-//! way; `messages` carries 1:1 messages through the outbox; `throttle` holds
-//! the per-user limits; `contacts` keeps the shadow accounts).
+//! The bridge: what joins the XMPP side and the Teams side, grouped by what
+//! it does. `service` dispatches what the s2s layer hands over; `presence`
+//! carries presence each way (`teams`, `contact`) over the pure mapping;
+//! `contacts` keeps the remote contacts: their shadow accounts, roster and
+//! cards; `users` knows the Teams users (the allow list, their JIDs);
+//! `messages` carries 1:1 messages through the outbox; `throttle` holds the
+//! per-user limits; `iq` the IQs we send; `text` converts message bodies.
 
-pub mod cards;
-pub mod contact_presence;
 pub mod contacts;
-pub mod credentials;
-pub mod directory;
-pub mod identity;
 pub mod iq;
 pub mod messages;
 pub mod metrics;
 pub mod presence;
-pub mod roster;
 pub mod service;
-pub mod shadow;
-pub mod teams_presence;
 pub mod text;
 pub mod throttle;
-pub mod vcard;
+pub mod users;
 
 use std::time::Duration;
 

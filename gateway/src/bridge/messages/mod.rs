@@ -35,11 +35,11 @@ use tokio::sync::Notify;
 use xmpp_parsers::message::Message;
 use xmpp_parsers::stanza_error::DefinedCondition;
 
-use super::XmppOut;
-use super::contacts::Contacts;
-use super::directory::Directory;
-use super::metrics::BridgeMetrics;
-use super::throttle::Throttle;
+use crate::bridge::XmppOut;
+use crate::bridge::contacts::Contacts;
+use crate::bridge::metrics::BridgeMetrics;
+use crate::bridge::throttle::Throttle;
+use crate::bridge::users::directory::Directory;
 use crate::graph::subscriptions::Subscriptions;
 use crate::graph::{GraphClient, GraphError};
 use crate::store::{Epoch, Store, StoreError, ToXmpp, now};
@@ -64,7 +64,7 @@ enum CatchUpError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
-    Shadow(#[from] super::shadow::ShadowError),
+    Shadow(#[from] crate::bridge::contacts::shadow::ShadowError),
     #[error(transparent)]
     Graph(#[from] GraphError),
 }

@@ -2,6 +2,16 @@
 //! the store, and only then created through Graph — once per contact even
 //! when several requests race — with the contact's own vCard fetched over
 //! XMPP first. Accounts unused for the configured time are removed.
+//!
+//! Beside it: `shadow` creates one account, `credentials` seals its password,
+//! `roster` keeps the contact relationships, `vcard` and `cards` carry contact
+//! cards both ways.
+
+pub mod cards;
+pub mod credentials;
+pub mod roster;
+pub mod shadow;
+pub mod vcard;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -12,13 +22,13 @@ use xmpp_parsers::jid::Jid;
 use xmpp_parsers::minidom::Element;
 use xmpp_parsers::ns;
 
-use super::XmppOut;
-use super::credentials::CredentialCipher;
-use super::iq::Requests;
-use super::metrics::BridgeMetrics;
-use super::shadow::{self, ShadowError, ShadowSettings};
+use crate::bridge::XmppOut;
+use crate::bridge::contacts::credentials::CredentialCipher;
+use crate::bridge::iq::Requests;
+use crate::bridge::metrics::BridgeMetrics;
 use crate::graph::{GraphClient, UserCredential};
 use crate::store::{Store, StoreError, now};
+use shadow::{ShadowError, ShadowSettings};
 
 /// How long we wait for a contact's server to send its vCard.
 const VCARD_TIMEOUT: Duration = Duration::from_secs(10);

@@ -13,10 +13,10 @@ use futures::StreamExt;
 use tokio::sync::Notify;
 use xmpp_parsers::presence::{Presence, Type};
 
-use super::contacts::Contacts;
-use super::metrics::BridgeMetrics;
-use super::presence::{TeamsPresence, to_teams};
-use super::throttle::Throttle;
+use crate::bridge::contacts::Contacts;
+use crate::bridge::metrics::BridgeMetrics;
+use crate::bridge::presence::{TeamsPresence, to_teams};
+use crate::bridge::throttle::Throttle;
 use crate::graph::GraphClient;
 
 /// Shadow accounts updated at once.

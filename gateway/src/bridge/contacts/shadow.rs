@@ -6,7 +6,7 @@ use serde_json::json;
 use xmpp_parsers::minidom::Element;
 use xmpp_parsers::sha1::{Digest, Sha1};
 
-use super::credentials::{CredentialCipher, CredentialError, generate_password};
+use crate::bridge::contacts::credentials::{CredentialCipher, CredentialError, generate_password};
 use crate::graph::api::NewUser;
 use crate::graph::{GraphClient, GraphError, UserCredential};
 use crate::store::{ShadowAccount, Store, StoreError, now};
@@ -84,7 +84,11 @@ pub async fn ensure(
     let upn = upn_for(jid, &settings.upn_domain);
     let local = jid.split('@').next().unwrap_or(jid);
     let (profile, photo) = match card {
-        Some(card) => super::vcard::to_shadow_profile(card, local, &settings.display_name_suffix),
+        Some(card) => crate::bridge::contacts::vcard::to_shadow_profile(
+            card,
+            local,
+            &settings.display_name_suffix,
+        ),
         None => (
             json!({"displayName": format!("{local}{}", settings.display_name_suffix)}),
             None,

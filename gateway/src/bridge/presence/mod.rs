@@ -1,5 +1,10 @@
 //! Presence both ways (the table in docs: Teams availability and activity to
 //! XMPP `<show/>` and `<status/>`; XMPP to the pairs Graph's setPresence takes).
+//! The mapping is here and pure; `teams` carries Teams presence to XMPP,
+//! `contact` a contact's XMPP presence to Teams.
+
+pub mod contact;
+pub mod teams;
 
 use xmpp_parsers::presence::{Presence, Show, Type};
 

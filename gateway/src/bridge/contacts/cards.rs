@@ -10,8 +10,8 @@ use xmpp_parsers::minidom::Element;
 use xmpp_parsers::ns;
 use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType};
 
-use super::directory::Directory;
-use super::vcard;
+use crate::bridge::contacts::vcard;
+use crate::bridge::users::directory::Directory;
 use crate::graph::GraphClient;
 use crate::s2s::stanza::{self, Stanza};
 

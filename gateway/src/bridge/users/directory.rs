@@ -10,7 +10,7 @@ use crate::graph::GraphClient;
 use crate::graph::api::User;
 use crate::s2s::UserDirectory;
 
-use super::identity::{IdentityMap, LocalPartRule};
+use crate::bridge::users::identity::{IdentityMap, LocalPartRule};
 
 /// What the allow list names (from `[allow]`).
 #[derive(Debug, Clone, Default)]
