@@ -44,6 +44,22 @@ fn helm() -> Option<PathBuf> {
     })
 }
 
+/// The cluster and a helm binary, or `None` (the test skips, saying why)
+/// when either is missing and the cluster suite is not required.
+async fn cluster_and_helm(test: &str) -> Option<(Client, PathBuf)> {
+    let admin = cluster::client(test).await?;
+    let Some(helm) = helm() else {
+        // CI fetches helm (scripts/check-chart.sh) before the tests run.
+        assert!(
+            !cluster::required(),
+            "XMPPFED_TEST_CLUSTER=required but there is no helm binary"
+        );
+        eprintln!("skipped: no helm binary (run scripts/check-chart.sh, or set XMPPFED_TEST_HELM)");
+        return None;
+    };
+    Some((admin, helm))
+}
+
 fn run(helm: &PathBuf, args: &[&str]) {
     let output = Command::new(helm)
         .args(args)
@@ -59,16 +75,7 @@ fn run(helm: &PathBuf, args: &[&str]) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_chart_on_a_real_cluster() {
-    let Some(admin) = cluster::client("the_chart_on_a_real_cluster").await else {
-        return;
-    };
-    let Some(helm) = helm() else {
-        // CI fetches helm (scripts/check-chart.sh) before the tests run.
-        assert!(
-            !cluster::required(),
-            "XMPPFED_TEST_CLUSTER=required but there is no helm binary"
-        );
-        eprintln!("skipped: no helm binary (run scripts/check-chart.sh, or set XMPPFED_TEST_HELM)");
+    let Some((admin, helm)) = cluster_and_helm("the_chart_on_a_real_cluster").await else {
         return;
     };
     let ns = format!("xmppfed-chart-{}", std::process::id());
@@ -306,15 +313,7 @@ async fn the_chart_on_a_real_cluster() {
 /// comment in values.yaml says.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_chart_with_non_default_values() {
-    let Some(admin) = cluster::client("the_chart_with_non_default_values").await else {
-        return;
-    };
-    let Some(helm) = helm() else {
-        assert!(
-            !cluster::required(),
-            "XMPPFED_TEST_CLUSTER=required but there is no helm binary"
-        );
-        eprintln!("skipped: no helm binary (run scripts/check-chart.sh, or set XMPPFED_TEST_HELM)");
+    let Some((admin, helm)) = cluster_and_helm("the_chart_with_non_default_values").await else {
         return;
     };
     // The CRDs are the other chart test's (or kubectl's): this release leaves them be.

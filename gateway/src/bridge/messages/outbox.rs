@@ -108,15 +108,7 @@ impl Messages {
                 tracing::warn!(seq = item.seq, %why, direction, "message not deliverable");
                 match &item.payload {
                     OutboxPayload::ToTeams(p) => self.bounce_to_xmpp(p, condition, &why).await,
-                    OutboxPayload::ToXmpp(p) => {
-                        self.notice_in_teams(
-                            &p.remote,
-                            &p.local,
-                            &p.chat_id,
-                            &format!("Not delivered to {}: {why}", p.remote),
-                        )
-                        .await;
-                    }
+                    OutboxPayload::ToXmpp(p) => self.not_delivered(p, &why).await,
                 }
                 self.store.expire(item.seq).await
             }

@@ -253,13 +253,14 @@ impl Messages {
         }
         self.metrics.message("to-xmpp", "failed");
         let why = condition.map_or_else(|| "an error".to_owned(), |c| format!("{c:?}"));
-        self.notice_in_teams(
-            &p.remote,
-            &p.local,
-            &p.chat_id,
-            &format!("Not delivered to {}: {why}", p.remote),
-        )
-        .await;
+        self.not_delivered(&p, &why).await;
+    }
+
+    /// Tells the Teams user, in the chat, that a message of theirs did not reach XMPP.
+    pub(super) async fn not_delivered(&self, p: &ToXmpp, why: &str) {
+        let notice = format!("Not delivered to {}: {why}", p.remote);
+        self.notice_in_teams(&p.remote, &p.local, &p.chat_id, &notice)
+            .await;
     }
 
     pub(super) fn prune_in_flight(&self) {
