@@ -60,6 +60,22 @@ async fn cluster_and_helm(test: &str) -> Option<(Client, PathBuf)> {
     Some((admin, helm))
 }
 
+/// Whether the API server's authorizer lets `user` do what `attributes`
+/// (a SubjectAccessReview's resourceAttributes) describe.
+async fn allowed(admin: &Client, user: &str, attributes: serde_json::Value) -> bool {
+    let review: SubjectAccessReview = serde_json::from_value(json!({
+        "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+        "spec": {"user": user, "resourceAttributes": attributes}
+    }))
+    .unwrap();
+    Api::<SubjectAccessReview>::all(admin.clone())
+        .create(&Default::default(), &review)
+        .await
+        .unwrap()
+        .status
+        .is_some_and(|s| s.allowed)
+}
+
 fn run(helm: &PathBuf, args: &[&str]) {
     let output = Command::new(helm)
         .args(args)
@@ -197,19 +213,12 @@ async fn the_chart_on_a_real_cluster() {
     let may_patch = |namespace: String, pod: String| {
         let (admin, user) = (admin.clone(), gateway_account.clone());
         async move {
-            let review: k8s_openapi::api::authorization::v1::SubjectAccessReview =
-                serde_json::from_value(json!({
-                    "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
-                    "spec": {"user": user, "resourceAttributes":
-                        {"namespace": namespace, "verb": "patch", "resource": "pods", "name": pod}}
-                }))
-                .unwrap();
-            Api::<k8s_openapi::api::authorization::v1::SubjectAccessReview>::all(admin)
-                .create(&Default::default(), &review)
-                .await
-                .unwrap()
-                .status
-                .is_some_and(|s| s.allowed)
+            allowed(
+                &admin,
+                &user,
+                json!({"namespace": namespace, "verb": "patch", "resource": "pods", "name": pod}),
+            )
+            .await
         }
     };
     // The authorizer's cache follows the new binding within moments.
@@ -401,19 +410,10 @@ async fn the_chart_with_non_default_values() {
     let may = |verb: &'static str, lease: &'static str| {
         let (admin, ns) = (admin.clone(), ns.clone());
         async move {
-            let review: SubjectAccessReview = serde_json::from_value(json!({
-                "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
-                "spec": {"user": format!("system:serviceaccount:{ns}:fedop-sa"),
-                    "resourceAttributes": {"namespace": ns, "verb": verb,
-                        "group": "coordination.k8s.io", "resource": "leases", "name": lease}}
-            }))
-            .unwrap();
-            Api::<SubjectAccessReview>::all(admin)
-                .create(&Default::default(), &review)
-                .await
-                .unwrap()
-                .status
-                .is_some_and(|s| s.allowed)
+            let user = format!("system:serviceaccount:{ns}:fedop-sa");
+            let attributes = json!({"namespace": ns, "verb": verb,
+                "group": "coordination.k8s.io", "resource": "leases", "name": lease});
+            allowed(&admin, &user, attributes).await
         }
     };
     eventually(
