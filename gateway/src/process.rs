@@ -15,12 +15,13 @@ use futures::future::BoxFuture;
 use tokio::sync::{Notify, watch};
 use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType};
 
-use crate::bridge::contacts::credentials::CredentialCipher;
+use crate::bridge::contacts::credentials::{CredentialCipher, SealedRefreshTokens};
 use crate::bridge::metrics::BridgeMetrics;
 use crate::bridge::service::{Bridge, Settings};
 use crate::bridge::users::directory::{AllowedUsers, Directory};
 use crate::bridge::users::identity::LocalPartRule;
 use crate::graph::subscriptions::Subscriptions;
+use crate::graph::{RefreshTokenVault, SignInMonitor};
 use crate::graph::webhook::{self, Sink};
 use crate::leadership::Leadership;
 use crate::licence::{self, LicenceCheckError, LicenceMetrics};
@@ -135,10 +136,13 @@ impl Gateway {
         // XMPP; without it (the sandbox, tests) every local part does.
         let directory = match &config.graph {
             Some(graph) => Some(DirectoryWatch {
-                graph: Arc::new(crate::graph::from_config(
-                    graph,
-                    crate::graph::Budget::published_limits(),
-                )?),
+                graph: Arc::new(
+                    crate::graph::from_config(graph, crate::graph::Budget::published_limits())?
+                        .with_sign_ins(
+                            refresh_vault(config, &store)?,
+                            Arc::new(SignInMonitor::new(&metrics, health.component("tenant"))),
+                        ),
+                ),
                 directory: Directory::default(),
                 allowed: AllowedUsers {
                     upns: config.allow.internal_users.clone(),
@@ -436,6 +440,21 @@ async fn refuse_until_bridged(mut inbox: Inbox, sender: S2sSender) {
         )
         .await;
     }
+}
+
+/// Where shadow accounts' refresh tokens are kept: sealed in the store
+/// under the credential key (without one there is no bridge, and memory does).
+fn refresh_vault(
+    config: &GatewayConfig,
+    store: &Arc<Store>,
+) -> Result<Arc<dyn RefreshTokenVault>, xmppfed_config::ConfigError> {
+    Ok(match &config.shadow_accounts.credential_key {
+        Some(key) => Arc::new(SealedRefreshTokens::new(
+            store.clone(),
+            CredentialCipher::new(key.resolve()?.expose()),
+        )),
+        None => Arc::new(crate::graph::auth::MemoryVault::default()),
+    })
 }
 
 /// `xmppfed_gateway_info{domain,store} 1`: which domain and store this process serves.

@@ -17,7 +17,7 @@ use xmppfed_gateway::store::{
 };
 
 /// The schema version this gateway writes.
-const SCHEMA: i64 = 3;
+const SCHEMA: i64 = 4;
 
 async fn conformance(store: &Store) {
     assert_eq!(store.schema_version().await.unwrap(), SCHEMA);
@@ -146,11 +146,35 @@ async fn conformance(store: &Store) {
         matches!(store.put_shadow(&clash).await, Err(StoreError::Backend(_))),
         "two contacts never share a UPN"
     );
+    // Its refresh token: kept by UPN, replaced, forgotten; none for an unknown account.
+    assert_eq!(store.refresh_token(&bob.upn).await.unwrap(), None);
+    store.set_refresh_token(&bob.upn, Some(vec![7, 7])).await.unwrap();
+    store.set_refresh_token(&bob.upn, Some(vec![8])).await.unwrap();
+    assert_eq!(store.refresh_token(&bob.upn).await.unwrap(), Some(vec![8]));
+    store.put_shadow(&bob).await.unwrap();
+    assert_eq!(
+        store.refresh_token(&bob.upn).await.unwrap(),
+        Some(vec![8]),
+        "rewriting the account keeps its refresh token"
+    );
+    store
+        .set_refresh_token("nobody@shadow.test", Some(vec![1]))
+        .await
+        .unwrap();
+    assert_eq!(store.refresh_token("nobody@shadow.test").await.unwrap(), None);
+    store.set_refresh_token(&bob.upn, None).await.unwrap();
+    assert_eq!(store.refresh_token(&bob.upn).await.unwrap(), None);
+    store.set_refresh_token(&bob.upn, Some(vec![9])).await.unwrap();
     store.touch_shadow("bob@xmpp.test", 500).await.unwrap();
     assert!(store.unused_shadows(400).await.unwrap().is_empty());
     assert_eq!(store.unused_shadows(600).await.unwrap().len(), 1);
     store.delete_shadow("bob@xmpp.test").await.unwrap();
     assert_eq!(store.shadow("bob@xmpp.test").await.unwrap(), None);
+    assert_eq!(
+        store.refresh_token(&bob.upn).await.unwrap(),
+        None,
+        "the refresh token goes with its account"
+    );
 
     // Contacts.
     let c = Contact {

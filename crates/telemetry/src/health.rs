@@ -15,6 +15,9 @@ pub struct Health {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct State {
     ready: bool,
+    /// Ready, but something an operator should see (e.g. some shadow
+    /// accounts refused by the tenant): reported, never fails the probe.
+    degraded: bool,
     reason: String,
 }
 
@@ -31,6 +34,8 @@ pub struct HealthReport {
     pub ready: bool,
     /// Components that are not ready, with why.
     pub not_ready: Vec<(String, String)>,
+    /// Components that are ready but degraded, with why.
+    pub degraded: Vec<(String, String)>,
 }
 
 impl Health {
@@ -40,20 +45,21 @@ impl Health {
 
     /// Registers a component, not ready until it says so.
     pub fn component(&self, name: &str) -> ComponentHealth {
-        self.set(name, false, "starting");
+        self.set(name, false, false, "starting");
         ComponentHealth {
             name: name.to_owned(),
             health: self.clone(),
         }
     }
 
-    fn set(&self, name: &str, ready: bool, reason: &str) {
+    fn set(&self, name: &str, ready: bool, degraded: bool, reason: &str) {
         // A poisoned lock only means a reporter panicked mid-write; the map is still valid.
         let mut map = self.components.write().unwrap_or_else(|p| p.into_inner());
         map.insert(
             name.to_owned(),
             State {
                 ready,
+                degraded,
                 reason: reason.to_owned(),
             },
         );
@@ -66,31 +72,46 @@ impl Health {
             .filter(|(_, s)| !s.ready)
             .map(|(n, s)| (n.clone(), s.reason.clone()))
             .collect();
+        let degraded = map
+            .iter()
+            .filter(|(_, s)| s.ready && s.degraded)
+            .map(|(n, s)| (n.clone(), s.reason.clone()))
+            .collect();
         HealthReport {
             ready: not_ready.is_empty(),
             not_ready,
+            degraded,
         }
     }
 }
 
 impl ComponentHealth {
     pub fn ready(&self) {
-        self.health.set(&self.name, true, "ready");
+        self.health.set(&self.name, true, false, "ready");
     }
 
     pub fn not_ready(&self, reason: &str) {
-        self.health.set(&self.name, false, reason);
+        self.health.set(&self.name, false, false, reason);
+    }
+
+    /// Ready, with something to report on `/readyz`.
+    pub fn degraded(&self, reason: &str) {
+        self.health.set(&self.name, true, true, reason);
     }
 }
 
-/// Plain-text body of `/readyz`: `ok`, or one line per component that is not ready.
+/// Plain-text body of `/readyz`: `ok`, or one line per component that is
+/// not ready; then one line per degraded component.
 impl fmt::Display for HealthReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.ready {
-            return writeln!(f, "ok");
+            writeln!(f, "ok")?;
         }
         for (name, reason) in &self.not_ready {
             writeln!(f, "{name}: not ready: {reason}")?;
+        }
+        for (name, reason) in &self.degraded {
+            writeln!(f, "{name}: degraded: {reason}")?;
         }
         Ok(())
     }
@@ -119,5 +140,11 @@ mod tests {
         b.ready();
         assert!(h.report().ready);
         assert_eq!(h.report().to_string(), "ok\n");
+        b.degraded("3 accounts refused");
+        assert!(h.report().ready, "degraded is still ready");
+        assert_eq!(
+            h.report().to_string(),
+            "ok\nstore: degraded: 3 accounts refused\n"
+        );
     }
 }

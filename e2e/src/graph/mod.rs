@@ -3,6 +3,7 @@
 //! emulator itself (an in-memory tenant on a loopback port).
 
 pub mod emulator;
+pub mod identity;
 pub mod spec;
 pub mod tenant;
 

@@ -23,6 +23,9 @@ pub struct Seed {
     /// Requests per app per 10 s before 429 (0: no limit).
     #[serde(default)]
     pub requests_per_10s: u32,
+    /// Security Defaults, Conditional Access, password expiry.
+    #[serde(default)]
+    pub identity: super::identity::IdentityPolicy,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -132,6 +135,8 @@ pub struct User {
     pub photo: Option<(String, Vec<u8>)>,
     pub licences: Vec<String>,
     pub presence: Presence,
+    /// When the password was last set (for the tenant's password expiry).
+    pub password_set: Instant,
 }
 
 impl User {
@@ -255,6 +260,16 @@ impl Faults {
     }
 }
 
+/// One user sign-in the token endpoint answered (its sign-in log).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignIn {
+    /// `password` or `refresh_token`.
+    pub grant: String,
+    pub user_principal_name: String,
+    /// The AADSTS code it was refused with; 0 when a token was issued.
+    pub refused: u32,
+}
+
 #[derive(Debug, Default)]
 pub struct Tenant {
     pub id: String,
@@ -281,6 +296,10 @@ pub struct Tenant {
     pub outgoing: Vec<(String, Value, String)>,
     /// Token requests answered (any grant), for tests of token caching.
     pub token_requests: u32,
+    /// User sign-ins asked for, in order: (grant type, userPrincipalName or
+    /// refresh token's user id, AADSTS code of the refusal or 0).
+    pub sign_ins: Vec<SignIn>,
+    pub identity: super::identity::IdentityPolicy,
     /// Requests (and our own answers) whose body did not match Microsoft's OpenAPI description.
     pub violations: Vec<String>,
 }
@@ -315,6 +334,7 @@ impl Tenant {
                     photo: None,
                     licences: Vec::new(),
                     presence: Presence::default(),
+                    password_set: Instant::now(),
                 }
             })
             .collect();
@@ -325,6 +345,7 @@ impl Tenant {
             groups: seed.groups,
             skus: seed.skus,
             requests_per_10s: seed.requests_per_10s,
+            identity: seed.identity,
             ..Self::default()
         }
     }

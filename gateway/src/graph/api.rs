@@ -198,6 +198,9 @@ pub fn iso_duration(d: Duration) -> String {
 
 const NONE: Option<&Value> = None;
 
+/// `employeeType` of every shadow account the gateway creates.
+pub const SHADOW_EMPLOYEE_TYPE: &str = "XMPP federation contact";
+
 impl GraphClient {
     pub async fn get_user(&self, key: &str) -> Result<User, GraphError> {
         let path = format!("{}?$select={USER_SELECT}", user_path(key));
@@ -205,6 +208,7 @@ impl GraphClient {
             .await
     }
 
+    /// Creates a shadow account (app-only), with a password that never expires.
     pub async fn create_user(&self, new: &NewUser) -> Result<User, GraphError> {
         let mut body = json!({
             "accountEnabled": true,
@@ -212,6 +216,13 @@ impl GraphClient {
             "mailNickname": new.mail_nickname,
             "userPrincipalName": new.upn,
             "passwordProfile": {"forceChangePasswordNextSignIn": false, "password": new.password.expose_secret()},
+            // The gateway holds the password and cannot change it when the
+            // tenant's expiry comes (AADSTS50055 from then on):
+            // https://learn.microsoft.com/graph/api/resources/user (passwordPolicies).
+            "passwordPolicies": "DisablePasswordExpiration",
+            // A mark admins can filter on to keep shadow accounts out of
+            // dynamic groups and policies.
+            "employeeType": SHADOW_EMPLOYEE_TYPE,
         });
         if let Some(location) = &new.usage_location {
             body["usageLocation"] = json!(location);

@@ -1,6 +1,9 @@
 //! Access tokens: the app's own (client credentials) and, per shadow
-//! account, delegated ones (password grant, then refresh tokens, which
-//! rotate). Cached until shortly before they expire; never logged.
+//! account, delegated ones (refresh tokens, which rotate and are kept in a
+//! [`RefreshTokenVault`] across restarts; the password grant only when no
+//! valid refresh token is left). Cached until shortly before they expire;
+//! never logged. Refusals are typed ([`SignInRefusal`]) and reported to the
+//! [`SignInMonitor`].
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -8,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use futures::future::BoxFuture;
 use rustls::SignatureScheme;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -19,6 +23,40 @@ use serde::Deserialize;
 use tokio::sync::Mutex;
 
 use super::error::GraphError;
+use super::sign_in::{SignInMonitor, SignInRefusal};
+
+/// Where each shadow account's latest refresh token is kept, so that a
+/// restart does not sign every account in again with its password.
+pub trait RefreshTokenVault: Send + Sync {
+    fn load<'a>(&'a self, upn: &'a str) -> BoxFuture<'a, Option<SecretString>>;
+    /// Keeps `token` as the account's latest (`None`: forget it).
+    fn save<'a>(&'a self, upn: &'a str, token: Option<&'a SecretString>) -> BoxFuture<'a, ()>;
+}
+
+/// Keeps refresh tokens in memory only (tests and tools).
+#[derive(Default)]
+pub struct MemoryVault(std::sync::Mutex<HashMap<String, SecretString>>);
+
+impl RefreshTokenVault for MemoryVault {
+    fn load<'a>(&'a self, upn: &'a str) -> BoxFuture<'a, Option<SecretString>> {
+        let found = self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(upn)
+            .cloned();
+        Box::pin(async move { found })
+    }
+
+    fn save<'a>(&'a self, upn: &'a str, token: Option<&'a SecretString>) -> BoxFuture<'a, ()> {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match token {
+            Some(t) => map.insert(upn.to_owned(), t.clone()),
+            None => map.remove(upn),
+        };
+        Box::pin(async {})
+    }
+}
 
 /// Renew this long before a token expires.
 const RENEW_BEFORE: Duration = Duration::from_secs(300);
@@ -65,6 +103,8 @@ struct TokenError {
     error: String,
     #[serde(default)]
     error_description: String,
+    #[serde(default)]
+    error_codes: Vec<u32>,
 }
 
 /// How the app proves itself to the token endpoint.
@@ -109,7 +149,8 @@ pub struct Tokens {
     credential: AppCredential,
     cache: Mutex<HashMap<Identity, Cached>>,
     /// Latest refresh token per shadow account (they rotate on each use).
-    refresh: Mutex<HashMap<String, SecretString>>,
+    refresh: Arc<dyn RefreshTokenVault>,
+    monitor: Arc<SignInMonitor>,
 }
 
 impl std::fmt::Debug for AppCredential {
@@ -147,8 +188,25 @@ impl Tokens {
             client_id: client_id.to_owned(),
             credential: AppCredential::Secret(client_secret),
             cache: Mutex::new(HashMap::new()),
-            refresh: Mutex::new(HashMap::new()),
+            refresh: Arc::new(MemoryVault::default()),
+            monitor: Arc::new(SignInMonitor::detached()),
         }
+    }
+
+    /// Keeps refresh tokens in `vault` (the store, sealed) instead of memory.
+    pub fn with_vault(mut self, vault: Arc<dyn RefreshTokenVault>) -> Self {
+        self.refresh = vault;
+        self
+    }
+
+    /// Reports refusals to `monitor`.
+    pub fn with_monitor(mut self, monitor: Arc<SignInMonitor>) -> Self {
+        self.monitor = monitor;
+        self
+    }
+
+    pub fn monitor(&self) -> &Arc<SignInMonitor> {
+        &self.monitor
     }
 
     /// The app signs in with a certificate instead of a secret.
@@ -227,13 +285,33 @@ impl Tokens {
         }
         let response = match identity {
             Identity::App => {
-                self.request(&[
-                    ("grant_type", "client_credentials"),
-                    ("scope", "https://graph.microsoft.com/.default"),
-                ])
-                .await?
+                self.request(
+                    identity,
+                    &[
+                        ("grant_type", "client_credentials"),
+                        ("scope", "https://graph.microsoft.com/.default"),
+                    ],
+                )
+                .await
             }
-            Identity::User(upn) => self.user_token(upn, credential).await?,
+            Identity::User(upn) => self.user_token(identity, upn, credential).await,
+        };
+        let response = match response {
+            Ok(r) => {
+                self.monitor.signed_in(identity);
+                r
+            }
+            Err(e) => {
+                if let GraphError::SignInRefused {
+                    refusal,
+                    description,
+                    ..
+                } = &e
+                {
+                    self.monitor.refused(identity, *refusal, description);
+                }
+                return Err(e);
+            }
         };
         let access = SecretString::from(response.access_token);
         cache.insert(
@@ -251,26 +329,40 @@ impl Tokens {
         self.cache.lock().await.remove(identity);
     }
 
+    /// The refresh token first (from memory or the vault); the password only
+    /// when there is none or the platform says it is spent.
     async fn user_token(
         &self,
+        identity: &Identity,
         upn: &str,
         credential: Option<&UserCredential>,
     ) -> Result<TokenResponse, GraphError> {
         let scope = "https://graph.microsoft.com/.default offline_access";
-        let stored = self.refresh.lock().await.remove(upn);
         let mut response = None;
-        if let Some(refresh) = stored {
+        if let Some(refresh) = self.refresh.load(upn).await {
             match self
-                .request(&[
-                    ("grant_type", "refresh_token"),
-                    ("refresh_token", refresh.expose_secret()),
-                    ("scope", scope),
-                ])
+                .request(
+                    identity,
+                    &[
+                        ("grant_type", "refresh_token"),
+                        ("refresh_token", refresh.expose_secret()),
+                        ("scope", scope),
+                    ],
+                )
                 .await
             {
                 Ok(r) => response = Some(r),
-                // An expired or revoked refresh token: sign in again below.
-                Err(GraphError::Token { .. }) => {}
+                // Expired, revoked or spent: sign in again below.
+                Err(e)
+                    if e.sign_in_refusal() == Some(SignInRefusal::RefreshTokenInvalid)
+                        || matches!(e, GraphError::Token { .. }) =>
+                {
+                    self.monitor
+                        .refused(identity, SignInRefusal::RefreshTokenInvalid, "");
+                    self.refresh.save(upn, None).await;
+                }
+                // Any other refusal (MFA, Conditional Access…) would refuse
+                // the password too: report it rather than try.
                 Err(e) => return Err(e),
             }
         }
@@ -279,25 +371,31 @@ impl Tokens {
             None => {
                 let credential = credential
                     .ok_or_else(|| GraphError::Config(format!("no credential for {upn}")))?;
-                self.request(&[
-                    ("grant_type", "password"),
-                    ("username", &credential.upn),
-                    ("password", credential.password.expose_secret()),
-                    ("scope", scope),
-                ])
+                self.request(
+                    identity,
+                    &[
+                        ("grant_type", "password"),
+                        ("username", &credential.upn),
+                        ("password", credential.password.expose_secret()),
+                        ("scope", scope),
+                    ],
+                )
                 .await?
             }
         };
         if let Some(next) = &response.refresh_token {
             self.refresh
-                .lock()
-                .await
-                .insert(upn.to_owned(), SecretString::from(next.clone()));
+                .save(upn, Some(&SecretString::from(next.clone())))
+                .await;
         }
         Ok(response)
     }
 
-    async fn request(&self, grant: &[(&str, &str)]) -> Result<TokenResponse, GraphError> {
+    async fn request(
+        &self,
+        identity: &Identity,
+        grant: &[(&str, &str)],
+    ) -> Result<TokenResponse, GraphError> {
         let assertion;
         let mut form: Vec<(&str, &str)> = vec![("client_id", &self.client_id)];
         match &self.credential {
@@ -343,10 +441,22 @@ impl Tokens {
                     error: status.to_string(),
                     description: String::new(),
                 })?;
-            Err(GraphError::Token {
-                error: error.error,
-                description: error.error_description,
-            })
+            let code = SignInRefusal::code_of(&error.error_codes, &error.error_description);
+            match code.and_then(|c| SignInRefusal::from_code(c).map(|r| (c, r))) {
+                Some((code, refusal)) => Err(GraphError::SignInRefused {
+                    who: match identity {
+                        Identity::App => format!("the app {}", self.client_id),
+                        Identity::User(upn) => format!("shadow account {upn}"),
+                    },
+                    refusal,
+                    code,
+                    description: error.error_description,
+                }),
+                None => Err(GraphError::Token {
+                    error: error.error,
+                    description: error.error_description,
+                }),
+            }
         }
     }
 }

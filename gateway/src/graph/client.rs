@@ -176,6 +176,16 @@ impl GraphClient {
         &self.tokens
     }
 
+    /// Shadow accounts' refresh tokens kept in `vault`; refusals reported to `monitor`.
+    pub fn with_sign_ins(
+        mut self,
+        vault: std::sync::Arc<dyn super::RefreshTokenVault>,
+        monitor: std::sync::Arc<super::SignInMonitor>,
+    ) -> Self {
+        self.tokens = self.tokens.with_vault(vault).with_monitor(monitor);
+        self
+    }
+
     /// Sends one call, retrying what Graph says to retry.
     pub async fn send(
         &self,

@@ -17,9 +17,18 @@ pub enum GraphError {
         /// From `Retry-After`, on 429, 503 and 504.
         retry_after: Option<Duration>,
     },
-    /// The token endpoint refused us.
+    /// The token endpoint refused us, with a code the gateway has no fix for.
     #[error("token request refused: {error}: {description}")]
     Token { error: String, description: String },
+    /// The token endpoint refused a sign-in for a reason the tenant's
+    /// administrator can fix; the message says how.
+    #[error("the Microsoft identity platform refuses the sign-in of {who}: {refusal} (AADSTS{code}); fix: {}", refusal.fix())]
+    SignInRefused {
+        who: String,
+        refusal: super::sign_in::SignInRefusal,
+        code: u32,
+        description: String,
+    },
     /// Retries used up (429/503/504 storm) or the request budget would wait too long.
     #[error("gave up after {attempts} attempts: {last}")]
     Exhausted {
@@ -94,6 +103,15 @@ impl GraphError {
             GraphError::Exhausted { last, .. } => last.is_transient(),
             GraphError::Transport(_) => true,
             _ => matches!(self.status(), Some(429 | 500..=599)),
+        }
+    }
+
+    /// The sign-in refusal behind this error, if any.
+    pub fn sign_in_refusal(&self) -> Option<super::sign_in::SignInRefusal> {
+        match self {
+            GraphError::SignInRefused { refusal, .. } => Some(*refusal),
+            GraphError::Exhausted { last, .. } => last.sign_in_refusal(),
+            _ => None,
         }
     }
 

@@ -6,12 +6,14 @@ pub mod auth;
 pub mod client;
 pub mod error;
 mod reply;
+pub mod sign_in;
 pub mod subscriptions;
 pub mod webhook;
 
-pub use auth::{Identity, Tokens, UserCredential};
+pub use auth::{Identity, RefreshTokenVault, Tokens, UserCredential};
 pub use client::{Budget, GraphClient, RetryPolicy};
 pub use error::GraphError;
+pub use sign_in::{SignInMonitor, SignInRefusal};
 
 /// The Graph client the configuration describes: the app's secret or
 /// certificate, the authority and Graph URLs, a request budget.

@@ -195,6 +195,21 @@ impl Store {
         backend!(self, s => s.touch_shadow(jid, at))
     }
 
+    /// The shadow account's latest refresh token, sealed.
+    pub async fn refresh_token(&self, upn: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        backend!(self, s => s.refresh_token(upn))
+    }
+
+    /// Keeps (or with `None` forgets) the account's refresh token; a no-op
+    /// for an account the store does not hold.
+    pub async fn set_refresh_token(
+        &self,
+        upn: &str,
+        sealed: Option<Vec<u8>>,
+    ) -> Result<(), StoreError> {
+        backend!(self, s => s.set_refresh_token(upn, sealed))
+    }
+
     /// Shadow accounts not used since `before` (candidates for removal).
     pub async fn unused_shadows(&self, before: Epoch) -> Result<Vec<ShadowAccount>, StoreError> {
         backend!(self, s => s.unused_shadows(before))

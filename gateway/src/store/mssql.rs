@@ -99,6 +99,8 @@ const MIGRATIONS: &[&[&str]] = &[
         expires_at BIGINT NOT NULL);"],
     // 3: old dedupe keys are forgotten by age.
     &["CREATE INDEX delivered_at ON delivered (at);"],
+    // 4: each shadow account's latest refresh token, sealed like its password.
+    &["ALTER TABLE shadow_accounts ADD refresh_token VARBINARY(MAX) NULL;"],
 ];
 
 /// The server's clock, in seconds since the Unix epoch: leases are compared
@@ -501,6 +503,33 @@ impl SqlServerStore {
         self.run(
             "UPDATE shadow_accounts SET last_used = @P1 WHERE jid = @P2",
             &[&at, &jid],
+        )
+        .await
+    }
+
+    pub async fn refresh_token(&self, upn: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let rows = self
+            .rows(
+                "SELECT refresh_token FROM shadow_accounts WHERE upn = @P1",
+                &[&upn],
+            )
+            .await?;
+        Ok(rows.first().and_then(|r| {
+            r.try_get::<&[u8], _>(0)
+                .ok()
+                .flatten()
+                .map(<[u8]>::to_vec)
+        }))
+    }
+
+    pub async fn set_refresh_token(
+        &self,
+        upn: &str,
+        sealed: Option<Vec<u8>>,
+    ) -> Result<(), StoreError> {
+        self.run(
+            "UPDATE shadow_accounts SET refresh_token = @P1 WHERE upn = @P2",
+            &[&sealed, &upn],
         )
         .await
     }

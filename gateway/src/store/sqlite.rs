@@ -32,6 +32,8 @@ const MIGRATIONS: &[&str] = &[
     "CREATE TABLE leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_at INTEGER NOT NULL);",
     // 3: old dedupe keys are forgotten by age.
     "CREATE INDEX delivered_at ON delivered (at);",
+    // 4: each shadow account's latest refresh token, sealed like its password.
+    "ALTER TABLE shadow_accounts ADD COLUMN refresh_token BLOB;",
 ];
 
 /// Dedupe keys deleted per statement when old ones are forgotten.
@@ -281,6 +283,36 @@ impl SqliteStore {
             c.execute(
                 "UPDATE shadow_accounts SET last_used = ?1 WHERE jid = ?2",
                 params![at, jid],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    pub async fn refresh_token(&self, upn: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let upn = upn.to_owned();
+        self.with(move |c| {
+            c.query_row(
+                "SELECT refresh_token FROM shadow_accounts WHERE upn = ?1",
+                [upn],
+                |r| r.get::<_, Option<Vec<u8>>>(0),
+            )
+            .optional()
+            .map(Option::flatten)
+        })
+        .await
+    }
+
+    pub async fn set_refresh_token(
+        &self,
+        upn: &str,
+        sealed: Option<Vec<u8>>,
+    ) -> Result<(), StoreError> {
+        let upn = upn.to_owned();
+        self.with(move |c| {
+            c.execute(
+                "UPDATE shadow_accounts SET refresh_token = ?1 WHERE upn = ?2",
+                params![sealed, upn],
             )
             .map(|_| ())
         })

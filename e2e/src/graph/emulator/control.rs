@@ -247,3 +247,19 @@ pub(super) async fn control_faults(
     lock(&state).faults.status = (count > 0).then_some((status, count, retry_after));
     StatusCode::NO_CONTENT.into_response()
 }
+
+/// POST /_emulator/identity {…}: replaces the tenant's identity policies
+/// (the seed's `identity`), as an administrator changing Security Defaults
+/// or Conditional Access in the Entra admin center.
+pub(super) async fn control_identity(
+    State(state): State<Shared>,
+    axum::Json(body): axum::Json<Value>,
+) -> Response {
+    match serde_json::from_value(body) {
+        Ok(policy) => {
+            lock(&state).identity = policy;
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    }
+}

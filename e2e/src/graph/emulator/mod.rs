@@ -32,7 +32,7 @@ use super::spec::spec;
 use super::tenant::{Principal, Seed, Tenant, guid};
 use batch::batch;
 use control::{
-    control_chat_message, control_delay, control_drop, control_expire, control_faults,
+    control_chat_message, control_delay, control_drop, control_expire, control_faults, control_identity,
     control_lifecycle, control_presence, control_profile, control_start_chat, control_state,
 };
 use subscriptions::{create_subscription, deliver_all};
@@ -113,6 +113,7 @@ pub fn router(state: Shared) -> Router {
         .route("/{tenant}/oauth2/v2.0/token", post(token))
         .route("/_emulator/users/{user}/presence", post(control_presence))
         .route("/_emulator/faults", post(control_faults))
+        .route("/_emulator/identity", post(control_identity))
         .route(
             "/_emulator/chats/{chat}/messages",
             post(control_chat_message),

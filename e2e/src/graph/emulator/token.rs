@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::{Shared, lock, now_string};
-use crate::graph::tenant::{Principal, Token, guid};
+use crate::graph::tenant::{Principal, SignIn, Token, guid};
 
 pub(super) fn aad_error(status: StatusCode, error: &str, code: u32, description: &str) -> Response {
     let body = json!({
@@ -23,6 +23,14 @@ pub(super) fn aad_error(status: StatusCode, error: &str, code: u32, description:
         "correlation_id": guid(),
     });
     (status, axum::Json(body)).into_response()
+}
+
+fn log_sign_in(t: &mut crate::graph::tenant::Tenant, grant: &str, upn: &str, refused: u32) {
+    t.sign_ins.push(SignIn {
+        grant: grant.to_owned(),
+        user_principal_name: upn.to_owned(),
+        refused,
+    });
 }
 
 /// POST /{tenant}/oauth2/v2.0/token: client credentials (secret), password
@@ -115,6 +123,7 @@ pub(super) async fn token(
             axum::Json(json!({"token_type": "Bearer", "expires_in": expires_in, "ext_expires_in": expires_in, "access_token": access})).into_response()
         }
         Some("password") | Some("refresh_token") => {
+            let presented = field("refresh_token").unwrap_or_default().to_owned();
             let user_id = if field("grant_type") == Some("password") {
                 let (Some(username), Some(password)) = (field("username"), field("password"))
                 else {
@@ -128,6 +137,7 @@ pub(super) async fn token(
                 match t.user(username) {
                     Some(u) if u.password.as_deref() == Some(password) => u.id.clone(),
                     _ => {
+                        log_sign_in(&mut t, "password", username, 50126);
                         return aad_error(
                             StatusCode::BAD_REQUEST,
                             "invalid_grant",
@@ -137,9 +147,9 @@ pub(super) async fn token(
                     }
                 }
             } else {
-                let presented = field("refresh_token").unwrap_or_default().to_owned();
-                // Refresh tokens rotate: each is good for one redemption.
-                match t.refresh_tokens.remove(&presented) {
+                // Refresh tokens rotate: each is good for one redemption
+                // (spent below, once a new one is issued).
+                match t.refresh_tokens.get(&presented).cloned() {
                     Some((client, user)) if client == app.client_id => user,
                     _ => {
                         return aad_error(
@@ -151,6 +161,25 @@ pub(super) async fn token(
                     }
                 }
             };
+            let grant = field("grant_type").unwrap_or_default();
+            let Some(user) = t.user(&user_id).cloned() else {
+                return aad_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_grant",
+                    50034,
+                    "The user account does not exist in the directory.",
+                );
+            };
+            // Policies are evaluated at every issuance, refresh included
+            // (https://learn.microsoft.com/entra/identity/conditional-access/concept-continuous-access-evaluation).
+            if let Some((error, code, description)) =
+                t.identity.refuse(&app, &user, &t.groups, Instant::now())
+            {
+                log_sign_in(&mut t, grant, user.upn(), code);
+                return aad_error(StatusCode::BAD_REQUEST, error, code, &description);
+            }
+            log_sign_in(&mut t, grant, user.upn(), 0);
+            t.refresh_tokens.remove(&presented);
             let refresh = guid() + &guid();
             t.refresh_tokens
                 .insert(refresh.clone(), (app.client_id.clone(), user_id.clone()));

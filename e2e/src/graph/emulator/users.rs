@@ -56,6 +56,7 @@ pub(super) fn handle(t: &mut Tenant, call: Call<'_>) -> Response {
                 photo: None,
                 licences: Vec::new(),
                 presence: Default::default(),
+                password_set: std::time::Instant::now(),
             };
             let mut resource = user.resource(None);
             resource["@odata.context"] = json!("https://graph.microsoft.com/v1.0/$metadata#users/$entity");
@@ -68,6 +69,7 @@ pub(super) fn handle(t: &mut Tenant, call: Call<'_>) -> Response {
                     for (k, v) in fields {
                         if k == "passwordProfile" {
                             u.password = v["password"].as_str().map(str::to_owned);
+                            u.password_set = std::time::Instant::now();
                         } else {
                             u.properties.insert(k.clone(), v.clone());
                         }

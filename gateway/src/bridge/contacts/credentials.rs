@@ -3,7 +3,13 @@
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use secrecy::{ExposeSecret, SecretString};
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
 use xmpp_parsers::sha2::{Digest, Sha256};
+
+use crate::graph::RefreshTokenVault;
+use crate::store::Store;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialError {
@@ -77,6 +83,62 @@ impl CredentialCipher {
         String::from_utf8(plain.to_vec())
             .map(SecretString::from)
             .map_err(|_| CredentialError::Decrypt)
+    }
+}
+
+/// Shadow accounts' refresh tokens in the store, sealed like their passwords
+/// (bound to the UPN), so that a restart or a new leader goes on with them
+/// instead of signing every account in again with its password.
+pub struct SealedRefreshTokens {
+    store: Arc<Store>,
+    cipher: CredentialCipher,
+}
+
+impl SealedRefreshTokens {
+    pub fn new(store: Arc<Store>, cipher: CredentialCipher) -> Self {
+        Self { store, cipher }
+    }
+
+    fn bound(upn: &str) -> String {
+        format!("refresh-token:{}", upn.to_lowercase())
+    }
+}
+
+impl RefreshTokenVault for SealedRefreshTokens {
+    fn load<'a>(&'a self, upn: &'a str) -> BoxFuture<'a, Option<SecretString>> {
+        Box::pin(async move {
+            let sealed = match self.store.refresh_token(upn).await {
+                Ok(sealed) => sealed?,
+                Err(e) => {
+                    tracing::warn!(%upn, error = %e, "cannot read a refresh token");
+                    return None;
+                }
+            };
+            match self.cipher.open(&Self::bound(upn), &sealed) {
+                Ok(token) => Some(token),
+                Err(e) => {
+                    tracing::warn!(%upn, error = %e, "a stored refresh token does not open");
+                    None
+                }
+            }
+        })
+    }
+
+    fn save<'a>(&'a self, upn: &'a str, token: Option<&'a SecretString>) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let sealed = match token.map(|t| self.cipher.seal(&Self::bound(upn), t)) {
+                Some(Ok(sealed)) => Some(sealed),
+                Some(Err(e)) => {
+                    tracing::warn!(%upn, error = %e, "cannot seal a refresh token");
+                    None
+                }
+                None => None,
+            };
+            if let Err(e) = self.store.set_refresh_token(upn, sealed).await {
+                // Kept in memory for this process; the next restart signs in once.
+                tracing::warn!(%upn, error = %e, "cannot store a refresh token");
+            }
+        })
     }
 }
 

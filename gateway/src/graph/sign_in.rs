@@ -1,0 +1,374 @@
+//! The identity platform's refusals, typed: each AADSTS code the gateway's
+//! sign-ins can meet, with what the tenant's administrator must change, and
+//! a monitor that reports the refusals in force (log, metric, readiness)
+//! instead of retrying them in silence.
+//!
+//! Codes: https://learn.microsoft.com/entra/identity-platform/reference-error-codes;
+//! why the password grant meets them: https://learn.microsoft.com/entra/identity-platform/v2-oauth-ropc.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use xmppfed_telemetry::{ComponentHealth, Metrics};
+
+use super::auth::Identity;
+
+/// Why the token endpoint refused a sign-in, as far as the fix differs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SignInRefusal {
+    /// AADSTS50076 / 50074: a Conditional Access policy or per-user MFA requires MFA.
+    MfaRequired,
+    /// AADSTS50079 / 50072: MFA registration is required (Security Defaults after the 14-day grace).
+    MfaRegistrationRequired,
+    /// AADSTS53003 (and 53000/53001 device conditions): Conditional Access blocks the sign-in.
+    ConditionalAccessBlocked,
+    /// AADSTS50055: the password expired.
+    PasswordExpired,
+    /// AADSTS65001: nobody consented to the delegated permissions.
+    ConsentRequired,
+    /// AADSTS50126: wrong user name or password (or a federated domain ROPC cannot check).
+    InvalidCredentials,
+    /// AADSTS50057: the account is disabled.
+    AccountDisabled,
+    /// AADSTS50053: locked out, or sign-ins from our address look malicious.
+    AccountLocked,
+    /// AADSTS50034: no such user in the tenant.
+    UserNotFound,
+    /// AADSTS70000 / 70008 / 700082 / 50173: the refresh token is spent, expired
+    /// or revoked; the gateway signs in again by itself.
+    RefreshTokenInvalid,
+    /// AADSTS7000215: the app's client secret is wrong.
+    InvalidClientSecret,
+    /// AADSTS7000222: the app's client secret expired.
+    ClientSecretExpired,
+    /// AADSTS700027: the certificate assertion does not verify.
+    InvalidClientAssertion,
+    /// AADSTS700016: no such app in the tenant.
+    AppNotFound,
+    /// AADSTS90002: no such tenant.
+    TenantNotFound,
+}
+
+impl SignInRefusal {
+    /// The refusal an AADSTS code stands for; `None` for codes with no known fix.
+    pub fn from_code(code: u32) -> Option<Self> {
+        use SignInRefusal::*;
+        Some(match code {
+            50074 | 50076 => MfaRequired,
+            50072 | 50079 => MfaRegistrationRequired,
+            53000 | 53001 | 53003 => ConditionalAccessBlocked,
+            50055 => PasswordExpired,
+            65001 => ConsentRequired,
+            50126 => InvalidCredentials,
+            50057 => AccountDisabled,
+            50053 => AccountLocked,
+            50034 => UserNotFound,
+            70000 | 70008 | 700082 | 50173 => RefreshTokenInvalid,
+            7000215 => InvalidClientSecret,
+            7000222 => ClientSecretExpired,
+            700027 => InvalidClientAssertion,
+            700016 => AppNotFound,
+            90002 => TenantNotFound,
+            _ => return None,
+        })
+    }
+
+    /// The code in an identity-platform error body: `error_codes[0]`, else the
+    /// `AADSTSnnnn:` that starts `error_description`.
+    pub fn code_of(error_codes: &[u32], description: &str) -> Option<u32> {
+        error_codes.first().copied().or_else(|| {
+            let digits: String = description
+                .strip_prefix("AADSTS")?
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            digits.parse().ok()
+        })
+    }
+
+    /// A name for metrics, status conditions and logs.
+    pub fn reason(self) -> &'static str {
+        use SignInRefusal::*;
+        match self {
+            MfaRequired => "MfaRequired",
+            MfaRegistrationRequired => "MfaRegistrationRequired",
+            ConditionalAccessBlocked => "ConditionalAccessBlocked",
+            PasswordExpired => "PasswordExpired",
+            ConsentRequired => "ConsentRequired",
+            InvalidCredentials => "InvalidCredentials",
+            AccountDisabled => "AccountDisabled",
+            AccountLocked => "AccountLocked",
+            UserNotFound => "UserNotFound",
+            RefreshTokenInvalid => "RefreshTokenInvalid",
+            InvalidClientSecret => "InvalidClientSecret",
+            ClientSecretExpired => "ClientSecretExpired",
+            InvalidClientAssertion => "InvalidClientAssertion",
+            AppNotFound => "AppNotFound",
+            TenantNotFound => "TenantNotFound",
+        }
+    }
+
+    /// What the tenant's administrator does about it.
+    pub fn fix(self) -> &'static str {
+        use SignInRefusal::*;
+        match self {
+            MfaRequired => {
+                "shadow accounts sign in with a password and cannot do MFA: exclude them (the shadow accounts' group or administrative unit) from every Conditional Access policy that requires MFA, and turn per-user MFA off for them"
+            }
+            MfaRegistrationRequired => {
+                "Security Defaults require every user to register for MFA, which shadow accounts cannot: turn Security Defaults off and protect the tenant with Conditional Access policies that exclude the shadow accounts, or put the shadow accounts in a tenant of their own (see README, shadow tenant)"
+            }
+            ConditionalAccessBlocked => {
+                "a Conditional Access policy blocks the shadow accounts' sign-in: exclude the shadow accounts' group from it, or allow the gateway's network location"
+            }
+            PasswordExpired => {
+                "the shadow account's password expired: set passwordPolicies to DisablePasswordExpiration on the shadow accounts (the gateway sets it on those it creates) and delete the account so that the gateway creates it again"
+            }
+            ConsentRequired => {
+                "grant admin consent for the app's delegated permissions (Chat.ReadWrite, ChatMessage.Send, Presence.ReadWrite, offline_access) in Entra admin center > App registrations > API permissions"
+            }
+            InvalidCredentials => {
+                "the tenant refuses the shadow account's password: the shadow UPN domain must be a managed (not federated) domain, and nobody may reset shadow-account passwords by hand"
+            }
+            AccountDisabled => {
+                "the shadow account is disabled: enable it (accountEnabled) or delete it so that the gateway creates it again"
+            }
+            AccountLocked => {
+                "Smart Lockout locked the shadow account: check for password-spray against it, then unlock it or wait for the lockout to end"
+            }
+            UserNotFound => {
+                "the shadow account was deleted from the tenant: the gateway creates it again on the contact's next message"
+            }
+            RefreshTokenInvalid => {
+                "nothing: the gateway signs the account in again with its password"
+            }
+            InvalidClientSecret => {
+                "graph.client_secret does not match any secret of the app registration: create a new client secret and update the gateway's Secret"
+            }
+            ClientSecretExpired => {
+                "the app's client secret expired: create a new one (or use a certificate) and update the gateway's Secret"
+            }
+            InvalidClientAssertion => {
+                "the app's certificate assertion is refused: upload the gateway's certificate (graph.client_certificate) to the app registration"
+            }
+            AppNotFound => {
+                "graph.client_id names no app in this tenant: check the client id and tenant id, and that the app was not deleted"
+            }
+            TenantNotFound => "graph.tenant_id names no Microsoft Entra tenant",
+        }
+    }
+
+    /// Refusals that concern the app registration itself (nothing works).
+    pub fn concerns_app(self) -> bool {
+        use SignInRefusal::*;
+        matches!(
+            self,
+            InvalidClientSecret
+                | ClientSecretExpired
+                | InvalidClientAssertion
+                | AppNotFound
+                | TenantNotFound
+        )
+    }
+
+    /// Whether the gateway recovers by itself (a new password sign-in).
+    pub fn recovers_alone(self) -> bool {
+        matches!(self, SignInRefusal::RefreshTokenInvalid)
+    }
+}
+
+impl std::fmt::Display for SignInRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.reason())
+    }
+}
+
+/// Sign-in refusals in force, by who was refused; reported as a metric
+/// (`xmppfed_graph_sign_in_refusals_total{who,reason}`), once in the log per
+/// new refusal, and on `/readyz`: the app refused makes the gateway not
+/// ready; shadow accounts refused leave it ready (XMPP still works, and
+/// messages wait in the outbox) but `/readyz` names them with the fix.
+pub struct SignInMonitor {
+    refused: Mutex<BTreeMap<String, SignInRefusal>>,
+    health: Option<ComponentHealth>,
+    counter: Option<Family<Vec<(String, String)>, Counter>>,
+}
+
+impl std::fmt::Debug for SignInMonitor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignInMonitor").finish_non_exhaustive()
+    }
+}
+
+impl Default for SignInMonitor {
+    fn default() -> Self {
+        Self::detached()
+    }
+}
+
+impl SignInMonitor {
+    /// Keeps the state only (tests, tools).
+    pub fn detached() -> Self {
+        Self {
+            refused: Mutex::new(BTreeMap::new()),
+            health: None,
+            counter: None,
+        }
+    }
+
+    pub fn new(metrics: &Metrics, health: ComponentHealth) -> Self {
+        health.ready();
+        Self {
+            refused: Mutex::new(BTreeMap::new()),
+            health: Some(health),
+            counter: Some(metrics.register(
+                "graph_sign_in_refusals",
+                "Sign-ins the Microsoft identity platform refused, by who (app or shadow) and why",
+                Family::default(),
+            )),
+        }
+    }
+
+    fn key(identity: &Identity) -> String {
+        match identity {
+            Identity::App => "app".to_owned(),
+            Identity::User(upn) => upn.to_lowercase(),
+        }
+    }
+
+    pub fn refused(&self, identity: &Identity, refusal: SignInRefusal, description: &str) {
+        let who = match identity {
+            Identity::App => "app",
+            Identity::User(_) => "shadow",
+        };
+        if let Some(counter) = &self.counter {
+            counter
+                .get_or_create(&vec![
+                    ("who".to_owned(), who.to_owned()),
+                    ("reason".to_owned(), refusal.reason().to_owned()),
+                ])
+                .inc();
+        }
+        if refusal.recovers_alone() {
+            return;
+        }
+        let new = self
+            .lock()
+            .insert(Self::key(identity), refusal)
+            .is_none_or(|before| before != refusal);
+        if new {
+            let account = Self::key(identity);
+            tracing::error!(%account, reason = refusal.reason(), fix = refusal.fix(), %description,
+                "the Microsoft identity platform refuses a sign-in");
+        }
+        self.report();
+    }
+
+    pub fn signed_in(&self, identity: &Identity) {
+        if self.lock().remove(&Self::key(identity)).is_some() {
+            tracing::info!(account = %Self::key(identity), "sign-in accepted again");
+            self.report();
+        }
+    }
+
+    /// The refusals in force: who, and why.
+    pub fn in_force(&self) -> Vec<(String, SignInRefusal)> {
+        self.lock().iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+
+    /// One line for `/readyz` and status conditions: `None` when every sign-in works.
+    pub fn summary(&self) -> Option<String> {
+        let refused = self.lock();
+        if let Some(app) = refused.get("app") {
+            return Some(format!(
+                "the app cannot sign in: {} ({})",
+                app.reason(),
+                app.fix()
+            ));
+        }
+        let mut by_reason: BTreeMap<SignInRefusal, Vec<&str>> = BTreeMap::new();
+        for (who, why) in refused.iter() {
+            by_reason.entry(*why).or_default().push(who);
+        }
+        let parts: Vec<String> = by_reason
+            .iter()
+            .map(|(why, who)| {
+                let named = match who.as_slice() {
+                    [one] => (*one).to_owned(),
+                    many => format!("{} shadow accounts (first {})", many.len(), many[0]),
+                };
+                format!("{named}: {} ({})", why.reason(), why.fix())
+            })
+            .collect();
+        (!parts.is_empty()).then(|| format!("sign-in refused for {}", parts.join("; ")))
+    }
+
+    fn report(&self) {
+        let Some(health) = &self.health else { return };
+        let app_refused = self.lock().contains_key("app");
+        match self.summary() {
+            None => health.ready(),
+            Some(line) if app_refused => health.not_ready(&line),
+            Some(line) => health.degraded(&line),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, SignInRefusal>> {
+        self.refused.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_map_to_refusals_with_fixes() {
+        assert_eq!(
+            SignInRefusal::from_code(50076),
+            Some(SignInRefusal::MfaRequired)
+        );
+        assert_eq!(
+            SignInRefusal::from_code(53003),
+            Some(SignInRefusal::ConditionalAccessBlocked)
+        );
+        assert_eq!(SignInRefusal::from_code(12345), None);
+        assert_eq!(
+            SignInRefusal::code_of(&[], "AADSTS50055: The password is expired."),
+            Some(50055)
+        );
+        assert_eq!(SignInRefusal::code_of(&[65001], "whatever"), Some(65001));
+        assert_eq!(SignInRefusal::code_of(&[], "no code"), None);
+        assert!(SignInRefusal::MfaRegistrationRequired.fix().contains("Security Defaults"));
+        assert!(SignInRefusal::InvalidClientSecret.concerns_app());
+        assert!(!SignInRefusal::MfaRequired.concerns_app());
+    }
+
+    #[test]
+    fn the_monitor_reports_what_is_in_force_and_forgets_what_recovered() {
+        let health = xmppfed_telemetry::Health::new();
+        let monitor = SignInMonitor::new(&Metrics::new("t", "0"), health.component("tenant"));
+        let (a, b) = (
+            Identity::User("a@shadow.test".into()),
+            Identity::User("b@shadow.test".into()),
+        );
+        monitor.refused(&a, SignInRefusal::MfaRequired, "AADSTS50076");
+        monitor.refused(&b, SignInRefusal::MfaRequired, "AADSTS50076");
+        let report = health.report();
+        assert!(report.ready, "shadow refusals leave the gateway ready");
+        let line = monitor.summary().unwrap();
+        assert!(line.contains("2 shadow accounts") && line.contains("MfaRequired"), "{line}");
+        assert!(report.to_string().contains("tenant: degraded: sign-in refused"), "{report}");
+        monitor.refused(&Identity::App, SignInRefusal::ClientSecretExpired, "AADSTS7000222");
+        assert!(!health.report().ready, "the app refused: not ready");
+        monitor.signed_in(&Identity::App);
+        monitor.signed_in(&a);
+        monitor.signed_in(&b);
+        assert_eq!(health.report().to_string(), "ok\n");
+        // A spent refresh token is counted, never reported: the gateway recovers.
+        monitor.refused(&a, SignInRefusal::RefreshTokenInvalid, "AADSTS70000");
+        assert!(monitor.in_force().is_empty());
+    }
+}
