@@ -222,6 +222,50 @@ async fn tokens_follow_the_identity_platform() {
         (status.as_u16(), body["error"].as_str()),
         (400, Some("invalid_grant"))
     );
+
+    // A policy refuses at every issuance, refresh included, with the
+    // identity platform's body; a refused refresh token is not spent.
+    let live = rotated["refresh_token"].as_str().unwrap().to_owned();
+    emulator.tenant().identity = serde_json::from_value(
+        json!({"conditionalAccess": [{"displayName": "Block all", "grant": "block"}]}),
+    )
+    .unwrap();
+    for (status, body) in [c.token(&password).await, c.refresh(&live).await] {
+        assert_eq!(
+            (status.as_u16(), body["error"].as_str()),
+            (400, Some("invalid_grant"))
+        );
+        assert_eq!(body["error_codes"], json!([53003]), "{body}");
+        assert!(
+            body["error_description"]
+                .as_str()
+                .unwrap()
+                .starts_with("AADSTS53003: Access has been blocked by Conditional Access"),
+            "{body}"
+        );
+        assert!(body["trace_id"].is_string() && body["correlation_id"].is_string());
+    }
+    emulator.tenant().identity = Default::default();
+    let (status, _) = c.refresh(&live).await;
+    assert_eq!(status, 200, "still good once the policy allows it");
+    let log: Vec<(String, u32)> = emulator
+        .tenant()
+        .sign_ins
+        .iter()
+        .map(|s| (s.grant.clone(), s.refused))
+        .collect();
+    assert_eq!(
+        log,
+        [
+            ("password".into(), 0),
+            ("refresh_token".into(), 0),
+            ("password".into(), 50126),
+            ("password".into(), 53003),
+            ("refresh_token".into(), 53003),
+            ("refresh_token".into(), 0),
+        ],
+        "the sign-in log"
+    );
 }
 
 #[tokio::test]

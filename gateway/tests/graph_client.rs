@@ -10,7 +10,8 @@ use serde_json::json;
 use xmppfed_e2e::graph::{GraphEmulator, Seed};
 use xmppfed_gateway::graph::api::NewUser;
 use xmppfed_gateway::graph::{
-    Budget, GraphClient, GraphError, RetryPolicy, Tokens, UserCredential,
+    Budget, GraphClient, GraphError, RetryPolicy, SignInMonitor, SignInRefusal, Tokens,
+    UserCredential,
 };
 
 const TENANT: &str = "5c0ffee0-0000-4000-8000-000000000001";
@@ -187,7 +188,18 @@ async fn bad_credentials_and_delegated_tokens() {
     let wrong = client(&emulator, "not-the-secret", quick_retries());
     let error = wrong.get_user("alice@contoso.com").await.unwrap_err();
     assert!(
-        matches!(&error, GraphError::Token { error, .. } if error == "invalid_client"),
+        matches!(
+            &error,
+            GraphError::SignInRefused {
+                refusal: SignInRefusal::InvalidClientSecret,
+                code: 7000215,
+                ..
+            }
+        ),
+        "{error}"
+    );
+    assert!(
+        error.to_string().contains("create a new client secret"),
         "{error}"
     );
     assert!(
@@ -364,7 +376,7 @@ async fn the_app_signs_in_with_a_certificate() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&error, GraphError::Token { error, description } if error == "invalid_client" && description.starts_with("AADSTS700027")),
+        matches!(&error, GraphError::SignInRefused { refusal: SignInRefusal::InvalidClientAssertion, description, .. } if description.starts_with("AADSTS700027")),
         "{error}"
     );
 }
@@ -520,4 +532,152 @@ async fn a_reply_too_large_is_refused_not_buffered() {
         matches!(&error, GraphError::Decode(m) if m.contains("larger than")),
         "{error}"
     );
+}
+
+/// Each identity policy Microsoft documents as refusing the password grant
+/// gives its own typed refusal, with the fix; the policies that do not apply
+/// (report-only, excluded users or groups, Security Defaults within the
+/// grace, passwords that never expire) let the sign-in through.
+#[tokio::test]
+async fn each_tenant_policy_refuses_the_shadow_sign_in_with_its_fix() {
+    let bob = UserCredential {
+        upn: "bob.xmpp@shadow.contoso.com".into(),
+        password: SecretString::from("Sh4dow!pw".to_owned()),
+    };
+    // (policy, the refusal expected: typed, its AADSTS code, words of its fix)
+    type Expected = Option<(SignInRefusal, u32, &'static str)>;
+    let cases: Vec<(serde_json::Value, Expected)> = vec![
+        (json!({}), None),
+        (json!({"securityDefaults": "grace"}), None),
+        (
+            json!({"securityDefaults": "enforced"}),
+            Some((
+                SignInRefusal::MfaRegistrationRequired,
+                50079,
+                "Security Defaults",
+            )),
+        ),
+        (
+            json!({"conditionalAccess": [{"displayName": "Block", "grant": "block"}]}),
+            Some((
+                SignInRefusal::ConditionalAccessBlocked,
+                53003,
+                "Conditional Access",
+            )),
+        ),
+        (
+            json!({"conditionalAccess": [{"displayName": "Block", "grant": "block",
+                   "state": "enabledForReportingButNotEnforced"}]}),
+            None,
+        ),
+        (
+            json!({"conditionalAccess": [{"displayName": "MFA", "grant": "mfa",
+                   "excludeGroups": ["shadow-accounts"]}]}),
+            None,
+        ),
+        (
+            json!({"conditionalAccess": [{"displayName": "MFA", "grant": "mfa",
+                   "excludeUsers": ["alice@contoso.com"]}]}),
+            Some((SignInRefusal::MfaRequired, 50076, "exclude them")),
+        ),
+        (
+            json!({"passwordValidityDays": 0}),
+            Some((
+                SignInRefusal::PasswordExpired,
+                50055,
+                "DisablePasswordExpiration",
+            )),
+        ),
+    ];
+    for (policy, expected) in cases {
+        let mut tenant = seed();
+        tenant.identity = serde_json::from_value(policy.clone()).unwrap();
+        tenant.groups = vec![
+            serde_json::from_value(json!({"id": "shadow-accounts",
+            "displayName": "Shadow accounts", "members": ["bob.xmpp@shadow.contoso.com"]}))
+            .unwrap(),
+        ];
+        let emulator = GraphEmulator::start(tenant).await.unwrap();
+        let monitor = std::sync::Arc::new(SignInMonitor::detached());
+        let graph = client(&emulator, "s3cret", quick_retries()).with_sign_ins(
+            std::sync::Arc::new(xmppfed_gateway::graph::auth::MemoryVault::default()),
+            monitor.clone(),
+        );
+        let result = graph
+            .set_own_presence(
+                &bob,
+                "gateway",
+                "Available",
+                "Available",
+                Duration::from_secs(600),
+            )
+            .await;
+        match expected {
+            None => {
+                assert!(result.is_ok(), "{policy}: {result:?}");
+                assert!(monitor.in_force().is_empty(), "{policy}");
+            }
+            Some((refusal, code, fix)) => {
+                let error = result.unwrap_err();
+                assert!(
+                    matches!(&error, GraphError::SignInRefused { refusal: r, code: c, .. } if *r == refusal && *c == code),
+                    "{policy}: {error}"
+                );
+                assert!(error.to_string().contains(fix), "{policy}: {error}");
+                assert_eq!(monitor.in_force(), [(bob.upn.clone(), refusal)], "{policy}");
+                assert!(monitor.summary().unwrap().contains(refusal.reason()));
+            }
+        }
+    }
+
+    // A user whose password never expires is not refused by the expiry.
+    let mut expiring = seed();
+    expiring.identity = serde_json::from_value(json!({"passwordValidityDays": 0})).unwrap();
+    let emulator = GraphEmulator::start(expiring).await.unwrap();
+    let graph = client(&emulator, "s3cret", quick_retries());
+    graph
+        .create_user(&NewUser {
+            upn: "dave.xmpp@shadow.contoso.com".into(),
+            display_name: "Dave (XMPP)".into(),
+            mail_nickname: "dave.xmpp".into(),
+            usage_location: None,
+            password: SecretString::from("D4ve!pw-long-enough".to_owned()),
+        })
+        .await
+        .unwrap();
+    let dave = UserCredential {
+        upn: "dave.xmpp@shadow.contoso.com".into(),
+        password: SecretString::from("D4ve!pw-long-enough".to_owned()),
+    };
+    graph
+        .set_own_presence(
+            &dave,
+            "gateway",
+            "Available",
+            "Available",
+            Duration::from_secs(600),
+        )
+        .await
+        .expect("created with DisablePasswordExpiration");
+
+    // Delegated permissions nobody consented to: AADSTS65001, with the fix.
+    let mut unconsented = seed();
+    unconsented.apps[0].scopes.clear();
+    let emulator = GraphEmulator::start(unconsented).await.unwrap();
+    let error = client(&emulator, "s3cret", quick_retries())
+        .set_own_presence(
+            &bob,
+            "gateway",
+            "Available",
+            "Available",
+            Duration::from_secs(600),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.sign_in_refusal(),
+        Some(SignInRefusal::ConsentRequired),
+        "{error}"
+    );
+    assert!(error.to_string().contains("admin consent"), "{error}");
 }

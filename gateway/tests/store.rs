@@ -148,8 +148,14 @@ async fn conformance(store: &Store) {
     );
     // Its refresh token: kept by UPN, replaced, forgotten; none for an unknown account.
     assert_eq!(store.refresh_token(&bob.upn).await.unwrap(), None);
-    store.set_refresh_token(&bob.upn, Some(vec![7, 7])).await.unwrap();
-    store.set_refresh_token(&bob.upn, Some(vec![8])).await.unwrap();
+    store
+        .set_refresh_token(&bob.upn, Some(vec![7, 7]))
+        .await
+        .unwrap();
+    store
+        .set_refresh_token(&bob.upn, Some(vec![8]))
+        .await
+        .unwrap();
     assert_eq!(store.refresh_token(&bob.upn).await.unwrap(), Some(vec![8]));
     store.put_shadow(&bob).await.unwrap();
     assert_eq!(
@@ -161,10 +167,16 @@ async fn conformance(store: &Store) {
         .set_refresh_token("nobody@shadow.test", Some(vec![1]))
         .await
         .unwrap();
-    assert_eq!(store.refresh_token("nobody@shadow.test").await.unwrap(), None);
+    assert_eq!(
+        store.refresh_token("nobody@shadow.test").await.unwrap(),
+        None
+    );
     store.set_refresh_token(&bob.upn, None).await.unwrap();
     assert_eq!(store.refresh_token(&bob.upn).await.unwrap(), None);
-    store.set_refresh_token(&bob.upn, Some(vec![9])).await.unwrap();
+    store
+        .set_refresh_token(&bob.upn, Some(vec![9]))
+        .await
+        .unwrap();
     store.touch_shadow("bob@xmpp.test", 500).await.unwrap();
     assert!(store.unused_shadows(400).await.unwrap().is_empty());
     assert_eq!(store.unused_shadows(600).await.unwrap().len(), 1);

@@ -103,7 +103,10 @@ async fn a_restart_goes_on_with_the_stored_refresh_token_not_the_password() {
             account.properties["passwordPolicies"],
             "DisablePasswordExpiration"
         );
-        assert_eq!(account.properties["employeeType"], "XMPP federation contact");
+        assert_eq!(
+            account.properties["employeeType"],
+            "XMPP federation contact"
+        );
     }
 
     gateway.stop().await;
@@ -119,7 +122,10 @@ async fn a_restart_goes_on_with_the_stored_refresh_token_not_the_password() {
         1,
         "the restarted gateway used the refresh token it stored: {grants:?}"
     );
-    assert!(grants[1..].iter().all(|g| *g == "refresh_token"), "{grants:?}");
+    assert!(
+        grants[1..].iter().all(|g| *g == "refresh_token"),
+        "{grants:?}"
+    );
     assert!(all.iter().all(|s| s.refused == 0), "{all:?}");
     let chat = chat_between(&w.emulator, "alice@contoso.com", &shadow()).unwrap();
     let bodies: Vec<String> = chat_messages(&w.emulator, &chat)
@@ -141,7 +147,9 @@ async fn mfa_required_by_conditional_access_keeps_messages_and_names_the_fix() {
         return;
     };
     w.bob
-        .command(json!({"cmd": "message", "to": ALICE, "body": "waiting for the admin", "id": "m1"}))
+        .command(
+            json!({"cmd": "message", "to": ALICE, "body": "waiting for the admin", "id": "m1"}),
+        )
         .unwrap();
     // The refusal is reported: ready (XMPP works) but degraded, with the fix.
     let readyz = until(30, "the refusal on /readyz", || {
@@ -161,10 +169,11 @@ async fn mfa_required_by_conditional_access_keeps_messages_and_names_the_fix() {
     );
     let (_, metrics) = get(format!("{}/metrics", w.admin)).await;
     assert!(
-        metrics.lines().any(|l| l
-            .starts_with("xmppfed_graph_sign_in_refusals_total{")
-            && l.contains("reason=\"MfaRequired\"")
-            && l.contains("who=\"shadow\"")),
+        metrics
+            .lines()
+            .any(|l| l.starts_with("xmppfed_graph_sign_in_refusals_total{")
+                && l.contains("reason=\"MfaRequired\"")
+                && l.contains("who=\"shadow\"")),
         "{metrics}"
     );
     let refused = shadow_sign_ins(&w.emulator);
@@ -203,6 +212,9 @@ async fn mfa_required_by_conditional_access_keeps_messages_and_names_the_fix() {
             .collect::<Vec<_>>(),
         ["waiting for the admin"]
     );
-    assert_eq!(get(format!("{}/readyz", w.admin)).await, (200, "ok\n".into()));
+    assert_eq!(
+        get(format!("{}/readyz", w.admin)).await,
+        (200, "ok\n".into())
+    );
     gateway.stop().await;
 }

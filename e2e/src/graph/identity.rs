@@ -143,7 +143,11 @@ impl ConditionalAccessPolicy {
         self.exclude_users.iter().any(named)
             || groups
                 .iter()
-                .filter(|g| self.exclude_groups.iter().any(|x| x.eq_ignore_ascii_case(&g.id)))
+                .filter(|g| {
+                    self.exclude_groups
+                        .iter()
+                        .any(|x| x.eq_ignore_ascii_case(&g.id))
+                })
                 .any(|g| g.members.iter().any(named))
     }
 }

@@ -341,7 +341,11 @@ mod tests {
         );
         assert_eq!(SignInRefusal::code_of(&[65001], "whatever"), Some(65001));
         assert_eq!(SignInRefusal::code_of(&[], "no code"), None);
-        assert!(SignInRefusal::MfaRegistrationRequired.fix().contains("Security Defaults"));
+        assert!(
+            SignInRefusal::MfaRegistrationRequired
+                .fix()
+                .contains("Security Defaults")
+        );
         assert!(SignInRefusal::InvalidClientSecret.concerns_app());
         assert!(!SignInRefusal::MfaRequired.concerns_app());
     }
@@ -359,9 +363,21 @@ mod tests {
         let report = health.report();
         assert!(report.ready, "shadow refusals leave the gateway ready");
         let line = monitor.summary().unwrap();
-        assert!(line.contains("2 shadow accounts") && line.contains("MfaRequired"), "{line}");
-        assert!(report.to_string().contains("tenant: degraded: sign-in refused"), "{report}");
-        monitor.refused(&Identity::App, SignInRefusal::ClientSecretExpired, "AADSTS7000222");
+        assert!(
+            line.contains("2 shadow accounts") && line.contains("MfaRequired"),
+            "{line}"
+        );
+        assert!(
+            report
+                .to_string()
+                .contains("tenant: degraded: sign-in refused"),
+            "{report}"
+        );
+        monitor.refused(
+            &Identity::App,
+            SignInRefusal::ClientSecretExpired,
+            "AADSTS7000222",
+        );
         assert!(!health.report().ready, "the app refused: not ready");
         monitor.signed_in(&Identity::App);
         monitor.signed_in(&a);

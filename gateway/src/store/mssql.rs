@@ -514,12 +514,9 @@ impl SqlServerStore {
                 &[&upn],
             )
             .await?;
-        Ok(rows.first().and_then(|r| {
-            r.try_get::<&[u8], _>(0)
-                .ok()
-                .flatten()
-                .map(<[u8]>::to_vec)
-        }))
+        Ok(rows
+            .first()
+            .and_then(|r| r.try_get::<&[u8], _>(0).ok().flatten().map(<[u8]>::to_vec)))
     }
 
     pub async fn set_refresh_token(

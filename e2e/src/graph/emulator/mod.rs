@@ -32,8 +32,9 @@ use super::spec::spec;
 use super::tenant::{Principal, Seed, Tenant, guid};
 use batch::batch;
 use control::{
-    control_chat_message, control_delay, control_drop, control_expire, control_faults, control_identity,
-    control_lifecycle, control_presence, control_profile, control_start_chat, control_state,
+    control_chat_message, control_delay, control_drop, control_expire, control_faults,
+    control_identity, control_lifecycle, control_presence, control_profile, control_start_chat,
+    control_state,
 };
 use subscriptions::{create_subscription, deliver_all};
 use token::token;
