@@ -8,7 +8,6 @@
 //! servers always reach the replica that runs the bridge, while every
 //! replica stays Ready (a standby is healthy, and rollouts must not wait on it).
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,6 +15,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use xmppfed_config::{LeaderConfig, POD_ROLE_LABEL as ROLE_LABEL};
 use xmppfed_telemetry::Metrics;
 
+use crate::pod::PodMetadata;
 use crate::store::Store;
 
 const LEASE: &str = "bridge";
@@ -26,14 +26,14 @@ pub struct Leadership {
     store: Arc<Store>,
     holder: String,
     lease: Duration,
-    pod: Option<PodLabel>,
+    pod: Option<PodMetadata>,
     leader: Gauge,
 }
 
 impl Leadership {
     pub fn new(store: Arc<Store>, config: &LeaderConfig, metrics: &Metrics) -> Self {
         let holder = config.holder.clone().unwrap_or_else(default_holder);
-        let pod = PodLabel::from_environment();
+        let pod = PodMetadata::from_environment();
         if pod.is_none() && std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() {
             tracing::warn!(
                 "in Kubernetes without POD_NAME, POD_NAMESPACE and a service account token: the pod's role label is not kept"
@@ -134,7 +134,7 @@ impl Leadership {
     /// Labels the pod the leader, trying until it works; then waits for ever.
     async fn announce(&self) -> std::convert::Infallible {
         if let Some(pod) = &self.pod {
-            while let Err(e) = pod.set("leader").await {
+            while let Err(e) = pod.set_label(ROLE_LABEL, "leader").await {
                 tracing::warn!(error = %e, "cannot label this pod the leader; trying again");
                 tokio::time::sleep(RETRY).await;
             }
@@ -153,7 +153,7 @@ impl Leadership {
 
     async fn label(&self, role: &str) {
         if let Some(pod) = &self.pod
-            && let Err(e) = pod.set(role).await
+            && let Err(e) = pod.set_label(ROLE_LABEL, role).await
         {
             tracing::warn!(error = %e, role, "cannot label this pod with its role");
         }
@@ -182,75 +182,13 @@ fn default_holder() -> String {
     }
 }
 
-/// This pod's labels, patched through the Kubernetes API with the pod's
-/// service account (the operator grants `patch` on its own pods only).
-struct PodLabel {
-    client: reqwest::Client,
-    url: String,
-    token: PathBuf,
-}
-
-const SERVICE_ACCOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
-
-impl PodLabel {
-    fn from_environment() -> Option<Self> {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-        let (host, port) = (
-            var("KUBERNETES_SERVICE_HOST")?,
-            var("KUBERNETES_SERVICE_PORT")?,
-        );
-        let (pod, namespace) = (var("POD_NAME")?, var("POD_NAMESPACE")?);
-        let dir = PathBuf::from(SERVICE_ACCOUNT);
-        let ca = std::fs::read(dir.join("ca.crt")).ok()?;
-        let client = reqwest::Client::builder()
-            .tls_certs_only([reqwest::Certificate::from_pem(&ca).ok()?])
-            .timeout(Duration::from_secs(10))
-            .build()
-            .ok()?;
-        // An IPv6 service address needs brackets in a URL.
-        let host = if host.contains(':') {
-            format!("[{host}]")
-        } else {
-            host
-        };
-        Some(Self {
-            client,
-            url: format!("https://{host}:{port}/api/v1/namespaces/{namespace}/pods/{pod}"),
-            token: dir.join("token"),
-        })
-    }
-
-    async fn set(&self, role: &str) -> Result<(), String> {
-        // Read each time: projected tokens are rotated.
-        let token = std::fs::read_to_string(&self.token).map_err(|e| e.to_string())?;
-        let body = serde_json::json!({"metadata": {"labels": {ROLE_LABEL: role}}});
-        let response = self
-            .client
-            .patch(&self.url)
-            .bearer_auth(token.trim())
-            .header(
-                reqwest::header::CONTENT_TYPE,
-                "application/merge-patch+json",
-            )
-            .body(body.to_string())
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
-        if response.status().is_success() {
-            Ok(())
-        } else {
-            Err(format!("PATCH {}: {}", self.url, response.status()))
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const LEASE_SECS: u64 = 6;
 
-    fn leadership(store: &Arc<Store>, holder: &str, pod: Option<PodLabel>) -> Arc<Leadership> {
+    fn leadership(store: &Arc<Store>, holder: &str, pod: Option<PodMetadata>) -> Arc<Leadership> {
         let config = LeaderConfig {
             lease_secs: LEASE_SECS,
             holder: Some(holder.to_owned()),
@@ -349,11 +287,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let token = dir.path().join("token");
         std::fs::write(&token, "sa-token\n").unwrap();
-        let pod = PodLabel {
-            client: reqwest::Client::new(),
-            url: format!("http://{addr}/api/v1/namespaces/xmpp/pods/contoso-1"),
+        let pod = PodMetadata::at(
+            format!("http://{addr}/api/v1/namespaces/xmpp/pods/contoso-1"),
             token,
-        };
+        );
         let store = Arc::new(Store::sqlite(&dir.path().join("s.db")).await.unwrap());
         let l = leadership(&store, "contoso-1", Some(pod));
         l.stand_by().await;

@@ -12,6 +12,7 @@ pub mod graph;
 pub mod leadership;
 pub mod licence;
 pub mod memory;
+pub mod pod;
 pub mod process;
 pub mod s2s;
 pub mod store;

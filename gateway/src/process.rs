@@ -25,6 +25,7 @@ use crate::graph::webhook::{self, Sink};
 use crate::graph::{RefreshTokenVault, SignInMonitor};
 use crate::leadership::Leadership;
 use crate::licence::{self, LicenceCheckError, LicenceMetrics};
+use crate::pod::PodMetadata;
 use crate::s2s::{AnyUser, Inbox, S2s, S2sSender};
 use crate::store::{Store, StoreError};
 use xmppfed_config::LocalPartSource;
@@ -138,10 +139,17 @@ impl Gateway {
             Some(graph) => Some(DirectoryWatch {
                 graph: Arc::new(
                     crate::graph::from_config(graph, crate::graph::Budget::published_limits())?
-                        .with_sign_ins(
-                            refresh_vault(config, &store)?,
-                            Arc::new(SignInMonitor::new(&metrics, health.component("tenant"))),
-                        ),
+                        .with_sign_ins(refresh_vault(config, &store)?, {
+                            let monitor = SignInMonitor::new(&metrics, health.component("tenant"));
+                            if let Some(pod) = PodMetadata::from_environment() {
+                                // The tenant's answer for the operator's TenantReady condition.
+                                tokio::spawn(pod.keep_annotation(
+                                    xmppfed_config::POD_TENANT_ANNOTATION,
+                                    monitor.watch(),
+                                ));
+                            }
+                            Arc::new(monitor)
+                        }),
                 ),
                 directory: Directory::default(),
                 allowed: AllowedUsers {

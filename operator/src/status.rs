@@ -8,6 +8,20 @@ pub const READY: &str = "Ready";
 pub const PROGRESSING: &str = "Progressing";
 pub const DEGRADED: &str = "Degraded";
 pub const LICENSED: &str = "Licensed";
+pub const TENANT_READY: &str = "TenantReady";
+
+/// What the bridge's replica reports on its pod (the annotation
+/// `xmppfed.io/tenant-sign-in`) about the tenant's answer to its sign-ins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TenantSignIn {
+    Accepted,
+    /// `reason` is the gateway's CamelCase refusal (MfaRequired, …);
+    /// `message` names the accounts and what the administrator must change.
+    Refused {
+        reason: String,
+        message: String,
+    },
+}
 
 /// What the reconcile saw, from which the conditions follow.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +38,8 @@ pub enum Observed {
         ready: i32,
         updated: bool,
         waiting: Vec<String>,
+        /// `None` until the bridge's replica has signed in to the tenant.
+        tenant: Option<TenantSignIn>,
     },
 }
 
@@ -80,6 +96,7 @@ pub fn conditions(
             ready,
             updated,
             waiting,
+            tenant,
         } => {
             let all_ready = ready >= desired;
             let mut ready_msg = format!("{ready}/{desired} gateway pods ready");
@@ -113,6 +130,19 @@ pub fn conditions(
                 },
                 condition(DEGRADED, false, "Applied", String::new()),
             ]
+            .into_iter()
+            .chain(tenant.as_ref().map(|t| match t {
+                TenantSignIn::Accepted => condition(
+                    TENANT_READY,
+                    true,
+                    "SignInsAccepted",
+                    "the Microsoft 365 tenant accepts the gateway's sign-ins".into(),
+                ),
+                TenantSignIn::Refused { reason, message } => {
+                    condition(TENANT_READY, false, reason, message.clone())
+                }
+            }))
+            .collect()
         }
     };
     if let Some((ok, reason, message)) = licensed {
@@ -126,6 +156,53 @@ pub fn conditions(
             .map_or_else(|| now.to_owned(), |p| p.last_transition_time.clone());
     }
     out
+}
+
+/// The tenant's answer as the gateway's pods report it: the leader's
+/// (`xmppfed.io/role=leader`) when it has reported, else a refusal any pod
+/// reported (first by name), else `Accepted` if any pod reported `ok`.
+pub fn tenant_sign_in(pods: &[Pod]) -> Option<TenantSignIn> {
+    let reported = |p: &Pod| -> Option<TenantSignIn> {
+        let value = p
+            .metadata
+            .annotations
+            .as_ref()?
+            .get(xmppfed_config::POD_TENANT_ANNOTATION)?;
+        Some(match value.split_once(": ") {
+            _ if value == "ok" => TenantSignIn::Accepted,
+            Some((reason, message))
+                if !reason.is_empty() && reason.chars().all(|c| c.is_ascii_alphanumeric()) =>
+            {
+                TenantSignIn::Refused {
+                    reason: reason.to_owned(),
+                    message: message.to_owned(),
+                }
+            }
+            _ => TenantSignIn::Refused {
+                reason: "SignInRefused".into(),
+                message: value.clone(),
+            },
+        })
+    };
+    let is_leader = |p: &Pod| {
+        p.metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(xmppfed_config::POD_ROLE_LABEL))
+            .is_some_and(|r| r == "leader")
+    };
+    if let Some(leader) = pods.iter().filter(|p| is_leader(p)).find_map(reported) {
+        return Some(leader);
+    }
+    let mut all: Vec<(&str, TenantSignIn)> = pods
+        .iter()
+        .filter_map(|p| Some((p.metadata.name.as_deref().unwrap_or(""), reported(p)?)))
+        .collect();
+    all.sort_by(|a, b| a.0.cmp(b.0));
+    all.iter()
+        .find(|(_, t)| matches!(t, TenantSignIn::Refused { .. }))
+        .or_else(|| all.first())
+        .map(|(_, t)| t.clone())
 }
 
 /// How many pods a Ready message names before it only counts the rest.
@@ -266,6 +343,7 @@ mod tests {
                 ready: 1,
                 updated: true,
                 waiting: vec![],
+                tenant: None,
             },
             None,
             Some(1),
@@ -283,6 +361,7 @@ mod tests {
                 ready: 3,
                 updated: false,
                 waiting: vec![],
+                tenant: None,
             },
             Some((true, "Licensed", "3 of 3 replicas licensed")),
             Some(1),
@@ -307,6 +386,7 @@ mod tests {
                 ready: 0,
                 updated: false,
                 waiting: vec![],
+                tenant: None,
             },
             None,
             None,
@@ -321,6 +401,7 @@ mod tests {
                 ready: 0,
                 updated: false,
                 waiting: vec![],
+                tenant: None,
             },
             Some((false, "NoValidLicence", "0 of 2")),
             None,
@@ -382,6 +463,7 @@ mod tests {
                 ready: 1,
                 updated: false,
                 waiting,
+                tenant: None,
             },
             None,
             None,
@@ -413,6 +495,63 @@ mod tests {
     fn now_is_rfc3339_in_seconds() {
         let n = now();
         assert!(n.ends_with('Z') && n.len() == 20, "{n}");
+    }
+
+    #[test]
+    fn the_tenant_condition_follows_the_leaders_report() {
+        let pod = |name: &str, role: &str, annotation: Option<&str>| -> Pod {
+            let mut meta = serde_json::json!({"name": name, "labels": {"xmppfed.io/role": role}});
+            if let Some(a) = annotation {
+                meta["annotations"] = serde_json::json!({"xmppfed.io/tenant-sign-in": a});
+            }
+            serde_json::from_value(serde_json::json!({"metadata": meta})).unwrap()
+        };
+        assert_eq!(tenant_sign_in(&[pod("g-0", "leader", None)]), None);
+        let refused = TenantSignIn::Refused {
+            reason: "MfaRequired".into(),
+            message: "sign-in refused for bob@shadow.test: MfaRequired (exclude them)".into(),
+        };
+        let mfa = "MfaRequired: sign-in refused for bob@shadow.test: MfaRequired (exclude them)";
+        // The leader's report wins over a standby's stale one.
+        assert_eq!(
+            tenant_sign_in(&[
+                pod("g-0", "standby", Some(mfa)),
+                pod("g-1", "leader", Some("ok"))
+            ]),
+            Some(TenantSignIn::Accepted)
+        );
+        assert_eq!(
+            tenant_sign_in(&[
+                pod("g-0", "standby", Some("ok")),
+                pod("g-1", "standby", Some(mfa))
+            ]),
+            Some(refused.clone())
+        );
+        let cs = conditions(
+            &Observed::Applied {
+                asked: 1,
+                desired: 1,
+                ready: 1,
+                updated: false,
+                waiting: vec![],
+                tenant: Some(refused),
+            },
+            None,
+            Some(1),
+            &[],
+            "t1",
+        );
+        let tenant = get(&cs, TENANT_READY);
+        assert_eq!(
+            (tenant.status.as_str(), tenant.reason.as_str()),
+            ("False", "MfaRequired")
+        );
+        assert!(tenant.message.contains("exclude them"));
+        assert_eq!(
+            get(&cs, READY).status,
+            "True",
+            "the pods themselves are ready"
+        );
     }
 }
 

@@ -53,6 +53,8 @@ struct World {
     ready_replicas: i32,
     /// Answer 500 to requests whose path contains this.
     fail_path: Option<&'static str>,
+    /// The `xmppfed.io/tenant-sign-in` annotation on the leader's pod.
+    tenant_sign_in: Option<&'static str>,
 }
 
 impl Default for World {
@@ -64,6 +66,7 @@ impl Default for World {
             keys_secret_exists: false,
             ready_replicas: 0,
             fail_path: None,
+            tenant_sign_in: None,
         }
     }
 }
@@ -141,11 +144,18 @@ fn answer(world: &World, method: &Method, path: &str, body: Value) -> (StatusCod
             StatusCode::OK,
             list("DomainWhitelistList", &world.whitelists),
         ),
-        ("GET", p) if p.ends_with("/pods") => (
-            StatusCode::OK,
-            json!({"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "1"},
-                   "items": [{"metadata": {"name": "contoso-0"}, "status": {"phase": "Pending"}}]}),
-        ),
+        ("GET", p) if p.ends_with("/pods") => {
+            let mut metadata =
+                json!({"name": "contoso-0", "labels": {"xmppfed.io/role": "leader"}});
+            if let Some(annotation) = world.tenant_sign_in {
+                metadata["annotations"] = json!({"xmppfed.io/tenant-sign-in": annotation});
+            }
+            (
+                StatusCode::OK,
+                json!({"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "1"},
+                       "items": [{"metadata": metadata, "status": {"phase": "Pending"}}]}),
+            )
+        }
         ("GET", p) if p.ends_with("/throttlepolicies") => {
             (StatusCode::OK, list("ThrottlePolicyList", &world.throttles))
         }
@@ -242,6 +252,9 @@ async fn create_applies_every_child_with_one_field_manager_and_reports_progress(
     let (client, api) = FakeApi::start(World {
         whitelists: vec![whitelist(&["partner.example"])],
         ready_replicas: 0,
+        tenant_sign_in: Some(
+            "MfaRequired: sign-in refused for bob.xmpp-test.d7aab9@shadow.contoso.com: MfaRequired (exclude them from MFA)",
+        ),
         ..World::default()
     });
     let ctx = context(client);
@@ -335,6 +348,19 @@ async fn create_applies_every_child_with_one_field_manager_and_reports_progress(
     assert_eq!(condition(&status, "Progressing")["status"], "True");
     assert_eq!(condition(&status, "Degraded")["status"], "False");
     assert_eq!(condition(&status, "Licensed")["status"], "True");
+    // The bridge's replica reported the tenant's refusal on its pod.
+    let tenant = condition(&status, "TenantReady");
+    assert_eq!(
+        (&tenant["status"], &tenant["reason"]),
+        (&json!("False"), &json!("MfaRequired"))
+    );
+    assert!(
+        tenant["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("bob.xmpp-test.d7aab9@shadow.contoso.com")
+                && m.contains("exclude them")),
+        "{tenant}"
+    );
     assert_eq!(
         status.body["status"]["licenceAssignments"]["contoso-0"]["licenceId"],
         "L-1"

@@ -168,6 +168,11 @@ impl Default for MessagesConfig {
 /// Service selects `leader`.
 pub const POD_ROLE_LABEL: &str = "xmppfed.io/role";
 
+/// The annotation the bridge's replica keeps on its pod with the tenant's
+/// answer to its sign-ins: `ok`, or `<Reason>: <what to change>` (see the
+/// gateway's `SignInRefusal`). The operator reports it as TenantReady.
+pub const POD_TENANT_ANNOTATION: &str = "xmppfed.io/tenant-sign-in";
+
 /// Which replica runs the bridge: the holder of a lease in the shared store.
 /// The others stand by and take over when it lapses.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -192,6 +192,9 @@ impl std::fmt::Display for SignInRefusal {
 /// messages wait in the outbox) but `/readyz` names them with the fix.
 pub struct SignInMonitor {
     refused: Mutex<BTreeMap<String, SignInRefusal>>,
+    /// The tenant's answer as the pod annotation carries it (`None` until
+    /// the first sign-in): `ok`, or `<Reason>: <summary>`.
+    state: tokio::sync::watch::Sender<Option<String>>,
     health: Option<ComponentHealth>,
     counter: Option<Family<Vec<(String, String)>, Counter>>,
 }
@@ -213,6 +216,7 @@ impl SignInMonitor {
     pub fn detached() -> Self {
         Self {
             refused: Mutex::new(BTreeMap::new()),
+            state: tokio::sync::watch::channel(None).0,
             health: None,
             counter: None,
         }
@@ -222,6 +226,7 @@ impl SignInMonitor {
         health.ready();
         Self {
             refused: Mutex::new(BTreeMap::new()),
+            state: tokio::sync::watch::channel(None).0,
             health: Some(health),
             counter: Some(metrics.register(
                 "graph_sign_in_refusals",
@@ -270,7 +275,30 @@ impl SignInMonitor {
         if self.lock().remove(&Self::key(identity)).is_some() {
             tracing::info!(account = %Self::key(identity), "sign-in accepted again");
             self.report();
+        } else if self.state.borrow().is_none() {
+            self.report();
         }
+    }
+
+    /// The tenant's answer for the pod annotation, on every change.
+    pub fn watch(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.state.subscribe()
+    }
+
+    /// The refusal that matters most: the app's, else the most common.
+    fn headline(&self) -> Option<SignInRefusal> {
+        let refused = self.lock();
+        if let Some(app) = refused.get("app") {
+            return Some(*app);
+        }
+        let mut counts: BTreeMap<SignInRefusal, usize> = BTreeMap::new();
+        for why in refused.values() {
+            *counts.entry(*why).or_default() += 1;
+        }
+        counts
+            .into_iter()
+            .max_by_key(|(_, n)| *n)
+            .map(|(why, _)| why)
     }
 
     /// The refusals in force: who, and why.
@@ -306,9 +334,19 @@ impl SignInMonitor {
     }
 
     fn report(&self) {
+        let summary = self.summary();
+        let annotation = match (self.headline(), &summary) {
+            (Some(why), Some(line)) => format!("{why}: {line}"),
+            _ => "ok".to_owned(),
+        };
+        self.state.send_if_modified(|state| {
+            let changed = state.as_deref() != Some(annotation.as_str());
+            *state = Some(annotation);
+            changed
+        });
         let Some(health) = &self.health else { return };
         let app_refused = self.lock().contains_key("app");
-        match self.summary() {
+        match summary {
             None => health.ready(),
             Some(line) if app_refused => health.not_ready(&line),
             Some(line) => health.degraded(&line),
@@ -358,8 +396,18 @@ mod tests {
             Identity::User("a@shadow.test".into()),
             Identity::User("b@shadow.test".into()),
         );
+        let annotation = monitor.watch();
+        monitor.signed_in(&Identity::App);
+        assert_eq!(annotation.borrow().as_deref(), Some("ok"));
         monitor.refused(&a, SignInRefusal::MfaRequired, "AADSTS50076");
         monitor.refused(&b, SignInRefusal::MfaRequired, "AADSTS50076");
+        assert!(
+            annotation.borrow().as_deref().is_some_and(
+                |a| a.starts_with("MfaRequired: sign-in refused for 2 shadow accounts")
+            ),
+            "{:?}",
+            annotation.borrow()
+        );
         let report = health.report();
         assert!(report.ready, "shadow refusals leave the gateway ready");
         let line = monitor.summary().unwrap();
@@ -383,6 +431,7 @@ mod tests {
         monitor.signed_in(&a);
         monitor.signed_in(&b);
         assert_eq!(health.report().to_string(), "ok\n");
+        assert_eq!(annotation.borrow().as_deref(), Some("ok"));
         // A spent refresh token is counted, never reported: the gateway recovers.
         monitor.refused(&a, SignInRefusal::RefreshTokenInvalid, "AADSTS70000");
         assert!(monitor.in_force().is_empty());

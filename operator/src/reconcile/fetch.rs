@@ -41,16 +41,20 @@ pub(super) async fn inputs(
     })
 }
 
-/// The gateway's pods that are not ready, and why, for the Ready condition.
-pub(super) async fn waiting_pods(
+/// What the gateway's pods show: those not ready and why (for Ready), and
+/// the tenant's answer to the bridge's sign-ins (for TenantReady).
+pub(super) async fn observe_pods(
     client: &Client,
     namespace: &str,
     name: &str,
-) -> Result<Vec<String>, Error> {
+) -> Result<(Vec<String>, Option<status::TenantSignIn>), Error> {
     let pods = Api::<Pod>::namespaced(client.clone(), namespace)
         .list(&ListParams::default().labels(&render::pod_selector(name)))
         .await?;
-    Ok(status::waiting_pods(&pods.items))
+    Ok((
+        status::waiting_pods(&pods.items),
+        status::tenant_sign_in(&pods.items),
+    ))
 }
 
 /// The text under `key` of Secret `name`; `None` when either is absent.

@@ -24,9 +24,9 @@ use crate::crd::FederationGateway;
 use crate::licensing::{self};
 use crate::metrics::ReconcileMetrics;
 use crate::plan::plan;
-use crate::status::Observed;
+use crate::status::{Observed, TenantSignIn};
 use apply::{apply_all, ensure_keys_secret};
-use fetch::{Inputs, waiting_pods};
+use fetch::{Inputs, observe_pods};
 pub use policies::{reconcile_throttle, reconcile_whitelist};
 use report::{degraded, patch_status};
 pub use run::run;
@@ -176,17 +176,15 @@ async fn pipeline(gateway: Arc<FederationGateway>, ctx: Arc<Context>) -> Result<
         .and_then(|s| s.ready_replicas)
         .unwrap_or(0);
     let updated = previous.config_hash.as_deref() != Some(plan.config_hash.as_str());
-    let waiting = if ready < licence.licensed {
-        waiting_pods(client, &namespace, &gateway.name_any()).await?
-    } else {
-        Vec::new()
-    };
+    let (waiting, tenant) = observe_pods(client, &namespace, &gateway.name_any()).await?;
+    let tenant_refused = matches!(tenant, Some(TenantSignIn::Refused { .. }));
     let observed = Observed::Applied {
         asked: gateway.spec.replicas,
         desired: licence.licensed,
         ready,
         updated,
         waiting,
+        tenant,
     };
     patch_status(
         &gateway,
@@ -199,7 +197,9 @@ async fn pipeline(gateway: Arc<FederationGateway>, ctx: Arc<Context>) -> Result<
     .await?;
     report::announce(&ctx, &gateway, &previous, &plan, &licence, updated).await;
     ctx.failures().remove(&ObjectRef::from(gateway.as_ref()));
-    Ok(if ready < licence.licensed {
+    // Pods are not watched: look again soon while something is expected to
+    // change (pods starting, an administrator fixing the tenant).
+    Ok(if ready < licence.licensed || tenant_refused {
         Action::requeue(Duration::from_secs(15))
     } else {
         Action::requeue(RESYNC)
