@@ -132,6 +132,7 @@ async fn conformance(store: &Store) {
         object_id: "oid-bob".into(),
         credential: vec![1, 2, 3],
         last_used: 100,
+        created_at: 90,
     };
     store.put_shadow(&bob).await.unwrap();
     assert_eq!(

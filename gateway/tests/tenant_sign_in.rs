@@ -218,3 +218,60 @@ async fn mfa_required_by_conditional_access_keeps_messages_and_names_the_fix() {
     );
     gateway.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_shadow_account_waits_for_teams_provisioning_and_loses_nothing() {
+    let mut seed = seed();
+    seed.teams =
+        serde_json::from_value(json!({"requireLicence": true, "provisioningDelaySeconds": 4}))
+            .unwrap();
+    let Some((mut w, gateway)) = world(seed).await else {
+        return;
+    };
+    for (id, body) in [("p1", "first"), ("p2", "second")] {
+        w.bob
+            .command(json!({"cmd": "message", "to": ALICE, "body": body, "id": id}))
+            .unwrap();
+    }
+    // Teams refuses the new account for a while: Bob hears once that his
+    // messages are delayed — a notice, not an error.
+    let notice = wait(&mut w.bob, 20, |e| {
+        e["event"] == "message"
+            && e["body"]
+                .as_str()
+                .is_some_and(|b| b.starts_with("[delivery delayed]"))
+    });
+    assert_eq!(notice["type"], "chat", "{notice}");
+    assert!(
+        notice["from"]
+            .as_str()
+            .is_some_and(|f| f.starts_with(ALICE)),
+        "{notice}"
+    );
+    // Then both arrive, in order, with receipts.
+    wait(&mut w.bob, 60, received("p1"));
+    wait(&mut w.bob, 30, received("p2"));
+    let chat = chat_between(&w.emulator, "alice@contoso.com", &shadow()).unwrap();
+    assert_eq!(
+        chat_messages(&w.emulator, &chat)
+            .into_iter()
+            .map(|(_, c)| c)
+            .collect::<Vec<_>>(),
+        ["first", "second"]
+    );
+    let seen = &w.bob.seen;
+    let notices = seen
+        .iter()
+        .filter(|e| {
+            e["body"]
+                .as_str()
+                .is_some_and(|b| b.starts_with("[delivery delayed]"))
+        })
+        .count();
+    assert_eq!(notices, 1, "one notice, not one per attempt: {seen:?}");
+    assert!(
+        !seen.iter().any(|e| e["type"] == "error"),
+        "nothing bounced: {seen:?}"
+    );
+    gateway.stop().await;
+}

@@ -26,6 +26,36 @@ pub struct Seed {
     /// Security Defaults, Conditional Access, password expiry.
     #[serde(default)]
     pub identity: super::identity::IdentityPolicy,
+    /// Whether Teams needs a licence, and how long it takes to provision one.
+    #[serde(default)]
+    pub teams: TeamsProvisioning,
+}
+
+/// `teams` in the seed file. Real Graph always requires the licence; the
+/// default is off so that seeds with unlicensed test users stay short.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TeamsProvisioning {
+    /// Chat calls of users without a licence are refused.
+    #[serde(default)]
+    pub require_licence: bool,
+    /// Seconds after a licence is assigned before Teams is ready for the user.
+    #[serde(default)]
+    pub provisioning_delay_seconds: u64,
+}
+
+impl TeamsProvisioning {
+    /// Whether Teams serves `user`'s own chat calls now.
+    pub fn is_ready(&self, user: &User, now: Instant) -> bool {
+        if !self.require_licence {
+            return true;
+        }
+        !user.licences.is_empty()
+            && user.licensed_at.is_some_and(|at| {
+                now.saturating_duration_since(at)
+                    >= Duration::from_secs(self.provisioning_delay_seconds)
+            })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -137,6 +167,8 @@ pub struct User {
     pub presence: Presence,
     /// When the password was last set (for the tenant's password expiry).
     pub password_set: Instant,
+    /// When the user got its first licence (Teams provisioning starts then).
+    pub licensed_at: Option<Instant>,
 }
 
 impl User {
@@ -300,6 +332,7 @@ pub struct Tenant {
     /// refresh token's user id, AADSTS code of the refusal or 0).
     pub sign_ins: Vec<SignIn>,
     pub identity: super::identity::IdentityPolicy,
+    pub teams: TeamsProvisioning,
     /// Requests (and our own answers) whose body did not match Microsoft's OpenAPI description.
     pub violations: Vec<String>,
 }
@@ -335,6 +368,7 @@ impl Tenant {
                     licences: Vec::new(),
                     presence: Presence::default(),
                     password_set: Instant::now(),
+                    licensed_at: None,
                 }
             })
             .collect();
@@ -346,6 +380,7 @@ impl Tenant {
             skus: seed.skus,
             requests_per_10s: seed.requests_per_10s,
             identity: seed.identity,
+            teams: seed.teams,
             ..Self::default()
         }
     }

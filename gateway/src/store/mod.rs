@@ -61,6 +61,8 @@ pub struct ShadowAccount {
     /// The account's password, encrypted (never stored in clear).
     pub credential: Vec<u8>,
     pub last_used: Epoch,
+    /// When the gateway created it (0: before schema 4).
+    pub created_at: Epoch,
 }
 
 /// A subscription between a Teams user of our domain and a remote contact.

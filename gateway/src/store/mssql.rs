@@ -99,8 +99,10 @@ const MIGRATIONS: &[&[&str]] = &[
         expires_at BIGINT NOT NULL);"],
     // 3: old dedupe keys are forgotten by age.
     &["CREATE INDEX delivered_at ON delivered (at);"],
-    // 4: each shadow account's latest refresh token, sealed like its password.
-    &["ALTER TABLE shadow_accounts ADD refresh_token VARBINARY(MAX) NULL;"],
+    // 4: each shadow account's latest refresh token, sealed like its password,
+    // and when it was created (Teams provisions new accounts for up to 24 h).
+    &["ALTER TABLE shadow_accounts ADD refresh_token VARBINARY(MAX) NULL,
+        created_at BIGINT NOT NULL CONSTRAINT shadow_accounts_created_at_default DEFAULT 0;"],
 ];
 
 /// The server's clock, in seconds since the Unix epoch: leases are compared
@@ -463,10 +465,11 @@ impl SqlServerStore {
         self.run(
             "BEGIN TRAN;
              UPDATE shadow_accounts WITH (UPDLOCK, SERIALIZABLE)
-                SET upn = @P2, object_id = @P3, credential = @P4, last_used = @P5 WHERE jid = @P1;
+                SET upn = @P2, object_id = @P3, credential = @P4, last_used = @P5, created_at = @P6
+                WHERE jid = @P1;
              IF @@ROWCOUNT = 0
-                INSERT INTO shadow_accounts (jid, upn, object_id, credential, last_used)
-                VALUES (@P1, @P2, @P3, @P4, @P5);
+                INSERT INTO shadow_accounts (jid, upn, object_id, credential, last_used, created_at)
+                VALUES (@P1, @P2, @P3, @P4, @P5, @P6);
              COMMIT;",
             &[
                 &a.jid.as_str(),
@@ -474,6 +477,7 @@ impl SqlServerStore {
                 &a.object_id.as_str(),
                 &a.credential.as_slice(),
                 &a.last_used,
+                &a.created_at,
             ],
         )
         .await
@@ -486,13 +490,14 @@ impl SqlServerStore {
             object_id: text(r, 2)?,
             credential: bytes(r, 3)?,
             last_used: int(r, 4)?,
+            created_at: int(r, 5)?,
         })
     }
 
     pub async fn shadow(&self, jid: &str) -> Result<Option<ShadowAccount>, StoreError> {
         let rows = self
             .rows(
-                "SELECT jid, upn, object_id, credential, last_used FROM shadow_accounts WHERE jid = @P1",
+                "SELECT jid, upn, object_id, credential, last_used, created_at FROM shadow_accounts WHERE jid = @P1",
                 &[&jid],
             )
             .await?;
@@ -534,7 +539,7 @@ impl SqlServerStore {
     pub async fn unused_shadows(&self, before: Epoch) -> Result<Vec<ShadowAccount>, StoreError> {
         let rows = self
             .rows(
-                "SELECT jid, upn, object_id, credential, last_used FROM shadow_accounts
+                "SELECT jid, upn, object_id, credential, last_used, created_at FROM shadow_accounts
                  WHERE last_used < @P1 ORDER BY last_used, jid",
                 &[&before],
             )

@@ -32,8 +32,10 @@ const MIGRATIONS: &[&str] = &[
     "CREATE TABLE leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_at INTEGER NOT NULL);",
     // 3: old dedupe keys are forgotten by age.
     "CREATE INDEX delivered_at ON delivered (at);",
-    // 4: each shadow account's latest refresh token, sealed like its password.
-    "ALTER TABLE shadow_accounts ADD COLUMN refresh_token BLOB;",
+    // 4: each shadow account's latest refresh token, sealed like its password,
+    // and when it was created (Teams provisions new accounts for up to 24 h).
+    "ALTER TABLE shadow_accounts ADD COLUMN refresh_token BLOB;
+     ALTER TABLE shadow_accounts ADD COLUMN created_at INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// Dedupe keys deleted per statement when old ones are forgotten.
@@ -248,10 +250,12 @@ impl SqliteStore {
         let a = a.clone();
         self.with(move |c| {
             c.execute(
-                "INSERT INTO shadow_accounts (jid, upn, object_id, credential, last_used) VALUES (?1, ?2, ?3, ?4, ?5)
+                "INSERT INTO shadow_accounts (jid, upn, object_id, credential, last_used, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                  ON CONFLICT(jid) DO UPDATE SET upn = excluded.upn, object_id = excluded.object_id,
-                    credential = excluded.credential, last_used = excluded.last_used",
-                params![a.jid, a.upn, a.object_id, a.credential, a.last_used],
+                    credential = excluded.credential, last_used = excluded.last_used,
+                    created_at = excluded.created_at",
+                params![a.jid, a.upn, a.object_id, a.credential, a.last_used, a.created_at],
             )
             .map(|_| ())
         })
@@ -265,13 +269,14 @@ impl SqliteStore {
             object_id: r.get(2)?,
             credential: r.get(3)?,
             last_used: r.get(4)?,
+            created_at: r.get(5)?,
         })
     }
 
     pub async fn shadow(&self, jid: &str) -> Result<Option<ShadowAccount>, StoreError> {
         let jid = jid.to_owned();
         self.with(move |c| {
-            c.query_row("SELECT jid, upn, object_id, credential, last_used FROM shadow_accounts WHERE jid = ?1", [jid], Self::shadow_row)
+            c.query_row("SELECT jid, upn, object_id, credential, last_used, created_at FROM shadow_accounts WHERE jid = ?1", [jid], Self::shadow_row)
                 .optional()
         })
         .await
@@ -321,7 +326,7 @@ impl SqliteStore {
 
     pub async fn unused_shadows(&self, before: Epoch) -> Result<Vec<ShadowAccount>, StoreError> {
         self.with(move |c| {
-            let mut stmt = c.prepare("SELECT jid, upn, object_id, credential, last_used FROM shadow_accounts WHERE last_used < ?1 ORDER BY last_used")?;
+            let mut stmt = c.prepare("SELECT jid, upn, object_id, credential, last_used, created_at FROM shadow_accounts WHERE last_used < ?1 ORDER BY last_used")?;
             let rows = stmt.query_map([before], Self::shadow_row)?;
             rows.collect()
         })

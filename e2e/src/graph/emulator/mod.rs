@@ -445,6 +445,22 @@ fn graph_locked(
         *subscribe = Some((principal, json_body.unwrap_or(Value::Null)));
         return StatusCode::ACCEPTED.into_response();
     }
+    // Teams works only for licensed users, and only once Teams has
+    // provisioned them: https://learn.microsoft.com/microsoftteams/assign-teams-licenses
+    // ("it can take up to 24 hours"). Graph then refuses the user's chat calls
+    // with 403 Forbidden, "Failed to get license information for the user"
+    // (as reported in microsoftgraph/msgraph-sdk-powershell#1666).
+    if let Principal::User { user_id, .. } = &principal
+        && segments.first() == Some(&"chats")
+        && let Some(user) = t.user(user_id)
+        && !t.teams.is_ready(user, Instant::now())
+    {
+        return ctx.error(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            "Failed to get license information for the user. Ensure user has a valid Office365 license assigned to them.",
+        );
+    }
     let call = Call {
         ctx,
         principal: &principal,

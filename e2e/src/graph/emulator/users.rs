@@ -57,6 +57,7 @@ pub(super) fn handle(t: &mut Tenant, call: Call<'_>) -> Response {
                 licences: Vec::new(),
                 presence: Default::default(),
                 password_set: std::time::Instant::now(),
+                licensed_at: None,
             };
             let mut resource = user.resource(None);
             resource["@odata.context"] = json!("https://graph.microsoft.com/v1.0/$metadata#users/$entity");
@@ -109,6 +110,9 @@ pub(super) fn handle(t: &mut Tenant, call: Call<'_>) -> Response {
             match t.user_mut(id) {
                 Some(u) => {
                     u.licences.retain(|l| !remove.contains(l));
+                    if u.licences.is_empty() && !add.is_empty() {
+                        u.licensed_at = Some(std::time::Instant::now());
+                    }
                     for sku in add {
                         if !u.licences.contains(&sku) {
                             u.licences.push(sku);

@@ -40,6 +40,8 @@ const TOUCH_EVERY: Duration = Duration::from_secs(3600);
 /// out of licences must not be asked again for every stanza the contact sends.
 const CREATE_BACKOFF: Duration = Duration::from_secs(30);
 const CREATE_BACKOFF_MAX: Duration = Duration::from_secs(3600);
+/// How long a new shadow account may be refused while Teams provisions it.
+pub const PROVISIONING: Duration = Duration::from_secs(24 * 3600);
 
 struct Known {
     object_id: String,
@@ -257,6 +259,16 @@ impl Contacts {
                 None
             }
         }
+    }
+
+    /// Whether the contact's shadow account is young enough that Teams may
+    /// still be provisioning it: Microsoft documents up to 24 hours after a
+    /// licence is assigned (https://learn.microsoft.com/microsoftteams/assign-teams-licenses
+    /// — "it can take up to 24 hours"), and directory replication may answer
+    /// 404 right after creation.
+    pub async fn is_provisioning(&self, jid: &str) -> bool {
+        matches!(self.store.shadow(jid).await, Ok(Some(a))
+            if a.created_at > crate::store::now() - PROVISIONING.as_secs() as i64)
     }
 
     /// Whether creating the contact's shadow account is paused after a failure.

@@ -134,6 +134,7 @@ pub async fn ensure(
         object_id,
         credential: cipher.seal(jid, &password)?,
         last_used: now(),
+        created_at: now(),
     };
     store.put_shadow(&account).await?;
     tracing::info!(%jid, %upn, "shadow account created");

@@ -114,6 +114,8 @@ pub struct Messages {
     /// Chats of shadow accounts that are not a bridged 1:1 chat (group chats,
     /// users off the allow list), and when that was found.
     foreign: Mutex<HashMap<String, Instant>>,
+    /// Contacts told that Teams is still provisioning their account (once each).
+    told_provisioning: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Messages {
@@ -148,6 +150,7 @@ impl Messages {
             foreign: Mutex::new(HashMap::new()),
             reading: tokio::sync::Mutex::new(()),
             sent_by_us: Mutex::new(std::collections::HashSet::new()),
+            told_provisioning: Mutex::new(std::collections::HashSet::new()),
         }
     }
 

@@ -78,7 +78,7 @@ impl Messages {
 
     pub(super) async fn deliver_one(&self, item: OutboxItem) {
         let direction = item.direction().as_str();
-        let outcome = if now() > item.expires_at {
+        let outcome = if now() > item.expires_at && !self.held_for_provisioning(&item) {
             Outcome::Failed(
                 DefinedCondition::RemoteServerTimeout,
                 format!(
@@ -117,6 +117,22 @@ impl Messages {
             // Delivered but not recorded: it is sent again, and de-duplicated.
             tracing::warn!(error = %e, "cannot record a delivery");
         }
+    }
+
+    /// A message to Teams from a contact told its account is still being
+    /// provisioned is kept past the expiry (up to the 24 h Microsoft
+    /// documents), not bounced.
+    fn held_for_provisioning(&self, item: &OutboxItem) -> bool {
+        let OutboxPayload::ToTeams(p) = &item.payload else {
+            return false;
+        };
+        let queued = item.expires_at - self.settings.expiry.as_secs() as i64;
+        let told = self
+            .told_provisioning
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&p.remote);
+        told && now() < queued + crate::bridge::contacts::PROVISIONING.as_secs() as i64
     }
 
     /// Forgets old dedupe keys now and then, for ever.

@@ -9,12 +9,16 @@ use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType};
 use xmpp_parsers::stanza_id::OriginId;
 
 use crate::bridge::text;
+use crate::graph::GraphError;
 use crate::graph::api::epoch_of;
 use crate::s2s::Stanza;
 use crate::store::{Direction, OutboxItem, OutboxPayload, ToTeams, now};
 
 use super::outbox::{conversation, queue};
 use super::{Messages, Outcome, graph_outcome, random_id};
+
+/// What a contact is told when Teams is still setting up its account.
+pub const PROVISIONING_NOTICE: &str = "[delivery delayed] Microsoft Teams is still setting up your account on this side (this can take up to 24 hours for a new contact). Your messages are kept and will be delivered as soon as it is ready.";
 
 /// How many of a chat's newest messages the crash check reads.
 const RECENT: u32 = 50;
@@ -143,7 +147,7 @@ impl Messages {
             .await
         {
             Ok(id) => id,
-            Err(e) => return graph_outcome(e),
+            Err(e) => return self.graph_failure(p, e).await,
         };
         let html = text::to_html(&p.body);
         // Tried before, or the first of its conversation since this process
@@ -177,7 +181,49 @@ impl Messages {
                 }
                 Outcome::Delivered
             }
-            Err(e) => graph_outcome(e),
+            Err(e) => self.graph_failure(p, e).await,
+        }
+    }
+
+    /// A refusal from Graph. A new shadow account is refused (403, 404) until
+    /// Teams has provisioned it, which Microsoft documents can take up to 24
+    /// hours: the message waits, and its sender hears once that it is delayed.
+    async fn graph_failure(&self, p: &ToTeams, e: GraphError) -> Outcome {
+        if matches!(e.status(), Some(403 | 404)) && self.contacts.is_provisioning(&p.remote).await {
+            tracing::info!(remote = %p.remote, error = %e, "the shadow account is not provisioned in Teams yet; the message waits");
+            let first = self
+                .told_provisioning
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(p.remote.clone());
+            if first {
+                self.tell_delayed(p).await;
+            }
+            return Outcome::Retry;
+        }
+        graph_outcome(e)
+    }
+
+    /// A notice from the Teams user's address (not an error: nothing is lost).
+    async fn tell_delayed(&self, p: &ToTeams) {
+        let (Ok(contact), Ok(ours)) = (
+            p.remote_full.parse::<Jid>(),
+            format!(
+                "{}@{}/{}",
+                p.local, self.settings.domain, self.settings.resource
+            )
+            .parse::<Jid>(),
+        ) else {
+            return;
+        };
+        let mut notice = Message::new_with_type(MessageType::Chat, Some(contact)).with_body(
+            xmpp_parsers::message::Lang::default(),
+            PROVISIONING_NOTICE.to_owned(),
+        );
+        notice.from = Some(ours);
+        notice.id = Some(Id(random_id()));
+        if let Err(e) = self.out.send(Stanza::Message(notice)).await {
+            tracing::debug!(error = %e, "delay notice not sent");
         }
     }
 
