@@ -34,9 +34,10 @@ fn seed() -> Seed {
     serde_json::from_value(json!({
         "tenantId": "5c0ffee0-0000-4000-8000-0000000000b2",
         "apps": [{"clientId": CLIENT_ID, "clientSecret": "s3cret",
-                  "roles": ["User.ReadWrite.All", "Presence.ReadWrite.All"]}],
+                  "roles": ["User.ReadWrite.All", "Presence.ReadWrite.All", "LicenseAssignment.ReadWrite.All"]}],
         "users": [{"userPrincipalName": "alice@contoso.com", "displayName": "Alice"},
-                  {"userPrincipalName": "carol@contoso.com", "displayName": "Carol"}]
+                  {"userPrincipalName": "carol@contoso.com", "displayName": "Carol"}],
+        "skus": [{"skuId": "6af4b3d6-14bb-4a2a-960c-6c902aad34f3", "skuPartNumber": "TEAMS_ESSENTIALS", "prepaidUnits": 10}]
     }))
     .unwrap()
 }
@@ -80,7 +81,7 @@ async fn harness() -> Harness {
     let config = GatewayConfig::from_toml_str(&format!(
         "[xmpp]\ndomain = \"teams.test\"\n[s2s]\nrequire_tls = false\n\
          [graph]\ntenant_id = \"5c0ffee0-0000-4000-8000-0000000000b2\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret = {{ env = \"UNUSED\" }}\n\
-         [shadow_accounts]\nupn_domain = \"shadow.contoso.com\"\ncredential_key = {{ env = \"UNUSED\" }}\n"
+         [shadow_accounts]\nupn_domain = \"shadow.contoso.com\"\nlicence_sku = \"6af4b3d6-14bb-4a2a-960c-6c902aad34f3\"\nusage_location = \"GB\"\ncredential_key = {{ env = \"UNUSED\" }}\n"
     ))
     .unwrap();
     let settings = Settings::from_config(&config, config.graph.as_ref().unwrap());

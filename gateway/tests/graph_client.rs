@@ -399,7 +399,7 @@ async fn a_client_from_the_gateway_configuration() {
     let config = xmppfed_config::GatewayConfig::from_toml_str(&format!(
         "[xmpp]\ndomain = \"teams.test\"\n[s2s]\nrequire_tls = false\n[graph]\ntenant_id = \"{TENANT}\"\nclient_id = \"{app}\"\n\
          client_secret = {{ file = \"{}\" }}\nauthority_url = \"{}\"\ngraph_url = \"{}\"\n[shadow_accounts]\nupn_domain = \"shadow.contoso.com\"\n\
-         credential_key = {{ file = \"{}\" }}\n",
+         licence_sku = \"6af4b3d6-14bb-4a2a-960c-6c902aad34f3\"\nusage_location = \"GB\"\ncredential_key = {{ file = \"{}\" }}\n",
         secret.display(),
         emulator.authority_url(),
         emulator.graph_url(),

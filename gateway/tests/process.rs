@@ -291,7 +291,7 @@ async fn with_graph_the_internal_allow_list_is_read_and_readiness_follows() {
     let mut text = std::fs::read_to_string(&config).unwrap();
     text.push_str(&format!(
         "[graph]\ntenant_id = \"{tenant}\"\nclient_id = \"{client_id}\"\nclient_secret = {{ file = \"{}\" }}\n\
-         authority_url = \"{}\"\ngraph_url = \"{}\"\n[shadow_accounts]\nupn_domain = \"shadow.contoso.com\"\ncredential_key = {{ file = \"{}\" }}\n\
+         authority_url = \"{}\"\ngraph_url = \"{}\"\n[shadow_accounts]\nupn_domain = \"shadow.contoso.com\"\nlicence_sku = \"6af4b3d6-14bb-4a2a-960c-6c902aad34f3\"\nusage_location = \"GB\"\ncredential_key = {{ file = \"{}\" }}\n\
          [allow]\nremote_domains = [\"xmpp.test\"]\ninternal_users = [\"alice@contoso.com\"]\ninternal_groups = [\"9a1e2b3c-0000-4000-8000-0000000000f1\"]\n",
         secret.display(),
         emulator.authority_url(),

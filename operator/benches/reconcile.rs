@@ -38,7 +38,8 @@ fn gateway(ns: usize, i: usize) -> serde_json::Value {
             "tenant": {"tenantId": "8f0d2a8e-1b2c-4d5e-9f00-112233445566",
                        "clientId": "0a1b2c3d-4e5f-6789-abcd-ef0123456789",
                        "clientSecret": {"name": "graph-app", "key": "client-secret"}},
-            "shadowAccounts": {"upnDomain": "xmpp.example.com"},
+            "shadowAccounts": {"upnDomain": "xmpp.example.com",
+                "licenceSku": "3b555118-da6a-4418-894f-7df1e2096870", "usageLocation": "GB"},
             "s2s": {"tlsSecret": "tls"}, "database": {"engine": "sqlite"},
             "licenceSecret": {"name": "licence", "key": "licence"}
         }

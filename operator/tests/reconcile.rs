@@ -214,7 +214,8 @@ fn gateway(tls_secret: Option<&str>, config_hash: Option<&str>) -> FederationGat
                 "clientId": "0a1b2c3d-4e5f-6789-abcd-ef0123456789",
                 "clientSecret": {"name": "graph-app", "key": "client-secret"}
             },
-            "shadowAccounts": {"upnDomain": "xmpp.contoso.example"},
+            "shadowAccounts": {"upnDomain": "xmpp.contoso.example",
+                "licenceSku": "3b555118-da6a-4418-894f-7df1e2096870", "usageLocation": "GB"},
             "s2s": {"tlsSecret": tls_secret},
             "database": {"engine": "sqlite"},
             "licenceSecret": {"name": "xmppfed-licence", "key": "licence"}

@@ -322,6 +322,24 @@ fn graph_needs_a_credential_key_and_presence_settings_are_checked() {
             "presence.session_minutes"
         ]
     );
+    // Without a licence or a usage location no shadow account can chat.
+    let mut c = GatewayConfig::from_toml_str(FULL).unwrap();
+    c.shadow_accounts.licence_sku = None;
+    c.shadow_accounts.usage_location = None;
+    let e = c.validate().unwrap_err();
+    let fields: Vec<&str> = e.field_errors().iter().map(|f| f.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "shadow_accounts.licence_sku",
+            "shadow_accounts.usage_location"
+        ]
+    );
+    assert!(
+        e.to_string()
+            .contains("Teams works only for licensed users"),
+        "{e}"
+    );
     let c = GatewayConfig::from_toml_str(FULL).unwrap();
     assert_eq!(c.presence.out_of_office, OutOfOfficeAs::Unavailable);
     assert_eq!(c.presence.resource, "teams");

@@ -185,6 +185,20 @@ pub(crate) fn validate(c: &GatewayConfig) -> Vec<FieldError> {
         );
     }
 
+    // Teams serves only licensed users, and Microsoft 365 licenses nobody
+    // without a usage location: an unlicensed shadow account can never chat.
+    if c.graph.is_some() && c.shadow_accounts.licence_sku.is_none() {
+        err(
+            "shadow_accounts.licence_sku",
+            "required when graph is configured: the SKU id of a licence that includes Teams (Teams works only for licensed users)".into(),
+        );
+    }
+    if c.graph.is_some() && c.shadow_accounts.usage_location.is_none() {
+        err(
+            "shadow_accounts.usage_location",
+            "required when graph is configured: Microsoft 365 assigns no licence to a user without a usage location (e.g. GB)".into(),
+        );
+    }
     if c.graph.is_some() && c.shadow_accounts.credential_key.is_none() {
         err(
             "shadow_accounts.credential_key",

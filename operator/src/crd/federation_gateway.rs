@@ -180,14 +180,15 @@ pub struct ShadowAccountSpec {
     #[schemars(length(max = 253))]
     #[x_kube(validation = Rule::new(super::DOMAIN_RULE).message("shadowAccounts.upnDomain must be a lower-case DNS name"))]
     pub upn_domain: Option<String>,
-    /// SKU id of the Teams licence assigned to each shadow account.
+    /// SKU id of the Teams licence assigned to each shadow account. Required:
+    /// Teams works only for licensed users (the gateway is Degraded without it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub licence_sku: Option<String>,
     /// Appended to the contact's name, e.g. " (XMPP)".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub display_name_suffix: Option<String>,
     /// Two-letter country of the shadow accounts (ISO 3166-1), e.g. `GB`:
-    /// Microsoft 365 assigns no licence to a user without one.
+    /// Microsoft 365 assigns no licence to a user without one. Required.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 2, max = 2))]
     #[x_kube(validation = Rule::new("self.matches('^[A-Z]{2}$')").message("shadowAccounts.usageLocation must be a two-letter country code in capitals, e.g. GB"))]

@@ -25,6 +25,8 @@ spec:
     clientSecret: {{ name: graph-app, key: client-secret }}
   shadowAccounts:
     upnDomain: xmpp.contoso.example
+    licenceSku: 3b555118-da6a-4418-894f-7df1e2096870
+    usageLocation: GB
   s2s:
     tlsSecret: contoso-tls
   licenceSecret: {{ name: xmppfed-licence, key: licence }}
@@ -334,6 +336,23 @@ fn missing_references_and_bad_specs_are_invalid_with_the_field_named() {
             .to_string()
             .contains("spec.shadowAccounts.upnDomain")
     );
+
+    // Teams serves only licensed users: the SKU and the usage location are required.
+    let mut g = gateway(sqlite(), "");
+    g.spec.shadow_accounts.licence_sku = None;
+    let e = plan(&g, &[], &[], 1, Some(TEST_KEY))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("spec.shadowAccounts.licenceSku") && e.contains("licensed users"),
+        "{e}"
+    );
+    let mut g = gateway(sqlite(), "");
+    g.spec.shadow_accounts.usage_location = None;
+    let e = plan(&g, &[], &[], 1, Some(TEST_KEY))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("spec.shadowAccounts.usageLocation"), "{e}");
 
     // What the schema cannot catch, the gateway's own validation does.
     let mut g = gateway(sqlite(), "");

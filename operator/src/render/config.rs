@@ -72,6 +72,18 @@ pub fn render_config(
             "required: shadow accounts for XMPP contacts are created under this tenant domain",
         ));
     }
+    if spec.shadow_accounts.licence_sku.is_none() {
+        return Err(spec_error(
+            "spec.shadowAccounts.licenceSku",
+            "required: the SKU id of a licence that includes Teams (Teams works only for licensed users; `az rest --url https://graph.microsoft.com/v1.0/subscribedSkus` lists the tenant's)",
+        ));
+    }
+    if spec.shadow_accounts.usage_location.is_none() {
+        return Err(spec_error(
+            "spec.shadowAccounts.usageLocation",
+            "required: a two-letter country, e.g. GB (Microsoft 365 assigns no licence to a user without one)",
+        ));
+    }
 
     let mut remote_domains = BTreeSet::new();
     let mut internal_users = BTreeSet::new();

@@ -128,6 +128,32 @@ fn child_text(card: &Element, path: &[&str]) -> Option<String> {
     (!t.is_empty()).then(|| t.to_owned())
 }
 
+/// Graph's longest displayName.
+const DISPLAY_NAME_MAX: usize = 256;
+
+/// Text from a remote card made safe to show in Teams: no control or
+/// bidirectional-formatting characters, whitespace collapsed, at most `max`
+/// characters.
+fn clean(text: &str, max: usize) -> String {
+    let visible: String = text
+        .chars()
+        .map(|c| if c.is_whitespace() { ' ' } else { c })
+        .filter(|c| {
+            !c.is_control()
+                && !matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{206F}' | '\u{FEFF}')
+        })
+        .collect();
+    visible
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .chars()
+        .take(max)
+        .collect::<String>()
+        .trim_end()
+        .to_owned()
+}
+
 /// A remote contact's card as its shadow account's properties: the display
 /// name "Bob (XMPP)" (from FN, or the JID's local part), names, title,
 /// department, phones, and the photo (content type, bytes).
@@ -136,17 +162,25 @@ pub fn to_shadow_profile(
     jid_local: &str,
     suffix: &str,
 ) -> (Value, Option<(String, Vec<u8>)>) {
-    let name = child_text(card, &["FN"]).unwrap_or_else(|| jid_local.to_owned());
+    // The suffix always shows: the name is cut to leave room for it, and
+    // cannot hide it with direction overrides or control characters.
+    let name = child_text(card, &["FN"])
+        .map(|n| clean(&n, DISPLAY_NAME_MAX.saturating_sub(suffix.chars().count())))
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| jid_local.to_owned());
     let mut props = Map::new();
     props.insert("displayName".into(), json!(format!("{name}{suffix}")));
-    for (graph, path) in [
-        ("givenName", &["N", "GIVEN"][..]),
-        ("surname", &["N", "FAMILY"][..]),
-        ("jobTitle", &["TITLE"][..]),
-        ("department", &["ORG", "ORGUNIT"][..]),
-        ("companyName", &["ORG", "ORGNAME"][..]),
+    // Graph's maximum lengths (https://learn.microsoft.com/graph/api/resources/user).
+    for (graph, path, max) in [
+        ("givenName", &["N", "GIVEN"][..], 64),
+        ("surname", &["N", "FAMILY"][..], 64),
+        ("jobTitle", &["TITLE"][..], 128),
+        ("department", &["ORG", "ORGUNIT"][..], 64),
+        ("companyName", &["ORG", "ORGNAME"][..], 64),
     ] {
-        if let Some(v) = child_text(card, path) {
+        if let Some(v) = child_text(card, path).map(|v| clean(&v, max))
+            && !v.is_empty()
+        {
             props.insert(graph.into(), json!(v));
         }
     }
@@ -247,5 +281,28 @@ mod tests {
             to_shadow_profile(&empty, "carol", " (XMPP)").0["displayName"],
             "carol (XMPP)"
         );
+    }
+
+    #[test]
+    fn a_card_cannot_hide_the_suffix_or_overflow_graph() {
+        let card = |fn_: &str, title: &str| {
+            format!("<vCard xmlns='vcard-temp'><FN>{fn_}</FN><TITLE>{title}</TITLE></vCard>")
+                .parse::<Element>()
+                .unwrap()
+        };
+        let (props, _) = to_shadow_profile(
+            &card("Alice\u{202E}PPMX( \n Liddell", &"t".repeat(300)),
+            "bob",
+            " (XMPP)",
+        );
+        assert_eq!(props["displayName"], "AlicePPMX( Liddell (XMPP)");
+        assert_eq!(props["jobTitle"].as_str().unwrap().len(), 128);
+        let long = to_shadow_profile(&card(&"n".repeat(400), ""), "bob", " (XMPP)").0;
+        let name = long["displayName"].as_str().unwrap();
+        assert_eq!(name.chars().count(), 256);
+        assert!(name.ends_with(" (XMPP)"), "the suffix survives the cut");
+        let blank = to_shadow_profile(&card("\u{200B} \u{202E}", ""), "carol", " (XMPP)").0;
+        assert_eq!(blank["displayName"], "carol (XMPP)");
+        assert!(blank.get("jobTitle").is_none(), "empty fields are not sent");
     }
 }
