@@ -207,7 +207,27 @@ fn make_self_signed(
 }
 
 impl Prosody {
+    /// Starts Prosody on fresh loopback ports. A port found free can be taken
+    /// by another test before Prosody binds it; Prosody then logs "Failed to
+    /// open server port" and serves without it, so the start is tried again
+    /// on new ports (the caller's own `s2s_port` is kept).
     pub fn start(options: &ProsodyOptions) -> anyhow::Result<Self> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let prosody = Self::start_once(options)?;
+            let log = prosody.log();
+            if !log.contains("Failed to open server port") {
+                return Ok(prosody);
+            }
+            if attempt >= 4 {
+                bail!("prosody could not bind its ports after {attempt} attempts; log:\n{log}");
+            }
+            drop(prosody);
+        }
+    }
+
+    fn start_once(options: &ProsodyOptions) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let root = dir.path();
         std::fs::create_dir_all(root.join("data"))?;
