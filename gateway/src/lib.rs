@@ -13,6 +13,7 @@ pub mod leadership;
 pub mod licence;
 pub mod memory;
 pub mod pod;
+pub mod preflight;
 pub mod process;
 pub mod s2s;
 pub mod store;

@@ -29,6 +29,12 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Check, read-only, that the Microsoft 365 tenant allows what the gateway
+    /// needs (permissions, domain, licence, MFA policies); exit code 1 if not.
+    CheckTenant {
+        #[arg(long, short, env = "XMPPFED_CONFIG")]
+        config: PathBuf,
+    },
     /// Validate a configuration file without starting anything.
     CheckConfig {
         file: PathBuf,
@@ -41,6 +47,11 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::CheckTenant { config } => match check_tenant(&config) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::from(1),
+            Err(e) => Err(e),
+        },
         Command::CheckConfig { file, skip_secrets } => check_config(&file, skip_secrets),
         Command::Run { config } => GatewayConfig::load(&config)
             .map_err(anyhow::Error::from)
@@ -71,6 +82,38 @@ fn check_config(file: &std::path::Path, skip_secrets: bool) -> anyhow::Result<()
         config.xmpp.domain
     );
     Ok(())
+}
+
+/// Prints the table of checks; `Ok(false)` when one failed.
+fn check_tenant(file: &std::path::Path) -> anyhow::Result<bool> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let config = GatewayConfig::load(file)?;
+    let graph_config = config
+        .graph
+        .as_ref()
+        .with_context(|| format!("{} has no [graph] section", file.display()))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let graph = xmppfed_gateway::graph::from_config(
+            graph_config,
+            xmppfed_gateway::graph::Budget::published_limits(),
+        )?;
+        let checks = xmppfed_gateway::preflight::check_tenant(&config, &graph).await;
+        print!("{}", xmppfed_gateway::preflight::render(&checks));
+        let passed = xmppfed_gateway::preflight::passed(&checks);
+        println!(
+            "{}",
+            if passed {
+                "the tenant is ready for the gateway"
+            } else {
+                "the tenant is not ready: fix what FAILs (docs/tenant-setup.md)"
+            }
+        );
+        Ok(passed)
+    })
 }
 
 fn sandbox_config(

@@ -29,6 +29,9 @@ pub struct Seed {
     /// Whether Teams needs a licence, and how long it takes to provision one.
     #[serde(default)]
     pub teams: TeamsProvisioning,
+    /// The tenant's domains; absent: every domain a user has is managed and verified.
+    #[serde(default)]
+    pub domains: Option<Vec<DomainSeed>>,
 }
 
 /// `teams` in the seed file. Real Graph always requires the licence; the
@@ -106,6 +109,32 @@ pub struct SkuSeed {
     pub sku_id: String,
     pub sku_part_number: String,
     pub prepaid_units: u32,
+    /// Service plans the SKU contains, by name (e.g. `TEAMS1`); absent: Teams only.
+    #[serde(default = "teams_plan")]
+    pub service_plans: Vec<String>,
+}
+
+fn teams_plan() -> Vec<String> {
+    vec!["TEAMS1".into()]
+}
+
+/// A domain of the tenant (https://learn.microsoft.com/graph/api/resources/domain).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DomainSeed {
+    pub id: String,
+    #[serde(default = "managed")]
+    pub authentication_type: String,
+    #[serde(default = "yes")]
+    pub is_verified: bool,
+}
+
+fn managed() -> String {
+    "Managed".into()
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// A presence session (an app's, or a Teams client's).
@@ -333,6 +362,7 @@ pub struct Tenant {
     pub sign_ins: Vec<SignIn>,
     pub identity: super::identity::IdentityPolicy,
     pub teams: TeamsProvisioning,
+    pub domains: Option<Vec<DomainSeed>>,
     /// Requests (and our own answers) whose body did not match Microsoft's OpenAPI description.
     pub violations: Vec<String>,
 }
@@ -381,6 +411,7 @@ impl Tenant {
             requests_per_10s: seed.requests_per_10s,
             identity: seed.identity,
             teams: seed.teams,
+            domains: seed.domains,
             ..Self::default()
         }
     }

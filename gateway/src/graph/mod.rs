@@ -4,6 +4,7 @@
 pub mod api;
 pub mod auth;
 pub mod client;
+pub mod directory;
 pub mod error;
 mod reply;
 pub mod sign_in;

@@ -11,6 +11,7 @@
 mod batch;
 mod chats;
 mod control;
+mod directory;
 mod presence;
 mod subscriptions;
 mod token;
@@ -217,6 +218,30 @@ fn documented_permissions(
                 "Directory.Read.All",
             ],
         )),
+        // domain-get: Domain.Read.All (least privileged), Directory.Read.All.
+        ("GET", ["domains", _]) => Some((
+            vec![
+                "Domain.Read.All",
+                "Directory.Read.All",
+                "Domain.ReadWrite.All",
+            ],
+            vec![],
+        )),
+        // subscribedsku-list: LicenseAssignment.Read.All (least), Organization.Read.All, Directory.Read.All.
+        ("GET", ["subscribedSkus"]) => Some((
+            vec![
+                "LicenseAssignment.Read.All",
+                "LicenseAssignment.ReadWrite.All",
+                "Organization.Read.All",
+                "Directory.Read.All",
+            ],
+            vec![],
+        )),
+        // identitysecuritydefaultsenforcementpolicy-get and conditionalaccessroot-list-policies: Policy.Read.All.
+        ("GET", ["policies", "identitySecurityDefaultsEnforcementPolicy"])
+        | ("GET", ["identity", "conditionalAccess", "policies"]) => {
+            Some((vec!["Policy.Read.All"], vec![]))
+        }
         ("PUT", ["users", _, "photo", "$value"]) => Some((
             vec!["ProfilePhoto.ReadWrite.All", "User.ReadWrite.All"],
             vec!["User.ReadWrite"],
@@ -509,6 +534,9 @@ fn handle(t: &mut Tenant, call: Call<'_>) -> Response {
         ["users", _, "chats"] | ["chats", ..] => chats::handle(t, call),
         ["subscriptions", ..] => subscriptions::handle(t, call),
         ["users", ..] | ["groups", ..] => users::handle(t, call),
+        ["domains", ..] | ["subscribedSkus"] | ["policies", ..] | ["identity", ..] => {
+            directory::handle(t, call)
+        }
         _ => not_implemented(call.ctx),
     }
 }

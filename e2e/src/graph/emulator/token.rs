@@ -25,6 +25,23 @@ pub(super) fn aad_error(status: StatusCode, error: &str, code: u32, description:
     (status, axum::Json(body)).into_response()
 }
 
+/// An access token shaped as Entra issues them: a JWT whose claims carry
+/// the app's granted `roles` (application) or `scp` (delegated), which a
+/// client may read and only Graph may verify
+/// (https://learn.microsoft.com/entra/identity-platform/access-token-claims-reference).
+fn access_token(mut claims: Value) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    claims["uti"] = json!(guid());
+    let header = json!({"typ": "JWT", "alg": "RS256", "kid": "emulator"});
+    format!(
+        "{}.{}.{}",
+        b64.encode(header.to_string()),
+        b64.encode(claims.to_string()),
+        b64.encode(guid())
+    )
+}
+
 fn log_sign_in(t: &mut crate::graph::tenant::Tenant, grant: &str, upn: &str, refused: u32) {
     t.sign_ins.push(SignIn {
         grant: grant.to_owned(),
@@ -99,7 +116,7 @@ pub(super) async fn token(
     }
     let expires_in = 3599u64;
     let expires = Instant::now() + Duration::from_secs(expires_in);
-    let access = guid() + &guid();
+    let exp = k8s_openapi::jiff::Timestamp::now().as_second() + expires_in as i64;
     match field("grant_type") {
         Some("client_credentials") => {
             if field("scope") != Some("https://graph.microsoft.com/.default") {
@@ -110,6 +127,8 @@ pub(super) async fn token(
                     "The provided value for scope is not valid. Client credential flows must have a scope value with /.default suffixed to the resource identifier.",
                 );
             }
+            let access = access_token(json!({"aud": "https://graph.microsoft.com", "tid": t.id,
+                "appid": app.client_id, "idtyp": "app", "roles": app.roles, "exp": exp}));
             t.tokens.insert(
                 access.clone(),
                 Token {
@@ -184,6 +203,8 @@ pub(super) async fn token(
             t.refresh_tokens
                 .insert(refresh.clone(), (app.client_id.clone(), user_id.clone()));
             let scope = app.scopes.join(" ");
+            let access = access_token(json!({"aud": "https://graph.microsoft.com", "tid": t.id,
+                "appid": app.client_id, "idtyp": "user", "oid": user_id, "upn": user.upn(), "scp": scope, "exp": exp}));
             t.tokens.insert(
                 access.clone(),
                 Token {

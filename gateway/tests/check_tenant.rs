@@ -1,0 +1,300 @@
+//! `check-tenant` against the Graph emulator: a tenant ready for the gateway
+//! passes every check; each way a tenant can be unready fails exactly the
+//! check that names it, with the fix; what the app may not read is UNKNOWN,
+//! not a failure. The binary exits 0 or 1 accordingly.
+
+use serde_json::{Value, json};
+use xmppfed_config::GatewayConfig;
+use xmppfed_e2e::graph::{GraphEmulator, Seed};
+use xmppfed_gateway::preflight::{Check, Verdict, check_tenant, passed, render};
+
+const APP: &str = "0f0f0f0f-1111-4222-8333-444444444444";
+const SKU: &str = "6af4b3d6-14bb-4a2a-960c-6c902aad34f3";
+const ROLES: &[&str] = &[
+    "User.ReadWrite.All",
+    "Presence.ReadWrite.All",
+    "LicenseAssignment.ReadWrite.All",
+    "ProfilePhoto.ReadWrite.All",
+    "GroupMember.Read.All",
+    "Policy.Read.All",
+    "Domain.Read.All",
+];
+
+/// A tenant ready for the gateway, changed by `change`.
+fn seed(change: impl FnOnce(&mut Value)) -> Seed {
+    let mut seed = json!({
+        "tenantId": "5c0ffee0-0000-4000-8000-0000000000c1",
+        "apps": [{"clientId": APP, "clientSecret": "s3cret", "roles": ROLES,
+                  "scopes": ["Chat.ReadWrite", "ChatMessage.Send", "Presence.ReadWrite"]}],
+        "users": [{"userPrincipalName": "alice@contoso.com", "displayName": "Alice"}],
+        "groups": [{"id": "9a1e2b3c-0000-4000-8000-0000000000f1", "displayName": "Teams users"}],
+        "skus": [{"skuId": SKU, "skuPartNumber": "TEAMS_ESSENTIALS", "prepaidUnits": 5}],
+        "domains": [{"id": "contoso.com"}, {"id": "shadow.contoso.com"}],
+        "identity": {"conditionalAccess": [{"displayName": "Require MFA", "grant": "mfa",
+                                            "excludeGroups": ["shadow-accounts"]}]}
+    });
+    change(&mut seed);
+    serde_json::from_value(seed).unwrap()
+}
+
+fn config(emulator: &GatewayConfigInputs) -> GatewayConfig {
+    GatewayConfig::from_toml_str(&format!(
+        "[xmpp]\ndomain = \"teams.test\"\n[s2s]\nrequire_tls = false\n\
+         [graph]\ntenant_id = \"{}\"\nclient_id = \"{APP}\"\nclient_secret = {{ file = \"{}\" }}\n\
+         authority_url = \"{}\"\ngraph_url = \"{}\"\n\
+         [shadow_accounts]\nupn_domain = \"shadow.contoso.com\"\nlicence_sku = \"{SKU}\"\nusage_location = \"GB\"\n\
+         credential_key = {{ file = \"{}\" }}\n\
+         [allow]\ninternal_groups = [\"9a1e2b3c-0000-4000-8000-0000000000f1\"]\n",
+        emulator.tenant,
+        emulator.secret.display(),
+        emulator.authority,
+        emulator.graph,
+        emulator.secret.display(),
+    ))
+    .unwrap()
+}
+
+struct GatewayConfigInputs {
+    tenant: String,
+    authority: String,
+    graph: String,
+    secret: std::path::PathBuf,
+}
+
+async fn run(seed: Seed, secret: &str) -> (Vec<Check>, GatewayConfig, tempfile::TempDir) {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let emulator = GraphEmulator::start(seed).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("secret");
+    std::fs::write(&file, secret).unwrap();
+    let config = config(&GatewayConfigInputs {
+        tenant: emulator.tenant().id.clone(),
+        authority: emulator.authority_url(),
+        graph: emulator.graph_url(),
+        secret: file,
+    });
+    let graph = xmppfed_gateway::graph::from_config(
+        config.graph.as_ref().unwrap(),
+        xmppfed_gateway::graph::Budget::new(100, 100),
+    )
+    .unwrap();
+    let checks = check_tenant(&config, &graph).await;
+    // The emulator must outlive the checks only.
+    drop(emulator);
+    (checks, config, dir)
+}
+
+fn verdict<'a>(checks: &'a [Check], name: &str) -> &'a Check {
+    checks
+        .iter()
+        .find(|c| c.name == name)
+        .unwrap_or_else(|| panic!("no check {name}: {}", render(checks)))
+}
+
+#[tokio::test]
+async fn a_ready_tenant_passes_every_check() {
+    let (checks, _, _dir) = run(seed(|_| {}), "s3cret").await;
+    let table = render(&checks);
+    eprintln!("{table}");
+    assert!(passed(&checks), "{table}");
+    for name in [
+        "app sign-in",
+        "application permissions",
+        "shadow domain",
+        "licence",
+        "Security Defaults",
+        "Conditional Access",
+    ] {
+        assert_eq!(verdict(&checks, name).verdict, Verdict::Ok, "{table}");
+    }
+    assert!(
+        verdict(&checks, "licence")
+            .detail
+            .contains("5 of 5 seats free"),
+        "{table}"
+    );
+    assert!(
+        verdict(&checks, "Conditional Access")
+            .detail
+            .contains("'Require MFA'"),
+        "a policy with exclusions is named: {table}"
+    );
+    assert_eq!(
+        verdict(&checks, "delegated consent").verdict,
+        Verdict::Unknown
+    );
+}
+
+#[tokio::test]
+async fn each_unready_tenant_fails_the_check_that_names_it() {
+    type Change = Box<dyn FnOnce(&mut Value)>;
+    let cases: Vec<(&str, Change, &str, &str)> = vec![
+        (
+            "Security Defaults on",
+            Box::new(|s| s["identity"]["securityDefaults"] = json!("enforced")),
+            "Security Defaults",
+            "turn Security Defaults off",
+        ),
+        (
+            "an MFA policy for everyone",
+            Box::new(|s| {
+                s["identity"]["conditionalAccess"] =
+                    json!([{"displayName": "MFA for all", "grant": "mfa"}])
+            }),
+            "Conditional Access",
+            "exclude them",
+        ),
+        (
+            "a federated shadow domain",
+            Box::new(|s| {
+                s["domains"] =
+                    json!([{"id": "shadow.contoso.com", "authenticationType": "Federated"}])
+            }),
+            "shadow domain",
+            "managed (cloud-only) domain",
+        ),
+        (
+            "an unknown shadow domain",
+            Box::new(|s| s["domains"] = json!([{"id": "contoso.com"}])),
+            "shadow domain",
+            "add and verify it",
+        ),
+        (
+            "no free seats",
+            Box::new(|s| s["skus"][0]["prepaidUnits"] = json!(0)),
+            "licence",
+            "buy more seats",
+        ),
+        (
+            "a SKU without Teams",
+            Box::new(|s| s["skus"][0]["servicePlans"] = json!(["EXCHANGE_S_STANDARD"])),
+            "licence",
+            "includes Teams",
+        ),
+        (
+            "a permission missing, a broad one granted",
+            Box::new(|s| {
+                s["apps"][0]["roles"] = json!([
+                    "User.ReadWrite.All",
+                    "Presence.ReadWrite.All",
+                    "LicenseAssignment.ReadWrite.All",
+                    "GroupMember.Read.All",
+                    "Policy.Read.All",
+                    "Domain.Read.All",
+                    "Directory.ReadWrite.All"
+                ])
+            }),
+            "application permissions",
+            "grant admin consent",
+        ),
+    ];
+    for (case, change, failing, fix) in cases {
+        let (checks, _, _dir) = run(seed(change), "s3cret").await;
+        let table = render(&checks);
+        assert!(!passed(&checks), "{case}: {table}");
+        let failed: Vec<&str> = checks
+            .iter()
+            .filter(|c| c.verdict == Verdict::Fail)
+            .map(|c| c.name)
+            .collect();
+        assert_eq!(failed, [failing], "{case}: {table}");
+        let check = verdict(&checks, failing);
+        assert!(
+            check.fix.as_deref().is_some_and(|f| f.contains(fix)),
+            "{case}: {table}"
+        );
+        if failing == "application permissions" {
+            assert!(
+                check.detail.contains("missing: ProfilePhoto.ReadWrite.All")
+                    && check
+                        .detail
+                        .contains("more than needed also granted: Directory.ReadWrite.All"),
+                "{table}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn what_the_app_may_not_read_is_unknown_and_a_refused_app_stops_at_once() {
+    let (checks, _, _dir) = run(
+        seed(|s| {
+            s["apps"][0]["roles"] = json!(ROLES[..5]);
+        }),
+        "s3cret",
+    )
+    .await;
+    let table = render(&checks);
+    assert!(passed(&checks), "UNKNOWN is not a failure: {table}");
+    for name in ["Security Defaults", "Conditional Access", "shadow domain"] {
+        let check = verdict(&checks, name);
+        assert_eq!(check.verdict, Verdict::Unknown, "{table}");
+        assert!(
+            check.fix.as_deref().is_some_and(|f| f.contains("grant")),
+            "{table}"
+        );
+    }
+    assert!(
+        table.contains("Policy.Read.All") && table.contains("Domain.Read.All"),
+        "{table}"
+    );
+
+    let (checks, _, _dir) = run(seed(|_| {}), "wrong").await;
+    assert_eq!(checks.len(), 1, "{}", render(&checks));
+    assert_eq!(checks[0].verdict, Verdict::Fail);
+    assert!(
+        checks[0]
+            .fix
+            .as_deref()
+            .is_some_and(|f| f.contains("create a new client secret")),
+        "{}",
+        render(&checks)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_prints_the_table_and_exits_0_or_1() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    for (seed, code) in [
+        (seed(|_| {}), 0),
+        (
+            seed(|s| s["identity"]["securityDefaults"] = json!("enforced")),
+            1,
+        ),
+    ] {
+        let emulator = GraphEmulator::start(seed).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "s3cret").unwrap();
+        let config = config(&GatewayConfigInputs {
+            tenant: emulator.tenant().id.clone(),
+            authority: emulator.authority_url(),
+            graph: emulator.graph_url(),
+            secret,
+        });
+        let file = dir.path().join("gateway.toml");
+        std::fs::write(&file, config.to_toml_string().unwrap()).unwrap();
+        // Blocking, off the runtime that serves the emulator.
+        let output = tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_xmppfed-gateway"))
+                .args(["check-tenant", "--config"])
+                .arg(&file)
+                .output()
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert_eq!(output.status.code(), Some(code), "{stdout}");
+        assert!(stdout.contains("OK      app sign-in"), "{stdout}");
+        if code == 1 {
+            assert!(stdout.contains("FAIL    Security Defaults"), "{stdout}");
+            assert!(stdout.contains("the tenant is not ready"), "{stdout}");
+        } else {
+            assert!(
+                stdout.contains("the tenant is ready for the gateway"),
+                "{stdout}"
+            );
+        }
+    }
+}
