@@ -70,7 +70,10 @@ async fn typed_calls_with_one_cached_token() {
         .update_user(&carol.id, &json!({"jobTitle": "Partner engineer"}))
         .await
         .unwrap();
-    graph.assign_licence(&carol.id, "sku-teams").await.unwrap();
+    graph
+        .assign_licence(&carol.id, "sku-teams", &[])
+        .await
+        .unwrap();
     assert_eq!(graph.get_photo(&carol.id).await.unwrap(), None);
     graph
         .put_photo(&carol.id, "image/png", b"\x89PNG-bytes")

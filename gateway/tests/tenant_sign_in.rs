@@ -107,6 +107,12 @@ async fn a_restart_goes_on_with_the_stored_refresh_token_not_the_password() {
             account.properties["employeeType"],
             "XMPP federation contact"
         );
+        // Licensed for Teams only: no mailbox, no SharePoint.
+        assert_eq!(account.licences, [SKU]);
+        assert_eq!(
+            account.disabled_plans,
+            ["EXCHANGE_S_STANDARD", "SHAREPOINTSTANDARD"]
+        );
     }
 
     gateway.stop().await;

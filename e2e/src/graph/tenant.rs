@@ -118,6 +118,25 @@ fn teams_plan() -> Vec<String> {
     vec!["TEAMS1".into()]
 }
 
+impl SkuSeed {
+    /// A service plan's id: stable per SKU and plan name, GUID-shaped.
+    pub fn plan_id(&self, plan: &str) -> String {
+        use sha1::Digest as _;
+        let h: String = sha1::Sha1::digest(format!("{}/{plan}", self.sku_id).as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        format!(
+            "{}-{}-{}-{}-{}",
+            &h[0..8],
+            &h[8..12],
+            &h[12..16],
+            &h[16..20],
+            &h[20..32]
+        )
+    }
+}
+
 /// A domain of the tenant (https://learn.microsoft.com/graph/api/resources/domain).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -198,6 +217,8 @@ pub struct User {
     pub password_set: Instant,
     /// When the user got its first licence (Teams provisioning starts then).
     pub licensed_at: Option<Instant>,
+    /// Service plans turned off in the user's licences, by name.
+    pub disabled_plans: Vec<String>,
 }
 
 impl User {
@@ -399,6 +420,7 @@ impl Tenant {
                     presence: Presence::default(),
                     password_set: Instant::now(),
                     licensed_at: None,
+                    disabled_plans: Vec::new(),
                 }
             })
             .collect();

@@ -248,9 +248,14 @@ impl GraphClient {
             .await
     }
 
-    pub async fn assign_licence(&self, key: &str, sku_id: &str) -> Result<(), GraphError> {
-        let body =
-            json!({"addLicenses": [{"skuId": sku_id, "disabledPlans": []}], "removeLicenses": []});
+    /// Assigns the SKU with `disabled_plans` (service plan ids) turned off.
+    pub async fn assign_licence(
+        &self,
+        key: &str,
+        sku_id: &str,
+        disabled_plans: &[String],
+    ) -> Result<(), GraphError> {
+        let body = json!({"addLicenses": [{"skuId": sku_id, "disabledPlans": disabled_plans}], "removeLicenses": []});
         let path = format!("{}/assignLicense", user_path(key));
         self.no_content(&Identity::App, None, Method::POST, &path, Some(&body))
             .await

@@ -42,7 +42,28 @@ pub struct PrepaidUnits {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ServicePlan {
+    #[serde(default)]
+    pub service_plan_id: String,
     pub service_plan_name: String,
+}
+
+/// Service plans a shadow account keeps: Teams itself, and what Teams chat
+/// and presence rest on (Skype for Business Online's plan, Exchange
+/// Foundation). Every other plan of the SKU (mailbox, OneDrive, SharePoint,
+/// Office apps…) is disabled: a shadow account only chats.
+pub fn is_needed_by_teams(plan_name: &str) -> bool {
+    plan_name.starts_with("TEAMS") || matches!(plan_name, "MCOSTANDARD" | "EXCHANGE_S_FOUNDATION")
+}
+
+impl SubscribedSku {
+    /// The ids of the SKU's service plans a shadow account does not need.
+    pub fn plans_to_disable(&self) -> Vec<String> {
+        self.service_plans
+            .iter()
+            .filter(|p| !is_needed_by_teams(&p.service_plan_name) && !p.service_plan_id.is_empty())
+            .map(|p| p.service_plan_id.clone())
+            .collect()
+    }
 }
 
 /// https://learn.microsoft.com/graph/api/resources/conditionalaccesspolicy

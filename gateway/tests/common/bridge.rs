@@ -35,7 +35,8 @@ pub fn seed() -> Seed {
              "jobTitle": "Engineer", "department": "R&D", "mail": "alice@contoso.com"},
             {"userPrincipalName": "carol@contoso.com", "displayName": "Carol Secret"}
         ],
-        "skus": [{"skuId": SKU, "skuPartNumber": "TEAMS_ESSENTIALS", "prepaidUnits": 10}],
+        "skus": [{"skuId": SKU, "skuPartNumber": "TEAMS_ESSENTIALS", "prepaidUnits": 10,
+                  "servicePlans": ["TEAMS1", "EXCHANGE_S_STANDARD", "SHAREPOINTSTANDARD", "MCOSTANDARD"]}],
         // As in a real tenant: Teams works only for licensed users.
         "teams": {"requireLicence": true}
     }))

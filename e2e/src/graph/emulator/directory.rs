@@ -60,7 +60,7 @@ pub(super) fn handle(t: &mut Tenant, call: Call<'_>) -> Response {
                     let plans: Vec<Value> = sku
                         .service_plans
                         .iter()
-                        .map(|p| json!({"servicePlanId": crate::graph::tenant::guid(), "servicePlanName": p,
+                        .map(|p| json!({"servicePlanId": sku.plan_id(p), "servicePlanName": p,
                             "provisioningStatus": "Success", "appliesTo": "User"}))
                         .collect();
                     json!({"accountId": t.id, "accountName": "contoso", "appliesTo": "User", "capabilityStatus": "Enabled",

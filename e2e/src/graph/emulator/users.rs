@@ -58,6 +58,7 @@ pub(super) fn handle(t: &mut Tenant, call: Call<'_>) -> Response {
                 presence: Default::default(),
                 password_set: std::time::Instant::now(),
                 licensed_at: None,
+                disabled_plans: Vec::new(),
             };
             let mut resource = user.resource(None);
             resource["@odata.context"] = json!("https://graph.microsoft.com/v1.0/$metadata#users/$entity");
@@ -92,10 +93,22 @@ pub(super) fn handle(t: &mut Tenant, call: Call<'_>) -> Response {
             if body.get("addLicenses").is_none() || body.get("removeLicenses").is_none() {
                 return ctx.error(StatusCode::BAD_REQUEST, "Request_BadRequest", "Invalid value specified for property 'addLicenses' or 'removeLicenses'.");
             }
+            let mut disabled = Vec::new();
             for sku in &add {
                 let Some(known) = t.skus.iter().find(|s| &s.sku_id == sku).cloned() else {
                     return ctx.error(StatusCode::BAD_REQUEST, "Request_BadRequest", &format!("License {sku} does not correspond to a valid company License."));
                 };
+                // disabledPlans: ids of the SKU's own service plans (assignedLicense resource).
+                let asked = body["addLicenses"].as_array().into_iter().flatten()
+                    .filter(|l| l["skuId"].as_str() == Some(sku.as_str()))
+                    .flat_map(|l| l["disabledPlans"].as_array().cloned().unwrap_or_default());
+                for plan in asked {
+                    let id = plan.as_str().unwrap_or_default();
+                    match known.service_plans.iter().find(|p| known.plan_id(p) == id) {
+                        Some(name) => disabled.push(name.clone()),
+                        None => return ctx.error(StatusCode::BAD_REQUEST, "Request_BadRequest", &format!("Invalid disabled plan {id} for license {sku}.")),
+                    }
+                }
                 let used = t.users.iter().filter(|u| u.licences.contains(sku)).count();
                 if used >= known.prepaid_units as usize {
                     return ctx.error(StatusCode::BAD_REQUEST, "Request_BadRequest", &format!("License assignment failed because there are no available licenses for {}.", known.sku_part_number));
@@ -113,6 +126,7 @@ pub(super) fn handle(t: &mut Tenant, call: Call<'_>) -> Response {
                     if u.licences.is_empty() && !add.is_empty() {
                         u.licensed_at = Some(std::time::Instant::now());
                     }
+                    u.disabled_plans = disabled;
                     for sku in add {
                         if !u.licences.contains(&sku) {
                             u.licences.push(sku);

@@ -116,7 +116,9 @@ pub async fn ensure(
         Err(e) => return Err(e.into()),
     };
     if let Some(sku) = &settings.licence_sku {
-        graph.assign_licence(&object_id, sku).await?;
+        graph
+            .assign_licence(&object_id, sku, &plans_to_disable(graph, sku).await)
+            .await?;
     }
     let mut extra = profile.clone();
     if let Some(map) = extra.as_object_mut() {
@@ -139,6 +141,22 @@ pub async fn ensure(
     store.put_shadow(&account).await?;
     tracing::info!(%jid, %upn, "shadow account created");
     Ok((account, UserCredential { upn, password }))
+}
+
+/// The SKU's service plans a shadow account does not need; none (the whole
+/// SKU) when the tenant's SKUs cannot be read, which is logged.
+async fn plans_to_disable(graph: &GraphClient, sku: &str) -> Vec<String> {
+    match graph.subscribed_skus().await {
+        Ok(skus) => skus
+            .iter()
+            .find(|s| s.sku_id.eq_ignore_ascii_case(sku))
+            .map(|s| s.plans_to_disable())
+            .unwrap_or_default(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the tenant's SKUs: the licence is assigned with every service plan on");
+            Vec::new()
+        }
+    }
 }
 
 #[cfg(test)]
