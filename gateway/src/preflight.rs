@@ -72,13 +72,22 @@ impl Check {
 }
 
 /// The application permissions the gateway calls with, given its configuration.
+/// With an administrative unit, User Administrator scoped to it manages the
+/// shadow accounts, and the app itself only reads users.
 pub fn required_roles(config: &GatewayConfig) -> Vec<&'static str> {
-    let mut roles = vec![
-        "User.ReadWrite.All",
-        "Presence.ReadWrite.All",
-        "LicenseAssignment.ReadWrite.All",
-        "ProfilePhoto.ReadWrite.All",
-    ];
+    let mut roles = match config.shadow_accounts.administrative_unit {
+        Some(_) => vec![
+            "User.Read.All",
+            "Presence.ReadWrite.All",
+            "LicenseAssignment.Read.All",
+        ],
+        None => vec![
+            "User.ReadWrite.All",
+            "Presence.ReadWrite.All",
+            "LicenseAssignment.ReadWrite.All",
+            "ProfilePhoto.ReadWrite.All",
+        ],
+    };
     if !config.allow.internal_groups.is_empty() {
         roles.push("GroupMember.Read.All");
     }
@@ -120,6 +129,9 @@ pub async fn check_tenant(config: &GatewayConfig, graph: &GraphClient) -> Vec<Ch
             "set it to a verified, managed domain of the tenant",
         ),
     });
+    if let Some(unit) = &shadow.administrative_unit {
+        checks.push(administrative_unit(graph, unit).await);
+    }
     checks.push(match &shadow.licence_sku {
         Some(sku) => licence(graph, sku).await,
         None => Check::fail(
@@ -150,15 +162,19 @@ pub async fn check_tenant(config: &GatewayConfig, graph: &GraphClient) -> Vec<Ch
 }
 
 fn permissions(config: &GatewayConfig, roles: &[String]) -> Check {
-    let has = |r: &str| roles.iter().any(|g| g.eq_ignore_ascii_case(r));
-    let missing: Vec<&str> = required_roles(config)
+    let granted = |r: &str| roles.iter().any(|g| g.eq_ignore_ascii_case(r));
+    // X.ReadWrite.All includes X.Read.All.
+    let has = |r: &str| granted(r) || granted(&r.replace(".Read.", ".ReadWrite."));
+    let required = required_roles(config);
+    let missing: Vec<&str> = required.iter().copied().filter(|r| !has(r)).collect();
+    let mut broader: Vec<&str> = BROADER_THAN_NEEDED.to_vec();
+    if config.shadow_accounts.administrative_unit.is_some() {
+        // The scoped role writes users: tenant-wide write is more than needed.
+        broader.extend(["User.ReadWrite.All", "ProfilePhoto.ReadWrite.All"]);
+    }
+    let broad: Vec<&str> = broader
         .into_iter()
-        .filter(|r| !has(r))
-        .collect();
-    let broad: Vec<&str> = BROADER_THAN_NEEDED
-        .iter()
-        .copied()
-        .filter(|r| has(r))
+        .filter(|r| granted(r) && !required.contains(r))
         .collect();
     let extra = if broad.is_empty() {
         String::new()
@@ -199,6 +215,27 @@ async fn shadow_domain(graph: &GraphClient, domain: &str) -> Check {
             "add and verify it in Entra admin center > Domain names, or set shadow_accounts.upn_domain to one",
         ),
         Err(e) => Check::from_error(NAME, &e, "Domain.Read.All"),
+    }
+}
+
+async fn administrative_unit(graph: &GraphClient, unit: &str) -> Check {
+    const NAME: &str = "administrative unit";
+    match graph.administrative_unit(unit).await {
+        Ok(name) => Check::ok(
+            NAME,
+            format!("'{name}' exists and the app can see it; shadow accounts are created in it"),
+        ),
+        Err(e) if e.is_not_found() => Check::fail(
+            NAME,
+            format!("no administrative unit {unit}"),
+            "create it (Entra admin center > Roles & admins > Admin units) and set shadow_accounts.administrative_unit to its object id",
+        ),
+        Err(e) if e.status() == Some(403) => Check::fail(
+            NAME,
+            "the app may not see the unit: it holds no role scoped to it",
+            "assign the app's service principal the User Administrator role scoped to the unit (Admin units > the unit > Roles and administrators)",
+        ),
+        Err(e) => Check::fail(NAME, e.to_string(), "see the error"),
     }
 }
 

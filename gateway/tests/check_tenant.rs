@@ -62,6 +62,14 @@ struct GatewayConfigInputs {
 }
 
 async fn run(seed: Seed, secret: &str) -> (Vec<Check>, GatewayConfig, tempfile::TempDir) {
+    run_with(seed, secret, |_| {}).await
+}
+
+async fn run_with(
+    seed: Seed,
+    secret: &str,
+    change: impl FnOnce(&mut GatewayConfig),
+) -> (Vec<Check>, GatewayConfig, tempfile::TempDir) {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let emulator = GraphEmulator::start(seed).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -73,6 +81,8 @@ async fn run(seed: Seed, secret: &str) -> (Vec<Check>, GatewayConfig, tempfile::
         graph: emulator.graph_url(),
         secret: file,
     });
+    let mut config = config;
+    change(&mut config);
     let graph = xmppfed_gateway::graph::from_config(
         config.graph.as_ref().unwrap(),
         xmppfed_gateway::graph::Budget::new(100, 100),
@@ -297,4 +307,54 @@ async fn the_command_prints_the_table_and_exits_0_or_1() {
             );
         }
     }
+}
+
+#[tokio::test]
+async fn an_administrative_unit_needs_only_read_permissions_and_the_scoped_role() {
+    const UNIT: &str = "a0a0a0a0-0000-4000-8000-00000000a001";
+    let minimal = |scoped: bool| {
+        seed(move |s| {
+            s["apps"][0]["roles"] = json!([
+                "User.Read.All",
+                "Presence.ReadWrite.All",
+                "LicenseAssignment.Read.All",
+                "GroupMember.Read.All",
+                "Policy.Read.All",
+                "Domain.Read.All"
+            ]);
+            if scoped {
+                s["apps"][0]["scopedRoles"] =
+                    json!([{"roleName": "User Administrator", "administrativeUnitId": UNIT}]);
+            }
+            s["administrativeUnits"] = json!([{"id": UNIT, "displayName": "XMPP contacts"}]);
+        })
+    };
+    let with_unit = |config: &mut GatewayConfig| {
+        config.shadow_accounts.administrative_unit = Some(UNIT.into());
+    };
+    let (checks, _, _dir) = run_with(minimal(true), "s3cret", with_unit).await;
+    let table = render(&checks);
+    assert!(passed(&checks), "{table}");
+    assert_eq!(
+        verdict(&checks, "administrative unit").verdict,
+        Verdict::Ok,
+        "{table}"
+    );
+    assert!(
+        verdict(&checks, "administrative unit")
+            .detail
+            .contains("'XMPP contacts'"),
+        "{table}"
+    );
+
+    let (checks, _, _dir) = run_with(minimal(false), "s3cret", with_unit).await;
+    let table = render(&checks);
+    let unit = verdict(&checks, "administrative unit");
+    assert_eq!(unit.verdict, Verdict::Fail, "{table}");
+    assert!(
+        unit.fix
+            .as_deref()
+            .is_some_and(|f| f.contains("User Administrator role scoped to the unit")),
+        "{table}"
+    );
 }

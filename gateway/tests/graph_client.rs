@@ -63,6 +63,7 @@ async fn typed_calls_with_one_cached_token() {
             mail_nickname: "carol.xmpp".into(),
             usage_location: Some("US".into()),
             password: SecretString::from("Gen3rated!pw".to_owned()),
+            administrative_unit: None,
         })
         .await
         .unwrap();
@@ -645,6 +646,7 @@ async fn each_tenant_policy_refuses_the_shadow_sign_in_with_its_fix() {
             mail_nickname: "dave.xmpp".into(),
             usage_location: None,
             password: SecretString::from("D4ve!pw-long-enough".to_owned()),
+            administrative_unit: None,
         })
         .await
         .unwrap();

@@ -42,6 +42,7 @@ async fn a_contact_gets_one_licensed_shadow_account_with_its_card() {
         licence_sku: Some(SKU.into()),
         display_name_suffix: " (XMPP)".into(),
         usage_location: Some("GB".into()),
+        administrative_unit: None,
     };
     let card: Element = "<vCard xmlns='vcard-temp'><FN>Bob Builder</FN><TITLE>Foreman</TITLE>\
         <PHOTO><TYPE>image/png</TYPE><BINVAL>iVBORw==</BINVAL></PHOTO></vCard>"
@@ -116,4 +117,75 @@ async fn a_contact_gets_one_licensed_shadow_account_with_its_card() {
         "{:?}",
         emulator.tenant().violations
     );
+}
+
+/// With an administrative unit the app holds no tenant-wide write
+/// permission: User Administrator scoped to the unit creates, licenses and
+/// updates the shadow accounts, which are created inside the unit.
+#[tokio::test]
+async fn shadow_accounts_live_in_an_administrative_unit_the_app_manages() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    const UNIT: &str = "a0a0a0a0-0000-4000-8000-00000000a001";
+    let seed = |scoped: bool| -> Seed {
+        let roles = if scoped {
+            json!([{"roleName": "User Administrator", "administrativeUnitId": UNIT}])
+        } else {
+            json!([])
+        };
+        serde_json::from_value(json!({
+            "tenantId": TENANT,
+            "apps": [{"clientId": "gateway", "clientSecret": "s3cret",
+                      "roles": ["User.Read.All", "LicenseAssignment.Read.All"],
+                      "scopes": ["Presence.ReadWrite"], "scopedRoles": roles}],
+            "skus": [{"skuId": SKU, "skuPartNumber": "TEAMS_ESSENTIALS", "prepaidUnits": 10}],
+            "administrativeUnits": [{"id": UNIT, "displayName": "XMPP contacts"}]
+        }))
+        .unwrap()
+    };
+    let settings = ShadowSettings {
+        upn_domain: "shadow.contoso.com".into(),
+        licence_sku: Some(SKU.into()),
+        display_name_suffix: " (XMPP)".into(),
+        usage_location: Some("GB".into()),
+        administrative_unit: Some(UNIT.into()),
+    };
+    let card: Element = "<vCard xmlns='vcard-temp'><FN>Bob Builder</FN><TITLE>Foreman</TITLE>\
+        <PHOTO><TYPE>image/png</TYPE><BINVAL>iVBORw==</BINVAL></PHOTO></vCard>"
+        .parse()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cipher = CredentialCipher::new("credential key of this gateway");
+    let jid = "bob@xmpp.partner.example";
+
+    let emulator = GraphEmulator::start(seed(true)).await.unwrap();
+    let graph = common::graph_client(&emulator, "gateway", "s3cret", RetryPolicy::default());
+    let store = Store::sqlite(&dir.path().join("db")).await.unwrap();
+    let (account, _) = ensure(&graph, &store, &cipher, &settings, jid, Some(&card))
+        .await
+        .unwrap();
+    {
+        let tenant = emulator.tenant();
+        assert_eq!(
+            tenant.administrative_units[0].members,
+            std::slice::from_ref(&account.object_id)
+        );
+        let user = tenant.user(&account.upn).unwrap();
+        assert_eq!(user.licences, [SKU]);
+        assert_eq!(user.properties["jobTitle"], "Foreman");
+        assert!(user.photo.is_some());
+        assert!(tenant.violations.is_empty(), "{:?}", tenant.violations);
+    }
+
+    // The same app without the scoped role may create nobody.
+    let emulator = GraphEmulator::start(seed(false)).await.unwrap();
+    let graph = common::graph_client(&emulator, "gateway", "s3cret", RetryPolicy::default());
+    let store = Store::sqlite(&dir.path().join("db2")).await.unwrap();
+    let refused = ensure(&graph, &store, &cipher, &settings, jid, None).await;
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("403")),
+        "{refused:?}"
+    );
+    assert!(emulator.tenant().users.is_empty());
 }

@@ -361,6 +361,10 @@ pub struct ShadowAccountConfig {
     pub credential_key: Option<SecretRef>,
     /// Two-letter country code Graph requires before a licence can be assigned.
     pub usage_location: Option<String>,
+    /// Object id of the administrative unit shadow accounts are created in:
+    /// the app then needs only the User Administrator role scoped to it, not
+    /// `User.ReadWrite.All` over the whole directory.
+    pub administrative_unit: Option<String>,
 }
 
 impl Default for ShadowAccountConfig {
@@ -372,6 +376,7 @@ impl Default for ShadowAccountConfig {
             remove_unused_after_days: 90,
             credential_key: None,
             usage_location: None,
+            administrative_unit: None,
         }
     }
 }

@@ -199,6 +199,14 @@ pub(crate) fn validate(c: &GatewayConfig) -> Vec<FieldError> {
             "required when graph is configured: Microsoft 365 assigns no licence to a user without a usage location (e.g. GB)".into(),
         );
     }
+    if let Some(au) = &c.shadow_accounts.administrative_unit
+        && !is_guid(au)
+    {
+        err(
+            "shadow_accounts.administrative_unit",
+            "must be the administrative unit's object id (a GUID)".into(),
+        );
+    }
     if c.graph.is_some() && c.shadow_accounts.credential_key.is_none() {
         err(
             "shadow_accounts.credential_key",

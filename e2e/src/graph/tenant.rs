@@ -32,6 +32,8 @@ pub struct Seed {
     /// The tenant's domains; absent: every domain a user has is managed and verified.
     #[serde(default)]
     pub domains: Option<Vec<DomainSeed>>,
+    #[serde(default)]
+    pub administrative_units: Vec<AdministrativeUnitSeed>,
 }
 
 /// `teams` in the seed file. Real Graph always requires the licence; the
@@ -77,6 +79,30 @@ pub struct AppSeed {
     /// Delegated permissions granted, e.g. `Presence.ReadWrite`, `Chat.ReadWrite`.
     #[serde(default)]
     pub scopes: Vec<String>,
+    /// Entra roles assigned to the app's service principal, scoped to an
+    /// administrative unit (https://learn.microsoft.com/entra/identity/role-based-access-control/admin-units-assign-roles).
+    #[serde(default)]
+    pub scoped_roles: Vec<ScopedRole>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ScopedRole {
+    /// Only `User Administrator` is understood: manage users (create,
+    /// update, delete, licences, photos, passwords) within the unit.
+    pub role_name: String,
+    pub administrative_unit_id: String,
+}
+
+/// https://learn.microsoft.com/graph/api/resources/administrativeunit
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AdministrativeUnitSeed {
+    pub id: String,
+    pub display_name: String,
+    /// Member users, by object id.
+    #[serde(default)]
+    pub members: Vec<String>,
 }
 
 /// Not `deny_unknown_fields`: every other property is the user's own.
@@ -384,6 +410,7 @@ pub struct Tenant {
     pub identity: super::identity::IdentityPolicy,
     pub teams: TeamsProvisioning,
     pub domains: Option<Vec<DomainSeed>>,
+    pub administrative_units: Vec<AdministrativeUnitSeed>,
     /// Requests (and our own answers) whose body did not match Microsoft's OpenAPI description.
     pub violations: Vec<String>,
 }
@@ -434,8 +461,32 @@ impl Tenant {
             identity: seed.identity,
             teams: seed.teams,
             domains: seed.domains,
+            administrative_units: seed.administrative_units,
             ..Self::default()
         }
+    }
+
+    /// Whether app `client_id` holds User Administrator over a unit that
+    /// `target` (a unit id, or a user's id or UPN) is, or is a member of.
+    pub fn user_admin_over(&self, client_id: &str, target: &str) -> bool {
+        let Some(app) = self.apps.iter().find(|a| a.client_id == client_id) else {
+            return false;
+        };
+        let user_id = self.user(target).map(|u| u.id.clone());
+        app.scoped_roles
+            .iter()
+            .filter(|r| r.role_name == "User Administrator")
+            .filter_map(|r| {
+                self.administrative_units
+                    .iter()
+                    .find(|u| u.id.eq_ignore_ascii_case(&r.administrative_unit_id))
+            })
+            .any(|unit| {
+                unit.id.eq_ignore_ascii_case(target)
+                    || user_id
+                        .as_ref()
+                        .is_some_and(|id| unit.members.iter().any(|m| m.eq_ignore_ascii_case(id)))
+            })
     }
 
     /// A user by object id or userPrincipalName (case-insensitive).

@@ -95,6 +95,7 @@ impl Settings {
                 licence_sku: config.shadow_accounts.licence_sku.clone(),
                 display_name_suffix: config.shadow_accounts.display_name_suffix.clone(),
                 usage_location: config.shadow_accounts.usage_location.clone(),
+                administrative_unit: config.shadow_accounts.administrative_unit.clone(),
             },
             throttle: config.throttle.clone(),
             message_expiry: Duration::from_secs(config.messages.expiry_secs),

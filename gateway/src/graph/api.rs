@@ -59,6 +59,8 @@ pub struct NewUser {
     pub mail_nickname: String,
     pub usage_location: Option<String>,
     pub password: SecretString,
+    /// Created as a member of this administrative unit (object id).
+    pub administrative_unit: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -227,8 +229,20 @@ impl GraphClient {
         if let Some(location) = &new.usage_location {
             body["usageLocation"] = json!(location);
         }
-        self.json(&Identity::App, None, Method::POST, "/users", Some(&body))
-            .await
+        match &new.administrative_unit {
+            // Created inside the unit, so that a role scoped to it suffices:
+            // https://learn.microsoft.com/graph/api/administrativeunit-post-members
+            Some(unit) => {
+                body["@odata.type"] = json!("#microsoft.graph.user");
+                let path = format!("/directory/administrativeUnits/{unit}/members");
+                self.json(&Identity::App, None, Method::POST, &path, Some(&body))
+                    .await
+            }
+            None => {
+                self.json(&Identity::App, None, Method::POST, "/users", Some(&body))
+                    .await
+            }
+        }
     }
 
     /// PATCH of the properties given (Graph's names).

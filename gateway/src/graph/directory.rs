@@ -140,6 +140,25 @@ impl GraphClient {
         Ok(claims.roles)
     }
 
+    /// The administrative unit's display name.
+    pub async fn administrative_unit(&self, id: &str) -> Result<String, GraphError> {
+        #[derive(Deserialize)]
+        struct Unit {
+            #[serde(rename = "displayName")]
+            display_name: String,
+        }
+        let unit: Unit = self
+            .json(
+                &Identity::App,
+                None,
+                Method::GET,
+                &format!("/directory/administrativeUnits/{id}"),
+                NONE,
+            )
+            .await?;
+        Ok(unit.display_name)
+    }
+
     pub async fn domain(&self, id: &str) -> Result<Domain, GraphError> {
         self.json(
             &Identity::App,

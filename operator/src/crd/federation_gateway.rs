@@ -193,6 +193,12 @@ pub struct ShadowAccountSpec {
     #[schemars(length(min = 2, max = 2))]
     #[x_kube(validation = Rule::new("self.matches('^[A-Z]{2}$')").message("shadowAccounts.usageLocation must be a two-letter country code in capitals, e.g. GB"))]
     pub usage_location: Option<String>,
+    /// Object id of the administrative unit shadow accounts are created in;
+    /// the app then needs User Administrator scoped to it instead of
+    /// `User.ReadWrite.All` (docs/tenant-setup.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 36, max = 36))]
+    pub administrative_unit: Option<String>,
     /// Shadow accounts unused this long, with no contact relationship left,
     /// are removed (0: never; 90 by default).
     #[serde(default, skip_serializing_if = "Option::is_none")]

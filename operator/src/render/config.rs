@@ -238,6 +238,7 @@ pub fn render_config(
                 defaults.remove_unused_after_days,
             ),
             usage_location: spec.shadow_accounts.usage_location.clone(),
+            administrative_unit: spec.shadow_accounts.administrative_unit.clone(),
             credential_key: Some(cfg::SecretRef::File(file(
                 paths::KEYS_DIR,
                 keys::CREDENTIAL_KEY,

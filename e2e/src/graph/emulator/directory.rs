@@ -16,6 +16,7 @@ pub(super) fn handle(t: &mut Tenant, call: Call<'_>) -> Response {
         ctx,
         method,
         segments,
+        body: call_body,
         ..
     } = call;
     match (method.as_str(), segments) {
@@ -106,7 +107,32 @@ pub(super) fn handle(t: &mut Tenant, call: Call<'_>) -> Response {
                 .collect();
             ctx.respond(StatusCode::OK, Some(json!({"@odata.context": "https://graph.microsoft.com/v1.0/$metadata#identity/conditionalAccess/policies", "value": value})))
         }
-        ("GET", [kind, id]) if *kind == "domains" => not_found(ctx, id),
+        // https://learn.microsoft.com/graph/api/administrativeunit-get
+        ("GET", ["directory", "administrativeUnits", id]) => {
+            match t.administrative_units.iter().find(|u| u.id.eq_ignore_ascii_case(id)) {
+                Some(unit) => ctx.respond(
+                    StatusCode::OK,
+                    Some(json!({"@odata.context": "https://graph.microsoft.com/v1.0/$metadata#directory/administrativeUnits/$entity",
+                        "id": unit.id, "displayName": unit.display_name, "visibility": null})),
+                ),
+                None => not_found(ctx, id),
+            }
+        }
+        // https://learn.microsoft.com/graph/api/administrativeunit-post-members:
+        // a new user (with @odata.type) is created as a member of the unit.
+        ("POST", ["directory", "administrativeUnits", id, "members"]) => {
+            let Some(index) = t.administrative_units.iter().position(|u| u.id.eq_ignore_ascii_case(id)) else {
+                return not_found(ctx, id);
+            };
+            if call_body["@odata.type"] != json!("#microsoft.graph.user") {
+                return ctx.error(StatusCode::BAD_REQUEST, "Request_BadRequest", "The @odata.type of the new member is required.");
+            }
+            let (response, created) = super::users::create_user(t, ctx, &call_body);
+            if let Some(user) = created {
+                t.administrative_units[index].members.push(user);
+            }
+            response
+        }
         _ => not_implemented(ctx),
     }
 }

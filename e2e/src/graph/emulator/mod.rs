@@ -183,6 +183,21 @@ impl Ctx {
     }
 }
 
+/// What User Administrator scoped to an administrative unit allows: managing
+/// the unit's users and creating users in it
+/// (https://learn.microsoft.com/entra/identity/role-based-access-control/admin-units-manage#role-permissions).
+fn scoped_role_grants(t: &Tenant, client_id: &str, method: &Method, segments: &[&str]) -> bool {
+    match (method.as_str(), segments) {
+        ("POST", ["directory", "administrativeUnits", unit, "members"])
+        | ("GET", ["directory", "administrativeUnits", unit]) => t.user_admin_over(client_id, unit),
+        ("PATCH", ["users", user])
+        | ("DELETE", ["users", user])
+        | ("POST", ["users", user, "assignLicense"])
+        | ("PUT", ["users", user, "photo", "$value"]) => t.user_admin_over(client_id, user),
+        _ => false,
+    }
+}
+
 /// Permissions for operations Microsoft documents but the OpenAPI subset lacks.
 fn documented_permissions(
     method: &Method,
@@ -217,6 +232,18 @@ fn documented_permissions(
                 "Group.Read.All",
                 "Directory.Read.All",
             ],
+        )),
+        // administrativeunit-post-members (a new user) and administrativeunit-get.
+        ("POST", ["directory", "administrativeUnits", _, "members"]) => Some((
+            vec![
+                "AdministrativeUnit.ReadWrite.All",
+                "Directory.ReadWrite.All",
+            ],
+            vec![],
+        )),
+        ("GET", ["directory", "administrativeUnits", _]) => Some((
+            vec!["AdministrativeUnit.Read.All", "Directory.Read.All"],
+            vec![],
         )),
         // domain-get: Domain.Read.All (least privileged), Directory.Read.All.
         ("GET", ["domains", _]) => Some((
@@ -431,7 +458,10 @@ fn graph_locked(
         },
     };
     let granted = match &principal {
-        Principal::App { roles, .. } => roles.iter().any(|r| application.contains(r)),
+        Principal::App { roles, client_id } => {
+            roles.iter().any(|r| application.contains(r))
+                || scoped_role_grants(&t, client_id, method, &segments)
+        }
         Principal::User { scopes, .. } => scopes.iter().any(|s| delegated.contains(s)),
     };
     // A subscription's permissions depend on its resource: checked by its handler.
@@ -534,9 +564,11 @@ fn handle(t: &mut Tenant, call: Call<'_>) -> Response {
         ["users", _, "chats"] | ["chats", ..] => chats::handle(t, call),
         ["subscriptions", ..] => subscriptions::handle(t, call),
         ["users", ..] | ["groups", ..] => users::handle(t, call),
-        ["domains", ..] | ["subscribedSkus"] | ["policies", ..] | ["identity", ..] => {
-            directory::handle(t, call)
-        }
+        ["domains", ..]
+        | ["subscribedSkus"]
+        | ["policies", ..]
+        | ["identity", ..]
+        | ["directory", ..] => directory::handle(t, call),
         _ => not_implemented(call.ctx),
     }
 }

@@ -35,36 +35,7 @@ pub(super) fn handle(t: &mut Tenant, call: Call<'_>) -> Response {
             }
             None => not_found(id),
         },
-        ("POST", ["users"]) => {
-            let required = ["accountEnabled", "displayName", "mailNickname", "userPrincipalName", "passwordProfile"];
-            if let Some(missing) = required.iter().find(|f| body.get(**f).is_none()) {
-                return ctx.error(StatusCode::BAD_REQUEST, "Request_BadRequest", &format!("Invalid value specified for property '{missing}' of resource 'User'."));
-            }
-            let upn = body["userPrincipalName"].as_str().unwrap_or_default().to_owned();
-            if t.user(&upn).is_some() {
-                return ctx.error(StatusCode::BAD_REQUEST, "Request_BadRequest", "Another object with the same value for property userPrincipalName already exists.");
-            }
-            let mut properties: std::collections::BTreeMap<String, Value> = body
-                .as_object()
-                .map(|m| m.iter().filter(|(k, _)| *k != "passwordProfile").map(|(k, v)| (k.clone(), v.clone())).collect())
-                .unwrap_or_default();
-            properties.entry("businessPhones".into()).or_insert(json!([]));
-            let user = crate::graph::tenant::User {
-                id: guid(),
-                password: body["passwordProfile"]["password"].as_str().map(str::to_owned),
-                properties,
-                photo: None,
-                licences: Vec::new(),
-                presence: Default::default(),
-                password_set: std::time::Instant::now(),
-                licensed_at: None,
-                disabled_plans: Vec::new(),
-            };
-            let mut resource = user.resource(None);
-            resource["@odata.context"] = json!("https://graph.microsoft.com/v1.0/$metadata#users/$entity");
-            t.users.push(user);
-            ctx.respond(StatusCode::CREATED, Some(resource))
-        }
+        ("POST", ["users"]) => create_user(t, ctx, &body).0,
         ("PATCH", ["users", id]) => match t.user_mut(id) {
             Some(u) => {
                 if let Some(fields) = body.as_object() {
@@ -197,4 +168,74 @@ pub(super) fn handle(t: &mut Tenant, call: Call<'_>) -> Response {
         }
         _ => not_implemented(ctx),
     }
+}
+
+/// POST /users (and an administrative unit's new member): the created user's
+/// response and, on success, its id.
+pub(super) fn create_user(
+    t: &mut Tenant,
+    ctx: &super::Ctx,
+    body: &Value,
+) -> (Response, Option<String>) {
+    let required = [
+        "accountEnabled",
+        "displayName",
+        "mailNickname",
+        "userPrincipalName",
+        "passwordProfile",
+    ];
+    if let Some(missing) = required.iter().find(|f| body.get(**f).is_none()) {
+        return (
+            ctx.error(
+                StatusCode::BAD_REQUEST,
+                "Request_BadRequest",
+                &format!("Invalid value specified for property '{missing}' of resource 'User'."),
+            ),
+            None,
+        );
+    }
+    let upn = body["userPrincipalName"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    if t.user(&upn).is_some() {
+        return (
+            ctx.error(
+                StatusCode::BAD_REQUEST,
+                "Request_BadRequest",
+                "Another object with the same value for property userPrincipalName already exists.",
+            ),
+            None,
+        );
+    }
+    let mut properties: std::collections::BTreeMap<String, Value> = body
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter(|(k, _)| *k != "passwordProfile" && *k != "@odata.type")
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+    properties
+        .entry("businessPhones".into())
+        .or_insert(json!([]));
+    let id = guid();
+    let user = crate::graph::tenant::User {
+        id: id.clone(),
+        password: body["passwordProfile"]["password"]
+            .as_str()
+            .map(str::to_owned),
+        properties,
+        photo: None,
+        licences: Vec::new(),
+        presence: Default::default(),
+        password_set: std::time::Instant::now(),
+        licensed_at: None,
+        disabled_plans: Vec::new(),
+    };
+    let mut resource = user.resource(None);
+    resource["@odata.context"] = json!("https://graph.microsoft.com/v1.0/$metadata#users/$entity");
+    t.users.push(user);
+    (ctx.respond(StatusCode::CREATED, Some(resource)), Some(id))
 }

@@ -31,6 +31,8 @@ pub struct ShadowSettings {
     pub display_name_suffix: String,
     /// Required by Graph before a licence can be assigned.
     pub usage_location: Option<String>,
+    /// The administrative unit shadow accounts are created in.
+    pub administrative_unit: Option<String>,
 }
 
 /// The UPN of a contact's shadow account: readable, within the 64-character
@@ -101,6 +103,7 @@ pub async fn ensure(
         mail_nickname: upn.split('@').next().unwrap_or(local).to_owned(),
         usage_location: settings.usage_location.clone(),
         password: password.clone(),
+        administrative_unit: settings.administrative_unit.clone(),
     };
     let object_id = match graph.create_user(&new).await {
         Ok(user) => user.id,
