@@ -186,3 +186,63 @@ async fn vcard_requests_are_answered_from_graph_profiles_and_cached() {
     );
     assert!(emulator.tenant().violations.is_empty());
 }
+
+/// `$batch` items are throttled one by one (issue 16, item 5): an item
+/// answered 429 is sent again after its own Retry-After, and while it stays
+/// throttled the refresh fails and keeps the previous list — a throttled
+/// batch never withdraws anyone.
+#[tokio::test]
+async fn a_throttled_batch_item_is_retried_and_never_withdraws_a_user() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let emulator = GraphEmulator::start(seed()).await.unwrap();
+    let policy = RetryPolicy {
+        max_attempts: 3,
+        max_wait: Duration::from_secs(5),
+        backoff: Duration::from_millis(50),
+    };
+    let graph = common::graph_client(&emulator, "gateway", "s3cret", policy);
+    let directory = Directory::default();
+    let allowed = AllowedUsers {
+        upns: vec!["alice@contoso.com".into(), "dave@contoso.com".into()],
+        groups: vec![],
+    };
+
+    // One item throttled: retried after its Retry-After, both users read.
+    emulator.tenant().faults.status = Some((429, 1, 1));
+    let started = std::time::Instant::now();
+    let count = directory
+        .refresh(&graph, &allowed, &LocalPartRule::UpnLocalPart)
+        .await
+        .unwrap();
+    assert_eq!(count, 2, "the throttled item was sent again and answered");
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "the retry waited for the item's own Retry-After"
+    );
+    assert!(emulator.tenant().faults.status.is_none());
+    let batches = emulator
+        .tenant()
+        .log
+        .iter()
+        .filter(|l| l.as_str() == "POST /v1.0/$batch")
+        .count();
+    assert_eq!(batches, 2, "one batch, then the throttled item alone");
+
+    // Items throttled past the retry policy: the refresh fails, nobody is
+    // withdrawn, and the next refresh after the throttling ends reads both.
+    emulator.tenant().faults.status = Some((429, 1000, 1));
+    let err = directory
+        .refresh(&graph, &allowed, &LocalPartRule::UpnLocalPart)
+        .await
+        .unwrap_err();
+    assert!(err.is_transient(), "{err}");
+    assert!(directory.exists("alice") && directory.exists("dave"));
+    emulator.tenant().faults.clear();
+    assert_eq!(
+        directory
+            .refresh(&graph, &allowed, &LocalPartRule::UpnLocalPart)
+            .await
+            .unwrap(),
+        2
+    );
+}

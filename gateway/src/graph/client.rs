@@ -176,6 +176,10 @@ impl GraphClient {
         &self.tokens
     }
 
+    pub fn retry_policy(&self) -> &RetryPolicy {
+        &self.retry
+    }
+
     /// Shadow accounts' refresh tokens kept in `vault`; refusals reported to `monitor`.
     pub fn with_sign_ins(
         mut self,

@@ -75,10 +75,15 @@ pub(super) async fn batch(
             continue;
         }
         let status = response.status().as_u16();
+        // Sub-response headers as Graph names them, capitalised
+        // (https://learn.microsoft.com/graph/json-batching, .../throttling).
         let mut out_headers = serde_json::Map::new();
-        for name in [header::CONTENT_TYPE, header::RETRY_AFTER] {
+        for (name, graph_name) in [
+            (header::CONTENT_TYPE, "Content-Type"),
+            (header::RETRY_AFTER, "Retry-After"),
+        ] {
             if let Some(v) = response.headers().get(&name).and_then(|v| v.to_str().ok()) {
-                out_headers.insert(name.as_str().to_owned(), json!(v));
+                out_headers.insert(graph_name.to_owned(), json!(v));
             }
         }
         let bytes = axum::body::to_bytes(response.into_body(), 16 << 20)

@@ -43,8 +43,10 @@ impl std::fmt::Debug for Directory {
 
 impl Directory {
     /// Resolves the allow list now. A user who cannot be read (deleted, a
-    /// typo in the list) is left out and logged; a group that cannot be read
-    /// fails the refresh, so that a Graph outage never empties the directory.
+    /// typo in the list) is left out and logged; a group that cannot be read,
+    /// or a user whose read was throttled or failed for the moment, fails the
+    /// refresh, so that a Graph outage or a throttled `$batch` item never
+    /// withdraws anyone: the previous list stays in service.
     pub async fn refresh(
         &self,
         graph: &GraphClient,
@@ -55,6 +57,7 @@ impl Directory {
         for result in graph.get_users(&allowed.upns).await? {
             match result {
                 Ok(user) => users.push(user),
+                Err(e) if e.is_transient() => return Err(e),
                 Err(e) => tracing::warn!(error = %e, "an allowed user cannot be read; left out"),
             }
         }
