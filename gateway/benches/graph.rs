@@ -12,7 +12,7 @@ use std::time::Instant;
 use secrecy::SecretString;
 use serde_json::json;
 use xmppfed_e2e::graph::{GraphEmulator, Seed};
-use xmppfed_gateway::graph::{Budget, GraphClient, RetryPolicy, Tokens};
+use xmppfed_gateway::graph::{Budgets, GraphClient, RetryPolicy, Tokens};
 
 const TENANT: &str = "5c0ffee0-0000-4000-8000-0000000000be";
 
@@ -41,7 +41,7 @@ async fn main() {
         http.clone(),
         &emulator.graph_url(),
         tokens,
-        Budget::new(1_000_000, 1_000_000),
+        Budgets::uniform(1_000_000, 1_000_000),
         RetryPolicy::default(),
     );
     let n = 5_000;

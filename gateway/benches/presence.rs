@@ -27,7 +27,7 @@ use xmppfed_gateway::bridge::presence::teams::{PollInterval, TeamsPresence};
 use xmppfed_gateway::bridge::users::directory::Directory;
 use xmppfed_gateway::bridge::users::identity::LocalPartRule;
 use xmppfed_gateway::graph::api::User;
-use xmppfed_gateway::graph::{Budget, GraphClient, RetryPolicy, Tokens};
+use xmppfed_gateway::graph::{Budgets, GraphClient, RetryPolicy, Tokens};
 use xmppfed_gateway::s2s::Stanza;
 use xmppfed_gateway::store::Store;
 
@@ -99,7 +99,7 @@ async fn main() {
         http,
         &emulator.graph_url(),
         tokens,
-        Budget::published_limits(),
+        Budgets::published_limits(),
         RetryPolicy::default(),
     ));
 

@@ -99,7 +99,7 @@ fn check_tenant(file: &std::path::Path) -> anyhow::Result<bool> {
     runtime.block_on(async {
         let graph = xmppfed_gateway::graph::from_config(
             graph_config,
-            xmppfed_gateway::graph::Budget::published_limits(),
+            xmppfed_gateway::graph::Budgets::new(&graph_config.limits),
         )?;
         let checks = xmppfed_gateway::preflight::check_tenant(&config, &graph).await;
         print!("{}", xmppfed_gateway::preflight::render(&checks));

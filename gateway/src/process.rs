@@ -138,18 +138,22 @@ impl Gateway {
         let directory = match &config.graph {
             Some(graph) => Some(DirectoryWatch {
                 graph: Arc::new(
-                    crate::graph::from_config(graph, crate::graph::Budget::published_limits())?
-                        .with_sign_ins(refresh_vault(config, &store)?, {
-                            let monitor = SignInMonitor::new(&metrics, health.component("tenant"));
-                            if let Some(pod) = PodMetadata::from_environment() {
-                                // The tenant's answer for the operator's TenantReady condition.
-                                tokio::spawn(pod.keep_annotation(
-                                    xmppfed_config::POD_TENANT_ANNOTATION,
-                                    monitor.watch(),
-                                ));
-                            }
-                            Arc::new(monitor)
-                        }),
+                    crate::graph::from_config(graph, {
+                        let budgets = crate::graph::Budgets::new(&graph.limits);
+                        budgets.metrics().register(&metrics);
+                        budgets
+                    })?
+                    .with_sign_ins(refresh_vault(config, &store)?, {
+                        let monitor = SignInMonitor::new(&metrics, health.component("tenant"));
+                        if let Some(pod) = PodMetadata::from_environment() {
+                            // The tenant's answer for the operator's TenantReady condition.
+                            tokio::spawn(pod.keep_annotation(
+                                xmppfed_config::POD_TENANT_ANNOTATION,
+                                monitor.watch(),
+                            ));
+                        }
+                        Arc::new(monitor)
+                    }),
                 ),
                 directory: Directory::default(),
                 allowed: AllowedUsers {

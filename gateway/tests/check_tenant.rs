@@ -85,7 +85,7 @@ async fn run_with(
     change(&mut config);
     let graph = xmppfed_gateway::graph::from_config(
         config.graph.as_ref().unwrap(),
-        xmppfed_gateway::graph::Budget::new(100, 100),
+        xmppfed_gateway::graph::Budgets::uniform(100, 100),
     )
     .unwrap();
     let checks = check_tenant(&config, &graph).await;

@@ -10,7 +10,7 @@ use serde_json::json;
 use xmppfed_e2e::graph::{GraphEmulator, Seed};
 use xmppfed_gateway::graph::api::NewUser;
 use xmppfed_gateway::graph::{
-    Budget, GraphClient, GraphError, RetryPolicy, SignInMonitor, SignInRefusal, Tokens,
+    Budgets, GraphClient, GraphError, RetryPolicy, SignInMonitor, SignInRefusal, Tokens,
     UserCredential,
 };
 
@@ -366,7 +366,7 @@ async fn the_app_signs_in_with_a_certificate() {
             http,
             &emulator.graph_url(),
             tokens,
-            Budget::new(100, 10),
+            Budgets::uniform(100, 10),
             quick_retries(),
         )
     };
@@ -410,9 +410,11 @@ async fn a_client_from_the_gateway_configuration() {
         secret.display()
     ))
     .unwrap();
-    let graph =
-        xmppfed_gateway::graph::from_config(config.graph.as_ref().unwrap(), Budget::new(50, 10))
-            .unwrap();
+    let graph = xmppfed_gateway::graph::from_config(
+        config.graph.as_ref().unwrap(),
+        Budgets::uniform(50, 10),
+    )
+    .unwrap();
     assert_eq!(
         graph
             .get_user("alice@contoso.com")
@@ -518,7 +520,7 @@ async fn a_reply_too_large_is_refused_not_buffered() {
         http,
         &format!("http://{addr}/v1.0"),
         tokens,
-        Budget::new(200, 50),
+        Budgets::uniform(200, 50),
         quick_retries(),
     );
     let error = graph.get_user("alice@contoso.com").await.unwrap_err();
@@ -685,4 +687,119 @@ async fn each_tenant_policy_refuses_the_shadow_sign_in_with_its_fix() {
         "{error}"
     );
     assert!(error.to_string().contains("admin consent"), "{error}");
+}
+
+/// Microsoft's Teams limits on (issue 16, item 1): a flood of sends to 20
+/// chats, several per chat, all at once, stays under the per-chat (1/s) and
+/// per-tenant (20/s) ceilings — not one 429 — while the same flood spent
+/// through one flat budget is refused by the emulator.
+#[tokio::test]
+async fn a_flood_of_chat_messages_stays_under_the_teams_limits() {
+    const CHATS: usize = 20;
+    const PER_CHAT: usize = 3;
+    let mut users = vec![json!({"userPrincipalName": "bob.xmpp@shadow.contoso.com",
+        "displayName": "Bob (XMPP)", "password": "Sh4dow!pw"})];
+    for n in 0..CHATS {
+        users.push(json!({"userPrincipalName": format!("user{n}@contoso.com"), "displayName": format!("User {n}")}));
+    }
+    let seed: xmppfed_e2e::graph::Seed = serde_json::from_value(json!({
+        "tenantId": TENANT,
+        "apps": [{"clientId": "gateway", "clientSecret": "s3cret",
+                  "roles": ["User.Read.All"],
+                  "scopes": ["User.Read", "Chat.Create", "Chat.ReadWrite", "ChatMessage.Send"]}],
+        "users": users,
+        "teamsLimits": {}
+    }))
+    .unwrap();
+    let bob = UserCredential {
+        upn: "bob.xmpp@shadow.contoso.com".into(),
+        password: SecretString::from("Sh4dow!pw".to_owned()),
+    };
+
+    let flood = |graph: std::sync::Arc<GraphClient>, chats: Vec<String>| {
+        let bob = bob.clone();
+        async move {
+            let sends = chats.iter().flat_map(|chat| {
+                (0..PER_CHAT).map(move |i| (chat.clone(), format!("message {i}")))
+            });
+            futures::future::join_all(sends.map(|(chat, text)| {
+                let (graph, bob) = (graph.clone(), bob.clone());
+                async move { graph.send_chat_message(&bob, &chat, &text).await }
+            }))
+            .await
+        }
+    };
+    let setup = |graph: std::sync::Arc<GraphClient>| {
+        let bob = bob.clone();
+        async move {
+            let bob_id = graph.get_user(&bob.upn).await.unwrap().id;
+            let mut chats = Vec::new();
+            for n in 0..CHATS {
+                let other = graph
+                    .get_user(&format!("user{n}@contoso.com"))
+                    .await
+                    .unwrap()
+                    .id;
+                chats.push(
+                    graph
+                        .one_on_one_chat(&bob, &bob_id, &other)
+                        .await
+                        .unwrap()
+                        .id,
+                );
+            }
+            chats
+        }
+    };
+
+    // With the gateway's budgets: every message sent, none refused.
+    let emulator = GraphEmulator::start(seed.clone()).await.unwrap();
+    let graph = std::sync::Arc::new(common::graph_client_with(
+        &emulator,
+        "gateway",
+        "s3cret",
+        quick_retries(),
+        Budgets::published_limits(),
+    ));
+    let chats = setup(graph.clone()).await;
+    let sent = flood(graph.clone(), chats).await;
+    assert!(sent.iter().all(Result::is_ok), "{sent:?}");
+    assert_eq!(
+        emulator.tenant().throttling.refused,
+        Default::default(),
+        "no 429 from Graph"
+    );
+    let m = graph.budgets().metrics();
+    assert_eq!(
+        m.requests(xmppfed_gateway::graph::limits::Category::ChatMessageSend),
+        (CHATS * PER_CHAT) as u64
+    );
+    assert_eq!(
+        m.throttled(xmppfed_gateway::graph::limits::Category::ChatMessageSend),
+        0
+    );
+
+    // One flat budget: Graph refuses the burst.
+    let emulator = GraphEmulator::start(seed).await.unwrap();
+    let graph = std::sync::Arc::new(common::graph_client_with(
+        &emulator,
+        "gateway",
+        "s3cret",
+        quick_retries(),
+        Budgets::uniform(1_000, 1_000),
+    ));
+    let chats = setup(graph.clone()).await;
+    let _ = flood(graph.clone(), chats).await;
+    let refused = emulator.tenant().throttling.refused.clone();
+    assert!(
+        refused.get("POST chat message").copied().unwrap_or(0) > 0,
+        "the emulator enforces the limits: {refused:?}"
+    );
+    assert!(
+        graph
+            .budgets()
+            .metrics()
+            .throttled(xmppfed_gateway::graph::limits::Category::ChatMessageSend)
+            > 0
+    );
 }

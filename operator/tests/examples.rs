@@ -193,6 +193,14 @@ fn bad_gateways_are_rejected_with_a_clear_message() {
     g["spec"]["bridge"] = json!({"leaderLeaseSeconds": 1});
     rejected_with(&g, "leaderLeaseSeconds");
 
+    // Graph's own ceilings cannot be configured away.
+    let mut g = example("FederationGateway");
+    g["spec"]["bridge"] = json!({"graphLimits": {"chatMessageSendPerSecond": 25}});
+    rejected_with(&g, "chatMessageSendPerSecond");
+    let mut g = example("FederationGateway");
+    g["spec"]["bridge"] = json!({"graphLimits": {"perChatIntervalMs": 500}});
+    rejected_with(&g, "perChatIntervalMs");
+
     let mut g = example("FederationGateway");
     g["spec"]["bridge"] = json!({"localPart": "nickname"});
     rejected_with(&g, "nickname");

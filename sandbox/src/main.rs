@@ -188,6 +188,7 @@ fn config(dir: &Path, emulator: &GraphEmulator) -> anyhow::Result<GatewayConfig>
         client_certificate: None,
         authority_url: emulator.authority_url(),
         graph_url: emulator.graph_url(),
+        limits: Default::default(),
     });
     config.shadow_accounts.upn_domain = Some(SHADOW_DOMAIN.to_owned());
     config.shadow_accounts.licence_sku = Some(SKU.to_owned());

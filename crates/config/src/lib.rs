@@ -308,6 +308,48 @@ pub struct GraphConfig {
     pub authority_url: String,
     #[serde(default = "default_graph_url")]
     pub graph_url: String,
+    /// Request rates the gateway keeps to, per Graph throttling category.
+    #[serde(default)]
+    pub limits: GraphLimits,
+}
+
+/// The request rates the gateway keeps to, one budget per category Microsoft
+/// throttles on its own (https://learn.microsoft.com/graph/throttling-limits:
+/// Microsoft Teams service limits, cloud communications (presence), identity
+/// and access). Defaults are Microsoft's published limits less a margin, so
+/// that the gateway runs at the ceiling without finding it through 429s.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct GraphLimits {
+    /// POST chat message, per second for the tenant (Microsoft: 20).
+    pub chat_message_send_per_second: u32,
+    /// GET chat message(s), per second for the tenant (Microsoft: 20).
+    pub chat_message_read_per_second: u32,
+    /// Least time between two POSTs, or two GETs, in one chat (Microsoft: 1 per second).
+    pub per_chat_interval_ms: u32,
+    /// Presence reads and writes, per second (Microsoft: 1,500 per 30 s).
+    pub presence_per_second: u32,
+    /// `getAllMessages` reads, per second (Microsoft: 200).
+    pub all_messages_per_second: u32,
+    /// Every other Teams call (chats, members, subscriptions), per second (Microsoft: 30).
+    pub teams_other_per_second: u32,
+    /// Directory calls (users, groups, licences, policies), per second
+    /// (Microsoft: 3,500 resource units per 10 s for the smallest tenants).
+    pub directory_per_second: u32,
+}
+
+impl Default for GraphLimits {
+    fn default() -> Self {
+        Self {
+            chat_message_send_per_second: 18,
+            chat_message_read_per_second: 18,
+            per_chat_interval_ms: 1_050,
+            presence_per_second: 45,
+            all_messages_per_second: 180,
+            teams_other_per_second: 27,
+            directory_per_second: 100,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

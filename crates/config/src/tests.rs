@@ -169,6 +169,16 @@ client_id = "0a1b2c3d-4e5f-6789-abcd-ef0123456789"
         "{base}client_secret = {{ env = \"S\" }}\nclient_certificate = {{ cert_file = \"c\", key_file = \"k\" }}\n"
     );
     assert!(fields_of(&both).contains(&"graph.client_certificate".to_owned()));
+
+    let limits = format!(
+        "{base}client_secret = {{ env = \"S\" }}\n[graph.limits]\nchat_message_send_per_second = 0\nper_chat_interval_ms = 200\n"
+    );
+    let fields = fields_of(&limits);
+    assert!(
+        fields.contains(&"graph.limits.chat_message_send_per_second".to_owned())
+            && fields.contains(&"graph.limits.per_chat_interval_ms".to_owned()),
+        "{fields:?}"
+    );
 }
 
 #[test]

@@ -146,6 +146,37 @@ pub(crate) fn validate(c: &GatewayConfig) -> Vec<FieldError> {
                 err(field, m);
             }
         }
+        let l = &g.limits;
+        for (field, rate) in [
+            (
+                "graph.limits.chat_message_send_per_second",
+                l.chat_message_send_per_second,
+            ),
+            (
+                "graph.limits.chat_message_read_per_second",
+                l.chat_message_read_per_second,
+            ),
+            ("graph.limits.presence_per_second", l.presence_per_second),
+            (
+                "graph.limits.all_messages_per_second",
+                l.all_messages_per_second,
+            ),
+            (
+                "graph.limits.teams_other_per_second",
+                l.teams_other_per_second,
+            ),
+            ("graph.limits.directory_per_second", l.directory_per_second),
+        ] {
+            if rate == 0 {
+                err(field, "must be at least 1: 0 would stop every call".into());
+            }
+        }
+        if l.per_chat_interval_ms < 1_000 {
+            err(
+                "graph.limits.per_chat_interval_ms",
+                "must be at least 1000: Microsoft throttles more than one message per second in a chat".into(),
+            );
+        }
         if c.shadow_accounts.upn_domain.is_none() {
             err(
                 "shadow_accounts.upn_domain",

@@ -6,6 +6,7 @@ pub mod emulator;
 pub mod identity;
 pub mod spec;
 pub mod tenant;
+pub mod throttling;
 
 pub use emulator::GraphEmulator;
 pub use tenant::Seed;

@@ -23,6 +23,10 @@ pub struct Seed {
     /// Requests per app per 10 s before 429 (0: no limit).
     #[serde(default)]
     pub requests_per_10s: u32,
+    /// Microsoft's Teams and presence limits, enforced when present
+    /// (`{}` for the published numbers).
+    #[serde(default)]
+    pub teams_limits: Option<super::throttling::TeamsLimits>,
     /// Security Defaults, Conditional Access, password expiry.
     #[serde(default)]
     pub identity: super::identity::IdentityPolicy,
@@ -390,6 +394,8 @@ pub struct Tenant {
     pub faults: Faults,
     pub requests_per_10s: u32,
     pub windows: HashMap<String, (Instant, u32)>,
+    /// Per-category Teams throttling (`teamsLimits` in the seed).
+    pub throttling: super::throttling::Throttling,
     /// Every Graph request served, `METHOD path`, for tests to inspect.
     pub log: Vec<String>,
     pub chats: Vec<Chat>,
@@ -458,6 +464,7 @@ impl Tenant {
             groups: seed.groups,
             skus: seed.skus,
             requests_per_10s: seed.requests_per_10s,
+            throttling: super::throttling::Throttling::new(seed.teams_limits),
             identity: seed.identity,
             teams: seed.teams,
             domains: seed.domains,

@@ -1,4 +1,4 @@
-//! Sending Graph requests: tokens, the per-tenant request budget, retries of
+//! Sending Graph requests: tokens, the per-category request budgets, retries of
 //! 429/503/504 after `Retry-After` (jittered, bounded), one tracing span per
 //! call carrying Graph's `request-id`.
 
@@ -13,6 +13,7 @@ use tokio::time::Instant;
 
 use super::auth::{Identity, Tokens, UserCredential};
 use super::error::GraphError;
+use super::limits::{Budgets, classify};
 use super::reply::read_body;
 
 /// How hard to try before giving up on a call.
@@ -35,9 +36,10 @@ impl Default for RetryPolicy {
     }
 }
 
-/// A token bucket for the whole tenant: keeps us under Microsoft's published
-/// limits instead of finding them through 429s. A 429 pauses every caller
-/// until its `Retry-After` has passed.
+/// A token bucket for one throttling category of the tenant (see `limits`):
+/// keeps us under Microsoft's published limits instead of finding them
+/// through 429s. A 429 pauses every caller of the category until its
+/// `Retry-After` has passed.
 #[derive(Debug)]
 pub struct Budget {
     per_second: f64,
@@ -52,13 +54,6 @@ impl Budget {
             burst: f64::from(burst.max(1)),
             state: Mutex::new((f64::from(burst.max(1)), Instant::now(), None)),
         }
-    }
-
-    /// Under Microsoft's published limits for what the gateway calls. The
-    /// tightest is presence: 1,500 requests per 30 s per app per tenant
-    /// (50/s); we keep to 80% of it for the whole tenant, bursts of 100.
-    pub fn published_limits() -> Self {
-        Self::new(40, 100)
     }
 
     /// Waits for one request's worth of budget.
@@ -115,7 +110,7 @@ pub struct GraphClient {
     http: reqwest::Client,
     base: String,
     tokens: Tokens,
-    budget: Budget,
+    budgets: Budgets,
     retry: RetryPolicy,
 }
 
@@ -160,20 +155,25 @@ impl GraphClient {
         http: reqwest::Client,
         graph_url: &str,
         tokens: Tokens,
-        budget: Budget,
+        budgets: Budgets,
         retry: RetryPolicy,
     ) -> Self {
         Self {
             http,
             base: graph_url.trim_end_matches('/').to_owned(),
             tokens,
-            budget,
+            budgets,
             retry,
         }
     }
 
     pub fn tokens(&self) -> &Tokens {
         &self.tokens
+    }
+
+    /// The per-category budgets and their metrics.
+    pub fn budgets(&self) -> &Budgets {
+        &self.budgets
     }
 
     pub fn retry_policy(&self) -> &RetryPolicy {
@@ -202,9 +202,10 @@ impl GraphClient {
         let mut waited = Duration::ZERO;
         let mut refreshed_token = false;
         let mut attempt = 0;
+        let route = classify(&method, path);
         loop {
             attempt += 1;
-            self.budget.acquire().await;
+            self.budgets.acquire(&route).await;
             let token = self.tokens.get(identity, credential).await?;
             let mut request = self
                 .http
@@ -287,8 +288,11 @@ impl GraphClient {
                 return Err(error);
             }
             if status == 429 {
-                self.budget
-                    .pause_until(Instant::now() + retry_after.unwrap_or(self.retry.backoff))
+                self.budgets
+                    .throttled(
+                        &route,
+                        Instant::now() + retry_after.unwrap_or(self.retry.backoff),
+                    )
                     .await;
             }
             let delay = retry_after.unwrap_or(self.retry.backoff * 2u32.pow(attempt.min(10) - 1))

@@ -1,11 +1,12 @@
 //! Microsoft Graph v1.0: tokens, typed calls, errors, retries and the
-//! per-tenant request budget.
+//! per-category request budgets.
 
 pub mod api;
 pub mod auth;
 pub mod client;
 pub mod directory;
 pub mod error;
+pub mod limits;
 mod reply;
 pub mod sign_in;
 pub mod subscriptions;
@@ -14,13 +15,14 @@ pub mod webhook;
 pub use auth::{Identity, RefreshTokenVault, Tokens, UserCredential};
 pub use client::{Budget, GraphClient, RetryPolicy};
 pub use error::GraphError;
+pub use limits::Budgets;
 pub use sign_in::{SignInMonitor, SignInRefusal};
 
 /// The Graph client the configuration describes: the app's secret or
-/// certificate, the authority and Graph URLs, a request budget.
+/// certificate, the authority and Graph URLs, its request budgets.
 pub fn from_config(
     config: &xmppfed_config::GraphConfig,
-    budget: Budget,
+    budget: Budgets,
 ) -> Result<GraphClient, GraphError> {
     let http = reqwest::Client::builder()
         .user_agent(concat!("xmppfed-gateway/", env!("CARGO_PKG_VERSION")))

@@ -58,6 +58,23 @@ pub fn graph_client(
     secret: &str,
     retry: xmppfed_gateway::graph::RetryPolicy,
 ) -> xmppfed_gateway::graph::GraphClient {
+    graph_client_with(
+        emulator,
+        client_id,
+        secret,
+        retry,
+        xmppfed_gateway::graph::Budgets::uniform(200, 50),
+    )
+}
+
+/// The same, spending `budgets`.
+pub fn graph_client_with(
+    emulator: &xmppfed_e2e::graph::GraphEmulator,
+    client_id: &str,
+    secret: &str,
+    retry: xmppfed_gateway::graph::RetryPolicy,
+    budgets: xmppfed_gateway::graph::Budgets,
+) -> xmppfed_gateway::graph::GraphClient {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let http = reqwest::Client::new();
     let tenant = emulator.tenant().id.clone();
@@ -68,13 +85,7 @@ pub fn graph_client(
         client_id,
         secrecy::SecretString::from(secret.to_owned()),
     );
-    xmppfed_gateway::graph::GraphClient::new(
-        http,
-        &emulator.graph_url(),
-        tokens,
-        xmppfed_gateway::graph::Budget::new(200, 50),
-        retry,
-    )
+    xmppfed_gateway::graph::GraphClient::new(http, &emulator.graph_url(), tokens, budgets, retry)
 }
 
 /// Why a test against a real server cannot run on this machine, if it cannot.

@@ -109,6 +109,46 @@ pub struct BridgeSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 6, max = 600))]
     pub leader_lease_seconds: Option<i64>,
+    /// Graph request rates per throttling category (defaults: Microsoft's
+    /// published limits less a margin; the gateway's `[graph.limits]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub graph_limits: Option<GraphLimitsSpec>,
+}
+
+/// Graph request rates, per second, per category Microsoft throttles on its
+/// own (https://learn.microsoft.com/graph/throttling-limits). Unset fields
+/// keep the gateway's defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GraphLimitsSpec {
+    /// POST chat message for the tenant (Microsoft: 20/s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 20))]
+    pub chat_message_send_per_second: Option<i64>,
+    /// GET chat messages for the tenant (Microsoft: 20/s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 20))]
+    pub chat_message_read_per_second: Option<i64>,
+    /// Least time between two sends, or two reads, in one chat (Microsoft: 1/s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1000, max = 60000))]
+    pub per_chat_interval_ms: Option<i64>,
+    /// Presence reads and writes (Microsoft: 1,500 per 30 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 50))]
+    pub presence_per_second: Option<i64>,
+    /// `getAllMessages` reads (Microsoft: 200/s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 200))]
+    pub all_messages_per_second: Option<i64>,
+    /// Other Teams calls (Microsoft: 30/s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 30))]
+    pub teams_other_per_second: Option<i64>,
+    /// Directory calls (users, groups, licences, policies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 800))]
+    pub directory_per_second: Option<i64>,
 }
 
 #[derive(

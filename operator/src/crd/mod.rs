@@ -13,9 +13,9 @@ pub use common::{Condition, GatewaySelector, ResourceStatus, SecretKeyRef};
 pub use domain_whitelist::{DomainWhitelist, DomainWhitelistSpec};
 pub use federation_gateway::{
     BridgeSpec, DatabaseEngine, DatabaseSpec, FederationGateway, FederationGatewaySpec,
-    FederationGatewayStatus, LicenceAssignment, LocalPart, OutOfOffice, PolicySelection,
-    S2sServiceType, S2sSpec, ShadowAccountSpec, StaticRouteSpec, Subscriptions, TelemetrySpec,
-    TenantSpec,
+    FederationGatewayStatus, GraphLimitsSpec, LicenceAssignment, LocalPart, OutOfOffice,
+    PolicySelection, S2sServiceType, S2sSpec, ShadowAccountSpec, StaticRouteSpec, Subscriptions,
+    TelemetrySpec, TenantSpec,
 };
 pub use throttle_policy::{
     ThrottleLimitsSpec, ThrottleOverride, ThrottlePolicy, ThrottlePolicySpec,

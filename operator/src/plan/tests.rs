@@ -401,7 +401,8 @@ fn bridge_settings_render_into_the_gateway_configuration() {
     let mut g = gateway(
         &format!(
             "{}  bridge: {{ localPart: wholeUpn, subscriptions: refuse, outOfOffice: unavailable, \
-             presencePollIntervalMs: 2000, messageExpirySeconds: 600, leaderLeaseSeconds: 30 }}\n",
+             presencePollIntervalMs: 2000, messageExpirySeconds: 600, leaderLeaseSeconds: 30, \
+             graphLimits: {{ chatMessageSendPerSecond: 10, perChatIntervalMs: 2000 }} }}\n",
             sqlite()
         ),
         "",
@@ -428,6 +429,19 @@ fn bridge_settings_render_into_the_gateway_configuration() {
     assert_eq!(config.presence.poll_interval_ms, 2000);
     assert_eq!(config.messages.expiry_secs, 600);
     assert_eq!(config.leader.lease_secs, 30);
+    let limits = &config.graph.as_ref().unwrap().limits;
+    assert_eq!(
+        (
+            limits.chat_message_send_per_second,
+            limits.per_chat_interval_ms
+        ),
+        (10, 2000)
+    );
+    assert_eq!(
+        limits.presence_per_second,
+        xmppfed_config::GraphLimits::default().presence_per_second,
+        "unset limits keep the gateway's defaults"
+    );
     // Unset: the gateway's defaults.
     let g = gateway(sqlite(), "");
     let config =

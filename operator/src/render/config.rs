@@ -216,6 +216,7 @@ pub fn render_config(
             client_certificate,
             authority_url: "https://login.microsoftonline.com".to_owned(),
             graph_url: "https://graph.microsoft.com/v1.0".to_owned(),
+            limits: graph_limits(bridge.graph_limits.as_ref()),
         }),
         webhook: cfg::WebhookConfig {
             listen: any([0, 0, 0, 0], ports::WEBHOOK),
@@ -308,4 +309,25 @@ pub fn render_config(
 pub fn config_hash(toml: &str) -> String {
     let digest = Sha256::digest(toml.as_bytes());
     digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+/// `spec.bridge.graphLimits` over the gateway's defaults.
+fn graph_limits(spec: Option<&crate::crd::GraphLimitsSpec>) -> cfg::GraphLimits {
+    let d = cfg::GraphLimits::default();
+    let Some(s) = spec else { return d };
+    cfg::GraphLimits {
+        chat_message_send_per_second: set_or(
+            s.chat_message_send_per_second,
+            d.chat_message_send_per_second,
+        ),
+        chat_message_read_per_second: set_or(
+            s.chat_message_read_per_second,
+            d.chat_message_read_per_second,
+        ),
+        per_chat_interval_ms: set_or(s.per_chat_interval_ms, d.per_chat_interval_ms),
+        presence_per_second: set_or(s.presence_per_second, d.presence_per_second),
+        all_messages_per_second: set_or(s.all_messages_per_second, d.all_messages_per_second),
+        teams_other_per_second: set_or(s.teams_other_per_second, d.teams_other_per_second),
+        directory_per_second: set_or(s.directory_per_second, d.directory_per_second),
+    }
 }

@@ -424,6 +424,22 @@ fn graph_locked(
             .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
         return response;
     }
+    // Microsoft's per-category Teams limits
+    // (https://learn.microsoft.com/graph/throttling-limits#microsoft-teams-service-limits).
+    if let Some((limited, chat)) = crate::graph::throttling::limited(method.as_str(), &segments) {
+        let app = principal.client_id().to_owned();
+        if let Some(retry_after) = t.throttling.check(&app, limited, chat, Instant::now()) {
+            let mut response = ctx.error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "TooManyRequests",
+                "Too many requests. Please try again later.",
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+            return response;
+        }
+    }
     if let Some(retry_after) = t.throttle(principal.client_id(), Instant::now()) {
         let mut response = ctx.error(
             StatusCode::TOO_MANY_REQUESTS,

@@ -22,9 +22,9 @@ use crate::graph::api::{PRESENCE_BATCH, Presence as GraphPresence};
 use crate::graph::{GraphClient, GraphError};
 use crate::s2s::Stanza;
 
-/// Presence reads per second we allow ourselves: a quarter of the tenant
-/// budget (`Budget::published_limits`), leaving the rest to messages,
-/// profiles and shadow accounts, and far under Graph's presence limit.
+/// Presence reads per second we allow ourselves: under a quarter of the
+/// presence budget (`graph.limits.presence_per_second`), leaving the rest to
+/// the contacts' own `setPresence` calls.
 const POLL_CALLS_PER_SEC: u64 = 10;
 /// The most the interval doubles after failures (2⁵ × the base).
 const MAX_BACKOFF: u32 = 5;
