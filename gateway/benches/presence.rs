@@ -54,6 +54,7 @@ fn set_everyone(
                 availability: availability.into(),
                 activity: activity.into(),
                 expires: Instant::now() + Duration::from_secs(3600),
+                keep_alive: None,
             },
         );
     }

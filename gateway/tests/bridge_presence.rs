@@ -322,3 +322,99 @@ async fn ejabberd_presence_and_cards() {
     drop(bob);
     gateway.stop().await;
 }
+
+/// Presence that does not fade (issue 16, item 4): Graph times an Available
+/// app session out after 5 minutes without a setPresence (here 2 s, the
+/// emulator's `presenceTimeoutSeconds`), fading it to AvailableInactive and
+/// then Away. An online contact's shadow account is kept alive: through six
+/// timeouts (30 minutes at Microsoft's timetable) it never fades, with about
+/// one setPresence per keep-alive. The tenant refuses app-only
+/// setStatusMessage: tried once, never again, and presence still flows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_online_contact_stays_available_and_a_refused_status_is_not_retried() {
+    if skip(prosody::available(), "prosody") {
+        return;
+    }
+    common::init();
+    let mut seed = seed();
+    seed.presence_timeout_seconds = Some(2);
+    seed.refuse_app_status_message = true;
+    let emulator = GraphEmulator::start(seed).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (gateway_port, peer_s2s) = (prosody::free_port().unwrap(), prosody::free_port().unwrap());
+    let mut config = gateway_config(dir.path(), &emulator, gateway_port, peer_s2s);
+    config.presence.keep_alive_secs = 1;
+    let gateway = start_gateway(&config).await;
+    let (server, mut bob) = prosody_with_bob(ProsodyOptions {
+        routes: vec![(DOMAIN.into(), gateway_port)],
+        s2s_port: Some(peer_s2s),
+        ..ProsodyOptions::new(PEER)
+    });
+    let shadow = upn_for("bob@xmpp.test", SHADOW_DOMAIN);
+
+    bob.command(json!({"cmd": "subscribe", "to": ALICE}))
+        .unwrap();
+    wait(&mut bob, 20, |e| {
+        e["event"] == "presence" && e["type"] == "subscribed" && e["from"] == ALICE
+    });
+    bob.command(json!({"cmd": "presence", "show": "", "status": "At my desk"}))
+        .unwrap();
+    let count = |what: &str| {
+        emulator
+            .tenant()
+            .log
+            .iter()
+            .filter(|l| l.starts_with("POST") && l.ends_with(what))
+            .count()
+    };
+    until(20, "Bob available in Teams, his status text tried", || {
+        shown(&emulator, &shadow)
+            .filter(|(a, b, _)| a == "Available" && b == "Available")
+            .filter(|_| count("/setStatusMessage") >= 1)
+    })
+    .await;
+    // Let the refusal be seen before counting.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (presence_before, status_before) = (count("/setPresence"), count("/setStatusMessage"));
+
+    // Six timeouts, sampled four times a second: never faded.
+    let watched = Duration::from_secs(12);
+    let start = Instant::now();
+    while start.elapsed() < watched {
+        let now = shown(&emulator, &shadow).unwrap();
+        assert_eq!(
+            (now.0.as_str(), now.1.as_str()),
+            ("Available", "Available"),
+            "faded after {:?}",
+            start.elapsed()
+        );
+        assert_eq!(now.2, None, "the refused status text is not shown");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let keep_alives = count("/setPresence") - presence_before;
+    eprintln!(
+        "setPresence keep-alives in {watched:?} (keep-alive 1 s, timeout 2 s): {keep_alives}"
+    );
+    assert!(
+        (6..=24).contains(&keep_alives),
+        "kept alive about once a second, not more: {keep_alives}"
+    );
+    assert!(status_before >= 1, "the status text was tried");
+    assert_eq!(
+        count("/setStatusMessage"),
+        status_before,
+        "a refused setStatusMessage is not tried again"
+    );
+
+    // Presence still flows after the refusal.
+    bob.command(json!({"cmd": "presence", "show": "dnd", "status": "Focusing"}))
+        .unwrap();
+    until(10, "Bob busy in Teams", || {
+        shown(&emulator, &shadow).filter(|(a, _, _)| a == "DoNotDisturb")
+    })
+    .await;
+    assert_eq!(count("/setStatusMessage"), status_before);
+    drop(bob);
+    gateway.stop().await;
+    drop(server);
+}

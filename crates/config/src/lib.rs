@@ -115,6 +115,11 @@ pub struct PresenceConfig {
     /// Lifetime of the presence session set on a shadow account; it is
     /// renewed before it ends while the contact stays online (5–240).
     pub session_minutes: u32,
+    /// How often an Available shadow account's presence session is kept
+    /// alive (seconds): Graph fades an Available app session to
+    /// AvailableInactive after 5 minutes without a setPresence, and to Away
+    /// after 5 more, whatever its expiration.
+    pub keep_alive_secs: u32,
     /// How a Teams user who is out of office shows to XMPP.
     pub out_of_office: OutOfOfficeAs,
     /// Whether subscription requests to allowed Teams users are approved.
@@ -131,6 +136,7 @@ impl Default for PresenceConfig {
             poll_interval_ms: 1000,
             max_poll_interval_ms: 30_000,
             session_minutes: 60,
+            keep_alive_secs: 240,
             out_of_office: OutOfOfficeAs::default(),
             subscriptions: SubscriptionPolicy::default(),
             card_cache_secs: 3600,

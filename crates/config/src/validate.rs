@@ -267,6 +267,12 @@ pub(crate) fn validate(c: &GatewayConfig) -> Vec<FieldError> {
             "must be between 5 and 240 (Graph's presence session limits)".into(),
         );
     }
+    if !(1..300).contains(&p.keep_alive_secs) {
+        err(
+            "presence.keep_alive_secs",
+            "must be between 1 and 299: Graph fades an Available presence session after 300 s without one".into(),
+        );
+    }
     if p.resource.trim().is_empty() || p.resource.len() > 64 {
         err("presence.resource", "must be 1 to 64 characters".into());
     }

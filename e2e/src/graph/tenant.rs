@@ -23,6 +23,13 @@ pub struct Seed {
     /// Requests per app per 10 s before 429 (0: no limit).
     #[serde(default)]
     pub requests_per_10s: u32,
+    /// How long an Available app presence session lasts without a
+    /// keep-alive (Microsoft: 5 minutes); shorter in tests.
+    #[serde(default)]
+    pub presence_timeout_seconds: Option<u64>,
+    /// Refuse app-only setStatusMessage (403), as a tenant may.
+    #[serde(default)]
+    pub refuse_app_status_message: bool,
     /// Microsoft's Teams and presence limits, enforced when present
     /// (`{}` for the published numbers).
     #[serde(default)]
@@ -192,7 +199,35 @@ pub struct Session {
     pub availability: String,
     pub activity: String,
     pub expires: Instant,
+    /// An app session's last keep-alive (its last setPresence) and its
+    /// timeout; `None` for sessions that do not time out here.
+    pub keep_alive: Option<(Instant, Duration)>,
 }
+
+impl Session {
+    /// The session's state now: an Available session not kept alive fades,
+    /// to Available/AvailableInactive after one timeout and to Away/Away after
+    /// another (https://learn.microsoft.com/graph/api/presence-setpresence,
+    /// "Timeout, expiration, and keep alive").
+    fn state(&self, now: Instant) -> (String, String) {
+        match self.keep_alive {
+            Some((at, timeout)) if self.availability == "Available" => {
+                let idle = now.saturating_duration_since(at);
+                if idle >= timeout * 2 {
+                    ("Away".into(), "Away".into())
+                } else if idle >= timeout {
+                    ("Available".into(), "AvailableInactive".into())
+                } else {
+                    (self.availability.clone(), self.activity.clone())
+                }
+            }
+            _ => (self.availability.clone(), self.activity.clone()),
+        }
+    }
+}
+
+/// Microsoft's presence-session timeout for an Available app session.
+pub const PRESENCE_TIMEOUT: Duration = Duration::from_secs(300);
 
 #[derive(Debug, Clone, Default)]
 pub struct Presence {
@@ -228,8 +263,8 @@ impl Presence {
         }
         self.sessions
             .values()
-            .max_by_key(|s| rank(&s.availability))
-            .map(|s| (s.availability.clone(), s.activity.clone()))
+            .map(|s| s.state(now))
+            .max_by_key(|(availability, _)| rank(availability))
             .unwrap_or_else(|| ("Offline".into(), "Offline".into()))
     }
 }
@@ -394,6 +429,11 @@ pub struct Tenant {
     pub faults: Faults,
     pub requests_per_10s: u32,
     pub windows: HashMap<String, (Instant, u32)>,
+    /// The presence-session timeout (`PRESENCE_TIMEOUT` unless seeded).
+    pub presence_timeout: Duration,
+    /// Whether the tenant takes setStatusMessage from an app (application
+    /// permission); when false, app calls get 403.
+    pub app_status_message: bool,
     /// Per-category Teams throttling (`teamsLimits` in the seed).
     pub throttling: super::throttling::Throttling,
     /// Every Graph request served, `METHOD path`, for tests to inspect.
@@ -465,6 +505,10 @@ impl Tenant {
             skus: seed.skus,
             requests_per_10s: seed.requests_per_10s,
             throttling: super::throttling::Throttling::new(seed.teams_limits),
+            presence_timeout: seed
+                .presence_timeout_seconds
+                .map_or(PRESENCE_TIMEOUT, Duration::from_secs),
+            app_status_message: !seed.refuse_app_status_message,
             identity: seed.identity,
             teams: seed.teams,
             domains: seed.domains,
@@ -568,7 +612,29 @@ mod tests {
             availability: a.into(),
             activity: a.into(),
             expires: now + Duration::from_secs(secs),
+            keep_alive: None,
         }
+    }
+
+    #[test]
+    fn an_available_app_session_fades_unless_kept_alive() {
+        let now = Instant::now();
+        let mut p = Presence::default();
+        let mut app = session("Available", 3600, now);
+        app.keep_alive = Some((now, PRESENCE_TIMEOUT));
+        p.sessions.insert("app".into(), app);
+        let at = |m: u64| now + Duration::from_secs(m * 60);
+        assert_eq!(p.aggregate(at(4)), ("Available".into(), "Available".into()));
+        assert_eq!(
+            p.aggregate(at(5)),
+            ("Available".into(), "AvailableInactive".into())
+        );
+        assert_eq!(p.aggregate(at(10)), ("Away".into(), "Away".into()));
+        // A Busy session does not time out, only expires.
+        let mut busy = session("Busy", 3600, now);
+        busy.keep_alive = Some((now, PRESENCE_TIMEOUT));
+        p.sessions.insert("app".into(), busy);
+        assert_eq!(p.aggregate(at(30)).0, "Busy");
     }
 
     #[test]

@@ -28,7 +28,7 @@ use crate::bridge::messages::{self, Messages};
 use crate::bridge::metrics::BridgeMetrics;
 use crate::bridge::presence::OutOfOffice;
 use crate::bridge::presence::XmppPresence;
-use crate::bridge::presence::contact::ContactPresence;
+use crate::bridge::presence::contact::{ContactPresence, Renewal};
 use crate::bridge::presence::teams::PollInterval;
 use crate::bridge::presence::teams::TeamsPresence;
 use crate::bridge::throttle::Throttle;
@@ -54,6 +54,8 @@ pub struct Settings {
     /// Our application (client) id: the presence session id on shadow accounts.
     pub session_id: String,
     pub session: Duration,
+    /// Keep-alive of an Available presence session (before Graph's 5-minute timeout).
+    pub keep_alive: Duration,
     pub poll: PollInterval,
     pub out_of_office: OutOfOffice,
     pub card_ttl: Duration,
@@ -76,6 +78,7 @@ impl Settings {
             policy: p.subscriptions,
             session_id: graph.client_id.clone(),
             session: Duration::from_secs(u64::from(p.session_minutes) * 60),
+            keep_alive: Duration::from_secs(u64::from(p.keep_alive_secs)),
             poll: PollInterval::new(
                 Duration::from_millis(p.poll_interval_ms),
                 Duration::from_millis(p.max_poll_interval_ms),
@@ -245,7 +248,10 @@ impl Bridge {
             graph.clone(),
             contacts.clone(),
             &settings.session_id,
-            settings.session,
+            Renewal {
+                session: settings.session,
+                keep_alive: settings.keep_alive,
+            },
             throttle.clone(),
             metrics.clone(),
         ));

@@ -33,6 +33,8 @@ pub(super) async fn control_presence(
             .to_owned(),
         activity: body["activity"].as_str().unwrap_or("Available").to_owned(),
         expires: Instant::now() + Duration::from_secs(3600),
+        // A Teams client in use keeps its session alive.
+        keep_alive: None,
     };
     u.presence.sessions.insert("teams-client".into(), session);
     if let Some(text) = body.get("statusMessage") {

@@ -65,6 +65,7 @@ pub(super) fn handle(t: &mut Tenant, call: Call<'_>) -> Response {
                 Principal::User { user_id, .. } => Some(user_id.clone()),
                 Principal::App { .. } => None,
             };
+            let (timeout, app_status_message) = (t.presence_timeout, t.app_status_message);
             let Some(u) = t.user_mut(id) else {
                 return not_found(id);
             };
@@ -75,7 +76,14 @@ pub(super) fn handle(t: &mut Tenant, call: Call<'_>) -> Response {
                     "A delegated token may only change the signed-in user's presence.",
                 );
             }
-            match presence_action(u, action, &body, principal) {
+            if *action == "setStatusMessage" && own_user.is_none() && !app_status_message {
+                return ctx.error(
+                    StatusCode::FORBIDDEN,
+                    "Forbidden",
+                    "Application is not allowed to set the status message in this tenant.",
+                );
+            }
+            match presence_action(u, action, &body, principal, timeout) {
                 Ok(()) => ctx.respond(StatusCode::OK, None),
                 Err(message) => ctx.error(StatusCode::BAD_REQUEST, "BadRequest", &message),
             }
@@ -125,6 +133,7 @@ pub(super) fn presence_action(
     action: &str,
     body: &Value,
     principal: &Principal,
+    timeout: Duration,
 ) -> Result<(), String> {
     let now = Instant::now();
     let availability = body["availability"].as_str().unwrap_or_default().to_owned();
@@ -167,6 +176,8 @@ pub(super) fn presence_action(
                     availability,
                     activity,
                     expires: now + d,
+                    // Each setPresence is the session's keep-alive.
+                    keep_alive: Some((now, timeout)),
                 },
             );
             Ok(())
@@ -199,6 +210,8 @@ pub(super) fn presence_action(
                 availability,
                 activity,
                 expires: now + d,
+                // The user's preferred presence does not time out.
+                keep_alive: None,
             });
             Ok(())
         }

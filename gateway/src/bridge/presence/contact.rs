@@ -1,11 +1,14 @@
 //! XMPP → Teams presence: a remote contact's presence (over all its
 //! resources) drives its shadow account — `setPresence` in our application's
-//! session, renewed before the session lapses, the status text through
-//! `setStatusMessage`, and `clearPresence` when the contact goes offline.
+//! session, renewed before the session lapses (and, while Available, before
+//! Graph's 5-minute timeout fades it), the status text through
+//! `setStatusMessage` where the tenant allows it, and `clearPresence` when
+//! the contact goes offline.
 //! Changes are coalesced per contact: a worker applies the latest state, so a
 //! contact flapping quickly costs a few Graph calls, not one per stanza.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -79,12 +82,40 @@ pub fn aggregate(resources: &HashMap<String, Shown>) -> Shown {
         .unwrap_or_else(Shown::offline)
 }
 
+/// When a presence session is set again while the contact stays the same.
+#[derive(Debug, Clone, Copy)]
+pub struct Renewal {
+    /// The session's expiration, renewed at four fifths of it.
+    pub session: Duration,
+    /// An Available session is timed out after 5 minutes without a
+    /// setPresence (https://learn.microsoft.com/graph/api/presence-setpresence,
+    /// "Timeout, expiration, and keep alive"): kept alive this often.
+    pub keep_alive: Duration,
+}
+
+impl Renewal {
+    /// How long after being set `shown` needs setting again (`None`: never).
+    pub fn after(&self, shown: &Shown) -> Option<Duration> {
+        match shown.presence {
+            TeamsPresence::Set {
+                availability: "Available",
+                ..
+            } => Some((self.session * 4 / 5).min(self.keep_alive)),
+            TeamsPresence::Set { .. } => Some(self.session * 4 / 5),
+            TeamsPresence::Clear => None,
+        }
+    }
+}
+
 pub struct ContactPresence {
     graph: Arc<GraphClient>,
     contacts: Arc<Contacts>,
     /// Our application id: the presence session Graph keeps for us.
     session_id: String,
-    session: Duration,
+    renewal: Renewal,
+    /// The tenant refused app-only setStatusMessage: status texts are not
+    /// sent (said once in the log), presence still is.
+    status_unsupported: AtomicBool,
     throttle: Arc<Throttle>,
     metrics: BridgeMetrics,
     state: Mutex<HashMap<String, ContactState>>,
@@ -96,7 +127,7 @@ impl ContactPresence {
         graph: Arc<GraphClient>,
         contacts: Arc<Contacts>,
         session_id: &str,
-        session: Duration,
+        renewal: Renewal,
         throttle: Arc<Throttle>,
         metrics: BridgeMetrics,
     ) -> Self {
@@ -104,7 +135,8 @@ impl ContactPresence {
             graph,
             contacts,
             session_id: session_id.to_owned(),
-            session,
+            renewal,
+            status_unsupported: AtomicBool::new(false),
             throttle,
             metrics,
             state: Mutex::new(HashMap::new()),
@@ -181,7 +213,15 @@ impl ContactPresence {
                     async move { this.apply(&jid).await }
                 })
                 .await;
-            let _ = tokio::time::timeout(TICK, self.wake.notified()).await;
+            // Until the next renewal is due, or a change comes in.
+            let next = self
+                .state()
+                .values()
+                .filter_map(|c| c.due)
+                .min()
+                .map_or(TICK, |d| d.saturating_duration_since(Instant::now()))
+                .min(TICK);
+            let _ = tokio::time::timeout(next, self.wake.notified()).await;
         }
     }
 
@@ -201,15 +241,13 @@ impl ContactPresence {
         };
         let renewal = applied.as_ref().is_some_and(|(s, _)| *s == wanted);
         // The same presence again before its renewal is due: nothing to do.
+        let renew_after = self.renewal.after(&wanted);
         if let Some((_, at)) = &applied
             && renewal
-            && (at.elapsed() < self.session * 4 / 5 || wanted.presence == TeamsPresence::Clear)
+            && renew_after.is_none_or(|after| at.elapsed() < after)
         {
             if let Some(contact) = self.state().get_mut(jid) {
-                contact.due = match wanted.presence {
-                    TeamsPresence::Set { .. } => Some(*at + self.session * 4 / 5),
-                    TeamsPresence::Clear => None,
-                };
+                contact.due = renew_after.map(|after| *at + after);
             }
             return;
         }
@@ -229,11 +267,7 @@ impl ContactPresence {
         };
         match result {
             Ok(()) => {
-                let renew = match wanted.presence {
-                    // Renewed at four fifths of the session's life.
-                    TeamsPresence::Set { .. } => Some(Instant::now() + self.session * 4 / 5),
-                    TeamsPresence::Clear => None,
-                };
+                let renew = renew_after.map(|after| Instant::now() + after);
                 contact.applied = Some((wanted, Instant::now()));
                 // A change that came in meanwhile keeps its own, earlier, due time.
                 contact.due = contact.due.or(renew);
@@ -278,7 +312,7 @@ impl ContactPresence {
                         &self.session_id,
                         availability,
                         activity,
-                        self.session,
+                        self.renewal.session,
                     )
                     .await
             }
@@ -301,14 +335,23 @@ impl ContactPresence {
         }
         let old_status = applied.and_then(|(s, _)| s.status.clone());
         if wanted.status != old_status
+            && !self.status_unsupported.load(Ordering::Relaxed)
             && let Err(e) = self
                 .graph
                 .set_status_message(&object_id, wanted.status.as_deref().unwrap_or(""))
                 .await
         {
             self.metrics.graph_failure("set-status-message");
-            tracing::warn!(%jid, error = %e, "cannot update the shadow account's status message");
-            return Err(());
+            if e.is_transient() {
+                tracing::warn!(%jid, error = %e, "cannot update the shadow account's status message");
+                return Err(());
+            }
+            // A refusal (the tenant does not let apps set status messages):
+            // said once, and presence goes on without status texts.
+            if !self.status_unsupported.swap(true, Ordering::Relaxed) {
+                tracing::warn!(error = %e, "the tenant refuses setStatusMessage from the app: \
+                    contacts' status texts are not shown in Teams (presence still is)");
+            }
         }
         if !renewing {
             self.metrics.presence("to-teams", 1);
