@@ -436,7 +436,7 @@ pub struct Tenant {
     pub app_status_message: bool,
     /// Per-category Teams throttling (`teamsLimits` in the seed).
     pub throttling: super::throttling::Throttling,
-    /// Every Graph request served, `METHOD path`, for tests to inspect.
+    /// Every Graph request served, `METHOD path?query`, for tests to inspect.
     pub log: Vec<String>,
     pub chats: Vec<Chat>,
     pub subscriptions: Vec<Subscription>,

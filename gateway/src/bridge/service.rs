@@ -66,6 +66,8 @@ pub struct Settings {
     pub message_expiry: Duration,
     /// How often chats are read for messages (faster without notifications).
     pub reconcile: Duration,
+    /// Least time between two chats of a reconciliation sweep.
+    pub sweep_gap: Duration,
 }
 
 impl Settings {
@@ -107,8 +109,15 @@ impl Settings {
             } else {
                 config.messages.poll_interval_secs
             }),
+            sweep_gap: sweep_gap(graph.limits.chat_message_read_per_second),
         }
     }
+}
+
+/// Half the chat-message read budget for the sweep: at 18 reads/s, one chat
+/// every 111 ms, 10,000 chats in 18.5 minutes.
+fn sweep_gap(reads_per_second: u32) -> Duration {
+    Duration::from_secs(2) / reads_per_second.max(1)
 }
 
 /// Everything the bridge is made of.
@@ -261,6 +270,7 @@ impl Bridge {
                 resource: settings.resource.clone(),
                 expiry: settings.message_expiry,
                 reconcile: settings.reconcile,
+                sweep_gap: settings.sweep_gap,
             },
             graph.clone(),
             store,

@@ -668,9 +668,14 @@ impl GraphClient {
 }
 
 impl GraphClient {
-    /// A chat's messages from newest back to the first one created before
-    /// `since` (milliseconds since the epoch), following Graph's pages; at
-    /// most `max_pages` pages of 50. Newest first.
+    /// A chat's messages changed since `since` (milliseconds since the
+    /// epoch; 0 reads from the newest back), following Graph's pages; at most
+    /// `max_pages` pages of 50. Newest first.
+    ///
+    /// Graph filters a chat's messages only on the property it orders by, and
+    /// `lastModifiedDateTime` is the one that takes `gt` (chat-list-messages):
+    /// a chat with nothing new since its mark answers one empty page. An edited
+    /// older message comes too; the caller skips what was created before its mark.
     pub async fn chat_messages_since(
         &self,
         shadow: &UserCredential,
@@ -679,23 +684,23 @@ impl GraphClient {
         max_pages: usize,
     ) -> Result<Vec<ChatMessage>, GraphError> {
         let identity = Identity::User(shadow.upn.clone());
-        // Graph lists by last modification unless told otherwise: an edited old
-        // message would otherwise come first and end the paging early.
+        let chat = chat_path(chat_id);
+        if since <= 0 {
+            let path = format!("/chats/{chat}/messages?$top=50&$orderby=createdDateTime%20desc");
+            return self
+                .pages(&identity, Some(shadow), path, max_pages, |_| false)
+                .await;
+        }
+        // `gt` is strict: the mark's own millisecond is asked for again.
+        let after = jiff::Timestamp::from_millisecond(since - 1)
+            .map(|t| t.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+            .map_err(|e| GraphError::Decode(format!("chat mark {since}: {e}")))?;
         let path = format!(
-            "/chats/{}/messages?$top=50&$orderby=createdDateTime%20desc",
-            chat_path(chat_id)
+            "/chats/{chat}/messages?$top=50&$orderby=lastModifiedDateTime%20desc&$filter=lastModifiedDateTime%20gt%20{after}"
         );
-        self.pages(
-            &identity,
-            Some(shadow),
-            path,
-            max_pages,
-            |page: &[ChatMessage]| {
-                page.iter()
-                    .any(|m| epoch_millis_of(&m.created_date_time) < since)
-            },
-        )
-        .await
+        // The filter bounds the listing: every page is new, none ends it early.
+        self.pages(&identity, Some(shadow), path, max_pages, |_| false)
+            .await
     }
 
     /// The members of a chat, read as the shadow account (one of them).

@@ -58,23 +58,35 @@ pub(super) fn handle(t: &mut Tenant, call: Call<'_>) -> Response {
                         .find(|(k, _)| k == name)
                         .and_then(|(_, v)| v.parse::<usize>().ok())
                 };
+                let text = |name: &str| {
+                    query
+                        .iter()
+                        .find(|(k, _)| k == name)
+                        .map(|(_, v)| v.as_str())
+                };
+                let listing = match Listing::parse(text("$orderby"), text("$filter")) {
+                    Ok(listing) => listing,
+                    Err(why) => return ctx.error(StatusCode::BAD_REQUEST, "BadRequest", &why),
+                };
                 let top = param("$top").unwrap_or(20).clamp(1, 50);
                 // Pages follow `@odata.nextLink`; the skip token is opaque to callers.
                 let skip = param("$skiptoken").unwrap_or(0);
-                // Newest first, as Graph lists them.
-                let value: Vec<Value> = chat
-                    .messages
-                    .iter()
-                    .rev()
-                    .skip(skip)
-                    .take(top)
-                    .cloned()
-                    .collect();
+                let listed = listing.list(&chat.messages);
+                let value: Vec<Value> = listed.iter().skip(skip).take(top).cloned().collect();
                 let mut page = json!({"@odata.context": format!("https://graph.microsoft.com/v1.0/$metadata#chats('{id}')/messages"), "@odata.count": value.len(), "value": value});
-                if skip + top < chat.messages.len() {
+                if skip + top < listed.len() {
+                    let mut next = vec![
+                        ("$top", top.to_string()),
+                        ("$skiptoken", (skip + top).to_string()),
+                    ];
+                    for name in ["$orderby", "$filter"] {
+                        if let Some(v) = text(name) {
+                            next.push((name, v.to_owned()));
+                        }
+                    }
+                    let next = serde_urlencoded::to_string(&next).unwrap_or_default();
                     page["@odata.nextLink"] = json!(format!(
-                        "https://graph.microsoft.com/v1.0/chats/{id}/messages?$top={top}&$skiptoken={}",
-                        skip + top
+                        "https://graph.microsoft.com/v1.0/chats/{id}/messages?{next}"
                     ));
                 }
                 ctx.respond(StatusCode::OK, Some(page))
@@ -372,4 +384,134 @@ pub(super) fn create_chat(
     let resource = chat_resource(&chat, &tenant_id);
     t.chats.push(chat);
     ctx.respond(StatusCode::CREATED, Some(resource))
+}
+
+/// How `GET /chats/{id}/messages` lists, as Microsoft documents it
+/// (chat-list-messages, "Optional query parameters"): `$orderby` takes
+/// `lastModifiedDateTime` (the default) or `createdDateTime`, descending only;
+/// `$filter` is a date range on `lastModifiedDateTime` (`gt`, `lt`) or
+/// `createdDateTime` (`lt`), and filters only when `$orderby` names the same
+/// property — otherwise it is ignored.
+#[derive(Debug)]
+struct Listing {
+    order: &'static str,
+    /// (property, operator, bound), each bound in milliseconds since the epoch.
+    filter: Vec<(&'static str, &'static str, i64)>,
+}
+
+impl Listing {
+    fn parse(orderby: Option<&str>, filter: Option<&str>) -> Result<Self, String> {
+        let order = match orderby.map(str::trim) {
+            None | Some("lastModifiedDateTime desc") => "lastModifiedDateTime",
+            Some("createdDateTime desc") => "createdDateTime",
+            Some(other) => {
+                return Err(format!(
+                    "$orderby '{other}' is not supported: lastModifiedDateTime desc or createdDateTime desc."
+                ));
+            }
+        };
+        let mut clauses = Vec::new();
+        if let Some(filter) = filter {
+            for clause in filter.split(" and ") {
+                let parts: Vec<&str> = clause.split_whitespace().collect();
+                let [property, operator, bound] = parts[..] else {
+                    return Err(format!("Invalid filter clause '{clause}'."));
+                };
+                let (property, operator) = match (property, operator) {
+                    ("lastModifiedDateTime", "gt") => ("lastModifiedDateTime", "gt"),
+                    ("lastModifiedDateTime", "lt") => ("lastModifiedDateTime", "lt"),
+                    ("createdDateTime", "lt") => ("createdDateTime", "lt"),
+                    _ => {
+                        return Err(format!(
+                            "Filter '{property} {operator}' is not supported on chat messages."
+                        ));
+                    }
+                };
+                let bound = millis(bound).ok_or_else(|| format!("Invalid date-time '{bound}'."))?;
+                clauses.push((property, operator, bound));
+            }
+        }
+        // A filter on another property than the order is ignored, as documented.
+        clauses.retain(|(property, _, _)| *property == order);
+        Ok(Self {
+            order,
+            filter: clauses,
+        })
+    }
+
+    /// The messages this listing returns, newest first by its order.
+    fn list(&self, messages: &[Value]) -> Vec<Value> {
+        let at = |m: &Value, property: &str| m[property].as_str().and_then(millis).unwrap_or(0);
+        let mut listed: Vec<(usize, &Value)> = messages
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| {
+                self.filter.iter().all(|(property, operator, bound)| {
+                    let t = at(m, property);
+                    if *operator == "gt" {
+                        t > *bound
+                    } else {
+                        t < *bound
+                    }
+                })
+            })
+            .collect();
+        // Newest first; messages of one millisecond in the order they came.
+        listed.sort_by(|(i, a), (j, b)| (at(b, self.order), j).cmp(&(at(a, self.order), i)));
+        listed.into_iter().map(|(_, m)| m.clone()).collect()
+    }
+}
+
+fn millis(stamp: &str) -> Option<i64> {
+    stamp
+        .parse::<k8s_openapi::jiff::Timestamp>()
+        .ok()
+        .map(|t| t.as_millisecond())
+}
+
+#[cfg(test)]
+mod listing_tests {
+    use super::*;
+
+    fn message(id: &str, created: &str, modified: &str) -> Value {
+        json!({"id": id, "createdDateTime": created, "lastModifiedDateTime": modified})
+    }
+
+    fn ids(listed: &[Value]) -> Vec<&str> {
+        listed
+            .iter()
+            .map(|m| m["id"].as_str().unwrap_or(""))
+            .collect()
+    }
+
+    #[test]
+    fn a_filter_on_the_ordered_property_filters_and_another_is_ignored() {
+        let messages = vec![
+            message("1", "2026-12-01T10:00:00.000Z", "2026-12-01T12:00:00.000Z"),
+            message("2", "2026-12-01T11:00:00.000Z", "2026-12-01T11:00:00.000Z"),
+            message("3", "2026-12-01T11:30:00.000Z", "2026-12-01T11:30:00.000Z"),
+        ];
+        let by_modified = Listing::parse(
+            Some("lastModifiedDateTime desc"),
+            Some("lastModifiedDateTime gt 2026-12-01T11:00:00.000Z"),
+        )
+        .unwrap();
+        // The edited old message comes first: it was modified last.
+        assert_eq!(ids(&by_modified.list(&messages)), ["1", "3"]);
+        let by_created = Listing::parse(
+            Some("createdDateTime desc"),
+            Some("lastModifiedDateTime gt 2026-12-01T11:00:00.000Z"),
+        )
+        .unwrap();
+        assert_eq!(ids(&by_created.list(&messages)), ["3", "2", "1"]);
+        let default = Listing::parse(None, None).unwrap();
+        assert_eq!(ids(&default.list(&messages)), ["1", "3", "2"]);
+    }
+
+    #[test]
+    fn what_graph_does_not_support_is_refused() {
+        assert!(Listing::parse(Some("createdDateTime asc"), None).is_err());
+        assert!(Listing::parse(None, Some("createdDateTime gt 2026-12-01T11:00:00Z")).is_err());
+        assert!(Listing::parse(None, Some("lastModifiedDateTime gt yesterday")).is_err());
+    }
 }

@@ -373,7 +373,10 @@ fn graph_locked(
         .map(|s| s.strip_suffix("()").unwrap_or(s))
         .collect();
     let mut t = lock(state);
-    t.log.push(format!("{method} {path}"));
+    t.log.push(match uri.query() {
+        Some(query) => format!("{method} {path}?{query}"),
+        None => format!("{method} {path}"),
+    });
 
     // Authentication.
     let bearer = headers

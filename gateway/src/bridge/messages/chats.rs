@@ -267,7 +267,11 @@ impl Messages {
             }
         };
         let mut queued = 0;
+        let mut next = tokio::time::Instant::now();
         for (key, _) in chats {
+            // Paced, not bursty: the sweep never takes more than its share of reads.
+            tokio::time::sleep_until(next).await;
+            next = tokio::time::Instant::now() + self.settings.sweep_gap;
             let chat_id = &key[CONV_PREFIX.len()..];
             match self.catch_up(chat_id).await {
                 Ok(n) => queued += n,

@@ -83,6 +83,9 @@ pub struct Settings {
     pub expiry: Duration,
     /// How often chats are read for what notifications missed.
     pub reconcile: Duration,
+    /// Least time between two chats of a sweep: the sweep keeps to half the
+    /// chat-message read budget, so notified reads always find the rest.
+    pub sweep_gap: Duration,
 }
 
 pub struct Messages {
