@@ -583,8 +583,11 @@ echo "ok  --admin-listen, --log-level, --leader-election-lease, XMPPFED_LICENCE_
 
 # ---------------------------------------------------------------- images
 step "Dockerfiles"
-"$VENV/bin/hadolint" gateway/Dockerfile operator/Dockerfile || die "hadolint"
-echo "ok  hadolint gateway/Dockerfile operator/Dockerfile"
+"$VENV/bin/hadolint" gateway/Dockerfile operator/Dockerfile e2e/Dockerfile || die "hadolint"
+echo "ok  hadolint gateway/Dockerfile operator/Dockerfile e2e/Dockerfile"
+# The test cluster's images are laid out from these Dockerfiles (scripts/images.py):
+# a final stage it cannot reproduce fails here, before any cluster test.
+python3 scripts/images.py --check || die "scripts/images.py cannot lay out the images as the Dockerfiles do"
 config_dir=$(sed -n 's/.*CONFIG_DIR: &str = "\(.*\)";/\1/p' operator/src/render/mod.rs)
 config_file=$(sed -n 's/.*CONFIG_FILE: &str = "\(.*\)";/\1/p' operator/src/render/mod.rs)
 uid=$(sed -n 's/.*GATEWAY_UID: i64 = \([0-9]*\);/\1/p' operator/src/render/workload.rs)

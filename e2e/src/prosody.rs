@@ -106,6 +106,12 @@ impl TestCa {
 
     /// A certificate for `domain` (server and client use), and its key.
     pub fn issue(&self, domain: &str) -> anyhow::Result<(PathBuf, PathBuf)> {
+        self.issue_for(domain, &format!("DNS:{domain}"))
+    }
+
+    /// A certificate named `domain` for the subjectAltName `san` (`DNS:…`,
+    /// `IP:…`), and its key.
+    pub fn issue_for(&self, domain: &str, san: &str) -> anyhow::Result<(PathBuf, PathBuf)> {
         let key = self.dir.join(format!("{domain}.key"));
         let csr = self.dir.join(format!("{domain}.csr"));
         let cert = self.dir.join(format!("{domain}.crt"));
@@ -113,7 +119,7 @@ impl TestCa {
         std::fs::write(
             &ext,
             format!(
-                "subjectAltName=DNS:{domain}\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\n"
+                "subjectAltName={san}\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\n"
             ),
         )?;
         openssl(&[

@@ -63,10 +63,27 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("xmppfed-gateway: {e:#}");
+            eprintln!("xmppfed-gateway: {}", describe(&e));
             ExitCode::from(2)
         }
     }
+}
+
+/// The error and its causes, each said once: most of ours already name
+/// their source in their own message.
+fn describe(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let said = cause.to_string();
+        if out.contains(&said) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&said);
+    }
+    out
 }
 
 fn check_config(file: &std::path::Path, skip_secrets: bool) -> anyhow::Result<()> {
@@ -169,4 +186,21 @@ fn print_sandbox_banner(config: &GatewayConfig) -> anyhow::Result<()> {
         admin = config.admin.listen,
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::describe;
+
+    #[test]
+    fn each_cause_is_said_once() {
+        let inner = std::io::Error::other("no certificate in the file");
+        let e = anyhow::Error::new(inner)
+            .context("s2s TLS: no certificate in the file")
+            .context("in /etc/xmppfed/config/gateway.toml");
+        assert_eq!(
+            describe(&e),
+            "in /etc/xmppfed/config/gateway.toml: s2s TLS: no certificate in the file"
+        );
+    }
 }

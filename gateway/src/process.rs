@@ -92,6 +92,7 @@ struct DirectoryWatch {
 /// How often the internal allow list is read again (and how soon after a failure).
 const DIRECTORY_REFRESH: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 const DIRECTORY_RETRY: std::time::Duration = std::time::Duration::from_secs(30);
+const DIRECTORY_FIRST_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What the periodic licence check needs.
 struct LicenceWatch {
@@ -135,6 +136,23 @@ impl Gateway {
         let store = Arc::new(Store::open(&config.store).await?);
         // With Graph, only the Teams users on the internal allow list exist to
         // XMPP; without it (the sandbox, tests) every local part does.
+        if let Some(graph) = &config.graph {
+            if graph.overridden() {
+                tracing::warn!(
+                    cloud = graph.cloud.name(),
+                    authority = graph.authority(),
+                    graph = graph.graph(),
+                    "sign-in and Graph URLs overridden: not the cloud's own hosts"
+                );
+            } else {
+                tracing::info!(
+                    cloud = graph.cloud.name(),
+                    authority = graph.authority(),
+                    graph = graph.graph(),
+                    "Microsoft cloud"
+                );
+            }
+        }
         let directory = match &config.graph {
             Some(graph) => Some(DirectoryWatch {
                 graph: Arc::new(
@@ -416,23 +434,40 @@ impl Gateway {
 /// last attempt worked (a failed refresh keeps the previous list in service).
 async fn keep_directory(watch: DirectoryWatch) {
     loop {
-        let wait = match watch
+        // The app's token first: an empty allow list calls no Graph, and a
+        // gateway whose credentials were never proven is not ready (the
+        // tenant's health says why). The bridge may start meanwhile: what it
+        // cannot send waits in the outbox.
+        let proven = watch.graph.tokens().monitor().proven();
+        if !proven && let Err(e) = watch.graph.sign_in_app().await {
+            tracing::debug!(error = %e, "the app cannot obtain a token from the tenant yet");
+        }
+        let refreshed = watch
             .directory
             .refresh(&watch.graph, &watch.allowed, &watch.rule)
-            .await
-        {
+            .await;
+        let wait = match refreshed {
             Ok(users) => {
                 // Ready first: whoever reads the log line may ask /readyz at once.
                 watch.health.ready();
                 watch.loaded.send_replace(true);
                 let collisions = watch.directory.collisions();
                 tracing::info!(users, ?collisions, "Teams directory refreshed");
-                DIRECTORY_REFRESH
+                if watch.graph.tokens().monitor().proven() {
+                    DIRECTORY_REFRESH
+                } else {
+                    DIRECTORY_FIRST_RETRY
+                }
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the internal allow list from Graph");
                 watch.health.not_ready(&format!("internal allow list: {e}"));
-                DIRECTORY_RETRY
+                if watch.graph.tokens().monitor().proven() {
+                    DIRECTORY_RETRY
+                } else {
+                    // Not ready yet: a pod starting beside its Graph is asked again soon.
+                    DIRECTORY_FIRST_RETRY
+                }
             }
         };
         tokio::time::sleep(wait).await;

@@ -45,6 +45,10 @@ pub struct Plan {
     /// Names of the whitelists and the throttle policy applied, for status.
     pub whitelists: Vec<String>,
     pub throttle_policy: Option<String>,
+    /// The sign-in and Graph hosts the gateway uses, for status.
+    pub graph_endpoints: Option<String>,
+    /// Whether those are not its cloud's own (said in an Event too).
+    pub endpoint_override: bool,
 }
 
 /// Validates `gateway` against the policies of its namespace and builds its objects,
@@ -67,7 +71,18 @@ pub fn plan(
         .controller_owner_ref(&())
         .ok_or(InvalidSpec::NoUid)?;
     let objects = render::build_objects(gateway, owner, &config_toml, replicas);
+    let graph_endpoints = config.graph.as_ref().map(|g| {
+        let hosts = format!("sign-in {}, Graph {}", g.authority(), g.graph());
+        if g.overridden() {
+            format!("override of the {} cloud: {hosts}", g.cloud.name())
+        } else {
+            format!("{} cloud: {hosts}", g.cloud.name())
+        }
+    });
+    let endpoint_override = config.graph.as_ref().is_some_and(|g| g.overridden());
     Ok(Plan {
+        graph_endpoints,
+        endpoint_override,
         config_hash: render::config_hash(&config_toml),
         config_toml,
         objects,

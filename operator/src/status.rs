@@ -239,6 +239,17 @@ pub fn waiting_pods(pods: &[Pod]) -> Vec<String> {
     out
 }
 
+/// The last non-empty line of what a container or the kubelet said, at most
+/// 200 characters (a condition message is read in `kubectl get`).
+fn last_words(text: &str) -> Option<String> {
+    let line = text.lines().rev().map(str::trim).find(|l| !l.is_empty())?;
+    let mut out: String = line.chars().take(200).collect();
+    if line.chars().count() > 200 {
+        out.push('…');
+    }
+    Some(out)
+}
+
 fn pod_ready(pod: &Pod) -> bool {
     pod.status
         .as_ref()
@@ -253,7 +264,19 @@ fn why_not_ready(pod: &Pod) -> String {
     for c in status.container_statuses.iter().flatten() {
         if let Some(w) = c.state.as_ref().and_then(|s| s.waiting.as_ref()) {
             let reason = w.reason.as_deref().unwrap_or("waiting");
-            return format!("container {} {reason}", c.name);
+            // A crash loop says what the container last said; an image that
+            // cannot be pulled, what the kubelet says about it.
+            let said = c
+                .last_state
+                .as_ref()
+                .and_then(|s| s.terminated.as_ref())
+                .and_then(|t| t.message.as_deref())
+                .or(w.message.as_deref())
+                .and_then(last_words);
+            return match said {
+                Some(said) => format!("container {} {reason}: {said}", c.name),
+                None => format!("container {} {reason}", c.name),
+            };
         }
         if let Some(t) = c.state.as_ref().and_then(|s| s.terminated.as_ref()) {
             return format!(
@@ -446,6 +469,16 @@ mod tests {
                     {"type": "Ready", "status": "True"}]}),
                 Some("node-a"),
             ),
+            pod(
+                "g-4",
+                serde_json::json!({"phase": "Running", "containerStatuses": [{
+                    "name": "gateway", "image": "i", "imageID": "", "ready": false,
+                    "restartCount": 3,
+                    "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s"}},
+                    "lastState": {"terminated": {"exitCode": 1, "message":
+                        "INFO starting\nError: s2s.tls: no certificate in /etc/tls\n\n"}}}]}),
+                Some("node-a"),
+            ),
         ];
         let waiting = waiting_pods(&pods);
         assert_eq!(
@@ -454,6 +487,7 @@ mod tests {
                 "g-0 (Pending: not scheduled to any node)",
                 "g-1 (Pending: container gateway ImagePullBackOff)",
                 "g-2 (Pending: not scheduled, Unschedulable: 0/1 nodes are available: 1 Insufficient memory.)",
+                "g-4 (Running: container gateway CrashLoopBackOff: Error: s2s.tls: no certificate in /etc/tls)",
             ]
         );
         let cs = conditions(

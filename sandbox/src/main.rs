@@ -186,8 +186,10 @@ fn config(dir: &Path, emulator: &GraphEmulator) -> anyhow::Result<GatewayConfig>
         client_id: CLIENT_ID.to_owned(),
         client_secret: Some(secret(dir, "graph-client-secret", "sandbox-secret")?),
         client_certificate: None,
-        authority_url: emulator.authority_url(),
-        graph_url: emulator.graph_url(),
+        authority_url: Some(emulator.authority_url()),
+        graph_url: Some(emulator.graph_url()),
+        cloud: Default::default(),
+        ca_file: None,
         limits: Default::default(),
     });
     config.shadow_accounts.upn_domain = Some(SHADOW_DOMAIN.to_owned());

@@ -310,13 +310,102 @@ pub struct GraphConfig {
     pub client_secret: Option<SecretRef>,
     #[serde(default)]
     pub client_certificate: Option<ClientCertificate>,
-    #[serde(default = "default_authority_url")]
-    pub authority_url: String,
-    #[serde(default = "default_graph_url")]
-    pub graph_url: String,
+    /// Which Microsoft cloud the tenant lives in: its identity platform and
+    /// Graph hosts, and the resource tokens are asked for.
+    #[serde(default)]
+    pub cloud: Cloud,
+    /// The identity platform's base URL; the cloud's when absent. Set it
+    /// only to reach the cloud through another host (a test Graph).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authority_url: Option<String>,
+    /// Graph's base URL with its version; the cloud's `/v1.0` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub graph_url: Option<String>,
+    /// PEM trust roots added to the system's for the identity platform and
+    /// Graph: a TLS-inspecting proxy's CA, or a test Graph's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
     /// Request rates the gateway keeps to, per Graph throttling category.
     #[serde(default)]
     pub limits: GraphLimits,
+}
+
+impl GraphConfig {
+    /// The identity platform's base URL in use.
+    pub fn authority(&self) -> &str {
+        self.authority_url
+            .as_deref()
+            .unwrap_or(self.cloud.authority_url())
+    }
+
+    /// Graph's base URL in use.
+    pub fn graph(&self) -> &str {
+        self.graph_url.as_deref().unwrap_or(self.cloud.graph_url())
+    }
+
+    /// Whether either base URL is not the cloud's own (said at startup, and
+    /// by the operator in status).
+    pub fn overridden(&self) -> bool {
+        self.authority_url.is_some() || self.graph_url.is_some()
+    }
+}
+
+/// Microsoft's clouds, as Microsoft Graph's national cloud deployments list
+/// them (https://learn.microsoft.com/graph/deployments): each has its own
+/// identity platform, Graph host and app registrations. GCC (moderate) tenants
+/// use the global service; GCC High uses `us-gov`, DoD `us-gov-dod`.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Cloud {
+    #[default]
+    Global,
+    /// Microsoft Graph for US Government L4 (GCC High).
+    UsGov,
+    /// Microsoft Graph for US Government L5 (DoD).
+    UsGovDod,
+    /// Microsoft Graph China operated by 21Vianet.
+    China,
+}
+
+impl Cloud {
+    /// Its name in the configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            Cloud::Global => "global",
+            Cloud::UsGov => "us-gov",
+            Cloud::UsGovDod => "us-gov-dod",
+            Cloud::China => "china",
+        }
+    }
+
+    /// The cloud's Microsoft Entra ID endpoint.
+    pub fn authority_url(self) -> &'static str {
+        match self {
+            Cloud::Global => "https://login.microsoftonline.com",
+            Cloud::UsGov | Cloud::UsGovDod => "https://login.microsoftonline.us",
+            Cloud::China => "https://login.chinacloudapi.cn",
+        }
+    }
+
+    /// The cloud's Graph service root, without the version.
+    pub fn graph_resource(self) -> &'static str {
+        match self {
+            Cloud::Global => "https://graph.microsoft.com",
+            Cloud::UsGov => "https://graph.microsoft.us",
+            Cloud::UsGovDod => "https://dod-graph.microsoft.us",
+            Cloud::China => "https://microsoftgraph.chinacloudapi.cn",
+        }
+    }
+
+    /// The cloud's Graph v1.0 base URL.
+    pub fn graph_url(self) -> &'static str {
+        match self {
+            Cloud::Global => "https://graph.microsoft.com/v1.0",
+            Cloud::UsGov => "https://graph.microsoft.us/v1.0",
+            Cloud::UsGovDod => "https://dod-graph.microsoft.us/v1.0",
+            Cloud::China => "https://microsoftgraph.chinacloudapi.cn/v1.0",
+        }
+    }
 }
 
 /// The request rates the gateway keeps to, one budget per category Microsoft
@@ -363,14 +452,6 @@ impl Default for GraphLimits {
 pub struct ClientCertificate {
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
-}
-
-fn default_authority_url() -> String {
-    "https://login.microsoftonline.com".to_owned()
-}
-
-fn default_graph_url() -> String {
-    "https://graph.microsoft.com/v1.0".to_owned()
 }
 
 /// The HTTPS endpoint that receives Graph change notifications.

@@ -421,3 +421,36 @@ fn hostile_documents_are_errors_not_crashes() {
         );
     }
 }
+
+#[test]
+fn each_cloud_has_its_own_hosts_and_an_override_wins() {
+    let graph = |extra: &str| {
+        let marker = "client_secret = { env = \"XMPPFED_GRAPH_SECRET\" }\n";
+        let text = FULL.replace(marker, &format!("{marker}{extra}"));
+        GatewayConfig::from_toml_str(&text).map(|c| c.graph.unwrap())
+    };
+    let global = graph("").unwrap();
+    assert_eq!(global.cloud, Cloud::Global);
+    assert_eq!(global.authority(), "https://login.microsoftonline.com");
+    assert_eq!(global.graph(), "https://graph.microsoft.com/v1.0");
+    assert!(!global.overridden());
+    let dod = graph("cloud = \"us-gov-dod\"\n").unwrap();
+    assert_eq!(dod.authority(), "https://login.microsoftonline.us");
+    assert_eq!(dod.graph(), "https://dod-graph.microsoft.us/v1.0");
+    assert_eq!(dod.cloud.graph_resource(), "https://dod-graph.microsoft.us");
+    let china = graph("cloud = \"china\"\n").unwrap();
+    assert_eq!(
+        china.graph(),
+        "https://microsoftgraph.chinacloudapi.cn/v1.0"
+    );
+    let proxied =
+        graph("cloud = \"us-gov\"\ngraph_url = \"https://graph-proxy.example/v1.0\"\n").unwrap();
+    assert!(proxied.overridden());
+    assert_eq!(proxied.graph(), "https://graph-proxy.example/v1.0");
+    assert_eq!(proxied.authority(), "https://login.microsoftonline.us");
+    assert!(
+        graph("cloud = \"mars\"\n").is_err(),
+        "an unknown cloud is refused"
+    );
+    assert!(graph("graph_url = \"http://graph-proxy.example/v1.0\"\n").is_err());
+}

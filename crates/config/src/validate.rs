@@ -142,7 +142,7 @@ pub(crate) fn validate(c: &GatewayConfig) -> Vec<FieldError> {
             ("graph.authority_url", &g.authority_url),
             ("graph.graph_url", &g.graph_url),
         ] {
-            if let Err(m) = check_url(url) {
+            if let Some(Err(m)) = url.as_deref().map(check_url) {
                 err(field, m);
             }
         }

@@ -146,6 +146,8 @@ pub struct Tokens {
     http: reqwest::Client,
     endpoint: String,
     client_id: String,
+    /// The Graph service tokens are for (the `.default` scope's resource).
+    resource: String,
     credential: AppCredential,
     cache: Mutex<HashMap<Identity, Cached>>,
     /// Latest refresh token per shadow account (they rotate on each use).
@@ -186,6 +188,7 @@ impl Tokens {
                 authority_url.trim_end_matches('/')
             ),
             client_id: client_id.to_owned(),
+            resource: xmppfed_config::Cloud::Global.graph_resource().to_owned(),
             credential: AppCredential::Secret(client_secret),
             cache: Mutex::new(HashMap::new()),
             refresh: Arc::new(MemoryVault::default()),
@@ -196,6 +199,13 @@ impl Tokens {
     /// Keeps refresh tokens in `vault` (the store, sealed) instead of memory.
     pub fn with_vault(mut self, vault: Arc<dyn RefreshTokenVault>) -> Self {
         self.refresh = vault;
+        self
+    }
+
+    /// Asks for tokens to `resource` (the cloud's Graph, e.g.
+    /// `https://graph.microsoft.us`) instead of the global service's.
+    pub fn with_resource(mut self, resource: &str) -> Self {
+        self.resource = resource.trim_end_matches('/').to_owned();
         self
     }
 
@@ -285,12 +295,10 @@ impl Tokens {
         }
         let response = match identity {
             Identity::App => {
+                let scope = format!("{}/.default", self.resource);
                 self.request(
                     identity,
-                    &[
-                        ("grant_type", "client_credentials"),
-                        ("scope", "https://graph.microsoft.com/.default"),
-                    ],
+                    &[("grant_type", "client_credentials"), ("scope", &scope)],
                 )
                 .await
             }
@@ -309,6 +317,8 @@ impl Tokens {
                 } = &e
                 {
                     self.monitor.refused(identity, *refusal, description);
+                } else if let GraphError::Transport(error) = &e {
+                    self.monitor.unreachable(identity, error);
                 }
                 return Err(e);
             }
@@ -337,7 +347,7 @@ impl Tokens {
         upn: &str,
         credential: Option<&UserCredential>,
     ) -> Result<TokenResponse, GraphError> {
-        let scope = "https://graph.microsoft.com/.default offline_access";
+        let scope = format!("{}/.default offline_access", self.resource);
         let mut response = None;
         if let Some(refresh) = self.refresh.load(upn).await {
             match self
@@ -346,7 +356,7 @@ impl Tokens {
                     &[
                         ("grant_type", "refresh_token"),
                         ("refresh_token", refresh.expose_secret()),
-                        ("scope", scope),
+                        ("scope", &scope),
                     ],
                 )
                 .await
@@ -377,7 +387,7 @@ impl Tokens {
                         ("grant_type", "password"),
                         ("username", &credential.upn),
                         ("password", credential.password.expose_secret()),
-                        ("scope", scope),
+                        ("scope", &scope),
                     ],
                 )
                 .await?
@@ -429,7 +439,7 @@ impl Tokens {
             span,
         )
         .await
-        .map_err(|e| GraphError::Transport(e.without_url().to_string()))?;
+        .map_err(GraphError::transport)?;
         let status = response.status();
         let bytes = super::reply::read_body(response, "token response").await?;
         if status.is_success() {

@@ -190,6 +190,12 @@ impl GraphClient {
         self
     }
 
+    /// Obtains the app's token (from the cache when it has one): proves the
+    /// app's credentials before the gateway calls itself ready.
+    pub async fn sign_in_app(&self) -> Result<(), GraphError> {
+        self.tokens.get(&Identity::App, None).await.map(|_| ())
+    }
+
     /// Sends one call, retrying what Graph says to retry.
     pub async fn send(
         &self,
@@ -233,7 +239,7 @@ impl GraphClient {
             let response = match outcome {
                 Ok(r) => r,
                 Err(e) => {
-                    let error = GraphError::Transport(e.without_url().to_string());
+                    let error = GraphError::transport(e);
                     if attempt < self.retry.max_attempts && waited < self.retry.max_wait {
                         let delay =
                             self.retry.backoff * 2u32.pow(attempt - 1) + jitter(self.retry.backoff);

@@ -120,6 +120,27 @@ impl GraphError {
     }
 }
 
+impl GraphError {
+    /// A request that got no answer, with what went wrong underneath
+    /// (reqwest says only "error sending request"; its sources say
+    /// "dns error", "connection refused", "invalid peer certificate"…).
+    /// URLs are left out: they may carry tokens in their query.
+    pub fn transport(e: reqwest::Error) -> Self {
+        let e = e.without_url();
+        let mut text = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(cause) = source {
+            let said = cause.to_string();
+            if !text.contains(&said) {
+                text.push_str(": ");
+                text.push_str(&said);
+            }
+            source = cause.source();
+        }
+        GraphError::Transport(text)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

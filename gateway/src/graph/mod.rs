@@ -24,9 +24,27 @@ pub fn from_config(
     config: &xmppfed_config::GraphConfig,
     budget: Budgets,
 ) -> Result<GraphClient, GraphError> {
-    let http = reqwest::Client::builder()
+    let mut http = reqwest::Client::builder()
         .user_agent(concat!("xmppfed-gateway/", env!("CARGO_PKG_VERSION")))
-        .timeout(std::time::Duration::from_secs(30))
+        .timeout(std::time::Duration::from_secs(30));
+    if let Some(path) = &config.ca_file {
+        let pem = std::fs::read(path).map_err(|e| {
+            GraphError::Config(format!(
+                "graph.ca_file: cannot read {}: {e}",
+                path.display()
+            ))
+        })?;
+        let roots = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| GraphError::Config(format!("graph.ca_file {}: {e}", path.display())))?;
+        if roots.is_empty() {
+            return Err(GraphError::Config(format!(
+                "graph.ca_file: {} holds no PEM certificate",
+                path.display()
+            )));
+        }
+        http = http.tls_certs_merge(roots);
+    }
+    let http = http
         .build()
         .map_err(|e| GraphError::Config(e.to_string()))?;
     let tokens = match (&config.client_secret, &config.client_certificate) {
@@ -36,7 +54,7 @@ pub fn from_config(
                 .map_err(|e| GraphError::Config(format!("graph.client_secret: {e}")))?;
             Tokens::new(
                 http.clone(),
-                &config.authority_url,
+                config.authority(),
                 &config.tenant_id,
                 &config.client_id,
                 secrecy::SecretString::from(secret.expose().to_owned()),
@@ -46,7 +64,7 @@ pub fn from_config(
             let (der, key) = auth::load_certificate(&certificate.cert_file, &certificate.key_file)?;
             Tokens::with_certificate(
                 http.clone(),
-                &config.authority_url,
+                config.authority(),
                 &config.tenant_id,
                 &config.client_id,
                 &der,
@@ -59,9 +77,10 @@ pub fn from_config(
             ));
         }
     };
+    let tokens = tokens.with_resource(config.cloud.graph_resource());
     Ok(GraphClient::new(
         http,
-        &config.graph_url,
+        config.graph(),
         tokens,
         budget,
         RetryPolicy::default(),

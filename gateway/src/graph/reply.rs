@@ -25,11 +25,7 @@ pub(super) async fn read_body(
         return Err(too_large());
     }
     let mut body = bytes::BytesMut::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| GraphError::Transport(e.without_url().to_string()))?
-    {
+    while let Some(chunk) = response.chunk().await.map_err(GraphError::transport)? {
         if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
             return Err(too_large());
         }

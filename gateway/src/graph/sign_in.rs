@@ -185,6 +185,12 @@ impl std::fmt::Display for SignInRefusal {
     }
 }
 
+/// Readiness before the app's first token.
+const NOT_YET: &str = "the app has not obtained a token from the tenant yet";
+/// The pod annotation's reason while the identity platform cannot be reached
+/// (the operator's TenantReady reason).
+pub const UNREACHABLE: &str = "IdentityPlatformUnreachable";
+
 /// Sign-in refusals in force, by who was refused; reported as a metric
 /// (`xmppfed_graph_sign_in_refusals_total{who,reason}`), once in the log per
 /// new refusal, and on `/readyz`: the app refused makes the gateway not
@@ -192,6 +198,12 @@ impl std::fmt::Display for SignInRefusal {
 /// messages wait in the outbox) but `/readyz` names them with the fix.
 pub struct SignInMonitor {
     refused: Mutex<BTreeMap<String, SignInRefusal>>,
+    /// Whether the app has ever obtained a token: until then the gateway is
+    /// not ready, whatever else works (its credentials are unproven).
+    app_proven: std::sync::atomic::AtomicBool,
+    /// Why the app has no token yet when the identity platform could not be
+    /// reached (the refusals cover what it answered).
+    unreachable: Mutex<Option<String>>,
     /// The tenant's answer as the pod annotation carries it (`None` until
     /// the first sign-in): `ok`, or `<Reason>: <summary>`.
     state: tokio::sync::watch::Sender<Option<String>>,
@@ -216,6 +228,8 @@ impl SignInMonitor {
     pub fn detached() -> Self {
         Self {
             refused: Mutex::new(BTreeMap::new()),
+            app_proven: std::sync::atomic::AtomicBool::new(false),
+            unreachable: Mutex::new(None),
             state: tokio::sync::watch::channel(None).0,
             health: None,
             counter: None,
@@ -223,9 +237,11 @@ impl SignInMonitor {
     }
 
     pub fn new(metrics: &Metrics, health: ComponentHealth) -> Self {
-        health.ready();
+        health.not_ready(NOT_YET);
         Self {
             refused: Mutex::new(BTreeMap::new()),
+            app_proven: std::sync::atomic::AtomicBool::new(false),
+            unreachable: Mutex::new(None),
             state: tokio::sync::watch::channel(None).0,
             health: Some(health),
             counter: Some(metrics.register(
@@ -272,12 +288,42 @@ impl SignInMonitor {
     }
 
     pub fn signed_in(&self, identity: &Identity) {
-        if self.lock().remove(&Self::key(identity)).is_some() {
+        if *identity == Identity::App
+            && !self
+                .app_proven
+                .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            tracing::info!("the app obtained a token from the tenant: its credentials work");
+            self.lock_unreachable().take();
+            self.lock().remove("app");
+            self.report();
+        } else if self.lock().remove(&Self::key(identity)).is_some() {
             tracing::info!(account = %Self::key(identity), "sign-in accepted again");
             self.report();
         } else if self.state.borrow().is_none() {
             self.report();
         }
+    }
+
+    /// The app's token request did not reach the identity platform. Before
+    /// the app's first token this is why the gateway is not ready (and what
+    /// the pod annotation says); afterwards a passing outage changes nothing
+    /// (messages wait in the outbox) and the retries are logged where they happen.
+    pub fn unreachable(&self, identity: &Identity, error: &str) {
+        if *identity != Identity::App || self.proven() {
+            return;
+        }
+        let line = format!("cannot reach the Microsoft identity platform: {error}");
+        let new = self.lock_unreachable().replace(line.clone()).as_deref() != Some(line.as_str());
+        if new {
+            tracing::error!(%error, "the app cannot obtain a token: the identity platform does not answer");
+        }
+        self.report();
+    }
+
+    /// Whether the app has obtained a token at least once.
+    pub fn proven(&self) -> bool {
+        self.app_proven.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The tenant's answer for the pod annotation, on every change.
@@ -335,22 +381,35 @@ impl SignInMonitor {
 
     fn report(&self) {
         let summary = self.summary();
+        let proven = self.proven();
+        let unreachable = self.lock_unreachable().clone();
         let annotation = match (self.headline(), &summary) {
-            (Some(why), Some(line)) => format!("{why}: {line}"),
-            _ => "ok".to_owned(),
+            (Some(why), Some(line)) => Some(format!("{why}: {line}")),
+            _ if proven => Some("ok".to_owned()),
+            // Nothing to say until the app's first answer, or its failure.
+            _ => unreachable
+                .as_ref()
+                .map(|line| format!("{UNREACHABLE}: {line}")),
         };
-        self.state.send_if_modified(|state| {
-            let changed = state.as_deref() != Some(annotation.as_str());
-            *state = Some(annotation);
-            changed
-        });
+        if let Some(annotation) = annotation {
+            self.state.send_if_modified(|state| {
+                let changed = state.as_deref() != Some(annotation.as_str());
+                *state = Some(annotation);
+                changed
+            });
+        }
         let Some(health) = &self.health else { return };
         let app_refused = self.lock().contains_key("app");
         match summary {
-            None => health.ready(),
             Some(line) if app_refused => health.not_ready(&line),
+            _ if !proven => health.not_ready(unreachable.as_deref().unwrap_or(NOT_YET)),
+            None => health.ready(),
             Some(line) => health.degraded(&line),
         }
+    }
+
+    fn lock_unreachable(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        self.unreachable.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, SignInRefusal>> {
@@ -397,7 +456,31 @@ mod tests {
             Identity::User("b@shadow.test".into()),
         );
         let annotation = monitor.watch();
+        // Unproven credentials are not ready, and an unreachable identity
+        // platform is named (pod annotation included).
+        assert!(!health.report().ready, "no token yet: not ready");
+        monitor.unreachable(&Identity::App, "connection refused");
+        assert!(!health.report().ready);
+        assert!(
+            health
+                .report()
+                .to_string()
+                .contains("cannot reach the Microsoft identity platform: connection refused"),
+            "{}",
+            health.report()
+        );
+        assert_eq!(
+            annotation.borrow().as_deref(),
+            Some(
+                "IdentityPlatformUnreachable: cannot reach the Microsoft identity platform: connection refused"
+            )
+        );
         monitor.signed_in(&Identity::App);
+        assert_eq!(annotation.borrow().as_deref(), Some("ok"));
+        assert!(health.report().ready, "the app's first token proves it");
+        // Once proven, a passing outage changes nothing.
+        monitor.unreachable(&Identity::App, "connection reset");
+        assert!(health.report().ready);
         assert_eq!(annotation.borrow().as_deref(), Some("ok"));
         monitor.refused(&a, SignInRefusal::MfaRequired, "AADSTS50076");
         monitor.refused(&b, SignInRefusal::MfaRequired, "AADSTS50076");

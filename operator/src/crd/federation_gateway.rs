@@ -209,6 +209,59 @@ pub struct TenantSpec {
     /// Secret of type kubernetes.io/tls holding the client certificate and key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_certificate: Option<String>,
+    /// The Microsoft cloud of the tenant: `Global` (also GCC), `USGovernment`
+    /// (GCC High), `USGovernmentDoD` or `China` (21Vianet); each has its own
+    /// sign-in and Graph hosts (learn.microsoft.com/graph/deployments).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloud: Option<TenantCloud>,
+    /// Other sign-in and Graph URLs than the cloud's: a test Graph, or the
+    /// cloud through a proxy. Shown in status and an Event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoints: Option<EndpointOverride>,
+}
+
+/// The Microsoft cloud of the tenant, as Microsoft Graph's national cloud
+/// deployments name them: `Global` (the default, GCC too), `USGovernment`
+/// (GCC High), `USGovernmentDoD`, `China` (21Vianet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub enum TenantCloud {
+    Global,
+    /// Microsoft Graph for US Government L4 (GCC High).
+    USGovernment,
+    /// Microsoft Graph for US Government L5 (DoD).
+    USGovernmentDoD,
+    /// Microsoft Graph China operated by 21Vianet.
+    China,
+}
+
+/// Sign-in and Graph base URLs to use instead of the cloud's, and a CA to trust for them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointOverride {
+    /// The identity platform's base URL, e.g. `https://login.microsoftonline.com`.
+    #[schemars(length(max = 2048))]
+    #[x_kube(validation = Rule::new("self.startsWith('https://') && size(self) > 8").message("tenant.endpoints.authorityUrl must be an https:// URL"))]
+    pub authority_url: String,
+    /// Graph's base URL with its version, e.g. `https://graph.microsoft.com/v1.0`.
+    #[schemars(length(max = 2048))]
+    #[x_kube(validation = Rule::new("self.startsWith('https://') && size(self) > 8").message("tenant.endpoints.graphUrl must be an https:// URL"))]
+    pub graph_url: String,
+    /// A key of a ConfigMap holding PEM certificates trusted for these
+    /// endpoints besides the system's (a proxy's or a test Graph's CA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_config_map: Option<ConfigMapKeyRef>,
+}
+
+/// A key of a ConfigMap in the resource's namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigMapKeyRef {
+    /// Name of the ConfigMap.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key within the ConfigMap.
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
 }
 
 /// How remote XMPP contacts are represented in the tenant.
@@ -383,6 +436,9 @@ pub struct FederationGatewayStatus {
     /// Licence seats assigned, by pod name.
     #[serde(default)]
     pub licence_assignments: BTreeMap<String, LicenceAssignment>,
+    /// The sign-in and Graph hosts the gateway uses: its cloud's, or an override.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub graph_endpoints: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]

@@ -614,3 +614,71 @@ fn policy_changes_reach_exactly_the_gateways_they_apply_to() {
         ["contoso"]
     );
 }
+
+#[test]
+fn a_national_cloud_and_an_endpoint_override_reach_the_gateway_and_status() {
+    use crate::crd::{ConfigMapKeyRef, EndpointOverride, TenantCloud};
+    let mut g = gateway(sqlite(), "");
+    let plain = plan(&g, &[], &[], 1, Some(TEST_KEY)).unwrap();
+    assert_eq!(
+        plain.graph_endpoints.as_deref(),
+        Some(
+            "global cloud: sign-in https://login.microsoftonline.com, Graph https://graph.microsoft.com/v1.0"
+        )
+    );
+    assert!(!plain.endpoint_override);
+
+    g.spec.tenant.cloud = Some(TenantCloud::USGovernment);
+    let gcc_high = plan(&g, &[], &[], 1, Some(TEST_KEY)).unwrap();
+    let config = GatewayConfig::from_toml_str(&gcc_high.config_toml).unwrap();
+    let graph = config.graph.unwrap();
+    assert_eq!(graph.authority(), "https://login.microsoftonline.us");
+    assert_eq!(graph.graph(), "https://graph.microsoft.us/v1.0");
+    assert!(!gcc_high.endpoint_override);
+
+    g.spec.tenant.endpoints = Some(EndpointOverride {
+        authority_url: "https://10.96.0.50".into(),
+        graph_url: "https://10.96.0.50/v1.0".into(),
+        ca_config_map: Some(ConfigMapKeyRef {
+            name: "graph-ca".into(),
+            key: "ca.crt".into(),
+        }),
+    });
+    let overridden = plan(&g, &[], &[], 1, Some(TEST_KEY)).unwrap();
+    assert!(overridden.endpoint_override);
+    assert_eq!(
+        overridden.graph_endpoints.as_deref(),
+        Some(
+            "override of the us-gov cloud: sign-in https://10.96.0.50, Graph https://10.96.0.50/v1.0"
+        )
+    );
+    let config = GatewayConfig::from_toml_str(&overridden.config_toml).unwrap();
+    let graph = config.graph.unwrap();
+    assert_eq!(graph.graph(), "https://10.96.0.50/v1.0");
+    let ca = format!("{}/ca.crt", paths::GRAPH_CA_DIR);
+    assert_eq!(graph.ca_file.as_deref(), Some(std::path::Path::new(&ca)));
+    // The CA's ConfigMap is mounted where the configuration names it.
+    let pod = overridden
+        .objects
+        .stateful_set
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap();
+    let volume = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "graph-ca")
+        .unwrap();
+    assert_eq!(volume.config_map.as_ref().unwrap().name, "graph-ca");
+    let mounted = pod.containers[0]
+        .volume_mounts
+        .iter()
+        .flatten()
+        .any(|m| m.name == "graph-ca" && m.mount_path == paths::GRAPH_CA_DIR);
+    assert!(mounted);
+}

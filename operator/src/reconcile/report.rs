@@ -61,6 +61,9 @@ pub(super) async fn patch_status(
         licence_assignments: applied
             .map(|(_, l)| l.assignments.clone())
             .unwrap_or_else(|| previous.licence_assignments.clone()),
+        graph_endpoints: applied
+            .map(|(p, _)| p.graph_endpoints.clone())
+            .unwrap_or_else(|| previous.graph_endpoints.clone()),
     };
     let body = json!({
         "apiVersion": FederationGateway::api_version(&()),
@@ -127,6 +130,19 @@ pub(super) async fn announce(
             EventType::Warning,
             licence.reason,
             licence.message.clone(),
+        )
+        .await;
+    }
+    if updated && plan.endpoint_override {
+        publish(
+            ctx,
+            gateway,
+            EventType::Warning,
+            "EndpointOverride",
+            format!(
+                "the gateway signs in and calls Graph through spec.tenant.endpoints, not its cloud's own hosts ({})",
+                plan.graph_endpoints.as_deref().unwrap_or("")
+            ),
         )
         .await;
     }

@@ -11,7 +11,8 @@ use xmppfed_config as cfg;
 
 use super::{keys, paths, ports};
 use crate::crd::{
-    DatabaseEngine, FederationGateway, LocalPart, OutOfOffice, Subscriptions, ThrottleLimitsSpec,
+    DatabaseEngine, FederationGateway, LocalPart, OutOfOffice, Subscriptions, TenantCloud,
+    ThrottleLimitsSpec,
 };
 use crate::policy::AppliedPolicies;
 
@@ -214,8 +215,19 @@ pub fn render_config(
             client_id: tenant.client_id.clone(),
             client_secret,
             client_certificate,
-            authority_url: "https://login.microsoftonline.com".to_owned(),
-            graph_url: "https://graph.microsoft.com/v1.0".to_owned(),
+            cloud: match tenant.cloud {
+                None | Some(TenantCloud::Global) => cfg::Cloud::Global,
+                Some(TenantCloud::USGovernment) => cfg::Cloud::UsGov,
+                Some(TenantCloud::USGovernmentDoD) => cfg::Cloud::UsGovDod,
+                Some(TenantCloud::China) => cfg::Cloud::China,
+            },
+            authority_url: tenant.endpoints.as_ref().map(|e| e.authority_url.clone()),
+            graph_url: tenant.endpoints.as_ref().map(|e| e.graph_url.clone()),
+            ca_file: tenant
+                .endpoints
+                .as_ref()
+                .and_then(|e| e.ca_config_map.as_ref())
+                .map(|ca| file(paths::GRAPH_CA_DIR, &ca.key)),
             limits: graph_limits(bridge.graph_limits.as_ref()),
         }),
         webhook: cfg::WebhookConfig {

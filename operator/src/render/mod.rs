@@ -16,6 +16,8 @@ pub mod paths {
     pub const S2S_TLS_DIR: &str = "/etc/xmppfed/s2s-tls";
     pub const GRAPH_CERT_DIR: &str = "/etc/xmppfed/graph-cert";
     pub const GRAPH_SECRET_DIR: &str = "/etc/xmppfed/graph-secret";
+    /// The CA of an endpoint override (`spec.tenant.endpoints.caConfigMap`).
+    pub const GRAPH_CA_DIR: &str = "/etc/xmppfed/graph-ca";
     pub const DATABASE_SECRET_DIR: &str = "/etc/xmppfed/database";
     pub const KEYS_DIR: &str = "/etc/xmppfed/keys";
     pub const LICENCE_DIR: &str = "/etc/xmppfed/licence";

@@ -146,6 +146,22 @@ pub fn build_objects(
     if let Some(db) = &spec.database.connection_string_secret {
         add_secret("database", &db.name, paths::DATABASE_SECRET_DIR);
     }
+    if let Some(ca) = spec
+        .tenant
+        .endpoints
+        .as_ref()
+        .and_then(|e| e.ca_config_map.as_ref())
+    {
+        volumes.push(Volume {
+            name: "graph-ca".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: ca.name.clone(),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+        mounts.push(mount("graph-ca", paths::GRAPH_CA_DIR));
+    }
     let volume_claim_templates = (spec.database.engine == DatabaseEngine::Sqlite).then(|| {
         mounts.push(mount("data", paths::DATA_DIR));
         vec![PersistentVolumeClaim {
@@ -217,6 +233,9 @@ pub fn build_objects(
         env: Some(env),
         resources: spec.resources.clone(),
         volume_mounts: Some(mounts),
+        // A crashing gateway's last log lines become its termination
+        // message, which the operator quotes in Ready (status::waiting_pods).
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
         readiness_probe: Some(probe("/readyz", 5, 3)),
         liveness_probe: Some(probe("/healthz", 10, 6)),
         startup_probe: Some(probe("/healthz", 2, 30)),

@@ -42,9 +42,42 @@ use token::token;
 
 type Shared = Arc<Mutex<Tenant>>;
 
-/// A running emulator on a loopback port.
+/// TLS in front of the emulator's listener. A handshake that fails or takes
+/// longer than 10 s drops that connection only.
+struct TlsListener {
+    tcp: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((tcp, peer)) = self.tcp.accept().await else {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            };
+            let handshake = self.acceptor.accept(tcp);
+            if let Ok(Ok(tls)) =
+                tokio::time::timeout(std::time::Duration::from_secs(10), handshake).await
+            {
+                return (tls, peer);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
+}
+
+/// A running emulator on a loopback port (or, run as a Pod, any address
+/// over HTTPS).
 pub struct GraphEmulator {
     addr: SocketAddr,
+    scheme: &'static str,
     state: Shared,
     task: tokio::task::JoinHandle<()>,
 }
@@ -61,14 +94,39 @@ impl GraphEmulator {
     }
 
     pub async fn start_on(seed: Seed, addr: SocketAddr) -> anyhow::Result<Self> {
+        Self::start_with(seed, addr, None).await
+    }
+
+    /// Serves HTTPS with `tls` when given (the emulator as a Pod behind a
+    /// Service: the gateway takes plain http only towards loopback).
+    pub async fn start_with(
+        seed: Seed,
+        addr: SocketAddr,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> anyhow::Result<Self> {
         let state: Shared = Arc::new(Mutex::new(Tenant::from_seed(seed)));
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let app = router(state.clone());
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
+            let _ = match tls {
+                Some(tls) => {
+                    let listener = TlsListener {
+                        tcp: listener,
+                        acceptor: tokio_rustls::TlsAcceptor::from(tls),
+                    };
+                    axum::serve(listener, app).await
+                }
+                None => axum::serve(listener, app).await,
+            };
         });
-        Ok(Self { addr, state, task })
+        Ok(Self {
+            addr,
+            scheme,
+            state,
+            task,
+        })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -77,12 +135,12 @@ impl GraphEmulator {
 
     /// What `graph.authority_url` should be.
     pub fn authority_url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
     }
 
     /// What `graph.graph_url` should be.
     pub fn graph_url(&self) -> String {
-        format!("http://{}/v1.0", self.addr)
+        format!("{}://{}/v1.0", self.scheme, self.addr)
     }
 
     /// The tenant, to inspect or change directly.
