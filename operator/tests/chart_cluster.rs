@@ -13,8 +13,6 @@
 
 mod support;
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -26,39 +24,8 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::{Client, Config};
 use serde_json::json;
 use support::{apply_all, examples_licensed, licence_text};
-use xmppfed_e2e::cluster::{self, eventually};
+use xmppfed_e2e::cluster::eventually;
 use xmppfed_operator::crd::{DomainWhitelist, FederationGateway};
-
-fn helm() -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os("XMPPFED_TEST_HELM") {
-        return Some(PathBuf::from(path));
-    }
-    let tools = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/tools/helm3/helm");
-    if tools.is_file() {
-        return Some(tools);
-    }
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join("helm"))
-            .find(|p| p.is_file())
-    })
-}
-
-/// The cluster and a helm binary, or `None` (the test skips, saying why)
-/// when either is missing and the cluster suite is not required.
-async fn cluster_and_helm(test: &str) -> Option<(Client, PathBuf)> {
-    let admin = cluster::client(test).await?;
-    let Some(helm) = helm() else {
-        // CI fetches helm (scripts/check-chart.sh) before the tests run.
-        assert!(
-            !cluster::required(),
-            "XMPPFED_TEST_CLUSTER=required but there is no helm binary"
-        );
-        eprintln!("skipped: no helm binary (run scripts/check-chart.sh, or set XMPPFED_TEST_HELM)");
-        return None;
-    };
-    Some((admin, helm))
-}
 
 /// Whether the API server's authorizer lets `user` do what `attributes`
 /// (a SubjectAccessReview's resourceAttributes) describe.
@@ -76,22 +43,9 @@ async fn allowed(admin: &Client, user: &str, attributes: serde_json::Value) -> b
         .is_some_and(|s| s.allowed)
 }
 
-fn run(helm: &PathBuf, args: &[&str]) {
-    let output = Command::new(helm)
-        .args(args)
-        .output()
-        .expect("running helm");
-    assert!(
-        output.status.success(),
-        "helm {args:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn the_chart_on_a_real_cluster() {
-    let Some((admin, helm)) = cluster_and_helm("the_chart_on_a_real_cluster").await else {
+    let Some((admin, helm)) = support::cluster_and_helm("the_chart_on_a_real_cluster").await else {
         return;
     };
     let ns = format!("xmppfed-chart-{}", std::process::id());
@@ -121,7 +75,7 @@ async fn the_chart_on_a_real_cluster() {
     if crds_exist {
         args.extend(["--set", "crds.install=false"]);
     }
-    run(&helm, &args);
+    support::helm_run(&helm, &args);
 
     // The chart's objects, and CRDs established.
     let sa: Api<ServiceAccount> = Api::namespaced(admin.clone(), &ns);
@@ -287,7 +241,7 @@ async fn the_chart_on_a_real_cluster() {
         .delete(&gw, &DeleteParams::foreground())
         .await
         .unwrap();
-    run(&helm, &["uninstall", release, "--namespace", &ns, "--wait"]);
+    support::helm_run(&helm, &["uninstall", release, "--namespace", &ns, "--wait"]);
     let roles: Api<ClusterRole> = Api::all(admin.clone());
     eventually("the ClusterRole removed", Duration::from_secs(60), || {
         let roles = roles.clone();
@@ -322,7 +276,8 @@ async fn the_chart_on_a_real_cluster() {
 /// comment in values.yaml says.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_chart_with_non_default_values() {
-    let Some((admin, helm)) = cluster_and_helm("the_chart_with_non_default_values").await else {
+    let Some((admin, helm)) = support::cluster_and_helm("the_chart_with_non_default_values").await
+    else {
         return;
     };
     // The CRDs are the other chart test's (it decides whether helm installs
@@ -341,7 +296,7 @@ async fn the_chart_with_non_default_values() {
         "resources.limits.memory=128Mi",
     ]
     .join(",");
-    run(
+    support::helm_run(
         &helm,
         &[
             "install",
@@ -430,7 +385,7 @@ async fn the_chart_with_non_default_values() {
         "only its own Lease"
     );
 
-    run(
+    support::helm_run(
         &helm,
         &["uninstall", "fedop-values", "--namespace", &ns, "--wait"],
     );

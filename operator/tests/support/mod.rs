@@ -2,12 +2,16 @@
 //! signed with a test key, and applying documents of any kind.
 #![allow(dead_code)] // each test binary uses its own part of it
 
+use std::path::PathBuf;
+use std::process::Command;
+
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::Client;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::discovery::ApiResource;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use xmppfed_e2e::cluster;
 use xmppfed_operator::crd::{DomainWhitelist, FederationGateway, ThrottlePolicy};
 
 /// The documents of examples/`file`.
@@ -172,4 +176,50 @@ pub async fn condition_becomes(
         },
     )
     .await
+}
+
+/// A helm binary: XMPPFED_TEST_HELM, scripts/check-chart.sh's, or one on PATH.
+pub fn helm() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("XMPPFED_TEST_HELM") {
+        return Some(PathBuf::from(path));
+    }
+    let tools = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/tools/helm3/helm");
+    if tools.is_file() {
+        return Some(tools);
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("helm"))
+            .find(|p| p.is_file())
+    })
+}
+
+/// The cluster and a helm binary, or `None` (the test skips, saying why)
+/// when either is missing and the cluster suite is not required.
+pub async fn cluster_and_helm(test: &str) -> Option<(Client, PathBuf)> {
+    let admin = cluster::client(test).await?;
+    let Some(helm) = helm() else {
+        // CI fetches helm (scripts/check-chart.sh) before the tests run.
+        assert!(
+            !cluster::required(),
+            "XMPPFED_TEST_CLUSTER=required but there is no helm binary"
+        );
+        eprintln!("skipped: no helm binary (run scripts/check-chart.sh, or set XMPPFED_TEST_HELM)");
+        return None;
+    };
+    Some((admin, helm))
+}
+
+/// Runs helm; fails the test with its output when it fails.
+pub fn helm_run(helm: &PathBuf, args: &[&str]) {
+    let output = Command::new(helm)
+        .args(args)
+        .output()
+        .expect("running helm");
+    assert!(
+        output.status.success(),
+        "helm {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
