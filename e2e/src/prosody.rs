@@ -17,6 +17,10 @@ pub struct ProsodyOptions {
     pub domain: String,
     /// Domains routed to a loopback port (the gateway's s2s listener).
     pub routes: Vec<(String, u16)>,
+    /// Domains routed to another host's port (a gateway behind a Service).
+    pub host_routes: Vec<(String, String, u16)>,
+    /// Addresses Prosody listens on (c2s and s2s); loopback by default.
+    pub interfaces: Vec<String>,
     /// Serve TLS with a self-signed certificate for `domain`.
     pub tls: bool,
     /// Load XEP-0288 bidirectional s2s.
@@ -33,6 +37,8 @@ impl ProsodyOptions {
         Self {
             domain: domain.to_owned(),
             routes: Vec::new(),
+            host_routes: Vec::new(),
+            interfaces: vec!["127.0.0.1".to_owned()],
             tls: false,
             bidi: true,
             s2s_port: None,
@@ -250,7 +256,19 @@ impl Prosody {
         let routes: String = options
             .routes
             .iter()
-            .map(|(domain, port)| format!("[\"{domain}\"] = {{ \"127.0.0.1\", {port} }}; "))
+            .map(|(domain, port)| (domain.as_str(), "127.0.0.1", *port))
+            .chain(
+                options
+                    .host_routes
+                    .iter()
+                    .map(|(domain, host, port)| (domain.as_str(), host.as_str(), *port)),
+            )
+            .map(|(domain, host, port)| format!("[\"{domain}\"] = {{ \"{host}\", {port} }}; "))
+            .collect();
+        let interfaces: String = options
+            .interfaces
+            .iter()
+            .map(|i| format!("\"{i}\"; "))
             .collect();
         let ssl = match (&options.ca, options.tls) {
             (Some(ca), _) => {
@@ -286,7 +304,7 @@ pidfile = "{root}/prosody.pid"
 data_path = "{root}/data"
 plugin_paths = {{ "{root}/plugins" }}
 log = {{ debug = "{root}/prosody.log" }}
-interfaces = {{ "127.0.0.1" }}
+interfaces = {{ {interfaces} }}
 c2s_ports = {{ {c2s_port} }}
 s2s_ports = {{ {s2s_port} }}
 c2s_direct_tls_ports = {{}}

@@ -2,14 +2,19 @@
 //! (../shared/kube `node-up.sh`; CI sets XMPPFED_TEST_NODE=required then, and
 //! a missing node fails instead of skipping).
 //!
-//! `helm install` runs the operator *as a Pod*, from the image
-//! scripts/images.py lays out from operator/Dockerfile around this build's
-//! binary, with the chart's ServiceAccount, probes and securityContext. The
-//! example gateway it runs from that Pod says in its status why it is not
-//! ready, and is never Ready: first its container crashes on the example's
-//! placeholder certificate (the crash's last words in Ready), then, with a
-//! real certificate, it runs but cannot reach Microsoft's identity platform
-//! (pods have no route off this machine): TenantReady says so.
+//! One user's path, in order. `helm install` runs the operator *as a Pod*,
+//! from the image scripts/images.py lays out from operator/Dockerfile around
+//! this build's binary, with the chart's ServiceAccount, probes and
+//! securityContext. The example gateway it runs from that Pod says in its
+//! status why it is not ready, and is never Ready until it can work: first its
+//! container crashes on the example's placeholder certificate (the crash's
+//! last words in Ready), then, with a real certificate, it runs but cannot
+//! reach Microsoft's identity platform (pods have no route off this machine):
+//! TenantReady says so. Pointed at the Graph emulator running as a Pod behind
+//! a Service (spec.tenant.endpoints, HTTPS with the emulator's CA), it becomes
+//! Ready, and a Prosody on this host federates with it through its s2s
+//! Service both ways. Last, a wrong image stalls the roll and Ready names the
+//! kubelet's reason; deleting the gateway leaves nothing behind.
 
 mod support;
 
@@ -21,6 +26,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{
     ConfigMap, Event, Namespace, Node, PersistentVolumeClaim, Pod, Secret, Service,
 };
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
@@ -319,15 +325,22 @@ async fn the_operator_runs_as_a_pod_and_its_gateway_says_why_it_is_not_ready() {
     // (spec.tenant.endpoints, with the emulator's CA from a ConfigMap), the
     // same gateway proves its credentials and becomes Ready.
     let graph = GraphPod::start(&admin, &ns, dir.path()).await;
+    // A Prosody on this host serves the example whitelist's remote domain,
+    // on the pod network's host address, and routes the gateway's domain to
+    // the gateway's s2s Service; the gateway routes back with a static route.
+    let peer = Peer::start(&admin, &ns).await;
     let pointed = Instant::now();
     let endpoints = json!({
         "apiVersion": "xmppfed.io/v1alpha1", "kind": "FederationGateway",
         "metadata": {"name": gw},
-        "spec": {"tenant": {"endpoints": {
-            "authorityUrl": graph.url,
-            "graphUrl": format!("{}/v1.0", graph.url),
-            "caConfigMap": {"name": "graph-ca", "key": "ca.crt"},
-        }}}
+        "spec": {
+            "tenant": {"endpoints": {
+                "authorityUrl": graph.url,
+                "graphUrl": format!("{}/v1.0", graph.url),
+                "caConfigMap": {"name": "graph-ca", "key": "ca.crt"},
+            }},
+            "s2s": {"staticRoutes": [{"domain": PEER, "host": HOST_ON_POD_NETWORK, "port": peer.s2s_port}]}
+        }
     });
     apply_all(&admin, &ns, "xmppfed-node-endpoints", vec![endpoints]).await;
     let ready = eventually("the gateway Ready", Duration::from_secs(240), || async {
@@ -371,6 +384,124 @@ async fn the_operator_runs_as_a_pod_and_its_gateway_says_why_it_is_not_ready() {
         "{state}"
     );
 
+    // Federating through the Service, both ways: Bob on Prosody subscribes
+    // to Alice in Teams and writes to her; she answers from Teams.
+    if let Some(mut bob) = peer.bob {
+        // The s2s Service selects the replica that holds the bridge's lease
+        // (labelled leader): it has an endpoint once that pod is labelled.
+        let slices: Api<EndpointSlice> = Api::namespaced(admin.clone(), &ns);
+        let serving = ListParams::default().labels("kubernetes.io/service-name=contoso-s2s");
+        eventually(
+            "an endpoint behind the s2s Service",
+            Duration::from_secs(60),
+            || async {
+                slices
+                    .list(&serving)
+                    .await
+                    .ok()?
+                    .items
+                    .iter()
+                    .flat_map(|s| s.endpoints.iter())
+                    .any(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
+                    .then_some(())
+            },
+        )
+        .await;
+        // And kube-proxy has programmed it: a connection from this host
+        // through the Service's address is accepted (a Prosody that finds
+        // nothing there bounces the stanza rather than retrying).
+        let service = format!("{}:5269", peer.s2s_service);
+        eventually(
+            "the s2s Service accepting connections",
+            Duration::from_secs(30),
+            || async {
+                tokio::net::TcpStream::connect(&service)
+                    .await
+                    .ok()
+                    .map(|_| ())
+            },
+        )
+        .await;
+        let alice = "alice@teams.contoso.example";
+        bob.command(json!({"cmd": "subscribe", "to": alice}))
+            .unwrap();
+        let federated = Instant::now();
+        let subscribed = tokio::task::block_in_place(|| {
+            bob.wait_for(Duration::from_secs(60), |e| {
+                e["event"] == "presence" && e["type"] == "subscribed" && e["from"] == alice
+            })
+        });
+        if let Err(e) = subscribed {
+            let logs = pods
+                .logs("contoso-0", &Default::default())
+                .await
+                .unwrap_or_default();
+            panic!("{e:#}\ngateway:\n{logs}\nProsody:\n{}", peer.server.log());
+        }
+        eprintln!(
+            "Prosody → gateway Service: subscription approved in {:.1} s",
+            federated.elapsed().as_secs_f64()
+        );
+        bob.command(json!({"cmd": "message", "to": alice, "body": "Hello from XMPP", "id": "m1"}))
+            .unwrap();
+        let chat = eventually(
+            "Bob's message in Alice's Teams chat",
+            Duration::from_secs(60),
+            || async {
+                let state = graph.state().await;
+                state["chats"].as_array()?.iter().find_map(|c| {
+                    (c["messages"].as_u64()? >= 1).then(|| c["id"].as_str().map(str::to_owned))?
+                })
+            },
+        )
+        .await;
+        graph
+            .control(
+                &format!("/_emulator/chats/{chat}/messages"),
+                json!({"from": "alice@contoso.example", "content": "Hello from Teams", "contentType": "text"}),
+            )
+            .await;
+        let answer = tokio::task::block_in_place(|| {
+            bob.wait_for(Duration::from_secs(60), |e| {
+                e["event"] == "message"
+                    && e["body"].is_string()
+                    && e["from"].as_str().is_some_and(|f| f.starts_with(alice))
+            })
+        })
+        .unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(answer["body"], "Hello from Teams");
+        eprintln!(
+            "both ways through the Service in {:.1} s",
+            federated.elapsed().as_secs_f64()
+        );
+    }
+
+    // A wrong image rolls the pod onto it and stalls there: Ready names the
+    // kubelet's reason within a reconcile (it was True until the roll).
+    let wrong = json!({
+        "apiVersion": "xmppfed.io/v1alpha1", "kind": "FederationGateway",
+        "metadata": {"name": gw},
+        "spec": {"image": "ghcr.io/xmppfed/gateway:0.0.0-absent"}
+    });
+    apply_all(&admin, &ns, "xmppfed-node-image", vec![wrong]).await;
+    let pulled = eventually(
+        "Ready naming the image the node cannot pull",
+        Duration::from_secs(120),
+        || async {
+            let g = gateways.get(gw).await.ok()?;
+            condition(&g, "Ready")
+                .filter(|c| {
+                    c.status == "False"
+                        && ["ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull"]
+                            .iter()
+                            .any(|r| c.message.contains(r))
+                })
+                .map(|c| c.message.clone())
+        },
+    )
+    .await;
+    eprintln!("a wrong image: Ready=False: {pulled}");
+
     // Deleting the gateway leaves nothing of it; then the release goes.
     gateways.delete(gw, &DeleteParams::default()).await.unwrap();
     eventually("the gateway gone", Duration::from_secs(60), || async {
@@ -382,6 +513,73 @@ async fn the_operator_runs_as_a_pod_and_its_gateway_says_why_it_is_not_ready() {
         .delete(&ns, &DeleteParams::default())
         .await
         .unwrap();
+}
+
+/// The example whitelist's remote domain.
+const PEER: &str = "xmpp.partner.example";
+/// This host on the pod network (../shared/kube README: bridge cni0).
+const HOST_ON_POD_NETWORK: &str = "10.244.0.1";
+
+/// Prosody for [`PEER`] on this host, with Bob signed in; `bob` is `None`
+/// (and that part of the test skipped, saying so) where Prosody or slixmpp
+/// is missing and the node suite is not required.
+struct Peer {
+    server: xmppfed_e2e::prosody::Prosody,
+    bob: Option<xmppfed_e2e::xmpp_client::XmppClient>,
+    s2s_port: u16,
+    /// The gateway's s2s Service address that Prosody routes to.
+    s2s_service: String,
+}
+
+impl Peer {
+    async fn start(admin: &Client, ns: &str) -> Self {
+        use xmppfed_e2e::prosody::{self, Prosody, ProsodyOptions};
+        let s2s_ip = eventually(
+            "the gateway's s2s Service",
+            Duration::from_secs(30),
+            || async {
+                Api::<Service>::namespaced(admin.clone(), ns)
+                    .get("contoso-s2s")
+                    .await
+                    .ok()?
+                    .spec?
+                    .cluster_ip
+            },
+        )
+        .await;
+        let s2s_port = prosody::free_port().unwrap();
+        let server = Prosody::start(&ProsodyOptions {
+            host_routes: vec![("teams.contoso.example".into(), s2s_ip.clone(), 5269)],
+            interfaces: vec!["127.0.0.1".into(), HOST_ON_POD_NETWORK.into()],
+            s2s_port: Some(s2s_port),
+            tls: true,
+            ..ProsodyOptions::new(PEER)
+        })
+        .unwrap();
+        let python = prosody::python();
+        assert!(
+            python.is_some() || !node_required(),
+            "XMPPFED_TEST_NODE=required but there is no Python with slixmpp (scripts/test.sh installs it)"
+        );
+        let bob = python.map(|python| {
+            server.register("bob", "bobpw").unwrap();
+            let jid = format!("bob@{PEER}");
+            let port = server.c2s_port;
+            tokio::task::block_in_place(|| {
+                xmppfed_e2e::xmpp_client::XmppClient::connect(&python, &jid, "bobpw", port)
+            })
+            .unwrap()
+        });
+        if bob.is_none() {
+            eprintln!("skipped: federation with Prosody needs a Python with slixmpp");
+        }
+        Self {
+            server,
+            bob,
+            s2s_port,
+            s2s_service: s2s_ip,
+        }
+    }
 }
 
 /// The Graph emulator as a Pod behind a Service, over HTTPS with a
@@ -500,14 +698,19 @@ impl GraphPod {
         }
     }
 
-    /// The emulated tenant's state (`GET /_emulator/state`), over HTTPS
-    /// trusting the emulator's CA only.
-    async fn state(&self) -> serde_json::Value {
+    /// A client trusting the emulator's CA only.
+    fn client(&self) -> reqwest::Client {
         let ca = reqwest::Certificate::from_pem(self.ca.as_bytes()).unwrap();
         reqwest::Client::builder()
             .tls_certs_only([ca])
             .build()
             .unwrap()
+    }
+
+    /// The emulated tenant's state (`GET /_emulator/state`), from this host
+    /// through the Service.
+    async fn state(&self) -> serde_json::Value {
+        self.client()
             .get(format!("{}/_emulator/state", self.url))
             .send()
             .await
@@ -515,5 +718,21 @@ impl GraphPod {
             .json()
             .await
             .unwrap()
+    }
+
+    /// POSTs to the emulator's control API; fails the test unless it succeeds.
+    async fn control(&self, path: &str, body: serde_json::Value) {
+        let response = self
+            .client()
+            .post(format!("{}{path}", self.url))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            response.status().is_success(),
+            "{path}: {}",
+            response.status()
+        );
     }
 }

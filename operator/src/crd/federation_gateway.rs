@@ -318,6 +318,11 @@ pub struct S2sSpec {
     #[serde(default)]
     #[schemars(length(max = 1000), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["domain"]))]
     pub static_routes: Vec<StaticRouteSpec>,
+    /// A key of a ConfigMap holding the PEM roots that remote servers'
+    /// certificates are verified against (SASL EXTERNAL), instead of the
+    /// system's: a private PKI's CAs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trusted_ca_config_map: Option<ConfigMapKeyRef>,
 }
 
 impl Default for S2sSpec {
@@ -328,6 +333,7 @@ impl Default for S2sSpec {
             require_tls: true,
             service_type: S2sServiceType::default(),
             static_routes: Vec::new(),
+            trusted_ca_config_map: None,
         }
     }
 }

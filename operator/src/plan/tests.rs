@@ -675,10 +675,54 @@ fn a_national_cloud_and_an_endpoint_override_reach_the_gateway_and_status() {
         .find(|v| v.name == "graph-ca")
         .unwrap();
     assert_eq!(volume.config_map.as_ref().unwrap().name, "graph-ca");
+    assert!(
+        config.s2s.trust_roots_file.is_none(),
+        "the system's roots for s2s"
+    );
     let mounted = pod.containers[0]
         .volume_mounts
         .iter()
         .flatten()
         .any(|m| m.name == "graph-ca" && m.mount_path == paths::GRAPH_CA_DIR);
     assert!(mounted);
+}
+
+#[test]
+fn a_private_pki_for_s2s_is_mounted_and_named_in_the_configuration() {
+    use crate::crd::ConfigMapKeyRef;
+    let mut g = gateway(sqlite(), "");
+    g.spec.s2s.trusted_ca_config_map = Some(ConfigMapKeyRef {
+        name: "partner-roots".into(),
+        key: "roots.pem".into(),
+    });
+    let planned = plan(&g, &[], &[], 1, Some(TEST_KEY)).unwrap();
+    let config = GatewayConfig::from_toml_str(&planned.config_toml).unwrap();
+    let roots = format!("{}/roots.pem", paths::S2S_CA_DIR);
+    assert_eq!(
+        config.s2s.trust_roots_file.as_deref(),
+        Some(std::path::Path::new(&roots))
+    );
+    let pod = planned
+        .objects
+        .stateful_set
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap();
+    assert!(pod.volumes.iter().flatten().any(|v| {
+        v.name == "s2s-ca"
+            && v.config_map
+                .as_ref()
+                .is_some_and(|c| c.name == "partner-roots")
+    }));
+    assert!(
+        pod.containers[0]
+            .volume_mounts
+            .iter()
+            .flatten()
+            .any(|m| m.name == "s2s-ca" && m.mount_path == paths::S2S_CA_DIR)
+    );
 }

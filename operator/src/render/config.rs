@@ -197,6 +197,11 @@ pub fn render_config(
                 .tls_secret
                 .as_ref()
                 .map(|_| file(paths::S2S_TLS_DIR, "tls.key")),
+            trust_roots_file: spec
+                .s2s
+                .trusted_ca_config_map
+                .as_ref()
+                .map(|ca| file(paths::S2S_CA_DIR, &ca.key)),
             dialback_secret: Some(cfg::SecretRef::File(file(paths::KEYS_DIR, keys::DIALBACK))),
             static_routes: spec
                 .s2s

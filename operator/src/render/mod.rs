@@ -14,6 +14,8 @@ pub mod paths {
     pub const CONFIG_DIR: &str = "/etc/xmppfed/config";
     pub const CONFIG_FILE: &str = "gateway.toml";
     pub const S2S_TLS_DIR: &str = "/etc/xmppfed/s2s-tls";
+    /// The roots remote servers' certificates are verified against (`spec.s2s.trustedCaConfigMap`).
+    pub const S2S_CA_DIR: &str = "/etc/xmppfed/s2s-ca";
     pub const GRAPH_CERT_DIR: &str = "/etc/xmppfed/graph-cert";
     pub const GRAPH_SECRET_DIR: &str = "/etc/xmppfed/graph-secret";
     /// The CA of an endpoint override (`spec.tenant.endpoints.caConfigMap`).

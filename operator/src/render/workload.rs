@@ -146,21 +146,32 @@ pub fn build_objects(
     if let Some(db) = &spec.database.connection_string_secret {
         add_secret("database", &db.name, paths::DATABASE_SECRET_DIR);
     }
-    if let Some(ca) = spec
+    let graph_ca = spec
         .tenant
         .endpoints
         .as_ref()
-        .and_then(|e| e.ca_config_map.as_ref())
-    {
+        .and_then(|e| e.ca_config_map.as_ref());
+    let cas = [
+        ("graph-ca", graph_ca, paths::GRAPH_CA_DIR),
+        (
+            "s2s-ca",
+            spec.s2s.trusted_ca_config_map.as_ref(),
+            paths::S2S_CA_DIR,
+        ),
+    ];
+    for (volume, config_map, dir) in cas {
+        let Some(config_map) = config_map else {
+            continue;
+        };
         volumes.push(Volume {
-            name: "graph-ca".into(),
+            name: volume.into(),
             config_map: Some(ConfigMapVolumeSource {
-                name: ca.name.clone(),
+                name: config_map.name.clone(),
                 ..ConfigMapVolumeSource::default()
             }),
             ..Volume::default()
         });
-        mounts.push(mount("graph-ca", paths::GRAPH_CA_DIR));
+        mounts.push(mount(volume, dir));
     }
     let volume_claim_templates = (spec.database.engine == DatabaseEngine::Sqlite).then(|| {
         mounts.push(mount("data", paths::DATA_DIR));

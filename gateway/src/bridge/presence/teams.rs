@@ -188,6 +188,10 @@ impl TeamsPresence {
 
     /// Sends a user's presence to every subscribed contact.
     pub async fn fan_out(&self, id: &str, presence: &XmppPresence) -> usize {
+        if self.roster.subscribers(id).is_empty() {
+            return 0;
+        }
+        self.know_card(id).await;
         let Some((local, template)) = self.stanza_for(id, presence) else {
             return 0;
         };
@@ -240,6 +244,17 @@ impl TeamsPresence {
         }
     }
 
+    /// Reads a user's card once (then cached) so that every presence sent
+    /// for them carries their photo hash, whoever sends it first.
+    async fn know_card(&self, id: &str) {
+        if let Some(local) = self.directory.local_of(id)
+            && self.cards.known_photo_hash(&local).is_none()
+            && let Err(e) = self.cards.card(&self.graph, &local).await
+        {
+            tracing::debug!(%local, error = %e, "no card yet; presence goes without the photo hash");
+        }
+    }
+
     /// The presence stanza of a user (by object id), from its fixed resource.
     fn stanza_for(&self, id: &str, presence: &XmppPresence) -> Option<(String, Presence)> {
         let local = self.directory.local_of(id)?;
@@ -263,12 +278,7 @@ impl TeamsPresence {
     pub async fn send_current(&self, id: &str, remote: &Jid) -> Result<(), GraphError> {
         // The card first: the presence is read after it, so that a change the
         // poller sends meanwhile is not overtaken by an older one.
-        if let Some(local) = self.directory.local_of(id)
-            && self.cards.known_photo_hash(&local).is_none()
-            && let Err(e) = self.cards.card(&self.graph, &local).await
-        {
-            tracing::debug!(%local, error = %e, "no card yet; presence goes without the photo hash");
-        }
+        self.know_card(id).await;
         let known = self.last().get(id).cloned();
         let presence = match known {
             Some(p) => p,
