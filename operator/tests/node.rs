@@ -476,6 +476,22 @@ async fn the_operator_runs_as_a_pod_and_its_gateway_says_why_it_is_not_ready() {
         );
     }
 
+    // What the running pods weigh: their memory cgroups' working set (usage
+    // less inactive file pages, as the kubelet counts it), read on this host
+    // (the API server refuses to proxy to a node on loopback).
+    let weigh = |pod: &Pod| pod.metadata.uid.as_deref().and_then(working_set);
+    let gateway_pod = pods.get("contoso-0").await.unwrap();
+    let (gateway_bytes, operator_bytes) = (weigh(&gateway_pod), weigh(&operator));
+    eprintln!(
+        "memory (cgroup working set, debug builds): gateway {:.1} MiB, operator {:.1} MiB",
+        gateway_bytes.unwrap_or(0) as f64 / 1048576.0,
+        operator_bytes.unwrap_or(0) as f64 / 1048576.0
+    );
+    assert!(
+        gateway_bytes.is_some_and(|b| b > 0),
+        "the gateway pod's memory cgroup is found and charged"
+    );
+
     // A wrong image rolls the pod onto it and stalls there: Ready names the
     // kubelet's reason within a reconcile (it was True until the roll).
     let wrong = json!({
@@ -513,6 +529,34 @@ async fn the_operator_runs_as_a_pod_and_its_gateway_says_why_it_is_not_ready() {
         .delete(&ns, &DeleteParams::default())
         .await
         .unwrap();
+}
+
+/// A pod's memory working set in bytes, from its cgroup (v1 or v2, either
+/// QoS class), as the kubelet computes it: usage less inactive file pages.
+fn working_set(uid: &str) -> Option<u64> {
+    let name = format!("pod{uid}");
+    let roots = ["/sys/fs/cgroup/memory/kubepods", "/sys/fs/cgroup/kubepods"];
+    let dir = roots.iter().find_map(|root| {
+        let root = std::path::Path::new(root);
+        [
+            root.join(&name),
+            root.join("burstable").join(&name),
+            root.join("besteffort").join(&name),
+        ]
+        .into_iter()
+        .find(|d| d.is_dir())
+    })?;
+    let read = |file: &str| std::fs::read_to_string(dir.join(file)).ok();
+    let (usage, inactive_key) = match read("memory.usage_in_bytes") {
+        Some(v1) => (v1, "total_inactive_file "),
+        None => (read("memory.current")?, "inactive_file "),
+    };
+    let usage: u64 = usage.trim().parse().ok()?;
+    let inactive = read("memory.stat")?
+        .lines()
+        .find_map(|l| l.strip_prefix(inactive_key)?.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    Some(usage.saturating_sub(inactive))
 }
 
 /// The example whitelist's remote domain.

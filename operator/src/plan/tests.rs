@@ -658,33 +658,39 @@ fn a_national_cloud_and_an_endpoint_override_reach_the_gateway_and_status() {
     let ca = format!("{}/ca.crt", paths::GRAPH_CA_DIR);
     assert_eq!(graph.ca_file.as_deref(), Some(std::path::Path::new(&ca)));
     // The CA's ConfigMap is mounted where the configuration names it.
-    let pod = overridden
-        .objects
-        .stateful_set
-        .spec
-        .as_ref()
-        .unwrap()
-        .template
-        .spec
-        .as_ref()
-        .unwrap();
-    let volume = pod
-        .volumes
-        .iter()
-        .flatten()
-        .find(|v| v.name == "graph-ca")
-        .unwrap();
-    assert_eq!(volume.config_map.as_ref().unwrap().name, "graph-ca");
+    assert!(mounts_config_map(
+        &overridden,
+        "graph-ca",
+        "graph-ca",
+        paths::GRAPH_CA_DIR
+    ));
     assert!(
         config.s2s.trust_roots_file.is_none(),
         "the system's roots for s2s"
     );
+}
+
+/// Whether the plan's pod mounts ConfigMap `config_map` as `volume` at `dir`.
+fn mounts_config_map(plan: &Plan, volume: &str, config_map: &str, dir: &str) -> bool {
+    let Some(pod) = plan
+        .objects
+        .stateful_set
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+    else {
+        return false;
+    };
+    let has_volume =
+        pod.volumes.iter().flatten().any(|v| {
+            v.name == volume && v.config_map.as_ref().is_some_and(|c| c.name == config_map)
+        });
     let mounted = pod.containers[0]
         .volume_mounts
         .iter()
         .flatten()
-        .any(|m| m.name == "graph-ca" && m.mount_path == paths::GRAPH_CA_DIR);
-    assert!(mounted);
+        .any(|m| m.name == volume && m.mount_path == dir);
+    has_volume && mounted
 }
 
 #[test]
@@ -702,27 +708,10 @@ fn a_private_pki_for_s2s_is_mounted_and_named_in_the_configuration() {
         config.s2s.trust_roots_file.as_deref(),
         Some(std::path::Path::new(&roots))
     );
-    let pod = planned
-        .objects
-        .stateful_set
-        .spec
-        .as_ref()
-        .unwrap()
-        .template
-        .spec
-        .as_ref()
-        .unwrap();
-    assert!(pod.volumes.iter().flatten().any(|v| {
-        v.name == "s2s-ca"
-            && v.config_map
-                .as_ref()
-                .is_some_and(|c| c.name == "partner-roots")
-    }));
-    assert!(
-        pod.containers[0]
-            .volume_mounts
-            .iter()
-            .flatten()
-            .any(|m| m.name == "s2s-ca" && m.mount_path == paths::S2S_CA_DIR)
-    );
+    assert!(mounts_config_map(
+        &planned,
+        "s2s-ca",
+        "partner-roots",
+        paths::S2S_CA_DIR
+    ));
 }
