@@ -61,18 +61,13 @@ async fn ready_node(client: &Client) -> Option<String> {
 /// into the node (`cargo test --workspace` has built the binaries).
 fn make_images() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let output = Command::new("python3")
-        .arg(root.join("scripts/images.py"))
-        .arg("--no-build")
-        .output()
-        .expect("running scripts/images.py");
-    assert!(
-        output.status.success(),
-        "scripts/images.py failed:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
+    let made = support::run_ok(
+        Command::new("python3")
+            .arg(root.join("scripts/images.py"))
+            .arg("--no-build"),
+        "scripts/images.py",
     );
-    eprint!("{}", String::from_utf8_lossy(&output.stdout));
+    eprint!("{made}");
 }
 
 /// Uninstalls the release whatever happens: an operator Pod left running

@@ -212,14 +212,20 @@ pub async fn cluster_and_helm(test: &str) -> Option<(Client, PathBuf)> {
 
 /// Runs helm; fails the test with its output when it fails.
 pub fn helm_run(helm: &PathBuf, args: &[&str]) {
-    let output = Command::new(helm)
-        .args(args)
+    run_ok(Command::new(helm).args(args), &format!("helm {args:?}"));
+}
+
+/// Runs `command` to its end; fails the test with its output when it fails.
+/// Gives its standard output.
+pub fn run_ok(command: &mut Command, what: &str) -> String {
+    let output = command
         .output()
-        .expect("running helm");
+        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
     assert!(
         output.status.success(),
-        "helm {args:?} failed:\n{}\n{}",
+        "{what} failed:\n{}\n{}",
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
+    String::from_utf8_lossy(&output.stdout).into_owned()
 }
