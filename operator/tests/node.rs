@@ -13,8 +13,9 @@
 //! TenantReady says so. Pointed at the Graph emulator running as a Pod behind
 //! a Service (spec.tenant.endpoints, HTTPS with the emulator's CA), it becomes
 //! Ready, and a Prosody on this host federates with it through its s2s
-//! Service both ways. Last, a wrong image stalls the roll and Ready names the
-//! kubelet's reason; deleting the gateway leaves nothing behind.
+//! Service both ways. Then a wrong client secret shows as TenantReady
+//! `InvalidClientSecret` with its fix, a wrong image stalls the roll and Ready
+//! names the kubelet's reason, and deleting the gateway leaves nothing behind.
 
 mod support;
 
@@ -486,6 +487,32 @@ async fn the_operator_runs_as_a_pod_and_its_gateway_says_why_it_is_not_ready() {
         gateway_bytes.is_some_and(|b| b > 0),
         "the gateway pod's memory cgroup is found and charged"
     );
+
+    // Refused credentials: a wrong client secret in the Secret the gateway
+    // names, and the pod restarted (it reads the secret at start): the
+    // tenant's refusal and its fix reach TenantReady, and Ready goes False.
+    let wrong_secret = json!({
+        "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+        "metadata": {"name": "contoso-graph-app"},
+        "stringData": {"client-secret": "not-the-secret"}
+    });
+    apply_all(&admin, &ns, "xmppfed-node-test", vec![wrong_secret]).await;
+    pods.delete("contoso-0", &DeleteParams::default())
+        .await
+        .unwrap();
+    let refused = eventually(
+        "TenantReady=False InvalidClientSecret",
+        Duration::from_secs(120),
+        || async {
+            let g = gateways.get(gw).await.ok()?;
+            let tenant = condition(&g, "TenantReady")
+                .filter(|c| c.status == "False" && c.reason == "InvalidClientSecret")?;
+            let ready = condition(&g, "Ready")?;
+            (ready.status == "False").then(|| tenant.message.clone())
+        },
+    )
+    .await;
+    eprintln!("a wrong client secret: TenantReady=False InvalidClientSecret: {refused}");
 
     // A wrong image rolls the pod onto it and stalls there: Ready names the
     // kubelet's reason within a reconcile (it was True until the roll).
