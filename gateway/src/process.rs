@@ -446,6 +446,12 @@ async fn keep_directory(watch: DirectoryWatch) {
             .directory
             .refresh(&watch.graph, &watch.allowed, &watch.rule)
             .await;
+        // Until the app has its first token it is asked again soon while the
+        // identity platform does not answer (a pod starting beside its Graph);
+        // a refusal waits as long as any failure: a wrong secret tried every
+        // few seconds would only burden the tenant.
+        let monitor = watch.graph.tokens().monitor();
+        let soon = !monitor.proven() && !monitor.app_refused();
         let wait = match refreshed {
             Ok(users) => {
                 // Ready first: whoever reads the log line may ask /readyz at once.
@@ -453,20 +459,21 @@ async fn keep_directory(watch: DirectoryWatch) {
                 watch.loaded.send_replace(true);
                 let collisions = watch.directory.collisions();
                 tracing::info!(users, ?collisions, "Teams directory refreshed");
-                if watch.graph.tokens().monitor().proven() {
+                if soon {
+                    DIRECTORY_FIRST_RETRY
+                } else if monitor.proven() {
                     DIRECTORY_REFRESH
                 } else {
-                    DIRECTORY_FIRST_RETRY
+                    DIRECTORY_RETRY
                 }
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the internal allow list from Graph");
                 watch.health.not_ready(&format!("internal allow list: {e}"));
-                if watch.graph.tokens().monitor().proven() {
-                    DIRECTORY_RETRY
-                } else {
-                    // Not ready yet: a pod starting beside its Graph is asked again soon.
+                if soon {
                     DIRECTORY_FIRST_RETRY
+                } else {
+                    DIRECTORY_RETRY
                 }
             }
         };

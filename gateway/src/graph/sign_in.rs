@@ -326,6 +326,11 @@ impl SignInMonitor {
         self.app_proven.load(std::sync::atomic::Ordering::Acquire)
     }
 
+    /// Whether the identity platform refuses the app now.
+    pub fn app_refused(&self) -> bool {
+        self.lock().contains_key("app")
+    }
+
     /// The tenant's answer for the pod annotation, on every change.
     pub fn watch(&self) -> tokio::sync::watch::Receiver<Option<String>> {
         self.state.subscribe()
@@ -399,9 +404,8 @@ impl SignInMonitor {
             });
         }
         let Some(health) = &self.health else { return };
-        let app_refused = self.lock().contains_key("app");
         match summary {
-            Some(line) if app_refused => health.not_ready(&line),
+            Some(line) if self.app_refused() => health.not_ready(&line),
             _ if !proven => health.not_ready(unreachable.as_deref().unwrap_or(NOT_YET)),
             None => health.ready(),
             Some(line) => health.degraded(&line),
@@ -510,6 +514,7 @@ mod tests {
             "AADSTS7000222",
         );
         assert!(!health.report().ready, "the app refused: not ready");
+        assert!(monitor.app_refused());
         monitor.signed_in(&Identity::App);
         monitor.signed_in(&a);
         monitor.signed_in(&b);
