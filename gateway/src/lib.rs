@@ -20,6 +20,25 @@ pub mod store;
 
 pub use xmppfed_config as config;
 
+/// An error and its sources in one line, each said once: most errors here
+/// already name their source in their own message, and reqwest's say only
+/// "error sending request" with the reason in a source.
+pub fn said_once(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = String::new();
+    let mut next = Some(error);
+    while let Some(cause) = next {
+        let said = cause.to_string();
+        if !out.contains(&said) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&said);
+        }
+        next = cause.source();
+    }
+    out
+}
+
 /// The configuration `xmppfed-gateway sandbox` runs: examples/local/gateway.toml.
 pub const SANDBOX_CONFIG: &str = include_str!("../../examples/local/gateway.toml");
 

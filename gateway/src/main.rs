@@ -69,21 +69,9 @@ fn main() -> ExitCode {
     }
 }
 
-/// The error and its causes, each said once: most of ours already name
-/// their source in their own message.
+/// The error and its causes, each said once.
 fn describe(e: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in e.chain() {
-        let said = cause.to_string();
-        if out.contains(&said) {
-            continue;
-        }
-        if !out.is_empty() {
-            out.push_str(": ");
-        }
-        out.push_str(&said);
-    }
-    out
+    xmppfed_gateway::said_once(e.as_ref())
 }
 
 fn check_config(file: &std::path::Path, skip_secrets: bool) -> anyhow::Result<()> {

@@ -126,18 +126,7 @@ impl GraphError {
     /// "dns error", "connection refused", "invalid peer certificate"…).
     /// URLs are left out: they may carry tokens in their query.
     pub fn transport(e: reqwest::Error) -> Self {
-        let e = e.without_url();
-        let mut text = e.to_string();
-        let mut source = std::error::Error::source(&e);
-        while let Some(cause) = source {
-            let said = cause.to_string();
-            if !text.contains(&said) {
-                text.push_str(": ");
-                text.push_str(&said);
-            }
-            source = cause.source();
-        }
-        GraphError::Transport(text)
+        GraphError::Transport(crate::said_once(&e.without_url()))
     }
 }
 
