@@ -134,3 +134,39 @@ pub fn selected_gateways<'a>(
         })
         .collect()
 }
+
+/// The gateways a change to a policy concerns: the ones it selects now, and
+/// the ones whose applied configuration still holds it (`status.whitelists`,
+/// `status.throttlePolicy`): a narrowed selector or a deleted policy must
+/// reach the gateways it leaves as promptly as a widened one reaches new ones.
+pub fn concerned_gateways<'a>(
+    selector: &GatewaySelector,
+    policy: PolicyRef<'_>,
+    policy_namespace: Option<&str>,
+    gateways: &'a [FederationGateway],
+) -> Vec<&'a FederationGateway> {
+    let holds_it = |g: &FederationGateway| {
+        g.status.as_ref().is_some_and(|s| match policy {
+            PolicyRef::Whitelist(name) => s.whitelists.iter().any(|w| w == name),
+            PolicyRef::Throttle(name) => s.throttle_policy.as_deref() == Some(name),
+        })
+    };
+    let selected = selected_gateways(selector, policy, policy_namespace, gateways);
+    gateways
+        .iter()
+        .filter(|g| g.namespace().as_deref() == policy_namespace)
+        .filter(|g| selected.iter().any(|s| std::ptr::eq(*s, *g)) || holds_it(g))
+        .collect()
+}
+
+/// The gateways among `gateways` that read Secret `name` of `namespace`.
+pub fn reading_secret<'a>(
+    name: &str,
+    namespace: Option<&str>,
+    gateways: &'a [FederationGateway],
+) -> Vec<&'a FederationGateway> {
+    gateways
+        .iter()
+        .filter(|g| g.namespace().as_deref() == namespace && g.referenced_secrets().contains(&name))
+        .collect()
+}

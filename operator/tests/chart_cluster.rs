@@ -121,21 +121,36 @@ async fn the_chart_on_a_real_cluster() {
     let operator = Client::try_from(config).unwrap();
     let controller = support::Controller::start(operator, public);
 
-    // The examples, with a real licence.
+    // Every example, contoso's with a real licence (fabrikam keeps its placeholder).
     let docs = examples_licensed(
-        &["minimal-sqlite.yaml", "domain-whitelist.yaml"],
+        &[
+            "minimal-sqlite.yaml",
+            "domain-whitelist.yaml",
+            "production-sqlserver.yaml",
+            "throttle-policy.yaml",
+        ],
         "xmppfed-licence",
         &licence_text(&private, "chart-it", 1),
     );
     apply_all(&admin, &ns, "xmppfed-chart-test", docs).await;
     let gateways: Api<FederationGateway> = Api::namespaced(admin.clone(), &ns);
-    let gateway = gateways
-        .list(&Default::default())
-        .await
-        .unwrap()
-        .items
-        .remove(0);
-    let gw = kube::ResourceExt::name_any(&gateway);
+    let gw = "contoso".to_owned();
+    // The production example is reconciled too: applied, and its placeholder
+    // licence refused by name.
+    let message =
+        support::condition_becomes(&gateways, "fabrikam", "Licensed", "False", "NoValidLicence")
+            .await;
+    assert!(message.starts_with("0 of 3 replicas licensed"), "{message}");
+    let fabrikam = gateways.get("fabrikam").await.unwrap();
+    assert!(
+        fabrikam
+            .status
+            .unwrap()
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Degraded" && c.status == "False"),
+        "the production example applies as written"
+    );
     eventually(
         "the gateway licensed and not degraded",
         Duration::from_secs(120),
@@ -234,6 +249,29 @@ async fn the_chart_on_a_real_cluster() {
         },
     )
     .await;
+
+    // A replaced licence reaches the gateway through the chart's own RBAC
+    // (Secrets watched by metadata), long before its next reconcile (15 s).
+    let (foreign, _) = xmppfed_licence::generate_key().unwrap();
+    let relicensed = std::time::Instant::now();
+    support::relicense(
+        &admin,
+        &ns,
+        "xmppfed-licence",
+        &licence_text(&foreign, "chart-foreign", 1),
+    )
+    .await;
+    support::condition_within(
+        &gateways,
+        &gw,
+        ("Licensed", "False", "NoValidLicence"),
+        Duration::from_secs(5),
+    )
+    .await;
+    eprintln!(
+        "reaction as the chart's ServiceAccount: licence Secret replaced, Licensed=False in {:?}",
+        relicensed.elapsed()
+    );
 
     // Uninstall: the chart's objects go, the CRDs stay.
     controller.stop().await;

@@ -1,6 +1,8 @@
 //! Against the cluster `KUBECONFIG` names (skipped, saying so, when none):
 //! install the CRDs, run the operator's controller, apply the examples, and
-//! check children, status, a whitelist change, a licence shortage and cleanup.
+//! check children, status, whitelist changes (widened, narrowed, deleted), a
+//! licence shortage and a licence replaced (seen through the Secret watch), and
+//! cleanup.
 //!
 //! The example image is not pulled here: the test checks what the operator
 //! applies and reports, not that gateway pods become Ready.
@@ -15,12 +17,14 @@ use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde_json::json;
-use support::{apply_all, condition_becomes, examples_licensed, licence_text};
+use support::{apply_all, condition_becomes, condition_within, examples_licensed, licence_text};
 use xmppfed_e2e::cluster::{self, eventually};
 use xmppfed_operator::crd::{DomainWhitelist, FederationGateway, ThrottlePolicy};
 use xmppfed_operator::render::names;
 
 const MANAGER: &str = "xmppfed-integration-test";
+/// How soon a change to something a gateway depends on must reach it.
+const REACTION: Duration = Duration::from_secs(5);
 
 async fn config_owner(
     configmaps: &Api<ConfigMap>,
@@ -197,6 +201,36 @@ async fn operator_on_a_real_cluster() {
     )
     .await;
 
+    // `kubectl get fgw -o wide` shows the columns README describes.
+    let table = support::run_ok(
+        std::process::Command::new("kubectl")
+            .args(["get", "fgw", "contoso", "-n", ns, "-o", "wide"]),
+        "kubectl get fgw",
+    );
+    let rows: Vec<Vec<&str>> = table
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows[0],
+        [
+            "NAME", "DOMAIN", "REPLICAS", "READY", "LICENSED", "REASON", "AGE"
+        ],
+        "{table}"
+    );
+    assert_eq!(
+        rows[1][..6],
+        [
+            "contoso",
+            "teams.contoso.example",
+            "1",
+            "False",
+            "True",
+            "ReplicasNotReady"
+        ],
+        "{table}"
+    );
+
     // An Event says what was applied.
     let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), ns);
     eventually(
@@ -327,18 +361,89 @@ async fn operator_on_a_real_cluster() {
         "a whitelist change rewrote a gateway it does not select"
     );
     assert!(!northwind_after.data.unwrap()["gateway.toml"].contains("new-partner.example"));
+    let g = gateways.get("contoso").await.unwrap();
+    assert_eq!(
+        g.status.unwrap().whitelists,
+        ["partners"],
+        "status names the whitelists applied"
+    );
+
+    // Narrowed to northwind alone: both gateways follow at once (the one it
+    // no longer selects too), and contoso says which whitelist left it.
+    let narrowed = std::time::Instant::now();
+    whitelists
+        .patch(
+            "partners",
+            &apply,
+            &Patch::Apply(json!({
+                "apiVersion": "xmppfed.io/v1alpha1", "kind": "DomainWhitelist",
+                "metadata": {"name": "partners"},
+                "spec": {"gateways": {"names": ["northwind"]},
+                         "remoteDomains": ["xmpp.partner.example", "new-partner.example"]}
+            })),
+        )
+        .await
+        .unwrap();
+    let renders = |name: &'static str, wanted: bool| {
+        let configmaps = configmaps.clone();
+        async move {
+            let cm = configmaps.get(&format!("{name}-config")).await.ok()?;
+            (cm.data?
+                .get("gateway.toml")?
+                .contains("new-partner.example")
+                == wanted)
+                .then_some(())
+        }
+    };
+    // Within 5 s, a third of the 15 s a not-ready gateway waits between
+    // reconciles: only the watches can have done it.
+    eventually("contoso-config without the whitelist", REACTION, || {
+        renders("contoso", false)
+    })
+    .await;
+    eventually("northwind-config with the whitelist", REACTION, || {
+        renders("northwind", true)
+    })
+    .await;
+    eprintln!(
+        "reaction: whitelist selector narrowed to another gateway, both configurations in {:?}",
+        narrowed.elapsed()
+    );
+    eventually("a WhitelistRemoved event for contoso", REACTION, || {
+        let events = events.clone();
+        async move {
+            events
+                .list(&Default::default())
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .find(|e| {
+                    e.reason.as_deref() == Some("WhitelistRemoved")
+                        && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("contoso")
+                })?
+                .note
+                .filter(|n| n.contains("partners") && n.ends_with("whitelists now: none"))
+        }
+    })
+    .await;
 
     // A licence from another key holder: no seat, nothing runs, Licensed=False says why.
     let (foreign, _) = xmppfed_licence::generate_key().unwrap();
+    let relicensed = std::time::Instant::now();
     support::relicense(
         &client,
         ns,
         "xmppfed-licence",
-        "contoso",
         &licence_text(&foreign, "it-5", 5),
     )
     .await;
-    condition_becomes(&gateways, "contoso", "Licensed", "False", "NoValidLicence").await;
+    let unlicensed = ("Licensed", "False", "NoValidLicence");
+    condition_within(&gateways, "contoso", unlicensed, REACTION).await;
+    eprintln!(
+        "reaction: licence Secret replaced, Licensed=False in {:?}",
+        relicensed.elapsed()
+    );
     assert_eq!(
         statefulsets
             .get("contoso")
@@ -381,28 +486,29 @@ async fn operator_on_a_real_cluster() {
             .replicas,
         Some(2)
     );
+    let relicensed = std::time::Instant::now();
     support::relicense(
         &client,
         ns,
         "fabrikam-licence",
-        "fabrikam",
         &licence_text(&private, "it-3", 3),
     )
     .await;
-    eventually(
-        "fabrikam Licensed=True with 3 replicas",
-        Duration::from_secs(60),
-        || {
-            let gateways = gateways.clone();
-            let statefulsets = statefulsets.clone();
-            async move {
-                let g = gateways.get("fabrikam").await.ok()?;
-                let replicas = statefulsets.get("fabrikam").await.ok()?.spec?.replicas;
-                (condition(&g, "Licensed")?.0 == "True" && replicas == Some(3)).then_some(())
-            }
-        },
-    )
+    eventually("fabrikam Licensed=True with 3 replicas", REACTION, || {
+        let gateways = gateways.clone();
+        let statefulsets = statefulsets.clone();
+        async move {
+            let g = gateways.get("fabrikam").await.ok()?;
+            let replicas = statefulsets.get("fabrikam").await.ok()?.spec?.replicas;
+            (condition(&g, "Licensed")?.0 == "True" && replicas == Some(3)).then_some(())
+        }
+    })
     .await;
+
+    eprintln!(
+        "reaction: licence Secret with more seats, 3 replicas in {:?}",
+        relicensed.elapsed()
+    );
 
     // A policy a gateway names, deleted: the gateway's status says so.
     throttles
@@ -412,6 +518,27 @@ async fn operator_on_a_real_cluster() {
     let message =
         condition_becomes(&gateways, "fabrikam", "Degraded", "True", "MissingPolicy").await;
     assert!(message.contains("`standard`"), "{message}");
+
+    // Likewise a DomainWhitelist a gateway names.
+    gateways
+        .patch(
+            "northwind",
+            &PatchParams::apply("northwind-owner"),
+            &Patch::Apply(json!({
+                "apiVersion": "xmppfed.io/v1alpha1", "kind": "FederationGateway",
+                "metadata": {"name": "northwind"},
+                "spec": {"policies": {"domainWhitelists": ["partners"]}}
+            })),
+        )
+        .await
+        .unwrap();
+    whitelists
+        .delete("partners", &DeleteParams::default())
+        .await
+        .unwrap();
+    let missing = ("Degraded", "True", "MissingPolicy");
+    let message = condition_within(&gateways, "northwind", missing, REACTION).await;
+    assert!(message.contains("`partners`"), "{message}");
 
     // Deleting the gateway removes everything it owns.
     gateways

@@ -1,24 +1,18 @@
-//! Reconcile against a mocked API server (kube-rs controller-rs "fixtures" style):
-//! a fake server answers each request by method and path, records it, and can be
-//! told to fail; the tests assert on what the operator asked of it.
+//! Reconcile against the in-memory API server of `xmppfed_e2e::kube_api`
+//! (kube-rs controller-rs "fixtures" style): it holds the objects a test puts
+//! there, records each request and can be told to fail; the tests assert on
+//! what the operator asked of it. The real API server's behaviour (validation,
+//! RBAC, watches, garbage collection) is operator/tests/cluster*.rs's.
 
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 
-use http::{Method, Request, Response, StatusCode};
+use http::Method;
 use kube::Client;
-use kube::client::Body;
 use kube::runtime::controller::Action;
 use serde_json::{Value, json};
+use xmppfed_e2e::kube_api::{FakeKubeApi, Recorded};
 use xmppfed_operator::crd::FederationGateway;
 use xmppfed_operator::reconcile::{Context, FIELD_MANAGER, error_policy, reconcile};
-
-#[derive(Debug, Clone)]
-struct Recorded {
-    method: Method,
-    path: String,
-    query: String,
-    body: Value,
-}
 
 /// The test's licence signing key: (private, public), base64.
 fn signing_key() -> &'static (String, String) {
@@ -50,7 +44,7 @@ struct World {
     whitelists: Vec<Value>,
     throttles: Vec<Value>,
     keys_secret_exists: bool,
-    ready_replicas: i32,
+    ready_replicas: i64,
     /// Answer 500 to requests whose path contains this.
     fail_path: Option<&'static str>,
     /// The `xmppfed.io/tenant-sign-in` annotation on the leader's pod.
@@ -71,134 +65,55 @@ impl Default for World {
     }
 }
 
-struct FakeApi {
-    requests: Arc<Mutex<Vec<Recorded>>>,
-    task: tokio::task::JoinHandle<()>,
-}
+const NS: &str = "/namespaces/xmpp";
 
-impl FakeApi {
-    fn start(world: World) -> (Client, FakeApi) {
-        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let log = requests.clone();
-        let task = tokio::spawn(async move {
-            while let Some((request, send)) = handle.next_request().await {
-                let method = request.method().clone();
-                let path = request.uri().path().to_owned();
-                let query = request.uri().query().unwrap_or_default().to_owned();
-                let bytes = request
-                    .into_body()
-                    .collect_bytes()
-                    .await
-                    .unwrap_or_default();
-                let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-                log.lock().unwrap().push(Recorded {
-                    method: method.clone(),
-                    path: path.clone(),
-                    query,
-                    body: body.clone(),
-                });
-                let (status, reply) = answer(&world, &method, &path, body);
-                send.send_response(
-                    Response::builder()
-                        .status(status)
-                        .body(Body::from(serde_json::to_vec(&reply).unwrap()))
-                        .unwrap(),
-                );
-            }
-        });
-        (Client::new(service, "default"), FakeApi { requests, task })
+/// The shared in-memory API server holding `world`.
+fn start(world: World) -> (Client, FakeKubeApi) {
+    use base64::Engine;
+    let api = FakeKubeApi::new();
+    let crds = format!("/apis/xmppfed.io/v1alpha1{NS}");
+    api.insert(
+        &format!("{crds}/federationgateways/contoso"),
+        serde_json::to_value(gateway(Some("contoso-tls"), None)).unwrap(),
+    );
+    for w in &world.whitelists {
+        let name = w["metadata"]["name"].as_str().unwrap();
+        api.insert(&format!("{crds}/domainwhitelists/{name}"), w.clone());
     }
-
-    fn requests(&self) -> Vec<Recorded> {
-        self.requests.lock().unwrap().clone()
+    for t in &world.throttles {
+        let name = t["metadata"]["name"].as_str().unwrap();
+        api.insert(&format!("{crds}/throttlepolicies/{name}"), t.clone());
     }
-
-    fn find(&self, method: Method, path_suffix: &str) -> Option<Recorded> {
-        self.requests()
-            .into_iter()
-            .find(|r| r.method == method && r.path.ends_with(path_suffix))
+    if let Some(text) = &world.licence {
+        let data = base64::engine::general_purpose::STANDARD.encode(text);
+        api.insert(
+            &format!("/api/v1{NS}/secrets/xmppfed-licence"),
+            json!({"apiVersion": "v1", "kind": "Secret",
+                   "metadata": {"name": "xmppfed-licence"}, "data": {"licence": data}}),
+        );
     }
-}
-
-impl Drop for FakeApi {
-    fn drop(&mut self) {
-        self.task.abort();
+    if world.keys_secret_exists {
+        api.insert(
+            &format!("/api/v1{NS}/secrets/contoso-keys"),
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "contoso-keys"}}),
+        );
     }
-}
-
-fn status_error(code: u16, reason: &str) -> (StatusCode, Value) {
-    (
-        StatusCode::from_u16(code).unwrap(),
-        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": reason, "reason": reason, "code": code}),
-    )
-}
-
-fn answer(world: &World, method: &Method, path: &str, body: Value) -> (StatusCode, Value) {
-    if world.fail_path.is_some_and(|p| path.contains(p)) {
-        return status_error(500, "InternalError");
+    // The leader's pod, not scheduled yet, as the StatefulSet's selector finds it.
+    let mut labels = serde_json::to_value(xmppfed_operator::render::labels("contoso")).unwrap();
+    labels["xmppfed.io/role"] = json!("leader");
+    let mut metadata = json!({"name": "contoso-0", "labels": labels});
+    if let Some(annotation) = world.tenant_sign_in {
+        metadata["annotations"] = json!({"xmppfed.io/tenant-sign-in": annotation});
     }
-    let list = |kind: &str, items: &[Value]| json!({"apiVersion": "xmppfed.io/v1alpha1", "kind": kind, "metadata": {"resourceVersion": "1"}, "items": items});
-    match (method.as_str(), path) {
-        ("GET", p) if p.ends_with("/domainwhitelists") => (
-            StatusCode::OK,
-            list("DomainWhitelistList", &world.whitelists),
-        ),
-        ("GET", p) if p.ends_with("/pods") => {
-            let mut metadata =
-                json!({"name": "contoso-0", "labels": {"xmppfed.io/role": "leader"}});
-            if let Some(annotation) = world.tenant_sign_in {
-                metadata["annotations"] = json!({"xmppfed.io/tenant-sign-in": annotation});
-            }
-            (
-                StatusCode::OK,
-                json!({"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "1"},
-                       "items": [{"metadata": metadata, "status": {"phase": "Pending"}}]}),
-            )
-        }
-        ("GET", p) if p.ends_with("/throttlepolicies") => {
-            (StatusCode::OK, list("ThrottlePolicyList", &world.throttles))
-        }
-        ("GET", p) if p.ends_with("/secrets/xmppfed-licence") => match &world.licence {
-            Some(text) => {
-                use base64::Engine;
-                let data = base64::engine::general_purpose::STANDARD.encode(text);
-                (
-                    StatusCode::OK,
-                    json!({"apiVersion": "v1", "kind": "Secret",
-                    "metadata": {"name": "xmppfed-licence"}, "data": {"licence": data}}),
-                )
-            }
-            None => status_error(404, "NotFound"),
-        },
-        ("GET", p) if p.contains("/secrets/") => {
-            if world.keys_secret_exists {
-                (
-                    StatusCode::OK,
-                    json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "contoso-keys"}}),
-                )
-            } else {
-                status_error(404, "NotFound")
-            }
-        }
-        ("DELETE", _) => status_error(404, "NotFound"),
-        ("POST", _) => (StatusCode::CREATED, body),
-        ("PATCH", p) if p.ends_with("/statefulsets/contoso") => {
-            let mut sts = body;
-            sts["status"] = json!({"replicas": 1, "readyReplicas": world.ready_replicas});
-            (StatusCode::OK, sts)
-        }
-        ("PATCH", p) => {
-            // The server answers with the whole object, status patches included.
-            if p.ends_with("/federationgateways/contoso/status") {
-                let mut object = serde_json::to_value(gateway(Some("contoso-tls"), None)).unwrap();
-                object["status"] = body["status"].clone();
-                return (StatusCode::OK, object);
-            }
-            (StatusCode::OK, body)
-        }
-        _ => status_error(404, "NotFound"),
+    api.insert(
+        &format!("/api/v1{NS}/pods/contoso-0"),
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "status": {"phase": "Pending"}}),
+    );
+    api.set_ready_replicas(world.ready_replicas);
+    if let Some(path) = world.fail_path {
+        api.fail_requests_to(path);
     }
+    (api.client(), api)
 }
 
 fn gateway(tls_secret: Option<&str>, config_hash: Option<&str>) -> FederationGateway {
@@ -250,7 +165,7 @@ fn condition<'a>(status_patch: &'a Recorded, type_: &str) -> &'a Value {
 
 #[tokio::test]
 async fn create_applies_every_child_with_one_field_manager_and_reports_progress() {
-    let (client, api) = FakeApi::start(World {
+    let (client, api) = start(World {
         whitelists: vec![whitelist(&["partner.example"])],
         ready_replicas: 0,
         tenant_sign_in: Some(
@@ -381,7 +296,7 @@ async fn an_unchanged_ready_gateway_is_quiet_and_a_whitelist_change_rolls() {
         ready_replicas: 1,
         ..World::default()
     };
-    let (client, api) = FakeApi::start(world.clone());
+    let (client, api) = start(world.clone());
     reconcile(
         Arc::new(gateway(Some("contoso-tls"), None)),
         context(client),
@@ -398,7 +313,7 @@ async fn an_unchanged_ready_gateway_is_quiet_and_a_whitelist_change_rolls() {
     );
 
     // Same inputs, hash already in status: ready, no event.
-    let (client, api) = FakeApi::start(world.clone());
+    let (client, api) = start(world.clone());
     let action = reconcile(
         Arc::new(gateway(Some("contoso-tls"), Some(&hash))),
         context(client),
@@ -415,7 +330,7 @@ async fn an_unchanged_ready_gateway_is_quiet_and_a_whitelist_change_rolls() {
     );
 
     // The whitelist changes: new configuration, new hash on the pod template, an event.
-    let (client, api) = FakeApi::start(World {
+    let (client, api) = start(World {
         whitelists: vec![whitelist(&["partner.example", "*.allies.example"])],
         ..world
     });
@@ -447,7 +362,7 @@ async fn an_unchanged_ready_gateway_is_quiet_and_a_whitelist_change_rolls() {
 
 #[tokio::test]
 async fn an_invalid_spec_is_degraded_applies_nothing_and_waits() {
-    let (client, api) = FakeApi::start(World::default());
+    let (client, api) = start(World::default());
     let action = reconcile(Arc::new(gateway(None, None)), context(client))
         .await
         .unwrap();
@@ -477,7 +392,7 @@ async fn an_invalid_spec_is_degraded_applies_nothing_and_waits() {
 
 #[tokio::test]
 async fn api_errors_fail_the_reconcile_and_back_off() {
-    let (client, _api) = FakeApi::start(World {
+    let (client, _api) = start(World {
         fail_path: Some("/statefulsets/"),
         ..World::default()
     });
@@ -501,7 +416,7 @@ async fn api_errors_fail_the_reconcile_and_back_off() {
 
 #[tokio::test]
 async fn a_success_clears_the_backoff() {
-    let (client, _api) = FakeApi::start(World {
+    let (client, _api) = start(World {
         keys_secret_exists: true,
         ..World::default()
     });
@@ -523,7 +438,7 @@ async fn a_licence_shortage_runs_only_licensed_replicas_and_says_why() {
         json!({"engine": "sqlserver", "connectionStringSecret": {"name": "db", "key": "conn"}}),
     )
     .unwrap();
-    let (client, api) = FakeApi::start(World {
+    let (client, api) = start(World {
         licence: Some(licence("L-2", 2)),
         keys_secret_exists: true,
         ..World::default()
@@ -556,7 +471,7 @@ async fn a_licence_shortage_runs_only_licensed_replicas_and_says_why() {
     );
 
     // No licence Secret at all: nothing runs.
-    let (client, api) = FakeApi::start(World {
+    let (client, api) = start(World {
         licence: None,
         keys_secret_exists: true,
         ..World::default()
@@ -582,7 +497,7 @@ async fn a_gateway_being_deleted_is_left_to_the_garbage_collector() {
     g.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
         k8s_openapi::jiff::Timestamp::now(),
     ));
-    let (client, api) = FakeApi::start(World {
+    let (client, api) = start(World {
         licence: Some(licence("L-1", 1)),
         keys_secret_exists: true,
         ..World::default()
@@ -598,5 +513,36 @@ async fn a_gateway_being_deleted_is_left_to_the_garbage_collector() {
     assert!(
         writes.is_empty(),
         "a deleted gateway's children were touched: {writes:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_whitelist_that_stops_applying_is_named_in_status_and_an_event() {
+    let mut g = gateway(Some("contoso-tls"), None);
+    g.status = Some(xmppfed_operator::crd::FederationGatewayStatus {
+        whitelists: vec!["retired".into(), "partners".into()],
+        ..Default::default()
+    });
+    let (client, api) = start(World {
+        whitelists: vec![whitelist(&["partner.example"])],
+        keys_secret_exists: true,
+        ..World::default()
+    });
+    reconcile(Arc::new(g), context(client)).await.unwrap();
+    let status = api.find(Method::PATCH, "/status").unwrap();
+    assert_eq!(status.body["status"]["whitelists"], json!(["partners"]));
+    let removed = api
+        .requests()
+        .into_iter()
+        .find(|r| {
+            r.method == Method::POST
+                && r.path.ends_with("/events")
+                && r.body["reason"] == "WhitelistRemoved"
+        })
+        .expect("a WhitelistRemoved event");
+    assert_eq!(removed.body["type"], "Warning");
+    assert_eq!(
+        removed.body["note"],
+        "DomainWhitelist retired no longer applies (deleted, or it no longer selects this gateway); whitelists now: partners"
     );
 }

@@ -445,6 +445,33 @@ pub struct FederationGatewayStatus {
     /// The sign-in and Graph hosts the gateway uses: its cloud's, or an override.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub graph_endpoints: Option<String>,
+    /// The DomainWhitelists in the applied configuration, by name.
+    #[serde(default)]
+    pub whitelists: Vec<String>,
+    /// The ThrottlePolicy in the applied configuration; none: the gateway's defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttle_policy: Option<String>,
+}
+
+impl FederationGateway {
+    /// The Secrets of its namespace the gateway reads (licence, credentials,
+    /// certificates, database): a change to any of them is reconciled at once.
+    pub fn referenced_secrets(&self) -> Vec<&str> {
+        let spec = &self.spec;
+        [
+            Some(spec.licence_secret.name.as_str()),
+            spec.tenant.client_secret.as_ref().map(|s| s.name.as_str()),
+            spec.tenant.client_certificate.as_deref(),
+            spec.s2s.tls_secret.as_deref(),
+            spec.database
+                .connection_string_secret
+                .as_ref()
+                .map(|s| s.name.as_str()),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]

@@ -1,5 +1,5 @@
 use super::*;
-use crate::policy::{PolicyRef, selected_gateways};
+use crate::policy::{PolicyRef, concerned_gateways, reading_secret, selected_gateways};
 use crate::render::paths;
 use xmppfed_config::{GatewayConfig, StoreConfig};
 
@@ -613,6 +613,65 @@ fn policy_changes_reach_exactly_the_gateways_they_apply_to() {
         )),
         ["contoso"]
     );
+
+    // Narrowed away from contoso, whose applied configuration still holds it:
+    // contoso is concerned too, so that it drops the whitelist at once.
+    let mut gateways = gateways;
+    gateways[0].status = Some(crate::crd::FederationGatewayStatus {
+        whitelists: vec!["x".into()],
+        ..Default::default()
+    });
+    let by_name: crate::crd::GatewaySelector =
+        serde_json::from_str(r#"{"names":["fabrikam"]}"#).unwrap();
+    let whitelist_x = PolicyRef::Whitelist("x");
+    assert_eq!(
+        names(concerned_gateways(
+            &by_name,
+            whitelist_x,
+            Some("xmpp"),
+            &gateways
+        )),
+        ["contoso", "fabrikam"]
+    );
+    assert_eq!(
+        names(concerned_gateways(
+            &by_name,
+            whitelist_x,
+            Some("other"),
+            &gateways
+        )),
+        Vec::<String>::new(),
+        "another namespace's gateway is never concerned"
+    );
+    assert_eq!(
+        names(concerned_gateways(
+            &none,
+            PolicyRef::Throttle("x"),
+            Some("xmpp"),
+            &gateways
+        )),
+        Vec::<String>::new(),
+        "a whitelist's name says nothing of throttle policies"
+    );
+}
+
+#[test]
+fn a_secret_concerns_the_gateways_of_its_namespace_that_read_it() {
+    let mut a = gateway(sqlite(), "");
+    a.spec.s2s.tls_secret = Some("contoso-tls".into());
+    let mut b = a.clone();
+    b.metadata.namespace = Some("other".into());
+    let gateways = [a, b];
+    let licence = gateways[0].spec.licence_secret.name.clone();
+    for secret in [licence.as_str(), "contoso-tls", "graph-app"] {
+        assert_eq!(
+            reading_secret(secret, Some("xmpp"), &gateways).len(),
+            1,
+            "{secret} of {:?}",
+            gateways[0].referenced_secrets()
+        );
+    }
+    assert!(reading_secret("unrelated", Some("xmpp"), &gateways).is_empty());
 }
 
 #[test]

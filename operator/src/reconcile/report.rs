@@ -64,6 +64,12 @@ pub(super) async fn patch_status(
         graph_endpoints: applied
             .map(|(p, _)| p.graph_endpoints.clone())
             .unwrap_or_else(|| previous.graph_endpoints.clone()),
+        whitelists: applied
+            .map(|(p, _)| p.whitelists.clone())
+            .unwrap_or_else(|| previous.whitelists.clone()),
+        throttle_policy: applied
+            .map(|(p, _)| p.throttle_policy.clone())
+            .unwrap_or_else(|| previous.throttle_policy.clone()),
     };
     let body = json!({
         "apiVersion": FederationGateway::api_version(&()),
@@ -146,12 +152,28 @@ pub(super) async fn announce(
         )
         .await;
     }
+    let removed: Vec<&str> = previous
+        .whitelists
+        .iter()
+        .filter(|w| !plan.whitelists.contains(w))
+        .map(String::as_str)
+        .collect();
+    if !removed.is_empty() {
+        publish(
+            ctx,
+            gateway,
+            EventType::Warning,
+            "WhitelistRemoved",
+            format!(
+                "DomainWhitelist {} no longer applies (deleted, or it no longer selects this gateway); whitelists now: {}",
+                removed.join(", "),
+                names_or_none(&plan.whitelists),
+            ),
+        )
+        .await;
+    }
     if updated {
-        let whitelists = if plan.whitelists.is_empty() {
-            "none".to_owned()
-        } else {
-            plan.whitelists.join(", ")
-        };
+        let whitelists = names_or_none(&plan.whitelists);
         publish(
             ctx,
             gateway,
@@ -164,5 +186,13 @@ pub(super) async fn announce(
             ),
         )
         .await;
+    }
+}
+
+fn names_or_none(names: &[String]) -> String {
+    if names.is_empty() {
+        "none".to_owned()
+    } else {
+        names.join(", ")
     }
 }

@@ -1,13 +1,15 @@
 //! The controllers: FederationGateway (owning its StatefulSet and ConfigMap,
-//! woken by the policies that select it) and the two policy controllers.
+//! woken by the policies that select it and the Secrets it reads) and the two
+//! policy controllers.
 
 use std::sync::Arc;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::ResourceExt;
 use kube::api::Api;
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Controller;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
@@ -15,18 +17,30 @@ use kube::runtime::watcher;
 use super::policies::{policy_error_policy, reconcile_throttle, reconcile_whitelist};
 use super::{Context, error_policy, reconcile};
 use crate::crd::{DomainWhitelist, FederationGateway, GatewaySelector, ThrottlePolicy};
-use crate::policy::{PolicyRef, selected_gateways};
+use crate::policy::{PolicyRef, concerned_gateways, reading_secret};
 
-/// The gateways (from the controller's cache) a changed policy selects: the
+/// The gateways (from the controller's cache) a changed policy concerns: the
 /// ones to reconcile again.
-fn selected_in<P: ResourceExt>(
+fn concerned_in<P: ResourceExt>(
     gateways: &Store<FederationGateway>,
     selector: &GatewaySelector,
     reference: PolicyRef<'_>,
     policy: &P,
 ) -> Vec<ObjectRef<FederationGateway>> {
     let all: Vec<FederationGateway> = gateways.state().iter().map(|g| (**g).clone()).collect();
-    selected_gateways(selector, reference, policy.namespace().as_deref(), &all)
+    concerned_gateways(selector, reference, policy.namespace().as_deref(), &all)
+        .into_iter()
+        .map(ObjectRef::from)
+        .collect()
+}
+
+/// The gateways (from the controller's cache) that read a changed Secret.
+fn reading_in(
+    gateways: &Store<FederationGateway>,
+    secret: &PartialObjectMeta<Secret>,
+) -> Vec<ObjectRef<FederationGateway>> {
+    let all: Vec<FederationGateway> = gateways.state().iter().map(|g| (**g).clone()).collect();
+    reading_secret(&secret.name_any(), secret.namespace().as_deref(), &all)
         .into_iter()
         .map(ObjectRef::from)
         .collect()
@@ -61,7 +75,8 @@ pub async fn run(
     let controller = Controller::new(gateways, watcher::Config::default());
     let store = controller.store();
     let for_whitelists = store.clone();
-    let for_throttles = store;
+    let for_throttles = store.clone();
+    let for_secrets = store;
     let gateways_done = controller
         .owns(
             Api::<StatefulSet>::all(client.clone()),
@@ -76,7 +91,7 @@ pub async fn run(
             watcher::Config::default(),
             move |w| {
                 let reference = PolicyRef::Whitelist(&w.name_any());
-                selected_in(&for_whitelists, &w.spec.gateways, reference, &w)
+                concerned_in(&for_whitelists, &w.spec.gateways, reference, &w)
             },
         )
         .watches(
@@ -84,8 +99,15 @@ pub async fn run(
             watcher::Config::default(),
             move |t| {
                 let reference = PolicyRef::Throttle(&t.name_any());
-                selected_in(&for_throttles, &t.spec.gateways, reference, &t)
+                concerned_in(&for_throttles, &t.spec.gateways, reference, &t)
             },
+        )
+        // Secrets by metadata only (an Api of PartialObjectMeta asks for no
+        // data): a changed licence or credential reaches its gateways at once.
+        .watches(
+            Api::<PartialObjectMeta<Secret>>::all(client.clone()),
+            watcher::Config::default(),
+            move |secret| reading_in(&for_secrets, &secret),
         )
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)

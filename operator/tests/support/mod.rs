@@ -118,9 +118,9 @@ impl Controller {
     }
 }
 
-/// Replaces the licence in Secret `secret` and touches gateway `gateway`
-/// (Secrets are not watched) so that it is reconciled now.
-pub async fn relicense(client: &Client, ns: &str, secret: &str, gateway: &str, licence: &str) {
+/// Replaces the licence in Secret `secret`. Nothing else is touched: the
+/// operator watches the Secrets its gateways read.
+pub async fn relicense(client: &Client, ns: &str, secret: &str, licence: &str) {
     Api::<Secret>::namespaced(client.clone(), ns)
         .patch(
             secret,
@@ -128,17 +128,6 @@ pub async fn relicense(client: &Client, ns: &str, secret: &str, gateway: &str, l
             &Patch::Apply(json!({"apiVersion": "v1", "kind": "Secret",
                                  "metadata": {"name": secret},
                                  "stringData": {"licence": licence}})),
-        )
-        .await
-        .unwrap();
-    Api::<FederationGateway>::namespaced(client.clone(), ns)
-        .patch(
-            gateway,
-            &PatchParams::default(),
-            // A new value each time, so that the touch is a change.
-            &Patch::Merge(json!({"metadata": {"annotations": {
-                "xmppfed.io/test-touch": format!("{:?}", std::time::SystemTime::now())
-            }}})),
         )
         .await
         .unwrap();
@@ -160,9 +149,20 @@ pub async fn condition_becomes(
     status: &str,
     reason: &str,
 ) -> String {
+    let wanted = (type_, status, reason);
+    condition_within(gateways, name, wanted, std::time::Duration::from_secs(60)).await
+}
+
+/// Like [`condition_becomes`] for `(type, status, reason)`, within `timeout`.
+pub async fn condition_within(
+    gateways: &Api<FederationGateway>,
+    name: &str,
+    (type_, status, reason): (&str, &str, &str),
+    timeout: std::time::Duration,
+) -> String {
     xmppfed_e2e::cluster::eventually(
         &format!("{name} {type_}={status} {reason}"),
-        std::time::Duration::from_secs(60),
+        timeout,
         || async {
             gateways
                 .get(name)
@@ -178,7 +178,6 @@ pub async fn condition_becomes(
     .await
 }
 
-/// A helm binary: XMPPFED_TEST_HELM, scripts/check-chart.sh's, or one on PATH.
 pub fn helm() -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("XMPPFED_TEST_HELM") {
         return Some(PathBuf::from(path));
