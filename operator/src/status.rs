@@ -38,6 +38,8 @@ pub enum Observed {
         ready: i32,
         updated: bool,
         waiting: Vec<String>,
+        /// The replicas asked for that hold no licence seat, by pod name.
+        unlicensed: Vec<String>,
         /// `None` until the bridge's replica has signed in to the tenant.
         tenant: Option<TenantSignIn>,
     },
@@ -96,12 +98,22 @@ pub fn conditions(
             ready,
             updated,
             waiting,
+            unlicensed,
             tenant,
         } => {
-            let all_ready = ready >= desired;
-            let mut ready_msg = format!("{ready}/{desired} gateway pods ready");
-            if !all_ready && !waiting.is_empty() {
+            // Ready counts against the replicas asked for: an unlicensed one is
+            // a replica not ready, and named. Progressing follows the licensed
+            // ones, which are all that can roll out.
+            let licensed_ready = ready >= desired;
+            let mut ready_msg = format!("{ready}/{asked} gateway pods ready");
+            if !licensed_ready && !waiting.is_empty() {
                 ready_msg = format!("{ready_msg}; waiting for {}", waiting.join(", "));
+            }
+            if !unlicensed.is_empty() {
+                ready_msg = format!(
+                    "{ready_msg}; unlicensed: {} (no licence seat: see the Licensed condition)",
+                    unlicensed.join(", ")
+                );
             }
             vec![
                 if *desired == 0 && *asked > 0 {
@@ -113,12 +125,14 @@ pub fn conditions(
                     )
                 } else if *desired == 0 {
                     condition(READY, false, "ScaledToZero", "spec.replicas is 0".into())
-                } else if all_ready {
-                    condition(READY, true, "AllReplicasReady", ready_msg.clone())
-                } else {
+                } else if !licensed_ready {
                     condition(READY, false, "ReplicasNotReady", ready_msg.clone())
+                } else if desired < asked {
+                    condition(READY, false, "ReplicasUnlicensed", ready_msg.clone())
+                } else {
+                    condition(READY, true, "AllReplicasReady", ready_msg.clone())
                 },
-                if *updated || !all_ready {
+                if *updated || !licensed_ready {
                     condition(PROGRESSING, true, "RollingOut", ready_msg)
                 } else {
                     condition(
@@ -366,6 +380,7 @@ mod tests {
                 ready: 1,
                 updated: true,
                 waiting: vec![],
+                unlicensed: vec![],
                 tenant: None,
             },
             None,
@@ -384,6 +399,7 @@ mod tests {
                 ready: 3,
                 updated: false,
                 waiting: vec![],
+                unlicensed: vec![],
                 tenant: None,
             },
             Some((true, "Licensed", "3 of 3 replicas licensed")),
@@ -401,6 +417,36 @@ mod tests {
     }
 
     #[test]
+    fn an_unlicensed_replica_is_a_replica_not_ready_and_named() {
+        let cs = conditions(
+            &Observed::Applied {
+                asked: 3,
+                desired: 2,
+                ready: 2,
+                updated: false,
+                waiting: vec![],
+                unlicensed: vec!["g-2".into()],
+                tenant: None,
+            },
+            Some((false, "InsufficientSeats", "2 of 3 replicas licensed")),
+            Some(1),
+            &[],
+            "t",
+        );
+        let ready = get(&cs, READY);
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "ReplicasUnlicensed")
+        );
+        assert_eq!(
+            ready.message,
+            "2/3 gateway pods ready; unlicensed: g-2 (no licence seat: see the Licensed condition)"
+        );
+        // The licensed replicas have rolled out: nothing is in progress.
+        assert_eq!(get(&cs, PROGRESSING).status, "False");
+    }
+
+    #[test]
     fn scaled_to_zero_is_not_ready() {
         let cs = conditions(
             &Observed::Applied {
@@ -409,6 +455,7 @@ mod tests {
                 ready: 0,
                 updated: false,
                 waiting: vec![],
+                unlicensed: vec![],
                 tenant: None,
             },
             None,
@@ -424,6 +471,7 @@ mod tests {
                 ready: 0,
                 updated: false,
                 waiting: vec![],
+                unlicensed: vec![],
                 tenant: None,
             },
             Some((false, "NoValidLicence", "0 of 2")),
@@ -497,6 +545,7 @@ mod tests {
                 ready: 1,
                 updated: false,
                 waiting,
+                unlicensed: vec![],
                 tenant: None,
             },
             None,
@@ -568,6 +617,7 @@ mod tests {
                 ready: 1,
                 updated: false,
                 waiting: vec![],
+                unlicensed: vec![],
                 tenant: Some(refused),
             },
             None,

@@ -459,6 +459,15 @@ async fn a_licence_shortage_runs_only_licensed_replicas_and_says_why() {
         licensed["message"],
         "2 of 3 replicas licensed; unscheduled: contoso-2"
     );
+    // Ready counts the replicas asked for, and names the one without a seat.
+    let ready = condition(&status, "Ready");
+    assert_eq!(ready["status"], "False");
+    let message = ready["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("0/3 gateway pods ready")
+            && message.contains("unlicensed: contoso-2 (no licence seat"),
+        "{message}"
+    );
     let seats = status.body["status"]["licenceAssignments"]
         .as_object()
         .unwrap();

@@ -184,6 +184,9 @@ async fn pipeline(gateway: Arc<FederationGateway>, ctx: Arc<Context>) -> Result<
         ready,
         updated,
         waiting,
+        unlicensed: (licence.licensed..gateway.spec.replicas)
+            .map(|ordinal| format!("{}-{ordinal}", gateway.name_any()))
+            .collect(),
         tenant,
     };
     patch_status(
