@@ -30,6 +30,7 @@ pub fn s2s_element(data: &[u8]) {
 
 /// What the stream tasks do with an element they have read.
 fn element_views(element: Element) {
+    let _ = wire::Control::parse(element.clone()).name().len();
     if Dialback::is_dialback(&element) {
         let _ = Dialback::parse(&element);
     }

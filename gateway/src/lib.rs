@@ -1,11 +1,14 @@
 //! The xmppfed gateway: the XMPP server of a Teams-facing domain, bridged to
 //! Microsoft Teams through Microsoft Graph.
 //!
-//! Today this crate holds the process shell (configuration, telemetry, admin
-//! endpoints); the s2s layer, the Graph client, the store and the bridge join
-//! it as modules of their own (see docs/architecture.md).
+//! `process` runs it (configuration, telemetry, admin endpoints, the
+//! listeners); `s2s` is RFC 6120 federation, `graph` the Microsoft Graph
+//! client and webhook, `store` the durable state, `bridge` the Teams ↔ XMPP
+//! logic between them; `clock` and `random` are the one clock and the one
+//! source of randomness (see docs/architecture.md).
 
 pub mod bridge;
+pub mod clock;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod graph;
@@ -15,6 +18,7 @@ pub mod memory;
 pub mod pod;
 pub mod preflight;
 pub mod process;
+pub mod random;
 pub mod s2s;
 pub mod store;
 

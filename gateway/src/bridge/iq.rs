@@ -76,8 +76,5 @@ impl Requests {
 }
 
 fn fresh_id() -> String {
-    let mut bytes = [0u8; 12];
-    crate::s2s::fill_random(&mut bytes);
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!("xmppfed-{hex}")
+    format!("xmppfed-{}", crate::random::hex(12))
 }

@@ -758,45 +758,7 @@ impl GraphClient {
 /// members (50 each): a shadow account is in few chats.
 const MAX_LIST_PAGES: usize = 20;
 
-/// Seconds since the epoch of Graph's date-times (RFC 3339, UTC, e.g.
-/// `2026-11-25T13:43:37.123Z`); 0 for what does not parse.
-pub fn epoch_of(stamp: &str) -> i64 {
-    epoch_millis_of(stamp) / 1000
-}
-
-/// The same in milliseconds (Graph orders a chat's messages to the millisecond).
-pub fn epoch_millis_of(stamp: &str) -> i64 {
-    let parse = || -> Option<i64> {
-        let (date, time) = stamp.split_once('T')?;
-        let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
-        let (y, m, day) = (d.next()??, d.next()??, d.next()??);
-        let time = time.trim_end_matches('Z');
-        let mut t = time.split(':');
-        let (h, mi) = (
-            t.next()?.parse::<i64>().ok()?,
-            t.next()?.parse::<i64>().ok()?,
-        );
-        let mut seconds = t.next()?.split('.');
-        let s = seconds.next()?.parse::<i64>().ok()?;
-        let millis = seconds
-            .next()
-            .map(|f| {
-                let digits: String = f.chars().take(3).collect();
-                format!("{digits:0<3}").parse::<i64>().unwrap_or(0)
-            })
-            .unwrap_or(0);
-        // Days from the civil date (Howard Hinnant's algorithm).
-        let y = if m <= 2 { y - 1 } else { y };
-        let era = y.div_euclid(400);
-        let yoe = y - era * 400;
-        let mp = (m + 9) % 12;
-        let doy = (153 * mp + 2) / 5 + day - 1;
-        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-        let days = era * 146_097 + doe - 719_468;
-        Some((days * 86_400 + h * 3600 + mi * 60 + s) * 1000 + millis)
-    };
-    parse().unwrap_or(0)
-}
+pub use crate::clock::{epoch_millis_of, epoch_of};
 
 /// Chat ids (`19:…@unq.gbl.spaces`) go into paths as they are, but for `#`, `?` and spaces.
 fn chat_path(id: &str) -> String {
@@ -817,17 +779,5 @@ mod tests {
         assert_eq!(iso_duration(Duration::from_secs(300)), "PT5M");
         assert_eq!(iso_duration(Duration::from_secs(5400)), "PT1H30M");
         assert_eq!(iso_duration(Duration::from_secs(0)), "PT0S");
-    }
-
-    #[test]
-    fn timestamps() {
-        assert_eq!(epoch_of("1970-01-01T00:00:00Z"), 0);
-        assert_eq!(epoch_of("2026-12-31T23:59:59.123Z"), 1_798_761_599);
-        assert_eq!(epoch_of("2000-02-29T00:00:00Z"), 951_782_400);
-        assert_eq!(epoch_millis_of("2000-02-29T00:00:00.5Z"), 951_782_400_500);
-        assert_eq!(
-            epoch_millis_of("2000-02-29T00:00:00.1234567Z"),
-            951_782_400_123
-        );
     }
 }

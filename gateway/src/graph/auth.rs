@@ -258,12 +258,9 @@ impl Tokens {
 
     /// A fresh client assertion (RFC 7523): valid 10 minutes, for our token endpoint only.
     fn assertion(&self, thumbprint: &str, key: &Arc<dyn SigningKey>) -> Result<String, GraphError> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let now = crate::clock::now();
         let mut jti = [0u8; 16];
-        let _ = getrandom::fill(&mut jti);
+        crate::random::fill(&mut jti);
         let header = serde_json::json!({"alg": "RS256", "typ": "JWT", "x5t": thumbprint});
         let claims = serde_json::json!({"aud": self.endpoint, "iss": self.client_id, "sub": self.client_id,
             "jti": b64url(&jti), "nbf": now, "iat": now, "exp": now + 600});

@@ -145,9 +145,7 @@ impl Body<'_> {
 }
 
 fn jitter(max: Duration) -> Duration {
-    let mut b = [0u8; 2];
-    let _ = getrandom::fill(&mut b);
-    max.mul_f64(f64::from(u16::from_le_bytes(b)) / f64::from(u16::MAX))
+    max.mul_f64(crate::random::unit())
 }
 
 impl GraphClient {

@@ -49,28 +49,7 @@ pub struct Subscriptions {
 }
 
 fn expiry(lifetime: Duration) -> String {
-    rfc3339(std::time::SystemTime::now() + lifetime)
-}
-
-/// RFC 3339 in UTC, to the second (what Graph takes for `expirationDateTime`).
-fn rfc3339(at: std::time::SystemTime) -> String {
-    let secs = at
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (h, m, s) = (rem / 3600, (rem % 3600) / 60, rem % 60);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(mo <= 2);
-    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{m:02}:{s:02}Z")
+    crate::clock::rfc3339(std::time::SystemTime::now() + lifetime)
 }
 
 impl Subscriptions {
@@ -125,7 +104,7 @@ impl Subscriptions {
                 id: s.id.clone(),
                 resource: s.resource.clone(),
                 change_type: s.change_type.clone(),
-                expiration_date_time: rfc3339(expires),
+                expiration_date_time: crate::clock::rfc3339(expires),
             };
             held.insert(s.id.clone(), (sub, want, expires));
         }
@@ -341,22 +320,5 @@ impl Subscriptions {
             .values()
             .map(|(s, _, _)| s.clone())
             .collect()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn rfc3339_dates() {
-        use std::time::{Duration, UNIX_EPOCH};
-        assert_eq!(super::rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
-        assert_eq!(
-            super::rfc3339(UNIX_EPOCH + Duration::from_secs(1_798_761_599)),
-            "2026-12-31T23:59:59Z"
-        );
-        assert_eq!(
-            super::rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)),
-            "2000-02-29T00:00:00Z"
-        );
     }
 }

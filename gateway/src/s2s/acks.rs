@@ -117,14 +117,47 @@ impl Inbox {
 }
 
 /// `<a h='n'/>`: how many stanzas of the stream were handled.
-pub fn ack_element(h: u32) -> xmpp_parsers::minidom::Element {
-    xmpp_parsers::minidom::Element::builder("a", NS_SM)
-        .attr(
-            xmpp_parsers::minidom::rxml::NcName::try_from("h")
-                .unwrap_or_else(|_| unreachable!("h is an NCName")),
-            h.to_string(),
-        )
-        .build()
+pub fn ack_element(h: u32) -> xmpp_parsers::sm::A {
+    xmpp_parsers::sm::A::new(h)
+}
+
+/// Stream management on an inbound stream, once the peer enabled it: the
+/// stanzas received (each acknowledged once handled) and the last `h` told.
+pub struct Receiving {
+    pub acks: Arc<Acks>,
+    received: u64,
+    reported: u32,
+}
+
+impl Receiving {
+    /// No resumption: a new stream counts from zero.
+    pub fn new() -> Self {
+        Self {
+            acks: Arc::new(Acks::default()),
+            received: 0,
+            reported: 0,
+        }
+    }
+
+    /// The acknowledgement that goes with the next stanza received.
+    pub fn received(&mut self) -> Ack {
+        self.received += 1;
+        Ack::new(self.acks.clone(), self.received)
+    }
+
+    /// `h` to tell the peer: always when asked, otherwise only when it moved.
+    pub fn report(&mut self, asked: bool) -> Option<u32> {
+        let h = self.acks.h();
+        let moved = h != self.reported;
+        self.reported = h;
+        (asked || moved).then_some(h)
+    }
+}
+
+impl Default for Receiving {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// A stanza sent on a stream with stream management, not acknowledged yet,

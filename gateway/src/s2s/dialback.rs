@@ -5,9 +5,17 @@
 //! The secret is shared by every replica of a gateway, so any replica can
 //! answer a `<db:verify/>` for a stream another one opened.
 
+use std::collections::HashSet;
+use std::sync::Arc;
+
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
 use xmpp_parsers::minidom::Element;
+use xmpp_parsers::stream_error::DefinedCondition;
+
+use super::Shared;
+use super::route::StreamFault;
 
 pub const NS_DIALBACK: &str = "jabber:server:dialback";
 pub const NS_DIALBACK_FEATURE: &str = "urn:xmpp:features:dialback";
@@ -35,7 +43,7 @@ impl DialbackKeys {
     /// A secret of this process only: fine for one replica, not for several.
     pub fn random() -> Self {
         let mut secret = [0u8; 32];
-        fill_random(&mut secret);
+        crate::random::fill(&mut secret);
         Self::new(&secret)
     }
 
@@ -72,17 +80,9 @@ fn hex(bytes: &[u8]) -> String {
         })
 }
 
-/// Random bytes from the operating system.
-pub fn fill_random(buf: &mut [u8]) {
-    // Without OS randomness no stream id or key is safe: treat it as fatal.
-    getrandom::fill(buf).unwrap_or_else(|e| panic!("no OS randomness: {e}"));
-}
-
 /// A fresh stream id.
 pub fn stream_id() -> String {
-    let mut id = [0u8; 16];
-    fill_random(&mut id);
-    hex(&id)
+    crate::random::hex(16)
 }
 
 /// The outcome a `type` attribute carries.
@@ -242,6 +242,92 @@ fn escape(s: &str) -> String {
         .replace('>', "&gt;")
         .replace('\'', "&apos;")
         .replace('"', "&quot;")
+}
+
+/// The authoritative server's verdict on a `<db:result/>` received on the
+/// inbound stream with this id (a later stream on the connection ignores it).
+pub struct Verified {
+    pub stream_id: String,
+    pub domain: String,
+    pub verdict: Verdict,
+}
+
+/// Dialback verifications one inbound connection may have outstanding at once.
+const MAX_VERIFYING: usize = 8;
+
+/// Handles a dialback element: answers `<db:verify/>` at once, starts the
+/// verification of a `<db:result/>` in its own task.
+pub fn on_inbound(
+    shared: &Arc<Shared>,
+    request: Dialback,
+    stream_id: &str,
+    events: &mpsc::Sender<Verified>,
+    verifying: &mut HashSet<String>,
+) -> Result<Option<Dialback>, StreamFault> {
+    match request {
+        Dialback::VerifyRequest { from, to, id, key } => {
+            // We are the authoritative server for `to`: was this our key?
+            let verdict = if to == shared.domain && shared.keys.verify(&from, &to, &id, &key) {
+                Verdict::Valid
+            } else {
+                Verdict::Invalid
+            };
+            Ok(Some(Dialback::VerifyAnswer {
+                from: to,
+                to: from,
+                id,
+                verdict,
+            }))
+        }
+        Dialback::ResultRequest { from, to, key } => {
+            if to != shared.domain {
+                return Err((
+                    DefinedCondition::HostUnknown,
+                    format!("this server serves {}", shared.domain),
+                ));
+            }
+            if !shared.allow.allows(&from) {
+                shared.metrics.refused("in");
+                return Err((
+                    DefinedCondition::PolicyViolation,
+                    format!("{from} is not allowed to federate with {to}"),
+                ));
+            }
+            // One verification per domain at a time, and a few per connection:
+            // each costs a round trip to the authoritative server.
+            if verifying.contains(&from) {
+                return Ok(None);
+            }
+            if verifying.len() >= MAX_VERIFYING {
+                return Err((
+                    DefinedCondition::PolicyViolation,
+                    "too many dialback requests at once".into(),
+                ));
+            }
+            verifying.insert(from.clone());
+            let outbound = shared.outbound(&from);
+            let id = stream_id.to_owned();
+            let events = events.clone();
+            let deadline = shared.settings.connect_timeout * 2;
+            tokio::spawn(async move {
+                let verdict = tokio::time::timeout(deadline, outbound.verify(id.clone(), key))
+                    .await
+                    .unwrap_or(Verdict::Error);
+                let _ = events
+                    .send(Verified {
+                        stream_id: id,
+                        domain: from,
+                        verdict,
+                    })
+                    .await;
+            });
+            Ok(None)
+        }
+        other => {
+            tracing::debug!(?other, "unexpected dialback answer on an inbound stream");
+            Ok(None)
+        }
+    }
 }
 
 #[cfg(test)]

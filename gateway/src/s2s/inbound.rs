@@ -5,6 +5,11 @@
 //! server in a task of its own, so a pending outgoing dialback never blocks
 //! verifying another (Prosody sends `<db:verify/>` for our stream on the
 //! connection it opened to us).
+//!
+//! A connection carries one stream after another (a new one after STARTTLS
+//! and after SASL). [`Conn`] is what the connection has learnt; [`Open`] is
+//! one stream on it; each element read is typed once ([`Control`]) and
+//! handled by one function, which says how the stream goes on ([`Flow`]).
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -14,38 +19,21 @@ use futures::StreamExt;
 use rustls::pki_types::CertificateDer;
 use tokio::io::{AsyncWriteExt, BufStream};
 use tokio::net::TcpStream;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
-use tokio_xmpp::xmlstream::{AcceptedStream, StreamHeader, accept_stream};
+use tokio_xmpp::xmlstream::{AcceptedStream, PendingFeaturesSend, StreamHeader, accept_stream};
 use xmpp_parsers::minidom::Element;
 use xmpp_parsers::stream_error::DefinedCondition;
 
-use super::acks::{self, Ack, Acks};
+use super::acks::{self, Receiving};
 use super::admission::{Refusal, Ticket};
-use super::dialback::{self, Dialback, Verdict};
+use super::dialback::{self, Dialback, Verdict, Verified};
 use super::limits::{self, Received};
-use super::services::{self, Handled};
+use super::route::{self, StreamFault};
 use super::stanza::{self, Stanza};
 use super::transport::{Io, ReadBudget, Transport};
-use super::wire::{self, ReadFailure, Whitespace};
-use super::{S2sSender, Shared, metrics};
-
-/// What the verification tasks and bidi senders tell the connection.
-enum Event {
-    /// The authoritative server's verdict on a `<db:result/>` sent on the
-    /// stream with this id (a later stream on the connection ignores it).
-    Verified {
-        stream_id: String,
-        domain: String,
-        verdict: Verdict,
-    },
-}
-
-/// Dialback verifications one connection may have outstanding at once.
-const MAX_VERIFYING: usize = 8;
-
-/// An error that ends the stream: the condition and a text for the peer.
-pub type StreamFault = (DefinedCondition, String);
+use super::wire::{self, Control, ReadFailure, Whitespace};
+use super::{Shared, sasl_external};
 
 pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, ticket: Ticket) {
     let span = tracing::info_span!("s2s_in", %peer, remote = tracing::field::Empty);
@@ -76,374 +64,51 @@ fn unauthenticated_budget(shared: &Shared) -> ReadBudget {
     budget
 }
 
-async fn serve(shared: Arc<Shared>, tcp: TcpStream, mut ticket: Ticket) {
-    let _open = shared.metrics.stream_open("in");
-    let _ = tcp.set_nodelay(true);
-    // A second handle on the socket, to answer garbage sent before any stream
-    // header: the XML stream layer gives no way to write once its parse failed.
-    let raw = dup(&tcp);
-    let mut next = Next::Open(Transport::plain(tcp, unauthenticated_budget(&shared)));
-    // Dialback or SASL must have proven a domain by then, across restarts.
-    let auth_deadline = Instant::now() + shared.settings.auth_timeout;
-    let mut tls = false;
-    // The certificate chain the peer presented in the TLS handshake, if any.
-    let mut peer_chain: Vec<CertificateDer<'static>> = Vec::new();
-    let mut sasl_done = false;
-    let (events_tx, mut events) = mpsc::channel::<Event>(64);
-    let (bidi_tx, mut bidi_rx) = mpsc::channel::<Stanza>(1024);
-    let mut verifying: HashSet<String> = HashSet::new();
-    let mut authenticated: Vec<String> = Vec::new();
-    let replies = Arc::new(Semaphore::new(REPLIES_IN_FLIGHT));
-    let mut bidi = false;
-    let mut first_header = true;
-
-    'restart: loop {
-        let accepted = match next {
-            Next::Open(transport) => {
-                transport.expect_header();
-                tokio::time::timeout(
-                    shared.settings.connect_timeout,
-                    accept_stream(
-                        BufStream::new(transport),
-                        stanza::JABBER_SERVER,
-                        wire::timeouts(shared.settings.keepalive, shared.settings.idle_timeout),
-                    ),
-                )
-                .await
-            }
-            Next::Reset(accepted) => Ok(Ok(*accepted)),
-        };
-        let mut accepted = match accepted {
-            Ok(Ok(a)) => a,
-            Ok(Err(e)) => {
-                tracing::info!(error = %e, "no valid stream header");
-                if let (true, Some(raw), ReadFailure::Error(condition, text)) =
-                    (first_header, raw, wire::classify_io(&e))
-                {
-                    shared.metrics.stream_error(&condition.to_string());
-                    raw_stream_error(raw, &shared.domain, &condition, &text).await;
-                }
-                return;
-            }
-            Err(_) => {
-                tracing::info!("no stream header in time");
-                return;
-            }
-        };
-        first_header = false;
-        let header = accepted.take_header();
-        let to = header.to.as_deref().map(str::to_ascii_lowercase);
-        let from = header.from.as_deref().map(str::to_ascii_lowercase);
-        let reply = StreamHeader {
-            from: Some(shared.domain.clone().into()),
-            to: header.from.clone(),
-            id: Some(dialback::stream_id().into()),
-        };
-        let stream_id = reply.id.as_deref().unwrap_or_default().to_owned();
-        let pending = match accepted.send_header(reply).await {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::debug!(error = %e, "cannot answer the stream header");
-                return;
-            }
-        };
-        if to.as_deref() != Some(shared.domain.as_str()) {
-            shared.metrics.stream_error("host-unknown");
-            let text = format!("this server serves {}", shared.domain);
-            let _ = pending
-                .send_error(&wire::stream_error(DefinedCondition::HostUnknown, &text))
-                .await;
-            return;
-        }
-        if let Some(from) = &from {
-            tracing::Span::current().record("remote", from.as_str());
-            if !shared.allow.allows(from) {
-                shared.metrics.refused("in");
-                shared.metrics.stream_error("policy-violation");
-                let text = format!("{from} is not allowed to federate with {}", shared.domain);
-                let _ = pending
-                    .send_error(&wire::stream_error(
-                        DefinedCondition::PolicyViolation,
-                        &text,
-                    ))
-                    .await;
-                return;
-            }
-        }
-        let offer_tls = !tls && shared.server_tls.is_some();
-        let mut others = Vec::new();
-        if tls || !shared.settings.require_tls {
-            others.push(wire::dialback_feature());
-            others.push(Element::bare("bidi", wire::NS_BIDI_FEATURE));
-            others.push(Element::bare("sm", acks::NS_SM));
-        }
-        let mut features =
-            wire::stream_features(offer_tls.then_some(shared.settings.require_tls), others);
-        // XEP-0178: EXTERNAL only when the certificate proves the claimed domain.
-        let external_for = from
-            .clone()
-            .filter(|from| tls && !sasl_done && shared.trust.valid_for(&peer_chain, from));
-        if external_for.is_some() {
-            features.sasl_mechanisms.insert("EXTERNAL".to_owned());
-        }
-        let mut stream = match pending.send_features::<Received>(&features).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::debug!(error = %e, "cannot send stream features");
-                return;
-            }
-        };
-        // The stream is open: from here each element is timed from its first byte.
-        stream.get_stream().get_ref().reset_budget();
-        tracing::debug!(tls, stream_id = %stream_id, "inbound stream open");
-        let mut last_stanza = Instant::now();
-        let mut stopping = shared.stopping.subscribe();
-        // XEP-0198, once the peer enables it: stanzas received, and the last h reported.
-        let mut sm: Option<(Arc<Acks>, u64, u32)> = None;
-
-        let fault: Option<StreamFault> = loop {
-            let idle_at = last_stanza + shared.settings.idle_timeout;
-            tokio::select! {
-                // The gateway stops: the peer learns it at once (RFC 6120 §4.9.3.20).
-                _ = async { stopping.wait_for(|s| *s).await.map(|_| ()) } => {
-                    break Some((DefinedCondition::SystemShutdown, "the gateway is shutting down".into()));
-                }
-                // More of the peer's stanzas are handled: say so without being asked.
-                _ = async {
-                    match &sm {
-                        Some((acks, _, _)) => acks.changed.notified().await,
-                        None => std::future::pending().await,
-                    }
-                } => {
-                    if let Some((acks, _, reported)) = &mut sm {
-                        let h = acks.h();
-                        if h != *reported {
-                            *reported = h;
-                            if wire::send(&mut stream, &acks::ack_element(h)).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-                read = stream.next() => match read {
-                    Some(Ok(element)) => {
-                        stream.get_stream().get_ref().reset_budget();
-                        if element.is("starttls", wire::NS_TLS) {
-                            let Some(server_tls) = shared.server_tls.as_ref().filter(|_| !tls) else {
-                                break Some((DefinedCondition::PolicyViolation, "STARTTLS is not offered on this stream".into()));
-                            };
-                            if wire::send(&mut stream, &Element::bare("proceed", wire::NS_TLS)).await.is_err() {
-                                return;
-                            }
-                            let Some(tcp) = stream.into_inner().into_inner().into_tcp() else { return };
-                            let handshake = tokio_rustls::TlsAcceptor::from(server_tls.config()).accept(tcp);
-                            match tokio::time::timeout(shared.settings.connect_timeout, handshake).await.unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into())) {
-                                Ok(stream) => {
-                                    peer_chain = stream.get_ref().1.peer_certificates().map(<[_]>::to_vec).unwrap_or_default();
-                                    tls = true;
-                                    // RFC 6120 §5.4.3.3: nothing learnt before TLS carries over.
-                                    authenticated.clear();
-                                    verifying.clear();
-                                    bidi = false;
-                                    next = Next::Open(Transport::tls(
-                                        tokio_rustls::TlsStream::Server(stream),
-                                        unauthenticated_budget(&shared),
-                                    ));
-                                    continue 'restart;
-                                }
-                                Err(e) => {
-                                    tracing::info!(error = %e, "TLS handshake failed");
-                                    return;
-                                }
-                            }
-                        } else if element.is("auth", wire::NS_SASL) {
-                            match sasl_external(&shared, &element, external_for.as_deref()) {
-                                Ok(domain) => {
-                                    shared.metrics.auth("sasl-external-in", "valid");
-                                    tracing::info!(%domain, "peer authenticated by SASL EXTERNAL");
-                                    if bidi {
-                                        shared.set_bidi_route(&domain, Some(bidi_tx.clone()));
-                                    }
-                                    if !authenticated.contains(&domain) {
-                                        authenticated.push(domain);
-                                    }
-                                    admitted(&shared, &stream, &mut ticket);
-                                    sasl_done = true;
-                                    // RFC 6120 §6.4.6: success, then the initiator restarts the stream.
-                                    stream.get_stream().get_ref().expect_header();
-                                    match stream.accept_reset(&Element::bare("success", wire::NS_SASL)).await {
-                                        Ok(accepted) => {
-                                            next = Next::Reset(Box::new(accepted));
-                                            continue 'restart;
-                                        }
-                                        Err(e) => {
-                                            tracing::debug!(error = %e, "stream restart after SASL failed");
-                                            return;
-                                        }
-                                    }
-                                }
-                                Err(why) => {
-                                    shared.metrics.auth("sasl-external-in", "refused");
-                                    tracing::info!(reason = %why, "SASL EXTERNAL refused");
-                                    let failure = Element::builder("failure", wire::NS_SASL)
-                                        .append(Element::bare("not-authorized", wire::NS_SASL))
-                                        .build();
-                                    if wire::send(&mut stream, &failure).await.is_err() {
-                                        return;
-                                    }
-                                }
-                            }
-                        } else if element.is("bidi", wire::NS_BIDI) {
-                            bidi = true;
-                        } else if element.is("enable", acks::NS_SM) {
-                            // No resumption: a new stream counts from zero.
-                            tracing::info!("peer enabled stream management (XEP-0198): stanzas acknowledged once handled");
-                            sm = Some((Arc::new(Acks::default()), 0, 0));
-                            if wire::send(&mut stream, &Element::bare("enabled", acks::NS_SM)).await.is_err() {
-                                return;
-                            }
-                        } else if element.is("r", acks::NS_SM) {
-                            let h = sm.as_ref().map_or(0, |(acks, _, _)| acks.h());
-                            if let Some((_, _, reported)) = &mut sm {
-                                *reported = h;
-                            }
-                            if wire::send(&mut stream, &acks::ack_element(h)).await.is_err() {
-                                return;
-                            }
-                        } else if element.is("a", acks::NS_SM) {
-                            // Acks for what we send on a bidi stream: we keep no queue to trim.
-                        } else if Dialback::is_dialback(&element) {
-                            if shared.settings.require_tls && !tls {
-                                break Some((DefinedCondition::PolicyViolation, "TLS is required before dialback".into()));
-                            }
-                            match on_dialback(&shared, &element, &stream_id, &events_tx, &mut verifying) {
-                                Ok(Some(answer)) => {
-                                    if wire::send_dialback(&mut stream, &answer).await.is_err() {
-                                        return;
-                                    }
-                                }
-                                Ok(None) => {}
-                                Err(fault) => break Some(fault),
-                            }
-                        } else if stanza::is_stanza(&element) {
-                            last_stanza = Instant::now();
-                            if authenticated.is_empty() {
-                                break Some((DefinedCondition::NotAuthorized, "authenticate before sending stanzas".into()));
-                            }
-                            let ack = sm.as_mut().map(|(acks, received, _)| {
-                                *received += 1;
-                                Ack::new(acks.clone(), *received)
-                            });
-                            if let Err(fault) = dispatch(&shared, element.into_element(), &authenticated, ack, Some(&replies)).await {
-                                break Some(fault);
-                            }
-                        } else if element.is("error", wire::NS_STREAM) {
-                            tracing::info!(error = ?element.children().next().map(|c| c.name().to_owned()), "peer sent a stream error");
-                            break None;
-                        } else {
-                            break Some((DefinedCondition::UnsupportedStanzaType, format!("unexpected <{}/>", element.name())));
-                        }
-                    }
-                    Some(Err(e)) => match wire::classify(e) {
-                        // Silence inside a start tag is not "mid-stanza" to the
-                        // parser: the element's clock still runs.
-                        ReadFailure::Timeout if stream.get_stream().get_ref().budget().overdue().is_some() => {
-                            let slow = stream.get_stream().get_ref().budget().overdue().map(|s| s.to_string()).unwrap_or_default();
-                            break Some((DefinedCondition::PolicyViolation, slow));
-                        }
-                        ReadFailure::Timeout => {
-                            if wire::send(&mut stream, &Whitespace).await.is_err() {
-                                break None;
-                            }
-                        }
-                        ReadFailure::Closed => break None,
-                        ReadFailure::Error(condition, text) => break Some((condition, text)),
-                    },
-                    None => break None,
-                },
-                Some(event) = events.recv() => match event {
-                    Event::Verified { stream_id: for_stream, domain, verdict } => {
-                        verifying.remove(&domain);
-                        if for_stream != stream_id {
-                            continue;
-                        }
-                        let answer = Dialback::ResultAnswer { from: shared.domain.clone(), to: domain.clone(), verdict };
-                        if wire::send_dialback(&mut stream, &answer).await.is_err() {
-                            return;
-                        }
-                        if verdict == Verdict::Valid {
-                            shared.metrics.auth("dialback-in", "valid");
-                            tracing::info!(%domain, tls, bidi, "peer authenticated by dialback");
-                            if !authenticated.contains(&domain) {
-                                authenticated.push(domain.clone());
-                            }
-                            admitted(&shared, &stream, &mut ticket);
-                            if bidi {
-                                shared.set_bidi_route(&domain, Some(bidi_tx.clone()));
-                            }
-                        } else {
-                            shared.metrics.auth("dialback-in", "invalid");
-                            break Some((DefinedCondition::NotAuthorized, format!("dialback for {domain} failed")));
-                        }
-                    }
-                },
-                // Stanzas for the peer on this bidi stream (counted by the sender).
-                Some(stanza) = bidi_rx.recv() => {
-                    let element = stanza::to_wire(stanza::duplicate(&stanza));
-                    if wire::send(&mut stream, &element).await.is_err() {
-                        // Not lost: our own outbound stream takes it.
-                        reroute(&shared, stanza, None);
-                        break None;
-                    }
-                    last_stanza = Instant::now();
-                }
-                _ = tokio::time::sleep_until(idle_at) => {
-                    tracing::info!("closing idle inbound stream");
-                    break None;
-                }
-                _ = tokio::time::sleep_until(auth_deadline), if authenticated.is_empty() => {
-                    let secs = shared.settings.auth_timeout.as_secs();
-                    break Some((DefinedCondition::PolicyViolation, format!("not authenticated within {secs} s")));
-                }
-            }
-        };
-        // No new stanza is routed here from now on; those already queued go
-        // through our own outbound stream instead.
-        for domain in &authenticated {
-            if shared
-                .bidi_route(domain)
-                .is_some_and(|tx| tx.same_channel(&bidi_tx))
-            {
-                shared.set_bidi_route(domain, None);
-            }
-        }
-        bidi_rx.close();
-        while let Ok(stanza) = bidi_rx.try_recv() {
-            reroute(&shared, stanza, None);
-        }
-        match fault {
-            Some((condition, text)) => {
-                tracing::info!(%condition, %text, "ending inbound stream with an error");
-                shared.metrics.stream_error(&condition.to_string());
-                wire::close_with_error(&mut stream, condition, &text).await;
-            }
-            None => {
-                let _ = tokio::time::timeout(wire::WRITE_TIMEOUT, stream.shutdown()).await;
-            }
-        }
-        return;
-    }
+/// What one connection has learnt, across the streams it carries.
+struct Conn {
+    shared: Arc<Shared>,
+    ticket: Ticket,
+    tls: bool,
+    /// The certificate chain the peer presented in the TLS handshake, if any.
+    peer_chain: Vec<CertificateDer<'static>>,
+    sasl_done: bool,
+    /// The domains proven on this connection (dialback may prove several).
+    authenticated: Vec<String>,
+    /// Domains whose `<db:result/>` is being verified.
+    verifying: HashSet<String>,
+    /// The peer asked for XEP-0288: it takes our stanzas on this connection.
+    bidi: bool,
+    verified_tx: mpsc::Sender<Verified>,
+    bidi_tx: mpsc::Sender<Stanza>,
+    /// The domain's own answers in flight from this connection.
+    replies: Arc<Semaphore>,
+    /// Dialback or SASL must have proven a domain by then, across restarts.
+    auth_deadline: Instant,
 }
 
-/// The peer has proven a domain: it no longer counts as unauthenticated,
-/// and its stanzas may be as large as the configuration allows.
-fn admitted(shared: &Shared, stream: &wire::Stream, ticket: &mut Ticket) {
-    ticket.authenticated();
-    stream
-        .get_stream()
-        .get_ref()
-        .budget()
-        .set_limit(shared.settings.max_stanza_bytes);
+/// One stream on the connection.
+struct Open {
+    stream: wire::Stream,
+    /// The id we gave it (dialback keys are bound to it).
+    id: String,
+    /// The domain whose certificate the peer presented, when EXTERNAL is offered.
+    external_for: Option<String>,
+    last_stanza: Instant,
+    /// XEP-0198, once the peer enables it.
+    sm: Option<Receiving>,
+}
+
+/// How the connection goes on after an element.
+enum Flow {
+    Continue,
+    /// `<proceed/>` went out: the TLS handshake and a new stream follow.
+    StartTls,
+    /// SASL EXTERNAL succeeded: `<success/>` and the stream restart follow.
+    SaslSucceeded,
+    /// End this stream: with a stream error, or quietly.
+    End(Option<StreamFault>),
+    /// The connection broke: nothing more can be written.
+    Gone,
 }
 
 /// How the next stream on this connection begins.
@@ -454,224 +119,537 @@ enum Next {
     Reset(Box<AcceptedStream<Io>>),
 }
 
-/// Checks an `<auth mechanism='EXTERNAL'/>`: the authorization identity (or,
-/// when empty, the stream's `from`) must be the domain the certificate proved.
-fn sasl_external(shared: &Shared, auth: &Element, proven: Option<&str>) -> Result<String, String> {
-    if auth.attr("mechanism") != Some("EXTERNAL") {
-        return Err(format!(
-            "mechanism {:?} is not offered",
-            auth.attr("mechanism")
-        ));
+/// `Flow::Gone` when a write failed.
+fn written(result: std::io::Result<()>) -> Flow {
+    match result {
+        Ok(()) => Flow::Continue,
+        Err(_) => Flow::Gone,
     }
-    let Some(proven) = proven else {
-        return Err("no certificate valid for the stream's domain".into());
-    };
-    let text = auth.text();
-    let text = text.trim();
-    let authzid = if text.is_empty() || text == "=" {
-        proven.to_owned()
-    } else {
-        use base64::Engine as _;
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(text)
-            .map_err(|e| format!("authorization identity is not base64: {e}"))?;
-        String::from_utf8(bytes)
-            .map_err(|_| "authorization identity is not UTF-8".to_owned())?
-            .to_ascii_lowercase()
-    };
-    if authzid != proven {
-        return Err(format!("the certificate is for {proven}, not {authzid}"));
-    }
-    if !shared.allow.allows(&authzid) {
-        return Err(format!("{authzid} is not allowed"));
-    }
-    Ok(authzid)
 }
 
-/// Handles a dialback element: answers `<db:verify/>` at once, starts the
-/// verification of a `<db:result/>` in its own task.
-fn on_dialback(
-    shared: &Arc<Shared>,
-    element: &Element,
-    stream_id: &str,
-    events: &mpsc::Sender<Event>,
-    verifying: &mut HashSet<String>,
-) -> Result<Option<Dialback>, StreamFault> {
-    let request =
-        Dialback::parse(element).map_err(|e| (DefinedCondition::InvalidXml, e.to_string()))?;
-    match request {
-        Dialback::VerifyRequest { from, to, id, key } => {
-            // We are the authoritative server for `to`: was this our key?
-            let verdict = if to == shared.domain && shared.keys.verify(&from, &to, &id, &key) {
-                Verdict::Valid
-            } else {
-                Verdict::Invalid
-            };
-            Ok(Some(Dialback::VerifyAnswer {
-                from: to,
-                to: from,
-                id,
-                verdict,
-            }))
-        }
-        Dialback::ResultRequest { from, to, key } => {
-            if to != shared.domain {
-                return Err((
-                    DefinedCondition::HostUnknown,
-                    format!("this server serves {}", shared.domain),
-                ));
+fn fault(condition: DefinedCondition, text: impl Into<String>) -> Flow {
+    Flow::End(Some((condition, text.into())))
+}
+
+async fn serve(shared: Arc<Shared>, tcp: TcpStream, ticket: Ticket) {
+    let _open = shared.metrics.stream_open("in");
+    let _ = tcp.set_nodelay(true);
+    // A second handle on the socket, to answer garbage sent before any stream
+    // header: the XML stream layer gives no way to write once its parse failed.
+    let mut raw = dup(&tcp);
+    let mut next = Next::Open(Transport::plain(tcp, unauthenticated_budget(&shared)));
+    let (verified_tx, mut verified_rx) = mpsc::channel::<Verified>(64);
+    let (bidi_tx, mut bidi_rx) = mpsc::channel::<Stanza>(1024);
+    let mut conn = Conn {
+        auth_deadline: Instant::now() + shared.settings.auth_timeout,
+        shared,
+        ticket,
+        tls: false,
+        peer_chain: Vec::new(),
+        sasl_done: false,
+        authenticated: Vec::new(),
+        verifying: HashSet::new(),
+        bidi: false,
+        verified_tx,
+        bidi_tx,
+        replies: Arc::new(Semaphore::new(route::REPLIES_IN_FLIGHT)),
+    };
+    loop {
+        let Some(mut open) = conn.open(next, raw.take()).await else {
+            break;
+        };
+        let restarted = match conn.run(&mut open, &mut verified_rx, &mut bidi_rx).await {
+            Flow::StartTls => conn.start_tls(open.stream).await,
+            Flow::SaslSucceeded => restart_after_sasl(open.stream).await,
+            Flow::End(fault) => {
+                conn.withdraw_bidi(&mut bidi_rx);
+                end(&conn.shared, &mut open.stream, fault).await;
+                return;
             }
-            if !shared.allow.allows(&from) {
+            Flow::Gone | Flow::Continue => None,
+        };
+        match restarted {
+            Some(n) => next = n,
+            None => break,
+        }
+    }
+    conn.withdraw_bidi(&mut bidi_rx);
+}
+
+/// Ends a stream: with its error (counted and logged), or with our footer.
+async fn end(shared: &Shared, stream: &mut wire::Stream, fault: Option<StreamFault>) {
+    match fault {
+        Some((condition, text)) => {
+            tracing::info!(%condition, %text, "ending inbound stream with an error");
+            shared.metrics.stream_error(&condition.to_string());
+            wire::close_with_error(stream, condition, &text).await;
+        }
+        None => {
+            let _ = tokio::time::timeout(wire::WRITE_TIMEOUT, stream.shutdown()).await;
+        }
+    }
+}
+
+impl Conn {
+    /// Reads the next stream header, answers it and sends our features.
+    /// `None` when the stream never opens (already answered where it can be).
+    async fn open(&mut self, next: Next, raw: Option<std::net::TcpStream>) -> Option<Open> {
+        let shared = self.shared.clone();
+        let settings = &shared.settings;
+        let accepted = match next {
+            Next::Open(transport) => {
+                transport.expect_header();
+                let timeouts = wire::timeouts(settings.keepalive, settings.idle_timeout);
+                let accept =
+                    accept_stream(BufStream::new(transport), stanza::JABBER_SERVER, timeouts);
+                tokio::time::timeout(settings.connect_timeout, accept).await
+            }
+            Next::Reset(accepted) => Ok(Ok(*accepted)),
+        };
+        let mut accepted = match accepted {
+            Ok(Ok(a)) => a,
+            Ok(Err(e)) => {
+                tracing::info!(error = %e, "no valid stream header");
+                // Garbage before the first header still gets a stream error.
+                if let (Some(raw), ReadFailure::Error(condition, text)) =
+                    (raw, wire::classify_io(&e))
+                {
+                    shared.metrics.stream_error(&condition.to_string());
+                    raw_stream_error(raw, &shared.domain, &condition, &text).await;
+                }
+                return None;
+            }
+            Err(_) => {
+                tracing::info!("no stream header in time");
+                return None;
+            }
+        };
+        let header = accepted.take_header();
+        let from = header.from.as_deref().map(str::to_ascii_lowercase);
+        let to = header.to.as_deref().map(str::to_ascii_lowercase);
+        let reply = StreamHeader {
+            from: Some(shared.domain.clone().into()),
+            to: header.from.clone(),
+            id: Some(dialback::stream_id().into()),
+        };
+        let id = reply.id.as_deref().unwrap_or_default().to_owned();
+        let pending = match accepted.send_header(reply).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot answer the stream header");
+                return None;
+            }
+        };
+        let pending = self.admit_header(pending, to, from.as_deref()).await?;
+        let external_for = from.filter(|from| {
+            self.tls && !self.sasl_done && shared.trust.valid_for(&self.peer_chain, from)
+        });
+        let stream = match pending
+            .send_features::<Received>(&self.features(external_for.is_some()))
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot send stream features");
+                return None;
+            }
+        };
+        // The stream is open: from here each element is timed from its first byte.
+        stream.get_stream().get_ref().reset_budget();
+        tracing::debug!(tls = self.tls, stream_id = %id, "inbound stream open");
+        Some(Open {
+            stream,
+            id,
+            external_for,
+            last_stanza: Instant::now(),
+            sm: None,
+        })
+    }
+
+    /// A header for another domain, or from a domain not allowed, is answered
+    /// with the stream error that says so.
+    async fn admit_header(
+        &self,
+        pending: PendingFeaturesSend<Io>,
+        to: Option<String>,
+        from: Option<&str>,
+    ) -> Option<PendingFeaturesSend<Io>> {
+        let shared = &self.shared;
+        let refusal = if to.as_deref() != Some(shared.domain.as_str()) {
+            shared.metrics.stream_error("host-unknown");
+            let text = format!("this server serves {}", shared.domain);
+            Some(wire::stream_error(DefinedCondition::HostUnknown, &text))
+        } else if let Some(from) = from {
+            tracing::Span::current().record("remote", from);
+            (!shared.allow.allows(from)).then(|| {
                 shared.metrics.refused("in");
-                return Err((
-                    DefinedCondition::PolicyViolation,
-                    format!("{from} is not allowed to federate with {to}"),
-                ));
+                shared.metrics.stream_error("policy-violation");
+                let text = format!("{from} is not allowed to federate with {}", shared.domain);
+                wire::stream_error(DefinedCondition::PolicyViolation, &text)
+            })
+        } else {
+            None
+        };
+        match refusal {
+            Some(error) => {
+                let _ = pending.send_error(&error).await;
+                None
             }
-            // One verification per domain at a time, and a few per connection:
-            // each costs a round trip to the authoritative server.
-            if verifying.contains(&from) {
-                return Ok(None);
-            }
-            if verifying.len() >= MAX_VERIFYING {
-                return Err((
-                    DefinedCondition::PolicyViolation,
-                    "too many dialback requests at once".into(),
-                ));
-            }
-            verifying.insert(from.clone());
-            let outbound = shared.outbound(&from);
-            let id = stream_id.to_owned();
-            let events = events.clone();
-            let deadline = shared.settings.connect_timeout * 2;
-            tokio::spawn(async move {
-                let verdict = tokio::time::timeout(deadline, outbound.verify(id.clone(), key))
-                    .await
-                    .unwrap_or(Verdict::Error);
-                let _ = events
-                    .send(Event::Verified {
-                        stream_id: id,
-                        domain: from,
-                        verdict,
-                    })
-                    .await;
-            });
-            Ok(None)
-        }
-        other => {
-            tracing::debug!(?other, "unexpected dialback answer on an inbound stream");
-            Ok(None)
+            None => Some(pending),
         }
     }
-}
 
-/// Routes one stanza from an authenticated stream: addressing checks, the
-/// allow list (which may have changed since the stream opened), the domain
-/// services, then the bridge.
-/// `ack` (XEP-0198) goes with the stanza to the bridge, or is dropped — the
-/// stanza counted as handled — when the stanza is answered here or refused.
-pub async fn dispatch(
-    shared: &Arc<Shared>,
-    element: Element,
-    authenticated: &[String],
-    ack: Option<Ack>,
-    replies: Option<&Arc<Semaphore>>,
-) -> Result<(), StreamFault> {
-    let from_domain = element.attr("from").map(bare_domain);
-    let Some(from_domain) = from_domain else {
-        return Err((
-            DefinedCondition::ImproperAddressing,
-            "stanza without a from address".into(),
-        ));
-    };
-    if !authenticated.contains(&from_domain) {
-        return Err((
-            DefinedCondition::InvalidFrom,
-            format!("{from_domain} was not authenticated on this stream"),
-        ));
-    }
-    let Some(to_domain) = element.attr("to").map(bare_domain) else {
-        return Err((
-            DefinedCondition::ImproperAddressing,
-            "stanza without a to address".into(),
-        ));
-    };
-    if to_domain != shared.domain {
-        return Err((
-            DefinedCondition::HostUnknown,
-            format!("this server serves {}", shared.domain),
-        ));
-    }
-    if !shared.allow.allows(&from_domain) {
-        shared.metrics.refused("in");
-        return Err((
-            DefinedCondition::PolicyViolation,
-            format!("{from_domain} is no longer allowed"),
-        ));
-    }
-    let stanza = match stanza::from_wire(element) {
-        Ok(s) => s,
-        Err(e) => {
-            // One bad stanza does not end a stream that carries others.
-            tracing::info!(error = %e, domain = %from_domain, "dropping an invalid stanza");
-            if let Some(ack) = ack {
-                ack.handled();
-            }
-            return Ok(());
+    /// STARTTLS while it can still be offered; dialback, bidi and stream
+    /// management once the stream is as secure as required; EXTERNAL only when
+    /// the certificate proves the claimed domain (XEP-0178).
+    fn features(&self, external: bool) -> xmpp_parsers::stream_features::StreamFeatures {
+        let settings = &self.shared.settings;
+        let offer_tls = !self.tls && self.shared.server_tls.is_some();
+        let mut others = Vec::new();
+        if self.tls || !settings.require_tls {
+            others.push(wire::dialback_feature());
+            others.push(Element::bare("bidi", wire::NS_BIDI_FEATURE));
+            others.push(Element::bare("sm", acks::NS_SM));
         }
-    };
-    shared
-        .metrics
-        .stanza_in(&shared.domain_label(&from_domain), metrics::kind(&stanza));
-    match services::handle(shared.directory.as_ref(), stanza) {
-        Handled::Answered(reply) => {
-            if let Some(reply) = reply {
-                // Answers in flight are bounded per stream: a peer that floods
-                // us with pings waits (its stream is not read) rather than
-                // losing answers or growing our memory.
-                let permit = match replies {
-                    Some(replies) => replies.clone().acquire_owned().await.ok(),
-                    None => None,
+        let mut features = wire::stream_features(offer_tls.then_some(settings.require_tls), others);
+        if external {
+            features.sasl_mechanisms.insert("EXTERNAL".to_owned());
+        }
+        features
+    }
+
+    /// Runs one open stream until it ends or restarts.
+    async fn run(
+        &mut self,
+        open: &mut Open,
+        verified: &mut mpsc::Receiver<Verified>,
+        bidi_rx: &mut mpsc::Receiver<Stanza>,
+    ) -> Flow {
+        let shared = self.shared.clone();
+        let mut stopping = shared.stopping.subscribe();
+        loop {
+            let idle_at = open.last_stanza + shared.settings.idle_timeout;
+            let unauthenticated = self.authenticated.is_empty();
+            let flow = tokio::select! {
+                // The gateway stops: the peer learns it at once (RFC 6120 §4.9.3.20).
+                _ = async { stopping.wait_for(|s| *s).await.map(|_| ()) } => {
+                    fault(DefinedCondition::SystemShutdown, "the gateway is shutting down")
+                }
+                // More of the peer's stanzas are handled: say so without being asked.
+                _ = async {
+                    match &open.sm {
+                        Some(sm) => sm.acks.changed.notified().await,
+                        None => std::future::pending().await,
+                    }
+                } => self.report_acks(open, false).await,
+                read = open.stream.next() => match read {
+                    Some(Ok(element)) => {
+                        open.stream.get_stream().get_ref().reset_budget();
+                        self.on_element(open, Control::parse(element.into_element())).await
+                    }
+                    Some(Err(e)) => on_read_error(open, wire::classify(e)).await,
+                    None => Flow::End(None),
+                },
+                Some(verified) = verified.recv() => self.on_verified(open, verified).await,
+                // Stanzas for the peer on this bidi stream (counted by the sender).
+                Some(stanza) = bidi_rx.recv() => {
+                    let element = stanza::to_wire(stanza::duplicate(&stanza));
+                    if wire::send(&mut open.stream, &element).await.is_err() {
+                        // Not lost: our own outbound stream takes it.
+                        route::reroute(&shared, stanza, None);
+                        Flow::End(None)
+                    } else {
+                        open.last_stanza = Instant::now();
+                        Flow::Continue
+                    }
+                }
+                _ = tokio::time::sleep_until(idle_at) => {
+                    tracing::info!("closing idle inbound stream");
+                    Flow::End(None)
+                }
+                _ = tokio::time::sleep_until(self.auth_deadline), if unauthenticated => {
+                    let secs = shared.settings.auth_timeout.as_secs();
+                    fault(DefinedCondition::PolicyViolation, format!("not authenticated within {secs} s"))
+                }
+            };
+            if !matches!(flow, Flow::Continue) {
+                return flow;
+            }
+        }
+    }
+
+    /// One handler per kind of element.
+    async fn on_element(&mut self, open: &mut Open, element: Control) -> Flow {
+        match element {
+            Control::StartTls => self.on_starttls(open).await,
+            Control::SaslAuth { mechanism, initial } => {
+                self.on_sasl(open, mechanism.as_deref(), &initial).await
+            }
+            Control::Bidi => {
+                self.bidi = true;
+                Flow::Continue
+            }
+            Control::SmEnable => {
+                tracing::info!(
+                    "peer enabled stream management (XEP-0198): stanzas acknowledged once handled"
+                );
+                open.sm = Some(Receiving::new());
+                written(wire::send(&mut open.stream, &wire::out::sm_enabled()).await)
+            }
+            Control::SmRequest => self.report_acks(open, true).await,
+            // Acks for what we send on a bidi stream: we keep no queue to trim.
+            Control::SmAck(_) => Flow::Continue,
+            Control::Dialback(parsed) => self.on_dialback(open, parsed).await,
+            Control::Stanza(element) => self.on_stanza(open, element).await,
+            Control::StreamError { condition, .. } => {
+                tracing::info!(error = %condition, "peer sent a stream error");
+                Flow::End(None)
+            }
+            other => fault(
+                DefinedCondition::UnsupportedStanzaType,
+                format!("unexpected <{}/>", other.name()),
+            ),
+        }
+    }
+
+    /// STARTTLS, when offered: `<proceed/>`; the handshake follows ([`Conn::start_tls`]).
+    async fn on_starttls(&mut self, open: &mut Open) -> Flow {
+        if self.tls || self.shared.server_tls.is_none() {
+            return fault(
+                DefinedCondition::PolicyViolation,
+                "STARTTLS is not offered on this stream",
+            );
+        }
+        match wire::send(&mut open.stream, &xmpp_parsers::starttls::Proceed).await {
+            Ok(()) => Flow::StartTls,
+            Err(_) => Flow::Gone,
+        }
+    }
+
+    /// The TLS handshake, then a new stream on the new transport that
+    /// remembers nothing of the old one (RFC 6120 §5.4.3.3).
+    async fn start_tls(&mut self, stream: wire::Stream) -> Option<Next> {
+        let shared = self.shared.clone();
+        let server_tls = shared.server_tls.as_ref()?;
+        let tcp = stream.into_inner().into_inner().into_tcp()?;
+        let handshake = tokio_rustls::TlsAcceptor::from(server_tls.config()).accept(tcp);
+        match tokio::time::timeout(shared.settings.connect_timeout, handshake)
+            .await
+            .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+        {
+            Ok(stream) => {
+                self.peer_chain = stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .map(<[_]>::to_vec)
+                    .unwrap_or_default();
+                self.tls = true;
+                self.authenticated.clear();
+                self.verifying.clear();
+                self.bidi = false;
+                Some(Next::Open(Transport::tls(
+                    tokio_rustls::TlsStream::Server(stream),
+                    unauthenticated_budget(&shared),
+                )))
+            }
+            Err(e) => {
+                tracing::info!(error = %e, "TLS handshake failed");
+                None
+            }
+        }
+    }
+
+    /// SASL EXTERNAL: on success the peer's domain is proven and the stream
+    /// restarts ([`restart_after_sasl`]); on failure the peer may try dialback.
+    async fn on_sasl(&mut self, open: &mut Open, mechanism: Option<&str>, initial: &str) -> Flow {
+        let shared = self.shared.clone();
+        match sasl_external::check(&shared, mechanism, initial, open.external_for.as_deref()) {
+            Ok(domain) => {
+                shared.metrics.auth("sasl-external-in", "valid");
+                tracing::info!(%domain, "peer authenticated by SASL EXTERNAL");
+                self.proven(&open.stream, domain);
+                self.sasl_done = true;
+                Flow::SaslSucceeded
+            }
+            Err(why) => {
+                shared.metrics.auth("sasl-external-in", "refused");
+                tracing::info!(reason = %why, "SASL EXTERNAL refused");
+                let failure = xmpp_parsers::sasl::Failure {
+                    defined_condition: xmpp_parsers::sasl::DefinedCondition::NotAuthorized,
+                    texts: Default::default(),
                 };
-                reroute(shared, reply, permit);
-            }
-            if let Some(ack) = ack {
-                ack.handled();
+                written(wire::send(&mut open.stream, &failure).await)
             }
         }
-        Handled::Bridge(stanza) => shared.deliver(stanza, ack).await,
     }
-    Ok(())
-}
 
-/// Answers in flight per stream before the stream stops being read.
-const REPLIES_IN_FLIGHT: usize = 1024;
-
-/// Sends a stanza from a task of its own: the stream task that calls this
-/// must never wait on a queue that only it (or the bridge) empties. The task
-/// waits for room in a full outbound queue (no outbox sends these again);
-/// `permit`, if any, is released once the stanza is queued.
-pub fn reroute(shared: &Arc<Shared>, stanza: Stanza, permit: Option<OwnedSemaphorePermit>) {
-    let sender = S2sSender {
-        shared: shared.clone(),
-    };
-    let patience = shared.settings.connect_timeout * 2;
-    tokio::spawn(async move {
-        if let Err(e) = sender.send_waiting(stanza, patience).await {
-            tracing::info!(error = %e, "stanza not sent");
+    /// A domain is proven on this connection: it may send stanzas, it no
+    /// longer counts as unauthenticated, its stanzas may be as large as the
+    /// configuration allows, and with bidi it takes ours here.
+    fn proven(&mut self, stream: &wire::Stream, domain: String) {
+        if self.bidi {
+            self.shared
+                .set_bidi_route(&domain, Some(self.bidi_tx.clone()));
         }
-        drop(permit);
-    });
+        if !self.authenticated.contains(&domain) {
+            self.authenticated.push(domain);
+        }
+        self.ticket.authenticated();
+        stream
+            .get_stream()
+            .get_ref()
+            .budget()
+            .set_limit(self.shared.settings.max_stanza_bytes);
+    }
+
+    /// Dialback: a `<db:verify/>` is answered at once, a `<db:result/>`
+    /// verified in a task of its own ([`Conn::on_verified`] hears the verdict).
+    async fn on_dialback(
+        &mut self,
+        open: &mut Open,
+        parsed: Result<Dialback, dialback::DialbackParseError>,
+    ) -> Flow {
+        if self.shared.settings.require_tls && !self.tls {
+            return fault(
+                DefinedCondition::PolicyViolation,
+                "TLS is required before dialback",
+            );
+        }
+        let request = match parsed {
+            Ok(request) => request,
+            Err(e) => return fault(DefinedCondition::InvalidXml, e.to_string()),
+        };
+        let shared = self.shared.clone();
+        let verified_tx = self.verified_tx.clone();
+        match dialback::on_inbound(
+            &shared,
+            request,
+            &open.id,
+            &verified_tx,
+            &mut self.verifying,
+        ) {
+            Ok(Some(answer)) => written(wire::send_dialback(&mut open.stream, &answer).await),
+            Ok(None) => Flow::Continue,
+            Err(fault) => Flow::End(Some(fault)),
+        }
+    }
+
+    /// The authoritative server's verdict on a `<db:result/>` of ours.
+    async fn on_verified(&mut self, open: &mut Open, verified: Verified) -> Flow {
+        let Verified {
+            stream_id,
+            domain,
+            verdict,
+        } = verified;
+        self.verifying.remove(&domain);
+        if stream_id != open.id {
+            return Flow::Continue;
+        }
+        let shared = self.shared.clone();
+        let answer = Dialback::ResultAnswer {
+            from: shared.domain.clone(),
+            to: domain.clone(),
+            verdict,
+        };
+        if wire::send_dialback(&mut open.stream, &answer)
+            .await
+            .is_err()
+        {
+            return Flow::Gone;
+        }
+        if verdict != Verdict::Valid {
+            shared.metrics.auth("dialback-in", "invalid");
+            return fault(
+                DefinedCondition::NotAuthorized,
+                format!("dialback for {domain} failed"),
+            );
+        }
+        shared.metrics.auth("dialback-in", "valid");
+        tracing::info!(%domain, tls = self.tls, bidi = self.bidi, "peer authenticated by dialback");
+        self.proven(&open.stream, domain);
+        Flow::Continue
+    }
+
+    /// A stanza, from an authenticated domain only, routed with its XEP-0198 ack.
+    async fn on_stanza(&mut self, open: &mut Open, element: Element) -> Flow {
+        open.last_stanza = Instant::now();
+        if self.authenticated.is_empty() {
+            return fault(
+                DefinedCondition::NotAuthorized,
+                "authenticate before sending stanzas",
+            );
+        }
+        let ack = open.sm.as_mut().map(Receiving::received);
+        let replies = Some(&self.replies);
+        match route::dispatch(&self.shared, element, &self.authenticated, ack, replies).await {
+            Ok(()) => Flow::Continue,
+            Err(fault) => Flow::End(Some(fault)),
+        }
+    }
+
+    /// Tells the peer how many of its stanzas are handled: when asked
+    /// (`<r/>`, answered even without stream management), or when it moved.
+    async fn report_acks(&mut self, open: &mut Open, asked: bool) -> Flow {
+        let h = match open.sm.as_mut() {
+            Some(sm) => sm.report(asked),
+            None => asked.then_some(0),
+        };
+        match h {
+            Some(h) => written(wire::send(&mut open.stream, &acks::ack_element(h)).await),
+            None => Flow::Continue,
+        }
+    }
+
+    /// No new stanza is routed to this connection from now on; those already
+    /// queued go through our own outbound stream instead.
+    fn withdraw_bidi(&self, bidi_rx: &mut mpsc::Receiver<Stanza>) {
+        for domain in &self.authenticated {
+            if self
+                .shared
+                .bidi_route(domain)
+                .is_some_and(|tx| tx.same_channel(&self.bidi_tx))
+            {
+                self.shared.set_bidi_route(domain, None);
+            }
+        }
+        bidi_rx.close();
+        while let Ok(stanza) = bidi_rx.try_recv() {
+            route::reroute(&self.shared, stanza, None);
+        }
+    }
 }
 
-/// `user@domain/resource` → `domain`, lower-cased.
-fn bare_domain(jid: &str) -> String {
-    let without_resource = jid.split('/').next().unwrap_or(jid);
-    without_resource
-        .rsplit('@')
-        .next()
-        .unwrap_or(without_resource)
-        .to_ascii_lowercase()
+/// `<success/>`, then the initiator restarts the stream (RFC 6120 §6.4.6).
+async fn restart_after_sasl(stream: wire::Stream) -> Option<Next> {
+    stream.get_stream().get_ref().expect_header();
+    let success = xmpp_parsers::sasl::Success { data: Vec::new() };
+    match stream.accept_reset(&success).await {
+        Ok(accepted) => Some(Next::Reset(Box::new(accepted))),
+        Err(e) => {
+            tracing::debug!(error = %e, "stream restart after SASL failed");
+            None
+        }
+    }
+}
+
+/// A read that yielded no element: a keepalive is due, or the stream ends.
+async fn on_read_error(open: &mut Open, failure: ReadFailure) -> Flow {
+    let budget = open.stream.get_stream().get_ref().budget();
+    match failure {
+        // Silence inside a start tag is not "mid-stanza" to the parser: the
+        // element's clock still runs.
+        ReadFailure::Timeout if budget.overdue().is_some() => {
+            let slow = budget.overdue().map(|s| s.to_string()).unwrap_or_default();
+            fault(DefinedCondition::PolicyViolation, slow)
+        }
+        ReadFailure::Timeout => match wire::send(&mut open.stream, &Whitespace).await {
+            Ok(()) => Flow::Continue,
+            Err(_) => Flow::End(None),
+        },
+        ReadFailure::Closed => Flow::End(None),
+        ReadFailure::Error(condition, text) => fault(condition, text),
+    }
 }
 
 fn dup(tcp: &TcpStream) -> Option<std::net::TcpStream> {
@@ -705,14 +683,4 @@ fn raw_error_bytes(domain: &str, condition: &DefinedCondition, text: &str) -> St
         "<?xml version='1.0'?><stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' from='{domain}' version='1.0'>\
          <stream:error><{condition} xmlns='urn:ietf:params:xml:ns:xmpp-streams'/><text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>{text}</text></stream:error></stream:stream>"
     )
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn bare_domains() {
-        assert_eq!(super::bare_domain("Bob@Xmpp.Test/phone"), "xmpp.test");
-        assert_eq!(super::bare_domain("xmpp.test"), "xmpp.test");
-        assert_eq!(super::bare_domain("xmpp.test/res@x"), "xmpp.test");
-    }
 }

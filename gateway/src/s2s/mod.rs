@@ -22,6 +22,8 @@ mod metrics;
 mod outbound;
 mod policy;
 mod resolve;
+mod route;
+mod sasl_external;
 pub(crate) mod services;
 pub mod stanza;
 mod tls;
@@ -41,7 +43,7 @@ use xmppfed_config::GatewayConfig;
 use xmppfed_telemetry::Metrics;
 
 pub use acks::{Ack, Inbox, Incoming};
-pub use dialback::{DialbackKeys, fill_random};
+pub use dialback::DialbackKeys;
 pub use policy::AllowList;
 pub use stanza::{Stanza, StanzaParseError};
 

@@ -12,6 +12,7 @@ use xmpp_parsers::starttls::StartTls;
 use xmpp_parsers::stream_error::{DefinedCondition, StreamError};
 use xmpp_parsers::stream_features::StreamFeatures;
 
+use super::dialback::{Dialback, DialbackParseError};
 use super::limits::{LimitExceeded, Received};
 use super::transport::{Io, StanzaTooLarge, StanzaTooSlow};
 
@@ -20,6 +21,134 @@ pub const NS_TLS: &str = "urn:ietf:params:xml:ns:xmpp-tls";
 pub const NS_SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
 pub const NS_BIDI: &str = "urn:xmpp:bidi";
 pub const NS_BIDI_FEATURE: &str = "urn:xmpp:features:bidi";
+/// Stream error conditions and texts (RFC 6120 §4.9.2).
+pub const NS_STREAMS: &str = "urn:ietf:params:xml:ns:xmpp-streams";
+
+/// A stream-level element, typed once where it is read (RFC 6120 STARTTLS,
+/// SASL and stream errors, XEP-0198, XEP-0220, XEP-0288); stanzas go on as
+/// elements for [`stanza`](super::stanza) to type. Unknown elements keep
+/// their name, for the error that answers them.
+#[derive(Debug)]
+pub enum Control {
+    StartTls,
+    Proceed,
+    /// `<auth/>`: the mechanism asked for and the initial response (base64 text).
+    SaslAuth {
+        mechanism: Option<String>,
+        initial: String,
+    },
+    SaslSuccess,
+    /// `<failure/>` in the SASL namespace, with its condition's name.
+    SaslFailure(Option<String>),
+    /// `<bidi/>` (XEP-0288): the initiator will take stanzas on this stream.
+    Bidi,
+    SmEnable,
+    SmEnabled,
+    SmFailed,
+    SmRequest,
+    /// `<a h/>`; `None` when `h` is missing or not a 32-bit count.
+    SmAck(Option<u32>),
+    Dialback(Result<Dialback, DialbackParseError>),
+    /// `<stream:error/>`: the condition's name and the text, if any.
+    StreamError {
+        condition: String,
+        text: String,
+    },
+    Stanza(Element),
+    Unexpected(String),
+}
+
+impl Control {
+    pub fn parse(element: Element) -> Self {
+        let first_child = |e: &Element| e.children().next().map(|c| c.name().to_owned());
+        match (element.ns().as_str(), element.name()) {
+            (NS_TLS, "starttls") => Self::StartTls,
+            (NS_TLS, "proceed") => Self::Proceed,
+            (NS_SASL, "auth") => Self::SaslAuth {
+                mechanism: element.attr("mechanism").map(str::to_owned),
+                initial: element.text().trim().to_owned(),
+            },
+            (NS_SASL, "success") => Self::SaslSuccess,
+            (NS_SASL, "failure") => Self::SaslFailure(first_child(&element)),
+            (NS_BIDI, "bidi") => Self::Bidi,
+            (super::acks::NS_SM, "enable") => Self::SmEnable,
+            (super::acks::NS_SM, "enabled") => Self::SmEnabled,
+            (super::acks::NS_SM, "failed") => Self::SmFailed,
+            (super::acks::NS_SM, "r") => Self::SmRequest,
+            (super::acks::NS_SM, "a") => {
+                Self::SmAck(element.attr("h").and_then(|h| h.parse::<u32>().ok()))
+            }
+            (NS_STREAM, "error") => Self::StreamError {
+                condition: first_child(&element).unwrap_or_default(),
+                text: element
+                    .get_child("text", NS_STREAMS)
+                    .map(|t| t.text())
+                    .unwrap_or_default(),
+            },
+            _ if Dialback::is_dialback(&element) => Self::Dialback(Dialback::parse(&element)),
+            _ if super::stanza::is_stanza(&element) => Self::Stanza(element),
+            (_, name) => Self::Unexpected(name.to_owned()),
+        }
+    }
+}
+
+impl Control {
+    /// The element's local name, for the error that answers an unexpected one.
+    pub fn name(&self) -> &str {
+        match self {
+            Self::StartTls => "starttls",
+            Self::Proceed => "proceed",
+            Self::SaslAuth { .. } => "auth",
+            Self::SaslSuccess => "success",
+            Self::SaslFailure(_) => "failure",
+            Self::Bidi => "bidi",
+            Self::SmEnable => "enable",
+            Self::SmEnabled => "enabled",
+            Self::SmFailed => "failed",
+            Self::SmRequest => "r",
+            Self::SmAck(_) => "a",
+            Self::Dialback(_) => "dialback",
+            Self::StreamError { .. } => "error",
+            Self::Stanza(element) => element.name(),
+            Self::Unexpected(name) => name,
+        }
+    }
+}
+
+/// Elements we send that xmpp-parsers has no type for (EXTERNAL is not among
+/// its SASL mechanisms; XEP-0288 is not in it), built as trees, never as text.
+pub mod out {
+    use xmpp_parsers::minidom::Element;
+    use xmpp_parsers::minidom::rxml::NcName;
+
+    /// `<auth mechanism='EXTERNAL'>base64(authzid)</auth>` (XEP-0178).
+    pub fn sasl_external(authzid: &str) -> Element {
+        use base64::Engine as _;
+        Element::builder("auth", super::NS_SASL)
+            .attr(ncname("mechanism"), "EXTERNAL")
+            .append(base64::engine::general_purpose::STANDARD.encode(authzid.as_bytes()))
+            .build()
+    }
+
+    /// `<bidi xmlns='urn:xmpp:bidi'/>` (XEP-0288).
+    pub fn bidi() -> Element {
+        Element::bare("bidi", super::NS_BIDI)
+    }
+
+    /// `<enable/>` and `<enabled/>` (XEP-0198) without resumption, as bare
+    /// as peers have always seen them (xmpp-parsers' types add `resume`).
+    pub fn sm_enable() -> Element {
+        Element::bare("enable", super::super::acks::NS_SM)
+    }
+
+    pub fn sm_enabled() -> Element {
+        Element::bare("enabled", super::super::acks::NS_SM)
+    }
+
+    pub(crate) fn ncname(name: &'static str) -> NcName {
+        NcName::try_from(name).unwrap_or_else(|_| unreachable!("{name} is an NCName"))
+    }
+}
 
 /// An established XML stream carrying any element, each built within the
 /// connection's [`Limits`](super::limits::Limits).
@@ -209,6 +338,75 @@ pub fn domain_of(jid: &xmpp_parsers::jid::Jid) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn control(xml: &str) -> Control {
+        Control::parse(xml.parse::<Element>().unwrap())
+    }
+
+    #[test]
+    fn every_stream_level_element_is_typed_once() {
+        assert!(matches!(
+            control("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"),
+            Control::StartTls
+        ));
+        assert!(matches!(
+            control("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'> = </auth>"),
+            Control::SaslAuth { mechanism: Some(m), initial } if m == "EXTERNAL" && initial == "="
+        ));
+        assert!(matches!(
+            control("<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><not-authorized/></failure>"),
+            Control::SaslFailure(Some(c)) if c == "not-authorized"
+        ));
+        assert!(matches!(
+            control("<bidi xmlns='urn:xmpp:bidi'/>"),
+            Control::Bidi
+        ));
+        assert!(matches!(
+            control("<a xmlns='urn:xmpp:sm:3' h='7'/>"),
+            Control::SmAck(Some(7))
+        ));
+        assert!(matches!(
+            control("<a xmlns='urn:xmpp:sm:3' h='-1'/>"),
+            Control::SmAck(None)
+        ));
+        assert!(matches!(
+            control("<r xmlns='urn:xmpp:sm:3'/>"),
+            Control::SmRequest
+        ));
+        assert!(matches!(
+            control(
+                "<db:result xmlns:db='jabber:server:dialback' from='a.example' to='b.example'>k</db:result>"
+            ),
+            Control::Dialback(Ok(Dialback::ResultRequest { .. }))
+        ));
+        assert!(matches!(
+            control("<stream:error xmlns:stream='http://etherx.jabber.org/streams'><host-unknown xmlns='urn:ietf:params:xml:ns:xmpp-streams'/><text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>no</text></stream:error>"),
+            Control::StreamError { condition, text } if condition == "host-unknown" && text == "no"
+        ));
+        assert!(matches!(
+            control("<message xmlns='jabber:server' to='a@b'/>"),
+            Control::Stanza(_)
+        ));
+        let unknown = control("<proceed xmlns='urn:example'/>");
+        assert_eq!(unknown.name(), "proceed");
+        assert!(matches!(unknown, Control::Unexpected(_)));
+    }
+
+    #[test]
+    fn what_we_send_keeps_its_wire_shape() {
+        let auth = out::sasl_external("teams.example");
+        assert_eq!(auth.attr("mechanism"), Some("EXTERNAL"));
+        assert_eq!(auth.text(), "dGVhbXMuZXhhbXBsZQ==");
+        assert!(matches!(Control::parse(out::bidi()), Control::Bidi));
+        assert!(matches!(
+            Control::parse(out::sm_enable()),
+            Control::SmEnable
+        ));
+        assert!(matches!(
+            Control::parse(out::sm_enabled()),
+            Control::SmEnabled
+        ));
+    }
 
     #[test]
     fn read_failures_map_to_stream_conditions() {

@@ -29,15 +29,7 @@ pub enum StoreError {
     Encode(#[source] serde_json::Error),
 }
 
-/// Seconds since the Unix epoch (the store's clock unit).
-pub type Epoch = i64;
-
-pub fn now() -> Epoch {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
+pub use crate::clock::{Epoch, now};
 
 /// A Graph subscription the gateway holds.
 #[derive(Debug, Clone, PartialEq, Eq)]

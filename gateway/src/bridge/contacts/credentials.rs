@@ -49,7 +49,7 @@ impl CredentialCipher {
     /// associated data, so a credential cannot be moved to another account.
     pub fn seal(&self, jid: &str, password: &SecretString) -> Result<Vec<u8>, CredentialError> {
         let mut nonce = [0u8; NONCE_LEN];
-        aws_lc_rs::rand::fill(&mut nonce).map_err(|_| CredentialError::Encrypt)?;
+        crate::random::fill(&mut nonce);
         let mut data = password.expose_secret().as_bytes().to_vec();
         self.key
             .seal_in_place_append_tag(
@@ -151,8 +151,7 @@ pub fn generate_password() -> SecretString {
         b"!#%+-.:=?@^_~",
     ];
     let mut random = [0u8; 32];
-    // Without OS randomness no credential is safe: treat it as fatal.
-    aws_lc_rs::rand::fill(&mut random).unwrap_or_else(|_| panic!("no OS randomness"));
+    crate::random::fill(&mut random);
     let password: String = random
         .iter()
         .enumerate()

@@ -163,9 +163,7 @@ impl Messages {
 }
 
 fn random_id() -> String {
-    let mut bytes = [0u8; 8];
-    crate::s2s::fill_random(&mut bytes);
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    crate::random::hex(8)
 }
 
 /// What a Graph failure means for a message: try again, or tell the sender.
