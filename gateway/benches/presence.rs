@@ -165,10 +165,12 @@ async fn main() {
         roster.clone(),
         cards,
         out,
-        "teams.example",
-        "teams",
-        OutOfOffice::default(),
-        interval.clone(),
+        xmppfed_gateway::bridge::presence::teams::Settings {
+            domain: "teams.example".into(),
+            resource: "teams".into(),
+            out_of_office: OutOfOffice::default(),
+            interval: interval.clone(),
+        },
         BridgeMetrics::detached(),
     );
 

@@ -15,6 +15,7 @@ use futures::future::BoxFuture;
 use tokio::sync::{Notify, watch};
 use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType};
 
+use crate::bridge::Services;
 use crate::bridge::contacts::credentials::{CredentialCipher, SealedRefreshTokens};
 use crate::bridge::metrics::BridgeMetrics;
 use crate::bridge::service::{Bridge, Settings};
@@ -231,14 +232,16 @@ impl Gateway {
                 let build: BuildBridge = Box::new(move || {
                     Box::pin(Bridge::build(
                         settings,
-                        graph,
-                        directory,
-                        bridge_store,
+                        Services {
+                            graph,
+                            directory,
+                            store: bridge_store,
+                            out,
+                            metrics: bridge_metrics,
+                        },
                         cipher,
-                        out,
                         subscriptions,
                         notified,
-                        bridge_metrics,
                     ))
                 });
                 let leadership = Leadership::new(store.clone(), &config.leader, &metrics);

@@ -87,16 +87,19 @@ async fn harness() -> Harness {
     let settings = Settings::from_config(&config, config.graph.as_ref().unwrap());
     let (tx, sent) = mpsc::channel(1024);
     let out: Arc<dyn XmppOut> = Arc::new(tx);
+    let services = xmppfed_gateway::bridge::Services {
+        graph,
+        directory: directory.clone(),
+        store: store.clone(),
+        out,
+        metrics: BridgeMetrics::detached(),
+    };
     let bridge = Bridge::build(
         settings,
-        graph,
-        directory.clone(),
-        store.clone(),
+        services,
         CredentialCipher::new("key"),
-        out,
         None,
         Arc::new(tokio::sync::Notify::new()),
-        BridgeMetrics::detached(),
     )
     .await
     .unwrap();

@@ -16,12 +16,24 @@ pub mod text;
 pub mod throttle;
 pub mod users;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType};
 
 use crate::s2s::{S2sSender, SendError, Stanza};
+
+/// What the parts of the bridge share: Graph, the Teams directory, the store,
+/// the way out to XMPP and the bridge's metrics.
+#[derive(Clone)]
+pub struct Services {
+    pub graph: Arc<crate::graph::GraphClient>,
+    pub directory: users::directory::Directory,
+    pub store: Arc<crate::store::Store>,
+    pub out: Arc<dyn XmppOut>,
+    pub metrics: metrics::BridgeMetrics,
+}
 
 /// Where the bridge's stanzas go: the s2s layer in the gateway, a channel in
 /// benchmarks and tests.

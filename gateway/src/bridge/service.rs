@@ -30,16 +30,16 @@ use crate::bridge::presence::OutOfOffice;
 use crate::bridge::presence::XmppPresence;
 use crate::bridge::presence::contact::{ContactPresence, Renewal};
 use crate::bridge::presence::teams::PollInterval;
-use crate::bridge::presence::teams::TeamsPresence;
+use crate::bridge::presence::teams::{self, TeamsPresence};
 use crate::bridge::throttle::Throttle;
 use crate::bridge::users::directory::Directory;
-use crate::bridge::{XmppOut, reply_error, send_patiently};
+use crate::bridge::{Services, XmppOut, reply_error, send_patiently};
 use crate::graph::GraphClient;
 use crate::graph::subscriptions::Subscriptions;
 use crate::s2s::stanza::Stanza;
 use crate::s2s::{Inbox, Incoming};
 use crate::store::now;
-use crate::store::{Epoch, Store, StoreError};
+use crate::store::{Epoch, StoreError};
 use xmppfed_config::ThrottleConfig;
 
 /// How often unused shadow accounts are looked for.
@@ -215,31 +215,30 @@ impl Bridge {
     /// Builds the bridge on its Graph client, directory, store and XMPP
     /// output; the contact relationships are read from the store here.
     /// `notified` is what the webhook wakes when it has stored notifications.
-    #[allow(clippy::too_many_arguments)]
     pub async fn build(
         settings: Settings,
-        graph: Arc<GraphClient>,
-        directory: Directory,
-        store: Arc<Store>,
+        services: Services,
         cipher: CredentialCipher,
-        out: Arc<dyn XmppOut>,
         subscriptions: Option<Arc<Subscriptions>>,
         notified: Arc<tokio::sync::Notify>,
-        metrics: BridgeMetrics,
     ) -> Result<Arc<Self>, StoreError> {
+        let Services {
+            graph,
+            directory,
+            store,
+            out,
+            metrics,
+        } = services.clone();
         let roster = Roster::load(store.clone()).await?;
         let cards = Arc::new(Cards::new(directory.clone(), settings.card_ttl));
         let requests = Arc::new(Requests::default());
         let throttle = Arc::new(Throttle::new(settings.throttle.clone()));
         let contacts = Arc::new(Contacts::new(
-            graph.clone(),
-            store.clone(),
+            &services,
             cipher,
             settings.shadow.clone(),
             requests.clone(),
-            out.clone(),
             &settings.domain,
-            metrics.clone(),
         ));
         let teams = Arc::new(TeamsPresence::new(
             graph.clone(),
@@ -247,10 +246,12 @@ impl Bridge {
             roster.clone(),
             cards.clone(),
             out.clone(),
-            &settings.domain,
-            &settings.resource,
-            settings.out_of_office,
-            settings.poll.clone(),
+            teams::Settings {
+                domain: settings.domain.clone(),
+                resource: settings.resource.clone(),
+                out_of_office: settings.out_of_office,
+                interval: settings.poll.clone(),
+            },
             metrics.clone(),
         ));
         let contact_presence = Arc::new(ContactPresence::new(
@@ -265,6 +266,7 @@ impl Bridge {
             metrics.clone(),
         ));
         let messages = Arc::new(Messages::new(
+            &services,
             messages::Settings {
                 domain: settings.domain.clone(),
                 resource: settings.resource.clone(),
@@ -272,15 +274,10 @@ impl Bridge {
                 reconcile: settings.reconcile,
                 sweep_gap: settings.sweep_gap,
             },
-            graph.clone(),
-            store,
-            directory.clone(),
             contacts.clone(),
-            out.clone(),
             throttle,
             subscriptions,
             notified,
-            metrics.clone(),
         ));
         Ok(Arc::new(Self {
             p: Parts {

@@ -75,26 +75,23 @@ pub struct ShadowSignIn {
 }
 
 impl Contacts {
-    #[allow(clippy::too_many_arguments)]
+    /// `domain` is ours: the contacts' vCards are asked for from it.
     pub fn new(
-        graph: Arc<GraphClient>,
-        store: Arc<Store>,
+        services: &crate::bridge::Services,
         cipher: CredentialCipher,
         settings: ShadowSettings,
         requests: Arc<Requests>,
-        out: Arc<dyn XmppOut>,
         domain: &str,
-        metrics: BridgeMetrics,
     ) -> Self {
         Self {
-            graph,
-            store,
+            graph: services.graph.clone(),
+            store: services.store.clone(),
             cipher,
             settings,
             requests,
-            out,
+            out: services.out.clone(),
             domain: domain.to_owned(),
-            metrics,
+            metrics: services.metrics.clone(),
             known: Mutex::new(HashMap::new()),
             creating: Mutex::new(HashMap::new()),
             failed: Mutex::new(HashMap::new()),

@@ -122,29 +122,25 @@ pub struct Messages {
 }
 
 impl Messages {
-    #[allow(clippy::too_many_arguments)]
+    /// `notified` is what the webhook wakes when it has stored notifications.
     pub fn new(
+        services: &crate::bridge::Services,
         settings: Settings,
-        graph: Arc<GraphClient>,
-        store: Arc<Store>,
-        directory: Directory,
         contacts: Arc<Contacts>,
-        out: Arc<dyn XmppOut>,
         throttle: Arc<Throttle>,
         subscriptions: Option<Arc<Subscriptions>>,
         notified: Arc<Notify>,
-        metrics: BridgeMetrics,
     ) -> Self {
         Self {
             settings,
-            graph,
-            store,
-            directory,
+            graph: services.graph.clone(),
+            store: services.store.clone(),
+            directory: services.directory.clone(),
             contacts,
-            out,
+            out: services.out.clone(),
             throttle,
             subscriptions,
-            metrics,
+            metrics: services.metrics.clone(),
             wake: Notify::new(),
             notified,
             reconcile_now: Notify::new(),

@@ -82,28 +82,40 @@ pub struct TeamsPresence {
     shown_as: Mutex<HashMap<String, String>>,
 }
 
+/// How Teams presence is shown to XMPP and how often it is read.
+pub struct Settings {
+    /// Our XMPP domain.
+    pub domain: String,
+    /// The resource every Teams user's presence comes from.
+    pub resource: String,
+    pub out_of_office: OutOfOffice,
+    pub interval: PollInterval,
+}
+
 impl TeamsPresence {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         graph: Arc<GraphClient>,
         directory: Directory,
         roster: Roster,
         cards: Arc<Cards>,
         out: Arc<dyn XmppOut>,
-        domain: &str,
-        resource: &str,
-        out_of_office: OutOfOffice,
-        interval: PollInterval,
+        settings: Settings,
         metrics: BridgeMetrics,
     ) -> Self {
+        let Settings {
+            domain,
+            resource,
+            out_of_office,
+            interval,
+        } = settings;
         Self {
             graph,
             directory,
             roster,
             cards,
             out,
-            domain: domain.to_owned(),
-            resource: resource.to_owned(),
+            domain,
+            resource,
             out_of_office,
             metrics,
             interval: Mutex::new(interval),
