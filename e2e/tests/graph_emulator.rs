@@ -2,6 +2,7 @@
 //! these tests send and every response they get is validated against the
 //! subset (paths, methods, bodies by schema), and each behaviour is the one
 //! Microsoft documents.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a panic is a failure with its reason
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};

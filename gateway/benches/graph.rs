@@ -6,6 +6,7 @@
 //! - emulator capacity: requests/s with 16 concurrent callers.
 //!
 //! Run: `cargo bench -p xmppfed-gateway --bench graph`
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a panic is a failure with its reason
 
 use std::time::Instant;
 

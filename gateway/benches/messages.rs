@@ -12,6 +12,7 @@
 //!
 //! Needs Prosody and the Python client (scripts/test.sh installs both).
 //! Run: `cargo bench -p xmppfed-gateway --bench messages`
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a panic is a failure with its reason
 
 #[path = "../tests/common/mod.rs"]
 mod common;

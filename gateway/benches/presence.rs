@@ -8,6 +8,7 @@
 //! changing at once, and 1 % of them.
 //!
 //! Run: `cargo bench -p xmppfed-gateway --bench presence`
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a panic is a failure with its reason
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -7,6 +7,7 @@
 //!   scripted peers live in the same process, so this is an upper bound).
 //!
 //! Run: `cargo bench -p xmppfed-gateway --bench s2s`
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a panic is a failure with its reason
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -13,6 +13,7 @@
 //! outbox, and Prosody sends again what was never acknowledged. The other way
 //! Prosody acknowledges what the gateway sends, and a message leaves the
 //! outbox only then.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a panic is a failure with its reason
 
 mod common;
 

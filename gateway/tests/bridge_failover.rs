@@ -6,6 +6,7 @@
 //!
 //! Certificates both ways (SASL EXTERNAL): Prosody accepts the standby's
 //! stream without calling back the domain's (dead) first replica.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a panic is a failure with its reason
 
 mod common;
 

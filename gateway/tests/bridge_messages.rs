@@ -4,6 +4,7 @@
 //! Receipts, HTML both ways, no echo, repeats taken once, per-user limits,
 //! and a 429 storm that delays but loses nothing. Skips, saying so, when
 //! Prosody or the Python client is missing.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a panic is a failure with its reason
 
 mod common;
 

@@ -3,6 +3,7 @@
 //! the gateway and the Graph emulator, contact cards both ways, users off the
 //! allow list do not exist, and a restart of the gateway loses nothing.
 //! Skips, saying so, when the servers or the Python client are missing.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a panic is a failure with its reason
 
 mod common;
 

@@ -3,6 +3,7 @@
 //! machine (RFC 6121 §3), probes, what users off the allow list get, remote
 //! presence driving shadow accounts only when subscribed, and the removal
 //! of unused shadow accounts.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a panic is a failure with its reason
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! The internal allow list resolved through Graph (the emulator), and what it
 //! means on the wire: a Teams user off the list does not exist to XMPP.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a panic is a failure with its reason
 
 mod common;
 

@@ -3,6 +3,7 @@
 //! cargo-fuzz targets call. A longer, coverage-guided run: `cargo +nightly
 //! fuzz run <target>` (README, "Fuzzing"). Inputs that once crashed a target
 //! go in as seeds, so they are replayed in every test run.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a panic is a failure with its reason
 
 use std::path::PathBuf;
 

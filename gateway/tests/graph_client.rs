@@ -1,5 +1,6 @@
 //! The gateway's Graph client against the Graph emulator (which holds every
 //! request to Microsoft's OpenAPI description and records any mismatch).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a panic is a failure with its reason
 
 mod common;
 

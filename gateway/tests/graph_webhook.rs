@@ -1,6 +1,7 @@
 //! Subscriptions and the webhook receiver against the Graph emulator: the
 //! validation handshake, notifications with our clientState (and forged
 //! ones without), renewal, lifecycle events, lost notifications, deletion.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a panic is a failure with its reason
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! The gateway binary as an operator of it meets it: configuration, telemetry,
 //! admin endpoints, and a clean stop on SIGTERM.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a panic is a failure with its reason
 
 use std::process::Command;
 use std::time::Duration;

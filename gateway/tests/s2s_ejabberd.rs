@@ -1,6 +1,7 @@
 //! Federation with a real ejabberd 23.01 (no XEP-0288 bidi there): the same
 //! conversation as with Prosody, over plain dialback and over TLS. Skips,
 //! saying so, when ejabberd or the Python client is missing.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a panic is a failure with its reason
 
 mod common;
 

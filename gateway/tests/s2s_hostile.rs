@@ -1,5 +1,6 @@
 //! Hostile peers, scripted byte by byte: each gets the stream error RFC 6120
 //! prescribes, and a good peer authenticated beside them stays served.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a panic is a failure with its reason
 
 use std::sync::Arc;
 use std::time::Duration;

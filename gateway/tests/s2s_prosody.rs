@@ -2,6 +2,7 @@
 //! gateway's domain, and the test bridge answers through the gateway's own
 //! outbound stream. Skips, saying so, when Prosody or the Python client is
 //! missing (scripts/test.sh installs both).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a panic is a failure with its reason
 
 mod common;
 

@@ -3,6 +3,7 @@
 //! every position, bytes dripped slowly, thousands of half-open connections
 //! and a flood of valid stanzas. After each the process is alive, a good
 //! peer is served, and its memory comes back near where it started.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a panic is a failure with its reason
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::Command;

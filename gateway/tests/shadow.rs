@@ -1,6 +1,7 @@
 //! Shadow accounts against the Graph emulator and the SQLite store: created
 //! once with the contact's card and the licence, the password stored only
 //! encrypted and good for signing in, taken over if the store lost it.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a panic is a failure with its reason
 
 mod common;
 

@@ -3,6 +3,7 @@
 //! connection string of a SQL Server 2022 whose login may create databases:
 //! each test creates an empty database of its own (`xmppfed_test_<random>`)
 //! through `master`, and drops it at the end, passed or failed.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a panic is a failure with its reason
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;

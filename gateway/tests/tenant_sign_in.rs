@@ -5,6 +5,7 @@
 //! administrator what to change, until it is changed. A real Prosody, the
 //! gateway in this process, the Graph emulator; skips, saying so, without
 //! Prosody or the Python client.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a panic is a failure with its reason
 
 mod common;
 

@@ -2,6 +2,7 @@
 //! how long they take to converge and what the operator's memory does.
 //! Run: `cargo bench -p xmppfed-operator --bench reconcile` (figures are printed,
 //! not asserted).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a panic is a failure with its reason
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -10,6 +10,7 @@
 //!
 //! Gateway pods do not become Ready here: their image is not published yet.
 //! The test checks what the operator applies and reports.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a panic is a failure with its reason
 
 mod support;
 

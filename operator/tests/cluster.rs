@@ -6,6 +6,7 @@
 //!
 //! The example image is not pulled here: the test checks what the operator
 //! applies and reports, not that gateway pods become Ready.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a panic is a failure with its reason
 
 mod support;
 

@@ -2,6 +2,7 @@
 //! so, when none; see e2e::cluster): one holds the leader-election Lease and
 //! reconciles; killed without warning, the other takes the Lease over and
 //! reconciling goes on.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a panic is a failure with its reason
 
 mod support;
 

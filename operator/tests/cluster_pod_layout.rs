@@ -13,6 +13,7 @@
 //! Needs root (mount namespaces) and the gateway binary (built by `cargo test
 //! --workspace`). Graph is Microsoft's here, out of reach, so readiness is not
 //! asserted; pods that run for real against the Graph emulator are issue 19.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a panic is a failure with its reason
 
 mod support;
 

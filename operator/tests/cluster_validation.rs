@@ -2,6 +2,7 @@
 //! schema and CEL rules), naming the field, against the cluster `KUBECONFIG`
 //! names (skipped, saying so, when none; see e2e::cluster). Each bad resource
 //! is created with a server-side dry run, so nothing is stored.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a panic is a failure with its reason
 
 mod support;
 

@@ -3,6 +3,7 @@
 //! and its CEL rules (evaluated locally), and plans into a gateway configuration
 //! the gateway accepts. The CEL rules reject the bad specs they are there for,
 //! within the API server's cost budget.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a panic is a failure with its reason
 
 use std::path::PathBuf;
 

@@ -16,6 +16,7 @@
 //! Service both ways. Then a wrong client secret shows as TenantReady
 //! `InvalidClientSecret` with its fix, a wrong image stalls the roll and Ready
 //! names the kubelet's reason, and deleting the gateway leaves nothing behind.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a panic is a failure with its reason
 
 mod support;
 

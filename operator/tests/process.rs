@@ -1,5 +1,6 @@
 //! The operator binary without a reachable cluster: it stays up, says why it is
 //! not ready, exports its spans and serves metrics.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a panic is a failure with its reason
 
 use std::process::Command;
 use std::time::Duration;

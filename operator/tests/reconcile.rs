@@ -3,6 +3,7 @@
 //! there, records each request and can be told to fail; the tests assert on
 //! what the operator asked of it. The real API server's behaviour (validation,
 //! RBAC, watches, garbage collection) is operator/tests/cluster*.rs's.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a panic is a failure with its reason
 
 use std::sync::{Arc, OnceLock};
 

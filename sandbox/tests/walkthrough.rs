@@ -2,6 +2,7 @@
 //! local Prosody routed to it, a client that adds alice@teams.localhost and
 //! writes to her, and the sandbox's CLI answering as Alice. Skips, saying so,
 //! when Prosody or the Python client is missing.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a panic is a failure with its reason
 
 use std::process::Command;
 use std::time::Duration;

@@ -1,6 +1,8 @@
 //! What the cluster tests share: their own namespace, the examples, licences
 //! signed with a test key, and applying documents of any kind.
-#![allow(dead_code)] // each test binary uses its own part of it
+// Each test binary uses its own part of it; a panic here fails the test that
+// called it, with its reason.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::PathBuf;
 use std::process::Command;
