@@ -17,16 +17,26 @@ pub use mssql::SqlServerStore;
 pub use outbox::{Direction, OutboxItem, OutboxPayload, OutboxRow, ToTeams, ToXmpp};
 pub use sqlite::SqliteStore;
 
+/// A backend's own error (the driver's, or a message of ours), kept as the source.
+pub type BackendError = Box<dyn std::error::Error + Send + Sync>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("store: {0}")]
-    Backend(String),
+    Backend(#[source] BackendError),
     #[error(
         "store schema version {found} is newer than this gateway ({supported}): upgrade the gateway"
     )]
     TooNew { found: i64, supported: i64 },
     #[error("cannot encode an outbox entry: {0}")]
     Encode(#[source] serde_json::Error),
+}
+
+impl StoreError {
+    /// A backend's failure: the driver's error, or a message of ours.
+    pub fn backend(e: impl Into<BackendError>) -> Self {
+        Self::Backend(e.into())
+    }
 }
 
 pub use crate::clock::{Epoch, now};
@@ -322,7 +332,7 @@ fn unreadable_secret(source: &SecretRef, error: ConfigError) -> StoreError {
         ConfigError::Secret { .. } => "it is not valid Unicode".to_owned(),
         _ => "it cannot be read".to_owned(),
     };
-    StoreError::Backend(format!(
+    StoreError::backend(format!(
         "cannot read the SQL Server connection string from {}: {reason}",
         source.describe()
     ))

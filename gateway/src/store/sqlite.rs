@@ -41,8 +41,8 @@ const MIGRATIONS: &[&str] = &[
 /// Dedupe keys deleted per statement when old ones are forgotten.
 const FORGET_BATCH: i64 = 5000;
 
-fn backend(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend(e.to_string())
+fn backend(e: impl Into<super::BackendError>) -> StoreError {
+    StoreError::backend(e)
 }
 
 #[derive(Clone)]
@@ -56,10 +56,10 @@ impl SqliteStore {
         tokio::task::spawn_blocking(move || {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir)
-                    .map_err(|e| StoreError::Backend(format!("{}: {e}", dir.display())))?;
+                    .map_err(|e| StoreError::backend(format!("{}: {e}", dir.display())))?;
             }
             let mut conn = Connection::open(&path)
-                .map_err(|e| StoreError::Backend(format!("{}: {e}", path.display())))?;
+                .map_err(|e| StoreError::backend(format!("{}: {e}", path.display())))?;
             conn.pragma_update(None, "journal_mode", "WAL")
                 .map_err(backend)?;
             conn.pragma_update(None, "synchronous", "FULL")

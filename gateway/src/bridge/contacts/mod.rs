@@ -282,7 +282,7 @@ impl Contacts {
     ) -> Result<(String, UserCredential), ShadowError> {
         self.shadow_of(jid, asked_by).await?;
         self.existing_credential(jid).await?.ok_or_else(|| {
-            StoreError::Backend(format!("the shadow account of {jid} vanished")).into()
+            StoreError::backend(format!("the shadow account of {jid} vanished")).into()
         })
     }
 

@@ -50,8 +50,8 @@ const BATCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// on one clock however many replicas take part.
 const SERVER_NOW: &str = "DATEDIFF_BIG(SECOND, '19700101', SYSUTCDATETIME())";
 
-fn backend(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend(e.to_string())
+fn backend(e: impl Into<super::BackendError>) -> StoreError {
+    StoreError::backend(e)
 }
 
 /// A unique index or constraint refused a row (errors 2601 and 2627).
@@ -83,7 +83,7 @@ impl SqlServerStore {
     pub async fn connect(connection_string: &str) -> Result<Self, StoreError> {
         // The parser's message can quote the string, which holds a password.
         let config = Config::from_ado_string(connection_string).map_err(|_| {
-            StoreError::Backend(
+            StoreError::backend(
                 "the SQL Server connection string cannot be parsed (it is not shown): \
                  it is `key=value` pairs separated by `;`, a value holding `;` or `=` quoted"
                     .to_owned(),
@@ -108,7 +108,7 @@ impl SqlServerStore {
         loop {
             let addr = config.get_addr();
             let fail = |e: &dyn std::fmt::Display| {
-                StoreError::Backend(format!("SQL Server at {addr}: {e}"))
+                StoreError::backend(format!("SQL Server at {addr}: {e}"))
             };
             let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr))
                 .await
@@ -177,7 +177,7 @@ impl SqlServerStore {
             let mut conn = tokio::time::timeout(BATCH_TIMEOUT, self.take())
                 .await
                 .map_err(|_| {
-                    StoreError::Backend(format!(
+                    StoreError::backend(format!(
                         "no SQL Server connection within {}s",
                         BATCH_TIMEOUT.as_secs()
                     ))
@@ -197,7 +197,7 @@ impl SqlServerStore {
             )
             .await
             .map_err(|_| {
-                StoreError::Backend(format!(
+                StoreError::backend(format!(
                     "SQL Server did not answer within {}s",
                     BATCH_TIMEOUT.as_secs()
                 ))
@@ -237,11 +237,11 @@ impl SqlServerStore {
 
 fn first(rows: &[Row]) -> Result<&Row, StoreError> {
     rows.first()
-        .ok_or_else(|| StoreError::Backend("SQL Server returned no row".to_owned()))
+        .ok_or_else(|| StoreError::Backend("SQL Server returned no row".into()))
 }
 
 fn null(index: usize) -> StoreError {
-    StoreError::Backend(format!("SQL Server returned NULL in column {index}"))
+    StoreError::backend(format!("SQL Server returned NULL in column {index}"))
 }
 
 fn text(row: &Row, index: usize) -> Result<String, StoreError> {
