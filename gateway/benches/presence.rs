@@ -10,6 +10,9 @@
 //! Run: `cargo bench -p xmppfed-gateway --bench presence`
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a panic is a failure with its reason
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -157,7 +160,7 @@ async fn main() {
             }
         }
     });
-    let out: Arc<dyn XmppOut> = Arc::new(tx);
+    let out: Arc<dyn XmppOut> = Arc::new(common::ChannelOut(tx));
     let cards = Arc::new(Cards::new(directory.clone(), Duration::from_secs(3600)));
     let interval = PollInterval::new(Duration::from_secs(1), Duration::from_secs(30));
     let teams = TeamsPresence::new(

@@ -22,7 +22,7 @@ use crate::bridge::service::{Bridge, Settings};
 use crate::bridge::users::directory::{AllowedUsers, Directory};
 use crate::bridge::users::identity::LocalPartRule;
 use crate::graph::subscriptions::Subscriptions;
-use crate::graph::webhook::{self, Sink};
+use crate::graph::webhook;
 use crate::graph::{RefreshTokenVault, SignInMonitor};
 use crate::leadership::Leadership;
 use crate::licence::{self, LicenceCheckError, LicenceMetrics};
@@ -252,10 +252,10 @@ impl Gateway {
         // Graph's change notifications, stored before they are acknowledged.
         let webhook = match (&bridge, notifications) {
             (Some(_), Some((_, secret))) => {
-                let sink = Sink::Durable {
+                let sink: Arc<dyn webhook::Sink> = Arc::new(webhook::Durable {
                     store: store.clone(),
                     wake: notified.clone(),
-                };
+                });
                 let listener = tokio::net::TcpListener::bind(config.webhook.listen)
                     .await
                     .map_err(|source| StartError::WebhookBind {

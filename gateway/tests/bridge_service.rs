@@ -87,7 +87,7 @@ async fn harness() -> Harness {
     .unwrap();
     let settings = Settings::from_config(&config, config.graph.as_ref().unwrap());
     let (tx, sent) = mpsc::channel(1024);
-    let out: Arc<dyn XmppOut> = Arc::new(tx);
+    let out: Arc<dyn XmppOut> = Arc::new(common::ChannelOut(tx));
     let services = xmppfed_gateway::bridge::Services {
         graph,
         directory: directory.clone(),

@@ -45,7 +45,23 @@ fn bob() -> UserCredential {
 }
 
 /// Our webhook receiver on a loopback port; returns its public URL.
-async fn serve_webhook(client_state: &str, sink: webhook::Sink) -> String {
+/// A test's sink: accepted notifications straight into a channel.
+struct ChannelSink(mpsc::Sender<Notification>);
+
+impl webhook::Sink for ChannelSink {
+    fn keep(
+        &self,
+        notification: Notification,
+    ) -> futures::future::BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move { self.0.send(notification).await.map_err(|e| e.to_string()) })
+    }
+}
+
+fn channel(queue: mpsc::Sender<Notification>) -> std::sync::Arc<dyn webhook::Sink> {
+    std::sync::Arc::new(ChannelSink(queue))
+}
+
+async fn serve_webhook(client_state: &str, sink: std::sync::Arc<dyn webhook::Sink>) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let router = webhook::router(SecretString::from(client_state.to_owned()), sink);
@@ -69,11 +85,7 @@ async fn subscriptions_notifications_and_lifecycle() {
 
     // Our webhook on a loopback port.
     let (queue, mut rx) = mpsc::channel(64);
-    let public_url = serve_webhook(
-        "c1ient-state-of-this-gateway",
-        webhook::Sink::Channel(queue),
-    )
-    .await;
+    let public_url = serve_webhook("c1ient-state-of-this-gateway", channel(queue)).await;
     let subscriptions = Subscriptions::new(
         &public_url,
         SecretString::from("c1ient-state-of-this-gateway".to_owned()),
@@ -287,10 +299,10 @@ async fn accepted_notifications_are_stored_before_the_202() {
             .unwrap(),
     );
     let wake = std::sync::Arc::new(tokio::sync::Notify::new());
-    let sink = webhook::Sink::Durable {
+    let sink = std::sync::Arc::new(webhook::Durable {
         store: store.clone(),
         wake: wake.clone(),
-    };
+    });
     let url = format!("{}/graph/notifications", serve_webhook("state", sink).await);
     let batch = json!({"value": [
         {"subscriptionId": "s1", "changeType": "created", "clientState": "state", "resource": "chats('c')/messages('1')", "resourceData": {"id": "1"}},
@@ -331,7 +343,7 @@ async fn held_subscriptions_survive_a_restart() {
     let emulator = GraphEmulator::start(seed()).await.unwrap();
     let graph = graph(&emulator);
     let (queue, _rx) = mpsc::channel(8);
-    let public_url = serve_webhook("cs", webhook::Sink::Channel(queue)).await;
+    let public_url = serve_webhook("cs", channel(queue)).await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
     let bob = bob();
@@ -374,7 +386,7 @@ async fn delayed_notifications_and_an_expired_subscription() {
     let emulator = GraphEmulator::start(seed()).await.unwrap();
     let graph = graph(&emulator);
     let (queue, mut rx) = mpsc::channel(8);
-    let public_url = serve_webhook("cs", webhook::Sink::Channel(queue)).await;
+    let public_url = serve_webhook("cs", channel(queue)).await;
     let bob = bob();
     let bob_id = graph.get_user(&bob.upn).await.unwrap().id;
     let chat = graph.one_on_one_chat(&bob, &bob_id, ALICE).await.unwrap();
@@ -454,7 +466,7 @@ async fn oversized_and_deeply_nested_bodies_are_refused() {
     let (tx, mut rx) = mpsc::channel(8);
     let url = format!(
         "{}/graph/notifications",
-        serve_webhook("state", webhook::Sink::Channel(tx)).await
+        serve_webhook("state", channel(tx)).await
     );
     let http = reqwest::Client::new();
     let big = format!(

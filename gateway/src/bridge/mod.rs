@@ -35,8 +35,8 @@ pub struct Services {
     pub metrics: metrics::BridgeMetrics,
 }
 
-/// Where the bridge's stanzas go: the s2s layer in the gateway, a channel in
-/// benchmarks and tests.
+/// Where the bridge's stanzas go: the s2s layer in the gateway (tests and
+/// benchmarks bring a channel of their own).
 pub trait XmppOut: Send + Sync + 'static {
     fn send(&self, stanza: Stanza) -> BoxFuture<'_, Result<(), SendError>>;
 
@@ -63,16 +63,6 @@ impl XmppOut for S2sSender {
                 // Bounced (the sender was dropped), or still waiting.
                 _ => Err(SendError::NotWritten),
             }
-        })
-    }
-}
-
-impl XmppOut for tokio::sync::mpsc::Sender<Stanza> {
-    fn send(&self, stanza: Stanza) -> BoxFuture<'_, Result<(), SendError>> {
-        Box::pin(async move {
-            tokio::sync::mpsc::Sender::send(self, stanza)
-                .await
-                .map_err(|_| SendError::Closed)
         })
     }
 }

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
+use futures::future::BoxFuture;
 
 use crate::store::Store;
 
@@ -47,23 +47,44 @@ pub struct Notification {
     pub tenant_id: Option<String>,
 }
 
-/// Where accepted notifications go.
-#[derive(Clone)]
-pub enum Sink {
-    /// Straight to a consumer in this process (tests, tools).
-    Channel(mpsc::Sender<Notification>),
-    /// Into the store's notification queue before Graph gets its 202, then a
-    /// wake-up for the consumer: a crash after the 202 loses nothing.
-    Durable {
-        store: Arc<Store>,
-        wake: Arc<tokio::sync::Notify>,
-    },
+/// Where accepted notifications go before Graph gets its 202.
+pub trait Sink: Send + Sync + 'static {
+    /// Keeps one accepted notification; `Err` (why) means it was not kept,
+    /// and Graph must send the batch again (no 2xx).
+    fn keep(&self, notification: Notification) -> BoxFuture<'_, Result<(), String>>;
+
+    /// A whole batch was kept.
+    fn kept(&self) {}
+}
+
+/// The gateway's sink: the store's notification queue, then a wake-up for
+/// the consumer, so a crash after the 202 loses nothing.
+pub struct Durable {
+    pub store: Arc<Store>,
+    pub wake: Arc<tokio::sync::Notify>,
+}
+
+impl Sink for Durable {
+    fn keep(&self, notification: Notification) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let body = serde_json::to_string(&notification).map_err(|e| e.to_string())?;
+            self.store
+                .push_notification(&body)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn kept(&self) {
+        self.wake.notify_one();
+    }
 }
 
 #[derive(Clone)]
 struct Receiver {
     client_state: SecretString,
-    sink: Sink,
+    sink: Arc<dyn Sink>,
 }
 
 #[derive(Deserialize)]
@@ -72,8 +93,8 @@ struct Validation {
     validation_token: Option<String>,
 }
 
-/// The webhook's routes; accepted notifications go into `queue`.
-pub fn router(client_state: SecretString, sink: Sink) -> Router {
+/// The webhook's routes; accepted notifications go into `sink`.
+pub fn router(client_state: SecretString, sink: Arc<dyn Sink>) -> Router {
     let receiver = Receiver { client_state, sink };
     Router::new()
         .route(NOTIFICATIONS_PATH, post(receive))
@@ -144,23 +165,10 @@ async fn receive(
             .into_response();
     };
     for notification in accepted {
-        match &receiver.sink {
-            // A full queue must not make Graph wait: it would retry the whole batch.
-            Sink::Channel(queue) => {
-                if queue.try_send(notification).is_err() {
-                    tracing::warn!(
-                        "notification queue full; the reconciliation poll will catch up"
-                    );
-                }
-            }
-            Sink::Durable { store, .. } => {
-                let body = serde_json::to_string(&notification).unwrap_or_default();
-                if let Err(e) = store.push_notification(&body).await {
-                    // Not stored: Graph must send it again, so no 2xx.
-                    tracing::error!(error = %e, "cannot store a change notification");
-                    return StatusCode::SERVICE_UNAVAILABLE.into_response();
-                }
-            }
+        if let Err(e) = receiver.sink.keep(notification).await {
+            // Not kept: Graph must send it again, so no 2xx.
+            tracing::error!(error = %e, "cannot keep a change notification");
+            return StatusCode::SERVICE_UNAVAILABLE.into_response();
         }
     }
     if rejected > 0 {
@@ -169,9 +177,7 @@ async fn receive(
             "change notifications with a wrong clientState dropped"
         );
     }
-    if let Sink::Durable { wake, .. } = &receiver.sink {
-        wake.notify_one();
-    }
+    receiver.sink.kept();
     StatusCode::ACCEPTED.into_response()
 }
 

@@ -256,3 +256,20 @@ async fn echo_bridge(mut rx: Inbox, tx: S2sSender, seen: Arc<Mutex<Vec<String>>>
 }
 
 pub mod bridge;
+
+/// The bridge's way out to XMPP as a channel the test reads.
+pub struct ChannelOut(pub tokio::sync::mpsc::Sender<Stanza>);
+
+impl xmppfed_gateway::bridge::XmppOut for ChannelOut {
+    fn send(
+        &self,
+        stanza: Stanza,
+    ) -> futures::future::BoxFuture<'_, Result<(), xmppfed_gateway::s2s::SendError>> {
+        Box::pin(async move {
+            self.0
+                .send(stanza)
+                .await
+                .map_err(|_| xmppfed_gateway::s2s::SendError::Closed)
+        })
+    }
+}
