@@ -34,14 +34,18 @@ pub fn epoch_of(stamp: &str) -> i64 {
 
 /// The same in milliseconds (Graph orders a chat's messages to the millisecond).
 pub fn epoch_millis_of(stamp: &str) -> i64 {
-    let timestamp = stamp.parse::<jiff::Timestamp>().ok().or_else(|| {
+    timestamp_of(stamp).map_or(0, |t| t.as_millisecond())
+}
+
+/// One of Graph's date-times (RFC 3339; without an offset, UTC).
+pub fn timestamp_of(stamp: &str) -> Option<jiff::Timestamp> {
+    stamp.parse::<jiff::Timestamp>().ok().or_else(|| {
         let civil = stamp.parse::<jiff::civil::DateTime>().ok()?;
         civil
             .to_zoned(jiff::tz::TimeZone::UTC)
             .ok()
             .map(|z| z.timestamp())
-    });
-    timestamp.map_or(0, |t| t.as_millisecond())
+    })
 }
 
 #[cfg(test)]

@@ -105,7 +105,7 @@ async fn typed_calls_with_one_cached_token() {
         (p.availability.as_deref(), p.activity.as_deref()),
         (Some("Busy"), Some("InACall"))
     );
-    assert_eq!(p.status_message.unwrap()["message"]["content"], "On XMPP");
+    assert_eq!(p.status_text(), Some("On XMPP"));
     graph.clear_presence(&carol.id, "gateway").await.unwrap();
     assert_eq!(
         graph
@@ -273,7 +273,10 @@ async fn shadow_accounts_chat_with_teams_users() {
         .one_on_one_chat(&bob, &bob_id, alice_id)
         .await
         .unwrap();
-    assert_eq!(chat.chat_type, "oneOnOne");
+    assert_eq!(
+        chat.chat_type,
+        xmppfed_gateway::graph::api::ChatType::OneOnOne
+    );
     assert_eq!(
         graph
             .one_on_one_chat(&bob, &bob_id, alice_id)

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::bridge::contacts::ShadowSignIn;
-use crate::graph::api::{Chat, epoch_millis_of};
+use crate::graph::api::{Chat, ChatType};
 use crate::graph::subscriptions::Want;
 use crate::graph::{GraphError, UserCredential};
 use crate::store::{StoreError, now};
@@ -123,7 +123,7 @@ impl Messages {
             Some(chat) => chat.clone(),
             None => self.graph.get_chat(&account.credential, chat_id).await?,
         };
-        if chat.chat_type != "oneOnOne" {
+        if chat.chat_type != ChatType::OneOnOne {
             return Ok(None);
         }
         let members = match chat.members {
@@ -204,7 +204,7 @@ impl Messages {
                     continue;
                 }
             };
-            for chat in chats.iter().filter(|c| c.chat_type == "oneOnOne") {
+            for chat in chats.iter().filter(|c| c.chat_type == ChatType::OneOnOne) {
                 if let Err(e) = self.adopt(&chat.id, &account, Some(chat)).await {
                     tracing::warn!(chat = %chat.id, error = %e, "cannot look at a chat");
                 }
@@ -313,12 +313,9 @@ impl Messages {
         let mut queued = 0;
         // Queued oldest first, by creation (ties by id, which Graph makes from the time).
         let mut messages = messages;
-        messages.sort_by(|a, b| {
-            (epoch_millis_of(&a.created_date_time), &a.id)
-                .cmp(&(epoch_millis_of(&b.created_date_time), &b.id))
-        });
+        messages.sort_by(|a, b| (a.created_date_time, &a.id).cmp(&(b.created_date_time, &b.id)));
         for m in &messages {
-            let at = epoch_millis_of(&m.created_date_time);
+            let at = m.created_date_time.millis();
             // The mark's own millisecond is read again: the outbox knows what it has.
             if at < seen {
                 continue;

@@ -10,7 +10,6 @@ use xmpp_parsers::stanza_id::OriginId;
 
 use crate::bridge::text;
 use crate::graph::GraphError;
-use crate::graph::api::epoch_of;
 use crate::s2s::Stanza;
 use crate::store::{Direction, OutboxItem, OutboxPayload, ToTeams, now};
 
@@ -164,7 +163,7 @@ impl Messages {
                 && recent.iter().any(|m| {
                     m.sender_id() == Some(shadow_id.as_str())
                         && text::to_text(&m.body.content) == text::to_text(&html)
-                        && epoch_of(&m.created_date_time) >= queued_at - 1
+                        && m.created_date_time.secs() >= queued_at - 1
                 })
             {
                 if p.receipt {

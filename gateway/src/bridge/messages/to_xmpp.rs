@@ -10,6 +10,7 @@ use xmpp_parsers::stanza_id::OriginId;
 
 use crate::bridge::text;
 use crate::graph::api::ChatMessage;
+use crate::graph::api::MessageType as GraphMessageType;
 use crate::s2s::{SendError, Stanza};
 use crate::store::{Direction, OutboxItem, OutboxPayload, StoreError, ToXmpp, now};
 
@@ -30,7 +31,9 @@ impl Messages {
         chat_id: &str,
         m: &ChatMessage,
     ) -> Result<bool, StoreError> {
-        if m.message_type.as_deref().is_some_and(|t| t != "message") {
+        if m.message_type
+            .is_some_and(|t| t != GraphMessageType::Message)
+        {
             return Ok(false);
         }
         let Some(conv) = self.store.get_cursor(&conv_key(chat_id)).await? else {

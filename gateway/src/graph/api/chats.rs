@@ -2,18 +2,87 @@
 
 use reqwest::Method;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::{NONE, Page, chat_path, user_path};
 use crate::graph::auth::{Identity, UserCredential};
 use crate::graph::client::GraphClient;
 use crate::graph::error::GraphError;
 
+/// `chatType`: the gateway bridges one-on-one chats only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ChatType {
+    OneOnOne,
+    Group,
+    Meeting,
+    /// `unknownFutureValue` and whatever Graph adds later.
+    #[serde(other)]
+    Other,
+}
+
+/// `messageType` of a chat message: only `message` carries what a person wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum MessageType {
+    Message,
+    ChatEvent,
+    Typing,
+    SystemEventMessage,
+    #[serde(other)]
+    Other,
+}
+
+/// One identity of an identity set (`user`, `application`…).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IdentityRef {
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub display_name: Option<String>,
+}
+
+/// `from` of a chat message (chatMessageFromIdentitySet): a user, or an
+/// application; neither for system messages.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MessageFrom {
+    #[serde(default)]
+    pub user: Option<IdentityRef>,
+    #[serde(default)]
+    pub application: Option<IdentityRef>,
+}
+
+/// A Graph date-time (RFC 3339, UTC), read once where it arrives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct GraphTime(jiff::Timestamp);
+
+impl GraphTime {
+    /// Milliseconds since the epoch (Graph orders a chat's messages to the millisecond).
+    pub fn millis(self) -> i64 {
+        self.0.as_millisecond()
+    }
+
+    pub fn secs(self) -> i64 {
+        self.0.as_second()
+    }
+}
+
+impl<'de> Deserialize<'de> for GraphTime {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        crate::clock::timestamp_of(&text)
+            .map(GraphTime)
+            .ok_or_else(|| serde::de::Error::custom(format!("not a date-time: {text:?}")))
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Chat {
     pub id: String,
-    pub chat_type: String,
+    pub chat_type: ChatType,
     /// With `$expand=members`.
     #[serde(default)]
     pub members: Option<Vec<ChatMember>>,
@@ -30,21 +99,21 @@ pub struct ItemBody {
 #[serde(rename_all = "camelCase")]
 pub struct ChatMessage {
     pub id: String,
-    pub created_date_time: String,
+    pub created_date_time: GraphTime,
     #[serde(default)]
-    pub message_type: Option<String>,
+    pub message_type: Option<MessageType>,
     #[serde(default)]
-    pub from: Option<Value>,
+    pub from: Option<MessageFrom>,
     pub body: ItemBody,
     /// Set when the message was deleted (its body is then empty).
     #[serde(default)]
-    pub deleted_date_time: Option<String>,
+    pub deleted_date_time: Option<GraphTime>,
 }
 
 impl ChatMessage {
     /// The Entra object id of the user who sent it (None for system messages).
     pub fn sender_id(&self) -> Option<&str> {
-        self.from.as_ref()?.get("user")?.get("id")?.as_str()
+        self.from.as_ref()?.user.as_ref()?.id.as_deref()
     }
 }
 
@@ -209,3 +278,40 @@ impl GraphClient {
 /// Pages read at most when listing a shadow account's chats or a chat's
 /// members (50 each): a shadow account is in few chats.
 const MAX_LIST_PAGES: usize = 20;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_is_typed_where_it_arrives() {
+        let m: ChatMessage = serde_json::from_value(json!({
+            "id": "1", "createdDateTime": "2026-12-06T21:00:00.1234567Z",
+            "messageType": "systemEventMessage",
+            "from": {"user": {"id": "u1", "displayName": "Alice"}, "application": null},
+            "body": {"contentType": "html", "content": "<p>hi</p>"},
+            "deletedDateTime": null
+        }))
+        .unwrap();
+        assert_eq!(m.created_date_time.millis(), 1_796_590_800_123);
+        assert_eq!(m.message_type, Some(MessageType::SystemEventMessage));
+        assert_eq!(m.sender_id(), Some("u1"));
+        let later: ChatMessage = serde_json::from_value(json!({
+            "id": "2", "createdDateTime": "2026-12-06T21:00:01Z", "messageType": "somethingNew",
+            "body": {"contentType": "text", "content": ""}, "deletedDateTime": "2026-12-06T21:00:02Z"
+        }))
+        .unwrap();
+        assert!(later.created_date_time > m.created_date_time);
+        assert_eq!(later.message_type, Some(MessageType::Other));
+        assert_eq!(later.sender_id(), None);
+        assert!(later.deleted_date_time.is_some());
+        let chat: Chat =
+            serde_json::from_value(json!({"id": "19:x", "chatType": "unknownFutureValue"}))
+                .unwrap();
+        assert_eq!(chat.chat_type, ChatType::Other);
+        let bad = serde_json::from_value::<ChatMessage>(json!({
+            "id": "3", "createdDateTime": "yesterday", "body": {"contentType": "text", "content": ""}
+        }));
+        assert!(bad.unwrap_err().to_string().contains("not a date-time"));
+    }
+}

@@ -8,8 +8,11 @@ mod presence;
 mod users;
 
 pub use batch::BATCH_LIMIT;
-pub use chats::{Chat, ChatMember, ChatMessage, ItemBody};
-pub use presence::{PRESENCE_BATCH, Presence};
+pub use chats::{
+    Chat, ChatMember, ChatMessage, ChatType, GraphTime, IdentityRef, ItemBody, MessageFrom,
+    MessageType,
+};
+pub use presence::{OutOfOfficeSettings, PRESENCE_BATCH, Presence, StatusMessage, StatusText};
 pub use users::{NewUser, SHADOW_EMPLOYEE_TYPE, USER_SELECT, User};
 
 use std::time::Duration;

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use reqwest::Method;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::{NONE, Page, iso_duration, user_path};
 use crate::graph::auth::{Identity, UserCredential};
@@ -23,37 +23,59 @@ pub struct Presence {
     #[serde(default)]
     pub activity: Option<String>,
     #[serde(default)]
-    pub status_message: Option<Value>,
+    pub status_message: Option<StatusMessage>,
     #[serde(default)]
-    pub out_of_office_settings: Option<Value>,
+    pub out_of_office_settings: Option<OutOfOfficeSettings>,
+}
+
+/// `presenceStatusMessage`: what a user wrote for others to see.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusMessage {
+    #[serde(default)]
+    pub message: Option<StatusText>,
+}
+
+/// The `itemBody` of a status message.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusText {
+    #[serde(default)]
+    pub content: String,
+    #[serde(default)]
+    pub content_type: Option<String>,
+}
+
+/// `outOfOfficeSettings` of a presence.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutOfOfficeSettings {
+    #[serde(default)]
+    pub message: Option<String>,
+    #[serde(default)]
+    pub is_out_of_office: bool,
 }
 
 impl Presence {
     /// The status message's text, if one is set.
     pub fn status_text(&self) -> Option<&str> {
-        self.status_message
-            .as_ref()?
-            .get("message")?
-            .get("content")?
-            .as_str()
-            .filter(|t| !t.trim().is_empty())
+        let text = self.status_message.as_ref()?.message.as_ref()?;
+        Some(text.content.as_str()).filter(|t| !t.trim().is_empty())
     }
 
     /// The automatic-reply text while out of office.
     pub fn out_of_office_message(&self) -> Option<&str> {
         self.out_of_office_settings
             .as_ref()?
-            .get("message")?
-            .as_str()
+            .message
+            .as_deref()
             .filter(|t| !t.trim().is_empty())
     }
 
     pub fn is_out_of_office(&self) -> bool {
         self.out_of_office_settings
             .as_ref()
-            .and_then(|o| o.get("isOutOfOffice"))
-            .and_then(Value::as_bool)
-            .unwrap_or(false)
+            .is_some_and(|o| o.is_out_of_office)
     }
 }
 
