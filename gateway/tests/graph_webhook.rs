@@ -197,13 +197,17 @@ async fn subscriptions_notifications_and_lifecycle() {
         Some("reauthorizationRequired")
     );
     let missed = subscriptions
-        .on_lifecycle(&graph, &sub.id, "reauthorizationRequired")
+        .on_lifecycle(
+            &graph,
+            &sub.id,
+            webhook::LifecycleEvent::ReauthorizationRequired,
+        )
         .await
         .unwrap();
     assert!(!missed);
     assert!(
         subscriptions
-            .on_lifecycle(&graph, &sub.id, "missed")
+            .on_lifecycle(&graph, &sub.id, webhook::LifecycleEvent::Missed)
             .await
             .unwrap(),
         "missed means: poll"

@@ -1,5 +1,6 @@
-//! Graph subscriptions the gateway holds: created, renewed before they
-//! expire, reauthorized when Graph asks, deleted when no longer needed.
+//! Graph subscriptions the gateway holds: created, taken back after a
+//! restart, renewed before they expire (`keep`), reauthorized or recreated
+//! when Graph's lifecycle notifications ask, deleted when no longer needed.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -17,7 +18,7 @@ use crate::store::{Store, StoredSubscription};
 use super::auth::{Identity, UserCredential};
 use super::client::GraphClient;
 use super::error::GraphError;
-use super::webhook::{LIFECYCLE_PATH, NOTIFICATIONS_PATH};
+use super::webhook::{LIFECYCLE_PATH, LifecycleEvent, NOTIFICATIONS_PATH};
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -297,19 +298,37 @@ impl Subscriptions {
         &self,
         graph: &GraphClient,
         subscription_id: &str,
-        event: &str,
+        event: LifecycleEvent,
     ) -> Result<bool, GraphError> {
         match event {
-            "reauthorizationRequired" => self
+            LifecycleEvent::ReauthorizationRequired => self
                 .reauthorize(graph, subscription_id)
                 .await
                 .map(|()| false),
-            "subscriptionRemoved" => self.recreate(graph, subscription_id).await.map(|_| true),
-            "missed" => Ok(true),
-            other => {
-                tracing::warn!(event = other, "unknown lifecycle event");
-                Ok(false)
+            LifecycleEvent::SubscriptionRemoved => {
+                self.recreate(graph, subscription_id).await.map(|_| true)
             }
+            LifecycleEvent::Missed => Ok(true),
+        }
+    }
+
+    /// Takes back the subscriptions made before a restart (`credential` finds
+    /// each one's shadow account by UPN), then renews them before they lapse,
+    /// for ever. `restored` is told once they are back, so that whatever
+    /// lapsed meanwhile is read.
+    pub async fn keep(
+        self: Arc<Self>,
+        graph: Arc<GraphClient>,
+        credential: impl Fn(&str) -> Option<UserCredential>,
+        restored: impl FnOnce(),
+    ) {
+        if let Err(e) = self.restore(credential).await {
+            tracing::warn!(error = %e, "cannot take back the Graph subscriptions");
+        }
+        restored();
+        loop {
+            self.renew_due(&graph, Duration::from_secs(15 * 60)).await;
+            tokio::time::sleep(Duration::from_secs(60)).await;
         }
     }
 

@@ -47,6 +47,49 @@ pub struct Notification {
     pub tenant_id: Option<String>,
 }
 
+/// A lifecycle event (subscription lifecycle notifications).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LifecycleEvent {
+    /// The subscription must be reauthorized (its token is about to lapse).
+    ReauthorizationRequired,
+    /// Graph removed the subscription: it must be created again.
+    SubscriptionRemoved,
+    /// Notifications were not delivered: read what changed.
+    Missed,
+}
+
+impl Notification {
+    /// The lifecycle event this notification carries, if it is one Graph documents.
+    pub fn lifecycle(&self) -> Option<LifecycleEvent> {
+        match self.lifecycle_event.as_deref()? {
+            "reauthorizationRequired" => Some(LifecycleEvent::ReauthorizationRequired),
+            "subscriptionRemoved" => Some(LifecycleEvent::SubscriptionRemoved),
+            "missed" => Some(LifecycleEvent::Missed),
+            _ => None,
+        }
+    }
+
+    /// (chat id, message id) of a chat-message notification
+    /// (`chats('19:…')/messages('1732…')`, or the `/chats/…/messages/…` form).
+    pub fn chat_message(&self) -> Option<(String, String)> {
+        parse_chat_message(self.resource.as_deref()?)
+    }
+}
+
+fn parse_chat_message(resource: &str) -> Option<(String, String)> {
+    let inner = |s: &str, prefix: &str| -> Option<String> {
+        let rest = s.strip_prefix(prefix)?;
+        let rest = rest.strip_prefix("('").or_else(|| rest.strip_prefix('/'))?;
+        let end = rest.find("')").unwrap_or(rest.len());
+        Some(rest[..end].to_owned())
+    };
+    let resource = resource.trim_start_matches('/');
+    let (chat_part, message_part) = resource.split_once("/messages")?;
+    let chat = inner(chat_part, "chats")?;
+    let message = inner(&format!("messages{message_part}"), "messages")?;
+    Some((chat, message))
+}
+
 /// Where accepted notifications go before Graph gets its 202.
 pub trait Sink: Send + Sync + 'static {
     /// Keeps one accepted notification; `Err` (why) means it was not kept,
@@ -183,10 +226,45 @@ async fn receive(
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn constant_time_equality() {
         assert!(super::same(b"abc", b"abc"));
         assert!(!super::same(b"abc", b"abd"));
         assert!(!super::same(b"abc", b"ab"));
+    }
+
+    fn about(resource: &str, lifecycle: Option<&str>) -> Notification {
+        Notification {
+            subscription_id: "s".into(),
+            change_type: None,
+            resource: Some(resource.into()),
+            resource_id: None,
+            lifecycle_event: lifecycle.map(str::to_owned),
+            tenant_id: None,
+        }
+    }
+
+    #[test]
+    fn resources_and_lifecycle_events_are_typed() {
+        assert_eq!(
+            about(
+                "chats('19:abc@unq.gbl.spaces')/messages('1732551817000')",
+                None
+            )
+            .chat_message(),
+            Some(("19:abc@unq.gbl.spaces".into(), "1732551817000".into()))
+        );
+        assert_eq!(
+            about("/chats/19:abc/messages/17", None).chat_message(),
+            Some(("19:abc".into(), "17".into()))
+        );
+        assert_eq!(about("users('x')", None).chat_message(), None);
+        assert_eq!(
+            about("x", Some("subscriptionRemoved")).lifecycle(),
+            Some(LifecycleEvent::SubscriptionRemoved)
+        );
+        assert_eq!(about("x", Some("somethingNew")).lifecycle(), None);
     }
 }

@@ -10,21 +10,6 @@ use crate::graph::webhook::Notification;
 use super::outbox::conv_key;
 use super::{CatchUpError, Messages};
 
-/// `chats('19:…')/messages('1732…')` → (chat id, message id).
-pub(super) fn parse_resource(resource: &str) -> Option<(String, String)> {
-    let inner = |s: &str, prefix: &str| -> Option<String> {
-        let rest = s.strip_prefix(prefix)?;
-        let rest = rest.strip_prefix("('").or_else(|| rest.strip_prefix('/'))?;
-        let end = rest.find("')").unwrap_or(rest.len());
-        Some(rest[..end].to_owned())
-    };
-    let resource = resource.trim_start_matches('/');
-    let (chat_part, message_part) = resource.split_once("/messages")?;
-    let chat = inner(chat_part, "chats")?;
-    let message = inner(&format!("messages{message_part}"), "messages")?;
-    Some((chat, message))
-}
-
 /// A chat whose read failed is read again after this.
 const UNREAD_RETRY: Duration = Duration::from_secs(2);
 /// How long a claimed change notification stays ours.
@@ -57,8 +42,7 @@ impl Messages {
                     Ok(n) => {
                         // Our own messages need no reading: only the Teams
                         // user's can be news.
-                        if let Some((chat, message)) =
-                            n.resource.as_deref().and_then(parse_resource)
+                        if let Some((chat, message)) = n.chat_message()
                             && !self.was_sent_by_us(&chat, &message)
                             && !chats.iter().any(|(c, _)| *c == chat)
                         {
@@ -119,7 +103,11 @@ impl Messages {
     }
 
     pub(super) async fn on_lifecycle(&self, n: &Notification) {
-        let (Some(subscriptions), Some(event)) = (&self.subscriptions, &n.lifecycle_event) else {
+        let Some(subscriptions) = &self.subscriptions else {
+            return;
+        };
+        let Some(event) = n.lifecycle() else {
+            tracing::warn!(event = ?n.lifecycle_event, "unknown lifecycle event");
             return;
         };
         match subscriptions
@@ -129,54 +117,33 @@ impl Messages {
             Ok(true) => self.reconcile_now.notify_one(),
             Ok(false) => {}
             Err(e) => {
-                tracing::warn!(error = %e, %event, "cannot act on a lifecycle notification");
+                tracing::warn!(error = %e, ?event, "cannot act on a lifecycle notification");
                 self.reconcile_now.notify_one();
             }
         }
     }
 
-    /// Takes back the subscriptions made as shadow accounts, then renews
-    /// them before they lapse, for ever.
+    /// Takes back the subscriptions made as shadow accounts, then keeps
+    /// them renewed (graph::subscriptions); whatever lapsed while we were
+    /// away is read once they are back.
     pub async fn keep_subscriptions(self: Arc<Self>) {
         let Some(subscriptions) = self.subscriptions.clone() else {
             return;
         };
-        match self.contacts.all_credentials().await {
-            Ok(credentials) => {
-                if let Err(e) = subscriptions
-                    .restore(|upn| credentials.get(&upn.to_lowercase()).cloned())
-                    .await
-                {
-                    tracing::warn!(error = %e, "cannot take back the Graph subscriptions");
-                }
+        let credentials = match self.contacts.all_credentials().await {
+            Ok(credentials) => credentials,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the shadow accounts");
+                Default::default()
             }
-            Err(e) => tracing::warn!(error = %e, "cannot read the shadow accounts"),
-        }
-        // Whatever lapsed while we were away is read now.
-        self.reconcile_now.notify_one();
-        loop {
-            subscriptions
-                .renew_due(&self.graph, Duration::from_secs(15 * 60))
-                .await;
-            tokio::time::sleep(Duration::from_secs(60)).await;
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn notification_resources() {
-        assert_eq!(
-            parse_resource("chats('19:abc@unq.gbl.spaces')/messages('1732551817000')"),
-            Some(("19:abc@unq.gbl.spaces".into(), "1732551817000".into()))
-        );
-        assert_eq!(
-            parse_resource("/chats/19:abc/messages/17"),
-            Some(("19:abc".into(), "17".into()))
-        );
-        assert_eq!(parse_resource("users('x')"), None);
+        };
+        let reconcile = || self.reconcile_now.notify_one();
+        subscriptions
+            .keep(
+                self.graph.clone(),
+                |upn| credentials.get(&upn.to_lowercase()).cloned(),
+                reconcile,
+            )
+            .await;
     }
 }
