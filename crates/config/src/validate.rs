@@ -23,7 +23,22 @@ pub(crate) fn validate(c: &GatewayConfig) -> Vec<FieldError> {
         );
     }
 
-    // s2s
+    s2s(c, &mut err);
+    graph(c, &mut err);
+    webhook(c, &mut err);
+    shadow_accounts(c, &mut err);
+    presence(c, &mut err);
+    messages(c, &mut err);
+    allow_lists(c, &mut err);
+    throttling(c, &mut err);
+    store(c, &mut err);
+    listeners(c, &mut err);
+    licence_and_telemetry(c, &mut err);
+    errors
+}
+
+/// The server-to-server listener and its limits.
+fn s2s(c: &GatewayConfig, err: &mut impl FnMut(&str, String)) {
     let s2s = &c.s2s;
     if s2s.max_stanza_bytes < MIN_STANZA_BYTES {
         err(
@@ -112,8 +127,10 @@ pub(crate) fn validate(c: &GatewayConfig) -> Vec<FieldError> {
             err(&format!("{field}.port"), "must not be 0".into());
         }
     }
+}
 
-    // Graph
+/// Microsoft Graph: tenant, credentials, endpoints, limits.
+fn graph(c: &GatewayConfig, err: &mut impl FnMut(&str, String)) {
     if let Some(g) = &c.graph {
         if !is_guid(&g.tenant_id) && !is_valid_domain(&g.tenant_id) {
             err(
@@ -184,8 +201,10 @@ pub(crate) fn validate(c: &GatewayConfig) -> Vec<FieldError> {
             );
         }
     }
+}
 
-    // Webhook
+/// The change-notification receiver.
+fn webhook(c: &GatewayConfig, err: &mut impl FnMut(&str, String)) {
     if let Some(url) = &c.webhook.public_url {
         if let Err(m) = check_url(url) {
             err("webhook.public_url", m);
@@ -197,8 +216,10 @@ pub(crate) fn validate(c: &GatewayConfig) -> Vec<FieldError> {
             );
         }
     }
+}
 
-    // Shadow accounts
+/// Shadow accounts: their domain, licence, usage location, credential key.
+fn shadow_accounts(c: &GatewayConfig, err: &mut impl FnMut(&str, String)) {
     if let Some(d) = &c.shadow_accounts.upn_domain
         && !is_valid_domain(d)
     {
@@ -252,8 +273,10 @@ pub(crate) fn validate(c: &GatewayConfig) -> Vec<FieldError> {
             format!("`{cc}` is not a two-letter country code (ISO 3166-1 alpha-2, e.g. GB)"),
         );
     }
+}
 
-    // Presence
+/// Presence polling and sessions.
+fn presence(c: &GatewayConfig, err: &mut impl FnMut(&str, String)) {
     let p = &c.presence;
     if p.poll_interval_ms < 200 || p.poll_interval_ms > p.max_poll_interval_ms {
         err(
@@ -276,8 +299,10 @@ pub(crate) fn validate(c: &GatewayConfig) -> Vec<FieldError> {
     if p.resource.trim().is_empty() || p.resource.len() > 64 {
         err("presence.resource", "must be 1 to 64 characters".into());
     }
+}
 
-    // Messages
+/// Messages and the bridge lease.
+fn messages(c: &GatewayConfig, err: &mut impl FnMut(&str, String)) {
     let m = &c.messages;
     for (field, value) in [
         ("messages.expiry_secs", m.expiry_secs),
@@ -300,8 +325,10 @@ pub(crate) fn validate(c: &GatewayConfig) -> Vec<FieldError> {
             "must be between 6 and 600 seconds".into(),
         );
     }
+}
 
-    // Allow lists
+/// The internal allow list.
+fn allow_lists(c: &GatewayConfig, err: &mut impl FnMut(&str, String)) {
     for (i, upn) in c.allow.internal_users.iter().enumerate() {
         if !is_upn(upn) {
             err(
@@ -318,22 +345,28 @@ pub(crate) fn validate(c: &GatewayConfig) -> Vec<FieldError> {
             );
         }
     }
+}
 
-    // Throttling
-    check_limits("throttle.default", &c.throttle.default, &mut err);
+/// Per-user limits.
+fn throttling(c: &GatewayConfig, err: &mut impl FnMut(&str, String)) {
+    check_limits("throttle.default", &c.throttle.default, err);
     for (user, limits) in &c.throttle.overrides {
-        check_limits(&format!("throttle.overrides.\"{user}\""), limits, &mut err);
+        check_limits(&format!("throttle.overrides.\"{user}\""), limits, err);
     }
+}
 
-    // Store
+/// The store.
+fn store(c: &GatewayConfig, err: &mut impl FnMut(&str, String)) {
     match &c.store {
         StoreConfig::Sqlite { path } if path.as_os_str().is_empty() => {
             err("store.path", "must not be empty".into());
         }
         _ => {}
     }
+}
 
-    // Listeners must not collide.
+/// Listeners must not collide.
+fn listeners(c: &GatewayConfig, err: &mut impl FnMut(&str, String)) {
     let listeners = [
         ("s2s.listen", c.s2s.listen),
         ("webhook.listen", c.webhook.listen),
@@ -349,7 +382,10 @@ pub(crate) fn validate(c: &GatewayConfig) -> Vec<FieldError> {
             }
         }
     }
+}
 
+/// Licence checks and telemetry.
+fn licence_and_telemetry(c: &GatewayConfig, err: &mut impl FnMut(&str, String)) {
     if let Some(l) = &c.licence {
         if l.public_key.trim().is_empty() {
             err("licence.public_key", "must not be empty".into());
@@ -365,8 +401,6 @@ pub(crate) fn validate(c: &GatewayConfig) -> Vec<FieldError> {
     if c.telemetry.log_level.trim().is_empty() {
         err("telemetry.log_level", "must not be empty".into());
     }
-
-    errors
 }
 
 fn check_limits(field: &str, l: &ThrottleLimits, err: &mut impl FnMut(&str, String)) {
