@@ -39,6 +39,25 @@ async fn config_owner(
         .unwrap_or_default()
 }
 
+/// The note of an Event with `reason` about gateway `gateway`.
+async fn event_note(
+    events: &Api<k8s_openapi::api::events::v1::Event>,
+    reason: &str,
+    gateway: &str,
+) -> Option<String> {
+    events
+        .list(&Default::default())
+        .await
+        .ok()?
+        .items
+        .into_iter()
+        .find(|e| {
+            e.reason.as_deref() == Some(reason)
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(gateway)
+        })
+        .map(|e| e.note.unwrap_or_default())
+}
+
 fn condition(g: &FederationGateway, type_: &str) -> Option<(String, String)> {
     g.status
         .as_ref()?
@@ -237,23 +256,7 @@ async fn operator_on_a_real_cluster() {
     eventually(
         "an Applied event for contoso",
         Duration::from_secs(30),
-        || {
-            let events = events.clone();
-            async move {
-                events
-                    .list(&Default::default())
-                    .await
-                    .ok()?
-                    .items
-                    .iter()
-                    .any(|e| {
-                        e.reason.as_deref() == Some("Applied")
-                            && e.regarding.as_ref().and_then(|r| r.name.as_deref())
-                                == Some("contoso")
-                    })
-                    .then_some(())
-            }
-        },
+        || event_note(&events, "Applied", "contoso"),
     )
     .await;
 
@@ -410,24 +413,14 @@ async fn operator_on_a_real_cluster() {
         "reaction: whitelist selector narrowed to another gateway, both configurations in {:?}",
         narrowed.elapsed()
     );
-    eventually("a WhitelistRemoved event for contoso", REACTION, || {
-        let events = events.clone();
-        async move {
-            events
-                .list(&Default::default())
-                .await
-                .ok()?
-                .items
-                .into_iter()
-                .find(|e| {
-                    e.reason.as_deref() == Some("WhitelistRemoved")
-                        && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("contoso")
-                })?
-                .note
-                .filter(|n| n.contains("partners") && n.ends_with("whitelists now: none"))
-        }
+    let note = eventually("a WhitelistRemoved event for contoso", REACTION, || {
+        event_note(&events, "WhitelistRemoved", "contoso")
     })
     .await;
+    assert!(
+        note.contains("partners") && note.ends_with("whitelists now: none"),
+        "{note}"
+    );
 
     // A licence from another key holder: no seat, nothing runs, Licensed=False says why.
     let (foreign, _) = xmppfed_licence::generate_key().unwrap();
