@@ -18,7 +18,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
 use super::{config_hash, names, paths, ports};
-use crate::crd::{DatabaseEngine, FederationGateway};
+use crate::crd::{DatabaseEngine, FederationGateway, FederationGatewaySpec};
 
 /// Annotation on the pod template holding the rendered configuration's hash.
 pub const CONFIG_HASH_ANNOTATION: &str = "xmppfed.io/config-hash";
@@ -87,36 +87,312 @@ pub fn build_objects(
     config_toml: &str,
     replicas: i32,
 ) -> GatewayObjects {
-    let name = gateway.name_any();
-    let spec = &gateway.spec;
-    let meta = |object_name: String| ObjectMeta {
-        name: Some(object_name),
-        namespace: gateway.namespace(),
-        labels: Some(labels(&name)),
-        owner_references: Some(vec![owner.clone()]),
-        ..ObjectMeta::default()
-    };
-
+    let c = Children::new(gateway, owner);
     let config_map = ConfigMap {
-        metadata: meta(names::config_map(&name)),
+        metadata: c.meta(names::config_map(&c.name)),
         data: Some(BTreeMap::from([(
             paths::CONFIG_FILE.to_owned(),
             config_toml.to_owned(),
         )])),
         ..ConfigMap::default()
     };
+    let storage = storage(&c);
+    let stateful_set = c.stateful_set(replicas, config_toml, storage);
+    let pod_disruption_budget = (c.spec.replicas > 1).then(|| PodDisruptionBudget {
+        metadata: c.meta(c.name.clone()),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector {
+                match_labels: Some(selector_labels(&c.name)),
+                ..LabelSelector::default()
+            }),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        ..PodDisruptionBudget::default()
+    });
 
-    // Volumes: configuration, generated keys, and each Secret the spec names.
+    let (service_account, pod_role, pod_role_binding) = c.rbac(replicas);
+    GatewayObjects {
+        config_map,
+        stateful_set,
+        services: c.services(),
+        pod_disruption_budget,
+        service_account,
+        pod_role,
+        pod_role_binding,
+    }
+}
+
+/// What every child of one gateway is made from: its name, spec and owner.
+struct Children<'a> {
+    gateway: &'a FederationGateway,
+    spec: &'a FederationGatewaySpec,
+    name: String,
+    owner: OwnerReference,
+}
+
+/// The pod's volumes and their mounts, and the SQLite volume's claim.
+struct Storage {
+    volumes: Vec<Volume>,
+    mounts: Vec<VolumeMount>,
+    claims: Option<Vec<PersistentVolumeClaim>>,
+}
+
+impl<'a> Children<'a> {
+    fn new(gateway: &'a FederationGateway, owner: OwnerReference) -> Self {
+        Self {
+            gateway,
+            spec: &gateway.spec,
+            name: gateway.name_any(),
+            owner,
+        }
+    }
+
+    fn meta(&self, object_name: String) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(object_name),
+            namespace: self.gateway.namespace(),
+            labels: Some(labels(&self.name)),
+            owner_references: Some(vec![self.owner.clone()]),
+            ..ObjectMeta::default()
+        }
+    }
+
+    /// The gateway container: its arguments, ports, environment, probes and
+    /// a locked-down security context.
+    fn container(&self, mounts: Vec<VolumeMount>) -> Container {
+        let (name, spec) = (&self.name, self.spec);
+        // The pod's name (its licence seat, its lease), uid (a pod that replaces
+        // a force-deleted one is another lease holder) and namespace (its label).
+        let mut env = vec![
+            pod_field("POD_NAME", "metadata.name"),
+            pod_field("POD_UID", "metadata.uid"),
+            pod_field("POD_NAMESPACE", "metadata.namespace"),
+            env_var("OTEL_SERVICE_NAME", "xmppfed-gateway"),
+            env_var(
+                "OTEL_RESOURCE_ATTRIBUTES",
+                &format!("xmppfed.gateway={name}"),
+            ),
+        ];
+        if let Some(endpoint) = &spec.telemetry.otlp_endpoint {
+            env.push(env_var("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint));
+        }
+
+        let probe = |path: &str, period: i32, failures: i32| Probe {
+            http_get: Some(HTTPGetAction {
+                path: Some(path.into()),
+                port: IntOrString::String("admin".into()),
+                ..HTTPGetAction::default()
+            }),
+            period_seconds: Some(period),
+            failure_threshold: Some(failures),
+            ..Probe::default()
+        };
+
+        Container {
+            name: "gateway".into(),
+            image: Some(spec.image.clone()),
+            args: Some(vec![
+                "run".into(),
+                "--config".into(),
+                format!("{}/{}", paths::CONFIG_DIR, paths::CONFIG_FILE),
+            ]),
+            ports: Some(vec![
+                container_port("s2s", spec.s2s.port),
+                container_port("webhook", ports::WEBHOOK),
+                container_port("admin", ports::ADMIN),
+            ]),
+            env: Some(env),
+            resources: spec.resources.clone(),
+            volume_mounts: Some(mounts),
+            // A crashing gateway's last log lines become its termination
+            // message, which the operator quotes in Ready (status::waiting_pods).
+            termination_message_policy: Some("FallbackToLogsOnError".into()),
+            readiness_probe: Some(probe("/readyz", 5, 3)),
+            liveness_probe: Some(probe("/healthz", 10, 6)),
+            startup_probe: Some(probe("/healthz", 2, 30)),
+            security_context: Some(SecurityContext {
+                allow_privilege_escalation: Some(false),
+                read_only_root_filesystem: Some(true),
+                run_as_non_root: Some(true),
+                run_as_user: Some(GATEWAY_UID),
+                run_as_group: Some(GATEWAY_UID),
+                capabilities: Some(Capabilities {
+                    drop: Some(vec!["ALL".into()]),
+                    ..Capabilities::default()
+                }),
+                seccomp_profile: Some(SeccompProfile {
+                    type_: "RuntimeDefault".into(),
+                    ..SeccompProfile::default()
+                }),
+                ..SecurityContext::default()
+            }),
+            ..Container::default()
+        }
+    }
+
+    fn stateful_set(&self, replicas: i32, config_toml: &str, storage: Storage) -> StatefulSet {
+        let name = &self.name;
+        let Storage {
+            volumes,
+            mounts,
+            claims: volume_claim_templates,
+        } = storage;
+        let container = self.container(mounts);
+        StatefulSet {
+            metadata: self.meta(name.clone()),
+            spec: Some(StatefulSetSpec {
+                replicas: Some(replicas),
+                service_name: Some(names::headless_service(name)),
+                selector: LabelSelector {
+                    match_labels: Some(selector_labels(name)),
+                    ..LabelSelector::default()
+                },
+                pod_management_policy: Some("Parallel".into()),
+                template: PodTemplateSpec {
+                    metadata: Some(ObjectMeta {
+                        labels: Some(labels(name)),
+                        annotations: Some(BTreeMap::from([(
+                            CONFIG_HASH_ANNOTATION.to_owned(),
+                            config_hash(config_toml),
+                        )])),
+                        ..ObjectMeta::default()
+                    }),
+                    spec: Some(PodSpec {
+                        service_account_name: Some(names::service_account(name)),
+                        // The token labels the pod with its role, and can do nothing
+                        // else: the account may only patch the StatefulSet's pods.
+                        automount_service_account_token: Some(true),
+                        security_context: Some(PodSecurityContext {
+                            run_as_non_root: Some(true),
+                            run_as_user: Some(GATEWAY_UID),
+                            run_as_group: Some(GATEWAY_UID),
+                            fs_group: Some(GATEWAY_UID),
+                            seccomp_profile: Some(SeccompProfile {
+                                type_: "RuntimeDefault".into(),
+                                ..SeccompProfile::default()
+                            }),
+                            ..PodSecurityContext::default()
+                        }),
+                        containers: vec![container],
+                        volumes: Some(volumes),
+                        termination_grace_period_seconds: Some(30),
+                        ..PodSpec::default()
+                    }),
+                },
+                volume_claim_templates,
+                ..StatefulSetSpec::default()
+            }),
+            ..StatefulSet::default()
+        }
+    }
+
+    /// The s2s Service (to the bridge's replica), the webhook's, and the headless one.
+    fn services(&self) -> Vec<Service> {
+        let (name, spec) = (&self.name, self.spec);
+        let service = |object_name: String,
+                       type_: Option<&str>,
+                       headless: bool,
+                       ports: Vec<ServicePort>| Service {
+            metadata: self.meta(object_name),
+            spec: Some(ServiceSpec {
+                type_: type_.map(str::to_owned),
+                cluster_ip: headless.then(|| "None".to_owned()),
+                publish_not_ready_addresses: headless.then_some(true),
+                selector: Some(selector_labels(name)),
+                ports: Some(ports),
+                ..ServiceSpec::default()
+            }),
+            ..Service::default()
+        };
+        let mut s2s = service(
+            names::s2s_service(name),
+            Some(spec.s2s.service_type.as_str()),
+            false,
+            vec![service_port("xmpp-server", spec.s2s.port)],
+        );
+        // Remote servers reach the replica that runs the bridge; the webhook
+        // goes to any (notifications land in the shared store).
+        if let Some(selector) = s2s.spec.as_mut().and_then(|s| s.selector.as_mut()) {
+            selector.insert(LEADER.0.to_owned(), LEADER.1.to_owned());
+        }
+        vec![
+            s2s,
+            service(
+                names::webhook_service(name),
+                Some("ClusterIP"),
+                false,
+                vec![service_port("webhook", ports::WEBHOOK)],
+            ),
+            service(
+                names::headless_service(name),
+                None,
+                true,
+                vec![
+                    service_port("xmpp-server", spec.s2s.port),
+                    service_port("admin", ports::ADMIN),
+                ],
+            ),
+        ]
+    }
+
+    /// The pods' ServiceAccount, and the Role and RoleBinding that let them
+    /// patch their own pods (their role label) and nothing else.
+    fn rbac(&self, replicas: i32) -> (ServiceAccount, Role, RoleBinding) {
+        let (name, spec) = (&self.name, self.spec);
+        let service_account = ServiceAccount {
+            metadata: self.meta(names::service_account(name)),
+            automount_service_account_token: Some(false),
+            ..ServiceAccount::default()
+        };
+
+        // Every pod the StatefulSet may run, by name: nothing else in the namespace.
+        let pod_role = Role {
+            metadata: self.meta(names::pod_role(name)),
+            rules: Some(vec![PolicyRule {
+                api_groups: Some(vec![String::new()]),
+                resources: Some(vec!["pods".into()]),
+                verbs: vec!["patch".into()],
+                resource_names: Some(
+                    (0..spec.replicas.max(replicas).max(1))
+                        .map(|ordinal| format!("{name}-{ordinal}"))
+                        .collect(),
+                ),
+                ..PolicyRule::default()
+            }]),
+        };
+        let pod_role_binding = RoleBinding {
+            metadata: self.meta(names::pod_role(name)),
+            role_ref: RoleRef {
+                api_group: "rbac.authorization.k8s.io".into(),
+                kind: "Role".into(),
+                name: names::pod_role(name),
+            },
+            subjects: Some(vec![Subject {
+                kind: "ServiceAccount".into(),
+                name: names::service_account(name),
+                namespace: self.gateway.namespace(),
+                ..Subject::default()
+            }]),
+        };
+        (service_account, pod_role, pod_role_binding)
+    }
+}
+
+/// Volumes: configuration, generated keys, and each Secret and ConfigMap the
+/// spec names; the SQLite engine's data volume.
+fn storage(c: &Children<'_>) -> Storage {
+    let (name, spec) = (&c.name, c.spec);
     let mut volumes = vec![
         Volume {
             name: "config".into(),
             config_map: Some(ConfigMapVolumeSource {
-                name: names::config_map(&name),
+                name: names::config_map(name),
                 ..ConfigMapVolumeSource::default()
             }),
             ..Volume::default()
         },
-        secret_volume("keys", &names::keys_secret(&name)),
+        secret_volume("keys", &names::keys_secret(name)),
         secret_volume("licence", &spec.licence_secret.name),
         Volume {
             name: "tmp".into(),
@@ -173,251 +449,43 @@ pub fn build_objects(
         });
         mounts.push(mount(volume, dir));
     }
-    let volume_claim_templates = (spec.database.engine == DatabaseEngine::Sqlite).then(|| {
+    let claims = (spec.database.engine == DatabaseEngine::Sqlite).then(|| {
         mounts.push(mount("data", paths::DATA_DIR));
-        vec![PersistentVolumeClaim {
-            metadata: ObjectMeta {
-                name: Some("data".into()),
-                labels: Some(labels(&name)),
-                ..ObjectMeta::default()
-            },
-            spec: Some(PersistentVolumeClaimSpec {
-                access_modes: Some(vec!["ReadWriteOnce".into()]),
-                resources: Some(VolumeResourceRequirements {
-                    requests: Some(BTreeMap::from([(
-                        "storage".to_owned(),
-                        Quantity(
-                            spec.database
-                                .storage_size
-                                .clone()
-                                .unwrap_or_else(|| "1Gi".into()),
-                        ),
-                    )])),
-                    ..VolumeResourceRequirements::default()
-                }),
-                ..PersistentVolumeClaimSpec::default()
-            }),
-            ..PersistentVolumeClaim::default()
-        }]
+        vec![data_claim(c)]
     });
-
-    // The pod's name (its licence seat, its lease), uid (a pod that replaces
-    // a force-deleted one is another lease holder) and namespace (its label).
-    let mut env = vec![
-        pod_field("POD_NAME", "metadata.name"),
-        pod_field("POD_UID", "metadata.uid"),
-        pod_field("POD_NAMESPACE", "metadata.namespace"),
-        env_var("OTEL_SERVICE_NAME", "xmppfed-gateway"),
-        env_var(
-            "OTEL_RESOURCE_ATTRIBUTES",
-            &format!("xmppfed.gateway={name}"),
-        ),
-    ];
-    if let Some(endpoint) = &spec.telemetry.otlp_endpoint {
-        env.push(env_var("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint));
+    Storage {
+        volumes,
+        mounts,
+        claims,
     }
+}
 
-    let probe = |path: &str, period: i32, failures: i32| Probe {
-        http_get: Some(HTTPGetAction {
-            path: Some(path.into()),
-            port: IntOrString::String("admin".into()),
-            ..HTTPGetAction::default()
-        }),
-        period_seconds: Some(period),
-        failure_threshold: Some(failures),
-        ..Probe::default()
-    };
-
-    let container = Container {
-        name: "gateway".into(),
-        image: Some(spec.image.clone()),
-        args: Some(vec![
-            "run".into(),
-            "--config".into(),
-            format!("{}/{}", paths::CONFIG_DIR, paths::CONFIG_FILE),
-        ]),
-        ports: Some(vec![
-            container_port("s2s", spec.s2s.port),
-            container_port("webhook", ports::WEBHOOK),
-            container_port("admin", ports::ADMIN),
-        ]),
-        env: Some(env),
-        resources: spec.resources.clone(),
-        volume_mounts: Some(mounts),
-        // A crashing gateway's last log lines become its termination
-        // message, which the operator quotes in Ready (status::waiting_pods).
-        termination_message_policy: Some("FallbackToLogsOnError".into()),
-        readiness_probe: Some(probe("/readyz", 5, 3)),
-        liveness_probe: Some(probe("/healthz", 10, 6)),
-        startup_probe: Some(probe("/healthz", 2, 30)),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            run_as_non_root: Some(true),
-            run_as_user: Some(GATEWAY_UID),
-            run_as_group: Some(GATEWAY_UID),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                ..Capabilities::default()
-            }),
-            seccomp_profile: Some(SeccompProfile {
-                type_: "RuntimeDefault".into(),
-                ..SeccompProfile::default()
-            }),
-            ..SecurityContext::default()
-        }),
-        ..Container::default()
-    };
-
-    let stateful_set = StatefulSet {
-        metadata: meta(name.clone()),
-        spec: Some(StatefulSetSpec {
-            replicas: Some(replicas),
-            service_name: Some(names::headless_service(&name)),
-            selector: LabelSelector {
-                match_labels: Some(selector_labels(&name)),
-                ..LabelSelector::default()
-            },
-            pod_management_policy: Some("Parallel".into()),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels(&name)),
-                    annotations: Some(BTreeMap::from([(
-                        CONFIG_HASH_ANNOTATION.to_owned(),
-                        config_hash(config_toml),
-                    )])),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(PodSpec {
-                    service_account_name: Some(names::service_account(&name)),
-                    // The token labels the pod with its role, and can do nothing
-                    // else: the account may only patch the StatefulSet's pods.
-                    automount_service_account_token: Some(true),
-                    security_context: Some(PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        run_as_user: Some(GATEWAY_UID),
-                        run_as_group: Some(GATEWAY_UID),
-                        fs_group: Some(GATEWAY_UID),
-                        seccomp_profile: Some(SeccompProfile {
-                            type_: "RuntimeDefault".into(),
-                            ..SeccompProfile::default()
-                        }),
-                        ..PodSecurityContext::default()
-                    }),
-                    containers: vec![container],
-                    volumes: Some(volumes),
-                    termination_grace_period_seconds: Some(30),
-                    ..PodSpec::default()
-                }),
-            },
-            volume_claim_templates,
-            ..StatefulSetSpec::default()
-        }),
-        ..StatefulSet::default()
-    };
-
-    let service = |object_name: String,
-                   type_: Option<&str>,
-                   headless: bool,
-                   ports: Vec<ServicePort>| Service {
-        metadata: meta(object_name),
-        spec: Some(ServiceSpec {
-            type_: type_.map(str::to_owned),
-            cluster_ip: headless.then(|| "None".to_owned()),
-            publish_not_ready_addresses: headless.then_some(true),
-            selector: Some(selector_labels(&name)),
-            ports: Some(ports),
-            ..ServiceSpec::default()
-        }),
-        ..Service::default()
-    };
-    let mut s2s = service(
-        names::s2s_service(&name),
-        Some(spec.s2s.service_type.as_str()),
-        false,
-        vec![service_port("xmpp-server", spec.s2s.port)],
-    );
-    // Remote servers reach the replica that runs the bridge; the webhook
-    // goes to any (notifications land in the shared store).
-    if let Some(selector) = s2s.spec.as_mut().and_then(|s| s.selector.as_mut()) {
-        selector.insert(LEADER.0.to_owned(), LEADER.1.to_owned());
-    }
-    let services = vec![
-        s2s,
-        service(
-            names::webhook_service(&name),
-            Some("ClusterIP"),
-            false,
-            vec![service_port("webhook", ports::WEBHOOK)],
-        ),
-        service(
-            names::headless_service(&name),
-            None,
-            true,
-            vec![
-                service_port("xmpp-server", spec.s2s.port),
-                service_port("admin", ports::ADMIN),
-            ],
-        ),
-    ];
-
-    let pod_disruption_budget = (spec.replicas > 1).then(|| PodDisruptionBudget {
-        metadata: meta(name.clone()),
-        spec: Some(PodDisruptionBudgetSpec {
-            max_unavailable: Some(IntOrString::Int(1)),
-            selector: Some(LabelSelector {
-                match_labels: Some(selector_labels(&name)),
-                ..LabelSelector::default()
-            }),
-            ..PodDisruptionBudgetSpec::default()
-        }),
-        ..PodDisruptionBudget::default()
-    });
-
-    let service_account = ServiceAccount {
-        metadata: meta(names::service_account(&name)),
-        automount_service_account_token: Some(false),
-        ..ServiceAccount::default()
-    };
-
-    // Every pod the StatefulSet may run, by name: nothing else in the namespace.
-    let pod_role = Role {
-        metadata: meta(names::pod_role(&name)),
-        rules: Some(vec![PolicyRule {
-            api_groups: Some(vec![String::new()]),
-            resources: Some(vec!["pods".into()]),
-            verbs: vec!["patch".into()],
-            resource_names: Some(
-                (0..spec.replicas.max(replicas).max(1))
-                    .map(|ordinal| format!("{name}-{ordinal}"))
-                    .collect(),
-            ),
-            ..PolicyRule::default()
-        }]),
-    };
-    let pod_role_binding = RoleBinding {
-        metadata: meta(names::pod_role(&name)),
-        role_ref: RoleRef {
-            api_group: "rbac.authorization.k8s.io".into(),
-            kind: "Role".into(),
-            name: names::pod_role(&name),
+/// The SQLite engine's volume, `spec.database.storageSize` (1Gi by default).
+fn data_claim(c: &Children<'_>) -> PersistentVolumeClaim {
+    let (name, spec) = (&c.name, c.spec);
+    PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some("data".into()),
+            labels: Some(labels(name)),
+            ..ObjectMeta::default()
         },
-        subjects: Some(vec![Subject {
-            kind: "ServiceAccount".into(),
-            name: names::service_account(&name),
-            namespace: gateway.namespace(),
-            ..Subject::default()
-        }]),
-    };
-
-    GatewayObjects {
-        config_map,
-        stateful_set,
-        services,
-        pod_disruption_budget,
-        service_account,
-        pod_role,
-        pod_role_binding,
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".to_owned(),
+                    Quantity(
+                        spec.database
+                            .storage_size
+                            .clone()
+                            .unwrap_or_else(|| "1Gi".into()),
+                    ),
+                )])),
+                ..VolumeResourceRequirements::default()
+            }),
+            ..PersistentVolumeClaimSpec::default()
+        }),
+        ..PersistentVolumeClaim::default()
     }
 }
 
