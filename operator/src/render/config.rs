@@ -11,8 +11,8 @@ use xmppfed_config as cfg;
 
 use super::{keys, paths, ports};
 use crate::crd::{
-    DatabaseEngine, FederationGateway, LocalPart, OutOfOffice, Subscriptions, TenantCloud,
-    ThrottleLimitsSpec,
+    DatabaseEngine, FederationGateway, FederationGatewaySpec, LocalPart, OutOfOffice,
+    Subscriptions, TenantCloud, ThrottleLimitsSpec,
 };
 use crate::policy::AppliedPolicies;
 
@@ -59,116 +59,7 @@ pub fn render_config(
     licence_public_key: Option<&str>,
 ) -> Result<cfg::GatewayConfig, ConfigError> {
     let spec = &gateway.spec;
-    let any = |ip: [u8; 4], port: i32| SocketAddr::from((ip, u16::try_from(port).unwrap_or(0)));
-
-    if spec.s2s.require_tls && spec.s2s.tls_secret.is_none() {
-        return Err(spec_error(
-            "spec.s2s.tlsSecret",
-            "required when spec.s2s.requireTls is true (a kubernetes.io/tls Secret with the domain's certificate)",
-        ));
-    }
-    if spec.shadow_accounts.upn_domain.is_none() {
-        return Err(spec_error(
-            "spec.shadowAccounts.upnDomain",
-            "required: shadow accounts for XMPP contacts are created under this tenant domain",
-        ));
-    }
-    if spec.shadow_accounts.licence_sku.is_none() {
-        return Err(spec_error(
-            "spec.shadowAccounts.licenceSku",
-            "required: the SKU id of a licence that includes Teams (Teams works only for licensed users; `az rest --url https://graph.microsoft.com/v1.0/subscribedSkus` lists the tenant's)",
-        ));
-    }
-    if spec.shadow_accounts.usage_location.is_none() {
-        return Err(spec_error(
-            "spec.shadowAccounts.usageLocation",
-            "required: a two-letter country, e.g. GB (Microsoft 365 assigns no licence to a user without one)",
-        ));
-    }
-
-    let mut remote_domains = BTreeSet::new();
-    let mut internal_users = BTreeSet::new();
-    let mut internal_groups = BTreeSet::new();
-    for w in &policies.whitelists {
-        for d in &w.spec.remote_domains {
-            let pattern = d
-                .parse::<cfg::DomainPattern>()
-                .map_err(|m| ConfigError::Spec {
-                    field: format!("DomainWhitelist {}: spec.remoteDomains", w.name_any()),
-                    message: m,
-                })?;
-            remote_domains.insert(pattern);
-        }
-        // UPNs and group ids compare case-insensitively in Entra ID.
-        internal_users.extend(w.spec.internal_users.iter().map(|u| u.to_ascii_lowercase()));
-        internal_groups.extend(
-            w.spec
-                .internal_groups
-                .iter()
-                .map(|g| g.to_ascii_lowercase()),
-        );
-    }
-
-    let throttle = match policies.throttle {
-        Some(t) => cfg::ThrottleConfig {
-            default: limits(&t.spec.limits),
-            overrides: t
-                .spec
-                .overrides
-                .iter()
-                .map(|o| (o.user.to_ascii_lowercase(), limits(&o.limits)))
-                .collect(),
-        },
-        None => cfg::ThrottleConfig::default(),
-    };
-
-    let tenant = &spec.tenant;
-    let (client_secret, client_certificate) =
-        match (&tenant.client_secret, &tenant.client_certificate) {
-            (Some(s), _) => (
-                Some(cfg::SecretRef::File(file(paths::GRAPH_SECRET_DIR, &s.key))),
-                None,
-            ),
-            (None, Some(_)) => (
-                None,
-                Some(cfg::ClientCertificate {
-                    cert_file: file(paths::GRAPH_CERT_DIR, "tls.crt"),
-                    key_file: file(paths::GRAPH_CERT_DIR, "tls.key"),
-                }),
-            ),
-            (None, None) => {
-                return Err(spec_error(
-                    "spec.tenant",
-                    "set exactly one of tenant.clientSecret and tenant.clientCertificate",
-                ));
-            }
-        };
-
-    let store = match spec.database.engine {
-        DatabaseEngine::Sqlite => cfg::StoreConfig::Sqlite {
-            path: file(paths::DATA_DIR, "xmppfed.db"),
-        },
-        DatabaseEngine::Sqlserver => {
-            let secret = spec
-                .database
-                .connection_string_secret
-                .as_ref()
-                .ok_or_else(|| {
-                    spec_error(
-                        "spec.database.connectionStringSecret",
-                        "required for engine sqlserver",
-                    )
-                })?;
-            cfg::StoreConfig::Sqlserver {
-                connection_string: cfg::SecretRef::File(file(
-                    paths::DATABASE_SECRET_DIR,
-                    &secret.key,
-                )),
-            }
-        }
-    };
-
-    let defaults = cfg::ShadowAccountConfig::default();
+    required(spec)?;
     let (presence, messages, leader) = (
         cfg::PresenceConfig::default(),
         cfg::MessagesConfig::default(),
@@ -184,84 +75,17 @@ pub fn render_config(
                 LocalPart::WholeUpn => cfg::LocalPartSource::WholeUpn,
             },
         },
-        s2s: cfg::S2sConfig {
-            listen: any([0, 0, 0, 0], spec.s2s.port),
-            require_tls: spec.s2s.require_tls,
-            tls_cert_file: spec
-                .s2s
-                .tls_secret
-                .as_ref()
-                .map(|_| file(paths::S2S_TLS_DIR, "tls.crt")),
-            tls_key_file: spec
-                .s2s
-                .tls_secret
-                .as_ref()
-                .map(|_| file(paths::S2S_TLS_DIR, "tls.key")),
-            trust_roots_file: spec
-                .s2s
-                .trusted_ca_config_map
-                .as_ref()
-                .map(|ca| file(paths::S2S_CA_DIR, &ca.key)),
-            dialback_secret: Some(cfg::SecretRef::File(file(paths::KEYS_DIR, keys::DIALBACK))),
-            static_routes: spec
-                .s2s
-                .static_routes
-                .iter()
-                .map(|r| cfg::StaticRoute {
-                    domain: r.domain.clone(),
-                    host: r.host.clone(),
-                    port: u16::try_from(r.port).unwrap_or(0),
-                })
-                .collect(),
-            ..cfg::S2sConfig::default()
-        },
-        graph: Some(cfg::GraphConfig {
-            tenant_id: tenant.tenant_id.clone(),
-            client_id: tenant.client_id.clone(),
-            client_secret,
-            client_certificate,
-            cloud: match tenant.cloud {
-                None | Some(TenantCloud::Global) => cfg::Cloud::Global,
-                Some(TenantCloud::USGovernment) => cfg::Cloud::UsGov,
-                Some(TenantCloud::USGovernmentDoD) => cfg::Cloud::UsGovDod,
-                Some(TenantCloud::China) => cfg::Cloud::China,
-            },
-            authority_url: tenant.endpoints.as_ref().map(|e| e.authority_url.clone()),
-            graph_url: tenant.endpoints.as_ref().map(|e| e.graph_url.clone()),
-            ca_file: tenant
-                .endpoints
-                .as_ref()
-                .and_then(|e| e.ca_config_map.as_ref())
-                .map(|ca| file(paths::GRAPH_CA_DIR, &ca.key)),
-            limits: graph_limits(bridge.graph_limits.as_ref()),
-        }),
+        s2s: s2s(spec),
+        graph: Some(graph(spec)?),
         webhook: cfg::WebhookConfig {
-            listen: any([0, 0, 0, 0], ports::WEBHOOK),
+            listen: any(ports::WEBHOOK),
             public_url: spec.webhook_url.clone(),
             client_state: spec
                 .webhook_url
                 .as_ref()
                 .map(|_| cfg::SecretRef::File(file(paths::KEYS_DIR, keys::CLIENT_STATE))),
         },
-        shadow_accounts: cfg::ShadowAccountConfig {
-            upn_domain: spec.shadow_accounts.upn_domain.clone(),
-            licence_sku: spec.shadow_accounts.licence_sku.clone(),
-            display_name_suffix: spec
-                .shadow_accounts
-                .display_name_suffix
-                .clone()
-                .unwrap_or(defaults.display_name_suffix),
-            remove_unused_after_days: set_or(
-                spec.shadow_accounts.remove_unused_after_days,
-                defaults.remove_unused_after_days,
-            ),
-            usage_location: spec.shadow_accounts.usage_location.clone(),
-            administrative_unit: spec.shadow_accounts.administrative_unit.clone(),
-            credential_key: Some(cfg::SecretRef::File(file(
-                paths::KEYS_DIR,
-                keys::CREDENTIAL_KEY,
-            ))),
-        },
+        shadow_accounts: shadow_accounts(spec),
         presence: cfg::PresenceConfig {
             poll_interval_ms: set_or(bridge.presence_poll_interval_ms, presence.poll_interval_ms),
             out_of_office: match bridge.out_of_office {
@@ -282,15 +106,11 @@ pub fn render_config(
             lease_secs: set_or(bridge.leader_lease_seconds, leader.lease_secs),
             ..leader
         },
-        allow: cfg::AllowConfig {
-            remote_domains: remote_domains.into_iter().collect(),
-            internal_users: internal_users.into_iter().collect(),
-            internal_groups: internal_groups.into_iter().collect(),
-        },
-        throttle,
-        store,
+        allow: allow(policies)?,
+        throttle: throttle(policies),
+        store: store(spec)?,
         admin: cfg::AdminConfig {
-            listen: any([0, 0, 0, 0], ports::ADMIN),
+            listen: any(ports::ADMIN),
         },
         licence: licence_public_key.map(|key| cfg::LicenceConfig {
             file: file(paths::LICENCE_DIR, &spec.licence_secret.key),
@@ -319,6 +139,216 @@ pub fn render_config(
         )
     })?;
     Ok(config)
+}
+
+/// Every address on `port` (the pod's listeners).
+fn any(port: i32) -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], u16::try_from(port).unwrap_or(0)))
+}
+
+/// What the CRD cannot require by itself, with how to find each value.
+fn required(spec: &FederationGatewaySpec) -> Result<(), ConfigError> {
+    if spec.s2s.require_tls && spec.s2s.tls_secret.is_none() {
+        return Err(spec_error(
+            "spec.s2s.tlsSecret",
+            "required when spec.s2s.requireTls is true (a kubernetes.io/tls Secret with the domain's certificate)",
+        ));
+    }
+    if spec.shadow_accounts.upn_domain.is_none() {
+        return Err(spec_error(
+            "spec.shadowAccounts.upnDomain",
+            "required: shadow accounts for XMPP contacts are created under this tenant domain",
+        ));
+    }
+    if spec.shadow_accounts.licence_sku.is_none() {
+        return Err(spec_error(
+            "spec.shadowAccounts.licenceSku",
+            "required: the SKU id of a licence that includes Teams (Teams works only for licensed users; `az rest --url https://graph.microsoft.com/v1.0/subscribedSkus` lists the tenant's)",
+        ));
+    }
+    if spec.shadow_accounts.usage_location.is_none() {
+        return Err(spec_error(
+            "spec.shadowAccounts.usageLocation",
+            "required: a two-letter country, e.g. GB (Microsoft 365 assigns no licence to a user without one)",
+        ));
+    }
+    Ok(())
+}
+
+/// The allow lists of every whitelist that applies, merged.
+fn allow(policies: &AppliedPolicies<'_>) -> Result<cfg::AllowConfig, ConfigError> {
+    let mut remote_domains = BTreeSet::new();
+    let mut internal_users = BTreeSet::new();
+    let mut internal_groups = BTreeSet::new();
+    for w in &policies.whitelists {
+        for d in &w.spec.remote_domains {
+            let pattern = d
+                .parse::<cfg::DomainPattern>()
+                .map_err(|m| ConfigError::Spec {
+                    field: format!("DomainWhitelist {}: spec.remoteDomains", w.name_any()),
+                    message: m,
+                })?;
+            remote_domains.insert(pattern);
+        }
+        // UPNs and group ids compare case-insensitively in Entra ID.
+        internal_users.extend(w.spec.internal_users.iter().map(|u| u.to_ascii_lowercase()));
+        internal_groups.extend(
+            w.spec
+                .internal_groups
+                .iter()
+                .map(|g| g.to_ascii_lowercase()),
+        );
+    }
+    Ok(cfg::AllowConfig {
+        remote_domains: remote_domains.into_iter().collect(),
+        internal_users: internal_users.into_iter().collect(),
+        internal_groups: internal_groups.into_iter().collect(),
+    })
+}
+
+fn throttle(policies: &AppliedPolicies<'_>) -> cfg::ThrottleConfig {
+    match policies.throttle {
+        Some(t) => cfg::ThrottleConfig {
+            default: limits(&t.spec.limits),
+            overrides: t
+                .spec
+                .overrides
+                .iter()
+                .map(|o| (o.user.to_ascii_lowercase(), limits(&o.limits)))
+                .collect(),
+        },
+        None => cfg::ThrottleConfig::default(),
+    }
+}
+
+fn s2s(spec: &FederationGatewaySpec) -> cfg::S2sConfig {
+    cfg::S2sConfig {
+        listen: any(spec.s2s.port),
+        require_tls: spec.s2s.require_tls,
+        tls_cert_file: spec
+            .s2s
+            .tls_secret
+            .as_ref()
+            .map(|_| file(paths::S2S_TLS_DIR, "tls.crt")),
+        tls_key_file: spec
+            .s2s
+            .tls_secret
+            .as_ref()
+            .map(|_| file(paths::S2S_TLS_DIR, "tls.key")),
+        trust_roots_file: spec
+            .s2s
+            .trusted_ca_config_map
+            .as_ref()
+            .map(|ca| file(paths::S2S_CA_DIR, &ca.key)),
+        dialback_secret: Some(cfg::SecretRef::File(file(paths::KEYS_DIR, keys::DIALBACK))),
+        static_routes: spec
+            .s2s
+            .static_routes
+            .iter()
+            .map(|r| cfg::StaticRoute {
+                domain: r.domain.clone(),
+                host: r.host.clone(),
+                port: u16::try_from(r.port).unwrap_or(0),
+            })
+            .collect(),
+        ..cfg::S2sConfig::default()
+    }
+}
+
+/// The tenant, the app's credential (as the file the Secret is mounted as),
+/// the cloud or its override, and the Graph budgets.
+fn graph(spec: &FederationGatewaySpec) -> Result<cfg::GraphConfig, ConfigError> {
+    let tenant = &spec.tenant;
+    let bridge = &spec.bridge;
+    let (client_secret, client_certificate) =
+        match (&tenant.client_secret, &tenant.client_certificate) {
+            (Some(s), _) => (
+                Some(cfg::SecretRef::File(file(paths::GRAPH_SECRET_DIR, &s.key))),
+                None,
+            ),
+            (None, Some(_)) => (
+                None,
+                Some(cfg::ClientCertificate {
+                    cert_file: file(paths::GRAPH_CERT_DIR, "tls.crt"),
+                    key_file: file(paths::GRAPH_CERT_DIR, "tls.key"),
+                }),
+            ),
+            (None, None) => {
+                return Err(spec_error(
+                    "spec.tenant",
+                    "set exactly one of tenant.clientSecret and tenant.clientCertificate",
+                ));
+            }
+        };
+    Ok(cfg::GraphConfig {
+        tenant_id: tenant.tenant_id.clone(),
+        client_id: tenant.client_id.clone(),
+        client_secret,
+        client_certificate,
+        cloud: match tenant.cloud {
+            None | Some(TenantCloud::Global) => cfg::Cloud::Global,
+            Some(TenantCloud::USGovernment) => cfg::Cloud::UsGov,
+            Some(TenantCloud::USGovernmentDoD) => cfg::Cloud::UsGovDod,
+            Some(TenantCloud::China) => cfg::Cloud::China,
+        },
+        authority_url: tenant.endpoints.as_ref().map(|e| e.authority_url.clone()),
+        graph_url: tenant.endpoints.as_ref().map(|e| e.graph_url.clone()),
+        ca_file: tenant
+            .endpoints
+            .as_ref()
+            .and_then(|e| e.ca_config_map.as_ref())
+            .map(|ca| file(paths::GRAPH_CA_DIR, &ca.key)),
+        limits: graph_limits(bridge.graph_limits.as_ref()),
+    })
+}
+
+fn shadow_accounts(spec: &FederationGatewaySpec) -> cfg::ShadowAccountConfig {
+    let defaults = cfg::ShadowAccountConfig::default();
+    cfg::ShadowAccountConfig {
+        upn_domain: spec.shadow_accounts.upn_domain.clone(),
+        licence_sku: spec.shadow_accounts.licence_sku.clone(),
+        display_name_suffix: spec
+            .shadow_accounts
+            .display_name_suffix
+            .clone()
+            .unwrap_or(defaults.display_name_suffix),
+        remove_unused_after_days: set_or(
+            spec.shadow_accounts.remove_unused_after_days,
+            defaults.remove_unused_after_days,
+        ),
+        usage_location: spec.shadow_accounts.usage_location.clone(),
+        administrative_unit: spec.shadow_accounts.administrative_unit.clone(),
+        credential_key: Some(cfg::SecretRef::File(file(
+            paths::KEYS_DIR,
+            keys::CREDENTIAL_KEY,
+        ))),
+    }
+}
+
+fn store(spec: &FederationGatewaySpec) -> Result<cfg::StoreConfig, ConfigError> {
+    Ok(match spec.database.engine {
+        DatabaseEngine::Sqlite => cfg::StoreConfig::Sqlite {
+            path: file(paths::DATA_DIR, "xmppfed.db"),
+        },
+        DatabaseEngine::Sqlserver => {
+            let secret = spec
+                .database
+                .connection_string_secret
+                .as_ref()
+                .ok_or_else(|| {
+                    spec_error(
+                        "spec.database.connectionStringSecret",
+                        "required for engine sqlserver",
+                    )
+                })?;
+            cfg::StoreConfig::Sqlserver {
+                connection_string: cfg::SecretRef::File(file(
+                    paths::DATABASE_SECRET_DIR,
+                    &secret.key,
+                )),
+            }
+        }
+    })
 }
 
 /// A stable hash of the rendered document, put on the pod template so that a
