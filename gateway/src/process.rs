@@ -111,84 +111,9 @@ impl Gateway {
         let metrics = Metrics::new(SERVICE_NAME, VERSION);
         config_info(&metrics, config);
         let health = Health::new();
-        let licence = match &config.licence {
-            Some(licence_config) => {
-                // A node without a seat never serves; an expired seat only stops being ready.
-                let seat = licence::check(licence_config, xmppfed_licence::Timestamp::now());
-                if let Err(e) = &seat {
-                    return Err(StartError::Licence(e.clone()));
-                }
-                let watch = LicenceWatch {
-                    config: licence_config.clone(),
-                    metrics: LicenceMetrics::register(&metrics),
-                    health: health.component("licence"),
-                };
-                watch.metrics.record(&seat, &watch.health);
-                if let Ok(seat) = &seat {
-                    tracing::info!(node = %seat.node, licence = %seat.licence_id, expires = %seat.expires, "licence seat verified");
-                }
-                Some(watch)
-            }
-            None => {
-                tracing::info!("no [licence] section: running unlicensed for local use");
-                None
-            }
-        };
+        let licence = licence_watch(config, &metrics, &health)?;
         let store = Arc::new(Store::open(&config.store).await?);
-        // With Graph, only the Teams users on the internal allow list exist to
-        // XMPP; without it (the sandbox, tests) every local part does.
-        if let Some(graph) = &config.graph {
-            if graph.overridden() {
-                tracing::warn!(
-                    cloud = graph.cloud.name(),
-                    authority = graph.authority(),
-                    graph = graph.graph(),
-                    "sign-in and Graph URLs overridden: not the cloud's own hosts"
-                );
-            } else {
-                tracing::info!(
-                    cloud = graph.cloud.name(),
-                    authority = graph.authority(),
-                    graph = graph.graph(),
-                    "Microsoft cloud"
-                );
-            }
-        }
-        let directory = match &config.graph {
-            Some(graph) => Some(DirectoryWatch {
-                graph: Arc::new(
-                    crate::graph::from_config(graph, {
-                        let budgets = crate::graph::Budgets::new(&graph.limits);
-                        budgets.metrics().register(&metrics);
-                        budgets
-                    })?
-                    .with_sign_ins(refresh_vault(config, &store)?, {
-                        let monitor = SignInMonitor::new(&metrics, health.component("tenant"));
-                        if let Some(pod) = PodMetadata::from_environment() {
-                            // The tenant's answer for the operator's TenantReady condition.
-                            tokio::spawn(pod.keep_annotation(
-                                xmppfed_config::POD_TENANT_ANNOTATION,
-                                monitor.watch(),
-                            ));
-                        }
-                        Arc::new(monitor)
-                    }),
-                ),
-                directory: Directory::default(),
-                allowed: AllowedUsers {
-                    upns: config.allow.internal_users.clone(),
-                    groups: config.allow.internal_groups.clone(),
-                },
-                rule: match config.xmpp.local_part {
-                    LocalPartSource::Upn => LocalPartRule::UpnLocalPart,
-                    LocalPartSource::Mail => LocalPartRule::MailLocalPart,
-                    LocalPartSource::WholeUpn => LocalPartRule::WholeUpn,
-                },
-                health: health.component("directory"),
-                loaded: watch::channel(false).0,
-            }),
-            None => None,
-        };
+        let directory = directory_watch(config, &store, &metrics, &health)?;
         let users: Arc<dyn crate::s2s::UserDirectory> = match &directory {
             Some(watch) => Arc::new(watch.directory.clone()),
             None => Arc::new(AnyUser),
@@ -208,53 +133,23 @@ impl Gateway {
         // What the webhook wakes when it has stored notifications: the bridge's
         // notification consumer, once this replica runs it.
         let notified = Arc::new(Notify::new());
-        let bridge = match (&config.graph, &directory) {
-            (Some(graph_config), Some(watch)) => {
-                let key = config
-                    .shadow_accounts
-                    .credential_key
-                    .as_ref()
-                    .ok_or_else(|| xmppfed_config::ConfigError::Invalid {
-                        errors: vec![xmppfed_config::FieldError::new(
-                            "shadow_accounts.credential_key",
-                            "required when graph is configured",
-                        )],
-                    })?
-                    .resolve()?;
-                let settings = Settings::from_config(config, graph_config);
-                let (graph, directory, bridge_store) =
-                    (watch.graph.clone(), watch.directory.clone(), store.clone());
-                let cipher = CredentialCipher::new(key.expose());
-                let out = Arc::new(s2s.sender());
-                let (subscriptions, bridge_metrics) =
-                    (subscriptions.clone(), BridgeMetrics::register(&metrics));
-                let notified = notified.clone();
-                let build: BuildBridge = Box::new(move || {
-                    Box::pin(Bridge::build(
-                        settings,
-                        Services {
-                            graph,
-                            directory,
-                            store: bridge_store,
-                            out,
-                            metrics: bridge_metrics,
-                        },
-                        cipher,
-                        subscriptions,
-                        notified,
-                    ))
-                });
-                let leadership = Leadership::new(store.clone(), &config.leader, &metrics);
-                Some((build, Arc::new(leadership)))
-            }
-            _ => None,
+        let bridge = match &directory {
+            Some(watch) => Some(bridge_builder(
+                config,
+                watch,
+                &store,
+                &s2s,
+                (subscriptions, notified.clone()),
+                &metrics,
+            )?),
+            None => None,
         };
         // Graph's change notifications, stored before they are acknowledged.
         let webhook = match (&bridge, notifications) {
             (Some(_), Some((_, secret))) => {
                 let sink: Arc<dyn webhook::Sink> = Arc::new(webhook::Durable {
                     store: store.clone(),
-                    wake: notified.clone(),
+                    wake: notified,
                 });
                 let listener = tokio::net::TcpListener::bind(config.webhook.listen)
                     .await
@@ -497,6 +392,141 @@ async fn refuse_until_bridged(mut inbox: Inbox, sender: S2sSender) {
         )
         .await;
     }
+}
+
+/// The licence seat, checked before anything serves: a node without one never
+/// serves; an expired seat only stops being ready.
+fn licence_watch(
+    config: &GatewayConfig,
+    metrics: &Metrics,
+    health: &Health,
+) -> Result<Option<LicenceWatch>, StartError> {
+    let Some(licence_config) = &config.licence else {
+        tracing::info!("no [licence] section: running unlicensed for local use");
+        return Ok(None);
+    };
+    let seat = licence::check(licence_config, xmppfed_licence::Timestamp::now());
+    if let Err(e) = &seat {
+        return Err(StartError::Licence(e.clone()));
+    }
+    let watch = LicenceWatch {
+        config: licence_config.clone(),
+        metrics: LicenceMetrics::register(metrics),
+        health: health.component("licence"),
+    };
+    watch.metrics.record(&seat, &watch.health);
+    if let Ok(seat) = &seat {
+        tracing::info!(node = %seat.node, licence = %seat.licence_id, expires = %seat.expires, "licence seat verified");
+    }
+    Ok(Some(watch))
+}
+
+/// With Graph, only the Teams users on the internal allow list exist to
+/// XMPP: the Graph client (with its budgets and sign-in monitor) and the
+/// directory it keeps fresh. Without Graph (the sandbox, tests): none.
+fn directory_watch(
+    config: &GatewayConfig,
+    store: &Arc<Store>,
+    metrics: &Metrics,
+    health: &Health,
+) -> Result<Option<DirectoryWatch>, StartError> {
+    let Some(graph) = &config.graph else {
+        return Ok(None);
+    };
+    if graph.overridden() {
+        tracing::warn!(
+            cloud = graph.cloud.name(),
+            authority = graph.authority(),
+            graph = graph.graph(),
+            "sign-in and Graph URLs overridden: not the cloud's own hosts"
+        );
+    } else {
+        tracing::info!(
+            cloud = graph.cloud.name(),
+            authority = graph.authority(),
+            graph = graph.graph(),
+            "Microsoft cloud"
+        );
+    }
+    let budgets = crate::graph::Budgets::new(&graph.limits);
+    budgets.metrics().register(metrics);
+    let monitor = SignInMonitor::new(metrics, health.component("tenant"));
+    if let Some(pod) = PodMetadata::from_environment() {
+        // The tenant's answer for the operator's TenantReady condition.
+        tokio::spawn(pod.keep_annotation(xmppfed_config::POD_TENANT_ANNOTATION, monitor.watch()));
+    }
+    let client = crate::graph::from_config(graph, budgets)?
+        .with_sign_ins(refresh_vault(config, store)?, Arc::new(monitor));
+    Ok(Some(DirectoryWatch {
+        graph: Arc::new(client),
+        directory: Directory::default(),
+        allowed: AllowedUsers {
+            upns: config.allow.internal_users.clone(),
+            groups: config.allow.internal_groups.clone(),
+        },
+        rule: match config.xmpp.local_part {
+            LocalPartSource::Upn => LocalPartRule::UpnLocalPart,
+            LocalPartSource::Mail => LocalPartRule::MailLocalPart,
+            LocalPartSource::WholeUpn => LocalPartRule::WholeUpn,
+        },
+        health: health.component("directory"),
+        loaded: watch::channel(false).0,
+    }))
+}
+
+/// What builds the bridge once this replica holds the bridge lease, and the
+/// lease. `notifications`: the Graph subscriptions kept (with a webhook), and
+/// what the webhook wakes.
+fn bridge_builder(
+    config: &GatewayConfig,
+    watch: &DirectoryWatch,
+    store: &Arc<Store>,
+    s2s: &S2s,
+    notifications: (Option<Arc<Subscriptions>>, Arc<Notify>),
+    metrics: &Metrics,
+) -> Result<(BuildBridge, Arc<Leadership>), StartError> {
+    let Some(graph_config) = &config.graph else {
+        return Err(missing("graph", "required to run the bridge"));
+    };
+    let key = config
+        .shadow_accounts
+        .credential_key
+        .as_ref()
+        .ok_or_else(|| {
+            missing(
+                "shadow_accounts.credential_key",
+                "required when graph is configured",
+            )
+        })?
+        .resolve()?;
+    let settings = Settings::from_config(config, graph_config);
+    let services = Services {
+        graph: watch.graph.clone(),
+        directory: watch.directory.clone(),
+        store: store.clone(),
+        out: Arc::new(s2s.sender()),
+        metrics: BridgeMetrics::register(metrics),
+    };
+    let cipher = CredentialCipher::new(key.expose());
+    let (subscriptions, notified) = notifications;
+    let build: BuildBridge = Box::new(move || {
+        Box::pin(Bridge::build(
+            settings,
+            services,
+            cipher,
+            subscriptions,
+            notified,
+        ))
+    });
+    let leadership = Leadership::new(store.clone(), &config.leader, metrics);
+    Ok((build, Arc::new(leadership)))
+}
+
+fn missing(field: &str, message: &str) -> StartError {
+    xmppfed_config::ConfigError::Invalid {
+        errors: vec![xmppfed_config::FieldError::new(field, message)],
+    }
+    .into()
 }
 
 /// Where shadow accounts' refresh tokens are kept: sealed in the store
