@@ -205,16 +205,7 @@ impl Gateway {
         let directory = self
             .directory
             .map(|watch| tokio::spawn(keep_directory(watch)));
-        let watcher = self.licence.map(|watch| {
-            tokio::spawn(async move {
-                let period = std::time::Duration::from_secs(watch.config.check_interval_secs);
-                loop {
-                    tokio::time::sleep(period).await;
-                    let outcome = licence::check(&watch.config, xmppfed_licence::Timestamp::now());
-                    watch.metrics.record(&outcome, &watch.health);
-                }
-            })
-        });
+        let watcher = self.licence.map(|watch| tokio::spawn(check_licence(watch)));
         tokio::spawn(crate::memory::give_back_freed_memory());
         // One shutdown signal for every listener: asked for, or a failure.
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -259,45 +250,9 @@ impl Gateway {
         s2s_ready.ready();
         let inbox = self.inbox;
         let bridge = match (self.bridge, loaded) {
-            (Some((build, leadership)), Some(mut loaded)) => {
+            (Some((build, leadership)), Some(loaded)) => {
                 let stop = stopped(stop_rx.clone());
-                tokio::spawn(async move {
-                    // Until the allow list is read nobody exists, and until
-                    // this replica holds the lease it stands by: stanzas wait.
-                    if loaded.wait_for(|l| *l).await.is_err() {
-                        return;
-                    }
-                    // The lease is kept from the moment it is taken, the
-                    // bridge built meanwhile (it reads the store afresh).
-                    let since = tokio::select! {
-                        since = leadership.acquire() => since,
-                        () = stop => return,
-                    };
-                    let keep = leadership.keep(since);
-                    tokio::pin!(keep);
-                    let built = tokio::select! {
-                        built = build() => built.map_err(|e| format!("cannot start the bridge: {e}")),
-                        why = &mut keep => Err(why),
-                    };
-                    let bridge = match built {
-                        Ok(bridge) => bridge,
-                        Err(why) => {
-                            let _ = fatal_tx.send(why);
-                            return;
-                        }
-                    };
-
-                    // Losing the lease drops the bridge's future, and every
-                    // background loop of it with it.
-                    let lost = tokio::select! {
-                        () = bridge.run(inbox) => None,
-                        why = &mut keep => Some(why),
-                    };
-
-                    if let Some(why) = lost {
-                        let _ = fatal_tx.send(why);
-                    }
-                })
+                tokio::spawn(lead(build, leadership, loaded, inbox, stop, fatal_tx))
             }
             _ => tokio::spawn(refuse_until_bridged(inbox, sender)),
         };
@@ -391,6 +346,64 @@ async fn refuse_until_bridged(mut inbox: Inbox, sender: S2sSender) {
             "the Teams bridge is not running on this gateway",
         )
         .await;
+    }
+}
+
+/// Checks this node's licence seat again every `check_interval_secs`.
+async fn check_licence(watch: LicenceWatch) {
+    let period = std::time::Duration::from_secs(watch.config.check_interval_secs);
+    loop {
+        tokio::time::sleep(period).await;
+        let outcome = licence::check(&watch.config, xmppfed_licence::Timestamp::now());
+        watch.metrics.record(&outcome, &watch.health);
+    }
+}
+
+/// Runs the bridge while this replica holds the bridge lease: waits for the
+/// allow list, takes the lease (or stops), builds the bridge and serves the
+/// inbox until the lease is lost. Whatever ends it early is sent on `fatal`.
+async fn lead(
+    build: BuildBridge,
+    leadership: Arc<Leadership>,
+    mut loaded: watch::Receiver<bool>,
+    inbox: Inbox,
+    stop: impl Future<Output = ()>,
+    fatal: tokio::sync::oneshot::Sender<String>,
+) {
+    // Until the allow list is read nobody exists, and until
+    // this replica holds the lease it stands by: stanzas wait.
+    if loaded.wait_for(|l| *l).await.is_err() {
+        return;
+    }
+    // The lease is kept from the moment it is taken, the
+    // bridge built meanwhile (it reads the store afresh).
+    let since = tokio::select! {
+        since = leadership.acquire() => since,
+        () = stop => return,
+    };
+    let keep = leadership.keep(since);
+    tokio::pin!(keep);
+    let built = tokio::select! {
+        built = build() => built.map_err(|e| format!("cannot start the bridge: {e}")),
+        why = &mut keep => Err(why),
+    };
+    let bridge = match built {
+        Ok(bridge) => bridge,
+        Err(why) => {
+            let _ = fatal.send(why);
+            return;
+        }
+    };
+
+    // Losing the lease drops the bridge's future, and every
+    // background loop of it with it.
+    let lost = tokio::select! {
+        () = bridge.run(inbox) => None,
+        why = &mut keep => Some(why),
+    };
+
+    if let Some(why) = lost {
+        let _ = fatal.send(why);
     }
 }
 
