@@ -18,16 +18,19 @@ pub struct LicenceOutcome {
     /// Replicas that hold a seat (the StatefulSet's replica count).
     pub licensed: i32,
     pub assignments: BTreeMap<String, LicenceAssignment>,
+    /// Replicas asked for that hold no seat, by pod name.
+    pub unlicensed: Vec<String>,
     /// The Licensed condition.
     pub ok: bool,
     pub reason: &'static str,
     pub message: String,
 }
 
-fn refused(reason: &'static str, message: String) -> LicenceOutcome {
+fn refused(pods: Vec<String>, reason: &'static str, message: String) -> LicenceOutcome {
     LicenceOutcome {
         licensed: 0,
         assignments: BTreeMap::new(),
+        unlicensed: pods,
         ok: false,
         reason,
         message,
@@ -42,20 +45,22 @@ pub fn evaluate(
     public_key: Option<&str>,
     now: Timestamp,
 ) -> LicenceOutcome {
+    let pods = xmppfed_licence::replicas(gateway, u32::try_from(replicas.max(0)).unwrap_or(0));
     let Some(public_key) = public_key else {
         return refused(
+            pods,
             "NoLicenceKey",
             "the operator has no licence public key (--licence-public-key): no replica can be licensed".into(),
         );
     };
     let Some(text) = secret_value else {
         return refused(
+            pods,
             "LicenceSecretMissing",
             "the Secret named by spec.licenceSecret, or its key, does not exist".into(),
         );
     };
     let LicenceFile { licences, problems } = read_file(text, public_key);
-    let pods = xmppfed_licence::replicas(gateway, u32::try_from(replicas.max(0)).unwrap_or(0));
     let assignment = assign(&licences, &pods, now);
     let licensed = i32::try_from(assignment.seats.len()).unwrap_or(i32::MAX);
     let assignments = assignment
@@ -123,6 +128,7 @@ pub fn evaluate(
     LicenceOutcome {
         licensed,
         assignments,
+        unlicensed: assignment.unlicensed,
         ok,
         reason,
         message,

@@ -184,9 +184,7 @@ async fn pipeline(gateway: Arc<FederationGateway>, ctx: Arc<Context>) -> Result<
         ready,
         updated,
         waiting,
-        unlicensed: (licence.licensed..gateway.spec.replicas)
-            .map(|ordinal| format!("{}-{ordinal}", gateway.name_any()))
-            .collect(),
+        unlicensed: licence.unlicensed.clone(),
         tenant,
     };
     patch_status(
