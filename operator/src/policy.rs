@@ -110,8 +110,38 @@ pub enum PolicyRef<'a> {
     Throttle(&'a str),
 }
 
+/// Whether a policy applies to `gateway`, through its selector or the
+/// gateway's own reference to it.
+fn applies_to(
+    selector: &GatewaySelector,
+    policy: PolicyRef<'_>,
+    gateway: &FederationGateway,
+) -> bool {
+    selector.selects(&gateway.name_any(), gateway.labels())
+        || match policy {
+            PolicyRef::Whitelist(name) => gateway
+                .spec
+                .policies
+                .domain_whitelists
+                .iter()
+                .any(|n| n == name),
+            PolicyRef::Throttle(name) => {
+                gateway.spec.policies.throttle_policy.as_deref() == Some(name)
+            }
+        }
+}
+
+/// Whether `gateway`'s applied configuration holds the policy
+/// (`status.whitelists`, `status.throttlePolicy`).
+fn holds(policy: PolicyRef<'_>, gateway: &FederationGateway) -> bool {
+    gateway.status.as_ref().is_some_and(|s| match policy {
+        PolicyRef::Whitelist(name) => s.whitelists.iter().any(|w| w == name),
+        PolicyRef::Throttle(name) => s.throttle_policy.as_deref() == Some(name),
+    })
+}
+
 /// The gateways among `gateways` that a policy applies to, through its selector or
-/// their own references: exactly what a change to it must re-reconcile.
+/// their own references.
 pub fn selected_gateways<'a>(
     selector: &GatewaySelector,
     policy: PolicyRef<'_>,
@@ -121,52 +151,25 @@ pub fn selected_gateways<'a>(
     gateways
         .iter()
         .filter(|g| g.namespace().as_deref() == policy_namespace)
-        .filter(|g| {
-            selector.selects(&g.name_any(), g.labels())
-                || match policy {
-                    PolicyRef::Whitelist(name) => {
-                        g.spec.policies.domain_whitelists.iter().any(|n| n == name)
-                    }
-                    PolicyRef::Throttle(name) => {
-                        g.spec.policies.throttle_policy.as_deref() == Some(name)
-                    }
-                }
-        })
+        .filter(|g| applies_to(selector, policy, g))
         .collect()
 }
 
-/// The gateways a change to a policy concerns: the ones it selects now, and
-/// the ones whose applied configuration still holds it (`status.whitelists`,
-/// `status.throttlePolicy`): a narrowed selector or a deleted policy must
-/// reach the gateways it leaves as promptly as a widened one reaches new ones.
-pub fn concerned_gateways<'a>(
+/// Whether a change to a policy concerns `gateway`: the policy applies to
+/// it now, or its applied configuration still holds it. A narrowed selector
+/// or a deleted policy must reach the gateways it leaves as promptly as a
+/// widened one reaches new ones: exactly what a change must re-reconcile.
+pub fn concerns(
     selector: &GatewaySelector,
     policy: PolicyRef<'_>,
     policy_namespace: Option<&str>,
-    gateways: &'a [FederationGateway],
-) -> Vec<&'a FederationGateway> {
-    let holds_it = |g: &FederationGateway| {
-        g.status.as_ref().is_some_and(|s| match policy {
-            PolicyRef::Whitelist(name) => s.whitelists.iter().any(|w| w == name),
-            PolicyRef::Throttle(name) => s.throttle_policy.as_deref() == Some(name),
-        })
-    };
-    let selected = selected_gateways(selector, policy, policy_namespace, gateways);
-    gateways
-        .iter()
-        .filter(|g| g.namespace().as_deref() == policy_namespace)
-        .filter(|g| selected.iter().any(|s| std::ptr::eq(*s, *g)) || holds_it(g))
-        .collect()
+    gateway: &FederationGateway,
+) -> bool {
+    gateway.namespace().as_deref() == policy_namespace
+        && (applies_to(selector, policy, gateway) || holds(policy, gateway))
 }
 
-/// The gateways among `gateways` that read Secret `name` of `namespace`.
-pub fn reading_secret<'a>(
-    name: &str,
-    namespace: Option<&str>,
-    gateways: &'a [FederationGateway],
-) -> Vec<&'a FederationGateway> {
-    gateways
-        .iter()
-        .filter(|g| g.namespace().as_deref() == namespace && g.referenced_secrets().contains(&name))
-        .collect()
+/// Whether `gateway` reads Secret `name` of `namespace`.
+pub fn reads_secret(gateway: &FederationGateway, name: &str, namespace: Option<&str>) -> bool {
+    gateway.namespace().as_deref() == namespace && gateway.referenced_secrets().contains(&name)
 }

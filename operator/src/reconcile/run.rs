@@ -17,7 +17,7 @@ use kube::runtime::watcher;
 use super::policies::{policy_error_policy, reconcile_throttle, reconcile_whitelist};
 use super::{Context, error_policy, reconcile};
 use crate::crd::{DomainWhitelist, FederationGateway, GatewaySelector, ThrottlePolicy};
-use crate::policy::{PolicyRef, concerned_gateways, reading_secret};
+use crate::policy::{PolicyRef, concerns, reads_secret};
 
 /// The gateways (from the controller's cache) a changed policy concerns: the
 /// ones to reconcile again.
@@ -27,10 +27,12 @@ fn concerned_in<P: ResourceExt>(
     reference: PolicyRef<'_>,
     policy: &P,
 ) -> Vec<ObjectRef<FederationGateway>> {
-    let all: Vec<FederationGateway> = gateways.state().iter().map(|g| (**g).clone()).collect();
-    concerned_gateways(selector, reference, policy.namespace().as_deref(), &all)
-        .into_iter()
-        .map(ObjectRef::from)
+    let namespace = policy.namespace();
+    gateways
+        .state()
+        .iter()
+        .filter(|g| concerns(selector, reference, namespace.as_deref(), g))
+        .map(|g| ObjectRef::from(g.as_ref()))
         .collect()
 }
 
@@ -39,10 +41,12 @@ fn reading_in(
     gateways: &Store<FederationGateway>,
     secret: &PartialObjectMeta<Secret>,
 ) -> Vec<ObjectRef<FederationGateway>> {
-    let all: Vec<FederationGateway> = gateways.state().iter().map(|g| (**g).clone()).collect();
-    reading_secret(&secret.name_any(), secret.namespace().as_deref(), &all)
-        .into_iter()
-        .map(ObjectRef::from)
+    let (name, namespace) = (secret.name_any(), secret.namespace());
+    gateways
+        .state()
+        .iter()
+        .filter(|g| reads_secret(g, &name, namespace.as_deref()))
+        .map(|g| ObjectRef::from(g.as_ref()))
         .collect()
 }
 
