@@ -328,19 +328,23 @@ async fn operator_on_a_real_cluster() {
     );
 
     // A whitelist change reaches the gateway's configuration.
-    whitelists
-        .patch(
-            "partners",
-            &apply,
-            &Patch::Apply(json!({
+    let set_partners = |gateways: serde_json::Value| {
+        let whitelists = whitelists.clone();
+        let apply = apply.clone();
+        async move {
+            let whitelist = json!({
                 "apiVersion": "xmppfed.io/v1alpha1", "kind": "DomainWhitelist",
                 "metadata": {"name": "partners"},
-                "spec": {"gateways": {"matchLabels": {"xmppfed.io/tier": "production"}},
+                "spec": {"gateways": gateways,
                          "remoteDomains": ["xmpp.partner.example", "new-partner.example"]}
-            })),
-        )
-        .await
-        .unwrap();
+            });
+            whitelists
+                .patch("partners", &apply, &Patch::Apply(whitelist))
+                .await
+                .unwrap();
+        }
+    };
+    set_partners(json!({"matchLabels": {"xmppfed.io/tier": "production"}})).await;
     eventually(
         "the new domain in contoso-config",
         Duration::from_secs(60),
@@ -375,19 +379,7 @@ async fn operator_on_a_real_cluster() {
     // Narrowed to northwind alone: both gateways follow at once (the one it
     // no longer selects too), and contoso says which whitelist left it.
     let narrowed = std::time::Instant::now();
-    whitelists
-        .patch(
-            "partners",
-            &apply,
-            &Patch::Apply(json!({
-                "apiVersion": "xmppfed.io/v1alpha1", "kind": "DomainWhitelist",
-                "metadata": {"name": "partners"},
-                "spec": {"gateways": {"names": ["northwind"]},
-                         "remoteDomains": ["xmpp.partner.example", "new-partner.example"]}
-            })),
-        )
-        .await
-        .unwrap();
+    set_partners(json!({"names": ["northwind"]})).await;
     let renders = |name: &'static str, wanted: bool| {
         let configmaps = configmaps.clone();
         async move {
