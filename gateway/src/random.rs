@@ -11,7 +11,18 @@ pub fn fill(buf: &mut [u8]) {
 pub fn hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
     fill(&mut buf);
-    buf.iter().map(|b| format!("{b:02x}")).collect()
+    hex_of(&buf)
+}
+
+/// Lower-case hex of `bytes` (random ids here, dialback keys).
+pub fn hex_of(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 /// A random fraction in [0, 1), for jitter.

@@ -36,7 +36,7 @@ impl std::fmt::Debug for DialbackKeys {
 impl DialbackKeys {
     pub fn new(secret: &[u8]) -> Self {
         Self {
-            hashed_secret: hex(&Sha256::digest(secret)),
+            hashed_secret: crate::random::hex_of(&Sha256::digest(secret)),
         }
     }
 
@@ -55,7 +55,7 @@ impl DialbackKeys {
         mac.update(originating.as_bytes());
         mac.update(b" ");
         mac.update(stream_id.as_bytes());
-        hex(&mac.finalize().into_bytes())
+        crate::random::hex_of(&mac.finalize().into_bytes())
     }
 
     /// Constant-time check of a key a peer presented.
@@ -68,16 +68,6 @@ impl DialbackKeys {
                 .fold(0u8, |acc, (a, b)| acc | (a ^ b))
                 == 0
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
 }
 
 /// A fresh stream id.
