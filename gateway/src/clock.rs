@@ -1,7 +1,6 @@
 //! The one clock of the gateway and the one way its times are written and
 //! read: epoch seconds in the store, RFC 3339 (UTC) towards Graph, Graph's
-//! date-times read back to epoch seconds or milliseconds (jiff does the
-//! calendar arithmetic).
+//! date-times read as timestamps (jiff does the calendar arithmetic).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -15,29 +14,18 @@ pub fn now() -> Epoch {
         .unwrap_or(0)
 }
 
-/// RFC 3339 in UTC, to the second (what Graph takes for `expirationDateTime`).
+/// RFC 3339 in UTC, to the second, truncated (what Graph takes for
+/// `expirationDateTime`); the epoch for a time before it.
 pub fn rfc3339(at: SystemTime) -> String {
-    match jiff::Timestamp::try_from(at) {
-        Ok(t) => t.round(jiff::Unit::Second).map_or_else(
-            |_| "1970-01-01T00:00:00Z".to_owned(),
-            |t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
-        ),
-        Err(_) => "1970-01-01T00:00:00Z".to_owned(),
-    }
+    let secs = at
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let t = jiff::Timestamp::from_second(secs).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+    t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
-/// Seconds since the epoch of one of Graph's date-times (RFC 3339, e.g.
-/// `2026-11-25T13:43:37.123Z`; without an offset, UTC); 0 for what does not parse.
-pub fn epoch_of(stamp: &str) -> i64 {
-    epoch_millis_of(stamp).div_euclid(1000)
-}
-
-/// The same in milliseconds (Graph orders a chat's messages to the millisecond).
-pub fn epoch_millis_of(stamp: &str) -> i64 {
-    timestamp_of(stamp).map_or(0, |t| t.as_millisecond())
-}
-
-/// One of Graph's date-times (RFC 3339; without an offset, UTC).
+/// One of Graph's date-times (RFC 3339, e.g. `2026-11-25T13:43:37.123Z`;
+/// without an offset, UTC); `None` for what does not parse.
 pub fn timestamp_of(stamp: &str) -> Option<jiff::Timestamp> {
     stamp.parse::<jiff::Timestamp>().ok().or_else(|| {
         let civil = stamp.parse::<jiff::civil::DateTime>().ok()?;
@@ -53,6 +41,14 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    fn secs(stamp: &str) -> Option<i64> {
+        timestamp_of(stamp).map(|t| t.as_second())
+    }
+
+    fn millis(stamp: &str) -> Option<i64> {
+        timestamp_of(stamp).map(|t| t.as_millisecond())
+    }
+
     #[test]
     fn rfc3339_dates() {
         assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
@@ -64,26 +60,23 @@ mod tests {
             rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)),
             "2000-02-29T00:00:00Z"
         );
-        // Written to the second, read back to the same second.
-        let at = UNIX_EPOCH + Duration::from_millis(1_798_761_599_400);
-        assert_eq!(epoch_of(&rfc3339(at)), 1_798_761_599);
+        // Written to the second (truncated), read back to the same second.
+        let at = UNIX_EPOCH + Duration::from_millis(1_798_761_599_900);
+        assert_eq!(secs(&rfc3339(at)), Some(1_798_761_599));
     }
 
     #[test]
     fn graph_timestamps() {
-        assert_eq!(epoch_of("1970-01-01T00:00:00Z"), 0);
-        assert_eq!(epoch_of("2026-12-31T23:59:59.123Z"), 1_798_761_599);
-        assert_eq!(epoch_of("2000-02-29T00:00:00Z"), 951_782_400);
-        assert_eq!(epoch_millis_of("2000-02-29T00:00:00.5Z"), 951_782_400_500);
+        assert_eq!(secs("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(secs("2026-12-31T23:59:59.123Z"), Some(1_798_761_599));
+        assert_eq!(secs("2000-02-29T00:00:00Z"), Some(951_782_400));
+        assert_eq!(millis("2000-02-29T00:00:00.5Z"), Some(951_782_400_500));
         assert_eq!(
-            epoch_millis_of("2000-02-29T00:00:00.1234567Z"),
-            951_782_400_123
+            millis("2000-02-29T00:00:00.1234567Z"),
+            Some(951_782_400_123)
         );
-        assert_eq!(epoch_millis_of("2000-02-29T00:00:00"), 951_782_400_000);
-        assert_eq!(
-            epoch_millis_of("2000-02-29T01:00:00+01:00"),
-            951_782_400_000
-        );
-        assert_eq!(epoch_of("not a date"), 0);
+        assert_eq!(millis("2000-02-29T00:00:00"), Some(951_782_400_000));
+        assert_eq!(millis("2000-02-29T01:00:00+01:00"), Some(951_782_400_000));
+        assert_eq!(secs("not a date"), None);
     }
 }

@@ -107,8 +107,6 @@ impl GraphClient {
     }
 }
 
-pub use crate::clock::{epoch_millis_of, epoch_of};
-
 #[cfg(test)]
 mod tests {
     use super::*;
