@@ -167,6 +167,7 @@ pub fn webhook_body(data: &[u8]) {
     if let Some(batch) = crate::graph::webhook::parse_batch(data, b"fuzz-state") {
         for notification in batch.accepted {
             let _ = serde_json::to_string(&notification);
+            let _ = (notification.chat_message(), notification.lifecycle());
         }
     }
 }
