@@ -13,12 +13,12 @@ use tokio::net::TcpStream;
 use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};
 use xmppfed_config::{SecretRef, StoreConfig};
 use xmppfed_gateway::store::{
-    Contact, OutboxItem, OutboxPayload, ShadowAccount, Store, StoreError, StoredSubscription,
-    ToTeams, now,
+    BridgedChat, Contact, OutboxItem, OutboxPayload, ShadowAccount, Store, StoreError,
+    StoredSubscription, ToTeams, now,
 };
 
 /// The schema version this gateway writes.
-const SCHEMA: i64 = 4;
+const SCHEMA: i64 = 5;
 
 async fn conformance(store: &Store) {
     assert_eq!(store.schema_version().await.unwrap(), SCHEMA);
@@ -51,26 +51,52 @@ async fn conformance(store: &Store) {
         "and lost by its old holder"
     );
 
-    // Cursors.
-    assert_eq!(store.get_cursor("presence").await.unwrap(), None);
-    store.set_cursor("presence", "a").await.unwrap();
-    store.set_cursor("presence", "b").await.unwrap();
+    // Bridged chats: typed, the read mark kept when a chat is named again,
+    // the conversation's latest chat found.
+    let chat = |id: &str, remote: &str, user: &str, mark: i64| BridgedChat {
+        chat_id: id.to_owned(),
+        remote_jid: remote.to_owned(),
+        teams_user: user.to_owned(),
+        read_from_ms: mark,
+    };
+    assert_eq!(store.bridged_chat("19:b").await.unwrap(), None);
+    assert_eq!(store.chat_between("a@x", "u1").await.unwrap(), None);
+    store
+        .bridge_chat(&chat("19:b", "a@x", "u1", 100))
+        .await
+        .unwrap();
+    store
+        .bridge_chat(&chat("19:a", "b@x", "u1", 200))
+        .await
+        .unwrap();
+    store.set_read_mark("19:b", 150).await.unwrap();
+    store
+        .bridge_chat(&chat("19:b", "a@x", "u1", 999))
+        .await
+        .unwrap();
     assert_eq!(
-        store.get_cursor("presence").await.unwrap().as_deref(),
-        Some("b")
+        store.bridged_chat("19:b").await.unwrap(),
+        Some(chat("19:b", "a@x", "u1", 150)),
+        "named again, its mark is kept"
     );
-
-    store.set_cursor("chat:b", "2").await.unwrap();
-    store.set_cursor("chat:a", "1").await.unwrap();
-    store.set_cursor("chats", "x").await.unwrap();
-    store.set_cursor("chat_", "y").await.unwrap();
     assert_eq!(
-        store.cursors_with_prefix("chat:").await.unwrap(),
+        store.chat_between("a@x", "u1").await.unwrap().as_deref(),
+        Some("19:b")
+    );
+    assert_eq!(
+        store.chat_between("a@x", "u2").await.unwrap(),
+        None,
+        "a conversation is the pair"
+    );
+    assert_eq!(
+        store.bridged_chats().await.unwrap(),
         [
-            ("chat:a".to_owned(), "1".to_owned()),
-            ("chat:b".to_owned(), "2".to_owned())
+            chat("19:a", "b@x", "u1", 200),
+            chat("19:b", "a@x", "u1", 150)
         ]
     );
+    store.set_read_mark("19:unknown", 1).await.unwrap();
+    assert_eq!(store.bridged_chats().await.unwrap().len(), 2);
 
     // Subscriptions.
     let sub = StoredSubscription {
@@ -363,7 +389,15 @@ async fn sqlite_conforms() {
 
 /// What a store must still hold after a restart (`find_left_behind`).
 async fn leave_behind(store: &Store) {
-    store.set_cursor("k", "v").await.unwrap();
+    store
+        .bridge_chat(&BridgedChat {
+            chat_id: "19:k".into(),
+            remote_jid: "r@x".into(),
+            teams_user: "u".into(),
+            read_from_ms: 7,
+        })
+        .await
+        .unwrap();
     store.push_notification("kept").await.unwrap();
 }
 
@@ -373,7 +407,15 @@ async fn find_left_behind(store: &Store) {
         SCHEMA,
         "migrations run once"
     );
-    assert_eq!(store.get_cursor("k").await.unwrap().as_deref(), Some("v"));
+    assert_eq!(
+        store
+            .bridged_chat("19:k")
+            .await
+            .unwrap()
+            .unwrap()
+            .read_from_ms,
+        7
+    );
     assert_eq!(
         store.claim_notifications(10, 60).await.unwrap()[0].body,
         "kept"
@@ -409,6 +451,53 @@ async fn sqlite_keeps_everything_across_a_restart_and_refuses_a_newer_schema() {
     .unwrap();
     drop(conn);
     refused_as_too_new(Store::sqlite(&path).await);
+}
+
+/// Schema 5 moves bridged chats out of the key-value cursors of schema 4
+/// (`conv:{chat}` → `remote|user`, `chat:{conversation}` → chat, `seen:{chat}`
+/// → read mark) into their own table: a store of schema 4 is set up as a
+/// gateway of that version left it, and opened again.
+#[tokio::test]
+async fn sqlite_moves_schema_4_cursors_into_bridged_chats() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("xmppfed.db");
+    drop(Store::sqlite(&path).await.unwrap());
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(
+        "DROP TABLE bridged_chats;
+         DELETE FROM schema_version WHERE version = 5;
+         CREATE TABLE cursors (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+         INSERT INTO cursors VALUES
+            ('conv:19:old', 'a@x|u1'), ('conv:19:new', 'a@x|u1'), ('chat:a@x|u1', '19:new'),
+            ('seen:19:new', '1700000000000'),
+            ('conv:19:b', 'b@x|u2'), ('seen:19:b', '5'),
+            ('conv:19:broken', 'no-separator'), ('presence', 'x');",
+    )
+    .unwrap();
+    drop(conn);
+
+    let store = Store::sqlite(&path).await.unwrap();
+    assert_eq!(store.schema_version().await.unwrap(), SCHEMA);
+    let chat = |id: &str, remote: &str, user: &str, mark: i64| BridgedChat {
+        chat_id: id.to_owned(),
+        remote_jid: remote.to_owned(),
+        teams_user: user.to_owned(),
+        read_from_ms: mark,
+    };
+    assert_eq!(
+        store.bridged_chats().await.unwrap(),
+        [
+            chat("19:b", "b@x", "u2", 5),
+            chat("19:new", "a@x", "u1", 1_700_000_000_000),
+            chat("19:old", "a@x", "u1", 0),
+        ],
+        "a row without a separator is not a conversation"
+    );
+    assert_eq!(
+        store.chat_between("a@x", "u1").await.unwrap().as_deref(),
+        Some("19:new"),
+        "the chat the conversation named"
+    );
 }
 
 /// A row no gateway of this version can read (damaged, or written by a newer

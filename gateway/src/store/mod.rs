@@ -67,6 +67,19 @@ pub struct ShadowAccount {
     pub created_at: Epoch,
 }
 
+/// A Teams chat the bridge carries: the 1:1 chat between a remote contact's
+/// shadow account and a Teams user, and how far it has been read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BridgedChat {
+    pub chat_id: String,
+    /// The remote contact's bare JID.
+    pub remote_jid: String,
+    /// The Teams user's object id.
+    pub teams_user: String,
+    /// Messages created from here on (milliseconds since the epoch) are read.
+    pub read_from_ms: i64,
+}
+
 /// A subscription between a Teams user of our domain and a remote contact.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Contact {
@@ -132,22 +145,35 @@ impl Store {
         backend!(self, s => s.schema_version())
     }
 
-    // Cursors and small state -------------------------------------------------
+    // Bridged chats ----------------------------------------------------------
 
-    pub async fn get_cursor(&self, key: &str) -> Result<Option<String>, StoreError> {
-        backend!(self, s => s.get_cursor(key))
+    /// Records a bridged chat, or names its conversation again; an existing
+    /// read mark is kept (the chat is read on from where it was).
+    pub async fn bridge_chat(&self, chat: &BridgedChat) -> Result<(), StoreError> {
+        backend!(self, s => s.bridge_chat(chat))
     }
 
-    pub async fn set_cursor(&self, key: &str, value: &str) -> Result<(), StoreError> {
-        backend!(self, s => s.set_cursor(key, value))
+    pub async fn bridged_chat(&self, chat_id: &str) -> Result<Option<BridgedChat>, StoreError> {
+        backend!(self, s => s.bridged_chat(chat_id))
     }
 
-    /// Every cursor whose key starts with `prefix`, by key.
-    pub async fn cursors_with_prefix(
+    /// The chat bridged last between a remote contact and a Teams user.
+    pub async fn chat_between(
         &self,
-        prefix: &str,
-    ) -> Result<Vec<(String, String)>, StoreError> {
-        backend!(self, s => s.cursors_with_prefix(prefix))
+        remote_jid: &str,
+        teams_user: &str,
+    ) -> Result<Option<String>, StoreError> {
+        backend!(self, s => s.chat_between(remote_jid, teams_user))
+    }
+
+    /// Every bridged chat, by chat id.
+    pub async fn bridged_chats(&self) -> Result<Vec<BridgedChat>, StoreError> {
+        backend!(self, s => s.bridged_chats())
+    }
+
+    /// Moves a chat's read mark (milliseconds since the epoch).
+    pub async fn set_read_mark(&self, chat_id: &str, read_from_ms: i64) -> Result<(), StoreError> {
+        backend!(self, s => s.set_read_mark(chat_id, read_from_ms))
     }
 
     // Graph subscriptions -------------------------------------------------------

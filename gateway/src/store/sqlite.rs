@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
-    Contact, Epoch, OutboxRow, QueuedNotification, ShadowAccount, StoreError, StoredSubscription,
-    now,
+    BridgedChat, Contact, Epoch, OutboxRow, QueuedNotification, ShadowAccount, StoreError,
+    StoredSubscription, now,
 };
 
 /// Each migration, in order; the schema version is the number applied.
@@ -36,6 +36,18 @@ const MIGRATIONS: &[&str] = &[
     // and when it was created (Teams provisions new accounts for up to 24 h).
     "ALTER TABLE shadow_accounts ADD COLUMN refresh_token BLOB;
      ALTER TABLE shadow_accounts ADD COLUMN created_at INTEGER NOT NULL DEFAULT 0;",
+    // 5: bridged chats get a table of their own, typed, instead of the key-value
+    // cursors `conv:{chat}` → `remote|user`, `chat:{remote|user}` → chat and
+    // `seen:{chat}` → read mark; the chat a conversation named is the latest.
+    "CREATE TABLE bridged_chats (chat_id TEXT PRIMARY KEY, remote_jid TEXT NOT NULL, teams_user TEXT NOT NULL,
+        read_from_ms INTEGER NOT NULL, bridged_at INTEGER NOT NULL);
+     CREATE INDEX bridged_chats_conversation ON bridged_chats (remote_jid, teams_user, bridged_at);
+     INSERT INTO bridged_chats (chat_id, remote_jid, teams_user, read_from_ms, bridged_at)
+        SELECT substr(c.key, 6), substr(c.value, 1, instr(c.value, '|') - 1), substr(c.value, instr(c.value, '|') + 1),
+            COALESCE((SELECT CAST(s.value AS INTEGER) FROM cursors s WHERE s.key = 'seen:' || substr(c.key, 6)), 0),
+            EXISTS (SELECT 1 FROM cursors k WHERE k.key = 'chat:' || c.value AND k.value = substr(c.key, 6))
+        FROM cursors c WHERE c.key >= 'conv:' AND c.key < 'conv;' AND instr(c.value, '|') > 1;
+     DROP TABLE cursors;",
 ];
 
 /// Dedupe keys deleted per statement when old ones are forgotten.
@@ -93,38 +105,70 @@ impl SqliteStore {
             .await
     }
 
-    pub async fn get_cursor(&self, key: &str) -> Result<Option<String>, StoreError> {
-        let key = key.to_owned();
+    pub async fn bridge_chat(&self, chat: &BridgedChat) -> Result<(), StoreError> {
+        let chat = chat.clone();
         self.with(move |c| {
-            c.query_row("SELECT value FROM cursors WHERE key = ?1", [key], |r| {
-                r.get(0)
-            })
+            c.execute(
+                "INSERT INTO bridged_chats (chat_id, remote_jid, teams_user, read_from_ms, bridged_at) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT(chat_id) DO UPDATE SET remote_jid = excluded.remote_jid, teams_user = excluded.teams_user,
+                    bridged_at = excluded.bridged_at",
+                params![chat.chat_id, chat.remote_jid, chat.teams_user, chat.read_from_ms, now()],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    pub async fn bridged_chat(&self, chat_id: &str) -> Result<Option<BridgedChat>, StoreError> {
+        let chat_id = chat_id.to_owned();
+        self.with(move |c| {
+            c.query_row(
+                "SELECT chat_id, remote_jid, teams_user, read_from_ms FROM bridged_chats WHERE chat_id = ?1",
+                [chat_id],
+                bridged_chat,
+            )
             .optional()
         })
         .await
     }
 
-    pub async fn cursors_with_prefix(
+    pub async fn chat_between(
         &self,
-        prefix: &str,
-    ) -> Result<Vec<(String, String)>, StoreError> {
-        // A range rather than LIKE: no wildcard in the prefix to escape.
-        let (start, end) = (prefix.to_owned(), format!("{prefix}\u{10FFFF}"));
+        remote_jid: &str,
+        teams_user: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let (remote_jid, teams_user) = (remote_jid.to_owned(), teams_user.to_owned());
         self.with(move |c| {
+            c.query_row(
+                "SELECT chat_id FROM bridged_chats WHERE remote_jid = ?1 AND teams_user = ?2
+                 ORDER BY bridged_at DESC, chat_id DESC LIMIT 1",
+                [remote_jid, teams_user],
+                |r| r.get(0),
+            )
+            .optional()
+        })
+        .await
+    }
+
+    pub async fn bridged_chats(&self) -> Result<Vec<BridgedChat>, StoreError> {
+        self.with(|c| {
             let mut stmt = c.prepare(
-                "SELECT key, value FROM cursors WHERE key >= ?1 AND key < ?2 ORDER BY key",
+                "SELECT chat_id, remote_jid, teams_user, read_from_ms FROM bridged_chats ORDER BY chat_id",
             )?;
-            let rows = stmt.query_map([start, end], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            let rows = stmt.query_map([], bridged_chat)?;
             rows.collect()
         })
         .await
     }
 
-    pub async fn set_cursor(&self, key: &str, value: &str) -> Result<(), StoreError> {
-        let (key, value) = (key.to_owned(), value.to_owned());
+    pub async fn set_read_mark(&self, chat_id: &str, read_from_ms: i64) -> Result<(), StoreError> {
+        let chat_id = chat_id.to_owned();
         self.with(move |c| {
-            c.execute("INSERT INTO cursors (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value", [key, value])
-                .map(|_| ())
+            c.execute(
+                "UPDATE bridged_chats SET read_from_ms = ?2 WHERE chat_id = ?1",
+                params![chat_id, read_from_ms],
+            )
+            .map(|_| ())
         })
         .await
     }
@@ -523,4 +567,13 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         tracing::info!(version, "store migrated");
     }
     Ok(())
+}
+
+fn bridged_chat(r: &rusqlite::Row<'_>) -> rusqlite::Result<BridgedChat> {
+    Ok(BridgedChat {
+        chat_id: r.get(0)?,
+        remote_jid: r.get(1)?,
+        teams_user: r.get(2)?,
+        read_from_ms: r.get(3)?,
+    })
 }

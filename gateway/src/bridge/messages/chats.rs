@@ -8,9 +8,8 @@ use crate::bridge::contacts::ShadowSignIn;
 use crate::graph::api::{Chat, ChatType};
 use crate::graph::subscriptions::Want;
 use crate::graph::{GraphError, UserCredential};
-use crate::store::{StoreError, now};
+use crate::store::{BridgedChat, StoreError, now};
 
-use super::outbox::{CONV_PREFIX, chat_key, conv_key, conversation, seen_key};
 use super::{CatchUpError, Messages};
 
 /// How far behind the newest message read a chat's mark stays.
@@ -30,12 +29,12 @@ impl Messages {
     /// The chat between a contact's shadow account and a Teams user.
     pub(super) async fn chat(
         &self,
-        conv: &str,
+        remote: &str,
         shadow: &UserCredential,
         shadow_id: &str,
         user_id: &str,
     ) -> Result<String, GraphError> {
-        if let Ok(Some(chat_id)) = self.store.get_cursor(&chat_key(conv)).await {
+        if let Ok(Some(chat_id)) = self.store.chat_between(remote, user_id).await {
             return Ok(chat_id);
         }
         let chat = self
@@ -44,7 +43,7 @@ impl Messages {
             .await?;
         // Graph answers with the chat the Teams user may have started first:
         // what they wrote before the contact did is read too.
-        if let Err(e) = self.remember_chat(&chat.id, conv).await {
+        if let Err(e) = self.remember_chat(&chat.id, remote, user_id).await {
             tracing::warn!(error = %e, "cannot remember a chat");
         }
         self.watch(shadow, shadow_id).await;
@@ -54,15 +53,20 @@ impl Messages {
     /// Records a bridged chat: its conversation both ways, and — unless the
     /// chat is read already — the mark from which its messages are read: the
     /// expiry back (older ones would have been given up on by now).
-    pub(super) async fn remember_chat(&self, chat_id: &str, conv: &str) -> Result<(), StoreError> {
-        if self.store.get_cursor(&seen_key(chat_id)).await?.is_none() {
-            let read_from = (now() - self.settings.expiry.as_secs() as i64) * 1000;
-            self.store
-                .set_cursor(&seen_key(chat_id), &read_from.to_string())
-                .await?;
-        }
-        self.store.set_cursor(&conv_key(chat_id), conv).await?;
-        self.store.set_cursor(&chat_key(conv), chat_id).await
+    pub(super) async fn remember_chat(
+        &self,
+        chat_id: &str,
+        remote: &str,
+        user_id: &str,
+    ) -> Result<(), StoreError> {
+        self.store
+            .bridge_chat(&BridgedChat {
+                chat_id: chat_id.to_owned(),
+                remote_jid: remote.to_owned(),
+                teams_user: user_id.to_owned(),
+                read_from_ms: (now() - self.settings.expiry.as_secs() as i64) * 1000,
+            })
+            .await
     }
 
     pub(super) fn is_foreign(&self, chat_id: &str) -> bool {
@@ -89,7 +93,7 @@ impl Messages {
         account: &ShadowSignIn,
         listed: Option<&Chat>,
     ) -> Result<bool, CatchUpError> {
-        if self.store.get_cursor(&conv_key(chat_id)).await?.is_some() {
+        if self.store.bridged_chat(chat_id).await?.is_some() {
             return Ok(true);
         }
         if self.is_foreign(chat_id) {
@@ -105,8 +109,7 @@ impl Messages {
             self.mark_foreign(chat_id);
             return Ok(false);
         };
-        self.remember_chat(chat_id, &conversation(&account.jid, &user_id))
-            .await?;
+        self.remember_chat(chat_id, &account.jid, &user_id).await?;
         tracing::info!(%chat_id, remote = %account.jid, %user_id, "a chat started in Teams is bridged");
         Ok(true)
     }
@@ -259,7 +262,7 @@ impl Messages {
 
     /// One pass over every bridged chat; returns how many messages it queued.
     pub async fn reconcile_once(&self) -> usize {
-        let chats = match self.store.cursors_with_prefix(CONV_PREFIX).await {
+        let chats = match self.store.bridged_chats().await {
             Ok(chats) => chats,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot list the bridged chats");
@@ -268,11 +271,11 @@ impl Messages {
         };
         let mut queued = 0;
         let mut next = tokio::time::Instant::now();
-        for (key, _) in chats {
+        for chat in chats {
             // Paced, not bursty: the sweep never takes more than its share of reads.
             tokio::time::sleep_until(next).await;
             next = tokio::time::Instant::now() + self.settings.sweep_gap;
-            let chat_id = &key[CONV_PREFIX.len()..];
+            let chat_id = &chat.chat_id;
             match self.catch_up(chat_id).await {
                 Ok(n) => queued += n,
                 Err(e) => tracing::warn!(error = %e, %chat_id, "cannot read a chat"),
@@ -286,25 +289,18 @@ impl Messages {
     /// takes them in the chat's order. Returns how many were new.
     pub(super) async fn catch_up(&self, chat_id: &str) -> Result<usize, CatchUpError> {
         let _one_reader = self.reading.lock().await;
-        let Some(conv) = self.store.get_cursor(&conv_key(chat_id)).await? else {
-            return Ok(0);
-        };
-        let Some((remote, user_id)) = conv.split_once('|') else {
+        // Read again: a notification may have moved the mark meanwhile.
+        let Some(chat) = self.store.bridged_chat(chat_id).await? else {
             return Ok(0);
         };
         // A user off the allow list is not read for.
-        if self.directory.local_of(user_id).is_none() {
+        if self.directory.local_of(&chat.teams_user).is_none() {
             return Ok(0);
         }
-        let Some((_, shadow)) = self.contacts.existing_credential(remote).await? else {
+        let Some((_, shadow)) = self.contacts.existing_credential(&chat.remote_jid).await? else {
             return Ok(0);
         };
-        let seen: i64 = self
-            .store
-            .get_cursor(&seen_key(chat_id))
-            .await?
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
+        let seen = chat.read_from_ms;
         let messages = self
             .graph
             .chat_messages_since(&shadow, chat_id, seen, RECONCILE_PAGES)
@@ -329,9 +325,7 @@ impl Messages {
         // Graph lists a little late is still read (the outbox knows the rest).
         let mark = (newest - MARK_LAG_MS).max(seen);
         if mark > seen {
-            self.store
-                .set_cursor(&seen_key(chat_id), &mark.to_string())
-                .await?;
+            self.store.set_read_mark(chat_id, mark).await?;
         }
         Ok(queued)
     }

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use crate::graph::webhook::Notification;
 
-use super::outbox::conv_key;
 use super::{CatchUpError, Messages};
 
 /// A chat whose read failed is read again after this.
@@ -85,7 +84,7 @@ impl Messages {
         chat_id: &str,
         subscription_id: &str,
     ) -> Result<usize, CatchUpError> {
-        if self.store.get_cursor(&conv_key(chat_id)).await?.is_none() {
+        if self.store.bridged_chat(chat_id).await?.is_none() {
             // A group chat's every message would otherwise cost a look.
             if self.is_foreign(chat_id) {
                 return Ok(0);

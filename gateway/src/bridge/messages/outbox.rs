@@ -1,4 +1,4 @@
-//! The outbox's keys (conversations, queues, dedupe keys, read marks) and
+//! The outbox's keys (conversations, queues, dedupe keys) and
 //! the worker that delivers what is due, one conversation at a time.
 
 use std::sync::Arc;
@@ -20,19 +20,6 @@ pub(super) fn conversation(remote: &str, user_id: &str) -> String {
 /// its own order, and a message held up one way does not hold up the other.
 pub(super) fn queue(direction: Direction, conversation: &str) -> String {
     format!("{direction}:{conversation}")
-}
-
-pub(super) fn chat_key(conversation: &str) -> String {
-    format!("chat:{conversation}")
-}
-
-pub(super) const CONV_PREFIX: &str = "conv:";
-pub(super) fn conv_key(chat_id: &str) -> String {
-    format!("{CONV_PREFIX}{chat_id}")
-}
-
-pub(super) fn seen_key(chat_id: &str) -> String {
-    format!("seen:{chat_id}")
 }
 
 /// The dedupe key of a Graph chat message (ids are unique within a chat only).

@@ -136,15 +136,7 @@ impl Messages {
                 return Outcome::Retry;
             }
         };
-        let chat_id = match self
-            .chat(
-                &conversation(&p.remote, &p.user_id),
-                &shadow,
-                &shadow_id,
-                &p.user_id,
-            )
-            .await
-        {
+        let chat_id = match self.chat(&p.remote, &shadow, &shadow_id, &p.user_id).await {
             Ok(id) => id,
             Err(e) => return self.graph_failure(p, e).await,
         };

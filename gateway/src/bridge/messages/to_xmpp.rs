@@ -14,7 +14,7 @@ use crate::graph::api::MessageType as GraphMessageType;
 use crate::s2s::{SendError, Stanza};
 use crate::store::{Direction, OutboxItem, OutboxPayload, StoreError, ToXmpp, now};
 
-use super::outbox::{backoff, conv_key, conversation, graph_key, queue};
+use super::outbox::{backoff, conversation, graph_key, queue};
 use super::{InFlight, Messages, Outcome, random_id};
 
 /// How many sent message ids are remembered (forgotten all at once when full).
@@ -36,12 +36,10 @@ impl Messages {
         {
             return Ok(false);
         }
-        let Some(conv) = self.store.get_cursor(&conv_key(chat_id)).await? else {
+        let Some(chat) = self.store.bridged_chat(chat_id).await? else {
             return Ok(false);
         };
-        let Some((remote, user_id)) = conv.split_once('|') else {
-            return Ok(false);
-        };
+        let (remote, user_id) = (chat.remote_jid.as_str(), chat.teams_user.as_str());
         if m.sender_id() != Some(user_id) {
             // The shadow account's own message (ours), or a system event.
             return Ok(false);
@@ -82,7 +80,7 @@ impl Messages {
         };
         let item = OutboxItem {
             seq: 0,
-            conversation: queue(Direction::ToXmpp, &conv),
+            conversation: queue(Direction::ToXmpp, &conversation(remote, user_id)),
             dedupe_key: graph_key(chat_id, &m.id),
             payload: OutboxPayload::ToXmpp(payload),
             attempts: 0,

@@ -67,6 +67,30 @@ pub(super) const MIGRATIONS: &[&[&str]] = &[
     // and when it was created (Teams provisions new accounts for up to 24 h).
     &["ALTER TABLE shadow_accounts ADD refresh_token VARBINARY(MAX) NULL,
         created_at BIGINT NOT NULL CONSTRAINT shadow_accounts_created_at_default DEFAULT 0;"],
+    // 5: bridged chats get a table of their own, typed, instead of the key-value
+    // cursors `conv:{chat}` → `remote|user`, `chat:{remote|user}` → chat and
+    // `seen:{chat}` → read mark; the chat a conversation named is the latest.
+    // The index's key (1,548 bytes) is within a nonclustered index's 1,700.
+    &[
+        "CREATE TABLE bridged_chats (
+            chat_id NVARCHAR(450) COLLATE Latin1_General_100_BIN2 NOT NULL CONSTRAINT bridged_chats_pk PRIMARY KEY,
+            remote_jid NVARCHAR(450) COLLATE Latin1_General_100_BIN2 NOT NULL,
+            teams_user NVARCHAR(320) COLLATE Latin1_General_100_BIN2 NOT NULL,
+            read_from_ms BIGINT NOT NULL,
+            bridged_at BIGINT NOT NULL);
+         CREATE INDEX bridged_chats_conversation ON bridged_chats (remote_jid, teams_user, bridged_at);",
+        "INSERT INTO bridged_chats (chat_id, remote_jid, teams_user, read_from_ms, bridged_at)
+            SELECT SUBSTRING(c.[key], 6, 450),
+                LEFT(c.value, CHARINDEX(N'|', c.value) - 1),
+                SUBSTRING(c.value, CHARINDEX(N'|', c.value) + 1, 320),
+                COALESCE((SELECT TRY_CAST(s.value AS BIGINT) FROM cursors s
+                    WHERE s.[key] = N'seen:' + SUBSTRING(c.[key], 6, 450)), 0),
+                CASE WHEN EXISTS (SELECT 1 FROM cursors k
+                    WHERE k.[key] = N'chat:' + c.value AND k.value = SUBSTRING(c.[key], 6, 450)) THEN 1 ELSE 0 END
+            FROM cursors c
+            WHERE c.[key] >= N'conv:' AND c.[key] < N'conv;' AND CHARINDEX(N'|', c.value) > 1;
+         DROP TABLE cursors;",
+    ],
 ];
 
 /// Brings the schema up to date. Each step is one transaction holding an

@@ -7,7 +7,7 @@
 //! our own. Each session runs with `XACT_ABORT ON`: any error inside a batch
 //! rolls its whole transaction back.
 //!
-//! Here the pool and the helpers; `migrations` the schema; `state` cursors,
+//! Here the pool and the helpers; `migrations` the schema; `state` bridged chats,
 //! subscriptions, notifications and leases; `accounts` shadow accounts,
 //! refresh tokens and contacts; `outbox` the outbox and its dedupe keys.
 

@@ -1,41 +1,70 @@
-//! Cursors, Graph subscriptions, the webhook's notification queue, and leases.
+//! Bridged chats, Graph subscriptions, the webhook's notification queue, and leases.
 
-use crate::store::{QueuedNotification, StoreError, StoredSubscription, now};
+use crate::store::{BridgedChat, QueuedNotification, StoreError, StoredSubscription, now};
 
 use super::{SERVER_NOW, SqlServerStore, backend, first, int, is_duplicate, opt_text, text};
 
 impl SqlServerStore {
-    pub async fn get_cursor(&self, key: &str) -> Result<Option<String>, StoreError> {
+    pub async fn bridge_chat(&self, chat: &BridgedChat) -> Result<(), StoreError> {
+        self.run(
+            &format!(
+                "BEGIN TRAN;
+                 UPDATE bridged_chats WITH (UPDLOCK, SERIALIZABLE)
+                    SET remote_jid = @P2, teams_user = @P3, bridged_at = {SERVER_NOW} WHERE chat_id = @P1;
+                 IF @@ROWCOUNT = 0
+                    INSERT INTO bridged_chats (chat_id, remote_jid, teams_user, read_from_ms, bridged_at)
+                    VALUES (@P1, @P2, @P3, @P4, {SERVER_NOW});
+                 COMMIT;"
+            ),
+            &[
+                &chat.chat_id.as_str(),
+                &chat.remote_jid.as_str(),
+                &chat.teams_user.as_str(),
+                &chat.read_from_ms,
+            ],
+        )
+        .await
+    }
+
+    pub async fn bridged_chat(&self, chat_id: &str) -> Result<Option<BridgedChat>, StoreError> {
         let rows = self
-            .rows("SELECT value FROM cursors WHERE [key] = @P1", &[&key])
+            .rows(
+                "SELECT chat_id, remote_jid, teams_user, read_from_ms FROM bridged_chats WHERE chat_id = @P1",
+                &[&chat_id],
+            )
+            .await?;
+        rows.first().map(bridged_chat).transpose()
+    }
+
+    pub async fn chat_between(
+        &self,
+        remote_jid: &str,
+        teams_user: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let rows = self
+            .rows(
+                "SELECT TOP (1) chat_id FROM bridged_chats WHERE remote_jid = @P1 AND teams_user = @P2
+                 ORDER BY bridged_at DESC, chat_id DESC",
+                &[&remote_jid, &teams_user],
+            )
             .await?;
         rows.first().map(|r| text(r, 0)).transpose()
     }
 
-    pub async fn cursors_with_prefix(
-        &self,
-        prefix: &str,
-    ) -> Result<Vec<(String, String)>, StoreError> {
-        // A range rather than LIKE: no wildcard in the prefix to escape.
-        let end = format!("{prefix}\u{10FFFF}");
+    pub async fn bridged_chats(&self) -> Result<Vec<BridgedChat>, StoreError> {
         let rows = self
             .rows(
-                "SELECT [key], value FROM cursors WHERE [key] >= @P1 AND [key] < @P2 ORDER BY [key]",
-                &[&prefix, &end.as_str()],
+                "SELECT chat_id, remote_jid, teams_user, read_from_ms FROM bridged_chats ORDER BY chat_id",
+                &[],
             )
             .await?;
-        rows.iter()
-            .map(|r| Ok((text(r, 0)?, text(r, 1)?)))
-            .collect()
+        rows.iter().map(bridged_chat).collect()
     }
 
-    pub async fn set_cursor(&self, key: &str, value: &str) -> Result<(), StoreError> {
+    pub async fn set_read_mark(&self, chat_id: &str, read_from_ms: i64) -> Result<(), StoreError> {
         self.run(
-            "BEGIN TRAN;
-             UPDATE cursors WITH (UPDLOCK, SERIALIZABLE) SET value = @P2 WHERE [key] = @P1;
-             IF @@ROWCOUNT = 0 INSERT INTO cursors ([key], value) VALUES (@P1, @P2);
-             COMMIT;",
-            &[&key, &value],
+            "UPDATE bridged_chats SET read_from_ms = @P2 WHERE chat_id = @P1",
+            &[&chat_id, &read_from_ms],
         )
         .await
     }
@@ -171,4 +200,13 @@ impl SqlServerStore {
         )
         .await
     }
+}
+
+fn bridged_chat(r: &tiberius::Row) -> Result<BridgedChat, StoreError> {
+    Ok(BridgedChat {
+        chat_id: text(r, 0)?,
+        remote_jid: text(r, 1)?,
+        teams_user: text(r, 2)?,
+        read_from_ms: int(r, 3)?,
+    })
 }
