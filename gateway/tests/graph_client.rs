@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use secrecy::SecretString;
 use serde_json::json;
 use xmppfed_e2e::graph::{GraphEmulator, Seed};
-use xmppfed_gateway::graph::api::NewUser;
+use xmppfed_gateway::graph::api::{NewUser, UserPatch};
 use xmppfed_gateway::graph::{
     Budgets, GraphClient, GraphError, RetryPolicy, SignInMonitor, SignInRefusal, Tokens,
     UserCredential,
@@ -69,7 +69,13 @@ async fn typed_calls_with_one_cached_token() {
         .await
         .unwrap();
     graph
-        .update_user(&carol.id, &json!({"jobTitle": "Partner engineer"}))
+        .update_user(
+            &carol.id,
+            &UserPatch {
+                job_title: Some("Partner engineer".into()),
+                ..UserPatch::default()
+            },
+        )
         .await
         .unwrap();
     graph

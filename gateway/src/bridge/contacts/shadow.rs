@@ -2,12 +2,11 @@
 //! Graph the first time the contact needs one, licensed, its password kept
 //! encrypted in the store, its profile taken from the contact's vCard.
 
-use serde_json::json;
 use xmpp_parsers::minidom::Element;
 use xmpp_parsers::sha1::{Digest, Sha1};
 
 use crate::bridge::contacts::credentials::{CredentialCipher, CredentialError, generate_password};
-use crate::graph::api::NewUser;
+use crate::graph::api::{NewUser, PasswordProfile, UserPatch};
 use crate::graph::{GraphClient, GraphError, UserCredential};
 use crate::store::{ShadowAccount, Store, StoreError, now};
 
@@ -92,14 +91,20 @@ pub async fn ensure(
             &settings.display_name_suffix,
         ),
         None => (
-            json!({"displayName": format!("{local}{}", settings.display_name_suffix)}),
+            UserPatch {
+                display_name: Some(format!("{local}{}", settings.display_name_suffix)),
+                ..UserPatch::default()
+            },
             None,
         ),
     };
     let password = generate_password();
     let new = NewUser {
         upn: upn.clone(),
-        display_name: profile["displayName"].as_str().unwrap_or(local).to_owned(),
+        display_name: profile
+            .display_name
+            .clone()
+            .unwrap_or_else(|| local.to_owned()),
         mail_nickname: upn.split('@').next().unwrap_or(local).to_owned(),
         usage_location: settings.usage_location.clone(),
         password: password.clone(),
@@ -111,7 +116,15 @@ pub async fn ensure(
         Err(e) if e.status() == Some(400) && e.to_string().contains("already exists") => {
             let user = graph.get_user(&upn).await?;
             graph
-                .update_user(&user.id, &json!({"passwordProfile": {"forceChangePasswordNextSignIn": false, "password": secrecy::ExposeSecret::expose_secret(&password)}}))
+                .update_user(
+                    &user.id,
+                    &UserPatch {
+                        password_profile: Some(PasswordProfile {
+                            password: password.clone(),
+                        }),
+                        ..UserPatch::default()
+                    },
+                )
                 .await?;
             tracing::warn!(%upn, "shadow account existed in the tenant but not in the store: taken over");
             user.id
@@ -123,12 +136,13 @@ pub async fn ensure(
             .assign_licence(&object_id, sku, &plans_to_disable(graph, sku).await)
             .await?;
     }
-    let mut extra = profile.clone();
-    if let Some(map) = extra.as_object_mut() {
-        map.remove("displayName");
-        if !map.is_empty() {
-            graph.update_user(&object_id, &extra).await?;
-        }
+    // The name went with the creation; the rest of the card follows.
+    let details = UserPatch {
+        display_name: None,
+        ..profile
+    };
+    if !details.is_empty() {
+        graph.update_user(&object_id, &details).await?;
     }
     if let Some((content_type, bytes)) = &photo {
         graph.put_photo(&object_id, content_type, bytes).await?;

@@ -2,12 +2,11 @@
 //! XMPP clients, with the photo's SHA-1 for XEP-0153; and a remote contact's
 //! vcard-temp as the properties of its shadow account.
 
-use serde_json::{Map, Value, json};
 use xmpp_parsers::minidom::Element;
 use xmpp_parsers::ns;
 use xmpp_parsers::sha1::{Digest, Sha1};
 
-use crate::graph::api::User;
+use crate::graph::api::{User, UserPatch};
 
 fn text(name: &str, value: &str) -> Element {
     Element::builder(name, ns::VCARD).append(value).build()
@@ -161,42 +160,36 @@ pub fn to_shadow_profile(
     card: &Element,
     jid_local: &str,
     suffix: &str,
-) -> (Value, Option<(String, Vec<u8>)>) {
+) -> (UserPatch, Option<(String, Vec<u8>)>) {
     // The suffix always shows: the name is cut to leave room for it, and
     // cannot hide it with direction overrides or control characters.
     let name = child_text(card, &["FN"])
         .map(|n| clean(&n, DISPLAY_NAME_MAX.saturating_sub(suffix.chars().count())))
         .filter(|n| !n.is_empty())
         .unwrap_or_else(|| jid_local.to_owned());
-    let mut props = Map::new();
-    props.insert("displayName".into(), json!(format!("{name}{suffix}")));
     // Graph's maximum lengths (https://learn.microsoft.com/graph/api/resources/user).
-    for (graph, path, max) in [
-        ("givenName", &["N", "GIVEN"][..], 64),
-        ("surname", &["N", "FAMILY"][..], 64),
-        ("jobTitle", &["TITLE"][..], 128),
-        ("department", &["ORG", "ORGUNIT"][..], 64),
-        ("companyName", &["ORG", "ORGNAME"][..], 64),
-    ] {
-        if let Some(v) = child_text(card, path).map(|v| clean(&v, max))
-            && !v.is_empty()
-        {
-            props.insert(graph.into(), json!(v));
-        }
-    }
-    let phones: Vec<Element> = card
-        .children()
-        .filter(|c| c.is("TEL", ns::VCARD))
-        .cloned()
-        .collect();
-    for tel in &phones {
+    let field = |path: &[&str], max: usize| {
+        child_text(card, path)
+            .map(|v| clean(&v, max))
+            .filter(|v| !v.is_empty())
+    };
+    let mut patch = UserPatch {
+        display_name: Some(format!("{name}{suffix}")),
+        given_name: field(&["N", "GIVEN"], 64),
+        surname: field(&["N", "FAMILY"], 64),
+        job_title: field(&["TITLE"], 128),
+        department: field(&["ORG", "ORGUNIT"], 64),
+        company_name: field(&["ORG", "ORGNAME"], 64),
+        ..UserPatch::default()
+    };
+    for tel in card.children().filter(|c| c.is("TEL", ns::VCARD)) {
         let Some(number) = child_text(tel, &["NUMBER"]) else {
             continue;
         };
         if tel.has_child("CELL", ns::VCARD) {
-            props.entry("mobilePhone").or_insert(json!(number));
+            patch.mobile_phone.get_or_insert(number);
         } else {
-            props.entry("businessPhones").or_insert(json!([number]));
+            patch.business_phones.get_or_insert_with(|| vec![number]);
         }
     }
     let photo = card.get_child("PHOTO", ns::VCARD).and_then(|p| {
@@ -210,12 +203,18 @@ pub fn to_shadow_profile(
             bytes,
         ))
     });
-    (Value::Object(props), photo)
+    (patch, photo)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    /// The patch as Graph receives it.
+    fn wire(patch: &UserPatch) -> serde_json::Value {
+        serde_json::to_value(patch).unwrap()
+    }
 
     #[test]
     fn a_profile_becomes_a_card_clients_read() {
@@ -266,7 +265,8 @@ mod tests {
             .replace("\\n", "\n")
             .parse()
             .unwrap();
-        let (props, photo) = to_shadow_profile(&card, "bob", " (XMPP)");
+        let (patch, photo) = to_shadow_profile(&card, "bob", " (XMPP)");
+        let props = wire(&patch);
         assert_eq!(props["displayName"], "Bob Builder (XMPP)");
         assert_eq!(
             (props["givenName"].as_str(), props["surname"].as_str()),
@@ -278,7 +278,7 @@ mod tests {
         assert_eq!(photo, Some(("image/jpeg".into(), b"jpeg".to_vec())));
         let empty: Element = "<vCard xmlns='vcard-temp'/>".parse().unwrap();
         assert_eq!(
-            to_shadow_profile(&empty, "carol", " (XMPP)").0["displayName"],
+            wire(&to_shadow_profile(&empty, "carol", " (XMPP)").0)["displayName"],
             "carol (XMPP)"
         );
     }
@@ -290,18 +290,21 @@ mod tests {
                 .parse::<Element>()
                 .unwrap()
         };
-        let (props, _) = to_shadow_profile(
-            &card("Alice\u{202E}PPMX( \n Liddell", &"t".repeat(300)),
-            "bob",
-            " (XMPP)",
+        let props = wire(
+            &to_shadow_profile(
+                &card("Alice\u{202E}PPMX( \n Liddell", &"t".repeat(300)),
+                "bob",
+                " (XMPP)",
+            )
+            .0,
         );
         assert_eq!(props["displayName"], "AlicePPMX( Liddell (XMPP)");
         assert_eq!(props["jobTitle"].as_str().unwrap().len(), 128);
-        let long = to_shadow_profile(&card(&"n".repeat(400), ""), "bob", " (XMPP)").0;
+        let long = wire(&to_shadow_profile(&card(&"n".repeat(400), ""), "bob", " (XMPP)").0);
         let name = long["displayName"].as_str().unwrap();
         assert_eq!(name.chars().count(), 256);
         assert!(name.ends_with(" (XMPP)"), "the suffix survives the cut");
-        let blank = to_shadow_profile(&card("\u{200B} \u{202E}", ""), "carol", " (XMPP)").0;
+        let blank = wire(&to_shadow_profile(&card("\u{200B} \u{202E}", ""), "carol", " (XMPP)").0);
         assert_eq!(blank["displayName"], "carol (XMPP)");
         assert!(blank.get("jobTitle").is_none(), "empty fields are not sent");
     }

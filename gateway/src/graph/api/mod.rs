@@ -13,7 +13,7 @@ pub use chats::{
     MessageType,
 };
 pub use presence::{OutOfOfficeSettings, PRESENCE_BATCH, Presence, StatusMessage, StatusText};
-pub use users::{NewUser, SHADOW_EMPLOYEE_TYPE, USER_SELECT, User};
+pub use users::{NewUser, PasswordProfile, SHADOW_EMPLOYEE_TYPE, USER_SELECT, User, UserPatch};
 
 use std::time::Duration;
 

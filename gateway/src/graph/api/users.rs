@@ -4,7 +4,7 @@
 use reqwest::Method;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::{NONE, chat_path, user_path};
 use crate::graph::auth::Identity;
@@ -58,6 +58,77 @@ pub struct NewUser {
     pub administrative_unit: Option<String>,
 }
 
+/// The properties of a user to change (`PATCH /users/{id}`); only those set
+/// are sent. Limits: https://learn.microsoft.com/graph/api/resources/user
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserPatch {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub given_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub surname: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job_title: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub department: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub company_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mobile_phone: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub business_phones: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_profile: Option<PasswordProfile>,
+}
+
+impl UserPatch {
+    /// Nothing to change: no request is needed.
+    pub fn is_empty(&self) -> bool {
+        let Self {
+            display_name,
+            given_name,
+            surname,
+            job_title,
+            department,
+            company_name,
+            mobile_phone,
+            business_phones,
+            password_profile,
+        } = self;
+        [
+            display_name,
+            given_name,
+            surname,
+            job_title,
+            department,
+            company_name,
+            mobile_phone,
+        ]
+        .iter()
+        .all(|v| v.is_none())
+            && business_phones.is_none()
+            && password_profile.is_none()
+    }
+}
+
+/// A new password the user keeps (the gateway signs in with it).
+#[derive(Debug, Clone)]
+pub struct PasswordProfile {
+    pub password: SecretString,
+}
+
+impl Serialize for PasswordProfile {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct as _;
+        let mut profile = s.serialize_struct("passwordProfile", 2)?;
+        profile.serialize_field("forceChangePasswordNextSignIn", &false)?;
+        profile.serialize_field("password", self.password.expose_secret())?;
+        profile.end()
+    }
+}
+
 /// `employeeType` of every shadow account the gateway creates.
 pub const SHADOW_EMPLOYEE_TYPE: &str = "XMPP federation contact";
 
@@ -103,14 +174,14 @@ impl GraphClient {
         }
     }
 
-    /// PATCH of the properties given (Graph's names).
-    pub async fn update_user(&self, key: &str, properties: &Value) -> Result<(), GraphError> {
+    /// Changes the properties the patch sets.
+    pub async fn update_user(&self, key: &str, patch: &UserPatch) -> Result<(), GraphError> {
         self.no_content(
             &Identity::App,
             None,
             Method::PATCH,
             &user_path(key),
-            Some(properties),
+            Some(patch),
         )
         .await
     }
