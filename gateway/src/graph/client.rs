@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use reqwest::Method;
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::Mutex;
@@ -97,6 +97,22 @@ impl Budget {
         let mut state = self.state.lock().await;
         state.2 = Some(state.2.map_or(until, |p| p.max(until)));
     }
+}
+
+/// What one request came to.
+enum Exchange {
+    Answered(Answer),
+    /// No answer (connection refused, reset, timed out): tried again.
+    Unreachable(GraphError),
+}
+
+/// One answer of Graph, read whole.
+struct Answer {
+    status: u16,
+    request_id: Option<String>,
+    retry_after: Option<Duration>,
+    content_type: Option<String>,
+    body: bytes::Bytes,
 }
 
 /// A raw answer: status, `request-id`, body.
@@ -211,94 +227,40 @@ impl GraphClient {
             attempt += 1;
             self.budgets.acquire(&route).await;
             let token = self.tokens.get(identity, credential).await?;
-            let mut request = self
-                .http
-                .request(method.clone(), format!("{}{path}", self.base))
-                .bearer_auth(token.expose_secret());
-            request = match &body {
-                Body::None => request,
-                Body::Json(value) => request.json(value),
-                Body::Bytes {
-                    content_type,
-                    bytes,
-                } => request
-                    .header(reqwest::header::CONTENT_TYPE, *content_type)
-                    .body(bytes.to_vec()),
-            };
-            let span = tracing::info_span!(
-                "graph.request",
-                http.method = %method,
-                graph.path = %path,
-                http.status_code = tracing::field::Empty,
-                graph.request_id = tracing::field::Empty,
-                attempt,
-            );
-            let outcome = tracing::Instrument::instrument(request.send(), span.clone()).await;
-            let response = match outcome {
-                Ok(r) => r,
-                Err(e) => {
-                    let error = GraphError::transport(e);
-                    if attempt < self.retry.max_attempts && waited < self.retry.max_wait {
-                        let delay =
-                            self.retry.backoff * 2u32.pow(attempt - 1) + jitter(self.retry.backoff);
-                        waited += delay;
-                        tokio::time::sleep(delay).await;
-                        continue;
+            let (error, retry_after) =
+                match self.exchange(&token, &method, path, &body, attempt).await? {
+                    Exchange::Answered(answer) if (200..300).contains(&answer.status) => {
+                        return Ok(Reply {
+                            status: answer.status,
+                            content_type: answer.content_type,
+                            body: answer.body,
+                        });
                     }
-                    return Err(GraphError::Exhausted {
-                        attempts: attempt,
-                        last: Box::new(error),
-                    });
-                }
-            };
-            let status = response.status().as_u16();
-            let request_id = response
-                .headers()
-                .get("request-id")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
-            span.record("http.status_code", status);
-            if let Some(id) = &request_id {
-                span.record("graph.request_id", id.as_str());
-            }
-            let retry_after = response
-                .headers()
-                .get(reqwest::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(Duration::from_secs);
-            let content_type = response
-                .headers()
-                .get(reqwest::header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
-            let bytes = read_body(response, path).await?;
-            if (200..300).contains(&status) {
-                return Ok(Reply {
-                    status,
-                    content_type,
-                    body: bytes,
-                });
-            }
-            let error =
-                GraphError::from_response(status, request_id.as_deref(), retry_after, &bytes);
-            if status == 401 && !refreshed_token {
-                // A token revoked before its time: get a new one, once.
-                refreshed_token = true;
-                self.tokens.invalidate(identity).await;
-                continue;
-            }
-            if !error.is_retryable() {
-                return Err(error);
-            }
-            if status == 429 {
-                self.budgets
-                    .throttled(
-                        &route,
-                        Instant::now() + retry_after.unwrap_or(self.retry.backoff),
-                    )
-                    .await;
-            }
+                    Exchange::Answered(answer) => {
+                        let error = GraphError::from_response(
+                            answer.status,
+                            answer.request_id.as_deref(),
+                            answer.retry_after,
+                            &answer.body,
+                        );
+                        if answer.status == 401 && !refreshed_token {
+                            // A token revoked before its time: get a new one, once.
+                            refreshed_token = true;
+                            self.tokens.invalidate(identity).await;
+                            continue;
+                        }
+                        if !error.is_retryable() {
+                            return Err(error);
+                        }
+                        if answer.status == 429 {
+                            let until =
+                                Instant::now() + answer.retry_after.unwrap_or(self.retry.backoff);
+                            self.budgets.throttled(&route, until).await;
+                        }
+                        (error, answer.retry_after)
+                    }
+                    Exchange::Unreachable(error) => (error, None),
+                };
             let delay = retry_after.unwrap_or(self.retry.backoff * 2u32.pow(attempt.min(10) - 1))
                 + jitter(self.retry.backoff);
             if attempt >= self.retry.max_attempts || waited + delay > self.retry.max_wait {
@@ -308,10 +270,73 @@ impl GraphClient {
                     last: Box::new(error),
                 });
             }
-            tracing::info!(status, ?delay, attempt, "Graph asked us to retry");
+            tracing::info!(%error, ?delay, attempt, "Graph call retried");
             waited += delay;
             tokio::time::sleep(delay).await;
         }
+    }
+
+    /// One request and its whole answer, in a span that records Graph's
+    /// status and request id.
+    async fn exchange(
+        &self,
+        token: &SecretString,
+        method: &Method,
+        path: &str,
+        body: &Body<'_>,
+        attempt: u32,
+    ) -> Result<Exchange, GraphError> {
+        let request = self
+            .http
+            .request(method.clone(), format!("{}{path}", self.base))
+            .bearer_auth(token.expose_secret());
+        let request = match body {
+            Body::None => request,
+            Body::Json(value) => request.json(value),
+            Body::Bytes {
+                content_type,
+                bytes,
+            } => request
+                .header(reqwest::header::CONTENT_TYPE, *content_type)
+                .body(bytes.to_vec()),
+        };
+        let span = tracing::info_span!(
+            "graph.request",
+            http.method = %method,
+            graph.path = %path,
+            http.status_code = tracing::field::Empty,
+            graph.request_id = tracing::field::Empty,
+            attempt,
+        );
+        let response = match tracing::Instrument::instrument(request.send(), span.clone()).await {
+            Ok(response) => response,
+            Err(e) => return Ok(Exchange::Unreachable(GraphError::transport(e))),
+        };
+        let header = |name: reqwest::header::HeaderName| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let status = response.status().as_u16();
+        let request_id = header(reqwest::header::HeaderName::from_static("request-id"));
+        span.record("http.status_code", status);
+        if let Some(id) = &request_id {
+            span.record("graph.request_id", id.as_str());
+        }
+        let retry_after = header(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let content_type = header(reqwest::header::CONTENT_TYPE);
+        let body = read_body(response, path).await?;
+        Ok(Exchange::Answered(Answer {
+            status,
+            request_id,
+            retry_after,
+            content_type,
+            body,
+        }))
     }
 
     /// A JSON call with a typed answer.
