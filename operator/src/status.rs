@@ -100,64 +100,10 @@ pub fn conditions(
             waiting,
             unlicensed,
             tenant,
-        } => {
-            // Ready counts against the replicas asked for: an unlicensed one is
-            // a replica not ready, and named. Progressing follows the licensed
-            // ones, which are all that can roll out.
-            let licensed_ready = ready >= desired;
-            let mut ready_msg = format!("{ready}/{asked} gateway pods ready");
-            if !licensed_ready && !waiting.is_empty() {
-                ready_msg = format!("{ready_msg}; waiting for {}", waiting.join(", "));
-            }
-            if !unlicensed.is_empty() {
-                ready_msg = format!(
-                    "{ready_msg}; unlicensed: {} (no licence seat: see the Licensed condition)",
-                    unlicensed.join(", ")
-                );
-            }
-            vec![
-                if *desired == 0 && *asked > 0 {
-                    condition(
-                        READY,
-                        false,
-                        "Unlicensed",
-                        "no replica holds a licence seat (see the Licensed condition)".into(),
-                    )
-                } else if *desired == 0 {
-                    condition(READY, false, "ScaledToZero", "spec.replicas is 0".into())
-                } else if !licensed_ready {
-                    condition(READY, false, "ReplicasNotReady", ready_msg.clone())
-                } else if desired < asked {
-                    condition(READY, false, "ReplicasUnlicensed", ready_msg.clone())
-                } else {
-                    condition(READY, true, "AllReplicasReady", ready_msg.clone())
-                },
-                if *updated || !licensed_ready {
-                    condition(PROGRESSING, true, "RollingOut", ready_msg)
-                } else {
-                    condition(
-                        PROGRESSING,
-                        false,
-                        "UpToDate",
-                        "the applied configuration is running".into(),
-                    )
-                },
-                condition(DEGRADED, false, "Applied", String::new()),
-            ]
+        } => rollout(*asked, *desired, *ready, *updated, waiting, unlicensed)
             .into_iter()
-            .chain(tenant.as_ref().map(|t| match t {
-                TenantSignIn::Accepted => condition(
-                    TENANT_READY,
-                    true,
-                    "SignInsAccepted",
-                    "the Microsoft 365 tenant accepts the gateway's sign-ins".into(),
-                ),
-                TenantSignIn::Refused { reason, message } => {
-                    condition(TENANT_READY, false, reason, message.clone())
-                }
-            }))
-            .collect()
-        }
+            .chain(tenant.as_ref().map(tenant_ready))
+            .collect(),
     };
     if let Some((ok, reason, message)) = licensed {
         out.push(condition(LICENSED, ok, reason, message.to_owned()));
@@ -170,6 +116,74 @@ pub fn conditions(
             .map_or_else(|| now.to_owned(), |p| p.last_transition_time.clone());
     }
     out
+}
+
+/// Ready, Progressing and Degraded once the children are applied. Ready
+/// counts against the replicas asked for: an unlicensed one is a replica not
+/// ready, and named. Progressing follows the licensed ones, which are all
+/// that can roll out.
+fn rollout(
+    asked: i32,
+    desired: i32,
+    ready: i32,
+    updated: bool,
+    waiting: &[String],
+    unlicensed: &[String],
+) -> [Condition; 3] {
+    let licensed_ready = ready >= desired;
+    let mut ready_msg = format!("{ready}/{asked} gateway pods ready");
+    if !licensed_ready && !waiting.is_empty() {
+        ready_msg = format!("{ready_msg}; waiting for {}", waiting.join(", "));
+    }
+    if !unlicensed.is_empty() {
+        ready_msg = format!(
+            "{ready_msg}; unlicensed: {} (no licence seat: see the Licensed condition)",
+            unlicensed.join(", ")
+        );
+    }
+    [
+        if desired == 0 && asked > 0 {
+            condition(
+                READY,
+                false,
+                "Unlicensed",
+                "no replica holds a licence seat (see the Licensed condition)".into(),
+            )
+        } else if desired == 0 {
+            condition(READY, false, "ScaledToZero", "spec.replicas is 0".into())
+        } else if !licensed_ready {
+            condition(READY, false, "ReplicasNotReady", ready_msg.clone())
+        } else if desired < asked {
+            condition(READY, false, "ReplicasUnlicensed", ready_msg.clone())
+        } else {
+            condition(READY, true, "AllReplicasReady", ready_msg.clone())
+        },
+        if updated || !licensed_ready {
+            condition(PROGRESSING, true, "RollingOut", ready_msg)
+        } else {
+            condition(
+                PROGRESSING,
+                false,
+                "UpToDate",
+                "the applied configuration is running".into(),
+            )
+        },
+        condition(DEGRADED, false, "Applied", String::new()),
+    ]
+}
+
+fn tenant_ready(tenant: &TenantSignIn) -> Condition {
+    match tenant {
+        TenantSignIn::Accepted => condition(
+            TENANT_READY,
+            true,
+            "SignInsAccepted",
+            "the Microsoft 365 tenant accepts the gateway's sign-ins".into(),
+        ),
+        TenantSignIn::Refused { reason, message } => {
+            condition(TENANT_READY, false, reason, message.clone())
+        }
+    }
 }
 
 /// The tenant's answer as the gateway's pods report it: the leader's
