@@ -12,6 +12,7 @@ mod batch;
 mod chats;
 mod control;
 mod directory;
+mod gate;
 mod presence;
 mod subscriptions;
 mod token;
@@ -19,7 +20,6 @@ mod users;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -241,100 +241,6 @@ impl Ctx {
     }
 }
 
-/// What User Administrator scoped to an administrative unit allows: managing
-/// the unit's users and creating users in it
-/// (https://learn.microsoft.com/entra/identity/role-based-access-control/admin-units-manage#role-permissions).
-fn scoped_role_grants(t: &Tenant, client_id: &str, method: &Method, segments: &[&str]) -> bool {
-    match (method.as_str(), segments) {
-        ("POST", ["directory", "administrativeUnits", unit, "members"])
-        | ("GET", ["directory", "administrativeUnits", unit]) => t.user_admin_over(client_id, unit),
-        ("PATCH", ["users", user])
-        | ("DELETE", ["users", user])
-        | ("POST", ["users", user, "assignLicense"])
-        | ("PUT", ["users", user, "photo", "$value"]) => t.user_admin_over(client_id, user),
-        _ => false,
-    }
-}
-
-/// Permissions for operations Microsoft documents but the OpenAPI subset lacks.
-fn documented_permissions(
-    method: &Method,
-    segments: &[&str],
-) -> Option<(Vec<&'static str>, Vec<&'static str>)> {
-    match (method.as_str(), segments) {
-        ("POST", ["users"]) => Some((
-            vec!["User.ReadWrite.All", "Directory.ReadWrite.All"],
-            vec!["User.ReadWrite.All"],
-        )),
-        ("PATCH", ["users", _]) | ("DELETE", ["users", _]) => Some((
-            vec!["User.ReadWrite.All", "Directory.ReadWrite.All"],
-            vec!["User.ReadWrite.All"],
-        )),
-        ("POST", ["users", _, "assignLicense"]) => Some((
-            vec![
-                "LicenseAssignment.ReadWrite.All",
-                "User.ReadWrite.All",
-                "Directory.ReadWrite.All",
-            ],
-            vec!["LicenseAssignment.ReadWrite.All"],
-        )),
-        // Microsoft's documentation: group-list-transitivemembers.
-        ("GET", ["groups", _, "transitiveMembers"]) | ("GET", ["groups", _, "members"]) => Some((
-            vec![
-                "GroupMember.Read.All",
-                "Group.Read.All",
-                "Directory.Read.All",
-            ],
-            vec![
-                "GroupMember.Read.All",
-                "Group.Read.All",
-                "Directory.Read.All",
-            ],
-        )),
-        // administrativeunit-post-members (a new user) and administrativeunit-get.
-        ("POST", ["directory", "administrativeUnits", _, "members"]) => Some((
-            vec![
-                "AdministrativeUnit.ReadWrite.All",
-                "Directory.ReadWrite.All",
-            ],
-            vec![],
-        )),
-        ("GET", ["directory", "administrativeUnits", _]) => Some((
-            vec!["AdministrativeUnit.Read.All", "Directory.Read.All"],
-            vec![],
-        )),
-        // domain-get: Domain.Read.All (least privileged), Directory.Read.All.
-        ("GET", ["domains", _]) => Some((
-            vec![
-                "Domain.Read.All",
-                "Directory.Read.All",
-                "Domain.ReadWrite.All",
-            ],
-            vec![],
-        )),
-        // subscribedsku-list: LicenseAssignment.Read.All (least), Organization.Read.All, Directory.Read.All.
-        ("GET", ["subscribedSkus"]) => Some((
-            vec![
-                "LicenseAssignment.Read.All",
-                "LicenseAssignment.ReadWrite.All",
-                "Organization.Read.All",
-                "Directory.Read.All",
-            ],
-            vec![],
-        )),
-        // identitysecuritydefaultsenforcementpolicy-get and conditionalaccessroot-list-policies: Policy.Read.All.
-        ("GET", ["policies", "identitySecurityDefaultsEnforcementPolicy"])
-        | ("GET", ["identity", "conditionalAccess", "policies"]) => {
-            Some((vec!["Policy.Read.All"], vec![]))
-        }
-        ("PUT", ["users", _, "photo", "$value"]) => Some((
-            vec!["ProfilePhoto.ReadWrite.All", "User.ReadWrite.All"],
-            vec!["User.ReadWrite"],
-        )),
-        _ => None,
-    }
-}
-
 fn query_select(uri: &Uri) -> Option<Vec<String>> {
     let query = uri.query()?;
     let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query).ok()?;
@@ -436,162 +342,27 @@ fn graph_locked(
         None => format!("{method} {path}"),
     });
 
-    // Authentication.
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let Some(bearer) = bearer else {
-        return ctx.error(
-            StatusCode::UNAUTHORIZED,
-            "InvalidAuthenticationToken",
-            "Access token is empty.",
-        );
+    let principal = match gate::authenticate(&t, ctx, headers) {
+        Ok(principal) => principal,
+        Err(refused) => return *refused,
     };
-    let principal = match t.tokens.get(bearer) {
-        Some(token) if token.expires > Instant::now() => token.principal.clone(),
-        Some(_) => {
-            return ctx.error(
-                StatusCode::UNAUTHORIZED,
-                "InvalidAuthenticationToken",
-                "Lifetime validation failed, the token is expired.",
-            );
-        }
-        None => {
-            return ctx.error(
-                StatusCode::UNAUTHORIZED,
-                "InvalidAuthenticationToken",
-                "IDX14100: JWT is not well formed.",
-            );
-        }
+    if let Err(refused) = gate::admit(&mut t, ctx, method, &segments, &principal) {
+        return *refused;
+    }
+    let operation = match gate::authorise(&t, ctx, method, path, &segments, &principal) {
+        Ok(operation) => operation,
+        Err(refused) => return *refused,
     };
-
-    // Injected faults, then throttling.
-    if let Some((status, count, retry_after)) = t.faults.status {
-        t.faults.status = (count > 1).then_some((status, count - 1, retry_after));
-        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-        let code = if status == StatusCode::TOO_MANY_REQUESTS {
-            "TooManyRequests"
-        } else {
-            "ServiceUnavailable"
-        };
-        let mut response = ctx.error(
-            status,
-            code,
-            "Injected fault: please retry after the indicated time.",
-        );
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
-        return response;
-    }
-    // Microsoft's per-category Teams limits
-    // (https://learn.microsoft.com/graph/throttling-limits#microsoft-teams-service-limits).
-    if let Some((limited, chat)) = crate::graph::throttling::limited(method.as_str(), &segments) {
-        let app = principal.client_id().to_owned();
-        if let Some(retry_after) = t.throttling.check(&app, limited, chat, Instant::now()) {
-            let mut response = ctx.error(
-                StatusCode::TOO_MANY_REQUESTS,
-                "TooManyRequests",
-                "Too many requests. Please try again later.",
-            );
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
-            return response;
-        }
-    }
-    if let Some(retry_after) = t.throttle(principal.client_id(), Instant::now()) {
-        let mut response = ctx.error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "TooManyRequests",
-            "Too many requests. Please try again later.",
-        );
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
-        return response;
-    }
-
-    // Authorisation, as the OpenAPI subset (or Microsoft's documentation) lists it.
-    let operation = spec().find(method.as_str(), path);
-    let (application, delegated): (Vec<String>, Vec<String>) = match operation {
-        Some(op) => (op.application.clone(), op.delegated.clone()),
-        None => match documented_permissions(method, &segments) {
-            Some((a, d)) => (
-                a.into_iter().map(str::to_owned).collect(),
-                d.into_iter().map(str::to_owned).collect(),
-            ),
-            None => {
-                return ctx.error(
-                    StatusCode::BAD_REQUEST,
-                    "BadRequest",
-                    &format!(
-                        "Resource not found for the segment '{}'.",
-                        segments.last().unwrap_or(&"")
-                    ),
-                );
-            }
-        },
+    let json_body = match gate::json_body(&mut t, ctx, method, &segments, operation, &body) {
+        Ok(json_body) => json_body,
+        Err(refused) => return *refused,
     };
-    let granted = match &principal {
-        Principal::App { roles, client_id } => {
-            roles.iter().any(|r| application.contains(r))
-                || scoped_role_grants(&t, client_id, method, &segments)
-        }
-        Principal::User { scopes, .. } => scopes.iter().any(|s| delegated.contains(s)),
-    };
-    // A subscription's permissions depend on its resource: checked by its handler.
-    if !granted && segments.first() != Some(&"subscriptions") {
-        let code = if segments.first() == Some(&"users") && segments.len() <= 2 {
-            "Authorization_RequestDenied"
-        } else {
-            "Forbidden"
-        };
-        return ctx.error(
-            StatusCode::FORBIDDEN,
-            code,
-            "Insufficient privileges to complete the operation.",
-        );
-    }
-
-    let json_body: Option<Value> = if body.is_empty() {
-        None
-    } else {
-        serde_json::from_slice(&body).ok()
-    };
-    if !body.is_empty()
-        && json_body.is_none()
-        && !(method == Method::PUT && segments.last() == Some(&"$value"))
-    {
-        return ctx.error(StatusCode::BAD_REQUEST, "BadRequest", "Unable to read JSON request payload. Please ensure Content-Type header is set and payload is of valid JSON format.");
-    }
-    // The caller's requests are held to Microsoft's description as our answers
-    // are: a body the document's schema rejects is recorded as a violation.
-    if let (Some(op), Some(body)) = (operation, &json_body)
-        && let Err(e) = spec().check_request(op, body)
-    {
-        t.violations.push(format!("request: {e}"));
-    }
     if *method == Method::POST && segments == ["subscriptions"] {
         *subscribe = Some((principal, json_body.unwrap_or(Value::Null)));
         return StatusCode::ACCEPTED.into_response();
     }
-    // Teams works only for licensed users, and only once Teams has
-    // provisioned them: https://learn.microsoft.com/microsoftteams/assign-teams-licenses
-    // ("it can take up to 24 hours"). Graph then refuses the user's chat calls
-    // with 403 Forbidden, "Failed to get license information for the user"
-    // (as reported in microsoftgraph/msgraph-sdk-powershell#1666).
-    if let Principal::User { user_id, .. } = &principal
-        && segments.first() == Some(&"chats")
-        && let Some(user) = t.user(user_id)
-        && !t.teams.is_ready(user, Instant::now())
-    {
-        return ctx.error(
-            StatusCode::FORBIDDEN,
-            "Forbidden",
-            "Failed to get license information for the user. Ensure user has a valid Office365 license assigned to them.",
-        );
+    if let Err(refused) = gate::teams_provisioned(&t, ctx, &segments, &principal) {
+        return *refused;
     }
     let call = Call {
         ctx,
