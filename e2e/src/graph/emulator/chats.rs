@@ -1,12 +1,12 @@
 //! Chats and chat messages: 1:1 chats, members, messages and their pages,
 //! and the change notifications a new message makes.
 
-use axum::http::StatusCode;
+use axum::http::{StatusCode, Uri};
 use axum::response::Response;
 use serde_json::{Value, json};
 
 use super::{Call, Ctx, not_found, not_implemented};
-use crate::graph::tenant::{Principal, Tenant, guid};
+use crate::graph::tenant::{Chat, Principal, Tenant, guid};
 
 /// The chats routes of [`super::handle`].
 pub(super) fn handle(t: &mut Tenant, call: Call<'_>) -> Response {
@@ -19,182 +19,198 @@ pub(super) fn handle(t: &mut Tenant, call: Call<'_>) -> Response {
         body,
         ..
     } = call;
-    let not_found = |id: &str| not_found(ctx, id);
     match (method.as_str(), segments) {
         ("POST", ["chats"]) => create_chat(t, ctx, principal, &body),
-
-        ("GET", ["chats", id]) => match t.chats.iter().find(|c| c.id == *id) {
-            Some(chat) if may_read_chat(principal, chat) => {
-                ctx.respond(StatusCode::OK, Some(chat_resource(chat, &t.id)))
-            }
-            _ => ctx.error(
-                StatusCode::NOT_FOUND,
-                "NotFound",
-                &format!("Chat {id} not found."),
-            ),
+        ("GET", ["chats", id]) => match readable_chat(t, ctx, principal, id) {
+            Ok(chat) => ctx.respond(StatusCode::OK, Some(chat_resource(chat, &t.id))),
+            Err(refused) => *refused,
         },
-        // Microsoft's documentation: chat-list-members (aadUserConversationMember items).
-        ("GET", ["chats", id, "members"]) => match t.chats.iter().find(|c| c.id == *id) {
-            Some(chat) if may_read_chat(principal, chat) => {
-                let value: Vec<Value> =
-                    chat.members.iter().map(|m| member_resource(t, m)).collect();
-                ctx.respond(StatusCode::OK, Some(json!({"@odata.context": format!("https://graph.microsoft.com/v1.0/$metadata#chats('{id}')/members"), "@odata.count": value.len(), "value": value})))
-            }
-            _ => ctx.error(
-                StatusCode::NOT_FOUND,
-                "NotFound",
-                &format!("Chat {id} not found."),
-            ),
-        },
-        ("GET", ["chats", id, "messages"]) => match t.chats.iter().find(|c| c.id == *id) {
-            Some(chat) if may_read_chat(principal, chat) => {
-                let query: Vec<(String, String)> = uri
-                    .query()
-                    .and_then(|q| serde_urlencoded::from_str(q).ok())
-                    .unwrap_or_default();
-                let param = |name: &str| {
-                    query
-                        .iter()
-                        .find(|(k, _)| k == name)
-                        .and_then(|(_, v)| v.parse::<usize>().ok())
-                };
-                let text = |name: &str| {
-                    query
-                        .iter()
-                        .find(|(k, _)| k == name)
-                        .map(|(_, v)| v.as_str())
-                };
-                let listing = match Listing::parse(text("$orderby"), text("$filter")) {
-                    Ok(listing) => listing,
-                    Err(why) => return ctx.error(StatusCode::BAD_REQUEST, "BadRequest", &why),
-                };
-                let top = param("$top").unwrap_or(20).clamp(1, 50);
-                // Pages follow `@odata.nextLink`; the skip token is opaque to callers.
-                let skip = param("$skiptoken").unwrap_or(0);
-                let listed = listing.list(&chat.messages);
-                let value: Vec<Value> = listed.iter().skip(skip).take(top).cloned().collect();
-                let mut page = json!({"@odata.context": format!("https://graph.microsoft.com/v1.0/$metadata#chats('{id}')/messages"), "@odata.count": value.len(), "value": value});
-                if skip + top < listed.len() {
-                    let mut next = vec![
-                        ("$top", top.to_string()),
-                        ("$skiptoken", (skip + top).to_string()),
-                    ];
-                    for name in ["$orderby", "$filter"] {
-                        if let Some(v) = text(name) {
-                            next.push((name, v.to_owned()));
-                        }
-                    }
-                    let next = serde_urlencoded::to_string(&next).unwrap_or_default();
-                    page["@odata.nextLink"] = json!(format!(
-                        "https://graph.microsoft.com/v1.0/chats/{id}/messages?{next}"
-                    ));
-                }
-                ctx.respond(StatusCode::OK, Some(page))
-            }
-            _ => ctx.error(
-                StatusCode::NOT_FOUND,
-                "NotFound",
-                &format!("Chat {id} not found."),
-            ),
-        },
-        ("GET", ["chats", id, "messages", mid]) => {
-            let found = t
-                .chats
-                .iter()
-                .find(|c| c.id == *id)
-                .filter(|c| may_read_chat(principal, c))
-                .and_then(|c| c.messages.iter().find(|m| m["id"] == json!(mid)).cloned());
-            match found {
-                Some(m) => ctx.respond(StatusCode::OK, Some(m)),
-                None => ctx.error(
-                    StatusCode::NOT_FOUND,
-                    "NotFound",
-                    &format!("Message {mid} not found."),
-                ),
-            }
-        }
-        ("POST", ["chats", id, "messages"]) => {
-            let Principal::User { user_id, .. } = principal else {
-                return ctx.error(StatusCode::FORBIDDEN, "Forbidden", "Sending chat messages needs a delegated token (application permissions are for migration only).");
-            };
-            let sender = t.user(user_id).map(|u| {
-                (
-                    u.id.clone(),
-                    u.properties
-                        .get("displayName")
-                        .cloned()
-                        .unwrap_or(Value::Null),
-                )
-            });
-            let tenant_id = t.id.clone();
-            let Some(chat) = t.chats.iter_mut().find(|c| c.id == *id) else {
-                return ctx.error(
-                    StatusCode::NOT_FOUND,
-                    "NotFound",
-                    &format!("Chat {id} not found."),
-                );
-            };
-            if !chat.members.contains(user_id) {
-                return ctx.error(
-                    StatusCode::FORBIDDEN,
-                    "Forbidden",
-                    "The caller is not a member of the chat.",
-                );
-            }
-            let Some(content) = body["body"]["content"].as_str() else {
-                return ctx.error(
-                    StatusCode::BAD_REQUEST,
-                    "BadRequest",
-                    "The message body is required.",
-                );
-            };
-            let content_type = body["body"]["contentType"].as_str().unwrap_or("text");
-            let (uid, name) = sender.unwrap_or_default();
-            let message = chat_message(&chat.id, &uid, name, &tenant_id, content_type, content);
-            chat.messages.push(message.clone());
-            let (chat_id, members) = (chat.id.clone(), chat.members.clone());
-            notify_chat_message(t, &chat_id, &members, &message);
-            ctx.respond(StatusCode::CREATED, Some(message))
-        }
-        ("GET", ["users", id, "chats"]) => {
-            let Some(uid) = t.user(id).map(|u| u.id.clone()) else {
-                return not_found(id);
-            };
-            // Delegated: the signed-in user's own chats only.
-            if let Principal::User { user_id, .. } = principal
-                && *user_id != uid
-            {
-                return ctx.error(
-                    StatusCode::FORBIDDEN,
-                    "Forbidden",
-                    "A user can list only their own chats.",
-                );
-            }
-            // Microsoft's documentation: chat-list, `$expand=members`.
-            let members = uri.query().is_some_and(|q| {
-                serde_urlencoded::from_str::<Vec<(String, String)>>(q).is_ok_and(|pairs| {
-                    pairs
-                        .iter()
-                        .any(|(k, v)| k == "$expand" && v.split(',').any(|e| e.trim() == "members"))
-                })
-            });
-            let value: Vec<Value> = t
-                .chats
-                .iter()
-                .filter(|c| c.members.contains(&uid))
-                .map(|c| {
-                    let mut chat = chat_resource(c, &t.id);
-                    if members {
-                        chat["members"] =
-                            Value::Array(c.members.iter().map(|m| member_resource(t, m)).collect());
-                    }
-                    chat
-                })
-                .collect();
-            ctx.respond(StatusCode::OK, Some(json!({"@odata.context": "https://graph.microsoft.com/v1.0/$metadata#chats", "@odata.count": value.len(), "value": value})))
-        }
+        ("GET", ["chats", id, "members"]) => list_members(t, ctx, principal, id),
+        ("GET", ["chats", id, "messages"]) => list_messages(t, ctx, principal, id, uri),
+        ("GET", ["chats", id, "messages", mid]) => get_message(t, ctx, principal, id, mid),
+        ("POST", ["chats", id, "messages"]) => post_message(t, ctx, principal, id, &body),
+        ("GET", ["users", id, "chats"]) => list_user_chats(t, ctx, principal, id, uri),
         _ => not_implemented(ctx),
     }
+}
+
+/// A chat the caller may read; 404 (as Graph answers) when there is none.
+fn readable_chat<'t>(
+    t: &'t Tenant,
+    ctx: &Ctx,
+    principal: &Principal,
+    id: &str,
+) -> Result<&'t Chat, Box<Response>> {
+    match t.chats.iter().find(|c| c.id == id) {
+        Some(chat) if may_read_chat(principal, chat) => Ok(chat),
+        _ => Err(Box::new(ctx.error(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!("Chat {id} not found."),
+        ))),
+    }
+}
+
+/// Microsoft's documentation: chat-list-members (aadUserConversationMember items).
+fn list_members(t: &Tenant, ctx: &Ctx, principal: &Principal, id: &str) -> Response {
+    let chat = match readable_chat(t, ctx, principal, id) {
+        Ok(chat) => chat,
+        Err(refused) => return *refused,
+    };
+    let value: Vec<Value> = chat.members.iter().map(|m| member_resource(t, m)).collect();
+    ctx.respond(StatusCode::OK, Some(json!({"@odata.context": format!("https://graph.microsoft.com/v1.0/$metadata#chats('{id}')/members"), "@odata.count": value.len(), "value": value})))
+}
+
+/// Microsoft's documentation: chatmessage-list (`$top` up to 50, `$orderby`
+/// and `$filter` on the modified or created time, pages by `@odata.nextLink`).
+fn list_messages(t: &Tenant, ctx: &Ctx, principal: &Principal, id: &str, uri: &Uri) -> Response {
+    let chat = match readable_chat(t, ctx, principal, id) {
+        Ok(chat) => chat,
+        Err(refused) => return *refused,
+    };
+    let query: Vec<(String, String)> = uri
+        .query()
+        .and_then(|q| serde_urlencoded::from_str(q).ok())
+        .unwrap_or_default();
+    let text = |name: &str| {
+        query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let number = |name: &str| text(name).and_then(|v| v.parse::<usize>().ok());
+    let listing = match Listing::parse(text("$orderby"), text("$filter")) {
+        Ok(listing) => listing,
+        Err(why) => return ctx.error(StatusCode::BAD_REQUEST, "BadRequest", &why),
+    };
+    let top = number("$top").unwrap_or(20).clamp(1, 50);
+    // Pages follow `@odata.nextLink`; the skip token is opaque to callers.
+    let skip = number("$skiptoken").unwrap_or(0);
+    let listed = listing.list(&chat.messages);
+    let value: Vec<Value> = listed.iter().skip(skip).take(top).cloned().collect();
+    let mut page = json!({"@odata.context": format!("https://graph.microsoft.com/v1.0/$metadata#chats('{id}')/messages"), "@odata.count": value.len(), "value": value});
+    if skip + top < listed.len() {
+        let mut next = vec![
+            ("$top", top.to_string()),
+            ("$skiptoken", (skip + top).to_string()),
+        ];
+        for name in ["$orderby", "$filter"] {
+            if let Some(v) = text(name) {
+                next.push((name, v.to_owned()));
+            }
+        }
+        let next = serde_urlencoded::to_string(&next).unwrap_or_default();
+        page["@odata.nextLink"] = json!(format!(
+            "https://graph.microsoft.com/v1.0/chats/{id}/messages?{next}"
+        ));
+    }
+    ctx.respond(StatusCode::OK, Some(page))
+}
+
+fn get_message(t: &Tenant, ctx: &Ctx, principal: &Principal, id: &str, mid: &str) -> Response {
+    let found = t
+        .chats
+        .iter()
+        .find(|c| c.id == id)
+        .filter(|c| may_read_chat(principal, c))
+        .and_then(|c| c.messages.iter().find(|m| m["id"] == json!(mid)).cloned());
+    match found {
+        Some(m) => ctx.respond(StatusCode::OK, Some(m)),
+        None => ctx.error(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!("Message {mid} not found."),
+        ),
+    }
+}
+
+/// Microsoft's documentation: chat-post-messages (delegated only, by a member).
+fn post_message(
+    t: &mut Tenant,
+    ctx: &Ctx,
+    principal: &Principal,
+    id: &str,
+    body: &Value,
+) -> Response {
+    let Principal::User { user_id, .. } = principal else {
+        return ctx.error(StatusCode::FORBIDDEN, "Forbidden", "Sending chat messages needs a delegated token (application permissions are for migration only).");
+    };
+    let sender = t.user(user_id).map(|u| {
+        (
+            u.id.clone(),
+            u.properties
+                .get("displayName")
+                .cloned()
+                .unwrap_or(Value::Null),
+        )
+    });
+    let tenant_id = t.id.clone();
+    let Some(chat) = t.chats.iter_mut().find(|c| c.id == id) else {
+        return ctx.error(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!("Chat {id} not found."),
+        );
+    };
+    if !chat.members.contains(user_id) {
+        return ctx.error(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            "The caller is not a member of the chat.",
+        );
+    }
+    let Some(content) = body["body"]["content"].as_str() else {
+        return ctx.error(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "The message body is required.",
+        );
+    };
+    let content_type = body["body"]["contentType"].as_str().unwrap_or("text");
+    let (uid, name) = sender.unwrap_or_default();
+    let message = chat_message(&chat.id, &uid, name, &tenant_id, content_type, content);
+    chat.messages.push(message.clone());
+    let (chat_id, members) = (chat.id.clone(), chat.members.clone());
+    notify_chat_message(t, &chat_id, &members, &message);
+    ctx.respond(StatusCode::CREATED, Some(message))
+}
+
+/// Microsoft's documentation: chat-list (a user's own chats when delegated),
+/// with `$expand=members`.
+fn list_user_chats(t: &Tenant, ctx: &Ctx, principal: &Principal, id: &str, uri: &Uri) -> Response {
+    let Some(uid) = t.user(id).map(|u| u.id.clone()) else {
+        return not_found(ctx, id);
+    };
+    if let Principal::User { user_id, .. } = principal
+        && *user_id != uid
+    {
+        return ctx.error(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            "A user can list only their own chats.",
+        );
+    }
+    let members = uri.query().is_some_and(|q| {
+        serde_urlencoded::from_str::<Vec<(String, String)>>(q).is_ok_and(|pairs| {
+            pairs
+                .iter()
+                .any(|(k, v)| k == "$expand" && v.split(',').any(|e| e.trim() == "members"))
+        })
+    });
+    let value: Vec<Value> = t
+        .chats
+        .iter()
+        .filter(|c| c.members.contains(&uid))
+        .map(|c| {
+            let mut chat = chat_resource(c, &t.id);
+            if members {
+                chat["members"] =
+                    Value::Array(c.members.iter().map(|m| member_resource(t, m)).collect());
+            }
+            chat
+        })
+        .collect();
+    ctx.respond(StatusCode::OK, Some(json!({"@odata.context": "https://graph.microsoft.com/v1.0/$metadata#chats", "@odata.count": value.len(), "value": value})))
 }
 
 /// Change notifications for a new chat message: `/chats/getAllMessages`,

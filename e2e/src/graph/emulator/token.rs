@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::{Shared, lock, now_string};
-use crate::graph::tenant::{Principal, SignIn, Token, guid};
+use crate::graph::tenant::{AppSeed, Principal, SignIn, Tenant, Token, guid};
 
 pub(super) fn aad_error(status: StatusCode, error: &str, code: u32, description: &str) -> Response {
     let body = json!({
@@ -42,12 +42,35 @@ fn access_token(mut claims: Value) -> String {
     )
 }
 
-fn log_sign_in(t: &mut crate::graph::tenant::Tenant, grant: &str, upn: &str, refused: u32) {
+fn log_sign_in(t: &mut Tenant, grant: &str, upn: &str, refused: u32) {
     t.sign_ins.push(SignIn {
         grant: grant.to_owned(),
         user_principal_name: upn.to_owned(),
         refused,
     });
+}
+
+/// The form fields of a token request.
+struct Form(Vec<(String, String)>);
+
+impl Form {
+    fn field(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// How long the tokens issued now live: (seconds, when, `exp` claim).
+fn lifetime() -> (u64, Instant, i64) {
+    let expires_in = 3599u64;
+    let exp = k8s_openapi::jiff::Timestamp::now().as_second() + expires_in as i64;
+    (
+        expires_in,
+        Instant::now() + Duration::from_secs(expires_in),
+        exp,
+    )
 }
 
 /// POST /{tenant}/oauth2/v2.0/token: client credentials (secret), password
@@ -57,167 +80,16 @@ pub(super) async fn token(
     Path(tenant): Path<String>,
     body: Bytes,
 ) -> Response {
-    let form: Vec<(String, String)> = serde_urlencoded::from_bytes(&body).unwrap_or_default();
-    let field = |name: &str| {
-        form.iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    };
+    let form = Form(serde_urlencoded::from_bytes(&body).unwrap_or_default());
     let mut t = lock(&state);
     t.token_requests += 1;
-    if !tenant.eq_ignore_ascii_case(&t.id) {
-        return aad_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            90002,
-            &format!("Tenant '{tenant}' not found."),
-        );
-    }
-    let Some(app) = t
-        .apps
-        .iter()
-        .find(|a| Some(a.client_id.as_str()) == field("client_id"))
-        .cloned()
-    else {
-        return aad_error(
-            StatusCode::BAD_REQUEST,
-            "unauthorized_client",
-            700016,
-            "Application not found in the directory.",
-        );
+    let app = match client(&t, &tenant, &form) {
+        Ok(app) => app,
+        Err(refused) => return *refused,
     };
-    if let Some(assertion) = field("client_assertion") {
-        if field("client_assertion_type")
-            != Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
-        {
-            return aad_error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                50027,
-                "Invalid client_assertion_type.",
-            );
-        }
-        if let Err(why) = verify_assertion(&app, assertion, &tenant) {
-            return aad_error(
-                StatusCode::UNAUTHORIZED,
-                "invalid_client",
-                700027,
-                &format!("Client assertion failed signature validation: {why}"),
-            );
-        }
-    } else if app.client_secret.is_none() || field("client_secret") != app.client_secret.as_deref()
-    {
-        return aad_error(
-            StatusCode::UNAUTHORIZED,
-            "invalid_client",
-            7000215,
-            "Invalid client secret provided.",
-        );
-    }
-    let expires_in = 3599u64;
-    let expires = Instant::now() + Duration::from_secs(expires_in);
-    let exp = k8s_openapi::jiff::Timestamp::now().as_second() + expires_in as i64;
-    match field("grant_type") {
-        Some("client_credentials") => {
-            if field("scope") != Some("https://graph.microsoft.com/.default") {
-                return aad_error(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_scope",
-                    1002012,
-                    "The provided value for scope is not valid. Client credential flows must have a scope value with /.default suffixed to the resource identifier.",
-                );
-            }
-            let access = access_token(json!({"aud": "https://graph.microsoft.com", "tid": t.id,
-                "appid": app.client_id, "idtyp": "app", "roles": app.roles, "exp": exp}));
-            t.tokens.insert(
-                access.clone(),
-                Token {
-                    principal: Principal::App {
-                        client_id: app.client_id,
-                        roles: app.roles,
-                    },
-                    expires,
-                },
-            );
-            axum::Json(json!({"token_type": "Bearer", "expires_in": expires_in, "ext_expires_in": expires_in, "access_token": access})).into_response()
-        }
-        Some("password") | Some("refresh_token") => {
-            let presented = field("refresh_token").unwrap_or_default().to_owned();
-            let user_id = if field("grant_type") == Some("password") {
-                let (Some(username), Some(password)) = (field("username"), field("password"))
-                else {
-                    return aad_error(
-                        StatusCode::BAD_REQUEST,
-                        "invalid_request",
-                        900144,
-                        "The request body must contain the following parameter: 'username' and 'password'.",
-                    );
-                };
-                match t.user(username) {
-                    Some(u) if u.password.as_deref() == Some(password) => u.id.clone(),
-                    _ => {
-                        log_sign_in(&mut t, "password", username, 50126);
-                        return aad_error(
-                            StatusCode::BAD_REQUEST,
-                            "invalid_grant",
-                            50126,
-                            "Error validating credentials due to invalid username or password.",
-                        );
-                    }
-                }
-            } else {
-                // Refresh tokens rotate: each is good for one redemption
-                // (spent below, once a new one is issued).
-                match t.refresh_tokens.get(&presented).cloned() {
-                    Some((client, user)) if client == app.client_id => user,
-                    _ => {
-                        return aad_error(
-                            StatusCode::BAD_REQUEST,
-                            "invalid_grant",
-                            70000,
-                            "The provided grant is invalid or malformed.",
-                        );
-                    }
-                }
-            };
-            let grant = field("grant_type").unwrap_or_default();
-            let Some(user) = t.user(&user_id).cloned() else {
-                return aad_error(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_grant",
-                    50034,
-                    "The user account does not exist in the directory.",
-                );
-            };
-            // Policies are evaluated at every issuance, refresh included
-            // (https://learn.microsoft.com/entra/identity/conditional-access/concept-continuous-access-evaluation).
-            if let Some((error, code, description)) =
-                t.identity.refuse(&app, &user, &t.groups, Instant::now())
-            {
-                log_sign_in(&mut t, grant, user.upn(), code);
-                return aad_error(StatusCode::BAD_REQUEST, error, code, &description);
-            }
-            log_sign_in(&mut t, grant, user.upn(), 0);
-            t.refresh_tokens.remove(&presented);
-            let refresh = guid() + &guid();
-            t.refresh_tokens
-                .insert(refresh.clone(), (app.client_id.clone(), user_id.clone()));
-            let scope = app.scopes.join(" ");
-            let access = access_token(json!({"aud": "https://graph.microsoft.com", "tid": t.id,
-                "appid": app.client_id, "idtyp": "user", "oid": user_id, "upn": user.upn(), "scp": scope, "exp": exp}));
-            t.tokens.insert(
-                access.clone(),
-                Token {
-                    principal: Principal::User {
-                        client_id: app.client_id,
-                        user_id,
-                        scopes: app.scopes,
-                    },
-                    expires,
-                },
-            );
-            axum::Json(json!({"token_type": "Bearer", "scope": scope, "expires_in": expires_in, "ext_expires_in": expires_in, "access_token": access, "refresh_token": refresh})).into_response()
-        }
+    match form.field("grant_type") {
+        Some("client_credentials") => app_token(&mut t, app, &form),
+        Some(grant @ ("password" | "refresh_token")) => user_token(&mut t, app, &form, grant),
         other => aad_error(
             StatusCode::BAD_REQUEST,
             "unsupported_grant_type",
@@ -230,13 +102,185 @@ pub(super) async fn token(
     }
 }
 
+/// The tenant, the app and its credential (a secret, or a certificate's
+/// signed assertion), each refused with its AADSTS code.
+fn client(t: &Tenant, tenant: &str, form: &Form) -> Result<AppSeed, Box<Response>> {
+    if !tenant.eq_ignore_ascii_case(&t.id) {
+        return Err(Box::new(aad_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            90002,
+            &format!("Tenant '{tenant}' not found."),
+        )));
+    }
+    let Some(app) = t
+        .apps
+        .iter()
+        .find(|a| Some(a.client_id.as_str()) == form.field("client_id"))
+        .cloned()
+    else {
+        return Err(Box::new(aad_error(
+            StatusCode::BAD_REQUEST,
+            "unauthorized_client",
+            700016,
+            "Application not found in the directory.",
+        )));
+    };
+    if let Some(assertion) = form.field("client_assertion") {
+        if form.field("client_assertion_type")
+            != Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+        {
+            return Err(Box::new(aad_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                50027,
+                "Invalid client_assertion_type.",
+            )));
+        }
+        if let Err(why) = verify_assertion(&app, assertion, tenant) {
+            return Err(Box::new(aad_error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                700027,
+                &format!("Client assertion failed signature validation: {why}"),
+            )));
+        }
+    } else if app.client_secret.is_none()
+        || form.field("client_secret") != app.client_secret.as_deref()
+    {
+        return Err(Box::new(aad_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            7000215,
+            "Invalid client secret provided.",
+        )));
+    }
+    Ok(app)
+}
+
+/// Client credentials: an app-only token carrying the app's granted roles.
+fn app_token(t: &mut Tenant, app: AppSeed, form: &Form) -> Response {
+    if form.field("scope") != Some("https://graph.microsoft.com/.default") {
+        return aad_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_scope",
+            1002012,
+            "The provided value for scope is not valid. Client credential flows must have a scope value with /.default suffixed to the resource identifier.",
+        );
+    }
+    let (expires_in, expires, exp) = lifetime();
+    let access = access_token(json!({"aud": "https://graph.microsoft.com", "tid": t.id,
+        "appid": app.client_id, "idtyp": "app", "roles": app.roles, "exp": exp}));
+    t.tokens.insert(
+        access.clone(),
+        Token {
+            principal: Principal::App {
+                client_id: app.client_id,
+                roles: app.roles,
+            },
+            expires,
+        },
+    );
+    axum::Json(json!({"token_type": "Bearer", "expires_in": expires_in, "ext_expires_in": expires_in, "access_token": access})).into_response()
+}
+
+/// The user a password or refresh-token grant names (object id).
+fn grant_user(
+    t: &mut Tenant,
+    app: &AppSeed,
+    form: &Form,
+    grant: &str,
+) -> Result<String, Box<Response>> {
+    if grant == "password" {
+        let (Some(username), Some(password)) = (form.field("username"), form.field("password"))
+        else {
+            return Err(Box::new(aad_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                900144,
+                "The request body must contain the following parameter: 'username' and 'password'.",
+            )));
+        };
+        return match t.user(username) {
+            Some(u) if u.password.as_deref() == Some(password) => Ok(u.id.clone()),
+            _ => {
+                log_sign_in(t, "password", username, 50126);
+                Err(Box::new(aad_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_grant",
+                    50126,
+                    "Error validating credentials due to invalid username or password.",
+                )))
+            }
+        };
+    }
+    // Refresh tokens rotate: each is good for one redemption (spent once a
+    // new one is issued).
+    match t
+        .refresh_tokens
+        .get(form.field("refresh_token").unwrap_or_default())
+    {
+        Some((client, user)) if *client == app.client_id => Ok(user.clone()),
+        _ => Err(Box::new(aad_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_grant",
+            70000,
+            "The provided grant is invalid or malformed.",
+        ))),
+    }
+}
+
+/// Password and refresh-token grants: a delegated token and a new refresh
+/// token, unless the tenant's sign-in policies refuse the user.
+fn user_token(t: &mut Tenant, app: AppSeed, form: &Form, grant: &str) -> Response {
+    let user_id = match grant_user(t, &app, form, grant) {
+        Ok(user_id) => user_id,
+        Err(refused) => return *refused,
+    };
+    let Some(user) = t.user(&user_id).cloned() else {
+        return aad_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_grant",
+            50034,
+            "The user account does not exist in the directory.",
+        );
+    };
+    // Policies are evaluated at every issuance, refresh included
+    // (https://learn.microsoft.com/entra/identity/conditional-access/concept-continuous-access-evaluation).
+    if let Some((error, code, description)) =
+        t.identity.refuse(&app, &user, &t.groups, Instant::now())
+    {
+        log_sign_in(t, grant, user.upn(), code);
+        return aad_error(StatusCode::BAD_REQUEST, error, code, &description);
+    }
+    log_sign_in(t, grant, user.upn(), 0);
+    if let Some(presented) = form.field("refresh_token") {
+        t.refresh_tokens.remove(presented);
+    }
+    let refresh = guid() + &guid();
+    t.refresh_tokens
+        .insert(refresh.clone(), (app.client_id.clone(), user_id.clone()));
+    let scope = app.scopes.join(" ");
+    let (expires_in, expires, exp) = lifetime();
+    let access = access_token(json!({"aud": "https://graph.microsoft.com", "tid": t.id,
+        "appid": app.client_id, "idtyp": "user", "oid": user_id, "upn": user.upn(), "scp": scope, "exp": exp}));
+    t.tokens.insert(
+        access.clone(),
+        Token {
+            principal: Principal::User {
+                client_id: app.client_id,
+                user_id,
+                scopes: app.scopes,
+            },
+            expires,
+        },
+    );
+    axum::Json(json!({"token_type": "Bearer", "scope": scope, "expires_in": expires_in, "ext_expires_in": expires_in, "access_token": access, "refresh_token": refresh})).into_response()
+}
+
 /// Checks an RFC 7523 client assertion the way Entra does: RS256, `x5t` of the
 /// app's registered certificate, signature, audience, issuer and subject, time.
-pub(super) fn verify_assertion(
-    app: &crate::graph::tenant::AppSeed,
-    jwt: &str,
-    tenant: &str,
-) -> Result<(), String> {
+pub(super) fn verify_assertion(app: &AppSeed, jwt: &str, tenant: &str) -> Result<(), String> {
     use base64::Engine as _;
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
