@@ -76,49 +76,7 @@ impl Ejabberd {
         } else {
             ("false", String::new())
         };
-        let config = format!(
-            r#"hosts:
-  - {domain}
-loglevel: info
-hide_sensitive_log_data: false
-auth_method: internal
-auth_password_format: plain
-{certfiles}s2s_use_starttls: {starttls}
-s2s_access: all
-s2s_max_retry_delay: 1
-outgoing_s2s_families: [ipv4]
-listen:
-  -
-    port: {c2s_port}
-    ip: "127.0.0.1"
-    module: ejabberd_c2s
-    starttls: false
-    starttls_required: false
-    max_stanza_size: 262144
-  -
-    port: {s2s_port}
-    ip: "127.0.0.1"
-    module: ejabberd_s2s_in
-    max_stanza_size: 524288
-acl:
-  local:
-    user_regexp: ""
-access_rules:
-  local:
-    allow: local
-  c2s:
-    allow: all
-  s2s:
-    allow: all
-modules:
-  mod_disco: {{}}
-  mod_roster: {{}}
-  mod_ping: {{}}
-  mod_vcard: {{}}
-  mod_s2s_dialback: {{}}
-"#,
-            domain = options.domain,
-        );
+        let config = config(&options.domain, &certfiles, starttls, c2s_port, s2s_port);
         std::fs::write(root.join("ejabberd.yml"), config)?;
         std::fs::write(
             root.join("inetrc"),
@@ -129,47 +87,8 @@ modules:
             "ok = inet_db:add_rr(\"_xmpp-server._tcp.{peer_domain}\", in, srv, 2000000, {{0, 0, {peer_port}, \"localhost\"}}), \
              io:format(\"EJABBERD_READY~n\")."
         );
-        let out = std::fs::File::create(root.join("erl.out"))?;
         let node = format!("xmppfed{dist_port}@localhost");
-        let child = Command::new("erl")
-            .env("ERL_LIBS", EJABBERD_LIBS)
-            .env("ERL_INETRC", root.join("inetrc"))
-            .env("HOME", root)
-            .env("ERL_CRASH_DUMP", root.join("erl_crash.dump"))
-            .args(["-sname", &node, "-setcookie", "xmppfedtest"])
-            .args([
-                "-start_epmd",
-                "false",
-                "-erl_epmd_port",
-                &dist_port.to_string(),
-            ])
-            .args([
-                "-kernel",
-                "inet_dist_use_interface",
-                "{127,0,0,1}",
-                "-noshell",
-                "-noinput",
-            ])
-            .args([
-                "-mnesia",
-                "dir",
-                &format!("\"{}\"", root.join("db").display()),
-            ])
-            .args([
-                "-ejabberd",
-                "config",
-                &format!("\"{}\"", root.join("ejabberd.yml").display()),
-            ])
-            .args([
-                "log_path",
-                &format!("\"{}\"", root.join("ejabberd.log").display()),
-            ])
-            .args(["-s", "ejabberd", "-eval", &eval])
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()
-            .context("starting erl (apt-get install ejabberd)")?;
+        let child = spawn_erl(root, &node, dist_port, &eval)?;
         let mut server = Self {
             child,
             dir,
@@ -270,4 +189,95 @@ impl Drop for Ejabberd {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// ejabberd.yml: one host, c2s and s2s on loopback, dialback, STARTTLS as asked.
+fn config(domain: &str, certfiles: &str, starttls: &str, c2s_port: u16, s2s_port: u16) -> String {
+    format!(
+        r#"hosts:
+  - {domain}
+loglevel: info
+hide_sensitive_log_data: false
+auth_method: internal
+auth_password_format: plain
+{certfiles}s2s_use_starttls: {starttls}
+s2s_access: all
+s2s_max_retry_delay: 1
+outgoing_s2s_families: [ipv4]
+listen:
+  -
+    port: {c2s_port}
+    ip: "127.0.0.1"
+    module: ejabberd_c2s
+    starttls: false
+    starttls_required: false
+    max_stanza_size: 262144
+  -
+    port: {s2s_port}
+    ip: "127.0.0.1"
+    module: ejabberd_s2s_in
+    max_stanza_size: 524288
+acl:
+  local:
+    user_regexp: ""
+access_rules:
+  local:
+    allow: local
+  c2s:
+    allow: all
+  s2s:
+    allow: all
+modules:
+  mod_disco: {{}}
+  mod_roster: {{}}
+  mod_ping: {{}}
+  mod_vcard: {{}}
+  mod_s2s_dialback: {{}}
+"#,
+    )
+}
+
+/// Runs ejabberd in its own Erlang node: distribution on loopback at a port
+/// of its own (no epmd), its files under `root`, output in `erl.out`.
+fn spawn_erl(root: &Path, node: &str, dist_port: u16, eval: &str) -> anyhow::Result<Child> {
+    let out = std::fs::File::create(root.join("erl.out"))?;
+    Command::new("erl")
+        .env("ERL_LIBS", EJABBERD_LIBS)
+        .env("ERL_INETRC", root.join("inetrc"))
+        .env("HOME", root)
+        .env("ERL_CRASH_DUMP", root.join("erl_crash.dump"))
+        .args(["-sname", node, "-setcookie", "xmppfedtest"])
+        .args([
+            "-start_epmd",
+            "false",
+            "-erl_epmd_port",
+            &dist_port.to_string(),
+        ])
+        .args([
+            "-kernel",
+            "inet_dist_use_interface",
+            "{127,0,0,1}",
+            "-noshell",
+            "-noinput",
+        ])
+        .args([
+            "-mnesia",
+            "dir",
+            &format!("\"{}\"", root.join("db").display()),
+        ])
+        .args([
+            "-ejabberd",
+            "config",
+            &format!("\"{}\"", root.join("ejabberd.yml").display()),
+        ])
+        .args([
+            "log_path",
+            &format!("\"{}\"", root.join("ejabberd.log").display()),
+        ])
+        .args(["-s", "ejabberd", "-eval", eval])
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .spawn()
+        .context("starting erl (apt-get install ejabberd)")
 }

@@ -113,11 +113,6 @@ async fn answer(
     acks_at_most: Option<(u32, Stingy)>,
     log: std::sync::Arc<std::sync::Mutex<String>>,
 ) {
-    let sm_feature = if acks_at_most.is_some() {
-        "<sm xmlns='urn:xmpp:sm:3'/>"
-    } else {
-        ""
-    };
     let mut stanzas = 0u32;
     let mut buf = String::new();
     let mut chunk = [0u8; 8192];
@@ -134,91 +129,123 @@ async fn answer(
             .unwrap_or_else(|p| p.into_inner())
             .push_str(&text);
         buf.push_str(&text);
-        if !opened && let Some(start) = buf.find("<stream:stream") {
-            let Some(end) = buf[start..].find('>') else {
-                continue;
-            };
-            let header = buf[start..start + end].to_owned();
-            let (from, to) = (
-                attr(&header, "from").unwrap_or_default(),
-                attr(&header, "to").unwrap_or_default(),
-            );
-            let reply = format!(
-                "<?xml version='1.0'?><stream:stream xmlns='jabber:server' xmlns:db='jabber:server:dialback' \
-                 xmlns:stream='http://etherx.jabber.org/streams' from='{to}' to='{from}' id='stub-{}' version='1.0'>\
-                 <stream:features><dialback xmlns='urn:xmpp:features:dialback'/>{sm_feature}</stream:features>",
-                std::process::id()
-            );
+        let mut replies = Vec::new();
+        if !opened {
+            match open_reply(&mut buf, acks_at_most.is_some()) {
+                Some(reply) => {
+                    replies.push(reply);
+                    opened = true;
+                }
+                None => continue,
+            }
+        }
+        replies.extend(dialback_replies(&mut buf, verdict));
+        let mut gone = false;
+        if let Some((limit, then)) = acks_at_most {
+            gone = sm_replies(&mut buf, &mut stanzas, limit, then, &mut replies);
+        }
+        for reply in replies {
             if tcp.write_all(reply.as_bytes()).await.is_err() {
                 return;
             }
-            buf.drain(..start + end + 1);
-            opened = true;
         }
-        // Answer each complete dialback element.
-        loop {
-            let next = ["<db:result", "<result", "<db:verify", "<verify"]
-                .iter()
-                .filter_map(|p| buf.find(p).map(|i| (i, *p)))
-                .min();
-            let Some((start, _)) = next else { break };
-            let rest = &buf[start..];
-            let Some(end) = rest
-                .find("</db:result>")
-                .or_else(|| rest.find("</result>"))
-                .or_else(|| rest.find("</db:verify>"))
-                .or_else(|| rest.find("</verify>"))
-                .or_else(|| rest.find("/>"))
-            else {
-                break;
-            };
-            let element = rest[..end].to_owned();
-            let close = rest[end..].find('>').map_or(rest.len(), |i| end + i + 1);
-            buf.drain(..start + close);
-            let (from, to) = (
-                attr(&element, "from").unwrap_or_default(),
-                attr(&element, "to").unwrap_or_default(),
-            );
-            let answer = if element.contains("verify") {
-                let id = attr(&element, "id").unwrap_or_default();
-                format!("<db:verify from='{to}' to='{from}' id='{id}' type='{verdict}'/>")
-            } else {
-                format!("<db:result from='{to}' to='{from}' type='valid'/>")
-            };
-            if tcp.write_all(answer.as_bytes()).await.is_err() {
-                return;
-            }
-        }
-        // Stream management: count stanzas, answer <enable/> and <r/>.
-        if let Some((limit, then)) = acks_at_most {
-            loop {
-                let next = ["<message", "<presence", "<iq", "<enable", "<r ", "<r/"]
-                    .iter()
-                    .filter_map(|p| buf.find(p).map(|i| (i, *p)))
-                    .min();
-                let Some((start, what)) = next else { break };
-                buf.drain(..start + what.len());
-                let reply = match what {
-                    "<enable" => Some("<enabled xmlns='urn:xmpp:sm:3'/>".to_owned()),
-                    "<r " | "<r/" if stanzas > limit => match then {
-                        Stingy::Dies => return, // gone, unacknowledged
-                        Stingy::Hangs => None,
-                    },
-                    "<r " | "<r/" => Some(format!("<a xmlns='urn:xmpp:sm:3' h='{stanzas}'/>")),
-                    _ => {
-                        stanzas += 1;
-                        None
-                    }
-                };
-                if let Some(reply) = reply
-                    && tcp.write_all(reply.as_bytes()).await.is_err()
-                {
-                    return;
-                }
-            }
+        if gone {
+            return; // gone, unacknowledged
         }
         if buf.len() > 1 << 20 {
             buf.clear();
+        }
+    }
+}
+
+/// Our stream header and features once the gateway's header is complete
+/// (taken from the buffer); `None` until it is.
+fn open_reply(buf: &mut String, sm: bool) -> Option<String> {
+    let start = buf.find("<stream:stream")?;
+    let end = buf[start..].find('>')?;
+    let header = buf[start..start + end].to_owned();
+    let (from, to) = (
+        attr(&header, "from").unwrap_or_default(),
+        attr(&header, "to").unwrap_or_default(),
+    );
+    let sm_feature = if sm {
+        "<sm xmlns='urn:xmpp:sm:3'/>"
+    } else {
+        ""
+    };
+    let reply = format!(
+        "<?xml version='1.0'?><stream:stream xmlns='jabber:server' xmlns:db='jabber:server:dialback' \
+         xmlns:stream='http://etherx.jabber.org/streams' from='{to}' to='{from}' id='stub-{}' version='1.0'>\
+         <stream:features><dialback xmlns='urn:xmpp:features:dialback'/>{sm_feature}</stream:features>",
+        std::process::id()
+    );
+    buf.drain(..start + end + 1);
+    Some(reply)
+}
+
+/// An answer to each complete dialback element in the buffer (taken from it).
+fn dialback_replies(buf: &mut String, verdict: &str) -> Vec<String> {
+    let mut replies = Vec::new();
+    loop {
+        let next = ["<db:result", "<result", "<db:verify", "<verify"]
+            .iter()
+            .filter_map(|p| buf.find(p).map(|i| (i, *p)))
+            .min();
+        let Some((start, _)) = next else { break };
+        let rest = &buf[start..];
+        let Some(end) = rest
+            .find("</db:result>")
+            .or_else(|| rest.find("</result>"))
+            .or_else(|| rest.find("</db:verify>"))
+            .or_else(|| rest.find("</verify>"))
+            .or_else(|| rest.find("/>"))
+        else {
+            break;
+        };
+        let element = rest[..end].to_owned();
+        let close = rest[end..].find('>').map_or(rest.len(), |i| end + i + 1);
+        buf.drain(..start + close);
+        let (from, to) = (
+            attr(&element, "from").unwrap_or_default(),
+            attr(&element, "to").unwrap_or_default(),
+        );
+        replies.push(if element.contains("verify") {
+            let id = attr(&element, "id").unwrap_or_default();
+            format!("<db:verify from='{to}' to='{from}' id='{id}' type='{verdict}'/>")
+        } else {
+            format!("<db:result from='{to}' to='{from}' type='valid'/>")
+        });
+    }
+    replies
+}
+
+/// Stream management: counts stanzas, answers `<enable/>` and `<r/>` (up to
+/// `limit` stanzas, then as `then` says). Returns true when the peer is to
+/// vanish now, unacknowledged.
+fn sm_replies(
+    buf: &mut String,
+    stanzas: &mut u32,
+    limit: u32,
+    then: Stingy,
+    replies: &mut Vec<String>,
+) -> bool {
+    loop {
+        let next = ["<message", "<presence", "<iq", "<enable", "<r ", "<r/"]
+            .iter()
+            .filter_map(|p| buf.find(p).map(|i| (i, *p)))
+            .min();
+        let Some((start, what)) = next else {
+            return false;
+        };
+        buf.drain(..start + what.len());
+        match what {
+            "<enable" => replies.push("<enabled xmlns='urn:xmpp:sm:3'/>".to_owned()),
+            "<r " | "<r/" if *stanzas > limit => match then {
+                Stingy::Dies => return true,
+                Stingy::Hangs => {}
+            },
+            "<r " | "<r/" => replies.push(format!("<a xmlns='urn:xmpp:sm:3' h='{stanzas}'/>")),
+            _ => *stanzas += 1,
         }
     }
 }
