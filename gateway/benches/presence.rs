@@ -78,9 +78,8 @@ async fn wait_for(counter: &Counter, n: usize) {
     }
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+/// The tenant of `USERS` users, all Available, and a Graph client of it.
+async fn tenant() -> (GraphEmulator, Arc<GraphClient>) {
     let users: Vec<serde_json::Value> = (0..USERS)
         .map(|i| json!({"id": id(i), "userPrincipalName": format!("user{i}@contoso.com"), "displayName": format!("User {i}")}))
         .collect();
@@ -107,7 +106,10 @@ async fn main() {
         Budgets::published_limits(),
         RetryPolicy::default(),
     ));
+    (emulator, graph)
+}
 
+fn directory() -> Directory {
     let directory = Directory::default();
     let profiles: Vec<User> = (0..USERS)
         .map(|i| {
@@ -118,13 +120,15 @@ async fn main() {
         })
         .collect();
     directory.set(profiles, &LocalPartRule::UpnLocalPart);
+    directory
+}
 
-    // 50,000 relationships written in one transaction, then read as the gateway does at start.
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bench.db");
-    drop(Store::sqlite(&path).await.unwrap());
+/// 50,000 relationships written in one transaction, then read as the gateway
+/// does at start: the roster, how long it took, and RSS per relationship.
+async fn roster(path: &std::path::Path) -> (Roster, Duration, f64) {
+    drop(Store::sqlite(path).await.unwrap());
     {
-        let mut conn = rusqlite::Connection::open(&path).unwrap();
+        let mut conn = rusqlite::Connection::open(path).unwrap();
         let tx = conn.transaction().unwrap();
         for i in 0..USERS {
             for c in 0..CONTACTS_PER_USER {
@@ -137,14 +141,18 @@ async fn main() {
         }
         tx.commit().unwrap();
     }
-    let store = Arc::new(Store::sqlite(&path).await.unwrap());
+    let store = Arc::new(Store::sqlite(path).await.unwrap());
     let before = xmppfed_e2e::rss_bytes();
     let started = Instant::now();
     let roster = Roster::load(store).await.unwrap();
     let load = started.elapsed();
     let per_contact =
         (xmppfed_e2e::rss_bytes().saturating_sub(before)) as f64 / roster.len() as f64;
+    (roster, load, per_contact)
+}
 
+/// An s2s layer that counts the stanzas handed to it.
+fn counting_out() -> (Arc<dyn XmppOut>, Arc<Counter>) {
     let (tx, mut rx) = mpsc::channel::<Stanza>(65_536);
     let counter = Arc::new(Counter {
         seen: AtomicUsize::new(0),
@@ -160,7 +168,25 @@ async fn main() {
             }
         }
     });
-    let out: Arc<dyn XmppOut> = Arc::new(common::ChannelOut(tx));
+    (Arc::new(common::ChannelOut(tx)), counter)
+}
+
+/// One poll, timed until the stanzas counted reach `until`.
+async fn poll_until(teams: &TeamsPresence, counter: &Counter, until: usize) -> Duration {
+    let t = Instant::now();
+    teams.poll_once().await.unwrap();
+    wait_for(counter, until).await;
+    t.elapsed()
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let (emulator, graph) = tenant().await;
+    let directory = directory();
+    let dir = tempfile::tempdir().unwrap();
+    let (roster, load, per_contact) = roster(&dir.path().join("bench.db")).await;
+    let (out, counter) = counting_out();
     let cards = Arc::new(Cards::new(directory.clone(), Duration::from_secs(3600)));
     let interval = PollInterval::new(Duration::from_secs(1), Duration::from_secs(30));
     let teams = TeamsPresence::new(
@@ -180,30 +206,16 @@ async fn main() {
 
     let stanzas = USERS * CONTACTS_PER_USER;
     // 1: the first poll after a start sends every user's presence to every contact.
-    let t = Instant::now();
-    teams.poll_once().await.unwrap();
-    wait_for(&counter, stanzas).await;
-    let first = t.elapsed();
-
+    let first = poll_until(&teams, &counter, stanzas).await;
     // 2: nothing changed: the cost of reading 10,000 presences.
-    let t = Instant::now();
-    teams.poll_once().await.unwrap();
-    let idle = t.elapsed();
+    let idle = poll_until(&teams, &counter, stanzas).await;
     let quiet = counter.seen.load(Ordering::SeqCst) == stanzas;
-
     // 3: everyone changes at once.
     set_everyone(&emulator, 0..USERS, "Busy", "InACall");
-    let t = Instant::now();
-    teams.poll_once().await.unwrap();
-    wait_for(&counter, 2 * stanzas).await;
-    let all = t.elapsed();
-
+    let all = poll_until(&teams, &counter, 2 * stanzas).await;
     // 4: 1 % change.
     set_everyone(&emulator, 0..USERS / 100, "Away", "Away");
-    let t = Instant::now();
-    teams.poll_once().await.unwrap();
-    wait_for(&counter, 2 * stanzas + stanzas / 100).await;
-    let some = t.elapsed();
+    let some = poll_until(&teams, &counter, 2 * stanzas + stanzas / 100).await;
 
     let interval_for = interval.next(USERS);
     println!(
