@@ -253,82 +253,7 @@ impl Prosody {
             Some(port) => port,
             None => free_port()?,
         };
-        let routes: String = options
-            .routes
-            .iter()
-            .map(|(domain, port)| (domain.as_str(), "127.0.0.1", *port))
-            .chain(
-                options
-                    .host_routes
-                    .iter()
-                    .map(|(domain, host, port)| (domain.as_str(), host.as_str(), *port)),
-            )
-            .map(|(domain, host, port)| format!("[\"{domain}\"] = {{ \"{host}\", {port} }}; "))
-            .collect();
-        let interfaces: String = options
-            .interfaces
-            .iter()
-            .map(|i| format!("\"{i}\"; "))
-            .collect();
-        let ssl = match (&options.ca, options.tls) {
-            (Some(ca), _) => {
-                let (cert, key) = ca.issue(&options.domain)?;
-                format!(
-                    "ssl = {{ certificate = \"{}\"; key = \"{}\"; cafile = \"{}\"; }}",
-                    cert.display(),
-                    key.display(),
-                    ca.cert.display()
-                )
-            }
-            (None, true) => {
-                let (cert, key) = self_signed(root, &options.domain)?;
-                format!(
-                    "ssl = {{ certificate = \"{}\"; key = \"{}\"; }}",
-                    cert.display(),
-                    key.display()
-                )
-            }
-            (None, false) => String::new(),
-        };
-        // Certificates authenticate (and dialback is refused) only with a CA.
-        let (secure, disabled) = if options.ca.is_some() {
-            ("true", "")
-        } else {
-            ("false", "\"s2s_auth_certs\";")
-        };
-        let bidi = if options.bidi { "\"s2s_bidi\";" } else { "" };
-        let config = format!(
-            r#"
-run_as_root = true
-pidfile = "{root}/prosody.pid"
-data_path = "{root}/data"
-plugin_paths = {{ "{root}/plugins" }}
-log = {{ debug = "{root}/prosody.log" }}
-interfaces = {{ {interfaces} }}
-c2s_ports = {{ {c2s_port} }}
-s2s_ports = {{ {s2s_port} }}
-c2s_direct_tls_ports = {{}}
-s2s_direct_tls_ports = {{}}
-http_ports = {{}}
-https_ports = {{}}
-modules_enabled = {{ "roster"; "saslauth"; "tls"; "dialback"; "disco"; "ping"; "presence"; "vcard4"; "vcard_legacy"; "pep"; "smacks"; "xmppfed_route"; {bidi} }}
-modules_disabled = {{ "offline"; {disabled} }}
-authentication = "internal_plain"
-c2s_require_encryption = false
-allow_unencrypted_plain_auth = true
-s2s_secure_auth = {secure}
-s2s_require_encryption = {secure}
-xmppfed_routes = {{ {routes} }}
--- XEP-0198 on s2s: stanzas the gateway never acknowledged are sent again on
--- a new stream rather than bounced (the gateway acknowledges only what it
--- has stored).
-smacks_s2s_resend = true
-{ssl}
-VirtualHost "{domain}"
-"#,
-            root = root.display(),
-            domain = options.domain,
-        );
+        let config = config(options, root, c2s_port, s2s_port)?;
         let config_path = root.join("prosody.cfg.lua");
         std::fs::write(&config_path, config)?;
         let child = Command::new("prosody")
@@ -444,4 +369,91 @@ pub fn run_client(
             String::from_utf8_lossy(&output.stderr)
         )
     })
+}
+
+/// prosody.cfg.lua: one host, c2s and s2s on the given ports, static routes
+/// through our module, TLS as asked (a CA makes certificates authenticate and
+/// dialback refused), bidi and stream management on.
+fn config(
+    options: &ProsodyOptions,
+    root: &Path,
+    c2s_port: u16,
+    s2s_port: u16,
+) -> anyhow::Result<String> {
+    let routes: String = options
+        .routes
+        .iter()
+        .map(|(domain, port)| (domain.as_str(), "127.0.0.1", *port))
+        .chain(
+            options
+                .host_routes
+                .iter()
+                .map(|(domain, host, port)| (domain.as_str(), host.as_str(), *port)),
+        )
+        .map(|(domain, host, port)| format!("[\"{domain}\"] = {{ \"{host}\", {port} }}; "))
+        .collect();
+    let interfaces: String = options
+        .interfaces
+        .iter()
+        .map(|i| format!("\"{i}\"; "))
+        .collect();
+    let ssl = match (&options.ca, options.tls) {
+        (Some(ca), _) => {
+            let (cert, key) = ca.issue(&options.domain)?;
+            format!(
+                "ssl = {{ certificate = \"{}\"; key = \"{}\"; cafile = \"{}\"; }}",
+                cert.display(),
+                key.display(),
+                ca.cert.display()
+            )
+        }
+        (None, true) => {
+            let (cert, key) = self_signed(root, &options.domain)?;
+            format!(
+                "ssl = {{ certificate = \"{}\"; key = \"{}\"; }}",
+                cert.display(),
+                key.display()
+            )
+        }
+        (None, false) => String::new(),
+    };
+    // Certificates authenticate (and dialback is refused) only with a CA.
+    let (secure, disabled) = if options.ca.is_some() {
+        ("true", "")
+    } else {
+        ("false", "\"s2s_auth_certs\";")
+    };
+    let bidi = if options.bidi { "\"s2s_bidi\";" } else { "" };
+    Ok(format!(
+        r#"
+run_as_root = true
+pidfile = "{root}/prosody.pid"
+data_path = "{root}/data"
+plugin_paths = {{ "{root}/plugins" }}
+log = {{ debug = "{root}/prosody.log" }}
+interfaces = {{ {interfaces} }}
+c2s_ports = {{ {c2s_port} }}
+s2s_ports = {{ {s2s_port} }}
+c2s_direct_tls_ports = {{}}
+s2s_direct_tls_ports = {{}}
+http_ports = {{}}
+https_ports = {{}}
+modules_enabled = {{ "roster"; "saslauth"; "tls"; "dialback"; "disco"; "ping"; "presence"; "vcard4"; "vcard_legacy"; "pep"; "smacks"; "xmppfed_route"; {bidi} }}
+modules_disabled = {{ "offline"; {disabled} }}
+authentication = "internal_plain"
+c2s_require_encryption = false
+allow_unencrypted_plain_auth = true
+s2s_secure_auth = {secure}
+s2s_require_encryption = {secure}
+xmppfed_routes = {{ {routes} }}
+-- XEP-0198 on s2s: stanzas the gateway never acknowledged are sent again on
+-- a new stream rather than bounced (the gateway acknowledges only what it
+-- has stored).
+smacks_s2s_resend = true
+{ssl}
+VirtualHost "{domain}"
+"#,
+        root = root.display(),
+        domain = options.domain,
+    ))
 }

@@ -84,6 +84,39 @@ fn one_by_one(client: &mut XmppClient, to: &str, prefix: &str, n: usize) -> (f64
     (percentile(&latencies, 0.5), percentile(&latencies, 0.99))
 }
 
+/// Warms both paths (stream set-up, the shadow account, the chat).
+fn warm_up(bob: &mut XmppClient) {
+    tokio::task::block_in_place(|| {
+        for (to, id) in [(ALICE, "warm-gw"), ("carol@xmpp2.test", "warm-s2s")] {
+            bob.command(json!({"cmd": "message", "to": to, "body": "warm-up", "id": id}))
+                .unwrap();
+            bob.wait_for(Duration::from_secs(60), |e| e["received"] == id)
+                .unwrap();
+        }
+    });
+}
+
+/// Teams → XMPP: Alice writes N messages in Teams; how long writing them
+/// took, and how long until Bob had them all.
+async fn from_teams(emulator: &GraphEmulator, bob: &mut XmppClient) -> (Duration, Duration) {
+    let shadow = upn_for("bob@xmpp.test", SHADOW_DOMAIN);
+    let chat = chat_between(emulator, "alice@contoso.com", &shadow).unwrap();
+    let started = Instant::now();
+    for i in 0..N {
+        alice_writes(emulator, &chat, &format!("t{i}"), "text").await;
+    }
+    let written = started.elapsed();
+    tokio::task::block_in_place(|| {
+        for _ in 0..N {
+            bob.wait_for(Duration::from_secs(300), |e: &Value| {
+                e["event"] == "message" && e["body"].as_str().is_some_and(|b| b.starts_with('t'))
+            })
+            .unwrap();
+        }
+    });
+    (written, started.elapsed())
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     if !prosody::available() || prosody::python().is_none() {
@@ -124,15 +157,7 @@ async fn main() {
     b.register("carol", "carolpw").unwrap();
     let _carol = connect("carol@xmpp2.test", "carolpw", b.c2s_port);
 
-    // Warm both paths (stream set-up, the shadow account, the chat).
-    tokio::task::block_in_place(|| {
-        for (to, id) in [(ALICE, "warm-gw"), ("carol@xmpp2.test", "warm-s2s")] {
-            bob.command(json!({"cmd": "message", "to": to, "body": "warm-up", "id": id}))
-                .unwrap();
-            bob.wait_for(Duration::from_secs(60), |e| e["received"] == id)
-                .unwrap();
-        }
-    });
+    warm_up(&mut bob);
 
     let (gw_one, s2s_one) = tokio::task::block_in_place(|| {
         (
@@ -143,23 +168,7 @@ async fn main() {
     let gw = tokio::task::block_in_place(|| burst(&mut bob, ALICE, "g"));
     let s2s = tokio::task::block_in_place(|| burst(&mut bob, "carol@xmpp2.test", "p"));
 
-    // Teams → XMPP.
-    let shadow = upn_for("bob@xmpp.test", SHADOW_DOMAIN);
-    let chat = chat_between(&emulator, "alice@contoso.com", &shadow).unwrap();
-    let started = Instant::now();
-    for i in 0..N {
-        alice_writes(&emulator, &chat, &format!("t{i}"), "text").await;
-    }
-    let written = started.elapsed();
-    tokio::task::block_in_place(|| {
-        for _ in 0..N {
-            bob.wait_for(Duration::from_secs(300), |e: &Value| {
-                e["event"] == "message" && e["body"].as_str().is_some_and(|b| b.starts_with('t'))
-            })
-            .unwrap();
-        }
-    });
-    let from_teams = started.elapsed();
+    let (written, from_teams) = from_teams(&emulator, &mut bob).await;
 
     println!(
         "messages: bursts of {N}, loopback, release build, 2 cores; the gateway's Graph budget is 40 calls/s per tenant"

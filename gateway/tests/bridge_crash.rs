@@ -24,6 +24,7 @@ use serde_json::json;
 use xmppfed_e2e::daemon::Daemon;
 use xmppfed_e2e::graph::GraphEmulator;
 use xmppfed_e2e::prosody::{self, TestCa};
+use xmppfed_e2e::xmpp_client::XmppClient;
 use xmppfed_gateway::bridge::contacts::shadow::upn_for;
 
 /// XMPP → Teams: paced at one message per 1.05 s in the one chat.
@@ -49,6 +50,50 @@ fn in_teams(emulator: &GraphEmulator, chat: &str, prefix: &str) -> Vec<String> {
         .collect()
 }
 
+/// The gateway's configuration, with certificates and the limits out of the
+/// way (this test is about durability): its file, the gateway's s2s port and
+/// Prosody's.
+fn durable_config(
+    dir: &std::path::Path,
+    emulator: &GraphEmulator,
+    ca: &TestCa,
+) -> (std::path::PathBuf, u16, u16) {
+    let port = || prosody::free_port().unwrap();
+    let (gateway_port, prosody_s2s, webhook, admin) = (port(), port(), port(), port());
+    let mut config = gateway_config(dir, emulator, gateway_port, prosody_s2s);
+    with_webhook(&mut config, dir, webhook);
+    config.admin.listen = format!("127.0.0.1:{admin}").parse().unwrap();
+    with_certificates(&mut config, ca);
+    // Limits out of the way: this test is about durability.
+    config.throttle.default.messages_per_minute = 100_000;
+    config.throttle.default.burst = 10_000;
+    config.throttle.default.bytes_per_minute = 100_000_000;
+    let config_file = dir.join("gateway.toml");
+    std::fs::write(&config_file, config.to_toml_string().unwrap()).unwrap();
+    (config_file, gateway_port, prosody_s2s)
+}
+
+/// Waits until Bob has every one of Alice's messages, by origin-id.
+fn wait_for_every_origin_id(bob: &mut XmppClient) {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let (distinct, _) = from_teams_by_origin_id(&bob.seen);
+        if distinct.len() >= BURST {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {BURST} arrived",
+            distinct.len()
+        );
+        wait(bob, 180, |e| {
+            e["event"] == "message"
+                && e["type"] == "chat"
+                && e["body"].as_str().is_some_and(|b| b.starts_with('t'))
+        });
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_each_way_survives_kill_9_exactly_once_in_order() {
     if skip(prosody::available(), "prosody") {
@@ -62,18 +107,7 @@ async fn a_burst_each_way_survives_kill_9_exactly_once_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let ca = std::sync::Arc::new(TestCa::new(dir.path()).unwrap());
 
-    let port = || prosody::free_port().unwrap();
-    let (gateway_port, prosody_s2s, webhook, admin) = (port(), port(), port(), port());
-    let mut config = gateway_config(dir.path(), &emulator, gateway_port, prosody_s2s);
-    with_webhook(&mut config, dir.path(), webhook);
-    config.admin.listen = format!("127.0.0.1:{admin}").parse().unwrap();
-    with_certificates(&mut config, &ca);
-    // Limits out of the way: this test is about durability.
-    config.throttle.default.messages_per_minute = 100_000;
-    config.throttle.default.burst = 10_000;
-    config.throttle.default.bytes_per_minute = 100_000_000;
-    let config_file = dir.path().join("gateway.toml");
-    std::fs::write(&config_file, config.to_toml_string().unwrap()).unwrap();
+    let (config_file, gateway_port, prosody_s2s) = durable_config(dir.path(), &emulator, &ca);
 
     let mut gateway = Some(start(&config_file));
     let (server, mut bob) = prosody_with_certificates(gateway_port, prosody_s2s, &ca);
@@ -136,23 +170,7 @@ async fn a_burst_each_way_survives_kill_9_exactly_once_in_order() {
     // stream; a kill between that write and the outbox update sends it again
     // with the same id and origin-id (XEP-0359), which the receiving client
     // drops. The test is that client: it keeps the first of each origin-id.
-    let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
-        let (distinct, _) = from_teams_by_origin_id(&bob.seen);
-        if distinct.len() >= BURST {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "only {} of {BURST} arrived",
-            distinct.len()
-        );
-        wait(&mut bob, 180, |e| {
-            e["event"] == "message"
-                && e["type"] == "chat"
-                && e["body"].as_str().is_some_and(|b| b.starts_with('t'))
-        });
-    }
+    wait_for_every_origin_id(&mut bob);
     let from_teams = started.elapsed();
     tokio::task::block_in_place(|| bob.drain(Duration::from_secs(2)));
     let (distinct, repeats) = from_teams_by_origin_id(&bob.seen);

@@ -43,6 +43,37 @@ fn shown(emulator: &GraphEmulator, upn: &str) -> Option<(String, String, Option<
     Some((availability, activity, status))
 }
 
+/// XMPP → Teams: Bob's presence shows on his shadow account.
+async fn bobs_presence_shows_in_teams(
+    emulator: &GraphEmulator,
+    bob: &mut XmppClient,
+    shadow: &str,
+) {
+    bob.command(json!({"cmd": "presence", "show": "dnd", "status": "Focusing"}))
+        .unwrap();
+    until(10, "Bob busy in Teams", || {
+        shown(emulator, shadow).filter(|s| {
+            *s == (
+                "DoNotDisturb".to_owned(),
+                "Presenting".to_owned(),
+                Some("Focusing".to_owned()),
+            )
+        })
+    })
+    .await;
+    bob.command(json!({"cmd": "unavailable"})).unwrap();
+    until(10, "Bob offline in Teams", || {
+        shown(emulator, shadow).filter(|(a, _, s)| a == "Offline" && s.is_none())
+    })
+    .await;
+    bob.command(json!({"cmd": "presence", "show": "", "status": ""}))
+        .unwrap();
+    until(10, "Bob back in Teams", || {
+        shown(emulator, shadow).filter(|(a, _, _)| a == "Available")
+    })
+    .await;
+}
+
 /// Subscription, presence both ways and cards; returns Teams → XMPP latencies.
 async fn presence_both_ways(emulator: &GraphEmulator, bob: &mut XmppClient) -> Vec<Duration> {
     let shadow = upn_for("bob@xmpp.test", SHADOW_DOMAIN);
@@ -112,30 +143,7 @@ async fn presence_both_ways(emulator: &GraphEmulator, bob: &mut XmppClient) -> V
         latencies.push(latency);
     }
 
-    // XMPP → Teams: Bob's presence shows on his shadow account.
-    bob.command(json!({"cmd": "presence", "show": "dnd", "status": "Focusing"}))
-        .unwrap();
-    until(10, "Bob busy in Teams", || {
-        shown(emulator, &shadow).filter(|s| {
-            *s == (
-                "DoNotDisturb".to_owned(),
-                "Presenting".to_owned(),
-                Some("Focusing".to_owned()),
-            )
-        })
-    })
-    .await;
-    bob.command(json!({"cmd": "unavailable"})).unwrap();
-    until(10, "Bob offline in Teams", || {
-        shown(emulator, &shadow).filter(|(a, _, s)| a == "Offline" && s.is_none())
-    })
-    .await;
-    bob.command(json!({"cmd": "presence", "show": "", "status": ""}))
-        .unwrap();
-    until(10, "Bob back in Teams", || {
-        shown(emulator, &shadow).filter(|(a, _, _)| a == "Available")
-    })
-    .await;
+    bobs_presence_shows_in_teams(emulator, bob, &shadow).await;
 
     // Alice's card comes from her Graph profile.
     bob.command(json!({"cmd": "vcard", "jid": ALICE})).unwrap();

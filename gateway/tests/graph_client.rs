@@ -4,47 +4,17 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use secrecy::SecretString;
 use serde_json::json;
-use xmppfed_e2e::graph::{GraphEmulator, Seed};
+use xmppfed_e2e::graph::GraphEmulator;
 use xmppfed_gateway::graph::api::{NewUser, UserPatch};
 use xmppfed_gateway::graph::{
-    Budgets, GraphClient, GraphError, RetryPolicy, SignInMonitor, SignInRefusal, Tokens,
-    UserCredential,
+    Budgets, GraphClient, GraphError, SignInMonitor, SignInRefusal, Tokens, UserCredential,
 };
 
-const TENANT: &str = "5c0ffee0-0000-4000-8000-000000000001";
-
-fn seed() -> Seed {
-    let mut users = vec![
-        json!({"id": "11111111-1111-4111-8111-111111111111", "userPrincipalName": "alice@contoso.com",
-        "displayName": "Alice Teams", "givenName": "Alice", "mail": "alice@contoso.com", "jobTitle": "Engineer", "businessPhones": ["+1 555 0100"]}),
-    ];
-    users.push(json!({"userPrincipalName": "bob.xmpp@shadow.contoso.com", "displayName": "Bob (XMPP)", "password": "Sh4dow!pw"}));
-    serde_json::from_value(json!({
-        "tenantId": TENANT,
-        "apps": [{"clientId": "gateway", "clientSecret": "s3cret",
-                  "roles": ["User.ReadWrite.All", "LicenseAssignment.ReadWrite.All", "Presence.ReadWrite.All", "ProfilePhoto.ReadWrite.All"],
-                  "scopes": ["Presence.ReadWrite", "User.Read", "Chat.Create", "Chat.ReadWrite", "ChatMessage.Send"]}],
-        "users": users,
-        "skus": [{"skuId": "sku-teams", "skuPartNumber": "TEAMS_ESSENTIALS", "prepaidUnits": 5}]
-    }))
-    .unwrap()
-}
-
-fn client(emulator: &GraphEmulator, secret: &str, retry: RetryPolicy) -> GraphClient {
-    common::graph_client(emulator, "gateway", secret, retry)
-}
-
-fn quick_retries() -> RetryPolicy {
-    RetryPolicy {
-        max_attempts: 4,
-        max_wait: Duration::from_secs(10),
-        backoff: Duration::from_millis(50),
-    }
-}
+use common::graph_tenant::{TENANT, client, quick_retries, seed};
 
 #[tokio::test]
 async fn typed_calls_with_one_cached_token() {
@@ -154,43 +124,6 @@ async fn presence_batches_are_split_at_650() {
         .count();
     assert_eq!(batches, 3, "1,301 ids → 650 + 650 + 1");
     assert!(t.violations.is_empty(), "{:?}", t.violations);
-}
-
-#[tokio::test]
-async fn storms_are_waited_out_and_then_given_up() {
-    let emulator = GraphEmulator::start(seed()).await.unwrap();
-    let graph = client(&emulator, "s3cret", quick_retries());
-    graph.get_presence("alice@contoso.com").await.unwrap();
-    let faults = |status: u16, count: u32, retry_after: u64| {
-        emulator.control(
-            "/_emulator/faults",
-            json!({"status": status, "count": count, "retryAfter": retry_after}),
-        )
-    };
-    // Two 429s with Retry-After: 1 s: the call waits them out and succeeds.
-    faults(429, 2, 1).await.unwrap();
-    let started = Instant::now();
-    graph.get_presence("alice@contoso.com").await.unwrap();
-    assert!(
-        started.elapsed() >= Duration::from_secs(2),
-        "Retry-After honoured: {:?}",
-        started.elapsed()
-    );
-    // A 503 storm longer than the attempts: a typed error that says so.
-    faults(503, 10, 0).await.unwrap();
-    let error = graph.get_presence("alice@contoso.com").await.unwrap_err();
-    assert!(
-        matches!(error, GraphError::Exhausted { attempts: 4, .. }),
-        "{error}"
-    );
-    assert_eq!(error.status(), Some(503));
-    // Errors that retrying cannot fix come back at once.
-    faults(0, 0, 0).await.unwrap();
-    let error = graph.get_user("nobody@contoso.com").await.unwrap_err();
-    assert_eq!(
-        (error.status(), error.code()),
-        (Some(404), Some("Request_ResourceNotFound"))
-    );
 }
 
 #[tokio::test]
@@ -475,94 +408,12 @@ async fn members_of_nested_groups() {
     assert_eq!(no_role.status(), Some(403));
 }
 
-/// A server posing as Graph that answers with more than any Graph reply can
-/// be: the client refuses it after 16 MiB instead of buffering it all, whether
-/// the length is announced or the body just keeps coming.
-#[tokio::test]
-async fn a_reply_too_large_is_refused_not_buffered() {
-    use axum::Router;
-    use axum::body::Body;
-    use axum::routing::{get, post};
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+/// The refusal a policy is expected to cause: typed, its AADSTS code, words of its fix.
+type Expected = Option<(SignInRefusal, u32, &'static str)>;
 
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let sent = Arc::new(AtomicUsize::new(0));
-    let endless = {
-        let sent = sent.clone();
-        move || {
-            let sent = sent.clone();
-            async move {
-                let chunk = bytes::Bytes::from(vec![b' '; 64 << 10]);
-                let stream = futures::stream::repeat_with(move || {
-                    sent.fetch_add(chunk.len(), Ordering::Relaxed);
-                    Ok::<_, std::io::Error>(chunk.clone())
-                });
-                Body::from_stream(stream)
-            }
-        }
-    };
-    let app = Router::new()
-        .route(
-            "/{tenant}/oauth2/v2.0/token",
-            post(|| async {
-                axum::Json(json!({"token_type": "Bearer", "expires_in": 3600, "access_token": "t"}))
-            }),
-        )
-        .route("/v1.0/users/{id}", get(endless))
-        .route(
-            "/v1.0/users/{id}/photo/$value",
-            get(|| async { vec![0u8; 17 << 20] }),
-        );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-
-    let http = reqwest::Client::new();
-    let tokens = Tokens::new(
-        http.clone(),
-        &format!("http://{addr}"),
-        TENANT,
-        "gateway",
-        SecretString::from("s3cret".to_owned()),
-    );
-    let graph = GraphClient::new(
-        http,
-        &format!("http://{addr}/v1.0"),
-        tokens,
-        Budgets::uniform(200, 50),
-        quick_retries(),
-    );
-    let error = graph.get_user("alice@contoso.com").await.unwrap_err();
-    assert!(
-        matches!(&error, GraphError::Decode(m) if m.contains("larger than 16777216 bytes")),
-        "{error}"
-    );
-    let streamed = sent.load(Ordering::Relaxed);
-    assert!(
-        streamed < 64 << 20,
-        "the client read {streamed} bytes before giving up"
-    );
-    let error = graph.get_photo("some-id").await.unwrap_err();
-    assert!(
-        matches!(&error, GraphError::Decode(m) if m.contains("larger than")),
-        "{error}"
-    );
-}
-
-/// Each identity policy Microsoft documents as refusing the password grant
-/// gives its own typed refusal, with the fix; the policies that do not apply
-/// (report-only, excluded users or groups, Security Defaults within the
-/// grace, passwords that never expire) let the sign-in through.
-#[tokio::test]
-async fn each_tenant_policy_refuses_the_shadow_sign_in_with_its_fix() {
-    let bob = UserCredential {
-        upn: "bob.xmpp@shadow.contoso.com".into(),
-        password: SecretString::from("Sh4dow!pw".to_owned()),
-    };
-    // (policy, the refusal expected: typed, its AADSTS code, words of its fix)
-    type Expected = Option<(SignInRefusal, u32, &'static str)>;
-    let cases: Vec<(serde_json::Value, Expected)> = vec![
+/// Each tenant policy, and what it does to a shadow account's sign-in.
+fn policy_cases() -> Vec<(serde_json::Value, Expected)> {
+    vec![
         (json!({}), None),
         (json!({"securityDefaults": "grace"}), None),
         (
@@ -604,8 +455,20 @@ async fn each_tenant_policy_refuses_the_shadow_sign_in_with_its_fix() {
                 "DisablePasswordExpiration",
             )),
         ),
-    ];
-    for (policy, expected) in cases {
+    ]
+}
+
+/// Each identity policy Microsoft documents as refusing the password grant
+/// gives its own typed refusal, with the fix; the policies that do not apply
+/// (report-only, excluded users or groups, Security Defaults within the
+/// grace, passwords that never expire) let the sign-in through.
+#[tokio::test]
+async fn each_tenant_policy_refuses_the_shadow_sign_in_with_its_fix() {
+    let bob = UserCredential {
+        upn: "bob.xmpp@shadow.contoso.com".into(),
+        password: SecretString::from("Sh4dow!pw".to_owned()),
+    };
+    for (policy, expected) in policy_cases() {
         let mut tenant = seed();
         tenant.identity = serde_json::from_value(policy.clone()).unwrap();
         tenant.groups = vec![
@@ -645,7 +508,16 @@ async fn each_tenant_policy_refuses_the_shadow_sign_in_with_its_fix() {
             }
         }
     }
+}
 
+/// A user whose password never expires is not refused by the expiry, and
+/// delegated permissions nobody consented to get AADSTS65001, with the fix.
+#[tokio::test]
+async fn created_accounts_do_not_expire_and_missing_consent_is_named() {
+    let bob = UserCredential {
+        upn: "bob.xmpp@shadow.contoso.com".into(),
+        password: SecretString::from("Sh4dow!pw".to_owned()),
+    };
     // A user whose password never expires is not refused by the expiry.
     let mut expiring = seed();
     expiring.identity = serde_json::from_value(json!({"passwordValidityDays": 0})).unwrap();
@@ -697,119 +569,4 @@ async fn each_tenant_policy_refuses_the_shadow_sign_in_with_its_fix() {
         "{error}"
     );
     assert!(error.to_string().contains("admin consent"), "{error}");
-}
-
-/// Microsoft's Teams limits on (issue 16, item 1): a flood of sends to 20
-/// chats, several per chat, all at once, stays under the per-chat (1/s) and
-/// per-tenant (20/s) ceilings — not one 429 — while the same flood spent
-/// through one flat budget is refused by the emulator.
-#[tokio::test]
-async fn a_flood_of_chat_messages_stays_under_the_teams_limits() {
-    const CHATS: usize = 20;
-    const PER_CHAT: usize = 3;
-    let mut users = vec![json!({"userPrincipalName": "bob.xmpp@shadow.contoso.com",
-        "displayName": "Bob (XMPP)", "password": "Sh4dow!pw"})];
-    for n in 0..CHATS {
-        users.push(json!({"userPrincipalName": format!("user{n}@contoso.com"), "displayName": format!("User {n}")}));
-    }
-    let seed: xmppfed_e2e::graph::Seed = serde_json::from_value(json!({
-        "tenantId": TENANT,
-        "apps": [{"clientId": "gateway", "clientSecret": "s3cret",
-                  "roles": ["User.Read.All"],
-                  "scopes": ["User.Read", "Chat.Create", "Chat.ReadWrite", "ChatMessage.Send"]}],
-        "users": users,
-        "teamsLimits": {}
-    }))
-    .unwrap();
-    let bob = UserCredential {
-        upn: "bob.xmpp@shadow.contoso.com".into(),
-        password: SecretString::from("Sh4dow!pw".to_owned()),
-    };
-
-    let flood = |graph: std::sync::Arc<GraphClient>, chats: Vec<String>| {
-        let bob = bob.clone();
-        async move {
-            let sends = chats.iter().flat_map(|chat| {
-                (0..PER_CHAT).map(move |i| (chat.clone(), format!("message {i}")))
-            });
-            futures::future::join_all(sends.map(|(chat, text)| {
-                let (graph, bob) = (graph.clone(), bob.clone());
-                async move { graph.send_chat_message(&bob, &chat, &text).await }
-            }))
-            .await
-        }
-    };
-    let setup = |graph: std::sync::Arc<GraphClient>| {
-        let bob = bob.clone();
-        async move {
-            let bob_id = graph.get_user(&bob.upn).await.unwrap().id;
-            let mut chats = Vec::new();
-            for n in 0..CHATS {
-                let other = graph
-                    .get_user(&format!("user{n}@contoso.com"))
-                    .await
-                    .unwrap()
-                    .id;
-                chats.push(
-                    graph
-                        .one_on_one_chat(&bob, &bob_id, &other)
-                        .await
-                        .unwrap()
-                        .id,
-                );
-            }
-            chats
-        }
-    };
-
-    // With the gateway's budgets: every message sent, none refused.
-    let emulator = GraphEmulator::start(seed.clone()).await.unwrap();
-    let graph = std::sync::Arc::new(common::graph_client_with(
-        &emulator,
-        "gateway",
-        "s3cret",
-        quick_retries(),
-        Budgets::published_limits(),
-    ));
-    let chats = setup(graph.clone()).await;
-    let sent = flood(graph.clone(), chats).await;
-    assert!(sent.iter().all(Result::is_ok), "{sent:?}");
-    assert_eq!(
-        emulator.tenant().throttling.refused,
-        Default::default(),
-        "no 429 from Graph"
-    );
-    let m = graph.budgets().metrics();
-    assert_eq!(
-        m.requests(xmppfed_gateway::graph::limits::Category::ChatMessageSend),
-        (CHATS * PER_CHAT) as u64
-    );
-    assert_eq!(
-        m.throttled(xmppfed_gateway::graph::limits::Category::ChatMessageSend),
-        0
-    );
-
-    // One flat budget: Graph refuses the burst.
-    let emulator = GraphEmulator::start(seed).await.unwrap();
-    let graph = std::sync::Arc::new(common::graph_client_with(
-        &emulator,
-        "gateway",
-        "s3cret",
-        quick_retries(),
-        Budgets::uniform(1_000, 1_000),
-    ));
-    let chats = setup(graph.clone()).await;
-    let _ = flood(graph.clone(), chats).await;
-    let refused = emulator.tenant().throttling.refused.clone();
-    assert!(
-        refused.get("POST chat message").copied().unwrap_or(0) > 0,
-        "the emulator enforces the limits: {refused:?}"
-    );
-    assert!(
-        graph
-            .budgets()
-            .metrics()
-            .throttled(xmppfed_gateway::graph::limits::Category::ChatMessageSend)
-            > 0
-    );
 }

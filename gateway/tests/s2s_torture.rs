@@ -218,13 +218,25 @@ fn nested(depth: usize) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_listener_survives_hostile_input_and_keeps_serving() {
     let mut t = Target::start().await;
-    let port = t.port;
     // A good peer authenticated before the attacks stays served throughout.
     let mut steady = t.good_peer_served().await;
 
-    // 1. Nesting. 100,000 levels before authentication (the crash of issue
-    // 12), and inside a stanza on an authenticated stream; exactly the limit
-    // is accepted and the stream goes on.
+    nesting(&mut t).await;
+    huge_attributes(&mut t).await;
+    namespace_floods(&mut t).await;
+    entity_tricks(&mut t).await;
+    invalid_utf8(&mut t).await;
+    slow_drip(&mut t).await;
+    half_open_connections(&mut t, &mut steady).await;
+    valid_flood(&mut t).await;
+    t.ping_on(&mut steady).await;
+}
+
+/// Nesting. 100,000 levels before authentication (the crash of issue
+/// 12), and inside a stanza on an authenticated stream; exactly the limit
+/// is accepted and the stream goes on.
+async fn nesting(t: &mut Target) {
+    let port = t.port;
     let text = send_raw(
         port,
         format!("{}{}", header("good.test"), "<a>".repeat(100_000)).as_bytes(),
@@ -256,9 +268,12 @@ async fn the_listener_survives_hostile_input_and_keeps_serving() {
         .unwrap();
     t.ping_on(&mut at_limit).await;
     t.survived("100,000 levels of nesting").await;
+}
 
-    // 2. Huge attributes: one of 1 MB ends the stream (size); ten thousand
-    // small ones within the size limit are parsed and the stream goes on.
+/// Huge attributes: one of 1 MB ends the stream (size); ten thousand
+/// small ones within the size limit are parsed and the stream goes on.
+async fn huge_attributes(t: &mut Target) {
+    let port = t.port;
     let mut huge = RawPeer::authenticated(port, "hostile.test", DOMAIN)
         .await
         .unwrap();
@@ -283,9 +298,11 @@ async fn the_listener_survives_hostile_input_and_keeps_serving() {
     .unwrap();
     t.ping_on(&mut many).await;
     t.survived("huge attributes").await;
+}
 
-    // 3. Namespace floods: thousands of prefixes on one element, and a new
-    // default namespace on every element of a wide tree.
+/// Namespace floods: thousands of prefixes on one element, and a new
+/// default namespace on every element of a wide tree.
+async fn namespace_floods(t: &mut Target) {
     let mut flood = t.good_peer_served().await;
     let prefixes: String = (0..5_000)
         .map(|i| format!(" xmlns:p{i}='urn:flood:{i}'"))
@@ -301,8 +318,11 @@ async fn the_listener_survives_hostile_input_and_keeps_serving() {
         .unwrap();
     t.ping_on(&mut flood).await;
     t.survived("namespace floods").await;
+}
 
-    // 4. Entity tricks: each ends its stream with an error, never a crash.
+/// Entity tricks: each ends its stream with an error, never a crash.
+async fn entity_tricks(t: &mut Target) {
+    let port = t.port;
     for trick in [
         "<body>&#0;</body>",
         "<body>&#xD800;</body>",
@@ -328,8 +348,11 @@ async fn the_listener_survives_hostile_input_and_keeps_serving() {
         );
     }
     t.survived("entity tricks").await;
+}
 
-    // 5. Invalid UTF-8 at every position of a stream header and a stanza.
+/// Invalid UTF-8 at every position of a stream header and a stanza.
+async fn invalid_utf8(t: &mut Target) {
+    let port = t.port;
     let good = format!(
         "{}<db:result from='hostile.test' to='{DOMAIN}'>key</db:result>\
          <message from='x@hostile.test' to='alice@{DOMAIN}'><body>h\u{e9}llo</body></message>",
@@ -351,9 +374,12 @@ async fn the_listener_survives_hostile_input_and_keeps_serving() {
         good.len()
     ))
     .await;
+}
 
-    // 6. A stanza dripped a byte at a time, fast enough to beat the
-    // keepalive, ends once it has taken longer than stanza_timeout_secs.
+/// A stanza dripped a byte at a time, fast enough to beat the
+/// keepalive, ends once it has taken longer than stanza_timeout_secs.
+async fn slow_drip(t: &mut Target) {
+    let port = t.port;
     let mut drip = RawPeer::authenticated(port, "hostile.test", DOMAIN)
         .await
         .unwrap();
@@ -382,9 +408,12 @@ async fn the_listener_survives_hostile_input_and_keeps_serving() {
         started.elapsed()
     );
     t.survived("a slow drip").await;
+}
 
-    // 7. Half-open connections. From one address: only PER_ADDRESS are
-    // held, the rest refused at once, and a peer elsewhere still gets in.
+/// Half-open connections. From one address: only PER_ADDRESS are
+/// held, the rest refused at once, and a peer elsewhere still gets in.
+async fn half_open_connections(t: &mut Target, steady: &mut RawPeer) {
+    let port = t.port;
     let one = Ipv4Addr::new(127, 0, 0, 2);
     let mut held = Vec::new();
     for _ in 0..PER_ADDRESS {
@@ -401,9 +430,14 @@ async fn the_listener_survives_hostile_input_and_keeps_serving() {
         assert!(has_stream_error(&text, "policy-violation"), "{text}");
     }
     t.good_peer_served().await;
-    // From many addresses: thousands of unauthenticated streams, past the
-    // total; those beyond it are refused with resource-constraint while the
-    // authenticated peer is served.
+    from_many_addresses(t, steady, held).await;
+}
+
+/// From many addresses: thousands of unauthenticated streams, past the
+/// total; those beyond it are refused with resource-constraint while the
+/// authenticated peer is served. `held`: what is already held.
+async fn from_many_addresses(t: &mut Target, steady: &mut RawPeer, mut held: Vec<TcpStream>) {
+    let port = t.port;
     let started = Instant::now();
     let mut refused = 0;
     // Each sends its stream header and then nothing: unauthenticated, held
@@ -427,7 +461,7 @@ async fn the_listener_survives_hostile_input_and_keeps_serving() {
         }
     }
     let opened_in = started.elapsed();
-    t.ping_on(&mut steady).await;
+    t.ping_on(steady).await;
     // On a loaded machine the gateway may still be accepting: count once it
     // has refused what lies beyond the limit (the assertion below decides).
     let beyond = (2_000 + PER_ADDRESS - MAX_UNAUTHENTICATED) as f64;
@@ -466,8 +500,10 @@ async fn the_listener_survives_hostile_input_and_keeps_serving() {
     assert!((1..=10).contains(&logged), "refusals logged {logged} times");
     drop(held);
     t.survived("2,000 half-open connections").await;
+}
 
-    // 8. A flood of valid stanzas on one authenticated stream, every one answered.
+/// A flood of valid stanzas on one authenticated stream, every one answered.
+async fn valid_flood(t: &mut Target) {
     let mut flooder = t.good_peer_served().await;
     let n = 20_000;
     let started = Instant::now();
@@ -499,5 +535,4 @@ async fn the_listener_survives_hostile_input_and_keeps_serving() {
         t.rss() >> 10
     );
     t.survived("a flood of 20,000 valid stanzas").await;
-    t.ping_on(&mut steady).await;
 }

@@ -14,6 +14,7 @@
 
 mod support;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -44,18 +45,20 @@ async fn allowed(admin: &Client, user: &str, attributes: serde_json::Value) -> b
         .is_some_and(|s| s.allowed)
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_chart_on_a_real_cluster() {
-    let Some((admin, helm)) = support::cluster_and_helm("the_chart_on_a_real_cluster").await else {
-        return;
-    };
-    let ns = format!("xmppfed-chart-{}", std::process::id());
-    let release = "xmppfed-it";
-    let chart = format!("{}/../charts/xmppfed-operator", env!("CARGO_MANIFEST_DIR"));
-    let (private, public) = xmppfed_licence::generate_key().unwrap();
-    // CRDs already there (kept by an earlier release, or applied with
-    // kubectl) belong to someone else: Helm refuses to take them over, so
-    // the chart is installed without them, as its README says.
+/// CRDs already there (kept by an earlier release, or applied with
+/// kubectl) belong to someone else: Helm refuses to take them over, so
+/// the chart is installed without them, as its README says.
+/// Returns the operator's ServiceAccount once it exists, and the CRDs' API
+/// once they are established.
+async fn install(
+    admin: &Client,
+    helm: &PathBuf,
+    ns: &str,
+    release: &str,
+    chart: &str,
+    public: &str,
+) -> (String, Api<CustomResourceDefinition>) {
+    let (ns, chart) = (ns.to_owned(), chart.to_owned());
     let existing: Api<CustomResourceDefinition> = Api::all(admin.clone());
     let crds_exist = existing
         .get_opt("federationgateways.xmppfed.io")
@@ -76,7 +79,7 @@ async fn the_chart_on_a_real_cluster() {
     if crds_exist {
         args.extend(["--set", "crds.install=false"]);
     }
-    support::helm_run(&helm, &args);
+    support::helm_run(helm, &args);
 
     // The chart's objects, and CRDs established.
     let sa: Api<ServiceAccount> = Api::namespaced(admin.clone(), &ns);
@@ -115,6 +118,153 @@ async fn the_chart_on_a_real_cluster() {
         })
         .await;
     }
+    (sa_name, crds)
+}
+
+/// The gateway's pods may label themselves (their role) and touch no
+/// other pod: a Role on the StatefulSet's pods by name, granted by the
+/// operator running as the chart's account.
+async fn pods_label_only_themselves(admin: &Client, ns: &str, gw: &str) {
+    let ns = ns.to_owned();
+    let bindings: Api<k8s_openapi::api::rbac::v1::RoleBinding> =
+        Api::namespaced(admin.clone(), &ns);
+    let binding = bindings.get(&format!("{gw}-pod-role")).await.unwrap();
+    assert_eq!(
+        (binding.role_ref.kind.clone(), binding.role_ref.name.clone()),
+        ("Role".to_owned(), format!("{gw}-pod-role"))
+    );
+    let gateway_account = format!("system:serviceaccount:{ns}:{gw}-gateway");
+    let may_patch = |namespace: String, pod: String| {
+        let (admin, user) = (admin.clone(), gateway_account.clone());
+        async move {
+            allowed(
+                &admin,
+                &user,
+                json!({"namespace": namespace, "verb": "patch", "resource": "pods", "name": pod}),
+            )
+            .await
+        }
+    };
+    // The authorizer's cache follows the new binding within moments.
+    eventually(
+        "the gateway allowed to label its pods",
+        Duration::from_secs(30),
+        || {
+            let allowed = may_patch(ns.clone(), format!("{gw}-0"));
+            async move { allowed.await.then_some(()) }
+        },
+    )
+    .await;
+    assert!(
+        !may_patch(ns.clone(), "some-other-pod".into()).await,
+        "no other pod of the namespace"
+    );
+    assert!(
+        !may_patch("default".into(), format!("{gw}-0")).await,
+        "no pod elsewhere"
+    );
+}
+
+/// A whitelist change reaches the rendered configuration.
+async fn whitelist_change_reaches_the_config(admin: &Client, ns: &str, gw: &str) {
+    let ns = ns.to_owned();
+    let whitelists: Api<DomainWhitelist> = Api::namespaced(admin.clone(), &ns);
+    let wl = kube::ResourceExt::name_any(
+        &whitelists
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .remove(0),
+    );
+    whitelists
+        .patch(
+            &wl,
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"spec": {"remoteDomains": ["xmpp.partner.example", "chart-test.example"]}}),
+            ),
+        )
+        .await
+        .unwrap();
+    let configmaps: Api<ConfigMap> = Api::namespaced(admin.clone(), &ns);
+    eventually(
+        "chart-test.example in the gateway's configuration",
+        Duration::from_secs(60),
+        || {
+            let configmaps = configmaps.clone();
+            let name = format!("{gw}-config");
+            async move {
+                configmaps
+                    .get(&name)
+                    .await
+                    .ok()?
+                    .data?
+                    .get("gateway.toml")?
+                    .contains("chart-test.example")
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+}
+
+/// Uninstall: the chart's objects go, the CRDs stay.
+async fn uninstall(
+    admin: &Client,
+    helm: &PathBuf,
+    ns: &str,
+    release: &str,
+    gw: &str,
+    controller: support::Controller,
+    crds: &Api<CustomResourceDefinition>,
+) {
+    let ns = ns.to_owned();
+    let gateways: Api<FederationGateway> = Api::namespaced(admin.clone(), &ns);
+    controller.stop().await;
+    gateways
+        .delete(gw, &DeleteParams::foreground())
+        .await
+        .unwrap();
+    support::helm_run(helm, &["uninstall", release, "--namespace", &ns, "--wait"]);
+    let roles: Api<ClusterRole> = Api::all(admin.clone());
+    eventually("the ClusterRole removed", Duration::from_secs(60), || {
+        let roles = roles.clone();
+        async move {
+            (!roles
+                .list(&Default::default())
+                .await
+                .ok()?
+                .items
+                .iter()
+                .any(|r| {
+                    r.metadata
+                        .name
+                        .as_deref()
+                        .is_some_and(|n| n.contains(release))
+                }))
+            .then_some(())
+        }
+    })
+    .await;
+    assert!(
+        crds.get("federationgateways.xmppfed.io").await.is_ok(),
+        "crds.keep: the CRDs outlive the release"
+    );
+    let namespaces: Api<Namespace> = Api::all(admin.clone());
+    let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_chart_on_a_real_cluster() {
+    let Some((admin, helm)) = support::cluster_and_helm("the_chart_on_a_real_cluster").await else {
+        return;
+    };
+    let ns = format!("xmppfed-chart-{}", std::process::id());
+    let release = "xmppfed-it";
+    let chart = format!("{}/../charts/xmppfed-operator", env!("CARGO_MANIFEST_DIR"));
+    let (private, public) = xmppfed_licence::generate_key().unwrap();
+    let (sa_name, crds) = install(&admin, &helm, &ns, release, &chart, &public).await;
 
     // The controller, in this process, as the chart's ServiceAccount.
     let mut config = Config::infer().await.unwrap();
@@ -169,87 +319,9 @@ async fn the_chart_on_a_real_cluster() {
     )
     .await;
 
-    // The gateway's pods may label themselves (their role) and touch no
-    // other pod: a Role on the StatefulSet's pods by name, granted by the
-    // operator running as the chart's account.
-    let bindings: Api<k8s_openapi::api::rbac::v1::RoleBinding> =
-        Api::namespaced(admin.clone(), &ns);
-    let binding = bindings.get(&format!("{gw}-pod-role")).await.unwrap();
-    assert_eq!(
-        (binding.role_ref.kind.clone(), binding.role_ref.name.clone()),
-        ("Role".to_owned(), format!("{gw}-pod-role"))
-    );
-    let gateway_account = format!("system:serviceaccount:{ns}:{gw}-gateway");
-    let may_patch = |namespace: String, pod: String| {
-        let (admin, user) = (admin.clone(), gateway_account.clone());
-        async move {
-            allowed(
-                &admin,
-                &user,
-                json!({"namespace": namespace, "verb": "patch", "resource": "pods", "name": pod}),
-            )
-            .await
-        }
-    };
-    // The authorizer's cache follows the new binding within moments.
-    eventually(
-        "the gateway allowed to label its pods",
-        Duration::from_secs(30),
-        || {
-            let allowed = may_patch(ns.clone(), format!("{gw}-0"));
-            async move { allowed.await.then_some(()) }
-        },
-    )
-    .await;
-    assert!(
-        !may_patch(ns.clone(), "some-other-pod".into()).await,
-        "no other pod of the namespace"
-    );
-    assert!(
-        !may_patch("default".into(), format!("{gw}-0")).await,
-        "no pod elsewhere"
-    );
+    pods_label_only_themselves(&admin, &ns, &gw).await;
 
-    // A whitelist change reaches the rendered configuration.
-    let whitelists: Api<DomainWhitelist> = Api::namespaced(admin.clone(), &ns);
-    let wl = kube::ResourceExt::name_any(
-        &whitelists
-            .list(&Default::default())
-            .await
-            .unwrap()
-            .items
-            .remove(0),
-    );
-    whitelists
-        .patch(
-            &wl,
-            &PatchParams::default(),
-            &Patch::Merge(
-                json!({"spec": {"remoteDomains": ["xmpp.partner.example", "chart-test.example"]}}),
-            ),
-        )
-        .await
-        .unwrap();
-    let configmaps: Api<ConfigMap> = Api::namespaced(admin.clone(), &ns);
-    eventually(
-        "chart-test.example in the gateway's configuration",
-        Duration::from_secs(60),
-        || {
-            let configmaps = configmaps.clone();
-            let name = format!("{gw}-config");
-            async move {
-                configmaps
-                    .get(&name)
-                    .await
-                    .ok()?
-                    .data?
-                    .get("gateway.toml")?
-                    .contains("chart-test.example")
-                    .then_some(())
-            }
-        },
-    )
-    .await;
+    whitelist_change_reaches_the_config(&admin, &ns, &gw).await;
 
     // A replaced licence reaches the gateway through the chart's own RBAC
     // (Secrets watched by metadata), long before its next reconcile (15 s).
@@ -274,39 +346,42 @@ async fn the_chart_on_a_real_cluster() {
         relicensed.elapsed()
     );
 
-    // Uninstall: the chart's objects go, the CRDs stay.
-    controller.stop().await;
-    gateways
-        .delete(&gw, &DeleteParams::foreground())
-        .await
-        .unwrap();
-    support::helm_run(&helm, &["uninstall", release, "--namespace", &ns, "--wait"]);
-    let roles: Api<ClusterRole> = Api::all(admin.clone());
-    eventually("the ClusterRole removed", Duration::from_secs(60), || {
-        let roles = roles.clone();
-        async move {
-            (!roles
-                .list(&Default::default())
-                .await
-                .ok()?
-                .items
-                .iter()
-                .any(|r| {
-                    r.metadata
-                        .name
-                        .as_deref()
-                        .is_some_and(|n| n.contains(release))
-                }))
-            .then_some(())
-        }
-    })
-    .await;
-    assert!(
-        crds.get("federationgateways.xmppfed.io").await.is_ok(),
-        "crds.keep: the CRDs outlive the release"
+    uninstall(&admin, &helm, &ns, release, &gw, controller, &crds).await;
+}
+
+/// The operator's pod as the values made it: its account, arguments, the
+/// licence key from the Secret, its memory limit.
+fn pod_carries_the_values(spec: &k8s_openapi::api::apps::v1::DeploymentSpec) {
+    let pod = spec.template.spec.as_ref().unwrap();
+    assert_eq!(pod.service_account_name.as_deref(), Some("fedop-sa"));
+    let container = &pod.containers[0];
+    let args = container.args.clone().unwrap_or_default();
+    for arg in [
+        "--admin-listen=0.0.0.0:9191",
+        "--log-level=debug",
+        "--leader-election-lease=fedop",
+    ] {
+        assert!(args.iter().any(|a| a == arg), "{arg} not in {args:?}");
+    }
+    let key = container
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "XMPPFED_LICENCE_PUBLIC_KEY")
+        .and_then(|e| e.value_from.as_ref()?.secret_key_ref.clone())
+        .expect("the licence key from the Secret");
+    assert_eq!(
+        (key.name.as_str(), key.key.as_str()),
+        ("operator-licence-key", "public-key")
     );
-    let namespaces: Api<Namespace> = Api::all(admin);
-    let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
+    let limits = container
+        .resources
+        .as_ref()
+        .unwrap()
+        .limits
+        .as_ref()
+        .unwrap();
+    assert_eq!(limits["memory"].0, "128Mi");
 }
 
 /// `helm install` with values an administrator changes (more than one replica,
@@ -367,36 +442,7 @@ async fn the_chart_with_non_default_values() {
             .map(String::as_str),
         Some("im")
     );
-    let pod = spec.template.spec.as_ref().unwrap();
-    assert_eq!(pod.service_account_name.as_deref(), Some("fedop-sa"));
-    let container = &pod.containers[0];
-    let args = container.args.clone().unwrap_or_default();
-    for arg in [
-        "--admin-listen=0.0.0.0:9191",
-        "--log-level=debug",
-        "--leader-election-lease=fedop",
-    ] {
-        assert!(args.iter().any(|a| a == arg), "{arg} not in {args:?}");
-    }
-    let key = container
-        .env
-        .iter()
-        .flatten()
-        .find(|e| e.name == "XMPPFED_LICENCE_PUBLIC_KEY")
-        .and_then(|e| e.value_from.as_ref()?.secret_key_ref.clone())
-        .expect("the licence key from the Secret");
-    assert_eq!(
-        (key.name.as_str(), key.key.as_str()),
-        ("operator-licence-key", "public-key")
-    );
-    let limits = container
-        .resources
-        .as_ref()
-        .unwrap()
-        .limits
-        .as_ref()
-        .unwrap();
-    assert_eq!(limits["memory"].0, "128Mi");
+    pod_carries_the_values(spec);
 
     // The named ServiceAccount exists and may hold exactly its own Lease.
     let accounts: Api<ServiceAccount> = Api::namespaced(admin.clone(), &ns);

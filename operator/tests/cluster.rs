@@ -15,8 +15,8 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::{Client, ResourceExt};
 use serde_json::json;
 use support::{apply_all, condition_becomes, condition_within, examples_licensed, licence_text};
 use xmppfed_e2e::cluster::{self, eventually};
@@ -67,38 +67,15 @@ fn condition(g: &FederationGateway, type_: &str) -> Option<(String, String)> {
         .map(|c| (c.status.clone(), c.reason.clone()))
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn operator_on_a_real_cluster() {
-    let Some(client) = cluster::client("operator_on_a_real_cluster").await else {
-        return;
-    };
-    let apply = PatchParams::apply(MANAGER).force();
-
-    support::install_crds(&client).await;
-
-    // A namespace of our own.
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let ns_name = support::namespace(&client, "xmppfed-it").await;
-    let ns = ns_name.as_str();
-
-    // The operator's controller, with a licence key of this test's own.
-    let (private, public) = xmppfed_licence::generate_key().unwrap();
-    let controller = support::Controller::start(client.clone(), public);
-
-    // The examples, as written, into our namespace (the licence replaced by a real one).
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
-    let gateways: Api<FederationGateway> = Api::namespaced(client.clone(), ns);
-    let whitelists: Api<DomainWhitelist> = Api::namespaced(client.clone(), ns);
-    let docs = examples_licensed(
-        &["minimal-sqlite.yaml", "domain-whitelist.yaml"],
-        "xmppfed-licence",
-        &licence_text(&private, "it-1", 1),
-    );
-    apply_all(&client, ns, MANAGER, docs).await;
-
-    // Children and status.
-    let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
-    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+/// Children and status: contoso applied, licensed and not degraded, its
+/// StatefulSet owned by it and its configuration carrying the whitelist.
+async fn contoso_applied(w: &World) {
+    let World {
+        gateways,
+        statefulsets,
+        configmaps,
+        ..
+    } = w;
     eventually(
         "contoso applied, licensed and not degraded",
         Duration::from_secs(90),
@@ -117,9 +94,129 @@ async fn operator_on_a_real_cluster() {
     assert_eq!(sts.owner_references()[0].kind, "FederationGateway");
     let config = configmaps.get("contoso-config").await.unwrap();
     assert!(config.data.unwrap()["gateway.toml"].contains("xmpp.partner.example"));
+}
 
-    // Every child exists and is owned by the gateway (so the garbage
-    // collector removes it with the gateway).
+/// The test's namespace and the API of each kind it reads or changes there.
+struct World {
+    client: Client,
+    ns: String,
+    gateways: Api<FederationGateway>,
+    whitelists: Api<DomainWhitelist>,
+    secrets: Api<Secret>,
+    statefulsets: Api<StatefulSet>,
+    configmaps: Api<ConfigMap>,
+    services: Api<Service>,
+    events: Api<k8s_openapi::api::events::v1::Event>,
+    apply: PatchParams,
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn operator_on_a_real_cluster() {
+    let Some(client) = cluster::client("operator_on_a_real_cluster").await else {
+        return;
+    };
+    support::install_crds(&client).await;
+
+    // A namespace of our own.
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns_name = support::namespace(&client, "xmppfed-it").await;
+    let ns = ns_name.as_str();
+
+    // The operator's controller, with a licence key of this test's own.
+    let (private, public) = xmppfed_licence::generate_key().unwrap();
+    let controller = support::Controller::start(client.clone(), public);
+
+    let w = World {
+        client: client.clone(),
+        ns: ns.to_owned(),
+        gateways: Api::namespaced(client.clone(), ns),
+        whitelists: Api::namespaced(client.clone(), ns),
+        secrets: Api::namespaced(client.clone(), ns),
+        statefulsets: Api::namespaced(client.clone(), ns),
+        configmaps: Api::namespaced(client.clone(), ns),
+        services: Api::namespaced(client.clone(), ns),
+        events: Api::namespaced(client.clone(), ns),
+        apply: PatchParams::apply(MANAGER).force(),
+    };
+    let World {
+        gateways,
+        secrets,
+        statefulsets,
+        configmaps,
+        events,
+        ..
+    } = &w;
+
+    // The examples, as written, into our namespace (the licence replaced by a real one).
+    let docs = examples_licensed(
+        &["minimal-sqlite.yaml", "domain-whitelist.yaml"],
+        "xmppfed-licence",
+        &licence_text(&private, "it-1", 1),
+    );
+    apply_all(&client, ns, MANAGER, docs).await;
+
+    contoso_applied(&w).await;
+    children_are_owned(&w).await;
+
+    the_gateway_may_label_only_its_pod(&w).await;
+
+    ready_and_kubectl_say_why(&w).await;
+
+    // An Event says what was applied.
+    eventually(
+        "an Applied event for contoso",
+        Duration::from_secs(30),
+        || event_note(events, "Applied", "contoso"),
+    )
+    .await;
+
+    apply_is_idempotent_and_shared(&w).await;
+
+    whitelist_changes_reach_exactly_their_gateways(&w).await;
+
+    licences_and_seats(&w, &private).await;
+
+    missing_policies_are_named(&w).await;
+
+    // Deleting the gateway removes everything it owns.
+    gateways
+        .delete("contoso", &DeleteParams::foreground())
+        .await
+        .unwrap();
+    eventually(
+        "children garbage-collected",
+        Duration::from_secs(120),
+        || {
+            let statefulsets = statefulsets.clone();
+            let configmaps = configmaps.clone();
+            let secrets = secrets.clone();
+            async move {
+                let gone = statefulsets.get_opt("contoso").await.ok()?.is_none()
+                    && configmaps.get_opt("contoso-config").await.ok()?.is_none()
+                    && secrets.get_opt("contoso-keys").await.ok()?.is_none();
+                gone.then_some(())
+            }
+        },
+    )
+    .await;
+
+    controller.stop().await;
+    namespaces
+        .delete(ns, &DeleteParams::default())
+        .await
+        .unwrap();
+}
+
+/// Every child exists and is owned by the gateway (so the garbage
+/// collector removes it with the gateway).
+async fn children_are_owned(w: &World) {
+    let World {
+        client,
+        ns,
+        secrets,
+        configmaps,
+        ..
+    } = w;
     let owned = |refs: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference]| {
         refs.iter().any(|r| {
             r.kind == "FederationGateway" && r.name == "contoso" && r.controller == Some(true)
@@ -148,10 +245,13 @@ async fn operator_on_a_real_cluster() {
     assert!(owned(binding.owner_references()));
     let keys = secrets.get(&names::keys_secret("contoso")).await.unwrap();
     assert!(owned(keys.owner_references()));
-    assert!(owned(config_owner(&configmaps).await.as_slice()));
+    assert!(owned(config_owner(configmaps).await.as_slice()));
+}
 
-    // The gateway's own ServiceAccount (impersonated, so the API server's
-    // RBAC decides) may set its pod's role label, and do nothing else.
+/// The gateway's own ServiceAccount (impersonated, so the API server's
+/// RBAC decides) may set its pod's role label, and do nothing else.
+async fn the_gateway_may_label_only_its_pod(w: &World) {
+    let World { client, ns, .. } = w;
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     eventually("pod contoso-0 created", Duration::from_secs(60), || async {
         pods.get_opt("contoso-0").await.ok()?.map(|_| ())
@@ -184,9 +284,12 @@ async fn operator_on_a_real_cluster() {
         as_gateway_secrets.get(&names::keys_secret("contoso")).await,
         Err(kube::Error::Api(ref s)) if s.code == 403
     ));
+}
 
-    // No kubelet runs here: the controller-manager creates the pod, which
-    // stays Pending. Ready must say so, never claim readiness.
+/// No kubelet runs here: the controller-manager creates the pod, which
+/// stays Pending. Ready must say so, never claim readiness.
+async fn ready_and_kubectl_say_why(w: &World) {
+    let World { ns, gateways, .. } = w;
     let g = gateways.get("contoso").await.unwrap();
     assert_eq!(
         condition(&g, "Ready"),
@@ -250,19 +353,18 @@ async fn operator_on_a_real_cluster() {
         ],
         "{table}"
     );
+}
 
-    // An Event says what was applied.
-    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), ns);
-    eventually(
-        "an Applied event for contoso",
-        Duration::from_secs(30),
-        || event_note(&events, "Applied", "contoso"),
-    )
-    .await;
-
-    // Server-side apply is idempotent and shares: a label another manager
-    // set on the StatefulSet survives, and reconciles of the unchanged
-    // gateway (every 15 s while its pods are not ready) change nothing.
+/// Server-side apply is idempotent and shares: a label another manager
+/// set on the StatefulSet survives, and reconciles of the unchanged
+/// gateway (every 15 s while its pods are not ready) change nothing.
+async fn apply_is_idempotent_and_shared(w: &World) {
+    let World {
+        statefulsets,
+        configmaps,
+        services,
+        ..
+    } = w;
     statefulsets
         .patch(
             "contoso",
@@ -301,16 +403,24 @@ async fn operator_on_a_real_cluster() {
         Some("42"),
         "another manager's label was taken away"
     );
+}
 
-    // A gateway the whitelist does not select (no tier label) keeps its own
-    // configuration through the change below.
+/// A gateway the whitelist does not select (no tier label); its rendered
+/// configuration, without the whitelist's domains.
+async fn add_northwind(w: &World) -> ConfigMap {
+    let World {
+        client,
+        ns,
+        configmaps,
+        ..
+    } = w;
     let mut northwind = support::examples("minimal-sqlite.yaml")
         .into_iter()
         .find(|d| d["kind"] == "FederationGateway")
         .unwrap();
     northwind["metadata"] = json!({"name": "northwind"});
     northwind["spec"]["domain"] = json!("teams.northwind.example");
-    apply_all(&client, ns, MANAGER, vec![northwind]).await;
+    apply_all(client, ns, MANAGER, vec![northwind]).await;
     let northwind_config = || {
         let configmaps = configmaps.clone();
         async move { configmaps.get_opt("northwind-config").await.ok()? }
@@ -326,25 +436,41 @@ async fn operator_on_a_real_cluster() {
         !northwind_before.data.as_ref().unwrap()["gateway.toml"].contains("xmpp.partner.example"),
         "the production whitelist reached a gateway it does not select"
     );
+    northwind_before
+}
 
-    // A whitelist change reaches the gateway's configuration.
-    let set_partners = |gateways: serde_json::Value| {
-        let whitelists = whitelists.clone();
-        let apply = apply.clone();
-        async move {
-            let whitelist = json!({
-                "apiVersion": "xmppfed.io/v1alpha1", "kind": "DomainWhitelist",
-                "metadata": {"name": "partners"},
-                "spec": {"gateways": gateways,
-                         "remoteDomains": ["xmpp.partner.example", "new-partner.example"]}
-            });
-            whitelists
-                .patch("partners", &apply, &Patch::Apply(whitelist))
-                .await
-                .unwrap();
-        }
+/// The whitelist `partners`, with two domains, for the gateways `gateways` selects.
+async fn set_partners(w: &World, gateways: serde_json::Value) {
+    let whitelist = json!({
+        "apiVersion": "xmppfed.io/v1alpha1", "kind": "DomainWhitelist",
+        "metadata": {"name": "partners"},
+        "spec": {"gateways": gateways,
+                 "remoteDomains": ["xmpp.partner.example", "new-partner.example"]}
+    });
+    w.whitelists
+        .patch("partners", &w.apply, &Patch::Apply(whitelist))
+        .await
+        .unwrap();
+}
+
+/// A whitelist change reaches the gateway's configuration, and exactly the
+/// gateways it selects: one it does not select keeps its own configuration.
+async fn whitelist_changes_reach_exactly_their_gateways(w: &World) {
+    let World {
+        gateways,
+        whitelists: _,
+        configmaps,
+        events,
+        apply: _,
+        ..
+    } = w;
+    let northwind_before = add_northwind(w).await;
+    let northwind_config = || {
+        let configmaps = configmaps.clone();
+        async move { configmaps.get_opt("northwind-config").await.ok()? }
     };
-    set_partners(json!({"matchLabels": {"xmppfed.io/tier": "production"}})).await;
+    // A whitelist change reaches the gateway's configuration.
+    set_partners(w, json!({"matchLabels": {"xmppfed.io/tier": "production"}})).await;
     eventually(
         "the new domain in contoso-config",
         Duration::from_secs(60),
@@ -379,7 +505,7 @@ async fn operator_on_a_real_cluster() {
     // Narrowed to northwind alone: both gateways follow at once (the one it
     // no longer selects too), and contoso says which whitelist left it.
     let narrowed = std::time::Instant::now();
-    set_partners(json!({"names": ["northwind"]})).await;
+    set_partners(w, json!({"names": ["northwind"]})).await;
     let renders = |name: &'static str, wanted: bool| {
         let configmaps = configmaps.clone();
         async move {
@@ -406,26 +532,35 @@ async fn operator_on_a_real_cluster() {
         narrowed.elapsed()
     );
     let note = eventually("a WhitelistRemoved event for contoso", REACTION, || {
-        event_note(&events, "WhitelistRemoved", "contoso")
+        event_note(events, "WhitelistRemoved", "contoso")
     })
     .await;
     assert!(
         note.contains("partners") && note.ends_with("whitelists now: none"),
         "{note}"
     );
+}
 
-    // A licence from another key holder: no seat, nothing runs, Licensed=False says why.
+/// A licence from another key holder: no seat, nothing runs, Licensed=False says why.
+async fn licences_and_seats(w: &World, private: &str) {
+    let World {
+        client,
+        ns,
+        gateways,
+        statefulsets,
+        ..
+    } = w;
     let (foreign, _) = xmppfed_licence::generate_key().unwrap();
     let relicensed = std::time::Instant::now();
     support::relicense(
-        &client,
+        client,
         ns,
         "xmppfed-licence",
         &licence_text(&foreign, "it-5", 5),
     )
     .await;
     let unlicensed = ("Licensed", "False", "NoValidLicence");
-    condition_within(&gateways, "contoso", unlicensed, REACTION).await;
+    condition_within(gateways, "contoso", unlicensed, REACTION).await;
     eprintln!(
         "reaction: licence Secret replaced, Licensed=False in {:?}",
         relicensed.elapsed()
@@ -443,15 +578,14 @@ async fn operator_on_a_real_cluster() {
 
     // Seats: a licence for 2 nodes and a gateway of 3 replicas runs 2 and
     // says which replica has no seat; a licence for 3 then runs all of them.
-    let throttles: Api<ThrottlePolicy> = Api::namespaced(client.clone(), ns);
     let docs = examples_licensed(
         &["production-sqlserver.yaml", "throttle-policy.yaml"],
         "fabrikam-licence",
-        &licence_text(&private, "it-2", 2),
+        &licence_text(private, "it-2", 2),
     );
-    apply_all(&client, ns, MANAGER, docs).await;
+    apply_all(client, ns, MANAGER, docs).await;
     let message = condition_becomes(
-        &gateways,
+        gateways,
         "fabrikam",
         "Licensed",
         "False",
@@ -474,10 +608,10 @@ async fn operator_on_a_real_cluster() {
     );
     let relicensed = std::time::Instant::now();
     support::relicense(
-        &client,
+        client,
         ns,
         "fabrikam-licence",
-        &licence_text(&private, "it-3", 3),
+        &licence_text(private, "it-3", 3),
     )
     .await;
     eventually("fabrikam Licensed=True with 3 replicas", REACTION, || {
@@ -495,14 +629,24 @@ async fn operator_on_a_real_cluster() {
         "reaction: licence Secret with more seats, 3 replicas in {:?}",
         relicensed.elapsed()
     );
+}
 
-    // A policy a gateway names, deleted: the gateway's status says so.
+/// A policy a gateway names, deleted: the gateway's status says so.
+async fn missing_policies_are_named(w: &World) {
+    let World {
+        client,
+        ns,
+        gateways,
+        whitelists,
+        ..
+    } = w;
+    let throttles: Api<ThrottlePolicy> = Api::namespaced(client.clone(), ns);
     throttles
         .delete("standard", &DeleteParams::default())
         .await
         .unwrap();
     let message =
-        condition_becomes(&gateways, "fabrikam", "Degraded", "True", "MissingPolicy").await;
+        condition_becomes(gateways, "fabrikam", "Degraded", "True", "MissingPolicy").await;
     assert!(message.contains("`standard`"), "{message}");
 
     // Likewise a DomainWhitelist a gateway names.
@@ -523,34 +667,6 @@ async fn operator_on_a_real_cluster() {
         .await
         .unwrap();
     let missing = ("Degraded", "True", "MissingPolicy");
-    let message = condition_within(&gateways, "northwind", missing, REACTION).await;
+    let message = condition_within(gateways, "northwind", missing, REACTION).await;
     assert!(message.contains("`partners`"), "{message}");
-
-    // Deleting the gateway removes everything it owns.
-    gateways
-        .delete("contoso", &DeleteParams::foreground())
-        .await
-        .unwrap();
-    eventually(
-        "children garbage-collected",
-        Duration::from_secs(120),
-        || {
-            let statefulsets = statefulsets.clone();
-            let configmaps = configmaps.clone();
-            let secrets = secrets.clone();
-            async move {
-                let gone = statefulsets.get_opt("contoso").await.ok()?.is_none()
-                    && configmaps.get_opt("contoso-config").await.ok()?.is_none()
-                    && secrets.get_opt("contoso-keys").await.ok()?.is_none();
-                gone.then_some(())
-            }
-        },
-    )
-    .await;
-
-    controller.stop().await;
-    namespaces
-        .delete(ns, &DeleteParams::default())
-        .await
-        .unwrap();
 }

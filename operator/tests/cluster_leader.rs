@@ -12,6 +12,7 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use kube::Client;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::discovery::ApiResource;
 use serde_json::json;
@@ -45,6 +46,41 @@ async fn holder(leases: &Api<Lease>) -> Option<String> {
     leases.get_opt(LEASE).await.ok()??.spec?.holder_identity
 }
 
+/// Whoever leads reconciles: a whitelist reaches the gateway's configuration.
+async fn whitelist_reaches_the_config(client: &Client, ns: &str) {
+    let apply = PatchParams::apply("xmppfed-leader-test").force();
+    let whitelist = json!({
+        "apiVersion": "xmppfed.io/v1alpha1", "kind": "DomainWhitelist",
+        "metadata": {"name": "after-failover", "namespace": ns},
+        "spec": {"gateways": {"names": ["contoso"]}, "remoteDomains": ["failover.example"]}
+    });
+    let whitelists: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        ns,
+        &ApiResource::erase::<xmppfed_operator::crd::DomainWhitelist>(&()),
+    );
+    whitelists
+        .patch("after-failover", &apply, &Patch::Apply(&whitelist))
+        .await
+        .unwrap();
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    eventually(
+        "the new leader renders the whitelist",
+        Duration::from_secs(60),
+        || async {
+            configmaps
+                .get_opt("contoso-config")
+                .await
+                .ok()??
+                .data?
+                .get("gateway.toml")?
+                .contains("failover.example")
+                .then_some(())
+        },
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_standby_operator_takes_over_when_the_leader_dies() {
     let Some(client) = cluster::client("a_standby_operator_takes_over").await else {
@@ -67,7 +103,6 @@ async fn a_standby_operator_takes_over_when_the_leader_dies() {
     let mut second = operator(ns, "operator-b", &public);
 
     // The leader reconciles the example.
-    let apply = PatchParams::apply("xmppfed-leader-test").force();
     let docs = examples_licensed(
         &["minimal-sqlite.yaml"],
         "xmppfed-licence",
@@ -116,37 +151,7 @@ async fn a_standby_operator_takes_over_when_the_leader_dies() {
         started.elapsed()
     );
 
-    // And reconciles: a whitelist reaches the gateway's configuration.
-    let whitelist = json!({
-        "apiVersion": "xmppfed.io/v1alpha1", "kind": "DomainWhitelist",
-        "metadata": {"name": "after-failover", "namespace": ns},
-        "spec": {"gateways": {"names": ["contoso"]}, "remoteDomains": ["failover.example"]}
-    });
-    let whitelists: Api<DynamicObject> = Api::namespaced_with(
-        client.clone(),
-        ns,
-        &ApiResource::erase::<xmppfed_operator::crd::DomainWhitelist>(&()),
-    );
-    whitelists
-        .patch("after-failover", &apply, &Patch::Apply(&whitelist))
-        .await
-        .unwrap();
-    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
-    eventually(
-        "the new leader renders the whitelist",
-        Duration::from_secs(60),
-        || async {
-            configmaps
-                .get_opt("contoso-config")
-                .await
-                .ok()??
-                .data?
-                .get("gateway.toml")?
-                .contains("failover.example")
-                .then_some(())
-        },
-    )
-    .await;
+    whitelist_reaches_the_config(&client, ns).await;
     assert!(second.is_running());
     assert!(
         reconciled(&mut second) > 0,

@@ -25,6 +25,7 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, ServiceAccount};
+use kube::Client;
 use kube::api::{Api, DeleteParams, PostParams};
 use support::{apply_all, examples_licensed, licence_text, with_secret};
 use xmppfed_e2e::cluster::{self, eventually};
@@ -71,19 +72,163 @@ fn write(dir: &Path, files: BTreeMap<String, Vec<u8>>) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_gateway_runs_from_what_the_operator_rendered() {
-    let Some(client) = cluster::client("the_gateway_runs_from_what_the_operator_rendered").await
-    else {
-        return;
-    };
+/// Each volume of the pod template, as the kubelet would fill it, and the
+/// service account's token directory: (volume name → directory, token directory).
+async fn lay_out_volumes(
+    client: &Client,
+    ns: &str,
+    template: &k8s_openapi::api::core::v1::PodSpec,
+    scratch: &Path,
+) -> (BTreeMap<String, PathBuf>, PathBuf) {
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let mut sources: BTreeMap<String, PathBuf> = BTreeMap::new();
+    for volume in template.volumes.iter().flatten() {
+        let dir = scratch.join("volumes").join(&volume.name);
+        let files: BTreeMap<String, Vec<u8>> = if let Some(cm) = &volume.config_map {
+            let cm = configmaps.get(&cm.name).await.unwrap();
+            cm.data
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, v.into_bytes()))
+                .collect()
+        } else if let Some(s) = &volume.secret {
+            let name = s.secret_name.as_deref().unwrap();
+            let secret = secrets
+                .get(name)
+                .await
+                .unwrap_or_else(|e| panic!("Secret {name}: {e}"));
+            secret
+                .data
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, v.0))
+                .collect()
+        } else if volume.empty_dir.is_some() {
+            BTreeMap::new()
+        } else {
+            panic!("a volume the test cannot lay out: {volume:?}");
+        };
+        write(&dir, files);
+        sources.insert(volume.name.clone(), dir);
+    }
+    // The claim template's volume: an empty directory, as a new PVC is.
+    let data = scratch.join("volumes/data");
+    std::fs::create_dir_all(&data).unwrap();
+    sources.insert("data".into(), data);
+    // automountServiceAccountToken: the token, the cluster's CA, the namespace.
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+    let account = template.service_account_name.clone().unwrap();
+    let token = accounts
+        .create_token_request(
+            &account,
+            &PostParams::default(),
+            &TokenRequest {
+                spec: TokenRequestSpec {
+                    audiences: vec![],
+                    expiration_seconds: Some(600),
+                    ..TokenRequestSpec::default()
+                },
+                ..TokenRequest::default()
+            },
+        )
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .token;
+    let ca = eventually("kube-root-ca.crt", Duration::from_secs(30), || async {
+        configmaps
+            .get_opt("kube-root-ca.crt")
+            .await
+            .ok()??
+            .data?
+            .remove("ca.crt")
+    })
+    .await;
+    let sa_dir = scratch.join("volumes/serviceaccount");
+    write(
+        &sa_dir,
+        BTreeMap::from([
+            ("token".to_owned(), token.into_bytes()),
+            ("ca.crt".to_owned(), ca.into_bytes()),
+            ("namespace".to_owned(), ns.as_bytes().to_vec()),
+        ]),
+    );
+
+    (sources, sa_dir)
+}
+
+/// The gateway as the container would run: the mounts in a mount namespace
+/// (nothing changes outside the process), the container's arguments and
+/// environment, the API server where a pod finds it.
+async fn pod_command(
+    gateway: &Path,
+    container: &k8s_openapi::api::core::v1::Container,
+    sources: &BTreeMap<String, PathBuf>,
+    sa_dir: PathBuf,
+    ns: &str,
+    uid: &str,
+) -> Command {
+    let mut script = String::from("set -e\nmount -t tmpfs none /var/lib\n");
+    let mut mounts: Vec<(String, PathBuf)> = container
+        .volume_mounts
+        .iter()
+        .flatten()
+        .map(|m| (m.mount_path.clone(), sources[&m.name].clone()))
+        .collect();
+    mounts.push((SERVICE_ACCOUNT_DIR.into(), sa_dir));
+    for (target, source) in &mounts {
+        if target == "/tmp" {
+            continue; // the host's /tmp holds the sources themselves
+        }
+        script.push_str(&format!(
+            "mkdir -p '{target}'\nmount --bind '{}' '{target}'\n",
+            source.display()
+        ));
+    }
+    script.push_str("exec \"$@\"\n");
+    let mut command = Command::new("unshare");
+    command
+        .args(["-m", "--propagation", "private", "sh", "-c", &script, "sh"])
+        .arg(gateway)
+        .args(container.args.iter().flatten());
+    for var in container.env.iter().flatten() {
+        let value = match (&var.value, &var.value_from) {
+            (Some(v), _) => v.clone(),
+            (None, Some(from)) => match from.field_ref.as_ref().map(|f| f.field_path.as_str()) {
+                Some("metadata.name") => "contoso-0".into(),
+                Some("metadata.namespace") => ns.into(),
+                Some("metadata.uid") => uid.to_owned(),
+                other => panic!("an environment source the test cannot fill: {other:?}"),
+            },
+            (None, None) => String::new(),
+        };
+        command.env(&var.name, value);
+    }
+    let api = kube::Config::infer().await.unwrap().cluster_url;
+    command
+        .env("KUBERNETES_SERVICE_HOST", api.host().unwrap())
+        .env(
+            "KUBERNETES_SERVICE_PORT",
+            api.port_u16().unwrap_or(443).to_string(),
+        )
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env_remove("RUST_LOG");
+    command
+}
+
+/// This process can stand in for a pod: it may lay out volumes (root, for
+/// `unshare -m`) and the gateway binary is built. Its path, or `None` (skip,
+/// said why).
+fn stand_in_for_a_pod() -> Option<PathBuf> {
     let root_ok = Command::new("unshare")
         .args(["-m", "true"])
         .status()
         .is_ok_and(|s| s.success());
     if !root_ok {
         eprintln!("skipped: laying out a pod's volumes needs root (unshare -m)");
-        return;
+        return None;
     }
     let Some(gateway) = gateway_binary() else {
         assert!(
@@ -91,6 +236,18 @@ async fn the_gateway_runs_from_what_the_operator_rendered() {
             "XMPPFED_TEST_CLUSTER=required but target/debug/xmppfed-gateway is not built"
         );
         eprintln!("skipped: needs target/debug/xmppfed-gateway (cargo test --workspace builds it)");
+        return None;
+    };
+    Some(gateway)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_gateway_runs_from_what_the_operator_rendered() {
+    let Some(client) = cluster::client("the_gateway_runs_from_what_the_operator_rendered").await
+    else {
+        return;
+    };
+    let Some(gateway) = stand_in_for_a_pod() else {
         return;
     };
     support::install_crds(&client).await;
@@ -140,130 +297,10 @@ async fn the_gateway_runs_from_what_the_operator_rendered() {
         .unwrap();
     let container = &template.containers[0];
 
-    // Each volume, as the kubelet would fill it.
-    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
-    let mut sources: BTreeMap<String, PathBuf> = BTreeMap::new();
-    for volume in template.volumes.iter().flatten() {
-        let dir = scratch.path().join("volumes").join(&volume.name);
-        let files: BTreeMap<String, Vec<u8>> = if let Some(cm) = &volume.config_map {
-            let cm = configmaps.get(&cm.name).await.unwrap();
-            cm.data
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(k, v)| (k, v.into_bytes()))
-                .collect()
-        } else if let Some(s) = &volume.secret {
-            let name = s.secret_name.as_deref().unwrap();
-            let secret = secrets
-                .get(name)
-                .await
-                .unwrap_or_else(|e| panic!("Secret {name}: {e}"));
-            secret
-                .data
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(k, v)| (k, v.0))
-                .collect()
-        } else if volume.empty_dir.is_some() {
-            BTreeMap::new()
-        } else {
-            panic!("a volume the test cannot lay out: {volume:?}");
-        };
-        write(&dir, files);
-        sources.insert(volume.name.clone(), dir);
-    }
-    // The claim template's volume: an empty directory, as a new PVC is.
-    let data = scratch.path().join("volumes/data");
-    std::fs::create_dir_all(&data).unwrap();
-    sources.insert("data".into(), data);
-    // automountServiceAccountToken: the token, the cluster's CA, the namespace.
-    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
-    let account = template.service_account_name.clone().unwrap();
-    let token = accounts
-        .create_token_request(
-            &account,
-            &PostParams::default(),
-            &TokenRequest {
-                spec: TokenRequestSpec {
-                    audiences: vec![],
-                    expiration_seconds: Some(600),
-                    ..TokenRequestSpec::default()
-                },
-                ..TokenRequest::default()
-            },
-        )
-        .await
-        .unwrap()
-        .status
-        .unwrap()
-        .token;
-    let ca = eventually("kube-root-ca.crt", Duration::from_secs(30), || async {
-        configmaps
-            .get_opt("kube-root-ca.crt")
-            .await
-            .ok()??
-            .data?
-            .remove("ca.crt")
-    })
-    .await;
-    let sa_dir = scratch.path().join("volumes/serviceaccount");
-    write(
-        &sa_dir,
-        BTreeMap::from([
-            ("token".to_owned(), token.into_bytes()),
-            ("ca.crt".to_owned(), ca.into_bytes()),
-            ("namespace".to_owned(), ns.as_bytes().to_vec()),
-        ]),
-    );
+    let (sources, sa_dir) = lay_out_volumes(&client, ns, &template, scratch.path()).await;
 
-    // The mounts, in a mount namespace: nothing changes outside the process.
-    let mut script = String::from("set -e\nmount -t tmpfs none /var/lib\n");
-    let mut mounts: Vec<(String, PathBuf)> = container
-        .volume_mounts
-        .iter()
-        .flatten()
-        .map(|m| (m.mount_path.clone(), sources[&m.name].clone()))
-        .collect();
-    mounts.push((SERVICE_ACCOUNT_DIR.into(), sa_dir));
-    for (target, source) in &mounts {
-        if target == "/tmp" {
-            continue; // the host's /tmp holds the sources themselves
-        }
-        script.push_str(&format!(
-            "mkdir -p '{target}'\nmount --bind '{}' '{target}'\n",
-            source.display()
-        ));
-    }
-    script.push_str("exec \"$@\"\n");
-    let mut command = Command::new("unshare");
-    command
-        .args(["-m", "--propagation", "private", "sh", "-c", &script, "sh"])
-        .arg(&gateway)
-        .args(container.args.iter().flatten());
     let uid = pod.metadata.uid.clone().unwrap();
-    for var in container.env.iter().flatten() {
-        let value = match (&var.value, &var.value_from) {
-            (Some(v), _) => v.clone(),
-            (None, Some(from)) => match from.field_ref.as_ref().map(|f| f.field_path.as_str()) {
-                Some("metadata.name") => "contoso-0".into(),
-                Some("metadata.namespace") => ns.into(),
-                Some("metadata.uid") => uid.clone(),
-                other => panic!("an environment source the test cannot fill: {other:?}"),
-            },
-            (None, None) => String::new(),
-        };
-        command.env(&var.name, value);
-    }
-    let api = kube::Config::infer().await.unwrap().cluster_url;
-    command
-        .env("KUBERNETES_SERVICE_HOST", api.host().unwrap())
-        .env(
-            "KUBERNETES_SERVICE_PORT",
-            api.port_u16().unwrap_or(443).to_string(),
-        )
-        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-        .env_remove("RUST_LOG");
+    let command = pod_command(&gateway, container, &sources, sa_dir, ns, &uid).await;
     let mut running = Daemon::spawn(command).unwrap();
     running
         .wait_for_log("gateway started", Duration::from_secs(60))

@@ -50,6 +50,143 @@ async fn dry_run(client: &Client, doc: &Value) -> Result<(), String> {
     }
 }
 
+/// Each invalid resource: what is wrong, the resource, what the API
+/// server's message must name.
+type Case = (&'static str, Value, &'static str);
+
+fn invalid_cases(gateway: &Value, whitelist: &Value, throttle: &Value) -> Vec<Case> {
+    let mut cases = gateway_cases(gateway);
+    cases.extend(policy_cases(whitelist, throttle));
+    cases
+}
+
+fn gateway_cases(gateway: &Value) -> Vec<Case> {
+    vec![
+        (
+            "an upper-case domain",
+            with(
+                gateway,
+                "/spec/domain",
+                Some(json!("Teams.Contoso.Example")),
+            ),
+            "spec.domain",
+        ),
+        (
+            "a domain with a space",
+            with(gateway, "/spec/domain", Some(json!("teams contoso"))),
+            "lower-case DNS name",
+        ),
+        (
+            "65 replicas",
+            with(gateway, "/spec/replicas", Some(json!(65))),
+            "spec.replicas",
+        ),
+        (
+            "-1 replicas",
+            with(gateway, "/spec/replicas", Some(json!(-1))),
+            "spec.replicas",
+        ),
+        (
+            "two sqlite replicas",
+            with(gateway, "/spec/replicas", Some(json!(2))),
+            "sqlite engine supports one replica",
+        ),
+        (
+            "an unknown field",
+            with(gateway, "/spec/replica", Some(json!(1))),
+            "spec.replica",
+        ),
+        (
+            "a tenant id that is not a GUID",
+            with(gateway, "/spec/tenant/tenantId", Some(json!("contoso"))),
+            "spec.tenant.tenantId",
+        ),
+        (
+            "both a client secret and a certificate",
+            with(
+                gateway,
+                "/spec/tenant/clientCertificate",
+                Some(json!("contoso-graph-cert")),
+            ),
+            "exactly one of tenant.clientSecret and tenant.clientCertificate",
+        ),
+        (
+            "a lower-case usage location",
+            with(
+                gateway,
+                "/spec/shadowAccounts/usageLocation",
+                Some(json!("gb")),
+            ),
+            "spec.shadowAccounts.usageLocation",
+        ),
+        ("no image", with(gateway, "/spec/image", None), "spec.image"),
+        (
+            "sqlserver without a connection string",
+            with(gateway, "/spec/database/engine", Some(json!("sqlserver"))),
+            "database.connectionStringSecret",
+        ),
+    ]
+}
+
+fn policy_cases(whitelist: &Value, throttle: &Value) -> Vec<Case> {
+    vec![
+        (
+            "a remote domain pattern with a wildcard in the middle",
+            with(
+                whitelist,
+                "/spec/remoteDomains",
+                Some(json!(["xmpp.*.example"])),
+            ),
+            "spec.remoteDomains[0]",
+        ),
+        (
+            "an internal user that is not an address",
+            with(whitelist, "/spec/internalUsers", Some(json!(["alice"]))),
+            "spec.internalUsers[0]",
+        ),
+        (
+            "a group that is not a GUID",
+            with(whitelist, "/spec/internalGroups", Some(json!(["sales"]))),
+            "spec.internalGroups[0]",
+        ),
+        (
+            "a whitelist allowing nothing",
+            with(
+                &with(
+                    &with(whitelist, "/spec/remoteDomains", Some(json!([]))),
+                    "/spec/internalUsers",
+                    Some(json!([])),
+                ),
+                "/spec/internalGroups",
+                Some(json!([])),
+            ),
+            "at least one domain, user or group",
+        ),
+        (
+            "a zero message rate",
+            with(throttle, "/spec/limits/messagesPerMinute", Some(json!(0))),
+            "spec.limits.messagesPerMinute",
+        ),
+        (
+            "a zero burst in an override",
+            with(throttle, "/spec/overrides/0/limits/burst", Some(json!(0))),
+            "spec.overrides[0].limits.burst",
+        ),
+        (
+            "two overrides for one user",
+            with(
+                throttle,
+                "/spec/overrides",
+                Some(json!([
+                    {"user": "a@fabrikam.example", "limits": {"messagesPerMinute": 1, "bytesPerMinute": 1, "presenceUpdatesPerMinute": 1, "burst": 1}},
+                    {"user": "a@fabrikam.example", "limits": {"messagesPerMinute": 2, "bytesPerMinute": 2, "presenceUpdatesPerMinute": 2, "burst": 2}}
+                ])),
+            ),
+            "spec.overrides: duplicate entries for key [user=\"a@fabrikam.example\"]",
+        ),
+    ]
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_api_server_refuses_invalid_resources_naming_the_field() {
     let Some(client) = cluster::client("the_api_server_refuses_invalid_resources").await else {
@@ -67,130 +204,7 @@ async fn the_api_server_refuses_invalid_resources_naming_the_field() {
             .unwrap_or_else(|e| panic!("{} refused: {e}", doc["kind"]));
     }
 
-    // (what is wrong, the resource, what the message must name)
-    let cases = [
-        (
-            "an upper-case domain",
-            with(
-                &gateway,
-                "/spec/domain",
-                Some(json!("Teams.Contoso.Example")),
-            ),
-            "spec.domain",
-        ),
-        (
-            "a domain with a space",
-            with(&gateway, "/spec/domain", Some(json!("teams contoso"))),
-            "lower-case DNS name",
-        ),
-        (
-            "65 replicas",
-            with(&gateway, "/spec/replicas", Some(json!(65))),
-            "spec.replicas",
-        ),
-        (
-            "-1 replicas",
-            with(&gateway, "/spec/replicas", Some(json!(-1))),
-            "spec.replicas",
-        ),
-        (
-            "two sqlite replicas",
-            with(&gateway, "/spec/replicas", Some(json!(2))),
-            "sqlite engine supports one replica",
-        ),
-        (
-            "an unknown field",
-            with(&gateway, "/spec/replica", Some(json!(1))),
-            "spec.replica",
-        ),
-        (
-            "a tenant id that is not a GUID",
-            with(&gateway, "/spec/tenant/tenantId", Some(json!("contoso"))),
-            "spec.tenant.tenantId",
-        ),
-        (
-            "both a client secret and a certificate",
-            with(
-                &gateway,
-                "/spec/tenant/clientCertificate",
-                Some(json!("contoso-graph-cert")),
-            ),
-            "exactly one of tenant.clientSecret and tenant.clientCertificate",
-        ),
-        (
-            "a lower-case usage location",
-            with(
-                &gateway,
-                "/spec/shadowAccounts/usageLocation",
-                Some(json!("gb")),
-            ),
-            "spec.shadowAccounts.usageLocation",
-        ),
-        (
-            "no image",
-            with(&gateway, "/spec/image", None),
-            "spec.image",
-        ),
-        (
-            "sqlserver without a connection string",
-            with(&gateway, "/spec/database/engine", Some(json!("sqlserver"))),
-            "database.connectionStringSecret",
-        ),
-        (
-            "a remote domain pattern with a wildcard in the middle",
-            with(
-                &whitelist,
-                "/spec/remoteDomains",
-                Some(json!(["xmpp.*.example"])),
-            ),
-            "spec.remoteDomains[0]",
-        ),
-        (
-            "an internal user that is not an address",
-            with(&whitelist, "/spec/internalUsers", Some(json!(["alice"]))),
-            "spec.internalUsers[0]",
-        ),
-        (
-            "a group that is not a GUID",
-            with(&whitelist, "/spec/internalGroups", Some(json!(["sales"]))),
-            "spec.internalGroups[0]",
-        ),
-        (
-            "a whitelist allowing nothing",
-            with(
-                &with(
-                    &with(&whitelist, "/spec/remoteDomains", Some(json!([]))),
-                    "/spec/internalUsers",
-                    Some(json!([])),
-                ),
-                "/spec/internalGroups",
-                Some(json!([])),
-            ),
-            "at least one domain, user or group",
-        ),
-        (
-            "a zero message rate",
-            with(&throttle, "/spec/limits/messagesPerMinute", Some(json!(0))),
-            "spec.limits.messagesPerMinute",
-        ),
-        (
-            "a zero burst in an override",
-            with(&throttle, "/spec/overrides/0/limits/burst", Some(json!(0))),
-            "spec.overrides[0].limits.burst",
-        ),
-        (
-            "two overrides for one user",
-            with(
-                &throttle,
-                "/spec/overrides",
-                Some(json!([
-                    {"user": "a@fabrikam.example", "limits": {"messagesPerMinute": 1, "bytesPerMinute": 1, "presenceUpdatesPerMinute": 1, "burst": 1}},
-                    {"user": "a@fabrikam.example", "limits": {"messagesPerMinute": 2, "bytesPerMinute": 2, "presenceUpdatesPerMinute": 2, "burst": 2}}
-                ])),
-            ),
-            "spec.overrides: duplicate entries for key [user=\"a@fabrikam.example\"]",
-        ),
-    ];
+    let cases = invalid_cases(&gateway, &whitelist, &throttle);
     let mut wrong = Vec::new();
     for (what, doc, names) in &cases {
         match dry_run(&client, doc).await {

@@ -164,6 +164,59 @@ fn condition<'a>(status_patch: &'a Recorded, type_: &str) -> &'a Value {
         .unwrap()
 }
 
+/// The first status of a gateway whose pod is not scheduled and whose tenant
+/// refuses the bridge's sign-in.
+fn status_says_rolling_out_and_why(api: &FakeKubeApi) {
+    // Status: applied, rolling out, not degraded.
+    let status = api
+        .find(Method::PATCH, "/federationgateways/contoso/status")
+        .unwrap();
+    assert!(
+        status
+            .query
+            .contains(&format!("fieldManager={FIELD_MANAGER}"))
+    );
+    assert_eq!(status.body["status"]["observedGeneration"], 2);
+    assert!(
+        status.body["status"]["configHash"]
+            .as_str()
+            .is_some_and(|h| h.len() == 16)
+    );
+    assert_eq!(condition(&status, "Ready")["status"], "False");
+    assert_eq!(
+        condition(&status, "Ready")["message"],
+        "0/1 gateway pods ready; waiting for contoso-0 (Pending: not scheduled to any node)"
+    );
+    // The pods are listed by the gateway's own selector, not all pods of the namespace.
+    let pods = api.find(Method::GET, "/pods").unwrap();
+    assert!(
+        pods.query
+            .contains("labelSelector=app.kubernetes.io%2Finstance%3Dcontoso"),
+        "{}",
+        pods.query
+    );
+    assert_eq!(condition(&status, "Progressing")["status"], "True");
+    assert_eq!(condition(&status, "Degraded")["status"], "False");
+    assert_eq!(condition(&status, "Licensed")["status"], "True");
+    // The bridge's replica reported the tenant's refusal on its pod.
+    let tenant = condition(&status, "TenantReady");
+    assert_eq!(
+        (&tenant["status"], &tenant["reason"]),
+        (&json!("False"), &json!("MfaRequired"))
+    );
+    assert!(
+        tenant["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("bob.xmpp-test.d7aab9@shadow.contoso.com")
+                && m.contains("exclude them")),
+        "{tenant}"
+    );
+    assert_eq!(
+        status.body["status"]["licenceAssignments"]["contoso-0"]["licenceId"],
+        "L-1"
+    );
+}
+
 #[tokio::test]
 async fn create_applies_every_child_with_one_field_manager_and_reports_progress() {
     let (client, api) = start(World {
@@ -234,54 +287,7 @@ async fn create_applies_every_child_with_one_field_manager_and_reports_progress(
         "6f1c2b1e-0000-4000-8000-000000000001"
     );
 
-    // Status: applied, rolling out, not degraded.
-    let status = api
-        .find(Method::PATCH, "/federationgateways/contoso/status")
-        .unwrap();
-    assert!(
-        status
-            .query
-            .contains(&format!("fieldManager={FIELD_MANAGER}"))
-    );
-    assert_eq!(status.body["status"]["observedGeneration"], 2);
-    assert!(
-        status.body["status"]["configHash"]
-            .as_str()
-            .is_some_and(|h| h.len() == 16)
-    );
-    assert_eq!(condition(&status, "Ready")["status"], "False");
-    assert_eq!(
-        condition(&status, "Ready")["message"],
-        "0/1 gateway pods ready; waiting for contoso-0 (Pending: not scheduled to any node)"
-    );
-    // The pods are listed by the gateway's own selector, not all pods of the namespace.
-    let pods = api.find(Method::GET, "/pods").unwrap();
-    assert!(
-        pods.query
-            .contains("labelSelector=app.kubernetes.io%2Finstance%3Dcontoso"),
-        "{}",
-        pods.query
-    );
-    assert_eq!(condition(&status, "Progressing")["status"], "True");
-    assert_eq!(condition(&status, "Degraded")["status"], "False");
-    assert_eq!(condition(&status, "Licensed")["status"], "True");
-    // The bridge's replica reported the tenant's refusal on its pod.
-    let tenant = condition(&status, "TenantReady");
-    assert_eq!(
-        (&tenant["status"], &tenant["reason"]),
-        (&json!("False"), &json!("MfaRequired"))
-    );
-    assert!(
-        tenant["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("bob.xmpp-test.d7aab9@shadow.contoso.com")
-                && m.contains("exclude them")),
-        "{tenant}"
-    );
-    assert_eq!(
-        status.body["status"]["licenceAssignments"]["contoso-0"]["licenceId"],
-        "L-1"
-    );
+    status_says_rolling_out_and_why(&api);
 
     let event = api.find(Method::POST, "/events").unwrap();
     assert_eq!(event.body["reason"], "Applied");

@@ -4,9 +4,12 @@
 //! with `innerError`, `request-id` headers, permissions per operation as the
 //! OpenAPI subset lists them, 429 with `Retry-After`.
 //!
-//! One module per resource: `token`, `users` (directory, licences, photos,
-//! groups), `presence`, `chats`, `subscriptions`, `batch`, and `control` for
-//! the tests; [`handle`] routes a Graph call to its resource.
+//! `gate` admits a call (authentication, faults and throttling,
+//! authorisation, body, Teams provisioning); then one module per resource:
+//! `token`, `users` (users, licences, photos, groups), `directory` (domains,
+//! SKUs, policies, administrative units), `presence`, `chats`,
+//! `subscriptions`, `batch`, and `control` for the tests; [`handle`] routes
+//! a Graph call to its resource.
 
 mod batch;
 mod chats;

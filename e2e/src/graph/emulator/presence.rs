@@ -128,6 +128,9 @@ pub(super) fn parse_duration(s: &str) -> Option<Duration> {
     number.is_empty().then_some(Duration::from_secs(total))
 }
 
+/// A presence action (presence-setpresence, presence-clearpresence,
+/// presence-setuserpreferredpresence, presence-clearuserpreferredpresence,
+/// presence-setstatusmessage); `Err` is Graph's 400 message.
 pub(super) fn presence_action(
     u: &mut crate::graph::tenant::User,
     action: &str,
@@ -135,86 +138,14 @@ pub(super) fn presence_action(
     principal: &Principal,
     timeout: Duration,
 ) -> Result<(), String> {
-    let now = Instant::now();
-    let availability = body["availability"].as_str().unwrap_or_default().to_owned();
-    let activity = body["activity"].as_str().unwrap_or_default().to_owned();
-    let duration = |default: Duration, min: Duration, max: Duration| -> Result<Duration, String> {
-        match body["expirationDuration"].as_str() {
-            None => Ok(default),
-            Some(s) => match parse_duration(s) {
-                Some(d) if d >= min && d <= max => Ok(d),
-                _ => Err(format!("expirationDuration {s} is out of range.")),
-            },
-        }
-    };
     match action {
-        "setPresence" => {
-            const PAIRS: &[(&str, &str)] = &[
-                ("Available", "Available"),
-                ("Busy", "InACall"),
-                ("Busy", "InAConferenceCall"),
-                ("Away", "Away"),
-                ("DoNotDisturb", "Presenting"),
-            ];
-            let session_id = body["sessionId"].as_str().unwrap_or_default();
-            if session_id != principal.client_id() {
-                return Err("The sessionId must be the application id of the caller.".into());
-            }
-            if !PAIRS.contains(&(availability.as_str(), activity.as_str())) {
-                return Err(format!(
-                    "The availability/activity pair {availability}/{activity} is not supported."
-                ));
-            }
-            let d = duration(
-                Duration::from_secs(300),
-                Duration::from_secs(300),
-                Duration::from_secs(4 * 3600),
-            )?;
-            u.presence.sessions.insert(
-                session_id.to_owned(),
-                Session {
-                    availability,
-                    activity,
-                    expires: now + d,
-                    // Each setPresence is the session's keep-alive.
-                    keep_alive: Some((now, timeout)),
-                },
-            );
-            Ok(())
-        }
+        "setPresence" => set_presence(u, body, principal, timeout),
         "clearPresence" => {
             let session_id = body["sessionId"].as_str().unwrap_or_default();
             u.presence.sessions.remove(session_id);
             Ok(())
         }
-        "setUserPreferredPresence" => {
-            const PAIRS: &[(&str, &str)] = &[
-                ("Available", "Available"),
-                ("Busy", "Busy"),
-                ("DoNotDisturb", "DoNotDisturb"),
-                ("BeRightBack", "BeRightBack"),
-                ("Away", "Away"),
-                ("Offline", "OffWork"),
-            ];
-            if !PAIRS.contains(&(availability.as_str(), activity.as_str())) {
-                return Err(format!(
-                    "The availability/activity pair {availability}/{activity} is not supported."
-                ));
-            }
-            let d = duration(
-                Duration::from_secs(24 * 3600),
-                Duration::from_secs(300),
-                Duration::from_secs(30 * 24 * 3600),
-            )?;
-            u.presence.preferred = Some(Session {
-                availability,
-                activity,
-                expires: now + d,
-                // The user's preferred presence does not time out.
-                keep_alive: None,
-            });
-            Ok(())
-        }
+        "setUserPreferredPresence" => set_preferred(u, body),
         "clearUserPreferredPresence" => {
             u.presence.preferred = None;
             Ok(())
@@ -231,6 +162,99 @@ pub(super) fn presence_action(
         }
         other => Err(format!("Unknown presence action {other}.")),
     }
+}
+
+/// The body's availability and activity, when they are one of `pairs`.
+fn pair(body: &Value, pairs: &[(&str, &str)]) -> Result<(String, String), String> {
+    let availability = body["availability"].as_str().unwrap_or_default();
+    let activity = body["activity"].as_str().unwrap_or_default();
+    if !pairs.contains(&(availability, activity)) {
+        return Err(format!(
+            "The availability/activity pair {availability}/{activity} is not supported."
+        ));
+    }
+    Ok((availability.to_owned(), activity.to_owned()))
+}
+
+/// The body's `expirationDuration` within [min, max], else `default`.
+fn expiration(
+    body: &Value,
+    default: Duration,
+    min: Duration,
+    max: Duration,
+) -> Result<Duration, String> {
+    match body["expirationDuration"].as_str() {
+        None => Ok(default),
+        Some(s) => match parse_duration(s) {
+            Some(d) if d >= min && d <= max => Ok(d),
+            _ => Err(format!("expirationDuration {s} is out of range.")),
+        },
+    }
+}
+
+/// An app's presence session for the user, kept alive by each call.
+fn set_presence(
+    u: &mut crate::graph::tenant::User,
+    body: &Value,
+    principal: &Principal,
+    timeout: Duration,
+) -> Result<(), String> {
+    const PAIRS: &[(&str, &str)] = &[
+        ("Available", "Available"),
+        ("Busy", "InACall"),
+        ("Busy", "InAConferenceCall"),
+        ("Away", "Away"),
+        ("DoNotDisturb", "Presenting"),
+    ];
+    let session_id = body["sessionId"].as_str().unwrap_or_default();
+    if session_id != principal.client_id() {
+        return Err("The sessionId must be the application id of the caller.".into());
+    }
+    let (availability, activity) = pair(body, PAIRS)?;
+    let d = expiration(
+        body,
+        Duration::from_secs(300),
+        Duration::from_secs(300),
+        Duration::from_secs(4 * 3600),
+    )?;
+    let now = Instant::now();
+    u.presence.sessions.insert(
+        session_id.to_owned(),
+        Session {
+            availability,
+            activity,
+            expires: now + d,
+            // Each setPresence is the session's keep-alive.
+            keep_alive: Some((now, timeout)),
+        },
+    );
+    Ok(())
+}
+
+/// The user's preferred presence, which does not time out.
+fn set_preferred(u: &mut crate::graph::tenant::User, body: &Value) -> Result<(), String> {
+    const PAIRS: &[(&str, &str)] = &[
+        ("Available", "Available"),
+        ("Busy", "Busy"),
+        ("DoNotDisturb", "DoNotDisturb"),
+        ("BeRightBack", "BeRightBack"),
+        ("Away", "Away"),
+        ("Offline", "OffWork"),
+    ];
+    let (availability, activity) = pair(body, PAIRS)?;
+    let d = expiration(
+        body,
+        Duration::from_secs(24 * 3600),
+        Duration::from_secs(300),
+        Duration::from_secs(30 * 24 * 3600),
+    )?;
+    u.presence.preferred = Some(Session {
+        availability,
+        activity,
+        expires: Instant::now() + d,
+        keep_alive: None,
+    });
+    Ok(())
 }
 
 #[cfg(test)]

@@ -86,30 +86,7 @@ pub struct UserPatch {
 impl UserPatch {
     /// Nothing to change: no request is needed.
     pub fn is_empty(&self) -> bool {
-        let Self {
-            display_name,
-            given_name,
-            surname,
-            job_title,
-            department,
-            company_name,
-            mobile_phone,
-            business_phones,
-            password_profile,
-        } = self;
-        [
-            display_name,
-            given_name,
-            surname,
-            job_title,
-            department,
-            company_name,
-            mobile_phone,
-        ]
-        .iter()
-        .all(|v| v.is_none())
-            && business_phones.is_none()
-            && password_profile.is_none()
+        serde_json::to_value(self).is_ok_and(|v| v.as_object().is_some_and(|o| o.is_empty()))
     }
 }
 

@@ -148,6 +148,10 @@ pub(super) enum Ended {
     Lost(String),
 }
 
+/// Why a stream could not carry what was queued: the error stanzas get, and
+/// whether it is final (a refused dialback key) rather than worth a retry.
+type Failure = (DefinedCondition, String, bool);
+
 async fn run(shared: Arc<Shared>, domain: String, mut rx: mpsc::Receiver<Command>, me: Outbound) {
     let mut pending = Pending::default();
     let mut failures = 0u32;
@@ -158,40 +162,9 @@ async fn run(shared: Arc<Shared>, domain: String, mut rx: mpsc::Receiver<Command
                 None => return,
             }
         }
-        let negotiated =
-            tokio::time::timeout(shared.settings.connect_timeout, negotiate(&shared, &domain))
-                .await
-                .unwrap_or(Err(ConnectError::Timeout));
-        let failure = match negotiated {
-            Ok(opened) => {
-                failures = 0;
-                match session(&shared, &domain, opened, &mut pending, &mut rx).await {
-                    Ended::Done => None,
-                    Ended::Refused(verdict) => {
-                        shared.metrics.auth("dialback-out", "refused");
-                        Some((
-                            DefinedCondition::RemoteServerNotFound,
-                            format!("{domain} refused our dialback key ({verdict:?})"),
-                            true,
-                        ))
-                    }
-                    Ended::Lost(why) => {
-                        failures += 1;
-                        Some((DefinedCondition::RemoteServerNotFound, why, false))
-                    }
-                }
-            }
-            Err(e) => {
-                failures += 1;
-                tracing::info!(error = %e, attempt = failures, "cannot open s2s stream");
-                let condition = match e {
-                    ConnectError::Timeout => DefinedCondition::RemoteServerTimeout,
-                    _ => DefinedCondition::RemoteServerNotFound,
-                };
-                Some((condition, format!("cannot reach {domain}: {e}"), false))
-            }
-        };
-        let Some((condition, text, fatal)) = failure else {
+        let Some((condition, text, fatal)) =
+            attempt(&shared, &domain, &mut pending, &mut rx, &mut failures).await
+        else {
             if pending.is_empty() {
                 break;
             }
@@ -207,28 +180,90 @@ async fn run(shared: Arc<Shared>, domain: String, mut rx: mpsc::Receiver<Command
             fail_all(&shared, &mut pending, condition, &text).await;
             return;
         }
-        // Backoff with jitter: 1 s, 2 s, … while commands keep queueing.
-        let jitter = Duration::from_millis(510).mul_f64(crate::random::unit());
-        let delay = Duration::from_millis(1000 * u64::from(failures)) + jitter;
-        let wake = Instant::now() + delay;
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep_until(wake) => break,
-                cmd = rx.recv() => match cmd {
-                    Some(cmd) => take(&shared, &mut pending, cmd).await,
-                    None => break,
-                },
-            }
+        back_off(&shared, &mut pending, &mut rx, failures).await;
+    }
+    hand_over(&shared, &domain, pending, rx, &me).await;
+}
+
+/// One stream, from connecting to its end; `None` when it ended well.
+async fn attempt(
+    shared: &Arc<Shared>,
+    domain: &str,
+    pending: &mut Pending,
+    rx: &mut mpsc::Receiver<Command>,
+    failures: &mut u32,
+) -> Option<Failure> {
+    let negotiated =
+        tokio::time::timeout(shared.settings.connect_timeout, negotiate(shared, domain))
+            .await
+            .unwrap_or(Err(ConnectError::Timeout));
+    let opened = match negotiated {
+        Ok(opened) => opened,
+        Err(e) => {
+            *failures += 1;
+            tracing::info!(error = %e, attempt = *failures, "cannot open s2s stream");
+            let condition = match e {
+                ConnectError::Timeout => DefinedCondition::RemoteServerTimeout,
+                _ => DefinedCondition::RemoteServerNotFound,
+            };
+            return Some((condition, format!("cannot reach {domain}: {e}"), false));
+        }
+    };
+    *failures = 0;
+    match session(shared, domain, opened, pending, rx).await {
+        Ended::Done => None,
+        Ended::Refused(verdict) => {
+            shared.metrics.auth("dialback-out", "refused");
+            Some((
+                DefinedCondition::RemoteServerNotFound,
+                format!("{domain} refused our dialback key ({verdict:?})"),
+                true,
+            ))
+        }
+        Ended::Lost(why) => {
+            *failures += 1;
+            Some((DefinedCondition::RemoteServerNotFound, why, false))
         }
     }
-    shared.forget_outbound(&domain, &me);
+}
+
+/// Backoff with jitter: 1 s, 2 s, … while commands keep queueing.
+async fn back_off(
+    shared: &Arc<Shared>,
+    pending: &mut Pending,
+    rx: &mut mpsc::Receiver<Command>,
+    failures: u32,
+) {
+    let jitter = Duration::from_millis(510).mul_f64(crate::random::unit());
+    let delay = Duration::from_millis(1000 * u64::from(failures)) + jitter;
+    let wake = Instant::now() + delay;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(wake) => break,
+            cmd = rx.recv() => match cmd {
+                Some(cmd) => take(shared, pending, cmd).await,
+                None => break,
+            },
+        }
+    }
+}
+
+/// The stream is done: stanzas that came in as it was ending go out on a
+/// new one, and whatever cannot is answered with an error.
+async fn hand_over(
+    shared: &Arc<Shared>,
+    domain: &str,
+    mut pending: Pending,
+    mut rx: mpsc::Receiver<Command>,
+    me: &Outbound,
+) {
+    shared.forget_outbound(domain, me);
     rx.close();
     while let Ok(cmd) = rx.try_recv() {
-        take(&shared, &mut pending, cmd).await;
+        take(shared, &mut pending, cmd).await;
     }
-    // Stanzas that came in as this stream was ending go out on a new one.
     if !pending.stanzas.is_empty() {
-        let next = shared.outbound(&domain);
+        let next = shared.outbound(domain);
         let mut refused = VecDeque::new();
         for (stanza, written) in pending.stanzas.drain(..) {
             match next.try_send(stanza, written) {
@@ -241,7 +276,7 @@ async fn run(shared: Arc<Shared>, domain: String, mut rx: mpsc::Receiver<Command
         pending.stanzas = refused;
     }
     fail_all(
-        &shared,
+        shared,
         &mut pending,
         DefinedCondition::RemoteServerNotFound,
         "stream closed",

@@ -62,36 +62,13 @@ pub(super) async fn session(
     rx: &mut mpsc::Receiver<Command>,
 ) -> Ended {
     let _open = shared.metrics.stream_open("out");
-    let Opened {
-        stream,
-        stream_id,
-        bidi,
-        sasl,
-        sm_offered,
-    } = opened;
-    let mut s = Session {
-        shared,
-        domain,
-        stream,
-        bidi,
-        sm: if sm_offered {
-            Sm::Offered
-        } else {
-            Sm::Unavailable
-        },
-        ack_due: None,
-        by_error: false,
-        awaiting: HashMap::new(),
-        authenticated: sasl,
-        last_activity: Instant::now(),
-        auth_deadline: Instant::now() + shared.settings.connect_timeout,
-    };
-    if !sasl {
-        let key = shared.keys.key(domain, &shared.domain, &stream_id);
+    let stream_id = opened.stream_id.clone();
+    let mut s = Session::new(shared, domain, opened);
+    if !s.authenticated {
         let request = Dialback::ResultRequest {
             from: shared.domain.clone(),
             to: domain.to_owned(),
-            key,
+            key: shared.keys.key(domain, &shared.domain, &stream_id),
         };
         if let Err(e) = wire::send_dialback(&mut s.stream, &request).await {
             return Ended::Lost(e.to_string());
@@ -101,22 +78,67 @@ pub(super) async fn session(
         if let Some(ended) = s.write_pending(pending).await {
             break ended;
         }
-        let idle_at = s.last_activity + shared.settings.idle_timeout;
-        let asked_until = match s.sm {
+        if let Some(ended) = s.step(pending, rx).await {
+            break ended;
+        }
+    };
+    s.finish(pending, ended)
+}
+
+impl<'a> Session<'a> {
+    fn new(shared: &'a Arc<Shared>, domain: &'a str, opened: Opened) -> Self {
+        let Opened {
+            stream,
+            bidi,
+            sasl,
+            sm_offered,
+            ..
+        } = opened;
+        Self {
+            shared,
+            domain,
+            stream,
+            bidi,
+            sm: if sm_offered {
+                Sm::Offered
+            } else {
+                Sm::Unavailable
+            },
+            ack_due: None,
+            by_error: false,
+            awaiting: HashMap::new(),
+            authenticated: sasl,
+            last_activity: Instant::now(),
+            auth_deadline: Instant::now() + shared.settings.connect_timeout,
+        }
+    }
+
+    /// Waits for the next thing to happen: an element from the peer, a
+    /// command, or a deadline (stream management's answer, an
+    /// acknowledgement, our dialback key's answer, idleness).
+    async fn step(
+        &mut self,
+        pending: &mut Pending,
+        rx: &mut mpsc::Receiver<Command>,
+    ) -> Option<Ended> {
+        let shared = self.shared;
+        let idle_at = self.last_activity + shared.settings.idle_timeout;
+        let asked_until = match self.sm {
             Sm::Asked(until) => Some(until),
             _ => None,
         };
-        let idle = s.authenticated
+        let idle = self.authenticated
             && pending.is_empty()
-            && s.awaiting.is_empty()
-            && !matches!(&s.sm, Sm::On(u) if !u.is_empty());
-        let step = tokio::select! {
-            read = s.stream.next() => match read {
+            && self.awaiting.is_empty()
+            && !matches!(&self.sm, Sm::On(u) if !u.is_empty());
+        let (ack_due, auth_deadline) = (self.ack_due, self.auth_deadline);
+        tokio::select! {
+            read = self.stream.next() => match read {
                 Some(Ok(element)) => {
-                    s.stream.get_stream().get_ref().reset_budget();
-                    s.on_element(Control::parse(element.into_element())).await
+                    self.stream.get_stream().get_ref().reset_budget();
+                    self.on_element(Control::parse(element.into_element())).await
                 }
-                Some(Err(e)) => s.on_read_error(wire::classify(e)).await,
+                Some(Err(e)) => self.on_read_error(wire::classify(e)).await,
                 None => Some(Ended::Lost("connection closed".into())),
             },
             cmd = rx.recv() => match cmd {
@@ -125,34 +147,30 @@ pub(super) async fn session(
                     None
                 }
                 None => {
-                    let _ = tokio::time::timeout(wire::WRITE_TIMEOUT, s.stream.shutdown()).await;
+                    let _ = tokio::time::timeout(wire::WRITE_TIMEOUT, self.stream.shutdown()).await;
                     Some(Ended::Done)
                 }
             },
-            _ = tokio::time::sleep_until(asked_until.unwrap_or(s.auth_deadline)), if asked_until.is_some() => {
+            _ = tokio::time::sleep_until(asked_until.unwrap_or(auth_deadline)), if asked_until.is_some() => {
                 tracing::info!("no answer to our stream management request; going on without");
-                s.sm = Sm::Unavailable;
+                self.sm = Sm::Unavailable;
                 None
             }
-            _ = tokio::time::sleep_until(s.ack_due.unwrap_or(s.auth_deadline)), if s.ack_due.is_some() => {
+            _ = tokio::time::sleep_until(ack_due.unwrap_or(auth_deadline)), if ack_due.is_some() => {
                 tracing::warn!(timeout = ?ACK_TIMEOUT, "no acknowledgement from the peer in time");
                 Some(Ended::Lost("the peer acknowledged nothing in time".into()))
             }
-            _ = tokio::time::sleep_until(s.auth_deadline), if !s.authenticated => {
+            _ = tokio::time::sleep_until(auth_deadline), if !self.authenticated => {
                 tracing::info!("no answer to our dialback key in time");
-                Some(Ended::Lost(format!("{domain} did not answer our dialback key in time")))
+                Some(Ended::Lost(format!("{} did not answer our dialback key in time", self.domain)))
             }
             _ = tokio::time::sleep_until(idle_at), if idle => {
                 tracing::info!("closing idle s2s stream");
-                let _ = tokio::time::timeout(wire::WRITE_TIMEOUT, s.stream.shutdown()).await;
+                let _ = tokio::time::timeout(wire::WRITE_TIMEOUT, self.stream.shutdown()).await;
                 Some(Ended::Done)
             }
-        };
-        if let Some(ended) = step {
-            break ended;
         }
-    };
-    s.finish(pending, ended)
+    }
 }
 
 impl Session<'_> {
