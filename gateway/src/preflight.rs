@@ -91,6 +91,12 @@ pub fn required_roles(config: &GatewayConfig) -> Vec<&'static str> {
     if !config.allow.internal_groups.is_empty() {
         roles.push("GroupMember.Read.All");
     }
+    // One subscription for every chat of the tenant is app-only.
+    if config.webhook.public_url.is_some()
+        && config.webhook.chat_notifications == xmppfed_config::ChatNotifications::Tenant
+    {
+        roles.push("Chat.Read.All");
+    }
     roles
 }
 

@@ -26,11 +26,18 @@ struct World {
 }
 
 async fn world(configure: impl FnOnce(&mut xmppfed_config::GatewayConfig)) -> Option<World> {
+    world_with(seed(), configure).await
+}
+
+async fn world_with(
+    seed: xmppfed_e2e::graph::Seed,
+    configure: impl FnOnce(&mut xmppfed_config::GatewayConfig),
+) -> Option<World> {
     if skip(prosody::available(), "prosody") {
         return None;
     }
     common::init();
-    let emulator = GraphEmulator::start(seed()).await.unwrap();
+    let emulator = GraphEmulator::start(seed).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (gateway_port, prosody_s2s, webhook) = (
         prosody::free_port().unwrap(),
@@ -456,5 +463,91 @@ async fn the_sweep_reads_only_what_changed_and_finds_what_a_lost_notification_mi
         .filter(|e| from_alice(e) && e["body"] == "Only the sweep sees this")
         .count();
     assert_eq!(repeats, 1, "taken once");
+    w.stop().await;
+}
+
+/// With one app-only subscription for the tenant (`webhook.chat_notifications
+/// = "tenant"`, Chat.Read.All) the tenant's Teams subscription quota is not
+/// spent per contact: here the quota is 1, the gateway holds that one, and a
+/// chat Alice starts with Bob's shadow account reaches Bob through it (the
+/// poll is an hour away, so only the notification can bring it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_subscription_for_the_tenant_carries_a_chat_started_in_teams() {
+    if skip(prosody::available(), "prosody") {
+        return;
+    }
+    let mut seed = seed();
+    seed.apps[0].roles.push("Chat.Read.All".into());
+    seed.teams_subscription_quota = Some(1);
+    let Some(mut w) = world_with(seed, |config| {
+        config.webhook.chat_notifications = xmppfed_config::ChatNotifications::Tenant;
+        config.messages.reconcile_interval_secs = 3600;
+    })
+    .await
+    else {
+        return;
+    };
+    w.bob
+        .command(json!({"cmd": "subscribe", "to": ALICE}))
+        .unwrap();
+    wait(&mut w.bob, 20, |e| {
+        e["event"] == "presence" && e["type"] == "subscribed" && e["from"] == ALICE
+    });
+    until(20, "Bob's shadow account", || {
+        w.emulator.tenant().user(&shadow()).map(|_| ())
+    })
+    .await;
+    let held = until(20, "the tenant's subscription", || {
+        let t = w.emulator.tenant();
+        (!t.subscriptions.is_empty()).then(|| {
+            t.subscriptions
+                .iter()
+                .map(|s| (s.resource.clone(), s.creator_id.clone()))
+                .collect::<Vec<_>>()
+        })
+    })
+    .await;
+    assert_eq!(
+        held,
+        [("/chats/getAllMessages".to_owned(), CLIENT_ID.to_owned())],
+        "one app-only subscription, none per shadow account"
+    );
+
+    let chat = teams_user_starts_chat(&w.emulator, "alice@contoso.com", &shadow()).await;
+    let sent = Instant::now();
+    alice_writes(
+        &w.emulator,
+        &chat,
+        "Bob, over the tenant's subscription",
+        "text",
+    )
+    .await;
+    let got = wait(&mut w.bob, 20, from_alice);
+    assert_eq!(got["body"], "Bob, over the tenant's subscription");
+    eprintln!(
+        "tenant subscription: a chat started in Teams at Bob in {:?}",
+        sent.elapsed()
+    );
+    // Chats without a shadow account are notified too; they cost no Graph read.
+    let reads_before = w.emulator.tenant().log.len();
+    let others =
+        teams_user_starts_chat(&w.emulator, "alice@contoso.com", "carol@contoso.com").await;
+    w.emulator
+        .control(
+            &format!("/_emulator/chats/{others}/messages"),
+            json!({"from": "carol@contoso.com", "content": "not for XMPP", "contentType": "text"}),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let read: Vec<String> = w.emulator.tenant().log[reads_before..]
+        .iter()
+        .filter(|l| l.contains(&others))
+        .cloned()
+        .collect();
+    assert!(
+        read.is_empty(),
+        "a chat without a shadow account was read: {read:?}"
+    );
     w.stop().await;
 }

@@ -76,162 +76,213 @@ async fn next(rx: &mut mpsc::Receiver<Notification>) -> Notification {
         .unwrap()
 }
 
+/// A tenant, our webhook, and Bob's subscription to his chats' messages
+/// (after Graph refused one longer than it allows).
+struct World {
+    emulator: GraphEmulator,
+    http: reqwest::Client,
+    graph: GraphClient,
+    public_url: String,
+    subscriptions: Subscriptions,
+    rx: mpsc::Receiver<Notification>,
+    bob: UserCredential,
+    chat_id: String,
+    subscription_id: String,
+}
+
+impl World {
+    async fn new() -> Self {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let emulator = GraphEmulator::start(seed()).await.unwrap();
+        let graph = graph(&emulator);
+        let (queue, rx) = mpsc::channel(64);
+        let public_url = serve_webhook("c1ient-state-of-this-gateway", channel(queue)).await;
+        let subscriptions = Subscriptions::new(
+            &public_url,
+            SecretString::from("c1ient-state-of-this-gateway".to_owned()),
+        );
+        let bob = bob();
+        let bob_id = graph.get_user(&bob.upn).await.unwrap().id;
+        let chat = graph.one_on_one_chat(&bob, &bob_id, ALICE).await.unwrap();
+        let want = Want {
+            resource: format!("/users/{bob_id}/chats/getAllMessages"),
+            change_type: "created".into(),
+            lifetime: Duration::from_secs(55 * 60),
+            as_user: Some(bob.clone()),
+        };
+        // Graph caps chat-message subscriptions at 60 minutes.
+        let too_long = subscriptions
+            .create(
+                &graph,
+                Want {
+                    lifetime: Duration::from_secs(2 * 3600),
+                    ..want.clone()
+                },
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(too_long.status(), Some(400), "{too_long}");
+        let sub = subscriptions.create(&graph, want).await.unwrap();
+        assert_eq!(subscriptions.held().await.len(), 1);
+        Self {
+            emulator,
+            http: reqwest::Client::new(),
+            graph,
+            public_url,
+            subscriptions,
+            rx,
+            bob,
+            chat_id: chat.id,
+            subscription_id: sub.id,
+        }
+    }
+
+    /// Alice writes in the chat.
+    async fn alice_says(&self, text: &str) {
+        self.emulator
+            .control(
+                &format!("/_emulator/chats/{}/messages", self.chat_id),
+                json!({"from": "alice@contoso.com", "content": text}),
+            )
+            .await
+            .unwrap();
+    }
+
+    /// Nothing reaches our queue for `millis`.
+    async fn nothing_queued_for(&mut self, millis: u64) -> bool {
+        tokio::time::timeout(Duration::from_millis(millis), self.rx.recv())
+            .await
+            .is_err()
+    }
+
+    fn no_violations(&self) {
+        let violations = self.emulator.tenant().violations.clone();
+        assert!(violations.is_empty(), "{violations:?}");
+    }
+}
+
 #[tokio::test]
-async fn subscriptions_notifications_and_lifecycle() {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let emulator = GraphEmulator::start(seed()).await.unwrap();
-    let http = reqwest::Client::new();
-    let graph = graph(&emulator);
-
-    // Our webhook on a loopback port.
-    let (queue, mut rx) = mpsc::channel(64);
-    let public_url = serve_webhook("c1ient-state-of-this-gateway", channel(queue)).await;
-    let subscriptions = Subscriptions::new(
-        &public_url,
-        SecretString::from("c1ient-state-of-this-gateway".to_owned()),
-    );
-
-    let bob = bob();
-    let bob_id = graph.get_user(&bob.upn).await.unwrap().id;
-    let chat = graph.one_on_one_chat(&bob, &bob_id, ALICE).await.unwrap();
-    let want = Want {
-        resource: format!("/users/{bob_id}/chats/getAllMessages"),
-        change_type: "created".into(),
-        lifetime: Duration::from_secs(55 * 60),
-        as_user: Some(bob.clone()),
-    };
-    // Graph caps chat-message subscriptions at 60 minutes.
-    let too_long = subscriptions
-        .create(
-            &graph,
-            Want {
-                lifetime: Duration::from_secs(2 * 3600),
-                ..want.clone()
-            },
-        )
-        .await
-        .unwrap_err();
-    assert_eq!(too_long.status(), Some(400), "{too_long}");
-    let sub = subscriptions.create(&graph, want).await.unwrap();
-    assert_eq!(subscriptions.held().await.len(), 1);
-
+async fn notifications_arrive_forged_ones_do_not_and_lost_ones_are_polled_for() {
+    let mut w = World::new().await;
     // Alice writes: the notification reaches our queue.
-    let messages_path = format!("/_emulator/chats/{}/messages", chat.id);
-    let alice_says = |text: &'static str| {
-        emulator.control(
-            &messages_path,
-            json!({"from": "alice@contoso.com", "content": text}),
-        )
-    };
-    alice_says("<p>hello Bob</p>").await.unwrap();
-    let n = next(&mut rx).await;
-    assert_eq!(n.subscription_id, sub.id);
+    w.alice_says("<p>hello Bob</p>").await;
+    let n = next(&mut w.rx).await;
+    assert_eq!(n.subscription_id, w.subscription_id);
     assert_eq!(n.change_type.as_deref(), Some("created"));
     assert!(
         n.resource
             .as_deref()
             .unwrap()
-            .starts_with(&format!("chats('{}')/messages('", chat.id)),
+            .starts_with(&format!("chats('{}')/messages('", w.chat_id)),
         "{n:?}"
+    );
+    // The notified message is read by id, as the bridge will.
+    let message_id = n.resource_id.clone().unwrap();
+    let message = w
+        .graph
+        .get_chat_message(&w.bob, &w.chat_id, &message_id)
+        .await
+        .unwrap();
+    assert_eq!(message.body.content, "<p>hello Bob</p>");
+    assert_eq!(
+        w.graph.get_chat(&w.bob, &w.chat_id).await.unwrap().id,
+        w.chat_id
     );
 
     // A forged batch (someone else's clientState) is answered and dropped.
-    let forged = json!({"value": [{"subscriptionId": sub.id, "changeType": "created", "clientState": "guess", "resource": "chats('x')/messages('1')"}]});
-    let r = http
-        .post(format!("{public_url}/graph/notifications"))
+    let forged = json!({"value": [{"subscriptionId": w.subscription_id, "changeType": "created", "clientState": "guess", "resource": "chats('x')/messages('1')"}]});
+    let r = w
+        .http
+        .post(format!("{}/graph/notifications", w.public_url))
         .json(&forged)
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 202);
     assert!(
-        tokio::time::timeout(Duration::from_millis(300), rx.recv())
-            .await
-            .is_err(),
+        w.nothing_queued_for(300).await,
         "a forged notification was queued"
     );
 
     // A notification Graph loses never arrives: the reconciliation poll must find the message.
-    emulator
+    w.emulator
         .control("/_emulator/notifications/drop", json!({"count": 1}))
         .await
         .unwrap();
-    alice_says("<p>lost in transit</p>").await.unwrap();
-    assert!(
-        tokio::time::timeout(Duration::from_millis(500), rx.recv())
-            .await
-            .is_err()
-    );
-    let messages = graph.chat_messages(&bob, &chat.id, 10).await.unwrap();
+    w.alice_says("<p>lost in transit</p>").await;
+    assert!(w.nothing_queued_for(500).await);
+    let messages = w.graph.chat_messages(&w.bob, &w.chat_id, 10).await.unwrap();
     assert_eq!(
         messages[0].body.content, "<p>lost in transit</p>",
         "the message is there for the poll"
     );
+    w.no_violations();
+}
 
+#[tokio::test]
+async fn subscriptions_are_renewed_reauthorized_and_deleted() {
+    let mut w = World::new().await;
+    let (graph, subscriptions, id) = (&w.graph, &w.subscriptions, &w.subscription_id);
     // Renewal (only when due), a lifecycle event, reauthorization, deletion.
     assert_eq!(
         subscriptions
-            .renew_due(&graph, Duration::from_secs(60))
+            .renew_due(graph, Duration::from_secs(60))
             .await,
         0,
         "55 minutes left: not due"
     );
     assert_eq!(
         subscriptions
-            .renew_due(&graph, Duration::from_secs(3600))
+            .renew_due(graph, Duration::from_secs(3600))
             .await,
         1
     );
-    let renewed = subscriptions.renew(&graph, &sub.id).await.unwrap();
-    assert_eq!(renewed.id, sub.id);
-    emulator
+    let renewed = subscriptions.renew(graph, id).await.unwrap();
+    assert_eq!(&renewed.id, id);
+    w.emulator
         .control(
-            &format!("/_emulator/subscriptions/{}/lifecycle", sub.id),
+            &format!("/_emulator/subscriptions/{id}/lifecycle"),
             json!({"event": "reauthorizationRequired"}),
         )
         .await
         .unwrap();
-    let lifecycle = next(&mut rx).await;
+    let lifecycle = next(&mut w.rx).await;
     assert_eq!(
         lifecycle.lifecycle_event.as_deref(),
         Some("reauthorizationRequired")
     );
+    let (graph, subscriptions, id) = (&w.graph, &w.subscriptions, &w.subscription_id);
     let missed = subscriptions
-        .on_lifecycle(
-            &graph,
-            &sub.id,
-            webhook::LifecycleEvent::ReauthorizationRequired,
-        )
+        .on_lifecycle(graph, id, webhook::LifecycleEvent::ReauthorizationRequired)
         .await
         .unwrap();
     assert!(!missed);
     assert!(
         subscriptions
-            .on_lifecycle(&graph, &sub.id, webhook::LifecycleEvent::Missed)
+            .on_lifecycle(graph, id, webhook::LifecycleEvent::Missed)
             .await
             .unwrap(),
         "missed means: poll"
     );
-    // The notified message is read by id, as the bridge will.
-    let message_id = n.resource_id.clone().unwrap();
-    let message = graph
-        .get_chat_message(&bob, &chat.id, &message_id)
+    subscriptions.delete(graph, id).await.unwrap();
+    assert!(subscriptions.held().await.is_empty());
+    w.alice_says("<p>nobody listens</p>").await;
+    assert!(w.nothing_queued_for(300).await);
+    w.no_violations();
+}
+
+#[tokio::test]
+async fn a_profile_edited_in_teams_is_read_and_the_emulator_says_what_it_holds() {
+    let w = World::new().await;
+    let authority = w.emulator.authority_url();
+    w.http
+        .patch(format!("{authority}/_emulator/users/alice@contoso.com"))
+        .json(&json!({"jobTitle": "Architect"}))
+        .send()
         .await
         .unwrap();
-    assert_eq!(message.body.content, "<p>hello Bob</p>");
-    assert_eq!(graph.get_chat(&bob, &chat.id).await.unwrap().id, chat.id);
-    // A Teams user edits her profile; the emulator's state says what it holds.
-    let state_url = format!("{}/_emulator/state", emulator.authority_url());
-    http.patch(format!(
-        "{}/_emulator/users/alice@contoso.com",
-        emulator.authority_url()
-    ))
-    .json(&json!({"jobTitle": "Architect"}))
-    .send()
-    .await
-    .unwrap();
     assert_eq!(
-        graph
+        w.graph
             .get_user("alice@contoso.com")
             .await
             .unwrap()
@@ -239,8 +290,9 @@ async fn subscriptions_notifications_and_lifecycle() {
             .as_deref(),
         Some("Architect")
     );
-    let state: serde_json::Value = http
-        .get(&state_url)
+    let state: serde_json::Value = w
+        .http
+        .get(format!("{authority}/_emulator/state"))
         .send()
         .await
         .unwrap()
@@ -248,20 +300,8 @@ async fn subscriptions_notifications_and_lifecycle() {
         .await
         .unwrap();
     assert_eq!(state["subscriptions"].as_array().unwrap().len(), 1);
-    assert_eq!(state["chats"][0]["id"], json!(chat.id));
-    subscriptions.delete(&graph, &sub.id).await.unwrap();
-    assert!(subscriptions.held().await.is_empty());
-    alice_says("<p>nobody listens</p>").await.unwrap();
-    assert!(
-        tokio::time::timeout(Duration::from_millis(300), rx.recv())
-            .await
-            .is_err()
-    );
-    assert!(
-        emulator.tenant().violations.is_empty(),
-        "{:?}",
-        emulator.tenant().violations
-    );
+    assert_eq!(state["chats"][0]["id"], json!(w.chat_id));
+    w.no_violations();
 }
 
 #[tokio::test]
@@ -491,4 +531,72 @@ async fn oversized_and_deeply_nested_bodies_are_refused() {
     let r = http.post(&url).json(&batch).send().await.unwrap();
     assert_eq!(r.status(), 202);
     assert_eq!(next(&mut rx).await.resource_id.as_deref(), Some("1"));
+}
+
+/// Graph allows one subscription per app, resource and change type (409 on a
+/// duplicate), and counts Teams subscriptions against the organisation's
+/// quota (403 past it). A gateway that lost its record of a subscription
+/// takes the existing one on; one whose public URL changed replaces it; the
+/// quota's refusal comes back as a 403 the bridge can act on.
+#[tokio::test]
+async fn a_duplicate_is_taken_on_and_the_quota_is_a_403() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let mut seed = seed();
+    seed.apps[0].roles.push("Chat.Read.All".into());
+    seed.teams_subscription_quota = Some(2);
+    let emulator = GraphEmulator::start(seed).await.unwrap();
+    let graph = graph(&emulator);
+    let state = SecretString::from("c1ient-state-of-this-gateway".to_owned());
+    let (queue, _rx) = mpsc::channel(64);
+    let url = serve_webhook("c1ient-state-of-this-gateway", channel(queue.clone())).await;
+    let tenant = Want {
+        resource: "/chats/getAllMessages".into(),
+        change_type: "created".into(),
+        lifetime: Duration::from_secs(55 * 60),
+        as_user: None,
+    };
+    let first = Subscriptions::new(&url, state.clone())
+        .create(&graph, tenant.clone())
+        .await
+        .unwrap();
+    // A replica (or a restart) without a record of it: Graph says 409, and
+    // the existing subscription is taken on.
+    let again = Subscriptions::new(&url, state.clone());
+    let taken = again.create(&graph, tenant.clone()).await.unwrap();
+    assert_eq!(taken.id, first.id);
+    assert_eq!(again.held().await.len(), 1);
+    assert_eq!(emulator.tenant().subscriptions.len(), 1);
+    // Moved to another public URL: the stale one is replaced.
+    let moved_url = serve_webhook("c1ient-state-of-this-gateway", channel(queue)).await;
+    let moved = Subscriptions::new(&moved_url, state.clone());
+    let replaced = moved.create(&graph, tenant).await.unwrap();
+    assert_ne!(replaced.id, first.id);
+    let notify: Vec<String> = emulator
+        .tenant()
+        .subscriptions
+        .iter()
+        .map(|s| s.notification_url.clone())
+        .collect();
+    assert_eq!(notify, [format!("{moved_url}/graph/notifications")]);
+
+    // The organisation's quota of Teams subscriptions (2 here): the third is refused.
+    let bob = bob();
+    let bob_id = graph.get_user(&bob.upn).await.unwrap().id;
+    let per_account = |id: &str| Want {
+        resource: format!("/users/{id}/chats/getAllMessages"),
+        change_type: "created".into(),
+        lifetime: Duration::from_secs(55 * 60),
+        as_user: Some(bob.clone()),
+    };
+    moved.create(&graph, per_account(&bob_id)).await.unwrap();
+    let refused = moved.create(&graph, per_account(ALICE)).await.unwrap_err();
+    assert_eq!(refused.status(), Some(403), "{refused}");
+    assert!(
+        refused
+            .to_string()
+            .contains("maximum number of subscriptions"),
+        "{refused}"
+    );
+    let violations = emulator.tenant().violations.clone();
+    assert!(violations.is_empty(), "{violations:?}");
 }

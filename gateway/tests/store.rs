@@ -23,6 +23,17 @@ const SCHEMA: i64 = 5;
 async fn conformance(store: &Store) {
     assert_eq!(store.schema_version().await.unwrap(), SCHEMA);
 
+    leases(store).await;
+    bridged_chats(store).await;
+    subscriptions(store).await;
+    notification_queue(store).await;
+    shadow_accounts(store).await;
+    contacts(store).await;
+    outbox(store).await;
+    dedupe_keys(store).await;
+}
+
+async fn leases(store: &Store) {
     // Leases: one holder at a time, renewed by it, free once given up or lapsed.
     assert!(store.hold_lease("bridge", "pod-a", 60).await.unwrap());
     assert!(!store.hold_lease("bridge", "pod-b", 60).await.unwrap());
@@ -50,7 +61,9 @@ async fn conformance(store: &Store) {
         !store.hold_lease("bridge", "pod-b", 60).await.unwrap(),
         "and lost by its old holder"
     );
+}
 
+async fn bridged_chats(store: &Store) {
     // Bridged chats: typed, the read mark kept when a chat is named again,
     // the conversation's latest chat found.
     let chat = |id: &str, remote: &str, user: &str, mark: i64| BridgedChat {
@@ -97,7 +110,9 @@ async fn conformance(store: &Store) {
     );
     store.set_read_mark("19:unknown", 1).await.unwrap();
     assert_eq!(store.bridged_chats().await.unwrap().len(), 2);
+}
 
+async fn subscriptions(store: &Store) {
     // Subscriptions.
     let sub = StoredSubscription {
         id: "s1".into(),
@@ -124,7 +139,9 @@ async fn conformance(store: &Store) {
     );
     store.delete_subscription("s1").await.unwrap();
     assert!(store.subscriptions().await.unwrap().is_empty());
+}
 
+async fn notification_queue(store: &Store) {
     // The notification queue: claimed items come back when their lease lapses.
     for body in ["n1", "n2", "n3"] {
         store.push_notification(body).await.unwrap();
@@ -151,7 +168,9 @@ async fn conformance(store: &Store) {
     );
     store.ack_notification(again[0].seq).await.unwrap();
     assert!(store.claim_notifications(10, 60).await.unwrap().is_empty());
+}
 
+async fn shadow_accounts(store: &Store) {
     // Shadow accounts.
     let bob = ShadowAccount {
         jid: "bob@xmpp.test".into(),
@@ -166,6 +185,12 @@ async fn conformance(store: &Store) {
         store.shadow("bob@xmpp.test").await.unwrap(),
         Some(bob.clone())
     );
+    assert_eq!(
+        store.shadow_by_object_id("oid-bob").await.unwrap(),
+        Some(bob.clone()),
+        "found by its object id (a 1:1 chat's id names its members by object id)"
+    );
+    assert_eq!(store.shadow_by_object_id("oid-nobody").await.unwrap(), None);
     let clash = ShadowAccount {
         jid: "other@xmpp.test".into(),
         ..bob.clone()
@@ -215,7 +240,9 @@ async fn conformance(store: &Store) {
         None,
         "the refresh token goes with its account"
     );
+}
 
+async fn contacts(store: &Store) {
     // Contacts.
     let c = Contact {
         teams_user: "alice@contoso.com".into(),
@@ -268,7 +295,9 @@ async fn conformance(store: &Store) {
             .unwrap()
             .is_empty()
     );
+}
 
+async fn outbox(store: &Store) {
     // The outbox: once per dedupe key, in order per conversation, retries.
     let t = now();
     let item = |key: &str, conversation: &str| OutboxItem {
@@ -362,7 +391,9 @@ async fn conformance(store: &Store) {
         None,
         "a delivered message is not queued again"
     );
+}
 
+async fn dedupe_keys(store: &Store) {
     // Old dedupe keys are forgotten, recent ones kept.
     assert_eq!(store.forget_delivered(now() - 3600).await.unwrap(), 0);
     assert!(store.is_known("a1").await.unwrap());
@@ -465,6 +496,7 @@ async fn sqlite_moves_schema_4_cursors_into_bridged_chats() {
     let conn = rusqlite::Connection::open(&path).unwrap();
     conn.execute_batch(
         "DROP TABLE bridged_chats;
+         DROP INDEX shadow_accounts_object_id;
          DELETE FROM schema_version WHERE version = 5;
          CREATE TABLE cursors (key TEXT PRIMARY KEY, value TEXT NOT NULL);
          INSERT INTO cursors VALUES

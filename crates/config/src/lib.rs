@@ -463,6 +463,8 @@ pub struct WebhookConfig {
     pub public_url: Option<String>,
     /// Shared secret echoed by Graph as `clientState`.
     pub client_state: Option<SecretRef>,
+    /// Which subscriptions tell the gateway of new chat messages.
+    pub chat_notifications: ChatNotifications,
 }
 
 impl Default for WebhookConfig {
@@ -471,8 +473,27 @@ impl Default for WebhookConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 8443)),
             public_url: None,
             client_state: None,
+            chat_notifications: ChatNotifications::default(),
         }
     }
+}
+
+/// How Graph is asked for chat-message notifications. Microsoft counts every
+/// Teams subscription of a tenant against one quota of 10,000
+/// (https://learn.microsoft.com/graph/api/resources/change-notifications-api-overview).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum ChatNotifications {
+    /// One subscription per shadow account (`/users/{id}/chats/getAllMessages`),
+    /// made with the account's delegated `Chat.Read`: the least privilege,
+    /// one subscription of the tenant's quota per contact.
+    #[default]
+    PerAccount,
+    /// One app-only subscription for the tenant (`/chats/getAllMessages`),
+    /// which needs the application permission `Chat.Read.All`: any number
+    /// of contacts; notifications of chats without a shadow account are
+    /// dropped unread.
+    Tenant,
 }
 
 /// Tenant users that stand for remote XMPP contacts.

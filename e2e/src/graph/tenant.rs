@@ -45,6 +45,10 @@ pub struct Seed {
     pub domains: Option<Vec<DomainSeed>>,
     #[serde(default)]
     pub administrative_units: Vec<AdministrativeUnitSeed>,
+    /// How many Teams change-notification subscriptions the organisation may
+    /// hold, all apps together (Microsoft: 10,000); smaller in tests.
+    #[serde(default)]
+    pub teams_subscription_quota: Option<usize>,
 }
 
 /// `teams` in the seed file. Real Graph always requires the licence; the
@@ -459,7 +463,14 @@ pub struct Tenant {
     pub administrative_units: Vec<AdministrativeUnitSeed>,
     /// Requests (and our own answers) whose body did not match Microsoft's OpenAPI description.
     pub violations: Vec<String>,
+    /// The organisation's quota of Teams subscriptions (`TEAMS_SUBSCRIPTION_QUOTA` unless seeded).
+    pub teams_subscription_quota: usize,
 }
+
+/// Subscriptions to Teams resources an organisation holds, all apps and
+/// resources together
+/// (https://learn.microsoft.com/graph/api/resources/change-notifications-api-overview).
+pub const TEAMS_SUBSCRIPTION_QUOTA: usize = 10_000;
 
 pub fn guid() -> String {
     let mut b = [0u8; 16];
@@ -513,6 +524,9 @@ impl Tenant {
             teams: seed.teams,
             domains: seed.domains,
             administrative_units: seed.administrative_units,
+            teams_subscription_quota: seed
+                .teams_subscription_quota
+                .unwrap_or(TEAMS_SUBSCRIPTION_QUOTA),
             ..Self::default()
         }
     }

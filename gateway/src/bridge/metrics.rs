@@ -19,6 +19,7 @@ pub struct BridgeMetrics {
     graph_failures: Family<Labels, Counter>,
     messages: Family<Labels, Counter>,
     throttled: Family<Labels, Counter>,
+    subscriptions_refused: Family<Labels, Counter>,
 }
 
 impl BridgeMetrics {
@@ -57,6 +58,11 @@ impl BridgeMetrics {
             throttled: metrics.register(
                 "throttled",
                 "Messages and presence updates refused by a per-user limit, by direction and kind",
+                Family::default(),
+            ),
+            subscriptions_refused: metrics.register(
+                "bridge_subscriptions_refused",
+                "Graph subscriptions for chat messages Graph refused, by reason (quota: the tenant's 10,000 Teams subscriptions)",
                 Family::default(),
             ),
         }
@@ -102,6 +108,12 @@ impl BridgeMetrics {
     pub fn graph_failure(&self, operation: &'static str) {
         self.graph_failures
             .get_or_create(&vec![("operation", operation)])
+            .inc();
+    }
+
+    pub fn subscription_refused(&self, reason: &'static str) {
+        self.subscriptions_refused
+            .get_or_create(&vec![("reason", reason)])
             .inc();
     }
 }

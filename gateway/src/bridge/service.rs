@@ -15,7 +15,7 @@ use xmpp_parsers::presence::{Presence, Type};
 use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType};
 use xmppfed_config::SubscriptionPolicy;
 
-use xmppfed_config::{GatewayConfig, GraphConfig, OutOfOfficeAs};
+use xmppfed_config::{ChatNotifications, GatewayConfig, GraphConfig, OutOfOfficeAs};
 
 use crate::bridge::contacts::Contacts;
 use crate::bridge::contacts::cards::Cards;
@@ -68,6 +68,7 @@ pub struct Settings {
     pub reconcile: Duration,
     /// Least time between two chats of a reconciliation sweep.
     pub sweep_gap: Duration,
+    pub chat_notifications: ChatNotifications,
 }
 
 impl Settings {
@@ -110,6 +111,7 @@ impl Settings {
                 config.messages.poll_interval_secs
             }),
             sweep_gap: sweep_gap(graph.limits.chat_message_read_per_second),
+            chat_notifications: config.webhook.chat_notifications,
         }
     }
 }
@@ -273,6 +275,7 @@ impl Bridge {
                 expiry: settings.message_expiry,
                 reconcile: settings.reconcile,
                 sweep_gap: settings.sweep_gap,
+                chat_notifications: settings.chat_notifications,
             },
             contacts.clone(),
             throttle,

@@ -170,18 +170,95 @@ impl Subscriptions {
             "clientState": self.client_state.expose_secret(),
             "latestSupportedTlsVersion": "v1_2",
         });
-        let created: Subscription = graph
-            .json(
-                &Self::identity(&want),
+        let identity = Self::identity(&want);
+        let post = || {
+            graph.json::<Subscription>(
+                &identity,
                 want.as_user.as_ref(),
                 Method::POST,
                 "/subscriptions",
                 Some(&body),
             )
-            .await?;
+        };
+        let created = match post().await {
+            Ok(created) => created,
+            // Graph allows one subscription per app, resource and change
+            // type (409, "Subscription Id … already exists for the requested
+            // combination": learn.microsoft.com/graph/api/subscription-post-subscriptions).
+            // Ours, made before a restart lost our record of it or by another
+            // replica, is taken on; one that notifies elsewhere (an old
+            // public URL) is deleted and made again.
+            Err(e) if e.status() == Some(409) => match self.existing(graph, &want).await? {
+                Some((existing, true)) => existing,
+                Some((stale, false)) => {
+                    self.delete_at_graph(graph, &want, &stale.id).await?;
+                    post().await?
+                }
+                None => return Err(e),
+            },
+            Err(e) => return Err(e),
+        };
         tracing::info!(subscription = %created.id, resource = %created.resource, expires = %created.expiration_date_time, "Graph subscription created");
         self.hold(created.clone(), want).await?;
         Ok(created)
+    }
+
+    /// The subscription the caller already holds at Graph for `want`'s
+    /// resource and change type, and whether it notifies our URL.
+    async fn existing(
+        &self,
+        graph: &GraphClient,
+        want: &Want,
+    ) -> Result<Option<(Subscription, bool)>, GraphError> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Listed {
+            #[serde(flatten)]
+            subscription: Subscription,
+            notification_url: Option<String>,
+        }
+        #[derive(Deserialize)]
+        struct Page {
+            value: Vec<Listed>,
+        }
+        let page: Page = graph
+            .json(
+                &Self::identity(want),
+                want.as_user.as_ref(),
+                Method::GET,
+                "/subscriptions",
+                super::api::NONE,
+            )
+            .await?;
+        let ours = format!("{}{NOTIFICATIONS_PATH}", self.public_url);
+        Ok(page
+            .value
+            .into_iter()
+            .find(|l| {
+                l.subscription.resource.eq_ignore_ascii_case(&want.resource)
+                    && l.subscription.change_type == want.change_type
+            })
+            .map(|l| {
+                let here = l.notification_url.as_deref() == Some(ours.as_str());
+                (l.subscription, here)
+            }))
+    }
+
+    async fn delete_at_graph(
+        &self,
+        graph: &GraphClient,
+        want: &Want,
+        id: &str,
+    ) -> Result<(), GraphError> {
+        graph
+            .no_content(
+                &Self::identity(want),
+                want.as_user.as_ref(),
+                Method::DELETE,
+                &format!("/subscriptions/{id}"),
+                super::api::NONE,
+            )
+            .await
     }
 
     /// What a held subscription was made for.
@@ -244,16 +321,7 @@ impl Subscriptions {
         let Some(want) = self.release(id).await else {
             return Ok(());
         };
-        match graph
-            .no_content(
-                &Self::identity(&want),
-                want.as_user.as_ref(),
-                Method::DELETE,
-                &format!("/subscriptions/{id}"),
-                None::<&serde_json::Value>,
-            )
-            .await
-        {
+        match self.delete_at_graph(graph, &want, id).await {
             Err(e) if e.is_not_found() => Ok(()),
             other => other,
         }

@@ -221,6 +221,14 @@ impl Store {
         backend!(self, s => s.shadow(jid))
     }
 
+    /// The shadow account with this object id in the tenant.
+    pub async fn shadow_by_object_id(
+        &self,
+        object_id: &str,
+    ) -> Result<Option<ShadowAccount>, StoreError> {
+        backend!(self, s => s.shadow_by_object_id(object_id))
+    }
+
     pub async fn touch_shadow(&self, jid: &str, at: Epoch) -> Result<(), StoreError> {
         backend!(self, s => s.touch_shadow(jid, at))
     }

@@ -47,7 +47,8 @@ const MIGRATIONS: &[&str] = &[
             COALESCE((SELECT CAST(s.value AS INTEGER) FROM cursors s WHERE s.key = 'seen:' || substr(c.key, 6)), 0),
             EXISTS (SELECT 1 FROM cursors k WHERE k.key = 'chat:' || c.value AND k.value = substr(c.key, 6))
         FROM cursors c WHERE c.key >= 'conv:' AND c.key < 'conv;' AND instr(c.value, '|') > 1;
-     DROP TABLE cursors;",
+     DROP TABLE cursors;
+     CREATE INDEX shadow_accounts_object_id ON shadow_accounts (object_id);",
 ];
 
 /// Dedupe keys deleted per statement when old ones are forgotten.
@@ -318,12 +319,28 @@ impl SqliteStore {
     }
 
     pub async fn shadow(&self, jid: &str) -> Result<Option<ShadowAccount>, StoreError> {
-        let jid = jid.to_owned();
+        self.shadow_where("jid", jid).await
+    }
+
+    /// The shadow account whose `column` (a key: jid or object_id) is `value`.
+    async fn shadow_where(
+        &self,
+        column: &'static str,
+        value: &str,
+    ) -> Result<Option<ShadowAccount>, StoreError> {
+        let value = value.to_owned();
         self.with(move |c| {
-            c.query_row("SELECT jid, upn, object_id, credential, last_used, created_at FROM shadow_accounts WHERE jid = ?1", [jid], Self::shadow_row)
+            c.query_row(&format!("SELECT jid, upn, object_id, credential, last_used, created_at FROM shadow_accounts WHERE {column} = ?1"), [value], Self::shadow_row)
                 .optional()
         })
         .await
+    }
+
+    pub async fn shadow_by_object_id(
+        &self,
+        object_id: &str,
+    ) -> Result<Option<ShadowAccount>, StoreError> {
+        self.shadow_where("object_id", object_id).await
     }
 
     pub async fn touch_shadow(&self, jid: &str, at: Epoch) -> Result<(), StoreError> {

@@ -113,6 +113,24 @@ pub struct BridgeSpec {
     /// published limits less a margin; the gateway's `[graph.limits]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub graph_limits: Option<GraphLimitsSpec>,
+    /// How Graph tells the gateway of new chat messages (with `webhookUrl`):
+    /// `PerAccount`, one subscription per contact made with its delegated
+    /// `Chat.Read` (least privilege; Microsoft allows 10,000 Teams
+    /// subscriptions per organisation, all apps together), or `Tenant`, one
+    /// app-only subscription for every contact (needs the application
+    /// permission `Chat.Read.All`).
+    #[serde(default)]
+    pub chat_notifications: ChatNotifications,
+}
+
+/// See [`BridgeSpec::chat_notifications`].
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+pub enum ChatNotifications {
+    #[default]
+    PerAccount,
+    Tenant,
 }
 
 /// Graph request rates, per second, per category Microsoft throttles on its

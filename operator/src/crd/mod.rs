@@ -12,10 +12,10 @@ mod throttle_policy;
 pub use common::{Condition, GatewaySelector, ResourceStatus, SecretKeyRef};
 pub use domain_whitelist::{DomainWhitelist, DomainWhitelistSpec};
 pub use federation_gateway::{
-    BridgeSpec, ConfigMapKeyRef, DatabaseEngine, DatabaseSpec, EndpointOverride, FederationGateway,
-    FederationGatewaySpec, FederationGatewayStatus, GraphLimitsSpec, LicenceAssignment, LocalPart,
-    OutOfOffice, PolicySelection, S2sServiceType, S2sSpec, ShadowAccountSpec, StaticRouteSpec,
-    Subscriptions, TelemetrySpec, TenantCloud, TenantSpec,
+    BridgeSpec, ChatNotifications, ConfigMapKeyRef, DatabaseEngine, DatabaseSpec, EndpointOverride,
+    FederationGateway, FederationGatewaySpec, FederationGatewayStatus, GraphLimitsSpec,
+    LicenceAssignment, LocalPart, OutOfOffice, PolicySelection, S2sServiceType, S2sSpec,
+    ShadowAccountSpec, StaticRouteSpec, Subscriptions, TelemetrySpec, TenantCloud, TenantSpec,
 };
 pub use throttle_policy::{
     ThrottleLimitsSpec, ThrottleOverride, ThrottlePolicy, ThrottlePolicySpec,

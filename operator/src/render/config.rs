@@ -11,8 +11,8 @@ use xmppfed_config as cfg;
 
 use super::{keys, paths, ports};
 use crate::crd::{
-    DatabaseEngine, FederationGateway, FederationGatewaySpec, LocalPart, OutOfOffice,
-    Subscriptions, TenantCloud, ThrottleLimitsSpec,
+    ChatNotifications, DatabaseEngine, FederationGateway, FederationGatewaySpec, LocalPart,
+    OutOfOffice, Subscriptions, TenantCloud, ThrottleLimitsSpec,
 };
 use crate::policy::AppliedPolicies;
 
@@ -84,6 +84,10 @@ pub fn render_config(
                 .webhook_url
                 .as_ref()
                 .map(|_| cfg::SecretRef::File(file(paths::KEYS_DIR, keys::CLIENT_STATE))),
+            chat_notifications: match bridge.chat_notifications {
+                ChatNotifications::PerAccount => cfg::ChatNotifications::PerAccount,
+                ChatNotifications::Tenant => cfg::ChatNotifications::Tenant,
+            },
         },
         shadow_accounts: shadow_accounts(spec),
         presence: cfg::PresenceConfig {

@@ -189,6 +189,11 @@ pub(super) async fn create_subscription(
     if !granted {
         return ctx.error(StatusCode::FORBIDDEN, "ExtensionError", "Operation: Create; Exception: [Status Code: Forbidden; Reason: The caller does not have the permission the resource needs.]");
     }
+    if let Some(refused) =
+        refuse_duplicate_or_over_quota(&lock(state), ctx, principal, &resource, &body)
+    {
+        return refused;
+    }
     let (Some(url), Some(change_type), Some(expiration)) = (
         body["notificationUrl"].as_str(),
         body["changeType"].as_str(),
@@ -259,6 +264,57 @@ pub(super) async fn create_subscription(
     let resource = subscription_resource(&subscription);
     lock(state).subscriptions.push(subscription);
     ctx.respond(StatusCode::CREATED, Some(resource))
+}
+
+/// Microsoft's rules on how many subscriptions may exist: one per app,
+/// resource and change type — a duplicate gets 409 Conflict, "Subscription
+/// Id … already exists for the requested combination"
+/// (https://learn.microsoft.com/graph/api/subscription-post-subscriptions);
+/// and Teams subscriptions of all apps share the organisation's quota — past
+/// it, 403 Forbidden
+/// (https://learn.microsoft.com/graph/api/resources/change-notifications-api-overview).
+fn refuse_duplicate_or_over_quota(
+    t: &Tenant,
+    ctx: &Ctx,
+    principal: &Principal,
+    resource: &str,
+    body: &Value,
+) -> Option<Response> {
+    let change_type = body["changeType"].as_str().unwrap_or_default();
+    let same = |s: &&crate::graph::tenant::Subscription| {
+        s.application_id == principal.client_id()
+            && s.resource
+                .trim_start_matches('/')
+                .eq_ignore_ascii_case(resource.trim_start_matches('/'))
+            && s.change_type == change_type
+    };
+    if let Some(existing) = t.subscriptions.iter().find(same) {
+        return Some(ctx.error(
+            StatusCode::CONFLICT,
+            "ExtensionError",
+            &format!("Operation: Create; Exception: [Status Code: Conflict; Reason: Subscription Id {} already exists for the requested combination]", existing.id),
+        ));
+    }
+    let teams = t
+        .subscriptions
+        .iter()
+        .filter(|s| is_teams(&s.resource))
+        .count();
+    if is_teams(resource) && teams >= t.teams_subscription_quota {
+        return Some(ctx.error(
+            StatusCode::FORBIDDEN,
+            "ExtensionError",
+            &format!("Operation: Create; Exception: [Status Code: Forbidden; Reason: The maximum number of subscriptions for Teams resources in the organization ({}) has been reached.]", t.teams_subscription_quota),
+        ));
+    }
+    None
+}
+
+/// A Teams resource: chats, chat messages, channels, teams and their members
+/// count against the organisation's Teams quota (presence does not).
+fn is_teams(resource: &str) -> bool {
+    let r = resource.trim_start_matches('/');
+    r.starts_with("chats") || r.starts_with("teams") || r.contains("/chats")
 }
 
 /// POSTs queued notifications, each in a task of its own.

@@ -27,7 +27,7 @@ use crate::bridge::contacts::credentials::CredentialCipher;
 use crate::bridge::iq::Requests;
 use crate::bridge::metrics::BridgeMetrics;
 use crate::graph::{GraphClient, UserCredential};
-use crate::store::{Store, StoreError, now};
+use crate::store::{ShadowAccount, Store, StoreError, now};
 use shadow::{ShadowError, ShadowSettings};
 
 /// How long we wait for a contact's server to send its vCard.
@@ -320,17 +320,32 @@ impl Contacts {
     pub async fn all_sign_ins(&self) -> Result<Vec<ShadowSignIn>, ShadowError> {
         let mut all = Vec::new();
         for account in self.store.unused_shadows(i64::MAX).await? {
-            let password = self.cipher.open(&account.jid, &account.credential)?;
-            all.push(ShadowSignIn {
-                credential: UserCredential {
-                    upn: account.upn,
-                    password,
-                },
-                jid: account.jid,
-                object_id: account.object_id,
-            });
+            all.push(self.sign_in(account)?);
         }
         Ok(all)
+    }
+
+    /// The shadow account with this object id, with its contact and sign-in.
+    pub async fn sign_in_by_object_id(
+        &self,
+        object_id: &str,
+    ) -> Result<Option<ShadowSignIn>, ShadowError> {
+        match self.store.shadow_by_object_id(object_id).await? {
+            Some(account) => Ok(Some(self.sign_in(account)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn sign_in(&self, account: ShadowAccount) -> Result<ShadowSignIn, ShadowError> {
+        let password = self.cipher.open(&account.jid, &account.credential)?;
+        Ok(ShadowSignIn {
+            credential: UserCredential {
+                upn: account.upn,
+                password,
+            },
+            jid: account.jid,
+            object_id: account.object_id,
+        })
     }
 
     /// Removes the shadow accounts unused since `before` from the tenant and

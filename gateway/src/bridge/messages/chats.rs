@@ -9,6 +9,7 @@ use crate::graph::api::{Chat, ChatType};
 use crate::graph::subscriptions::Want;
 use crate::graph::{GraphError, UserCredential};
 use crate::store::{BridgedChat, StoreError, now};
+use xmppfed_config::ChatNotifications;
 
 use super::{CatchUpError, Messages};
 
@@ -24,6 +25,10 @@ const DISCOVER_EVERY: Duration = Duration::from_secs(15 * 60);
 const FOREIGN_FOR: Duration = Duration::from_secs(15 * 60);
 /// Graph's limit for chat-message subscriptions.
 const SUBSCRIPTION_LIFETIME: Duration = Duration::from_secs(55 * 60);
+/// The one subscription that covers every chat of the tenant (app-only).
+const TENANT_CHATS: &str = "/chats/getAllMessages";
+/// After Graph refused a subscription for the quota, how long none is asked for.
+const QUOTA_BACK_OFF: Duration = Duration::from_secs(3600);
 
 impl Messages {
     /// The chat between a contact's shadow account and a Teams user.
@@ -144,6 +149,30 @@ impl Messages {
     }
 
     /// The shadow account a chat-message subscription was made as.
+    /// The shadow account in a 1:1 chat, from the chat's id alone: Teams
+    /// names a 1:1 chat `19:{userId}_{userId}@unq.gbl.spaces` (group chats
+    /// end `@thread.v2`), so a notification of the tenant's subscription
+    /// about a chat without a shadow account costs no Graph call. The
+    /// adoption that follows reads the members for real.
+    pub(super) async fn account_in_chat(
+        &self,
+        chat_id: &str,
+    ) -> Result<Option<ShadowSignIn>, CatchUpError> {
+        let Some((a, b)) = chat_id
+            .strip_prefix("19:")
+            .and_then(|r| r.strip_suffix("@unq.gbl.spaces"))
+            .and_then(|pair| pair.split_once('_'))
+        else {
+            return Ok(None);
+        };
+        for id in [a, b] {
+            if let Some(account) = self.contacts.sign_in_by_object_id(id).await? {
+                return Ok(Some(account));
+            }
+        }
+        Ok(None)
+    }
+
     pub(super) async fn subscriber(
         &self,
         subscription_id: &str,
@@ -215,12 +244,20 @@ impl Messages {
         }
     }
 
-    /// Subscribes to the shadow account's chats (once), when notifications are on.
+    /// Subscribes to the shadow account's chats (once), when notifications
+    /// are on and per account; with one subscription for the tenant, makes
+    /// that one (once).
     pub(super) async fn watch(&self, shadow: &UserCredential, shadow_id: &str) {
         let Some(subscriptions) = &self.subscriptions else {
             return;
         };
-        let resource = format!("/users/{shadow_id}/chats/getAllMessages");
+        let (resource, as_user) = match self.settings.chat_notifications {
+            ChatNotifications::PerAccount => (
+                format!("/users/{shadow_id}/chats/getAllMessages"),
+                Some(shadow.clone()),
+            ),
+            ChatNotifications::Tenant => (TENANT_CHATS.to_owned(), None),
+        };
         if subscriptions
             .held()
             .await
@@ -229,15 +266,45 @@ impl Messages {
         {
             return;
         }
+        if self.quota_reached() {
+            return;
+        }
         let want = Want {
             resource,
             change_type: "created".into(),
             lifetime: SUBSCRIPTION_LIFETIME,
-            as_user: Some(shadow.clone()),
+            as_user,
         };
-        if let Err(e) = subscriptions.create(&self.graph, want).await {
-            tracing::warn!(upn = %shadow.upn, error = %e, "no change notifications for the shadow account's chats; the poll stands in");
+        match subscriptions.create(&self.graph, want).await {
+            Ok(_) => {}
+            // The tenant's Teams subscriptions are at Microsoft's quota:
+            // said once, and not asked again for a while.
+            Err(e)
+                if e.status() == Some(403)
+                    && self.settings.chat_notifications == ChatNotifications::PerAccount =>
+            {
+                self.note_quota_reached(&e);
+            }
+            Err(e) => {
+                tracing::warn!(upn = %shadow.upn, error = %e, "no change notifications for the shadow account's chats; the poll stands in");
+            }
         }
+    }
+
+    fn quota_reached(&self) -> bool {
+        self.quota_reached
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|at| at.elapsed() < QUOTA_BACK_OFF)
+    }
+
+    fn note_quota_reached(&self, e: &crate::graph::GraphError) {
+        let mut at = self.quota_reached.lock().unwrap_or_else(|e| e.into_inner());
+        if at.is_none() {
+            tracing::error!(error = %e, "Graph refuses more Teams subscriptions (the tenant's quota is 10,000 for all apps): chats of further contacts are read by the poll only; set webhook.chat_notifications = \"tenant\" (one subscription for every contact; needs the application permission Chat.Read.All)");
+        }
+        *at = Some(Instant::now());
+        self.metrics.subscription_refused("quota");
     }
 
     /// Reads every bridged chat for messages not seen yet, for ever.

@@ -43,6 +43,7 @@ use crate::bridge::users::directory::Directory;
 use crate::graph::subscriptions::Subscriptions;
 use crate::graph::{GraphClient, GraphError};
 use crate::store::{Epoch, Store, StoreError, ToXmpp, now};
+use xmppfed_config::ChatNotifications;
 
 /// A message handed to s2s: (remote bare JID, XMPP id = Graph message id).
 type InFlightKey = (String, String);
@@ -86,6 +87,8 @@ pub struct Settings {
     /// Least time between two chats of a sweep: the sweep keeps to half the
     /// chat-message read budget, so notified reads always find the rest.
     pub sweep_gap: Duration,
+    /// Per shadow account, or one subscription for the tenant.
+    pub chat_notifications: ChatNotifications,
 }
 
 pub struct Messages {
@@ -119,6 +122,8 @@ pub struct Messages {
     foreign: Mutex<HashMap<String, Instant>>,
     /// Contacts told that Teams is still provisioning their account (once each).
     told_provisioning: Mutex<std::collections::HashSet<String>>,
+    /// When Graph last refused a per-account subscription for the tenant's quota.
+    quota_reached: Mutex<Option<Instant>>,
 }
 
 impl Messages {
@@ -150,6 +155,7 @@ impl Messages {
             reading: tokio::sync::Mutex::new(()),
             sent_by_us: Mutex::new(std::collections::HashSet::new()),
             told_provisioning: Mutex::new(std::collections::HashSet::new()),
+            quota_reached: Mutex::new(None),
         }
     }
 

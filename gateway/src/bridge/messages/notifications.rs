@@ -89,13 +89,17 @@ impl Messages {
             if self.is_foreign(chat_id) {
                 return Ok(0);
             }
-            match self.subscriber(subscription_id).await? {
-                Some(account) => {
-                    if !self.adopt(chat_id, &account, None).await? {
-                        return Ok(0);
-                    }
-                }
-                None => return Ok(0),
+            let account = match self.subscriber(subscription_id).await? {
+                Some(account) => Some(account),
+                // The tenant's subscription: the chat's id names its members.
+                None => self.account_in_chat(chat_id).await?,
+            };
+            let Some(account) = account else {
+                self.mark_foreign(chat_id);
+                return Ok(0);
+            };
+            if !self.adopt(chat_id, &account, None).await? {
+                return Ok(0);
             }
         }
         self.catch_up(chat_id).await

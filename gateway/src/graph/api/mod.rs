@@ -69,7 +69,7 @@ pub fn iso_duration(d: Duration) -> String {
     out
 }
 
-const NONE: Option<&Value> = None;
+pub(crate) const NONE: Option<&Value> = None;
 
 /// Ids in paths: chat ids (`19:…@unq.gbl.spaces`) and group ids go in as
 /// they are, but for `#`, `?` and spaces.

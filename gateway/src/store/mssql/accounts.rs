@@ -41,13 +41,29 @@ impl SqlServerStore {
     }
 
     pub async fn shadow(&self, jid: &str) -> Result<Option<ShadowAccount>, StoreError> {
+        self.shadow_where("jid", jid).await
+    }
+
+    /// The shadow account whose `column` (a key: jid or object_id) is `value`.
+    async fn shadow_where(
+        &self,
+        column: &'static str,
+        value: &str,
+    ) -> Result<Option<ShadowAccount>, StoreError> {
         let rows = self
             .rows(
-                "SELECT jid, upn, object_id, credential, last_used, created_at FROM shadow_accounts WHERE jid = @P1",
-                &[&jid],
+                &format!("SELECT jid, upn, object_id, credential, last_used, created_at FROM shadow_accounts WHERE {column} = @P1"),
+                &[&value],
             )
             .await?;
         rows.first().map(Self::shadow_row).transpose()
+    }
+
+    pub async fn shadow_by_object_id(
+        &self,
+        object_id: &str,
+    ) -> Result<Option<ShadowAccount>, StoreError> {
+        self.shadow_where("object_id", object_id).await
     }
 
     pub async fn touch_shadow(&self, jid: &str, at: Epoch) -> Result<(), StoreError> {

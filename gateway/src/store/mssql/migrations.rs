@@ -89,7 +89,8 @@ pub(super) const MIGRATIONS: &[&[&str]] = &[
                     WHERE k.[key] = N'chat:' + c.value AND k.value = SUBSTRING(c.[key], 6, 450)) THEN 1 ELSE 0 END
             FROM cursors c
             WHERE c.[key] >= N'conv:' AND c.[key] < N'conv;' AND CHARINDEX(N'|', c.value) > 1;
-         DROP TABLE cursors;",
+         DROP TABLE cursors;
+         CREATE INDEX shadow_accounts_object_id ON shadow_accounts (object_id);",
     ],
 ];
 
