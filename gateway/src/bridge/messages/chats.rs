@@ -148,7 +148,6 @@ impl Messages {
             .find(|id| !id.eq_ignore_ascii_case(&account.object_id)))
     }
 
-    /// The shadow account a chat-message subscription was made as.
     /// The shadow account in a 1:1 chat, from the chat's id alone: Teams
     /// names a 1:1 chat `19:{userId}_{userId}@unq.gbl.spaces` (group chats
     /// end `@thread.v2`), so a notification of the tenant's subscription
@@ -173,6 +172,7 @@ impl Messages {
         Ok(None)
     }
 
+    /// The shadow account a chat-message subscription was made as.
     pub(super) async fn subscriber(
         &self,
         subscription_id: &str,
