@@ -49,6 +49,9 @@ pub struct Subscriptions {
     store: Option<Arc<Store>>,
 }
 
+/// Pages of `GET /subscriptions` read at most when looking for a duplicate.
+const LIST_PAGES: usize = 200;
+
 fn expiry(lifetime: Duration) -> String {
     crate::clock::rfc3339(std::time::SystemTime::now() + lifetime)
 }
@@ -217,31 +220,25 @@ impl Subscriptions {
             subscription: Subscription,
             notification_url: Option<String>,
         }
-        #[derive(Deserialize)]
-        struct Page {
-            value: Vec<Listed>,
-        }
-        let page: Page = graph
-            .json(
+        let matches = |l: &Listed| {
+            l.subscription.resource.eq_ignore_ascii_case(&want.resource)
+                && l.subscription.change_type == want.change_type
+        };
+        // Graph pages the list; reading stops at the page that holds it.
+        let listed: Vec<Listed> = graph
+            .pages(
                 &Self::identity(want),
                 want.as_user.as_ref(),
-                Method::GET,
-                "/subscriptions",
-                super::api::NONE,
+                "/subscriptions".to_owned(),
+                LIST_PAGES,
+                |page: &[Listed]| page.iter().any(matches),
             )
             .await?;
         let ours = format!("{}{NOTIFICATIONS_PATH}", self.public_url);
-        Ok(page
-            .value
-            .into_iter()
-            .find(|l| {
-                l.subscription.resource.eq_ignore_ascii_case(&want.resource)
-                    && l.subscription.change_type == want.change_type
-            })
-            .map(|l| {
-                let here = l.notification_url.as_deref() == Some(ours.as_str());
-                (l.subscription, here)
-            }))
+        Ok(listed.into_iter().find(matches).map(|l| {
+            let here = l.notification_url.as_deref() == Some(ours.as_str());
+            (l.subscription, here)
+        }))
     }
 
     async fn delete_at_graph(

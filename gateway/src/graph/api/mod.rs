@@ -83,7 +83,7 @@ fn chat_path(id: &str) -> String {
 impl GraphClient {
     /// A collection's items page after page, until there is no next page,
     /// `max_pages` were read or `enough` says so of the page just read.
-    pub(super) async fn pages<T: serde::de::DeserializeOwned>(
+    pub(crate) async fn pages<T: serde::de::DeserializeOwned>(
         &self,
         identity: &Identity,
         credential: Option<&UserCredential>,
