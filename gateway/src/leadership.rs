@@ -19,6 +19,9 @@ use crate::pod::PodMetadata;
 use crate::store::Store;
 
 const LEASE: &str = "bridge";
+/// How often the leader puts its pod's role label back.
+const RELABEL: Duration = Duration::from_secs(60);
+
 /// Pause before a failed renewal or label is tried again.
 const RETRY: Duration = Duration::from_secs(1);
 
@@ -27,6 +30,7 @@ pub struct Leadership {
     holder: String,
     lease: Duration,
     pod: Option<PodMetadata>,
+    relabel: Duration,
     leader: Gauge,
 }
 
@@ -44,6 +48,7 @@ impl Leadership {
             holder,
             lease: Duration::from_secs(config.lease_secs.max(6)),
             pod,
+            relabel: RELABEL,
             leader: metrics.register(
                 "bridge_leader",
                 "1 while this replica holds the lease and runs the bridge",
@@ -131,15 +136,21 @@ impl Leadership {
         }
     }
 
-    /// Labels the pod the leader, trying until it works; then waits for ever.
+    /// Labels the pod the leader, trying until it works, and puts the label
+    /// back every minute: the s2s Service routes by it, so a label lost
+    /// (removed by hand, a pod object replaced) must not stop federation.
+    /// A patch that changes nothing writes nothing on the API server.
     async fn announce(&self) -> std::convert::Infallible {
-        if let Some(pod) = &self.pod {
+        let Some(pod) = &self.pod else {
+            return std::future::pending().await;
+        };
+        loop {
             while let Err(e) = pod.set_label(ROLE_LABEL, "leader").await {
                 tracing::warn!(error = %e, "cannot label this pod the leader; trying again");
                 tokio::time::sleep(RETRY).await;
             }
+            tokio::time::sleep(self.relabel).await;
         }
-        std::future::pending().await
     }
 
     /// Gives the lease up (a clean stop): a standby takes over at once.
@@ -302,6 +313,28 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(300)).await;
         keeps.abort();
         l.release().await;
+        // A leader that keeps the lease puts its label back, should anyone
+        // have taken it off.
+        let relabelled = {
+            let pod = PodMetadata::at(
+                format!("http://{addr}/api/v1/namespaces/xmpp/pods/contoso-1"),
+                dir.path().join("token"),
+            );
+            let mut l = leadership(&store, "contoso-1", Some(pod));
+            Arc::get_mut(&mut l).unwrap().relabel = Duration::from_millis(100);
+            let since = l.acquire().await;
+            let keeps = tokio::spawn(async move { l.keep(since).await });
+            tokio::time::sleep(Duration::from_millis(450)).await;
+            keeps.abort();
+            seen.lock().unwrap().split_off(3)
+        };
+        assert!(relabelled.len() >= 3, "{relabelled:?}");
+        assert!(
+            relabelled
+                .iter()
+                .all(|(.., body)| body.contains("\"leader\"")),
+            "{relabelled:?}"
+        );
         let seen = seen.lock().unwrap().clone();
         let roles: Vec<String> = seen
             .iter()

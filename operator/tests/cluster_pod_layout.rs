@@ -281,8 +281,18 @@ async fn the_gateway_runs_from_what_the_operator_rendered() {
         "the StatefulSet and its pod contoso-0",
         Duration::from_secs(60),
         || async {
-            statefulsets.get_opt("contoso").await.ok()??;
-            pods.get_opt("contoso-0").await.ok()?
+            // The pod of the StatefulSet's latest revision: one the
+            // controller is about to replace would take its label along.
+            let set = statefulsets.get_opt("contoso").await.ok()??;
+            let status = set.status?;
+            (status.observed_generation? == set.metadata.generation?).then_some(())?;
+            let pod = pods.get_opt("contoso-0").await.ok()??;
+            let revision = pod
+                .metadata
+                .labels
+                .as_ref()?
+                .get("controller-revision-hash")?;
+            (Some(revision) == status.update_revision.as_ref()).then_some(pod)
         },
     )
     .await;
@@ -315,21 +325,26 @@ async fn the_gateway_runs_from_what_the_operator_rendered() {
     );
 
     // It labels its own pod through the real API server with its token.
-    let role = eventually(
-        "contoso-0 labelled leader",
-        Duration::from_secs(60),
-        || async {
-            let pod = pods.get("contoso-0").await.ok()?;
-            let role = pod
-                .metadata
-                .labels?
-                .get(xmppfed_config::POD_ROLE_LABEL)?
-                .clone();
-            (role == "leader").then_some(role)
-        },
-    )
+    let labelled = cluster::within(Duration::from_secs(90), || async {
+        let pod = pods.get("contoso-0").await.ok()?;
+        let role = pod
+            .metadata
+            .labels?
+            .get(xmppfed_config::POD_ROLE_LABEL)?
+            .clone();
+        (role == "leader").then_some(role)
+    })
     .await;
-    assert_eq!(role, "leader");
+    if labelled.is_none() {
+        let now = pods.get("contoso-0").await.ok();
+        panic!(
+            "contoso-0 was not labelled leader within 90 s; the stand-in ran as uid {uid}, \
+             the pod now: uid {:?}, labels {:?}; the stand-in said: {:#?}",
+            now.as_ref().and_then(|p| p.metadata.uid.clone()),
+            now.as_ref().and_then(|p| p.metadata.labels.clone()),
+            running.lines_so_far()
+        );
+    }
     assert!(running.is_running());
 
     drop(running);
