@@ -165,6 +165,42 @@ async fn permissions_are_checked_per_operation() {
     assert_eq!(status, 403, "but does not write it");
 }
 
+#[tokio::test]
+async fn user_read_basic_all_reads_the_basic_profile_only() {
+    let emulator = GraphEmulator::start(seed(0)).await.unwrap();
+    let c = Client::new(&emulator);
+    let basic = c.app_token("basic", "basic").await;
+    let (status, alice, _) = c
+        .call(
+            Method::GET,
+            "/users/alice@contoso.com?$select=displayName,jobTitle,businessPhones,mail",
+            &basic,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{alice}");
+    assert_eq!(alice["displayName"], "Alice Teams");
+    assert_eq!(alice["mail"], "alice@contoso.com");
+    assert!(alice.get("jobTitle").is_none(), "{alice}");
+    assert!(alice.get("businessPhones").is_none(), "{alice}");
+    let (status, all, _) = c.call(Method::GET, "/users", &basic, None).await;
+    assert_eq!(status, 200, "{all}");
+    let alice = &all["value"][0];
+    assert_eq!(alice["givenName"], "Alice");
+    assert!(alice.get("jobTitle").is_none(), "{alice}");
+    // The full profile with User.ReadWrite.All.
+    let full = c.app_token("gateway", "s3cret").await;
+    let (_, alice, _) = c
+        .call(
+            Method::GET,
+            "/users/alice@contoso.com?$select=jobTitle",
+            &full,
+            None,
+        )
+        .await;
+    assert_eq!(alice["jobTitle"], "Engineer");
+}
+
 /// Carol's shadow account, created as the gateway creates one; a second
 /// creation is refused. Returns its id.
 async fn create_carol(c: &Client, t: &str) -> String {

@@ -333,7 +333,7 @@ async fn a_chat_started_in_teams_reaches_the_contact_and_only_from_the_allow_lis
     );
     let contents: Vec<String> = chat_messages(&w.emulator, &chat)
         .into_iter()
-        .map(|(_, c)| c)
+        .map(|(_, c)| shown(&c))
         .collect();
     assert_eq!(contents, ["Bob, are you there?", "Yes!"]);
 

@@ -19,7 +19,8 @@ pub fn seed(requests_per_10s: u32) -> Seed {
             {"clientId": "gateway", "clientSecret": "s3cret",
              "roles": ["User.ReadWrite.All", "LicenseAssignment.ReadWrite.All", "Presence.ReadWrite.All", "ProfilePhoto.ReadWrite.All", "Chat.ReadBasic.All"],
              "scopes": ["Presence.ReadWrite", "Chat.ReadWrite", "Chat.Create", "ChatMessage.Send", "User.Read"]},
-            {"clientId": "weak", "clientSecret": "weak", "roles": ["Presence.Read.All"]}
+            {"clientId": "weak", "clientSecret": "weak", "roles": ["Presence.Read.All"]},
+            {"clientId": "basic", "clientSecret": "basic", "roles": ["User.ReadBasic.All"]}
         ],
         "users": [
             {"id": "11111111-1111-4111-8111-111111111111", "userPrincipalName": "alice@contoso.com", "displayName": "Alice Teams",

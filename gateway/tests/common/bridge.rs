@@ -148,6 +148,28 @@ pub fn chat_between(emulator: &GraphEmulator, upn: &str, shadow_upn: &str) -> Op
 }
 
 /// The messages of a chat as (sender object id, HTML content), oldest first.
+/// What a Teams user sees of an HTML body: the text, tags dropped and the
+/// common entities decoded (written here, not taken from the gateway, so a
+/// misunderstanding of Teams' HTML is not shared by the test).
+pub fn shown(html: &str) -> String {
+    let mut text = String::new();
+    let mut in_tag = false;
+    for c in html.chars() {
+        match c {
+            '<' => in_tag = true,
+            '>' if in_tag => in_tag = false,
+            _ if !in_tag => text.push(c),
+            _ => {}
+        }
+    }
+    text.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&#39;", "'")
+        .replace("&nbsp;", " ")
+        .replace("&amp;", "&")
+}
+
 pub fn chat_messages(emulator: &GraphEmulator, chat_id: &str) -> Vec<(String, String)> {
     let tenant = emulator.tenant();
     tenant

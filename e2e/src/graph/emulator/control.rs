@@ -48,6 +48,29 @@ pub(super) async fn control_presence(
     StatusCode::NO_CONTENT.into_response()
 }
 
+/// What the Teams client puts in `body` for what its user typed: always
+/// HTML, each paragraph a `<p>`, the text escaped. A message read through
+/// Graph is therefore never the bytes the sender typed ("chatMessage: body is
+/// an itemBody", https://learn.microsoft.com/graph/api/resources/chatmessage;
+/// messages from the Teams clients come as `contentType: html`).
+fn as_the_teams_client_sends(content_type: &str, content: &str) -> String {
+    let paragraphs: Vec<String> = if content_type == "text" {
+        content
+            .split('\n')
+            .map(|line| {
+                line.replace('&', "&amp;")
+                    .replace('<', "&lt;")
+                    .replace('>', "&gt;")
+            })
+            .collect()
+    } else if content.trim_start().starts_with('<') {
+        return content.to_owned();
+    } else {
+        vec![content.to_owned()]
+    };
+    paragraphs.iter().map(|p| format!("<p>{p}</p>")).collect()
+}
+
 /// POST /_emulator/chats/{chat}/messages {"from": upn, "content", "contentType"}:
 /// a Teams user writes in a chat (through the Teams client).
 pub(super) async fn control_chat_message(
@@ -79,8 +102,11 @@ pub(super) async fn control_chat_message(
         &uid,
         name,
         &tenant_id,
-        body["contentType"].as_str().unwrap_or("html"),
-        body["content"].as_str().unwrap_or_default(),
+        "html",
+        &as_the_teams_client_sends(
+            body["contentType"].as_str().unwrap_or("html"),
+            body["content"].as_str().unwrap_or_default(),
+        ),
     );
     chat.messages.push(message.clone());
     let (chat_id, members) = (chat.id.clone(), chat.members.clone());

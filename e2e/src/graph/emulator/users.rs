@@ -6,12 +6,13 @@ use axum::response::Response;
 use serde_json::{Value, json};
 
 use super::{Call, Ctx, not_found, not_implemented, query_select};
-use crate::graph::tenant::{Tenant, guid};
+use crate::graph::tenant::{BASIC_PROFILE, Principal, Tenant, guid};
 
 /// The users routes of [`super::handle`].
 pub(super) fn handle(t: &mut Tenant, call: Call<'_>) -> Response {
     let Call {
         ctx,
+        principal,
         method,
         segments,
         uri,
@@ -26,13 +27,16 @@ pub(super) fn handle(t: &mut Tenant, call: Call<'_>) -> Response {
             let value: Vec<Value> = t
                 .users
                 .iter()
-                .map(|u| u.resource(select.as_deref()))
+                .map(|u| readable(principal, u.resource(select.as_deref())))
                 .collect();
             ctx.respond(StatusCode::OK, Some(json!({"@odata.context": "https://graph.microsoft.com/v1.0/$metadata#users", "value": value})))
         }
         ("GET", ["users", id]) => match t.user(id) {
             Some(u) => {
                 let mut resource = u.resource(query_select(uri).as_deref());
+                if !principal_is(principal, &u.id) {
+                    resource = readable(principal, resource);
+                }
                 resource["@odata.context"] = json!(ENTITY);
                 ctx.respond(StatusCode::OK, Some(resource))
             }
@@ -79,6 +83,23 @@ pub(super) fn handle(t: &mut Tenant, call: Call<'_>) -> Response {
         ("GET", ["groups", id, "members"]) => group_members(t, ctx, id, uri, false),
         _ => not_implemented(ctx),
     }
+}
+
+/// A user as `principal` may read it: with `User.ReadBasic.All` alone only
+/// the basic profile comes back, whatever `$select` asked for.
+fn readable(principal: &Principal, mut resource: Value) -> Value {
+    if principal.reads_basic_profiles_only()
+        && let Some(fields) = resource.as_object_mut()
+    {
+        fields.retain(|k, _| BASIC_PROFILE.contains(&k.as_str()) || k.starts_with('@'));
+    }
+    resource
+}
+
+/// Whether a delegated token speaks for user `id` (its own full profile is
+/// readable with `User.Read`).
+fn principal_is(principal: &Principal, id: &str) -> bool {
+    matches!(principal, Principal::User { user_id, .. } if user_id == id)
 }
 
 const ENTITY: &str = "https://graph.microsoft.com/v1.0/$metadata#users/$entity";
