@@ -551,3 +551,57 @@ async fn one_subscription_for_the_tenant_carries_a_chat_started_in_teams() {
     );
     w.stop().await;
 }
+
+/// Without Chat.Read.All Graph refuses the tenant-wide subscription: asked
+/// for once (not once per contact or per discovery), and the poll carries the
+/// chat meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_tenant_subscription_is_asked_for_once_and_the_poll_stands_in() {
+    let Some(mut w) = world(|config| {
+        config.webhook.chat_notifications = xmppfed_config::ChatNotifications::Tenant;
+        config.messages.reconcile_interval_secs = 1;
+        config.allow.internal_users.push("carol@contoso.com".into());
+    })
+    .await
+    else {
+        return;
+    };
+    w.bob
+        .command(json!({"cmd": "subscribe", "to": ALICE}))
+        .unwrap();
+    wait(&mut w.bob, 20, |e| {
+        e["event"] == "presence" && e["type"] == "subscribed" && e["from"] == ALICE
+    });
+    w.bob
+        .command(json!({"cmd": "message", "to": ALICE, "body": "Anyone?", "id": "q1"}))
+        .unwrap();
+    wait(&mut w.bob, 20, |e| e["received"] == "q1");
+    let chat = until(10, "the chat", || {
+        chat_between(&w.emulator, "alice@contoso.com", &shadow())
+    })
+    .await;
+    alice_writes(&w.emulator, &chat, "Here, through the poll", "text").await;
+    let got = wait(&mut w.bob, 20, from_alice);
+    assert_eq!(got["body"], "Here, through the poll");
+    // A second Teams user approved: the contact is watched again.
+    w.bob
+        .command(json!({"cmd": "subscribe", "to": "carol@teams.test"}))
+        .unwrap();
+    wait(&mut w.bob, 20, |e| {
+        e["event"] == "presence" && e["type"] == "subscribed" && e["from"] == "carol@teams.test"
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (asked, held) = {
+        let t = w.emulator.tenant();
+        let asked: Vec<String> = t
+            .log
+            .iter()
+            .filter(|l| l.starts_with("POST /v1.0/subscriptions"))
+            .cloned()
+            .collect();
+        (asked, t.subscriptions.len())
+    };
+    assert_eq!(asked.len(), 1, "asked once: {asked:?}");
+    assert_eq!(held, 0);
+    w.stop().await;
+}

@@ -18,8 +18,12 @@ const MARK_LAG_MS: i64 = 10_000;
 /// How far back (pages of 50) one reconciliation pass reads a chat.
 const RECONCILE_PAGES: usize = 40;
 /// How often every shadow account's chats are listed for chats Teams users
-/// started (notifications name them sooner; this covers what they missed).
+/// started, when no notifications come (the poll is all there is)...
 const DISCOVER_EVERY: Duration = Duration::from_secs(15 * 60);
+/// ...and when they do: notifications name new chats at once and Graph says
+/// when it missed some (which starts a discovery then), so this is only a
+/// safety net, and the listing costs one call per contact.
+const DISCOVER_EVERY_NOTIFIED: Duration = Duration::from_secs(6 * 3600);
 /// How long a chat found not to be bridged is left alone before it is looked
 /// at again (its Teams user may join the allow list).
 const FOREIGN_FOR: Duration = Duration::from_secs(15 * 60);
@@ -27,8 +31,12 @@ const FOREIGN_FOR: Duration = Duration::from_secs(15 * 60);
 const SUBSCRIPTION_LIFETIME: Duration = Duration::from_secs(55 * 60);
 /// The one subscription that covers every chat of the tenant (app-only).
 const TENANT_CHATS: &str = "/chats/getAllMessages";
-/// After Graph refused a subscription for the quota, how long none is asked for.
-const QUOTA_BACK_OFF: Duration = Duration::from_secs(3600);
+/// After Graph refused a subscription (403: the quota, or a permission the
+/// app lacks), how long none is asked for.
+const REFUSED_BACK_OFF: Duration = Duration::from_secs(3600);
+/// After the tenant's one subscription failed otherwise, how long before it
+/// is asked for again (not once per contact of a discovery).
+const FAILED_BACK_OFF: Duration = Duration::from_secs(60);
 
 impl Messages {
     /// The chat between a contact's shadow account and a Teams user.
@@ -194,12 +202,9 @@ impl Messages {
         else {
             return Ok(None);
         };
-        Ok(self
-            .contacts
-            .all_sign_ins()
-            .await?
-            .into_iter()
-            .find(|a| a.object_id.eq_ignore_ascii_case(&shadow_id)))
+        // The resource was written with the stored object id: an exact,
+        // indexed lookup (not a scan of every account per notification).
+        Ok(self.contacts.sign_in_by_object_id(&shadow_id).await?)
     }
 
     /// Watches the chats of a contact's shadow account (a Teams user may
@@ -223,8 +228,13 @@ impl Messages {
                 return;
             }
         };
+        if self.settings.chat_notifications == ChatNotifications::Tenant {
+            self.watch_tenant().await;
+        }
         for account in accounts {
-            self.watch(&account.credential, &account.object_id).await;
+            if self.settings.chat_notifications == ChatNotifications::PerAccount {
+                self.watch(&account.credential, &account.object_id).await;
+            }
             let chats = match self
                 .graph
                 .chats_of(&account.credential, &account.object_id)
@@ -248,63 +258,86 @@ impl Messages {
     /// are on and per account; with one subscription for the tenant, makes
     /// that one (once).
     pub(super) async fn watch(&self, shadow: &UserCredential, shadow_id: &str) {
+        match self.settings.chat_notifications {
+            ChatNotifications::PerAccount => {
+                let resource = format!("/users/{shadow_id}/chats/getAllMessages");
+                self.subscribe(resource, Some(shadow.clone())).await;
+            }
+            ChatNotifications::Tenant => self.watch_tenant().await,
+        }
+    }
+
+    /// The one app-only subscription for every chat of the tenant.
+    async fn watch_tenant(&self) {
+        self.subscribe(TENANT_CHATS.to_owned(), None).await;
+    }
+
+    async fn subscribe(&self, resource: String, as_user: Option<UserCredential>) {
         let Some(subscriptions) = &self.subscriptions else {
             return;
         };
-        let (resource, as_user) = match self.settings.chat_notifications {
-            ChatNotifications::PerAccount => (
-                format!("/users/{shadow_id}/chats/getAllMessages"),
-                Some(shadow.clone()),
-            ),
-            ChatNotifications::Tenant => (TENANT_CHATS.to_owned(), None),
-        };
-        if subscriptions
-            .held()
-            .await
-            .iter()
-            .any(|s| s.resource == resource)
+        if self.subscribing_paused()
+            || subscriptions
+                .held()
+                .await
+                .iter()
+                .any(|s| s.resource == resource)
         {
             return;
         }
-        if self.quota_reached() {
-            return;
-        }
+        let upn = as_user.as_ref().map(|u| u.upn.clone());
         let want = Want {
             resource,
             change_type: "created".into(),
             lifetime: SUBSCRIPTION_LIFETIME,
             as_user,
         };
-        match subscriptions.create(&self.graph, want).await {
-            Ok(_) => {}
-            // The tenant's Teams subscriptions are at Microsoft's quota:
-            // said once, and not asked again for a while.
-            Err(e)
-                if e.status() == Some(403)
-                    && self.settings.chat_notifications == ChatNotifications::PerAccount =>
-            {
-                self.note_quota_reached(&e);
+        let Err(e) = subscriptions.create(&self.graph, want).await else {
+            return;
+        };
+        match (e.status(), upn) {
+            (Some(403), upn) => self.pause_subscribing(&e, upn.is_none()),
+            (_, Some(upn)) => {
+                tracing::warn!(%upn, error = %e, "no change notifications for the shadow account's chats; the poll stands in");
             }
-            Err(e) => {
-                tracing::warn!(upn = %shadow.upn, error = %e, "no change notifications for the shadow account's chats; the poll stands in");
+            (_, None) => {
+                tracing::warn!(error = %e, "no change notifications for the tenant's chats yet; the poll stands in and the subscription is asked for again in a minute");
+                self.pause_for(FAILED_BACK_OFF);
+                self.metrics.subscription_refused("failed");
             }
         }
     }
 
-    fn quota_reached(&self) -> bool {
-        self.quota_reached
+    fn subscribing_paused(&self) -> bool {
+        self.subscribe_after
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .is_some_and(|at| at.elapsed() < QUOTA_BACK_OFF)
+            .is_some_and(|until| Instant::now() < until)
     }
 
-    fn note_quota_reached(&self, e: &crate::graph::GraphError) {
-        let mut at = self.quota_reached.lock().unwrap_or_else(|e| e.into_inner());
-        if at.is_none() {
+    fn pause_for(&self, pause: Duration) {
+        *self
+            .subscribe_after
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now() + pause);
+    }
+
+    /// Graph refused a subscription with 403: said once per refusal spell,
+    /// counted, and none asked for during [`REFUSED_BACK_OFF`].
+    fn pause_subscribing(&self, e: &GraphError, tenant_wide: bool) {
+        let was_paused = self
+            .subscribe_after
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some();
+        if !was_paused && tenant_wide {
+            tracing::error!(error = %e, "Graph refuses the tenant-wide chat subscription (/chats/getAllMessages): the app needs the application permission Chat.Read.All with admin consent (xmppfed-gateway check-tenant says which are missing), or the tenant is at its 10,000 Teams subscriptions for all apps; chats are read by the poll only, and it is asked for again in an hour");
+        } else if !was_paused {
             tracing::error!(error = %e, "Graph refuses more Teams subscriptions (the tenant's quota is 10,000 for all apps): chats of further contacts are read by the poll only; set webhook.chat_notifications = \"tenant\" (one subscription for every contact; needs the application permission Chat.Read.All)");
         }
-        *at = Some(Instant::now());
-        self.metrics.subscription_refused("quota");
+        self.pause_for(REFUSED_BACK_OFF);
+        self.metrics
+            .subscription_refused(if tenant_wide { "forbidden" } else { "quota" });
     }
 
     /// Reads every bridged chat for messages not seen yet, for ever.
@@ -313,7 +346,13 @@ impl Messages {
     pub async fn reconcile(self: Arc<Self>) {
         let mut discovered: Option<Instant> = None;
         loop {
-            if discovered.is_none_or(|at| at.elapsed() >= DISCOVER_EVERY) {
+            // Notifications flow unless there are none or Graph refused them.
+            let every = if self.subscriptions.is_some() && !self.subscribing_paused() {
+                DISCOVER_EVERY_NOTIFIED
+            } else {
+                DISCOVER_EVERY
+            };
+            if discovered.is_none_or(|at| at.elapsed() >= every) {
                 self.discover().await;
                 discovered = Some(Instant::now());
             }

@@ -123,7 +123,8 @@ pub struct Messages {
     /// Contacts told that Teams is still provisioning their account (once each).
     told_provisioning: Mutex<std::collections::HashSet<String>>,
     /// When Graph last refused a per-account subscription for the tenant's quota.
-    quota_reached: Mutex<Option<Instant>>,
+    /// Until when no chat subscription is asked for, after Graph refused one.
+    subscribe_after: Mutex<Option<Instant>>,
 }
 
 impl Messages {
@@ -155,7 +156,7 @@ impl Messages {
             reading: tokio::sync::Mutex::new(()),
             sent_by_us: Mutex::new(std::collections::HashSet::new()),
             told_provisioning: Mutex::new(std::collections::HashSet::new()),
-            quota_reached: Mutex::new(None),
+            subscribe_after: Mutex::new(None),
         }
     }
 
