@@ -559,7 +559,9 @@ async fn one_subscription_for_the_tenant_carries_a_chat_started_in_teams() {
 async fn a_refused_tenant_subscription_is_asked_for_once_and_the_poll_stands_in() {
     let Some(mut w) = world(|config| {
         config.webhook.chat_notifications = xmppfed_config::ChatNotifications::Tenant;
-        config.messages.reconcile_interval_secs = 1;
+        // The poll's pace, not the safety net's, once Graph refused.
+        config.messages.reconcile_interval_secs = 3600;
+        config.messages.poll_interval_secs = 1;
         config.allow.internal_users.push("carol@contoso.com".into());
     })
     .await

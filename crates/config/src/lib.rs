@@ -155,9 +155,11 @@ pub struct MessagesConfig {
     /// with an error (never dropped silently).
     pub expiry_secs: u64,
     /// How often the Teams chats are read for messages change notifications
-    /// missed (with `webhook.public_url`).
+    /// missed (with `webhook.public_url`): a safety net, since Graph says
+    /// when it lost notifications (a `missed` event starts a sweep at once).
     pub reconcile_interval_secs: u64,
-    /// How often they are read without notifications (no `webhook.public_url`).
+    /// How often they are read without notifications (no `webhook.public_url`,
+    /// or Graph refused the subscription).
     pub poll_interval_secs: u64,
 }
 
@@ -165,7 +167,7 @@ impl Default for MessagesConfig {
     fn default() -> Self {
         Self {
             expiry_secs: 3600,
-            reconcile_interval_secs: 60,
+            reconcile_interval_secs: 300,
             poll_interval_secs: 5,
         }
     }

@@ -64,8 +64,10 @@ pub struct Settings {
     pub shadow: ShadowSettings,
     pub throttle: ThrottleConfig,
     pub message_expiry: Duration,
-    /// How often chats are read for messages (faster without notifications).
+    /// How often chats are read for what notifications missed, and how
+    /// often without notifications (none configured, or Graph refused them).
     pub reconcile: Duration,
+    pub chat_poll: Duration,
     /// Least time between two chats of a reconciliation sweep.
     pub sweep_gap: Duration,
     pub chat_notifications: ChatNotifications,
@@ -105,11 +107,8 @@ impl Settings {
             },
             throttle: config.throttle.clone(),
             message_expiry: Duration::from_secs(config.messages.expiry_secs),
-            reconcile: Duration::from_secs(if config.webhook.public_url.is_some() {
-                config.messages.reconcile_interval_secs
-            } else {
-                config.messages.poll_interval_secs
-            }),
+            reconcile: Duration::from_secs(config.messages.reconcile_interval_secs),
+            chat_poll: Duration::from_secs(config.messages.poll_interval_secs),
             sweep_gap: sweep_gap(graph.limits.chat_message_read_per_second),
             chat_notifications: config.webhook.chat_notifications,
         }
@@ -274,6 +273,7 @@ impl Bridge {
                 resource: settings.resource.clone(),
                 expiry: settings.message_expiry,
                 reconcile: settings.reconcile,
+                poll: settings.chat_poll,
                 sweep_gap: settings.sweep_gap,
                 chat_notifications: settings.chat_notifications,
             },

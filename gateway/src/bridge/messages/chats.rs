@@ -29,6 +29,8 @@ const DISCOVER_EVERY_NOTIFIED: Duration = Duration::from_secs(6 * 3600);
 const FOREIGN_FOR: Duration = Duration::from_secs(15 * 60);
 /// Graph's limit for chat-message subscriptions.
 const SUBSCRIPTION_LIFETIME: Duration = Duration::from_secs(55 * 60);
+/// How long the first discovery waits for the held subscriptions to be back.
+const RESTORE_WAIT: Duration = Duration::from_secs(30);
 /// The one subscription that covers every chat of the tenant (app-only).
 const TENANT_CHATS: &str = "/chats/getAllMessages";
 /// After Graph refused a subscription (403: the quota, or a permission the
@@ -308,6 +310,11 @@ impl Messages {
         }
     }
 
+    /// Notifications flow unless there are none or Graph refused them.
+    fn notifications_flow(&self) -> bool {
+        self.subscriptions.is_some() && !self.subscribing_paused()
+    }
+
     fn subscribing_paused(&self) -> bool {
         self.subscribe_after
             .lock()
@@ -342,12 +349,19 @@ impl Messages {
 
     /// Reads every bridged chat for messages not seen yet, for ever.
     /// Chats Teams users started are looked for at the start, after
-    /// notifications may have been missed, and every `DISCOVER_EVERY`.
+    /// notifications may have been missed, and every [`DISCOVER_EVERY`] (or
+    /// [`DISCOVER_EVERY_NOTIFIED`] while notifications flow).
     pub async fn reconcile(self: Arc<Self>) {
         let mut discovered: Option<Instant> = None;
+        // The first discovery (every account's chats, one call each) covers
+        // what lapsed while the gateway was away once the subscriptions are
+        // back; run before that, a second one would be needed.
+        if self.subscriptions.is_some() {
+            let _ =
+                tokio::time::timeout(RESTORE_WAIT, self.subscriptions_restored.notified()).await;
+        }
         loop {
-            // Notifications flow unless there are none or Graph refused them.
-            let every = if self.subscriptions.is_some() && !self.subscribing_paused() {
+            let every = if self.notifications_flow() {
                 DISCOVER_EVERY_NOTIFIED
             } else {
                 DISCOVER_EVERY
@@ -357,7 +371,13 @@ impl Messages {
                 discovered = Some(Instant::now());
             }
             self.reconcile_once().await;
-            if tokio::time::timeout(self.settings.reconcile, self.reconcile_now.notified())
+            // Asked after the discovery: it may just have been refused.
+            let sweep = if self.notifications_flow() {
+                self.settings.reconcile
+            } else {
+                self.settings.poll
+            };
+            if tokio::time::timeout(sweep, self.reconcile_now.notified())
                 .await
                 .is_ok()
             {

@@ -82,8 +82,11 @@ pub struct Settings {
     pub domain: String,
     pub resource: String,
     pub expiry: Duration,
-    /// How often chats are read for what notifications missed.
+    /// How often chats are read for what notifications missed...
     pub reconcile: Duration,
+    /// ...and how often while no notifications come (none configured, or
+    /// Graph refused the subscription).
+    pub poll: Duration,
     /// Least time between two chats of a sweep: the sweep keeps to half the
     /// chat-message read budget, so notified reads always find the rest.
     pub sweep_gap: Duration,
@@ -107,6 +110,9 @@ pub struct Messages {
     notified: Arc<Notify>,
     /// Wakes the reconciliation poll (a lifecycle `missed`).
     reconcile_now: Notify,
+    /// Told once the subscriptions held before a restart are back: the
+    /// first discovery waits for it, and so reads what lapsed meanwhile.
+    subscriptions_restored: Notify,
     /// Messages recently handed to s2s, by id, in case they bounce.
     in_flight: Mutex<HashMap<InFlightKey, InFlight>>,
     /// Graph ids of messages the shadow accounts sent lately: their change
@@ -150,6 +156,7 @@ impl Messages {
             wake: Notify::new(),
             notified,
             reconcile_now: Notify::new(),
+            subscriptions_restored: Notify::new(),
             in_flight: Mutex::new(HashMap::new()),
             checked: Mutex::new(std::collections::HashSet::new()),
             foreign: Mutex::new(HashMap::new()),

@@ -140,12 +140,12 @@ impl Messages {
                 Default::default()
             }
         };
-        let reconcile = || self.reconcile_now.notify_one();
+        let restored = || self.subscriptions_restored.notify_one();
         subscriptions
             .keep(
                 self.graph.clone(),
                 |upn| credentials.get(&upn.to_lowercase()).cloned(),
-                reconcile,
+                restored,
             )
             .await;
     }
