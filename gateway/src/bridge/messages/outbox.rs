@@ -1,10 +1,11 @@
 //! The outbox's keys (conversations, queues, dedupe keys) and
 //! the worker that delivers what is due, one conversation at a time.
 
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use tokio::task::JoinSet;
 use xmpp_parsers::stanza_error::DefinedCondition;
 
 use crate::store::{Direction, OutboxItem, OutboxPayload, now};
@@ -37,10 +38,9 @@ const CONCURRENCY: usize = 8;
 /// Conversations' heads read per round: enough that every sender with
 /// something due is in it (one row per conversation), however busy others are.
 const HEADS: i64 = 1024;
-/// A round takes at most this many conversations of one sender, so a round
-/// lasts about (senders × this) / the tenant's send rate: a quiet sender
-/// waits for its share, not for a busy one's backlog.
-const PER_SENDER: usize = CONCURRENCY;
+/// Deliveries of one sender running at once: with others waiting, a busy
+/// sender holds at most this many of the slots.
+const PER_SENDER: usize = CONCURRENCY - 2;
 
 /// Who a queued message is from: the remote contact towards Teams, the
 /// Teams user towards XMPP.
@@ -51,53 +51,95 @@ fn sender(item: &OutboxItem) -> &str {
     }
 }
 
-/// One delivery round from the due heads (in queue order): senders take
-/// turns, the one waiting longest first, each with at most `per_sender`
-/// conversations. Graph's 20 messages/s for the tenant is so shared between
-/// senders, not handed to whoever queued most.
-fn fair_round(due: Vec<OutboxItem>, per_sender: usize) -> Vec<OutboxItem> {
-    let mut by_sender: Vec<(String, std::collections::VecDeque<OutboxItem>)> = Vec::new();
+/// The next deliveries from the due heads (in queue order), for `free`
+/// slots: senders take turns, those with fewest deliveries running first
+/// (then the one waiting longest), each with at most `per_sender` running.
+/// Graph's 20 messages/s for the tenant is so shared between senders, not
+/// handed to whoever queued most.
+fn fair_pick(
+    due: Vec<OutboxItem>,
+    running: &HashMap<String, usize>,
+    per_sender: usize,
+    free: usize,
+) -> Vec<OutboxItem> {
+    let mut by_sender: Vec<(String, VecDeque<OutboxItem>)> = Vec::new();
     for item in due {
         let from = sender(&item).to_owned();
+        let room = per_sender.saturating_sub(running.get(&from).copied().unwrap_or(0));
         match by_sender.iter_mut().find(|(s, _)| *s == from) {
-            Some((_, items)) if items.len() < per_sender => items.push_back(item),
+            Some((_, items)) if items.len() < room => items.push_back(item),
             Some(_) => {}
-            None => by_sender.push((from, [item].into())),
+            None if room > 0 => by_sender.push((from, [item].into())),
+            None => {}
         }
     }
-    let mut round = Vec::new();
-    while by_sender.iter().any(|(_, items)| !items.is_empty()) {
+    // Stable: among equals, the sender whose head came first.
+    by_sender.sort_by_key(|(s, _)| running.get(s).copied().unwrap_or(0));
+    let mut picked = Vec::new();
+    while picked.len() < free && by_sender.iter().any(|(_, items)| !items.is_empty()) {
         for (_, items) in &mut by_sender {
-            round.extend(items.pop_front());
+            if picked.len() < free {
+                picked.extend(items.pop_front());
+            }
         }
     }
-    round
+    picked
 }
+
 /// How long the dedupe key of a delivered message is kept (at least twice the
 /// expiry): repeats come within minutes, and the table must not grow for ever.
 const KEYS_KEPT: Duration = Duration::from_secs(7 * 24 * 3600);
 
 impl Messages {
-    /// Delivers what is due, for ever.
+    /// Delivers what is due, for ever: up to `CONCURRENCY` conversations
+    /// at once, each in order, a freed slot going to the sender with fewest
+    /// deliveries running.
     pub async fn deliver(self: Arc<Self>) {
+        let mut running: JoinSet<()> = JoinSet::new();
+        // Per task: its conversation and sender.
+        let mut tasks: HashMap<tokio::task::Id, (String, String)> = HashMap::new();
         loop {
-            let due = match self.store.due(now(), HEADS).await {
-                Ok(due) => fair_round(due, PER_SENDER),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read the outbox");
-                    Vec::new()
+            let free = CONCURRENCY - running.len();
+            if free > 0 {
+                let due = match self.store.due(now(), HEADS).await {
+                    Ok(due) => due,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read the outbox");
+                        Vec::new()
+                    }
+                };
+                let busy: HashSet<&str> = tasks.values().map(|(c, _)| c.as_str()).collect();
+                let due: Vec<OutboxItem> = due
+                    .into_iter()
+                    .filter(|i| !busy.contains(i.conversation.as_str()))
+                    .collect();
+                let mut by_sender: HashMap<String, usize> = HashMap::new();
+                for (_, from) in tasks.values() {
+                    *by_sender.entry(from.clone()).or_default() += 1;
                 }
-            };
-            let busy = !due.is_empty();
-            futures::stream::iter(due)
-                .for_each_concurrent(CONCURRENCY, |item| {
+                for item in fair_pick(due, &by_sender, PER_SENDER, free) {
+                    let key = (item.conversation.clone(), sender(&item).to_owned());
                     let this = self.clone();
-                    async move { this.deliver_one(item).await }
-                })
-                .await;
+                    let task = running.spawn(async move { this.deliver_one(item).await });
+                    tasks.insert(task.id(), key);
+                }
+            }
             self.prune_in_flight();
-            if !busy {
-                let _ = tokio::time::timeout(Duration::from_secs(1), self.wake.notified()).await;
+            // Until a delivery ends or new work comes (or a second passes:
+            // retries fall due by the clock).
+            tokio::select! {
+                Some(done) = running.join_next_with_id() => {
+                    let id = match done {
+                        Ok((id, ())) => id,
+                        Err(e) => {
+                            tracing::error!(error = %e, "a delivery task failed");
+                            e.id()
+                        }
+                    };
+                    tasks.remove(&id);
+                }
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
         }
     }
@@ -220,12 +262,18 @@ mod tests {
             .collect();
         due.push(item(40, Direction::ToTeams, "dave@x.test", "u0"));
         due.push(item(41, Direction::ToXmpp, "bob@x.test", "u7"));
-        let round = fair_round(due, 8);
-        let order: Vec<i64> = round.iter().map(|i| i.seq).collect();
-        // Bob (to Teams), Dave, then u7 (to XMPP: the Teams user sends).
-        assert_eq!(&order[..3], [0, 40, 41]);
-        assert_eq!(round.len(), 10, "Bob takes eight conversations: {order:?}");
-        assert_eq!(order[3..], [1, 2, 3, 4, 5, 6, 7]);
+        let seqs = |picked: Vec<OutboxItem>| picked.iter().map(|i| i.seq).collect::<Vec<_>>();
+        // All slots free: turns, Bob (to Teams) first as he waited longest,
+        // then Dave, then u7 (to XMPP: the Teams user sends); Bob at most six.
+        let picked = fair_pick(due.clone(), &HashMap::new(), 6, 8);
+        assert_eq!(seqs(picked), [0, 40, 41, 1, 2, 3, 4, 5]);
+        // Bob has five running and one slot frees: Dave gets it.
+        let running = HashMap::from([("bob@x.test".to_owned(), 5)]);
+        let picked = fair_pick(due.clone(), &running, 6, 1);
+        assert_eq!(seqs(picked), [40]);
+        // Bob at his six: the others only.
+        let running = HashMap::from([("bob@x.test".to_owned(), 6)]);
+        assert_eq!(seqs(fair_pick(due, &running, 6, 8)), [40, 41]);
     }
 
     #[test]
