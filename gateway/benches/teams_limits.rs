@@ -33,14 +33,12 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::bridge::*;
-use secrecy::SecretString;
-use serde_json::json;
+use common::scale::{seed_shadow_accounts, user_id};
+use serde_json::{Value, json};
 use xmppfed_e2e::graph::{GraphEmulator, Seed};
 use xmppfed_e2e::prosody::{self, ProsodyOptions};
 use xmppfed_e2e::xmpp_client::XmppClient;
-use xmppfed_gateway::bridge::contacts::credentials::CredentialCipher;
 use xmppfed_gateway::bridge::contacts::shadow::upn_for;
-use xmppfed_gateway::store::{Contact, ShadowAccount, Store};
 
 /// Teams users Bob floods (one chat each), and messages to each.
 const FLOOD_CHATS: usize = 40;
@@ -53,17 +51,9 @@ const CONTACTS: usize = 10_000;
 /// The steady window of part 3.
 const WINDOW: Duration = Duration::from_secs(120);
 
-fn user_id(n: usize) -> String {
-    format!("00000000-0000-4000-8000-{n:012}")
-}
-
-fn shadow_id(n: usize) -> String {
-    format!("00000000-0000-4000-9000-{n:012}")
-}
-
 /// A tenant with Microsoft's Teams limits on, `users` Teams users and the
-/// given shadow accounts (object id, UPN, password).
-fn limited_seed(users: usize, shadows: &[(String, String, String)], timeout: Option<u64>) -> Seed {
+/// given shadow accounts (seed users).
+fn limited_seed(users: usize, shadows: Vec<Value>, timeout: Option<u64>) -> Seed {
     let mut all = vec![json!({"userPrincipalName": "alice@contoso.com", "displayName": "Alice"})];
     for n in 0..users {
         all.push(
@@ -71,11 +61,7 @@ fn limited_seed(users: usize, shadows: &[(String, String, String)], timeout: Opt
             "displayName": format!("User {n}"), "mail": format!("user{n}@contoso.com")}),
         );
     }
-    for (id, upn, password) in shadows {
-        all.push(
-            json!({"id": id, "userPrincipalName": upn, "displayName": upn, "password": password}),
-        );
-    }
+    all.extend(shadows);
     serde_json::from_value(json!({
         "tenantId": "5c0ffee0-0000-4000-8000-0000000000b2",
         "apps": [{"clientId": CLIENT_ID, "clientSecret": "s3cret",
@@ -252,7 +238,7 @@ async fn thirty_minutes(emulator: &GraphEmulator, bob: &mut XmppClient) -> (usiz
 /// Part 1 and 2's world: Bob and Dave on Prosody, the gateway in this
 /// process, Microsoft's limits on, time 60× for presence.
 async fn small_world() {
-    let emulator = GraphEmulator::start(limited_seed(FLOOD_CHATS, &[], Some(5)))
+    let emulator = GraphEmulator::start(limited_seed(FLOOD_CHATS, Vec::new(), Some(5)))
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -311,44 +297,6 @@ async fn small_world() {
     gateway.stop().await;
 }
 
-/// Part 3's store: `CONTACTS` shadow accounts, each subscribed both ways to
-/// one of `TEAMS_USERS` Teams users; the shadow accounts as the emulator
-/// holds them.
-async fn seeded_store(path: &std::path::Path) -> Vec<(String, String, String)> {
-    let cipher = CredentialCipher::new("credential key of this gateway");
-    let store = Store::sqlite(path).await.unwrap();
-    let mut shadows = Vec::with_capacity(CONTACTS);
-    for n in 0..CONTACTS {
-        let jid = format!("contact{n}@{PEER}");
-        let upn = upn_for(&jid, SHADOW_DOMAIN);
-        let password = format!("Sh4dow!pw-{n}");
-        let credential = cipher
-            .seal(&jid, &SecretString::from(password.clone()))
-            .unwrap();
-        store
-            .put_shadow(&ShadowAccount {
-                jid: jid.clone(),
-                upn: upn.clone(),
-                object_id: shadow_id(n),
-                credential,
-                last_used: xmppfed_gateway::clock::now(),
-                created_at: xmppfed_gateway::clock::now(),
-            })
-            .await
-            .unwrap();
-        store
-            .put_contact(&Contact {
-                teams_user: user_id(n % TEAMS_USERS),
-                remote_jid: jid,
-                state: "both".into(),
-            })
-            .await
-            .unwrap();
-        shadows.push((shadow_id(n), upn, password));
-    }
-    shadows
-}
-
 /// Waits until `calls` Graph calls of `kind` were made; how long it took.
 async fn until_calls(
     emulator: &GraphEmulator,
@@ -391,8 +339,8 @@ async fn at_scale() {
     let dir = tempfile::tempdir().unwrap();
     let store_path = dir.path().join("gateway.db");
     let seeding = Instant::now();
-    let shadows = seeded_store(&store_path).await;
-    let emulator = GraphEmulator::start(limited_seed(TEAMS_USERS, &shadows, None))
+    let shadows = seed_shadow_accounts(&store_path, CONTACTS, TEAMS_USERS).await;
+    let emulator = GraphEmulator::start(limited_seed(TEAMS_USERS, shadows, None))
         .await
         .unwrap();
     let seeded = seeding.elapsed();

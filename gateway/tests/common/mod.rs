@@ -257,6 +257,7 @@ async fn echo_bridge(mut rx: Inbox, tx: S2sSender, seen: Arc<Mutex<Vec<String>>>
 
 pub mod bridge;
 pub mod graph_tenant;
+pub mod scale;
 
 /// The bridge's way out to XMPP as a channel the test reads.
 pub struct ChannelOut(pub tokio::sync::mpsc::Sender<Stanza>);
