@@ -23,7 +23,7 @@
 //!    the window (discovery, renewals) amortised from what one of each cost.
 //!
 //! Needs Prosody and the Python client (scripts/test.sh installs both).
-//! Run: `cargo bench -p xmppfed-gateway --bench teams_limits`
+//! Run: `cargo bench -p xmppfed-gateway --bench teams_limits [-- ceiling|scale]`
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a bench: a panic is a failure with its reason
 
 #[path = "../tests/common/mod.rs"]
@@ -419,6 +419,16 @@ async fn main() {
     println!(
         "teams_limits: Microsoft's Teams limits enforced by the emulator; loopback, release build, 2 cores"
     );
-    small_world().await;
-    at_scale().await;
+    // `-- ceiling` or `-- scale` runs one part (1–2, or 3); both by default.
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let runs = |part: &str| only.is_empty() || only.iter().any(|o| o == part);
+    if runs("ceiling") {
+        small_world().await;
+    }
+    if runs("scale") {
+        at_scale().await;
+    }
 }

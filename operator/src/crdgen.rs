@@ -87,7 +87,7 @@ mod tests {
         let path = dir.path().join("throttlepolicies.yaml");
         let edited = std::fs::read_to_string(&path)
             .unwrap()
-            .replace("minimum: 1", "minimum: 0");
+            .replace("minimum: 1.0", "minimum: 0.0");
         std::fs::write(&path, edited).unwrap();
         assert_eq!(drift(dir.path()).unwrap(), ["throttlepolicies.yaml"]);
     }

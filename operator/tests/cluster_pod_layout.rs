@@ -241,6 +241,31 @@ fn stand_in_for_a_pod() -> Option<PathBuf> {
     Some(gateway)
 }
 
+/// Waits for the stand-in to label contoso-0 the leader; says what the pod
+/// and the stand-in looked like when it does not.
+async fn leader_label(pods: &Api<Pod>, uid: &str, running: &mut Daemon) {
+    let labelled = cluster::within(Duration::from_secs(90), || async {
+        let pod = pods.get("contoso-0").await.ok()?;
+        let role = pod
+            .metadata
+            .labels?
+            .get(xmppfed_config::POD_ROLE_LABEL)?
+            .clone();
+        (role == "leader").then_some(role)
+    })
+    .await;
+    if labelled.is_none() {
+        let now = pods.get("contoso-0").await.ok();
+        panic!(
+            "contoso-0 was not labelled leader within 90 s; the stand-in ran as uid {uid}, \
+             the pod now: uid {:?}, labels {:?}; the stand-in said: {:#?}",
+            now.as_ref().and_then(|p| p.metadata.uid.clone()),
+            now.as_ref().and_then(|p| p.metadata.labels.clone()),
+            running.lines_so_far()
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_gateway_runs_from_what_the_operator_rendered() {
     let Some(client) = cluster::client("the_gateway_runs_from_what_the_operator_rendered").await
@@ -325,26 +350,7 @@ async fn the_gateway_runs_from_what_the_operator_rendered() {
     );
 
     // It labels its own pod through the real API server with its token.
-    let labelled = cluster::within(Duration::from_secs(90), || async {
-        let pod = pods.get("contoso-0").await.ok()?;
-        let role = pod
-            .metadata
-            .labels?
-            .get(xmppfed_config::POD_ROLE_LABEL)?
-            .clone();
-        (role == "leader").then_some(role)
-    })
-    .await;
-    if labelled.is_none() {
-        let now = pods.get("contoso-0").await.ok();
-        panic!(
-            "contoso-0 was not labelled leader within 90 s; the stand-in ran as uid {uid}, \
-             the pod now: uid {:?}, labels {:?}; the stand-in said: {:#?}",
-            now.as_ref().and_then(|p| p.metadata.uid.clone()),
-            now.as_ref().and_then(|p| p.metadata.labels.clone()),
-            running.lines_so_far()
-        );
-    }
+    leader_label(&pods, &uid, &mut running).await;
     assert!(running.is_running());
 
     drop(running);

@@ -56,6 +56,7 @@ type Case = (&'static str, Value, &'static str);
 
 fn invalid_cases(gateway: &Value, whitelist: &Value, throttle: &Value) -> Vec<Case> {
     let mut cases = gateway_cases(gateway);
+    cases.extend(gateway_value_cases(gateway));
     cases.extend(policy_cases(whitelist, throttle));
     cases
 }
@@ -128,6 +129,60 @@ fn gateway_cases(gateway: &Value) -> Vec<Case> {
     ]
 }
 
+/// Values the Rust types or Kubernetes cannot take: quantities, URLs.
+fn gateway_value_cases(gateway: &Value) -> Vec<Case> {
+    vec![
+        (
+            "a memory request that is no quantity",
+            with(
+                gateway,
+                "/spec/resources",
+                Some(json!({"requests": {"memory": "1 gigabyte"}})),
+            ),
+            "spec.resources.requests.memory",
+        ),
+        (
+            "a CPU limit with a unit Kubernetes does not know",
+            with(
+                gateway,
+                "/spec/resources",
+                Some(json!({"limits": {"cpu": "2cores"}})),
+            ),
+            "spec.resources.limits.cpu",
+        ),
+        (
+            "a storage size that is no quantity",
+            with(gateway, "/spec/database/storageSize", Some(json!("1 GB"))),
+            "spec.database.storageSize",
+        ),
+        (
+            "an OTLP endpoint that is no URL",
+            with(
+                gateway,
+                "/spec/telemetry",
+                Some(json!({"otlpEndpoint": "collector:4318"})),
+            ),
+            "spec.telemetry.otlpEndpoint",
+        ),
+        (
+            "a webhook URL without a host",
+            with(gateway, "/spec/webhookUrl", Some(json!("https://"))),
+            "spec.webhookUrl",
+        ),
+        (
+            "a Graph endpoint over http",
+            with(
+                gateway,
+                "/spec/tenant/endpoints",
+                Some(
+                    json!({"authorityUrl": "https://login.example", "graphUrl": "http://graph.example/v1.0"}),
+                ),
+            ),
+            "spec.tenant.endpoints.graphUrl",
+        ),
+    ]
+}
+
 fn policy_cases(whitelist: &Value, throttle: &Value) -> Vec<Case> {
     vec![
         (
@@ -168,6 +223,24 @@ fn policy_cases(whitelist: &Value, throttle: &Value) -> Vec<Case> {
             "spec.limits.messagesPerMinute",
         ),
         (
+            "a message rate past what 32 bits hold",
+            with(
+                throttle,
+                "/spec/limits/messagesPerMinute",
+                Some(json!(4_294_967_296u64)),
+            ),
+            "spec.limits.messagesPerMinute",
+        ),
+        (
+            "a byte rate past what the API server holds",
+            with(
+                throttle,
+                "/spec/limits/bytesPerMinute",
+                Some(json!(18_446_744_073_709_551_615u64)),
+            ),
+            "spec.limits.bytesPerMinute",
+        ),
+        (
             "a zero burst in an override",
             with(throttle, "/spec/overrides/0/limits/burst", Some(json!(0))),
             "spec.overrides[0].limits.burst",
@@ -202,6 +275,37 @@ async fn the_api_server_refuses_invalid_resources_naming_the_field() {
         dry_run(&client, doc)
             .await
             .unwrap_or_else(|e| panic!("{} refused: {e}", doc["kind"]));
+    }
+
+    // So are the valid forms of what the bounds below refuse.
+    let valid = with(
+        &with(
+            &with(
+                &with(
+                    &gateway,
+                    "/spec/resources",
+                    Some(
+                        json!({"requests": {"memory": "256Mi", "cpu": "250m"}, "limits": {"memory": 1_073_741_824u64}}),
+                    ),
+                ),
+                "/spec/database/storageSize",
+                Some(json!("1.5Gi")),
+            ),
+            "/spec/telemetry",
+            Some(json!({"otlpEndpoint": "http://otel-collector.monitoring:4318"})),
+        ),
+        "/spec/webhookUrl",
+        Some(json!("https://gw.contoso.example/notifications")),
+    );
+    let big = with(
+        &throttle,
+        "/spec/limits/messagesPerMinute",
+        Some(json!(4_294_967_295u64)),
+    );
+    for doc in [&valid, &big] {
+        dry_run(&client, doc)
+            .await
+            .unwrap_or_else(|e| panic!("a valid {} refused: {e}", doc["kind"]));
     }
 
     let cases = invalid_cases(&gateway, &whitelist, &throttle);

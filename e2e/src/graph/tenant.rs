@@ -384,37 +384,7 @@ pub enum Principal {
     },
 }
 
-/// The user properties `User.ReadBasic.All` reads: "display name, first and
-/// last name, email address, open extensions and photo" (permissions
-/// reference, https://learn.microsoft.com/graph/permissions-reference#userreadbasicall),
-/// with the ids that name the user.
-pub const BASIC_PROFILE: [&str; 6] = [
-    "id",
-    "displayName",
-    "givenName",
-    "surname",
-    "mail",
-    "userPrincipalName",
-];
-
 impl Principal {
-    /// Whether this token reads other users' basic profile only: it holds
-    /// `User.ReadBasic.All` and nothing that reads the full profile.
-    pub fn reads_basic_profiles_only(&self) -> bool {
-        const FULL: [&str; 4] = [
-            "User.Read.All",
-            "User.ReadWrite.All",
-            "Directory.Read.All",
-            "Directory.ReadWrite.All",
-        ];
-        let granted = match self {
-            Principal::App { roles, .. } => roles,
-            Principal::User { scopes, .. } => scopes,
-        };
-        granted.iter().any(|g| g == "User.ReadBasic.All")
-            && !granted.iter().any(|g| FULL.contains(&g.as_str()))
-    }
-
     pub fn client_id(&self) -> &str {
         match self {
             Principal::App { client_id, .. } | Principal::User { client_id, .. } => client_id,

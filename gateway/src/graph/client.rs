@@ -227,40 +227,41 @@ impl GraphClient {
             attempt += 1;
             self.budgets.acquire(&route).await;
             let token = self.tokens.get(identity, credential).await?;
-            let (error, retry_after) =
-                match self.exchange(&token, &method, path, &body, attempt).await? {
-                    Exchange::Answered(answer) if (200..300).contains(&answer.status) => {
-                        return Ok(Reply {
-                            status: answer.status,
-                            content_type: answer.content_type,
-                            body: answer.body,
-                        });
+            let exchanged = self.exchange(&token, &method, path, &body, attempt).await;
+            self.budgets.done(&route).await;
+            let (error, retry_after) = match exchanged? {
+                Exchange::Answered(answer) if (200..300).contains(&answer.status) => {
+                    return Ok(Reply {
+                        status: answer.status,
+                        content_type: answer.content_type,
+                        body: answer.body,
+                    });
+                }
+                Exchange::Answered(answer) => {
+                    let error = GraphError::from_response(
+                        answer.status,
+                        answer.request_id.as_deref(),
+                        answer.retry_after,
+                        &answer.body,
+                    );
+                    if answer.status == 401 && !refreshed_token {
+                        // A token revoked before its time: get a new one, once.
+                        refreshed_token = true;
+                        self.tokens.invalidate(identity).await;
+                        continue;
                     }
-                    Exchange::Answered(answer) => {
-                        let error = GraphError::from_response(
-                            answer.status,
-                            answer.request_id.as_deref(),
-                            answer.retry_after,
-                            &answer.body,
-                        );
-                        if answer.status == 401 && !refreshed_token {
-                            // A token revoked before its time: get a new one, once.
-                            refreshed_token = true;
-                            self.tokens.invalidate(identity).await;
-                            continue;
-                        }
-                        if !error.is_retryable() {
-                            return Err(error);
-                        }
-                        if answer.status == 429 {
-                            let until =
-                                Instant::now() + answer.retry_after.unwrap_or(self.retry.backoff);
-                            self.budgets.throttled(&route, until).await;
-                        }
-                        (error, answer.retry_after)
+                    if !error.is_retryable() {
+                        return Err(error);
                     }
-                    Exchange::Unreachable(error) => (error, None),
-                };
+                    if answer.status == 429 {
+                        let until =
+                            Instant::now() + answer.retry_after.unwrap_or(self.retry.backoff);
+                        self.budgets.throttled(&route, until).await;
+                    }
+                    (error, answer.retry_after)
+                }
+                Exchange::Unreachable(error) => (error, None),
+            };
             let delay = retry_after.unwrap_or(self.retry.backoff * 2u32.pow(attempt.min(10) - 1))
                 + jitter(self.retry.backoff);
             if attempt >= self.retry.max_attempts || waited + delay > self.retry.max_wait {

@@ -251,6 +251,22 @@ impl Budgets {
             .inc();
     }
 
+    /// The request on `route` has been answered (or given up): its chat's
+    /// next request waits a whole interval from now. Slots are taken when a
+    /// request is admitted, but the category's budget or a sign-in may
+    /// delay it further, and Graph counts requests as they arrive: spacing
+    /// from the answer keeps two in one chat an interval apart at Graph,
+    /// whatever the delays in between.
+    pub async fn done(&self, route: &Route) {
+        if let (Some(interval), Some(chat)) = (self.per_chat, &route.chat) {
+            let mut chats = self.chats.lock().await;
+            let next = chats
+                .entry((route.category, chat.clone()))
+                .or_insert_with(Instant::now);
+            *next = (*next).max(Instant::now() + interval);
+        }
+    }
+
     /// Graph answered 429: this category (only) waits until `until`.
     pub async fn throttled(&self, route: &Route, until: Instant) {
         self.metrics
@@ -298,6 +314,20 @@ mod tests {
             Category::Directory
         );
         assert_eq!(c(Method::POST, "/$batch").category, Category::Directory);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_chat_waits_an_interval_from_the_answer_not_from_the_slot() {
+        let budgets = Budgets::published_limits();
+        let send = classify(&Method::POST, "/chats/c/messages");
+        budgets.acquire(&send).await;
+        // The request took 800 ms to go out and be answered (a full tenant
+        // budget, a sign-in): the next one waits 1,050 ms from the answer.
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        budgets.done(&send).await;
+        let answered = Instant::now();
+        budgets.acquire(&send).await;
+        assert_eq!(answered.elapsed(), Duration::from_millis(1_050));
     }
 
     #[tokio::test(start_paused = true)]

@@ -65,7 +65,7 @@ pub struct FederationGatewaySpec {
     /// The HTTPS URL that Microsoft Graph posts change notifications to; polling only when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 2048))]
-    #[x_kube(validation = Rule::new("self.startsWith('https://')").message("webhookUrl must be an https:// URL"))]
+    #[x_kube(validation = Rule::new(super::HTTPS_URL_RULE).message("webhookUrl must be an https:// URL with a host"))]
     pub webhook_url: Option<String>,
     pub database: DatabaseSpec,
     #[serde(default)]
@@ -258,11 +258,11 @@ pub enum TenantCloud {
 pub struct EndpointOverride {
     /// The identity platform's base URL, e.g. `https://login.microsoftonline.com`.
     #[schemars(length(max = 2048))]
-    #[x_kube(validation = Rule::new("self.startsWith('https://') && size(self) > 8").message("tenant.endpoints.authorityUrl must be an https:// URL"))]
+    #[x_kube(validation = Rule::new(super::HTTPS_URL_RULE).message("tenant.endpoints.authorityUrl must be an https:// URL with a host"))]
     pub authority_url: String,
     /// Graph's base URL with its version, e.g. `https://graph.microsoft.com/v1.0`.
     #[schemars(length(max = 2048))]
-    #[x_kube(validation = Rule::new("self.startsWith('https://') && size(self) > 8").message("tenant.endpoints.graphUrl must be an https:// URL"))]
+    #[x_kube(validation = Rule::new(super::HTTPS_URL_RULE).message("tenant.endpoints.graphUrl must be an https:// URL with a host"))]
     pub graph_url: String,
     /// A key of a ConfigMap holding PEM certificates trusted for these
     /// endpoints besides the system's (a proxy's or a test Graph's CA).
@@ -408,6 +408,7 @@ pub struct DatabaseSpec {
     pub connection_string_secret: Option<SecretKeyRef>,
     /// Size of the volume for engine sqlite, e.g. `1Gi`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64), pattern(super::QUANTITY_PATTERN))]
     pub storage_size: Option<String>,
 }
 
@@ -425,6 +426,8 @@ pub enum DatabaseEngine {
 pub struct TelemetrySpec {
     /// OTLP/HTTP endpoint for traces (sets OTEL_EXPORTER_OTLP_ENDPOINT).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    #[x_kube(validation = Rule::new("isURL(self) && url(self).getScheme() in ['http', 'https'] && url(self).getHostname() != ''").message("telemetry.otlpEndpoint must be an http:// or https:// URL with a host"))]
     pub otlp_endpoint: Option<String>,
     /// Log filter, e.g. `info` or `info,xmppfed_gateway=debug`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -6,7 +6,7 @@ use axum::response::Response;
 use serde_json::{Value, json};
 
 use super::{Call, Ctx, not_found, not_implemented, query_select};
-use crate::graph::tenant::{BASIC_PROFILE, Principal, Tenant, guid};
+use crate::graph::tenant::{Principal, Tenant, guid};
 
 /// The users routes of [`super::handle`].
 pub(super) fn handle(t: &mut Tenant, call: Call<'_>) -> Response {
@@ -88,7 +88,7 @@ pub(super) fn handle(t: &mut Tenant, call: Call<'_>) -> Response {
 /// A user as `principal` may read it: with `User.ReadBasic.All` alone only
 /// the basic profile comes back, whatever `$select` asked for.
 fn readable(principal: &Principal, mut resource: Value) -> Value {
-    if principal.reads_basic_profiles_only()
+    if reads_basic_profiles_only(principal)
         && let Some(fields) = resource.as_object_mut()
     {
         fields.retain(|k, _| BASIC_PROFILE.contains(&k.as_str()) || k.starts_with('@'));
@@ -100,6 +100,36 @@ fn readable(principal: &Principal, mut resource: Value) -> Value {
 /// readable with `User.Read`).
 fn principal_is(principal: &Principal, id: &str) -> bool {
     matches!(principal, Principal::User { user_id, .. } if user_id == id)
+}
+
+/// The user properties `User.ReadBasic.All` reads: "display name, first and
+/// last name, email address, open extensions and photo" (permissions
+/// reference, https://learn.microsoft.com/graph/permissions-reference#userreadbasicall),
+/// with the ids that name the user.
+const BASIC_PROFILE: [&str; 6] = [
+    "id",
+    "displayName",
+    "givenName",
+    "surname",
+    "mail",
+    "userPrincipalName",
+];
+
+/// Whether this token reads other users' basic profile only: it holds
+/// `User.ReadBasic.All` and nothing that reads the full profile.
+fn reads_basic_profiles_only(principal: &Principal) -> bool {
+    const FULL: [&str; 4] = [
+        "User.Read.All",
+        "User.ReadWrite.All",
+        "Directory.Read.All",
+        "Directory.ReadWrite.All",
+    ];
+    let granted = match principal {
+        Principal::App { roles, .. } => roles,
+        Principal::User { scopes, .. } => scopes,
+    };
+    granted.iter().any(|g| g == "User.ReadBasic.All")
+        && !granted.iter().any(|g| FULL.contains(&g.as_str()))
 }
 
 const ENTITY: &str = "https://graph.microsoft.com/v1.0/$metadata#users/$entity";
