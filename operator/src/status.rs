@@ -118,6 +118,48 @@ pub fn conditions(
     out
 }
 
+/// Progressing's reason once a rollout has not finished within its deadline.
+pub const DEADLINE_EXCEEDED: &str = "ProgressDeadlineExceeded";
+
+/// A rollout still unfinished `deadline` after Progressing turned True is
+/// stuck (a Deployment's `progressDeadlineSeconds`): Progressing turns False,
+/// `ProgressDeadlineExceeded`, naming the pods and why they wait. It stays so
+/// until the rollout finishes or the spec changes (a new generation).
+pub fn progress_deadline(
+    mut out: Vec<Condition>,
+    previous: &[Condition],
+    deadline: std::time::Duration,
+    now: &str,
+) -> Vec<Condition> {
+    let Some(p) = out
+        .iter_mut()
+        .find(|c| c.type_ == PROGRESSING && c.status == "True" && c.reason == "RollingOut")
+    else {
+        return out;
+    };
+    let stuck = previous.iter().find(|c| {
+        c.type_ == PROGRESSING
+            && c.reason == DEADLINE_EXCEEDED
+            && c.observed_generation == p.observed_generation
+    });
+    let elapsed = |since: &str| -> Option<std::time::Duration> {
+        let (since, now) = (
+            since.parse::<k8s_openapi::jiff::Timestamp>().ok()?,
+            now.parse::<k8s_openapi::jiff::Timestamp>().ok()?,
+        );
+        std::time::Duration::try_from(now.duration_since(since)).ok()
+    };
+    let overdue = elapsed(&p.last_transition_time).is_some_and(|e| e >= deadline);
+    if stuck.is_some() || overdue {
+        p.status = "False".into();
+        p.reason = DEADLINE_EXCEEDED.into();
+        p.message = format!("no rollout within {} s: {}", deadline.as_secs(), p.message);
+        p.last_transition_time =
+            stuck.map_or_else(|| now.to_owned(), |s| s.last_transition_time.clone());
+    }
+    out
+}
+
 /// Ready, Progressing and Degraded once the children are applied. Ready
 /// counts against the replicas asked for: an unlicensed one is a replica not
 /// ready, and named. Progressing follows the licensed ones, which are all

@@ -620,8 +620,9 @@ async fn refusals_are_named(admin: &Client, ns: &str, gateways: &Api<FederationG
     let wrong = json!({
         "apiVersion": "xmppfed.io/v1alpha1", "kind": "FederationGateway",
         "metadata": {"name": gw},
-        "spec": {"image": "ghcr.io/xmppfed/gateway:0.0.0-absent"}
+        "spec": {"image": "ghcr.io/xmppfed/gateway:0.0.0-absent", "progressDeadlineSeconds": 30}
     });
+    let rolled = std::time::Instant::now();
     apply_all(admin, ns, "xmppfed-node-image", vec![wrong]).await;
     let pulled = eventually(
         "Ready naming the image the node cannot pull",
@@ -640,4 +641,27 @@ async fn refusals_are_named(admin: &Client, ns: &str, gateways: &Api<FederationG
     )
     .await;
     eprintln!("a wrong image: Ready=False: {pulled}");
+
+    // And the rollout is reported stuck once its deadline (30 s) has passed.
+    let stuck = eventually(
+        "Progressing=False ProgressDeadlineExceeded",
+        Duration::from_secs(120),
+        || async {
+            let g = gateways.get(gw).await.ok()?;
+            condition(&g, "Progressing")
+                .filter(|c| c.status == "False" && c.reason == "ProgressDeadlineExceeded")
+                .map(|c| c.message.clone())
+        },
+    )
+    .await;
+    assert!(
+        ["ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull"]
+            .iter()
+            .any(|r| stuck.contains(r)),
+        "{stuck}"
+    );
+    eprintln!(
+        "a wrong image: Progressing=False ProgressDeadlineExceeded {:.1} s after the roll: {stuck}",
+        rolled.elapsed().as_secs_f64()
+    );
 }

@@ -81,6 +81,11 @@ pub struct FederationGatewaySpec {
     /// Stop reconciling: children are left as they are.
     #[serde(default)]
     pub paused: bool,
+    /// Seconds a rollout may take before Progressing turns False with
+    /// `ProgressDeadlineExceeded`, naming the stuck pods (default 600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 30, max = 86400))]
+    pub progress_deadline_seconds: Option<i64>,
 }
 
 /// How the bridge behaves (the gateway's `[xmpp]`, `[presence]`, `[messages]`
@@ -472,6 +477,17 @@ pub struct FederationGatewayStatus {
     /// The ThrottlePolicy in the applied configuration; none: the gateway's defaults.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub throttle_policy: Option<String>,
+}
+
+impl FederationGatewaySpec {
+    /// How long a rollout may take before it is reported stuck.
+    pub fn progress_deadline(&self) -> std::time::Duration {
+        let secs = self
+            .progress_deadline_seconds
+            .unwrap_or(600)
+            .clamp(30, 86_400);
+        std::time::Duration::from_secs(secs.unsigned_abs())
+    }
 }
 
 impl FederationGateway {

@@ -41,18 +41,24 @@ pub(super) async fn patch_status(
     applied: Option<(&Plan, &LicenceOutcome)>,
 ) -> Result<(), Error> {
     let generation = gateway.metadata.generation;
+    let now = status::now();
     let ready_replicas = match observed {
         Observed::Applied { ready, .. } => *ready,
         _ => previous.ready_replicas,
     };
     let status = FederationGatewayStatus {
         observed_generation: generation,
-        conditions: status::conditions(
-            observed,
-            applied.map(|(_, l)| (l.ok, l.reason, l.message.as_str())),
-            generation,
+        conditions: status::progress_deadline(
+            status::conditions(
+                observed,
+                applied.map(|(_, l)| (l.ok, l.reason, l.message.as_str())),
+                generation,
+                &previous.conditions,
+                &now,
+            ),
             &previous.conditions,
-            &status::now(),
+            gateway.spec.progress_deadline(),
+            &now,
         ),
         ready_replicas,
         config_hash: applied

@@ -288,3 +288,54 @@ fn the_tenant_condition_follows_the_leaders_report() {
         "the pods themselves are ready"
     );
 }
+
+#[test]
+fn a_rollout_past_its_deadline_is_reported_stuck_until_it_finishes() {
+    use std::time::Duration;
+    let stuck_pod = Observed::Applied {
+        asked: 1,
+        desired: 1,
+        ready: 0,
+        updated: false,
+        waiting: vec!["contoso-0 (Pending: ErrImageNeverPull: image not present)".into()],
+        unlicensed: vec![],
+        tenant: None,
+    };
+    let at = |secs: i64, previous: &[Condition]| {
+        let now = k8s_openapi::jiff::Timestamp::from_second(1_800_000_000 + secs)
+            .unwrap()
+            .to_string();
+        let out = conditions(&stuck_pod, None, Some(2), previous, &now);
+        progress_deadline(out, previous, Duration::from_secs(600), &now)
+    };
+    let started = at(0, &[]);
+    assert_eq!(get(&started, PROGRESSING).status, "True");
+    let later = at(599, &started);
+    assert_eq!(get(&later, PROGRESSING).reason, "RollingOut");
+    let overdue = at(600, &later);
+    let p = get(&overdue, PROGRESSING);
+    assert_eq!(
+        (p.status.as_str(), p.reason.as_str()),
+        ("False", DEADLINE_EXCEEDED)
+    );
+    assert!(p.message.contains("ErrImageNeverPull"), "{}", p.message);
+    assert_eq!(p.last_transition_time, "2027-01-15T08:10:00Z");
+    // Still stuck on the next reconciles: not flipped back to RollingOut.
+    let after = at(700, &overdue);
+    assert_eq!(get(&after, PROGRESSING).reason, DEADLINE_EXCEEDED);
+    assert_eq!(
+        get(&after, PROGRESSING).last_transition_time,
+        p.last_transition_time
+    );
+    // A new generation starts a new rollout, and the clock with it.
+    let now = k8s_openapi::jiff::Timestamp::from_second(1_800_000_800)
+        .unwrap()
+        .to_string();
+    let respecified = progress_deadline(
+        conditions(&stuck_pod, None, Some(3), &after, &now),
+        &after,
+        Duration::from_secs(600),
+        &now,
+    );
+    assert_eq!(get(&respecified, PROGRESSING).reason, "RollingOut");
+}
