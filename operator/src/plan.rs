@@ -2,7 +2,6 @@
 //! objects to apply, or to the reason the spec cannot be applied.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::Resource;
 
 use crate::crd::{DomainWhitelist, FederationGateway, ThrottlePolicy};
 use crate::policy::{self, PolicyError};
@@ -67,9 +66,7 @@ pub fn plan(
     let config_toml = config
         .to_toml_string()
         .map_err(|e| InvalidSpec::Render(e.to_string()))?;
-    let owner: OwnerReference = gateway
-        .controller_owner_ref(&())
-        .ok_or(InvalidSpec::NoUid)?;
+    let owner: OwnerReference = render::owner_of(gateway).ok_or(InvalidSpec::NoUid)?;
     let objects = render::build_objects(gateway, owner, &config_toml, replicas);
     let graph_endpoints = config.graph.as_ref().map(|g| {
         let hosts = format!("sign-in {}, Graph {}", g.authority(), g.graph());

@@ -188,6 +188,11 @@ fn minimal_gateway_builds_objects_the_gateway_accepts() {
         assert_eq!(owners.len(), 1);
         assert_eq!(owners[0].uid, "6f1c2b1e-0000-4000-8000-000000000001");
         assert_eq!(owners[0].controller, Some(true));
+        assert_eq!(
+            owners[0].block_owner_deletion,
+            Some(true),
+            "foreground deletion waits"
+        );
         assert_eq!(m.namespace.as_deref(), Some("xmpp"));
     }
 }

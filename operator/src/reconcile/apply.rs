@@ -94,7 +94,7 @@ pub(super) async fn ensure_keys_secret(
             name: Some(name),
             namespace: Some(namespace.to_owned()),
             labels: Some(render::labels(&gateway.name_any())),
-            owner_references: gateway.controller_owner_ref(&()).map(|o| vec![o]),
+            owner_references: render::owner_of(gateway).map(|o| vec![o]),
             ..ObjectMeta::default()
         },
         data: Some(data),

@@ -44,6 +44,18 @@ pub struct GatewayObjects {
 /// always reach the bridge; every replica stays Ready.
 pub const LEADER: (&str, &str) = (xmppfed_config::POD_ROLE_LABEL, "leader");
 
+/// The owner reference every child carries: the gateway, as controller, and
+/// blocking its deletion, so that `kubectl delete --cascade=foreground`
+/// waits for the children (the garbage collector waits only for dependents
+/// that say `blockOwnerDeletion`).
+pub fn owner_of(gateway: &FederationGateway) -> Option<OwnerReference> {
+    use kube::Resource;
+    gateway.controller_owner_ref(&()).map(|mut owner| {
+        owner.block_owner_deletion = Some(true);
+        owner
+    })
+}
+
 /// The labels every child carries; the first two select the gateway's pods.
 pub fn labels(name: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
