@@ -235,6 +235,16 @@ async fn the_operator_runs_as_a_pod_and_its_gateway_says_why_it_is_not_ready() {
     // (the API server refuses to proxy to a node on loopback).
     let weigh = |pod: &Pod| pod.metadata.uid.as_deref().and_then(working_set);
     let gateway_pod = pods.get("contoso-0").await.unwrap();
+    // Sized by default: requests and a memory limit, so not BestEffort.
+    let qos = gateway_pod
+        .status
+        .as_ref()
+        .and_then(|s| s.qos_class.clone());
+    assert_eq!(
+        qos.as_deref(),
+        Some("Burstable"),
+        "the gateway pod's QoS class"
+    );
     let (gateway_bytes, operator_bytes) = (weigh(&gateway_pod), weigh(&operator));
     eprintln!(
         "memory (cgroup working set, debug builds): gateway {:.1} MiB, operator {:.1} MiB",

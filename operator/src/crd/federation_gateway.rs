@@ -58,6 +58,8 @@ pub struct FederationGatewaySpec {
     /// The gateway container image.
     #[schemars(length(min = 1))]
     pub image: String,
+    /// The gateway container's resources; unset: requests 100m CPU and
+    /// 64Mi memory, limit 512Mi memory (QoS Burstable).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
     #[serde(default)]

@@ -174,6 +174,23 @@ fn minimal_gateway_builds_objects_the_gateway_accepts() {
         ]
     );
 
+    // Sized by default (QoS Burstable, not BestEffort).
+    let container = &o
+        .stateful_set
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0];
+    let resources = container.resources.as_ref().unwrap();
+    assert_eq!(resources, &crate::render::default_resources());
+    let requests = resources.requests.as_ref().unwrap();
+    assert!(requests.contains_key("cpu") && requests.contains_key("memory"));
+    assert!(resources.limits.as_ref().unwrap().contains_key("memory"));
+
     // Every child is owned by the gateway, as its controller.
     let metas = [
         &o.config_map.metadata,
