@@ -121,8 +121,8 @@ pub fn conditions(
 /// Progressing's reason once a rollout has not finished within its deadline.
 pub const DEADLINE_EXCEEDED: &str = "ProgressDeadlineExceeded";
 
-/// A rollout still unfinished `deadline` after Progressing turned True is
-/// stuck (a Deployment's `progressDeadlineSeconds`): Progressing turns False,
+/// A rollout still unfinished `deadline` after it began (Progressing turned
+/// True, or the spec changed while it was) is stuck (a Deployment's `progressDeadlineSeconds`): Progressing turns False,
 /// `ProgressDeadlineExceeded`, naming the pods and why they wait. It stays so
 /// until the rollout finishes or the spec changes (a new generation).
 pub fn progress_deadline(
@@ -137,10 +137,14 @@ pub fn progress_deadline(
     else {
         return out;
     };
-    let stuck = previous.iter().find(|c| {
-        c.type_ == PROGRESSING
-            && c.reason == DEADLINE_EXCEEDED
-            && c.observed_generation == p.observed_generation
+    let before = previous.iter().find(|c| c.type_ == PROGRESSING);
+    // A new generation is a new rollout: its time starts now, even where
+    // Progressing was already True for the one before.
+    if before.is_some_and(|c| c.observed_generation != p.observed_generation) {
+        p.last_transition_time = now.to_owned();
+    }
+    let stuck = before.filter(|c| {
+        c.reason == DEADLINE_EXCEEDED && c.observed_generation == p.observed_generation
     });
     let elapsed = |since: &str| -> Option<std::time::Duration> {
         let (since, now) = (

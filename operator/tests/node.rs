@@ -670,6 +670,12 @@ async fn refusals_are_named(admin: &Client, ns: &str, gateways: &Api<FederationG
             .any(|r| stuck.contains(r)),
         "{stuck}"
     );
+    // Counted from this roll, not from an earlier one still under way.
+    assert!(
+        rolled.elapsed() >= Duration::from_secs(30),
+        "{:?}",
+        rolled.elapsed()
+    );
     eprintln!(
         "a wrong image: Progressing=False ProgressDeadlineExceeded {:.1} s after the roll: {stuck}",
         rolled.elapsed().as_secs_f64()

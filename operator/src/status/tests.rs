@@ -338,4 +338,20 @@ fn a_rollout_past_its_deadline_is_reported_stuck_until_it_finishes() {
         &now,
     );
     assert_eq!(get(&respecified, PROGRESSING).reason, "RollingOut");
+    // And so does a new generation while the last one was still rolling out.
+    let rolling = at(300, &started);
+    let now = k8s_openapi::jiff::Timestamp::from_second(1_800_000_650)
+        .unwrap()
+        .to_string();
+    let changed = progress_deadline(
+        conditions(&stuck_pod, None, Some(3), &rolling, &now),
+        &rolling,
+        Duration::from_secs(600),
+        &now,
+    );
+    let p = get(&changed, PROGRESSING);
+    assert_eq!(
+        (p.reason.as_str(), p.last_transition_time.as_str()),
+        ("RollingOut", now.as_str())
+    );
 }
