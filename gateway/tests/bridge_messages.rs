@@ -269,13 +269,18 @@ async fn a_429_storm_delays_messages_but_loses_none() {
 
 /// Bob subscribes to Alice, so his shadow account exists, and nobody has
 /// written yet; returns once its chats are watched.
-async fn bob_subscribed_to_alice(w: &mut World) {
+/// Bob asks for Alice's presence and is approved.
+fn bob_asks_alice(w: &mut World) {
     w.bob
         .command(json!({"cmd": "subscribe", "to": ALICE}))
         .unwrap();
     wait(&mut w.bob, 20, |e| {
         e["event"] == "presence" && e["type"] == "subscribed" && e["from"] == ALICE
     });
+}
+
+async fn bob_subscribed_to_alice(w: &mut World) {
+    bob_asks_alice(w);
     let shadow_id = until(20, "Bob's shadow account", || {
         w.emulator.tenant().user(&shadow()).map(|u| u.id.clone())
     })
@@ -487,12 +492,7 @@ async fn one_subscription_for_the_tenant_carries_a_chat_started_in_teams() {
     else {
         return;
     };
-    w.bob
-        .command(json!({"cmd": "subscribe", "to": ALICE}))
-        .unwrap();
-    wait(&mut w.bob, 20, |e| {
-        e["event"] == "presence" && e["type"] == "subscribed" && e["from"] == ALICE
-    });
+    bob_asks_alice(&mut w);
     until(20, "Bob's shadow account", || {
         w.emulator.tenant().user(&shadow()).map(|_| ())
     })
@@ -568,12 +568,7 @@ async fn a_refused_tenant_subscription_is_asked_for_once_and_the_poll_stands_in(
     else {
         return;
     };
-    w.bob
-        .command(json!({"cmd": "subscribe", "to": ALICE}))
-        .unwrap();
-    wait(&mut w.bob, 20, |e| {
-        e["event"] == "presence" && e["type"] == "subscribed" && e["from"] == ALICE
-    });
+    bob_asks_alice(&mut w);
     w.bob
         .command(json!({"cmd": "message", "to": ALICE, "body": "Anyone?", "id": "q1"}))
         .unwrap();

@@ -38,6 +38,18 @@ spec:
     .unwrap()
 }
 
+/// The gateway's pod template.
+fn pod_spec(o: &GatewayObjects) -> &k8s_openapi::api::core::v1::PodSpec {
+    o.stateful_set
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+}
+
 fn sqlite() -> &'static str {
     "  database: { engine: sqlite }\n"
 }
@@ -175,16 +187,7 @@ fn minimal_gateway_builds_objects_the_gateway_accepts() {
     );
 
     // Sized by default (QoS Burstable, not BestEffort).
-    let container = &o
-        .stateful_set
-        .spec
-        .as_ref()
-        .unwrap()
-        .template
-        .spec
-        .as_ref()
-        .unwrap()
-        .containers[0];
+    let container = &pod_spec(o).containers[0];
     let resources = container.resources.as_ref().unwrap();
     assert_eq!(resources, &crate::render::default_resources());
     let requests = resources.requests.as_ref().unwrap();
@@ -407,15 +410,7 @@ fn remote_servers_reach_the_replica_that_runs_the_bridge() {
 /// Each pod may label itself: a token, its namespace, and a Role that lets
 /// the gateway's account patch the StatefulSet's pods, by name, and nothing else.
 fn each_pod_may_label_itself_and_nothing_else(o: &GatewayObjects) {
-    let pod = o
-        .stateful_set
-        .spec
-        .as_ref()
-        .unwrap()
-        .template
-        .spec
-        .as_ref()
-        .unwrap();
+    let pod = pod_spec(o);
     assert_eq!(pod.automount_service_account_token, Some(true));
     let env = pod.containers[0].env.as_ref().unwrap();
     let from_field = |name: &str| {
