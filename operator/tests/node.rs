@@ -230,31 +230,7 @@ async fn the_operator_runs_as_a_pod_and_its_gateway_says_why_it_is_not_ready() {
         .await;
     }
 
-    // What the running pods weigh: their memory cgroups' working set (usage
-    // less inactive file pages, as the kubelet counts it), read on this host
-    // (the API server refuses to proxy to a node on loopback).
-    let weigh = |pod: &Pod| pod.metadata.uid.as_deref().and_then(working_set);
-    let gateway_pod = pods.get("contoso-0").await.unwrap();
-    // Sized by default: requests and a memory limit, so not BestEffort.
-    let qos = gateway_pod
-        .status
-        .as_ref()
-        .and_then(|s| s.qos_class.clone());
-    assert_eq!(
-        qos.as_deref(),
-        Some("Burstable"),
-        "the gateway pod's QoS class"
-    );
-    let (gateway_bytes, operator_bytes) = (weigh(&gateway_pod), weigh(&operator));
-    eprintln!(
-        "memory (cgroup working set, debug builds): gateway {:.1} MiB, operator {:.1} MiB",
-        gateway_bytes.unwrap_or(0) as f64 / 1048576.0,
-        operator_bytes.unwrap_or(0) as f64 / 1048576.0
-    );
-    assert!(
-        gateway_bytes.is_some_and(|b| b > 0),
-        "the gateway pod's memory cgroup is found and charged"
-    );
+    pods_sized_and_weighed(&pods, &operator).await;
 
     refusals_are_named(&admin, &ns, &gateways).await;
 
@@ -277,6 +253,36 @@ async fn the_operator_runs_as_a_pod_and_its_gateway_says_why_it_is_not_ready() {
         .delete(&ns, &DeleteParams::default())
         .await
         .unwrap();
+}
+
+/// The gateway pod is sized by default (QoS Burstable), and what the running
+/// pods weigh.
+async fn pods_sized_and_weighed(pods: &Api<Pod>, operator: &Pod) {
+    // What the running pods weigh: their memory cgroups' working set (usage
+    // less inactive file pages, as the kubelet counts it), read on this host
+    // (the API server refuses to proxy to a node on loopback).
+    let weigh = |pod: &Pod| pod.metadata.uid.as_deref().and_then(working_set);
+    let gateway_pod = pods.get("contoso-0").await.unwrap();
+    // Sized by default: requests and a memory limit, so not BestEffort.
+    let qos = gateway_pod
+        .status
+        .as_ref()
+        .and_then(|s| s.qos_class.clone());
+    assert_eq!(
+        qos.as_deref(),
+        Some("Burstable"),
+        "the gateway pod's QoS class"
+    );
+    let (gateway_bytes, operator_bytes) = (weigh(&gateway_pod), weigh(operator));
+    eprintln!(
+        "memory (cgroup working set, debug builds): gateway {:.1} MiB, operator {:.1} MiB",
+        gateway_bytes.unwrap_or(0) as f64 / 1048576.0,
+        operator_bytes.unwrap_or(0) as f64 / 1048576.0
+    );
+    assert!(
+        gateway_bytes.is_some_and(|b| b > 0),
+        "the gateway pod's memory cgroup is found and charged"
+    );
 }
 
 /// The operator Pod: Ready through its own readiness probe, from our image,
