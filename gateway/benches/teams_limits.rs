@@ -77,13 +77,6 @@ fn limited_seed(users: usize, shadows: Vec<Value>, timeout: Option<u64>) -> Seed
     .unwrap()
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
 /// Graph calls the emulator answered, by the first two segments of the path.
 fn calls_by_kind(log: &[String]) -> BTreeMap<String, usize> {
     let mut kinds = BTreeMap::new();
@@ -252,9 +245,7 @@ async fn small_world() {
         .map(|n| format!("user{n}@contoso.com"))
         .chain(["alice@contoso.com".to_owned()])
         .collect();
-    config.throttle.default.messages_per_minute = 1_000_000;
-    config.throttle.default.burst = 100_000;
-    config.throttle.default.bytes_per_minute = 1 << 30;
+    without_per_contact_limits(&mut config);
     config.presence.keep_alive_secs = 4;
     let gateway = start_gateway(&config).await;
     let (server, mut bob) = prosody_with_bob(ProsodyOptions {

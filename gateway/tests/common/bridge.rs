@@ -193,6 +193,21 @@ pub fn chat_messages(emulator: &GraphEmulator, chat_id: &str) -> Vec<(String, St
         .unwrap_or_default()
 }
 
+/// Lifts the per-contact XMPP throttle, for benchmarks that flood on purpose.
+pub fn without_per_contact_limits(config: &mut GatewayConfig) {
+    config.throttle.default.messages_per_minute = 1_000_000;
+    config.throttle.default.burst = 100_000;
+    config.throttle.default.bytes_per_minute = 1 << 30;
+}
+
+/// The value at quantile `p` of `sorted` (nearest rank); NaN when empty.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
 /// The gateway, in this process, until `stop`.
 pub struct Running {
     stop: tokio::sync::oneshot::Sender<()>,

@@ -329,8 +329,9 @@ impl Messages {
             .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now() + pause);
     }
 
-    /// Graph refused a subscription with 403: said once per refusal spell,
-    /// counted, and none asked for during [`REFUSED_BACK_OFF`].
+    /// Graph refused a subscription with 403: said the first time (the log
+    /// names the fix), counted every time, and none asked for during
+    /// [`REFUSED_BACK_OFF`].
     fn pause_subscribing(&self, e: &GraphError, tenant_wide: bool) {
         let was_paused = self
             .subscribe_after
