@@ -122,6 +122,11 @@ impl XmppClient {
             .collect()
     }
 
+    /// Every event received so far, taken by a wait or not.
+    pub fn seen(&self) -> &[Value] {
+        &self.seen
+    }
+
     /// Collects what arrives for `period` (nothing is waited for).
     pub fn drain(&mut self, period: Duration) {
         let deadline = Instant::now() + period;

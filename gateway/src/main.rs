@@ -102,11 +102,18 @@ fn check_tenant(file: &std::path::Path) -> anyhow::Result<bool> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let graph = xmppfed_gateway::graph::from_config(
-            graph_config,
-            xmppfed_gateway::graph::Budgets::new(&graph_config.limits),
-        )?;
-        let checks = xmppfed_gateway::preflight::check_tenant(&config, &graph).await;
+        let client = |c: &xmppfed_config::GraphConfig| {
+            xmppfed_gateway::graph::from_config(c, xmppfed_gateway::graph::Budgets::new(&c.limits))
+        };
+        let graph = client(graph_config)?;
+        let shadow = config
+            .shadow_accounts
+            .tenant
+            .as_ref()
+            .map(client)
+            .transpose()?;
+        let checks =
+            xmppfed_gateway::preflight::check_tenants(&config, &graph, shadow.as_ref()).await;
         print!("{}", xmppfed_gateway::preflight::render(&checks));
         let passed = xmppfed_gateway::preflight::passed(&checks);
         println!(

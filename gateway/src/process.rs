@@ -81,7 +81,10 @@ type BuildBridge = Box<dyn FnOnce() -> BoxFuture<'static, Result<Arc<Bridge>, St
 
 /// What keeps the internal allow list fresh.
 struct DirectoryWatch {
+    /// The Teams users' tenant.
     graph: Arc<crate::graph::GraphClient>,
+    /// The shadow accounts' own tenant, when they have one.
+    shadow: Option<Arc<crate::graph::GraphClient>>,
     directory: Directory,
     allowed: AllowedUsers,
     rule: LocalPartRule,
@@ -291,9 +294,11 @@ async fn keep_directory(watch: DirectoryWatch) {
         // gateway whose credentials were never proven is not ready (the
         // tenant's health says why). The bridge may start meanwhile: what it
         // cannot send waits in the outbox.
-        let proven = watch.graph.tokens().monitor().proven();
-        if !proven && let Err(e) = watch.graph.sign_in_app().await {
-            tracing::debug!(error = %e, "the app cannot obtain a token from the tenant yet");
+        for graph in std::iter::once(&watch.graph).chain(watch.shadow.as_ref()) {
+            let proven = graph.tokens().monitor().proven();
+            if !proven && let Err(e) = graph.sign_in_app().await {
+                tracing::debug!(error = %e, "the app cannot obtain a token from the tenant yet");
+            }
         }
         let refreshed = watch
             .directory
@@ -462,16 +467,35 @@ fn directory_watch(
         );
     }
     let budgets = crate::graph::Budgets::new(&graph.limits);
-    budgets.metrics().register(metrics);
-    let monitor = SignInMonitor::new(metrics, health.component("tenant"));
+    budgets.metrics().register(metrics, "graph");
+    let monitor = Arc::new(SignInMonitor::new(metrics, health.component("tenant")));
+    let vault = refresh_vault(config, store)?;
+    let client =
+        crate::graph::from_config(graph, budgets)?.with_sign_ins(vault.clone(), monitor.clone());
+    // The shadow accounts' own tenant: its own app, budgets and sign-ins
+    // (shadow accounts sign in there), reported beside the home tenant's.
+    let shadow = match &config.shadow_accounts.tenant {
+        None => None,
+        Some(tenant) => {
+            tracing::info!(tenant = %tenant.tenant_id, "shadow accounts live in a tenant of their own");
+            let budgets = crate::graph::Budgets::new(&tenant.limits);
+            budgets.metrics().register(metrics, "graph_shadow_tenant");
+            let monitor = Arc::new(monitor.beside(health.component("shadow-tenant")));
+            let client = crate::graph::from_config(tenant, budgets)?.with_sign_ins(vault, monitor);
+            Some(Arc::new(client))
+        }
+    };
     if let Some(pod) = PodMetadata::from_environment() {
-        // The tenant's answer for the operator's TenantReady condition.
-        tokio::spawn(pod.keep_annotation(xmppfed_config::POD_TENANT_ANNOTATION, monitor.watch()));
+        // The tenants' answer for the operator's TenantReady condition.
+        let state = match &shadow {
+            None => monitor.watch(),
+            Some(s) => SignInMonitor::watch_both(&monitor, s.tokens().monitor()),
+        };
+        tokio::spawn(pod.keep_annotation(xmppfed_config::POD_TENANT_ANNOTATION, state));
     }
-    let client = crate::graph::from_config(graph, budgets)?
-        .with_sign_ins(refresh_vault(config, store)?, Arc::new(monitor));
     Ok(Some(DirectoryWatch {
         graph: Arc::new(client),
+        shadow,
         directory: Directory::default(),
         allowed: AllowedUsers {
             upns: config.allow.internal_users.clone(),
@@ -515,6 +539,12 @@ fn bridge_builder(
     let settings = Settings::from_config(config, graph_config);
     let services = Services {
         graph: watch.graph.clone(),
+        shadow_graph: watch.shadow.clone().unwrap_or_else(|| watch.graph.clone()),
+        home_tenant: config
+            .shadow_accounts
+            .tenant
+            .as_ref()
+            .map(|_| graph_config.tenant_id.clone()),
         directory: watch.directory.clone(),
         store: store.clone(),
         out: Arc::new(s2s.sender()),

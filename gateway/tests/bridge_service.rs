@@ -89,7 +89,9 @@ async fn harness() -> Harness {
     let (tx, sent) = mpsc::channel(1024);
     let out: Arc<dyn XmppOut> = Arc::new(common::ChannelOut(tx));
     let services = xmppfed_gateway::bridge::Services {
+        shadow_graph: graph.clone(),
         graph,
+        home_tenant: None,
         directory: directory.clone(),
         store: store.clone(),
         out,

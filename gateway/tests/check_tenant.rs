@@ -6,8 +6,11 @@
 
 use serde_json::{Value, json};
 use xmppfed_config::GatewayConfig;
+use xmppfed_config::StoreConfig;
 use xmppfed_e2e::graph::{GraphEmulator, Seed};
-use xmppfed_gateway::preflight::{Check, Verdict, check_tenant, passed, render};
+use xmppfed_gateway::bridge::contacts::credentials::CredentialCipher;
+use xmppfed_gateway::preflight::{Check, Verdict, check_tenant, check_tenants, passed, render};
+use xmppfed_gateway::store::{ShadowAccount, Store};
 
 const APP: &str = "0f0f0f0f-1111-4222-8333-444444444444";
 const SKU: &str = "6af4b3d6-14bb-4a2a-960c-6c902aad34f3";
@@ -71,6 +74,30 @@ async fn run_with(
     secret: &str,
     change: impl FnOnce(&mut GatewayConfig),
 ) -> (Vec<Check>, GatewayConfig, tempfile::TempDir) {
+    run_canary(seed, secret, change, None).await
+}
+
+/// A shadow account the gateway made earlier, in its store and the tenant.
+struct Canary {
+    jid: &'static str,
+    upn: &'static str,
+    password: &'static str,
+}
+
+const SHADOW: Canary = Canary {
+    jid: "romeo@montague.example",
+    upn: "xmpp.romeo@shadow.contoso.com",
+    password: "Shadow-Pa55word!",
+};
+
+/// The run, with `canary` in the gateway's store (sealed under the test's
+/// credential key, which is the secret file's "s3cret").
+async fn run_canary(
+    seed: Seed,
+    secret: &str,
+    change: impl FnOnce(&mut GatewayConfig),
+    canary: Option<Canary>,
+) -> (Vec<Check>, GatewayConfig, tempfile::TempDir) {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let emulator = GraphEmulator::start(seed).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -83,7 +110,26 @@ async fn run_with(
         secret: file,
     });
     let mut config = config;
+    // Each run its own store (absent unless the test puts a shadow account in it).
+    config.store = StoreConfig::Sqlite {
+        path: dir.path().join("store.db"),
+    };
     change(&mut config);
+    if let Some(account) = &canary {
+        let store = Store::open(&config.store).await.unwrap();
+        let cipher = CredentialCipher::new("s3cret");
+        store
+            .put_shadow(&ShadowAccount {
+                jid: account.jid.into(),
+                upn: account.upn.into(),
+                object_id: "unused-by-the-check".into(),
+                credential: cipher.seal(account.jid, &account.password.into()).unwrap(),
+                last_used: 0,
+                created_at: 0,
+            })
+            .await
+            .unwrap();
+    }
     let graph = xmppfed_gateway::graph::from_config(
         config.graph.as_ref().unwrap(),
         xmppfed_gateway::graph::Budgets::uniform(100, 100),
@@ -356,6 +402,231 @@ async fn an_administrative_unit_needs_only_read_permissions_and_the_scoped_role(
         unit.fix
             .as_deref()
             .is_some_and(|f| f.contains("User Administrator role scoped to the unit")),
+        "{table}"
+    );
+}
+
+/// The seed with the canary's shadow account, in a group the MFA policy
+/// excludes when `excluded`.
+fn with_shadow(excluded: bool, change: impl FnOnce(&mut Value)) -> Seed {
+    seed(|s| {
+        s["users"].as_array_mut().unwrap().push(json!({
+            "userPrincipalName": SHADOW.upn, "displayName": "Romeo (XMPP)",
+            "password": SHADOW.password,
+            "passwordPolicies": "DisablePasswordExpiration"}));
+        let members = if excluded {
+            json!([SHADOW.upn])
+        } else {
+            json!([])
+        };
+        s["groups"].as_array_mut().unwrap().push(
+            json!({"id": "shadow-accounts", "displayName": "Shadow accounts", "members": members}),
+        );
+        change(s);
+    })
+}
+
+#[tokio::test]
+async fn a_shadow_account_signs_in_as_the_canary_and_shows_what_the_policies_only_suggest() {
+    // Good tenant: the canary signs in, its token carries the delegated scopes.
+    let (checks, _, _dir) =
+        run_canary(with_shadow(true, |_| {}), "s3cret", |_| {}, Some(SHADOW)).await;
+    let table = render(&checks);
+    eprintln!("{table}");
+    assert!(passed(&checks), "{table}");
+    let canary = verdict(&checks, "shadow sign-in");
+    assert_eq!(canary.verdict, Verdict::Ok, "{table}");
+    assert!(canary.detail.contains(SHADOW.upn), "{table}");
+    let consent = verdict(&checks, "delegated consent");
+    assert_eq!(consent.verdict, Verdict::Ok, "{table}");
+    assert!(consent.detail.contains("Chat.ReadWrite"), "{table}");
+
+    // Each refusal only the sign-in itself shows: (case, seed, fix).
+    type Change = Box<dyn FnOnce(&mut Value)>;
+    let cases: Vec<(&str, bool, Change, &str, &str)> = vec![
+        (
+            // The policy has an exclusion (so the Conditional Access row is
+            // OK), but the group it excludes misses the shadow account.
+            "an exclusion that misses the shadow accounts",
+            false,
+            Box::new(|_| {}),
+            "AADSTS50076",
+            "exclude them",
+        ),
+        (
+            "a federated shadow domain (ROPC cannot check the password)",
+            true,
+            Box::new(|s| {
+                s["domains"] = json!([{"id": "contoso.com"},
+                    {"id": "shadow.contoso.com", "authenticationType": "Federated"}])
+            }),
+            "AADSTS50126",
+            "managed (not federated)",
+        ),
+        (
+            "an expired password",
+            true,
+            Box::new(|s| {
+                s["users"][1]["passwordPolicies"] = json!("None");
+                s["identity"]["passwordValidityDays"] = json!(0);
+            }),
+            "AADSTS50055",
+            "DisablePasswordExpiration",
+        ),
+        (
+            "no admin consent for the delegated permissions",
+            true,
+            Box::new(|s| s["apps"][0]["scopes"] = json!([])),
+            "AADSTS65001",
+            "grant admin consent",
+        ),
+    ];
+    for (case, excluded, change, code, fix) in cases {
+        let (checks, _, _dir) = run_canary(
+            with_shadow(excluded, change),
+            "s3cret",
+            |_| {},
+            Some(SHADOW),
+        )
+        .await;
+        let table = render(&checks);
+        assert!(!passed(&checks), "{case}: {table}");
+        let canary = verdict(&checks, "shadow sign-in");
+        assert_eq!(canary.verdict, Verdict::Fail, "{case}: {table}");
+        assert!(canary.detail.contains(code), "{case}: {table}");
+        assert!(
+            canary.fix.as_deref().is_some_and(|f| f.contains(fix)),
+            "{case}: {table}"
+        );
+    }
+
+    // Without a shadow account in the store there is nothing to sign in.
+    let (checks, _, _dir) = run(with_shadow(true, |_| {}), "s3cret").await;
+    let table = render(&checks);
+    assert!(passed(&checks), "{table}");
+    assert_eq!(
+        verdict(&checks, "shadow sign-in").verdict,
+        Verdict::Unknown,
+        "{table}"
+    );
+    assert_eq!(
+        verdict(&checks, "delegated consent").verdict,
+        Verdict::Unknown,
+        "{table}"
+    );
+}
+
+/// A tenant of their own for the shadow accounts: the home tenant's app
+/// needs only to read, the shadow tenant's is checked like a one-tenant
+/// gateway's, each failure named by its tenant.
+#[tokio::test]
+async fn two_tenants_are_checked_each_for_what_it_holds() {
+    const SHADOW_APP: &str = "0f0f0f0f-2222-4333-8444-555555555555";
+    let run_two = |home_roles: Value, shadow_roles: Value| async move {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let home = GraphEmulator::start(seed(|s| {
+            s["apps"][0]["roles"] = home_roles;
+            // MFA for everyone at home: nothing of the gateway signs in there.
+            s["identity"]["conditionalAccess"] =
+                json!([{"displayName": "MFA for all", "grant": "mfa"}]);
+        }))
+        .await
+        .unwrap();
+        let shadow = GraphEmulator::start(seed(|s| {
+            s["tenantId"] = json!("5c0ffee0-0000-4000-8000-0000000000c2");
+            s["apps"][0]["clientId"] = json!(SHADOW_APP);
+            s["apps"][0]["roles"] = shadow_roles;
+        }))
+        .await
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret");
+        std::fs::write(&file, "s3cret").unwrap();
+        let mut config = config(&GatewayConfigInputs {
+            tenant: home.tenant().id.clone(),
+            authority: home.authority_url(),
+            graph: home.graph_url(),
+            secret: file,
+        });
+        config.store = StoreConfig::Sqlite {
+            path: dir.path().join("store.db"),
+        };
+        let mut tenant = config.graph.clone().unwrap();
+        tenant.tenant_id = shadow.tenant().id.clone();
+        tenant.client_id = SHADOW_APP.into();
+        tenant.authority_url = Some(shadow.authority_url());
+        tenant.graph_url = Some(shadow.graph_url());
+        config.shadow_accounts.tenant = Some(tenant);
+        config.validate().unwrap();
+        let client = |c: &xmppfed_config::GraphConfig| {
+            xmppfed_gateway::graph::from_config(
+                c,
+                xmppfed_gateway::graph::Budgets::uniform(100, 100),
+            )
+            .unwrap()
+        };
+        let (h, s) = (
+            client(config.graph.as_ref().unwrap()),
+            client(config.shadow_accounts.tenant.as_ref().unwrap()),
+        );
+        check_tenants(&config, &h, Some(&s)).await
+    };
+    let home_roles = json!(["User.Read.All", "Presence.Read.All", "GroupMember.Read.All"]);
+    let checks = run_two(home_roles.clone(), json!(ROLES)).await;
+    let table = render(&checks);
+    eprintln!("{table}");
+    assert!(passed(&checks), "{table}");
+    for name in [
+        "app sign-in",
+        "application permissions",
+        "shadow tenant: app sign-in",
+        "shadow tenant: application permissions",
+        "shadow domain",
+        "licence",
+        "Security Defaults",
+    ] {
+        assert_eq!(
+            verdict(&checks, name).verdict,
+            Verdict::Ok,
+            "{name}: {table}"
+        );
+    }
+    // The home tenant's MFA-for-all policy is not the shadow tenant's business.
+    assert_eq!(
+        verdict(&checks, "Conditional Access").verdict,
+        Verdict::Ok,
+        "{table}"
+    );
+    assert_eq!(
+        verdict(&checks, "external access").verdict,
+        Verdict::Unknown,
+        "{table}"
+    );
+
+    // Write permissions at home are more than needed; the shadow tenant's
+    // app without its own is a failure named by its tenant.
+    let checks = run_two(
+        json!([
+            "User.ReadWrite.All",
+            "Presence.Read.All",
+            "GroupMember.Read.All"
+        ]),
+        json!(["User.ReadWrite.All", "Policy.Read.All", "Domain.Read.All"]),
+    )
+    .await;
+    let table = render(&checks);
+    let home = verdict(&checks, "application permissions");
+    assert_eq!(home.verdict, Verdict::Ok, "{table}");
+    assert!(
+        home.detail
+            .contains("more than needed also granted: User.ReadWrite.All"),
+        "{table}"
+    );
+    let shadow = verdict(&checks, "shadow tenant: application permissions");
+    assert_eq!(shadow.verdict, Verdict::Fail, "{table}");
+    assert!(
+        shadow.detail.contains("Presence.ReadWrite.All")
+            && shadow.detail.contains("LicenseAssignment.ReadWrite.All"),
         "{table}"
     );
 }

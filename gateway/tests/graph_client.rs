@@ -209,7 +209,7 @@ async fn shadow_accounts_chat_with_teams_users() {
     let bob_id = graph.get_user(&bob.upn).await.unwrap().id;
     let alice_id = "11111111-1111-4111-8111-111111111111";
     let chat = graph
-        .one_on_one_chat(&bob, &bob_id, alice_id)
+        .one_on_one_chat(&bob, &bob_id, alice_id, None)
         .await
         .unwrap();
     assert_eq!(
@@ -218,7 +218,7 @@ async fn shadow_accounts_chat_with_teams_users() {
     );
     assert_eq!(
         graph
-            .one_on_one_chat(&bob, &bob_id, alice_id)
+            .one_on_one_chat(&bob, &bob_id, alice_id, None)
             .await
             .unwrap()
             .id,

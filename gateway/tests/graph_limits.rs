@@ -170,7 +170,7 @@ async fn chats(graph: &GraphClient) -> Vec<String> {
             .id;
         chats.push(
             graph
-                .one_on_one_chat(&bob, &bob_id, &other)
+                .one_on_one_chat(&bob, &bob_id, &other, None)
                 .await
                 .unwrap()
                 .id,

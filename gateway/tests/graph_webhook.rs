@@ -103,7 +103,10 @@ impl World {
         );
         let bob = bob();
         let bob_id = graph.get_user(&bob.upn).await.unwrap().id;
-        let chat = graph.one_on_one_chat(&bob, &bob_id, ALICE).await.unwrap();
+        let chat = graph
+            .one_on_one_chat(&bob, &bob_id, ALICE, None)
+            .await
+            .unwrap();
         let want = Want {
             resource: format!("/users/{bob_id}/chats/getAllMessages"),
             change_type: "created".into(),
@@ -433,7 +436,10 @@ async fn delayed_notifications_and_an_expired_subscription() {
     let public_url = serve_webhook("cs", channel(queue)).await;
     let bob = bob();
     let bob_id = graph.get_user(&bob.upn).await.unwrap().id;
-    let chat = graph.one_on_one_chat(&bob, &bob_id, ALICE).await.unwrap();
+    let chat = graph
+        .one_on_one_chat(&bob, &bob_id, ALICE, None)
+        .await
+        .unwrap();
     let subs = Subscriptions::new(&public_url, SecretString::from("cs".to_owned()));
     let want = Want {
         resource: format!("/chats/{}/messages", chat.id),

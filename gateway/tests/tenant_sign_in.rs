@@ -108,6 +108,10 @@ async fn a_restart_goes_on_with_the_stored_refresh_token_not_the_password() {
             account.properties["employeeType"],
             "XMPP federation contact"
         );
+        assert_eq!(
+            account.properties["onPremisesExtensionAttributes"]["extensionAttribute15"],
+            "xmppfed-shadow-account"
+        );
         // Licensed for Teams only: no mailbox, no SharePoint.
         assert_eq!(account.licences, [SKU]);
         assert_eq!(

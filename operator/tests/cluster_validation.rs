@@ -112,6 +112,28 @@ fn gateway_cases(gateway: &Value) -> Vec<Case> {
             "exactly one of tenant.clientSecret and tenant.clientCertificate",
         ),
         (
+            "a shadow tenant whose id is not a GUID",
+            with(
+                gateway,
+                "/spec/shadowAccounts/tenant",
+                Some(
+                    json!({"tenantId": "fabrikam", "clientId": "0a1b2c3d-4e5f-6789-abcd-ef0123456789",
+                            "clientSecret": {"name": "shadow-app", "key": "client-secret"}}),
+                ),
+            ),
+            "spec.shadowAccounts.tenant.tenantId",
+        ),
+        (
+            "a shadow tenant without a credential",
+            with(
+                gateway,
+                "/spec/shadowAccounts/tenant",
+                Some(json!({"tenantId": "9e0d2a8e-1b2c-4d5e-9f00-112233445577",
+                            "clientId": "0a1b2c3d-4e5f-6789-abcd-ef0123456789"})),
+            ),
+            "spec.shadowAccounts.tenant",
+        ),
+        (
             "a lower-case usage location",
             with(
                 gateway,

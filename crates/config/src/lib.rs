@@ -477,6 +477,12 @@ pub struct ShadowAccountConfig {
     /// the app then needs only the User Administrator role scoped to it, not
     /// `User.ReadWrite.All` over the whole directory.
     pub administrative_unit: Option<String>,
+    /// The tenant the shadow accounts live in, when not `graph`'s: a tenant
+    /// kept for federation alone (its own app registration), so that the
+    /// Teams users' tenant keeps MFA for everyone. Teams users, their
+    /// presence and the allow list stay in `graph`'s tenant; chats are
+    /// cross-tenant, which Teams external access must allow both ways.
+    pub tenant: Option<GraphConfig>,
 }
 
 impl Default for ShadowAccountConfig {
@@ -489,6 +495,7 @@ impl Default for ShadowAccountConfig {
             credential_key: None,
             usage_location: None,
             administrative_unit: None,
+            tenant: None,
         }
     }
 }
@@ -627,6 +634,10 @@ impl GatewayConfig {
         }
         if let Some(s) = self.graph.as_ref().and_then(|g| g.client_secret.as_ref()) {
             refs.push(("graph.client_secret", s));
+        }
+        let shadow = self.shadow_accounts.tenant.as_ref();
+        if let Some(s) = shadow.and_then(|g| g.client_secret.as_ref()) {
+            refs.push(("shadow_accounts.tenant.client_secret", s));
         }
         if let Some(s) = &self.webhook.client_state {
             refs.push(("webhook.client_state", s));

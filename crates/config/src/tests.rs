@@ -454,3 +454,52 @@ fn each_cloud_has_its_own_hosts_and_an_override_wins() {
     );
     assert!(graph("graph_url = \"http://graph-proxy.example/v1.0\"\n").is_err());
 }
+
+#[test]
+fn a_shadow_tenant_is_checked_like_graph_and_must_be_another_tenant() {
+    let with = |tenant: &str| format!("{FULL}\n[shadow_accounts.tenant]\n{tenant}");
+    let good = with(
+        "tenant_id = \"9e0d2a8e-1b2c-4d5e-9f00-112233445577\"\n\
+         client_id = \"1a1b2c3d-4e5f-6789-abcd-ef0123456789\"\n\
+         client_secret = { env = \"XMPPFED_SHADOW_SECRET\" }\n",
+    );
+    let c = GatewayConfig::from_toml_str(&good).unwrap();
+    let tenant = c.shadow_accounts.tenant.as_ref().unwrap();
+    assert_eq!(tenant.tenant_id, "9e0d2a8e-1b2c-4d5e-9f00-112233445577");
+    assert!(
+        c.secret_refs()
+            .iter()
+            .any(|(f, _)| *f == "shadow_accounts.tenant.client_secret")
+    );
+
+    // Each of the shadow tenant's fields is named under its own path.
+    let fields = fields_of(&with(
+        "tenant_id = \"not a tenant\"\nclient_id = \"nor a client\"\n[shadow_accounts.tenant.limits]\nper_chat_interval_ms = 10\n",
+    ));
+    for field in [
+        "shadow_accounts.tenant.tenant_id",
+        "shadow_accounts.tenant.client_id",
+        "shadow_accounts.tenant.client_secret",
+        "shadow_accounts.tenant.limits.per_chat_interval_ms",
+    ] {
+        assert!(fields.contains(&field.to_owned()), "{field}: {fields:?}");
+    }
+    assert!(
+        !fields.iter().any(|f| f.starts_with("graph.")),
+        "{fields:?}"
+    );
+
+    // The same tenant twice is one tenant; another cloud cannot federate.
+    let same = with(
+        "tenant_id = \"8f0d2a8e-1b2c-4d5e-9f00-112233445566\"\n\
+         client_id = \"1a1b2c3d-4e5f-6789-abcd-ef0123456789\"\n\
+         client_secret = { env = \"S\" }\ncloud = \"us-gov\"\n",
+    );
+    let fields = fields_of(&same);
+    assert!(
+        fields.contains(&"shadow_accounts.tenant.cloud".to_owned()),
+        "{fields:?}"
+    );
+    let same = same.replace("cloud = \"us-gov\"\n", "");
+    assert_eq!(fields_of(&same), ["shadow_accounts.tenant.tenant_id"]);
+}

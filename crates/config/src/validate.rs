@@ -129,71 +129,32 @@ fn s2s(c: &GatewayConfig, err: &mut impl FnMut(&str, String)) {
     }
 }
 
-/// Microsoft Graph: tenant, credentials, endpoints, limits.
+/// Microsoft Graph: tenant, credentials, endpoints, limits; the shadow
+/// accounts' own tenant, when they have one, alike.
 fn graph(c: &GatewayConfig, err: &mut impl FnMut(&str, String)) {
+    if let Some(t) = &c.shadow_accounts.tenant {
+        tenant("shadow_accounts.tenant", t, err);
+        match &c.graph {
+            None => err(
+                "shadow_accounts.tenant",
+                "needs graph: the Teams users' tenant".into(),
+            ),
+            Some(g) if g.cloud != t.cloud => err(
+                "shadow_accounts.tenant.cloud",
+                format!(
+                    "must be graph's cloud ({:?}): Teams federates only within one cloud",
+                    g.cloud
+                ),
+            ),
+            Some(g) if g.tenant_id.eq_ignore_ascii_case(&t.tenant_id) => err(
+                "shadow_accounts.tenant.tenant_id",
+                "is graph's own tenant: leave shadow_accounts.tenant out for one tenant".into(),
+            ),
+            Some(_) => {}
+        }
+    }
     if let Some(g) = &c.graph {
-        if !is_guid(&g.tenant_id) && !is_valid_domain(&g.tenant_id) {
-            err(
-                "graph.tenant_id",
-                "must be the tenant's id (a GUID) or its primary domain".into(),
-            );
-        }
-        if !is_guid(&g.client_id) {
-            err(
-                "graph.client_id",
-                "must be the app registration's application (client) id, a GUID".into(),
-            );
-        }
-        match (&g.client_secret, &g.client_certificate) {
-            (None, None) => err(
-                "graph.client_secret",
-                "one of graph.client_secret and graph.client_certificate is required".into(),
-            ),
-            (Some(_), Some(_)) => err(
-                "graph.client_certificate",
-                "set only one of graph.client_secret and graph.client_certificate".into(),
-            ),
-            _ => {}
-        }
-        for (field, url) in [
-            ("graph.authority_url", &g.authority_url),
-            ("graph.graph_url", &g.graph_url),
-        ] {
-            if let Some(Err(m)) = url.as_deref().map(check_url) {
-                err(field, m);
-            }
-        }
-        let l = &g.limits;
-        for (field, rate) in [
-            (
-                "graph.limits.chat_message_send_per_second",
-                l.chat_message_send_per_second,
-            ),
-            (
-                "graph.limits.chat_message_read_per_second",
-                l.chat_message_read_per_second,
-            ),
-            ("graph.limits.presence_per_second", l.presence_per_second),
-            (
-                "graph.limits.all_messages_per_second",
-                l.all_messages_per_second,
-            ),
-            (
-                "graph.limits.teams_other_per_second",
-                l.teams_other_per_second,
-            ),
-            ("graph.limits.directory_per_second", l.directory_per_second),
-        ] {
-            if rate == 0 {
-                err(field, "must be at least 1: 0 would stop every call".into());
-            }
-        }
-        if l.per_chat_interval_ms < 1_000 {
-            err(
-                "graph.limits.per_chat_interval_ms",
-                "must be at least 1000: Microsoft throttles more than one message per second in a chat".into(),
-            );
-        }
+        tenant("graph", g, err);
         if c.shadow_accounts.upn_domain.is_none() {
             err(
                 "shadow_accounts.upn_domain",
@@ -458,5 +419,78 @@ fn is_upn(s: &str) -> bool {
             !local.is_empty() && !local.contains(char::is_whitespace) && is_valid_domain(domain)
         }
         None => false,
+    }
+}
+
+/// One tenant's sign-in, endpoints and limits, its fields under `prefix`.
+fn tenant(prefix: &str, g: &crate::GraphConfig, err: &mut impl FnMut(&str, String)) {
+    if !is_guid(&g.tenant_id) && !is_valid_domain(&g.tenant_id) {
+        err(
+            &format!("{prefix}.tenant_id"),
+            "must be the tenant's id (a GUID) or its primary domain".into(),
+        );
+    }
+    if !is_guid(&g.client_id) {
+        err(
+            &format!("{prefix}.client_id"),
+            "must be the app registration's application (client) id, a GUID".into(),
+        );
+    }
+    match (&g.client_secret, &g.client_certificate) {
+        (None, None) => err(
+            &format!("{prefix}.client_secret"),
+            format!("one of {prefix}.client_secret and {prefix}.client_certificate is required"),
+        ),
+        (Some(_), Some(_)) => err(
+            &format!("{prefix}.client_certificate"),
+            format!("set only one of {prefix}.client_secret and {prefix}.client_certificate"),
+        ),
+        _ => {}
+    }
+    for (field, url) in [
+        (format!("{prefix}.authority_url"), &g.authority_url),
+        (format!("{prefix}.graph_url"), &g.graph_url),
+    ] {
+        if let Some(Err(m)) = url.as_deref().map(check_url) {
+            err(&field, m);
+        }
+    }
+    let l = &g.limits;
+    for (field, rate) in [
+        (
+            format!("{prefix}.limits.chat_message_send_per_second"),
+            l.chat_message_send_per_second,
+        ),
+        (
+            format!("{prefix}.limits.chat_message_read_per_second"),
+            l.chat_message_read_per_second,
+        ),
+        (
+            format!("{prefix}.limits.presence_per_second"),
+            l.presence_per_second,
+        ),
+        (
+            format!("{prefix}.limits.all_messages_per_second"),
+            l.all_messages_per_second,
+        ),
+        (
+            format!("{prefix}.limits.teams_other_per_second"),
+            l.teams_other_per_second,
+        ),
+        (
+            format!("{prefix}.limits.directory_per_second"),
+            l.directory_per_second,
+        ),
+    ] {
+        if rate == 0 {
+            err(&field, "must be at least 1: 0 would stop every call".into());
+        }
+    }
+    if l.per_chat_interval_ms < 1_000 {
+        err(
+            &format!("{prefix}.limits.per_chat_interval_ms"),
+            "must be at least 1000: Microsoft throttles more than one message per second in a chat"
+                .into(),
+        );
     }
 }

@@ -49,6 +49,34 @@ pub struct Seed {
     /// hold, all apps together (Microsoft: 10,000); smaller in tests.
     #[serde(default)]
     pub teams_subscription_quota: Option<usize>,
+    /// Teams external access: the tenants whose users may be in this
+    /// tenant's chats, and those users as federation shows them.
+    #[serde(default)]
+    pub federation: FederationSeed,
+}
+
+/// `federation` in the seed: Teams external access to other tenants
+/// (https://learn.microsoft.com/microsoftteams/manage-external-access).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FederationSeed {
+    /// Tenants external access allows (both ways: the other tenant's
+    /// allowing this one is assumed).
+    #[serde(default)]
+    pub allowed_tenants: Vec<String>,
+    /// Users of other tenants, by their own tenant's object id.
+    #[serde(default)]
+    pub users: Vec<ForeignUserSeed>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ForeignUserSeed {
+    pub id: String,
+    pub tenant_id: String,
+    pub display_name: String,
+    #[serde(default)]
+    pub user_principal_name: Option<String>,
 }
 
 /// `teams` in the seed file. Real Graph always requires the licence; the
@@ -465,6 +493,7 @@ pub struct Tenant {
     pub violations: Vec<String>,
     /// The organisation's quota of Teams subscriptions (`TEAMS_SUBSCRIPTION_QUOTA` unless seeded).
     pub teams_subscription_quota: usize,
+    pub federation: FederationSeed,
 }
 
 /// Subscriptions to Teams resources an organisation holds, all apps and
@@ -527,6 +556,7 @@ impl Tenant {
             teams_subscription_quota: seed
                 .teams_subscription_quota
                 .unwrap_or(TEAMS_SUBSCRIPTION_QUOTA),
+            federation: seed.federation,
             ..Self::default()
         }
     }
@@ -593,6 +623,27 @@ impl Tenant {
             })
             .collect();
         self.outgoing.extend(due);
+    }
+
+    /// A user of another tenant, by id or UPN.
+    pub fn foreign(&self, key: &str) -> Option<&ForeignUserSeed> {
+        self.federation.users.iter().find(|u| {
+            u.id.eq_ignore_ascii_case(key)
+                || u.user_principal_name
+                    .as_deref()
+                    .is_some_and(|upn| upn.eq_ignore_ascii_case(key))
+        })
+    }
+
+    /// Whether `upn`'s domain is one of the tenant's federated domains.
+    pub fn domain_is_federated(&self, upn: &str) -> bool {
+        let Some((_, domain)) = upn.rsplit_once('@') else {
+            return false;
+        };
+        self.domains.iter().flatten().any(|d| {
+            d.id.eq_ignore_ascii_case(domain)
+                && d.authentication_type.eq_ignore_ascii_case("Federated")
+        })
     }
 
     pub fn user(&self, key: &str) -> Option<&User> {

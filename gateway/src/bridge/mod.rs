@@ -28,7 +28,14 @@ use crate::s2s::{S2sSender, SendError, Stanza};
 /// the way out to XMPP and the bridge's metrics.
 #[derive(Clone)]
 pub struct Services {
+    /// The Teams users' tenant: their directory, profiles and presence.
     pub graph: Arc<crate::graph::GraphClient>,
+    /// The shadow accounts' tenant: the accounts, their sign-ins, presence
+    /// and chats. The same client as `graph` unless they have a tenant of their own.
+    pub shadow_graph: Arc<crate::graph::GraphClient>,
+    /// With a tenant of their own: the Teams users' tenant id, which makes
+    /// a Teams user a cross-tenant member of a shadow account's chat.
+    pub home_tenant: Option<String>,
     pub directory: users::directory::Directory,
     pub store: Arc<crate::store::Store>,
     pub out: Arc<dyn XmppOut>,

@@ -81,7 +81,15 @@ impl Settings {
             domain: config.xmpp.domain.clone(),
             resource: p.resource.clone(),
             policy: p.subscriptions,
-            session_id: graph.client_id.clone(),
+            // setPresence's session is the calling app's id: the app of the
+            // tenant the shadow accounts live in.
+            session_id: config
+                .shadow_accounts
+                .tenant
+                .as_ref()
+                .unwrap_or(graph)
+                .client_id
+                .clone(),
             session: Duration::from_secs(u64::from(p.session_minutes) * 60),
             keep_alive: Duration::from_secs(u64::from(p.keep_alive_secs)),
             poll: PollInterval::new(
@@ -225,10 +233,12 @@ impl Bridge {
     ) -> Result<Arc<Self>, StoreError> {
         let Services {
             graph,
+            shadow_graph,
             directory,
             store,
             out,
             metrics,
+            ..
         } = services.clone();
         let roster = Roster::load(store.clone()).await?;
         let cards = Arc::new(Cards::new(directory.clone(), settings.card_ttl));
@@ -256,7 +266,7 @@ impl Bridge {
             metrics.clone(),
         ));
         let contact_presence = Arc::new(ContactPresence::new(
-            graph.clone(),
+            shadow_graph,
             contacts.clone(),
             &settings.session_id,
             Renewal {

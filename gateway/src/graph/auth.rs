@@ -331,6 +331,29 @@ impl Tokens {
         Ok(access)
     }
 
+    /// Signs `credential` in with its password, outside the cache and the
+    /// vault (a check must not spend the gateway's refresh token); the
+    /// delegated access token it got.
+    pub async fn password_probe(
+        &self,
+        credential: &UserCredential,
+    ) -> Result<SecretString, GraphError> {
+        let scope = format!("{}/.default offline_access", self.resource);
+        let identity = Identity::User(credential.upn.clone());
+        let response = self
+            .request(
+                &identity,
+                &[
+                    ("grant_type", "password"),
+                    ("username", &credential.upn),
+                    ("password", credential.password.expose_secret()),
+                    ("scope", &scope),
+                ],
+            )
+            .await?;
+        Ok(SecretString::from(response.access_token))
+    }
+
     /// Forgets a token Graph refused (revoked, or the account changed).
     pub async fn invalidate(&self, identity: &Identity) {
         self.cache.lock().await.remove(identity);

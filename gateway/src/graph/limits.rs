@@ -117,20 +117,21 @@ pub struct LimitMetrics {
 }
 
 impl LimitMetrics {
-    /// Exposes the figures in `metrics` (they count from the client's start).
-    pub fn register(&self, metrics: &Metrics) {
+    /// Exposes the figures in `metrics` under `prefix` (`graph`; the shadow
+    /// accounts' own tenant `graph_shadow_tenant`); they count from the client's start.
+    pub fn register(&self, metrics: &Metrics, prefix: &str) {
         metrics.register(
-            "graph_requests",
+            &format!("{prefix}_requests"),
             "Graph requests sent, by throttling category",
             self.requests.clone(),
         );
         metrics.register(
-            "graph_limit_per_second",
+            &format!("{prefix}_limit_per_second"),
             "The rate the gateway keeps to, by throttling category",
             self.limit.clone(),
         );
         metrics.register(
-            "graph_throttled",
+            &format!("{prefix}_throttled"),
             "429 answers from Graph, by throttling category",
             self.throttled.clone(),
         );

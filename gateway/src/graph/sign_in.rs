@@ -127,7 +127,7 @@ impl SignInRefusal {
                 "the shadow account's password expired: set passwordPolicies to DisablePasswordExpiration on the shadow accounts (the gateway sets it on those it creates) and delete the account so that the gateway creates it again"
             }
             ConsentRequired => {
-                "grant admin consent for the app's delegated permissions (Chat.ReadWrite, ChatMessage.Send, Presence.ReadWrite, offline_access) in Entra admin center > App registrations > API permissions"
+                "grant admin consent for the app's delegated permissions (Chat.ReadWrite, Presence.ReadWrite, offline_access) in Entra admin center > App registrations > API permissions"
             }
             InvalidCredentials => {
                 "the tenant refuses the shadow account's password: the shadow UPN domain must be a managed (not federated) domain, and nobody may reset shadow-account passwords by hand"
@@ -250,6 +250,45 @@ impl SignInMonitor {
                 Family::default(),
             )),
         }
+    }
+
+    /// A monitor for a second tenant (the shadow accounts' own): its own
+    /// state and readiness component, counted in the same metric.
+    pub fn beside(&self, health: ComponentHealth) -> Self {
+        health.not_ready(NOT_YET);
+        Self {
+            health: Some(health),
+            counter: self.counter.clone(),
+            ..Self::detached()
+        }
+    }
+
+    /// Both tenants' answer as one (for the pod annotation): a refusal in
+    /// either wins; `ok` when both answered and neither refuses.
+    pub fn watch_both(home: &Self, shadow: &Self) -> tokio::sync::watch::Receiver<Option<String>> {
+        let (mut a, mut b) = (home.watch(), shadow.watch());
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        tokio::spawn(async move {
+            loop {
+                let both = match (a.borrow_and_update().clone(), b.borrow_and_update().clone()) {
+                    (Some(x), _) if x != "ok" => Some(x),
+                    (_, Some(y)) if y != "ok" => Some(y),
+                    (Some(x), Some(_)) => Some(x),
+                    _ => None,
+                };
+                tx.send_if_modified(|now| {
+                    let changed = *now != both;
+                    *now = both;
+                    changed
+                });
+                tokio::select! {
+                    r = a.changed() => if r.is_err() { return },
+                    r = b.changed() => if r.is_err() { return },
+                    () = tx.closed() => return,
+                }
+            }
+        });
+        rx
     }
 
     fn key(identity: &Identity) -> String {

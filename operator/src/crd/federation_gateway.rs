@@ -322,6 +322,14 @@ pub struct ShadowAccountSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 3650))]
     pub remove_unused_after_days: Option<i64>,
+    /// The tenant the shadow accounts live in, when not `spec.tenant`: a
+    /// tenant kept for federation alone, with its own app registration, so
+    /// that the Teams users' tenant keeps MFA for everyone. Teams users,
+    /// their presence and the allow list stay in `spec.tenant`; chats are
+    /// cross-tenant, which Teams external access must allow both ways
+    /// (docs/tenant-setup.md, "A tenant for the shadow accounts").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<TenantSpec>,
 }
 
 /// Server-to-server federation.

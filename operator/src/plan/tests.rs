@@ -568,3 +568,41 @@ fn a_private_pki_for_s2s_is_mounted_and_named_in_the_configuration() {
         paths::S2S_CA_DIR
     ));
 }
+
+#[test]
+fn a_tenant_of_their_own_for_the_shadow_accounts_reaches_the_gateway_with_its_secret() {
+    let mut g = gateway(sqlite(), "");
+    g.spec.shadow_accounts.tenant = Some(
+        serde_yaml_ng::from_str(
+            "tenantId: 9e0d2a8e-1b2c-4d5e-9f00-112233445577\n\
+             clientId: 1a1b2c3d-4e5f-6789-abcd-ef0123456789\n\
+             clientSecret: { name: shadow-tenant-app, key: client-secret }\n\
+             endpoints: { authorityUrl: 'https://10.96.0.51', graphUrl: 'https://10.96.0.51/v1.0',\n\
+             \x20 caConfigMap: { name: shadow-graph-ca, key: ca.crt } }\n",
+        )
+        .unwrap(),
+    );
+    let plan = plan(&g, &[], &[], 1, Some(TEST_KEY)).unwrap();
+    let config = GatewayConfig::from_toml_str(&plan.config_toml).unwrap();
+    config.validate().unwrap();
+    let tenant = config.shadow_accounts.tenant.as_ref().unwrap();
+    assert_eq!(tenant.tenant_id, "9e0d2a8e-1b2c-4d5e-9f00-112233445577");
+    assert_eq!(tenant.graph(), "https://10.96.0.51/v1.0");
+    let secret = format!("{}/client-secret", paths::SHADOW_TENANT_SECRET_DIR);
+    assert_eq!(
+        tenant.client_secret,
+        Some(xmppfed_config::SecretRef::File(secret.into()))
+    );
+    // The home tenant is untouched.
+    assert_eq!(
+        config.graph.as_ref().unwrap().tenant_id,
+        "8f0d2a8e-1b2c-4d5e-9f00-112233445566"
+    );
+    pod_is_locked_down_and_mounts_what_the_config_names(&plan, &config);
+    assert!(mounts_config_map(
+        &plan,
+        "shadow-tenant-ca",
+        "shadow-graph-ca",
+        paths::SHADOW_TENANT_CA_DIR
+    ));
+}

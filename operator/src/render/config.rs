@@ -12,7 +12,7 @@ use xmppfed_config as cfg;
 use super::{keys, paths, ports};
 use crate::crd::{
     ChatNotifications, DatabaseEngine, FederationGateway, FederationGatewaySpec, LocalPart,
-    OutOfOffice, Subscriptions, TenantCloud, ThrottleLimitsSpec,
+    OutOfOffice, Subscriptions, TenantCloud, TenantSpec, ThrottleLimitsSpec,
 };
 use crate::policy::AppliedPolicies;
 
@@ -89,7 +89,7 @@ pub fn render_config(
                 ChatNotifications::Tenant => cfg::ChatNotifications::Tenant,
             },
         },
-        shadow_accounts: shadow_accounts(spec),
+        shadow_accounts: shadow_accounts(spec)?,
         presence: cfg::PresenceConfig {
             poll_interval_ms: set_or(bridge.presence_poll_interval_ms, presence.poll_interval_ms),
             out_of_office: match bridge.out_of_office {
@@ -259,28 +259,42 @@ fn s2s(spec: &FederationGatewaySpec) -> cfg::S2sConfig {
     }
 }
 
-/// The tenant, the app's credential (as the file the Secret is mounted as),
-/// the cloud or its override, and the Graph budgets.
+/// The Teams users' tenant, the app's credential (as the file the Secret
+/// is mounted as), the cloud or its override, and the Graph budgets.
 fn graph(spec: &FederationGatewaySpec) -> Result<cfg::GraphConfig, ConfigError> {
-    let tenant = &spec.tenant;
-    let bridge = &spec.bridge;
+    tenant(
+        &spec.tenant,
+        "spec.tenant",
+        [
+            paths::GRAPH_SECRET_DIR,
+            paths::GRAPH_CERT_DIR,
+            paths::GRAPH_CA_DIR,
+        ],
+        spec,
+    )
+}
+
+/// One tenant's sign-in, with its files under `dirs` (secret, certificate, CA).
+fn tenant(
+    tenant: &TenantSpec,
+    field: &str,
+    [secret_dir, cert_dir, ca_dir]: [&str; 3],
+    spec: &FederationGatewaySpec,
+) -> Result<cfg::GraphConfig, ConfigError> {
     let (client_secret, client_certificate) =
         match (&tenant.client_secret, &tenant.client_certificate) {
-            (Some(s), _) => (
-                Some(cfg::SecretRef::File(file(paths::GRAPH_SECRET_DIR, &s.key))),
-                None,
-            ),
+            (Some(s), _) => (Some(cfg::SecretRef::File(file(secret_dir, &s.key))), None),
             (None, Some(_)) => (
                 None,
                 Some(cfg::ClientCertificate {
-                    cert_file: file(paths::GRAPH_CERT_DIR, "tls.crt"),
-                    key_file: file(paths::GRAPH_CERT_DIR, "tls.key"),
+                    cert_file: file(cert_dir, "tls.crt"),
+                    key_file: file(cert_dir, "tls.key"),
                 }),
             ),
             (None, None) => {
                 return Err(spec_error(
-                    "spec.tenant",
-                    "set exactly one of tenant.clientSecret and tenant.clientCertificate",
+                    field,
+                    "set exactly one of clientSecret and clientCertificate",
                 ));
             }
         };
@@ -301,14 +315,28 @@ fn graph(spec: &FederationGatewaySpec) -> Result<cfg::GraphConfig, ConfigError> 
             .endpoints
             .as_ref()
             .and_then(|e| e.ca_config_map.as_ref())
-            .map(|ca| file(paths::GRAPH_CA_DIR, &ca.key)),
-        limits: graph_limits(bridge.graph_limits.as_ref()),
+            .map(|ca| file(ca_dir, &ca.key)),
+        limits: graph_limits(spec.bridge.graph_limits.as_ref()),
     })
 }
 
-fn shadow_accounts(spec: &FederationGatewaySpec) -> cfg::ShadowAccountConfig {
+fn shadow_accounts(spec: &FederationGatewaySpec) -> Result<cfg::ShadowAccountConfig, ConfigError> {
     let defaults = cfg::ShadowAccountConfig::default();
-    cfg::ShadowAccountConfig {
+    let tenant = match &spec.shadow_accounts.tenant {
+        None => None,
+        Some(t) => Some(tenant(
+            t,
+            "spec.shadowAccounts.tenant",
+            [
+                paths::SHADOW_TENANT_SECRET_DIR,
+                paths::SHADOW_TENANT_CERT_DIR,
+                paths::SHADOW_TENANT_CA_DIR,
+            ],
+            spec,
+        )?),
+    };
+    Ok(cfg::ShadowAccountConfig {
+        tenant,
         upn_domain: spec.shadow_accounts.upn_domain.clone(),
         licence_sku: spec.shadow_accounts.licence_sku.clone(),
         display_name_suffix: spec
@@ -326,7 +354,7 @@ fn shadow_accounts(spec: &FederationGatewaySpec) -> cfg::ShadowAccountConfig {
             paths::KEYS_DIR,
             keys::CREDENTIAL_KEY,
         ))),
-    }
+    })
 }
 
 fn store(spec: &FederationGatewaySpec) -> Result<cfg::StoreConfig, ConfigError> {

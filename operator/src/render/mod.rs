@@ -21,6 +21,11 @@ pub mod paths {
     pub const GRAPH_SECRET_DIR: &str = "/etc/xmppfed/graph-secret";
     /// The CA of an endpoint override (`spec.tenant.endpoints.caConfigMap`).
     pub const GRAPH_CA_DIR: &str = "/etc/xmppfed/graph-ca";
+    /// The shadow accounts' own tenant (`spec.shadowAccounts.tenant`): its
+    /// app's secret or certificate, and its endpoint override's CA.
+    pub const SHADOW_TENANT_SECRET_DIR: &str = "/etc/xmppfed/shadow-tenant-secret";
+    pub const SHADOW_TENANT_CERT_DIR: &str = "/etc/xmppfed/shadow-tenant-cert";
+    pub const SHADOW_TENANT_CA_DIR: &str = "/etc/xmppfed/shadow-tenant-ca";
     pub const DATABASE_SECRET_DIR: &str = "/etc/xmppfed/database";
     pub const KEYS_DIR: &str = "/etc/xmppfed/keys";
     pub const LICENCE_DIR: &str = "/etc/xmppfed/licence";

@@ -448,6 +448,18 @@ fn storage(c: &Children<'_>) -> Storage {
     if let Some(cert) = &spec.tenant.client_certificate {
         add_secret("graph-cert", cert, paths::GRAPH_CERT_DIR);
     }
+    if let Some(tenant) = &spec.shadow_accounts.tenant {
+        if let Some(s) = &tenant.client_secret {
+            add_secret(
+                "shadow-tenant-secret",
+                &s.name,
+                paths::SHADOW_TENANT_SECRET_DIR,
+            );
+        }
+        if let Some(cert) = &tenant.client_certificate {
+            add_secret("shadow-tenant-cert", cert, paths::SHADOW_TENANT_CERT_DIR);
+        }
+    }
     if let Some(db) = &spec.database.connection_string_secret {
         add_secret("database", &db.name, paths::DATABASE_SECRET_DIR);
     }
@@ -456,8 +468,15 @@ fn storage(c: &Children<'_>) -> Storage {
         .endpoints
         .as_ref()
         .and_then(|e| e.ca_config_map.as_ref());
+    let shadow_ca = spec
+        .shadow_accounts
+        .tenant
+        .as_ref()
+        .and_then(|t| t.endpoints.as_ref())
+        .and_then(|e| e.ca_config_map.as_ref());
     let cas = [
         ("graph-ca", graph_ca, paths::GRAPH_CA_DIR),
+        ("shadow-tenant-ca", shadow_ca, paths::SHADOW_TENANT_CA_DIR),
         (
             "s2s-ca",
             spec.s2s.trusted_ca_config_map.as_ref(),

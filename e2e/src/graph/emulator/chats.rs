@@ -273,6 +273,20 @@ pub(super) fn chat_resource(chat: &crate::graph::tenant::Chat, tenant_id: &str) 
 /// A chat member as Graph lists it (conversationMember ids are opaque).
 pub(super) fn member_resource(t: &Tenant, user_id: &str) -> Value {
     let user = t.user(user_id);
+    if user.is_none()
+        && let Some(foreign) = t.foreign(user_id)
+    {
+        return json!({
+            "@odata.type": "#microsoft.graph.aadUserConversationMember",
+            "id": format!("MCMjMCMj{}", user_id.replace('-', "")),
+            "roles": ["owner"],
+            "displayName": foreign.display_name,
+            "visibleHistoryStartDateTime": "0001-01-01T00:00:00Z",
+            "userId": foreign.id,
+            "email": null,
+            "tenantId": foreign.tenant_id,
+        });
+    }
     let property = |name: &str| {
         user.and_then(|u| u.properties.get(name).cloned())
             .unwrap_or(Value::Null)
@@ -344,6 +358,35 @@ pub(super) fn create_chat(
             .and_then(|(_, rest)| rest.strip_suffix("')"))
             .or_else(|| bind.rsplit_once("/users/").map(|(_, rest)| rest))
             .unwrap_or_default();
+        // A member of another tenant (chat-post: "Out-of-tenant external
+        // users must be assigned with owner role"), through Teams external
+        // access. What Graph answers when external access refuses is not
+        // documented; 403 here, to be confirmed on a real tenant.
+        if let Some(other) = m["tenantId"].as_str().filter(|o| *o != t.id) {
+            let Some(user) = t.foreign(key).filter(|u| u.tenant_id == other) else {
+                return ctx.error(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    &format!("User {key} of tenant {other} not found."),
+                );
+            };
+            if !t.federation.allowed_tenants.iter().any(|a| a == other) {
+                return ctx.error(
+                    StatusCode::FORBIDDEN,
+                    "Forbidden",
+                    &format!("External access does not allow chats with tenant {other}."),
+                );
+            }
+            if m["roles"] != json!(["owner"]) {
+                return ctx.error(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    "Out-of-tenant external users must be assigned the owner role.",
+                );
+            }
+            members.push(user.id.clone());
+            continue;
+        }
         match t.user(key) {
             Some(u) => members.push(u.id.clone()),
             None => {

@@ -79,18 +79,27 @@ pub(super) async fn control_chat_message(
     axum::Json(body): axum::Json<Value>,
 ) -> Response {
     let mut t = lock(&state);
-    let Some((uid, name)) = t.user(body["from"].as_str().unwrap_or_default()).map(|u| {
-        (
-            u.id.clone(),
-            u.properties
-                .get("displayName")
-                .cloned()
-                .unwrap_or(Value::Null),
-        )
-    }) else {
+    let from = body["from"].as_str().unwrap_or_default();
+    // A user of this tenant, or of another through external access.
+    let sender = t
+        .user(from)
+        .map(|u| {
+            (
+                u.id.clone(),
+                u.properties
+                    .get("displayName")
+                    .cloned()
+                    .unwrap_or(Value::Null),
+                t.id.clone(),
+            )
+        })
+        .or_else(|| {
+            t.foreign(from)
+                .map(|u| (u.id.clone(), json!(u.display_name), u.tenant_id.clone()))
+        });
+    let Some((uid, name, tenant_id)) = sender else {
         return StatusCode::NOT_FOUND.into_response();
     };
-    let tenant_id = t.id.clone();
     let Some(chat) = t.chats.iter_mut().find(|c| c.id == chat_id) else {
         return StatusCode::NOT_FOUND.into_response();
     };

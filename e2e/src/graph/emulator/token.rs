@@ -201,8 +201,15 @@ fn grant_user(
                 "The request body must contain the following parameter: 'username' and 'password'.",
             )));
         };
+        // A federated domain's users are redirected to their own identity
+        // provider, where Entra cannot check a password: ROPC fails for them
+        // whatever the password (https://learn.microsoft.com/entra/identity-platform/v2-oauth-ropc,
+        // "hybrid identity federation scenarios"). The exact code depends on
+        // the AD FS set-up; 50126 is what a tenant without password hash
+        // validation answers.
+        let federated = t.domain_is_federated(username);
         return match t.user(username) {
-            Some(u) if u.password.as_deref() == Some(password) => Ok(u.id.clone()),
+            Some(u) if !federated && u.password.as_deref() == Some(password) => Ok(u.id.clone()),
             _ => {
                 log_sign_in(t, "password", username, 50126);
                 Err(Box::new(aad_error(

@@ -84,7 +84,7 @@ impl Contacts {
         domain: &str,
     ) -> Self {
         Self {
-            graph: services.graph.clone(),
+            graph: services.shadow_graph.clone(),
             store: services.store.clone(),
             cipher,
             settings,

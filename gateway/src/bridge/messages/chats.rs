@@ -54,7 +54,7 @@ impl Messages {
         }
         let chat = self
             .graph
-            .one_on_one_chat(shadow, shadow_id, user_id)
+            .one_on_one_chat(shadow, shadow_id, user_id, self.home_tenant.as_deref())
             .await?;
         // Graph answers with the chat the Teams user may have started first:
         // what they wrote before the contact did is read too.

@@ -96,7 +96,10 @@ pub struct Settings {
 
 pub struct Messages {
     settings: Settings,
+    /// The shadow accounts' tenant, where their chats are.
     graph: Arc<GraphClient>,
+    /// The Teams users' tenant id when it is not the shadow accounts'.
+    home_tenant: Option<String>,
     store: Arc<Store>,
     directory: Directory,
     contacts: Arc<Contacts>,
@@ -145,7 +148,8 @@ impl Messages {
     ) -> Self {
         Self {
             settings,
-            graph: services.graph.clone(),
+            graph: services.shadow_graph.clone(),
+            home_tenant: services.home_tenant.clone(),
             store: services.store.clone(),
             directory: services.directory.clone(),
             contacts,

@@ -22,6 +22,9 @@ pub const PROVISIONING_NOTICE: &str = "[delivery delayed] Microsoft Teams is sti
 /// How many of a chat's newest messages the crash check reads.
 const RECENT: u32 = 50;
 
+/// What an administrator does when Teams refuses a cross-tenant chat.
+const EXTERNAL_ACCESS_FIX: &str = "allow each tenant's domains in the other's Teams external access (Teams admin center > Users > External access)";
+
 impl Messages {
     pub(super) async fn reply_error(
         &self,
@@ -138,6 +141,13 @@ impl Messages {
         };
         let chat_id = match self.chat(&p.remote, &shadow, &shadow_id, &p.user_id).await {
             Ok(id) => id,
+            // A cross-tenant chat refused: the tenants' external access, which
+            // an administrator fixes; the message waits until then (or expires).
+            Err(e) if self.home_tenant.is_some() && e.status() == Some(403) => {
+                tracing::warn!(remote = %p.remote, user = %p.user_id, error = %e,
+                    fix = EXTERNAL_ACCESS_FIX, "Teams refuses the cross-tenant chat; the message waits");
+                return Outcome::Retry;
+            }
             Err(e) => return self.graph_failure(p, e).await,
         };
         let html = text::to_html(&p.body);

@@ -129,18 +129,26 @@ pub struct ChatMember {
 impl GraphClient {
     /// The 1:1 chat between a shadow account and a Teams user (Graph returns
     /// the existing one if they have it), created as the shadow account.
+    /// POST /chats as the shadow account: the 1:1 chat with `other_id`, of
+    /// `other_tenant` when it is not the shadow account's tenant.
     pub async fn one_on_one_chat(
         &self,
         shadow: &UserCredential,
         shadow_id: &str,
         other_id: &str,
+        other_tenant: Option<&str>,
     ) -> Result<Chat, GraphError> {
         let member = |id: &str| {
             json!({"@odata.type": "#microsoft.graph.aadUserConversationMember", "roles": ["owner"],
                    "user@odata.bind": format!("https://graph.microsoft.com/v1.0/users('{id}')")})
         };
-        let body =
-            json!({"chatType": "oneOnOne", "members": [member(shadow_id), member(other_id)]});
+        let mut other = member(other_id);
+        // A user of another tenant is bound with its tenant; out-of-tenant
+        // members must be owners (chat-post, "members").
+        if let Some(tenant) = other_tenant {
+            other["tenantId"] = json!(tenant);
+        }
+        let body = json!({"chatType": "oneOnOne", "members": [member(shadow_id), other]});
         let identity = Identity::User(shadow.upn.clone());
         self.json(&identity, Some(shadow), Method::POST, "/chats", Some(&body))
             .await

@@ -109,6 +109,9 @@ impl Serialize for PasswordProfile {
 /// `employeeType` of every shadow account the gateway creates.
 pub const SHADOW_EMPLOYEE_TYPE: &str = "XMPP federation contact";
 
+/// `extensionAttribute15` of every shadow account the gateway creates.
+pub const SHADOW_EXTENSION_MARK: &str = "xmppfed-shadow-account";
+
 impl GraphClient {
     pub async fn get_user(&self, key: &str) -> Result<User, GraphError> {
         let path = format!("{}?$select={USER_SELECT}", user_path(key));
@@ -131,6 +134,11 @@ impl GraphClient {
             // A mark admins can filter on to keep shadow accounts out of
             // dynamic groups and policies.
             "employeeType": SHADOW_EMPLOYEE_TYPE,
+            // And one a dynamic group rule can use (`user.extensionAttribute15
+            // -eq "xmppfed-shadow-account"`): a group of every shadow account
+            // to exclude from MFA policies. Cloud-only users take it at creation
+            // (https://learn.microsoft.com/graph/api/resources/onpremisesextensionattributes).
+            "onPremisesExtensionAttributes": {"extensionAttribute15": SHADOW_EXTENSION_MARK},
         });
         if let Some(location) = &new.usage_location {
             body["usageLocation"] = json!(location);

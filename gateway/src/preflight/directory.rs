@@ -1,131 +1,19 @@
-//! `check-tenant`: what the Microsoft 365 tenant must allow, checked with
-//! read-only calls before anything is created, each check OK, FAIL (with
-//! the administrator's fix) or UNKNOWN (the app may not read it, and which
-//! permission would let it). See docs/tenant-setup.md.
-
-use std::fmt;
+//! What the shadow accounts' tenant must hold: a managed domain, the
+//! administrative unit, a Teams licence with seats, and sign-in policies
+//! that let the password grant through.
 
 use xmppfed_config::GatewayConfig;
 
+use super::Check;
 use crate::graph::directory::ConditionalAccessPolicy;
-use crate::graph::{GraphClient, GraphError, SignInRefusal};
+use crate::graph::{GraphClient, SignInRefusal};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    Ok,
-    Fail,
-    /// Could not be checked (a permission the gateway itself does not need).
-    Unknown,
-}
-
-#[derive(Debug, Clone)]
-pub struct Check {
-    pub name: &'static str,
-    pub verdict: Verdict,
-    pub detail: String,
-    /// What to change, for FAIL and UNKNOWN.
-    pub fix: Option<String>,
-}
-
-impl Check {
-    fn ok(name: &'static str, detail: impl Into<String>) -> Self {
-        Self {
-            name,
-            verdict: Verdict::Ok,
-            detail: detail.into(),
-            fix: None,
-        }
-    }
-
-    fn fail(name: &'static str, detail: impl Into<String>, fix: impl Into<String>) -> Self {
-        Self {
-            name,
-            verdict: Verdict::Fail,
-            detail: detail.into(),
-            fix: Some(fix.into()),
-        }
-    }
-
-    fn unknown(name: &'static str, detail: impl Into<String>, fix: impl Into<String>) -> Self {
-        Self {
-            name,
-            verdict: Verdict::Unknown,
-            detail: detail.into(),
-            fix: Some(fix.into()),
-        }
-    }
-
-    /// A call refused with 403 means the app may not read it; anything else fails.
-    fn from_error(name: &'static str, e: &GraphError, permission: &str) -> Self {
-        if e.status() == Some(403) {
-            Self::unknown(
-                name,
-                "the app may not read this",
-                format!(
-                    "grant {permission} (read-only) to let check-tenant see it, or check it by hand"
-                ),
-            )
-        } else {
-            Self::fail(name, e.to_string(), "see the error")
-        }
-    }
-}
-
-/// The application permissions the gateway calls with, given its configuration.
-/// With an administrative unit, User Administrator scoped to it manages the
-/// shadow accounts, and the app itself only reads users.
-pub fn required_roles(config: &GatewayConfig) -> Vec<&'static str> {
-    let mut roles = match config.shadow_accounts.administrative_unit {
-        Some(_) => vec![
-            "User.Read.All",
-            "Presence.ReadWrite.All",
-            "LicenseAssignment.Read.All",
-        ],
-        None => vec![
-            "User.ReadWrite.All",
-            "Presence.ReadWrite.All",
-            "LicenseAssignment.ReadWrite.All",
-            "ProfilePhoto.ReadWrite.All",
-        ],
-    };
-    if !config.allow.internal_groups.is_empty() {
-        roles.push("GroupMember.Read.All");
-    }
-    // One subscription for every chat of the tenant is app-only.
-    if config.webhook.public_url.is_some()
-        && config.webhook.chat_notifications == xmppfed_config::ChatNotifications::Tenant
-    {
-        roles.push("Chat.Read.All");
-    }
-    roles
-}
-
-/// Broad permissions that grant more than the gateway needs.
-const BROADER_THAN_NEEDED: &[&str] = &[
-    "Directory.ReadWrite.All",
-    "Directory.Read.All",
-    "Chat.ReadWrite.All",
-    "Group.ReadWrite.All",
-];
-
-/// Runs every check; stops after the app's own sign-in if that fails.
-pub async fn check_tenant(config: &GatewayConfig, graph: &GraphClient) -> Vec<Check> {
-    let mut checks = Vec::new();
-    let roles = match graph.app_roles().await {
-        Ok(roles) => {
-            checks.push(Check::ok("app sign-in", "client credentials accepted"));
-            roles
-        }
-        Err(e) => {
-            let fix = e.sign_in_refusal().map_or(
-                "check graph.tenant_id, graph.client_id and the secret",
-                SignInRefusal::fix,
-            );
-            checks.push(Check::fail("app sign-in", e.to_string(), fix));
-            return checks;
-        }
-    };
-    checks.push(permissions(config, &roles));
+/// The checks of the tenant the shadow accounts live in.
+pub(super) async fn shadow_tenant(
+    config: &GatewayConfig,
+    graph: &GraphClient,
+    checks: &mut Vec<Check>,
+) {
     let shadow = &config.shadow_accounts;
     checks.push(match &shadow.upn_domain {
         Some(domain) => shadow_domain(graph, domain).await,
@@ -159,43 +47,6 @@ pub async fn check_tenant(config: &GatewayConfig, graph: &GraphClient) -> Vec<Ch
         Ok(policies) => conditional_access(&policies),
         Err(e) => Check::from_error("Conditional Access", &e, "Policy.Read.All"),
     });
-    checks.push(Check::unknown(
-        "delegated consent",
-        "not visible to the app: the first shadow-account sign-in shows it (ConsentRequired on /readyz and TenantReady)",
-        "grant admin consent for Chat.Create, Chat.ReadWrite, ChatMessage.Send, Presence.ReadWrite and offline_access",
-    ));
-    checks
-}
-
-fn permissions(config: &GatewayConfig, roles: &[String]) -> Check {
-    let granted = |r: &str| roles.iter().any(|g| g.eq_ignore_ascii_case(r));
-    // X.ReadWrite.All includes X.Read.All.
-    let has = |r: &str| granted(r) || granted(&r.replace(".Read.", ".ReadWrite."));
-    let required = required_roles(config);
-    let missing: Vec<&str> = required.iter().copied().filter(|r| !has(r)).collect();
-    let mut broader: Vec<&str> = BROADER_THAN_NEEDED.to_vec();
-    if config.shadow_accounts.administrative_unit.is_some() {
-        // The scoped role writes users: tenant-wide write is more than needed.
-        broader.extend(["User.ReadWrite.All", "ProfilePhoto.ReadWrite.All"]);
-    }
-    let broad: Vec<&str> = broader
-        .into_iter()
-        .filter(|r| granted(r) && !required.contains(r))
-        .collect();
-    let extra = if broad.is_empty() {
-        String::new()
-    } else {
-        format!("; more than needed also granted: {}", broad.join(", "))
-    };
-    if missing.is_empty() {
-        Check::ok("application permissions", format!("all granted{extra}"))
-    } else {
-        Check::fail(
-            "application permissions",
-            format!("missing: {}{extra}", missing.join(", ")),
-            "Entra admin center > App registrations > the app > API permissions: add them as Application permissions and grant admin consent",
-        )
-    }
 }
 
 async fn shadow_domain(graph: &GraphClient, domain: &str) -> Check {
@@ -344,37 +195,4 @@ fn conditional_access(policies: &[ConditionalAccessPolicy]) -> Check {
             ),
         )
     }
-}
-
-/// Whether the tenant is ready: no check failed.
-pub fn passed(checks: &[Check]) -> bool {
-    checks.iter().all(|c| c.verdict != Verdict::Fail)
-}
-
-impl fmt::Display for Verdict {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Verdict::Ok => "OK",
-            Verdict::Fail => "FAIL",
-            Verdict::Unknown => "UNKNOWN",
-        })
-    }
-}
-
-/// The table `check-tenant` prints: one line per check, its fix below it.
-pub fn render(checks: &[Check]) -> String {
-    let width = checks.iter().map(|c| c.name.len()).max().unwrap_or(0);
-    let mut out = String::new();
-    for c in checks {
-        out.push_str(&format!(
-            "{:<7} {:<width$}  {}\n",
-            c.verdict.to_string(),
-            c.name,
-            c.detail
-        ));
-        if let Some(fix) = &c.fix {
-            out.push_str(&format!("{:<7} {:<width$}  fix: {fix}\n", "", ""));
-        }
-    }
-    out
 }
