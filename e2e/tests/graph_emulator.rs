@@ -372,3 +372,60 @@ async fn licences_need_a_free_seat_and_a_usage_location() {
         .await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test]
+async fn a_password_reset_needs_a_directory_role_over_the_user() {
+    let emulator = GraphEmulator::start(seed(0)).await.unwrap();
+    let c = Client::new(&emulator);
+    let t = c.app_token("gateway", "s3cret").await;
+    let bob = emulator
+        .tenant()
+        .user("bob.xmpp@shadow.contoso.com")
+        .unwrap()
+        .id
+        .clone();
+    let reset = json!({"passwordProfile": {"forceChangePasswordNextSignIn": false, "password": "N3w-Sh4dow!"}});
+    // User.ReadWrite.All alone changes the profile, not the password.
+    let (status, body, _) = c
+        .call(
+            Method::PATCH,
+            &format!("/users/{bob}"),
+            &t,
+            Some(reset.clone()),
+        )
+        .await;
+    assert_eq!(
+        (status.as_u16(), body["error"]["code"].as_str()),
+        (403, Some("Authorization_RequestDenied")),
+        "{body}"
+    );
+    let (status, _, _) = c
+        .call(
+            Method::PATCH,
+            &format!("/users/{bob}"),
+            &t,
+            Some(json!({"jobTitle": "Partner"})),
+        )
+        .await;
+    assert_eq!(status, 204);
+    // User Administrator scoped to a unit Bob is in: the reset goes through.
+    {
+        let mut tenant = emulator.tenant();
+        tenant.administrative_units = serde_json::from_value(
+            json!([{"id": "a0a0a0a0-0000-4000-8000-00000000a001", "displayName": "XMPP contacts", "members": [bob]}]),
+        )
+        .unwrap();
+        tenant.apps[0].scoped_roles = serde_json::from_value(json!([
+            {"roleName": "User Administrator", "administrativeUnitId": "a0a0a0a0-0000-4000-8000-00000000a001"}
+        ]))
+        .unwrap();
+    }
+    let (status, body, _) = c
+        .call(Method::PATCH, &format!("/users/{bob}"), &t, Some(reset))
+        .await;
+    assert_eq!(status, 204, "{body}");
+    assert_eq!(
+        emulator.tenant().user(&bob).unwrap().password.as_deref(),
+        Some("N3w-Sh4dow!")
+    );
+}

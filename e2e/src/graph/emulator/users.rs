@@ -43,6 +43,21 @@ pub(super) fn handle(t: &mut Tenant, call: Call<'_>) -> Response {
             None => not_found(ctx, id),
         },
         ("POST", ["users"]) => create_user(t, ctx, &body).0,
+        // Microsoft's documentation (user-update, passwordProfile): an app
+        // resets a password only through a directory role over the user,
+        // such as User Administrator (scoped to the user's unit suffices);
+        // the permission alone is refused.
+        ("PATCH", ["users", id])
+            if body.get("passwordProfile").is_some()
+                && matches!(principal, Principal::App { client_id, .. }
+                    if !t.user_admin_over(client_id, id)) =>
+        {
+            ctx.error(
+                StatusCode::FORBIDDEN,
+                "Authorization_RequestDenied",
+                "Insufficient privileges to complete the operation.",
+            )
+        }
         ("PATCH", ["users", id]) => patch_user(t, ctx, id, &body),
         ("DELETE", ["users", id]) => {
             let before = t.users.len();
