@@ -18,6 +18,7 @@
 //! names the kubelet's reason, and deleting the gateway leaves nothing behind.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a panic is a failure with its reason
 
+mod node_kill;
 mod node_peers;
 mod support;
 
@@ -213,21 +214,15 @@ async fn the_operator_runs_as_a_pod_and_its_gateway_says_why_it_is_not_ready() {
     // A Prosody on this host serves the example whitelist's remote domain,
     // on the pod network's host address, and routes the gateway's domain to
     // the gateway's s2s Service; the gateway routes back with a static route.
-    let peer = Peer::start(&admin, &ns).await;
+    let mut peer = Peer::start(&admin, &ns).await;
     pointed_at_the_emulator(&admin, &ns, &gateways, &graph, &peer).await;
 
     // Federating through the Service, both ways: Bob on Prosody subscribes
     // to Alice in Teams and writes to her; she answers from Teams.
-    if let Some(mut bob) = peer.bob {
-        federate(
-            &admin,
-            &ns,
-            &graph,
-            &mut bob,
-            &peer.server,
-            &peer.s2s_service,
-        )
-        .await;
+    if let Some(mut bob) = peer.bob.take() {
+        let chat = federate(&admin, &ns, &graph, &mut bob, &peer).await;
+        node_kill::killed_with_messages_in_flight(&admin, &ns, &graph, &mut bob, &chat).await;
+        node_kill::rolled_with_messages_in_flight(&admin, &ns, &graph, &mut bob, &chat).await;
     }
 
     pods_sized_and_weighed(&pods, &operator).await;
@@ -509,9 +504,9 @@ async fn federate(
     ns: &str,
     graph: &GraphPod,
     bob: &mut xmppfed_e2e::xmpp_client::XmppClient,
-    server: &xmppfed_e2e::prosody::Prosody,
-    s2s_service: &str,
-) {
+    peer: &Peer,
+) -> String {
+    let (server, s2s_service) = (&peer.server, &peer.s2s_service);
     let pods: Api<Pod> = Api::namespaced(admin.clone(), ns);
     // The s2s Service selects the replica that holds the bridge's lease
     // (labelled leader): it has an endpoint once that pod is labelled.
@@ -600,6 +595,7 @@ async fn federate(
         "both ways through the Service in {:.1} s",
         federated.elapsed().as_secs_f64()
     );
+    chat
 }
 
 /// Refused credentials: a wrong client secret in the Secret the gateway

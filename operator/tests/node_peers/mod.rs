@@ -197,6 +197,25 @@ impl GraphPod {
             .unwrap()
     }
 
+    /// What a chat holds, oldest first: each message's content.
+    pub async fn chat_contents(&self, chat: &str) -> Vec<String> {
+        let listed: serde_json::Value = self
+            .client()
+            .get(format!("{}/_emulator/chats/{chat}/messages", self.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        listed["value"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|m| m["content"].as_str().map(str::to_owned))
+            .collect()
+    }
+
     /// POSTs to the emulator's control API; fails the test unless it succeeds.
     pub async fn control(&self, path: &str, body: serde_json::Value) {
         let response = self

@@ -126,6 +126,24 @@ pub(super) async fn control_chat_message(
     (StatusCode::CREATED, axum::Json(message)).into_response()
 }
 
+/// GET /_emulator/chats/{chat}/messages: the chat's messages, oldest first,
+/// as `{"from": user id, "content": body}` (for tests that count deliveries).
+pub(super) async fn control_chat_messages(
+    State(state): State<Shared>,
+    Path(chat_id): Path<String>,
+) -> Response {
+    let t = lock(&state);
+    let Some(chat) = t.chats.iter().find(|c| c.id == chat_id) else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let messages: Vec<Value> = chat
+        .messages
+        .iter()
+        .map(|m| json!({"from": m["from"]["user"]["id"], "content": m["body"]["content"]}))
+        .collect();
+    axum::Json(json!({ "value": messages })).into_response()
+}
+
 /// POST /_emulator/chats {"from": upn, "with": upn}: a Teams user starts a
 /// 1:1 chat (through the Teams client); the existing one if they have it.
 pub(super) async fn control_start_chat(

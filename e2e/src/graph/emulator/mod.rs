@@ -36,9 +36,9 @@ use super::spec::spec;
 use super::tenant::{Principal, Seed, Tenant, guid};
 use batch::batch;
 use control::{
-    control_chat_message, control_delay, control_drop, control_expire, control_faults,
-    control_identity, control_lifecycle, control_presence, control_profile, control_start_chat,
-    control_state,
+    control_chat_message, control_chat_messages, control_delay, control_drop, control_expire,
+    control_faults, control_identity, control_lifecycle, control_presence, control_profile,
+    control_start_chat, control_state,
 };
 use subscriptions::{create_subscription, deliver_all};
 use token::token;
@@ -179,7 +179,7 @@ pub fn router(state: Shared) -> Router {
         .route("/_emulator/identity", post(control_identity))
         .route(
             "/_emulator/chats/{chat}/messages",
-            post(control_chat_message),
+            post(control_chat_message).get(control_chat_messages),
         )
         .route("/_emulator/chats", post(control_start_chat))
         .route(
