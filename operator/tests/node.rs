@@ -18,7 +18,7 @@
 //! names the kubelet's reason, and deleting the gateway leaves nothing behind.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a panic is a failure with its reason
 
-mod node_kill;
+mod node_faults;
 mod node_peers;
 mod support;
 
@@ -221,11 +221,12 @@ async fn the_operator_runs_as_a_pod_and_its_gateway_says_why_it_is_not_ready() {
     // to Alice in Teams and writes to her; she answers from Teams.
     if let Some(mut bob) = peer.bob.take() {
         let chat = federate(&admin, &ns, &graph, &mut bob, &peer).await;
-        node_kill::killed_with_messages_in_flight(&admin, &ns, &graph, &mut bob, &chat).await;
-        node_kill::rolled_with_messages_in_flight(&admin, &ns, &graph, &mut bob, &chat).await;
+        node_faults::killed_with_messages_in_flight(&admin, &ns, &graph, &mut bob, &chat).await;
+        node_faults::rolled_with_messages_in_flight(&admin, &ns, &graph, &mut bob, &chat).await;
     }
 
     pods_sized_and_weighed(&pods, &operator).await;
+    node_faults::unbindable_volume_is_named(&admin, &ns, &private).await;
 
     refusals_are_named(&admin, &ns, &gateways).await;
 

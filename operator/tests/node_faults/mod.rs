@@ -1,5 +1,5 @@
-//! The gateway pod killed, or rolled by a configuration change, with
-//! messages in flight, on the real node.
+//! Faults on the real node: the gateway pod killed, or rolled by a
+//! configuration change, with messages in flight; a volume that cannot bind.
 
 use std::time::{Duration, Instant};
 
@@ -9,6 +9,8 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 use xmppfed_e2e::cluster::eventually;
 use xmppfed_e2e::xmpp_client::XmppClient;
+
+use xmppfed_operator::crd::FederationGateway;
 
 use crate::node_peers::GraphPod;
 
@@ -177,4 +179,49 @@ async fn disrupted<F: std::future::Future<Output = ()>>(
         bounced.len(),
         disrupted.elapsed().as_secs_f64()
     );
+}
+
+/// A gateway whose volume cannot bind (more storage than any of the node's
+/// volumes holds): it is never Ready, and Ready says why in the scheduler's
+/// words within a reconcile.
+pub async fn unbindable_volume_is_named(admin: &Client, ns: &str, private: &str) {
+    let gateways: Api<FederationGateway> = Api::namespaced(admin.clone(), ns);
+    let contoso = gateways.get("contoso").await.unwrap();
+    let mut spec = serde_json::to_value(&contoso.spec).unwrap();
+    spec["database"]["storageSize"] = json!("900Gi");
+    spec["licenceSecret"] = json!({"name": "unbound-licence", "key": "licence"});
+    let licence = json!({
+        "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+        "metadata": {"name": "unbound-licence"},
+        "stringData": {"licence": crate::support::licence_text(private, "node-unbound", 1)}
+    });
+    let unbound = json!({
+        "apiVersion": "xmppfed.io/v1alpha1", "kind": "FederationGateway",
+        "metadata": {"name": "unbound"}, "spec": spec
+    });
+    let applied = Instant::now();
+    crate::support::apply_all(admin, ns, "xmppfed-node-unbound", vec![licence, unbound]).await;
+    let named = eventually(
+        "Ready=False naming the volume that cannot bind",
+        Duration::from_secs(90),
+        || async {
+            let g = gateways.get("unbound").await.ok()?;
+            let ready = g
+                .status?
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == "Ready")?;
+            (ready.status == "False" && ready.message.contains("persistent volume"))
+                .then_some(ready.message)
+        },
+    )
+    .await;
+    eprintln!(
+        "a volume that cannot bind: Ready=False {:.1} s after the apply: {named}",
+        applied.elapsed().as_secs_f64()
+    );
+    gateways
+        .delete("unbound", &DeleteParams::default())
+        .await
+        .unwrap();
 }
