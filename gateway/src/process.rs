@@ -30,7 +30,7 @@ use crate::pod::PodMetadata;
 use crate::s2s::{AnyUser, Inbox, S2s, S2sSender};
 use crate::store::{Store, StoreError};
 use xmppfed_config::LocalPartSource;
-use xmppfed_telemetry::{AdminServer, Health, Metrics, admin_router};
+use xmppfed_telemetry::{AdminServer, Health, ListenerBounds, Metrics, admin_router};
 
 pub const SERVICE_NAME: &str = "xmppfed-gateway";
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -75,6 +75,9 @@ pub struct Gateway {
 
     /// With `webhook.public_url`: the bound listener for Graph's notifications.
     webhook: Option<(tokio::net::TcpListener, axum::Router)>,
+    /// The webhook's and the admin listener's bounds, and what they refuse.
+    bounds: (ListenerBounds, ListenerBounds),
+    refused: xmppfed_telemetry::ListenerRefused,
 }
 
 type BuildBridge = Box<dyn FnOnce() -> BoxFuture<'static, Result<Arc<Bridge>, StoreError>> + Send>;
@@ -164,6 +167,7 @@ impl Gateway {
             }
             _ => None,
         };
+        let refused = xmppfed_telemetry::refused_counter(&metrics);
         let admin = AdminServer::bind(config.admin.listen, admin_router(metrics, health.clone()))
             .await
             .map_err(|source| StartError::AdminBind {
@@ -184,6 +188,8 @@ impl Gateway {
             directory,
             bridge,
             webhook,
+            bounds: (bounds(&config.webhook.limits), bounds(&config.admin.limits)),
+            refused,
         })
     }
 
@@ -231,13 +237,15 @@ impl Gateway {
         let stopped = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|stop| *stop).await;
         };
+        let refused = self.refused;
         let webhook = self.webhook.map(|(listener, router)| {
             let stop = stopped(stop_rx.clone());
+            let (bounds, refused) = (self.bounds.0, refused.clone());
             tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, router)
-                    .with_graceful_shutdown(stop)
-                    .await
-                {
+                let served = xmppfed_telemetry::serve_bounded(
+                    listener, router, bounds, "webhook", refused, stop,
+                );
+                if let Err(e) = served.await {
                     tracing::error!(error = %e, "the webhook listener failed");
                 }
             })
@@ -259,7 +267,10 @@ impl Gateway {
             }
             _ => tokio::spawn(refuse_until_bridged(inbox, sender)),
         };
-        let result = self.admin.serve(stopped(stop_rx)).await;
+        let result = self
+            .admin
+            .serve(self.bounds.1, refused, stopped(stop_rx))
+            .await;
         let _ = s2s.await;
         if let Some(w) = webhook {
             let _ = w.await;
@@ -603,4 +614,14 @@ fn config_info(metrics: &Metrics, config: &GatewayConfig) {
         ("store".to_owned(), store.to_owned()),
     ])
     .set(1);
+}
+
+/// A listener's bounds as configured.
+fn bounds(limits: &xmppfed_config::ListenerLimits) -> ListenerBounds {
+    ListenerBounds {
+        header_read_timeout: std::time::Duration::from_secs(limits.header_read_timeout_secs.into()),
+        request_timeout: std::time::Duration::from_secs(limits.request_timeout_secs.into()),
+        max_connections: limits.max_connections as usize,
+        max_connections_per_source: limits.max_connections_per_source as usize,
+    }
 }

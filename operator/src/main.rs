@@ -83,6 +83,7 @@ async fn serve(
     let reconcile_metrics = xmppfed_operator::metrics::ReconcileMetrics::register(&metrics);
     let health = Health::new();
     let api = health.component("kubernetes-api");
+    let refused = xmppfed_telemetry::refused_counter(&metrics);
     let admin = AdminServer::bind(admin_listen, admin_router(metrics, health))
         .await
         .with_context(|| format!("cannot bind the admin port {admin_listen}"))?;
@@ -124,7 +125,12 @@ async fn serve(
         }
     });
     let admin_stopped = stopped();
-    let admin_task = tokio::spawn(admin.serve(admin_stopped));
+    // The admin port faces the cluster: bounded like the gateway's.
+    let admin_task = tokio::spawn(admin.serve(
+        xmppfed_telemetry::ListenerBounds::default(),
+        refused,
+        admin_stopped,
+    ));
     let mut controllers = controllers;
     let outcome = tokio::select! {
         () = xmppfed_telemetry::shutdown_signal() => {

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 pub use domain::{DomainPattern, is_valid_domain};
 pub use error::{ConfigError, FieldError};
 pub use secret::{SecretRef, SecretValue};
-pub use webhook::{ChatNotifications, WebhookConfig};
+pub use webhook::{ChatNotifications, ListenerLimits, WebhookConfig};
 
 /// The whole gateway configuration file.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -564,12 +564,14 @@ impl Default for StoreConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
+    pub limits: ListenerLimits,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 9090)),
+            limits: ListenerLimits::default(),
         }
     }
 }

@@ -166,6 +166,27 @@ fn graph(c: &GatewayConfig, err: &mut impl FnMut(&str, String)) {
 
 /// The change-notification receiver.
 fn webhook(c: &GatewayConfig, err: &mut impl FnMut(&str, String)) {
+    for (name, l) in [("webhook", &c.webhook.limits), ("admin", &c.admin.limits)] {
+        for (field, value) in [
+            ("header_read_timeout_secs", l.header_read_timeout_secs),
+            ("request_timeout_secs", l.request_timeout_secs),
+            ("max_connections", l.max_connections),
+            ("max_connections_per_source", l.max_connections_per_source),
+        ] {
+            if value == 0 {
+                err(
+                    &format!("{name}.limits.{field}"),
+                    "must be at least 1".into(),
+                );
+            }
+        }
+        if l.max_connections_per_source > l.max_connections {
+            err(
+                &format!("{name}.limits.max_connections_per_source"),
+                format!("must not exceed {name}.limits.max_connections"),
+            );
+        }
+    }
     if let Some(url) = &c.webhook.public_url {
         if let Err(m) = check_url(url) {
             err("webhook.public_url", m);

@@ -18,6 +18,35 @@ pub struct WebhookConfig {
     pub client_state: Option<SecretRef>,
     /// Which subscriptions tell the gateway of new chat messages.
     pub chat_notifications: ChatNotifications,
+    /// What one client may hold of the listener (it faces the internet).
+    pub limits: ListenerLimits,
+}
+
+/// The bounds of an HTTP listener: `[webhook.limits]`, `[admin.limits]`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenerLimits {
+    /// A connection's request headers must arrive within this (idle
+    /// keep-alive connections are closed after it too).
+    pub header_read_timeout_secs: u32,
+    /// A whole request, body and answer, within this.
+    pub request_timeout_secs: u32,
+    /// Connections held at once; more are closed as they arrive.
+    pub max_connections: u32,
+    /// Connections held at once from one address. Behind an ingress every
+    /// connection comes from the ingress: raise it to `max_connections` there.
+    pub max_connections_per_source: u32,
+}
+
+impl Default for ListenerLimits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout_secs: 10,
+            request_timeout_secs: 30,
+            max_connections: 1024,
+            max_connections_per_source: 256,
+        }
+    }
 }
 
 impl Default for WebhookConfig {
@@ -27,6 +56,7 @@ impl Default for WebhookConfig {
             public_url: None,
             client_state: None,
             chat_notifications: ChatNotifications::default(),
+            limits: ListenerLimits::default(),
         }
     }
 }

@@ -61,14 +61,23 @@ impl AdminServer {
         self.listener.local_addr()
     }
 
-    /// Serves until `shutdown` completes.
+    /// Serves within `bounds` until `shutdown` completes; what the bounds
+    /// refuse is counted in `refused`.
     pub async fn serve(
         self,
+        bounds: crate::ListenerBounds,
+        refused: crate::listener::Refused,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown)
-            .await
+        crate::serve_bounded(
+            self.listener,
+            self.router,
+            bounds,
+            "admin",
+            refused,
+            shutdown,
+        )
+        .await
     }
 }
 

@@ -7,6 +7,7 @@
 
 mod admin;
 mod health;
+mod listener;
 mod metrics;
 mod otel;
 mod propagation;
@@ -19,6 +20,7 @@ use tracing_subscriber::{EnvFilter, Layer};
 
 pub use admin::{AdminServer, admin_router, shutdown_signal};
 pub use health::{ComponentHealth, Health, HealthReport};
+pub use listener::{ListenerBounds, Refused as ListenerRefused, refused_counter, serve_bounded};
 pub use metrics::Metrics;
 pub use otel::{OtlpSettings, OtlpSettingsError};
 pub use propagation::{extract_context, inject_context};

@@ -88,6 +88,12 @@ pub fn render_config(
                 ChatNotifications::PerAccount => cfg::ChatNotifications::PerAccount,
                 ChatNotifications::Tenant => cfg::ChatNotifications::Tenant,
             },
+            // Graph reaches the pod through an ingress or a load balancer:
+            // one source address may carry every connection.
+            limits: cfg::ListenerLimits {
+                max_connections_per_source: cfg::ListenerLimits::default().max_connections,
+                ..cfg::ListenerLimits::default()
+            },
         },
         shadow_accounts: shadow_accounts(spec)?,
         presence: cfg::PresenceConfig {
@@ -115,6 +121,7 @@ pub fn render_config(
         store: store(spec)?,
         admin: cfg::AdminConfig {
             listen: any(ports::ADMIN),
+            limits: cfg::ListenerLimits::default(),
         },
         licence: licence_public_key.map(|key| cfg::LicenceConfig {
             file: file(paths::LICENCE_DIR, &spec.licence_secret.key),
