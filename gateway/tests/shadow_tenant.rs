@@ -87,26 +87,65 @@ fn message_from<'a>(from: &'a str, body: &'a str) -> impl Fn(&Value) -> bool + '
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn contacts_live_in_the_shadow_tenant_and_chat_with_teams_users_across_tenants() {
+/// Both tenants' emulators, the gateway between them (with the webhook when
+/// `webhook`), and Bob on a real Prosody; `None` (skipped) without Prosody.
+struct World {
+    home: GraphEmulator,
+    shadow: GraphEmulator,
+    config: GatewayConfig,
+    gateway: Running,
+    bob: xmppfed_e2e::xmpp_client::XmppClient,
+    _server: xmppfed_e2e::prosody::Prosody,
+    _dir: tempfile::TempDir,
+}
+
+async fn world(allowed: &[&str], webhook: bool) -> Option<World> {
     if skip(prosody::available(), "prosody") {
-        return;
+        return None;
     }
     common::init();
     let home = GraphEmulator::start(home()).await.unwrap();
-    let shadow_graph = GraphEmulator::start(shadow_tenant(&[HOME])).await.unwrap();
+    let shadow = GraphEmulator::start(shadow_tenant(allowed)).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let port = || prosody::free_port().unwrap();
-    let (gateway_port, prosody_s2s, webhook) = (port(), port(), port());
+    let (gateway_port, prosody_s2s) = (port(), port());
     let mut config = gateway_config(dir.path(), &home, gateway_port, prosody_s2s);
-    with_webhook(&mut config, dir.path(), webhook);
-    two_tenants(&mut config, dir.path(), &shadow_graph);
+    if webhook {
+        with_webhook(&mut config, dir.path(), port());
+    }
+    two_tenants(&mut config, dir.path(), &shadow);
     let gateway = start_gateway(&config).await;
-    let (_server, mut bob) = prosody_with_bob(ProsodyOptions {
+    let (server, bob) = prosody_with_bob(ProsodyOptions {
         routes: vec![(DOMAIN.into(), gateway_port)],
         s2s_port: Some(prosody_s2s),
         ..ProsodyOptions::new(PEER)
     });
+    Some(World {
+        home,
+        shadow,
+        config,
+        gateway,
+        bob,
+        _server: server,
+        _dir: dir,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contacts_live_in_the_shadow_tenant_and_chat_with_teams_users_across_tenants() {
+    let Some(World {
+        home,
+        shadow: shadow_graph,
+        gateway,
+        mut bob,
+        // Bound, not `..`: Prosody and the files live until the test ends.
+        _server: _prosody,
+        _dir: _files,
+        ..
+    }) = world(&[HOME], true).await
+    else {
+        return;
+    };
 
     // XMPP → Teams: the contact's account and the chat are made in the shadow tenant.
     bob.command(json!({"cmd": "message", "to": ALICE, "body": "hello from XMPP", "id": "m1"}))
@@ -220,23 +259,18 @@ async fn contacts_live_in_the_shadow_tenant_and_chat_with_teams_users_across_ten
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shadow_tenant_whose_external_access_refuses_the_home_tenant_loses_nothing() {
-    if skip(prosody::available(), "prosody") {
+    let Some(World {
+        shadow: shadow_graph,
+        config,
+        gateway,
+        mut bob,
+        _server: _prosody,
+        _dir: _files,
+        ..
+    }) = world(&[], false).await
+    else {
         return;
-    }
-    common::init();
-    let home = GraphEmulator::start(home()).await.unwrap();
-    let shadow_graph = GraphEmulator::start(shadow_tenant(&[])).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let port = || prosody::free_port().unwrap();
-    let (gateway_port, prosody_s2s) = (port(), port());
-    let mut config = gateway_config(dir.path(), &home, gateway_port, prosody_s2s);
-    two_tenants(&mut config, dir.path(), &shadow_graph);
-    let gateway = start_gateway(&config).await;
-    let (_server, mut bob) = prosody_with_bob(ProsodyOptions {
-        routes: vec![(DOMAIN.into(), gateway_port)],
-        s2s_port: Some(prosody_s2s),
-        ..ProsodyOptions::new(PEER)
-    });
+    };
     bob.command(json!({"cmd": "message", "to": ALICE, "body": "are you there?", "id": "m1"}))
         .unwrap();
     // The chat is refused; the message is neither bounced nor delivered.
