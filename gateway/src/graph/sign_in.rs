@@ -187,6 +187,7 @@ impl std::fmt::Display for SignInRefusal {
 
 /// Readiness before the app's first token.
 const NOT_YET: &str = "the app has not obtained a token from the tenant yet";
+const SHADOW_NOT_YET: &str = "the shadow tenant's app has not obtained a token from it yet";
 /// The pod annotation's reason while the identity platform cannot be reached
 /// (the operator's TenantReady reason).
 pub const UNREACHABLE: &str = "IdentityPlatformUnreachable";
@@ -209,6 +210,10 @@ pub struct SignInMonitor {
     state: tokio::sync::watch::Sender<Option<String>>,
     health: Option<ComponentHealth>,
     counter: Option<Family<Vec<(String, String)>, Counter>>,
+    /// Who "the app" is in what the monitor says (the shadow tenant's app
+    /// beside the home tenant's), and readiness before its first token.
+    app: &'static str,
+    not_yet: &'static str,
 }
 
 impl std::fmt::Debug for SignInMonitor {
@@ -233,6 +238,8 @@ impl SignInMonitor {
             state: tokio::sync::watch::channel(None).0,
             health: None,
             counter: None,
+            app: "the app",
+            not_yet: NOT_YET,
         }
     }
 
@@ -243,6 +250,8 @@ impl SignInMonitor {
             app_proven: std::sync::atomic::AtomicBool::new(false),
             unreachable: Mutex::new(None),
             state: tokio::sync::watch::channel(None).0,
+            app: "the app",
+            not_yet: NOT_YET,
             health: Some(health),
             counter: Some(metrics.register(
                 "graph_sign_in_refusals",
@@ -255,10 +264,12 @@ impl SignInMonitor {
     /// A monitor for a second tenant (the shadow accounts' own): its own
     /// state and readiness component, counted in the same metric.
     pub fn beside(&self, health: ComponentHealth) -> Self {
-        health.not_ready(NOT_YET);
+        health.not_ready(SHADOW_NOT_YET);
         Self {
             health: Some(health),
             counter: self.counter.clone(),
+            app: "the shadow tenant's app",
+            not_yet: SHADOW_NOT_YET,
             ..Self::detached()
         }
     }
@@ -401,7 +412,8 @@ impl SignInMonitor {
         let refused = self.lock();
         if let Some(app) = refused.get("app") {
             return Some(format!(
-                "the app cannot sign in: {} ({})",
+                "{} cannot sign in: {} ({})",
+                self.app,
                 app.reason(),
                 app.fix()
             ));
@@ -445,7 +457,7 @@ impl SignInMonitor {
         let Some(health) = &self.health else { return };
         match summary {
             Some(line) if self.app_refused() => health.not_ready(&line),
-            _ if !proven => health.not_ready(unreachable.as_deref().unwrap_or(NOT_YET)),
+            _ if !proven => health.not_ready(unreachable.as_deref().unwrap_or(self.not_yet)),
             None => health.ready(),
             Some(line) => health.degraded(&line),
         }
@@ -562,5 +574,47 @@ mod tests {
         // A spent refresh token is counted, never reported: the gateway recovers.
         monitor.refused(&a, SignInRefusal::RefreshTokenInvalid, "AADSTS70000");
         assert!(monitor.in_force().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_shadow_tenant_is_watched_beside_the_home_tenant_and_named() {
+        let health = xmppfed_telemetry::Health::new();
+        let home = SignInMonitor::new(&Metrics::new("t", "0"), health.component("tenant"));
+        let shadow = home.beside(health.component("shadow-tenant"));
+        let mut both = SignInMonitor::watch_both(&home, &shadow);
+        assert!(
+            health
+                .report()
+                .to_string()
+                .contains("the shadow tenant's app has not obtained a token"),
+            "{}",
+            health.report()
+        );
+        home.signed_in(&Identity::App);
+        shadow.signed_in(&Identity::App);
+        both.wait_for(|s| s.as_deref() == Some("ok")).await.unwrap();
+        assert!(health.report().ready);
+        // The shadow tenant's app refused: not ready, named, and the pod's
+        // one annotation carries it though the home tenant is fine.
+        shadow.refused(
+            &Identity::App,
+            SignInRefusal::InvalidClientSecret,
+            "AADSTS7000215",
+        );
+        let line = shadow.summary().unwrap();
+        assert!(
+            line.starts_with("the shadow tenant's app cannot sign in"),
+            "{line}"
+        );
+        assert!(!health.report().ready);
+        let said = both
+            .wait_for(|s| {
+                s.as_deref()
+                    .is_some_and(|s| s.starts_with("InvalidClientSecret"))
+            })
+            .await
+            .unwrap()
+            .clone();
+        assert!(said.is_some_and(|s| s.contains("shadow tenant's app")));
     }
 }
