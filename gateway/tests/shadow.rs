@@ -12,7 +12,7 @@ use serde_json::json;
 use xmpp_parsers::minidom::Element;
 use xmppfed_e2e::graph::{GraphEmulator, Seed};
 use xmppfed_gateway::bridge::contacts::credentials::CredentialCipher;
-use xmppfed_gateway::bridge::contacts::shadow::{ShadowSettings, ensure, upn_for};
+use xmppfed_gateway::bridge::contacts::shadow::{ShadowError, ShadowSettings, ensure, upn_for};
 use xmppfed_gateway::graph::RetryPolicy;
 use xmppfed_gateway::store::Store;
 
@@ -96,8 +96,20 @@ async fn a_contact_gets_one_licensed_shadow_account_with_its_card() {
     assert_eq!(again.object_id, account.object_id);
     assert_eq!(emulator.tenant().users.len(), 1);
 
-    // A store that lost it (a new one): the tenant's account is taken over, not duplicated.
+    // A store that lost it (a new one): the tenant's account is taken over,
+    // not duplicated — which resets its password, and Graph lets an app do
+    // that only through a directory role: refused without it, with the fix.
     let fresh = Store::sqlite(&dir.path().join("other-db")).await.unwrap();
+    let refused = ensure(&graph, &fresh, &cipher, &settings, jid, None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, ShadowError::TakeOverRefused { .. })
+            && refused.to_string().contains("User Administrator"),
+        "{refused}"
+    );
+    emulator.tenant().apps[0].scoped_roles =
+        serde_json::from_value(json!([{"roleName": "User Administrator"}])).unwrap();
     let (taken, new_credential) = ensure(&graph, &fresh, &cipher, &settings, jid, None)
         .await
         .unwrap();

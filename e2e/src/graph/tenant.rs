@@ -134,7 +134,10 @@ pub struct ScopedRole {
     /// Only `User Administrator` is understood: manage users (create,
     /// update, delete, licences, photos, passwords) within the unit.
     pub role_name: String,
-    pub administrative_unit_id: String,
+    /// The unit the role is scoped to; absent: the whole directory (a
+    /// tenant-wide User Administrator manages every non-admin user).
+    #[serde(default)]
+    pub administrative_unit_id: Option<String>,
 }
 
 /// https://learn.microsoft.com/graph/api/resources/administrativeunit
@@ -568,13 +571,20 @@ impl Tenant {
             return false;
         };
         let user_id = self.user(target).map(|u| u.id.clone());
-        app.scoped_roles
-            .iter()
-            .filter(|r| r.role_name == "User Administrator")
+        let admin = || {
+            app.scoped_roles
+                .iter()
+                .filter(|r| r.role_name == "User Administrator")
+        };
+        if admin().any(|r| r.administrative_unit_id.is_none()) && user_id.is_some() {
+            return true;
+        }
+        admin()
             .filter_map(|r| {
+                let unit = r.administrative_unit_id.as_deref()?;
                 self.administrative_units
                     .iter()
-                    .find(|u| u.id.eq_ignore_ascii_case(&r.administrative_unit_id))
+                    .find(|u| u.id.eq_ignore_ascii_case(unit))
             })
             .any(|unit| {
                 unit.id.eq_ignore_ascii_case(target)

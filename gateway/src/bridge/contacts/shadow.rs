@@ -16,6 +16,13 @@ pub enum ShadowError {
     Graph(#[from] GraphError),
     #[error("the shadow account could not be created lately; trying again in {}s", retry_in.as_secs())]
     BackingOff { retry_in: std::time::Duration },
+    /// The account is in the tenant but not in the store (a lost or new
+    /// store), and Graph refuses to reset its password: an app resets
+    /// passwords only through a directory role (user-update, passwordProfile).
+    #[error(
+        "shadow account {upn} exists in the tenant but not in the gateway's store, and Graph refuses to reset its password ({source}): assign the app the User Administrator role scoped to the shadow accounts' administrative unit, or delete the account so that the gateway creates it again"
+    )]
+    TakeOverRefused { upn: String, source: GraphError },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -115,17 +122,19 @@ pub async fn ensure(
         // The tenant has it but our store lost it: take it over with a new password.
         Err(e) if e.status() == Some(400) && e.to_string().contains("already exists") => {
             let user = graph.get_user(&upn).await?;
-            graph
-                .update_user(
-                    &user.id,
-                    &UserPatch {
-                        password_profile: Some(PasswordProfile {
-                            password: password.clone(),
-                        }),
-                        ..UserPatch::default()
-                    },
-                )
-                .await?;
+            let reset = UserPatch {
+                password_profile: Some(PasswordProfile {
+                    password: password.clone(),
+                }),
+                ..UserPatch::default()
+            };
+            match graph.update_user(&user.id, &reset).await {
+                Ok(()) => {}
+                Err(source) if source.status() == Some(403) => {
+                    return Err(ShadowError::TakeOverRefused { upn, source });
+                }
+                Err(e) => return Err(e.into()),
+            }
             tracing::warn!(%upn, "shadow account existed in the tenant but not in the store: taken over");
             user.id
         }
