@@ -178,6 +178,8 @@ async fn operator_on_a_real_cluster() {
 
     missing_policies_are_named(&w).await;
 
+    support::webhook_ingress_comes_and_goes(&client, ns, "contoso", "xmppfed-it-ingress").await;
+
     // Deleting the gateway removes everything it owns.
     gateways
         .delete("contoso", &DeleteParams::foreground())

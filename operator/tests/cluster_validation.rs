@@ -112,6 +112,28 @@ fn gateway_cases(gateway: &Value) -> Vec<Case> {
             "exactly one of tenant.clientSecret and tenant.clientCertificate",
         ),
         (
+            "a webhook Ingress for another host than webhookUrl's",
+            with(
+                &with(
+                    gateway,
+                    "/spec/webhookUrl",
+                    Some(json!("https://hooks.contoso.example")),
+                ),
+                "/spec/webhookIngress",
+                Some(json!({"host": "other.contoso.example", "tlsSecret": "hooks-tls"})),
+            ),
+            "webhookIngress needs webhookUrl to be https://<webhookIngress.host>",
+        ),
+        (
+            "a webhook Ingress without webhookUrl",
+            with(
+                gateway,
+                "/spec/webhookIngress",
+                Some(json!({"host": "hooks.contoso.example", "tlsSecret": "hooks-tls"})),
+            ),
+            "webhookIngress needs webhookUrl",
+        ),
+        (
             "a shadow tenant whose id is not a GUID",
             with(
                 gateway,

@@ -43,6 +43,7 @@ use super::{Condition, SecretKeyRef};
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.database.engine != 'sqlite' || self.replicas <= 1").message("the sqlite engine supports one replica only: use engine sqlserver for more"))]
 #[x_kube(validation = Rule::new("self.database.engine != 'sqlserver' || has(self.database.connectionStringSecret)").message("database.connectionStringSecret is required for engine sqlserver"))]
+#[x_kube(validation = Rule::new("!has(self.webhookIngress) || (has(self.webhookUrl) && url(self.webhookUrl).getHostname() == self.webhookIngress.host && url(self.webhookUrl).getEscapedPath() in ['', '/'])").message("webhookIngress needs webhookUrl to be https://<webhookIngress.host> with no path"))]
 pub struct FederationGatewaySpec {
     /// The Teams-facing XMPP domain this gateway serves, e.g. `teams.example.com`.
     #[schemars(length(max = 253))]
@@ -69,6 +70,10 @@ pub struct FederationGatewaySpec {
     #[schemars(length(max = 2048))]
     #[x_kube(validation = Rule::new(super::HTTPS_URL_RULE).message("webhookUrl must be an https:// URL with a host"))]
     pub webhook_url: Option<String>,
+    /// An Ingress for the webhook, made by the operator: Microsoft Graph
+    /// posts only to a publicly trusted HTTPS URL, here `webhookUrl`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_ingress: Option<WebhookIngressSpec>,
     pub database: DatabaseSpec,
     #[serde(default)]
     pub telemetry: TelemetrySpec,
@@ -257,6 +262,24 @@ pub enum TenantCloud {
     USGovernmentDoD,
     /// Microsoft Graph China operated by 21Vianet.
     China,
+}
+
+/// The webhook's Ingress: its class, the public host (the host of
+/// `webhookUrl`) and the TLS Secret for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookIngressSpec {
+    /// The IngressClass; the cluster's default class when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub class_name: Option<String>,
+    /// The public host name Graph posts to.
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = Rule::new(super::DOMAIN_RULE).message("webhookIngress.host must be a lower-case DNS name"))]
+    pub host: String,
+    /// A `kubernetes.io/tls` Secret with a publicly trusted certificate for the host.
+    #[schemars(length(min = 1, max = 253))]
+    pub tls_secret: String,
 }
 
 /// Sign-in and Graph base URLs to use instead of the cloud's, and a CA to trust for them.

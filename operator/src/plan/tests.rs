@@ -606,3 +606,32 @@ fn a_tenant_of_their_own_for_the_shadow_accounts_reaches_the_gateway_with_its_se
         paths::SHADOW_TENANT_CA_DIR
     ));
 }
+
+#[test]
+fn a_webhook_ingress_is_made_only_when_asked() {
+    let mut g = gateway(sqlite(), "");
+    let plain = plan(&g, &[], &[], 1, Some(TEST_KEY)).unwrap();
+    assert!(plain.objects.webhook_ingress.is_none());
+    g.spec.webhook_url = Some("https://graph-hooks.contoso.example".into());
+    g.spec.webhook_ingress = Some(
+        serde_yaml_ng::from_str("{host: graph-hooks.contoso.example, tlsSecret: graph-hooks-tls}")
+            .unwrap(),
+    );
+    let planned = plan(&g, &[], &[], 1, Some(TEST_KEY)).unwrap();
+    let ingress = planned.objects.webhook_ingress.as_ref().unwrap();
+    assert_eq!(ingress.metadata.name.as_deref(), Some("contoso-webhook"));
+    assert!(ingress.metadata.owner_references.is_some());
+    let spec = ingress.spec.as_ref().unwrap();
+    assert_eq!(spec.ingress_class_name, None, "the cluster's default class");
+    let rule = &spec.rules.as_ref().unwrap()[0];
+    let path = &rule.http.as_ref().unwrap().paths[0];
+    let backend = path.backend.service.as_ref().unwrap();
+    // The Service and port the webhook is served on, under the paths it serves.
+    assert_eq!(backend.name, render::names::webhook_service("contoso"));
+    assert_eq!(
+        backend.port.as_ref().unwrap().name.as_deref(),
+        Some("webhook")
+    );
+    // The gateway serves /graph/notifications and /graph/lifecycle.
+    assert_eq!(path.path.as_deref(), Some("/graph/"));
+}

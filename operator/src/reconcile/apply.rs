@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -41,6 +42,21 @@ pub(super) async fn apply_all(
             // Scaled down to one replica: a PDB left behind would block node drains.
             let api = Api::<PodDisruptionBudget>::namespaced(client.clone(), namespace);
             let name = o.stateful_set.name_any();
+            match api.delete(&name, &Default::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    match &o.webhook_ingress {
+        Some(ingress) => {
+            apply::<Ingress>(client, namespace, ingress).await?;
+        }
+        None => {
+            // Asked for no longer: an Ingress left behind would keep exposing the webhook.
+            let api = Api::<Ingress>::namespaced(client.clone(), namespace);
+            let name = crate::render::names::webhook_service(&o.stateful_set.name_any());
             match api.delete(&name, &Default::default()).await {
                 Ok(_) => {}
                 Err(kube::Error::Api(e)) if e.code == 404 => {}

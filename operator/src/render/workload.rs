@@ -10,6 +10,10 @@ use k8s_openapi::api::core::v1::{
     SecretVolumeSource, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, Volume,
     VolumeMount, VolumeResourceRequirements,
 };
+use k8s_openapi::api::networking::v1::{
+    HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
+    IngressServiceBackend, IngressSpec, IngressTLS, ServiceBackendPort,
+};
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -31,6 +35,8 @@ pub struct GatewayObjects {
     pub stateful_set: StatefulSet,
     pub services: Vec<Service>,
     pub pod_disruption_budget: Option<PodDisruptionBudget>,
+    /// With `spec.webhookIngress`: the webhook's Ingress.
+    pub webhook_ingress: Option<Ingress>,
     pub service_account: ServiceAccount,
     /// Lets the pods keep their role label (see `LEADER`): `patch` on the
     /// StatefulSet's own pods, by name, bound to the gateway's ServiceAccount.
@@ -140,12 +146,14 @@ pub fn build_objects(
         ..PodDisruptionBudget::default()
     });
 
+    let webhook_ingress = c.webhook_ingress();
     let (service_account, pod_role, pod_role_binding) = c.rbac(replicas);
     GatewayObjects {
         config_map,
         stateful_set,
         services: c.services(),
         pod_disruption_budget,
+        webhook_ingress,
         service_account,
         pod_role,
         pod_role_binding,
@@ -363,6 +371,44 @@ impl<'a> Children<'a> {
                 ],
             ),
         ]
+    }
+
+    /// The webhook's Ingress: the gateway's notification paths (`/graph/…`)
+    /// on the public host, TLS with the named Secret, to the webhook Service.
+    fn webhook_ingress(&self) -> Option<Ingress> {
+        let asked = self.spec.webhook_ingress.as_ref()?;
+        let backend = IngressBackend {
+            service: Some(IngressServiceBackend {
+                name: names::webhook_service(&self.name),
+                port: Some(ServiceBackendPort {
+                    name: Some("webhook".into()),
+                    ..ServiceBackendPort::default()
+                }),
+            }),
+            ..IngressBackend::default()
+        };
+        Some(Ingress {
+            metadata: self.meta(names::webhook_service(&self.name)),
+            spec: Some(IngressSpec {
+                ingress_class_name: asked.class_name.clone(),
+                tls: Some(vec![IngressTLS {
+                    hosts: Some(vec![asked.host.clone()]),
+                    secret_name: Some(asked.tls_secret.clone()),
+                }]),
+                rules: Some(vec![IngressRule {
+                    host: Some(asked.host.clone()),
+                    http: Some(HTTPIngressRuleValue {
+                        paths: vec![HTTPIngressPath {
+                            path: Some("/graph/".into()),
+                            path_type: "Prefix".into(),
+                            backend,
+                        }],
+                    }),
+                }]),
+                ..IngressSpec::default()
+            }),
+            ..Ingress::default()
+        })
     }
 
     /// The pods' ServiceAccount, and the Role and RoleBinding that let them

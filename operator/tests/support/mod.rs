@@ -230,3 +230,57 @@ pub fn run_ok(command: &mut Command, what: &str) -> String {
     );
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
+
+/// `spec.webhookIngress` on gateway `gw` makes its webhook's Ingress (owned,
+/// the host and TLS Secret asked for, the gateway's paths to its webhook
+/// Service), and taking it away removes it.
+pub async fn webhook_ingress_comes_and_goes(client: &Client, ns: &str, gw: &str, manager: &str) {
+    use k8s_openapi::api::networking::v1::Ingress;
+    let asked = json!({
+        "apiVersion": "xmppfed.io/v1alpha1", "kind": "FederationGateway",
+        "metadata": {"name": gw},
+        "spec": {"webhookUrl": "https://graph-hooks.contoso.example",
+                 "webhookIngress": {"className": "nginx", "host": "graph-hooks.contoso.example",
+                                    "tlsSecret": "graph-hooks-tls"}}
+    });
+    apply_all(client, ns, manager, vec![asked]).await;
+    let ingresses: Api<Ingress> = Api::namespaced(client.clone(), ns);
+    let name = format!("{gw}-webhook");
+    let made = cluster::eventually(
+        "the webhook's Ingress",
+        std::time::Duration::from_secs(30),
+        || async { ingresses.get_opt(&name).await.ok()? },
+    )
+    .await;
+    let spec = made.spec.unwrap();
+    assert_eq!(spec.ingress_class_name.as_deref(), Some("nginx"));
+    let tls = &spec.tls.unwrap()[0];
+    assert_eq!(tls.secret_name.as_deref(), Some("graph-hooks-tls"));
+    let rule = &spec.rules.unwrap()[0];
+    assert_eq!(rule.host.as_deref(), Some("graph-hooks.contoso.example"));
+    let path = &rule.http.as_ref().unwrap().paths[0];
+    assert_eq!(path.path.as_deref(), Some("/graph/"));
+    assert_eq!(
+        path.backend.service.as_ref().unwrap().name,
+        format!("{gw}-webhook")
+    );
+    assert!(
+        made.metadata
+            .owner_references
+            .unwrap_or_default()
+            .iter()
+            .any(|r| r.kind == "FederationGateway" && r.name == gw)
+    );
+    // Withdrawn (this manager's fields removed): the Ingress goes.
+    let withdrawn = json!({
+        "apiVersion": "xmppfed.io/v1alpha1", "kind": "FederationGateway",
+        "metadata": {"name": gw}, "spec": {}
+    });
+    apply_all(client, ns, manager, vec![withdrawn]).await;
+    cluster::eventually(
+        "the webhook's Ingress removed",
+        std::time::Duration::from_secs(30),
+        || async { ingresses.get_opt(&name).await.ok()?.is_none().then_some(()) },
+    )
+    .await;
+}
