@@ -188,7 +188,10 @@ impl Gateway {
             directory,
             bridge,
             webhook,
-            bounds: (bounds(&config.webhook.limits), bounds(&config.admin.limits)),
+            bounds: (
+                (&config.webhook.limits).into(),
+                (&config.admin.limits).into(),
+            ),
             refused,
         })
     }
@@ -614,14 +617,4 @@ fn config_info(metrics: &Metrics, config: &GatewayConfig) {
         ("store".to_owned(), store.to_owned()),
     ])
     .set(1);
-}
-
-/// A listener's bounds as configured.
-fn bounds(limits: &xmppfed_config::ListenerLimits) -> ListenerBounds {
-    ListenerBounds {
-        header_read_timeout: std::time::Duration::from_secs(limits.header_read_timeout_secs.into()),
-        request_timeout: std::time::Duration::from_secs(limits.request_timeout_secs.into()),
-        max_connections: limits.max_connections as usize,
-        max_connections_per_source: limits.max_connections_per_source as usize,
-    }
 }

@@ -153,7 +153,7 @@ async fn contacts_live_in_the_shadow_tenant_and_chat_with_teams_users_across_ten
     wait(&mut bob, 30, |e| {
         e["event"] == "message" && e["received"] == "m1"
     });
-    {
+    let chat = {
         let tenant = shadow_graph.tenant();
         let account = tenant
             .user(&shadow())
@@ -164,6 +164,8 @@ async fn contacts_live_in_the_shadow_tenant_and_chat_with_teams_users_across_ten
             .find(|c| c.members.contains(&account.id))
             .expect("the chat, in the shadow tenant");
         assert_eq!(chat.chat_type, "oneOnOne");
+        // Alice is no user of this tenant: she is a member only through the
+        // cross-tenant binding (her own tenant's id on the member).
         assert!(
             chat.members.iter().any(|m| m == ALICE_ID),
             "{:?}",
@@ -183,13 +185,14 @@ async fn contacts_live_in_the_shadow_tenant_and_chat_with_teams_users_across_ten
             "the shadow account signs in to its own tenant: {:?}",
             tenant.sign_ins
         );
-        // The Teams user is bound as a member of her own tenant.
+        // Made by the gateway, not by a Teams client.
         assert!(
             tenant.log.iter().any(|l| l.starts_with("POST /v1.0/chats")),
             "{:?}",
             tenant.log
         );
-    }
+        chat.id.clone()
+    };
     {
         let tenant = home.tenant();
         assert!(
@@ -211,17 +214,6 @@ async fn contacts_live_in_the_shadow_tenant_and_chat_with_teams_users_across_ten
     }
 
     // Teams → XMPP: Alice answers from her tenant, in the cross-tenant chat.
-    let chat = {
-        let tenant = shadow_graph.tenant();
-        let id = tenant.user(&shadow()).unwrap().id.clone();
-        tenant
-            .chats
-            .iter()
-            .find(|c| c.members.contains(&id))
-            .unwrap()
-            .id
-            .clone()
-    };
     shadow_graph
         .control(
             &format!("/_emulator/chats/{chat}/messages"),

@@ -127,7 +127,7 @@ async fn serve(
     let admin_stopped = stopped();
     // The admin port faces the cluster: bounded like the gateway's.
     let admin_task = tokio::spawn(admin.serve(
-        xmppfed_telemetry::ListenerBounds::default(),
+        (&xmppfed_config::ListenerLimits::default()).into(),
         refused,
         admin_stopped,
     ));

@@ -33,7 +33,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::{Client, ResourceExt};
-use node_peers::{GraphPod, HOST_ON_POD_NETWORK, PEER, Peer, working_set};
+use node_peers::{GraphPod, HOST_ON_POD_NETWORK, PEER, Peer, pod_ready, working_set};
 use serde_json::json;
 use support::{apply_all, examples_licensed, licence_text};
 use xmppfed_e2e::cluster::eventually;
@@ -295,14 +295,7 @@ async fn operator_pod_ready(admin: &Client, ns: &str, node: &str, installed: Ins
                 .ok()?
                 .items
                 .into_iter()
-                .find(|p| {
-                    p.status
-                        .as_ref()
-                        .and_then(|s| s.conditions.as_ref())
-                        .is_some_and(|cs| {
-                            cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")
-                        })
-                })
+                .find(pod_ready)
         },
     )
     .await;

@@ -42,13 +42,15 @@ pub struct ListenerBounds {
     pub max_connections_per_source: usize,
 }
 
-impl Default for ListenerBounds {
-    fn default() -> Self {
+/// As configured (`[webhook.limits]`, `[admin.limits]`; their defaults are
+/// the listeners' defaults).
+impl From<&xmppfed_config::ListenerLimits> for ListenerBounds {
+    fn from(limits: &xmppfed_config::ListenerLimits) -> Self {
         Self {
-            header_read_timeout: Duration::from_secs(10),
-            request_timeout: Duration::from_secs(30),
-            max_connections: 1024,
-            max_connections_per_source: 256,
+            header_read_timeout: Duration::from_secs(limits.header_read_timeout_secs.into()),
+            request_timeout: Duration::from_secs(limits.request_timeout_secs.into()),
+            max_connections: limits.max_connections as usize,
+            max_connections_per_source: limits.max_connections_per_source as usize,
         }
     }
 }
@@ -309,11 +311,9 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(600)).await;
         for mut s in held {
             let mut rest = Vec::new();
-            let n = tokio::time::timeout(Duration::from_secs(1), s.read_to_end(&mut rest))
-                .await
-                .expect("closed by the server")
-                .unwrap_or(0);
-            let _ = n;
+            let closed =
+                tokio::time::timeout(Duration::from_secs(1), s.read_to_end(&mut rest)).await;
+            assert!(closed.is_ok(), "closed by the server");
         }
         assert_eq!(count(&refused, "header_timeout"), 3);
         assert!(get(addr, "/").await.ends_with("ok"));

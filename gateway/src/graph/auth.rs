@@ -338,20 +338,28 @@ impl Tokens {
         &self,
         credential: &UserCredential,
     ) -> Result<SecretString, GraphError> {
-        let scope = format!("{}/.default offline_access", self.resource);
         let identity = Identity::User(credential.upn.clone());
-        let response = self
-            .request(
-                &identity,
-                &[
-                    ("grant_type", "password"),
-                    ("username", &credential.upn),
-                    ("password", credential.password.expose_secret()),
-                    ("scope", &scope),
-                ],
-            )
-            .await?;
+        let response = self.password_grant(&identity, credential).await?;
         Ok(SecretString::from(response.access_token))
+    }
+
+    /// The password grant (ROPC) for a shadow account, with refresh tokens.
+    async fn password_grant(
+        &self,
+        identity: &Identity,
+        credential: &UserCredential,
+    ) -> Result<TokenResponse, GraphError> {
+        let scope = format!("{}/.default offline_access", self.resource);
+        self.request(
+            identity,
+            &[
+                ("grant_type", "password"),
+                ("username", &credential.upn),
+                ("password", credential.password.expose_secret()),
+                ("scope", &scope),
+            ],
+        )
+        .await
     }
 
     /// Forgets a token Graph refused (revoked, or the account changed).
@@ -401,16 +409,7 @@ impl Tokens {
             None => {
                 let credential = credential
                     .ok_or_else(|| GraphError::Config(format!("no credential for {upn}")))?;
-                self.request(
-                    identity,
-                    &[
-                        ("grant_type", "password"),
-                        ("username", &credential.upn),
-                        ("password", credential.password.expose_secret()),
-                        ("scope", &scope),
-                    ],
-                )
-                .await?
+                self.password_grant(identity, credential).await?
             }
         };
         if let Some(next) = &response.refresh_token {

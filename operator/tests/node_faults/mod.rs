@@ -12,7 +12,7 @@ use xmppfed_e2e::xmpp_client::XmppClient;
 
 use xmppfed_operator::crd::FederationGateway;
 
-use crate::node_peers::GraphPod;
+use crate::node_peers::{GraphPod, pod_ready};
 
 /// Under the default per-contact throttle's burst (20), so that what comes
 /// back to Bob is the disruption's doing, not the throttle's.
@@ -103,12 +103,7 @@ async fn disrupted<F: std::future::Future<Output = ()>>(
         Duration::from_secs(120),
         || async {
             let p = pods.get("contoso-0").await.ok()?;
-            (p.uid().unwrap_or_default() != old_uid).then_some(())?;
-            p.status?
-                .conditions?
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True")
-                .then_some(())
+            (p.uid().unwrap_or_default() != old_uid && pod_ready(&p)).then_some(())
         },
     )
     .await;

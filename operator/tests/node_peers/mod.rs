@@ -99,6 +99,14 @@ impl Peer {
     }
 }
 
+/// Whether the pod's Ready condition is True.
+pub fn pod_ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
 /// The Graph emulator as a Pod behind a Service, over HTTPS with a
 /// certificate for the Service's ClusterIP (there is no cluster DNS), seeded
 /// with the example's tenant: its app and secret, the allow list's users and
@@ -161,11 +169,7 @@ impl GraphPod {
             Duration::from_secs(60),
             || async {
                 let p = pods.get("graph-emulator").await.ok()?;
-                p.status?
-                    .conditions?
-                    .iter()
-                    .any(|c| c.type_ == "Ready" && c.status == "True")
-                    .then_some(())
+                pod_ready(&p).then_some(())
             },
         )
         .await;

@@ -273,33 +273,29 @@ pub(super) fn chat_resource(chat: &crate::graph::tenant::Chat, tenant_id: &str) 
 /// A chat member as Graph lists it (conversationMember ids are opaque).
 pub(super) fn member_resource(t: &Tenant, user_id: &str) -> Value {
     let user = t.user(user_id);
-    if user.is_none()
-        && let Some(foreign) = t.foreign(user_id)
-    {
-        return json!({
-            "@odata.type": "#microsoft.graph.aadUserConversationMember",
-            "id": format!("MCMjMCMj{}", user_id.replace('-', "")),
-            "roles": ["owner"],
-            "displayName": foreign.display_name,
-            "visibleHistoryStartDateTime": "0001-01-01T00:00:00Z",
-            "userId": foreign.id,
-            "email": null,
-            "tenantId": foreign.tenant_id,
-        });
-    }
     let property = |name: &str| {
         user.and_then(|u| u.properties.get(name).cloned())
             .unwrap_or(Value::Null)
+    };
+    // A user of this tenant, or of another one through external access
+    // (whose mail federation does not show).
+    let (display_name, email, tenant_id) = match t.foreign(user_id).filter(|_| user.is_none()) {
+        Some(foreign) => (
+            json!(foreign.display_name),
+            Value::Null,
+            foreign.tenant_id.as_str(),
+        ),
+        None => (property("displayName"), property("mail"), t.id.as_str()),
     };
     json!({
         "@odata.type": "#microsoft.graph.aadUserConversationMember",
         "id": format!("MCMjMCMj{}", user_id.replace('-', "")),
         "roles": ["owner"],
-        "displayName": property("displayName"),
+        "displayName": display_name,
         "visibleHistoryStartDateTime": "0001-01-01T00:00:00Z",
         "userId": user_id,
-        "email": property("mail"),
-        "tenantId": t.id,
+        "email": email,
+        "tenantId": tenant_id,
     })
 }
 
