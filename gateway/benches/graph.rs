@@ -42,7 +42,7 @@ async fn main() {
         http.clone(),
         &emulator.graph_url(),
         tokens,
-        Budgets::uniform(1_000_000, 1_000_000),
+        Budgets::uniform(1_000_000),
         RetryPolicy::default(),
     );
     let n = 5_000;

@@ -173,6 +173,10 @@ fn at_the_ceiling(
             .collect::<Vec<_>>(),
     );
     let count: usize = calls.values().sum();
+    println!(
+        "   Dave's latencies in the order sent (ms): {:?}",
+        dave.iter().map(|l| l.round()).collect::<Vec<_>>()
+    );
     let mut dave = dave;
     dave.sort_by(|a, b| a.total_cmp(b));
     Ceiling {

@@ -611,6 +611,7 @@ fn config_info(metrics: &Metrics, config: &GatewayConfig) {
     let store = match config.store {
         StoreConfig::Sqlite { .. } => "sqlite",
         StoreConfig::Sqlserver { .. } => "sqlserver",
+        StoreConfig::Postgres(_) => "postgres",
     };
     info.get_or_create(&vec![
         ("domain".to_owned(), config.xmpp.domain.clone()),

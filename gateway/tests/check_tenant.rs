@@ -132,7 +132,7 @@ async fn run_canary(
     }
     let graph = xmppfed_gateway::graph::from_config(
         config.graph.as_ref().unwrap(),
-        xmppfed_gateway::graph::Budgets::uniform(100, 100),
+        xmppfed_gateway::graph::Budgets::uniform(100),
     )
     .unwrap();
     let checks = check_tenant(&config, &graph).await;
@@ -559,11 +559,8 @@ async fn two_tenants_are_checked_each_for_what_it_holds() {
         config.shadow_accounts.tenant = Some(tenant);
         config.validate().unwrap();
         let client = |c: &xmppfed_config::GraphConfig| {
-            xmppfed_gateway::graph::from_config(
-                c,
-                xmppfed_gateway::graph::Budgets::uniform(100, 100),
-            )
-            .unwrap()
+            xmppfed_gateway::graph::from_config(c, xmppfed_gateway::graph::Budgets::uniform(100))
+                .unwrap()
         };
         let (h, s) = (
             client(config.graph.as_ref().unwrap()),

@@ -309,7 +309,7 @@ async fn the_app_signs_in_with_a_certificate() {
             http,
             &emulator.graph_url(),
             tokens,
-            Budgets::uniform(100, 10),
+            Budgets::uniform(100),
             quick_retries(),
         )
     };
@@ -353,11 +353,9 @@ async fn a_client_from_the_gateway_configuration() {
         secret.display()
     ))
     .unwrap();
-    let graph = xmppfed_gateway::graph::from_config(
-        config.graph.as_ref().unwrap(),
-        Budgets::uniform(50, 10),
-    )
-    .unwrap();
+    let graph =
+        xmppfed_gateway::graph::from_config(config.graph.as_ref().unwrap(), Budgets::uniform(50))
+            .unwrap();
     assert_eq!(
         graph
             .get_user("alice@contoso.com")

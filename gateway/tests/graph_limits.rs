@@ -105,7 +105,7 @@ async fn a_reply_too_large_is_refused_not_buffered() {
         http,
         &format!("http://{addr}/v1.0"),
         tokens,
-        Budgets::uniform(200, 50),
+        Budgets::uniform(200),
         quick_retries(),
     );
     let error = graph.get_user("alice@contoso.com").await.unwrap_err();
@@ -217,7 +217,7 @@ async fn a_flood_of_chat_messages_stays_under_the_teams_limits() {
     assert_eq!(m.throttled(ChatMessageSend), 0);
 
     // One flat budget: Graph refuses the burst.
-    let (emulator, graph, _) = flood(Budgets::uniform(1_000, 1_000)).await;
+    let (emulator, graph, _) = flood(Budgets::uniform(1_000)).await;
     let refused = emulator.tenant().throttling.refused.clone();
     assert!(
         refused.get("POST chat message").copied().unwrap_or(0) > 0,

@@ -415,8 +415,12 @@ impl Cloud {
 /// The request rates the gateway keeps to, one budget per category Microsoft
 /// throttles on its own (https://learn.microsoft.com/graph/throttling-limits:
 /// Microsoft Teams service limits, cloud communications (presence), identity
-/// and access). Defaults are Microsoft's published limits less a margin, so
-/// that the gateway runs at the ceiling without finding it through 429s.
+/// and access). Each is the most requests Graph may see in any one second:
+/// the gateway counts a request from its sending until a second after its
+/// answer, so network delays cannot bunch them past it. Defaults are
+/// Microsoft's published limits less a margin, so that the gateway runs at
+/// the ceiling without finding it through 429s; for chat messages the
+/// margin is that round trip, counted in each request's second.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct GraphLimits {
@@ -440,8 +444,8 @@ pub struct GraphLimits {
 impl Default for GraphLimits {
     fn default() -> Self {
         Self {
-            chat_message_send_per_second: 18,
-            chat_message_read_per_second: 18,
+            chat_message_send_per_second: 20,
+            chat_message_read_per_second: 20,
             per_chat_interval_ms: 1_050,
             presence_per_second: 45,
             all_messages_per_second: 180,
@@ -549,6 +553,53 @@ pub enum StoreConfig {
     Sqlite { path: PathBuf },
     /// Microsoft SQL Server 2022, for replicated production gateways.
     Sqlserver { connection_string: SecretRef },
+    /// PostgreSQL 13 or later, for replicated production gateways.
+    Postgres(PostgresConfig),
+}
+
+/// A PostgreSQL server and the gateway's login on it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    pub host: String,
+    #[serde(default = "PostgresConfig::default_port")]
+    pub port: u16,
+    pub database: String,
+    pub user: String,
+    pub password: SecretRef,
+    /// `verify-full` (the default: TLS, the server's certificate checked
+    /// against `ca_file` or the system's roots and its name against `host`)
+    /// or `disable` (plain TCP: loopback or a mesh that encrypts for us).
+    #[serde(default)]
+    pub sslmode: PostgresSslMode,
+    /// PEM file of the CA that signed the server's certificate (e.g. the
+    /// `ca.crt` of a CloudNativePG cluster); the system's roots otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// Connections open at once, at most.
+    #[serde(default = "PostgresConfig::default_pool_size")]
+    pub pool_size: u16,
+}
+
+impl PostgresConfig {
+    fn default_port() -> u16 {
+        5432
+    }
+    fn default_pool_size() -> u16 {
+        8
+    }
+}
+
+/// How the connection to PostgreSQL is protected. libpq's `require` and
+/// `verify-ca` (encryption without checking whom it reaches, or without the
+/// name) are left out on purpose: a store of credentials is not sent to a
+/// server nobody checked.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum PostgresSslMode {
+    Disable,
+    #[default]
+    VerifyFull,
 }
 
 impl Default for StoreConfig {
@@ -647,8 +698,12 @@ impl GatewayConfig {
         if let Some(s) = &self.shadow_accounts.credential_key {
             refs.push(("shadow_accounts.credential_key", s));
         }
-        if let StoreConfig::Sqlserver { connection_string } = &self.store {
-            refs.push(("store.connection_string", connection_string));
+        match &self.store {
+            StoreConfig::Sqlserver { connection_string } => {
+                refs.push(("store.connection_string", connection_string));
+            }
+            StoreConfig::Postgres(pg) => refs.push(("store.password", &pg.password)),
+            StoreConfig::Sqlite { .. } => {}
         }
         refs
     }

@@ -229,10 +229,16 @@ fn unknown_fields_and_wrong_types_are_parse_errors_that_point_at_the_line() {
     );
 
     let e = GatewayConfig::from_toml_str(
+        "[xmpp]\ndomain = \"t.example\"\n[store]\nengine = \"mysql\"\n",
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("mysql"), "{e}");
+
+    let e = GatewayConfig::from_toml_str(
         "[xmpp]\ndomain = \"t.example\"\n[store]\nengine = \"postgres\"\n",
     )
     .unwrap_err();
-    assert!(e.to_string().contains("postgres"), "{e}");
+    assert!(e.to_string().contains("missing field `host`"), "{e}");
 
     let e = GatewayConfig::from_toml_str(
         "[allow]\nremote_domains = [\"*.\"]\n[xmpp]\ndomain = \"t.example\"\n",
@@ -502,4 +508,33 @@ fn a_shadow_tenant_is_checked_like_graph_and_must_be_another_tenant() {
     );
     let same = same.replace("cloud = \"us-gov\"\n", "");
     assert_eq!(fields_of(&same), ["shadow_accounts.tenant.tenant_id"]);
+}
+
+#[test]
+fn a_postgres_store_takes_its_password_from_a_secret_and_verifies_tls_by_default() {
+    let c = GatewayConfig::from_toml_str(
+        "[xmpp]\ndomain = \"t.example\"\n[s2s]\nrequire_tls = false\n[store]\nengine = \"postgres\"\n\
+         host = \"db.example\"\ndatabase = \"xmppfed\"\nuser = \"gateway\"\npassword = { env = \"PGPASS\" }\n",
+    )
+    .unwrap();
+    let StoreConfig::Postgres(pg) = &c.store else {
+        panic!("{:?}", c.store)
+    };
+    assert_eq!((pg.port, pg.pool_size), (5432, 8));
+    assert_eq!(pg.sslmode, crate::PostgresSslMode::VerifyFull);
+    assert!(
+        c.secret_refs()
+            .iter()
+            .any(|(field, r)| *field == "store.password" && **r == SecretRef::Env("PGPASS".into()))
+    );
+    let e = GatewayConfig::from_toml_str(
+        "[xmpp]\ndomain = \"t.example\"\n[store]\nengine = \"postgres\"\nhost = \"\"\ndatabase = \"d\"\n\
+         user = \"u\"\npassword = { env = \"P\" }\npool_size = 0\nsslmode = \"disable\"\n",
+    )
+    .unwrap_err();
+    let m = e.to_string();
+    assert!(
+        m.contains("store.host") && m.contains("store.pool_size"),
+        "{m}"
+    );
 }

@@ -343,6 +343,20 @@ fn store(c: &GatewayConfig, err: &mut impl FnMut(&str, String)) {
         StoreConfig::Sqlite { path } if path.as_os_str().is_empty() => {
             err("store.path", "must not be empty".into());
         }
+        StoreConfig::Postgres(pg) => {
+            for (field, value) in [
+                ("store.host", &pg.host),
+                ("store.database", &pg.database),
+                ("store.user", &pg.user),
+            ] {
+                if value.trim().is_empty() {
+                    err(field, "must not be empty".into());
+                }
+            }
+            if pg.pool_size == 0 {
+                err("store.pool_size", "must be at least 1".into());
+            }
+        }
         _ => {}
     }
 }

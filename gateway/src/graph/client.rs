@@ -8,7 +8,6 @@ use reqwest::Method;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use super::auth::{Identity, Tokens, UserCredential};
@@ -33,69 +32,6 @@ impl Default for RetryPolicy {
             max_wait: Duration::from_secs(120),
             backoff: Duration::from_millis(500),
         }
-    }
-}
-
-/// A token bucket for one throttling category of the tenant (see `limits`):
-/// keeps us under Microsoft's published limits instead of finding them
-/// through 429s. A 429 pauses every caller of the category until its
-/// `Retry-After` has passed.
-#[derive(Debug)]
-pub struct Budget {
-    per_second: f64,
-    burst: f64,
-    state: Mutex<(f64, Instant, Option<Instant>)>,
-}
-
-impl Budget {
-    pub fn new(per_second: u32, burst: u32) -> Self {
-        Self {
-            per_second: f64::from(per_second.max(1)),
-            burst: f64::from(burst.max(1)),
-            state: Mutex::new((f64::from(burst.max(1)), Instant::now(), None)),
-        }
-    }
-
-    /// Waits for one request's worth of budget.
-    pub async fn acquire(&self) {
-        loop {
-            let wait = {
-                let mut state = self.state.lock().await;
-                let (tokens, last, paused) = &mut *state;
-                let now = Instant::now();
-                if let Some(until) = *paused {
-                    if until > now {
-                        Some(until - now)
-                    } else {
-                        *paused = None;
-                        None
-                    }
-                } else {
-                    None
-                }
-                .or_else(|| {
-                    *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.per_second)
-                        .min(self.burst);
-                    *last = now;
-                    if *tokens >= 1.0 {
-                        *tokens -= 1.0;
-                        None
-                    } else {
-                        Some(Duration::from_secs_f64((1.0 - *tokens) / self.per_second))
-                    }
-                })
-            };
-            match wait {
-                None => return,
-                Some(d) => tokio::time::sleep(d).await,
-            }
-        }
-    }
-
-    /// Graph said 429: nobody sends until `until`.
-    pub async fn pause_until(&self, until: Instant) {
-        let mut state = self.state.lock().await;
-        state.2 = Some(state.2.map_or(until, |p| p.max(until)));
     }
 }
 
@@ -225,10 +161,10 @@ impl GraphClient {
         let route = classify(&method, path);
         loop {
             attempt += 1;
-            self.budgets.acquire(&route).await;
+            let slot = self.budgets.acquire(&route).await;
             let token = self.tokens.get(identity, credential).await?;
             let exchanged = self.exchange(&token, &method, path, &body, attempt).await;
-            self.budgets.done(&route).await;
+            self.budgets.done(&route, slot).await;
             let (error, retry_after) = match exchanged? {
                 Exchange::Answered(answer) if (200..300).contains(&answer.status) => {
                     return Ok(Reply {
@@ -367,31 +303,5 @@ impl GraphClient {
         self.send(identity, credential, method, path, body)
             .await
             .map(|_| ())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test(start_paused = true)]
-    async fn the_budget_paces_and_a_429_pauses_everyone() {
-        let budget = Budget::new(10, 2);
-        let start = Instant::now();
-        for _ in 0..12 {
-            budget.acquire().await;
-        }
-        // 2 at once, then 10 more at 10/s.
-        let elapsed = start.elapsed();
-        assert!(
-            elapsed >= Duration::from_millis(990) && elapsed < Duration::from_millis(1100),
-            "{elapsed:?}"
-        );
-        budget
-            .pause_until(Instant::now() + Duration::from_secs(5))
-            .await;
-        let paused = Instant::now();
-        budget.acquire().await;
-        assert!(paused.elapsed() >= Duration::from_secs(5));
     }
 }

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use xmppfed_config::GraphLimits;
 use xmppfed_telemetry::Metrics;
 
-use super::client::Budget;
+use super::budget::{Budget, Slot};
 
 /// What Graph counts a request against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -157,7 +157,8 @@ impl LimitMetrics {
 /// Chats remembered for per-chat spacing before idle ones are forgotten.
 const CHATS_KEPT: usize = 10_000;
 
-/// The gateway's budgets: one token bucket per category for the tenant, and
+/// The gateway's budgets: one window per category for the tenant (see
+/// `budget`), and
 /// per chat a schedule of slots `per_chat` apart, taken in turn, so that a
 /// busy chat waits for its own slots and never for anyone else's.
 #[derive(Debug)]
@@ -169,9 +170,7 @@ pub struct Budgets {
 }
 
 impl Budgets {
-    /// The configured limits, in bursts of two at most: Graph counts over
-    /// sliding windows, where a bucket's full burst plus a second's refill
-    /// would cross the limit.
+    /// The configured limits.
     pub fn new(limits: &GraphLimits) -> Self {
         let rate = |category| match category {
             Category::ChatMessageSend => limits.chat_message_send_per_second,
@@ -182,7 +181,7 @@ impl Budgets {
             Category::Directory => limits.directory_per_second,
         };
         let per_chat = Duration::from_millis(u64::from(limits.per_chat_interval_ms));
-        Self::build(|c| (rate(c), 2), Some(per_chat))
+        Self::build(rate, Some(per_chat))
     }
 
     /// Microsoft's published limits less a margin (the defaults).
@@ -192,21 +191,21 @@ impl Budgets {
 
     /// The same rate for every category and no per-chat spacing (tests that
     /// are not about throttling).
-    pub fn uniform(per_second: u32, burst: u32) -> Self {
-        Self::build(|_| (per_second, burst), None)
+    pub fn uniform(per_second: u32) -> Self {
+        Self::build(|_| per_second, None)
     }
 
-    fn build(rate: impl Fn(Category) -> (u32, u32), per_chat: Option<Duration>) -> Self {
+    fn build(rate: impl Fn(Category) -> u32, per_chat: Option<Duration>) -> Self {
         let metrics = LimitMetrics::default();
         let categories = Category::ALL
             .into_iter()
             .map(|c| {
-                let (per_second, burst) = rate(c);
+                let per_second = rate(c);
                 metrics
                     .limit
                     .get_or_create(&LimitMetrics::label(c))
                     .set(i64::from(per_second));
-                (c, Budget::new(per_second, burst))
+                (c, Budget::new(per_second))
             })
             .collect();
         Self {
@@ -229,8 +228,9 @@ impl Budgets {
             .unwrap_or_else(|| unreachable!("budgets are built for every category"))
     }
 
-    /// Waits for the request's chat slot, then for its category's budget.
-    pub async fn acquire(&self, route: &Route) {
+    /// Waits for the request's chat slot, then for a place in its
+    /// category's window, held until the answer (`done`).
+    pub async fn acquire(&self, route: &Route) -> Slot<'_> {
         if let (Some(interval), Some(chat)) = (self.per_chat, &route.chat) {
             let slot = {
                 let mut chats = self.chats.lock().await;
@@ -245,11 +245,12 @@ impl Budgets {
             };
             tokio::time::sleep_until(slot).await;
         }
-        self.budget(route.category).acquire().await;
+        let slot = self.budget(route.category).acquire().await;
         self.metrics
             .requests
             .get_or_create(&LimitMetrics::label(route.category))
             .inc();
+        slot
     }
 
     /// The request on `route` has been answered (or given up): its chat's
@@ -258,7 +259,8 @@ impl Budgets {
     /// delay it further, and Graph counts requests as they arrive: spacing
     /// from the answer keeps two in one chat an interval apart at Graph,
     /// whatever the delays in between.
-    pub async fn done(&self, route: &Route) {
+    pub async fn done(&self, route: &Route, slot: Slot<'_>) {
+        drop(slot);
         if let (Some(interval), Some(chat)) = (self.per_chat, &route.chat) {
             let mut chats = self.chats.lock().await;
             let next = chats
@@ -274,7 +276,7 @@ impl Budgets {
             .throttled
             .get_or_create(&LimitMetrics::label(route.category))
             .inc();
-        self.budget(route.category).pause_until(until).await;
+        self.budget(route.category).pause_until(until);
     }
 }
 
@@ -321,13 +323,13 @@ mod tests {
     async fn a_chat_waits_an_interval_from_the_answer_not_from_the_slot() {
         let budgets = Budgets::published_limits();
         let send = classify(&Method::POST, "/chats/c/messages");
-        budgets.acquire(&send).await;
+        let slot = budgets.acquire(&send).await;
         // The request took 800 ms to go out and be answered (a full tenant
         // budget, a sign-in): the next one waits 1,050 ms from the answer.
         tokio::time::sleep(Duration::from_millis(800)).await;
-        budgets.done(&send).await;
+        budgets.done(&send, slot).await;
         let answered = Instant::now();
-        budgets.acquire(&send).await;
+        drop(budgets.acquire(&send).await);
         assert_eq!(answered.elapsed(), Duration::from_millis(1_050));
     }
 
@@ -338,7 +340,7 @@ mod tests {
         let quiet = classify(&Method::POST, "/chats/quiet/messages");
         let start = Instant::now();
         for _ in 0..5 {
-            budgets.acquire(&busy).await;
+            drop(budgets.acquire(&busy).await);
         }
         assert_eq!(
             start.elapsed(),
@@ -346,7 +348,7 @@ mod tests {
             "five sends in one chat take four intervals"
         );
         let before = Instant::now();
-        budgets.acquire(&quiet).await;
+        drop(budgets.acquire(&quiet).await);
         assert_eq!(
             before.elapsed(),
             Duration::ZERO,
@@ -363,9 +365,9 @@ mod tests {
             .throttled(&send, Instant::now() + Duration::from_secs(7))
             .await;
         let before = Instant::now();
-        budgets.acquire(&presence).await;
+        drop(budgets.acquire(&presence).await);
         assert_eq!(before.elapsed(), Duration::ZERO, "presence is not paused");
-        budgets.acquire(&send).await;
+        drop(budgets.acquire(&send).await);
         assert_eq!(
             before.elapsed(),
             Duration::from_secs(7),

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod auth;
+mod budget;
 pub mod client;
 pub mod directory;
 pub mod error;
@@ -13,7 +14,8 @@ pub mod subscriptions;
 pub mod webhook;
 
 pub use auth::{Identity, RefreshTokenVault, Tokens, UserCredential};
-pub use client::{Budget, GraphClient, RetryPolicy};
+pub use budget::{Budget, Slot};
+pub use client::{GraphClient, RetryPolicy};
 pub use error::GraphError;
 pub use limits::Budgets;
 pub use sign_in::{SignInMonitor, SignInRefusal};

@@ -63,7 +63,7 @@ pub fn graph_client(
         client_id,
         secret,
         retry,
-        xmppfed_gateway::graph::Budgets::uniform(200, 50),
+        xmppfed_gateway::graph::Budgets::uniform(200),
     )
 }
 
