@@ -5,6 +5,8 @@
 # Optional suites switch on through the environment (see README.md):
 #   KUBECONFIG          a cluster for the operator's integration tests
 #   XMPPFED_TEST_MSSQL  a SQL Server connection string for the store suite
+#   XMPPFED_TEST_POSTGRES=required  the PostgreSQL suites fail instead of
+#                       skipping when no server can be started (CI sets it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -93,6 +93,21 @@ fn gateway_cases(gateway: &Value) -> Vec<Case> {
             "sqlite engine supports one replica",
         ),
         (
+            "engine postgres without its server",
+            with(gateway, "/spec/database", Some(json!({"engine": "postgres"}))),
+            "database.postgres (host, database, user, passwordSecret) is required",
+        ),
+        (
+            "a postgres sslMode libpq has but we refuse",
+            with(
+                gateway,
+                "/spec/database",
+                Some(json!({"engine": "postgres", "postgres": {"host": "pg", "database": "x",
+                    "user": "u", "passwordSecret": {"name": "pg", "key": "p"}, "sslMode": "require"}})),
+            ),
+            "spec.database.postgres.sslMode",
+        ),
+        (
             "an unknown field",
             with(gateway, "/spec/replica", Some(json!(1))),
             "spec.replica",
@@ -346,7 +361,13 @@ async fn the_api_server_refuses_invalid_resources_naming_the_field() {
         "/spec/limits/messagesPerMinute",
         Some(json!(4_294_967_295u64)),
     );
-    for doc in [&valid, &big] {
+    let replicated = with(
+        &with(&gateway, "/spec/replicas", Some(json!(2))),
+        "/spec/database",
+        Some(json!({"engine": "postgres", "postgres": {"host": "pg-rw.db.svc", "database": "xmppfed",
+            "user": "xmppfed", "passwordSecret": {"name": "pg", "key": "password"}, "sslMode": "disable"}})),
+    );
+    for doc in [&valid, &big, &replicated] {
         dry_run(&client, doc)
             .await
             .unwrap_or_else(|e| panic!("a valid {} refused: {e}", doc["kind"]));

@@ -115,7 +115,7 @@ fn every_example_is_accepted_and_plans_into_a_valid_gateway() {
     }
     assert_eq!(
         (gateways.len(), whitelists.len(), throttles.len()),
-        (2, 1, 1)
+        (3, 1, 1)
     );
     for g in &gateways {
         let p = plan(g, &whitelists, &throttles, g.spec.replicas, Some(TEST_KEY))
@@ -127,7 +127,7 @@ fn every_example_is_accepted_and_plans_into_a_valid_gateway() {
                 .remote_domains
                 .iter()
                 .any(|d| d.matches("xmpp.partner.example")),
-            "the whitelist selects both production gateways"
+            "the whitelist selects every production gateway"
         );
     }
 }

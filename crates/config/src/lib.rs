@@ -582,11 +582,14 @@ pub struct PostgresConfig {
 }
 
 impl PostgresConfig {
+    pub const DEFAULT_PORT: u16 = 5432;
+    pub const DEFAULT_POOL_SIZE: u16 = 8;
+
     fn default_port() -> u16 {
-        5432
+        Self::DEFAULT_PORT
     }
     fn default_pool_size() -> u16 {
-        8
+        Self::DEFAULT_POOL_SIZE
     }
 }
 

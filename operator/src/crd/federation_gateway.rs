@@ -41,8 +41,9 @@ use super::{Condition, SecretKeyRef};
     )
 )]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("self.database.engine != 'sqlite' || self.replicas <= 1").message("the sqlite engine supports one replica only: use engine sqlserver for more"))]
+#[x_kube(validation = Rule::new("self.database.engine != 'sqlite' || self.replicas <= 1").message("the sqlite engine supports one replica only: use engine postgres or sqlserver for more"))]
 #[x_kube(validation = Rule::new("self.database.engine != 'sqlserver' || has(self.database.connectionStringSecret)").message("database.connectionStringSecret is required for engine sqlserver"))]
+#[x_kube(validation = Rule::new("self.database.engine != 'postgres' || has(self.database.postgres)").message("database.postgres (host, database, user, passwordSecret) is required for engine postgres"))]
 #[x_kube(validation = Rule::new("!has(self.webhookIngress) || (has(self.webhookUrl) && url(self.webhookUrl).getHostname() == self.webhookIngress.host && url(self.webhookUrl).getEscapedPath() in ['', '/'])").message("webhookIngress needs webhookUrl to be https://<webhookIngress.host> with no path"))]
 pub struct FederationGatewaySpec {
     /// The Teams-facing XMPP domain this gateway serves, e.g. `teams.example.com`.
@@ -448,6 +449,46 @@ pub struct DatabaseSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64), pattern(super::QUANTITY_PATTERN))]
     pub storage_size: Option<String>,
+    /// The PostgreSQL server (engine postgres).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<PostgresSpec>,
+}
+
+/// A PostgreSQL server (13 or later) and the gateway's login on it, e.g. a
+/// CloudNativePG cluster's `-rw` Service, its app user's Secret and its CA.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PostgresSpec {
+    /// Host name or address of the server (its certificate must name it
+    /// when `sslMode` is `verify-full`).
+    #[schemars(length(min = 1, max = 253))]
+    pub host: String,
+    /// Port (5432 when not given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<u16>,
+    /// Database the gateway owns (its tables are created there).
+    #[schemars(length(min = 1, max = 63))]
+    pub database: String,
+    #[schemars(length(min = 1, max = 63))]
+    pub user: String,
+    /// Secret key holding the user's password.
+    pub password_secret: SecretKeyRef,
+    /// `verify-full` (default: TLS, the server's certificate and name
+    /// checked) or `disable` (plain TCP, e.g. inside a mesh that encrypts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssl_mode: Option<PostgresSslMode>,
+    /// Secret key holding the PEM CA that signed the server's certificate
+    /// (CloudNativePG: `<cluster>-ca`, key `ca.crt`); the public roots otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret: Option<SecretKeyRef>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum PostgresSslMode {
+    Disable,
+    VerifyFull,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -457,6 +498,8 @@ pub enum DatabaseEngine {
     Sqlite,
     /// Microsoft SQL Server 2022, any number of replicas.
     Sqlserver,
+    /// PostgreSQL 13 or later, any number of replicas.
+    Postgres,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
@@ -528,6 +571,7 @@ impl FederationGateway {
     /// certificates, database): a change to any of them is reconciled at once.
     pub fn referenced_secrets(&self) -> Vec<&str> {
         let spec = &self.spec;
+        let postgres = spec.database.postgres.as_ref();
         [
             Some(spec.licence_secret.name.as_str()),
             spec.tenant.client_secret.as_ref().map(|s| s.name.as_str()),
@@ -536,6 +580,10 @@ impl FederationGateway {
             spec.database
                 .connection_string_secret
                 .as_ref()
+                .map(|s| s.name.as_str()),
+            postgres.map(|p| p.password_secret.name.as_str()),
+            postgres
+                .and_then(|p| p.ca_secret.as_ref())
                 .map(|s| s.name.as_str()),
         ]
         .into_iter()

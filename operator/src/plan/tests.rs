@@ -304,6 +304,52 @@ fn sqlserver_with_replicas_gets_a_pdb_and_no_volume() {
 }
 
 #[test]
+fn postgres_renders_its_server_login_and_ca_and_mounts_their_secrets() {
+    let g = gateway(
+        "  replicas: 2\n  database:\n    engine: postgres\n    postgres: { host: pg-rw.db.svc, database: xmppfed, \
+         user: gateway, passwordSecret: { name: pg-app, key: password }, caSecret: { name: pg-ca, key: ca.crt } }\n",
+        "",
+    );
+    assert_eq!(
+        g.referenced_secrets()[..],
+        ["xmppfed-licence", "graph-app", "contoso-tls", "pg-app", "pg-ca"][..]
+    );
+    let plan = plan(&g, &[], &[], 2, Some(TEST_KEY)).unwrap();
+    let sts = plan.objects.stateful_set.spec.as_ref().unwrap();
+    assert_eq!(sts.replicas, Some(2));
+    assert!(
+        sts.volume_claim_templates.is_none(),
+        "no volume: the data is in PostgreSQL"
+    );
+    let pod = sts.template.spec.as_ref().unwrap();
+    let secret_of = |volume: &str| {
+        pod.volumes
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|v| v.name == volume)
+            .and_then(|v| v.secret.as_ref())
+            .and_then(|s| s.secret_name.clone())
+    };
+    assert_eq!(secret_of("database").as_deref(), Some("pg-app"));
+    assert_eq!(secret_of("database-ca").as_deref(), Some("pg-ca"));
+    let config = GatewayConfig::from_toml_str(&plan.config_toml).unwrap();
+    assert_eq!(
+        config.store,
+        StoreConfig::Postgres(xmppfed_config::PostgresConfig {
+            host: "pg-rw.db.svc".into(),
+            port: 5432,
+            database: "xmppfed".into(),
+            user: "gateway".into(),
+            password: xmppfed_config::SecretRef::File("/etc/xmppfed/database/password".into()),
+            sslmode: xmppfed_config::PostgresSslMode::VerifyFull,
+            ca_file: Some("/etc/xmppfed/database-ca/ca.crt".into()),
+            pool_size: 8,
+        })
+    );
+}
+
+#[test]
 fn bridge_settings_render_into_the_gateway_configuration() {
     let mut g = gateway(
         &format!(

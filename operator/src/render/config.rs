@@ -12,7 +12,7 @@ use xmppfed_config as cfg;
 use super::{keys, paths, ports};
 use crate::crd::{
     ChatNotifications, DatabaseEngine, FederationGateway, FederationGatewaySpec, LocalPart,
-    OutOfOffice, Subscriptions, TenantCloud, TenantSpec, ThrottleLimitsSpec,
+    OutOfOffice, PostgresSslMode, Subscriptions, TenantCloud, TenantSpec, ThrottleLimitsSpec,
 };
 use crate::policy::AppliedPolicies;
 
@@ -386,6 +386,30 @@ fn store(spec: &FederationGatewaySpec) -> Result<cfg::StoreConfig, ConfigError> 
                     &secret.key,
                 )),
             }
+        }
+        DatabaseEngine::Postgres => {
+            let pg = spec.database.postgres.as_ref().ok_or_else(|| {
+                spec_error("spec.database.postgres", "required for engine postgres")
+            })?;
+            cfg::StoreConfig::Postgres(cfg::PostgresConfig {
+                host: pg.host.clone(),
+                port: pg.port.unwrap_or(cfg::PostgresConfig::DEFAULT_PORT),
+                database: pg.database.clone(),
+                user: pg.user.clone(),
+                password: cfg::SecretRef::File(file(
+                    paths::DATABASE_SECRET_DIR,
+                    &pg.password_secret.key,
+                )),
+                sslmode: match pg.ssl_mode {
+                    Some(PostgresSslMode::Disable) => cfg::PostgresSslMode::Disable,
+                    Some(PostgresSslMode::VerifyFull) | None => cfg::PostgresSslMode::VerifyFull,
+                },
+                ca_file: pg
+                    .ca_secret
+                    .as_ref()
+                    .map(|ca| file(paths::DATABASE_CA_DIR, &ca.key)),
+                pool_size: cfg::PostgresConfig::DEFAULT_POOL_SIZE,
+            })
         }
     })
 }

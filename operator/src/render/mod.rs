@@ -27,6 +27,8 @@ pub mod paths {
     pub const SHADOW_TENANT_CERT_DIR: &str = "/etc/xmppfed/shadow-tenant-cert";
     pub const SHADOW_TENANT_CA_DIR: &str = "/etc/xmppfed/shadow-tenant-ca";
     pub const DATABASE_SECRET_DIR: &str = "/etc/xmppfed/database";
+    /// The PostgreSQL server's CA (`spec.database.postgres.caSecret`).
+    pub const DATABASE_CA_DIR: &str = "/etc/xmppfed/database-ca";
     pub const KEYS_DIR: &str = "/etc/xmppfed/keys";
     pub const LICENCE_DIR: &str = "/etc/xmppfed/licence";
     pub const DATA_DIR: &str = "/var/lib/xmppfed";

@@ -509,6 +509,16 @@ fn storage(c: &Children<'_>) -> Storage {
     if let Some(db) = &spec.database.connection_string_secret {
         add_secret("database", &db.name, paths::DATABASE_SECRET_DIR);
     }
+    if let Some(pg) = &spec.database.postgres {
+        add_secret(
+            "database",
+            &pg.password_secret.name,
+            paths::DATABASE_SECRET_DIR,
+        );
+        if let Some(ca) = &pg.ca_secret {
+            add_secret("database-ca", &ca.name, paths::DATABASE_CA_DIR);
+        }
+    }
     let graph_ca = spec
         .tenant
         .endpoints
