@@ -94,7 +94,11 @@ fn gateway_cases(gateway: &Value) -> Vec<Case> {
         ),
         (
             "engine postgres without its server",
-            with(gateway, "/spec/database", Some(json!({"engine": "postgres"}))),
+            with(
+                gateway,
+                "/spec/database",
+                Some(json!({"engine": "postgres"})),
+            ),
             "database.postgres (host, database, user, passwordSecret) is required",
         ),
         (
@@ -102,8 +106,10 @@ fn gateway_cases(gateway: &Value) -> Vec<Case> {
             with(
                 gateway,
                 "/spec/database",
-                Some(json!({"engine": "postgres", "postgres": {"host": "pg", "database": "x",
-                    "user": "u", "passwordSecret": {"name": "pg", "key": "p"}, "sslMode": "require"}})),
+                Some(
+                    json!({"engine": "postgres", "postgres": {"host": "pg", "database": "x",
+                    "user": "u", "passwordSecret": {"name": "pg", "key": "p"}, "sslMode": "require"}}),
+                ),
             ),
             "spec.database.postgres.sslMode",
         ),
@@ -364,8 +370,10 @@ async fn the_api_server_refuses_invalid_resources_naming_the_field() {
     let replicated = with(
         &with(&gateway, "/spec/replicas", Some(json!(2))),
         "/spec/database",
-        Some(json!({"engine": "postgres", "postgres": {"host": "pg-rw.db.svc", "database": "xmppfed",
-            "user": "xmppfed", "passwordSecret": {"name": "pg", "key": "password"}, "sslMode": "disable"}})),
+        Some(
+            json!({"engine": "postgres", "postgres": {"host": "pg-rw.db.svc", "database": "xmppfed",
+            "user": "xmppfed", "passwordSecret": {"name": "pg", "key": "password"}, "sslMode": "disable"}}),
+        ),
     );
     for doc in [&valid, &big, &replicated] {
         dry_run(&client, doc)
@@ -385,4 +393,45 @@ async fn the_api_server_refuses_invalid_resources_naming_the_field() {
         }
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+
+    engine_is_chosen_once(&client, &gateway).await;
+}
+
+/// A gateway's store engine cannot change once it exists (its data would
+/// not follow): the API server refuses the update and says what to do.
+async fn engine_is_chosen_once(client: &Client, gateway: &Value) {
+    let gvk = GroupVersionKind::gvk("xmppfed.io", "v1alpha1", "FederationGateway");
+    let ns = format!("xmppfed-validation-{}", std::process::id());
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    namespaces
+        .create(
+            &Default::default(),
+            &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), &ns, &ApiResource::from_gvk(&gvk));
+    let name = gateway["metadata"]["name"].as_str().unwrap();
+    let params = PatchParams::apply("xmppfed-validation-test");
+    api.patch(name, &params, &Patch::Apply(gateway))
+        .await
+        .unwrap();
+    let moved = with(
+        gateway,
+        "/spec/database",
+        Some(json!({"engine": "sqlserver", "connectionStringSecret": {"name": "db", "key": "c"}})),
+    );
+    let refused = api
+        .patch(name, &params.clone().dry_run(), &Patch::Apply(&moved))
+        .await;
+    let _ = namespaces.delete(&ns, &Default::default()).await;
+    match refused {
+        Err(kube::Error::Api(status)) => assert!(
+            status.message.contains("database.engine cannot change"),
+            "{}",
+            status.message
+        ),
+        other => panic!("an engine change was not refused: {other:?}"),
+    }
 }

@@ -18,6 +18,7 @@
 //! names the kubelet's reason, and deleting the gateway leaves nothing behind.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a panic is a failure with its reason
 
+mod node_failover;
 mod node_faults;
 mod node_peers;
 mod support;
@@ -244,6 +245,9 @@ async fn the_operator_runs_as_a_pod_and_its_gateway_says_why_it_is_not_ready() {
             .then_some(())
     })
     .await;
+
+    // Two replicas on one PostgreSQL, failing over with messages in flight.
+    node_failover::two_replicas_on_postgres(&admin, &ns, &graph, &private, dir.path()).await;
     drop(_release);
     Api::<Namespace>::all(admin)
         .delete(&ns, &DeleteParams::default())

@@ -437,9 +437,11 @@ pub struct StaticRouteSpec {
     pub port: i32,
 }
 
-/// The durable store.
+/// The durable store. Its engine is chosen once: the data does not move
+/// between engines (and the StatefulSet's volume cannot change).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.engine == oldSelf.engine").message("database.engine cannot change: the data does not move between engines; create a new FederationGateway (its queued messages are delivered by the old one until you delete it)"))]
 pub struct DatabaseSpec {
     pub engine: DatabaseEngine,
     /// Secret key with the SQL Server connection string (engine sqlserver).

@@ -312,7 +312,13 @@ fn postgres_renders_its_server_login_and_ca_and_mounts_their_secrets() {
     );
     assert_eq!(
         g.referenced_secrets()[..],
-        ["xmppfed-licence", "graph-app", "contoso-tls", "pg-app", "pg-ca"][..]
+        [
+            "xmppfed-licence",
+            "graph-app",
+            "contoso-tls",
+            "pg-app",
+            "pg-ca"
+        ][..]
     );
     let plan = plan(&g, &[], &[], 2, Some(TEST_KEY)).unwrap();
     let sts = plan.objects.stateful_set.spec.as_ref().unwrap();

@@ -4,12 +4,11 @@
 
 use super::*;
 
-/// A pod's memory working set in bytes, from its cgroup (v1 or v2, either
-/// QoS class), as the kubelet computes it: usage less inactive file pages.
-pub fn working_set(uid: &str) -> Option<u64> {
+/// A pod's cgroup directory (v1 or v2, any QoS class).
+fn pod_cgroup(uid: &str) -> Option<std::path::PathBuf> {
     let name = format!("pod{uid}");
     let roots = ["/sys/fs/cgroup/memory/kubepods", "/sys/fs/cgroup/kubepods"];
-    let dir = roots.iter().find_map(|root| {
+    roots.iter().find_map(|root| {
         let root = std::path::Path::new(root);
         [
             root.join(&name),
@@ -18,7 +17,13 @@ pub fn working_set(uid: &str) -> Option<u64> {
         ]
         .into_iter()
         .find(|d| d.is_dir())
-    })?;
+    })
+}
+
+/// A pod's memory working set in bytes, from its cgroup, as the kubelet
+/// computes it: usage less inactive file pages.
+pub fn working_set(uid: &str) -> Option<u64> {
+    let dir = pod_cgroup(uid)?;
     let read = |file: &str| std::fs::read_to_string(dir.join(file)).ok();
     let (usage, inactive_key) = match read("memory.usage_in_bytes") {
         Some(v1) => (v1, "total_inactive_file "),
@@ -32,6 +37,27 @@ pub fn working_set(uid: &str) -> Option<u64> {
     Some(usage.saturating_sub(inactive))
 }
 
+/// The processes of a pod's containers (its sandbox's too), from its cgroup.
+pub fn pod_processes(uid: &str) -> Vec<u32> {
+    fn walk(dir: &std::path::Path, out: &mut Vec<u32>) {
+        if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+            out.extend(procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+        }
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                walk(&entry.path(), out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    if let Some(dir) = pod_cgroup(uid) {
+        walk(&dir, &mut out);
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
 /// The example whitelist's remote domain.
 pub const PEER: &str = "xmpp.partner.example";
 /// This host on the pod network (../shared/kube README: bridge cni0).
@@ -42,21 +68,50 @@ pub const HOST_ON_POD_NETWORK: &str = "10.244.0.1";
 /// is missing and the node suite is not required.
 pub struct Peer {
     pub server: xmppfed_e2e::prosody::Prosody,
+    /// The user signed in (Bob for the example gateway).
     pub bob: Option<xmppfed_e2e::xmpp_client::XmppClient>,
     pub s2s_port: u16,
     /// The gateway's s2s Service address that Prosody routes to.
     pub s2s_service: String,
 }
 
+/// Which gateway a [`Peer`] federates with, and who signs in on it.
+pub struct PeerFor<'a> {
+    /// The FederationGateway (its s2s Service is `<gateway>-s2s`).
+    pub gateway: &'a str,
+    pub domain: &'a str,
+    /// The local part of the user signed in (password `<user>pw`).
+    pub user: &'a str,
+    /// Prosody's s2s port (the gateway's static route names it).
+    pub s2s_port: u16,
+}
+
 impl Peer {
+    /// For the example gateway `contoso`, with Bob.
     pub async fn start(admin: &Client, ns: &str) -> Self {
+        let s2s_port = xmppfed_e2e::prosody::free_port().unwrap();
+        Self::start_for(
+            admin,
+            ns,
+            PeerFor {
+                gateway: "contoso",
+                domain: "teams.contoso.example",
+                user: "bob",
+                s2s_port,
+            },
+        )
+        .await
+    }
+
+    pub async fn start_for(admin: &Client, ns: &str, peer: PeerFor<'_>) -> Self {
         use xmppfed_e2e::prosody::{self, Prosody, ProsodyOptions};
+        let service = format!("{}-s2s", peer.gateway);
         let s2s_ip = eventually(
             "the gateway's s2s Service",
-            Duration::from_secs(30),
+            Duration::from_secs(60),
             || async {
                 Api::<Service>::namespaced(admin.clone(), ns)
-                    .get("contoso-s2s")
+                    .get(&service)
                     .await
                     .ok()?
                     .spec?
@@ -64,9 +119,9 @@ impl Peer {
             },
         )
         .await;
-        let s2s_port = prosody::free_port().unwrap();
+        let s2s_port = peer.s2s_port;
         let server = Prosody::start(&ProsodyOptions {
-            host_routes: vec![("teams.contoso.example".into(), s2s_ip.clone(), 5269)],
+            host_routes: vec![(peer.domain.into(), s2s_ip.clone(), 5269)],
             interfaces: vec!["127.0.0.1".into(), HOST_ON_POD_NETWORK.into()],
             s2s_port: Some(s2s_port),
             tls: true,
@@ -79,11 +134,12 @@ impl Peer {
             "XMPPFED_TEST_NODE=required but there is no Python with slixmpp (scripts/test.sh installs it)"
         );
         let bob = python.map(|python| {
-            server.register("bob", "bobpw").unwrap();
-            let jid = format!("bob@{PEER}");
+            let password = format!("{}pw", peer.user);
+            server.register(peer.user, &password).unwrap();
+            let jid = format!("{}@{PEER}", peer.user);
             let port = server.c2s_port;
             tokio::task::block_in_place(|| {
-                xmppfed_e2e::xmpp_client::XmppClient::connect(&python, &jid, "bobpw", port)
+                xmppfed_e2e::xmpp_client::XmppClient::connect(&python, &jid, &password, port)
             })
             .unwrap()
         });
