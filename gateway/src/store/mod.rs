@@ -1,20 +1,24 @@
 //! The durable store: everything the gateway must not lose across restarts,
-//! failover or throttling. One interface, two backends: SQLite (the embedded
-//! default, one replica) and Microsoft SQL Server 2022 (replicated
-//! production: several replicas share one database). Schema changes are
-//! versioned migrations, run at startup. Every backend passes the same
-//! conformance suite (tests/store.rs).
+//! failover or throttling. One interface, three backends: SQLite (the
+//! embedded default, one replica), and for replicated production (several
+//! replicas share one database) Microsoft SQL Server 2022 or PostgreSQL 13
+//! and later. Schema changes are versioned migrations, run at startup, the
+//! same versions on every backend. Every backend passes the same conformance
+//! suite (tests/common/store.rs, run by tests/store.rs and
+//! tests/store_postgres.rs).
 
 mod mssql;
 mod outbox;
+mod postgres;
 mod sqlite;
 
 use std::path::Path;
 
-use xmppfed_config::{ConfigError, SecretRef, StoreConfig};
+use xmppfed_config::{ConfigError, PostgresConfig, SecretRef, StoreConfig};
 
 pub use mssql::SqlServerStore;
 pub use outbox::{Direction, OutboxItem, OutboxPayload, OutboxRow, ToTeams, ToXmpp};
+pub use postgres::{PostgresError, PostgresStore};
 pub use sqlite::SqliteStore;
 
 /// A backend's own error (the driver's, or a message of ours), kept as the source.
@@ -100,6 +104,7 @@ pub struct QueuedNotification {
 pub enum Store {
     Sqlite(SqliteStore),
     SqlServer(SqlServerStore),
+    Postgres(PostgresStore),
 }
 
 /// Forwards a call to whichever backend the store is: `backend!(self, s =>
@@ -109,22 +114,24 @@ macro_rules! backend {
         match $store {
             Store::Sqlite($s) => $call.await,
             Store::SqlServer($s) => $call.await,
+            Store::Postgres($s) => $call.await,
         }
     };
 }
 
 impl Store {
     /// Opens the store the configuration names (the SQL Server connection
-    /// string is a secret, read here).
+    /// string and the PostgreSQL password are secrets, read here).
     pub async fn open(config: &StoreConfig) -> Result<Self, StoreError> {
         match config {
             StoreConfig::Sqlite { path } => Self::sqlite(path).await,
             StoreConfig::Sqlserver { connection_string } => {
-                let secret = connection_string
-                    .resolve()
-                    .map_err(|e| unreadable_secret(connection_string, e))?;
+                let secret = connection_string.resolve().map_err(|e| {
+                    unreadable_secret("SQL Server connection string", connection_string, e)
+                })?;
                 Self::sqlserver(secret.expose()).await
             }
+            StoreConfig::Postgres(config) => Self::postgres(config).await,
         }
     }
 
@@ -138,6 +145,18 @@ impl Store {
     pub async fn sqlserver(connection_string: &str) -> Result<Self, StoreError> {
         Ok(Store::SqlServer(
             SqlServerStore::connect(connection_string).await?,
+        ))
+    }
+
+    /// Connects to PostgreSQL (its password read from where the
+    /// configuration says) and migrates the database.
+    pub async fn postgres(config: &PostgresConfig) -> Result<Self, StoreError> {
+        let password = config
+            .password
+            .resolve()
+            .map_err(|e| unreadable_secret("PostgreSQL password", &config.password, e))?;
+        Ok(Store::Postgres(
+            PostgresStore::connect(config, password.expose()).await?,
         ))
     }
 
@@ -358,16 +377,16 @@ impl Store {
     }
 }
 
-/// Why the connection string could not be read, without its value: std's
+/// Why a secret (`what`) could not be read, without its value: std's
 /// message for an environment variable that is not Unicode quotes the value.
-fn unreadable_secret(source: &SecretRef, error: ConfigError) -> StoreError {
+fn unreadable_secret(what: &str, source: &SecretRef, error: ConfigError) -> StoreError {
     let reason = match error {
         ConfigError::Secret { reason, .. } if !reason.contains("not valid unicode") => reason,
         ConfigError::Secret { .. } => "it is not valid Unicode".to_owned(),
         _ => "it cannot be read".to_owned(),
     };
     StoreError::backend(format!(
-        "cannot read the SQL Server connection string from {}: {reason}",
+        "cannot read the {what} from {}: {reason}",
         source.describe()
     ))
 }
