@@ -179,6 +179,7 @@ async fn operator_on_a_real_cluster() {
     missing_policies_are_named(&w).await;
 
     support::webhook_ingress_comes_and_goes(&client, ns, "contoso", "xmppfed-it-ingress").await;
+    support::network_policy_comes_and_goes(&client, ns, "contoso", "xmppfed-it-netpol").await;
 
     // Deleting the gateway removes everything it owns.
     gateways

@@ -1,6 +1,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::api::networking::v1::{NetworkPolicyEgressRule, NetworkPolicyPeer};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
@@ -75,6 +76,9 @@ pub struct FederationGatewaySpec {
     /// posts only to a publicly trusted HTTPS URL, here `webhookUrl`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook_ingress: Option<WebhookIngressSpec>,
+    /// The gateway's NetworkPolicy (made unless `enabled: false`).
+    #[serde(default)]
+    pub network_policy: NetworkPolicySpec,
     pub database: DatabaseSpec,
     #[serde(default)]
     pub telemetry: TelemetrySpec,
@@ -435,6 +439,33 @@ pub struct StaticRouteSpec {
     #[serde(default = "default_s2s_port")]
     #[schemars(range(min = 1, max = 65535))]
     pub port: i32,
+}
+
+/// The gateway's NetworkPolicy: s2s from anywhere, the webhook from where
+/// Graph's notifications come in, the admin port from monitoring; egress to
+/// DNS, HTTPS (Microsoft's sign-in and Graph, the Kubernetes API), s2s
+/// peers, the database and the telemetry collector only. A NetworkPolicy
+/// cannot name hosts: narrowing HTTPS to Microsoft's endpoints needs a CNI
+/// with FQDN policies (Cilium, Calico Enterprise), added beside this one.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkPolicySpec {
+    /// Make the NetworkPolicy (default true; false removes it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Who may reach the webhook (with `webhookUrl`): your ingress
+    /// controller's pods, e.g. `[{namespaceSelector: {matchLabels:
+    /// {kubernetes.io/metadata.name: ingress-nginx}}}]`. Not given: any
+    /// source (every notification must carry the gateway's clientState).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_from: Option<Vec<NetworkPolicyPeer>>,
+    /// Who may read `/metrics` and the health endpoints. Not given: pods of
+    /// the namespace `monitoring`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_from: Option<Vec<NetworkPolicyPeer>>,
+    /// More egress, appended (an HTTP proxy, an SMTP relay…).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extra_egress: Option<Vec<NetworkPolicyEgressRule>>,
 }
 
 /// The durable store. Its engine is chosen once: the data does not move

@@ -14,9 +14,9 @@ pub use domain_whitelist::{DomainWhitelist, DomainWhitelistSpec};
 pub use federation_gateway::{
     BridgeSpec, ChatNotifications, ConfigMapKeyRef, DatabaseEngine, DatabaseSpec, EndpointOverride,
     FederationGateway, FederationGatewaySpec, FederationGatewayStatus, GraphLimitsSpec,
-    LicenceAssignment, LocalPart, OutOfOffice, PolicySelection, PostgresSpec, PostgresSslMode,
-    S2sServiceType, S2sSpec, ShadowAccountSpec, StaticRouteSpec, Subscriptions, TelemetrySpec,
-    TenantCloud, TenantSpec,
+    LicenceAssignment, LocalPart, NetworkPolicySpec, OutOfOffice, PolicySelection, PostgresSpec,
+    PostgresSslMode, S2sServiceType, S2sSpec, ShadowAccountSpec, StaticRouteSpec, Subscriptions,
+    TelemetrySpec, TenantCloud, TenantSpec,
 };
 pub use throttle_policy::{
     ThrottleLimitsSpec, ThrottleOverride, ThrottlePolicy, ThrottlePolicySpec,

@@ -4,6 +4,7 @@ use crate::render::paths;
 use xmppfed_config::{GatewayConfig, StoreConfig};
 
 /// Policies: which apply to a gateway, and which gateways a change reaches.
+mod network;
 mod policies;
 
 /// Any base64 text: rendering only copies the key into the configuration.

@@ -6,8 +6,6 @@ use std::collections::BTreeMap;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
-use k8s_openapi::api::networking::v1::Ingress;
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -34,37 +32,42 @@ pub(super) async fn apply_all(
     for service in &o.services {
         apply::<Service>(client, namespace, service).await?;
     }
-    match &o.pod_disruption_budget {
-        Some(pdb) => {
-            apply::<PodDisruptionBudget>(client, namespace, pdb).await?;
-        }
-        None => {
-            // Scaled down to one replica: a PDB left behind would block node drains.
-            let api = Api::<PodDisruptionBudget>::namespaced(client.clone(), namespace);
-            let name = o.stateful_set.name_any();
-            match api.delete(&name, &Default::default()).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(e)) if e.code == 404 => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-    }
-    match &o.webhook_ingress {
-        Some(ingress) => {
-            apply::<Ingress>(client, namespace, ingress).await?;
-        }
-        None => {
-            // Asked for no longer: an Ingress left behind would keep exposing the webhook.
-            let api = Api::<Ingress>::namespaced(client.clone(), namespace);
-            let name = crate::render::names::webhook_service(&o.stateful_set.name_any());
-            match api.delete(&name, &Default::default()).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(e)) if e.code == 404 => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-    }
+    let name = o.stateful_set.name_any();
+    // Scaled down to one replica: a PDB left behind would block node drains.
+    apply_or_delete(client, namespace, &name, o.pod_disruption_budget.as_ref()).await?;
+    // Asked for no longer: an Ingress left behind would keep exposing the webhook.
+    let ingress = names::webhook_service(&name);
+    apply_or_delete(client, namespace, &ingress, o.webhook_ingress.as_ref()).await?;
+    apply_or_delete(client, namespace, &name, o.network_policy.as_ref()).await?;
     apply::<StatefulSet>(client, namespace, &o.stateful_set).await
+}
+
+/// Applies `object`, or with `None` deletes the object `name` of its kind if
+/// there is one (a child the spec no longer asks for).
+async fn apply_or_delete<K>(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    object: Option<&K>,
+) -> Result<(), Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + Serialize
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    if let Some(object) = object {
+        return apply(client, namespace, object).await.map(drop);
+    }
+    match Api::<K>::namespaced(client.clone(), namespace)
+        .delete(name, &Default::default())
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 pub(super) async fn apply<K>(client: &Client, namespace: &str, object: &K) -> Result<K, Error>

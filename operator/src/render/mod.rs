@@ -2,6 +2,7 @@
 //! FederationGateway and its policies to the objects the operator applies.
 
 mod config;
+mod network_policy;
 mod workload;
 
 pub use config::{ConfigError, config_hash, render_config};

@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::networking::v1::{
     HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
-    IngressServiceBackend, IngressSpec, IngressTLS, ServiceBackendPort,
+    IngressServiceBackend, IngressSpec, IngressTLS, NetworkPolicy, ServiceBackendPort,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
@@ -37,6 +37,8 @@ pub struct GatewayObjects {
     pub pod_disruption_budget: Option<PodDisruptionBudget>,
     /// With `spec.webhookIngress`: the webhook's Ingress.
     pub webhook_ingress: Option<Ingress>,
+    /// Unless `spec.networkPolicy.enabled` is false.
+    pub network_policy: Option<NetworkPolicy>,
     pub service_account: ServiceAccount,
     /// Lets the pods keep their role label (see `LEADER`): `patch` on the
     /// StatefulSet's own pods, by name, bound to the gateway's ServiceAccount.
@@ -147,6 +149,14 @@ pub fn build_objects(
     });
 
     let webhook_ingress = c.webhook_ingress();
+    let network_policy = super::network_policy::network_policy(
+        c.spec,
+        c.meta(c.name.clone()),
+        LabelSelector {
+            match_labels: Some(selector_labels(&c.name)),
+            ..LabelSelector::default()
+        },
+    );
     let (service_account, pod_role, pod_role_binding) = c.rbac(replicas);
     GatewayObjects {
         config_map,
@@ -154,6 +164,7 @@ pub fn build_objects(
         services: c.services(),
         pod_disruption_budget,
         webhook_ingress,
+        network_policy,
         service_account,
         pod_role,
         pod_role_binding,

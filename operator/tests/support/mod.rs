@@ -284,3 +284,73 @@ pub async fn webhook_ingress_comes_and_goes(client: &Client, ns: &str, gw: &str,
     )
     .await;
 }
+
+/// The gateway's NetworkPolicy, made by default on the real API server: s2s
+/// from anywhere, the admin port from the monitoring namespace, egress to
+/// DNS, HTTPS and s2s; turned off, it goes; turned on again, it is back.
+pub async fn network_policy_comes_and_goes(client: &Client, ns: &str, gw: &str, manager: &str) {
+    use k8s_openapi::api::networking::v1::NetworkPolicy;
+    let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), ns);
+    let made = cluster::eventually(
+        "the gateway's NetworkPolicy",
+        std::time::Duration::from_secs(30),
+        || async { policies.get_opt(gw).await.ok()? },
+    )
+    .await;
+    let spec = made.spec.unwrap();
+    assert_eq!(
+        spec.pod_selector.unwrap().match_labels.unwrap()["app.kubernetes.io/instance"],
+        gw
+    );
+    let port = |p: &k8s_openapi::api::networking::v1::NetworkPolicyPort| match &p.port {
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(n)) => *n,
+        _ => 0,
+    };
+    let ingress = spec.ingress.unwrap();
+    let s2s = ingress
+        .iter()
+        .find(|r| r.ports.iter().flatten().any(|p| port(p) == 5269));
+    assert!(
+        s2s.is_some_and(|r| r.from.is_none()),
+        "s2s from anywhere: {ingress:?}"
+    );
+    let admin = ingress
+        .iter()
+        .find(|r| r.ports.iter().flatten().any(|p| port(p) == 9090));
+    let from = admin.and_then(|r| r.from.clone()).unwrap_or_default();
+    assert!(
+        serde_json::to_string(&from)
+            .unwrap()
+            .contains("\"monitoring\""),
+        "the admin port from the monitoring namespace: {from:?}"
+    );
+    let egress: Vec<i32> = spec
+        .egress
+        .unwrap()
+        .iter()
+        .flat_map(|r| r.ports.iter().flatten().map(port))
+        .collect();
+    for needed in [53, 443, 5269] {
+        assert!(egress.contains(&needed), "egress to {needed}: {egress:?}");
+    }
+    let off = |enabled: bool| {
+        json!({
+            "apiVersion": "xmppfed.io/v1alpha1", "kind": "FederationGateway",
+            "metadata": {"name": gw}, "spec": {"networkPolicy": {"enabled": enabled}}
+        })
+    };
+    apply_all(client, ns, manager, vec![off(false)]).await;
+    cluster::eventually(
+        "the NetworkPolicy removed when turned off",
+        std::time::Duration::from_secs(30),
+        || async { policies.get_opt(gw).await.ok()?.is_none().then_some(()) },
+    )
+    .await;
+    apply_all(client, ns, manager, vec![off(true)]).await;
+    cluster::eventually(
+        "the NetworkPolicy back when turned on",
+        std::time::Duration::from_secs(30),
+        || async { policies.get_opt(gw).await.ok()? },
+    )
+    .await;
+}
