@@ -224,6 +224,10 @@ async fn the_operator_runs_as_a_pod_and_its_gateway_says_why_it_is_not_ready() {
         let chat = federate(&admin, &ns, &graph, &mut bob, &peer).await;
         node_faults::killed_with_messages_in_flight(&admin, &ns, &graph, &mut bob, &chat).await;
         node_faults::rolled_with_messages_in_flight(&admin, &ns, &graph, &mut bob, &chat).await;
+        node_faults::relicensed_with_messages_in_flight(
+            &admin, &ns, &graph, &mut bob, &chat, &private,
+        )
+        .await;
     }
 
     pods_sized_and_weighed(&pods, &operator).await;

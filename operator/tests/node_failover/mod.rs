@@ -167,6 +167,44 @@ fn kill_gateway_process(uid: &str) -> usize {
     killed
 }
 
+fn restarts(pod: &Pod) -> i32 {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .map_or(0, |cs| cs.iter().map(|c| c.restart_count).sum())
+}
+
+/// Deletes the leader's pod with grace period 0 (killing its process -9
+/// first when `hard`), and waits until another pod leads and is Ready:
+/// how long that took, and which pod.
+async fn replaced(pods: &Api<Pod>, leader_pod: &Pod, hard: bool) -> (Duration, String) {
+    let old = leader_pod.uid().unwrap_or_default();
+    if hard {
+        assert!(
+            kill_gateway_process(&old) > 0,
+            "no gateway process found in {old}"
+        );
+    }
+    pods.delete(
+        &leader_pod.name_any(),
+        &DeleteParams::default().grace_period(0),
+    )
+    .await
+    .unwrap();
+    let at = Instant::now();
+    let next = eventually(
+        "another replica leading and Ready",
+        Duration::from_secs(LEASE_SECS * 12),
+        || async {
+            leader(pods)
+                .await
+                .filter(|p| p.uid().unwrap_or_default() != old && pod_ready(p))
+        },
+    )
+    .await;
+    (at.elapsed(), next.name_any())
+}
+
 pub async fn two_replicas_on_postgres(
     admin: &Client,
     ns: &str,
@@ -218,47 +256,57 @@ pub async fn two_replicas_on_postgres(
     let Some(dave) = peer.bob else {
         return;
     };
+    let service = format!("{}:5269", peer.s2s_service);
+    eventually(
+        "the s2s Service accepting connections",
+        Duration::from_secs(60),
+        || async {
+            tokio::net::TcpStream::connect(&service)
+                .await
+                .ok()
+                .map(drop)
+        },
+    )
+    .await;
     let mut chat = Chat::open(graph, dave, &format!("alice@{DOMAIN}")).await;
 
-    // The leader force-deleted (a node lost): the standby, or the pod that
-    // replaces it, takes the lease once it has lapsed.
-    let deleted = Burst::new("deleted");
-    let old = first_leader.uid().unwrap_or_default();
+    // The node under the leader lost: its process killed -9 (it cannot give
+    // its lease up) and its pod force-deleted. The pod that replaces it is
+    // another lease holder (pod name and uid), so the bridge moves to the
+    // standby or the replacement only once the lease has lapsed.
+    let lost = Burst::new("node-lost");
     let taken = chat
-        .disrupted(&deleted, || async {
-            pods.delete(
-                &first_leader.name_any(),
-                &DeleteParams::default().grace_period(0),
-            )
-            .await
-            .unwrap();
-            let at = Instant::now();
-            let next = eventually(
-                "another replica leading",
-                Duration::from_secs(LEASE_SECS * 6),
-                || async {
-                    leader(&pods)
-                        .await
-                        .filter(|p| p.uid().unwrap_or_default() != old)
-                },
-            )
-            .await;
-            (at.elapsed(), next.name_any())
-        })
+        .disrupted(&lost, || replaced(&pods, &first_leader, true))
         .await;
     eprintln!(
-        "leader {} force-deleted: {} leading {:.1} s later (lease {LEASE_SECS} s); {}",
+        "leader {} lost (killed -9 and force-deleted): {} leading and Ready {:.1} s later (lease {LEASE_SECS} s); {}",
         first_leader.name_any(),
+        taken.1,
+        taken.0.as_secs_f64(),
+        chat.report(&lost)
+    );
+    let leading = both_ready(&pods, Duration::from_secs(180)).await;
+
+    // Deleted with grace period 0 through the API: the kubelet still sends
+    // SIGTERM first, and the leader gives its lease up on the way out.
+    let deleted = Burst::new("deleted");
+    let taken = chat
+        .disrupted(&deleted, || replaced(&pods, &leading, false))
+        .await;
+    eprintln!(
+        "leader {} deleted (grace period 0): {} leading and Ready {:.1} s later; {}",
+        leading.name_any(),
         taken.1,
         taken.0.as_secs_f64(),
         chat.report(&deleted)
     );
-    let now_leading = both_ready(&pods, Duration::from_secs(180)).await;
+    let leading = both_ready(&pods, Duration::from_secs(180)).await;
 
-    // Its process killed -9: the kubelet restarts the container in the same
-    // pod, which is the same lease holder and takes its lease straight back.
+    // Its process killed -9 alone: the kubelet restarts the container in the
+    // same pod, the same lease holder, which takes its lease straight back.
     let killed = Burst::new("killed");
-    let uid = now_leading.uid().unwrap_or_default();
+    let uid = leading.uid().unwrap_or_default();
+    let restarts_before = restarts(&leading);
     let back = chat
         .disrupted(&killed, || async {
             assert!(
@@ -267,19 +315,13 @@ pub async fn two_replicas_on_postgres(
             );
             let at = Instant::now();
             let next = eventually(
-                "a replica leading again",
+                "the bridge back after the kill",
                 Duration::from_secs(120),
                 || async {
                     let p = leader(&pods).await?;
-                    let restarts = p
-                        .status
-                        .as_ref()?
-                        .container_statuses
-                        .as_ref()?
-                        .iter()
-                        .map(|c| c.restart_count)
-                        .sum::<i32>();
-                    (p.uid().unwrap_or_default() != uid || restarts > 0).then_some(p)
+                    let again =
+                        p.uid().unwrap_or_default() != uid || restarts(&p) > restarts_before;
+                    (again && pod_ready(&p)).then_some(p)
                 },
             )
             .await;
@@ -287,8 +329,8 @@ pub async fn two_replicas_on_postgres(
         })
         .await;
     eprintln!(
-        "leader {} killed -9: {} leading {:.1} s later; {}",
-        now_leading.name_any(),
+        "leader {} killed -9: {} leading and Ready {:.1} s later; {}",
+        leading.name_any(),
         back.1,
         back.0.as_secs_f64(),
         chat.report(&killed)

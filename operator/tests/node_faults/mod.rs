@@ -46,7 +46,7 @@ pub async fn killed_with_messages_in_flight(
         .await
         .unwrap();
     };
-    disrupted(admin, ns, graph, bob, chat, "killed", kill).await;
+    disrupted(admin, ns, graph, bob, chat, "killed", true, kill).await;
 }
 
 /// The same burst while a DomainWhitelist change rolls the pod (a new
@@ -67,11 +67,56 @@ pub async fn rolled_with_messages_in_flight(
     let roll = || async {
         crate::support::apply_all(admin, ns, "xmppfed-node-roll", vec![widened.clone()]).await;
     };
-    disrupted(admin, ns, graph, bob, chat, "rolled", roll).await;
+    disrupted(admin, ns, graph, bob, chat, "rolled", true, roll).await;
 }
 
-/// Bob's burst, `disrupt` 200 ms into it, the pod replaced and Ready, then
-/// every message of the burst accounted for: delivered once or bounced.
+/// The same burst while the licence Secret is replaced by a renewed licence:
+/// the gateway reads its seat from the mounted Secret, the operator reports
+/// the new licence in status; no message is lost either way.
+pub async fn relicensed_with_messages_in_flight(
+    admin: &Client,
+    ns: &str,
+    graph: &GraphPod,
+    bob: &mut XmppClient,
+    chat: &str,
+    private: &str,
+) {
+    let gateways: Api<FederationGateway> = Api::namespaced(admin.clone(), ns);
+    let renew = || async {
+        let changed = Instant::now();
+        crate::support::relicense(
+            admin,
+            ns,
+            "xmppfed-licence",
+            &crate::support::licence_text(private, "node-it-renewed", 1),
+        )
+        .await;
+        let seen = eventually(
+            "the renewed licence in the gateway's status",
+            Duration::from_secs(60),
+            || async {
+                let g = gateways.get("contoso").await.ok()?;
+                g.status?
+                    .licence_assignments
+                    .values()
+                    .any(|a| a.licence_id == "node-it-renewed")
+                    .then_some(())
+            },
+        )
+        .await;
+        eprintln!(
+            "licence Secret replaced: the new licence in status {:.1} s later",
+            changed.elapsed().as_secs_f64()
+        );
+        seen
+    };
+    disrupted(admin, ns, graph, bob, chat, "relicensed", false, renew).await;
+}
+
+/// Bob's burst, `disrupt` 200 ms into it, the pod Ready again (replaced
+/// first, when `replaced`), then every message of the burst accounted for:
+/// delivered once or bounced.
+#[allow(clippy::too_many_arguments)] // the test's world, and what this disruption is
 async fn disrupted<F: std::future::Future<Output = ()>>(
     admin: &Client,
     ns: &str,
@@ -79,6 +124,7 @@ async fn disrupted<F: std::future::Future<Output = ()>>(
     bob: &mut XmppClient,
     chat: &str,
     tag: &str,
+    replaced: bool,
     disrupt: impl FnOnce() -> F,
 ) {
     let pods: Api<Pod> = Api::namespaced(admin.clone(), ns);
@@ -99,11 +145,12 @@ async fn disrupted<F: std::future::Future<Output = ()>>(
         .filter(|i| early.iter().any(|c| c.contains(&marker(tag, *i))))
         .count();
     eventually(
-        "contoso-0 replaced and Ready",
+        "contoso-0 Ready (replaced, where it must be)",
         Duration::from_secs(120),
         || async {
             let p = pods.get("contoso-0").await.ok()?;
-            (p.uid().unwrap_or_default() != old_uid && pod_ready(&p)).then_some(())
+            let new = p.uid().unwrap_or_default() != old_uid;
+            ((new || !replaced) && pod_ready(&p)).then_some(())
         },
     )
     .await;
@@ -167,9 +214,10 @@ async fn disrupted<F: std::future::Future<Output = ()>>(
     // lost with the connection, can come back to Bob as well as reach Alice.
     let both = bounced.iter().filter(|i| counts[**i] == 1).count();
     eprintln!(
-        "gateway pod {tag} with {BURST} messages in flight ({early} in Teams when it went): replaced and Ready in {:.1} s; \
+        "gateway pod {tag} with {BURST} messages in flight ({early} in Teams when it went): {} and Ready in {:.1} s; \
          {delivered} delivered exactly once, {} bounced to the sender ({both} of them delivered \
          too: {why:?}), none lost in silence or doubled (settled {:.1} s after)",
+        if replaced { "replaced" } else { "not replaced" },
         ready_after.as_secs_f64(),
         bounced.len(),
         disrupted.elapsed().as_secs_f64()
