@@ -23,7 +23,7 @@ def load(name):
     return [d for d in yaml.safe_load_all((out / name).read_text()) if d]
 
 # Which (group, resource, verb) the operator needs, from rbac-required.txt.
-required, section = {"ClusterRole": set(), "Role": set()}, None
+required, section = {"ClusterRole": set(), "Role": set(), "GatewayClusterRole": set()}, None
 for n, line in enumerate((chart / "rbac-required.txt").read_text().splitlines(), 1):
     line = line.split("#", 1)[0].strip()
     if not line:
@@ -34,25 +34,34 @@ for n, line in enumerate((chart / "rbac-required.txt").read_text().splitlines(),
             sys.exit(f"rbac-required.txt:{n}: unknown section {line}")
         continue
     parts = line.split()
-    if len(parts) != 3 or section is None:
-        sys.exit(f"rbac-required.txt:{n}: expected '<group> <resource> <verb>' in a section: {line}")
-    group, resource, verb = parts
-    required[section].add(("" if group == "core" else group, resource, verb))
+    if len(parts) not in (3, 4) or section is None:
+        sys.exit(f"rbac-required.txt:{n}: expected '<group> <resource> <verb> [@name]' in a section: {line}")
+    group, resource, verb = parts[:3]
+    name = parts[3] if len(parts) == 4 else None
+    if name is not None and name != "@gateway-cluster-role":
+        sys.exit(f"rbac-required.txt:{n}: unknown object {name}")
+    required[section].add(("" if group == "core" else group, resource, verb, name))
 
-def grants(rules, what):
+def grants(rules, what, gateway_role=None):
+    """(group, resource, verb, name) per rule; name is "@gateway-cluster-role"
+    for a rule limited to the gateway ClusterRole, None for an unlimited one."""
     got = set()
     for r in rules:
         for field in ("apiGroups", "resources", "verbs"):
             ok("*" not in r.get(field, []), f"{what}: no wildcard in {field}")
         ok(not r.get("nonResourceURLs"), f"{what}: no nonResourceURLs")
+        names = r.get("resourceNames")
+        if names:
+            ok(names == [gateway_role], f"{what}: a rule limited by name names the gateway ClusterRole only (got {names})")
+        name = "@gateway-cluster-role" if names else None
         for g in r["apiGroups"]:
             for res in r["resources"]:
                 for v in r["verbs"]:
-                    got.add((g, res, v))
+                    got.add((g, res, v, name))
     return got
 
-def fmt(triples):
-    return ", ".join(f"{g or 'core'} {r} {v}" for g, r, v in sorted(triples))
+def fmt(grants):
+    return ", ".join(f"{g or 'core'} {r} {v}{' ' + n if n else ''}" for g, r, v, n in sorted(grants, key=str))
 
 def by_kind(docs):
     kinds = {}
@@ -85,7 +94,8 @@ for s, docs in rendered.items():
             ok(False, f"{ident}: {e.message}")
         meta = d.get("metadata", {})
         ok(len(meta.get("name", "")) <= 63 or d["kind"] == "CustomResourceDefinition", f"{ident}: name at most 63 characters")
-        cluster_scoped = d["kind"] in ("ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition")
+        cluster_scoped = d["kind"] in ("ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition",
+                                       "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")
         ok(cluster_scoped or meta.get("namespace"), f"{ident}: namespaced objects name their namespace")
 kinds = sorted({d["kind"] for docs in rendered.values() for d in docs} - set(skipped))
 print(f"ok  {validated} rendered objects ({', '.join(kinds)}) valid for Kubernetes {kube_version} (strict: unknown fields rejected)")
@@ -94,7 +104,8 @@ for kind, n in sorted(skipped.items()):
 
 # 2. Default values.
 k = by_kind(rendered["default"])
-ok(sorted(k) == sorted(["ServiceAccount", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding", "Service", "Deployment"]),
+ok(sorted(k) == sorted(["ServiceAccount", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding", "Service", "Deployment",
+                        "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]),
    f"default: the expected kinds (got {sorted(k)})")
 dep = one(k, "Deployment")
 pod = dep["spec"]["template"]["spec"]
@@ -126,19 +137,30 @@ ok(svc["spec"]["selector"].items() <= dep["spec"]["template"]["metadata"]["label
 ok(dep["spec"]["selector"]["matchLabels"].items() <= dep["spec"]["template"]["metadata"]["labels"].items(), "Deployment selector matches its pods")
 
 # 3. RBAC: exactly rbac-required.txt.
-def check_cluster_rbac(kinds, scenario, sa_name, namespace="xmppfed-system"):
-    role = one(kinds, "ClusterRole")
-    got = grants(role.get("rules", []), f"{scenario}: ClusterRole")
-    ok(not any(r.get("resourceNames") for r in role.get("rules", [])), f"{scenario}: ClusterRole rules are not name-limited")
+def check_cluster_rbac(kinds, scenario, sa_name, namespace="xmppfed-system", args=()):
+    roles = {r["metadata"]["name"]: r for r in kinds.get("ClusterRole", [])}
+    gateway_names = [n for n in roles if n.endswith("-gateway")]
+    ok(len(roles) == 2 and len(gateway_names) == 1, f"{scenario}: two ClusterRoles, the operator's and the gateway pods' (got {sorted(roles)})")
+    gateway_name = gateway_names[0] if gateway_names else None
+    role = next((r for n, r in roles.items() if n != gateway_name), {})
+    got = grants(role.get("rules", []), f"{scenario}: ClusterRole", gateway_name)
     missing, extra = required["ClusterRole"] - got, got - required["ClusterRole"]
     ok(not missing, f"{scenario}: ClusterRole grants everything in rbac-required.txt (missing: {fmt(missing)})")
     ok(not extra, f"{scenario}: ClusterRole grants nothing beyond rbac-required.txt (extra: {fmt(extra)})")
+    gateway = grants(roles.get(gateway_name, {}).get("rules", []), f"{scenario}: gateway ClusterRole")
+    ok(gateway == required["GatewayClusterRole"], f"{scenario}: the gateway ClusterRole = [GatewayClusterRole] (got {fmt(gateway)})")
+    ok(f"--gateway-cluster-role={gateway_name}" in args, f"{scenario}: the operator is told the gateway ClusterRole's name")
+    policy = one(kinds, "ValidatingAdmissionPolicy")
+    policy_binding = one(kinds, "ValidatingAdmissionPolicyBinding")
+    ok(policy_binding.get("spec", {}).get("policyName") == policy.get("metadata", {}).get("name")
+       and policy_binding["spec"].get("validationActions") == ["Deny"],
+       f"{scenario}: the gateway pods' admission policy is bound, denying")
     binding = one(kinds, "ClusterRoleBinding")
     ok(binding.get("roleRef") == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role["metadata"]["name"]},
        f"{scenario}: ClusterRoleBinding binds the ClusterRole")
     ok(binding.get("subjects") == [{"kind": "ServiceAccount", "name": sa_name, "namespace": namespace}],
        f"{scenario}: ClusterRoleBinding binds the operator's ServiceAccount")
-check_cluster_rbac(k, "default", pod["serviceAccountName"])
+check_cluster_rbac(k, "default", pod["serviceAccountName"], args=c["args"])
 print(f"ok  ClusterRole = rbac-required.txt [ClusterRole] ({len(required['ClusterRole'])} grants)")
 ok("Role" not in k and "RoleBinding" not in k, "default: no leader-election Role with one replica")
 
@@ -188,9 +210,9 @@ ok(dep["spec"]["template"]["metadata"].get("annotations") == full["podAnnotation
 ok(all(d["metadata"]["labels"].get("environment") == "production" for d in rendered["full"]), "full: commonLabels on every object")
 sa = one(k, "ServiceAccount")
 ok(sa["metadata"]["name"] == "xmppfed-operator-sa" == pod["serviceAccountName"], "full: serviceAccount.name")
-check_cluster_rbac(k, "full", "xmppfed-operator-sa")
+check_cluster_rbac(k, "full", "xmppfed-operator-sa", args=c["args"])
 role = one(k, "Role")
-got = grants(role.get("rules", []), "full: Role")
+got = {(g, r, v, None) for g, r, v, _ in grants(role.get("rules", []), "full: Role", lease)}
 missing, extra = required["Role"] - got, got - required["Role"]
 ok(not missing and not extra, f"full: leader-election Role = rbac-required.txt [Role] (missing: {fmt(missing)}; extra: {fmt(extra)})")
 for r in role.get("rules", []):
@@ -227,7 +249,7 @@ c = one(k, "Deployment")["spec"]["template"]["spec"]["containers"][0]
 env = {e["name"]: e for e in c.get("env", [])}
 ok(env.get("XMPPFED_LICENCE_PUBLIC_KEY", {}).get("value") == "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=", "key: inline licence key, trimmed")
 ok("ServiceAccount" not in k, "key: serviceAccount.create=false renders no ServiceAccount")
-check_cluster_rbac(k, "key", "existing-operator-account")
+check_cluster_rbac(k, "key", "existing-operator-account", args=c["args"])
 check_crds(k, "key", keep=False)
 print("ok  key values: inline licence key, existing ServiceAccount, CRDs without the keep annotation")
 

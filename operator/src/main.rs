@@ -27,6 +27,10 @@ struct Cli {
     log_level: String,
     /// Run several replicas: only the holder of this Lease (in POD_NAMESPACE)
     /// reconciles; the others wait to take over.
+    /// The ClusterRole the chart ships for gateway pods (patch on pods),
+    /// which the operator binds in each gateway's namespace and holds `bind` on.
+    #[arg(long, env = "XMPPFED_GATEWAY_CLUSTER_ROLE", default_value = xmppfed_operator::plan::DEFAULT_GATEWAY_CLUSTER_ROLE)]
+    gateway_cluster_role: String,
     #[arg(long, env = "XMPPFED_LEADER_ELECTION_LEASE")]
     leader_election_lease: Option<String>,
     /// Seconds without renewal after which another replica takes the Lease.
@@ -68,7 +72,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }),
         None => None,
     };
-    let result = runtime.block_on(serve(cli.admin_listen, cli.licence_public_key, election));
+    let result = runtime.block_on(serve(
+        cli.admin_listen,
+        cli.licence_public_key,
+        cli.gateway_cluster_role,
+        election,
+    ));
     drop(runtime);
     telemetry.shutdown();
     result
@@ -77,6 +86,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 async fn serve(
     admin_listen: SocketAddr,
     licence_public_key: Option<String>,
+    gateway_cluster_role: String,
     election: Option<xmppfed_operator::leader::Election>,
 ) -> anyhow::Result<()> {
     let metrics = Metrics::new(SERVICE_NAME, VERSION);
@@ -104,6 +114,7 @@ async fn serve(
                 () = stopped() => return Ok(()),
             };
             let ctx = xmppfed_operator::reconcile::Context::new(client.clone(), licence_public_key)
+                .with_gateway_cluster_role(gateway_cluster_role)
                 .with_metrics(reconcile_metrics);
             let Some(election) = election else {
                 xmppfed_operator::reconcile::run(ctx, stopped()).await;

@@ -50,24 +50,43 @@ pub struct Plan {
     pub endpoint_override: bool,
 }
 
+/// What the operator was started with that every gateway's objects depend on.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings<'a> {
+    /// Base64 Ed25519 key the pods check their licence seats with.
+    pub licence_public_key: Option<&'a str>,
+    /// The ClusterRole the chart ships for gateway pods (patch their own
+    /// pod), bound in each gateway's namespace to its ServiceAccount.
+    pub gateway_cluster_role: &'a str,
+}
+
+/// The chart's name for the gateway pods' ClusterRole with the default release name.
+pub const DEFAULT_GATEWAY_CLUSTER_ROLE: &str = "xmppfed-operator-gateway";
+
 /// Validates `gateway` against the policies of its namespace and builds its objects,
-/// running `replicas` pods (the licensed count) that check their seats with `licence_public_key`.
+/// running `replicas` pods (the licensed count).
 pub fn plan(
     gateway: &FederationGateway,
     whitelists: &[DomainWhitelist],
     throttles: &[ThrottlePolicy],
     replicas: i32,
-    licence_public_key: Option<&str>,
+    settings: &Settings<'_>,
 ) -> Result<Plan, InvalidSpec> {
     use kube::ResourceExt;
 
     let applied = policy::applied(gateway, whitelists, throttles)?;
-    let config = render::render_config(gateway, &applied, licence_public_key)?;
+    let config = render::render_config(gateway, &applied, settings.licence_public_key)?;
     let config_toml = config
         .to_toml_string()
         .map_err(|e| InvalidSpec::Render(e.to_string()))?;
     let owner: OwnerReference = render::owner_of(gateway).ok_or(InvalidSpec::NoUid)?;
-    let objects = render::build_objects(gateway, owner, &config_toml, replicas);
+    let objects = render::build_objects(
+        gateway,
+        owner,
+        &config_toml,
+        replicas,
+        settings.gateway_cluster_role,
+    );
     let graph_endpoints = config.graph.as_ref().map(|g| {
         let hosts = format!("sign-in {}, Graph {}", g.authority(), g.graph());
         if g.overridden() {

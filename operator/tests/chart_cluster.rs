@@ -12,13 +12,14 @@
 //! The test checks what the operator applies and reports.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a panic is a failure with its reason
 
+mod chart_privilege;
 mod support;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+use chart_privilege::allowed;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::authorization::v1::SubjectAccessReview;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ServiceAccount};
 use k8s_openapi::api::rbac::v1::ClusterRole;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -28,22 +29,6 @@ use serde_json::json;
 use support::{apply_all, examples_licensed, licence_text};
 use xmppfed_e2e::cluster::eventually;
 use xmppfed_operator::crd::{DomainWhitelist, FederationGateway};
-
-/// Whether the API server's authorizer lets `user` do what `attributes`
-/// (a SubjectAccessReview's resourceAttributes) describe.
-async fn allowed(admin: &Client, user: &str, attributes: serde_json::Value) -> bool {
-    let review: SubjectAccessReview = serde_json::from_value(json!({
-        "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
-        "spec": {"user": user, "resourceAttributes": attributes}
-    }))
-    .unwrap();
-    Api::<SubjectAccessReview>::all(admin.clone())
-        .create(&Default::default(), &review)
-        .await
-        .unwrap()
-        .status
-        .is_some_and(|s| s.allowed)
-}
 
 /// CRDs already there (kept by an earlier release, or applied with
 /// kubectl) belong to someone else: Helm refuses to take them over, so
@@ -119,50 +104,6 @@ async fn install(
         .await;
     }
     (sa_name, crds)
-}
-
-/// The gateway's pods may label themselves (their role) and touch no
-/// other pod: a Role on the StatefulSet's pods by name, granted by the
-/// operator running as the chart's account.
-async fn pods_label_only_themselves(admin: &Client, ns: &str, gw: &str) {
-    let ns = ns.to_owned();
-    let bindings: Api<k8s_openapi::api::rbac::v1::RoleBinding> =
-        Api::namespaced(admin.clone(), &ns);
-    let binding = bindings.get(&format!("{gw}-pod-role")).await.unwrap();
-    assert_eq!(
-        (binding.role_ref.kind.clone(), binding.role_ref.name.clone()),
-        ("Role".to_owned(), format!("{gw}-pod-role"))
-    );
-    let gateway_account = format!("system:serviceaccount:{ns}:{gw}-gateway");
-    let may_patch = |namespace: String, pod: String| {
-        let (admin, user) = (admin.clone(), gateway_account.clone());
-        async move {
-            allowed(
-                &admin,
-                &user,
-                json!({"namespace": namespace, "verb": "patch", "resource": "pods", "name": pod}),
-            )
-            .await
-        }
-    };
-    // The authorizer's cache follows the new binding within moments.
-    eventually(
-        "the gateway allowed to label its pods",
-        Duration::from_secs(30),
-        || {
-            let allowed = may_patch(ns.clone(), format!("{gw}-0"));
-            async move { allowed.await.then_some(()) }
-        },
-    )
-    .await;
-    assert!(
-        !may_patch(ns.clone(), "some-other-pod".into()).await,
-        "no other pod of the namespace"
-    );
-    assert!(
-        !may_patch("default".into(), format!("{gw}-0")).await,
-        "no pod elsewhere"
-    );
 }
 
 /// A whitelist change reaches the rendered configuration.
@@ -270,7 +211,8 @@ async fn the_chart_on_a_real_cluster() {
     let mut config = Config::infer().await.unwrap();
     config.auth_info.impersonate = Some(format!("system:serviceaccount:{ns}:{sa_name}"));
     let operator = Client::try_from(config).unwrap();
-    let controller = support::Controller::start(operator, public);
+    let gateway_role = format!("{sa_name}-gateway");
+    let controller = support::Controller::start_binding(operator, public, &gateway_role);
 
     // Every example, contoso's with a real licence (fabrikam keeps its placeholder).
     let docs = examples_licensed(
@@ -319,7 +261,9 @@ async fn the_chart_on_a_real_cluster() {
     )
     .await;
 
-    pods_label_only_themselves(&admin, &ns, &gw).await;
+    let operator_account = format!("system:serviceaccount:{ns}:{sa_name}");
+    chart_privilege::operator_holds_least(&admin, &ns, &operator_account, &gateway_role).await;
+    chart_privilege::gateway_touches_only_its_own_label(&admin, &ns, &gw).await;
 
     whitelist_change_reaches_the_config(&admin, &ns, &gw).await;
 

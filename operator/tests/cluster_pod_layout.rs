@@ -7,8 +7,8 @@
 //! ServiceAccount token from a TokenRequest, the cluster's CA), and starts the
 //! gateway binary with the template's arguments. The gateway must accept the
 //! rendered configuration, verify its licence seat, and label *its pod* through
-//! the real API server with that token (the Role the operator made allows
-//! exactly that).
+//! the real API server with that token (the RoleBinding the operator made,
+//! of the gateway ClusterRole the chart ships, allows exactly that).
 //!
 //! Needs root (mount namespaces) and the gateway binary (built by `cargo test
 //! --workspace`). Graph is Microsoft's here, out of reach, so readiness is not
@@ -283,7 +283,9 @@ async fn the_gateway_runs_from_what_the_operator_rendered() {
 
     // The operator, and the example with a real licence and certificate.
     let (private, public) = xmppfed_licence::generate_key().unwrap();
-    let controller = support::Controller::start(client.clone(), public);
+    let gateway_role =
+        support::GatewayClusterRole::make(&client, &format!("{ns_name}-gateway")).await;
+    let controller = support::Controller::start_binding(client.clone(), public, &gateway_role.name);
     let (crt, key) = certificate(scratch.path(), "teams.contoso.example");
     let docs = examples_licensed(
         &["minimal-sqlite.yaml"],
@@ -355,6 +357,7 @@ async fn the_gateway_runs_from_what_the_operator_rendered() {
 
     drop(running);
     controller.stop().await;
+    gateway_role.remove().await;
     namespaces
         .delete(ns, &DeleteParams::default())
         .await

@@ -12,10 +12,14 @@ use kube::CustomResourceExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use xmppfed_operator::crd::{DomainWhitelist, FederationGateway, ThrottlePolicy};
-use xmppfed_operator::plan::plan;
+use xmppfed_operator::plan::{Settings, plan};
 
 /// Any base64 text: rendering only copies the key into the configuration.
 const TEST_KEY: &str = "dGVzdC1rZXk=";
+const SETTINGS: Settings<'static> = Settings {
+    licence_public_key: Some(TEST_KEY),
+    gateway_cluster_role: "xmppfed-operator-gateway",
+};
 
 fn examples_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples")
@@ -118,7 +122,7 @@ fn every_example_is_accepted_and_plans_into_a_valid_gateway() {
         (3, 1, 1)
     );
     for g in &gateways {
-        let p = plan(g, &whitelists, &throttles, g.spec.replicas, Some(TEST_KEY))
+        let p = plan(g, &whitelists, &throttles, g.spec.replicas, &SETTINGS)
             .unwrap_or_else(|e| panic!("{}: {e}", g.metadata.name.as_deref().unwrap_or_default()));
         let config = xmppfed_config::GatewayConfig::from_toml_str(&p.config_toml).unwrap();
         assert!(

@@ -240,8 +240,8 @@ async fn create_applies_every_child_with_one_field_manager_and_reports_progress(
     // Every child is server-side applied, forced, under our field manager.
     for child in [
         "/api/v1/namespaces/xmpp/serviceaccounts/contoso-gateway",
-        "/apis/rbac.authorization.k8s.io/v1/namespaces/xmpp/roles/contoso-pod-role",
-        "/apis/rbac.authorization.k8s.io/v1/namespaces/xmpp/rolebindings/contoso-pod-role",
+        "/apis/rbac.authorization.k8s.io/v1/namespaces/xmpp/rolebindings/contoso-pod-label",
+        "/apis/networking.k8s.io/v1/namespaces/xmpp/networkpolicies/contoso",
         "/api/v1/namespaces/xmpp/configmaps/contoso-config",
         "/api/v1/namespaces/xmpp/services/contoso-s2s",
         "/api/v1/namespaces/xmpp/services/contoso-webhook",

@@ -66,6 +66,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
 {{/* Name of the leader-election Lease (and of its Role). */}}
+{{/* The ClusterRole gateway pods are bound to (patch on their own pods). */}}
+{{- define "xmppfed-operator.gatewayClusterRole" -}}
+{{ include "xmppfed-operator.fullname" . }}-gateway
+{{- end }}
+
 {{- define "xmppfed-operator.leaseName" -}}
 {{- include "xmppfed-operator.fullname" . }}
 {{- end }}

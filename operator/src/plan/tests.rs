@@ -9,6 +9,10 @@ mod policies;
 
 /// Any base64 text: rendering only copies the key into the configuration.
 const TEST_KEY: &str = "dGVzdC1rZXk=";
+const SETTINGS: Settings<'static> = Settings {
+    licence_public_key: Some(TEST_KEY),
+    gateway_cluster_role: "xmppfed-operator-gateway",
+};
 
 fn gateway(extra_spec: &str, labels: &str) -> FederationGateway {
     serde_yaml_ng::from_str(&format!(
@@ -139,7 +143,7 @@ fn pod_is_locked_down_and_mounts_what_the_config_names(plan: &Plan, config: &Gat
 #[test]
 fn minimal_gateway_builds_objects_the_gateway_accepts() {
     let g = gateway(sqlite(), "");
-    let plan = plan(&g, &[], &[], 1, Some(TEST_KEY)).unwrap();
+    let plan = plan(&g, &[], &[], 1, &SETTINGS).unwrap();
 
     // The rendered file is one the gateway itself accepts.
     let config = GatewayConfig::from_toml_str(&plan.config_toml).unwrap();
@@ -224,13 +228,13 @@ fn missing_references_and_bad_specs_are_invalid_with_the_field_named() {
         &format!("{}  policies: {{ domainWhitelists: [gone] }}\n", sqlite()),
         "",
     );
-    let e = plan(&g, &[], &[], 1, Some(TEST_KEY)).unwrap_err();
+    let e = plan(&g, &[], &[], 1, &SETTINGS).unwrap_err();
     assert_eq!(e.reason(), "MissingPolicy");
     assert!(e.to_string().contains("`gone`"), "{e}");
 
     let mut g = gateway(sqlite(), "");
     g.spec.s2s.tls_secret = None;
-    let e = plan(&g, &[], &[], 1, Some(TEST_KEY)).unwrap_err();
+    let e = plan(&g, &[], &[], 1, &SETTINGS).unwrap_err();
     assert!(
         e.to_string().starts_with("spec.s2s.tlsSecret: required"),
         "{e}"
@@ -239,7 +243,7 @@ fn missing_references_and_bad_specs_are_invalid_with_the_field_named() {
     let mut g = gateway(sqlite(), "");
     g.spec.shadow_accounts.upn_domain = None;
     assert!(
-        plan(&g, &[], &[], 1, Some(TEST_KEY))
+        plan(&g, &[], &[], 1, &SETTINGS)
             .unwrap_err()
             .to_string()
             .contains("spec.shadowAccounts.upnDomain")
@@ -248,30 +252,26 @@ fn missing_references_and_bad_specs_are_invalid_with_the_field_named() {
     // Teams serves only licensed users: the SKU and the usage location are required.
     let mut g = gateway(sqlite(), "");
     g.spec.shadow_accounts.licence_sku = None;
-    let e = plan(&g, &[], &[], 1, Some(TEST_KEY))
-        .unwrap_err()
-        .to_string();
+    let e = plan(&g, &[], &[], 1, &SETTINGS).unwrap_err().to_string();
     assert!(
         e.contains("spec.shadowAccounts.licenceSku") && e.contains("licensed users"),
         "{e}"
     );
     let mut g = gateway(sqlite(), "");
     g.spec.shadow_accounts.usage_location = None;
-    let e = plan(&g, &[], &[], 1, Some(TEST_KEY))
-        .unwrap_err()
-        .to_string();
+    let e = plan(&g, &[], &[], 1, &SETTINGS).unwrap_err().to_string();
     assert!(e.contains("spec.shadowAccounts.usageLocation"), "{e}");
 
     // What the schema cannot catch, the gateway's own validation does.
     let mut g = gateway(sqlite(), "");
     g.spec.shadow_accounts.licence_sku = Some("not-a-guid".into());
-    let e = plan(&g, &[], &[], 1, Some(TEST_KEY)).unwrap_err();
+    let e = plan(&g, &[], &[], 1, &SETTINGS).unwrap_err();
     assert!(e.to_string().contains("shadow_accounts.licence_sku"), "{e}");
 
     let mut g = gateway(sqlite(), "");
     g.metadata.uid = None;
     assert_eq!(
-        plan(&g, &[], &[], 1, Some(TEST_KEY)).unwrap_err(),
+        plan(&g, &[], &[], 1, &SETTINGS).unwrap_err(),
         InvalidSpec::NoUid
     );
 }
@@ -282,7 +282,7 @@ fn sqlserver_with_replicas_gets_a_pdb_and_no_volume() {
         "  replicas: 3\n  database: { engine: sqlserver, connectionStringSecret: { name: db, key: conn } }\n",
         "",
     );
-    let plan = plan(&g, &[], &[], 2, Some(TEST_KEY)).unwrap();
+    let plan = plan(&g, &[], &[], 2, &SETTINGS).unwrap();
     let sts = plan.objects.stateful_set.spec.as_ref().unwrap();
     assert_eq!(
         sts.replicas,
@@ -321,7 +321,7 @@ fn postgres_renders_its_server_login_and_ca_and_mounts_their_secrets() {
             "pg-ca"
         ][..]
     );
-    let plan = plan(&g, &[], &[], 2, Some(TEST_KEY)).unwrap();
+    let plan = plan(&g, &[], &[], 2, &SETTINGS).unwrap();
     let sts = plan.objects.stateful_set.spec.as_ref().unwrap();
     assert_eq!(sts.replicas, Some(2));
     assert!(
@@ -370,7 +370,7 @@ fn bridge_settings_render_into_the_gateway_configuration() {
     g.spec.shadow_accounts.usage_location = Some("GB".into());
     g.spec.shadow_accounts.remove_unused_after_days = Some(30);
     let config =
-        GatewayConfig::from_toml_str(&plan(&g, &[], &[], 1, Some(TEST_KEY)).unwrap().config_toml)
+        GatewayConfig::from_toml_str(&plan(&g, &[], &[], 1, &SETTINGS).unwrap().config_toml)
             .unwrap();
     assert_eq!(config.shadow_accounts.usage_location.as_deref(), Some("GB"));
     assert_eq!(config.shadow_accounts.remove_unused_after_days, 30);
@@ -405,7 +405,7 @@ fn bridge_settings_render_into_the_gateway_configuration() {
     // Unset: the gateway's defaults.
     let g = gateway(sqlite(), "");
     let config =
-        GatewayConfig::from_toml_str(&plan(&g, &[], &[], 1, Some(TEST_KEY)).unwrap().config_toml)
+        GatewayConfig::from_toml_str(&plan(&g, &[], &[], 1, &SETTINGS).unwrap().config_toml)
             .unwrap();
     assert_eq!(config.presence, xmppfed_config::PresenceConfig::default());
     assert_eq!(config.messages, xmppfed_config::MessagesConfig::default());
@@ -420,7 +420,7 @@ fn remote_servers_reach_the_replica_that_runs_the_bridge() {
         "  replicas: 3\n  database: { engine: sqlserver, connectionStringSecret: { name: db, key: conn } }\n",
         "",
     );
-    let o = plan(&g, &[], &[], 3, Some(TEST_KEY)).unwrap().objects;
+    let o = plan(&g, &[], &[], 3, &SETTINGS).unwrap().objects;
     let selector = |name: &str| {
         o.services
             .iter()
@@ -478,33 +478,16 @@ fn each_pod_may_label_itself_and_nothing_else(o: &GatewayObjects) {
         from_field("POD_NAMESPACE").as_deref(),
         Some("metadata.namespace")
     );
-    let rules = o.pod_role.rules.as_ref().unwrap();
-    assert_eq!(rules.len(), 1);
-    assert_eq!(
-        (
-            rules[0].api_groups.clone(),
-            rules[0].resources.clone(),
-            rules[0].verbs.clone()
-        ),
-        (
-            Some(vec![String::new()]),
-            Some(vec!["pods".to_owned()]),
-            vec!["patch".to_owned()]
-        )
-    );
-    assert_eq!(
-        rules[0].resource_names.clone().unwrap(),
-        ["contoso-0", "contoso-1", "contoso-2"]
-    );
     let binding = &o.pod_role_binding;
-    assert_eq!(binding.metadata.name.as_deref(), Some("contoso-pod-role"));
+    assert_eq!(binding.metadata.name.as_deref(), Some("contoso-pod-label"));
     assert_eq!(binding.metadata.namespace.as_deref(), Some("xmpp"));
     assert_eq!(
         (
             binding.role_ref.kind.as_str(),
             binding.role_ref.name.as_str()
         ),
-        ("Role", "contoso-pod-role")
+        ("ClusterRole", "xmppfed-operator-gateway"),
+        "the chart's gateway ClusterRole, which the operator may bind but does not hold"
     );
     let subject = &binding.subjects.as_ref().unwrap()[0];
     assert_eq!(
@@ -525,7 +508,7 @@ fn each_pod_may_label_itself_and_nothing_else(o: &GatewayObjects) {
 fn a_national_cloud_and_an_endpoint_override_reach_the_gateway_and_status() {
     use crate::crd::{ConfigMapKeyRef, EndpointOverride, TenantCloud};
     let mut g = gateway(sqlite(), "");
-    let plain = plan(&g, &[], &[], 1, Some(TEST_KEY)).unwrap();
+    let plain = plan(&g, &[], &[], 1, &SETTINGS).unwrap();
     assert_eq!(
         plain.graph_endpoints.as_deref(),
         Some(
@@ -535,7 +518,7 @@ fn a_national_cloud_and_an_endpoint_override_reach_the_gateway_and_status() {
     assert!(!plain.endpoint_override);
 
     g.spec.tenant.cloud = Some(TenantCloud::USGovernment);
-    let gcc_high = plan(&g, &[], &[], 1, Some(TEST_KEY)).unwrap();
+    let gcc_high = plan(&g, &[], &[], 1, &SETTINGS).unwrap();
     let config = GatewayConfig::from_toml_str(&gcc_high.config_toml).unwrap();
     let graph = config.graph.unwrap();
     assert_eq!(graph.authority(), "https://login.microsoftonline.us");
@@ -550,7 +533,7 @@ fn a_national_cloud_and_an_endpoint_override_reach_the_gateway_and_status() {
             key: "ca.crt".into(),
         }),
     });
-    let overridden = plan(&g, &[], &[], 1, Some(TEST_KEY)).unwrap();
+    let overridden = plan(&g, &[], &[], 1, &SETTINGS).unwrap();
     assert!(overridden.endpoint_override);
     assert_eq!(
         overridden.graph_endpoints.as_deref(),
@@ -607,7 +590,7 @@ fn a_private_pki_for_s2s_is_mounted_and_named_in_the_configuration() {
         name: "partner-roots".into(),
         key: "roots.pem".into(),
     });
-    let planned = plan(&g, &[], &[], 1, Some(TEST_KEY)).unwrap();
+    let planned = plan(&g, &[], &[], 1, &SETTINGS).unwrap();
     let config = GatewayConfig::from_toml_str(&planned.config_toml).unwrap();
     let roots = format!("{}/roots.pem", paths::S2S_CA_DIR);
     assert_eq!(
@@ -635,7 +618,7 @@ fn a_tenant_of_their_own_for_the_shadow_accounts_reaches_the_gateway_with_its_se
         )
         .unwrap(),
     );
-    let plan = plan(&g, &[], &[], 1, Some(TEST_KEY)).unwrap();
+    let plan = plan(&g, &[], &[], 1, &SETTINGS).unwrap();
     let config = GatewayConfig::from_toml_str(&plan.config_toml).unwrap();
     config.validate().unwrap();
     let tenant = config.shadow_accounts.tenant.as_ref().unwrap();
@@ -663,14 +646,14 @@ fn a_tenant_of_their_own_for_the_shadow_accounts_reaches_the_gateway_with_its_se
 #[test]
 fn a_webhook_ingress_is_made_only_when_asked() {
     let mut g = gateway(sqlite(), "");
-    let plain = plan(&g, &[], &[], 1, Some(TEST_KEY)).unwrap();
+    let plain = plan(&g, &[], &[], 1, &SETTINGS).unwrap();
     assert!(plain.objects.webhook_ingress.is_none());
     g.spec.webhook_url = Some("https://graph-hooks.contoso.example".into());
     g.spec.webhook_ingress = Some(
         serde_yaml_ng::from_str("{host: graph-hooks.contoso.example, tlsSecret: graph-hooks-tls}")
             .unwrap(),
     );
-    let planned = plan(&g, &[], &[], 1, Some(TEST_KEY)).unwrap();
+    let planned = plan(&g, &[], &[], 1, &SETTINGS).unwrap();
     let ingress = planned.objects.webhook_ingress.as_ref().unwrap();
     assert_eq!(ingress.metadata.name.as_deref(), Some("contoso-webhook"));
     assert!(ingress.metadata.owner_references.is_some());

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::api::rbac::v1::RoleBinding;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Client, Resource, ResourceExt};
@@ -26,7 +26,6 @@ pub(super) async fn apply_all(
 ) -> Result<StatefulSet, Error> {
     let o = &plan.objects;
     apply::<ServiceAccount>(client, namespace, &o.service_account).await?;
-    apply::<Role>(client, namespace, &o.pod_role).await?;
     apply::<RoleBinding>(client, namespace, &o.pod_role_binding).await?;
     apply::<ConfigMap>(client, namespace, &o.config_map).await?;
     for service in &o.services {

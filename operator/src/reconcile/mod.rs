@@ -23,7 +23,7 @@ use kube::{Client, ResourceExt};
 use crate::crd::FederationGateway;
 use crate::licensing::{self};
 use crate::metrics::ReconcileMetrics;
-use crate::plan::plan;
+use crate::plan::{Settings, plan};
 use crate::status::{Observed, TenantSignIn};
 use apply::{apply_all, ensure_keys_secret};
 use fetch::{Inputs, observe_pods};
@@ -55,6 +55,8 @@ pub struct Context {
     pub recorder: Recorder,
     /// Base64 Ed25519 key that licences are verified with; without it nothing is licensed.
     pub licence_public_key: Option<String>,
+    /// The chart's ClusterRole for gateway pods, bound per gateway.
+    pub gateway_cluster_role: String,
     /// Reconciles counted and timed, per kind.
     pub metrics: ReconcileMetrics,
     /// Consecutive failures per gateway, for backoff; cleared on success.
@@ -71,9 +73,16 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             licence_public_key,
+            gateway_cluster_role: crate::plan::DEFAULT_GATEWAY_CLUSTER_ROLE.to_owned(),
             metrics: ReconcileMetrics::default(),
             failures: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The same, binding gateway pods to the chart's ClusterRole `name`.
+    pub fn with_gateway_cluster_role(mut self, name: String) -> Self {
+        self.gateway_cluster_role = name;
+        self
     }
 
     /// The same, counting into `metrics` (registered with the admin port's registry).
@@ -159,7 +168,10 @@ async fn pipeline(gateway: Arc<FederationGateway>, ctx: Arc<Context>) -> Result<
         &whitelists,
         &throttles,
         licence.licensed,
-        ctx.licence_public_key.as_deref(),
+        &Settings {
+            licence_public_key: ctx.licence_public_key.as_deref(),
+            gateway_cluster_role: &ctx.gateway_cluster_role,
+        },
     ) {
         Ok(plan) => plan,
         Err(invalid) => return degraded(&gateway, &namespace, &ctx, &previous, &invalid).await,

@@ -58,10 +58,11 @@ pub mod names {
     pub fn service_account(name: &str) -> String {
         format!("{name}-gateway")
     }
-    /// The Role (and its RoleBinding) that lets the gateway's pods, and only
-    /// them, patch themselves: their role label.
-    pub fn pod_role(name: &str) -> String {
-        format!("{name}-pod-role")
+    /// The RoleBinding of the chart's gateway ClusterRole to the gateway's
+    /// ServiceAccount. (Before it, a Role and RoleBinding `{name}-pod-role`:
+    /// a RoleBinding's role cannot change, so the new one has a new name.)
+    pub fn pod_role_binding(name: &str) -> String {
+        format!("{name}-pod-label")
     }
     /// The Secret the operator generates with the gateway's own keys (dialback
     /// secret, webhook clientState, credential key); owned by the gateway.

@@ -15,7 +15,7 @@ use k8s_openapi::api::networking::v1::{
     IngressServiceBackend, IngressSpec, IngressTLS, NetworkPolicy, ServiceBackendPort,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
-use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::api::rbac::v1::{RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -40,9 +40,11 @@ pub struct GatewayObjects {
     /// Unless `spec.networkPolicy.enabled` is false.
     pub network_policy: Option<NetworkPolicy>,
     pub service_account: ServiceAccount,
-    /// Lets the pods keep their role label (see `LEADER`): `patch` on the
-    /// StatefulSet's own pods, by name, bound to the gateway's ServiceAccount.
-    pub pod_role: Role,
+    /// Lets the pods keep their role label (see `LEADER`): the chart's
+    /// gateway ClusterRole (`patch` on pods; its ValidatingAdmissionPolicy
+    /// lets a gateway's ServiceAccount change only its own pods' role label
+    /// and sign-in annotation), bound in the namespace to the gateway's
+    /// ServiceAccount.
     pub pod_role_binding: RoleBinding,
 }
 
@@ -123,6 +125,7 @@ pub fn build_objects(
     owner: OwnerReference,
     config_toml: &str,
     replicas: i32,
+    gateway_cluster_role: &str,
 ) -> GatewayObjects {
     let c = Children::new(gateway, owner);
     let config_map = ConfigMap {
@@ -157,7 +160,7 @@ pub fn build_objects(
             ..LabelSelector::default()
         },
     );
-    let (service_account, pod_role, pod_role_binding) = c.rbac(replicas);
+    let (service_account, pod_role_binding) = c.rbac(gateway_cluster_role);
     GatewayObjects {
         config_map,
         stateful_set,
@@ -166,7 +169,6 @@ pub fn build_objects(
         webhook_ingress,
         network_policy,
         service_account,
-        pod_role,
         pod_role_binding,
     }
 }
@@ -424,35 +426,21 @@ impl<'a> Children<'a> {
 
     /// The pods' ServiceAccount, and the Role and RoleBinding that let them
     /// patch their own pods (their role label) and nothing else.
-    fn rbac(&self, replicas: i32) -> (ServiceAccount, Role, RoleBinding) {
-        let (name, spec) = (&self.name, self.spec);
+    fn rbac(&self, cluster_role: &str) -> (ServiceAccount, RoleBinding) {
+        let name = &self.name;
         let service_account = ServiceAccount {
             metadata: self.meta(names::service_account(name)),
             automount_service_account_token: Some(false),
             ..ServiceAccount::default()
         };
-
-        // Every pod the StatefulSet may run, by name: nothing else in the namespace.
-        let pod_role = Role {
-            metadata: self.meta(names::pod_role(name)),
-            rules: Some(vec![PolicyRule {
-                api_groups: Some(vec![String::new()]),
-                resources: Some(vec!["pods".into()]),
-                verbs: vec!["patch".into()],
-                resource_names: Some(
-                    (0..spec.replicas.max(replicas).max(1))
-                        .map(|ordinal| format!("{name}-{ordinal}"))
-                        .collect(),
-                ),
-                ..PolicyRule::default()
-            }]),
-        };
+        // A ClusterRole the operator may bind but does not hold: it never
+        // needs `patch` on pods itself, nor to create Roles.
         let pod_role_binding = RoleBinding {
-            metadata: self.meta(names::pod_role(name)),
+            metadata: self.meta(names::pod_role_binding(name)),
             role_ref: RoleRef {
                 api_group: "rbac.authorization.k8s.io".into(),
-                kind: "Role".into(),
-                name: names::pod_role(name),
+                kind: "ClusterRole".into(),
+                name: cluster_role.to_owned(),
             },
             subjects: Some(vec![Subject {
                 kind: "ServiceAccount".into(),
@@ -461,7 +449,7 @@ impl<'a> Children<'a> {
                 ..Subject::default()
             }]),
         };
-        (service_account, pod_role, pod_role_binding)
+        (service_account, pod_role_binding)
     }
 }
 

@@ -104,9 +104,16 @@ pub struct Controller {
 impl Controller {
     /// Runs the controller as `client`, verifying licences with `public`.
     pub fn start(client: Client, public: String) -> Self {
+        let role = xmppfed_operator::plan::DEFAULT_GATEWAY_CLUSTER_ROLE;
+        Self::start_binding(client, public, role)
+    }
+
+    /// The same, binding gateway pods to the chart's ClusterRole `role`.
+    pub fn start_binding(client: Client, public: String, role: &str) -> Self {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(xmppfed_operator::reconcile::run(
-            xmppfed_operator::reconcile::Context::new(client, Some(public)),
+            xmppfed_operator::reconcile::Context::new(client, Some(public))
+                .with_gateway_cluster_role(role.to_owned()),
             async {
                 let _ = stopped.await;
             },
@@ -353,4 +360,42 @@ pub async fn network_policy_comes_and_goes(client: &Client, ns: &str, gw: &str, 
         || async { policies.get_opt(gw).await.ok()? },
     )
     .await;
+}
+
+/// The chart's ClusterRole for gateway pods (patch on pods), made under
+/// `name` (unique to the test) for tests that run the controller without
+/// the chart. The chart's admission policy is not made: chart_cluster.rs
+/// tests it.
+pub struct GatewayClusterRole {
+    client: Client,
+    pub name: String,
+}
+
+impl GatewayClusterRole {
+    pub async fn make(client: &Client, name: &str) -> Self {
+        use k8s_openapi::api::rbac::v1::ClusterRole;
+        let role = json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+            "metadata": {"name": name},
+            "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["patch"]}]
+        });
+        Api::<ClusterRole>::all(client.clone())
+            .patch(
+                name,
+                &PatchParams::apply("xmppfed-tests").force(),
+                &Patch::Apply(role),
+            )
+            .await
+            .unwrap();
+        Self {
+            client: client.clone(),
+            name: name.to_owned(),
+        }
+    }
+
+    pub async fn remove(self) {
+        use k8s_openapi::api::rbac::v1::ClusterRole;
+        let api = Api::<ClusterRole>::all(self.client);
+        let _ = api.delete(&self.name, &Default::default()).await;
+    }
 }

@@ -7,7 +7,7 @@ fn policy(extra_spec: &str) -> Option<NetworkPolicy> {
 }
 
 fn policy_of(g: &FederationGateway) -> Option<NetworkPolicy> {
-    plan(g, &[], &[], 1, Some(TEST_KEY))
+    plan(g, &[], &[], 1, &SETTINGS)
         .unwrap()
         .objects
         .network_policy

@@ -33,7 +33,7 @@ fn whitelists_that_select_or_are_named_are_merged_and_others_ignored() {
             &["nobody.example"],
         ),
     ];
-    let plan = plan(&g, &lists, &[], 1, Some(TEST_KEY)).unwrap();
+    let plan = plan(&g, &lists, &[], 1, &SETTINGS).unwrap();
     assert_eq!(plan.whitelists, ["by-label", "named"]);
     let config = GatewayConfig::from_toml_str(&plan.config_toml).unwrap();
     let domains: Vec<String> = config
@@ -62,7 +62,7 @@ fn a_whitelist_change_changes_the_config_hash() {
         )],
         &[],
         1,
-        Some(TEST_KEY),
+        &SETTINGS,
     )
     .unwrap();
     let after = plan(
@@ -75,7 +75,7 @@ fn a_whitelist_change_changes_the_config_hash() {
         )],
         &[],
         1,
-        Some(TEST_KEY),
+        &SETTINGS,
     )
     .unwrap();
     assert_ne!(before.config_hash, after.config_hash);
@@ -89,7 +89,7 @@ fn a_whitelist_change_changes_the_config_hash() {
         )],
         &[],
         1,
-        Some(TEST_KEY),
+        &SETTINGS,
     )
     .unwrap();
     assert_eq!(
@@ -103,7 +103,7 @@ fn throttle_policy_is_the_named_one_or_the_single_selecting_one() {
     let g = gateway(sqlite(), "tier: prod");
     let one = [throttle("strict", "{ matchLabels: { tier: prod } }", 10)];
     let config =
-        GatewayConfig::from_toml_str(&plan(&g, &[], &one, 1, Some(TEST_KEY)).unwrap().config_toml)
+        GatewayConfig::from_toml_str(&plan(&g, &[], &one, 1, &SETTINGS).unwrap().config_toml)
             .unwrap();
     assert_eq!(config.throttle.default.messages_per_minute, 10);
     assert_eq!(
@@ -117,7 +117,7 @@ fn throttle_policy_is_the_named_one_or_the_single_selecting_one() {
         throttle("strict", "{ matchLabels: { tier: prod } }", 10),
         throttle("loose", "{ names: [contoso] }", 100),
     ];
-    let e = plan(&g, &[], &two, 1, Some(TEST_KEY)).unwrap_err();
+    let e = plan(&g, &[], &two, 1, &SETTINGS).unwrap_err();
     assert_eq!(e.reason(), "AmbiguousThrottlePolicy");
     assert!(e.to_string().contains("loose, strict"), "{e}");
 
@@ -125,7 +125,7 @@ fn throttle_policy_is_the_named_one_or_the_single_selecting_one() {
         &format!("{}  policies: {{ throttlePolicy: loose }}\n", sqlite()),
         "tier: prod",
     );
-    let p = plan(&named, &[], &two, 1, Some(TEST_KEY)).unwrap();
+    let p = plan(&named, &[], &two, 1, &SETTINGS).unwrap();
     assert_eq!(p.throttle_policy.as_deref(), Some("loose"));
 }
 
