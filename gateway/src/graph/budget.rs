@@ -10,8 +10,10 @@
 //! more than `limit` — whatever the network or a sign-in does in between —
 //! and the gateway can run at the limit itself (issue 16: the tenant's
 //! 20 sends/s); its margin is each request's round trip, counted on top of
-//! its second. Places are handed out first come, first served, so a quiet
-//! sender waits only behind what was queued before it. A 429 pauses every
+//! its second. Admissions are also paced (a bucket of a quarter of the
+//! limit, refilled at the limit), so that one sender cannot take a whole
+//! second's places at once; and places are handed out first come, first
+//! served, so a quiet sender waits only behind what was queued before it. A 429 pauses every
 //! caller of the category until its `Retry-After` has passed.
 
 use std::collections::VecDeque;
@@ -35,12 +37,15 @@ pub struct Budget {
     answered: Notify,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Window {
     in_flight: usize,
     /// Answer times within the last window, oldest first.
     answers: VecDeque<Instant>,
     paused_until: Option<Instant>,
+    /// The pacing bucket: admissions available, as of `refilled`.
+    tokens: f64,
+    refilled: Instant,
 }
 
 /// A request's place in the window, from admission to answer. Dropped
@@ -60,12 +65,24 @@ impl Drop for Slot<'_> {
 impl Budget {
     /// At most `per_second` requests (at least 1) in any second.
     pub fn new(per_second: u32) -> Self {
+        let limit = usize::try_from(per_second.max(1)).unwrap_or(usize::MAX);
         Self {
-            limit: usize::try_from(per_second.max(1)).unwrap_or(usize::MAX),
-            state: Mutex::new(Window::default()),
+            limit,
+            state: Mutex::new(Window {
+                in_flight: 0,
+                answers: VecDeque::new(),
+                paused_until: None,
+                tokens: Self::burst(limit),
+                refilled: Instant::now(),
+            }),
             turn: tokio::sync::Mutex::new(()),
             answered: Notify::new(),
         }
+    }
+
+    /// Admissions at once: a quarter of the limit (at least one).
+    fn burst(limit: usize) -> f64 {
+        (limit as f64 / 4.0).ceil().max(1.0)
     }
 
     fn window(&self) -> std::sync::MutexGuard<'_, Window> {
@@ -84,11 +101,17 @@ impl Budget {
                 while w.answers.front().is_some_and(|t| *t + WINDOW <= now) {
                     w.answers.pop_front();
                 }
+                let rate = self.limit as f64 / WINDOW.as_secs_f64();
+                let refill = now.duration_since(w.refilled).as_secs_f64() * rate;
+                w.tokens = (w.tokens + refill).min(Self::burst(self.limit));
+                w.refilled = now;
                 match w.paused_until {
                     Some(until) if until > now => Some(until - now),
+                    _ if w.tokens < 1.0 => Some(Duration::from_secs_f64((1.0 - w.tokens) / rate)),
                     _ if w.in_flight + w.answers.len() < self.limit => {
                         w.paused_until = None;
                         w.in_flight += 1;
+                        w.tokens -= 1.0;
                         return Slot { budget: self };
                     }
                     // Full: the oldest answer leaves the window first, unless
@@ -132,22 +155,46 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_request_counts_until_a_second_after_its_answer() {
-        let budget = Budget::new(10);
+        let budget = Budget::new(8);
         let start = Instant::now();
-        let first: Vec<Slot<'_>> =
-            futures::future::join_all((0..10).map(|_| budget.acquire())).await;
-        assert_eq!(start.elapsed(), Duration::ZERO, "ten at once");
-        // The answers take 300 ms: the eleventh waits for the first answer
-        // plus a second, not for a second from the admissions.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut first = Vec::new();
+        for _ in 0..8 {
+            first.push(budget.acquire().await);
+        }
+        // Two at once (a quarter of the limit), then one per 125 ms.
+        assert_eq!(start.elapsed(), Duration::from_millis(750));
+        // The answers come at 1 s: the ninth waits for the first answer plus
+        // a second, not for a second from the admissions.
+        tokio::time::sleep_until(start + Duration::from_secs(1)).await;
         drop(first);
-        let _eleventh = budget.acquire().await;
-        assert_eq!(start.elapsed(), Duration::from_millis(1_300));
+        let _ninth = budget.acquire().await;
+        assert_eq!(start.elapsed(), Duration::from_secs(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn admissions_are_paced_not_bunched() {
+        let budget = Budget::new(20);
+        let start = Instant::now();
+        for _ in 0..5 {
+            drop(budget.acquire().await);
+        }
+        assert_eq!(
+            start.elapsed(),
+            Duration::ZERO,
+            "a quarter of the limit at once"
+        );
+        drop(budget.acquire().await);
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_millis(50),
+            "then one per 1/20 s"
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn requests_in_flight_hold_their_places_and_a_cancelled_one_frees_its_own() {
         let budget = Budget::new(2);
+        tokio::time::sleep(WINDOW).await;
         let a = budget.acquire().await;
         let b = budget.acquire().await;
         let waiting = tokio::time::timeout(Duration::from_secs(5), budget.acquire()).await;
