@@ -352,7 +352,31 @@ pub async fn two_replicas_on_postgres(
         chat.report(&restarted)
     );
 
+    // PostgreSQL gone for good: the gateway says so in its status. The
+    // leader cannot renew its lease and stops; started again, it cannot
+    // open its store, and Ready quotes its last words.
     let gateways: Api<FederationGateway> = Api::namespaced(admin.clone(), ns);
+    tokio::task::block_in_place(|| pg.stop()).unwrap();
+    let stopped = Instant::now();
+    let said = eventually(
+        "Ready naming the database it cannot reach",
+        Duration::from_secs(240),
+        || async {
+            let g = gateways.get(GW).await.ok()?;
+            let ready = g
+                .status?
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == "Ready")?;
+            (ready.status == "False" && ready.message.contains("PostgreSQL"))
+                .then_some(ready.message)
+        },
+    )
+    .await;
+    eprintln!(
+        "PostgreSQL stopped: Ready=False {:.1} s later: {said}",
+        stopped.elapsed().as_secs_f64()
+    );
     gateways.delete(GW, &DeleteParams::default()).await.unwrap();
     eventually("northwind gone", Duration::from_secs(60), || async {
         gateways.get_opt(GW).await.ok()?.is_none().then_some(())

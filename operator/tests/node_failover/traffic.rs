@@ -48,7 +48,9 @@ struct Outcome {
     delivered: usize,
     bounced: usize,
     answered: usize,
-    settled: Duration,
+    /// When every message to Teams, and every one to XMPP, was accounted for.
+    to_teams_settled: Duration,
+    to_xmpp_settled: Duration,
 }
 
 pub struct Chat<'a> {
@@ -97,13 +99,13 @@ impl<'a> Chat<'a> {
             id,
             outcomes: BTreeMap::new(),
         };
-        chat.from_alice("Hello from Alice").await;
+        chat.alice_writes("Hello from Alice").await;
         chat.dave
             .wait_for_blocking(Duration::from_secs(90), "Hello from Alice");
         chat
     }
 
-    async fn from_alice(&self, text: &str) {
+    async fn alice_writes(&self, text: &str) {
         self.graph
             .control(
                 &format!("/_emulator/chats/{}/messages", self.id),
@@ -129,13 +131,13 @@ impl<'a> Chat<'a> {
                 .unwrap();
         }
         for i in 0..TO_XMPP / 2 {
-            self.from_alice(&burst.to_xmpp(i)).await;
+            self.alice_writes(&burst.to_xmpp(i)).await;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
         let started = Instant::now();
         let result = disrupt().await;
         for i in TO_XMPP / 2..TO_XMPP {
-            self.from_alice(&burst.to_xmpp(i)).await;
+            self.alice_writes(&burst.to_xmpp(i)).await;
         }
         let outcome = self.settle(burst, started).await;
         self.outcomes.insert(burst.tag.clone(), outcome);
@@ -145,23 +147,7 @@ impl<'a> Chat<'a> {
     /// Every message delivered, or (to Teams) bounced; then a few seconds
     /// more, and none may have come twice.
     async fn settle(&mut self, burst: &Burst, started: Instant) -> Outcome {
-        let deadline = Instant::now() + SETTLE;
-        loop {
-            let (teams, bounced, answered) = self.count(burst).await;
-            let accounted = (0..TO_TEAMS).all(|i| teams[i] > 0 || bounced.contains(&i))
-                && answered.iter().all(|n| *n > 0);
-            if accounted {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{}: not accounted for after {SETTLE:?}: to Teams (count per message) {teams:?}, \
-                 bounced {bounced:?}, to XMPP {answered:?}",
-                burst.tag
-            );
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-        let settled = started.elapsed();
+        let (to_teams_settled, to_xmpp_settled) = self.accounted(burst, started).await;
         // Anything sent twice would come within the next poll or retry.
         tokio::time::sleep(Duration::from_secs(5)).await;
         let (teams, bounced, answered) = self.count(burst).await;
@@ -176,7 +162,34 @@ impl<'a> Chat<'a> {
             delivered: teams.iter().filter(|n| **n == 1).count(),
             bounced: bounced.len(),
             answered: answered.len(),
-            settled,
+            to_teams_settled,
+            to_xmpp_settled,
+        }
+    }
+
+    /// Waits until every message is delivered, or (to Teams) bounced: when
+    /// each direction was done, from `started`.
+    async fn accounted(&mut self, burst: &Burst, started: Instant) -> (Duration, Duration) {
+        let deadline = Instant::now() + SETTLE;
+        let (mut to_teams, mut to_xmpp) = (None, None);
+        loop {
+            let (teams, bounced, answered) = self.count(burst).await;
+            if to_teams.is_none() && (0..TO_TEAMS).all(|i| teams[i] > 0 || bounced.contains(&i)) {
+                to_teams = Some(started.elapsed());
+            }
+            if to_xmpp.is_none() && answered.iter().all(|n| *n > 0) {
+                to_xmpp = Some(started.elapsed());
+            }
+            if let (Some(to_teams), Some(to_xmpp)) = (to_teams, to_xmpp) {
+                return (to_teams, to_xmpp);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: not accounted for after {SETTLE:?}: to Teams (count per message) {teams:?}, \
+                 bounced {bounced:?}, to XMPP {answered:?}",
+                burst.tag
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
 
@@ -224,12 +237,13 @@ impl<'a> Chat<'a> {
             return format!("{}: not run", burst.tag);
         };
         format!(
-            "XMPP → Teams: {TO_TEAMS} sent, {} delivered exactly once, {} bounced to the sender, 0 lost, 0 twice; \
-             Teams → XMPP: {TO_XMPP} sent, {} delivered exactly once; settled {:.1} s after the disruption",
+            "XMPP → Teams: {TO_TEAMS} sent, {} delivered exactly once, {} bounced to the sender, 0 lost, 0 twice \
+             (all in {:.1} s); Teams → XMPP: {TO_XMPP} sent, {} delivered exactly once (all in {:.1} s)",
             o.delivered,
             o.bounced,
+            o.to_teams_settled.as_secs_f64(),
             o.answered,
-            o.settled.as_secs_f64()
+            o.to_xmpp_settled.as_secs_f64()
         )
     }
 }
