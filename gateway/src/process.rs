@@ -43,7 +43,8 @@ pub enum StartError {
     S2s(#[from] crate::s2s::S2sError),
     #[error("graph: {0}")]
     Graph(#[from] crate::graph::GraphError),
-    #[error("store: {0}")]
+    /// The store's errors say "store:" themselves.
+    #[error(transparent)]
     Store(#[from] crate::store::StoreError),
     #[error("configuration: {0}")]
     Config(#[from] xmppfed_config::ConfigError),
