@@ -7,7 +7,7 @@
 
 use xmppfed_e2e::postgres::{Postgres, PostgresOptions};
 use xmppfed_gateway::store::{
-    BridgedChat, Contact, OutboxItem, OutboxPayload, ShadowAccount, Store, StoreError,
+    BridgedChat, Contact, Epoch, OutboxItem, OutboxPayload, ShadowAccount, Store, StoreError,
     StoredSubscription, ToTeams, now,
 };
 
@@ -348,22 +348,10 @@ async fn outbox(store: &Store) {
     let r1 = r1.iter().find(|i| i.seq == retried).unwrap();
     assert_eq!(r1.attempts, 3);
     store.delivered(retried).await.unwrap();
-    let due: Vec<String> = store
-        .due(t, 10)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|i| i.dedupe_key)
-        .collect();
+    let due = due_keys(store, t).await;
     assert_eq!(due, ["a1", "c1"], "one per conversation, oldest first");
     store.retry_later(a1, t + 30).await.unwrap();
-    let due: Vec<String> = store
-        .due(t, 10)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|i| i.dedupe_key)
-        .collect();
+    let due = due_keys(store, t).await;
     assert_eq!(due, ["c1"], "a2 waits behind a1");
     let later = store.due(t + 30, 10).await.unwrap();
     assert_eq!((later[0].dedupe_key.as_str(), later[0].attempts), ("a1", 1));
@@ -508,4 +496,15 @@ pub fn postgres(test: &str, options: &PostgresOptions) -> Option<Postgres> {
             None
         }
     }
+}
+
+/// The dedupe keys of the messages due at `t`, in order.
+async fn due_keys(store: &Store, t: Epoch) -> Vec<String> {
+    store
+        .due(t, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.dedupe_key)
+        .collect()
 }

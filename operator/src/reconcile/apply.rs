@@ -41,21 +41,33 @@ pub(super) async fn apply_all(
     apply::<StatefulSet>(client, namespace, &o.stateful_set).await
 }
 
-/// Applies `object`, or with `None` deletes the object `name` of its kind if
-/// there is one (a child the spec no longer asks for).
-async fn apply_or_delete<K>(
-    client: &Client,
-    namespace: &str,
-    name: &str,
-    object: Option<&K>,
-) -> Result<(), Error>
-where
+/// A namespaced object the operator applies for a gateway.
+pub(super) trait Child:
+    Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+    + Clone
+    + Serialize
+    + serde::de::DeserializeOwned
+    + std::fmt::Debug
+{
+}
+
+impl<K> Child for K where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
         + Clone
         + Serialize
         + serde::de::DeserializeOwned
-        + std::fmt::Debug,
+        + std::fmt::Debug
 {
+}
+
+/// Applies `object`, or with `None` deletes the object `name` of its kind if
+/// there is one (a child the spec no longer asks for).
+async fn apply_or_delete<K: Child>(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    object: Option<&K>,
+) -> Result<(), Error> {
     if let Some(object) = object {
         return apply(client, namespace, object).await.map(drop);
     }
@@ -69,14 +81,11 @@ where
     }
 }
 
-pub(super) async fn apply<K>(client: &Client, namespace: &str, object: &K) -> Result<K, Error>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + Serialize
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
-{
+pub(super) async fn apply<K: Child>(
+    client: &Client,
+    namespace: &str,
+    object: &K,
+) -> Result<K, Error> {
     let api = Api::<K>::namespaced(client.clone(), namespace);
     let mut value = serde_json::to_value(object).map_err(|e| Error::Encode("object", e))?;
     // Server-side apply needs apiVersion and kind in the body.
