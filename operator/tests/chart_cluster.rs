@@ -6,7 +6,8 @@
 //! controller in this process *as the chart's ServiceAccount* (impersonated,
 //! so every call is held to the chart's RBAC), applies the examples, follows a
 //! whitelist change into the rendered configuration, and uninstalls: the
-//! chart's objects go, the CRDs stay (crds.keep).
+//! chart's objects go, the CRDs stay (crds.keep). Then installs it again
+//! under another release, which adopts the kept CRDs (--take-ownership).
 //!
 //! Gateway pods do not become Ready here: their image is not published yet.
 //! The test checks what the operator applies and reports.
@@ -31,8 +32,8 @@ use xmppfed_e2e::cluster::eventually;
 use xmppfed_operator::crd::{DomainWhitelist, FederationGateway};
 
 /// CRDs already there (kept by an earlier release, or applied with
-/// kubectl) belong to someone else: Helm refuses to take them over, so
-/// the chart is installed without them, as its README says.
+/// kubectl) carry someone else's ownership: Helm refuses them unless told
+/// to take them over (`--take-ownership`), as README says.
 /// Returns the operator's ServiceAccount once it exists, and the CRDs' API
 /// once they are established.
 async fn install(
@@ -61,8 +62,10 @@ async fn install(
         "--set",
         &key,
     ];
+    // CRDs kept by an earlier release (crds.keep) carry its ownership: Helm
+    // 3.17+ adopts them with --take-ownership, as README tells users to.
     if crds_exist {
-        args.extend(["--set", "crds.install=false"]);
+        args.push("--take-ownership");
     }
     support::helm_run(helm, &args);
 
@@ -212,7 +215,7 @@ async fn the_chart_on_a_real_cluster() {
     config.auth_info.impersonate = Some(format!("system:serviceaccount:{ns}:{sa_name}"));
     let operator = Client::try_from(config).unwrap();
     let gateway_role = format!("{sa_name}-gateway");
-    let controller = support::Controller::start_binding(operator, public, &gateway_role);
+    let controller = support::Controller::start_binding(operator, public.clone(), &gateway_role);
 
     // Every example, contoso's with a real licence (fabrikam keeps its placeholder).
     let docs = examples_licensed(
@@ -291,6 +294,49 @@ async fn the_chart_on_a_real_cluster() {
     );
 
     uninstall(&admin, &helm, &ns, release, &gw, controller, &crds).await;
+
+    // Installed again after the uninstall, under another release: the kept
+    // CRDs are adopted, and the operator runs.
+    installed_again(&admin, &helm, &chart, &public, &crds).await;
+}
+
+/// A second release on the same cluster after the first was uninstalled:
+/// it takes the CRDs the first kept, and uninstalls cleanly in its turn.
+async fn installed_again(
+    admin: &Client,
+    helm: &PathBuf,
+    chart: &str,
+    public: &str,
+    crds: &Api<CustomResourceDefinition>,
+) {
+    let ns = format!("xmppfed-chart-again-{}", std::process::id());
+    let release = "xmppfed-it-again";
+    let (sa_name, _) = install(admin, helm, &ns, release, chart, public).await;
+    let crd = crds.get("federationgateways.xmppfed.io").await.unwrap();
+    let annotations = crd.metadata.annotations.unwrap_or_default();
+    assert_eq!(
+        annotations
+            .get("meta.helm.sh/release-name")
+            .map(String::as_str),
+        Some(release),
+        "the kept CRDs adopted by the new release"
+    );
+    assert_eq!(
+        annotations
+            .get("helm.sh/resource-policy")
+            .map(String::as_str),
+        Some("keep")
+    );
+    eprintln!(
+        "installed again after an uninstall, as {release}: the kept CRDs adopted ({sa_name})"
+    );
+    support::helm_run(helm, &["uninstall", release, "--namespace", &ns, "--wait"]);
+    assert!(
+        crds.get("federationgateways.xmppfed.io").await.is_ok(),
+        "the CRDs outlive the second release too"
+    );
+    let namespaces: Api<Namespace> = Api::all(admin.clone());
+    let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
 }
 
 /// The operator's pod as the values made it: its account, arguments, the

@@ -206,6 +206,25 @@ pub async fn gateway_touches_only_its_own_label(admin: &Client, ns: &str, gw: &s
     )
     .await
     .unwrap();
+    // The API server loads a new admission policy within moments of its
+    // creation: until it refuses, nothing below would mean anything.
+    let probe = json!({"metadata": {"labels": {"xmppfed.io/probe": "x"}}});
+    let in_force = std::time::Instant::now();
+    eventually(
+        "the chart's admission policy in force",
+        Duration::from_secs(60),
+        || async {
+            patch(&own, probe.clone())
+                .await
+                .err()
+                .filter(|e| e.contains("only its pod's label"))
+        },
+    )
+    .await;
+    eprintln!(
+        "the chart's admission policy refused its first patch {:.1} s after the first try",
+        in_force.elapsed().as_secs_f64()
+    );
     let refused = [
         (
             "another pod's labels",
