@@ -121,6 +121,9 @@ pub(super) async fn migrate(client: &mut Object) -> Result<(), Failed> {
         let tx = client.transaction().await?;
         tx.batch_execute(&format!(
             "SET LOCAL lock_timeout = '{LOCK_TIMEOUT}';
+             -- The table exists after the first start: PostgreSQL's NOTICE
+             -- saying so would be logged at every start.
+             SET LOCAL client_min_messages = warning;
              SELECT pg_advisory_xact_lock({SCHEMA_LOCK});
              CREATE TABLE IF NOT EXISTS schema_version (
                 version BIGINT NOT NULL CONSTRAINT schema_version_pk PRIMARY KEY,
