@@ -21,6 +21,7 @@ pub mod process;
 pub mod random;
 pub mod s2s;
 pub mod store;
+pub mod trust;
 
 pub use xmppfed_config as config;
 

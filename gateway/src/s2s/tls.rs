@@ -25,6 +25,8 @@ use rustls::{
     SignatureScheme,
 };
 
+use crate::trust::RootsError;
+
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("cannot read {path}: {message}")]
@@ -153,25 +155,17 @@ pub struct TrustStore {
 
 impl TrustStore {
     pub fn load(trust_roots: Option<&Path>) -> Result<Self, TlsError> {
-        let mut roots = RootCertStore::empty();
-        if let Some(path) = trust_roots {
-            let read = |e: rustls::pki_types::pem::Error| TlsError::Read {
-                path: path.to_owned(),
-                message: e.to_string(),
-            };
-            for cert in CertificateDer::pem_file_iter(path).map_err(read)? {
-                roots
-                    .add(cert.map_err(read)?)
-                    .map_err(|e| TlsError::Invalid {
-                        path: path.to_owned(),
-                        message: e.to_string(),
-                    })?;
-            }
-        } else {
-            let native = rustls_native_certs::load_native_certs();
-            let (added, _) = roots.add_parsable_certificates(native.certs);
-            tracing::debug!(added, "system trust roots loaded for s2s");
-        }
+        let path = || trust_roots.map(Path::to_owned).unwrap_or_default();
+        let roots = crate::trust::load_roots(trust_roots, "s2s").map_err(|e| match e {
+            RootsError::Read(message) => TlsError::Read {
+                path: path(),
+                message,
+            },
+            RootsError::Invalid(message) => TlsError::Invalid {
+                path: path(),
+                message,
+            },
+        })?;
         Ok(Self {
             roots: Arc::new(roots),
         })

@@ -14,11 +14,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use aws_lc_rs::digest;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, InvalidDnsNameError, ServerName};
-use rustls::{ClientConfig, RootCertStore};
+use rustls::ClientConfig;
+use rustls::pki_types::{InvalidDnsNameError, ServerName};
+
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect, TlsStream};
+
+use crate::trust::RootsError;
 
 /// Makes a TLS connector per connection (SNI and the name checked: the host).
 #[derive(Clone)]
@@ -31,27 +33,19 @@ pub(super) struct RustlsConnect {
 impl RustlsConnect {
     /// Trusts the CA certificates of `ca_file` (PEM), or the system's roots.
     pub(super) fn new(ca_file: Option<&Path>) -> Result<Self, String> {
-        let mut roots = RootCertStore::empty();
+        let roots = crate::trust::load_roots(ca_file, "PostgreSQL").map_err(|e| {
+            let (RootsError::Read(message) | RootsError::Invalid(message)) = e;
+            match ca_file {
+                Some(path) => format!("ca_file {}: {message}", path.display()),
+                None => message,
+            }
+        })?;
         let described = match ca_file {
-            Some(path) => {
-                let read =
-                    |e: rustls::pki_types::pem::Error| format!("ca_file {}: {e}", path.display());
-                for cert in CertificateDer::pem_file_iter(path).map_err(read)? {
-                    roots
-                        .add(cert.map_err(read)?)
-                        .map_err(|e| format!("ca_file {}: {e}", path.display()))?;
-                }
-                if roots.is_empty() {
-                    return Err(format!("ca_file {}: no certificate in it", path.display()));
-                }
-                format!("the CA of ca_file {}", path.display())
+            Some(path) if roots.is_empty() => {
+                return Err(format!("ca_file {}: no certificate in it", path.display()));
             }
-            None => {
-                let native = rustls_native_certs::load_native_certs();
-                let (added, _) = roots.add_parsable_certificates(native.certs);
-                tracing::debug!(added, "system trust roots loaded for PostgreSQL");
-                "the system's trust roots (no ca_file)".to_owned()
-            }
+            Some(path) => format!("the CA of ca_file {}", path.display()),
+            None => "the system's trust roots (no ca_file)".to_owned(),
         };
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let mut config = ClientConfig::builder_with_provider(provider)
