@@ -19,6 +19,7 @@ pub mod pod;
 pub mod preflight;
 pub mod process;
 pub mod random;
+pub mod reload;
 pub mod s2s;
 pub mod store;
 pub mod trust;

@@ -53,12 +53,12 @@ fn main() -> ExitCode {
             Err(e) => Err(e),
         },
         Command::CheckConfig { file, skip_secrets } => check_config(&file, skip_secrets),
-        Command::Run { config } => GatewayConfig::load(&config)
+        Command::Run { config: file } => GatewayConfig::load(&file)
             .map_err(anyhow::Error::from)
-            .and_then(|c| serve(c, false)),
+            .and_then(|c| serve(c, Some(file))),
         Command::Sandbox { config } => sandbox_config(config.as_deref())
             .map_err(anyhow::Error::from)
-            .and_then(|c| serve(c, true)),
+            .and_then(|c| serve(c, None)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -137,7 +137,10 @@ fn sandbox_config(
     }
 }
 
-fn serve(config: GatewayConfig, sandbox: bool) -> anyhow::Result<()> {
+/// Runs the gateway; `file`: the configuration it was started from, read
+/// again while running (`None`: the sandbox).
+fn serve(config: GatewayConfig, file: Option<PathBuf>) -> anyhow::Result<()> {
+    let sandbox = file.is_none();
     // One TLS stack for the whole process: rustls with aws-lc-rs.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     config.check_secrets()?;
@@ -157,7 +160,10 @@ fn serve(config: GatewayConfig, sandbox: bool) -> anyhow::Result<()> {
             print_sandbox_banner(&config)?;
         }
         tracing::info!(config = %config.to_toml_string()?, "resolved configuration");
-        let gateway = Gateway::start(&config).await?;
+        let mut gateway = Gateway::start(&config).await?;
+        if let Some(file) = file {
+            gateway = gateway.reload_from(file);
+        }
         gateway.run(xmppfed_telemetry::shutdown_signal()).await?;
         anyhow::Ok(())
     });

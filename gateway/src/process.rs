@@ -19,7 +19,8 @@ use crate::bridge::Services;
 use crate::bridge::contacts::credentials::{CredentialCipher, SealedRefreshTokens};
 use crate::bridge::metrics::BridgeMetrics;
 use crate::bridge::service::{Bridge, Settings};
-use crate::bridge::users::directory::{AllowedUsers, Directory};
+use crate::bridge::throttle::Throttle;
+use crate::bridge::users::directory::{AllowedNames, AllowedUsers, Directory};
 use crate::bridge::users::identity::LocalPartRule;
 use crate::graph::subscriptions::Subscriptions;
 use crate::graph::webhook;
@@ -79,6 +80,10 @@ pub struct Gateway {
     /// The webhook's and the admin listener's bounds, and what they refuse.
     bounds: (ListenerBounds, ListenerBounds),
     refused: xmppfed_telemetry::ListenerRefused,
+    /// Applies the allow lists and the throttle of a changed file live, and
+    /// the file it watches (`reload_from`).
+    reloader: crate::reload::Reloader,
+    watched: Option<std::path::PathBuf>,
 }
 
 type BuildBridge = Box<dyn FnOnce() -> BoxFuture<'static, Result<Arc<Bridge>, StoreError>> + Send>;
@@ -90,7 +95,7 @@ struct DirectoryWatch {
     /// The shadow accounts' own tenant, when they have one.
     shadow: Option<Arc<crate::graph::GraphClient>>,
     directory: Directory,
-    allowed: AllowedUsers,
+    allowed: AllowedNames,
     rule: LocalPartRule,
     health: ComponentHealth,
     /// Set once the list has been read: the bridge starts then.
@@ -140,17 +145,26 @@ impl Gateway {
         // What the webhook wakes when it has stored notifications: the bridge's
         // notification consumer, once this replica runs it.
         let notified = Arc::new(Notify::new());
-        let bridge = match &directory {
-            Some(watch) => Some(bridge_builder(
-                config,
-                watch,
-                &store,
-                &s2s,
-                (subscriptions, notified.clone()),
-                &metrics,
-            )?),
-            None => None,
+        let (bridge, throttle) = match &directory {
+            Some(watch) => {
+                let (build, leadership, throttle) = bridge_builder(
+                    config,
+                    watch,
+                    &store,
+                    &s2s,
+                    (subscriptions, notified.clone()),
+                    &metrics,
+                )?;
+                (Some((build, leadership)), Some(throttle))
+            }
+            None => (None, None),
         };
+        let live = crate::reload::Live {
+            remote_domains: s2s.allow_list(),
+            internal: directory.as_ref().map(|d| d.allowed.clone()),
+            throttle,
+        };
+        let reloader = crate::reload::Reloader::new(live, config.clone(), &metrics);
         // Graph's change notifications, stored before they are acknowledged.
         let webhook = match (&bridge, notifications) {
             (Some(_), Some((_, secret))) => {
@@ -194,7 +208,16 @@ impl Gateway {
                 (&config.admin.limits).into(),
             ),
             refused,
+            reloader,
+            watched: None,
         })
+    }
+
+    /// Reads `file` again while running and applies its allow lists and
+    /// throttle live (the file this gateway was started from).
+    pub fn reload_from(mut self, file: std::path::PathBuf) -> Self {
+        self.watched = Some(file);
+        self
     }
 
     pub fn s2s_addr(&self) -> Option<SocketAddr> {
@@ -219,6 +242,9 @@ impl Gateway {
             .directory
             .map(|watch| tokio::spawn(keep_directory(watch)));
         let watcher = self.licence.map(|watch| tokio::spawn(check_licence(watch)));
+        let reloader = self
+            .watched
+            .map(|file| tokio::spawn(self.reloader.watch(file, crate::reload::RELOAD_EVERY)));
         tokio::spawn(crate::memory::give_back_freed_memory());
         // One shutdown signal for every listener: asked for, or a failure.
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -290,8 +316,8 @@ impl Gateway {
         if let Some(d) = directory {
             d.abort();
         }
-        if let Some(w) = watcher {
-            w.abort();
+        for task in [watcher, reloader].into_iter().flatten() {
+            task.abort();
         }
         tracing::info!("gateway stopped");
         match failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
@@ -317,7 +343,7 @@ async fn keep_directory(watch: DirectoryWatch) {
         }
         let refreshed = watch
             .directory
-            .refresh(&watch.graph, &watch.allowed, &watch.rule)
+            .refresh(&watch.graph, &watch.allowed.current(), &watch.rule)
             .await;
         // Until the app has its first token it is asked again soon while the
         // identity platform does not answer (a pod starting beside its Graph);
@@ -350,7 +376,13 @@ async fn keep_directory(watch: DirectoryWatch) {
                 }
             }
         };
-        tokio::time::sleep(wait).await;
+        // A reloaded allow list is resolved at once.
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = watch.allowed.changed() => {
+                tracing::info!("the internal allow list changed; reading it now");
+            }
+        }
     }
 }
 
@@ -512,10 +544,10 @@ fn directory_watch(
         graph: Arc::new(client),
         shadow,
         directory: Directory::default(),
-        allowed: AllowedUsers {
+        allowed: AllowedNames::new(AllowedUsers {
             upns: config.allow.internal_users.clone(),
             groups: config.allow.internal_groups.clone(),
-        },
+        }),
         rule: match config.xmpp.local_part {
             LocalPartSource::Upn => LocalPartRule::UpnLocalPart,
             LocalPartSource::Mail => LocalPartRule::MailLocalPart,
@@ -536,7 +568,7 @@ fn bridge_builder(
     s2s: &S2s,
     notifications: (Option<Arc<Subscriptions>>, Arc<Notify>),
     metrics: &Metrics,
-) -> Result<(BuildBridge, Arc<Leadership>), StartError> {
+) -> Result<(BuildBridge, Arc<Leadership>, Arc<Throttle>), StartError> {
     let Some(graph_config) = &config.graph else {
         return Err(missing("graph", "required to run the bridge"));
     };
@@ -552,6 +584,7 @@ fn bridge_builder(
         })?
         .resolve()?;
     let settings = Settings::from_config(config, graph_config);
+    let throttle = settings.throttle.clone();
     let services = Services {
         graph: watch.graph.clone(),
         shadow_graph: watch.shadow.clone().unwrap_or_else(|| watch.graph.clone()),
@@ -577,7 +610,7 @@ fn bridge_builder(
         ))
     });
     let leadership = Leadership::new(store.clone(), &config.leader, metrics);
-    Ok((build, Arc::new(leadership)))
+    Ok((build, Arc::new(leadership), throttle))
 }
 
 fn missing(field: &str, message: &str) -> StartError {

@@ -40,6 +40,8 @@ impl InvalidSpec {
 pub struct Plan {
     pub config_toml: String,
     pub config_hash: String,
+    /// On the pod template: what the pods must restart for (no allow lists, no throttle).
+    pub restart_hash: String,
     pub objects: GatewayObjects,
     /// Names of the whitelists and the throttle policy applied, for status.
     pub whitelists: Vec<String>,
@@ -80,10 +82,15 @@ pub fn plan(
         .to_toml_string()
         .map_err(|e| InvalidSpec::Render(e.to_string()))?;
     let owner: OwnerReference = render::owner_of(gateway).ok_or(InvalidSpec::NoUid)?;
+    let restart_hash = render::restart_hash(&config)?;
+    let rendered = render::Rendered {
+        toml: &config_toml,
+        restart_hash: &restart_hash,
+    };
     let objects = render::build_objects(
         gateway,
         owner,
-        &config_toml,
+        rendered,
         replicas,
         settings.gateway_cluster_role,
     );
@@ -100,6 +107,7 @@ pub fn plan(
         graph_endpoints,
         endpoint_override,
         config_hash: render::config_hash(&config_toml),
+        restart_hash,
         config_toml,
         objects,
         whitelists: applied.whitelists.iter().map(|w| w.name_any()).collect(),

@@ -223,7 +223,10 @@ async fn the_operator_runs_as_a_pod_and_its_gateway_says_why_it_is_not_ready() {
     if let Some(mut bob) = peer.bob.take() {
         let chat = federate(&admin, &ns, &graph, &mut bob, &peer).await;
         node_faults::killed_with_messages_in_flight(&admin, &ns, &graph, &mut bob, &chat).await;
-        node_faults::rolled_with_messages_in_flight(&admin, &ns, &graph, &mut bob, &chat).await;
+        node_faults::whitelist_changed_with_messages_in_flight(
+            &admin, &ns, &graph, &mut bob, &chat,
+        )
+        .await;
         node_faults::relicensed_with_messages_in_flight(
             &admin, &ns, &graph, &mut bob, &chat, &private,
         )
@@ -286,6 +289,16 @@ async fn pods_sized_and_weighed(pods: &Api<Pod>, operator: &Pod) {
     assert!(
         gateway_bytes.is_some_and(|b| b > 0),
         "the gateway pod's memory cgroup is found and charged"
+    );
+    // This pod took the whitelist and licence bursts above.
+    let mib = |b: Option<u64>| b.unwrap_or(0) as f64 / 1048576.0;
+    let uid = |pod: &Pod| pod.metadata.uid.clone().unwrap_or_default();
+    eprintln!(
+        "memory peak since each pod began (page cache included): gateway {:.1} MiB \
+         (two bursts of {} messages, a live reload and a relicence), operator {:.1} MiB",
+        mib(node_peers::peak(&uid(&gateway_pod))),
+        node_faults::BURST,
+        mib(node_peers::peak(&uid(operator)))
     );
 }
 

@@ -40,7 +40,6 @@ use crate::s2s::stanza::Stanza;
 use crate::s2s::{Inbox, Incoming};
 use crate::store::now;
 use crate::store::{Epoch, StoreError};
-use xmppfed_config::ThrottleConfig;
 
 /// How often unused shadow accounts are looked for.
 const JANITOR_EVERY: Duration = Duration::from_secs(3600);
@@ -62,7 +61,8 @@ pub struct Settings {
     /// Shadow accounts unused this long are removed (`None`: kept for ever).
     pub remove_unused_after: Option<Duration>,
     pub shadow: ShadowSettings,
-    pub throttle: ThrottleConfig,
+    /// Shared with the configuration reload, which replaces its limits.
+    pub throttle: Arc<Throttle>,
     pub message_expiry: Duration,
     /// How often chats are read for what notifications missed, and how
     /// often without notifications (none configured, or Graph refused them).
@@ -113,7 +113,7 @@ impl Settings {
                 usage_location: config.shadow_accounts.usage_location.clone(),
                 administrative_unit: config.shadow_accounts.administrative_unit.clone(),
             },
-            throttle: config.throttle.clone(),
+            throttle: Arc::new(Throttle::new(config.throttle.clone())),
             message_expiry: Duration::from_secs(config.messages.expiry_secs),
             reconcile: Duration::from_secs(config.messages.reconcile_interval_secs),
             chat_poll: Duration::from_secs(config.messages.poll_interval_secs),
@@ -243,7 +243,7 @@ impl Bridge {
         let roster = Roster::load(store.clone()).await?;
         let cards = Arc::new(Cards::new(directory.clone(), settings.card_ttl));
         let requests = Arc::new(Requests::default());
-        let throttle = Arc::new(Throttle::new(settings.throttle.clone()));
+        let throttle = settings.throttle.clone();
         let contacts = Arc::new(Contacts::new(
             &services,
             cipher,

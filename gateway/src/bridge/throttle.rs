@@ -4,7 +4,7 @@
 //! sender can read; nothing over the limit is dropped silently.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use xmppfed_config::{ThrottleConfig, ThrottleLimits};
@@ -51,33 +51,59 @@ impl Bucket {
     }
 }
 
+/// The limits are replaceable at run time (a reloaded configuration); each
+/// bucket takes the new shape at its next use and keeps its tokens.
 pub struct Throttle {
-    config: ThrottleConfig,
+    config: RwLock<Arc<ThrottleConfig>>,
     buckets: Mutex<HashMap<(String, Kind), Bucket>>,
+}
+
+impl std::fmt::Debug for Throttle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Throttle")
+            .field("config", &self.current())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Overrides match case-insensitively.
+fn normalised(mut config: ThrottleConfig) -> Arc<ThrottleConfig> {
+    config.overrides = config
+        .overrides
+        .into_iter()
+        .map(|(k, v)| (k.to_lowercase(), v))
+        .collect();
+    Arc::new(config)
 }
 
 impl Throttle {
     pub fn new(config: ThrottleConfig) -> Self {
-        // Overrides match case-insensitively.
-        let mut config = config;
-        config.overrides = config
-            .overrides
-            .into_iter()
-            .map(|(k, v)| (k.to_lowercase(), v))
-            .collect();
         Self {
-            config,
+            config: RwLock::new(normalised(config)),
             buckets: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Applies new limits from now on.
+    pub fn replace(&self, config: ThrottleConfig) {
+        *self.config.write().unwrap_or_else(|p| p.into_inner()) = normalised(config);
+    }
+
+    fn current(&self) -> Arc<ThrottleConfig> {
+        self.config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The limits of a user (UPN or bare JID), or of another name for them
     /// (a Teams user may be overridden by UPN or by object id).
     pub fn limits(&self, keys: &[&str]) -> ThrottleLimits {
+        let config = self.current();
         keys.iter()
-            .find_map(|k| self.config.overrides.get(&k.to_lowercase()))
+            .find_map(|k| config.overrides.get(&k.to_lowercase()))
             .copied()
-            .unwrap_or(self.config.default)
+            .unwrap_or(config.default)
     }
 
     fn shape(limits: &ThrottleLimits, kind: Kind) -> (f64, f64) {

@@ -94,7 +94,7 @@ fn pod_is_locked_down_and_mounts_what_the_config_names(plan: &Plan, config: &Gat
             .annotations
             .as_ref()
             .unwrap()[render::CONFIG_HASH_ANNOTATION],
-        plan.config_hash
+        plan.restart_hash
     );
     let pod = template.spec.as_ref().unwrap();
     // A token: the pod keeps its role label (remote_servers_reach_the_replica_that_runs_the_bridge).

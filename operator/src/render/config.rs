@@ -414,11 +414,24 @@ fn store(spec: &FederationGatewaySpec) -> Result<cfg::StoreConfig, ConfigError> 
     })
 }
 
-/// A stable hash of the rendered document, put on the pod template so that a
-/// configuration change rolls the pods.
+/// A stable hash of the rendered document, reported in status.
 pub fn config_hash(toml: &str) -> String {
     let digest = Sha256::digest(toml.as_bytes());
     digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+/// The hash of what the pods read only at start: the configuration without
+/// the sections the gateway re-reads from its mounted file and applies live
+/// (the allow lists and the throttle), so that changing a DomainWhitelist or
+/// a ThrottlePolicy does not roll the pods (and bounce what is in flight).
+pub fn restart_hash(config: &cfg::GatewayConfig) -> Result<String, crate::plan::InvalidSpec> {
+    let mut at_start = config.clone();
+    at_start.allow = cfg::AllowConfig::default();
+    at_start.throttle = cfg::ThrottleConfig::default();
+    let toml = at_start
+        .to_toml_string()
+        .map_err(|e| crate::plan::InvalidSpec::Render(e.to_string()))?;
+    Ok(config_hash(&toml))
 }
 
 /// `spec.bridge.graphLimits` over the gateway's defaults.

@@ -5,10 +5,10 @@ mod config;
 mod network_policy;
 mod workload;
 
-pub use config::{ConfigError, config_hash, render_config};
+pub use config::{ConfigError, config_hash, render_config, restart_hash};
 pub use workload::{
-    CONFIG_HASH_ANNOTATION, GatewayObjects, LEADER, build_objects, default_resources, labels,
-    owner_of, pod_selector,
+    CONFIG_HASH_ANNOTATION, GatewayObjects, LEADER, Rendered, build_objects, default_resources,
+    labels, owner_of, pod_selector,
 };
 
 /// Where the gateway pod finds what the operator mounts for it.

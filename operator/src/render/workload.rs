@@ -21,7 +21,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
-use super::{config_hash, names, paths, ports};
+use super::{names, paths, ports};
 use crate::crd::{DatabaseEngine, FederationGateway, FederationGatewaySpec};
 
 /// Annotation on the pod template holding the rendered configuration's hash.
@@ -118,12 +118,21 @@ fn selector_labels(name: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// The rendered configuration, and the hash of what the pods must restart for.
+#[derive(Debug, Clone, Copy)]
+pub struct Rendered<'a> {
+    pub toml: &'a str,
+    /// Put on the pod template: a change rolls the pods. The sections the
+    /// gateway applies live (`[allow]`, `[throttle]`) are not in it.
+    pub restart_hash: &'a str,
+}
+
 /// Builds the children of `gateway` running `replicas` pods (the licensed count)
-/// with the rendered configuration `config_toml`.
+/// with the rendered configuration.
 pub fn build_objects(
     gateway: &FederationGateway,
     owner: OwnerReference,
-    config_toml: &str,
+    rendered: Rendered<'_>,
     replicas: i32,
     gateway_cluster_role: &str,
 ) -> GatewayObjects {
@@ -132,12 +141,12 @@ pub fn build_objects(
         metadata: c.meta(names::config_map(&c.name)),
         data: Some(BTreeMap::from([(
             paths::CONFIG_FILE.to_owned(),
-            config_toml.to_owned(),
+            rendered.toml.to_owned(),
         )])),
         ..ConfigMap::default()
     };
     let storage = storage(&c);
-    let stateful_set = c.stateful_set(replicas, config_toml, storage);
+    let stateful_set = c.stateful_set(replicas, rendered.restart_hash, storage);
     let pod_disruption_budget = (c.spec.replicas > 1).then(|| PodDisruptionBudget {
         metadata: c.meta(c.name.clone()),
         spec: Some(PodDisruptionBudgetSpec {
@@ -281,7 +290,7 @@ impl<'a> Children<'a> {
         }
     }
 
-    fn stateful_set(&self, replicas: i32, config_toml: &str, storage: Storage) -> StatefulSet {
+    fn stateful_set(&self, replicas: i32, restart_hash: &str, storage: Storage) -> StatefulSet {
         let name = &self.name;
         let Storage {
             volumes,
@@ -304,7 +313,7 @@ impl<'a> Children<'a> {
                         labels: Some(labels(name)),
                         annotations: Some(BTreeMap::from([(
                             CONFIG_HASH_ANNOTATION.to_owned(),
-                            config_hash(config_toml),
+                            restart_hash.to_owned(),
                         )])),
                         ..ObjectMeta::default()
                     }),

@@ -16,7 +16,7 @@ use crate::node_peers::{GraphPod, pod_ready};
 
 /// Under the default per-contact throttle's burst (20), so that what comes
 /// back to Bob is the disruption's doing, not the throttle's.
-const BURST: usize = 12;
+pub const BURST: usize = 12;
 
 fn marker(tag: &str, i: usize) -> String {
     format!("{tag} #{i:02} of {BURST}.")
@@ -49,9 +49,11 @@ pub async fn killed_with_messages_in_flight(
     disrupted(admin, ns, graph, bob, chat, "killed", true, kill).await;
 }
 
-/// The same burst while a DomainWhitelist change rolls the pod (a new
-/// configuration: the pod is replaced gracefully, SIGTERM first).
-pub async fn rolled_with_messages_in_flight(
+/// The same burst while a DomainWhitelist changes: the gateway applies the
+/// allow list live from its mounted configuration once the kubelet has
+/// updated the file, and the pod is not replaced (a roll would drop the s2s
+/// streams, and Prosody bounces rather than retries).
+pub async fn whitelist_changed_with_messages_in_flight(
     admin: &Client,
     ns: &str,
     graph: &GraphPod,
@@ -64,10 +66,25 @@ pub async fn rolled_with_messages_in_flight(
         "spec": {"gateways": {"matchLabels": {"xmppfed.io/tier": "production"}},
                  "remoteDomains": ["xmpp.partner.example", "*.allies.example", "later.example"]}
     });
-    let roll = || async {
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), ns);
+    let change = || async {
+        let changed = Instant::now();
         crate::support::apply_all(admin, ns, "xmppfed-node-roll", vec![widened.clone()]).await;
+        eventually(
+            "the gateway reloads the widened allow list",
+            Duration::from_secs(180),
+            || async {
+                let logs = pods.logs("contoso-0", &Default::default()).await.ok()?;
+                logs.contains("configuration reloaded").then_some(())
+            },
+        )
+        .await;
+        eprintln!(
+            "DomainWhitelist widened: the running gateway applied it {:.1} s later (the kubelet's ConfigMap sync)",
+            changed.elapsed().as_secs_f64()
+        );
     };
-    disrupted(admin, ns, graph, bob, chat, "rolled", true, roll).await;
+    disrupted(admin, ns, graph, bob, chat, "reloaded", false, change).await;
 }
 
 /// The same burst while the licence Secret is replaced by a renewed licence:
@@ -155,6 +172,14 @@ async fn disrupted<F: std::future::Future<Output = ()>>(
     )
     .await;
     let ready_after = disrupted.elapsed();
+    if !replaced {
+        let now = pods.get("contoso-0").await.unwrap();
+        assert_eq!(
+            now.uid().unwrap_or_default(),
+            old_uid,
+            "{tag}: the pod must not be replaced"
+        );
+    }
 
     // Each message delivered once, or bounced to Bob with an error.
     let deadline = Instant::now() + Duration::from_secs(180);

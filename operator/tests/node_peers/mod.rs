@@ -37,6 +37,18 @@ pub fn working_set(uid: &str) -> Option<u64> {
     Some(usage.saturating_sub(inactive))
 }
 
+/// The most a pod's memory cgroup has held since it began (page cache
+/// included, so an upper bound of the working set's peak).
+pub fn peak(uid: &str) -> Option<u64> {
+    let dir = pod_cgroup(uid)?;
+    ["memory.max_usage_in_bytes", "memory.peak"]
+        .iter()
+        .find_map(|f| std::fs::read_to_string(dir.join(f)).ok())?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// The processes of a pod's containers (its sandbox's too), from its cgroup.
 pub fn pod_processes(uid: &str) -> Vec<u32> {
     fn walk(dir: &std::path::Path, out: &mut Vec<u32>) {

@@ -13,10 +13,43 @@ use crate::s2s::UserDirectory;
 use crate::bridge::users::identity::{IdentityMap, LocalPartRule};
 
 /// What the allow list names (from `[allow]`).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AllowedUsers {
     pub upns: Vec<String>,
     pub groups: Vec<String>,
+}
+
+/// The names of the allow list, replaceable at run time (a reloaded
+/// configuration): a replacement wakes the refresh that resolves them.
+#[derive(Debug, Clone, Default)]
+pub struct AllowedNames {
+    names: Arc<RwLock<AllowedUsers>>,
+    changed: Arc<tokio::sync::Notify>,
+}
+
+impl AllowedNames {
+    pub fn new(names: AllowedUsers) -> Self {
+        Self {
+            names: Arc::new(RwLock::new(names)),
+            changed: Arc::default(),
+        }
+    }
+
+    pub fn current(&self) -> AllowedUsers {
+        self.names.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replaces the names and has them resolved at once.
+    pub fn replace(&self, names: AllowedUsers) {
+        *self.names.write().unwrap_or_else(|p| p.into_inner()) = names;
+        // A permit is kept if the refresh is busy: it goes round again.
+        self.changed.notify_one();
+    }
+
+    /// Resolves when the names were replaced.
+    pub async fn changed(&self) {
+        self.changed.notified().await;
+    }
 }
 
 /// The resolved directory; cheap to clone and share with the s2s layer.

@@ -49,6 +49,18 @@ fn whitelists_that_select_or_are_named_are_merged_and_others_ignored() {
     assert_eq!(config.allow.internal_users, ["alice@contoso.example"]);
 }
 
+fn pod_template_hash(plan: &crate::plan::Plan) -> String {
+    plan.objects
+        .stateful_set
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.metadata.as_ref())
+        .and_then(|m| m.annotations.as_ref())
+        .and_then(|a| a.get(crate::render::CONFIG_HASH_ANNOTATION))
+        .cloned()
+        .unwrap_or_default()
+}
+
 #[test]
 fn a_whitelist_change_changes_the_config_hash() {
     let g = gateway(sqlite(), "tier: prod");
@@ -79,6 +91,30 @@ fn a_whitelist_change_changes_the_config_hash() {
     )
     .unwrap();
     assert_ne!(before.config_hash, after.config_hash);
+    // The gateway applies allow lists live: the pods do not roll for them.
+    assert_eq!(
+        pod_template_hash(&before),
+        pod_template_hash(&after),
+        "a whitelist change must not roll the pods"
+    );
+    // Nor do they for a throttle policy; what is read only at start does.
+    let throttled = plan(
+        &g,
+        &[],
+        &[throttle("strict", "{ matchLabels: { tier: prod } }", 10)],
+        1,
+        &SETTINGS,
+    )
+    .unwrap();
+    assert_eq!(pod_template_hash(&throttled), pod_template_hash(&before));
+    let mut moved = g.clone();
+    moved.spec.domain = "teams.elsewhere.example".into();
+    let rolled = plan(&moved, &[], &[], 1, &SETTINGS).unwrap();
+    assert_ne!(
+        pod_template_hash(&rolled),
+        pod_template_hash(&before),
+        "another domain is read at start: the pods roll"
+    );
     let same = plan(
         &g,
         &[whitelist(
