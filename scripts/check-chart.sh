@@ -205,6 +205,7 @@ bad probe-unknown-key "period'? (is )?not allowed" <<<$'livenessProbe:\n  period
 bad env-without-name 'name' <<<$'env:\n  - value: x'
 bad service-type 'service[./]type' <<<$'service:\n  type: ExternalName'
 bad sa-no-name 'serviceAccount.name is required' <<<$'serviceAccount:\n  create: false'
+bad watch-namespace-invalid 'watchNamespaces' <<<$'watchNamespaces:\n  - Team_A'
 
 render() { # render HELM SCENARIO [helm args...] -> $OUT/<helm>-<scenario>.yaml
   local helm=$1 scenario=$2
@@ -231,7 +232,10 @@ for helm in "$HELM3" "$HELM4"; do
   render "$helm" set --set replicas=3 --set serviceMonitor.enabled=true --set dashboard.enabled=true \
     --set crds.install=false --set resources.limits.memory=1Gi --set image.repository=example.org/op \
     --set image.tag=1.2.3 || die "$name template (--set)"
-  echo "ok  helm template: default, values-full.yaml, values-key.yaml, --set replicas=3,…"
+  # Namespaced mode, with leader election (its Role stays in the release namespace).
+  render "$helm" namespaced --set 'watchNamespaces={team-a,team-b}' --set replicas=2 ||
+    die "$name template (watchNamespaces)"
+  echo "ok  helm template: default, values-full.yaml, values-key.yaml, --set replicas=3,…, watchNamespaces"
   for f in "$OUT"/bad/*.yaml; do
     if "$helm" template x "$CHART" --kube-version "$KUBE_VERSION" -f "$f" >/dev/null 2>"$OUT/$name-bad.err"; then
       die "$name template accepted bad values $(basename "$f"): $(cat "$f")"
@@ -266,7 +270,7 @@ done
 echo "ok  $(basename "$pkg"): $(wc -l <<<"$contents") files, renders default and full values as the directory does"
 
 step "helm 4 renders what helm 3 renders; NOTES.txt"
-for scenario in default full key set; do
+for scenario in default full key set namespaced; do
   cmp -s "$OUT/helm3-$scenario.yaml" "$OUT/helm4-$scenario.yaml" ||
     die "helm 3 and helm 4 render $scenario differently: diff $OUT/helm3-$scenario.yaml $OUT/helm4-$scenario.yaml"
 done

@@ -75,7 +75,7 @@ def one(kinds, kind):
     return items[0] if items else {}
 
 # 1. Every object of every scenario against the Kubernetes schemas.
-scenarios = ["default", "full", "key", "set"]
+scenarios = ["default", "full", "key", "set", "namespaced"]
 rendered = {s: load(f"helm3-{s}.yaml") for s in scenarios}
 skipped, validated = {}, 0
 for s, docs in rendered.items():
@@ -162,6 +162,33 @@ def check_cluster_rbac(kinds, scenario, sa_name, namespace="xmppfed-system", arg
        f"{scenario}: ClusterRoleBinding binds the operator's ServiceAccount")
 check_cluster_rbac(k, "default", pod["serviceAccountName"], args=c["args"])
 print(f"ok  ClusterRole = rbac-required.txt [ClusterRole] ({len(required['ClusterRole'])} grants)")
+
+def check_namespaced_rbac(kinds, scenario, sa_name, watched, args, namespace="xmppfed-system"):
+    """Namespaced mode: the operator's rules in a Role per watched namespace,
+    no ClusterRole of its own, nothing bound cluster-wide."""
+    cluster_roles = [r["metadata"]["name"] for r in kinds.get("ClusterRole", [])]
+    ok(len(cluster_roles) == 1 and cluster_roles[0].endswith("-gateway"),
+       f"{scenario}: the only ClusterRole is the gateway pods' (bound per namespace, granting the operator nothing) (got {cluster_roles})")
+    gateway_name = cluster_roles[0] if cluster_roles else None
+    ok("ClusterRoleBinding" not in kinds, f"{scenario}: no ClusterRoleBinding")
+    operator_roles = {r["metadata"]["namespace"]: r for r in kinds.get("Role", []) if "leader-election" not in r["metadata"]["name"]}
+    ok(sorted(operator_roles) == sorted(watched), f"{scenario}: a Role in each watched namespace (got {sorted(operator_roles)})")
+    for ns, role in operator_roles.items():
+        got = grants(role.get("rules", []), f"{scenario}: Role in {ns}", gateway_name)
+        ok(got == required["ClusterRole"], f"{scenario}: the Role in {ns} = rbac-required.txt [ClusterRole] (missing: {fmt(required['ClusterRole'] - got)}; extra: {fmt(got - required['ClusterRole'])})")
+    bindings = {b["metadata"]["namespace"]: b for b in kinds.get("RoleBinding", []) if "leader-election" not in b["metadata"]["name"]}
+    for ns in watched:
+        b = bindings.get(ns, {})
+        ok(b.get("roleRef", {}).get("kind") == "Role" and b.get("roleRef", {}).get("name") == operator_roles.get(ns, {}).get("metadata", {}).get("name")
+           and b.get("subjects") == [{"kind": "ServiceAccount", "name": sa_name, "namespace": namespace}],
+           f"{scenario}: the RoleBinding in {ns} binds the Role to the operator's ServiceAccount")
+    ok(f"--watch-namespaces={','.join(watched)}" in args, f"{scenario}: the operator is told which namespaces to watch")
+    ok(any(r["metadata"]["name"].endswith("leader-election") and r["metadata"]["namespace"] == namespace for r in kinds.get("Role", [])),
+       f"{scenario}: the leader-election Role stays in the release namespace")
+kn = by_kind(rendered["namespaced"])
+nd = one(kn, "Deployment")["spec"]["template"]["spec"]
+check_namespaced_rbac(kn, "namespaced", nd["serviceAccountName"], ["team-a", "team-b"], nd["containers"][0]["args"])
+print(f"ok  namespaced mode: a Role per watched namespace = rbac-required.txt [ClusterRole], no ClusterRole of the operator's")
 ok("Role" not in k and "RoleBinding" not in k, "default: no leader-election Role with one replica")
 
 # 4. CRDs: the repository's crds/, plus labels and the keep annotation.

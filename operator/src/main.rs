@@ -31,6 +31,10 @@ struct Cli {
     /// which the operator binds in each gateway's namespace and holds `bind` on.
     #[arg(long, env = "XMPPFED_GATEWAY_CLUSTER_ROLE", default_value = xmppfed_operator::plan::DEFAULT_GATEWAY_CLUSTER_ROLE)]
     gateway_cluster_role: String,
+    /// Watch only these namespaces (comma-separated; the chart's
+    /// `watchNamespaces`): the operator then needs no cluster-wide access.
+    #[arg(long, env = "XMPPFED_WATCH_NAMESPACES", value_delimiter = ',')]
+    watch_namespaces: Vec<String>,
     #[arg(long, env = "XMPPFED_LEADER_ELECTION_LEASE")]
     leader_election_lease: Option<String>,
     /// Seconds without renewal after which another replica takes the Lease.
@@ -76,6 +80,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         cli.admin_listen,
         cli.licence_public_key,
         cli.gateway_cluster_role,
+        cli.watch_namespaces,
         election,
     ));
     drop(runtime);
@@ -87,6 +92,7 @@ async fn serve(
     admin_listen: SocketAddr,
     licence_public_key: Option<String>,
     gateway_cluster_role: String,
+    watch_namespaces: Vec<String>,
     election: Option<xmppfed_operator::leader::Election>,
 ) -> anyhow::Result<()> {
     let metrics = Metrics::new(SERVICE_NAME, VERSION);
@@ -115,6 +121,7 @@ async fn serve(
             };
             let ctx = xmppfed_operator::reconcile::Context::new(client.clone(), licence_public_key)
                 .with_gateway_cluster_role(gateway_cluster_role)
+                .with_namespaces(watch_namespaces)
                 .with_metrics(reconcile_metrics);
             let Some(election) = election else {
                 xmppfed_operator::reconcile::run(ctx, stopped()).await;

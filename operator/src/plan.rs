@@ -19,6 +19,9 @@ pub enum InvalidSpec {
     Render(String),
     #[error("the FederationGateway has no uid yet (not read from the API server)")]
     NoUid,
+    /// A policy that concerns the gateway cannot be read as stored.
+    #[error("{0}")]
+    UnreadablePolicy(String),
 }
 
 impl InvalidSpec {
@@ -31,6 +34,7 @@ impl InvalidSpec {
             InvalidSpec::Policy(_) => "MissingPolicy",
             InvalidSpec::Config(_) | InvalidSpec::Render(_) => "InvalidSpec",
             InvalidSpec::NoUid => "NotPersisted",
+            InvalidSpec::UnreadablePolicy(_) => "UnreadablePolicy",
         }
     }
 }

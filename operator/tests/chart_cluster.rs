@@ -43,6 +43,7 @@ async fn install(
     release: &str,
     chart: &str,
     public: &str,
+    extra: &[&str],
 ) -> (String, Api<CustomResourceDefinition>) {
     let (ns, chart) = (ns.to_owned(), chart.to_owned());
     let existing: Api<CustomResourceDefinition> = Api::all(admin.clone());
@@ -67,6 +68,7 @@ async fn install(
     if crds_exist {
         args.push("--take-ownership");
     }
+    args.extend_from_slice(extra);
     support::helm_run(helm, &args);
 
     // The chart's objects, and CRDs established.
@@ -208,7 +210,7 @@ async fn the_chart_on_a_real_cluster() {
     let release = "xmppfed-it";
     let chart = format!("{}/../charts/xmppfed-operator", env!("CARGO_MANIFEST_DIR"));
     let (private, public) = xmppfed_licence::generate_key().unwrap();
-    let (sa_name, crds) = install(&admin, &helm, &ns, release, &chart, &public).await;
+    let (sa_name, crds) = install(&admin, &helm, &ns, release, &chart, &public, &[]).await;
 
     // The controller, in this process, as the chart's ServiceAccount.
     let mut config = Config::infer().await.unwrap();
@@ -297,21 +299,32 @@ async fn the_chart_on_a_real_cluster() {
 
     // Installed again after the uninstall, under another release: the kept
     // CRDs are adopted, and the operator runs.
-    installed_again(&admin, &helm, &chart, &public, &crds).await;
+    installed_again(&admin, &helm, &chart, (&private, &public), &crds).await;
 }
 
 /// A second release on the same cluster after the first was uninstalled:
-/// it takes the CRDs the first kept, and uninstalls cleanly in its turn.
+/// it takes the CRDs the first kept, and uninstalls cleanly in its turn. It
+/// runs in namespaced mode, watching one namespace only.
 async fn installed_again(
     admin: &Client,
     helm: &PathBuf,
     chart: &str,
-    public: &str,
+    (private, public): (&str, &str),
     crds: &Api<CustomResourceDefinition>,
 ) {
     let ns = format!("xmppfed-chart-again-{}", std::process::id());
+    let watched = format!("xmppfed-chart-watched-{}", std::process::id());
+    let namespaces: Api<Namespace> = Api::all(admin.clone());
+    namespaces
+        .create(
+            &Default::default(),
+            &serde_json::from_value(serde_json::json!({"metadata": {"name": watched}})).unwrap(),
+        )
+        .await
+        .unwrap();
     let release = "xmppfed-it-again";
-    let (sa_name, _) = install(admin, helm, &ns, release, chart, public).await;
+    let watch = format!("watchNamespaces={{{watched}}}");
+    let (sa_name, _) = install(admin, helm, &ns, release, chart, public, &["--set", &watch]).await;
     let crd = crds.get("federationgateways.xmppfed.io").await.unwrap();
     let annotations = crd.metadata.annotations.unwrap_or_default();
     assert_eq!(
@@ -330,13 +343,87 @@ async fn installed_again(
     eprintln!(
         "installed again after an uninstall, as {release}: the kept CRDs adopted ({sa_name})"
     );
+    let operator_account = format!("system:serviceaccount:{ns}:{sa_name}");
+    let gateway_role = format!("{sa_name}-gateway");
+    chart_privilege::namespaced_operator_holds_nothing_elsewhere(
+        admin,
+        &operator_account,
+        &watched,
+        &ns,
+        &gateway_role,
+    )
+    .await;
+    only_the_watched_namespace_is_reconciled(
+        admin,
+        &ns,
+        &watched,
+        &operator_account,
+        (private, public),
+        &gateway_role,
+    )
+    .await;
     support::helm_run(helm, &["uninstall", release, "--namespace", &ns, "--wait"]);
     assert!(
         crds.get("federationgateways.xmppfed.io").await.is_ok(),
         "the CRDs outlive the second release too"
     );
-    let namespaces: Api<Namespace> = Api::all(admin.clone());
     let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
+    let _ = namespaces.delete(&watched, &DeleteParams::default()).await;
+}
+
+/// The operator in namespaced mode, as the chart's ServiceAccount: the
+/// example gateway in the watched namespace is reconciled (licensed), the
+/// same gateway in the release namespace is left alone (no status at all).
+async fn only_the_watched_namespace_is_reconciled(
+    admin: &Client,
+    ns: &str,
+    watched: &str,
+    operator_account: &str,
+    (private, public): (&str, &str),
+    gateway_role: &str,
+) {
+    let mut config = Config::infer().await.unwrap();
+    config.auth_info.impersonate = Some(operator_account.to_owned());
+    let operator = Client::try_from(config).unwrap();
+    let controller = support::Controller::start_in(
+        operator,
+        public.to_owned(),
+        gateway_role,
+        vec![watched.to_owned()],
+    );
+    let docs = || {
+        examples_licensed(
+            &["minimal-sqlite.yaml"],
+            "xmppfed-licence",
+            &licence_text(private, "chart-namespaced", 1),
+        )
+    };
+    apply_all(admin, watched, "xmppfed-chart-test", docs()).await;
+    apply_all(admin, ns, "xmppfed-chart-test", docs()).await;
+    let in_watched: Api<FederationGateway> = Api::namespaced(admin.clone(), watched);
+    let started = std::time::Instant::now();
+    support::condition_becomes(&in_watched, "contoso", "Licensed", "True", "Licensed").await;
+    eprintln!(
+        "namespaced mode: the gateway in {watched} licensed in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    // Given the same time again, the one outside is still untouched.
+    tokio::time::sleep(started.elapsed().max(Duration::from_secs(3))).await;
+    let outside = Api::<FederationGateway>::namespaced(admin.clone(), ns)
+        .get("contoso")
+        .await
+        .unwrap();
+    assert!(
+        outside.status.is_none(),
+        "namespaced mode: a gateway outside the watched namespace was reconciled: {:?}",
+        outside.status
+    );
+    let sets: Api<k8s_openapi::api::apps::v1::StatefulSet> = Api::namespaced(admin.clone(), ns);
+    assert!(
+        sets.get_opt("contoso").await.unwrap().is_none(),
+        "namespaced mode: nothing made outside the watched namespace"
+    );
+    controller.stop().await;
 }
 
 /// The operator's pod as the values made it: its account, arguments, the

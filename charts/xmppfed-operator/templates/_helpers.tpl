@@ -81,3 +81,69 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- fail "licence: set either publicKey or existingSecret.name, not both" }}
 {{- end }}
 {{- end }}
+
+{{/*
+What the operator calls on the Kubernetes API (rbac-required.txt, section
+[ClusterRole]): the rules of its ClusterRole, or of its Role in each watched
+namespace in namespaced mode (watchNamespaces).
+*/}}
+{{- define "xmppfed-operator.operatorRules" -}}
+  # The three controllers watch their resources in every namespace; the policy
+  # reconcilers list the gateways of the policy's namespace.
+  - apiGroups: ["xmppfed.io"]
+    resources: ["federationgateways", "domainwhitelists", "throttlepolicies"]
+    verbs: ["list", "watch"]
+  # Status: server-side apply on the status subresource.
+  - apiGroups: ["xmppfed.io"]
+    resources: ["federationgateways/status", "domainwhitelists/status", "throttlepolicies/status"]
+    verbs: ["patch"]
+  # Children block their gateway's foreground deletion (blockOwnerDeletion).
+  - apiGroups: ["xmppfed.io"]
+    resources: ["federationgateways/finalizers"]
+    verbs: ["update"]
+  # Children: server-side apply (patch, and create when the object is new).
+  # StatefulSets and ConfigMaps are also watched (Controller::owns).
+  - apiGroups: ["apps"]
+    resources: ["statefulsets"]
+    verbs: ["create", "patch", "list", "watch"]
+  - apiGroups: [""]
+    resources: ["configmaps"]
+    verbs: ["create", "patch", "list", "watch"]
+  - apiGroups: [""]
+    resources: ["services", "serviceaccounts"]
+    verbs: ["create", "patch"]
+  # The PodDisruptionBudget is deleted when a gateway scales down to one replica.
+  - apiGroups: ["policy"]
+    resources: ["poddisruptionbudgets"]
+    verbs: ["create", "patch", "delete"]
+  # The webhook's Ingress (spec.webhookIngress), deleted when no longer asked
+  # for; the gateway's NetworkPolicy (spec.networkPolicy), deleted when turned off.
+  - apiGroups: ["networking.k8s.io"]
+    resources: ["ingresses", "networkpolicies"]
+    verbs: ["create", "patch", "delete"]
+  # Licences are read from the Secret a gateway names; the gateway's generated
+  # keys Secret is looked up and created once. Secrets are watched by metadata
+  # only, so that a changed licence or credential is reconciled at once.
+  - apiGroups: [""]
+    resources: ["secrets"]
+    verbs: ["get", "create", "list", "watch"]
+  # Each gateway's pods keep their role label (leader or standby; the s2s
+  # Service selects the leader): a RoleBinding per gateway of the gateway
+  # ClusterRole below to its ServiceAccount. The operator may bind that one
+  # ClusterRole and holds none of its permissions; it makes no Roles.
+  - apiGroups: ["rbac.authorization.k8s.io"]
+    resources: ["rolebindings"]
+    verbs: ["create", "patch"]
+  - apiGroups: ["rbac.authorization.k8s.io"]
+    resources: ["clusterroles"]
+    resourceNames: [{{ include "xmppfed-operator.gatewayClusterRole" . | quote }}]
+    verbs: ["bind"]
+  # Ready names the gateway pods it waits for, and why.
+  - apiGroups: [""]
+    resources: ["pods"]
+    verbs: ["list"]
+  # kube::runtime::events::Recorder publishes events.k8s.io/v1 Events.
+  - apiGroups: ["events.k8s.io"]
+    resources: ["events"]
+    verbs: ["create", "patch"]
+{{- end }}

@@ -3,12 +3,16 @@
 //! benches about Graph's limits at tenant scale.
 
 use secrecy::SecretString;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
 use serde_json::{Value, json};
+use xmppfed_e2e::graph::{GraphEmulator, Seed};
 use xmppfed_gateway::bridge::contacts::credentials::CredentialCipher;
 use xmppfed_gateway::bridge::contacts::shadow::upn_for;
 use xmppfed_gateway::store::{Contact, ShadowAccount, Store};
 
-use super::bridge::{PEER, SHADOW_DOMAIN};
+use super::bridge::{CLIENT_ID, PEER, SHADOW_DOMAIN, SKU};
 
 /// The object id of seeded shadow account `n`.
 pub fn shadow_id(n: usize) -> String {
@@ -61,4 +65,73 @@ pub async fn seed_shadow_accounts(
             "displayName": format!("Contact {n} (XMPP)"), "password": password}));
     }
     users
+}
+
+/// A tenant with Microsoft's Teams limits on, `users` Teams users and the
+/// given shadow accounts (seed users).
+pub fn limited_seed(users: usize, shadows: Vec<Value>, timeout: Option<u64>) -> Seed {
+    let mut all = vec![json!({"userPrincipalName": "alice@contoso.com", "displayName": "Alice"})];
+    for n in 0..users {
+        all.push(
+            json!({"id": user_id(n), "userPrincipalName": format!("user{n}@contoso.com"),
+            "displayName": format!("User {n}"), "mail": format!("user{n}@contoso.com")}),
+        );
+    }
+    all.extend(shadows);
+    serde_json::from_value(json!({
+        "tenantId": "5c0ffee0-0000-4000-8000-0000000000b2",
+        "apps": [{"clientId": CLIENT_ID, "clientSecret": "s3cret",
+                  "roles": ["User.ReadWrite.All", "Presence.ReadWrite.All", "LicenseAssignment.ReadWrite.All",
+                            "ProfilePhoto.ReadWrite.All", "Chat.Read.All", "Chat.ReadBasic.All"],
+                  "scopes": ["Presence.ReadWrite", "Chat.Create", "Chat.ReadWrite", "ChatMessage.Send"]}],
+        "users": all,
+        "skus": [{"skuId": SKU, "skuPartNumber": "TEAMS_ESSENTIALS", "prepaidUnits": 20_000,
+                  "servicePlans": ["TEAMS1"]}],
+        "teamsLimits": {},
+        "presenceTimeoutSeconds": timeout,
+    }))
+    .unwrap()
+}
+
+/// Graph calls the emulator answered, by the first two segments of the path.
+pub fn calls_by_kind(log: &[String]) -> BTreeMap<String, usize> {
+    let mut kinds = BTreeMap::new();
+    for line in log {
+        let (method, rest) = line.split_once(' ').unwrap_or((line, ""));
+        let path = rest.split('?').next().unwrap_or_default();
+        let segments: Vec<&str> = path.trim_start_matches("/v1.0/").split('/').collect();
+        let kind = match segments.as_slice() {
+            ["users", _, tail, ..] => format!("{method} users/…/{tail}"),
+            ["chats", _, tail, ..] => format!("{method} chats/…/{tail}"),
+            [first, ..] => format!("{method} {first}"),
+            [] => method.to_owned(),
+        };
+        *kinds.entry(kind).or_default() += 1;
+    }
+    kinds
+}
+
+pub fn refused(emulator: &GraphEmulator) -> u32 {
+    emulator.tenant().throttling.refused.values().sum()
+}
+
+/// Waits until `calls` Graph calls of `kind` were made; how long it took.
+pub async fn until_calls(
+    emulator: &GraphEmulator,
+    kind: &str,
+    calls: usize,
+    limit: Duration,
+) -> Duration {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        let seen = calls_by_kind(&emulator.tenant().log)
+            .get(kind)
+            .copied()
+            .unwrap_or(0);
+        if seen >= calls {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    started.elapsed()
 }

@@ -6,6 +6,7 @@ use kube::Client;
 use kube::api::{Api, ListParams};
 
 use super::Error;
+use super::lenient::{self, Unreadable};
 use crate::crd::{DomainWhitelist, FederationGateway, ThrottlePolicy};
 use crate::render;
 use crate::status;
@@ -15,6 +16,8 @@ use crate::status;
 pub(super) struct Inputs {
     pub whitelists: Vec<DomainWhitelist>,
     pub throttles: Vec<ThrottlePolicy>,
+    /// Policies of the namespace that cannot be read as stored.
+    pub unreadable: Vec<Unreadable>,
     /// The licence Secret's value; `None` when the Secret or its key is absent.
     pub licence_text: Option<String>,
 }
@@ -24,19 +27,15 @@ pub(super) async fn inputs(
     namespace: &str,
     gateway: &FederationGateway,
 ) -> Result<Inputs, Error> {
-    let whitelists = Api::<DomainWhitelist>::namespaced(client.clone(), namespace)
-        .list(&ListParams::default())
-        .await?
-        .items;
-    let throttles = Api::<ThrottlePolicy>::namespaced(client.clone(), namespace)
-        .list(&ListParams::default())
-        .await?
-        .items;
+    let (whitelists, mut unreadable) = lenient::list::<DomainWhitelist>(client, namespace).await?;
+    let (throttles, more) = lenient::list::<ThrottlePolicy>(client, namespace).await?;
+    unreadable.extend(more);
     let secret = &gateway.spec.licence_secret;
     let licence_text = read_secret_key(client, namespace, &secret.name, &secret.key).await?;
     Ok(Inputs {
         whitelists,
         throttles,
+        unreadable,
         licence_text,
     })
 }

@@ -5,6 +5,7 @@
 
 mod apply;
 mod fetch;
+pub mod lenient;
 mod policies;
 mod report;
 mod run;
@@ -27,6 +28,7 @@ use crate::plan::{Settings, plan};
 use crate::status::{Observed, TenantSignIn};
 use apply::{apply_all, ensure_keys_secret};
 use fetch::{Inputs, observe_pods};
+pub use lenient::Unreadable;
 pub use policies::{reconcile_throttle, reconcile_whitelist};
 use report::{degraded, patch_status};
 pub use run::run;
@@ -57,6 +59,8 @@ pub struct Context {
     pub licence_public_key: Option<String>,
     /// The chart's ClusterRole for gateway pods, bound per gateway.
     pub gateway_cluster_role: String,
+    /// The namespaces watched (the chart's `watchNamespaces`); empty: all.
+    pub namespaces: Vec<String>,
     /// Reconciles counted and timed, per kind.
     pub metrics: ReconcileMetrics,
     /// Consecutive failures per gateway, for backoff; cleared on success.
@@ -74,6 +78,7 @@ impl Context {
             client,
             licence_public_key,
             gateway_cluster_role: crate::plan::DEFAULT_GATEWAY_CLUSTER_ROLE.to_owned(),
+            namespaces: Vec::new(),
             metrics: ReconcileMetrics::default(),
             failures: Mutex::new(HashMap::new()),
         }
@@ -82,6 +87,12 @@ impl Context {
     /// The same, binding gateway pods to the chart's ClusterRole `name`.
     pub fn with_gateway_cluster_role(mut self, name: String) -> Self {
         self.gateway_cluster_role = name;
+        self
+    }
+
+    /// The same, watching only `namespaces` (none: every namespace).
+    pub fn with_namespaces(mut self, namespaces: Vec<String>) -> Self {
+        self.namespaces = namespaces;
         self
     }
 
@@ -152,8 +163,15 @@ async fn pipeline(gateway: Arc<FederationGateway>, ctx: Arc<Context>) -> Result<
     let Inputs {
         whitelists,
         throttles,
+        unreadable,
         licence_text,
     } = fetch::inputs(client, &namespace, &gateway).await?;
+    // A policy it depends on that cannot be read: the last applied
+    // configuration stays, and the gateway says why.
+    if let Some(u) = unreadable.iter().find(|u| u.concerns(&gateway)) {
+        let invalid = crate::plan::InvalidSpec::UnreadablePolicy(u.to_string());
+        return degraded(&gateway, &namespace, &ctx, &previous, &invalid).await;
+    }
 
     // Validate and render (pure). Only licensed replicas run.
     let licence = licensing::evaluate(
@@ -221,16 +239,32 @@ async fn pipeline(gateway: Arc<FederationGateway>, ctx: Arc<Context>) -> Result<
 
 /// Transient errors back off exponentially per gateway (1 s … 5 min), with jitter.
 pub fn error_policy(gateway: Arc<FederationGateway>, error: &Error, ctx: Arc<Context>) -> Action {
+    failed(ObjectRef::from(gateway.as_ref()), error, &ctx)
+}
+
+/// [`error_policy`] for a gateway the controller watched as a `DynamicObject`.
+pub fn object_error_policy(
+    gateway: Arc<kube::api::DynamicObject>,
+    error: &Error,
+    ctx: Arc<Context>,
+) -> Action {
+    let mut reference = ObjectRef::<FederationGateway>::new(&gateway.name_any());
+    if let Some(namespace) = gateway.namespace() {
+        reference = reference.within(&namespace);
+    }
+    failed(reference, error, &ctx)
+}
+
+fn failed(gateway: ObjectRef<FederationGateway>, error: &Error, ctx: &Context) -> Action {
+    let name = gateway.name.clone();
     let attempt = {
         let mut failures = ctx.failures();
-        let n = failures
-            .entry(ObjectRef::from(gateway.as_ref()))
-            .or_insert(0);
+        let n = failures.entry(gateway).or_insert(0);
         *n = n.saturating_add(1);
         *n
     };
     let delay = backoff(attempt, random_unit());
-    tracing::warn!(gateway = %gateway.name_any(), %error, attempt, retry_in = ?delay, "reconcile failed");
+    tracing::warn!(gateway = %name, %error, attempt, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
 }
 

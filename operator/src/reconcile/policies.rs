@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
@@ -62,10 +62,8 @@ where
         + std::fmt::Debug,
 {
     let namespace = policy.namespace().ok_or(Error::NoNamespace)?;
-    let gateways = Api::<FederationGateway>::namespaced(ctx.client.clone(), &namespace)
-        .list(&ListParams::default())
-        .await?
-        .items;
+    // A gateway that cannot be read is selected by nobody; it says so itself.
+    let (gateways, _) = super::lenient::list::<FederationGateway>(&ctx.client, &namespace).await?;
     let mut selected: Vec<String> =
         selected_gateways(selector, reference, Some(&namespace), &gateways)
             .iter()

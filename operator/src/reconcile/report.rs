@@ -32,6 +32,65 @@ pub(super) async fn publish(
     }
 }
 
+/// One of our objects that cannot be read as stored: a Warning Event on it,
+/// and its conditions say so (Degraded, and for a gateway not Ready), since
+/// nothing else will be written to its status until it is fixed.
+pub(super) async fn unreadable(
+    ctx: &Context,
+    object: &kube::api::DynamicObject,
+    resource: &kube::api::ApiResource,
+    what: &super::lenient::Unreadable,
+) -> Result<(), Error> {
+    tracing::warn!(kind = %what.kind, name = %what.name, reason = %what.message, "cannot read an object as stored");
+    let now = status::now();
+    let condition = |type_: &str| {
+        json!({"type": type_, "status": if type_ == status::DEGRADED { "True" } else { "False" },
+               "reason": "Unreadable", "message": what.to_string(), "lastTransitionTime": now})
+    };
+    let mut conditions = vec![condition(status::DEGRADED)];
+    if what.kind == "FederationGateway" {
+        conditions.push(condition(status::READY));
+    }
+    let stale = object
+        .data
+        .pointer("/status/conditions")
+        .and_then(|c| c.as_array())
+        .is_some_and(|c| {
+            c.iter()
+                .any(|c| c["reason"] == "Unreadable" && c["message"] == what.to_string().as_str())
+        });
+    if stale {
+        return Ok(());
+    }
+    let namespace = object.namespace().ok_or(Error::NoNamespace)?;
+    kube::Api::<kube::api::DynamicObject>::namespaced_with(
+        ctx.client.clone(),
+        &namespace,
+        resource,
+    )
+    .patch_status(
+        &object.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"conditions": conditions}})),
+    )
+    .await?;
+    let event = Event {
+        type_: EventType::Warning,
+        reason: "Unreadable".into(),
+        note: Some(what.to_string()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx
+        .recorder
+        .publish(&event, &object.object_ref(resource))
+        .await
+    {
+        tracing::warn!(error = %e, "cannot publish event");
+    }
+    Ok(())
+}
+
 pub(super) async fn patch_status(
     gateway: &FederationGateway,
     namespace: &str,

@@ -267,3 +267,89 @@ pub async fn gateway_touches_only_its_own_label(admin: &Client, ns: &str, gw: &s
     let _ = pods.delete("bystander", &Default::default()).await;
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
+
+/// Namespaced mode (`watchNamespaces`): the operator's ServiceAccount may do
+/// what it needs in the watched namespace and nothing anywhere else, not even
+/// in its own release namespace; its rules in each are printed.
+pub async fn namespaced_operator_holds_nothing_elsewhere(
+    admin: &Client,
+    operator: &str,
+    watched: &str,
+    release_ns: &str,
+    gateway_role: &str,
+) {
+    let may = |attributes: Value| allowed(admin, operator, attributes);
+    let gateways = |ns: Option<&str>| json!({"namespace": ns, "verb": "list", "group": "xmppfed.io", "resource": "federationgateways"});
+    let secrets =
+        |ns: &str, verb: &str| json!({"namespace": ns, "verb": verb, "resource": "secrets"});
+    let bind = |ns: &str| {
+        json!({"namespace": ns, "verb": "bind", "group": "rbac.authorization.k8s.io",
+               "resource": "clusterroles", "name": gateway_role})
+    };
+    let mut wrong = Vec::new();
+    for (what, attributes) in [
+        ("list gateways in every namespace", gateways(None)),
+        (
+            "list gateways in its release namespace",
+            gateways(Some(release_ns)),
+        ),
+        (
+            "list Secrets in kube-system",
+            secrets("kube-system", "list"),
+        ),
+        (
+            "read a Secret in kube-system",
+            secrets("kube-system", "get"),
+        ),
+        (
+            "watch Secrets in every namespace",
+            json!({"verb": "watch", "resource": "secrets"}),
+        ),
+        (
+            "read a Secret in its release namespace",
+            secrets(release_ns, "get"),
+        ),
+        (
+            "bind the gateway ClusterRole in kube-system",
+            bind("kube-system"),
+        ),
+        (
+            "apply a StatefulSet in kube-system",
+            json!({"namespace": "kube-system", "verb": "patch", "group": "apps", "resource": "statefulsets"}),
+        ),
+        (
+            "patch a pod in the watched namespace",
+            json!({"namespace": watched, "verb": "patch", "resource": "pods"}),
+        ),
+    ] {
+        if may(attributes).await {
+            wrong.push(format!("namespaced mode: the operator may {what}"));
+        }
+    }
+    for (what, attributes) in [
+        (
+            "list gateways in the watched namespace",
+            gateways(Some(watched)),
+        ),
+        (
+            "read a Secret in the watched namespace",
+            secrets(watched, "get"),
+        ),
+        (
+            "bind the gateway ClusterRole in the watched namespace",
+            bind(watched),
+        ),
+    ] {
+        if !may(attributes).await {
+            wrong.push(format!("namespaced mode: the operator may not {what}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    let client = acting_as(operator).await;
+    for ns in [watched, release_ns, "kube-system"] {
+        eprintln!(
+            "namespaced mode: the operator's ServiceAccount in {ns} (kubectl auth can-i --list):\n  {}",
+            rules_in(&client, ns).await.join("\n  ")
+        );
+    }
+}

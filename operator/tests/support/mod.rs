@@ -110,10 +110,16 @@ impl Controller {
 
     /// The same, binding gateway pods to the chart's ClusterRole `role`.
     pub fn start_binding(client: Client, public: String, role: &str) -> Self {
+        Self::start_in(client, public, role, Vec::new())
+    }
+
+    /// The same, watching only `namespaces` (none: all).
+    pub fn start_in(client: Client, public: String, role: &str, namespaces: Vec<String>) -> Self {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(xmppfed_operator::reconcile::run(
             xmppfed_operator::reconcile::Context::new(client, Some(public))
-                .with_gateway_cluster_role(role.to_owned()),
+                .with_gateway_cluster_role(role.to_owned())
+                .with_namespaces(namespaces),
             async {
                 let _ = stopped.await;
             },
