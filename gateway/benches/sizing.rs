@@ -15,7 +15,8 @@
 //!    https://learn.microsoft.com/graph/throttling-limits).
 //!
 //! Per phase: resident memory at its end (VmRSS), the process's peak so far
-//! (VmHWM), CPU over the phase in % of one core, and messages delivered.
+//! (VmHWM), CPU over the phase in % of one core, and messages delivered to
+//! Graph of those sent.
 //!
 //! Needs Prosody and the Python client (scripts/test.sh installs both).
 //! Run: `cargo bench -p xmppfed-gateway --bench sizing [-- N ...]`
@@ -79,11 +80,11 @@ fn sample(pid: u32) -> Sample {
     }
 }
 
-fn row(n: usize, phase: &str, from: Sample, to: Sample, delivered: Option<f64>) {
+fn row(n: usize, phase: &str, from: Sample, to: Sample, delivered: Option<(usize, usize)>) {
     let mib = |b: u64| b as f64 / 1_048_576.0;
     let wall = to.at.duration_since(from.at).as_secs_f64();
     let cpu = (to.cpu_secs - from.cpu_secs) / wall * 100.0;
-    let delivered = delivered.map_or_else(|| "—".to_owned(), |d| format!("{d:.1} msg/s"));
+    let delivered = delivered.map_or_else(|| "—".to_owned(), |(d, of)| format!("{d} of {of}"));
     println!(
         "| {n:>6} | {phase:<26} | {:>7.1} | {:>7.1} | {cpu:>6.1} | {delivered:>10} |",
         mib(to.rss),
@@ -98,8 +99,9 @@ fn sent_messages(emulator: &GraphEmulator) -> usize {
         .unwrap_or(0)
 }
 
-/// Bob writes `rate` messages a second for `LOAD`; the rate Graph took them at.
-async fn load(emulator: &GraphEmulator, bob: &mut XmppClient, rate: usize) -> f64 {
+/// Bob writes `rate` messages a second for `LOAD`; how many reached Graph
+/// (given 30 s more to drain), of how many sent.
+async fn load(emulator: &GraphEmulator, bob: &mut XmppClient, rate: usize) -> (usize, usize) {
     let before = sent_messages(emulator);
     let started = Instant::now();
     let mut i = 0;
@@ -114,9 +116,11 @@ async fn load(emulator: &GraphEmulator, bob: &mut XmppClient, rate: usize) -> f6
         }
         tokio::time::sleep(Duration::from_secs(1).saturating_sub(second.elapsed())).await;
     }
-    // What was accepted in the minute, at the rate Graph was sent it.
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    (sent_messages(emulator) - before) as f64 / started.elapsed().as_secs_f64()
+    let drained = Instant::now();
+    while sent_messages(emulator) - before < i && drained.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    (sent_messages(emulator) - before, i)
 }
 
 async fn size(contacts: usize) {
