@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Installs the real XMPP peers and test clients the tests run against, when missing:
 #   Debian: prosody, ejabberd, postgresql (the shared store's suite and the
-#           two-replica failover), openssl (test certificates), python3-venv
+#           two-replica failover), openssl (test certificates), python3-venv,
+#           kamailio with its TLS module (the SIP federation edge's peer)
 #   PyPI:   slixmpp (in target/test-venv)
 # Idempotent: a machine that has them is left alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SLIXMPP_VERSION=1.17.0
-packages=(prosody ejabberd postgresql openssl python3-venv)
+packages=(prosody ejabberd postgresql openssl python3-venv kamailio kamailio-tls-modules)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

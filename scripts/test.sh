@@ -7,6 +7,8 @@
 #   XMPPFED_TEST_MSSQL  a SQL Server connection string for the store suite
 #   XMPPFED_TEST_POSTGRES=required  the PostgreSQL suites fail instead of
 #                       skipping when no server can be started (CI sets it)
+#   XMPPFED_TEST_KAMAILIO=required  the SIP edge's Kamailio test fails instead
+#                       of skipping when Kamailio is not installed (CI sets it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

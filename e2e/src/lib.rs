@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod daemon;
 pub mod ejabberd;
 pub mod graph;
+pub mod kamailio;
 pub mod kube_api;
 pub mod metrics;
 pub mod otlp;

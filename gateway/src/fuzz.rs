@@ -21,6 +21,11 @@ use crate::s2s::stanza::{self, Stanza};
 use crate::s2s::transport::{ReadBudget, Transport};
 use crate::s2s::{AnyUser, services, wire};
 
+/// Bytes as a SIP federation peer sends them (the edge's framing and parser).
+pub fn sip_stream(data: &[u8]) {
+    xmppfed_sipfed::framing::fuzz_stream(data);
+}
+
 /// One element, as the bounded builder reads it, then every typed view of it.
 pub fn s2s_element(data: &[u8]) {
     if let Ok(element) = limits::parse(data, Limits::default()) {

@@ -90,6 +90,12 @@ fn mutate(rng: &mut Rng, input: &[u8], others: &[(String, Vec<u8>)]) -> Vec<u8> 
         b"<br>",
         b"&nbsp;",
         b"<a href=",
+        b"\r\n",
+        b"\r\n\r\n",
+        b"Content-Length: ",
+        b"l: 99999",
+        b" SIP/2.0",
+        b";tag=",
     ];
     let mut out = input.to_vec();
     for _ in 0..1 + rng.below(4) {
@@ -153,6 +159,11 @@ fn replay(target: &str, run: fn(&[u8])) {
         }
     }
     eprintln!("{target}: {runs} inputs from {} seeds", seeds.len());
+}
+
+#[test]
+fn sip_stream_corpus() {
+    replay("sip_stream", fuzz::sip_stream);
 }
 
 #[test]

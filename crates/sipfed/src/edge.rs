@@ -1,0 +1,348 @@
+//! The federation edge's connections. Inbound: mutual TLS, the peer's
+//! certificate checked against the host of the request's top Via or its From
+//! domain (an Access Edge names its FQDN in Via and its SIP domains in its
+//! certificate), OPTIONS answered, keep-alives answered, and what this
+//! milestone does not handle yet refused with 501 rather than ignored.
+//! Outbound: a request over mutual TLS to a peer, its response awaited for
+//! Timer F (64·T1 = 32 s, RFC 3261 §17.1.2.2; over TLS nothing is resent).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ezk_sip_types::Name;
+use ezk_sip_types::msg::MessageLine;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::broadcast;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+use crate::framing::{Frame, FrameError, Framer, Limits};
+use crate::message::Message;
+use crate::tls::{Credentials, PeerRefused, TlsError, check_peer};
+
+/// Methods this edge accepts; the others are answered 405 by RFC 3261.
+const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, MESSAGE, INFO, OPTIONS";
+/// Timer F over a reliable transport.
+const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(32);
+/// A handshake, and a connection without a byte (Microsoft's edges send
+/// `ms-keep-alive ... timeout=300` and CRLF pings well within it).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeError {
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("{0}: {1}")]
+    Io(String, std::io::Error),
+    #[error("the peer's certificate: {0}")]
+    Peer(#[from] PeerRefused),
+    #[error("the stream: {0}")]
+    Frame(#[from] FrameError),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("the peer closed the connection")]
+    Closed,
+    #[error("the message we composed does not parse: {0}")]
+    Compose(String),
+}
+
+/// What the edge answered, for logs and tests: the method, the name the
+/// peer's certificate proved, and the status sent.
+#[derive(Debug, Clone)]
+pub struct Answered {
+    pub method: String,
+    pub peer: String,
+    pub status: u16,
+}
+
+pub struct Edge {
+    /// Our SIP domain (the host of our Via and From).
+    domain: String,
+    credentials: Arc<Credentials>,
+    acceptor: TlsAcceptor,
+    connector: TlsConnector,
+    listener: TcpListener,
+    limits: Limits,
+    answered: broadcast::Sender<Answered>,
+}
+
+impl Edge {
+    pub async fn bind(
+        listen: SocketAddr,
+        domain: &str,
+        credentials: Credentials,
+    ) -> Result<Self, EdgeError> {
+        let acceptor = TlsAcceptor::from(Arc::new(credentials.server_config()?));
+        let connector = TlsConnector::from(Arc::new(credentials.client_config()?));
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|e| EdgeError::Io(format!("cannot listen on {listen}"), e))?;
+        Ok(Self {
+            domain: domain.to_owned(),
+            credentials: Arc::new(credentials),
+            acceptor,
+            connector,
+            listener,
+            limits: Limits::default(),
+            answered: broadcast::channel(256).0,
+        })
+    }
+
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener.local_addr().ok()
+    }
+
+    /// What the edge answers from now on.
+    pub fn answered(&self) -> broadcast::Receiver<Answered> {
+        self.answered.subscribe()
+    }
+
+    /// Accepts connections until the task is dropped.
+    pub async fn serve(self: Arc<Self>) {
+        loop {
+            let Ok((tcp, from)) = self.listener.accept().await else {
+                continue;
+            };
+            let edge = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = edge.inbound(tcp).await {
+                    tracing::info!(%from, error = %e, "SIP connection closed");
+                }
+            });
+        }
+    }
+
+    async fn inbound(&self, tcp: TcpStream) -> Result<(), EdgeError> {
+        let accept = self.acceptor.accept(tcp);
+        let mut tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, accept)
+            .await
+            .map_err(|_| EdgeError::Timeout(HANDSHAKE_TIMEOUT))?
+            .map_err(|e| EdgeError::Io("TLS handshake".into(), e))?;
+        let chain: Vec<CertificateDer<'static>> = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+            .unwrap_or_default();
+        let mut framer = Framer::new(self.limits);
+        loop {
+            let Some(frame) = next_frame(&mut tls, &mut framer, IDLE_TIMEOUT).await? else {
+                return Ok(());
+            };
+            let reply = match frame {
+                Frame::Ping => Some(b"\r\n".to_vec()),
+                Frame::Pong => None,
+                Frame::Message(m) => self.answer(&m, &chain).map(|r| r.to_bytes()),
+            };
+            if let Some(bytes) = reply {
+                tls.write_all(&bytes)
+                    .await
+                    .map_err(|e| EdgeError::Io("write".into(), e))?;
+            }
+        }
+    }
+
+    /// The response to an inbound request (`None` for ACK and responses).
+    fn answer(&self, request: &Message, chain: &[CertificateDer<'_>]) -> Option<Message> {
+        let method = request.method()?.to_string();
+        if method == "ACK" {
+            return None;
+        }
+        let tag = token();
+        let names = [via_host(request), from_host(request)];
+        let proved = names
+            .iter()
+            .flatten()
+            .find(|n| check_peer(chain, n, &self.credentials.roots).is_ok());
+        let (response, peer) = match proved {
+            None => {
+                let claimed = names
+                    .iter()
+                    .flatten()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let mut refused = request.response(403, "Forbidden", &tag);
+                // [MS-OCER] 1010: "Certificate trust with next-hop server could not be established".
+                refused.headers.insert(
+                    Name::custom("ms-diagnostics-public", &["ms-diagnostics-public"]),
+                    format!(
+                        "1010;reason=\"Certificate trust with next-hop server could not be established\";domain=\"{claimed}\""
+                    ),
+                );
+                (refused, claimed)
+            }
+            Some(peer) => {
+                let response = if method == "OPTIONS" {
+                    let mut ok = request.response(200, "OK", &tag);
+                    ok.headers.insert(Name::ALLOW, ALLOW);
+                    ok.headers
+                        .insert(Name::ACCEPT, "application/sdp, text/plain");
+                    ok
+                } else {
+                    // 1:1 IM (INVITE, MESSAGE, INFO, BYE) is the next step of this milestone.
+                    request.response(501, "Not Implemented", &tag)
+                };
+                (response, peer.clone())
+            }
+        };
+        let status = status_of(&response);
+        let _ = self.answered.send(Answered {
+            method,
+            peer,
+            status,
+        });
+        Some(response)
+    }
+
+    /// Sends OPTIONS for `uri` to the peer at `addr` whose certificate must
+    /// name `peer` (SNI and our rules); its response.
+    pub async fn options(
+        &self,
+        addr: SocketAddr,
+        peer: &str,
+        uri: &str,
+    ) -> Result<Message, EdgeError> {
+        let call_id = format!("{}@{}", token(), self.domain);
+        let request = Message::from_head(&[
+            format!("OPTIONS {uri} SIP/2.0"),
+            format!(
+                "Via: SIP/2.0/TLS {};rport;branch=z9hG4bK{}",
+                self.domain,
+                token()
+            ),
+            "Max-Forwards: 70".into(),
+            format!("From: <sip:{}>;tag={}", self.domain, token()),
+            format!("To: <{uri}>"),
+            format!("Call-ID: {call_id}"),
+            "CSeq: 1 OPTIONS".into(),
+            format!("Contact: <sip:{};transport=tls>", self.domain),
+            format!("Allow: {ALLOW}"),
+            "Content-Length: 0".into(),
+        ])
+        .map_err(|e| EdgeError::Compose(e.to_string()))?;
+        self.request(addr, peer, &request).await
+    }
+
+    /// Sends `request` to `addr` over mutual TLS and waits for its final
+    /// response (provisional ones are skipped).
+    pub async fn request(
+        &self,
+        addr: SocketAddr,
+        peer: &str,
+        request: &Message,
+    ) -> Result<Message, EdgeError> {
+        let name = ServerName::try_from(peer.to_owned())
+            .map_err(|e| EdgeError::Compose(format!("{peer}: {e}")))?;
+        let exchange = async {
+            let tcp = TcpStream::connect(addr)
+                .await
+                .map_err(|e| EdgeError::Io(format!("connect {addr}"), e))?;
+            let mut tls = self
+                .connector
+                .connect(name, tcp)
+                .await
+                .map_err(|e| EdgeError::Io(format!("TLS to {peer}"), e))?;
+            let chain = tls.get_ref().1.peer_certificates().unwrap_or_default();
+            check_peer(chain, peer, &self.credentials.roots)?;
+            tls.write_all(&request.to_bytes())
+                .await
+                .map_err(|e| EdgeError::Io("write".into(), e))?;
+            let call_id = request
+                .header(&Name::CALL_ID)
+                .unwrap_or_default()
+                .to_owned();
+            let mut framer = Framer::new(self.limits);
+            loop {
+                match next_frame(&mut tls, &mut framer, TRANSACTION_TIMEOUT).await? {
+                    None => return Err(EdgeError::Closed),
+                    Some(Frame::Ping) => tls
+                        .write_all(b"\r\n")
+                        .await
+                        .map_err(|e| EdgeError::Io("write".into(), e))?,
+                    Some(Frame::Message(m))
+                        if m.method().is_none()
+                            && m.header(&Name::CALL_ID) == Some(call_id.as_str())
+                            && status_of(&m) >= 200 =>
+                    {
+                        return Ok(*m);
+                    }
+                    // A request on this connection is answered by the next step.
+                    Some(_) => {}
+                }
+            }
+        };
+        tokio::time::timeout(TRANSACTION_TIMEOUT, exchange)
+            .await
+            .map_err(|_| EdgeError::Timeout(TRANSACTION_TIMEOUT))?
+    }
+}
+
+/// The next frame from `stream`, `None` when the peer closed it.
+async fn next_frame<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    framer: &mut Framer,
+    idle: Duration,
+) -> Result<Option<Frame>, EdgeError> {
+    let mut buffer = [0u8; 8192];
+    loop {
+        if let Some(frame) = framer.next_frame()? {
+            return Ok(Some(frame));
+        }
+        let read = tokio::time::timeout(idle, stream.read(&mut buffer))
+            .await
+            .map_err(|_| EdgeError::Timeout(idle))?
+            .map_err(|e| EdgeError::Io("read".into(), e))?;
+        if read == 0 {
+            return Ok(None);
+        }
+        framer.push(&buffer[..read])?;
+    }
+}
+
+/// A response's status code (0 for a request).
+pub fn status_of(message: &Message) -> u16 {
+    match &message.line {
+        MessageLine::Response(line) => line.code.into_u16(),
+        MessageLine::Request(_) => 0,
+    }
+}
+
+/// The host of the top Via's sent-by.
+fn via_host(request: &Message) -> Option<String> {
+    let via = request.header(&Name::VIA)?;
+    let sent_by = via.split_whitespace().nth(1)?;
+    let host = sent_by.split([';', ':']).next()?;
+    Some(host.to_ascii_lowercase())
+}
+
+/// The domain of the From URI.
+fn from_host(request: &Message) -> Option<String> {
+    let from = request.header(&Name::FROM)?;
+    let uri = from
+        .split(['<', '>'])
+        .find(|p| p.starts_with("sip:") || p.starts_with("sips:"))?;
+    let rest = uri.split_once(':')?.1;
+    let host_part = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    let host = host_part.split([';', ':', '>']).next()?;
+    Some(host.to_ascii_lowercase())
+}
+
+/// A random token for tags, branches and Call-IDs (128 bits, hex).
+fn token() -> String {
+    let mut bytes = [0u8; 16];
+    let random = rustls::crypto::aws_lc_rs::default_provider().secure_random;
+    if random.fill(&mut bytes).is_err() {
+        // Without randomness nothing secure runs; a clock-based token keeps
+        // transactions apart meanwhile.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        bytes = nanos.to_le_bytes();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

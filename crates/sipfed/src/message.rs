@@ -1,0 +1,119 @@
+//! A SIP message as the edge handles it: its first line, its headers (by
+//! name, compact forms read as their long names) and its body.
+
+use bytes::Bytes;
+use ezk_sip_types::msg::{Line, MessageLine, PullParser};
+use ezk_sip_types::parse::Parse;
+use ezk_sip_types::print::AppendCtx;
+use ezk_sip_types::{Headers, Method, Name};
+
+/// Why bytes are not a SIP message.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ParseError {
+    #[error("the message head is not UTF-8")]
+    NotUtf8,
+    #[error("the message head is incomplete")]
+    Incomplete,
+    #[error("not a SIP request or status line: {0}")]
+    FirstLine(String),
+    #[error("not a header line: {0}")]
+    HeaderLine(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub line: MessageLine,
+    pub headers: Headers,
+    pub body: Bytes,
+}
+
+/// A line as text for an error, cut short.
+fn shown(line: &str) -> String {
+    line.chars().take(80).collect()
+}
+
+impl Message {
+    /// Parses a message whose head ends at `head_len` (framing found it).
+    pub fn parse(frame: &Bytes, head_len: usize) -> Result<Self, ParseError> {
+        let head = frame.get(..head_len).ok_or(ParseError::Incomplete)?;
+        let mut lines = PullParser::new(head, 0);
+        let first = match lines.next() {
+            Some(Ok(line)) => std::str::from_utf8(line).map_err(|_| ParseError::NotUtf8)?,
+            _ => return Err(ParseError::Incomplete),
+        };
+        let line = match MessageLine::parse(frame)(first) {
+            Ok(("", line)) => line,
+            _ => return Err(ParseError::FirstLine(shown(first))),
+        };
+        let mut headers = Headers::new();
+        for raw in lines {
+            let raw = raw.map_err(|_| ParseError::Incomplete)?;
+            let text = std::str::from_utf8(raw).map_err(|_| ParseError::NotUtf8)?;
+            match Line::parse(frame, text) {
+                Ok((_, parsed)) => headers.insert(parsed.name, parsed.value),
+                Err(_) => return Err(ParseError::HeaderLine(shown(text))),
+            }
+        }
+        Ok(Self {
+            line,
+            headers,
+            body: frame.slice(head_len.min(frame.len())..),
+        })
+    }
+
+    /// The request's method, `None` for a response.
+    pub fn method(&self) -> Option<&Method> {
+        self.line.request_method()
+    }
+
+    /// The first value of header `name`.
+    pub fn header(&self, name: &Name) -> Option<&str> {
+        self.headers.get_raw(name).next().map(|v| v.as_str())
+    }
+
+    /// The message as it goes on the wire, its Content-Length set from the body.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut headers = self.headers.clone();
+        headers.remove(&Name::CONTENT_LENGTH);
+        headers.insert(Name::CONTENT_LENGTH, self.body.len().to_string());
+        let mut out = format!("{}\r\n{headers}\r\n", self.line.default_print_ctx()).into_bytes();
+        out.extend_from_slice(&self.body);
+        out
+    }
+
+    /// A response to this request with `code` and `reason`: Via, From, To,
+    /// Call-ID and CSeq copied as RFC 3261 §8.2.6.2 says, a To tag added when
+    /// the request had none (`tag`).
+    pub fn response(&self, code: u16, reason: &str, tag: &str) -> Message {
+        let mut headers = Headers::new();
+        for name in [Name::VIA, Name::FROM, Name::TO, Name::CALL_ID, Name::CSEQ] {
+            for value in self.headers.get_raw(&name) {
+                let value = if name == Name::TO && !value.contains(";tag=") {
+                    format!("{value};tag={tag}")
+                } else {
+                    value.to_string()
+                };
+                headers.insert(name.clone(), value);
+            }
+        }
+        let status = Bytes::from(format!("SIP/2.0 {code} {reason}"));
+        let line = std::str::from_utf8(&status)
+            .ok()
+            .and_then(|text| MessageLine::parse(&status)(text).ok())
+            .map(|(_, line)| line)
+            // A status line we wrote ourselves always parses.
+            .unwrap_or_else(|| self.line.clone());
+        Message {
+            line,
+            headers,
+            body: Bytes::new(),
+        }
+    }
+
+    /// A message we compose as text (head lines joined by CRLF, no body).
+    pub fn from_head(lines: &[String]) -> Result<Self, ParseError> {
+        let frame = Bytes::from(format!("{}\r\n\r\n", lines.join("\r\n")));
+        let head_len = frame.len();
+        Self::parse(&frame, head_len)
+    }
+}
