@@ -104,7 +104,10 @@ impl Drop for Kamailio {
         // whatever is left is killed.
         let group = format!("-{}", self.child.id());
         let signal = |sig: &str| {
-            let _ = Command::new("kill").args([sig, "--", &group]).status();
+            let _ = Command::new("kill")
+                .args([sig, "--", &group])
+                .stderr(Stdio::null())
+                .status();
         };
         signal("-TERM");
         let deadline = Instant::now() + Duration::from_secs(5);

@@ -1,8 +1,8 @@
 //! The federation edge's connections. Inbound: mutual TLS, the peer's
 //! certificate checked against the host of the request's top Via or its From
 //! domain (an Access Edge names its FQDN in Via and its SIP domains in its
-//! certificate), OPTIONS answered, keep-alives answered, and what this
-//! milestone does not handle yet refused with 501 rather than ignored.
+//! certificate), OPTIONS and keep-alives answered, IM requests answered
+//! through `im`.
 //! Outbound: a request over mutual TLS to a peer, its response awaited for
 //! Timer F (64·T1 = 32 s, RFC 3261 §17.1.2.2; over TLS nothing is resent).
 
@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use ezk_sip_types::Name;
 use ezk_sip_types::msg::MessageLine;
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -19,6 +20,7 @@ use tokio::sync::broadcast;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::framing::{Frame, FrameError, Framer, Limits};
+use crate::im::{Dialog, ImEvent, Sessions};
 use crate::message::Message;
 use crate::tls::{Credentials, PeerRefused, TlsError, check_peer};
 
@@ -47,6 +49,8 @@ pub enum EdgeError {
     Closed,
     #[error("the message we composed does not parse: {0}")]
     Compose(String),
+    #[error("refused with {status}{}", if diagnostics.is_empty() { String::new() } else { format!(" ({diagnostics})") })]
+    Refused { status: u16, diagnostics: String },
 }
 
 /// What the edge answered, for logs and tests: the method, the name the
@@ -67,6 +71,8 @@ pub struct Edge {
     listener: TcpListener,
     limits: Limits,
     answered: broadcast::Sender<Answered>,
+    sessions: Sessions,
+    events: broadcast::Sender<ImEvent>,
 }
 
 impl Edge {
@@ -88,6 +94,8 @@ impl Edge {
             listener,
             limits: Limits::default(),
             answered: broadcast::channel(256).0,
+            sessions: Sessions::default(),
+            events: broadcast::channel(1024).0,
         })
     }
 
@@ -98,6 +106,16 @@ impl Edge {
     /// What the edge answers from now on.
     pub fn answered(&self) -> broadcast::Receiver<Answered> {
         self.answered.subscribe()
+    }
+
+    /// The messages, typing and session ends peers send.
+    pub fn im_events(&self) -> broadcast::Receiver<ImEvent> {
+        self.events.subscribe()
+    }
+
+    /// Our Contact: where peers send in-dialog requests.
+    fn contact(&self) -> String {
+        format!("sip:{};transport=tls", self.domain)
     }
 
     /// Accepts connections until the task is dropped.
@@ -183,8 +201,15 @@ impl Edge {
                         .insert(Name::ACCEPT, "application/sdp, text/plain");
                     ok
                 } else {
-                    // 1:1 IM (INVITE, MESSAGE, INFO, BYE) is the next step of this milestone.
-                    request.response(501, "Not Implemented", &tag)
+                    match self.sessions.answer(request, &self.contact(), &tag) {
+                        Some(answer) => {
+                            if let Some(event) = answer.event {
+                                let _ = self.events.send(event);
+                            }
+                            answer.response
+                        }
+                        None => request.response(400, "Bad Request", &tag),
+                    }
                 };
                 (response, peer.clone())
             }
@@ -235,6 +260,19 @@ impl Edge {
         peer: &str,
         request: &Message,
     ) -> Result<Message, EdgeError> {
+        self.exchange(addr, peer, request, true)
+            .await?
+            .ok_or(EdgeError::Closed)
+    }
+
+    /// Sends `request`; with `wait`, its final response.
+    async fn exchange(
+        &self,
+        addr: SocketAddr,
+        peer: &str,
+        request: &Message,
+        wait: bool,
+    ) -> Result<Option<Message>, EdgeError> {
         let name = ServerName::try_from(peer.to_owned())
             .map_err(|e| EdgeError::Compose(format!("{peer}: {e}")))?;
         let exchange = async {
@@ -251,6 +289,10 @@ impl Edge {
             tls.write_all(&request.to_bytes())
                 .await
                 .map_err(|e| EdgeError::Io("write".into(), e))?;
+            if !wait {
+                let _ = tls.shutdown().await;
+                return Ok(None);
+            }
             let call_id = request
                 .header(&Name::CALL_ID)
                 .unwrap_or_default()
@@ -268,7 +310,7 @@ impl Edge {
                             && m.header(&Name::CALL_ID) == Some(call_id.as_str())
                             && status_of(&m) >= 200 =>
                     {
-                        return Ok(*m);
+                        return Ok(Some(*m));
                     }
                     // A request on this connection is answered by the next step.
                     Some(_) => {}
@@ -278,6 +320,155 @@ impl Edge {
         tokio::time::timeout(TRANSACTION_TIMEOUT, exchange)
             .await
             .map_err(|_| EdgeError::Timeout(TRANSACTION_TIMEOUT))?
+    }
+}
+
+impl Edge {
+    /// Sends `text` from `from` (our user's SIP address) to `to` at the peer
+    /// `addr` / `peer`: in the session between them if one is up, else in a
+    /// new session's INVITE. A stale session (408, 480, 481) is dropped and
+    /// a new one started, as Microsoft's clients do.
+    pub async fn send_im(
+        &self,
+        (addr, peer): (SocketAddr, &str),
+        from: &str,
+        to: &str,
+        text: &str,
+    ) -> Result<(), EdgeError> {
+        let (from, to) = (from.to_ascii_lowercase(), to.to_ascii_lowercase());
+        if let Some(dialog) = self.sessions.between(&from, &to) {
+            let cseq = self.sessions.next_cseq(&dialog.call_id).unwrap_or(2);
+            let message = self.in_dialog(&dialog, "MESSAGE", cseq, Some(text))?;
+            let response = self.request(addr, peer, &message).await?;
+            match status_of(&response) {
+                200..=299 => return Ok(()),
+                408 | 480 | 481 => self.sessions.forget(&dialog.call_id),
+                status => return Err(refused(status, &response)),
+            }
+        }
+        let dialog = Dialog {
+            call_id: format!("{}@{}", token(), self.domain),
+            local_uri: from.clone(),
+            local_tag: token(),
+            remote_uri: to.clone(),
+            remote_tag: String::new(),
+            remote_target: to.clone(),
+            cseq: 1,
+        };
+        let mut invite = self.head(&dialog, "INVITE", &to, 1)?;
+        invite.headers.insert(
+            Name::custom("ms-text-format", &["ms-text-format"]),
+            crate::im::text_format(text),
+        );
+        invite.headers.insert(
+            Name::custom("Ms-Conversation-ID", &["ms-conversation-id"]),
+            token(),
+        );
+        invite.headers.insert(Name::SUPPORTED, "ms-text-format");
+        invite.headers.insert(Name::CONTENT_TYPE, "application/sdp");
+        invite.body = Bytes::from(crate::im::sdp("m=message 5061 sip null"));
+        let response = self.request(addr, peer, &invite).await?;
+        let status = status_of(&response);
+        if !(200..300).contains(&status) {
+            return Err(refused(status, &response));
+        }
+        let dialog = Dialog {
+            remote_tag: response
+                .header(&Name::TO)
+                .and_then(crate::im::tag)
+                .unwrap_or_default(),
+            remote_target: response
+                .header(&Name::CONTACT)
+                .and_then(|c| {
+                    c.split(['<', '>'])
+                        .find(|p| p.starts_with("sip"))
+                        .map(str::to_owned)
+                })
+                .unwrap_or(to),
+            ..dialog
+        };
+        self.sessions.keep(dialog.clone());
+        let ack = self.in_dialog(&dialog, "ACK", 1, None)?;
+        self.exchange(addr, peer, &ack, false).await?;
+        let took_it = response
+            .headers
+            .get_raw(&Name::SUPPORTED)
+            .any(|v| v.contains("ms-text-format"));
+        if !took_it {
+            let cseq = self.sessions.next_cseq(&dialog.call_id).unwrap_or(2);
+            let message = self.in_dialog(&dialog, "MESSAGE", cseq, Some(text))?;
+            let response = self.request(addr, peer, &message).await?;
+            if status_of(&response) >= 300 {
+                return Err(refused(status_of(&response), &response));
+            }
+        }
+        Ok(())
+    }
+
+    /// A request's head in `dialog` (the To tag once the peer gave one).
+    fn head(
+        &self,
+        dialog: &Dialog,
+        method: &str,
+        target: &str,
+        cseq: u32,
+    ) -> Result<Message, EdgeError> {
+        let to_tag = if dialog.remote_tag.is_empty() {
+            String::new()
+        } else {
+            format!(";tag={}", dialog.remote_tag)
+        };
+        Message::from_head(&[
+            format!("{method} {target} SIP/2.0"),
+            format!(
+                "Via: SIP/2.0/TLS {};rport;branch=z9hG4bK{}",
+                self.domain,
+                token()
+            ),
+            "Max-Forwards: 70".into(),
+            format!("From: <{}>;tag={}", dialog.local_uri, dialog.local_tag),
+            format!("To: <{}>{to_tag}", dialog.remote_uri),
+            format!("Call-ID: {}", dialog.call_id),
+            format!("CSeq: {cseq} {method}"),
+            format!("Contact: <{}>", self.contact()),
+        ])
+        .map_err(|e| EdgeError::Compose(e.to_string()))
+    }
+
+    /// An in-dialog request, with a plain-text body when given.
+    fn in_dialog(
+        &self,
+        dialog: &Dialog,
+        method: &str,
+        cseq: u32,
+        text: Option<&str>,
+    ) -> Result<Message, EdgeError> {
+        let mut message = self.head(dialog, method, &dialog.remote_target, cseq)?;
+        if let Some(text) = text {
+            message
+                .headers
+                .insert(Name::CONTENT_TYPE, "text/plain; charset=UTF-8");
+            message.body = Bytes::from(text.to_owned());
+        }
+        Ok(message)
+    }
+}
+
+/// A refusal, with the peer's diagnostics when it gave them.
+fn refused(status: u16, response: &Message) -> EdgeError {
+    let reason = match &response.line {
+        MessageLine::Response(line) => line.reason.as_ref().map(|r| r.to_string()),
+        MessageLine::Request(_) => None,
+    };
+    let diagnostics = ["ms-diagnostics-public", "ms-diagnostics"]
+        .iter()
+        .find_map(|h| response.header(&Name::custom(h, &[])))
+        .map(str::to_owned)
+        .or(reason)
+        .unwrap_or_default();
+    EdgeError::Refused {
+        status,
+        diagnostics,
     }
 }
 

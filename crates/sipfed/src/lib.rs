@@ -9,8 +9,10 @@
 //! - `tls`: the mutual-TLS configurations and the peer's certificate rules
 //!   (its SIP domain or edge FQDN in the SAN, no wildcard, server and client
 //!   usage);
-//! - `edge`: the listener and outbound connections: OPTIONS answered,
-//!   keep-alives answered, what is not built yet refused with 501.
+//! - `im`: 1:1 IM sessions as Microsoft federates them (INVITE with the
+//!   first message, in-dialog MESSAGE, INFO typing, BYE, 481);
+//! - `edge`: the listener and outbound connections: OPTIONS and keep-alives
+//!   answered, IM requests answered and sent.
 //!
 //! Why `ezk-sip-types` for the syntax: it is maintained (2025–2026 releases),
 //! MIT, brings no TLS or runtime of its own (the gateway keeps one TLS stack,
@@ -21,9 +23,11 @@
 
 pub mod edge;
 pub mod framing;
+pub mod im;
 pub mod message;
 pub mod tls;
 
 pub use edge::{Edge, EdgeError};
 pub use framing::{Frame, FrameError, Framer, Limits};
+pub use im::ImEvent;
 pub use message::Message;

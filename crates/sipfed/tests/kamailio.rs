@@ -13,7 +13,7 @@ use xmppfed_e2e::kamailio::{self, Kamailio, NAME, VIA_HOST};
 use xmppfed_e2e::prosody::TestCa;
 use xmppfed_sipfed::edge::status_of;
 use xmppfed_sipfed::tls::Credentials;
-use xmppfed_sipfed::{Edge, EdgeError};
+use xmppfed_sipfed::{Edge, EdgeError, ImEvent};
 
 const OURS: &str = "gw.test";
 
@@ -78,6 +78,8 @@ async fn kamailio_accepts_our_tls_sip_and_we_accept_its() {
         "our edge answered Kamailio, whose certificate proved its Via's host"
     );
 
+    im_both_ways(&ca, &ours, at, &kamailio).await;
+
     // A client whose certificate no trusted CA issued: Kamailio refuses the handshake.
     let rogue_dir = tempfile::tempdir().unwrap();
     let rogue_ca = TestCa::new(rogue_dir.path()).unwrap();
@@ -97,5 +99,76 @@ async fn kamailio_accepts_our_tls_sip_and_we_accept_its() {
     );
     eprintln!(
         "Kamailio: answered our OPTIONS over mutual TLS; relayed one to our edge over its own TLS connection (its certificate proved its Via, {VIA_HOST}); refused a certificate of an unknown CA"
+    );
+}
+
+async fn next_message(
+    events: &mut tokio::sync::broadcast::Receiver<ImEvent>,
+) -> (String, String, String) {
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(10), events.recv())
+            .await
+            .expect("an IM event within 10 s")
+            .unwrap();
+        if let ImEvent::Message { from, to, text } = event {
+            return (from, to, text);
+        }
+    }
+}
+
+/// 1:1 IM as Microsoft federates it, between our edge and another edge
+/// standing in for Skype for Business ("sfb.test"): its INVITE, carrying the
+/// first message, and its in-dialog MESSAGE go through Kamailio, which
+/// parses and relays them and our answers; our answer goes back in the
+/// session it opened; and when that peer has lost the session (481), ours
+/// starts a new one.
+async fn im_both_ways(ca: &TestCa, ours: &Arc<Edge>, kamailio_at: SocketAddr, kamailio: &Kamailio) {
+    let (alice, bob) = ("sip:alice@sfb.test", "sip:bob@gw.test");
+    let mut at_ours = ours.im_events();
+    let sfb = edge(ca, "sfb.test").await;
+    let sfb_at = sfb.local_addr().unwrap();
+    let mut at_sfb = sfb.im_events();
+    tokio::spawn(sfb.clone().serve());
+
+    for text in ["Hello from Skype for Business", "and a second line"] {
+        sfb.send_im((kamailio_at, NAME), alice, bob, text)
+            .await
+            .unwrap_or_else(|e| panic!("{e}\nKamailio:\n{}", kamailio.log()));
+        assert_eq!(
+            next_message(&mut at_ours).await,
+            (alice.to_owned(), bob.to_owned(), text.to_owned()),
+            "through Kamailio, first in the INVITE, then in-dialog"
+        );
+    }
+    ours.send_im((sfb_at, "sfb.test"), bob, alice, "Hello back from XMPP")
+        .await
+        .unwrap();
+    assert_eq!(
+        next_message(&mut at_sfb).await,
+        (
+            bob.to_owned(),
+            alice.to_owned(),
+            "Hello back from XMPP".to_owned()
+        )
+    );
+
+    // The peer restarted and lost the session: 481, then a new session.
+    let restarted = edge(ca, "sfb.test").await;
+    let restarted_at = restarted.local_addr().unwrap();
+    let mut at_restarted = restarted.im_events();
+    tokio::spawn(restarted.clone().serve());
+    ours.send_im((restarted_at, "sfb.test"), bob, alice, "after your restart")
+        .await
+        .unwrap();
+    assert_eq!(
+        next_message(&mut at_restarted).await,
+        (
+            bob.to_owned(),
+            alice.to_owned(),
+            "after your restart".to_owned()
+        )
+    );
+    eprintln!(
+        "IM: two messages from the Skype for Business stand-in through Kamailio (INVITE with the first, then in-dialog MESSAGE), one back in its session, and a new session after a 481"
     );
 }
