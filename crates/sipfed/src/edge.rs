@@ -14,11 +14,12 @@ use bytes::Bytes;
 use ezk_sip_types::Name;
 use ezk_sip_types::msg::MessageLine;
 use rustls::pki_types::{CertificateDer, ServerName};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::broadcast;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
+use crate::connection::{Connection, transaction};
 use crate::framing::{Frame, FrameError, Framer, Limits};
 use crate::im::{Dialog, ImEvent, Sessions};
 use crate::message::Message;
@@ -73,6 +74,8 @@ pub struct Edge {
     answered: broadcast::Sender<Answered>,
     sessions: Sessions,
     events: broadcast::Sender<ImEvent>,
+    /// Outbound connections by peer address, reused.
+    connections: std::sync::Mutex<std::collections::HashMap<SocketAddr, Arc<Connection>>>,
 }
 
 impl Edge {
@@ -96,6 +99,7 @@ impl Edge {
             answered: broadcast::channel(256).0,
             sessions: Sessions::default(),
             events: broadcast::channel(1024).0,
+            connections: std::sync::Mutex::default(),
         })
     }
 
@@ -226,7 +230,7 @@ impl Edge {
     /// Sends OPTIONS for `uri` to the peer at `addr` whose certificate must
     /// name `peer` (SNI and our rules); its response.
     pub async fn options(
-        &self,
+        self: &Arc<Self>,
         addr: SocketAddr,
         peer: &str,
         uri: &str,
@@ -255,7 +259,7 @@ impl Edge {
     /// Sends `request` to `addr` over mutual TLS and waits for its final
     /// response (provisional ones are skipped).
     pub async fn request(
-        &self,
+        self: &Arc<Self>,
         addr: SocketAddr,
         peer: &str,
         request: &Message,
@@ -265,61 +269,142 @@ impl Edge {
             .ok_or(EdgeError::Closed)
     }
 
-    /// Sends `request`; with `wait`, its final response.
+    /// Sends `request` on the connection to `addr` (made, or reused); with
+    /// `wait`, its final response. A connection found closed is made again
+    /// once.
     async fn exchange(
-        &self,
+        self: &Arc<Self>,
         addr: SocketAddr,
         peer: &str,
         request: &Message,
         wait: bool,
     ) -> Result<Option<Message>, EdgeError> {
-        let name = ServerName::try_from(peer.to_owned())
-            .map_err(|e| EdgeError::Compose(format!("{peer}: {e}")))?;
+        let key = transaction(request).unwrap_or_default();
+        let bytes = request.to_bytes();
         let exchange = async {
-            let tcp = TcpStream::connect(addr)
-                .await
-                .map_err(|e| EdgeError::Io(format!("connect {addr}"), e))?;
-            let mut tls = self
-                .connector
-                .connect(name, tcp)
-                .await
-                .map_err(|e| EdgeError::Io(format!("TLS to {peer}"), e))?;
-            let chain = tls.get_ref().1.peer_certificates().unwrap_or_default();
-            check_peer(chain, peer, &self.credentials.roots)?;
-            tls.write_all(&request.to_bytes())
-                .await
-                .map_err(|e| EdgeError::Io("write".into(), e))?;
-            if !wait {
-                let _ = tls.shutdown().await;
-                return Ok(None);
-            }
-            let call_id = request
-                .header(&Name::CALL_ID)
-                .unwrap_or_default()
-                .to_owned();
-            let mut framer = Framer::new(self.limits);
-            loop {
-                match next_frame(&mut tls, &mut framer, TRANSACTION_TIMEOUT).await? {
-                    None => return Err(EdgeError::Closed),
-                    Some(Frame::Ping) => tls
-                        .write_all(b"\r\n")
-                        .await
-                        .map_err(|e| EdgeError::Io("write".into(), e))?,
-                    Some(Frame::Message(m))
-                        if m.method().is_none()
-                            && m.header(&Name::CALL_ID) == Some(call_id.as_str())
-                            && status_of(&m) >= 200 =>
-                    {
-                        return Ok(Some(*m));
+            for attempt in 0..2 {
+                let connection = self.connection(addr, peer).await?;
+                let answer = wait.then(|| connection.expect(key.clone()));
+                if let Err(e) = connection.send(&bytes).await {
+                    self.drop_connection(addr, &connection);
+                    if attempt == 0 {
+                        continue;
                     }
-                    // A request on this connection is answered by the next step.
-                    Some(_) => {}
+                    return Err(EdgeError::Io("write".into(), e));
                 }
+                let Some(answer) = answer else {
+                    return Ok(None);
+                };
+                return match answer.await {
+                    Ok(response) => Ok(Some(response)),
+                    Err(_) => Err(EdgeError::Closed),
+                };
             }
+            Err(EdgeError::Closed)
         };
         tokio::time::timeout(TRANSACTION_TIMEOUT, exchange)
             .await
             .map_err(|_| EdgeError::Timeout(TRANSACTION_TIMEOUT))?
+    }
+
+    /// The open connection to `addr`, or a new one whose certificate proves
+    /// `peer`; its reader runs until the peer closes it.
+    async fn connection(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        peer: &str,
+    ) -> Result<Arc<Connection>, EdgeError> {
+        if let Some(open) = self.open_connection(addr) {
+            return Ok(open);
+        }
+        let name = ServerName::try_from(peer.to_owned())
+            .map_err(|e| EdgeError::Compose(format!("{peer}: {e}")))?;
+        let tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|e| EdgeError::Io(format!("connect {addr}"), e))?;
+        let tls = self
+            .connector
+            .connect(name, tcp)
+            .await
+            .map_err(|e| EdgeError::Io(format!("TLS to {peer}"), e))?;
+        let chain: Vec<CertificateDer<'static>> = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+            .unwrap_or_default();
+        check_peer(&chain, peer, &self.credentials.roots)?;
+        let (reader, writer) = tokio::io::split(tls);
+        let connection = Arc::new(Connection::new(writer));
+        let mut connections = self.connections.lock().unwrap_or_else(|p| p.into_inner());
+        // Another task may have connected meanwhile: one connection per peer.
+        if let Some(open) = connections.get(&addr).filter(|c| !c.is_closed()) {
+            return Ok(open.clone());
+        }
+        connections.insert(addr, connection.clone());
+        drop(connections);
+        let (edge, reading) = (self.clone(), connection.clone());
+        tokio::spawn(async move {
+            if let Err(e) = edge.read_outbound(reader, &reading, &chain).await {
+                tracing::info!(%addr, error = %e, "SIP connection closed");
+            }
+            reading.close();
+            edge.drop_connection(addr, &reading);
+        });
+        Ok(connection)
+    }
+
+    /// Outbound connections open now (one per peer address).
+    pub fn connections_open(&self) -> usize {
+        let connections = self.connections.lock().unwrap_or_else(|p| p.into_inner());
+        connections.values().filter(|c| !c.is_closed()).count()
+    }
+
+    fn open_connection(&self, addr: SocketAddr) -> Option<Arc<Connection>> {
+        let connections = self.connections.lock().unwrap_or_else(|p| p.into_inner());
+        connections.get(&addr).filter(|c| !c.is_closed()).cloned()
+    }
+
+    fn drop_connection(&self, addr: SocketAddr, connection: &Arc<Connection>) {
+        connection.close();
+        let mut connections = self.connections.lock().unwrap_or_else(|p| p.into_inner());
+        if connections
+            .get(&addr)
+            .is_some_and(|c| Arc::ptr_eq(c, connection))
+        {
+            connections.remove(&addr);
+        }
+    }
+
+    /// What comes back on a connection we opened: pongs, final responses
+    /// for the transactions waiting, and requests, answered.
+    async fn read_outbound(
+        &self,
+        mut reader: tokio::io::ReadHalf<tokio_rustls::client::TlsStream<TcpStream>>,
+        connection: &Connection,
+        chain: &[CertificateDer<'_>],
+    ) -> Result<(), EdgeError> {
+        let mut framer = Framer::new(self.limits);
+        while let Some(frame) = next_frame(&mut reader, &mut framer, IDLE_TIMEOUT).await? {
+            let reply = match frame {
+                Frame::Ping => Some(b"\r\n".to_vec()),
+                Frame::Pong => None,
+                Frame::Message(m) if m.method().is_none() => {
+                    if status_of(&m) >= 200 && !connection.deliver(*m) {
+                        tracing::debug!("a response no transaction waits for");
+                    }
+                    None
+                }
+                Frame::Message(m) => self.answer(&m, chain).map(|r| r.to_bytes()),
+            };
+            if let Some(bytes) = reply {
+                connection
+                    .send(&bytes)
+                    .await
+                    .map_err(|e| EdgeError::Io("write".into(), e))?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -329,7 +414,7 @@ impl Edge {
     /// new session's INVITE. A stale session (408, 480, 481) is dropped and
     /// a new one started, as Microsoft's clients do.
     pub async fn send_im(
-        &self,
+        self: &Arc<Self>,
         (addr, peer): (SocketAddr, &str),
         from: &str,
         to: &str,
@@ -473,7 +558,7 @@ fn refused(status: u16, response: &Message) -> EdgeError {
 }
 
 /// The next frame from `stream`, `None` when the peer closed it.
-async fn next_frame<S: AsyncRead + AsyncWrite + Unpin>(
+async fn next_frame<S: AsyncRead + Unpin>(
     stream: &mut S,
     framer: &mut Framer,
     idle: Duration,

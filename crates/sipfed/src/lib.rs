@@ -21,6 +21,7 @@
 //! made for framing on a stream. Transactions over TLS need no
 //! retransmission, so they are ours and small.
 
+mod connection;
 pub mod edge;
 pub mod framing;
 pub mod im;

@@ -85,13 +85,15 @@ async fn kamailio_accepts_our_tls_sip_and_we_accept_its() {
     let rogue_ca = TestCa::new(rogue_dir.path()).unwrap();
     let (cert, key) = rogue_ca.issue("rogue.test").unwrap();
     // It trusts Kamailio's CA, so the refusal is Kamailio's, not its own.
-    let rogue = Edge::bind(
-        "127.0.0.1:0".parse().unwrap(),
-        "rogue.test",
-        Credentials::from_pem(&cert, &key, &ca.cert).unwrap(),
-    )
-    .await
-    .unwrap();
+    let rogue = Arc::new(
+        Edge::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            "rogue.test",
+            Credentials::from_pem(&cert, &key, &ca.cert).unwrap(),
+        )
+        .await
+        .unwrap(),
+    );
     let refused = rogue.options(at, NAME, &format!("sip:{NAME}")).await;
     assert!(
         matches!(refused, Err(EdgeError::Io(..) | EdgeError::Closed)),
@@ -140,6 +142,11 @@ async fn im_both_ways(ca: &TestCa, ours: &Arc<Edge>, kamailio_at: SocketAddr, ka
             "through Kamailio, first in the INVITE, then in-dialog"
         );
     }
+    assert_eq!(
+        sfb.connections_open(),
+        1,
+        "INVITE, ACK and MESSAGE went on one connection to Kamailio"
+    );
     ours.send_im((sfb_at, "sfb.test"), bob, alice, "Hello back from XMPP")
         .await
         .unwrap();
