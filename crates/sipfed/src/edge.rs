@@ -76,6 +76,9 @@ pub struct Edge {
     events: broadcast::Sender<ImEvent>,
     /// Outbound connections by peer address, reused.
     connections: std::sync::Mutex<std::collections::HashMap<SocketAddr, Arc<Connection>>>,
+    /// Which sender domains may start IM with us (the remote-domain allow
+    /// list); every one until set.
+    allowed: Box<dyn Fn(&str) -> bool + Send + Sync>,
 }
 
 impl Edge {
@@ -100,7 +103,16 @@ impl Edge {
             sessions: Sessions::default(),
             events: broadcast::channel(1024).0,
             connections: std::sync::Mutex::default(),
+            allowed: Box::new(|_| true),
         })
+    }
+
+    /// Lets IM in only from sender domains `allowed` accepts; others get 403
+    /// with `ms-diagnostics-public` 1002, [MS-OCER]'s "From URI not
+    /// authorized to communicate with federated partners".
+    pub fn allowing(mut self, allowed: impl Fn(&str) -> bool + Send + Sync + 'static) -> Self {
+        self.allowed = Box::new(allowed);
+        self
     }
 
     pub fn local_addr(&self) -> Option<SocketAddr> {
@@ -196,6 +208,17 @@ impl Edge {
                     ),
                 );
                 (refused, claimed)
+            }
+            Some(peer)
+                if method != "OPTIONS"
+                    && !from_host(request).is_some_and(|d| (self.allowed)(&d)) =>
+            {
+                let mut refused = request.response(403, "Forbidden", &tag);
+                refused.headers.insert(
+                    Name::custom("ms-diagnostics-public", &["ms-diagnostics-public"]),
+                    "1002;reason=\"From URI not authorized to communicate with federated partners\"",
+                );
+                (refused, peer.clone())
             }
             Some(peer) => {
                 let response = if method == "OPTIONS" {

@@ -21,7 +21,13 @@ async fn edge(ca: &TestCa, name: &str) -> Arc<Edge> {
     let (cert, key) = ca.issue(name).unwrap();
     let credentials = Credentials::from_pem(&cert, &key, &ca.cert).unwrap();
     let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    Arc::new(Edge::bind(listen, name, credentials).await.unwrap())
+    let edge = Edge::bind(listen, name, credentials).await.unwrap();
+    // Our edge lets in the Skype for Business stand-in's domain only.
+    Arc::new(if name == OURS {
+        edge.allowing(|domain| domain == "sfb.test")
+    } else {
+        edge
+    })
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -175,7 +181,28 @@ async fn im_both_ways(ca: &TestCa, ours: &Arc<Edge>, kamailio_at: SocketAddr, ka
             "after your restart".to_owned()
         )
     );
+    // A domain our allow list does not name: 403, and Microsoft's diagnostic says why.
+    let blocked = edge(ca, "blocked.test").await;
+    let refused = blocked
+        .send_im(
+            (kamailio_at, NAME),
+            "sip:eve@blocked.test",
+            bob,
+            "let me in",
+        )
+        .await;
+    match refused {
+        Err(EdgeError::Refused {
+            status: 403,
+            diagnostics,
+        }) => {
+            assert!(diagnostics.starts_with("1002;"), "{diagnostics}")
+        }
+        other => {
+            panic!("a domain not allowed must get 403 with ms-diagnostics-public 1002: {other:?}")
+        }
+    }
     eprintln!(
-        "IM: two messages from the Skype for Business stand-in through Kamailio (INVITE with the first, then in-dialog MESSAGE), one back in its session, and a new session after a 481"
+        "IM: two messages from the Skype for Business stand-in through Kamailio (INVITE with the first, then in-dialog MESSAGE), one back in its session, a new session after a 481, and 403 (ms-diagnostics-public 1002) for a domain not allowed"
     );
 }
