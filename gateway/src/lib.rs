@@ -21,6 +21,7 @@ pub mod process;
 pub mod random;
 pub mod reload;
 pub mod s2s;
+pub mod sip_route;
 pub mod store;
 pub mod trust;
 

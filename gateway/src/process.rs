@@ -59,6 +59,8 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Sip(#[from] crate::sip_route::SipRouteError),
 }
 
 /// A gateway whose listeners are bound and which is ready to serve.
@@ -84,6 +86,8 @@ pub struct Gateway {
     /// the file it watches (`reload_from`).
     reloader: crate::reload::Reloader,
     watched: Option<std::path::PathBuf>,
+    /// With `teams.mode = "sip-federation"`: the route instead of Graph.
+    sip: Option<Arc<crate::sip_route::SipRoute>>,
 }
 
 type BuildBridge = Box<dyn FnOnce() -> BoxFuture<'static, Result<Arc<Bridge>, StoreError>> + Send>;
@@ -131,6 +135,12 @@ impl Gateway {
             None => Arc::new(AnyUser),
         };
         let (s2s, inbox) = S2s::bind(config, users, &metrics).await?;
+        let sip = match (config.teams.mode, &config.sip) {
+            (xmppfed_config::TeamsMode::SipFederation, Some(sip)) => {
+                Some(crate::sip_route::SipRoute::bind(config, sip, store.clone()).await?)
+            }
+            _ => None,
+        };
         // Graph's change notifications: the URL Graph posts to and the secret it echoes.
         let notifications = match (&config.webhook.public_url, &config.webhook.client_state) {
             (Some(url), Some(client_state)) => Some((
@@ -210,6 +220,7 @@ impl Gateway {
             refused,
             reloader,
             watched: None,
+            sip,
         })
     }
 
@@ -222,6 +233,11 @@ impl Gateway {
 
     pub fn s2s_addr(&self) -> Option<SocketAddr> {
         self.s2s.local_addr().ok()
+    }
+
+    /// The SIP federation edge's address, in that mode.
+    pub fn sip_addr(&self) -> Option<SocketAddr> {
+        self.sip.as_ref().and_then(|s| s.local_addr())
     }
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {
@@ -295,7 +311,10 @@ impl Gateway {
                 let stop = stopped(stop_rx.clone());
                 tokio::spawn(lead(build, leadership, loaded, inbox, stop, fatal_tx))
             }
-            _ => tokio::spawn(refuse_until_bridged(inbox, sender)),
+            _ => match self.sip {
+                Some(sip) => tokio::spawn(sip.run(inbox, sender)),
+                None => tokio::spawn(refuse_until_bridged(inbox, sender)),
+            },
         };
         let result = self
             .admin

@@ -8,6 +8,7 @@
 mod domain;
 mod error;
 mod secret;
+mod sip;
 mod validate;
 mod webhook;
 
@@ -20,6 +21,7 @@ use serde::{Deserialize, Serialize};
 pub use domain::{DomainPattern, is_valid_domain};
 pub use error::{ConfigError, FieldError};
 pub use secret::{SecretRef, SecretValue};
+pub use sip::{SipConfig, TeamsConfig, TeamsMode};
 pub use webhook::{ChatNotifications, ListenerLimits, WebhookConfig};
 
 /// The whole gateway configuration file.
@@ -56,6 +58,12 @@ pub struct GatewayConfig {
     /// Node licensing; absent for local use (the sandbox), always rendered by the operator.
     #[serde(default)]
     pub licence: Option<LicenceConfig>,
+    /// The route to Microsoft's side: Graph (default) or SIP federation.
+    #[serde(default)]
+    pub teams: TeamsConfig,
+    /// The SIP federation edge, with `teams.mode = "sip-federation"`.
+    #[serde(default)]
+    pub sip: Option<SipConfig>,
 }
 
 /// Where the gateway finds its licences and how it knows which node it is.

@@ -538,3 +538,32 @@ fn a_postgres_store_takes_its_password_from_a_secret_and_verifies_tls_by_default
         "{m}"
     );
 }
+
+#[test]
+fn sip_federation_needs_its_section_valid_domains_and_a_route() {
+    let mode = format!("{MINIMAL}\n[teams]\nmode = \"sip-federation\"\n");
+    assert_eq!(fields_of(&mode), vec!["sip".to_owned()]);
+    let section = |edge: &str, partner: &str, routes: &str| {
+        format!(
+            "{mode}\n[sip]\nedge_fqdn = \"{edge}\"\npartner_domain = \"{partner}\"\n\
+             cert_file = \"/c\"\nkey_file = \"/k\"\nca_file = \"/ca\"\nroutes = [{routes}]\n"
+        )
+    };
+    let good = section(
+        "sip.gw.example",
+        "contoso.com",
+        "{ domain = \"contoso.com\", host = \"sipfed.online.lync.com\", port = 5061 }",
+    );
+    let config = GatewayConfig::from_toml_str(&good).unwrap();
+    assert_eq!(config.teams.mode, TeamsMode::SipFederation);
+    assert_eq!(config.sip.unwrap().listen.port(), 5061);
+    assert_eq!(
+        fields_of(&section("not a domain", "contoso.com", "")),
+        vec!["sip.edge_fqdn".to_owned(), "sip.routes".to_owned()]
+    );
+    // Graph is the default route, and needs no [sip].
+    assert_eq!(
+        GatewayConfig::from_toml_str(MINIMAL).unwrap().teams.mode,
+        TeamsMode::Graph
+    );
+}

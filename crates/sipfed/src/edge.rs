@@ -79,7 +79,16 @@ pub struct Edge {
     /// Which sender domains may start IM with us (the remote-domain allow
     /// list); every one until set.
     allowed: Box<dyn Fn(&str) -> bool + Send + Sync>,
+    /// Takes each inbound IM before it is answered (the durable outbox).
+    sink: Option<Sink>,
 }
+
+/// What takes an inbound IM before the edge answers it: `true` once stored.
+pub type Sink = Box<
+    dyn Fn(ImEvent) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>
+        + Send
+        + Sync,
+>;
 
 impl Edge {
     pub async fn bind(
@@ -104,7 +113,14 @@ impl Edge {
             events: broadcast::channel(1024).0,
             connections: std::sync::Mutex::default(),
             allowed: Box::new(|_| true),
+            sink: None,
         })
+    }
+
+    /// Hands every inbound IM to `sink` before answering it.
+    pub fn with_sink(mut self, sink: Sink) -> Self {
+        self.sink = Some(sink);
+        self
     }
 
     /// Lets IM in only from sender domains `allowed` accepts; others get 403
@@ -169,7 +185,7 @@ impl Edge {
             let reply = match frame {
                 Frame::Ping => Some(b"\r\n".to_vec()),
                 Frame::Pong => None,
-                Frame::Message(m) => self.answer(&m, &chain).map(|r| r.to_bytes()),
+                Frame::Message(m) => self.answer(&m, &chain).await.map(|r| r.to_bytes()),
             };
             if let Some(bytes) = reply {
                 tls.write_all(&bytes)
@@ -179,12 +195,37 @@ impl Edge {
         }
     }
 
-    /// The response to an inbound request (`None` for ACK and responses).
-    fn answer(&self, request: &Message, chain: &[CertificateDer<'_>]) -> Option<Message> {
+    /// The response to an inbound request (`None` for ACK and responses),
+    /// once the sink (if any) has taken what it tells: a sink that cannot
+    /// store it makes the answer 500, so the peer sends it again.
+    async fn answer(&self, request: &Message, chain: &[CertificateDer<'_>]) -> Option<Message> {
+        let (mut response, event) = self.respond(request, chain)?;
+        if let Some(event) = event {
+            let taken = match &self.sink {
+                Some(sink) => sink(event.clone()).await,
+                None => true,
+            };
+            if taken {
+                let _ = self.events.send(event);
+            } else {
+                response = request.response(500, "Server Internal Error", &token());
+                response.headers.insert(Name::RETRY_AFTER, "5");
+            }
+        }
+        Some(response)
+    }
+
+    /// The response to an inbound request and what it tells the bridge.
+    fn respond(
+        &self,
+        request: &Message,
+        chain: &[CertificateDer<'_>],
+    ) -> Option<(Message, Option<ImEvent>)> {
         let method = request.method()?.to_string();
         if method == "ACK" {
             return None;
         }
+        let mut event = None;
         let tag = token();
         let names = [via_host(request), from_host(request)];
         let proved = names
@@ -230,9 +271,7 @@ impl Edge {
                 } else {
                     match self.sessions.answer(request, &self.contact(), &tag) {
                         Some(answer) => {
-                            if let Some(event) = answer.event {
-                                let _ = self.events.send(event);
-                            }
+                            event = answer.event;
                             answer.response
                         }
                         None => request.response(400, "Bad Request", &tag),
@@ -247,7 +286,7 @@ impl Edge {
             peer,
             status,
         });
-        Some(response)
+        Some((response, event))
     }
 
     /// Sends OPTIONS for `uri` to the peer at `addr` whose certificate must
@@ -418,7 +457,7 @@ impl Edge {
                     }
                     None
                 }
-                Frame::Message(m) => self.answer(&m, chain).map(|r| r.to_bytes()),
+                Frame::Message(m) => self.answer(&m, chain).await.map(|r| r.to_bytes()),
             };
             if let Some(bytes) = reply {
                 connection

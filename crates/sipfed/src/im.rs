@@ -27,11 +27,13 @@ const MAX_FIRST_MESSAGE: usize = 8 * 1024;
 /// What the edge tells the bridge.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ImEvent {
-    /// A message from `from` (a SIP address of record) to `to`.
+    /// A message from `from` (a SIP address of record) to `to`; `id` (its
+    /// Call-ID and CSeq) is the same when the peer sends it again.
     Message {
         from: String,
         to: String,
         text: String,
+        id: String,
     },
     /// `from` started or stopped typing to `to`.
     Typing {
@@ -115,6 +117,16 @@ fn text_of(message: &Message) -> Option<String> {
         .flatten()
 }
 
+/// A request's identity across retransmissions: Call-ID and CSeq.
+fn message_id(request: &Message) -> String {
+    let call_id = request.header(&Name::CALL_ID).unwrap_or_default();
+    let cseq = request.header(&Name::CSEQ).unwrap_or_default();
+    format!(
+        "{call_id} {}",
+        cseq.split_whitespace().collect::<Vec<_>>().join(" ")
+    )
+}
+
 /// An inbound request's answer and what it tells the bridge.
 pub struct Answer {
     pub response: Message,
@@ -180,7 +192,12 @@ impl Sessions {
             ("MESSAGE", Some(_)) => match text_of(request) {
                 Some(text) => Answer {
                     response: reply(200, "OK"),
-                    event: Some(ImEvent::Message { from, to, text }),
+                    event: Some(ImEvent::Message {
+                        id: message_id(request),
+                        from,
+                        to,
+                        text,
+                    }),
                 },
                 None => Answer {
                     response: reply(415, "Unsupported Media Type"),
@@ -258,9 +275,10 @@ impl Sessions {
             ok.headers.insert(Name::SUPPORTED, "ms-text-format");
         }
         ok.body = Bytes::from(sdp(&format!("m=message 5061 sip {to}")));
+        let id = message_id(invite);
         Answer {
             response: ok,
-            event: first.map(|text| ImEvent::Message { from, to, text }),
+            event: first.map(|text| ImEvent::Message { from, to, text, id }),
         }
     }
 }
@@ -329,7 +347,8 @@ mod tests {
             Some(ImEvent::Message {
                 from: "sip:alice@contoso.example".into(),
                 to: "sip:bob@xmpp.example".into(),
-                text: "qwe".into()
+                text: "qwe".into(),
+                id: "ce878a8b 1 INVITE".into(),
             })
         );
         let dialog = sessions.dialog("ce878a8b").unwrap();

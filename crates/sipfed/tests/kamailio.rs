@@ -118,7 +118,7 @@ async fn next_message(
             .await
             .expect("an IM event within 10 s")
             .unwrap();
-        if let ImEvent::Message { from, to, text } = event {
+        if let ImEvent::Message { from, to, text, .. } = event {
             return (from, to, text);
         }
     }

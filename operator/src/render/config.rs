@@ -136,6 +136,9 @@ pub fn render_config(
                 .clone()
                 .unwrap_or_else(|| "info".to_owned()),
         },
+        // The CRD renders the Graph route; SIP federation is not in it yet.
+        teams: cfg::TeamsConfig::default(),
+        sip: None,
     };
 
     // The gateway validates its file at startup; check it here so a bad spec
