@@ -286,23 +286,7 @@ impl SipRoute {
         why: &str,
         sender: &S2sSender,
     ) {
-        let (Ok(contact), Ok(ours)) = (
-            p.remote_full.parse::<Jid>(),
-            format!("{}@{}", p.local, self.domain).parse::<Jid>(),
-        ) else {
-            return;
-        };
-        let mut sent = Message::new_with_type(MessageType::Chat, Some(ours));
-        sent.from = Some(contact);
-        sent.id = p.id.clone().map(Id);
-        crate::bridge::reply_error(
-            sender,
-            &Stanza::Message(sent),
-            condition,
-            ErrorType::Cancel,
-            why,
-        )
-        .await;
+        crate::bridge::messages::bounce(sender, &self.domain, p, condition, why).await;
     }
 }
 

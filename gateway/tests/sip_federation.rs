@@ -78,6 +78,42 @@ fn config(
     config
 }
 
+/// Microsoft's side at `at`: its edge certified for its FQDN and the
+/// address the gateway's static route names; `refusing`: its external
+/// access allows no domain of ours.
+async fn microsoft_edge(ca: &TestCa, at: SocketAddr, refusing: bool) -> Arc<Edge> {
+    let (cert, key) = ca
+        .issue_for("sip.contoso.test", "DNS:sip.contoso.test,IP:127.0.0.1")
+        .unwrap();
+    let edge = Edge::bind(
+        at,
+        "sip.contoso.test",
+        Credentials::from_pem(&cert, &key, &ca.cert).unwrap(),
+    )
+    .await
+    .unwrap();
+    let edge = Arc::new(if refusing {
+        edge.allowing(|_| false)
+    } else {
+        edge
+    });
+    tokio::spawn(edge.clone().serve());
+    edge
+}
+
+/// Prosody for Bob's domain, routing ours to the gateway's s2s port.
+fn prosody_with_bob(s2s: u16, peer_s2s: u16) -> (Prosody, XmppClient) {
+    let server = Prosody::start(&ProsodyOptions {
+        routes: vec![(DOMAIN.into(), s2s)],
+        s2s_port: Some(peer_s2s),
+        ..ProsodyOptions::new(PEER)
+    })
+    .unwrap();
+    server.register("bob", "bobpw").unwrap();
+    let bob = connect("bob@xmpp.test", "bobpw", server.c2s_port);
+    (server, bob)
+}
+
 /// Waits for what Microsoft's side receives.
 async fn at_microsoft(
     events: &mut tokio::sync::broadcast::Receiver<ImEvent>,
@@ -125,14 +161,7 @@ async fn messages_cross_to_skype_for_business_and_back_exactly_once_across_a_res
     let microsoft_at: SocketAddr = format!("127.0.0.1:{microsoft_port}").parse().unwrap();
     let config = config(dir.path(), &ca, s2s, peer_s2s, microsoft_at);
     let mut gateway = start(&config).await;
-    let server = Prosody::start(&ProsodyOptions {
-        routes: vec![(DOMAIN.into(), s2s)],
-        s2s_port: Some(peer_s2s),
-        ..ProsodyOptions::new(PEER)
-    })
-    .unwrap();
-    server.register("bob", "bobpw").unwrap();
-    let mut bob = connect("bob@xmpp.test", "bobpw", server.c2s_port);
+    let (_server, mut bob) = prosody_with_bob(s2s, peer_s2s);
 
     // The Microsoft side is down: Bob's message waits in the outbox, and the
     // gateway restarts meanwhile.
@@ -145,22 +174,9 @@ async fn messages_cross_to_skype_for_business_and_back_exactly_once_across_a_res
     let _ = gateway.stop.send(());
     gateway.task.await.unwrap().unwrap();
 
-    // Microsoft's side comes up: its edge certified for its FQDN and the
-    // address the gateway's static route names.
-    let (cert, key) = ca
-        .issue_for("sip.contoso.test", "DNS:sip.contoso.test,IP:127.0.0.1")
-        .unwrap();
-    let microsoft = Arc::new(
-        Edge::bind(
-            microsoft_at,
-            "sip.contoso.test",
-            Credentials::from_pem(&cert, &key, &ca.cert).unwrap(),
-        )
-        .await
-        .unwrap(),
-    );
+    // Microsoft's side comes up.
+    let microsoft = microsoft_edge(&ca, microsoft_at, false).await;
     let mut received = microsoft.im_events();
-    tokio::spawn(microsoft.clone().serve());
     gateway = start(&config).await;
     assert_eq!(
         at_microsoft(&mut received).await,
@@ -223,21 +239,8 @@ async fn a_refusal_from_the_microsoft_side_comes_back_to_the_sender() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new(dir.path()).unwrap();
-    let (cert, key) = ca
-        .issue_for("sip.contoso.test", "DNS:sip.contoso.test,IP:127.0.0.1")
-        .unwrap();
     // Its external access allows no domain of ours.
-    let microsoft = Arc::new(
-        Edge::bind(
-            "127.0.0.1:0".parse().unwrap(),
-            "sip.contoso.test",
-            Credentials::from_pem(&cert, &key, &ca.cert).unwrap(),
-        )
-        .await
-        .unwrap()
-        .allowing(|_| false),
-    );
-    tokio::spawn(microsoft.clone().serve());
+    let microsoft = microsoft_edge(&ca, "127.0.0.1:0".parse().unwrap(), true).await;
     let port = || prosody::free_port().unwrap();
     let (s2s, peer_s2s) = (port(), port());
     let config = config(
@@ -248,14 +251,7 @@ async fn a_refusal_from_the_microsoft_side_comes_back_to_the_sender() {
         microsoft.local_addr().unwrap(),
     );
     let gateway = start(&config).await;
-    let server = Prosody::start(&ProsodyOptions {
-        routes: vec![(DOMAIN.into(), s2s)],
-        s2s_port: Some(peer_s2s),
-        ..ProsodyOptions::new(PEER)
-    })
-    .unwrap();
-    server.register("bob", "bobpw").unwrap();
-    let mut bob = connect("bob@xmpp.test", "bobpw", server.c2s_port);
+    let (_server, mut bob) = prosody_with_bob(s2s, peer_s2s);
     bob.command(json!({"cmd": "message", "to": "alice@teams.test", "body": "are we federated?", "id": "m-refused"}))
         .unwrap();
     let bounced = tokio::task::block_in_place(|| {

@@ -25,6 +25,7 @@ mod chats;
 mod notifications;
 mod outbox;
 mod to_teams;
+pub(crate) use to_teams::bounce;
 mod to_xmpp;
 
 use std::collections::HashMap;

@@ -250,23 +250,34 @@ impl Messages {
 
     /// Tells an XMPP sender that its message did not reach Teams.
     pub(super) async fn bounce_to_xmpp(&self, p: &ToTeams, condition: DefinedCondition, why: &str) {
-        let (Ok(contact), Ok(ours)) = (
-            p.remote_full.parse::<Jid>(),
-            format!("{}@{}", p.local, self.settings.domain).parse::<Jid>(),
-        ) else {
-            return;
-        };
-        // The error answers the message as the contact sent it.
-        let mut sent = Message::new_with_type(MessageType::Chat, Some(ours));
-        sent.from = Some(contact);
-        sent.id = p.id.clone().map(Id);
-        crate::bridge::reply_error(
-            self.out.as_ref(),
-            &Stanza::Message(sent),
-            condition,
-            ErrorType::Cancel,
-            why,
-        )
-        .await;
+        bounce(self.out.as_ref(), &self.settings.domain, p, condition, why).await;
     }
+}
+
+/// Tells the XMPP sender of `p` (to our user of `domain`) that it was not
+/// delivered, and why: the error answers the message as the contact sent it.
+pub(crate) async fn bounce(
+    out: &dyn crate::bridge::XmppOut,
+    domain: &str,
+    p: &ToTeams,
+    condition: DefinedCondition,
+    why: &str,
+) {
+    let (Ok(contact), Ok(ours)) = (
+        p.remote_full.parse::<Jid>(),
+        format!("{}@{domain}", p.local).parse::<Jid>(),
+    ) else {
+        return;
+    };
+    let mut sent = Message::new_with_type(MessageType::Chat, Some(ours));
+    sent.from = Some(contact);
+    sent.id = p.id.clone().map(Id);
+    crate::bridge::reply_error(
+        out,
+        &Stanza::Message(sent),
+        condition,
+        ErrorType::Cancel,
+        why,
+    )
+    .await;
 }
