@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use xmppfed_config::{AllowConfig, GatewayConfig, ThrottleConfig};
+use xmppfed_config::{AllowConfig, GatewayConfig};
 use xmppfed_telemetry::Metrics;
 
 use crate::bridge::throttle::Throttle;
@@ -142,7 +142,7 @@ impl Reloader {
             throttle.replace(config.throttle.clone());
             changed.push("throttle");
         }
-        let at_restart = without_live(&config) != without_live(&self.running);
+        let at_restart = config.without_live_sections() != self.running.without_live_sections();
         if at_restart {
             tracing::warn!(
                 "the configuration changed in sections read only at start; they apply when the gateway restarts"
@@ -158,14 +158,6 @@ impl Reloader {
             Outcome::Applied
         }
     }
-}
-
-/// The configuration without the sections applied live.
-fn without_live(config: &GatewayConfig) -> GatewayConfig {
-    let mut at_start = config.clone();
-    at_start.allow = AllowConfig::default();
-    at_start.throttle = ThrottleConfig::default();
-    at_start
 }
 
 #[cfg(test)]

@@ -655,6 +655,16 @@ impl Default for TelemetryConfig {
 }
 
 impl GatewayConfig {
+    /// The configuration without the sections a running gateway applies
+    /// live from its re-read file (`[allow]`, `[throttle]`): what a restart
+    /// is needed for. The operator rolls pods only when this changes.
+    pub fn without_live_sections(&self) -> Self {
+        let mut at_start = self.clone();
+        at_start.allow = AllowConfig::default();
+        at_start.throttle = ThrottleConfig::default();
+        at_start
+    }
+
     /// Parses and validates a configuration document.
     pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
         let config: GatewayConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {

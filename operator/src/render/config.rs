@@ -428,10 +428,8 @@ pub fn config_hash(toml: &str) -> String {
 /// (the allow lists and the throttle), so that changing a DomainWhitelist or
 /// a ThrottlePolicy does not roll the pods (and bounce what is in flight).
 pub fn restart_hash(config: &cfg::GatewayConfig) -> Result<String, crate::plan::InvalidSpec> {
-    let mut at_start = config.clone();
-    at_start.allow = cfg::AllowConfig::default();
-    at_start.throttle = cfg::ThrottleConfig::default();
-    let toml = at_start
+    let toml = config
+        .without_live_sections()
         .to_toml_string()
         .map_err(|e| crate::plan::InvalidSpec::Render(e.to_string()))?;
     Ok(config_hash(&toml))
