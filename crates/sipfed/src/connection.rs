@@ -1,14 +1,13 @@
 //! An outbound connection, kept and reused: one TLS connection per peer
 //! address carries every request to it (RFC 3261 §18.1.1; Microsoft's edges
 //! keep theirs open with keep-alives), responses are matched to their
-//! transaction by Call-ID and CSeq, and requests the peer sends back on it
+//! transaction by `Message::transaction_id`, and requests the peer sends back on it
 //! are answered by the edge like any other.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use ezk_sip_types::Name;
 use tokio::io::{AsyncWriteExt, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
@@ -20,16 +19,6 @@ pub(crate) struct Connection {
     writer: tokio::sync::Mutex<WriteHalf<TlsStream<TcpStream>>>,
     pending: Mutex<HashMap<String, oneshot::Sender<Message>>>,
     closed: AtomicBool,
-}
-
-/// A transaction's key: Call-ID and CSeq (number and method).
-pub(crate) fn transaction(message: &Message) -> Option<String> {
-    let call_id = message.header(&Name::CALL_ID)?;
-    let cseq = message.header(&Name::CSEQ)?;
-    Some(format!(
-        "{call_id} {}",
-        cseq.split_whitespace().collect::<Vec<_>>().join(" ")
-    ))
 }
 
 impl Connection {
@@ -59,7 +48,9 @@ impl Connection {
 
     /// Hands a final response to its transaction; `false` if none waits.
     pub(crate) fn deliver(&self, response: Message) -> bool {
-        let waiting = transaction(&response).and_then(|key| self.lock().remove(&key));
+        let waiting = response
+            .transaction_id()
+            .and_then(|key| self.lock().remove(&key));
         waiting.is_some_and(|tx| tx.send(response).is_ok())
     }
 

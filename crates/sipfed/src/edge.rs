@@ -19,7 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::broadcast;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-use crate::connection::{Connection, transaction};
+use crate::connection::Connection;
 use crate::framing::{Frame, FrameError, Framer, Limits};
 use crate::im::{Dialog, ImEvent, Sessions};
 use crate::message::Message;
@@ -171,27 +171,40 @@ impl Edge {
             .await
             .map_err(|_| EdgeError::Timeout(HANDSHAKE_TIMEOUT))?
             .map_err(|e| EdgeError::Io("TLS handshake".into(), e))?;
-        let chain: Vec<CertificateDer<'static>> = tls
-            .get_ref()
-            .1
-            .peer_certificates()
-            .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
-            .unwrap_or_default();
+        let chain = owned(tls.get_ref().1.peer_certificates());
         let mut framer = Framer::new(self.limits);
         loop {
             let Some(frame) = next_frame(&mut tls, &mut framer, IDLE_TIMEOUT).await? else {
                 return Ok(());
             };
-            let reply = match frame {
-                Frame::Ping => Some(b"\r\n".to_vec()),
-                Frame::Pong => None,
-                Frame::Message(m) => self.answer(&m, &chain).await.map(|r| r.to_bytes()),
-            };
-            if let Some(bytes) = reply {
+            if let Some(bytes) = self.reply(frame, &chain, None).await {
                 tls.write_all(&bytes)
                     .await
                     .map_err(|e| EdgeError::Io("write".into(), e))?;
             }
+        }
+    }
+
+    /// What to write back for a frame read on a connection: a pong for a
+    /// ping, the answer to a request. A final response goes to the
+    /// transaction waiting on `ours` (a connection we opened).
+    async fn reply(
+        &self,
+        frame: Frame,
+        chain: &[CertificateDer<'_>],
+        ours: Option<&Connection>,
+    ) -> Option<Vec<u8>> {
+        match frame {
+            Frame::Ping => Some(b"\r\n".to_vec()),
+            Frame::Pong => None,
+            Frame::Message(m) if m.method().is_none() => {
+                let delivered = status_of(&m) >= 200 && ours.is_some_and(|c| c.deliver(*m));
+                if !delivered {
+                    tracing::debug!("a response no transaction waits for");
+                }
+                None
+            }
+            Frame::Message(m) => self.answer(&m, chain).await.map(|r| r.to_bytes()),
         }
     }
 
@@ -297,24 +310,18 @@ impl Edge {
         peer: &str,
         uri: &str,
     ) -> Result<Message, EdgeError> {
-        let call_id = format!("{}@{}", token(), self.domain);
-        let request = Message::from_head(&[
-            format!("OPTIONS {uri} SIP/2.0"),
-            format!(
-                "Via: SIP/2.0/TLS {};rport;branch=z9hG4bK{}",
-                self.domain,
-                token()
-            ),
-            "Max-Forwards: 70".into(),
-            format!("From: <sip:{}>;tag={}", self.domain, token()),
-            format!("To: <{uri}>"),
-            format!("Call-ID: {call_id}"),
-            "CSeq: 1 OPTIONS".into(),
-            format!("Contact: <sip:{};transport=tls>", self.domain),
-            format!("Allow: {ALLOW}"),
-            "Content-Length: 0".into(),
-        ])
-        .map_err(|e| EdgeError::Compose(e.to_string()))?;
+        // Outside any session: a dialog of one request.
+        let probe = Dialog {
+            call_id: format!("{}@{}", token(), self.domain),
+            local_uri: format!("sip:{}", self.domain),
+            local_tag: token(),
+            remote_uri: uri.to_owned(),
+            remote_tag: String::new(),
+            remote_target: uri.to_owned(),
+            cseq: 1,
+        };
+        let mut request = self.head(&probe, "OPTIONS", uri, 1)?;
+        request.headers.insert(Name::ALLOW, ALLOW);
         self.request(addr, peer, &request).await
     }
 
@@ -341,7 +348,7 @@ impl Edge {
         request: &Message,
         wait: bool,
     ) -> Result<Option<Message>, EdgeError> {
-        let key = transaction(request).unwrap_or_default();
+        let key = request.transaction_id().unwrap_or_default();
         let bytes = request.to_bytes();
         let exchange = async {
             for attempt in 0..2 {
@@ -389,12 +396,7 @@ impl Edge {
             .connect(name, tcp)
             .await
             .map_err(|e| EdgeError::Io(format!("TLS to {peer}"), e))?;
-        let chain: Vec<CertificateDer<'static>> = tls
-            .get_ref()
-            .1
-            .peer_certificates()
-            .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
-            .unwrap_or_default();
+        let chain = owned(tls.get_ref().1.peer_certificates());
         check_peer(&chain, peer, &self.credentials.roots)?;
         let (reader, writer) = tokio::io::split(tls);
         let connection = Arc::new(Connection::new(writer));
@@ -448,18 +450,7 @@ impl Edge {
     ) -> Result<(), EdgeError> {
         let mut framer = Framer::new(self.limits);
         while let Some(frame) = next_frame(&mut reader, &mut framer, IDLE_TIMEOUT).await? {
-            let reply = match frame {
-                Frame::Ping => Some(b"\r\n".to_vec()),
-                Frame::Pong => None,
-                Frame::Message(m) if m.method().is_none() => {
-                    if status_of(&m) >= 200 && !connection.deliver(*m) {
-                        tracing::debug!("a response no transaction waits for");
-                    }
-                    None
-                }
-                Frame::Message(m) => self.answer(&m, chain).await.map(|r| r.to_bytes()),
-            };
-            if let Some(bytes) = reply {
+            if let Some(bytes) = self.reply(frame, chain, Some(connection)).await {
                 connection
                     .send(&bytes)
                     .await
@@ -526,11 +517,7 @@ impl Edge {
                 .unwrap_or_default(),
             remote_target: response
                 .header(&Name::CONTACT)
-                .and_then(|c| {
-                    c.split(['<', '>'])
-                        .find(|p| p.starts_with("sip"))
-                        .map(str::to_owned)
-                })
+                .and_then(crate::im::target)
                 .unwrap_or(to),
             ..dialog
         };
@@ -649,6 +636,13 @@ pub fn status_of(message: &Message) -> u16 {
     }
 }
 
+/// The peer's certificate chain, kept past the handshake's borrow.
+fn owned(chain: Option<&[CertificateDer<'_>]>) -> Vec<CertificateDer<'static>> {
+    chain
+        .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+        .unwrap_or_default()
+}
+
 /// The host of the top Via's sent-by.
 fn via_host(request: &Message) -> Option<String> {
     let via = request.header(&Name::VIA)?;
@@ -657,16 +651,12 @@ fn via_host(request: &Message) -> Option<String> {
     Some(host.to_ascii_lowercase())
 }
 
-/// The domain of the From URI.
+/// The domain of the From URI (its address of record, without a port).
 fn from_host(request: &Message) -> Option<String> {
-    let from = request.header(&Name::FROM)?;
-    let uri = from
-        .split(['<', '>'])
-        .find(|p| p.starts_with("sip:") || p.starts_with("sips:"))?;
-    let rest = uri.split_once(':')?.1;
-    let host_part = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
-    let host = host_part.split([';', ':', '>']).next()?;
-    Some(host.to_ascii_lowercase())
+    let aor = crate::im::address(request.header(&Name::FROM)?)?;
+    let rest = aor.split_once(':')?.1;
+    let host_port = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    host_port.split(':').next().map(str::to_owned)
 }
 
 /// A random token for tags, branches and Call-IDs (128 bits, hex).

@@ -75,7 +75,7 @@ pub fn address(value: &str) -> Option<String> {
 }
 
 /// The whole URI in a Contact value (its parameters kept: `;gruu`, `;opaque`).
-fn target(value: &str) -> Option<String> {
+pub fn target(value: &str) -> Option<String> {
     match (value.find('<'), value.find('>')) {
         (Some(a), Some(b)) if a < b => Some(value[a + 1..b].to_owned()),
         _ => value.split(';').next().map(|v| v.trim().to_owned()),
@@ -115,16 +115,6 @@ fn text_of(message: &Message) -> Option<String> {
     plain
         .then(|| String::from_utf8(message.body.to_vec()).ok())
         .flatten()
-}
-
-/// A request's identity across retransmissions: Call-ID and CSeq.
-fn message_id(request: &Message) -> String {
-    let call_id = request.header(&Name::CALL_ID).unwrap_or_default();
-    let cseq = request.header(&Name::CSEQ).unwrap_or_default();
-    format!(
-        "{call_id} {}",
-        cseq.split_whitespace().collect::<Vec<_>>().join(" ")
-    )
 }
 
 /// An inbound request's answer and what it tells the bridge.
@@ -193,7 +183,7 @@ impl Sessions {
                 Some(text) => Answer {
                     response: reply(200, "OK"),
                     event: Some(ImEvent::Message {
-                        id: message_id(request),
+                        id: request.transaction_id().unwrap_or_default(),
                         from,
                         to,
                         text,
@@ -275,7 +265,7 @@ impl Sessions {
             ok.headers.insert(Name::SUPPORTED, "ms-text-format");
         }
         ok.body = Bytes::from(sdp(&format!("m=message 5061 sip {to}")));
-        let id = message_id(invite);
+        let id = invite.transaction_id().unwrap_or_default();
         Answer {
             response: ok,
             event: first.map(|text| ImEvent::Message { from, to, text, id }),

@@ -71,6 +71,17 @@ impl Message {
         self.headers.get_raw(name).next().map(|v| v.as_str())
     }
 
+    /// Its transaction's identity, the same in the request, its responses and
+    /// a retransmission: Call-ID and CSeq (number and method).
+    pub fn transaction_id(&self) -> Option<String> {
+        let call_id = self.header(&Name::CALL_ID)?;
+        let cseq = self.header(&Name::CSEQ)?;
+        Some(format!(
+            "{call_id} {}",
+            cseq.split_whitespace().collect::<Vec<_>>().join(" ")
+        ))
+    }
+
     /// The message as it goes on the wire, its Content-Length set from the body.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut headers = self.headers.clone();
