@@ -145,17 +145,26 @@ fn times_bob_got(bob: &XmppClient, text: &str) -> usize {
         .count()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn messages_cross_to_skype_for_business_and_back_exactly_once_across_a_restart() {
+/// A directory and a test CA, or `None` (saying why) without Prosody and
+/// the Python client.
+fn prepared() -> Option<(tempfile::TempDir, TestCa)> {
     if common::bridge::skip(
         prosody::available() && prosody::python().is_some(),
         "sip_federation",
     ) {
-        return;
+        return None;
     }
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new(dir.path()).unwrap();
+    Some((dir, ca))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_cross_to_skype_for_business_and_back_exactly_once_across_a_restart() {
+    let Some((dir, ca)) = prepared() else {
+        return;
+    };
     let port = || prosody::free_port().unwrap();
     let (s2s, peer_s2s, microsoft_port) = (port(), port(), port());
     let microsoft_at: SocketAddr = format!("127.0.0.1:{microsoft_port}").parse().unwrap();
@@ -230,15 +239,9 @@ async fn messages_cross_to_skype_for_business_and_back_exactly_once_across_a_res
 /// not silence, and is not tried again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refusal_from_the_microsoft_side_comes_back_to_the_sender() {
-    if common::bridge::skip(
-        prosody::available() && prosody::python().is_some(),
-        "sip_federation",
-    ) {
+    let Some((dir, ca)) = prepared() else {
         return;
-    }
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new(dir.path()).unwrap();
+    };
     // Its external access allows no domain of ours.
     let microsoft = microsoft_edge(&ca, "127.0.0.1:0".parse().unwrap(), true).await;
     let port = || prosody::free_port().unwrap();
