@@ -24,11 +24,14 @@ use super::{Context, Error, object_error_policy, reconcile};
 use crate::crd::{DomainWhitelist, FederationGateway, GatewaySelector, ThrottlePolicy};
 use crate::policy::{PolicyRef, concerns, reads_secret};
 
-/// The gateways of the controller's cache that can be read.
-fn readable(gateways: &Store<DynamicObject>) -> Vec<FederationGateway> {
+/// The gateways of `namespace` in the controller's cache that can be read:
+/// policies and Secrets concern only their own namespace's, so only those
+/// are decoded on each watch event.
+fn readable(gateways: &Store<DynamicObject>, namespace: Option<&str>) -> Vec<FederationGateway> {
     gateways
         .state()
         .iter()
+        .filter(|g| g.metadata.namespace.as_deref() == namespace)
         .filter_map(|g| lenient::decode::<FederationGateway>(g.as_ref().clone()).ok())
         .collect()
 }
@@ -45,7 +48,7 @@ fn concerned_in<P: Resource<DynamicType = ()> + serde::de::DeserializeOwned>(
     let namespace = policy.namespace();
     let name = policy.name_any();
     let decoded = lenient::decode::<P>(policy);
-    readable(gateways)
+    readable(gateways, namespace.as_deref())
         .iter()
         .filter(|g| match &decoded {
             Ok(p) => concerns(selector_of(p), reference(&name), namespace.as_deref(), g),
@@ -61,7 +64,7 @@ fn reading_in(
     secret: &PartialObjectMeta<Secret>,
 ) -> Vec<ObjectRef<DynamicObject>> {
     let (name, namespace) = (secret.name_any(), secret.namespace());
-    readable(gateways)
+    readable(gateways, namespace.as_deref())
         .iter()
         .filter(|g| reads_secret(g, &name, namespace.as_deref()))
         .map(|g| ObjectRef::from(g).erase())
