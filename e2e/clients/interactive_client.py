@@ -10,11 +10,14 @@ on stdout, so a test can act and wait for what the gateway does:
   {"cmd": "message", "to": JID, "body": TEXT, "id": ID}   (with an XEP-0184
       receipt request and an XEP-0359 origin-id equal to the id)
   {"cmd": "burst", "to": JID, "count": N, "prefix": P}   (N such messages, ids P0…)
+  {"cmd": "chat_state", "to": JID, "state": "composing"|"paused"|"active"|"inactive"|"gone"}
+      (an XEP-0085 standalone notification)
   {"cmd": "resend_unacked"}   (every message sent without a receipt yet, in order)
   {"cmd": "quit"}
 Events: online, presence (every presence stanza received, with its type,
 show, status and XEP-0153 photo hash), message (every message stanza: type,
-id, body, origin-id, receipt it carries, error condition and text), vcard,
+id, body, origin-id, receipt it carries, XEP-0085 chat state, error
+condition and text), vcard,
 vcard_set, sent, resent, error.
 Subscription requests to this user are approved (slixmpp's auto_authorize).
 """
@@ -34,6 +37,7 @@ from xml.etree import ElementTree as ET
 
 UPDATE_NS = "vcard-temp:x:update"
 RECEIPTS_NS = "urn:xmpp:receipts"
+CHATSTATES_NS = "http://jabber.org/protocol/chatstates"
 SID_NS = "urn:xmpp:sid:0"
 STANZAS_NS = "urn:ietf:params:xml:ns:xmpp-stanzas"
 
@@ -92,6 +96,7 @@ class Client(slixmpp.ClientXMPP):
             if rid in self.sent_at:
                 latency = (time.monotonic() - self.sent_at.pop(rid)) * 1000
         body = x.find("{jabber:client}body")
+        state = next((c.tag.split("}")[1] for c in x if c.tag.startswith(f"{{{CHATSTATES_NS}}}")), None)
         emit({
             "event": "message",
             "from": str(m["from"]),
@@ -100,6 +105,7 @@ class Client(slixmpp.ClientXMPP):
             "body": None if body is None else body.text,
             "origin_id": None if origin is None else origin.get("id"),
             "received": None if received is None else received.get("id"),
+            "chat_state": state,
             "error": condition,
             "error_text": text,
             "latency_ms": latency,
@@ -159,6 +165,11 @@ class Client(slixmpp.ClientXMPP):
                     # Let the socket drain now and then.
                     await asyncio.sleep(0)
             emit({"event": "sent", "count": cmd["count"]})
+        elif c == "chat_state":
+            m = self.make_message(mto=cmd["to"], mtype="chat")
+            m.xml.append(ET.Element(f"{{{CHATSTATES_NS}}}{cmd['state']}"))
+            m.send()
+            emit({"event": "sent", "count": 1})
         elif c == "resend_unacked":
             pending = [(mid, to, body) for mid, (to, body) in self.sent.items() if mid not in self.acked]
             for mid, to, body in pending:

@@ -2,6 +2,7 @@
 //! project's binaries, and a Prometheus text parser. Real XMPP peers, a
 //! throw-away PostgreSQL and the Graph emulator join here as they are built.
 
+pub mod access_edge;
 pub mod cluster;
 pub mod daemon;
 pub mod ejabberd;

@@ -9,6 +9,7 @@
 
 pub mod bridge;
 pub mod clock;
+pub mod dns;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod graph;

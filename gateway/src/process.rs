@@ -73,9 +73,9 @@ pub struct Gateway {
     inbox: Inbox,
     /// With Graph configured: the internal allow list, kept fresh.
     directory: Option<DirectoryWatch>,
-    /// With Graph configured: builds the bridge that serves the inbox, once
-    /// this replica holds the bridge lease (it reads the store then).
-    bridge: Option<(BuildBridge, Arc<Leadership>)>,
+    /// What serves the inbox once this replica holds the bridge lease: the
+    /// Graph bridge (built then: it reads the store afresh) or the SIP route.
+    bridge: Option<(Route, Arc<Leadership>)>,
 
     /// With `webhook.public_url`: the bound listener for Graph's notifications.
     webhook: Option<(tokio::net::TcpListener, axum::Router)>,
@@ -86,11 +86,37 @@ pub struct Gateway {
     /// the file it watches (`reload_from`).
     reloader: crate::reload::Reloader,
     watched: Option<std::path::PathBuf>,
-    /// With `teams.mode = "sip-federation"`: the route instead of Graph.
-    sip: Option<Arc<crate::sip_route::SipRoute>>,
+    /// With `teams.mode = "sip-federation"`: the edge's address.
+    sip_addr: Option<SocketAddr>,
 }
 
 type BuildBridge = Box<dyn FnOnce() -> BoxFuture<'static, Result<Arc<Bridge>, StoreError>> + Send>;
+
+/// The route to Microsoft's side, run by the replica holding the lease: two
+/// replicas must never both deliver the shared outbox.
+enum Route {
+    Graph(BuildBridge),
+    Sip(Arc<crate::sip_route::SipRoute>),
+}
+
+impl Route {
+    /// What serves `inbox` until it closes.
+    async fn start(
+        self,
+        inbox: Inbox,
+        sender: S2sSender,
+    ) -> Result<BoxFuture<'static, ()>, String> {
+        match self {
+            Route::Graph(build) => {
+                let bridge = build()
+                    .await
+                    .map_err(|e| format!("cannot start the bridge: {e}"))?;
+                Ok(Box::pin(async move { bridge.run(inbox).await }))
+            }
+            Route::Sip(sip) => Ok(Box::pin(sip.run(inbox, sender))),
+        }
+    }
+}
 
 /// What keeps the internal allow list fresh.
 struct DirectoryWatch {
@@ -141,6 +167,7 @@ impl Gateway {
             }
             _ => None,
         };
+        let sip_addr = sip.as_ref().and_then(|s| s.local_addr());
         // Graph's change notifications: the URL Graph posts to and the secret it echoes.
         let notifications = match (&config.webhook.public_url, &config.webhook.client_state) {
             (Some(url), Some(client_state)) => Some((
@@ -165,9 +192,15 @@ impl Gateway {
                     (subscriptions, notified.clone()),
                     &metrics,
                 )?;
-                (Some((build, leadership)), Some(throttle))
+                (Some((Route::Graph(build), leadership)), Some(throttle))
             }
-            None => (None, None),
+            None => (
+                sip.map(|sip| {
+                    let leadership = Leadership::new(store.clone(), &config.leader, &metrics);
+                    (Route::Sip(sip), Arc::new(leadership))
+                }),
+                None,
+            ),
         };
         let live = crate::reload::Live {
             remote_domains: s2s.allow_list(),
@@ -220,7 +253,7 @@ impl Gateway {
             refused,
             reloader,
             watched: None,
-            sip,
+            sip_addr,
         })
     }
 
@@ -237,7 +270,7 @@ impl Gateway {
 
     /// The SIP federation edge's address, in that mode.
     pub fn sip_addr(&self) -> Option<SocketAddr> {
-        self.sip.as_ref().and_then(|s| s.local_addr())
+        self.sip_addr
     }
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {
@@ -306,15 +339,13 @@ impl Gateway {
         let s2s = tokio::spawn(self.s2s.serve(stopped(stop_rx.clone())));
         s2s_ready.ready();
         let inbox = self.inbox;
-        let bridge = match (self.bridge, loaded) {
-            (Some((build, leadership)), Some(loaded)) => {
+        let bridge = match self.bridge {
+            Some((route, leadership)) => {
                 let stop = stopped(stop_rx.clone());
-                tokio::spawn(lead(build, leadership, loaded, inbox, stop, fatal_tx))
+                let route = (route, inbox, sender);
+                tokio::spawn(lead(route, leadership, loaded, stop, fatal_tx))
             }
-            _ => match self.sip {
-                Some(sip) => tokio::spawn(sip.run(inbox, sender)),
-                None => tokio::spawn(refuse_until_bridged(inbox, sender)),
-            },
+            None => tokio::spawn(refuse_until_bridged(inbox, sender)),
         };
         let result = self
             .admin
@@ -430,20 +461,22 @@ async fn check_licence(watch: LicenceWatch) {
     }
 }
 
-/// Runs the bridge while this replica holds the bridge lease: waits for the
-/// allow list, takes the lease (or stops), builds the bridge and serves the
-/// inbox until the lease is lost. Whatever ends it early is sent on `fatal`.
+/// Runs the route while this replica holds the bridge lease: waits for the
+/// allow list (Graph), takes the lease (or stops), builds the bridge and
+/// serves the inbox until the lease is lost. Whatever ends it early is sent
+/// on `fatal`.
 async fn lead(
-    build: BuildBridge,
+    (route, inbox, sender): (Route, Inbox, S2sSender),
     leadership: Arc<Leadership>,
-    mut loaded: watch::Receiver<bool>,
-    inbox: Inbox,
+    loaded: Option<watch::Receiver<bool>>,
     stop: impl Future<Output = ()>,
     fatal: tokio::sync::oneshot::Sender<String>,
 ) {
     // Until the allow list is read nobody exists, and until
     // this replica holds the lease it stands by: stanzas wait.
-    if loaded.wait_for(|l| *l).await.is_err() {
+    if let Some(mut loaded) = loaded
+        && loaded.wait_for(|l| *l).await.is_err()
+    {
         return;
     }
     // The lease is kept from the moment it is taken, the
@@ -455,21 +488,21 @@ async fn lead(
     let keep = leadership.keep(since);
     tokio::pin!(keep);
     let built = tokio::select! {
-        built = build() => built.map_err(|e| format!("cannot start the bridge: {e}")),
+        built = route.start(inbox, sender) => built,
         why = &mut keep => Err(why),
     };
-    let bridge = match built {
-        Ok(bridge) => bridge,
+    let serve = match built {
+        Ok(serve) => serve,
         Err(why) => {
             let _ = fatal.send(why);
             return;
         }
     };
 
-    // Losing the lease drops the bridge's future, and every
+    // Losing the lease drops the route's future, and every
     // background loop of it with it.
     let lost = tokio::select! {
-        () = bridge.run(inbox) => None,
+        () = serve => None,
         why = &mut keep => Some(why),
     };
 

@@ -1,11 +1,15 @@
 //! The SIP federation route end to end (issue 17): Bob on a real Prosody,
-//! the gateway with `teams.mode = "sip-federation"`, and a SIP edge standing
-//! in for the Microsoft side (contoso.test's Access Edge, our own
-//! `xmppfed_sipfed::Edge` over mutual TLS). Messages go both ways, exactly
-//! once, and again after the gateway restarts on the same store (the
-//! Microsoft side's session is stale then: 481, and a new session). A
-//! message sent while the Microsoft side is unreachable waits in the outbox
-//! across a restart and is delivered once it is up.
+//! the gateway with `teams.mode = "sip-federation"`, and contoso.test's
+//! Skype for Business Access Edge: the fake edge of `xmppfed_e2e::access_edge`,
+//! written apart from the gateway's SIP code and enforcing Microsoft's
+//! documented rules (mutual TLS, the partner's FQDN in its certificate,
+//! allowed and blocked domains, diagnostics, the IM dialog flow). Messages
+//! go both ways, exactly once, and again after the gateway restarts on the
+//! same store (the Microsoft side's session is stale then: 481, and a new
+//! session). A message sent while the Microsoft side is unreachable waits
+//! in the outbox across a restart and is delivered once it is up. Typing
+//! crosses both ways as XEP-0085 chat states. With two replicas on one
+//! store only the lease holder runs the route.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a panic is a failure with its reason
 
 #[path = "common/mod.rs"]
@@ -18,11 +22,11 @@ use std::time::Duration;
 use common::bridge::{PEER, connect};
 use serde_json::{Value, json};
 use xmppfed_config::{GatewayConfig, StaticRoute};
+use xmppfed_e2e::access_edge::policy::{AllowedDomain, Policy};
+use xmppfed_e2e::access_edge::{AccessEdge, Received};
 use xmppfed_e2e::prosody::{self, Prosody, ProsodyOptions, TestCa};
 use xmppfed_e2e::xmpp_client::XmppClient;
 use xmppfed_gateway::process::Gateway;
-use xmppfed_sipfed::tls::Credentials;
-use xmppfed_sipfed::{Edge, ImEvent};
 
 const DOMAIN: &str = "teams.test";
 const PARTNER: &str = "contoso.test";
@@ -78,27 +82,32 @@ fn config(
     config
 }
 
+/// Contoso's Access Edge as its admin set it up for us: federation on,
+/// `New-CsAllowedDomain -Identity xmpp.test -ProxyFqdn gw.test`, Alice its
+/// user; `diagnostics`: `-SendToExternalNetworks` (off by default).
+fn contoso_policy(diagnostics: bool) -> Policy {
+    Policy {
+        allow_federated_users: true,
+        enable_partner_discovery: false,
+        allowed: vec![AllowedDomain {
+            domain: PEER.into(),
+            proxy_fqdn: Some("gw.test".into()),
+        }],
+        blocked: Vec::new(),
+        send_diagnostics_to_external: diagnostics,
+        users: vec![ALICE_SIP.into()],
+    }
+}
+
 /// Microsoft's side at `at`: its edge certified for its FQDN and the
-/// address the gateway's static route names; `refusing`: its external
-/// access allows no domain of ours.
-async fn microsoft_edge(ca: &TestCa, at: SocketAddr, refusing: bool) -> Arc<Edge> {
+/// address the gateway's static route names.
+async fn microsoft_edge(ca: &TestCa, at: SocketAddr, policy: Policy) -> AccessEdge {
     let (cert, key) = ca
         .issue_for("sip.contoso.test", "DNS:sip.contoso.test,IP:127.0.0.1")
         .unwrap();
-    let edge = Edge::bind(
-        at,
-        "sip.contoso.test",
-        Credentials::from_pem(&cert, &key, &ca.cert).unwrap(),
-    )
-    .await
-    .unwrap();
-    let edge = Arc::new(if refusing {
-        edge.allowing(|_| false)
-    } else {
-        edge
-    });
-    tokio::spawn(edge.clone().serve());
-    edge
+    AccessEdge::start(at, "sip.contoso.test", (&cert, &key, &ca.cert), policy)
+        .await
+        .unwrap()
 }
 
 /// Prosody for Bob's domain, routing ours to the gateway's s2s port.
@@ -114,19 +123,25 @@ fn prosody_with_bob(s2s: u16, peer_s2s: u16) -> (Prosody, XmppClient) {
     (server, bob)
 }
 
-/// Waits for what Microsoft's side receives.
-async fn at_microsoft(
-    events: &mut tokio::sync::broadcast::Receiver<ImEvent>,
-) -> (String, String, String) {
-    loop {
-        let event = tokio::time::timeout(Duration::from_secs(20), events.recv())
-            .await
-            .expect("the Microsoft side gets a message within 20 s")
-            .unwrap();
-        if let ImEvent::Message { from, to, text, .. } = event {
-            return (from, to, text);
-        }
-    }
+/// The messages Microsoft's side received, in order.
+fn messages(received: &[Received]) -> Vec<(String, String, String)> {
+    received
+        .iter()
+        .filter_map(|r| match r {
+            Received::Message { from, to, text } => Some((from.clone(), to.clone(), text.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Waits until Microsoft's side has received `text`.
+async fn at_microsoft(microsoft: &AccessEdge, text: &str) {
+    microsoft
+        .wait_for(Duration::from_secs(20), |r| {
+            messages(r).iter().any(|(_, _, t)| t == text)
+        })
+        .await
+        .unwrap_or_else(|e| panic!("the Microsoft side never got {text:?}: {e:#}"));
 }
 
 fn bob_gets(bob: &mut XmppClient, text: &str) {
@@ -160,6 +175,11 @@ fn prepared() -> Option<(tempfile::TempDir, TestCa)> {
     Some((dir, ca))
 }
 
+async fn stop(gateway: Running) {
+    let _ = gateway.stop.send(());
+    gateway.task.await.unwrap().unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_cross_to_skype_for_business_and_back_exactly_once_across_a_restart() {
     let Some((dir, ca)) = prepared() else {
@@ -180,40 +200,40 @@ async fn messages_cross_to_skype_for_business_and_back_exactly_once_across_a_res
     )
     .unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let _ = gateway.stop.send(());
-    gateway.task.await.unwrap().unwrap();
+    stop(gateway).await;
 
     // Microsoft's side comes up.
-    let microsoft = microsoft_edge(&ca, microsoft_at, false).await;
-    let mut received = microsoft.im_events();
+    let microsoft = microsoft_edge(&ca, microsoft_at, contoso_policy(false)).await;
     gateway = start(&config).await;
-    assert_eq!(
-        at_microsoft(&mut received).await,
-        (BOB_SIP.to_owned(), ALICE_SIP.to_owned(), waited.to_owned()),
-        "the message kept across the restart is delivered once the Microsoft side is up"
-    );
+    microsoft.route(PEER, gateway.sip);
+    at_microsoft(&microsoft, waited).await;
 
     for round in ["before", "after"] {
         let to_teams = format!("Hello Skype for Business ({round} the restart)");
         bob.command(json!({"cmd": "message", "to": "alice@teams.test", "body": to_teams, "id": format!("m-{round}")}))
             .unwrap();
-        assert_eq!(
-            at_microsoft(&mut received).await,
-            (BOB_SIP.to_owned(), ALICE_SIP.to_owned(), to_teams.clone())
-        );
+        at_microsoft(&microsoft, &to_teams).await;
         let to_xmpp = format!("Hello XMPP ({round} the restart)");
-        microsoft
-            .send_im((gateway.sip, "gw.test"), ALICE_SIP, BOB_SIP, &to_xmpp)
+        let status = microsoft
+            .send_im(ALICE_SIP, BOB_SIP, &to_xmpp)
             .await
             .unwrap();
+        assert_eq!(status, 200, "the gateway takes Alice's message");
         bob_gets(&mut bob, &to_xmpp);
         if round == "before" {
             // The gateway restarts on the same store: new process state, new SIP port.
-            let _ = gateway.stop.send(());
-            gateway.task.await.unwrap().unwrap();
+            stop(gateway).await;
             gateway = start(&config).await;
+            microsoft.route(PEER, gateway.sip);
         }
     }
+
+    typing_crosses_both_ways(&microsoft, &mut bob).await;
+    assert!(
+        microsoft.ping(PEER).await.unwrap(),
+        "the gateway answers a double-CRLF keep-alive with a CRLF"
+    );
+
     // Exactly once, both ways: nothing more arrives in a while.
     tokio::time::sleep(Duration::from_secs(3)).await;
     tokio::task::block_in_place(|| bob.drain(Duration::from_millis(500)));
@@ -223,43 +243,68 @@ async fn messages_cross_to_skype_for_business_and_back_exactly_once_across_a_res
             1
         );
     }
-    assert!(
-        received.try_recv().is_err(),
-        "the Microsoft side got nothing twice"
+    let got = messages(&microsoft.received());
+    let expected: Vec<_> = [
+        waited.to_owned(),
+        "Hello Skype for Business (before the restart)".to_owned(),
+        "Hello Skype for Business (after the restart)".to_owned(),
+    ]
+    .into_iter()
+    .map(|text| (BOB_SIP.to_owned(), ALICE_SIP.to_owned(), text))
+    .collect();
+    assert_eq!(
+        got, expected,
+        "the Microsoft side got each message once, in order"
     );
-    let _ = gateway.stop.send(());
-    let _ = gateway.task.await;
+    stop(gateway).await;
     eprintln!(
-        "SIP federation: a message kept across a restart while the Microsoft side was down, then Bob ⇄ Alice both ways before and after another restart, each message once"
+        "SIP federation: a message kept across a restart while the Microsoft side was down, then Bob ⇄ Alice both ways before and after another restart, each message once; typing both ways"
     );
 }
 
-/// The Microsoft side refuses the sender's domain (403 with its
-/// diagnostic): Bob's message comes back to him as an error saying so,
-/// not silence, and is not tried again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refusal_from_the_microsoft_side_comes_back_to_the_sender() {
-    let Some((dir, ca)) = prepared() else {
-        return;
-    };
-    // Its external access allows no domain of ours.
-    let microsoft = microsoft_edge(&ca, "127.0.0.1:0".parse().unwrap(), true).await;
-    let port = || prosody::free_port().unwrap();
-    let (s2s, peer_s2s) = (port(), port());
-    let config = config(
-        dir.path(),
-        &ca,
-        s2s,
-        peer_s2s,
-        microsoft.local_addr().unwrap(),
+/// XEP-0085 ⇄ `KeyboardActivity`, inside the session the messages opened,
+/// and Alice leaving the session (BYE) is `gone` for Bob.
+async fn typing_crosses_both_ways(microsoft: &AccessEdge, bob: &mut XmppClient) {
+    bob.command(json!({"cmd": "chat_state", "to": "alice@teams.test", "state": "composing"}))
+        .unwrap();
+    microsoft
+        .wait_for(Duration::from_secs(20), |r| {
+            r.contains(&Received::Typing {
+                from: BOB_SIP.into(),
+                to: ALICE_SIP.into(),
+                active: true,
+            })
+        })
+        .await
+        .expect("Alice sees Bob typing");
+    assert_eq!(
+        microsoft
+            .send_typing(ALICE_SIP, BOB_SIP, true)
+            .await
+            .unwrap(),
+        200
     );
-    let gateway = start(&config).await;
-    let (_server, mut bob) = prosody_with_bob(s2s, peer_s2s);
-    bob.command(json!({"cmd": "message", "to": "alice@teams.test", "body": "are we federated?", "id": "m-refused"}))
+    bob_sees_state(bob, "composing");
+    assert_eq!(microsoft.bye(ALICE_SIP, BOB_SIP).await.unwrap(), 200);
+    bob_sees_state(bob, "gone");
+}
+
+fn bob_sees_state(bob: &mut XmppClient, state: &str) {
+    tokio::task::block_in_place(|| {
+        bob.wait_for(Duration::from_secs(20), |e: &Value| {
+            e["event"] == "message" && e["chat_state"] == state && e["from"] == "alice@teams.test"
+        })
+    })
+    .unwrap_or_else(|e| panic!("Bob never saw Alice {state}: {e:#}"));
+}
+
+/// Bob sends to `to`, and returns the error that comes back.
+fn bounced(bob: &mut XmppClient, to: &str, id: &str) -> (String, String) {
+    bob.command(json!({"cmd": "message", "to": to, "body": "are we federated?", "id": id}))
         .unwrap();
     let bounced = tokio::task::block_in_place(|| {
         bob.wait_for(Duration::from_secs(20), |e: &Value| {
-            e["event"] == "message" && e["id"] == "m-refused" && e["error"].is_string()
+            e["event"] == "message" && e["id"] == id && e["error"].is_string()
         })
     })
     .unwrap_or_else(|e| panic!("no error came back to Bob: {e:#}"));
@@ -267,9 +312,164 @@ async fn a_refusal_from_the_microsoft_side_comes_back_to_the_sender() {
         .as_str()
         .unwrap_or_default()
         .to_owned();
-    assert_eq!(bounced["error"], "forbidden", "{bounced}");
+    (
+        bounced["error"].as_str().unwrap_or_default().to_owned(),
+        text,
+    )
+}
+
+/// The Microsoft side refuses: Bob's message comes back to him as an error
+/// saying why, not silence, and is not tried again. A blocked domain is
+/// 403, with [MS-OCER] 1002 when the edge tells external networks (and
+/// only "Forbidden" when it does not, Skype for Business' default); a
+/// user the edge does not have is 404, item-not-found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_from_the_microsoft_side_comes_back_to_the_sender() {
+    let Some((dir, ca)) = prepared() else {
+        return;
+    };
+    let mut policy = contoso_policy(true);
+    policy.blocked = vec![PEER.into()];
+    let microsoft = microsoft_edge(&ca, "127.0.0.1:0".parse().unwrap(), policy).await;
+    let port = || prosody::free_port().unwrap();
+    let (s2s, peer_s2s) = (port(), port());
+    let config = config(dir.path(), &ca, s2s, peer_s2s, microsoft.addr);
+    let gateway = start(&config).await;
+    let (_server, mut bob) = prosody_with_bob(s2s, peer_s2s);
+
+    let (condition, text) = bounced(&mut bob, "alice@teams.test", "m-blocked");
+    assert_eq!(condition, "forbidden", "{text}");
     assert!(text.contains("403") && text.contains("1002"), "{text}");
-    eprintln!("SIP federation: refused by the Microsoft side, Bob read: {text}");
-    let _ = gateway.stop.send(());
-    let _ = gateway.task.await;
+    eprintln!("SIP federation: blocked by the Microsoft side, Bob read: {text}");
+
+    microsoft.policy(|p| p.send_diagnostics_to_external = false);
+    let (condition, quiet) = bounced(&mut bob, "alice@teams.test", "m-blocked-quiet");
+    assert_eq!(condition, "forbidden", "{quiet}");
+    assert!(quiet.contains("403") && !quiet.contains("1002"), "{quiet}");
+
+    microsoft.policy(|p| {
+        p.blocked.clear();
+        p.send_diagnostics_to_external = true;
+    });
+    let (condition, text) = bounced(&mut bob, "carol@teams.test", "m-nobody");
+    assert_eq!(condition, "item-not-found", "{text}");
+    assert!(text.contains("404") && text.contains("1003"), "{text}");
+    assert!(
+        messages(&microsoft.received()).is_empty(),
+        "nothing refused reached a user"
+    );
+    stop(gateway).await;
+}
+
+/// Two replicas on one store: only the lease holder serves the SIP edge and
+/// delivers the outbox; when it stops, the standby takes over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_lease_holder_runs_the_route() {
+    let Some((dir, ca)) = prepared() else {
+        return;
+    };
+    let microsoft =
+        microsoft_edge(&ca, "127.0.0.1:0".parse().unwrap(), contoso_policy(false)).await;
+    let port = || prosody::free_port().unwrap();
+    let (s2s_a, s2s_b, peer_s2s) = (port(), port(), port());
+    // What the operator's s2s Service does: it points at the leader.
+    let service = Service::start(s2s_a).await;
+    let replica = |s2s, holder: &str| {
+        let mut config = config(dir.path(), &ca, s2s, peer_s2s, microsoft.addr);
+        config.leader.holder = Some(holder.into());
+        config
+    };
+    let a = start(&replica(s2s_a, "replica-a")).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let b = start(&replica(s2s_b, "replica-b")).await;
+    let (_server, mut bob) = prosody_with_bob(service.port, peer_s2s);
+
+    for i in 0..5 {
+        bob.command(json!({"cmd": "message", "to": "alice@teams.test", "body": format!("burst {i}"), "id": format!("b{i}")}))
+            .unwrap();
+    }
+    at_microsoft(&microsoft, "burst 4").await;
+    // The standby's edge takes no TLS session while A leads.
+    let standby = tokio::net::TcpStream::connect(b.sip).await.unwrap();
+    let mut probe = [0u8; 1];
+    let refused = tokio::time::timeout(Duration::from_secs(1), async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut standby = standby;
+        let _ = standby.write_all(b"\x16\x03\x01\x00\x05hello").await;
+        standby.read(&mut probe).await
+    })
+    .await;
+    assert!(
+        refused.is_err(),
+        "the standby's SIP edge answered while A leads"
+    );
+
+    // A stops cleanly: B takes the lease at once and runs the route.
+    stop(a).await;
+    service.point_at(s2s_b);
+    microsoft.route(PEER, b.sip);
+    let mut status = 0;
+    for _ in 0..40 {
+        status = microsoft
+            .send_im(ALICE_SIP, BOB_SIP, "via the new leader")
+            .await
+            .map_or(0, |s| s);
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(status, 200, "the standby took over the edge");
+    bob_gets(&mut bob, "via the new leader");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let got = messages(&microsoft.received());
+    for i in 0..5 {
+        let text = format!("burst {i}");
+        assert_eq!(
+            got.iter().filter(|(_, _, t)| *t == text).count(),
+            1,
+            "{text}: {got:?}"
+        );
+    }
+    stop(b).await;
+}
+
+/// A TCP forwarder standing in for a Kubernetes Service: new connections go
+/// to the port it points at now.
+struct Service {
+    port: u16,
+    target: Arc<std::sync::atomic::AtomicU16>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Service {
+    async fn start(target: u16) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let target = Arc::new(std::sync::atomic::AtomicU16::new(target));
+        let pointing = target.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let to = pointing.load(std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(async move {
+                    if let Ok(mut outbound) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", to)).await
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        Self { port, target, task }
+    }
+
+    fn point_at(&self, port: u16) {
+        self.target.store(port, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }

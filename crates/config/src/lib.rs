@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 pub use domain::{DomainPattern, is_valid_domain};
 pub use error::{ConfigError, FieldError};
 pub use secret::{SecretRef, SecretValue};
-pub use sip::{SipConfig, TeamsConfig, TeamsMode};
+pub use sip::{SipConfig, SipHost, SipRoute, TeamsConfig, TeamsMode};
 pub use webhook::{ChatNotifications, ListenerLimits, WebhookConfig};
 
 /// The whole gateway configuration file.

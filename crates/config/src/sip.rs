@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{StaticRoute, is_valid_domain};
+use crate::is_valid_domain;
 
 /// `[teams]`: the route to Microsoft's side.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -41,9 +41,37 @@ pub struct SipConfig {
     pub key_file: PathBuf,
     /// The roots peers' certificates must chain to.
     pub ca_file: PathBuf,
-    /// Where the partner's edge is, before DNS SRV (`_sipfederationtls._tcp`).
+    /// Where a domain's edge is, ahead of DNS (as `[s2s] static_routes`).
     #[serde(default)]
-    pub routes: Vec<StaticRoute>,
+    pub routes: Vec<SipRoute>,
+    /// Where the partner's edge is when DNS has no
+    /// `_sipfederationtls._tcp.<partner_domain>` record; Teams tenants'
+    /// federation host is `sipfed.online.lync.com`.
+    #[serde(default)]
+    pub fallback: Option<SipHost>,
+}
+
+/// A fixed edge for a SIP domain.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SipRoute {
+    pub domain: String,
+    pub host: String,
+    #[serde(default = "default_sip_port")]
+    pub port: u16,
+}
+
+/// An edge's host name (what its certificate must prove) and port.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SipHost {
+    pub host: String,
+    #[serde(default = "default_sip_port")]
+    pub port: u16,
+}
+
+fn default_sip_port() -> u16 {
+    5061
 }
 
 fn default_listen() -> SocketAddr {
@@ -69,14 +97,13 @@ pub(crate) fn validate(
                     err(field, format!("`{value}` is not a valid domain name"));
                 }
             }
-            if !sip.routes.iter().any(|r| r.domain == sip.partner_domain) {
-                err(
-                    "sip.routes",
-                    format!(
-                        "name where {}'s edge is (DNS SRV routing is not built yet)",
-                        sip.partner_domain
-                    ),
-                );
+            for (i, route) in sip.routes.iter().enumerate() {
+                if !is_valid_domain(&route.domain) {
+                    err(
+                        &format!("sip.routes[{i}].domain"),
+                        format!("`{}` is not a valid domain name", route.domain),
+                    );
+                }
             }
         }
         (TeamsMode::Graph, _) => {}

@@ -540,7 +540,7 @@ fn a_postgres_store_takes_its_password_from_a_secret_and_verifies_tls_by_default
 }
 
 #[test]
-fn sip_federation_needs_its_section_valid_domains_and_a_route() {
+fn sip_federation_needs_its_section_and_valid_domains() {
     let mode = format!("{MINIMAL}\n[teams]\nmode = \"sip-federation\"\n");
     assert_eq!(fields_of(&mode), vec!["sip".to_owned()]);
     let section = |edge: &str, partner: &str, routes: &str| {
@@ -557,9 +557,28 @@ fn sip_federation_needs_its_section_valid_domains_and_a_route() {
     let config = GatewayConfig::from_toml_str(&good).unwrap();
     assert_eq!(config.teams.mode, TeamsMode::SipFederation);
     assert_eq!(config.sip.unwrap().listen.port(), 5061);
+    // No route: DNS SRV finds the partner's edge, a fallback may name one.
+    let srv = format!(
+        "{}fallback = {{ host = \"sipfed.online.lync.com\" }}\n",
+        section("sip.gw.example", "contoso.com", "")
+    );
+    let sip = GatewayConfig::from_toml_str(&srv).unwrap().sip.unwrap();
+    assert!(sip.routes.is_empty());
     assert_eq!(
-        fields_of(&section("not a domain", "contoso.com", "")),
-        vec!["sip.edge_fqdn".to_owned(), "sip.routes".to_owned()]
+        sip.fallback.unwrap().port,
+        5061,
+        "SIP routes default to 5061"
+    );
+    assert_eq!(
+        fields_of(&section(
+            "not a domain",
+            "contoso.com",
+            "{ domain = \"no way\", host = \"h\" }"
+        )),
+        vec![
+            "sip.edge_fqdn".to_owned(),
+            "sip.routes[0].domain".to_owned()
+        ]
     );
     // Graph is the default route, and needs no [sip].
     assert_eq!(

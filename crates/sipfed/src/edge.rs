@@ -22,7 +22,8 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 use crate::connection::Connection;
 use crate::framing::{Frame, FrameError, Framer, Limits};
 use crate::im::{Dialog, ImEvent, Sessions};
-use crate::message::Message;
+pub use crate::message::status_of;
+use crate::message::{Message, from_host, via_host};
 use crate::tls::{Credentials, PeerRefused, TlsError, check_peer};
 
 /// Methods this edge accepts; the others are answered 405 by RFC 3261.
@@ -539,6 +540,35 @@ impl Edge {
         Ok(())
     }
 
+    /// Tells `to` that `from` is typing or stopped, as INFO with
+    /// `KeyboardActivity` inside their session: Microsoft's clients send it
+    /// only in one, so without a session nothing is sent (`false`).
+    pub async fn send_typing(
+        self: &Arc<Self>,
+        (addr, peer): (SocketAddr, &str),
+        from: &str,
+        to: &str,
+        active: bool,
+    ) -> Result<bool, EdgeError> {
+        let (from, to) = (from.to_ascii_lowercase(), to.to_ascii_lowercase());
+        let Some(dialog) = self.sessions.between(&from, &to) else {
+            return Ok(false);
+        };
+        let cseq = self.sessions.next_cseq(&dialog.call_id).unwrap_or(2);
+        let mut info = self.in_dialog(&dialog, "INFO", cseq, None)?;
+        info.headers.insert(Name::CONTENT_TYPE, "application/xml");
+        info.body = Bytes::from(crate::im::keyboard_activity(active));
+        let response = self.request(addr, peer, &info).await?;
+        match status_of(&response) {
+            200..=299 => Ok(true),
+            408 | 480 | 481 => {
+                self.sessions.forget(&dialog.call_id);
+                Ok(false)
+            }
+            status => Err(refused(status, &response)),
+        }
+    }
+
     /// A request's head in `dialog` (the To tag once the peer gave one).
     fn head(
         &self,
@@ -628,35 +658,11 @@ async fn next_frame<S: AsyncRead + Unpin>(
     }
 }
 
-/// A response's status code (0 for a request).
-pub fn status_of(message: &Message) -> u16 {
-    match &message.line {
-        MessageLine::Response(line) => line.code.into_u16(),
-        MessageLine::Request(_) => 0,
-    }
-}
-
 /// The peer's certificate chain, kept past the handshake's borrow.
 fn owned(chain: Option<&[CertificateDer<'_>]>) -> Vec<CertificateDer<'static>> {
     chain
         .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
         .unwrap_or_default()
-}
-
-/// The host of the top Via's sent-by.
-fn via_host(request: &Message) -> Option<String> {
-    let via = request.header(&Name::VIA)?;
-    let sent_by = via.split_whitespace().nth(1)?;
-    let host = sent_by.split([';', ':']).next()?;
-    Some(host.to_ascii_lowercase())
-}
-
-/// The domain of the From URI (its address of record, without a port).
-fn from_host(request: &Message) -> Option<String> {
-    let aor = crate::im::address(request.header(&Name::FROM)?)?;
-    let rest = aor.split_once(':')?.1;
-    let host_port = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
-    host_port.split(':').next().map(str::to_owned)
 }
 
 /// A random token for tags, branches and Call-IDs (128 bits, hex).

@@ -280,6 +280,16 @@ pub fn sdp(media: &str) -> String {
     )
 }
 
+/// The INFO body saying the sender is typing (`type`) or stopped (`idle`),
+/// as Microsoft's clients send it (the shape public client implementations
+/// such as pidgin-sipe use; Microsoft's open specifications do not give it).
+pub fn keyboard_activity(active: bool) -> String {
+    let status = if active { "type" } else { "idle" };
+    format!(
+        "<?xml version=\"1.0\"?><KeyboardActivity><status status=\"{status}\" /></KeyboardActivity>"
+    )
+}
+
 /// `ms-text-format` carrying `text` as the INVITE's first message.
 pub fn text_format(text: &str) -> String {
     format!("text/plain; charset=UTF-8; ms-body={}", BASE64.encode(text))
@@ -378,18 +388,26 @@ mod tests {
             )
             .unwrap();
         assert_eq!(crate::edge::status_of(&html.response), 415);
+        // As SfB clients send it, then what we send (start and stop).
         let typing = "<?xml version=\"1.0\"?><KeyboardActivity><status status=\"type\" /></KeyboardActivity>";
-        let t = sessions
-            .answer(
-                &in_dialog("INFO", "ce878a8b", "application/xml", typing),
-                "c",
-                "x",
-            )
-            .unwrap();
-        assert!(matches!(
-            t.event,
-            Some(ImEvent::Typing { active: true, .. })
-        ));
+        for (body, active) in [
+            (typing.to_owned(), true),
+            (keyboard_activity(true), true),
+            (keyboard_activity(false), false),
+        ] {
+            let t = sessions
+                .answer(
+                    &in_dialog("INFO", "ce878a8b", "application/xml", &body),
+                    "c",
+                    "x",
+                )
+                .unwrap();
+            assert_eq!(crate::edge::status_of(&t.response), 200);
+            assert!(
+                matches!(t.event, Some(ImEvent::Typing { active: a, .. }) if a == active),
+                "{body}"
+            );
+        }
         let stale = sessions
             .answer(
                 &in_dialog("MESSAGE", "gone", "text/plain", "late"),

@@ -128,3 +128,27 @@ impl Message {
         Self::parse(&frame, head_len)
     }
 }
+
+/// A response's status code (0 for a request).
+pub fn status_of(message: &Message) -> u16 {
+    match &message.line {
+        MessageLine::Response(line) => line.code.into_u16(),
+        MessageLine::Request(_) => 0,
+    }
+}
+
+/// The host of the top Via's sent-by.
+pub(crate) fn via_host(request: &Message) -> Option<String> {
+    let via = request.header(&Name::VIA)?;
+    let sent_by = via.split_whitespace().nth(1)?;
+    let host = sent_by.split([';', ':']).next()?;
+    Some(host.to_ascii_lowercase())
+}
+
+/// The domain of the From URI (its address of record, without a port).
+pub(crate) fn from_host(request: &Message) -> Option<String> {
+    let aor = crate::im::address(request.header(&Name::FROM)?)?;
+    let rest = aor.split_once(':')?.1;
+    let host_port = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    host_port.split(':').next().map(str::to_owned)
+}

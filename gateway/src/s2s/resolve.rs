@@ -5,10 +5,9 @@
 
 use std::collections::HashMap;
 
-use hickory_resolver::TokioResolver;
-use hickory_resolver::proto::rr::RData;
-use hickory_resolver::proto::rr::rdata::SRV;
 use xmppfed_config::StaticRoute;
+
+use crate::dns::Dns;
 
 /// One address to try, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,7 +20,7 @@ pub struct Target {
 
 pub struct Resolver {
     static_routes: HashMap<String, Target>,
-    dns: Option<TokioResolver>,
+    dns: Dns,
 }
 
 impl Resolver {
@@ -39,14 +38,10 @@ impl Resolver {
                 )
             })
             .collect();
-        let dns = match TokioResolver::builder_tokio() {
-            Ok(builder) => builder.build().ok(),
-            Err(e) => {
-                tracing::warn!(error = %e, "no system DNS configuration: only static s2s routes work");
-                None
-            }
-        };
-        Self { static_routes, dns }
+        Self {
+            static_routes,
+            dns: Dns::system(),
+        }
     }
 
     /// Every target for `domain`, best first.
@@ -55,26 +50,13 @@ impl Resolver {
             return vec![target.clone()];
         }
         let mut targets = Vec::new();
-        if let Some(dns) = &self.dns {
-            for (service, direct_tls) in
-                [("_xmpps-server._tcp", true), ("_xmpp-server._tcp", false)]
-            {
-                let name = format!("{service}.{domain}.");
-                match dns.srv_lookup(name.as_str()).await {
-                    Ok(lookup) => {
-                        let records: Vec<SRV> = lookup
-                            .answers()
-                            .iter()
-                            .filter_map(|r| match &r.data {
-                                RData::SRV(srv) => Some(srv.clone()),
-                                _ => None,
-                            })
-                            .collect();
-                        targets.extend(order_srv(records, direct_tls));
-                    }
-                    Err(e) => tracing::debug!(%name, error = %e, "no SRV records"),
-                }
-            }
+        for (service, direct_tls) in [("_xmpps-server._tcp", true), ("_xmpp-server._tcp", false)] {
+            let found = self.dns.srv(&format!("{service}.{domain}.")).await;
+            targets.extend(found.into_iter().map(|t| Target {
+                host: t.host,
+                port: t.port,
+                direct_tls,
+            }));
         }
         // RFC 6120 §3.2.1: a "." target means the service is not offered.
         if targets.iter().any(|t| t.host == ".") {
@@ -90,27 +72,6 @@ impl Resolver {
         }
         targets
     }
-}
-
-/// SRV records by priority, then weight (heaviest first within a priority).
-fn order_srv(mut records: Vec<SRV>, direct_tls: bool) -> Vec<Target> {
-    records.sort_by_key(|r| (r.priority, std::cmp::Reverse(r.weight)));
-    records
-        .into_iter()
-        .map(|r| {
-            let host = r.target.to_ascii();
-            let host = host.strip_suffix('.').unwrap_or(&host);
-            Target {
-                host: if host.is_empty() {
-                    ".".to_owned()
-                } else {
-                    host.to_owned()
-                },
-                port: r.port,
-                direct_tls,
-            }
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -132,21 +93,5 @@ mod tests {
                 direct_tls: false
             }]
         );
-    }
-
-    #[test]
-    fn srv_ordering() {
-        use hickory_resolver::proto::rr::Name;
-        let srv = |p, w, host: &str| SRV::new(p, w, 5269, Name::from_ascii(host).unwrap());
-        let out = order_srv(
-            vec![
-                srv(20, 0, "c.test."),
-                srv(10, 1, "b.test."),
-                srv(10, 5, "a.test."),
-            ],
-            false,
-        );
-        let hosts: Vec<_> = out.iter().map(|t| t.host.as_str()).collect();
-        assert_eq!(hosts, ["a.test", "b.test", "c.test"]);
     }
 }

@@ -10,11 +10,14 @@
 //! 200. What cannot be delivered is bounced to the XMPP sender with the
 //! reason, never dropped.
 
+mod partner;
+mod typing;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 use xmpp_parsers::jid::Jid;
 use xmpp_parsers::message::{Id, Lang, Message, MessageType};
 use xmpp_parsers::receipts::{Received, Request as ReceiptRequest};
@@ -37,8 +40,6 @@ pub enum SipRouteError {
     Tls(#[from] xmppfed_sipfed::tls::TlsError),
     #[error("sip: {0}")]
     Edge(#[from] EdgeError),
-    #[error("sip.routes: {0}")]
-    Route(String),
 }
 
 pub struct SipRoute {
@@ -46,9 +47,13 @@ pub struct SipRoute {
     store: Arc<Store>,
     domain: String,
     partner: String,
-    /// The partner's edge: its address and the name its certificate proves.
-    peer: (SocketAddr, String),
+    /// Where the partner's edge is, and the edge that last took a message
+    /// (typing goes there, into the session the message opened).
+    edges: partner::PartnerEdges,
+    last_edge: std::sync::Mutex<Option<(SocketAddr, String)>>,
     wake: Arc<Notify>,
+    /// Typing and session ends from the Microsoft side, for XMPP.
+    typing: tokio::sync::Mutex<mpsc::Receiver<ImEvent>>,
 }
 
 fn now() -> Epoch {
@@ -63,20 +68,12 @@ impl SipRoute {
         sip: &SipConfig,
         store: Arc<Store>,
     ) -> Result<Arc<Self>, SipRouteError> {
-        let route = sip
-            .routes
-            .iter()
-            .find(|r| r.domain == sip.partner_domain)
-            .ok_or_else(|| SipRouteError::Route(format!("no route to {}", sip.partner_domain)))?;
-        let peer_addr = tokio::net::lookup_host((route.host.as_str(), route.port))
-            .await
-            .ok()
-            .and_then(|mut a| a.next())
-            .ok_or_else(|| SipRouteError::Route(format!("{} does not resolve", route.host)))?;
         let credentials = Credentials::from_pem(&sip.cert_file, &sip.key_file, &sip.ca_file)?;
         let wake = Arc::new(Notify::new());
         let partner = sip.partner_domain.to_ascii_lowercase();
-        let sink = inbound_sink(store.clone(), wake.clone(), partner.clone());
+        // Typing is a hint of the moment: when XMPP lags, it is dropped.
+        let (typing_tx, typing) = mpsc::channel(256);
+        let sink = inbound_sink(store.clone(), wake.clone(), partner.clone(), typing_tx);
         let edge = Edge::bind(sip.listen, &sip.edge_fqdn, credentials)
             .await?
             .allowing({
@@ -90,8 +87,10 @@ impl SipRoute {
             store,
             domain: config.xmpp.domain.clone(),
             partner,
-            peer: (peer_addr, route.host.clone()),
+            edges: partner::PartnerEdges::new(sip, crate::dns::Dns::system()),
+            last_edge: std::sync::Mutex::new(None),
             wake,
+            typing: tokio::sync::Mutex::new(typing),
         }))
     }
 
@@ -106,6 +105,7 @@ impl SipRoute {
         let _tasks = AbortOnDrop(vec![
             tokio::spawn(self.edge.clone().serve()),
             tokio::spawn(self.clone().deliver(sender.clone())),
+            tokio::spawn(self.clone().relay_typing(sender.clone())),
         ]);
         while let Some(stanza) = inbox.recv().await {
             self.take_from_xmpp(stanza, &sender).await;
@@ -133,6 +133,10 @@ impl SipRoute {
         let (Some(from), Some(to)) = (&message.from, &message.to) else {
             return;
         };
+        if let Some(active) = typing::from_xmpp(message) {
+            self.typing_to_sip(from, to, active).await;
+            return;
+        }
         let Some((_, body)) = message.get_best_body(vec![]) else {
             return;
         };
@@ -178,6 +182,42 @@ impl SipRoute {
                     "the gateway cannot store the message now",
                 )
                 .await;
+            }
+        }
+    }
+
+    /// Typing from XMPP, into the session with the Microsoft side if one is up.
+    async fn typing_to_sip(&self, from: &Jid, to: &Jid, active: bool) {
+        let Some(local) = to.node() else {
+            return;
+        };
+        let edge = self
+            .last_edge
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let Some((addr, host)) = edge else {
+            return;
+        };
+        let (from, to) = (
+            format!("sip:{}", from.to_bare()),
+            format!("sip:{local}@{}", self.partner),
+        );
+        if let Err(e) = self
+            .edge
+            .send_typing((addr, &host), &from, &to, active)
+            .await
+        {
+            tracing::debug!(error = %e, "typing not sent");
+        }
+    }
+
+    /// Typing and session ends from the Microsoft side, as XEP-0085 chat states.
+    async fn relay_typing(self: Arc<Self>, sender: S2sSender) {
+        let mut typing = self.typing.lock().await;
+        while let Some(event) = typing.recv().await {
+            if let Some(message) = typing::to_xmpp(&event, &self.domain, &self.partner) {
+                let _ = sender.send(Stanza::Message(message)).await;
             }
         }
     }
@@ -231,39 +271,44 @@ impl SipRoute {
         }
     }
 
+    /// Sends one message to the partner's edge, trying each edge DNS names
+    /// until one answers.
     async fn to_sip(&self, p: &ToTeams, sender: &S2sSender) -> Result<(), Failure> {
-        let (addr, name) = (&self.peer.0, self.peer.1.as_str());
         let from = format!("sip:{}", p.remote);
-        match self
-            .edge
-            .send_im((*addr, name), &from, &p.user_id, &p.body)
-            .await
-        {
-            Ok(()) => {
-                if p.receipt
-                    && let Some(id) = &p.id
-                {
-                    self.receipt(p, id, sender).await;
+        let mut why = String::new();
+        for target in self.edges.targets().await.map_err(Failure::Later)? {
+            let addresses = match partner::addresses(&target).await {
+                Ok(addresses) => addresses,
+                Err(e) => {
+                    why = e;
+                    continue;
                 }
-                Ok(())
+            };
+            for addr in addresses {
+                match self
+                    .edge
+                    .send_im((addr, &target.host), &from, &p.user_id, &p.body)
+                    .await
+                {
+                    Ok(()) => {
+                        *self.last_edge.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some((addr, target.host.clone()));
+                        if p.receipt
+                            && let Some(id) = &p.id
+                        {
+                            self.receipt(p, id, sender).await;
+                        }
+                        return Ok(());
+                    }
+                    Err(EdgeError::Refused {
+                        status,
+                        diagnostics,
+                    }) => return Err(refusal(status, &diagnostics)),
+                    Err(e) => why = format!("{} ({addr}): {e}", target.host),
+                }
             }
-            // RFC 7247 §7: 403 forbidden, 404/604 item-not-found, 480 and 6xx recipient-unavailable.
-            Err(EdgeError::Refused {
-                status,
-                diagnostics,
-            }) if (400..500).contains(&status) && status != 408 || status >= 600 => {
-                let condition = match status {
-                    403 | 603 => DefinedCondition::Forbidden,
-                    404 | 604 => DefinedCondition::ItemNotFound,
-                    _ => DefinedCondition::RecipientUnavailable,
-                };
-                Err(Failure::Final(
-                    condition,
-                    format!("the Microsoft side refused it: {status} {diagnostics}"),
-                ))
-            }
-            Err(e) => Err(Failure::Later(e.to_string())),
         }
+        Err(Failure::Later(why))
     }
 
     async fn receipt(&self, p: &ToTeams, id: &str, sender: &S2sSender) {
@@ -301,6 +346,23 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// RFC 7247 §7: 403 forbidden, 404/604 item-not-found, 480 and other 4xx
+/// and 6xx recipient-unavailable; 408, 5xx and the rest are tried again.
+fn refusal(status: u16, diagnostics: &str) -> Failure {
+    if !((400..500).contains(&status) && status != 408 || status >= 600) {
+        return Failure::Later(format!("{status} {diagnostics}"));
+    }
+    let condition = match status {
+        403 | 603 => DefinedCondition::Forbidden,
+        404 | 604 => DefinedCondition::ItemNotFound,
+        _ => DefinedCondition::RecipientUnavailable,
+    };
+    Failure::Final(
+        condition,
+        format!("the Microsoft side refused it: {status} {diagnostics}"),
+    )
+}
+
 enum Failure {
     /// Bounced to the sender now.
     Final(DefinedCondition, String),
@@ -309,11 +371,19 @@ enum Failure {
 }
 
 /// Stores an inbound SIP IM for XMPP before the edge answers it.
-fn inbound_sink(store: Arc<Store>, wake: Arc<Notify>, partner: String) -> Sink {
+/// Typing and session ends are passed on to `typing`, never refused.
+fn inbound_sink(
+    store: Arc<Store>,
+    wake: Arc<Notify>,
+    partner: String,
+    typing: mpsc::Sender<ImEvent>,
+) -> Sink {
     Box::new(move |event| {
         let (store, wake, partner) = (store.clone(), wake.clone(), partner.clone());
+        let typing = typing.clone();
         Box::pin(async move {
             let ImEvent::Message { from, to, text, id } = event else {
+                let _ = typing.try_send(event);
                 return true;
             };
             let Some(local) = from
