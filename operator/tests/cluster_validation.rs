@@ -187,6 +187,35 @@ fn gateway_cases(gateway: &Value) -> Vec<Case> {
         ),
         ("no image", with(gateway, "/spec/image", None), "spec.image"),
         (
+            "the Graph route without a tenant",
+            with(gateway, "/spec/tenant", None),
+            "tenant is required with teams.mode Graph",
+        ),
+        (
+            "SIP federation without its edge",
+            with(
+                gateway,
+                "/spec/teams",
+                Some(json!({"mode": "SipFederation"})),
+            ),
+            "sip (edgeFqdn, partnerDomain, tlsSecret) is required",
+        ),
+        (
+            "a SIP partner domain that is not a DNS name",
+            with(
+                &with(
+                    gateway,
+                    "/spec/teams",
+                    Some(json!({"mode": "SipFederation"})),
+                ),
+                "/spec/sip",
+                Some(
+                    json!({"edgeFqdn": "sip.contoso.example", "partnerDomain": "Contoso Com", "tlsSecret": "t"}),
+                ),
+            ),
+            "sip.partnerDomain must be a lower-case DNS name",
+        ),
+        (
             "sqlserver without a connection string",
             with(gateway, "/spec/database/engine", Some(json!("sqlserver"))),
             "database.connectionStringSecret",

@@ -119,7 +119,7 @@ fn every_example_is_accepted_and_plans_into_a_valid_gateway() {
     }
     assert_eq!(
         (gateways.len(), whitelists.len(), throttles.len()),
-        (3, 1, 1)
+        (4, 1, 1)
     );
     for g in &gateways {
         let p = plan(g, &whitelists, &throttles, g.spec.replicas, &SETTINGS)
@@ -209,6 +209,17 @@ fn bad_gateways_are_rejected_with_a_clear_message() {
     let mut g = example("FederationGateway");
     g["spec"]["bridge"] = json!({"localPart": "nickname"});
     rejected_with(&g, "nickname");
+
+    // Each route names what it needs.
+    let mut g = example("FederationGateway");
+    g["spec"].as_object_mut().unwrap().remove("tenant");
+    rejected_with(&g, "tenant is required with teams.mode Graph");
+    let mut g = example("FederationGateway");
+    g["spec"]["teams"] = json!({"mode": "SipFederation"});
+    rejected_with(&g, "sip (edgeFqdn, partnerDomain, tlsSecret) is required");
+    g["spec"]["sip"] =
+        json!({"edgeFqdn": "SIP.Contoso", "partnerDomain": "contoso.com", "tlsSecret": "t"});
+    rejected_with(&g, "sip.edgeFqdn must be a lower-case DNS name");
 }
 
 #[test]

@@ -39,8 +39,10 @@ pub struct SipConfig {
     pub partner_domain: String,
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
-    /// The roots peers' certificates must chain to.
-    pub ca_file: PathBuf,
+    /// The roots peers' certificates must chain to; the system's without it
+    /// (Microsoft's edges carry public CAs' certificates).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     /// Where a domain's edge is, ahead of DNS (as `[s2s] static_routes`).
     #[serde(default)]
     pub routes: Vec<SipRoute>,

@@ -45,7 +45,8 @@ pub struct Credentials {
 }
 
 impl Credentials {
-    pub fn from_pem(cert: &Path, key: &Path, roots: &Path) -> Result<Self, TlsError> {
+    /// Our certificate and key from PEM files, and `roots`.
+    pub fn new(cert: &Path, key: &Path, roots: RootCertStore) -> Result<Self, TlsError> {
         let read = |path: &Path, e: rustls::pki_types::pem::Error| TlsError::Read {
             path: path.display().to_string(),
             message: e.to_string(),
@@ -55,17 +56,26 @@ impl Credentials {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| read(cert, e))?;
         let key = PrivateKeyDer::from_pem_file(key).map_err(|e| read(key, e))?;
-        let mut store = RootCertStore::empty();
-        for root in CertificateDer::pem_file_iter(roots).map_err(|e| read(roots, e))? {
-            store
-                .add(root.map_err(|e| read(roots, e))?)
-                .map_err(|e| TlsError::Config(e.to_string()))?;
-        }
         Ok(Self {
             chain,
             key,
-            roots: Arc::new(store),
+            roots: Arc::new(roots),
         })
+    }
+
+    /// As [`Credentials::new`], with the roots of a PEM file.
+    pub fn from_pem(cert: &Path, key: &Path, roots: &Path) -> Result<Self, TlsError> {
+        let read = |e: rustls::pki_types::pem::Error| TlsError::Read {
+            path: roots.display().to_string(),
+            message: e.to_string(),
+        };
+        let mut store = RootCertStore::empty();
+        for root in CertificateDer::pem_file_iter(roots).map_err(read)? {
+            store
+                .add(root.map_err(read)?)
+                .map_err(|e| TlsError::Config(e.to_string()))?;
+        }
+        Self::new(cert, key, store)
     }
 
     /// Accepts connections only from peers with a certificate from our roots.

@@ -40,6 +40,8 @@ pub enum SipRouteError {
     Tls(#[from] xmppfed_sipfed::tls::TlsError),
     #[error("sip: {0}")]
     Edge(#[from] EdgeError),
+    #[error("sip.ca_file: {0}")]
+    Roots(String),
 }
 
 pub struct SipRoute {
@@ -68,7 +70,12 @@ impl SipRoute {
         sip: &SipConfig,
         store: Arc<Store>,
     ) -> Result<Arc<Self>, SipRouteError> {
-        let credentials = Credentials::from_pem(&sip.cert_file, &sip.key_file, &sip.ca_file)?;
+        let roots = crate::trust::load_roots(sip.ca_file.as_deref(), "sip").map_err(|e| {
+            SipRouteError::Roots(match e {
+                crate::trust::RootsError::Read(m) | crate::trust::RootsError::Invalid(m) => m,
+            })
+        })?;
+        let credentials = Credentials::new(&sip.cert_file, &sip.key_file, roots)?;
         let wake = Arc::new(Notify::new());
         let partner = sip.partner_domain.to_ascii_lowercase();
         // Typing is a hint of the moment: when XMPP lags, it is dropped.

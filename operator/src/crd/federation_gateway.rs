@@ -5,7 +5,7 @@ use k8s_openapi::api::networking::v1::{NetworkPolicyEgressRule, NetworkPolicyPee
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-use super::{Condition, SecretKeyRef};
+use super::{Condition, SecretKeyRef, SipSpec, TeamsSpec};
 
 /// One gateway deployment: an XMPP domain federated with one Microsoft 365 tenant.
 #[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, KubeSchema)]
@@ -45,13 +45,23 @@ use super::{Condition, SecretKeyRef};
 #[x_kube(validation = Rule::new("self.database.engine != 'sqlite' || self.replicas <= 1").message("the sqlite engine supports one replica only: use engine postgres or sqlserver for more"))]
 #[x_kube(validation = Rule::new("self.database.engine != 'sqlserver' || has(self.database.connectionStringSecret)").message("database.connectionStringSecret is required for engine sqlserver"))]
 #[x_kube(validation = Rule::new("self.database.engine != 'postgres' || has(self.database.postgres)").message("database.postgres (host, database, user, passwordSecret) is required for engine postgres"))]
+#[x_kube(validation = Rule::new("self.teams.mode == 'SipFederation' || has(self.tenant)").message("tenant is required with teams.mode Graph (the default)"))]
+#[x_kube(validation = Rule::new("self.teams.mode != 'SipFederation' || has(self.sip)").message("sip (edgeFqdn, partnerDomain, tlsSecret) is required with teams.mode SipFederation"))]
 #[x_kube(validation = Rule::new("!has(self.webhookIngress) || (has(self.webhookUrl) && url(self.webhookUrl).getHostname() == self.webhookIngress.host && url(self.webhookUrl).getEscapedPath() in ['', '/'])").message("webhookIngress needs webhookUrl to be https://<webhookIngress.host> with no path"))]
 pub struct FederationGatewaySpec {
     /// The Teams-facing XMPP domain this gateway serves, e.g. `teams.example.com`.
     #[schemars(length(max = 253))]
     #[x_kube(validation = Rule::new(super::DOMAIN_RULE).message("domain must be a lower-case DNS name such as teams.example.com"))]
     pub domain: String,
-    pub tenant: TenantSpec,
+    /// The route to Microsoft's side; Graph by default.
+    #[serde(default)]
+    pub teams: TeamsSpec,
+    /// The Microsoft 365 tenant and app registration (teams.mode Graph).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<TenantSpec>,
+    /// The SIP federation edge (teams.mode SipFederation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sip: Option<SipSpec>,
     #[serde(default)]
     pub shadow_accounts: ShadowAccountSpec,
     /// Gateway pods; each needs a licence seat.
@@ -605,11 +615,15 @@ impl FederationGateway {
     pub fn referenced_secrets(&self) -> Vec<&str> {
         let spec = &self.spec;
         let postgres = spec.database.postgres.as_ref();
+        let tenant = spec.tenant.as_ref();
         [
             Some(spec.licence_secret.name.as_str()),
-            spec.tenant.client_secret.as_ref().map(|s| s.name.as_str()),
-            spec.tenant.client_certificate.as_deref(),
+            tenant
+                .and_then(|t| t.client_secret.as_ref())
+                .map(|s| s.name.as_str()),
+            tenant.and_then(|t| t.client_certificate.as_deref()),
             spec.s2s.tls_secret.as_deref(),
+            spec.sip.as_ref().map(|s| s.tls_secret.as_str()),
             spec.database
                 .connection_string_secret
                 .as_ref()

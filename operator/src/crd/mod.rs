@@ -7,6 +7,7 @@
 mod common;
 mod domain_whitelist;
 mod federation_gateway;
+mod sip;
 mod throttle_policy;
 
 pub use common::{Condition, GatewaySelector, ResourceStatus, SecretKeyRef};
@@ -18,6 +19,7 @@ pub use federation_gateway::{
     PostgresSslMode, S2sServiceType, S2sSpec, ShadowAccountSpec, StaticRouteSpec, Subscriptions,
     TelemetrySpec, TenantCloud, TenantSpec,
 };
+pub use sip::{SipHostSpec, SipRouteSpec, SipSpec, TeamsMode, TeamsSpec};
 pub use throttle_policy::{
     ThrottleLimitsSpec, ThrottleOverride, ThrottlePolicy, ThrottlePolicySpec,
 };

@@ -6,6 +6,7 @@ use xmppfed_config::{GatewayConfig, StoreConfig};
 /// Policies: which apply to a gateway, and which gateways a change reaches.
 mod network;
 mod policies;
+mod sip;
 
 /// Any base64 text: rendering only copies the key into the configuration.
 const TEST_KEY: &str = "dGVzdC1rZXk=";
@@ -517,7 +518,7 @@ fn a_national_cloud_and_an_endpoint_override_reach_the_gateway_and_status() {
     );
     assert!(!plain.endpoint_override);
 
-    g.spec.tenant.cloud = Some(TenantCloud::USGovernment);
+    g.spec.tenant.as_mut().unwrap().cloud = Some(TenantCloud::USGovernment);
     let gcc_high = plan(&g, &[], &[], 1, &SETTINGS).unwrap();
     let config = GatewayConfig::from_toml_str(&gcc_high.config_toml).unwrap();
     let graph = config.graph.unwrap();
@@ -525,7 +526,7 @@ fn a_national_cloud_and_an_endpoint_override_reach_the_gateway_and_status() {
     assert_eq!(graph.graph(), "https://graph.microsoft.us/v1.0");
     assert!(!gcc_high.endpoint_override);
 
-    g.spec.tenant.endpoints = Some(EndpointOverride {
+    g.spec.tenant.as_mut().unwrap().endpoints = Some(EndpointOverride {
         authority_url: "https://10.96.0.50".into(),
         graph_url: "https://10.96.0.50/v1.0".into(),
         ca_config_map: Some(ConfigMapKeyRef {

@@ -12,7 +12,8 @@ use xmppfed_config as cfg;
 use super::{keys, paths, ports};
 use crate::crd::{
     ChatNotifications, DatabaseEngine, FederationGateway, FederationGatewaySpec, LocalPart,
-    OutOfOffice, PostgresSslMode, Subscriptions, TenantCloud, TenantSpec, ThrottleLimitsSpec,
+    OutOfOffice, PostgresSslMode, Subscriptions, TeamsMode, TenantCloud, TenantSpec,
+    ThrottleLimitsSpec,
 };
 use crate::policy::AppliedPolicies;
 
@@ -60,6 +61,7 @@ pub fn render_config(
 ) -> Result<cfg::GatewayConfig, ConfigError> {
     let spec = &gateway.spec;
     required(spec)?;
+    let sip_mode = spec.teams.mode == TeamsMode::SipFederation;
     let (presence, messages, leader) = (
         cfg::PresenceConfig::default(),
         cfg::MessagesConfig::default(),
@@ -76,7 +78,10 @@ pub fn render_config(
             },
         },
         s2s: s2s(spec),
-        graph: Some(graph(spec)?),
+        graph: match sip_mode {
+            true => None,
+            false => Some(graph(spec)?),
+        },
         webhook: cfg::WebhookConfig {
             listen: any(ports::WEBHOOK),
             public_url: spec.webhook_url.clone(),
@@ -95,7 +100,10 @@ pub fn render_config(
                 ..cfg::ListenerLimits::default()
             },
         },
-        shadow_accounts: shadow_accounts(spec)?,
+        shadow_accounts: match sip_mode {
+            true => cfg::ShadowAccountConfig::default(),
+            false => shadow_accounts(spec)?,
+        },
         presence: cfg::PresenceConfig {
             poll_interval_ms: set_or(bridge.presence_poll_interval_ms, presence.poll_interval_ms),
             out_of_office: match bridge.out_of_office {
@@ -136,9 +144,13 @@ pub fn render_config(
                 .clone()
                 .unwrap_or_else(|| "info".to_owned()),
         },
-        // The CRD renders the Graph route; SIP federation is not in it yet.
-        teams: cfg::TeamsConfig::default(),
-        sip: None,
+        teams: cfg::TeamsConfig {
+            mode: match sip_mode {
+                true => cfg::TeamsMode::SipFederation,
+                false => cfg::TeamsMode::Graph,
+            },
+        },
+        sip: sip(spec)?,
     };
 
     // The gateway validates its file at startup; check it here so a bad spec
@@ -167,6 +179,10 @@ fn required(spec: &FederationGatewaySpec) -> Result<(), ConfigError> {
             "spec.s2s.tlsSecret",
             "required when spec.s2s.requireTls is true (a kubernetes.io/tls Secret with the domain's certificate)",
         ));
+    }
+    if spec.teams.mode == TeamsMode::SipFederation {
+        // No tenant, no shadow accounts: `sip` is checked where it is rendered.
+        return Ok(());
     }
     if spec.shadow_accounts.upn_domain.is_none() {
         return Err(spec_error(
@@ -272,8 +288,14 @@ fn s2s(spec: &FederationGatewaySpec) -> cfg::S2sConfig {
 /// The Teams users' tenant, the app's credential (as the file the Secret
 /// is mounted as), the cloud or its override, and the Graph budgets.
 fn graph(spec: &FederationGatewaySpec) -> Result<cfg::GraphConfig, ConfigError> {
+    let Some(t) = &spec.tenant else {
+        return Err(spec_error(
+            "spec.tenant",
+            "required with teams.mode Graph (the default)",
+        ));
+    };
     tenant(
-        &spec.tenant,
+        t,
         "spec.tenant",
         [
             paths::GRAPH_SECRET_DIR,
@@ -328,6 +350,45 @@ fn tenant(
             .map(|ca| file(ca_dir, &ca.key)),
         limits: graph_limits(spec.bridge.graph_limits.as_ref()),
     })
+}
+
+/// The SIP federation edge, its certificate and roots as the files their
+/// Secret and ConfigMap are mounted as.
+fn sip(spec: &FederationGatewaySpec) -> Result<Option<cfg::SipConfig>, ConfigError> {
+    if spec.teams.mode != TeamsMode::SipFederation {
+        return Ok(None);
+    }
+    let Some(sip) = &spec.sip else {
+        return Err(spec_error(
+            "spec.sip",
+            "required with teams.mode SipFederation (edgeFqdn, partnerDomain, tlsSecret)",
+        ));
+    };
+    let port = |p: i32| u16::try_from(p).unwrap_or(5061);
+    Ok(Some(cfg::SipConfig {
+        listen: any(sip.port),
+        edge_fqdn: sip.edge_fqdn.clone(),
+        partner_domain: sip.partner_domain.clone(),
+        cert_file: file(paths::SIP_TLS_DIR, "tls.crt"),
+        key_file: file(paths::SIP_TLS_DIR, "tls.key"),
+        ca_file: sip
+            .trusted_ca_config_map
+            .as_ref()
+            .map(|ca| file(paths::SIP_CA_DIR, &ca.key)),
+        routes: sip
+            .routes
+            .iter()
+            .map(|r| cfg::SipRoute {
+                domain: r.domain.clone(),
+                host: r.host.clone(),
+                port: port(r.port),
+            })
+            .collect(),
+        fallback: sip.fallback.as_ref().map(|f| cfg::SipHost {
+            host: f.host.clone(),
+            port: port(f.port),
+        }),
+    }))
 }
 
 fn shadow_accounts(spec: &FederationGatewaySpec) -> Result<cfg::ShadowAccountConfig, ConfigError> {

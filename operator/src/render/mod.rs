@@ -3,6 +3,7 @@
 
 mod config;
 mod network_policy;
+mod volumes;
 mod workload;
 
 pub use config::{ConfigError, config_hash, render_config, restart_hash};
@@ -30,6 +31,10 @@ pub mod paths {
     pub const DATABASE_SECRET_DIR: &str = "/etc/xmppfed/database";
     /// The PostgreSQL server's CA (`spec.database.postgres.caSecret`).
     pub const DATABASE_CA_DIR: &str = "/etc/xmppfed/database-ca";
+    /// The SIP federation edge's certificate (`spec.sip.tlsSecret`) and the
+    /// roots partners' certificates chain to (`spec.sip.trustedCaConfigMap`).
+    pub const SIP_TLS_DIR: &str = "/etc/xmppfed/sip-tls";
+    pub const SIP_CA_DIR: &str = "/etc/xmppfed/sip-ca";
     pub const KEYS_DIR: &str = "/etc/xmppfed/keys";
     pub const LICENCE_DIR: &str = "/etc/xmppfed/licence";
     pub const DATA_DIR: &str = "/var/lib/xmppfed";

@@ -74,15 +74,27 @@ fn egress_ports(spec: &FederationGatewaySpec) -> BTreeSet<u16> {
             ports.insert(port.unwrap_or(xmppfed_config::PostgresConfig::DEFAULT_PORT));
         }
     }
-    let tenants = std::iter::once(&spec.tenant.endpoints)
-        .chain(spec.shadow_accounts.tenant.iter().map(|t| &t.endpoints))
-        .flatten();
+    let tenants = spec
+        .tenant
+        .iter()
+        .chain(spec.shadow_accounts.tenant.iter())
+        .filter_map(|t| t.endpoints.as_ref());
     for endpoints in tenants {
         ports.extend(url_port(&endpoints.authority_url));
         ports.extend(url_port(&endpoints.graph_url));
     }
     if let Some(otlp) = &spec.telemetry.otlp_endpoint {
         ports.extend(url_port(otlp));
+    }
+    // Partner SIP edges: 5061 (DNS SRV may name others: extraEgress).
+    if let Some(sip) = &spec.sip {
+        ports.insert(5061);
+        let named = sip
+            .routes
+            .iter()
+            .map(|r| r.port)
+            .chain(sip.fallback.iter().map(|f| f.port));
+        ports.extend(named.filter_map(|p| u16::try_from(p).ok()));
     }
     ports
 }
@@ -99,9 +111,16 @@ pub fn network_policy(
         return None;
     }
     let s2s_port = u16::try_from(spec.s2s.port).unwrap_or(5269);
+    // Remote XMPP servers and partner SIP edges, from anywhere.
+    let mut federation = vec![tcp(s2s_port)];
+    federation.extend(
+        spec.sip
+            .as_ref()
+            .and_then(|sip| u16::try_from(sip.port).ok())
+            .map(tcp),
+    );
     let mut ingress = vec![NetworkPolicyIngressRule {
-        // Remote XMPP servers, from anywhere.
-        ports: Some(vec![tcp(s2s_port)]),
+        ports: Some(federation),
         from: None,
     }];
     if spec.webhook_url.is_some() {

@@ -4,11 +4,10 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
-    HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
-    SecretVolumeSource, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, Volume,
-    VolumeMount, VolumeResourceRequirements,
+    Capabilities, ConfigMap, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
+    ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
+    SeccompProfile, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec,
+    VolumeMount,
 };
 use k8s_openapi::api::networking::v1::{
     HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
@@ -21,8 +20,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
+use super::volumes::Storage;
 use super::{names, paths, ports};
-use crate::crd::{DatabaseEngine, FederationGateway, FederationGatewaySpec};
+use crate::crd::{FederationGateway, FederationGatewaySpec};
 
 /// Annotation on the pod template holding the rendered configuration's hash.
 pub const CONFIG_HASH_ANNOTATION: &str = "xmppfed.io/config-hash";
@@ -145,7 +145,7 @@ pub fn build_objects(
         )])),
         ..ConfigMap::default()
     };
-    let storage = storage(&c);
+    let storage = super::volumes::storage(c.spec, &c.name);
     let stateful_set = c.stateful_set(replicas, rendered.restart_hash, storage);
     let pod_disruption_budget = (c.spec.replicas > 1).then(|| PodDisruptionBudget {
         metadata: c.meta(c.name.clone()),
@@ -183,18 +183,11 @@ pub fn build_objects(
 }
 
 /// What every child of one gateway is made from: its name, spec and owner.
-struct Children<'a> {
+pub(super) struct Children<'a> {
     gateway: &'a FederationGateway,
     spec: &'a FederationGatewaySpec,
     name: String,
     owner: OwnerReference,
-}
-
-/// The pod's volumes and their mounts, and the SQLite volume's claim.
-struct Storage {
-    volumes: Vec<Volume>,
-    mounts: Vec<VolumeMount>,
-    claims: Option<Vec<PersistentVolumeClaim>>,
 }
 
 impl<'a> Children<'a> {
@@ -256,11 +249,17 @@ impl<'a> Children<'a> {
                 "--config".into(),
                 format!("{}/{}", paths::CONFIG_DIR, paths::CONFIG_FILE),
             ]),
-            ports: Some(vec![
-                container_port("s2s", spec.s2s.port),
-                container_port("webhook", ports::WEBHOOK),
-                container_port("admin", ports::ADMIN),
-            ]),
+            ports: Some(
+                [
+                    Some(container_port("s2s", spec.s2s.port)),
+                    spec.sip.as_ref().map(|sip| container_port("sip", sip.port)),
+                    Some(container_port("webhook", ports::WEBHOOK)),
+                    Some(container_port("admin", ports::ADMIN)),
+                ]
+                .into_iter()
+                .flatten()
+                .collect(),
+            ),
             env: Some(env),
             resources: Some(spec.resources.clone().unwrap_or_else(default_resources)),
             volume_mounts: Some(mounts),
@@ -364,14 +363,18 @@ impl<'a> Children<'a> {
             }),
             ..Service::default()
         };
+        // Federation: XMPP servers, and with SIP federation the partner's
+        // edge, on the one address the domain's SRV records name.
+        let mut federation = vec![service_port("xmpp-server", spec.s2s.port)];
+        federation.extend(spec.sip.as_ref().map(|sip| service_port("sip", sip.port)));
         let mut s2s = service(
             names::s2s_service(name),
             Some(spec.s2s.service_type.as_str()),
             false,
-            vec![service_port("xmpp-server", spec.s2s.port)],
+            federation,
         );
-        // Remote servers reach the replica that runs the bridge; the webhook
-        // goes to any (notifications land in the shared store).
+        // Remote servers reach the replica that runs the bridge (or the SIP
+        // route); the webhook goes to any (notifications land in the shared store).
         if let Some(selector) = s2s.spec.as_mut().and_then(|s| s.selector.as_mut()) {
             selector.insert(LEADER.0.to_owned(), LEADER.1.to_owned());
         }
@@ -464,164 +467,6 @@ impl<'a> Children<'a> {
 
 /// Volumes: configuration, generated keys, and each Secret and ConfigMap the
 /// spec names; the SQLite engine's data volume.
-fn storage(c: &Children<'_>) -> Storage {
-    let (name, spec) = (&c.name, c.spec);
-    let mut volumes = vec![
-        Volume {
-            name: "config".into(),
-            config_map: Some(ConfigMapVolumeSource {
-                name: names::config_map(name),
-                ..ConfigMapVolumeSource::default()
-            }),
-            ..Volume::default()
-        },
-        secret_volume("keys", &names::keys_secret(name)),
-        secret_volume("licence", &spec.licence_secret.name),
-        Volume {
-            name: "tmp".into(),
-            empty_dir: Some(Default::default()),
-            ..Volume::default()
-        },
-    ];
-    let mut mounts = vec![
-        mount("config", paths::CONFIG_DIR),
-        mount("keys", paths::KEYS_DIR),
-        mount("licence", paths::LICENCE_DIR),
-        mount("tmp", "/tmp"),
-    ];
-    let mut add_secret = |volume: &str, secret: &str, dir: &str| {
-        volumes.push(secret_volume(volume, secret));
-        mounts.push(mount(volume, dir));
-    };
-    if let Some(tls) = &spec.s2s.tls_secret {
-        add_secret("s2s-tls", tls, paths::S2S_TLS_DIR);
-    }
-    if let Some(s) = &spec.tenant.client_secret {
-        add_secret("graph-secret", &s.name, paths::GRAPH_SECRET_DIR);
-    }
-    if let Some(cert) = &spec.tenant.client_certificate {
-        add_secret("graph-cert", cert, paths::GRAPH_CERT_DIR);
-    }
-    if let Some(tenant) = &spec.shadow_accounts.tenant {
-        if let Some(s) = &tenant.client_secret {
-            add_secret(
-                "shadow-tenant-secret",
-                &s.name,
-                paths::SHADOW_TENANT_SECRET_DIR,
-            );
-        }
-        if let Some(cert) = &tenant.client_certificate {
-            add_secret("shadow-tenant-cert", cert, paths::SHADOW_TENANT_CERT_DIR);
-        }
-    }
-    if let Some(db) = &spec.database.connection_string_secret {
-        add_secret("database", &db.name, paths::DATABASE_SECRET_DIR);
-    }
-    if let Some(pg) = &spec.database.postgres {
-        add_secret(
-            "database",
-            &pg.password_secret.name,
-            paths::DATABASE_SECRET_DIR,
-        );
-        if let Some(ca) = &pg.ca_secret {
-            add_secret("database-ca", &ca.name, paths::DATABASE_CA_DIR);
-        }
-    }
-    let graph_ca = spec
-        .tenant
-        .endpoints
-        .as_ref()
-        .and_then(|e| e.ca_config_map.as_ref());
-    let shadow_ca = spec
-        .shadow_accounts
-        .tenant
-        .as_ref()
-        .and_then(|t| t.endpoints.as_ref())
-        .and_then(|e| e.ca_config_map.as_ref());
-    let cas = [
-        ("graph-ca", graph_ca, paths::GRAPH_CA_DIR),
-        ("shadow-tenant-ca", shadow_ca, paths::SHADOW_TENANT_CA_DIR),
-        (
-            "s2s-ca",
-            spec.s2s.trusted_ca_config_map.as_ref(),
-            paths::S2S_CA_DIR,
-        ),
-    ];
-    for (volume, config_map, dir) in cas {
-        let Some(config_map) = config_map else {
-            continue;
-        };
-        volumes.push(Volume {
-            name: volume.into(),
-            config_map: Some(ConfigMapVolumeSource {
-                name: config_map.name.clone(),
-                ..ConfigMapVolumeSource::default()
-            }),
-            ..Volume::default()
-        });
-        mounts.push(mount(volume, dir));
-    }
-    let claims = (spec.database.engine == DatabaseEngine::Sqlite).then(|| {
-        mounts.push(mount("data", paths::DATA_DIR));
-        vec![data_claim(c)]
-    });
-    Storage {
-        volumes,
-        mounts,
-        claims,
-    }
-}
-
-/// The SQLite engine's volume, `spec.database.storageSize` (1Gi by default).
-fn data_claim(c: &Children<'_>) -> PersistentVolumeClaim {
-    let (name, spec) = (&c.name, c.spec);
-    PersistentVolumeClaim {
-        metadata: ObjectMeta {
-            name: Some("data".into()),
-            labels: Some(labels(name)),
-            ..ObjectMeta::default()
-        },
-        spec: Some(PersistentVolumeClaimSpec {
-            access_modes: Some(vec!["ReadWriteOnce".into()]),
-            resources: Some(VolumeResourceRequirements {
-                requests: Some(BTreeMap::from([(
-                    "storage".to_owned(),
-                    Quantity(
-                        spec.database
-                            .storage_size
-                            .clone()
-                            .unwrap_or_else(|| "1Gi".into()),
-                    ),
-                )])),
-                ..VolumeResourceRequirements::default()
-            }),
-            ..PersistentVolumeClaimSpec::default()
-        }),
-        ..PersistentVolumeClaim::default()
-    }
-}
-
-fn secret_volume(volume: &str, secret: &str) -> Volume {
-    Volume {
-        name: volume.into(),
-        secret: Some(SecretVolumeSource {
-            secret_name: Some(secret.into()),
-            default_mode: Some(0o440),
-            ..SecretVolumeSource::default()
-        }),
-        ..Volume::default()
-    }
-}
-
-fn mount(volume: &str, path: &str) -> VolumeMount {
-    VolumeMount {
-        name: volume.into(),
-        mount_path: path.into(),
-        read_only: Some(volume != "data" && volume != "tmp"),
-        ..VolumeMount::default()
-    }
-}
-
 /// An environment variable from the pod's own fields (the downward API).
 fn pod_field(name: &str, field_path: &str) -> EnvVar {
     EnvVar {
