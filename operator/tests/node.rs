@@ -16,11 +16,15 @@
 //! Service both ways. Then a wrong client secret shows as TenantReady
 //! `InvalidClientSecret` with its fix, a wrong image stalls the roll and Ready
 //! names the kubelet's reason, and deleting the gateway leaves nothing behind.
+//! Then two replicas fail over on PostgreSQL (node_failover), and a gateway
+//! on the SIP federation route exchanges messages with a fake Skype for
+//! Business Access Edge through its pod (node_sip).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a panic is a failure with its reason
 
 mod node_failover;
 mod node_faults;
 mod node_peers;
+mod node_sip;
 mod support;
 
 use std::path::PathBuf;
@@ -255,6 +259,8 @@ async fn the_operator_runs_as_a_pod_and_its_gateway_says_why_it_is_not_ready() {
 
     // Two replicas on one PostgreSQL, failing over with messages in flight.
     node_failover::two_replicas_on_postgres(&admin, &ns, &graph, &private, dir.path()).await;
+    // The SIP federation route: no tenant, the fake Access Edge on this host.
+    node_sip::sip_federation_gateway(&admin, &ns, &private, dir.path()).await;
     drop(_release);
     Api::<Namespace>::all(admin)
         .delete(&ns, &DeleteParams::default())
