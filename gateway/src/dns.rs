@@ -2,11 +2,7 @@
 //! (`_xmpp-server._tcp`, RFC 6120 §3.2) and the SIP federation route
 //! (`_sipfederationtls._tcp`, docs/sip-federation.md).
 
-use std::net::SocketAddr;
-
 use hickory_resolver::TokioResolver;
-use hickory_resolver::config::{NameServerConfig, ResolverConfig};
-use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::RData;
 use hickory_resolver::proto::rr::rdata::SRV;
 
@@ -25,17 +21,27 @@ impl Dns {
     /// The system's resolver; without a usable configuration, no DNS (only
     /// configured routes work, which the log says).
     pub fn system() -> Self {
-        match TokioResolver::builder_tokio() {
-            Ok(builder) => Self(builder.build().ok()),
+        let unusable = |e: &dyn std::fmt::Display| {
+            tracing::warn!(error = %e, "no usable system DNS configuration: only configured routes work");
+        };
+        match TokioResolver::builder_tokio().map(|b| b.build()) {
+            Ok(Ok(resolver)) => Self(Some(resolver)),
+            Ok(Err(e)) => {
+                unusable(&e);
+                Self(None)
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "no system DNS configuration: only configured routes work");
+                unusable(&e);
                 Self(None)
             }
         }
     }
 
-    /// A resolver asking only `server` (UDP).
-    pub fn at(server: SocketAddr) -> Self {
+    /// A resolver asking only `server` (UDP): the tests' name server.
+    #[cfg(test)]
+    pub(crate) fn at(server: std::net::SocketAddr) -> Self {
+        use hickory_resolver::config::{NameServerConfig, ResolverConfig};
+        use hickory_resolver::net::runtime::TokioRuntimeProvider;
         let mut name_server = NameServerConfig::udp(server.ip());
         for connection in &mut name_server.connections {
             connection.port = server.port();

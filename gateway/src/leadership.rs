@@ -1,7 +1,8 @@
-//! Which replica runs the bridge. Replicas share the store; the one holding
-//! its `bridge` lease runs the bridge, the others stand by and take over when
-//! the lease lapses. Standbys keep serving their webhook (notifications go
-//! to the shared store, where the holder reads them).
+//! Which replica runs the bridge (or, with SIP federation, the SIP route).
+//! Replicas share the store; the one holding its `bridge` lease runs the
+//! route, the others stand by and take over when the lease lapses. Standbys
+//! keep serving their webhook (notifications go to the shared store, where
+//! the holder reads them).
 //!
 //! In Kubernetes each replica labels its own pod `xmppfed.io/role=leader` or
 //! `standby`, and the operator's s2s Service selects the leader: remote
@@ -15,8 +16,15 @@ use prometheus_client::metrics::gauge::Gauge;
 use xmppfed_config::{LeaderConfig, POD_ROLE_LABEL as ROLE_LABEL};
 use xmppfed_telemetry::Metrics;
 
+use std::future::Future;
+
+use futures::future::BoxFuture;
+use tokio::sync::watch;
+
+use crate::bridge::service::Bridge;
 use crate::pod::PodMetadata;
-use crate::store::Store;
+use crate::s2s::{Inbox, S2sSender};
+use crate::store::{Store, StoreError};
 
 const LEASE: &str = "bridge";
 /// How often the leader puts its pod's role label back.
@@ -190,6 +198,85 @@ fn default_holder() -> String {
                 .unwrap_or_else(|| "gateway".to_owned());
             format!("{host}/{}", std::process::id())
         }
+    }
+}
+
+pub(crate) type BuildBridge =
+    Box<dyn FnOnce() -> BoxFuture<'static, Result<Arc<Bridge>, StoreError>> + Send>;
+
+/// The route to Microsoft's side, run by the replica holding the lease: two
+/// replicas must never both deliver the shared outbox.
+pub(crate) enum Route {
+    Graph(BuildBridge),
+    Sip(Arc<crate::sip_route::SipRoute>),
+}
+
+impl Route {
+    /// What serves `inbox` until it closes.
+    async fn start(
+        self,
+        inbox: Inbox,
+        sender: S2sSender,
+    ) -> Result<BoxFuture<'static, ()>, String> {
+        match self {
+            Route::Graph(build) => {
+                let bridge = build()
+                    .await
+                    .map_err(|e| format!("cannot start the bridge: {e}"))?;
+                Ok(Box::pin(async move { bridge.run(inbox).await }))
+            }
+            Route::Sip(sip) => Ok(Box::pin(sip.run(inbox, sender))),
+        }
+    }
+}
+
+/// Runs the route while this replica holds the bridge lease: waits for the
+/// allow list (Graph), takes the lease (or stops), builds the bridge and
+/// serves the inbox until the lease is lost. Whatever ends it early is sent
+/// on `fatal`.
+pub(crate) async fn lead(
+    (route, inbox, sender): (Route, Inbox, S2sSender),
+    leadership: Arc<Leadership>,
+    loaded: Option<watch::Receiver<bool>>,
+    stop: impl Future<Output = ()>,
+    fatal: tokio::sync::oneshot::Sender<String>,
+) {
+    // Until the allow list is read nobody exists, and until
+    // this replica holds the lease it stands by: stanzas wait.
+    if let Some(mut loaded) = loaded
+        && loaded.wait_for(|l| *l).await.is_err()
+    {
+        return;
+    }
+    // The lease is kept from the moment it is taken, the
+    // bridge built meanwhile (it reads the store afresh).
+    let since = tokio::select! {
+        since = leadership.acquire() => since,
+        () = stop => return,
+    };
+    let keep = leadership.keep(since);
+    tokio::pin!(keep);
+    let built = tokio::select! {
+        built = route.start(inbox, sender) => built,
+        why = &mut keep => Err(why),
+    };
+    let serve = match built {
+        Ok(serve) => serve,
+        Err(why) => {
+            let _ = fatal.send(why);
+            return;
+        }
+    };
+
+    // Losing the lease drops the route's future, and every
+    // background loop of it with it.
+    let lost = tokio::select! {
+        () = serve => None,
+        why = &mut keep => Some(why),
+    };
+
+    if let Some(why) = lost {
+        let _ = fatal.send(why);
     }
 }
 

@@ -11,7 +11,6 @@ use xmppfed_telemetry::ComponentHealth;
 
 use std::sync::Arc;
 
-use futures::future::BoxFuture;
 use tokio::sync::{Notify, watch};
 use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType};
 
@@ -29,7 +28,7 @@ use crate::leadership::Leadership;
 use crate::licence::{self, LicenceCheckError, LicenceMetrics};
 use crate::pod::PodMetadata;
 use crate::s2s::{AnyUser, Inbox, S2s, S2sSender};
-use crate::store::{Store, StoreError};
+use crate::store::Store;
 use xmppfed_config::LocalPartSource;
 use xmppfed_telemetry::{AdminServer, Health, ListenerBounds, Metrics, admin_router};
 
@@ -90,33 +89,7 @@ pub struct Gateway {
     sip_addr: Option<SocketAddr>,
 }
 
-type BuildBridge = Box<dyn FnOnce() -> BoxFuture<'static, Result<Arc<Bridge>, StoreError>> + Send>;
-
-/// The route to Microsoft's side, run by the replica holding the lease: two
-/// replicas must never both deliver the shared outbox.
-enum Route {
-    Graph(BuildBridge),
-    Sip(Arc<crate::sip_route::SipRoute>),
-}
-
-impl Route {
-    /// What serves `inbox` until it closes.
-    async fn start(
-        self,
-        inbox: Inbox,
-        sender: S2sSender,
-    ) -> Result<BoxFuture<'static, ()>, String> {
-        match self {
-            Route::Graph(build) => {
-                let bridge = build()
-                    .await
-                    .map_err(|e| format!("cannot start the bridge: {e}"))?;
-                Ok(Box::pin(async move { bridge.run(inbox).await }))
-            }
-            Route::Sip(sip) => Ok(Box::pin(sip.run(inbox, sender))),
-        }
-    }
-}
+use crate::leadership::{BuildBridge, Route, lead};
 
 /// What keeps the internal allow list fresh.
 struct DirectoryWatch {
@@ -161,13 +134,6 @@ impl Gateway {
             None => Arc::new(AnyUser),
         };
         let (s2s, inbox) = S2s::bind(config, users, &metrics).await?;
-        let sip = match (config.teams.mode, &config.sip) {
-            (xmppfed_config::TeamsMode::SipFederation, Some(sip)) => {
-                Some(crate::sip_route::SipRoute::bind(config, sip, store.clone()).await?)
-            }
-            _ => None,
-        };
-        let sip_addr = sip.as_ref().and_then(|s| s.local_addr());
         // Graph's change notifications: the URL Graph posts to and the secret it echoes.
         let notifications = match (&config.webhook.public_url, &config.webhook.client_state) {
             (Some(url), Some(client_state)) => Some((
@@ -182,26 +148,14 @@ impl Gateway {
         // What the webhook wakes when it has stored notifications: the bridge's
         // notification consumer, once this replica runs it.
         let notified = Arc::new(Notify::new());
-        let (bridge, throttle) = match &directory {
-            Some(watch) => {
-                let (build, leadership, throttle) = bridge_builder(
-                    config,
-                    watch,
-                    &store,
-                    &s2s,
-                    (subscriptions, notified.clone()),
-                    &metrics,
-                )?;
-                (Some((Route::Graph(build), leadership)), Some(throttle))
-            }
-            None => (
-                sip.map(|sip| {
-                    let leadership = Leadership::new(store.clone(), &config.leader, &metrics);
-                    (Route::Sip(sip), Arc::new(leadership))
-                }),
-                None,
-            ),
-        };
+        let (bridge, throttle, sip_addr) = route(
+            config,
+            directory.as_ref(),
+            (&store, &s2s),
+            (subscriptions, notified.clone()),
+            &metrics,
+        )
+        .await?;
         let live = crate::reload::Live {
             remote_domains: s2s.allow_list(),
             internal: directory.as_ref().map(|d| d.allowed.clone()),
@@ -210,7 +164,7 @@ impl Gateway {
         let reloader = crate::reload::Reloader::new(live, config.clone(), &metrics);
         // Graph's change notifications, stored before they are acknowledged.
         let webhook = match (&bridge, notifications) {
-            (Some(_), Some((_, secret))) => {
+            (Some((Route::Graph(_), _)), Some((_, secret))) => {
                 let sink: Arc<dyn webhook::Sink> = Arc::new(webhook::Durable {
                     store: store.clone(),
                     wake: notified,
@@ -461,56 +415,6 @@ async fn check_licence(watch: LicenceWatch) {
     }
 }
 
-/// Runs the route while this replica holds the bridge lease: waits for the
-/// allow list (Graph), takes the lease (or stops), builds the bridge and
-/// serves the inbox until the lease is lost. Whatever ends it early is sent
-/// on `fatal`.
-async fn lead(
-    (route, inbox, sender): (Route, Inbox, S2sSender),
-    leadership: Arc<Leadership>,
-    loaded: Option<watch::Receiver<bool>>,
-    stop: impl Future<Output = ()>,
-    fatal: tokio::sync::oneshot::Sender<String>,
-) {
-    // Until the allow list is read nobody exists, and until
-    // this replica holds the lease it stands by: stanzas wait.
-    if let Some(mut loaded) = loaded
-        && loaded.wait_for(|l| *l).await.is_err()
-    {
-        return;
-    }
-    // The lease is kept from the moment it is taken, the
-    // bridge built meanwhile (it reads the store afresh).
-    let since = tokio::select! {
-        since = leadership.acquire() => since,
-        () = stop => return,
-    };
-    let keep = leadership.keep(since);
-    tokio::pin!(keep);
-    let built = tokio::select! {
-        built = route.start(inbox, sender) => built,
-        why = &mut keep => Err(why),
-    };
-    let serve = match built {
-        Ok(serve) => serve,
-        Err(why) => {
-            let _ = fatal.send(why);
-            return;
-        }
-    };
-
-    // Losing the lease drops the route's future, and every
-    // background loop of it with it.
-    let lost = tokio::select! {
-        () = serve => None,
-        why = &mut keep => Some(why),
-    };
-
-    if let Some(why) = lost {
-        let _ = fatal.send(why);
-    }
-}
-
 /// The licence seat, checked before anything serves: a node without one never
 /// serves; an expired seat only stops being ready.
 fn licence_watch(
@@ -609,6 +513,41 @@ fn directory_watch(
         loaded: watch::channel(false).0,
     }))
 }
+
+/// What this replica runs while it holds the lease, and the lease: the
+/// Graph bridge (with its throttle) or the SIP federation route (with its
+/// edge's address); neither without Graph or SIP (the sandbox).
+async fn route(
+    config: &GatewayConfig,
+    directory: Option<&DirectoryWatch>,
+    (store, s2s): (&Arc<Store>, &S2s),
+    notifications: (Option<Arc<Subscriptions>>, Arc<Notify>),
+    metrics: &Metrics,
+) -> Result<RouteParts, StartError> {
+    if let Some(watch) = directory {
+        let (build, leadership, throttle) =
+            bridge_builder(config, watch, store, s2s, notifications, metrics)?;
+        return Ok((
+            Some((Route::Graph(build), leadership)),
+            Some(throttle),
+            None,
+        ));
+    }
+    let (xmppfed_config::TeamsMode::SipFederation, Some(sip)) = (config.teams.mode, &config.sip)
+    else {
+        return Ok((None, None, None));
+    };
+    let sip = crate::sip_route::SipRoute::bind(config, sip, store.clone()).await?;
+    let addr = sip.local_addr();
+    let leadership = Arc::new(Leadership::new(store.clone(), &config.leader, metrics));
+    Ok((Some((Route::Sip(sip), leadership)), None, addr))
+}
+
+type RouteParts = (
+    Option<(Route, Arc<Leadership>)>,
+    Option<Arc<Throttle>>,
+    Option<SocketAddr>,
+);
 
 /// What builds the bridge once this replica holds the bridge lease, and the
 /// lease. `notifications`: the Graph subscriptions kept (with a webhook), and

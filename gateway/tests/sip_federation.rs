@@ -358,6 +358,29 @@ async fn a_refusal_from_the_microsoft_side_comes_back_to_the_sender() {
         messages(&microsoft.received()).is_empty(),
         "nothing refused reached a user"
     );
+
+    // Someone with a valid certificate for a name of their own, claiming
+    // to be contoso.test: refused, since the certificate does not prove a
+    // name that speaks for the partner (403, [MS-OCER] 1010), and nothing
+    // reaches Bob.
+    let (cert, key) = ca.issue_for("sip.evil.test", "DNS:sip.evil.test").unwrap();
+    let impostor = AccessEdge::start(
+        "127.0.0.1:0".parse().unwrap(),
+        "sip.evil.test",
+        (&cert, &key, &ca.cert),
+        contoso_policy(false),
+    )
+    .await
+    .unwrap();
+    impostor.route(PEER, gateway.sip);
+    let status = impostor
+        .send_im(ALICE_SIP, BOB_SIP, "I am Alice, really")
+        .await
+        .unwrap();
+    assert_eq!(status, 403, "an impostor's IM is refused");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    tokio::task::block_in_place(|| bob.drain(Duration::from_millis(500)));
+    assert_eq!(times_bob_got(&bob, "I am Alice, really"), 0);
     stop(gateway).await;
 }
 
@@ -421,6 +444,19 @@ async fn only_the_lease_holder_runs_the_route() {
     }
     assert_eq!(status, 200, "the standby took over the edge");
     bob_gets(&mut bob, "via the new leader");
+    // B has sent nothing yet: Bob's typing goes into the session Alice opened.
+    bob.command(json!({"cmd": "chat_state", "to": "alice@teams.test", "state": "composing"}))
+        .unwrap();
+    microsoft
+        .wait_for(Duration::from_secs(20), |r| {
+            r.contains(&Received::Typing {
+                from: BOB_SIP.into(),
+                to: ALICE_SIP.into(),
+                active: true,
+            })
+        })
+        .await
+        .expect("Alice sees Bob typing through the new leader");
     tokio::time::sleep(Duration::from_secs(2)).await;
     let got = messages(&microsoft.received());
     for i in 0..5 {

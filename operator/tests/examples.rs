@@ -220,6 +220,13 @@ fn bad_gateways_are_rejected_with_a_clear_message() {
     g["spec"]["sip"] =
         json!({"edgeFqdn": "SIP.Contoso", "partnerDomain": "contoso.com", "tlsSecret": "t"});
     rejected_with(&g, "sip.edgeFqdn must be a lower-case DNS name");
+    g["spec"]["sip"] = json!({"edgeFqdn": "sip.contoso.example", "partnerDomain": "contoso.com", "tlsSecret": "t", "port": 9090});
+    rejected_with(
+        &g,
+        "sip.port must not be the webhook's (8443) or the admin port (9090)",
+    );
+    g["spec"]["sip"]["port"] = json!(5269);
+    rejected_with(&g, "sip.port and s2s.port must differ");
 }
 
 #[test]

@@ -35,7 +35,6 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{
     ConfigMap, Event, Namespace, Node, PersistentVolumeClaim, Pod, Secret, Service,
 };
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::{Client, ResourceExt};
 use node_peers::{GraphPod, HOST_ON_POD_NETWORK, PEER, Peer, pod_ready, working_set};
@@ -529,41 +528,7 @@ async fn federate(
 ) -> String {
     let (server, s2s_service) = (&peer.server, &peer.s2s_service);
     let pods: Api<Pod> = Api::namespaced(admin.clone(), ns);
-    // The s2s Service selects the replica that holds the bridge's lease
-    // (labelled leader): it has an endpoint once that pod is labelled.
-    let slices: Api<EndpointSlice> = Api::namespaced(admin.clone(), ns);
-    let serving = ListParams::default().labels("kubernetes.io/service-name=contoso-s2s");
-    eventually(
-        "an endpoint behind the s2s Service",
-        Duration::from_secs(60),
-        || async {
-            slices
-                .list(&serving)
-                .await
-                .ok()?
-                .items
-                .iter()
-                .flat_map(|s| s.endpoints.iter())
-                .any(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
-                .then_some(())
-        },
-    )
-    .await;
-    // And kube-proxy has programmed it: a connection from this host
-    // through the Service's address is accepted (a Prosody that finds
-    // nothing there bounces the stanza rather than retrying).
-    let service = format!("{}:5269", s2s_service);
-    eventually(
-        "the s2s Service accepting connections",
-        Duration::from_secs(30),
-        || async {
-            tokio::net::TcpStream::connect(&service)
-                .await
-                .ok()
-                .map(|_| ())
-        },
-    )
-    .await;
+    node_peers::federation_service_ready(admin, ns, "contoso", s2s_service, 5269).await;
     let alice = "alice@teams.contoso.example";
     bob.command(json!({"cmd": "subscribe", "to": alice}))
         .unwrap();

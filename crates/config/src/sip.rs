@@ -83,8 +83,15 @@ fn default_listen() -> SocketAddr {
 pub(crate) fn validate(
     teams: &TeamsConfig,
     sip: Option<&SipConfig>,
+    graph: bool,
     err: &mut impl FnMut(&str, String),
 ) {
+    if teams.mode == TeamsMode::SipFederation && graph {
+        err(
+            "graph",
+            "not used with teams.mode sip-federation (the route needs no tenant): remove [graph], or take mode graph".to_owned(),
+        );
+    }
     match (teams.mode, sip) {
         (TeamsMode::SipFederation, None) => err(
             "sip",

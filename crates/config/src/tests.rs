@@ -580,6 +580,15 @@ fn sip_federation_needs_its_section_and_valid_domains() {
             "sip.routes[0].domain".to_owned()
         ]
     );
+    // One route at a time: [graph] beside sip-federation is named.
+    let both = format!(
+        "{good}\n[graph]\ntenant_id = \"8f0d2a8e-1b2c-4d5e-9f00-112233445566\"\nclient_id = \"0a1b2c3d-4e5f-6789-abcd-ef0123456789\"\nclient_secret = {{ env = \"S\" }}\n"
+    );
+    assert!(
+        fields_of(&both).contains(&"graph".to_owned()),
+        "{:?}",
+        fields_of(&both)
+    );
     // Graph is the default route, and needs no [sip].
     assert_eq!(
         GatewayConfig::from_toml_str(MINIMAL).unwrap().teams.mode,

@@ -34,7 +34,7 @@ pub(crate) fn validate(c: &GatewayConfig) -> Vec<FieldError> {
     store(c, &mut err);
     listeners(c, &mut err);
     licence_and_telemetry(c, &mut err);
-    crate::sip::validate(&c.teams, c.sip.as_ref(), &mut err);
+    crate::sip::validate(&c.teams, c.sip.as_ref(), c.graph.is_some(), &mut err);
     errors
 }
 

@@ -34,6 +34,8 @@ const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(32);
 /// `ms-keep-alive ... timeout=300` and CRLF pings well within it).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Inbound connections open at once: a partner edge keeps one or a few.
+const MAX_INBOUND: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EdgeError {
@@ -80,6 +82,10 @@ pub struct Edge {
     /// Which sender domains may start IM with us (the remote-domain allow
     /// list); every one until set.
     allowed: Box<dyn Fn(&str) -> bool + Send + Sync>,
+    /// The names that speak for the partner, one of which a peer's
+    /// certificate must prove; by default the request's Via host or From
+    /// domain, whichever the roots certify.
+    trusted: Option<Box<dyn Fn() -> Vec<String> + Send + Sync>>,
     /// Takes each inbound IM before it is answered (the durable outbox).
     sink: Option<Sink>,
 }
@@ -114,6 +120,7 @@ impl Edge {
             events: broadcast::channel(1024).0,
             connections: std::sync::Mutex::default(),
             allowed: Box::new(|_| true),
+            trusted: None,
             sink: None,
         })
     }
@@ -129,6 +136,16 @@ impl Edge {
     /// authorized to communicate with federated partners".
     pub fn allowing(mut self, allowed: impl Fn(&str) -> bool + Send + Sync + 'static) -> Self {
         self.allowed = Box::new(allowed);
+        self
+    }
+
+    /// Takes requests only from peers whose certificate proves one of the
+    /// names `trusted` gives: with public CAs as roots, a certificate proves
+    /// only that its holder is *someone*; which names speak for a partner
+    /// is the route's to say (as Microsoft's edges check the partner's
+    /// allowed-domain FQDN or SRV target). Others get 403 with 1010.
+    pub fn trusting(mut self, trusted: impl Fn() -> Vec<String> + Send + Sync + 'static) -> Self {
+        self.trusted = Some(Box::new(trusted));
         self
     }
 
@@ -151,14 +168,25 @@ impl Edge {
         format!("sip:{};transport=tls", self.domain)
     }
 
-    /// Accepts connections until the task is dropped.
+    /// Accepts connections until the task is dropped, which ends every
+    /// connection it accepted too; past `MAX_INBOUND` open ones, new ones
+    /// are closed at once.
     pub async fn serve(self: Arc<Self>) {
+        let mut connections = tokio::task::JoinSet::new();
         loop {
-            let Ok((tcp, from)) = self.listener.accept().await else {
+            let accepted = tokio::select! {
+                accepted = self.listener.accept() => accepted,
+                Some(_) = connections.join_next() => continue,
+            };
+            let Ok((tcp, from)) = accepted else {
                 continue;
             };
+            if connections.len() >= MAX_INBOUND {
+                tracing::warn!(%from, "SIP connection refused: {MAX_INBOUND} open already");
+                continue;
+            }
             let edge = self.clone();
-            tokio::spawn(async move {
+            connections.spawn(async move {
                 if let Err(e) = edge.inbound(tcp).await {
                     tracing::info!(%from, error = %e, "SIP connection closed");
                 }
@@ -241,17 +269,21 @@ impl Edge {
         }
         let mut event = None;
         let tag = token();
-        let names = [via_host(request), from_host(request)];
+        let names: Vec<String> = match &self.trusted {
+            Some(trusted) => trusted(),
+            None => [via_host(request), from_host(request)]
+                .into_iter()
+                .flatten()
+                .collect(),
+        };
         let proved = names
             .iter()
-            .flatten()
             .find(|n| check_peer(chain, n, &self.credentials.roots).is_ok());
         let (response, peer) = match proved {
             None => {
-                let claimed = names
-                    .iter()
+                let claimed = [via_host(request), from_host(request)]
+                    .into_iter()
                     .flatten()
-                    .cloned()
                     .collect::<Vec<_>>()
                     .join(", ");
                 let mut refused = request.response(403, "Forbidden", &tag);

@@ -23,6 +23,9 @@ use crate::message::Message;
 /// The first message of a session is at most this long (Microsoft's clients
 /// send short IMs; a header carries it, base64).
 const MAX_FIRST_MESSAGE: usize = 8 * 1024;
+/// Sessions an edge keeps at once; a new one past it is 503 with
+/// Retry-After, so a peer cannot grow the table without bound.
+pub const MAX_SESSIONS: usize = 10_000;
 
 /// What the edge tells the bridge.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -233,6 +236,18 @@ impl Sessions {
         if !offer.lines().any(|l| l.starts_with("m=message ")) {
             return Answer {
                 response: invite.response(488, "Not Acceptable Here", tag),
+                event: None,
+            };
+        }
+        let known = invite
+            .header(&Name::CALL_ID)
+            .is_some_and(|c| self.dialog(c).is_some());
+        let full = self.lock().len() >= MAX_SESSIONS;
+        if full && !known {
+            let mut busy = invite.response(503, "Service Unavailable", tag);
+            busy.headers.insert(Name::RETRY_AFTER, "60");
+            return Answer {
+                response: busy,
                 event: None,
             };
         }

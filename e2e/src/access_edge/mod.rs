@@ -195,15 +195,7 @@ impl AccessEdge {
     pub async fn send_im(&self, from: &str, to: &str, text: &str) -> anyhow::Result<u16> {
         let inner = &self.inner;
         if let Some((call_id, dialog)) = inner.dialog_between(from, to) {
-            let cseq = inner.next_cseq(&call_id);
-            let message = inner
-                .in_dialog(&call_id, &dialog, "MESSAGE", cseq)
-                .with("Content-Type", "text/plain; charset=UTF-8");
-            let message = Sip {
-                body: text.as_bytes().to_vec(),
-                ..message
-            };
-            let status = inner.request(to, message).await?.status().unwrap_or(0);
+            let status = inner.message_in(&call_id, &dialog, to, text).await?;
             if status != 481 {
                 return Ok(status);
             }
@@ -375,9 +367,20 @@ impl Inner {
         if took_it {
             return Ok(status);
         }
-        let cseq = self.next_cseq(&call_id);
+        self.message_in(&call_id, &dialog, to, text).await
+    }
+
+    /// `text` as an in-dialog MESSAGE; the final status.
+    async fn message_in(
+        self: &Arc<Self>,
+        call_id: &str,
+        dialog: &Dialog,
+        to: &str,
+        text: &str,
+    ) -> anyhow::Result<u16> {
+        let cseq = self.next_cseq(call_id);
         let message = self
-            .in_dialog(&call_id, &dialog, "MESSAGE", cseq)
+            .in_dialog(call_id, dialog, "MESSAGE", cseq)
             .with("Content-Type", "text/plain; charset=UTF-8");
         let message = Sip {
             body: text.as_bytes().to_vec(),

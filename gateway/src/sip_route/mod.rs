@@ -10,6 +10,7 @@
 //! 200. What cannot be delivered is bounced to the XMPP sender with the
 //! reason, never dropped.
 
+mod deliver;
 mod partner;
 mod typing;
 
@@ -19,8 +20,8 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc};
 use xmpp_parsers::jid::Jid;
-use xmpp_parsers::message::{Id, Lang, Message, MessageType};
-use xmpp_parsers::receipts::{Received, Request as ReceiptRequest};
+use xmpp_parsers::message::MessageType;
+use xmpp_parsers::receipts::Request as ReceiptRequest;
 use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType};
 use xmppfed_config::{GatewayConfig, SipConfig};
 use xmppfed_sipfed::edge::{EdgeError, Sink};
@@ -56,7 +57,15 @@ pub struct SipRoute {
     wake: Arc<Notify>,
     /// Typing and session ends from the Microsoft side, for XMPP.
     typing: tokio::sync::Mutex<mpsc::Receiver<ImEvent>>,
+    /// Typing INFOs in flight: beyond these, typing is dropped, never queued.
+    typing_out: Arc<tokio::sync::Semaphore>,
 }
+
+/// Typing INFOs in flight at once, and how long one may take.
+const TYPING_IN_FLIGHT: usize = 16;
+const TYPING_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the partner's edges are looked up again (who may speak for it).
+const PARTNER_REFRESH: Duration = Duration::from_secs(600);
 
 fn now() -> Epoch {
     crate::clock::now()
@@ -81,12 +90,14 @@ impl SipRoute {
         // Typing is a hint of the moment: when XMPP lags, it is dropped.
         let (typing_tx, typing) = mpsc::channel(256);
         let sink = inbound_sink(store.clone(), wake.clone(), partner.clone(), typing_tx);
+        let edges = partner::PartnerEdges::new(sip, crate::dns::Dns::system());
         let edge = Edge::bind(sip.listen, &sip.edge_fqdn, credentials)
             .await?
             .allowing({
                 let partner = partner.clone();
                 move |domain| domain == partner
             })
+            .trusting(edges.trusts())
             .with_sink(sink);
         tracing::info!(listen = ?edge.local_addr(), partner = %partner, "SIP federation edge started");
         Ok(Arc::new(Self {
@@ -94,10 +105,11 @@ impl SipRoute {
             store,
             domain: config.xmpp.domain.clone(),
             partner,
-            edges: partner::PartnerEdges::new(sip, crate::dns::Dns::system()),
+            edges,
             last_edge: std::sync::Mutex::new(None),
             wake,
             typing: tokio::sync::Mutex::new(typing),
+            typing_out: Arc::new(tokio::sync::Semaphore::new(TYPING_IN_FLIGHT)),
         }))
     }
 
@@ -113,6 +125,7 @@ impl SipRoute {
             tokio::spawn(self.edge.clone().serve()),
             tokio::spawn(self.clone().deliver(sender.clone())),
             tokio::spawn(self.clone().relay_typing(sender.clone())),
+            tokio::spawn(self.clone().refresh_partner()),
         ]);
         while let Some(stanza) = inbox.recv().await {
             self.take_from_xmpp(stanza, &sender).await;
@@ -121,7 +134,7 @@ impl SipRoute {
 
     /// A chat message for one of our users goes into the outbox; an IQ is
     /// answered as unavailable; presence waits for milestone 2.
-    async fn take_from_xmpp(&self, stanza: Stanza, sender: &S2sSender) {
+    async fn take_from_xmpp(self: &Arc<Self>, stanza: Stanza, sender: &S2sSender) {
         let message = match &stanza {
             Stanza::Message(m) if matches!(m.type_, MessageType::Chat | MessageType::Normal) => m,
             Stanza::Iq(_) => {
@@ -141,7 +154,7 @@ impl SipRoute {
             return;
         };
         if let Some(active) = typing::from_xmpp(message) {
-            self.typing_to_sip(from, to, active).await;
+            self.typing_to_sip(from, to, active);
             return;
         }
         let Some((_, body)) = message.get_best_body(vec![]) else {
@@ -153,8 +166,8 @@ impl SipRoute {
         let remote = from.to_bare().to_string();
         let id = message.id.as_ref().map(|i| i.0.clone());
         let dedupe_key = match &id {
-            Some(id) => format!("sip-out:{remote}:{id}"),
-            None => format!("sip-out:{remote}:{}", crate::random::hex(16)),
+            Some(id) => format!("sip-out:{remote}>{local}:{id}"),
+            None => format!("sip-out:{remote}>{local}:{}", crate::random::hex(16)),
         };
         let receipt = message
             .payloads
@@ -193,29 +206,71 @@ impl SipRoute {
         }
     }
 
-    /// Typing from XMPP, into the session with the Microsoft side if one is up.
-    async fn typing_to_sip(&self, from: &Jid, to: &Jid, active: bool) {
+    /// Typing from XMPP, into the session with the Microsoft side if one is
+    /// up: sent beside the inbox (never holding it up), bounded in number
+    /// and time. It goes to the edge that last took a message, else the
+    /// partner's first.
+    fn typing_to_sip(self: &Arc<Self>, from: &Jid, to: &Jid, active: bool) {
         let Some(local) = to.node() else {
             return;
         };
-        let edge = self
-            .last_edge
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let Some((addr, host)) = edge else {
+        let Ok(permit) = self.typing_out.clone().try_acquire_owned() else {
             return;
         };
         let (from, to) = (
             format!("sip:{}", from.to_bare()),
             format!("sip:{local}@{}", self.partner),
         );
-        if let Err(e) = self
-            .edge
-            .send_typing((addr, &host), &from, &to, active)
+        let route = self.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let send = async {
+                let (addr, host) = route.typing_edge().await?;
+                let sent = route.edge.send_typing((addr, &host), &from, &to, active);
+                sent.await.map_err(|e| e.to_string())
+            };
+            match tokio::time::timeout(TYPING_TIMEOUT, send).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(why)) => tracing::debug!(%why, "typing not sent"),
+                Err(_) => tracing::debug!("typing not sent in {TYPING_TIMEOUT:?}"),
+            }
+        });
+    }
+
+    async fn typing_edge(&self) -> Result<(SocketAddr, String), String> {
+        let last = self
+            .last_edge
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(edge) = last {
+            return Ok(edge);
+        }
+        let target = self
+            .edges
+            .targets()
             .await
-        {
-            tracing::debug!(error = %e, "typing not sent");
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .next()
+            .ok_or("no edge")?;
+        let addr = partner::addresses(&target)
+            .await
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .next()
+            .ok_or("no address")?;
+        Ok((addr, target.host))
+    }
+
+    /// Looks the partner's edges up now and then, so that an edge DNS names
+    /// is trusted inbound before anything was sent to it.
+    async fn refresh_partner(self: Arc<Self>) {
+        loop {
+            if let Err(e) = self.edges.targets().await {
+                tracing::warn!(error = %e, "the partner's edges cannot be looked up");
+            }
+            tokio::time::sleep(PARTNER_REFRESH).await;
         }
     }
 
@@ -228,118 +283,6 @@ impl SipRoute {
             }
         }
     }
-
-    /// Delivers what is due, both ways, until aborted.
-    async fn deliver(self: Arc<Self>, sender: S2sSender) {
-        loop {
-            match self.store.due(now(), 32).await {
-                Ok(items) => {
-                    for item in items {
-                        self.deliver_one(&item, &sender).await;
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "cannot read the outbox"),
-            }
-            tokio::select! {
-                () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                () = self.wake.notified() => {}
-            }
-        }
-    }
-
-    async fn deliver_one(&self, item: &OutboxItem, sender: &S2sSender) {
-        let outcome = match &item.payload {
-            OutboxPayload::ToTeams(p) => self.to_sip(p, sender).await,
-            OutboxPayload::ToXmpp(p) => to_xmpp(&self.domain, p, sender).await,
-        };
-        let done = match outcome {
-            Ok(()) => self.store.delivered(item.seq).await,
-            Err(Failure::Final(condition, why)) => {
-                if let OutboxPayload::ToTeams(p) = &item.payload {
-                    self.bounce(p, condition, &why, sender).await;
-                }
-                self.store.expire(item.seq).await
-            }
-            Err(Failure::Later(why)) if now() >= item.expires_at => {
-                if let OutboxPayload::ToTeams(p) = &item.payload {
-                    self.bounce(p, DefinedCondition::RemoteServerTimeout, &why, sender)
-                        .await;
-                }
-                self.store.expire(item.seq).await
-            }
-            Err(Failure::Later(why)) => {
-                tracing::info!(seq = item.seq, %why, "SIP delivery tried again later");
-                let wait = 2i64.saturating_pow(item.attempts.clamp(0, 8) as u32);
-                self.store.retry_later(item.seq, now() + wait).await
-            }
-        };
-        if let Err(e) = done {
-            tracing::warn!(error = %e, "cannot record an outbox outcome");
-        }
-    }
-
-    /// Sends one message to the partner's edge, trying each edge DNS names
-    /// until one answers.
-    async fn to_sip(&self, p: &ToTeams, sender: &S2sSender) -> Result<(), Failure> {
-        let from = format!("sip:{}", p.remote);
-        let mut why = String::new();
-        for target in self.edges.targets().await.map_err(Failure::Later)? {
-            let addresses = match partner::addresses(&target).await {
-                Ok(addresses) => addresses,
-                Err(e) => {
-                    why = e;
-                    continue;
-                }
-            };
-            for addr in addresses {
-                match self
-                    .edge
-                    .send_im((addr, &target.host), &from, &p.user_id, &p.body)
-                    .await
-                {
-                    Ok(()) => {
-                        *self.last_edge.lock().unwrap_or_else(|p| p.into_inner()) =
-                            Some((addr, target.host.clone()));
-                        if p.receipt
-                            && let Some(id) = &p.id
-                        {
-                            self.receipt(p, id, sender).await;
-                        }
-                        return Ok(());
-                    }
-                    Err(EdgeError::Refused {
-                        status,
-                        diagnostics,
-                    }) => return Err(refusal(status, &diagnostics)),
-                    Err(e) => why = format!("{} ({addr}): {e}", target.host),
-                }
-            }
-        }
-        Err(Failure::Later(why))
-    }
-
-    async fn receipt(&self, p: &ToTeams, id: &str, sender: &S2sSender) {
-        let (Ok(to), Ok(from)) = (
-            p.remote_full.parse::<Jid>(),
-            format!("{}@{}", p.local, self.domain).parse::<Jid>(),
-        ) else {
-            return;
-        };
-        let mut receipt = Message::new(Some(to));
-        receipt.from = Some(from);
-        receipt.payloads.push(Received { id: id.to_owned() }.into());
-        let _ = sender.send(Stanza::Message(receipt)).await;
-    }
-
-    async fn bounce(
-        &self,
-        p: &ToTeams,
-        condition: DefinedCondition,
-        why: &str,
-        sender: &S2sSender,
-    ) {
-        crate::bridge::messages::bounce(sender, &self.domain, p, condition, why).await;
-    }
 }
 
 /// Tasks that end when their owner does.
@@ -351,30 +294,6 @@ impl Drop for AbortOnDrop {
             task.abort();
         }
     }
-}
-
-/// RFC 7247 §7: 403 forbidden, 404/604 item-not-found, 480 and other 4xx
-/// and 6xx recipient-unavailable; 408, 5xx and the rest are tried again.
-fn refusal(status: u16, diagnostics: &str) -> Failure {
-    if !((400..500).contains(&status) && status != 408 || status >= 600) {
-        return Failure::Later(format!("{status} {diagnostics}"));
-    }
-    let condition = match status {
-        403 | 603 => DefinedCondition::Forbidden,
-        404 | 604 => DefinedCondition::ItemNotFound,
-        _ => DefinedCondition::RecipientUnavailable,
-    };
-    Failure::Final(
-        condition,
-        format!("the Microsoft side refused it: {status} {diagnostics}"),
-    )
-}
-
-enum Failure {
-    /// Bounced to the sender now.
-    Final(DefinedCondition, String),
-    /// Tried again until the message expires.
-    Later(String),
 }
 
 /// Stores an inbound SIP IM for XMPP before the edge answers it.
@@ -432,25 +351,4 @@ fn inbound_sink(
             }
         })
     })
-}
-
-/// An IM from the Microsoft side to its XMPP contact.
-async fn to_xmpp(domain: &str, p: &ToXmpp, sender: &S2sSender) -> Result<(), Failure> {
-    let (Ok(from), Ok(to)) = (
-        format!("{}@{domain}", p.local).parse::<Jid>(),
-        p.remote.parse::<Jid>(),
-    ) else {
-        return Err(Failure::Final(
-            DefinedCondition::JidMalformed,
-            "not a JID".into(),
-        ));
-    };
-    let mut m = Message::new_with_type(MessageType::Chat, Some(to))
-        .with_body(Lang::default(), p.text.clone());
-    m.from = Some(from);
-    m.id = Some(Id(p.graph_id.replace(' ', "-")));
-    sender
-        .send(Stanza::Message(m))
-        .await
-        .map_err(|e| Failure::Later(e.to_string()))
 }

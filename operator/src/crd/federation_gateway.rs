@@ -5,7 +5,7 @@ use k8s_openapi::api::networking::v1::{NetworkPolicyEgressRule, NetworkPolicyPee
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-use super::{Condition, SecretKeyRef, SipSpec, TeamsSpec};
+use super::{Condition, SecretKeyRef, SipSpec, TeamsMode, TeamsSpec};
 
 /// One gateway deployment: an XMPP domain federated with one Microsoft 365 tenant.
 #[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, KubeSchema)]
@@ -47,6 +47,7 @@ use super::{Condition, SecretKeyRef, SipSpec, TeamsSpec};
 #[x_kube(validation = Rule::new("self.database.engine != 'postgres' || has(self.database.postgres)").message("database.postgres (host, database, user, passwordSecret) is required for engine postgres"))]
 #[x_kube(validation = Rule::new("self.teams.mode == 'SipFederation' || has(self.tenant)").message("tenant is required with teams.mode Graph (the default)"))]
 #[x_kube(validation = Rule::new("self.teams.mode != 'SipFederation' || has(self.sip)").message("sip (edgeFqdn, partnerDomain, tlsSecret) is required with teams.mode SipFederation"))]
+#[x_kube(validation = Rule::new("!has(self.sip) || !has(self.sip.port) || !has(self.s2s) || !has(self.s2s.port) || self.sip.port != self.s2s.port").message("sip.port and s2s.port must differ"))]
 #[x_kube(validation = Rule::new("!has(self.webhookIngress) || (has(self.webhookUrl) && url(self.webhookUrl).getHostname() == self.webhookIngress.host && url(self.webhookUrl).getEscapedPath() in ['', '/'])").message("webhookIngress needs webhookUrl to be https://<webhookIngress.host> with no path"))]
 pub struct FederationGatewaySpec {
     /// The Teams-facing XMPP domain this gateway serves, e.g. `teams.example.com`.
@@ -599,6 +600,23 @@ pub struct FederationGatewayStatus {
 }
 
 impl FederationGatewaySpec {
+    /// The SIP edge, when the route is SIP federation (a `sip` left beside
+    /// `teams.mode: Graph` is ignored: nothing listens for it).
+    pub fn sip_edge(&self) -> Option<&SipSpec> {
+        match self.teams.mode {
+            TeamsMode::SipFederation => self.sip.as_ref(),
+            TeamsMode::Graph => None,
+        }
+    }
+
+    /// The tenant, when the route is Graph.
+    pub fn graph_tenant(&self) -> Option<&TenantSpec> {
+        match self.teams.mode {
+            TeamsMode::Graph => self.tenant.as_ref(),
+            TeamsMode::SipFederation => None,
+        }
+    }
+
     /// How long a rollout may take before it is reported stuck.
     pub fn progress_deadline(&self) -> std::time::Duration {
         let secs = self
@@ -615,7 +633,7 @@ impl FederationGateway {
     pub fn referenced_secrets(&self) -> Vec<&str> {
         let spec = &self.spec;
         let postgres = spec.database.postgres.as_ref();
-        let tenant = spec.tenant.as_ref();
+        let tenant = spec.graph_tenant();
         [
             Some(spec.licence_secret.name.as_str()),
             tenant
@@ -623,7 +641,7 @@ impl FederationGateway {
                 .map(|s| s.name.as_str()),
             tenant.and_then(|t| t.client_certificate.as_deref()),
             spec.s2s.tls_secret.as_deref(),
-            spec.sip.as_ref().map(|s| s.tls_secret.as_str()),
+            spec.sip_edge().map(|s| s.tls_secret.as_str()),
             spec.database
                 .connection_string_secret
                 .as_ref()

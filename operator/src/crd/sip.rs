@@ -29,6 +29,7 @@ pub enum TeamsMode {
 /// The SIP federation edge (the gateway's `[sip]`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.port) || !(self.port in [8443, 9090])").message("sip.port must not be the webhook's (8443) or the admin port (9090)"))]
 pub struct SipSpec {
     /// The edge's FQDN: what the domain's `_sipfederationtls._tcp` SRV
     /// record names and the certificate carries, e.g. `sip.teams.example.com`.

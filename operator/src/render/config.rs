@@ -62,11 +62,7 @@ pub fn render_config(
     let spec = &gateway.spec;
     required(spec)?;
     let sip_mode = spec.teams.mode == TeamsMode::SipFederation;
-    let (presence, messages, leader) = (
-        cfg::PresenceConfig::default(),
-        cfg::MessagesConfig::default(),
-        cfg::LeaderConfig::default(),
-    );
+    let (messages, leader) = (cfg::MessagesConfig::default(), cfg::LeaderConfig::default());
     let bridge = &spec.bridge;
     let config = cfg::GatewayConfig {
         xmpp: cfg::XmppConfig {
@@ -82,40 +78,12 @@ pub fn render_config(
             true => None,
             false => Some(graph(spec)?),
         },
-        webhook: cfg::WebhookConfig {
-            listen: any(ports::WEBHOOK),
-            public_url: spec.webhook_url.clone(),
-            client_state: spec
-                .webhook_url
-                .as_ref()
-                .map(|_| cfg::SecretRef::File(file(paths::KEYS_DIR, keys::CLIENT_STATE))),
-            chat_notifications: match bridge.chat_notifications {
-                ChatNotifications::PerAccount => cfg::ChatNotifications::PerAccount,
-                ChatNotifications::Tenant => cfg::ChatNotifications::Tenant,
-            },
-            // Graph reaches the pod through an ingress or a load balancer:
-            // one source address may carry every connection.
-            limits: cfg::ListenerLimits {
-                max_connections_per_source: cfg::ListenerLimits::default().max_connections,
-                ..cfg::ListenerLimits::default()
-            },
-        },
+        webhook: webhook(spec),
         shadow_accounts: match sip_mode {
             true => cfg::ShadowAccountConfig::default(),
             false => shadow_accounts(spec)?,
         },
-        presence: cfg::PresenceConfig {
-            poll_interval_ms: set_or(bridge.presence_poll_interval_ms, presence.poll_interval_ms),
-            out_of_office: match bridge.out_of_office {
-                OutOfOffice::ExtendedAway => cfg::OutOfOfficeAs::ExtendedAway,
-                OutOfOffice::Unavailable => cfg::OutOfOfficeAs::Unavailable,
-            },
-            subscriptions: match bridge.subscriptions {
-                Subscriptions::Approve => cfg::SubscriptionPolicy::Approve,
-                Subscriptions::Refuse => cfg::SubscriptionPolicy::Refuse,
-            },
-            ..presence
-        },
+        presence: presence(&spec.bridge),
         messages: cfg::MessagesConfig {
             expiry_secs: set_or(bridge.message_expiry_seconds, messages.expiry_secs),
             ..messages
@@ -165,6 +133,44 @@ pub fn render_config(
         )
     })?;
     Ok(config)
+}
+
+/// Graph's change notifications, at the URL the spec names.
+fn webhook(spec: &FederationGatewaySpec) -> cfg::WebhookConfig {
+    cfg::WebhookConfig {
+        listen: any(ports::WEBHOOK),
+        public_url: spec.webhook_url.clone(),
+        client_state: spec
+            .webhook_url
+            .as_ref()
+            .map(|_| cfg::SecretRef::File(file(paths::KEYS_DIR, keys::CLIENT_STATE))),
+        chat_notifications: match spec.bridge.chat_notifications {
+            ChatNotifications::PerAccount => cfg::ChatNotifications::PerAccount,
+            ChatNotifications::Tenant => cfg::ChatNotifications::Tenant,
+        },
+        // Graph reaches the pod through an ingress or a load balancer:
+        // one source address may carry every connection.
+        limits: cfg::ListenerLimits {
+            max_connections_per_source: cfg::ListenerLimits::default().max_connections,
+            ..cfg::ListenerLimits::default()
+        },
+    }
+}
+
+fn presence(bridge: &crate::crd::BridgeSpec) -> cfg::PresenceConfig {
+    let defaults = cfg::PresenceConfig::default();
+    cfg::PresenceConfig {
+        poll_interval_ms: set_or(bridge.presence_poll_interval_ms, defaults.poll_interval_ms),
+        out_of_office: match bridge.out_of_office {
+            OutOfOffice::ExtendedAway => cfg::OutOfOfficeAs::ExtendedAway,
+            OutOfOffice::Unavailable => cfg::OutOfOfficeAs::Unavailable,
+        },
+        subscriptions: match bridge.subscriptions {
+            Subscriptions::Approve => cfg::SubscriptionPolicy::Approve,
+            Subscriptions::Refuse => cfg::SubscriptionPolicy::Refuse,
+        },
+        ..defaults
+    }
 }
 
 /// Every address on `port` (the pod's listeners).

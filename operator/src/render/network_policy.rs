@@ -75,8 +75,8 @@ fn egress_ports(spec: &FederationGatewaySpec) -> BTreeSet<u16> {
         }
     }
     let tenants = spec
-        .tenant
-        .iter()
+        .graph_tenant()
+        .into_iter()
         .chain(spec.shadow_accounts.tenant.iter())
         .filter_map(|t| t.endpoints.as_ref());
     for endpoints in tenants {
@@ -87,7 +87,7 @@ fn egress_ports(spec: &FederationGatewaySpec) -> BTreeSet<u16> {
         ports.extend(url_port(otlp));
     }
     // Partner SIP edges: 5061 (DNS SRV may name others: extraEgress).
-    if let Some(sip) = &spec.sip {
+    if let Some(sip) = spec.sip_edge() {
         ports.insert(5061);
         let named = sip
             .routes
@@ -114,8 +114,7 @@ pub fn network_policy(
     // Remote XMPP servers and partner SIP edges, from anywhere.
     let mut federation = vec![tcp(s2s_port)];
     federation.extend(
-        spec.sip
-            .as_ref()
+        spec.sip_edge()
             .and_then(|sip| u16::try_from(sip.port).ok())
             .map(tcp),
     );

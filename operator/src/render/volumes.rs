@@ -13,7 +13,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::workload::labels;
 use super::{names, paths};
-use crate::crd::{DatabaseEngine, FederationGatewaySpec};
+use crate::crd::{DatabaseEngine, FederationGatewaySpec, TenantSpec};
 
 /// The pod's volumes and their mounts, and the SQLite volume's claim.
 pub(super) struct Storage {
@@ -46,86 +46,15 @@ pub(super) fn storage(spec: &FederationGatewaySpec, name: &str) -> Storage {
         mount("licence", paths::LICENCE_DIR),
         mount("tmp", "/tmp"),
     ];
-    let mut add_secret = |volume: &str, secret: &str, dir: &str| {
+    for (volume, secret, dir) in secrets(spec) {
         volumes.push(secret_volume(volume, secret));
         mounts.push(mount(volume, dir));
-    };
-    if let Some(tls) = &spec.s2s.tls_secret {
-        add_secret("s2s-tls", tls, paths::S2S_TLS_DIR);
     }
-    if let Some(s) = spec.tenant.as_ref().and_then(|t| t.client_secret.as_ref()) {
-        add_secret("graph-secret", &s.name, paths::GRAPH_SECRET_DIR);
-    }
-    if let Some(cert) = spec
-        .tenant
-        .as_ref()
-        .and_then(|t| t.client_certificate.as_ref())
-    {
-        add_secret("graph-cert", cert, paths::GRAPH_CERT_DIR);
-    }
-    if let Some(sip) = &spec.sip {
-        add_secret("sip-tls", &sip.tls_secret, paths::SIP_TLS_DIR);
-    }
-    if let Some(tenant) = &spec.shadow_accounts.tenant {
-        if let Some(s) = &tenant.client_secret {
-            add_secret(
-                "shadow-tenant-secret",
-                &s.name,
-                paths::SHADOW_TENANT_SECRET_DIR,
-            );
-        }
-        if let Some(cert) = &tenant.client_certificate {
-            add_secret("shadow-tenant-cert", cert, paths::SHADOW_TENANT_CERT_DIR);
-        }
-    }
-    if let Some(db) = &spec.database.connection_string_secret {
-        add_secret("database", &db.name, paths::DATABASE_SECRET_DIR);
-    }
-    if let Some(pg) = &spec.database.postgres {
-        add_secret(
-            "database",
-            &pg.password_secret.name,
-            paths::DATABASE_SECRET_DIR,
-        );
-        if let Some(ca) = &pg.ca_secret {
-            add_secret("database-ca", &ca.name, paths::DATABASE_CA_DIR);
-        }
-    }
-    let graph_ca = spec
-        .tenant
-        .as_ref()
-        .and_then(|t| t.endpoints.as_ref())
-        .and_then(|e| e.ca_config_map.as_ref());
-    let shadow_ca = spec
-        .shadow_accounts
-        .tenant
-        .as_ref()
-        .and_then(|t| t.endpoints.as_ref())
-        .and_then(|e| e.ca_config_map.as_ref());
-    let cas = [
-        ("graph-ca", graph_ca, paths::GRAPH_CA_DIR),
-        ("shadow-tenant-ca", shadow_ca, paths::SHADOW_TENANT_CA_DIR),
-        (
-            "s2s-ca",
-            spec.s2s.trusted_ca_config_map.as_ref(),
-            paths::S2S_CA_DIR,
-        ),
-        (
-            "sip-ca",
-            spec.sip
-                .as_ref()
-                .and_then(|s| s.trusted_ca_config_map.as_ref()),
-            paths::SIP_CA_DIR,
-        ),
-    ];
-    for (volume, config_map, dir) in cas {
-        let Some(config_map) = config_map else {
-            continue;
-        };
+    for (volume, config_map, dir) in config_maps(spec) {
         volumes.push(Volume {
             name: volume.into(),
             config_map: Some(ConfigMapVolumeSource {
-                name: config_map.name.clone(),
+                name: config_map.into(),
                 ..ConfigMapVolumeSource::default()
             }),
             ..Volume::default()
@@ -141,6 +70,78 @@ pub(super) fn storage(spec: &FederationGatewaySpec, name: &str) -> Storage {
         mounts,
         claims,
     }
+}
+
+/// The Secrets the spec names: (volume, Secret, where it is mounted).
+fn secrets(spec: &FederationGatewaySpec) -> Vec<(&'static str, &str, &'static str)> {
+    let graph = spec.graph_tenant();
+    let shadow = spec.shadow_accounts.tenant.as_ref();
+    let postgres = spec.database.postgres.as_ref();
+    [
+        spec.s2s
+            .tls_secret
+            .as_deref()
+            .map(|s| ("s2s-tls", s, paths::S2S_TLS_DIR)),
+        graph
+            .and_then(|t| t.client_secret.as_ref())
+            .map(|s| ("graph-secret", s.name.as_str(), paths::GRAPH_SECRET_DIR)),
+        graph
+            .and_then(|t| t.client_certificate.as_deref())
+            .map(|s| ("graph-cert", s, paths::GRAPH_CERT_DIR)),
+        spec.sip_edge()
+            .map(|sip| ("sip-tls", sip.tls_secret.as_str(), paths::SIP_TLS_DIR)),
+        shadow.and_then(|t| t.client_secret.as_ref()).map(|s| {
+            let dir = paths::SHADOW_TENANT_SECRET_DIR;
+            ("shadow-tenant-secret", s.name.as_str(), dir)
+        }),
+        shadow
+            .and_then(|t| t.client_certificate.as_deref())
+            .map(|s| ("shadow-tenant-cert", s, paths::SHADOW_TENANT_CERT_DIR)),
+        spec.database
+            .connection_string_secret
+            .as_ref()
+            .map(|s| ("database", s.name.as_str(), paths::DATABASE_SECRET_DIR)),
+        postgres.map(|pg| {
+            let secret = pg.password_secret.name.as_str();
+            ("database", secret, paths::DATABASE_SECRET_DIR)
+        }),
+        postgres
+            .and_then(|pg| pg.ca_secret.as_ref())
+            .map(|s| ("database-ca", s.name.as_str(), paths::DATABASE_CA_DIR)),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+/// The ConfigMaps of CA roots the spec names: (volume, ConfigMap, where).
+fn config_maps(spec: &FederationGatewaySpec) -> Vec<(&'static str, &str, &'static str)> {
+    fn endpoint_ca(t: &TenantSpec) -> Option<&str> {
+        t.endpoints
+            .as_ref()
+            .and_then(|e| e.ca_config_map.as_ref())
+            .map(|c| c.name.as_str())
+    }
+    [
+        spec.graph_tenant()
+            .and_then(endpoint_ca)
+            .map(|c| ("graph-ca", c, paths::GRAPH_CA_DIR)),
+        spec.shadow_accounts
+            .tenant
+            .as_ref()
+            .and_then(endpoint_ca)
+            .map(|c| ("shadow-tenant-ca", c, paths::SHADOW_TENANT_CA_DIR)),
+        spec.s2s
+            .trusted_ca_config_map
+            .as_ref()
+            .map(|c| ("s2s-ca", c.name.as_str(), paths::S2S_CA_DIR)),
+        spec.sip_edge()
+            .and_then(|s| s.trusted_ca_config_map.as_ref())
+            .map(|c| ("sip-ca", c.name.as_str(), paths::SIP_CA_DIR)),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 /// The SQLite engine's volume, `spec.database.storageSize` (1Gi by default).

@@ -252,7 +252,7 @@ impl<'a> Children<'a> {
             ports: Some(
                 [
                     Some(container_port("s2s", spec.s2s.port)),
-                    spec.sip.as_ref().map(|sip| container_port("sip", sip.port)),
+                    spec.sip_edge().map(|sip| container_port("sip", sip.port)),
                     Some(container_port("webhook", ports::WEBHOOK)),
                     Some(container_port("admin", ports::ADMIN)),
                 ]
@@ -366,7 +366,7 @@ impl<'a> Children<'a> {
         // Federation: XMPP servers, and with SIP federation the partner's
         // edge, on the one address the domain's SRV records name.
         let mut federation = vec![service_port("xmpp-server", spec.s2s.port)];
-        federation.extend(spec.sip.as_ref().map(|sip| service_port("sip", sip.port)));
+        federation.extend(spec.sip_edge().map(|sip| service_port("sip", sip.port)));
         let mut s2s = service(
             names::s2s_service(name),
             Some(spec.s2s.service_type.as_str()),

@@ -3,6 +3,7 @@
 //! memory as the kubelet counts it.
 
 use super::*;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 /// A pod's cgroup directory (v1 or v2, any QoS class).
 fn pod_cgroup(uid: &str) -> Option<std::path::PathBuf> {
@@ -165,6 +166,51 @@ impl Peer {
             s2s_service: s2s_ip,
         }
     }
+}
+
+/// The gateway's federation Service (`<gateway>-s2s`) serves: it selects
+/// the replica that holds the lease (labelled leader), so it has an
+/// endpoint once that pod is labelled; and kube-proxy has programmed it, so
+/// a connection from this host to `ip:port` is accepted (a Prosody that
+/// finds nothing there bounces the stanza rather than retrying).
+pub async fn federation_service_ready(
+    admin: &Client,
+    ns: &str,
+    gateway: &str,
+    ip: &str,
+    port: u16,
+) {
+    let slices: Api<EndpointSlice> = Api::namespaced(admin.clone(), ns);
+    let serving =
+        ListParams::default().labels(&format!("kubernetes.io/service-name={gateway}-s2s"));
+    eventually(
+        "an endpoint behind the federation Service",
+        Duration::from_secs(60),
+        || async {
+            slices
+                .list(&serving)
+                .await
+                .ok()?
+                .items
+                .iter()
+                .flat_map(|s| s.endpoints.iter())
+                .any(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
+                .then_some(())
+        },
+    )
+    .await;
+    let service = format!("{ip}:{port}");
+    eventually(
+        "the federation Service accepting connections",
+        Duration::from_secs(30),
+        || async {
+            tokio::net::TcpStream::connect(&service)
+                .await
+                .ok()
+                .map(|_| ())
+        },
+    )
+    .await;
 }
 
 /// Whether the pod's Ready condition is True.

@@ -196,6 +196,12 @@ pub async fn sip_federation_gateway(
         .await
         .unwrap();
     let ip = service.spec.and_then(|s| s.cluster_ip).unwrap();
+    let serving = || async {
+        for port in [5269, 5061] {
+            crate::node_peers::federation_service_ready(admin, ns, GW, &ip, port).await;
+        }
+    };
+    serving().await;
     edge.route(PEER, format!("{ip}:5061").parse().unwrap());
 
     let (out, back) = both_ways(&edge, &mut dave, "first pod").await;
@@ -209,8 +215,9 @@ pub async fn sip_federation_gateway(
         .unwrap();
     let deleted = Instant::now();
     gateway_pod_ready(&pods, first.uid().as_deref()).await;
+    serving().await;
     eprintln!(
-        "SIP gateway pod replaced and Ready in {:.1} s",
+        "SIP gateway pod replaced, Ready and behind its Service in {:.1} s",
         deleted.elapsed().as_secs_f64()
     );
     edge.route(PEER, format!("{ip}:5061").parse().unwrap());
