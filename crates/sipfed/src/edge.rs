@@ -23,8 +23,8 @@ use crate::connection::Connection;
 use crate::framing::{Frame, FrameError, Framer, Limits};
 use crate::im::{Dialog, ImEvent, Sessions};
 pub use crate::message::status_of;
-use crate::message::{Message, from_host, via_host};
-use crate::tls::{Credentials, PeerRefused, TlsError, check_peer};
+use crate::message::{Message, from_host, token, via_host};
+use crate::tls::{Credentials, PeerRefused, TlsError, check_peer, owned};
 
 /// Methods this edge accepts; the others are answered 405 by RFC 3261.
 const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, MESSAGE, INFO, OPTIONS";
@@ -688,27 +688,4 @@ async fn next_frame<S: AsyncRead + Unpin>(
         }
         framer.push(&buffer[..read])?;
     }
-}
-
-/// The peer's certificate chain, kept past the handshake's borrow.
-fn owned(chain: Option<&[CertificateDer<'_>]>) -> Vec<CertificateDer<'static>> {
-    chain
-        .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
-        .unwrap_or_default()
-}
-
-/// A random token for tags, branches and Call-IDs (128 bits, hex).
-fn token() -> String {
-    let mut bytes = [0u8; 16];
-    let random = rustls::crypto::aws_lc_rs::default_provider().secure_random;
-    if random.fill(&mut bytes).is_err() {
-        // Without randomness nothing secure runs; a clock-based token keeps
-        // transactions apart meanwhile.
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default();
-        bytes = nanos.to_le_bytes();
-    }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

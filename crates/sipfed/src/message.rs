@@ -152,3 +152,19 @@ pub(crate) fn from_host(request: &Message) -> Option<String> {
     let host_port = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
     host_port.split(':').next().map(str::to_owned)
 }
+
+/// A random token for tags, branches and Call-IDs (128 bits, hex).
+pub(crate) fn token() -> String {
+    let mut bytes = [0u8; 16];
+    let random = rustls::crypto::aws_lc_rs::default_provider().secure_random;
+    if random.fill(&mut bytes).is_err() {
+        // Without randomness nothing secure runs; a clock-based token keeps
+        // transactions apart meanwhile.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        bytes = nanos.to_le_bytes();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

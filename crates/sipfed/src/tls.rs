@@ -135,6 +135,13 @@ pub fn check_peer(
     Ok(())
 }
 
+/// The peer's certificate chain, kept past the handshake's borrow.
+pub(crate) fn owned(chain: Option<&[CertificateDer<'_>]>) -> Vec<CertificateDer<'static>> {
+    chain
+        .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
