@@ -502,3 +502,33 @@ impl Drop for Service {
         self.task.abort();
     }
 }
+
+/// A `sip.ca_file` with no certificate in it stops the start, naming the
+/// file, rather than an edge that trusts no partner.
+#[tokio::test]
+async fn an_empty_ca_file_is_named_at_start() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path()).unwrap();
+    let port = || prosody::free_port().unwrap();
+    let mut config = config(
+        dir.path(),
+        &ca,
+        port(),
+        port(),
+        "127.0.0.1:5061".parse().unwrap(),
+    );
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "").unwrap();
+    config.sip.as_mut().unwrap().ca_file = Some(empty.clone());
+    let Err(e) = Gateway::start(&config).await else {
+        panic!("a gateway trusting no partner started");
+    };
+    let message = e.to_string();
+    assert!(
+        message.contains("sip.ca_file")
+            && message.contains(&empty.display().to_string())
+            && message.contains("no certificate"),
+        "{message}"
+    );
+}

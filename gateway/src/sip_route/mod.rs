@@ -31,6 +31,7 @@ use xmppfed_sipfed::{Edge, ImEvent};
 use crate::clock::Epoch;
 use crate::s2s::{Inbox, S2sSender, Stanza};
 use crate::store::{OutboxItem, OutboxPayload, Store, ToTeams, ToXmpp};
+use crate::trust::RootsError;
 
 /// How long a message is tried before it is bounced.
 const EXPIRY: Duration = Duration::from_secs(3600);
@@ -41,8 +42,10 @@ pub enum SipRouteError {
     Tls(#[from] xmppfed_sipfed::tls::TlsError),
     #[error("sip: {0}")]
     Edge(#[from] EdgeError),
-    #[error("sip.ca_file: {0}")]
-    Roots(String),
+    /// The roots peers' certificates must chain to: `sip.ca_file`'s, or
+    /// the system's without it.
+    #[error("sip.ca_file ({from}): {message}")]
+    Roots { from: String, message: String },
 }
 
 pub struct SipRoute {
@@ -79,11 +82,25 @@ impl SipRoute {
         sip: &SipConfig,
         store: Arc<Store>,
     ) -> Result<Arc<Self>, SipRouteError> {
+        // As the PostgreSQL store's roots: the file named, and no empty store
+        // (every peer would be refused, saying only that no root is trusted).
+        let from = sip.ca_file.as_ref().map_or_else(
+            || "unset: the system's roots".to_owned(),
+            |path| path.display().to_string(),
+        );
         let roots = crate::trust::load_roots(sip.ca_file.as_deref(), "sip").map_err(|e| {
-            SipRouteError::Roots(match e {
-                crate::trust::RootsError::Read(m) | crate::trust::RootsError::Invalid(m) => m,
-            })
+            let (RootsError::Read(message) | RootsError::Invalid(message)) = e;
+            SipRouteError::Roots {
+                from: from.clone(),
+                message,
+            }
         })?;
+        if roots.is_empty() {
+            return Err(SipRouteError::Roots {
+                from,
+                message: "no certificate in it: no partner could be trusted".to_owned(),
+            });
+        }
         let credentials = Credentials::new(&sip.cert_file, &sip.key_file, roots)?;
         let wake = Arc::new(Notify::new());
         let partner = sip.partner_domain.to_ascii_lowercase();
