@@ -56,11 +56,37 @@ pub struct Prosody {
     pub s2s_port: u16,
 }
 
-/// A loopback port nobody listens on right now.
+/// A loopback port nobody listens on right now, for a server a test starts
+/// later. It is drawn from below the kernel's ephemeral range (and below
+/// Kubernetes' NodePort range), because a port the kernel handed out here
+/// could be taken by any outgoing connection of the tests before the server
+/// binds it, as CI saw. A process never hands the same port out twice.
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let (low, high) = (20_000, ephemeral_low().min(30_000));
+    let mut given = GIVEN
+        .lock()
+        .map_err(|_| anyhow::anyhow!("free_port poisoned"))?;
+    for _ in 0..500 {
+        let mut random = [0u8; 2];
+        getrandom::fill(&mut random).map_err(|e| anyhow::anyhow!("getrandom: {e}"))?;
+        let port = low + u16::from_le_bytes(random) % (high - low);
+        if !given.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.insert(port);
+            return Ok(port);
+        }
+    }
+    bail!("no free loopback port in {low}..{high}")
+}
+
+/// The first port of the kernel's ephemeral range (32768 when unknown).
+fn ephemeral_low() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .filter(|low| *low > 21_000)
+        .unwrap_or(32_768)
 }
 
 /// Whether a Prosody binary is installed (tests skip, saying so, when not).
