@@ -153,7 +153,7 @@ impl Gateway {
             directory.as_ref(),
             (&store, &s2s),
             (subscriptions, notified.clone()),
-            &metrics,
+            (&metrics, &health),
         )
         .await?;
         let live = crate::reload::Live {
@@ -522,7 +522,7 @@ async fn route(
     directory: Option<&DirectoryWatch>,
     (store, s2s): (&Arc<Store>, &S2s),
     notifications: (Option<Arc<Subscriptions>>, Arc<Notify>),
-    metrics: &Metrics,
+    (metrics, health): (&Metrics, &Health),
 ) -> Result<RouteParts, StartError> {
     if let Some(watch) = directory {
         let (build, leadership, throttle) =
@@ -537,7 +537,9 @@ async fn route(
     else {
         return Ok((None, None, None));
     };
-    let sip = crate::sip_route::SipRoute::bind(config, sip, store.clone()).await?;
+    let (allow, telemetry) = (s2s.allow_list(), (metrics, health));
+    let sip =
+        crate::sip_route::SipRoute::bind((config, sip), store.clone(), allow, telemetry).await?;
     let addr = sip.local_addr();
     let leadership = Arc::new(Leadership::new(store.clone(), &config.leader, metrics));
     Ok((Some((Route::Sip(sip), leadership)), None, addr))

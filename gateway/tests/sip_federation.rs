@@ -37,16 +37,61 @@ struct Running {
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
     sip: SocketAddr,
+    admin: SocketAddr,
 }
 
 async fn start(config: &GatewayConfig) -> Running {
     let gateway = Gateway::start(config).await.unwrap();
-    let sip = gateway.sip_addr().unwrap();
+    let (sip, admin) = (gateway.sip_addr().unwrap(), gateway.admin_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(gateway.run(async {
         let _ = stopped.await;
     }));
-    Running { stop, task, sip }
+    Running {
+        stop,
+        task,
+        sip,
+        admin,
+    }
+}
+
+async fn admin_get(gateway: &Running, path: &str) -> String {
+    let url = format!("http://{}{path}", gateway.admin);
+    reqwest::get(url).await.unwrap().text().await.unwrap()
+}
+
+/// `/readyz` once `until` holds of it (the partner is probed as the route
+/// starts, and again after a message once it had refused).
+async fn readyz(gateway: &Running, what: &str, until: impl Fn(&str) -> bool) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = admin_get(gateway, "/readyz").await;
+        if until(&text) {
+            return text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: /readyz says {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A sample's value on `/metrics` (0 when absent), matching `labels`.
+async fn metric(gateway: &Running, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let text = admin_get(gateway, "/metrics").await;
+    let scrape = xmppfed_e2e::metrics::parse(&text).unwrap();
+    let samples = xmppfed_e2e::metrics::samples(&scrape, name);
+    let sample = samples
+        .iter()
+        .find(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)));
+    use prometheus_parse::Value;
+    match sample.map(|s| &s.value) {
+        // A counter's `_total` sample reads as untyped to this parser.
+        Some(Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v)) => *v,
+        Some(other) => panic!("{name}: {other:?}"),
+        None => 0.0,
+    }
 }
 
 fn config(
@@ -191,6 +236,11 @@ async fn messages_cross_to_skype_for_business_and_back_exactly_once_across_a_res
     let config = config(dir.path(), &ca, s2s, peer_s2s, microsoft_at);
     let mut gateway = start(&config).await;
     let (_server, mut bob) = prosody_with_bob(s2s, peer_s2s);
+    let down = readyz(&gateway, "the partner's edge is down", |t| {
+        t.contains("sip-partner: degraded: PartnerUnreachable")
+    })
+    .await;
+    assert!(down.starts_with("ok\n"), "degraded, still ready: {down}");
 
     // The Microsoft side is down: Bob's message waits in the outbox, and the
     // gateway restarts meanwhile.
@@ -207,6 +257,9 @@ async fn messages_cross_to_skype_for_business_and_back_exactly_once_across_a_res
     gateway = start(&config).await;
     microsoft.route(PEER, gateway.sip);
     at_microsoft(&microsoft, waited).await;
+    readyz(&gateway, "the partner takes us", |t| t == "ok\n").await;
+    let reachable = metric(&gateway, "xmppfed_sip_partner_reachable", &[]).await;
+    assert_eq!(reachable, 1.0);
 
     for round in ["before", "after"] {
         let to_teams = format!("Hello Skype for Business ({round} the restart)");
@@ -256,6 +309,14 @@ async fn messages_cross_to_skype_for_business_and_back_exactly_once_across_a_res
         got, expected,
         "the Microsoft side got each message once, in order"
     );
+    // Since the last restart: one message each way, counted as Graph's are.
+    for direction in ["to-teams", "to-xmpp"] {
+        for (outcome, count) in [("accepted", 1.0), ("delivered", 1.0), ("failed", 0.0)] {
+            let labels = [("direction", direction), ("outcome", outcome)];
+            let counted = metric(&gateway, "xmppfed_messages_total", &labels).await;
+            assert_eq!(counted, count, "{direction} {outcome}");
+        }
+    }
     stop(gateway).await;
     eprintln!(
         "SIP federation: a message kept across a restart while the Microsoft side was down, then Bob ⇄ Alice both ways before and after another restart, each message once; typing both ways"
@@ -340,6 +401,19 @@ async fn a_refusal_from_the_microsoft_side_comes_back_to_the_sender() {
     let config = config(dir.path(), &ca, s2s, peer_s2s, microsoft.addr);
     let gateway = start(&config).await;
     let (_server, mut bob) = prosody_with_bob(s2s, peer_s2s);
+    // Before anyone writes, the probe says what contoso.test must change.
+    let refused = readyz(&gateway, "the partner blocks xmpp.test", |t| {
+        t.contains("sip-partner: degraded: PartnerRefusesDomain")
+    })
+    .await;
+    assert!(
+        refused.contains("1002")
+            && refused.contains("New-CsAllowedDomain -Identity xmpp.test -ProxyFqdn gw.test"),
+        "{refused}"
+    );
+    eprintln!("SIP federation: /readyz before any message: {refused}");
+    let reachable = metric(&gateway, "xmppfed_sip_partner_reachable", &[]).await;
+    assert_eq!(reachable, 0.0);
 
     let (condition, text) = bounced(&mut bob, "alice@teams.test", "m-blocked");
     assert_eq!(condition, "forbidden", "{text}");
@@ -361,6 +435,16 @@ async fn a_refusal_from_the_microsoft_side_comes_back_to_the_sender() {
     assert!(
         messages(&microsoft.received()).is_empty(),
         "nothing refused reached a user"
+    );
+    // The refusal answered after the fix (404, a user) asks the partner again.
+    readyz(&gateway, "contoso.test unblocked xmpp.test", |t| {
+        t == "ok\n"
+    })
+    .await;
+    let failed = [("direction", "to-teams"), ("outcome", "failed")];
+    assert_eq!(
+        metric(&gateway, "xmppfed_messages_total", &failed).await,
+        3.0
     );
 
     // Someone with a valid certificate for a name of their own, claiming

@@ -9,18 +9,47 @@ pub const PROGRESSING: &str = "Progressing";
 pub const DEGRADED: &str = "Degraded";
 pub const LICENSED: &str = "Licensed";
 pub const TENANT_READY: &str = "TenantReady";
+pub const PARTNER_REACHABLE: &str = "PartnerReachable";
 
-/// What the bridge's replica reports on its pod (the annotation
-/// `xmppfed.io/tenant-sign-in`) about the tenant's answer to its sign-ins.
+/// What the leading replica reports on its pod, in an annotation: the
+/// tenant's answer to its sign-ins (Graph), or the partner edge's answer
+/// to its probe (SIP federation).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TenantSignIn {
+pub enum PodReport {
     Accepted,
-    /// `reason` is the gateway's CamelCase refusal (MfaRequired, …);
-    /// `message` names the accounts and what the administrator must change.
+    /// `reason` is the gateway's CamelCase refusal (MfaRequired,
+    /// PartnerRefusesDomain, …); `message` says what the administrator
+    /// must change.
     Refused {
         reason: String,
         message: String,
     },
+}
+
+/// The pods' reports, each `None` until a replica has made it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reported {
+    /// `xmppfed.io/tenant-sign-in`, for TenantReady.
+    pub tenant: Option<PodReport>,
+    /// `xmppfed.io/sip-partner`, for PartnerReachable.
+    pub partner: Option<PodReport>,
+}
+
+impl Reported {
+    /// Read from the gateway's pods.
+    pub fn from_pods(pods: &[Pod]) -> Self {
+        Self {
+            tenant: pod_report(pods, xmppfed_config::POD_TENANT_ANNOTATION),
+            partner: pod_report(pods, xmppfed_config::POD_SIP_PARTNER_ANNOTATION),
+        }
+    }
+
+    /// A refusal an administrator may fix at any time (so look again soon).
+    pub fn refused(&self) -> bool {
+        [&self.tenant, &self.partner]
+            .iter()
+            .any(|r| matches!(r, Some(PodReport::Refused { .. })))
+    }
 }
 
 /// What the reconcile saw, from which the conditions follow.
@@ -40,8 +69,9 @@ pub enum Observed {
         waiting: Vec<String>,
         /// The replicas asked for that hold no licence seat, by pod name.
         unlicensed: Vec<String>,
-        /// `None` until the bridge's replica has signed in to the tenant.
-        tenant: Option<TenantSignIn>,
+        /// What the leading replica reported: the tenant's sign-ins, the
+        /// SIP partner's answer.
+        reported: Reported,
     },
 }
 
@@ -99,10 +129,11 @@ pub fn conditions(
             updated,
             waiting,
             unlicensed,
-            tenant,
+            reported,
         } => rollout(*asked, *desired, *ready, *updated, waiting, unlicensed)
             .into_iter()
-            .chain(tenant.as_ref().map(tenant_ready))
+            .chain(reported.tenant.as_ref().map(tenant_ready))
+            .chain(reported.partner.as_ref().map(partner_reachable))
             .collect(),
     };
     if let Some((ok, reason, message)) = licensed {
@@ -218,41 +249,52 @@ fn rollout(
     ]
 }
 
-fn tenant_ready(tenant: &TenantSignIn) -> Condition {
+fn tenant_ready(tenant: &PodReport) -> Condition {
     match tenant {
-        TenantSignIn::Accepted => condition(
+        PodReport::Accepted => condition(
             TENANT_READY,
             true,
             "SignInsAccepted",
             "the Microsoft 365 tenant accepts the gateway's sign-ins".into(),
         ),
-        TenantSignIn::Refused { reason, message } => {
+        PodReport::Refused { reason, message } => {
             condition(TENANT_READY, false, reason, message.clone())
         }
     }
 }
 
-/// The tenant's answer as the gateway's pods report it: the leader's
+fn partner_reachable(partner: &PodReport) -> Condition {
+    match partner {
+        PodReport::Accepted => condition(
+            PARTNER_REACHABLE,
+            true,
+            "PartnerAccepts",
+            "the partner's SIP edge answers the gateway's probe from every domain it federates as"
+                .into(),
+        ),
+        PodReport::Refused { reason, message } => {
+            condition(PARTNER_REACHABLE, false, reason, message.clone())
+        }
+    }
+}
+
+/// What the gateway's pods report under annotation `key`: the leader's
 /// (`xmppfed.io/role=leader`) when it has reported, else a refusal any pod
 /// reported (first by name), else `Accepted` if any pod reported `ok`.
-pub fn tenant_sign_in(pods: &[Pod]) -> Option<TenantSignIn> {
-    let reported = |p: &Pod| -> Option<TenantSignIn> {
-        let value = p
-            .metadata
-            .annotations
-            .as_ref()?
-            .get(xmppfed_config::POD_TENANT_ANNOTATION)?;
+pub fn pod_report(pods: &[Pod], key: &str) -> Option<PodReport> {
+    let reported = |p: &Pod| -> Option<PodReport> {
+        let value = p.metadata.annotations.as_ref()?.get(key)?;
         Some(match value.split_once(": ") {
-            _ if value == "ok" => TenantSignIn::Accepted,
+            _ if value == "ok" => PodReport::Accepted,
             Some((reason, message))
                 if !reason.is_empty() && reason.chars().all(|c| c.is_ascii_alphanumeric()) =>
             {
-                TenantSignIn::Refused {
+                PodReport::Refused {
                     reason: reason.to_owned(),
                     message: message.to_owned(),
                 }
             }
-            _ => TenantSignIn::Refused {
+            _ => PodReport::Refused {
                 reason: "SignInRefused".into(),
                 message: value.clone(),
             },
@@ -268,13 +310,13 @@ pub fn tenant_sign_in(pods: &[Pod]) -> Option<TenantSignIn> {
     if let Some(leader) = pods.iter().filter(|p| is_leader(p)).find_map(reported) {
         return Some(leader);
     }
-    let mut all: Vec<(&str, TenantSignIn)> = pods
+    let mut all: Vec<(&str, PodReport)> = pods
         .iter()
         .filter_map(|p| Some((p.metadata.name.as_deref().unwrap_or(""), reported(p)?)))
         .collect();
     all.sort_by(|a, b| a.0.cmp(b.0));
     all.iter()
-        .find(|(_, t)| matches!(t, TenantSignIn::Refused { .. }))
+        .find(|(_, t)| matches!(t, PodReport::Refused { .. }))
         .or_else(|| all.first())
         .map(|(_, t)| t.clone())
 }

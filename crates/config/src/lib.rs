@@ -190,6 +190,9 @@ pub const POD_ROLE_LABEL: &str = "xmppfed.io/role";
 /// answer to its sign-ins: `ok`, or `<Reason>: <what to change>` (see the
 /// gateway's `SignInRefusal`). The operator reports it as TenantReady.
 pub const POD_TENANT_ANNOTATION: &str = "xmppfed.io/tenant-sign-in";
+/// Where the SIP route's leader writes the partner edge's answer to its
+/// probe: `ok`, or `Reason: message` (the PartnerReachable condition).
+pub const POD_SIP_PARTNER_ANNOTATION: &str = "xmppfed.io/sip-partner";
 
 /// Which replica runs the bridge: the holder of a lease in the shared store.
 /// The others stand by and take over when it lapses.

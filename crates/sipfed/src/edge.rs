@@ -337,16 +337,18 @@ impl Edge {
 
     /// Sends OPTIONS for `uri` to the peer at `addr` whose certificate must
     /// name `peer` (SNI and our rules); its response.
+    /// `from`: a URI of one of the domains we federate as (the peer's
+    /// federation policy for that domain answers), else our own domain.
     pub async fn options(
         self: &Arc<Self>,
-        addr: SocketAddr,
-        peer: &str,
+        (addr, peer): (SocketAddr, &str),
+        from: Option<&str>,
         uri: &str,
     ) -> Result<Message, EdgeError> {
         // Outside any session: a dialog of one request.
         let probe = Dialog {
             call_id: format!("{}@{}", token(), self.domain),
-            local_uri: format!("sip:{}", self.domain),
+            local_uri: from.map_or_else(|| format!("sip:{}", self.domain), str::to_owned),
             local_tag: token(),
             remote_uri: uri.to_owned(),
             remote_tag: String::new(),
@@ -651,7 +653,7 @@ impl Edge {
 }
 
 /// A refusal, with the peer's diagnostics when it gave them.
-fn refused(status: u16, response: &Message) -> EdgeError {
+pub fn refused(status: u16, response: &Message) -> EdgeError {
     let reason = match &response.line {
         MessageLine::Response(line) => line.reason.as_ref().map(|r| r.to_string()),
         MessageLine::Request(_) => None,

@@ -54,7 +54,7 @@ async fn kamailio_accepts_our_tls_sip_and_we_accept_its() {
 
     // Kamailio answers our OPTIONS for itself: it accepted our certificate,
     // our TLS and our SIP.
-    let own = ours.options(at, NAME, &format!("sip:{NAME}")).await;
+    let own = ours.options((at, NAME), None, &format!("sip:{NAME}")).await;
     let own = own.unwrap_or_else(|e| panic!("{e}\nKamailio:\n{}", kamailio.log()));
     assert_eq!(
         status_of(&own),
@@ -66,7 +66,9 @@ async fn kamailio_accepts_our_tls_sip_and_we_accept_its() {
     // OPTIONS for a user there: Kamailio relays it to our edge over a TLS
     // connection of its own, with its client certificate; we answer, and
     // our answer comes back through it.
-    let relayed = ours.options(at, NAME, &format!("sip:probe@{NAME}")).await;
+    let relayed = ours
+        .options((at, NAME), None, &format!("sip:probe@{NAME}"))
+        .await;
     let relayed = relayed.unwrap_or_else(|e| panic!("{e}\nKamailio:\n{}", kamailio.log()));
     assert_eq!(
         status_of(&relayed),
@@ -100,7 +102,9 @@ async fn kamailio_accepts_our_tls_sip_and_we_accept_its() {
         .await
         .unwrap(),
     );
-    let refused = rogue.options(at, NAME, &format!("sip:{NAME}")).await;
+    let refused = rogue
+        .options((at, NAME), None, &format!("sip:{NAME}"))
+        .await;
     assert!(
         matches!(refused, Err(EdgeError::Io(..) | EdgeError::Closed)),
         "Kamailio must refuse a certificate from an unknown CA: {refused:?}"

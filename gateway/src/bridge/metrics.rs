@@ -17,7 +17,7 @@ pub struct BridgeMetrics {
     contacts: Gauge,
     shadows: Family<Labels, Counter>,
     graph_failures: Family<Labels, Counter>,
-    messages: Family<Labels, Counter>,
+    messages: MessageMetrics,
     throttled: Family<Labels, Counter>,
     subscriptions_refused: Family<Labels, Counter>,
 }
@@ -50,11 +50,7 @@ impl BridgeMetrics {
                 "Bridge operations that failed on a Graph error, by operation",
                 Family::default(),
             ),
-            messages: metrics.register(
-                "messages",
-                "1:1 messages by direction (to-teams, to-xmpp) and outcome (accepted, delivered, retried, failed)",
-                Family::default(),
-            ),
+            messages: MessageMetrics::register(metrics),
             throttled: metrics.register(
                 "throttled",
                 "Messages and presence updates refused by a per-user limit, by direction and kind",
@@ -94,9 +90,7 @@ impl BridgeMetrics {
     }
 
     pub fn message(&self, direction: &'static str, outcome: &'static str) {
-        self.messages
-            .get_or_create(&vec![("direction", direction), ("outcome", outcome)])
-            .inc();
+        self.messages.count(direction, outcome);
     }
 
     pub fn throttled(&self, direction: &'static str, kind: &'static str) {
@@ -114,6 +108,26 @@ impl BridgeMetrics {
     pub fn subscription_refused(&self, reason: &'static str) {
         self.subscriptions_refused
             .get_or_create(&vec![("reason", reason)])
+            .inc();
+    }
+}
+
+/// `messages_total`, whichever route carries them (Graph or SIP federation).
+#[derive(Clone)]
+pub struct MessageMetrics(Family<Labels, Counter>);
+
+impl MessageMetrics {
+    pub fn register(metrics: &Metrics) -> Self {
+        Self(metrics.register(
+            "messages",
+            "1:1 messages by direction (to-teams, to-xmpp) and outcome (accepted, delivered, retried, failed)",
+            Family::default(),
+        ))
+    }
+
+    pub fn count(&self, direction: &'static str, outcome: &'static str) {
+        self.0
+            .get_or_create(&vec![("direction", direction), ("outcome", outcome)])
             .inc();
     }
 }

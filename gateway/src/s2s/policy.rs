@@ -40,6 +40,22 @@ impl AllowList {
             .map(ToString::to_string)
     }
 
+    /// The exact domains on the list (wildcards name no one domain).
+    pub fn exact(&self) -> Vec<String> {
+        let patterns = self
+            .patterns
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        patterns
+            .iter()
+            .filter_map(|p| match p {
+                DomainPattern::Exact(domain) => Some(domain.clone()),
+                DomainPattern::Suffix(_) => None,
+            })
+            .collect()
+    }
+
     /// Replaces the list; streams check it again on their next stanza.
     pub fn replace(&self, patterns: Vec<DomainPattern>) {
         *self.patterns.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(patterns);
@@ -66,6 +82,7 @@ mod tests {
             Some("*.partner.test")
         );
         assert_eq!(list.matching("evil.test"), None);
+        assert_eq!(list.exact(), vec!["xmpp.test".to_owned()]);
         list.replace(vec!["evil.test".parse().unwrap()]);
         assert!(list.allows("evil.test"));
         assert!(!list.allows("xmpp.test"));

@@ -92,6 +92,22 @@ impl SipRoute {
 
     /// Records an attempt: delivered, bounced, or tried again later.
     async fn record(&self, item: &OutboxItem, outcome: Result<(), Failure>, sender: &S2sSender) {
+        let direction = match &item.payload {
+            OutboxPayload::ToTeams(_) => {
+                // The partner answered: if it had refused us, ask it again.
+                if !matches!(outcome, Err(Failure::Later(_))) {
+                    self.probe.exchanged();
+                }
+                "to-teams"
+            }
+            _ => "to-xmpp",
+        };
+        let counted = match &outcome {
+            Ok(()) => "delivered",
+            Err(Failure::Later(_)) if now() < item.expires_at => "retried",
+            Err(_) => "failed",
+        };
+        self.messages.count(direction, counted);
         let done = match outcome {
             Ok(()) => self.store.delivered(item.seq).await,
             Err(Failure::Final(condition, why)) => {

@@ -12,6 +12,7 @@
 
 mod deliver;
 mod partner;
+mod probe;
 mod typing;
 
 use std::net::SocketAddr;
@@ -27,9 +28,12 @@ use xmppfed_config::{GatewayConfig, SipConfig};
 use xmppfed_sipfed::edge::{EdgeError, Sink};
 use xmppfed_sipfed::tls::Credentials;
 use xmppfed_sipfed::{Edge, ImEvent};
+use xmppfed_telemetry::{Health, Metrics};
 
+use crate::bridge::metrics::MessageMetrics;
 use crate::clock::Epoch;
-use crate::s2s::{Inbox, S2sSender, Stanza};
+use crate::pod::PodMetadata;
+use crate::s2s::{AllowList, Inbox, S2sSender, Stanza};
 use crate::store::{OutboxItem, OutboxPayload, Store, ToTeams, ToXmpp};
 use crate::trust::RootsError;
 
@@ -53,6 +57,11 @@ pub struct SipRoute {
     store: Arc<Store>,
     domain: String,
     partner: String,
+    edge_fqdn: String,
+    /// The remote-domain allow list, live: the domains the probe asks as.
+    allow: AllowList,
+    probe: probe::PartnerProbe,
+    messages: MessageMetrics,
     /// Where the partner's edge is, and the edge that last took a message
     /// (typing goes there, into the session the message opened).
     edges: partner::PartnerEdges,
@@ -78,9 +87,10 @@ impl SipRoute {
     /// Binds the edge (mutual TLS on `sip.listen`); IM is taken only from the
     /// partner's domain, and stored before it is answered.
     pub async fn bind(
-        config: &GatewayConfig,
-        sip: &SipConfig,
+        (config, sip): (&GatewayConfig, &SipConfig),
         store: Arc<Store>,
+        allow: AllowList,
+        (metrics, health): (&Metrics, &Health),
     ) -> Result<Arc<Self>, SipRouteError> {
         // As the PostgreSQL store's roots: the file named, and no empty store
         // (every peer would be refused, saying only that no root is trusted).
@@ -106,7 +116,13 @@ impl SipRoute {
         let partner = sip.partner_domain.to_ascii_lowercase();
         // Typing is a hint of the moment: when XMPP lags, it is dropped.
         let (typing_tx, typing) = mpsc::channel(256);
-        let sink = inbound_sink(store.clone(), wake.clone(), partner.clone(), typing_tx);
+        let messages = MessageMetrics::register(metrics);
+        let sink = inbound_sink(
+            (store.clone(), wake.clone()),
+            partner.clone(),
+            typing_tx,
+            messages.clone(),
+        );
         let edges = partner::PartnerEdges::new(sip, crate::dns::Dns::system());
         let edge = Edge::bind(sip.listen, &sip.edge_fqdn, credentials)
             .await?
@@ -117,11 +133,21 @@ impl SipRoute {
             .trusting(edges.trusts())
             .with_sink(sink);
         tracing::info!(listen = ?edge.local_addr(), partner = %partner, "SIP federation edge started");
+        let probe = probe::PartnerProbe::new(metrics, health.component("sip-partner"));
+        if let Some(pod) = PodMetadata::from_environment() {
+            // The partner's answer, for the operator's PartnerReachable condition.
+            let key = xmppfed_config::POD_SIP_PARTNER_ANNOTATION;
+            tokio::spawn(pod.keep_annotation(key, probe.watch()));
+        }
         Ok(Arc::new(Self {
             edge: Arc::new(edge),
             store,
             domain: config.xmpp.domain.clone(),
             partner,
+            edge_fqdn: sip.edge_fqdn.clone(),
+            allow,
+            probe,
+            messages,
             edges,
             last_edge: std::sync::Mutex::new(None),
             wake,
@@ -143,6 +169,7 @@ impl SipRoute {
             tokio::spawn(self.clone().deliver(sender.clone())),
             tokio::spawn(self.clone().relay_typing(sender.clone())),
             tokio::spawn(self.clone().refresh_partner()),
+            tokio::spawn(self.clone().probe_partner()),
         ]);
         while let Some(stanza) = inbox.recv().await {
             self.take_from_xmpp(stanza, &sender).await;
@@ -208,7 +235,10 @@ impl SipRoute {
             expires_at: now() + EXPIRY.as_secs() as Epoch,
         };
         match self.store.enqueue(&item).await {
-            Ok(_) => self.wake.notify_one(),
+            Ok(_) => {
+                self.messages.count("to-teams", "accepted");
+                self.wake.notify_one();
+            }
             Err(e) => {
                 tracing::error!(error = %e, "cannot store a message for SIP");
                 crate::bridge::reply_error(
@@ -316,14 +346,14 @@ impl Drop for AbortOnDrop {
 /// Stores an inbound SIP IM for XMPP before the edge answers it.
 /// Typing and session ends are passed on to `typing`, never refused.
 fn inbound_sink(
-    store: Arc<Store>,
-    wake: Arc<Notify>,
+    (store, wake): (Arc<Store>, Arc<Notify>),
     partner: String,
     typing: mpsc::Sender<ImEvent>,
+    messages: MessageMetrics,
 ) -> Sink {
     Box::new(move |event| {
         let (store, wake, partner) = (store.clone(), wake.clone(), partner.clone());
-        let typing = typing.clone();
+        let (typing, messages) = (typing.clone(), messages.clone());
         Box::pin(async move {
             let ImEvent::Message { from, to, text, id } = event else {
                 let _ = typing.try_send(event);
@@ -358,6 +388,7 @@ fn inbound_sink(
             };
             match store.enqueue(&item).await {
                 Ok(_) => {
+                    messages.count("to-xmpp", "accepted");
                     wake.notify_one();
                     true
                 }

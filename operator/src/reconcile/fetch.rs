@@ -41,18 +41,18 @@ pub(super) async fn inputs(
 }
 
 /// What the gateway's pods show: those not ready and why (for Ready), and
-/// the tenant's answer to the bridge's sign-ins (for TenantReady).
+/// what the leader reported (for TenantReady and PartnerReachable).
 pub(super) async fn observe_pods(
     client: &Client,
     namespace: &str,
     name: &str,
-) -> Result<(Vec<String>, Option<status::TenantSignIn>), Error> {
+) -> Result<(Vec<String>, status::Reported), Error> {
     let pods = Api::<Pod>::namespaced(client.clone(), namespace)
         .list(&ListParams::default().labels(&render::pod_selector(name)))
         .await?;
     Ok((
         status::waiting_pods(&pods.items),
-        status::tenant_sign_in(&pods.items),
+        status::Reported::from_pods(&pods.items),
     ))
 }
 

@@ -25,7 +25,7 @@ use crate::crd::FederationGateway;
 use crate::licensing::{self};
 use crate::metrics::ReconcileMetrics;
 use crate::plan::{Settings, plan};
-use crate::status::{Observed, TenantSignIn};
+use crate::status::Observed;
 use apply::{apply_all, ensure_keys_secret};
 use fetch::{Inputs, observe_pods};
 pub use lenient::Unreadable;
@@ -206,8 +206,10 @@ async fn pipeline(gateway: Arc<FederationGateway>, ctx: Arc<Context>) -> Result<
         .and_then(|s| s.ready_replicas)
         .unwrap_or(0);
     let updated = previous.config_hash.as_deref() != Some(plan.config_hash.as_str());
-    let (waiting, tenant) = observe_pods(client, &namespace, &gateway.name_any()).await?;
-    let tenant_refused = matches!(tenant, Some(TenantSignIn::Refused { .. }));
+    let (waiting, reported) = observe_pods(client, &namespace, &gateway.name_any()).await?;
+    let refused = reported.refused();
+    // The SIP partner's answer is not part of readiness: wait for the first.
+    let unanswered = gateway.spec.sip_edge().is_some() && reported.partner.is_none();
     let observed = Observed::Applied {
         asked: gateway.spec.replicas,
         desired: licence.licensed,
@@ -215,7 +217,7 @@ async fn pipeline(gateway: Arc<FederationGateway>, ctx: Arc<Context>) -> Result<
         updated,
         waiting,
         unlicensed: licence.unlicensed.clone(),
-        tenant,
+        reported,
     };
     patch_status(
         &gateway,
@@ -229,8 +231,8 @@ async fn pipeline(gateway: Arc<FederationGateway>, ctx: Arc<Context>) -> Result<
     report::announce(&ctx, &gateway, &previous, &plan, &licence, updated).await;
     ctx.failures().remove(&ObjectRef::from(gateway.as_ref()));
     // Pods are not watched: look again soon while something is expected to
-    // change (pods starting, an administrator fixing the tenant).
-    Ok(if ready < licence.licensed || tenant_refused {
+    // change (pods starting, an administrator fixing the tenant or partner).
+    Ok(if ready < licence.licensed || refused || unanswered {
         Action::requeue(Duration::from_secs(15))
     } else {
         Action::requeue(RESYNC)

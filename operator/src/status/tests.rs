@@ -32,7 +32,7 @@ fn readiness_follows_ready_replicas() {
             updated: true,
             waiting: vec![],
             unlicensed: vec![],
-            tenant: None,
+            reported: Reported::default(),
         },
         None,
         Some(1),
@@ -51,7 +51,7 @@ fn readiness_follows_ready_replicas() {
             updated: false,
             waiting: vec![],
             unlicensed: vec![],
-            tenant: None,
+            reported: Reported::default(),
         },
         Some((true, "Licensed", "3 of 3 replicas licensed")),
         Some(1),
@@ -77,7 +77,7 @@ fn an_unlicensed_replica_is_a_replica_not_ready_and_named() {
             updated: false,
             waiting: vec![],
             unlicensed: vec!["g-2".into()],
-            tenant: None,
+            reported: Reported::default(),
         },
         Some((false, "InsufficientSeats", "2 of 3 replicas licensed")),
         Some(1),
@@ -107,7 +107,7 @@ fn scaled_to_zero_is_not_ready() {
             updated: false,
             waiting: vec![],
             unlicensed: vec![],
-            tenant: None,
+            reported: Reported::default(),
         },
         None,
         None,
@@ -123,7 +123,7 @@ fn scaled_to_zero_is_not_ready() {
             updated: false,
             waiting: vec![],
             unlicensed: vec![],
-            tenant: None,
+            reported: Reported::default(),
         },
         Some((false, "NoValidLicence", "0 of 2")),
         None,
@@ -197,7 +197,7 @@ fn ready_names_the_pods_it_waits_for() {
             updated: false,
             waiting,
             unlicensed: vec![],
-            tenant: None,
+            reported: Reported::default(),
         },
         None,
         None,
@@ -231,37 +231,17 @@ fn now_is_rfc3339_in_seconds() {
     assert!(n.ends_with('Z') && n.len() == 20, "{n}");
 }
 
-#[test]
-fn the_tenant_condition_follows_the_leaders_report() {
-    let pod = |name: &str, role: &str, annotation: Option<&str>| -> Pod {
-        let mut meta = serde_json::json!({"name": name, "labels": {"xmppfed.io/role": role}});
-        if let Some(a) = annotation {
-            meta["annotations"] = serde_json::json!({"xmppfed.io/tenant-sign-in": a});
-        }
-        serde_json::from_value(serde_json::json!({"metadata": meta})).unwrap()
-    };
-    assert_eq!(tenant_sign_in(&[pod("g-0", "leader", None)]), None);
-    let refused = TenantSignIn::Refused {
-        reason: "MfaRequired".into(),
-        message: "sign-in refused for bob@shadow.test: MfaRequired (exclude them)".into(),
-    };
-    let mfa = "MfaRequired: sign-in refused for bob@shadow.test: MfaRequired (exclude them)";
-    // The leader's report wins over a standby's stale one.
-    assert_eq!(
-        tenant_sign_in(&[
-            pod("g-0", "standby", Some(mfa)),
-            pod("g-1", "leader", Some("ok"))
-        ]),
-        Some(TenantSignIn::Accepted)
-    );
-    assert_eq!(
-        tenant_sign_in(&[
-            pod("g-0", "standby", Some("ok")),
-            pod("g-1", "standby", Some(mfa))
-        ]),
-        Some(refused.clone())
-    );
-    let cs = conditions(
+fn annotated(name: &str, role: &str, annotations: serde_json::Value) -> Pod {
+    let meta = serde_json::json!({
+        "name": name,
+        "labels": {"xmppfed.io/role": role},
+        "annotations": annotations,
+    });
+    serde_json::from_value(serde_json::json!({"metadata": meta})).unwrap()
+}
+
+fn applied(reported: Reported) -> Vec<Condition> {
+    conditions(
         &Observed::Applied {
             asked: 1,
             desired: 1,
@@ -269,23 +249,106 @@ fn the_tenant_condition_follows_the_leaders_report() {
             updated: false,
             waiting: vec![],
             unlicensed: vec![],
-            tenant: Some(refused),
+            reported,
         },
         None,
         Some(1),
         &[],
         "t1",
+    )
+}
+
+#[test]
+fn the_tenant_condition_follows_the_leaders_report() {
+    let pod = |name: &str, role: &str, annotation: Option<&str>| -> Pod {
+        let annotations = match annotation {
+            Some(a) => serde_json::json!({"xmppfed.io/tenant-sign-in": a}),
+            None => serde_json::json!({}),
+        };
+        annotated(name, role, annotations)
+    };
+    let tenant = |pods: &[Pod]| Reported::from_pods(pods).tenant;
+    assert_eq!(tenant(&[pod("g-0", "leader", None)]), None);
+    let refused = PodReport::Refused {
+        reason: "MfaRequired".into(),
+        message: "sign-in refused for bob@shadow.test: MfaRequired (exclude them)".into(),
+    };
+    let mfa = "MfaRequired: sign-in refused for bob@shadow.test: MfaRequired (exclude them)";
+    // The leader's report wins over a standby's stale one.
+    assert_eq!(
+        tenant(&[
+            pod("g-0", "standby", Some(mfa)),
+            pod("g-1", "leader", Some("ok"))
+        ]),
+        Some(PodReport::Accepted)
     );
+    assert_eq!(
+        tenant(&[
+            pod("g-0", "standby", Some("ok")),
+            pod("g-1", "standby", Some(mfa))
+        ]),
+        Some(refused.clone())
+    );
+    let reported = Reported {
+        tenant: Some(refused),
+        partner: None,
+    };
+    assert!(reported.refused(), "looked at again soon");
+    let cs = applied(reported);
     let tenant = get(&cs, TENANT_READY);
     assert_eq!(
         (tenant.status.as_str(), tenant.reason.as_str()),
         ("False", "MfaRequired")
     );
     assert!(tenant.message.contains("exclude them"));
+    assert!(
+        cs.iter().all(|c| c.type_ != PARTNER_REACHABLE),
+        "Graph only"
+    );
     assert_eq!(
         get(&cs, READY).status,
         "True",
         "the pods themselves are ready"
+    );
+}
+
+#[test]
+fn the_partner_condition_follows_the_sip_leaders_probe() {
+    let refusal = "PartnerRefusesDomain: contoso.test's edge sip.contoso.test refuses federation with xmpp.test: 403 1002";
+    let pods = [
+        annotated(
+            "g-0",
+            "leader",
+            serde_json::json!({"xmppfed.io/sip-partner": refusal}),
+        ),
+        annotated("g-1", "standby", serde_json::json!({})),
+    ];
+    let reported = Reported::from_pods(&pods);
+    assert_eq!(reported.tenant, None, "no tenant in SIP federation");
+    assert!(reported.refused());
+    let cs = applied(reported);
+    let partner = get(&cs, PARTNER_REACHABLE);
+    assert_eq!(
+        (partner.status.as_str(), partner.reason.as_str()),
+        ("False", "PartnerRefusesDomain")
+    );
+    assert!(partner.message.contains("1002"), "{}", partner.message);
+    assert!(cs.iter().all(|c| c.type_ != TENANT_READY));
+
+    let fixed = [annotated(
+        "g-0",
+        "leader",
+        serde_json::json!({"xmppfed.io/sip-partner": "ok"}),
+    )];
+    let reported = Reported::from_pods(&fixed);
+    assert!(!reported.refused());
+    let partner = applied(reported)
+        .into_iter()
+        .find(|c| c.type_ == PARTNER_REACHABLE)
+        .unwrap();
+    assert_eq!(
+        (partner.status.as_str(), partner.reason.as_str()),
+        ("True", "PartnerAccepts")
     );
 }
 
@@ -299,7 +362,7 @@ fn a_rollout_past_its_deadline_is_reported_stuck_until_it_finishes() {
         updated: false,
         waiting: vec!["contoso-0 (Pending: ErrImageNeverPull: image not present)".into()],
         unlicensed: vec![],
-        tenant: None,
+        reported: Reported::default(),
     };
     let at = |secs: i64, previous: &[Condition]| {
         let now = k8s_openapi::jiff::Timestamp::from_second(1_800_000_000 + secs)

@@ -130,6 +130,24 @@ async fn both_ways(edge: &AccessEdge, dave: &mut XmppClient, round: &str) -> (f6
     (out, sent.elapsed().as_secs_f64())
 }
 
+/// The leader's probe of fabrikam.com's edge, reported by the operator as
+/// the FederationGateway's PartnerReachable condition.
+async fn partner_reachable(admin: &Client, ns: &str, applied: Instant) {
+    let gateways: Api<FederationGateway> = Api::namespaced(admin.clone(), ns);
+    let reason = eventually("PartnerReachable=True", Duration::from_secs(90), || async {
+        let g = gateways.get(GW).await.ok()?;
+        let conditions = g.status?.conditions;
+        let c = conditions.iter().find(|c| c.type_ == "PartnerReachable")?;
+        (c.status == "True").then(|| c.reason.clone())
+    })
+    .await;
+    assert_eq!(reason, "PartnerAccepts");
+    eprintln!(
+        "PartnerReachable=True ({reason}) {:.1} s after the FederationGateway was applied",
+        applied.elapsed().as_secs_f64()
+    );
+}
+
 pub async fn sip_federation_gateway(
     admin: &Client,
     ns: &str,
@@ -206,6 +224,7 @@ pub async fn sip_federation_gateway(
 
     let (out, back) = both_ways(&edge, &mut dave, "first pod").await;
     eprintln!("SIP federation through the pod: Dave → Alice {out:.1} s, Alice → Dave {back:.1} s");
+    partner_reachable(admin, ns, applied).await;
 
     // The pod deleted as a roll deletes it (its streams and SIP connections
     // closed in its grace period; a pod killed outright is node_faults'
