@@ -150,7 +150,7 @@ pub async fn operator_holds_least(admin: &Client, ns: &str, operator: &str, gate
 
 /// A gateway's ServiceAccount: RBAC lets it patch pods of its namespace
 /// only; the chart's admission policy keeps it to its own pods' role label
-/// and sign-in annotation.
+/// and the annotations it reports in.
 pub async fn gateway_touches_only_its_own_label(admin: &Client, ns: &str, gw: &str) {
     let account = format!("system:serviceaccount:{ns}:{gw}-gateway");
     let own = format!("{gw}-0");
@@ -262,6 +262,13 @@ pub async fn gateway_touches_only_its_own_label(admin: &Client, ns: &str, gw: &s
                 let said = e.split(": Invalid (").next().unwrap_or(&e);
                 eprintln!("a gateway changing {what}: refused: {said}");
             }
+        }
+    }
+    // What the leader reports, with the policy in force.
+    for key in ["xmppfed.io/tenant-sign-in", "xmppfed.io/sip-partner"] {
+        let report = json!({"metadata": {"annotations": {key: "PartnerUnreachable: x"}}});
+        if let Err(e) = patch(&own, report).await {
+            wrong.push(format!("a gateway could not report {key}: {e}"));
         }
     }
     let _ = pods.delete("bystander", &Default::default()).await;

@@ -131,21 +131,80 @@ async fn both_ways(edge: &AccessEdge, dave: &mut XmppClient, round: &str) -> (f6
 }
 
 /// The leader's probe of fabrikam.com's edge, reported by the operator as
-/// the FederationGateway's PartnerReachable condition.
-async fn partner_reachable(admin: &Client, ns: &str, applied: Instant) {
+/// the FederationGateway's PartnerReachable condition. Fabrikam's admin has
+/// allowed xmpp.partner.example only, while the namespace's DomainWhitelist
+/// also names later.example: the condition says so, with the fix. Once the
+/// admin allows it, the next message has the leader ask again: True.
+async fn partner_reachable(admin: &Client, ns: &str, edge: &AccessEdge, dave: &mut XmppClient) {
     let gateways: Api<FederationGateway> = Api::namespaced(admin.clone(), ns);
-    let reason = eventually("PartnerReachable=True", Duration::from_secs(90), || async {
-        let g = gateways.get(GW).await.ok()?;
-        let conditions = g.status?.conditions;
-        let c = conditions.iter().find(|c| c.type_ == "PartnerReachable")?;
-        (c.status == "True").then(|| c.reason.clone())
-    })
-    .await;
+    let partner = |want: &'static str| {
+        let gateways = gateways.clone();
+        move || {
+            let gateways = gateways.clone();
+            async move {
+                let g = gateways.get(GW).await.ok()?;
+                let conditions = g.status?.conditions;
+                let c = conditions.iter().find(|c| c.type_ == "PartnerReachable")?;
+                (c.status == want).then(|| (c.reason.clone(), c.message.clone()))
+            }
+        }
+    };
+    let (reason, message) =
+        match xmppfed_e2e::cluster::within(Duration::from_secs(90), partner("False")).await {
+            Some(refused) => refused,
+            None => panic!("no PartnerReachable=False: {}", explain(admin, ns).await),
+        };
+    assert_eq!(reason, "PartnerRefusesDomain", "{message}");
+    assert!(
+        message.contains(&format!(
+            "New-CsAllowedDomain -Identity later.example -ProxyFqdn {EDGE_FQDN}"
+        )),
+        "{message}"
+    );
+    eprintln!("PartnerReachable=False {reason}: {message}");
+    edge.policy(|p| {
+        p.allowed.push(AllowedDomain {
+            domain: "later.example".into(),
+            proxy_fqdn: Some(EDGE_FQDN.into()),
+        })
+    });
+    let fixed = Instant::now();
+    both_ways(edge, dave, "later.example allowed").await;
+    let Some((reason, _)) =
+        xmppfed_e2e::cluster::within(Duration::from_secs(90), partner("True")).await
+    else {
+        panic!("no PartnerReachable=True: {}", explain(admin, ns).await)
+    };
     assert_eq!(reason, "PartnerAccepts");
     eprintln!(
-        "PartnerReachable=True ({reason}) {:.1} s after the FederationGateway was applied",
-        applied.elapsed().as_secs_f64()
+        "PartnerReachable=True ({reason}) {:.1} s after fabrikam.com allowed later.example",
+        fixed.elapsed().as_secs_f64()
     );
+}
+
+/// The gateway's conditions, its pods' annotations and its log.
+async fn explain(admin: &Client, ns: &str) -> String {
+    let g = Api::<FederationGateway>::namespaced(admin.clone(), ns)
+        .get(GW)
+        .await
+        .unwrap();
+    let pods = Api::<Pod>::namespaced(admin.clone(), ns);
+    let annotations: Vec<_> = pods
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|p| (p.name_any(), p.metadata.annotations))
+        .collect();
+    let log = pods
+        .logs(&format!("{GW}-0"), &Default::default())
+        .await
+        .unwrap_or_default();
+    format!(
+        "{:#?}\npods: {annotations:#?}\nlog:\n{log}",
+        g.status.map(|s| s.conditions)
+    )
 }
 
 pub async fn sip_federation_gateway(
@@ -224,7 +283,7 @@ pub async fn sip_federation_gateway(
 
     let (out, back) = both_ways(&edge, &mut dave, "first pod").await;
     eprintln!("SIP federation through the pod: Dave → Alice {out:.1} s, Alice → Dave {back:.1} s");
-    partner_reachable(admin, ns, applied).await;
+    partner_reachable(admin, ns, &edge, &mut dave).await;
 
     // The pod deleted as a roll deletes it (its streams and SIP connections
     // closed in its grace period; a pod killed outright is node_faults'
@@ -248,7 +307,7 @@ pub async fn sip_federation_gateway(
     // Exactly once, both ways.
     tokio::time::sleep(Duration::from_secs(3)).await;
     tokio::task::block_in_place(|| dave.drain(Duration::from_millis(500)));
-    for round in ["first pod", "replaced pod"] {
+    for round in ["first pod", "later.example allowed", "replaced pod"] {
         let text = format!("Hello Dave from Skype for Business ({round})");
         let got = dave
             .seen()
