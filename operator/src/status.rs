@@ -250,31 +250,33 @@ fn rollout(
 }
 
 fn tenant_ready(tenant: &PodReport) -> Condition {
-    match tenant {
-        PodReport::Accepted => condition(
-            TENANT_READY,
-            true,
+    reported(
+        TENANT_READY,
+        (
             "SignInsAccepted",
-            "the Microsoft 365 tenant accepts the gateway's sign-ins".into(),
+            "the Microsoft 365 tenant accepts the gateway's sign-ins",
         ),
-        PodReport::Refused { reason, message } => {
-            condition(TENANT_READY, false, reason, message.clone())
-        }
-    }
+        tenant,
+    )
 }
 
 fn partner_reachable(partner: &PodReport) -> Condition {
-    match partner {
-        PodReport::Accepted => condition(
-            PARTNER_REACHABLE,
-            true,
+    reported(
+        PARTNER_REACHABLE,
+        (
             "PartnerAccepts",
-            "the partner's SIP edge answers the gateway's probe from every domain it federates as"
-                .into(),
+            "the partner's SIP edge answers the gateway's probe from every domain it federates as",
         ),
-        PodReport::Refused { reason, message } => {
-            condition(PARTNER_REACHABLE, false, reason, message.clone())
-        }
+        partner,
+    )
+}
+
+/// Condition `type_` from a pod's report: True with `accepted`'s reason and
+/// message, or False with the refusal's.
+fn reported(type_: &str, (reason, message): (&str, &str), report: &PodReport) -> Condition {
+    match report {
+        PodReport::Accepted => condition(type_, true, reason, message.to_owned()),
+        PodReport::Refused { reason, message } => condition(type_, false, reason, message.clone()),
     }
 }
 

@@ -19,21 +19,13 @@ impl AllowList {
 
     /// Whether `domain` may federate with us, in either direction.
     pub fn allows(&self, domain: &str) -> bool {
-        let patterns = self
-            .patterns
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let patterns = self.patterns();
         patterns.iter().any(|p| p.matches(domain))
     }
 
     /// The entry that allows `domain`, as written in the configuration.
     pub fn matching(&self, domain: &str) -> Option<String> {
-        let patterns = self
-            .patterns
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let patterns = self.patterns();
         patterns
             .iter()
             .find(|p| p.matches(domain))
@@ -42,11 +34,7 @@ impl AllowList {
 
     /// The exact domains on the list (wildcards name no one domain).
     pub fn exact(&self) -> Vec<String> {
-        let patterns = self
-            .patterns
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let patterns = self.patterns();
         patterns
             .iter()
             .filter_map(|p| match p {
@@ -54,6 +42,13 @@ impl AllowList {
                 DomainPattern::Suffix(_) => None,
             })
             .collect()
+    }
+
+    fn patterns(&self) -> Arc<Vec<DomainPattern>> {
+        self.patterns
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Replaces the list; streams check it again on their next stanza.

@@ -28,6 +28,8 @@ use super::{SipRoute, partner};
 const INTERVAL: Duration = Duration::from_secs(60);
 /// At most this many of our domains are asked as, each round.
 const MAX_DOMAINS: usize = 16;
+/// One domain's question, all edges included (as a message's attempt).
+const ASK_BUDGET: Duration = Duration::from_secs(45);
 
 /// Why the partner's edge does not take us: a CamelCase reason (the
 /// condition's) and what to change.
@@ -135,8 +137,19 @@ impl SipRoute {
         Ok(())
     }
 
-    /// OPTIONS as `domain` to each of the partner's edges until one answers.
+    /// OPTIONS as `domain` to each of the partner's edges until one answers,
+    /// within [`ASK_BUDGET`].
     async fn ask_as(&self, domain: Option<&str>) -> Result<(), Asked> {
+        let asked = tokio::time::timeout(ASK_BUDGET, self.ask_edges(domain)).await;
+        asked.unwrap_or_else(|_| {
+            Err(Asked::Failed(Refusal {
+                reason: "PartnerUnreachable",
+                message: format!("{}'s edges gave no answer in {ASK_BUDGET:?}", self.partner),
+            }))
+        })
+    }
+
+    async fn ask_edges(&self, domain: Option<&str>) -> Result<(), Asked> {
         let unreachable = |message: String| {
             Asked::Failed(Refusal {
                 reason: "PartnerUnreachable",
