@@ -63,7 +63,9 @@ async fn admin_get(gateway: &Running, path: &str) -> String {
 /// `/readyz` once `until` holds of it (the partner is probed as the route
 /// starts, and again after a message once it had refused).
 async fn readyz(gateway: &Running, what: &str, until: impl Fn(&str) -> bool) -> String {
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    // The probe waits 5 s between two rounds, and each round may follow a
+    // message it is woken for: 30 s is two rounds and then some.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let text = admin_get(gateway, "/readyz").await;
         if until(&text) {

@@ -39,16 +39,24 @@ impl Reported {
     /// Read from the gateway's pods.
     pub fn from_pods(pods: &[Pod]) -> Self {
         Self {
-            tenant: pod_report(pods, xmppfed_config::POD_TENANT_ANNOTATION),
-            partner: pod_report(pods, xmppfed_config::POD_SIP_PARTNER_ANNOTATION),
+            tenant: pod_report(pods, xmppfed_config::POD_TENANT_ANNOTATION, "SignInRefused"),
+            partner: pod_report(
+                pods,
+                xmppfed_config::POD_SIP_PARTNER_ANNOTATION,
+                "PartnerRefused",
+            ),
         }
     }
 
-    /// A refusal an administrator may fix at any time (so look again soon).
-    pub fn refused(&self) -> bool {
-        [&self.tenant, &self.partner]
+    /// Whether a report may change soon, so the operator should look again
+    /// (pods are not watched): a refusal an administrator may fix, or, with
+    /// `sip_running` (a SIP gateway with a ready pod), the partner's first
+    /// answer, which is not part of pod readiness.
+    pub fn awaited(&self, sip_running: bool) -> bool {
+        let refused = [&self.tenant, &self.partner]
             .iter()
-            .any(|r| matches!(r, Some(PodReport::Refused { .. })))
+            .any(|r| matches!(r, Some(PodReport::Refused { .. })));
+        refused || sip_running && self.partner.is_none()
     }
 }
 
@@ -265,7 +273,7 @@ fn partner_reachable(partner: &PodReport) -> Condition {
         PARTNER_REACHABLE,
         (
             "PartnerAccepts",
-            "the partner's SIP edge answers the gateway's probe from every domain it federates as",
+            "the partner's SIP edge takes the gateway's probe",
         ),
         partner,
     )
@@ -283,7 +291,8 @@ fn reported(type_: &str, (reason, message): (&str, &str), report: &PodReport) ->
 /// What the gateway's pods report under annotation `key`: the leader's
 /// (`xmppfed.io/role=leader`) when it has reported, else a refusal any pod
 /// reported (first by name), else `Accepted` if any pod reported `ok`.
-pub fn pod_report(pods: &[Pod], key: &str) -> Option<PodReport> {
+/// A value not in the `Reason: message` form is a refusal with `fallback`'s reason.
+pub fn pod_report(pods: &[Pod], key: &str, fallback: &str) -> Option<PodReport> {
     let reported = |p: &Pod| -> Option<PodReport> {
         let value = p.metadata.annotations.as_ref()?.get(key)?;
         Some(match value.split_once(": ") {
@@ -297,7 +306,7 @@ pub fn pod_report(pods: &[Pod], key: &str) -> Option<PodReport> {
                 }
             }
             _ => PodReport::Refused {
-                reason: "SignInRefused".into(),
+                reason: fallback.to_owned(),
                 message: value.clone(),
             },
         })

@@ -102,9 +102,10 @@ impl SipRoute {
             }
             _ => "to-xmpp",
         };
+        let expired = now() >= item.expires_at;
         let counted = match &outcome {
             Ok(()) => "delivered",
-            Err(Failure::Later(_)) if now() < item.expires_at => "retried",
+            Err(Failure::Later(_)) if !expired => "retried",
             Err(_) => "failed",
         };
         self.messages.count(direction, counted);
@@ -116,7 +117,7 @@ impl SipRoute {
                 }
                 self.store.expire(item.seq).await
             }
-            Err(Failure::Later(why)) if now() >= item.expires_at => {
+            Err(Failure::Later(why)) if expired => {
                 if let OutboxPayload::ToTeams(p) = &item.payload {
                     self.bounce(p, DefinedCondition::RemoteServerTimeout, &why, sender)
                         .await;

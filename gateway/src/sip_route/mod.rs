@@ -133,7 +133,7 @@ impl SipRoute {
             .trusting(edges.trusts())
             .with_sink(sink);
         tracing::info!(listen = ?edge.local_addr(), partner = %partner, "SIP federation edge started");
-        let probe = probe::PartnerProbe::new(metrics, health.component("sip-partner"));
+        let probe = probe::PartnerProbe::new(metrics, health.component("sip-partner"), &partner);
         if let Some(pod) = PodMetadata::from_environment() {
             // The partner's answer, for the operator's PartnerReachable condition.
             let key = xmppfed_config::POD_SIP_PARTNER_ANNOTATION;
@@ -235,8 +235,11 @@ impl SipRoute {
             expires_at: now() + EXPIRY.as_secs() as Epoch,
         };
         match self.store.enqueue(&item).await {
-            Ok(_) => {
-                self.messages.count("to-teams", "accepted");
+            Ok(stored) => {
+                // A resent stanza (same id) is stored once, and counted once.
+                if stored.is_some() {
+                    self.messages.count("to-teams", "accepted");
+                }
                 self.wake.notify_one();
             }
             Err(e) => {
@@ -387,8 +390,10 @@ fn inbound_sink(
                 expires_at: now() + EXPIRY.as_secs() as Epoch,
             };
             match store.enqueue(&item).await {
-                Ok(_) => {
-                    messages.count("to-xmpp", "accepted");
+                Ok(stored) => {
+                    if stored.is_some() {
+                        messages.count("to-xmpp", "accepted");
+                    }
                     wake.notify_one();
                     true
                 }

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{Notify, watch};
 use xmppfed_sipfed::EdgeError;
@@ -26,6 +27,8 @@ use super::{SipRoute, partner};
 
 /// How often the partner is asked.
 const INTERVAL: Duration = Duration::from_secs(60);
+/// The least time between two probes, however many messages wake it.
+const MIN_GAP: Duration = Duration::from_secs(5);
 /// At most this many of our domains are asked as, each round.
 const MAX_DOMAINS: usize = 16;
 /// One domain's question, all edges included (as a message's attempt).
@@ -39,29 +42,34 @@ pub(super) struct Refusal {
     pub message: String,
 }
 
+type PartnerLabel = Vec<(&'static str, String)>;
+
 /// Where the answer is reported.
 pub(super) struct PartnerProbe {
     health: ComponentHealth,
-    reachable: Gauge,
+    /// No sample until this replica has asked: a standby reports nothing.
+    reachable: Family<PartnerLabel, Gauge>,
+    partner: PartnerLabel,
     /// `ok` or `Reason: message`, for the pod's annotation.
     state: watch::Sender<Option<String>>,
-    /// Wakes the probe early: after a refusal, a message's outcome asks
-    /// again at once (the administrator may have fixed it).
+    /// Wakes the probe early: after a refusal, the partner's answer to a
+    /// message asks again (the administrator may have fixed it).
     again: Notify,
     refused: AtomicBool,
 }
 
 impl PartnerProbe {
     /// Ready until it learns otherwise: a standby never asks.
-    pub(super) fn new(metrics: &Metrics, health: ComponentHealth) -> Self {
+    pub(super) fn new(metrics: &Metrics, health: ComponentHealth, partner: &str) -> Self {
         health.ready();
         Self {
             health,
             reachable: metrics.register(
                 "sip_partner_reachable",
-                "1 when the partner's SIP edge last answered our OPTIONS from every domain asked as, 0 when it refused or could not be reached",
-                Gauge::default(),
+                "1 when the partner's SIP edge took the leader's last probe, 0 when it refused or could not be reached (no sample on a standby)",
+                Family::default(),
             ),
+            partner: vec![("partner", partner.to_owned())],
             state: watch::channel(None).0,
             again: Notify::new(),
             refused: AtomicBool::new(false),
@@ -73,8 +81,8 @@ impl PartnerProbe {
         self.state.subscribe()
     }
 
-    /// A message was exchanged with the partner: ask again now if its last
-    /// answer was a refusal.
+    /// The partner answered a message: ask again soon if its last answer to
+    /// the probe was a refusal.
     pub(super) fn exchanged(&self) {
         if self.refused.load(Ordering::Relaxed) {
             self.again.notify_one();
@@ -83,7 +91,8 @@ impl PartnerProbe {
 
     fn report(&self, outcome: &Result<(), Refusal>) {
         self.refused.store(outcome.is_err(), Ordering::Relaxed);
-        self.reachable.set(i64::from(outcome.is_ok()));
+        let gauge = self.reachable.get_or_create(&self.partner);
+        gauge.set(i64::from(outcome.is_ok()));
         let state = match outcome {
             Ok(()) => "ok".to_owned(),
             Err(r) => format!("{}: {}", r.reason, r.message),
@@ -107,20 +116,32 @@ impl PartnerProbe {
 
 impl SipRoute {
     /// Asks the partner now, then every minute (sooner after a refusal, see
-    /// [`PartnerProbe::exchanged`]), until aborted.
+    /// [`PartnerProbe::exchanged`], but never within [`MIN_GAP`]), until
+    /// aborted.
     pub(super) async fn probe_partner(self: Arc<Self>) {
         loop {
+            let asked = tokio::time::Instant::now();
             let outcome = self.ask_partner().await;
             self.probe.report(&outcome);
             tokio::select! {
                 () = tokio::time::sleep(INTERVAL) => {}
-                () = self.probe.again.notified() => {}
+                () = self.probe.again.notified() => {
+                    tokio::time::sleep_until(asked + MIN_GAP).await;
+                }
             }
         }
     }
 
     async fn ask_partner(&self) -> Result<(), Refusal> {
-        let domains: Vec<String> = self.allow.exact().into_iter().take(MAX_DOMAINS).collect();
+        let mut domains = self.allow.exact();
+        if domains.len() > MAX_DOMAINS {
+            tracing::debug!(
+                asked = MAX_DOMAINS,
+                of = domains.len(),
+                "the partner is asked as the first domains of the allow list only"
+            );
+            domains.truncate(MAX_DOMAINS);
+        }
         if domains.is_empty() {
             // Our edge's own name: any answer shows the edge reachable and
             // the TLS between us sound; its policy cannot be asked.
@@ -158,10 +179,6 @@ impl SipRoute {
         };
         let targets = self.edges.targets().await;
         let targets = targets.map_err(|e| unreachable(e.to_string()))?;
-        let (from, to) = (
-            domain.map(|d| format!("sip:{d}")),
-            format!("sip:{}", self.partner),
-        );
         let mut last = unreachable(format!("{} has no edge to ask", self.partner));
         for target in targets {
             let addresses = match partner::addresses(&target).await {
@@ -171,31 +188,48 @@ impl SipRoute {
                     continue;
                 }
             };
+            let asking = Asking {
+                partner: &self.partner,
+                host: &target.host,
+                domain,
+                edge_fqdn: &self.edge_fqdn,
+            };
             for addr in addresses {
-                let peer = (addr, target.host.as_str());
-                let answer = match self.edge.options(peer, from.as_deref(), &to).await {
-                    Ok(r) if (200..300).contains(&status_of(&r)) => return Ok(()),
-                    Ok(r) => xmppfed_sipfed::edge::refused(status_of(&r), &r),
-                    Err(e) => e,
-                };
-                let asked = Asking {
-                    partner: &self.partner,
-                    host: &target.host,
-                    domain,
-                    edge_fqdn: &self.edge_fqdn,
-                };
-                match asked.classify(&answer) {
-                    Asked::Answered(r) => return Err(Asked::Answered(r)),
-                    failed => last = failed,
+                match self.ask_edge(&asking, addr).await {
+                    Ok(()) => return Ok(()),
+                    Err(Asked::Answered(r)) => return Err(Asked::Answered(r)),
+                    Err(failed) => last = failed,
                 }
             }
         }
         Err(last)
     }
+
+    /// One edge's answer. A connection closed without one is tried once
+    /// more on a new connection (a reused one may have been closed by an
+    /// idle timeout or a restart) before the certificate is blamed.
+    async fn ask_edge(&self, asking: &Asking<'_>, addr: std::net::SocketAddr) -> Result<(), Asked> {
+        let from = asking.domain.map(|d| format!("sip:{d}"));
+        let to = format!("sip:{}", asking.partner);
+        let mut answer = Err(EdgeError::Closed);
+        for _ in 0..2 {
+            answer = self
+                .edge
+                .options((addr, asking.host), from.as_deref(), &to)
+                .await;
+            if !matches!(answer, Err(EdgeError::Closed)) {
+                break;
+            }
+        }
+        match answer {
+            Ok(response) => asking.answered(status_of(&response), &response),
+            Err(e) => Err(asking.failed(&e)),
+        }
+    }
 }
 
-/// An answer other than 200: the partner's own (its policy; no other edge
-/// is asked) or a failure to reach it (the next edge is tried).
+/// An answer that is not the partner taking us: its own (its policy; no
+/// other edge is asked) or a failure to reach it (the next edge is tried).
 enum Asked {
     Answered(Refusal),
     Failed(Refusal),
@@ -217,57 +251,60 @@ struct Asking<'a> {
 }
 
 impl Asking<'_> {
-    fn classify(&self, error: &EdgeError) -> Asked {
+    /// The edge's response. 403 and 603 are its federation policy refusing
+    /// the domain; 408 and 5xx are passing faults (the next edge is tried);
+    /// any other answer (a 404 or 405 for the domain's own URI, say) came
+    /// from past the policy, so the partner takes us.
+    fn answered(&self, status: u16, response: &xmppfed_sipfed::Message) -> Result<(), Asked> {
+        match status {
+            403 | 603 => {}
+            408 | 500..=599 => {
+                let e = xmppfed_sipfed::edge::refused(status, response);
+                return Err(self.failed(&e));
+            }
+            _ => return Ok(()),
+        }
+        let EdgeError::Refused { diagnostics, .. } =
+            xmppfed_sipfed::edge::refused(status, response)
+        else {
+            return Ok(());
+        };
+        let (partner, host, edge_fqdn) = (self.partner, self.host, self.edge_fqdn);
+        let domain = self.domain.unwrap_or(edge_fqdn);
+        Err(Asked::Answered(Refusal {
+            reason: "PartnerRefusesDomain",
+            message: format!(
+                "{partner}'s edge {host} refuses federation with {domain}: {status} {diagnostics}. Its administrator must allow {domain} with {edge_fqdn} as its edge: on Skype for Business Server, New-CsAllowedDomain -Identity {domain} -ProxyFqdn {edge_fqdn} and federation enabled on the Access Edge (Set-CsAccessEdgeConfiguration -AllowFederatedUsers $true); on Teams, {domain} allowed in external access"
+            ),
+        }))
+    }
+
+    /// A failure to get an answer, and whose certificate it points at.
+    fn failed(&self, error: &EdgeError) -> Asked {
         let (partner, host, edge_fqdn) = (self.partner, self.host, self.edge_fqdn);
         let domain = self.domain.unwrap_or(edge_fqdn);
         let ours = format!(
             "ours must chain to a CA {partner} trusts, name {edge_fqdn} (the edge its allowed-domain entry for {domain} names) and allow client authentication"
         );
+        let theirs =
+            format!("it must chain to sip.ca_file (or the system's roots) and name {host} exactly");
         let (reason, message) = match error {
-            EdgeError::Refused {
-                status: 403,
-                diagnostics,
-            } => {
-                let refusal = Refusal {
-                    reason: "PartnerRefusesDomain",
-                    message: format!(
-                        "{partner}'s edge {host} refuses federation with {domain}: 403 {diagnostics}. Its administrator must allow {domain} with {edge_fqdn} as its edge: on Skype for Business Server, New-CsAllowedDomain -Identity {domain} -ProxyFqdn {edge_fqdn} and federation enabled on the Access Edge (Set-CsAccessEdgeConfiguration -AllowFederatedUsers $true); on Teams, {domain} allowed in external access"
-                    ),
-                };
-                return Asked::Answered(refusal);
-            }
-            EdgeError::Refused {
-                status,
-                diagnostics,
-            } if *status != 503 => {
-                let message = format!(
-                    "{partner}'s edge {host} answers OPTIONS from {domain} with {status} {diagnostics}"
-                );
-                return Asked::Answered(Refusal {
-                    reason: "PartnerRefuses",
-                    message,
-                });
-            }
             EdgeError::Peer(e) => (
                 "PartnerCertificateRefused",
-                format!(
-                    "we refuse the certificate of {partner}'s edge {host}: {e}; it must chain to sip.ca_file (or the system's roots) and name {host} exactly"
-                ),
+                format!("we refuse the certificate of {partner}'s edge {host}: {e}; {theirs}"),
             ),
-            EdgeError::Io(_, e) if tls_alert(e) => (
+            EdgeError::Io(_, e) if certificate_alert(e) => (
                 "OurCertificateRefused",
                 format!("{partner}'s edge {host} refuses our certificate ({e}): {ours}"),
             ),
             EdgeError::Io(_, e) if tls_invalid(e) => (
                 "PartnerCertificateRefused",
-                format!(
-                    "we refuse the certificate of {partner}'s edge {host}: {e}; it must chain to sip.ca_file (or the system's roots) and name {host} exactly"
-                ),
+                format!("we refuse the certificate of {partner}'s edge {host}: {e}; {theirs}"),
             ),
             EdgeError::Closed => (
                 "OurCertificateRefused",
                 format!(
-                    "{partner}'s edge {host} closed the connection without answering, as an edge does when it refuses the certificate we present: {ours}"
+                    "{partner}'s edge {host} closed the connection without answering, twice: most likely it refuses the certificate we present, as an edge does when it is not the one its allowed-domain entry names; {ours}"
                 ),
             ),
             other => (
@@ -283,9 +320,22 @@ fn rustls_error(e: &std::io::Error) -> Option<&rustls::Error> {
     e.get_ref()?.downcast_ref::<rustls::Error>()
 }
 
-/// The peer sent a TLS alert: it refused us (our certificate, mostly).
-fn tls_alert(e: &std::io::Error) -> bool {
-    matches!(rustls_error(e), Some(rustls::Error::AlertReceived(_)))
+/// The peer sent a TLS alert about our certificate.
+fn certificate_alert(e: &std::io::Error) -> bool {
+    use rustls::AlertDescription as A;
+    matches!(
+        rustls_error(e),
+        Some(rustls::Error::AlertReceived(
+            A::BadCertificate
+                | A::UnsupportedCertificate
+                | A::CertificateRevoked
+                | A::CertificateExpired
+                | A::CertificateUnknown
+                | A::UnknownCA
+                | A::AccessDenied
+                | A::CertificateRequired
+        ))
+    )
 }
 
 /// We refused the peer's certificate during the handshake.
@@ -309,13 +359,22 @@ mod tests {
         }
     }
 
+    fn response(status: &str, extra: &[&str]) -> xmppfed_sipfed::Message {
+        let mut head = vec![format!("SIP/2.0 {status}"), "CSeq: 1 OPTIONS".to_owned()];
+        head.extend(extra.iter().map(|h| (*h).to_owned()));
+        xmppfed_sipfed::Message::from_head(&head).unwrap()
+    }
+
+    fn tls(error: rustls::Error) -> EdgeError {
+        let io = std::io::Error::new(std::io::ErrorKind::InvalidData, error);
+        EdgeError::Io("TLS".into(), io)
+    }
+
     #[test]
     fn a_domain_refusal_is_the_partners_answer_and_says_what_to_allow() {
-        let refused = EdgeError::Refused {
-            status: 403,
-            diagnostics: "1002;reason=\"From URI not authorized\"".into(),
-        };
-        let Asked::Answered(r) = asking(Some("xmpp.test")).classify(&refused) else {
+        let diagnostics = "ms-diagnostics-public: 1002;reason=\"From URI not authorized\"";
+        let refused = response("403 Forbidden", &[diagnostics]);
+        let Err(Asked::Answered(r)) = asking(Some("xmpp.test")).answered(403, &refused) else {
             panic!("a 403 is the partner's answer");
         };
         assert_eq!(r.reason, "PartnerRefusesDomain");
@@ -329,45 +388,60 @@ mod tests {
     }
 
     #[test]
-    fn a_busy_edge_or_a_closed_connection_sends_the_probe_to_the_next_edge() {
-        let busy = EdgeError::Refused {
-            status: 503,
-            diagnostics: String::new(),
-        };
-        let Asked::Failed(r) = asking(Some("xmpp.test")).classify(&busy) else {
-            panic!("503: the next edge");
-        };
-        assert_eq!(r.reason, "PartnerUnreachable");
-        let Asked::Failed(r) = asking(Some("xmpp.test")).classify(&EdgeError::Closed) else {
+    fn an_answer_from_past_the_policy_takes_us_and_a_fault_tries_the_next_edge() {
+        let asked = asking(Some("xmpp.test"));
+        for status in [
+            "404 Not Found",
+            "405 Method Not Allowed",
+            "480 Temporarily Unavailable",
+        ] {
+            let code = status[..3].parse().unwrap();
+            assert!(
+                asked.answered(code, &response(status, &[])).is_ok(),
+                "{status}"
+            );
+        }
+        for status in [
+            "503 Service Unavailable",
+            "408 Request Timeout",
+            "500 Server Error",
+        ] {
+            let code = status[..3].parse().unwrap();
+            let Err(Asked::Failed(r)) = asked.answered(code, &response(status, &[])) else {
+                panic!("{status}: the next edge");
+            };
+            assert_eq!(r.reason, "PartnerUnreachable", "{status}");
+        }
+    }
+
+    #[test]
+    fn failures_say_whose_certificate_if_any() {
+        let asked = asking(None);
+        let Asked::Failed(r) = asked.failed(&EdgeError::Closed) else {
             panic!("closed: the next edge");
         };
         assert_eq!(r.reason, "OurCertificateRefused");
         assert!(r.message.contains("name gw.test"), "{}", r.message);
-    }
-
-    #[test]
-    fn tls_alerts_and_invalid_certificates_say_whose_certificate() {
-        let alert = std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            rustls::Error::AlertReceived(rustls::AlertDescription::BadCertificate),
+        let bad = tls(rustls::Error::AlertReceived(
+            rustls::AlertDescription::BadCertificate,
+        ));
+        assert_eq!(asked.failed(&bad).refusal().reason, "OurCertificateRefused");
+        let version = tls(rustls::Error::AlertReceived(
+            rustls::AlertDescription::ProtocolVersion,
+        ));
+        assert_eq!(
+            asked.failed(&version).refusal().reason,
+            "PartnerUnreachable"
         );
-        let Asked::Failed(r) = asking(None).classify(&EdgeError::Io("TLS".into(), alert)) else {
-            panic!("failed");
-        };
-        assert_eq!(r.reason, "OurCertificateRefused");
-        let invalid = std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
-        );
-        let Asked::Failed(r) = asking(None).classify(&EdgeError::Io("TLS".into(), invalid)) else {
-            panic!("failed");
-        };
+        let invalid = tls(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::UnknownIssuer,
+        ));
+        let r = asked.failed(&invalid).refusal();
         assert_eq!(r.reason, "PartnerCertificateRefused");
         let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
-        let Asked::Failed(r) = asking(None).classify(&EdgeError::Io("connect".into(), refused))
-        else {
-            panic!("failed");
-        };
+        let r = asked
+            .failed(&EdgeError::Io("connect".into(), refused))
+            .refusal();
         assert_eq!(r.reason, "PartnerUnreachable");
     }
 }

@@ -207,9 +207,7 @@ async fn pipeline(gateway: Arc<FederationGateway>, ctx: Arc<Context>) -> Result<
         .unwrap_or(0);
     let updated = previous.config_hash.as_deref() != Some(plan.config_hash.as_str());
     let (waiting, reported) = observe_pods(client, &namespace, &gateway.name_any()).await?;
-    let refused = reported.refused();
-    // The SIP partner's answer is not part of readiness: wait for the first.
-    let unanswered = gateway.spec.sip_edge().is_some() && reported.partner.is_none();
+    let awaited = reported.awaited(gateway.spec.sip_edge().is_some() && ready > 0);
     let observed = Observed::Applied {
         asked: gateway.spec.replicas,
         desired: licence.licensed,
@@ -232,7 +230,7 @@ async fn pipeline(gateway: Arc<FederationGateway>, ctx: Arc<Context>) -> Result<
     ctx.failures().remove(&ObjectRef::from(gateway.as_ref()));
     // Pods are not watched: look again soon while something is expected to
     // change (pods starting, an administrator fixing the tenant or partner).
-    Ok(if ready < licence.licensed || refused || unanswered {
+    Ok(if ready < licence.licensed || awaited {
         Action::requeue(Duration::from_secs(15))
     } else {
         Action::requeue(RESYNC)

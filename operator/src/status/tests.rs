@@ -293,7 +293,7 @@ fn the_tenant_condition_follows_the_leaders_report() {
         tenant: Some(refused),
         partner: None,
     };
-    assert!(reported.refused(), "looked at again soon");
+    assert!(reported.awaited(false), "looked at again soon");
     let cs = applied(reported);
     let tenant = get(&cs, TENANT_READY);
     assert_eq!(
@@ -325,7 +325,7 @@ fn the_partner_condition_follows_the_sip_leaders_probe() {
     ];
     let reported = Reported::from_pods(&pods);
     assert_eq!(reported.tenant, None, "no tenant in SIP federation");
-    assert!(reported.refused());
+    assert!(reported.awaited(true));
     let cs = applied(reported);
     let partner = get(&cs, PARTNER_REACHABLE);
     assert_eq!(
@@ -341,7 +341,12 @@ fn the_partner_condition_follows_the_sip_leaders_probe() {
         serde_json::json!({"xmppfed.io/sip-partner": "ok"}),
     )];
     let reported = Reported::from_pods(&fixed);
-    assert!(!reported.refused());
+    assert!(!reported.awaited(true));
+    assert!(
+        Reported::default().awaited(true),
+        "a ready SIP gateway's first answer is awaited"
+    );
+    assert!(!Reported::default().awaited(false));
     let partner = applied(reported)
         .into_iter()
         .find(|c| c.type_ == PARTNER_REACHABLE)

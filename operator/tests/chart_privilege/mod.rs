@@ -264,11 +264,14 @@ pub async fn gateway_touches_only_its_own_label(admin: &Client, ns: &str, gw: &s
             }
         }
     }
-    // What the leader reports, with the policy in force.
+    // What the leader reports, with the policy in force, then taken back
+    // (the pod's own reports are its gateway's to write).
     for key in ["xmppfed.io/tenant-sign-in", "xmppfed.io/sip-partner"] {
-        let report = json!({"metadata": {"annotations": {key: "PartnerUnreachable: x"}}});
-        if let Err(e) = patch(&own, report).await {
-            wrong.push(format!("a gateway could not report {key}: {e}"));
+        for value in [json!("PartnerUnreachable: x"), Value::Null] {
+            let report = json!({"metadata": {"annotations": {key: value}}});
+            if let Err(e) = patch(&own, report).await {
+                wrong.push(format!("a gateway could not set {key} to {value}: {e}"));
+            }
         }
     }
     let _ = pods.delete("bystander", &Default::default()).await;

@@ -133,7 +133,8 @@ async fn both_ways(edge: &AccessEdge, dave: &mut XmppClient, round: &str) -> (f6
 /// The leader's probe of fabrikam.com's edge, reported by the operator as
 /// the FederationGateway's PartnerReachable condition. Fabrikam's admin has
 /// allowed xmpp.partner.example only, while the namespace's DomainWhitelist
-/// also names later.example: the condition says so, with the fix. Once the
+/// (as node_faults left it, having added later.example while the gateway
+/// ran) also names later.example: the condition says so, with the fix. Once the
 /// admin allows it, the next message has the leader ask again: True.
 async fn partner_reachable(admin: &Client, ns: &str, edge: &AccessEdge, dave: &mut XmppClient) {
     let gateways: Api<FederationGateway> = Api::namespaced(admin.clone(), ns);
