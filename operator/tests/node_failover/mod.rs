@@ -216,7 +216,7 @@ pub async fn two_replicas_on_postgres(
         return;
     };
     let password = gateway_login(&pg);
-    let peer_port = xmppfed_e2e::prosody::free_port().unwrap();
+    let peer_port = xmppfed_e2e::prosody::kernel_port().unwrap();
     let applied = Instant::now();
     apply_all(
         admin,

@@ -102,7 +102,7 @@ pub struct PeerFor<'a> {
 impl Peer {
     /// For the example gateway `contoso`, with Bob.
     pub async fn start(admin: &Client, ns: &str) -> Self {
-        let s2s_port = xmppfed_e2e::prosody::free_port().unwrap();
+        let s2s_port = xmppfed_e2e::prosody::kernel_port().unwrap();
         Self::start_for(
             admin,
             ns,

@@ -240,7 +240,7 @@ pub async fn sip_federation_gateway(
         .create(&PostParams::default(), &roots)
         .await
         .unwrap();
-    let peer_port = xmppfed_e2e::prosody::free_port().unwrap();
+    let peer_port = xmppfed_e2e::prosody::kernel_port().unwrap();
     let applied = Instant::now();
     apply_all(
         admin,
